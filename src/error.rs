@@ -1,0 +1,85 @@
+//! The crate's typed error.
+
+use std::fmt;
+
+/// Everything a public entry point of `effnet` can report instead of panicking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A descriptor (convolution, normalization, …) is inconsistent or out of range;
+    /// the message names the field and the rule it breaks.
+    InvalidDescriptor(String),
+    /// A buffer passed to an operation has the wrong number of elements.
+    BufferSize {
+        /// Which argument (`"x"`, `"weight"`, `"dy"`, …).
+        name: &'static str,
+        /// The number of elements the descriptor requires.
+        expected: usize,
+        /// The number of elements passed.
+        actual: usize,
+    },
+    /// A size computation overflowed `usize` (or the platform's `isize::MAX` bytes).
+    Overflow(String),
+    /// The request is well-formed but not implemented (e.g. a storage type a kernel
+    /// does not take yet).
+    Unsupported(String),
+    /// Some other argument is invalid (an unknown name, an out-of-range option, …).
+    InvalidArgument(String),
+    /// Reading or writing a file failed.
+    Io(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidDescriptor(m) => write!(f, "invalid descriptor: {m}"),
+            Error::BufferSize {
+                name,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "buffer `{name}` has {actual} elements, the descriptor needs {expected}"
+            ),
+            Error::Overflow(m) => write!(f, "size overflow: {m}"),
+            Error::Unsupported(m) => write!(f, "unsupported: {m}"),
+            Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            Error::Io(m) => write!(f, "i/o error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Checks that buffer `name` has exactly `expected` elements.
+pub(crate) fn check_len(name: &'static str, actual: usize, expected: usize) -> Result<()> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(Error::BufferSize {
+            name,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// The product of `dims`, or an [`Error::Overflow`] naming `what` if it does not fit
+/// (the limit is `isize::MAX / 4` elements, so that the `f32` buffer fits in memory
+/// addressing).
+pub(crate) fn checked_product(what: &str, dims: &[usize]) -> Result<usize> {
+    let limit = isize::MAX as usize / std::mem::size_of::<f32>();
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= limit)
+        .ok_or_else(|| Error::Overflow(format!("{what} {dims:?} has too many elements")))
+}

@@ -1,0 +1,7 @@
+//! The compute kernels: convolutions, normalizations and activations on NHWC `f32`
+//! tensors, SIMD with runtime dispatch, multi-core with `rayon`, deterministic for any
+//! thread count.
+
+pub mod conv;
+pub mod parallel;
+pub mod reduce;

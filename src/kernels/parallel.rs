@@ -1,0 +1,101 @@
+//! Deterministic parallel helpers.
+//!
+//! Work is split into chunks whose size depends on the problem only, never on the
+//! number of threads, and partial results are combined in chunk order, so every result
+//! is bitwise identical for any `rayon` pool size.
+
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Chunk length for splitting `n` items into at most `max_chunks` chunks of at least
+/// `min_len` items (both fixed by the caller, independent of the thread count).
+pub fn chunk_len(n: usize, min_len: usize, max_chunks: usize) -> usize {
+    n.div_ceil(max_chunks.max(1)).max(min_len).max(1)
+}
+
+/// Splits `0..n` into consecutive chunks of `chunk` items, runs `f(range, partial)` on
+/// each in parallel with a zeroed buffer of `out.len()` floats, then adds the partials
+/// in chunk order into `out` (after zeroing it unless `accumulate`).
+///
+/// This is the weight-gradient pattern: per-chunk `f32` buffers reduced in a fixed
+/// order.
+pub fn reduce_chunks<F>(n: usize, chunk: usize, out: &mut [f32], accumulate: bool, f: F)
+where
+    F: Fn(Range<usize>, &mut [f32]) + Sync,
+{
+    let len = out.len();
+    if !accumulate {
+        out.fill(0.0);
+    }
+    if n == 0 || len == 0 {
+        return;
+    }
+    let chunk = chunk.max(1);
+    let chunks = n.div_ceil(chunk);
+    let mut partials = vec![0.0f32; chunks * len];
+    partials
+        .par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(i, p)| f(i * chunk..((i + 1) * chunk).min(n), p));
+    // Sum element blocks in parallel; inside a block the chunk order is fixed.
+    const BLOCK: usize = 4096;
+    out.par_chunks_mut(BLOCK).enumerate().for_each(|(b, o)| {
+        let base = b * BLOCK;
+        for c in 0..chunks {
+            let p = &partials[c * len + base..c * len + base + o.len()];
+            for (o, p) in o.iter_mut().zip(p) {
+                *o += *p;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduce_chunks_is_independent_of_the_pool_size() {
+        let data: Vec<f32> = (0..10_007)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 + 1e-7)
+            .collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut out = vec![0.0f32; 3];
+                reduce_chunks(
+                    data.len(),
+                    chunk_len(data.len(), 64, 37),
+                    &mut out,
+                    false,
+                    |r, p| {
+                        for i in r {
+                            p[i % 3] += data[i];
+                        }
+                    },
+                );
+                out
+            })
+        };
+        let one = run(1);
+        for t in [2, 3, 8] {
+            assert_eq!(run(t), one);
+        }
+        let want: f64 = data.iter().map(|&v| v as f64).sum();
+        let got: f64 = one.iter().map(|&v| v as f64).sum();
+        assert!((want - got).abs() < 1e-2 * want.abs());
+    }
+
+    #[test]
+    fn accumulate_adds_to_the_old_contents() {
+        let mut out = vec![1.0f32, 2.0];
+        reduce_chunks(4, 1, &mut out, true, |r, p| {
+            p[0] += r.start as f32;
+            p[1] += 1.0;
+        });
+        assert_eq!(out, vec![1.0 + 6.0, 2.0 + 4.0]);
+    }
+}
