@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod arch;
 pub mod bench;
 pub mod error;
 pub mod kernels;

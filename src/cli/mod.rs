@@ -18,8 +18,20 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Prints the SIMD level in use and the thread count.
-    Info,
+    /// Prints the SIMD level in use and the thread count, and with `--arch` the
+    /// network's parameter and multiply-accumulate counts.
+    Info(InfoArgs),
+}
+
+/// Arguments of `effnet info`.
+#[derive(clap::Args, Debug)]
+struct InfoArgs {
+    /// Architecture (e.g. efficientnet_b0, tf_efficientnet_b3, b0_g16_lnpn).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Input resolution (default: the architecture's native one).
+    #[arg(long)]
+    res: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -52,4 +64,30 @@ pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<
         .build()
         .map_err(|e| effnet::Error::InvalidArgument(format!("thread pool: {e}")))?;
     Ok(pool.install(f))
+}
+
+fn info(a: &InfoArgs) -> Result<()> {
+    println!(
+        "simd level: {} (detected {})",
+        effnet::simd::active(),
+        effnet::simd::detected()
+    );
+    println!("threads: {}", rayon::current_num_threads());
+    if let Some(name) = &a.arch {
+        let arch = effnet::arch::ArchConfig::from_name(name)?;
+        let res = a.res.unwrap_or(arch.native_res);
+        if res < 32 {
+            return Err(effnet::Error::InvalidArgument(format!(
+                "--res {res} is below 32"
+            )));
+        }
+        let c = arch.counts(res);
+        println!(
+            "{}: {:.2} M parameters, {:.3} G multiply-accumulates per image at {res}×{res}",
+            arch.name,
+            c.params as f64 / 1e6,
+            c.macs as f64 / 1e9
+        );
+    }
+    Ok(())
 }
