@@ -45,15 +45,7 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
-        Command::Info => {
-            println!(
-                "simd level: {} (detected {})",
-                effnet::simd::active(),
-                effnet::simd::detected()
-            );
-            println!("threads: {}", rayon::current_num_threads());
-            Ok(())
-        }
+        Command::Info(a) => info(&a),
     }
 }
 
