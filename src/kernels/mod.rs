@@ -3,5 +3,6 @@
 //! thread count.
 
 pub mod conv;
+pub mod optim;
 pub mod parallel;
 pub mod reduce;
