@@ -17,6 +17,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod data;
 pub mod error;
 pub mod kernels;
 pub mod simd;

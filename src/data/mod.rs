@@ -1,0 +1,5 @@
+//! Training data: the built-in procedural dataset (and, later, image folders).
+
+pub mod synthetic;
+
+pub use synthetic::SyntheticShapes;
