@@ -19,6 +19,7 @@ pub mod arch;
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod io;
 pub mod kernels;
 pub mod simd;
 
