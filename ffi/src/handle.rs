@@ -9,7 +9,7 @@
 //! the same type, which is why using a destroyed handle stays undefined behaviour in
 //! the documented contract.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::status::{Failure, Outcome};
@@ -51,9 +51,11 @@ pub trait Handle: Send + Sync + 'static {
     fn clear_magic(&mut self);
 }
 
-static LIVE: Mutex<Option<HashMap<usize, Kind>>> = Mutex::new(None);
+/// Live handles by address. (A B-tree rather than a hash map: its nodes are pointed to
+/// from their start, so leak checkers see the process-lifetime map as reachable.)
+static LIVE: Mutex<BTreeMap<usize, Kind>> = Mutex::new(BTreeMap::new());
 
-fn live() -> MutexGuard<'static, Option<HashMap<usize, Kind>>> {
+fn live() -> MutexGuard<'static, BTreeMap<usize, Kind>> {
     // The map is consistent after every operation, so a poisoned lock is still usable.
     LIVE.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -61,24 +63,18 @@ fn live() -> MutexGuard<'static, Option<HashMap<usize, Kind>>> {
 /// Boxes `object`, registers it and returns the raw handle.
 pub fn register<T: Handle>(object: T) -> *mut T {
     let ptr = Box::into_raw(Box::new(object));
-    live()
-        .get_or_insert_with(HashMap::new)
-        .insert(ptr as usize, T::KIND);
+    live().insert(ptr as usize, T::KIND);
     ptr
 }
 
-fn check_registered<T: Handle>(
-    map: &Option<HashMap<usize, Kind>>,
-    ptr: *const T,
-    what: &str,
-) -> Outcome {
+fn check_registered<T: Handle>(map: &BTreeMap<usize, Kind>, ptr: *const T, what: &str) -> Outcome {
     if ptr.is_null() {
         return Err(Failure::invalid(format!("{what} is NULL")));
     }
-    match map.as_ref().and_then(|m| m.get(&(ptr as usize)).copied()) {
+    match map.get(&(ptr as usize)).copied() {
         Some(kind) if kind == T::KIND => Ok(()),
         Some(other) => Err(Failure::invalid(format!(
-            "{what} ({ptr:p}) is a {}, not a {}",
+            "{what} ({ptr:p}) is an {}, not an {}",
             other.c_name(),
             T::KIND.c_name()
         ))),
@@ -121,9 +117,7 @@ pub unsafe fn destroy<T: Handle>(ptr: *mut T, what: &str) -> Outcome {
         // Check and remove under one lock: of two racing destroys, one wins.
         let mut map = live();
         check_registered(&map, ptr, what)?;
-        if let Some(m) = map.as_mut() {
-            m.remove(&(ptr as usize));
-        }
+        map.remove(&(ptr as usize));
     }
     // SAFETY: `ptr` was a live registered `T`, made by `Box::into_raw` in `register`,
     // and is no longer in the registry, so this is the only owner.

@@ -16,7 +16,7 @@ use crate::status::{Failure, Outcome};
 
 /// The largest `struct_size` effnet accepts: a bound against garbage sizes, far above
 /// any struct this ABI will define.
-pub const MAX_STRUCT_SIZE: usize = 4096;
+pub const EFFNET_MAX_STRUCT_SIZE: usize = 4096;
 
 /// A `#[repr(C)]` struct whose first field is `size_t struct_size`.
 ///
@@ -52,9 +52,9 @@ fn check_size<T: SizedStruct>(struct_size: usize, what: &str) -> Outcome {
             T::C_NAME
         )));
     }
-    if struct_size > MAX_STRUCT_SIZE {
+    if struct_size > EFFNET_MAX_STRUCT_SIZE {
         return Err(Failure::invalid(format!(
-            "{what}->struct_size is {struct_size}, larger than any {} can be ({MAX_STRUCT_SIZE} \
+            "{what}->struct_size is {struct_size}, larger than any {} can be ({EFFNET_MAX_STRUCT_SIZE} \
              bytes); is it set?",
             T::C_NAME
         )));
@@ -74,7 +74,7 @@ pub unsafe fn read<T: SizedStruct>(ptr: *const T, what: &str) -> Outcome<T> {
     let struct_size = unsafe { ptr.cast::<usize>().read() };
     check_size::<T>(struct_size, what)?;
     // SAFETY: the caller promises `struct_size` readable bytes, and `struct_size` is at
-    // least `size_of::<T>()` (checked above) and at most MAX_STRUCT_SIZE.
+    // least `size_of::<T>()` (checked above) and at most EFFNET_MAX_STRUCT_SIZE.
     let tail = unsafe {
         std::slice::from_raw_parts(
             ptr.cast::<u8>().add(size_of::<T>()),
