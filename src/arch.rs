@@ -345,23 +345,41 @@ impl ArchConfig {
     }
 
     /// Every convolution and fully-connected layer of one forward pass at input
-    /// resolution `res`, in order, with names in timm's parameter scheme
-    /// (`conv_stem`, `blocks.{i}.{j}.conv_pw|conv_dw|se.conv_reduce|se.conv_expand|conv_pwl`,
-    /// `conv_head`, `classifier`). Squeeze-excite and classifier layers are 1×1
-    /// convolutions on a 1×1 input.
-    pub fn conv_layers(&self, batch: usize, res: usize) -> Vec<(String, ConvDesc)> {
+    /// resolution `res`, in order, named as in timm's state dicts. Squeeze-excite and
+    /// classifier layers are 1×1 convolutions on a 1×1 input.
+    pub fn conv_layers(&self, batch: usize, res: usize) -> Vec<LayerInfo> {
         let mut v = Vec::new();
+        let mut push = |name: String, desc: ConvDesc, role: LayerRole, norm: Option<String>| {
+            v.push(LayerInfo {
+                name,
+                desc,
+                role,
+                norm,
+            })
+        };
         let stem = self.conv_desc(batch, res, (3, self.stem_channels()), 3, 2, 3);
         let mut hw = stem.validate().map(|s| s.out_h).unwrap_or(1);
-        v.push(("conv_stem".to_string(), stem));
+        push(
+            "conv_stem".into(),
+            stem,
+            LayerRole::Stem,
+            Some("bn1".into()),
+        );
         for b in self.blocks() {
             let p = format!("blocks.{}.{}", b.stage, b.index);
-            if b.expand {
-                v.push((
+            // timm: InvertedResidual = conv_pw/bn1, conv_dw/bn2, se, conv_pwl/bn3;
+            // DepthwiseSeparableConv (no expansion) = conv_dw/bn1, se, conv_pw/bn2.
+            let (dw_bn, proj, proj_bn) = if b.expand {
+                push(
                     format!("{p}.conv_pw"),
                     ConvDesc::pointwise(batch, (hw, hw), b.in_ch, b.mid_ch),
-                ));
-            }
+                    LayerRole::Expand,
+                    Some(format!("{p}.bn1")),
+                );
+                ("bn2", "conv_pwl", "bn3")
+            } else {
+                ("bn1", "conv_pw", "bn2")
+            };
             let dw = self.conv_desc(
                 batch,
                 hw,
@@ -371,29 +389,44 @@ impl ArchConfig {
                 b.group_size,
             );
             hw = dw.validate().map(|s| s.out_h).unwrap_or(1);
-            v.push((format!("{p}.conv_dw"), dw));
-            v.push((
+            push(
+                format!("{p}.conv_dw"),
+                dw,
+                LayerRole::Spatial,
+                Some(format!("{p}.{dw_bn}")),
+            );
+            push(
                 format!("{p}.se.conv_reduce"),
                 ConvDesc::pointwise(batch, (1, 1), b.mid_ch, b.se_ch),
-            ));
-            v.push((
+                LayerRole::SeReduce,
+                None,
+            );
+            push(
                 format!("{p}.se.conv_expand"),
                 ConvDesc::pointwise(batch, (1, 1), b.se_ch, b.mid_ch),
-            ));
-            v.push((
-                format!("{p}.conv_pwl"),
+                LayerRole::SeExpand,
+                None,
+            );
+            push(
+                format!("{p}.{proj}"),
                 ConvDesc::pointwise(batch, (hw, hw), b.mid_ch, b.out_ch),
-            ));
+                LayerRole::Project,
+                Some(format!("{p}.{proj_bn}")),
+            );
         }
         let last = self.blocks().last().map(|b| b.out_ch).unwrap_or(0);
-        v.push((
-            "conv_head".to_string(),
+        push(
+            "conv_head".into(),
             ConvDesc::pointwise(batch, (hw, hw), last, self.head_channels()),
-        ));
-        v.push((
-            "classifier".to_string(),
+            LayerRole::Head,
+            Some("bn2".into()),
+        );
+        push(
+            "classifier".into(),
             ConvDesc::pointwise(batch, (1, 1), self.head_channels(), self.num_classes),
-        ));
+            LayerRole::Classifier,
+            None,
+        );
         v
     }
 
@@ -401,21 +434,64 @@ impl ArchConfig {
     pub fn counts(&self, res: usize) -> Counts {
         let mut params = 0;
         let mut macs = 0;
-        for (name, d) in self.conv_layers(1, res) {
+        for l in self.conv_layers(1, res) {
+            let d = l.desc;
             let Ok(s) = d.validate() else { continue };
             params += s.w_len;
             macs += s.y_len * d.group_size * d.kernel_h * d.kernel_w;
-            let has_bias = name.contains(".se.") || name == "classifier";
-            if has_bias {
+            if l.role.has_bias() {
                 params += d.out_channels;
             }
-            // The norm after each conv (none after SE convs and the classifier).
-            if !has_bias {
-                params += self.norm_params(d.out_channels, name.ends_with("conv_pwl"));
+            if l.norm.is_some() {
+                params += self.norm_params(d.out_channels, l.role == LayerRole::Project);
             }
         }
         Counts { params, macs }
     }
+}
+
+/// What a layer does in the network.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LayerRole {
+    /// The 3×3 stride-2 stem convolution.
+    Stem,
+    /// A block's expansion 1×1.
+    Expand,
+    /// A block's depthwise or grouped k×k.
+    Spatial,
+    /// Squeeze-excite reduction (with bias).
+    SeReduce,
+    /// Squeeze-excite expansion (with bias).
+    SeExpand,
+    /// A block's projection 1×1 (norm, no activation).
+    Project,
+    /// The final 1×1 before pooling.
+    Head,
+    /// The fully-connected classifier (with bias).
+    Classifier,
+}
+
+impl LayerRole {
+    /// Whether the layer has a bias (SE convs and the classifier).
+    pub fn has_bias(self) -> bool {
+        matches!(
+            self,
+            LayerRole::SeReduce | LayerRole::SeExpand | LayerRole::Classifier
+        )
+    }
+}
+
+/// One convolution or fully-connected layer of a network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerInfo {
+    /// timm parameter prefix (`conv_stem`, `blocks.1.0.conv_dw`, `classifier`, …).
+    pub name: String,
+    /// The convolution (fully-connected layers as 1×1 on a 1×1 input).
+    pub desc: ConvDesc,
+    /// What the layer does.
+    pub role: LayerRole,
+    /// timm prefix of the norm that follows it (`bn1`, `blocks.0.0.bn2`, …), if any.
+    pub norm: Option<String>,
 }
 
 #[cfg(test)]
@@ -440,6 +516,32 @@ mod tests {
             "{}",
             g16.macs
         );
+    }
+
+    #[test]
+    fn layer_names_follow_timm() {
+        let a = ArchConfig::from_name("efficientnet_b0").unwrap();
+        let names: Vec<String> = a.conv_layers(1, 224).into_iter().map(|l| l.name).collect();
+        for n in [
+            "conv_stem",
+            "blocks.0.0.conv_dw",
+            "blocks.0.0.conv_pw",
+            "blocks.1.0.conv_pw",
+            "blocks.1.0.conv_pwl",
+            "blocks.6.0.se.conv_expand",
+            "conv_head",
+            "classifier",
+        ] {
+            assert!(names.iter().any(|m| m == n), "{n} missing");
+        }
+        assert!(!names.iter().any(|m| m == "blocks.0.0.conv_pwl"));
+        let norms: Vec<String> = a
+            .conv_layers(1, 224)
+            .into_iter()
+            .filter_map(|l| l.norm)
+            .collect();
+        assert_eq!(&norms[..3], ["bn1", "blocks.0.0.bn1", "blocks.0.0.bn2"]);
+        assert_eq!(norms.len(), 2 + 16 * 3 - 1);
     }
 
     #[test]
@@ -481,9 +583,10 @@ mod tests {
             for v in ["g1_bn", "g16_lnpn"] {
                 let a = ArchConfig::from_name(&format!("b{k}_{v}")).unwrap();
                 for res in [a.native_res, a.half_res().unwrap_or(128), 97] {
-                    for (name, d) in a.conv_layers(2, res) {
-                        d.validate()
-                            .unwrap_or_else(|e| panic!("{} {name} at {res}: {e}", a.name));
+                    for l in a.conv_layers(2, res) {
+                        l.desc
+                            .validate()
+                            .unwrap_or_else(|e| panic!("{} {} at {res}: {e}", a.name, l.name));
                     }
                 }
             }
