@@ -1,0 +1,353 @@
+//! Fully-connected layers: the two 1×1 convolutions of squeeze-and-excite (on pooled
+//! `[N][C]` features) and the classifier of the head.
+//!
+//! Layouts (row-major): input `x` is `[rows][in]`, weight `w` is `[in][out]` (the
+//! layout of a 1×1 convolution's `[1][1][C_in][C_out]` weight), bias `b` is `[out]`,
+//! output `y` is `[rows][out]`:
+//!
+//! `y = x·W + b`, `dx = dy·Wᵀ`, `dW = xᵀ·dy`, `db = Σ_rows dy`.
+//!
+//! A PyTorch `nn.Linear` weight is `[out][in]`: transpose it at import.
+//!
+//! All three passes run on one internal matrix product ([`matmul`], private), kept in
+//! one function so that it can be replaced by the crate's shared GEMM. Each output
+//! element is accumulated by one task in a fixed order, so results are bitwise
+//! identical for any thread count.
+//!
+//! ```
+//! use effnet::kernels::fully_connected::FullyConnected;
+//! use effnet::kernels::conv::GradMode;
+//! let fc = FullyConnected::new(2, 3, 2).unwrap();
+//! let x = [1.0f32, 2.0, 3.0, 0.0, 1.0, 0.0];
+//! let w = [1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]; // [3][2]
+//! let b = [0.5f32, -0.5];
+//! let mut y = [0.0f32; 4];
+//! fc.forward(&x, &w, Some(&b), &mut y).unwrap();
+//! assert_eq!(y, [4.5, 4.5, 0.5, 0.5]);
+//! let mut dx = [0.0f32; 6];
+//! fc.backward_data(&y, &w, &mut dx).unwrap();
+//! let (mut dw, mut db) = ([0.0f32; 6], [0.0f32; 2]);
+//! fc.backward_weight(&x, &y, &mut dw, Some(&mut db), GradMode::Overwrite).unwrap();
+//! assert_eq!(db, [5.0, 5.0]);
+//! ```
+
+use super::conv::GradMode;
+use super::reduce::column_sums;
+use crate::error::{Error, Result, check_len, checked_product};
+use crate::simd::{self, Simd, SimdKernel, SimdLevel, dispatch};
+use rayon::prelude::*;
+
+/// A validated fully-connected layer: `rows` input vectors of `in_features` to
+/// `out_features`. Buffer layouts are in the [module docs](self).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FullyConnected {
+    rows: usize,
+    inp: usize,
+    out: usize,
+}
+
+impl FullyConnected {
+    /// Validates the sizes: `rows` (the batch, or `N·H·W` for a 1×1 convolution),
+    /// `in_features`, `out_features`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDescriptor`] for a zero size, [`Error::Overflow`] if a buffer
+    /// would not fit in memory.
+    pub fn new(rows: usize, in_features: usize, out_features: usize) -> Result<Self> {
+        for (name, v) in [
+            ("rows", rows),
+            ("in_features", in_features),
+            ("out_features", out_features),
+        ] {
+            if v == 0 {
+                return Err(Error::InvalidDescriptor(format!(
+                    "fully connected: {name} must be at least 1"
+                )));
+            }
+        }
+        checked_product("fully connected input", &[rows, in_features])?;
+        checked_product("fully connected output", &[rows, out_features])?;
+        checked_product("fully connected weight", &[in_features, out_features])?;
+        Ok(FullyConnected {
+            rows,
+            inp: in_features,
+            out: out_features,
+        })
+    }
+
+    /// Rows (input vectors).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.inp
+    }
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.out
+    }
+    /// Elements of `x` / `dx`: `rows·in`.
+    pub fn x_len(&self) -> usize {
+        self.rows * self.inp
+    }
+    /// Elements of `y` / `dy`: `rows·out`.
+    pub fn y_len(&self) -> usize {
+        self.rows * self.out
+    }
+    /// Elements of `w` / `dw`: `in·out`.
+    pub fn w_len(&self) -> usize {
+        self.inp * self.out
+    }
+
+    /// `y = x·W (+ b)`; `y` (`[rows][out]`) is overwritten.
+    ///
+    /// # Errors
+    /// [`Error::BufferSize`] if a buffer has the wrong length.
+    pub fn forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) -> Result<()> {
+        check_len("x", x.len(), self.x_len())?;
+        check_len("weight", w.len(), self.w_len())?;
+        if let Some(b) = bias {
+            check_len("bias", b.len(), self.out)?;
+        }
+        check_len("y", y.len(), self.y_len())?;
+        let level = simd::active();
+        match bias {
+            Some(b) => {
+                for row in y.chunks_exact_mut(self.out) {
+                    row.copy_from_slice(b);
+                }
+            }
+            None => y.fill(0.0),
+        }
+        matmul(level, self.rows, self.inp, self.out, x, w, y);
+        Ok(())
+    }
+
+    /// `dx = dy·Wᵀ`; `dx` (`[rows][in]`) is overwritten.
+    ///
+    /// # Errors
+    /// [`Error::BufferSize`] if a buffer has the wrong length.
+    pub fn backward_data(&self, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
+        check_len("dy", dy.len(), self.y_len())?;
+        check_len("weight", w.len(), self.w_len())?;
+        check_len("dx", dx.len(), self.x_len())?;
+        let level = simd::active();
+        let wt = transpose(w, self.inp, self.out);
+        dx.fill(0.0);
+        matmul(level, self.rows, self.out, self.inp, dy, &wt, dx);
+        Ok(())
+    }
+
+    /// `dW (+)= xᵀ·dy` (`[in][out]`) and, if given, `db (+)= Σ_rows dy` (`[out]`),
+    /// overwritten or accumulated according to `mode`.
+    ///
+    /// # Errors
+    /// [`Error::BufferSize`] if a buffer has the wrong length.
+    pub fn backward_weight(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        mode: GradMode,
+    ) -> Result<()> {
+        check_len("x", x.len(), self.x_len())?;
+        check_len("dy", dy.len(), self.y_len())?;
+        check_len("dweight", dw.len(), self.w_len())?;
+        if let Some(db) = &dbias {
+            check_len("dbias", db.len(), self.out)?;
+        }
+        let level = simd::active();
+        let xt = transpose(x, self.rows, self.inp);
+        if !mode.accumulate() {
+            dw.fill(0.0);
+        }
+        matmul(level, self.inp, self.rows, self.out, &xt, dy, dw);
+        if let Some(db) = dbias {
+            column_sums(level, dy, db, mode.accumulate());
+        }
+        Ok(())
+    }
+}
+
+/// The row-major transpose of an `r × c` matrix (`c × r`).
+fn transpose(a: &[f32], r: usize, c: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; r * c];
+    const B: usize = 32;
+    for i0 in (0..r).step_by(B) {
+        for j0 in (0..c).step_by(B) {
+            for i in i0..(i0 + B).min(r) {
+                for j in j0..(j0 + B).min(c) {
+                    t[j * r + i] = a[i * c + j];
+                }
+            }
+        }
+    }
+    t
+}
+
+/// Rows of `C` per micro-tile.
+const MR: usize = 4;
+/// Rows of `C` per parallel task.
+const TASK_ROWS: usize = 32;
+/// Columns of `C` per parallel task.
+const TASK_COLS: usize = 128;
+
+/// `C += A·B` with `A` `[m][k]`, `B` `[k][n]`, `C` `[m][n]`, all row-major.
+///
+/// The only matrix product of this module: swap it for the shared GEMM when it lands.
+/// Tasks are fixed tiles of `C` (computed in parallel into tile buffers, then copied
+/// back); each element is accumulated over `k` in order by one task, so the result does
+/// not depend on the thread count.
+fn matmul(level: SimdLevel, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    debug_assert_eq!(a.len(), m * k);
+    debug_assert_eq!(b.len(), k * n);
+    debug_assert_eq!(c.len(), m * n);
+    let row_tiles = m.div_ceil(TASK_ROWS);
+    let col_tiles = n.div_ceil(TASK_COLS);
+    let tile = |t: usize| {
+        let (rt, ct) = (t / col_tiles, t % col_tiles);
+        let (i0, j0) = (rt * TASK_ROWS, ct * TASK_COLS);
+        (i0, (i0 + TASK_ROWS).min(m), j0, (j0 + TASK_COLS).min(n))
+    };
+    let c_ro: &[f32] = c;
+    let tiles: Vec<Vec<f32>> = (0..row_tiles * col_tiles)
+        .into_par_iter()
+        .map(|t| {
+            let (i0, i1, j0, j1) = tile(t);
+            let w = j1 - j0;
+            let mut out = Vec::with_capacity((i1 - i0) * w);
+            for i in i0..i1 {
+                out.extend_from_slice(&c_ro[i * n + j0..i * n + j1]);
+            }
+            dispatch(
+                level,
+                MatmulTile {
+                    a: &a[i0 * k..i1 * k],
+                    b: &b[j0..],
+                    c: &mut out,
+                    k,
+                    ldb: n,
+                    w,
+                },
+            );
+            out
+        })
+        .collect();
+    for (t, out) in tiles.iter().enumerate() {
+        let (i0, i1, j0, j1) = tile(t);
+        for (i, row) in (i0..i1).zip(out.chunks_exact(j1 - j0)) {
+            c[i * n + j0..i * n + j1].copy_from_slice(row);
+        }
+    }
+}
+
+/// One tile of [`matmul`]: `c` (`[rows][w]`) `+= a` (`[rows][k]`) `· b` (`[k][w]` with
+/// row stride `ldb`).
+struct MatmulTile<'a> {
+    a: &'a [f32],
+    b: &'a [f32],
+    c: &'a mut [f32],
+    k: usize,
+    ldb: usize,
+    w: usize,
+}
+
+impl SimdKernel for MatmulTile<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let (a, b, k, ldb, w) = (self.a, self.b, self.k, self.ldb, self.w);
+        let rows = self.c.len() / w;
+        let mut i = 0;
+        while i < rows {
+            let mr = (rows - i).min(MR);
+            let mut j = 0;
+            while j < w {
+                let nw = (w - j).min(2 * S::LANES);
+                if mr == MR {
+                    let acc = micro::<S, MR>(s, a, b, k, ldb, i, j, nw);
+                    add_to(s, self.c, w, i, j, nw, acc);
+                } else {
+                    for r in i..i + mr {
+                        let acc = micro::<S, 1>(s, a, b, k, ldb, r, j, nw);
+                        add_to(s, self.c, w, r, j, nw, acc);
+                    }
+                }
+                j += nw;
+            }
+            i += mr;
+        }
+    }
+}
+
+/// The sums `A[i..i+R][..] · B[..][j..j+nw]` for `nw <= 2·LANES`, as `R` pairs of
+/// vectors (columns `j..j+LANES` and `j+LANES..j+nw`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn micro<S: Simd, const R: usize>(
+    s: S,
+    a: &[f32],
+    b: &[f32],
+    k: usize,
+    ldb: usize,
+    i: usize,
+    j: usize,
+    nw: usize,
+) -> ([S::V; R], [S::V; R]) {
+    let w0 = nw.min(S::LANES);
+    let w1 = nw - w0;
+    assert!((i + R) * k <= a.len() && j + nw <= ldb);
+    assert!(k == 0 || (k - 1) * ldb + j + nw <= b.len());
+    let mut acc0 = [s.zero(); R];
+    let mut acc1 = [s.zero(); R];
+    let full = w1 == S::LANES;
+    for p in 0..k {
+        // SAFETY: `p·ldb + j + nw <= b.len()` (asserted above); full vectors only when
+        // `nw == 2·LANES`, partial loads read exactly `w0` and `w1` floats.
+        let (b0, b1) = unsafe {
+            let ptr = b.as_ptr().add(p * ldb + j);
+            if full {
+                (s.load_ptr(ptr), s.load_ptr(ptr.add(S::LANES)))
+            } else {
+                let b0 = if w0 == S::LANES {
+                    s.load_ptr(ptr)
+                } else {
+                    s.load_partial_ptr(ptr, w0)
+                };
+                (b0, s.load_partial_ptr(ptr.add(S::LANES), w1))
+            }
+        };
+        for r in 0..R {
+            let av = s.splat(a[(i + r) * k + p]);
+            acc0[r] = s.mul_add(av, b0, acc0[r]);
+            acc1[r] = s.mul_add(av, b1, acc1[r]);
+        }
+    }
+    (acc0, acc1)
+}
+
+/// `c[i+r][j..j+nw] += acc[r]` (`c` has `w` columns).
+#[inline(always)]
+fn add_to<S: Simd, const R: usize>(
+    s: S,
+    c: &mut [f32],
+    w: usize,
+    i: usize,
+    j: usize,
+    nw: usize,
+    (acc0, acc1): ([S::V; R], [S::V; R]),
+) {
+    let w0 = nw.min(S::LANES);
+    for r in 0..R {
+        let row = &mut c[(i + r) * w + j..(i + r) * w + j + nw];
+        let (o0, o1) = row.split_at_mut(w0);
+        let v0 = s.add(s.load_upto(o0), acc0[r]);
+        s.store_upto(o0, v0);
+        if !o1.is_empty() {
+            let v1 = s.add(s.load_upto(o1), acc1[r]);
+            s.store_upto(o1, v1);
+        }
+    }
+}
