@@ -20,7 +20,8 @@
 //! assert_eq!(&y[..3], &[1.0, 2.0, 4.0]);
 //! let (mut dx, mut dg) = (vec![0.0f32; shape.len()], vec![0.0f32; 3]);
 //! gate::backward(&shape, &y, &x, &g, &mut dx, &mut dg).unwrap();
-//! assert_eq!(dg, vec![4.0, 8.0, 16.0]);
+//! assert_eq!(dg, vec![8.0, 16.0, 32.0]); // Σ over 4 pixels of y·x
+//! assert_eq!(&dx[..3], &[0.5, 2.0, 8.0]);
 //! ```
 
 use super::pool::Nhwc;
