@@ -120,7 +120,15 @@ impl FullyConnected {
             }
             None => y.fill(0.0),
         }
-        matmul(level, self.rows, self.inp, self.out, x, w, y);
+        matmul(
+            level,
+            self.rows,
+            self.inp,
+            self.out,
+            (x, Op::N),
+            (w, Op::N),
+            y,
+        );
         Ok(())
     }
 
@@ -133,9 +141,16 @@ impl FullyConnected {
         check_len("weight", w.len(), self.w_len())?;
         check_len("dx", dx.len(), self.x_len())?;
         let level = simd::active();
-        let wt = transpose(w, self.inp, self.out);
         dx.fill(0.0);
-        matmul(level, self.rows, self.out, self.inp, dy, &wt, dx);
+        matmul(
+            level,
+            self.rows,
+            self.out,
+            self.inp,
+            (dy, Op::N),
+            (w, Op::T),
+            dx,
+        );
         Ok(())
     }
 
@@ -159,16 +174,32 @@ impl FullyConnected {
             check_len("dbias", db.len(), self.out)?;
         }
         let level = simd::active();
-        let xt = transpose(x, self.rows, self.inp);
         if !mode.accumulate() {
             dw.fill(0.0);
         }
-        matmul(level, self.inp, self.rows, self.out, &xt, dy, dw);
+        matmul(
+            level,
+            self.inp,
+            self.rows,
+            self.out,
+            (x, Op::T),
+            (dy, Op::N),
+            dw,
+        );
         if let Some(db) = dbias {
             column_sums(level, dy, db, mode.accumulate());
         }
         Ok(())
     }
+}
+
+/// How a matrix operand of [`matmul`] is stored.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Op {
+    /// As is: an `r × c` operand stored `[r][c]`.
+    N,
+    /// Transposed: an `r × c` operand stored `[c][r]`.
+    T,
 }
 
 /// The row-major transpose of an `r × c` matrix (`c × r`).
@@ -194,16 +225,31 @@ const TASK_ROWS: usize = 32;
 /// Columns of `C` per parallel task.
 const TASK_COLS: usize = 128;
 
-/// `C += A·B` with `A` `[m][k]`, `B` `[k][n]`, `C` `[m][n]`, all row-major.
+/// `C += op(A)·op(B)` with `op(A)` `m × k`, `op(B)` `k × n`, `C` `[m][n]` row-major;
+/// each operand is stored as is ([`Op::N`]: `A` `[m][k]`, `B` `[k][n]`) or transposed
+/// ([`Op::T`]: `A` `[k][m]`, `B` `[n][k]`).
 ///
 /// The only matrix product of this module: swap it for the shared GEMM when it lands.
 /// Tasks are fixed tiles of `C` (computed in parallel into tile buffers, then copied
-/// back); each element is accumulated over `k` in order by one task, so the result does
-/// not depend on the thread count.
-fn matmul(level: SimdLevel, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+/// back); each element is accumulated over `k` in a fixed order by one task, so the
+/// result does not depend on the thread count.
+fn matmul(
+    level: SimdLevel,
+    m: usize,
+    k: usize,
+    n: usize,
+    (a, ta): (&[f32], Op),
+    (b, tb): (&[f32], Op),
+    c: &mut [f32],
+) {
     debug_assert_eq!(a.len(), m * k);
     debug_assert_eq!(b.len(), k * n);
     debug_assert_eq!(c.len(), m * n);
+    if ta == Op::T && tb == Op::T {
+        // Not used by this module; keep the function total.
+        let at = transpose(a, k, m);
+        return matmul(level, m, k, n, (&at, Op::N), (b, tb), c);
+    }
     let row_tiles = m.div_ceil(TASK_ROWS);
     let col_tiles = n.div_ceil(TASK_COLS);
     let tile = |t: usize| {
@@ -221,17 +267,27 @@ fn matmul(level: SimdLevel, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], 
             for i in i0..i1 {
                 out.extend_from_slice(&c_ro[i * n + j0..i * n + j1]);
             }
-            dispatch(
-                level,
-                MatmulTile {
-                    a: &a[i0 * k..i1 * k],
-                    b: &b[j0..],
-                    c: &mut out,
-                    k,
-                    ldb: n,
-                    w,
-                },
-            );
+            // Element (i, p) of op(A) is a[i·a_rs + p·a_cs].
+            let (a_rs, a_cs) = match ta {
+                Op::N => (k, 1),
+                Op::T => (1, m),
+            };
+            let tile = Tile {
+                a,
+                a_rs,
+                a_cs,
+                i0,
+                b,
+                j0,
+                k,
+                n,
+                c: &mut out,
+                w,
+            };
+            match tb {
+                Op::N => dispatch(level, TileNN(tile)),
+                Op::T => dispatch(level, TileNT(tile)),
+            }
             out
         })
         .collect();
@@ -243,36 +299,43 @@ fn matmul(level: SimdLevel, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], 
     }
 }
 
-/// One tile of [`matmul`]: `c` (`[rows][w]`) `+= a` (`[rows][k]`) `· b` (`[k][w]` with
-/// row stride `ldb`).
-struct MatmulTile<'a> {
+/// One tile of [`matmul`]: `c` (`[rows][w]`) holds rows `i0..` and columns `j0..j0+w`
+/// of `C`; `a` and `b` are the whole operands.
+struct Tile<'a> {
     a: &'a [f32],
+    a_rs: usize,
+    a_cs: usize,
+    i0: usize,
     b: &'a [f32],
-    c: &'a mut [f32],
+    j0: usize,
     k: usize,
-    ldb: usize,
+    n: usize,
+    c: &'a mut [f32],
     w: usize,
 }
 
-impl SimdKernel for MatmulTile<'_> {
+/// A tile with `B` stored `[k][n]`: rank-1 updates, `A`'s elements broadcast.
+struct TileNN<'a>(Tile<'a>);
+
+impl SimdKernel for TileNN<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let (a, b, k, ldb, w) = (self.a, self.b, self.k, self.ldb, self.w);
-        let rows = self.c.len() / w;
+        let t = self.0;
+        let rows = t.c.len() / t.w;
         let mut i = 0;
         while i < rows {
             let mr = (rows - i).min(MR);
             let mut j = 0;
-            while j < w {
-                let nw = (w - j).min(2 * S::LANES);
+            while j < t.w {
+                let nw = (t.w - j).min(2 * S::LANES);
                 if mr == MR {
-                    let acc = micro::<S, MR>(s, a, b, k, ldb, i, j, nw);
-                    add_to(s, self.c, w, i, j, nw, acc);
+                    let acc = micro_nn::<S, MR>(s, &t, t.i0 + i, t.j0 + j, nw);
+                    add_to(s, t.c, t.w, i, j, nw, acc);
                 } else {
                     for r in i..i + mr {
-                        let acc = micro::<S, 1>(s, a, b, k, ldb, r, j, nw);
-                        add_to(s, self.c, w, r, j, nw, acc);
+                        let acc = micro_nn::<S, 1>(s, &t, t.i0 + r, t.j0 + j, nw);
+                        add_to(s, t.c, t.w, r, j, nw, acc);
                     }
                 }
                 j += nw;
@@ -282,32 +345,29 @@ impl SimdKernel for MatmulTile<'_> {
     }
 }
 
-/// The sums `A[i..i+R][..] · B[..][j..j+nw]` for `nw <= 2·LANES`, as `R` pairs of
-/// vectors (columns `j..j+LANES` and `j+LANES..j+nw`).
+/// The sums `op(A)[i..i+R][..] · B[..][j..j+nw]` for `nw <= 2·LANES` (global row `i`
+/// and column `j`), as `R` pairs of vectors (columns `j..j+LANES`, `j+LANES..j+nw`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn micro<S: Simd, const R: usize>(
+fn micro_nn<S: Simd, const R: usize>(
     s: S,
-    a: &[f32],
-    b: &[f32],
-    k: usize,
-    ldb: usize,
+    t: &Tile<'_>,
     i: usize,
     j: usize,
     nw: usize,
 ) -> ([S::V; R], [S::V; R]) {
+    let (k, n, b) = (t.k, t.n, t.b);
     let w0 = nw.min(S::LANES);
     let w1 = nw - w0;
-    assert!((i + R) * k <= a.len() && j + nw <= ldb);
-    assert!(k == 0 || (k - 1) * ldb + j + nw <= b.len());
+    assert!(j + nw <= n && b.len() == k * n);
+    assert!(k == 0 || (i + R - 1) * t.a_rs + (k - 1) * t.a_cs < t.a.len());
     let mut acc0 = [s.zero(); R];
     let mut acc1 = [s.zero(); R];
     let full = w1 == S::LANES;
     for p in 0..k {
-        // SAFETY: `p·ldb + j + nw <= b.len()` (asserted above); full vectors only when
-        // `nw == 2·LANES`, partial loads read exactly `w0` and `w1` floats.
+        // SAFETY: `p·n + j + nw <= k·n = b.len()` (asserted above); full vectors only
+        // when `nw == 2·LANES`, partial loads read exactly `w0` and `w1` floats.
         let (b0, b1) = unsafe {
-            let ptr = b.as_ptr().add(p * ldb + j);
+            let ptr = b.as_ptr().add(p * n + j);
             if full {
                 (s.load_ptr(ptr), s.load_ptr(ptr.add(S::LANES)))
             } else {
@@ -320,7 +380,7 @@ fn micro<S: Simd, const R: usize>(
             }
         };
         for r in 0..R {
-            let av = s.splat(a[(i + r) * k + p]);
+            let av = s.splat(t.a[(i + r) * t.a_rs + p * t.a_cs]);
             acc0[r] = s.mul_add(av, b0, acc0[r]);
             acc1[r] = s.mul_add(av, b1, acc1[r]);
         }
@@ -350,4 +410,79 @@ fn add_to<S: Simd, const R: usize>(
             s.store_upto(o1, v1);
         }
     }
+}
+
+/// Columns of `C` per dot-product micro-tile (rows of `B` stored `[n][k]`).
+const NR_DOT: usize = 2;
+
+/// A tile with `B` stored `[n][k]` (and `A` `[m][k]`): dot products of contiguous rows,
+/// `MR × NR_DOT` vector accumulators reduced at the end.
+struct TileNT<'a>(Tile<'a>);
+
+impl SimdKernel for TileNT<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let t = self.0;
+        debug_assert_eq!(t.a_cs, 1);
+        let rows = t.c.len() / t.w;
+        let mut i = 0;
+        while i < rows {
+            let mr = (rows - i).min(MR);
+            let mut j = 0;
+            while j < t.w {
+                let nr = (t.w - j).min(NR_DOT);
+                if mr == MR && nr == NR_DOT {
+                    let d = micro_nt::<S, MR, NR_DOT>(s, &t, t.i0 + i, t.j0 + j);
+                    for (r, d) in d.iter().enumerate() {
+                        for (q, d) in d.iter().enumerate() {
+                            t.c[(i + r) * t.w + j + q] += *d;
+                        }
+                    }
+                } else {
+                    for r in i..i + mr {
+                        for q in j..j + nr {
+                            let d = micro_nt::<S, 1, 1>(s, &t, t.i0 + r, t.j0 + q);
+                            t.c[r * t.w + q] += d[0][0];
+                        }
+                    }
+                }
+                j += nr;
+            }
+            i += mr;
+        }
+    }
+}
+
+/// `Σ_p A[i+r][p] · B[j+q][p]` for `r < R`, `q < Q` (global row `i`, column `j`).
+#[inline(always)]
+fn micro_nt<S: Simd, const R: usize, const Q: usize>(
+    s: S,
+    t: &Tile<'_>,
+    i: usize,
+    j: usize,
+) -> [[f32; Q]; R] {
+    let k = t.k;
+    let arows: [&[f32]; R] = std::array::from_fn(|r| &t.a[(i + r) * k..(i + r + 1) * k]);
+    let brows: [&[f32]; Q] = std::array::from_fn(|q| &t.b[(j + q) * k..(j + q + 1) * k]);
+    let mut acc = [[s.zero(); Q]; R];
+    let mut p = 0;
+    while p < k {
+        let len = (k - p).min(S::LANES);
+        let bv: [S::V; Q] = std::array::from_fn(|q| s.load_upto(&brows[q][p..p + len]));
+        for r in 0..R {
+            let av = s.load_upto(&arows[r][p..p + len]);
+            for q in 0..Q {
+                acc[r][q] = s.mul_add(av, bv[q], acc[r][q]);
+            }
+        }
+        p += len;
+    }
+    let mut out = [[0.0f32; Q]; R];
+    for r in 0..R {
+        for q in 0..Q {
+            out[r][q] = s.reduce_sum(acc[r][q]);
+        }
+    }
+    out
 }
