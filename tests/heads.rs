@@ -696,6 +696,19 @@ fn dropout_masks_are_seeded_and_preserve_the_mean() {
             );
         }
     }
+    // A mask depends on the element index only, not on the tensor's length or how the
+    // work is split: a short mask is a prefix of a long one.
+    let d = Dropout::new(0.4, 3).unwrap();
+    let mut long = vec![0.0; 50_001];
+    d.mask(&mut long);
+    for short_len in [1, 17, 16_385, 33_000] {
+        let mut short = vec![0.0; short_len];
+        d.mask(&mut short);
+        assert!(
+            short[..] == long[..short_len],
+            "prefix of length {short_len}"
+        );
+    }
     // Neighbouring elements are not correlated (a counter-based hash could fail here).
     let d = Dropout::new(0.5, 9).unwrap();
     let mut m = vec![0.0; len];

@@ -9,7 +9,7 @@
 //!
 //! A PyTorch `nn.Linear` weight is `[out][in]`: transpose it at import.
 //!
-//! All three passes run on one internal matrix product ([`matmul`], private), kept in
+//! All three passes run on one internal matrix product (the private `matmul`), kept in
 //! one function so that it can be replaced by the crate's shared GEMM. Each output
 //! element is accumulated by one task in a fixed order, so results are bitwise
 //! identical for any thread count.

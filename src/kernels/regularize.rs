@@ -186,9 +186,19 @@ impl Dropout {
 
     /// Writes the mask `mask[i] ∈ {0, 1/(1 − p)}` for elements `0..mask.len()`.
     pub fn mask(&self, mask: &mut [f32]) {
+        let level = simd::active();
         mask.par_chunks_mut(DROPOUT_CHUNK)
             .enumerate()
-            .for_each(|(j, m)| self.fill_mask((j * DROPOUT_CHUNK) as u64, m));
+            .for_each(|(j, m)| {
+                dispatch(
+                    level,
+                    MaskFill {
+                        d: self,
+                        start: (j * DROPOUT_CHUNK) as u64,
+                        m,
+                    },
+                )
+            });
     }
 
     #[inline(always)]
@@ -245,6 +255,22 @@ impl Dropout {
                     },
                 );
             });
+    }
+}
+
+/// [`Dropout::fill_mask`] compiled with the level's target features (so that the hash
+/// loop vectorizes).
+struct MaskFill<'a> {
+    d: &'a Dropout,
+    start: u64,
+    m: &'a mut [f32],
+}
+
+impl SimdKernel for MaskFill<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self, _s: S) {
+        self.d.fill_mask(self.start, self.m);
     }
 }
 
