@@ -382,6 +382,8 @@ fn efficientnet_shapes_match_reference() {
     check_fc(4, 96, 4, true, 5).unwrap();
     check_fc(4, 4, 96, true, 6).unwrap();
     check_fc(70, 33, 140, false, 9).unwrap();
+    // Enough rows for the in-place row-block path of every pass.
+    check_fc(130, 131, 130, true, 10).unwrap();
     check_ce(8, 1000, 0.1, false, 1).unwrap();
     check_ce(8, 1000, 0.1, true, 2).unwrap();
 }

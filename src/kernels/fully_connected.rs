@@ -112,13 +112,10 @@ impl FullyConnected {
         }
         check_len("y", y.len(), self.y_len())?;
         let level = simd::active();
-        match bias {
-            Some(b) => {
-                for row in y.chunks_exact_mut(self.out) {
-                    row.copy_from_slice(b);
-                }
+        if let Some(b) = bias {
+            for row in y.chunks_exact_mut(self.out) {
+                row.copy_from_slice(b);
             }
-            None => y.fill(0.0),
         }
         matmul(
             level,
@@ -128,6 +125,7 @@ impl FullyConnected {
             (x, Op::N),
             (w, Op::N),
             y,
+            bias.is_some(),
         );
         Ok(())
     }
@@ -141,7 +139,6 @@ impl FullyConnected {
         check_len("weight", w.len(), self.w_len())?;
         check_len("dx", dx.len(), self.x_len())?;
         let level = simd::active();
-        dx.fill(0.0);
         matmul(
             level,
             self.rows,
@@ -150,6 +147,7 @@ impl FullyConnected {
             (dy, Op::N),
             (w, Op::T),
             dx,
+            false,
         );
         Ok(())
     }
@@ -174,9 +172,6 @@ impl FullyConnected {
             check_len("dbias", db.len(), self.out)?;
         }
         let level = simd::active();
-        if !mode.accumulate() {
-            dw.fill(0.0);
-        }
         matmul(
             level,
             self.inp,
@@ -185,6 +180,7 @@ impl FullyConnected {
             (x, Op::T),
             (dy, Op::N),
             dw,
+            mode.accumulate(),
         );
         if let Some(db) = dbias {
             column_sums(level, dy, db, mode.accumulate());
@@ -222,17 +218,21 @@ fn transpose(a: &[f32], r: usize, c: usize) -> Vec<f32> {
 const MR: usize = 4;
 /// Rows of `C` per parallel task.
 const TASK_ROWS: usize = 32;
-/// Columns of `C` per parallel task.
+/// Columns of `C` per parallel task (when rows alone give too few tasks).
 const TASK_COLS: usize = 128;
+/// Row blocks from which tasks are whole row blocks written in place.
+const MIN_ROW_TASKS: usize = 4;
 
-/// `C += op(A)·op(B)` with `op(A)` `m × k`, `op(B)` `k × n`, `C` `[m][n]` row-major;
-/// each operand is stored as is ([`Op::N`]: `A` `[m][k]`, `B` `[k][n]`) or transposed
-/// ([`Op::T`]: `A` `[k][m]`, `B` `[n][k]`).
+/// `C = op(A)·op(B)` (or `C += …` when `accumulate`) with `op(A)` `m × k`, `op(B)`
+/// `k × n`, `C` `[m][n]` row-major; each operand is stored as is ([`Op::N`]: `A`
+/// `[m][k]`, `B` `[k][n]`) or transposed ([`Op::T`]: `A` `[k][m]`, `B` `[n][k]`).
 ///
 /// The only matrix product of this module: swap it for the shared GEMM when it lands.
-/// Tasks are fixed tiles of `C` (computed in parallel into tile buffers, then copied
-/// back); each element is accumulated over `k` in a fixed order by one task, so the
-/// result does not depend on the thread count.
+/// Tasks are fixed tiles of `C`: whole blocks of [`TASK_ROWS`] rows written in place
+/// when there are enough of them, otherwise `TASK_ROWS × TASK_COLS` tiles computed
+/// into buffers and copied back. Either way each element is accumulated over `k` in a
+/// fixed order by one task, so the result does not depend on the thread count.
+#[allow(clippy::too_many_arguments)]
 fn matmul(
     level: SimdLevel,
     m: usize,
@@ -241,6 +241,7 @@ fn matmul(
     (a, ta): (&[f32], Op),
     (b, tb): (&[f32], Op),
     c: &mut [f32],
+    accumulate: bool,
 ) {
     debug_assert_eq!(a.len(), m * k);
     debug_assert_eq!(b.len(), k * n);
@@ -248,9 +249,46 @@ fn matmul(
     if ta == Op::T && tb == Op::T {
         // Not used by this module; keep the function total.
         let at = transpose(a, k, m);
-        return matmul(level, m, k, n, (&at, Op::N), (b, tb), c);
+        return matmul(level, m, k, n, (&at, Op::N), (b, tb), c, accumulate);
     }
+    // Element (i, p) of op(A) is a[i·a_rs + p·a_cs].
+    let (a_rs, a_cs) = match ta {
+        Op::N => (k, 1),
+        Op::T => (1, m),
+    };
+    let run = |i0: usize, j0: usize, w: usize, c: &mut [f32], ldc: usize, cj0: usize| {
+        let tile = Tile {
+            a,
+            a_rs,
+            a_cs,
+            i0,
+            b,
+            j0,
+            k,
+            n,
+            c,
+            ldc,
+            cj0,
+            w,
+            accumulate,
+        };
+        match tb {
+            Op::N => dispatch(level, TileNN(tile)),
+            Op::T => dispatch(level, TileNT(tile)),
+        }
+    };
     let row_tiles = m.div_ceil(TASK_ROWS);
+    if row_tiles >= MIN_ROW_TASKS {
+        c.par_chunks_mut(TASK_ROWS * n)
+            .enumerate()
+            .for_each(|(rt, block)| {
+                for j0 in (0..n).step_by(TASK_COLS) {
+                    let w = TASK_COLS.min(n - j0);
+                    run(rt * TASK_ROWS, j0, w, block, n, j0);
+                }
+            });
+        return;
+    }
     let col_tiles = n.div_ceil(TASK_COLS);
     let tile = |t: usize| {
         let (rt, ct) = (t / col_tiles, t % col_tiles);
@@ -263,31 +301,16 @@ fn matmul(
         .map(|t| {
             let (i0, i1, j0, j1) = tile(t);
             let w = j1 - j0;
-            let mut out = Vec::with_capacity((i1 - i0) * w);
-            for i in i0..i1 {
-                out.extend_from_slice(&c_ro[i * n + j0..i * n + j1]);
-            }
-            // Element (i, p) of op(A) is a[i·a_rs + p·a_cs].
-            let (a_rs, a_cs) = match ta {
-                Op::N => (k, 1),
-                Op::T => (1, m),
+            let mut out = if accumulate {
+                let mut out = Vec::with_capacity((i1 - i0) * w);
+                for i in i0..i1 {
+                    out.extend_from_slice(&c_ro[i * n + j0..i * n + j1]);
+                }
+                out
+            } else {
+                vec![0.0; (i1 - i0) * w]
             };
-            let tile = Tile {
-                a,
-                a_rs,
-                a_cs,
-                i0,
-                b,
-                j0,
-                k,
-                n,
-                c: &mut out,
-                w,
-            };
-            match tb {
-                Op::N => dispatch(level, TileNN(tile)),
-                Op::T => dispatch(level, TileNT(tile)),
-            }
+            run(i0, j0, w, &mut out, w, 0);
             out
         })
         .collect();
@@ -299,8 +322,9 @@ fn matmul(
     }
 }
 
-/// One tile of [`matmul`]: `c` (`[rows][w]`) holds rows `i0..` and columns `j0..j0+w`
-/// of `C`; `a` and `b` are the whole operands.
+/// One tile of [`matmul`]: rows `i0..i0 + c.len()/ldc` and columns `j0..j0+w` of `C`,
+/// stored in `c` with row stride `ldc` starting at column `cj0`; `a` and `b` are the
+/// whole operands.
 struct Tile<'a> {
     a: &'a [f32],
     a_rs: usize,
@@ -311,7 +335,10 @@ struct Tile<'a> {
     k: usize,
     n: usize,
     c: &'a mut [f32],
+    ldc: usize,
+    cj0: usize,
     w: usize,
+    accumulate: bool,
 }
 
 /// A tile with `B` stored `[k][n]`: rank-1 updates, `A`'s elements broadcast.
@@ -322,7 +349,7 @@ impl SimdKernel for TileNN<'_> {
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let t = self.0;
-        let rows = t.c.len() / t.w;
+        let rows = t.c.len() / t.ldc;
         let mut i = 0;
         while i < rows {
             let mr = (rows - i).min(MR);
@@ -331,11 +358,11 @@ impl SimdKernel for TileNN<'_> {
                 let nw = (t.w - j).min(2 * S::LANES);
                 if mr == MR {
                     let acc = micro_nn::<S, MR>(s, &t, t.i0 + i, t.j0 + j, nw);
-                    add_to(s, t.c, t.w, i, j, nw, acc);
+                    store_c(s, &mut *t.c, t.ldc, i, t.cj0 + j, nw, t.accumulate, acc);
                 } else {
                     for r in i..i + mr {
                         let acc = micro_nn::<S, 1>(s, &t, t.i0 + r, t.j0 + j, nw);
-                        add_to(s, t.c, t.w, r, j, nw, acc);
+                        store_c(s, &mut *t.c, t.ldc, r, t.cj0 + j, nw, t.accumulate, acc);
                     }
                 }
                 j += nw;
@@ -388,26 +415,35 @@ fn micro_nn<S: Simd, const R: usize>(
     (acc0, acc1)
 }
 
-/// `c[i+r][j..j+nw] += acc[r]` (`c` has `w` columns).
+/// `c[i+r][j..j+nw] (+)= acc[r]` (`c` has row stride `ldc`).
 #[inline(always)]
-fn add_to<S: Simd, const R: usize>(
+#[allow(clippy::too_many_arguments)]
+fn store_c<S: Simd, const R: usize>(
     s: S,
     c: &mut [f32],
-    w: usize,
+    ldc: usize,
     i: usize,
     j: usize,
     nw: usize,
+    accumulate: bool,
     (acc0, acc1): ([S::V; R], [S::V; R]),
 ) {
     let w0 = nw.min(S::LANES);
     for r in 0..R {
-        let row = &mut c[(i + r) * w + j..(i + r) * w + j + nw];
+        let row = &mut c[(i + r) * ldc + j..(i + r) * ldc + j + nw];
         let (o0, o1) = row.split_at_mut(w0);
-        let v0 = s.add(s.load_upto(o0), acc0[r]);
-        s.store_upto(o0, v0);
-        if !o1.is_empty() {
-            let v1 = s.add(s.load_upto(o1), acc1[r]);
-            s.store_upto(o1, v1);
+        if accumulate {
+            let v0 = s.add(s.load_upto(o0), acc0[r]);
+            s.store_upto(o0, v0);
+            if !o1.is_empty() {
+                let v1 = s.add(s.load_upto(o1), acc1[r]);
+                s.store_upto(o1, v1);
+            }
+        } else {
+            s.store_upto(o0, acc0[r]);
+            if !o1.is_empty() {
+                s.store_upto(o1, acc1[r]);
+            }
         }
     }
 }
@@ -425,7 +461,14 @@ impl SimdKernel for TileNT<'_> {
     fn run<S: Simd>(self, s: S) {
         let t = self.0;
         debug_assert_eq!(t.a_cs, 1);
-        let rows = t.c.len() / t.w;
+        let rows = t.c.len() / t.ldc;
+        let put = |c: &mut f32, d: f32| {
+            if t.accumulate {
+                *c += d;
+            } else {
+                *c = d;
+            }
+        };
         let mut i = 0;
         while i < rows {
             let mr = (rows - i).min(MR);
@@ -436,14 +479,14 @@ impl SimdKernel for TileNT<'_> {
                     let d = micro_nt::<S, MR, NR_DOT>(s, &t, t.i0 + i, t.j0 + j);
                     for (r, d) in d.iter().enumerate() {
                         for (q, d) in d.iter().enumerate() {
-                            t.c[(i + r) * t.w + j + q] += *d;
+                            put(&mut t.c[(i + r) * t.ldc + t.cj0 + j + q], *d);
                         }
                     }
                 } else {
                     for r in i..i + mr {
                         for q in j..j + nr {
                             let d = micro_nt::<S, 1, 1>(s, &t, t.i0 + r, t.j0 + q);
-                            t.c[r * t.w + q] += d[0][0];
+                            put(&mut t.c[r * t.ldc + t.cj0 + q], d[0][0]);
                         }
                     }
                 }
