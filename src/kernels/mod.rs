@@ -3,6 +3,11 @@
 //! thread count.
 
 pub mod conv;
+pub mod fully_connected;
+pub mod gate;
+pub mod loss;
 pub mod optim;
 pub mod parallel;
+pub mod pool;
 pub mod reduce;
+pub mod regularize;
