@@ -8,7 +8,9 @@
 //! - `efficientnet_b0` … `efficientnet_b7`: timm's, BatchNorm (ε 1e-5), symmetric padding;
 //! - `tf_efficientnet_b0` … `tf_efficientnet_b7`: BatchNorm ε 1e-3, TensorFlow `SAME`;
 //! - `b<k>_<g1|g16>_<bn|gn|lnpn>` (e.g. `b0_g16_lnpn`): the paper's variants, symmetric
-//!   padding unless changed with [`ArchConfig::with_padding`].
+//!   padding unless changed with [`ArchConfig::with_padding`];
+//! - `efficientnet_tiny`, `tf_efficientnet_tiny`, `tiny_<g1|g16>_<bn|gn|lnpn>`: a
+//!   quarter-width, quarter-depth network (native resolution 64) for tests and fixtures.
 //!
 //! ```
 //! use effnet::arch::ArchConfig;
@@ -66,6 +68,14 @@ const SCALING: [(f64, f64, usize, f64); 8] = [
     (2.0, 3.1, 600, 0.5),
 ];
 
+/// Width, depth, resolution and dropout of the `tiny` test scale (not in the paper: a
+/// quarter-width, one-block-per-stage network for tests and fixtures; timm builds the
+/// same network with `channel_multiplier=0.25, depth_multiplier=0.25`).
+const TINY: (f64, f64, usize, f64) = (0.25, 0.25, 64, 0.2);
+
+/// The scale index of the `tiny` test network.
+pub const TINY_SCALE: usize = 8;
+
 /// The paper's half-resolution training sizes for B0–B5.
 const HALF_RES: [Option<usize>; 8] = [
     Some(160),
@@ -94,7 +104,7 @@ const STAGES: [(usize, usize, usize, usize, usize); 7] = [
 pub struct ArchConfig {
     /// The name it was created from.
     pub name: String,
-    /// Scale index 0–7 (B0–B7).
+    /// Scale index 0–7 (B0–B7), or [`TINY_SCALE`].
     pub scale: usize,
     /// Width multiplier.
     pub width: f64,
@@ -183,10 +193,13 @@ impl ArchConfig {
         let bad = || {
             Error::InvalidArgument(format!(
                 "unknown architecture {name:?}: expected efficientnet_b<0-7>, tf_efficientnet_b<0-7> \
-                 or b<0-7>_<g1|g16>_<bn|gn|lnpn>"
+                 or b<0-7>_<g1|g16>_<bn|gn|lnpn> (or tiny in place of b<k>)"
             ))
         };
         let scale_of = |s: &str| -> Result<usize> {
+            if s == "tiny" {
+                return Ok(TINY_SCALE);
+            }
             let k = s.strip_prefix('b').ok_or_else(bad)?;
             let k: usize = k.parse().map_err(|_| bad())?;
             if k < 8 { Ok(k) } else { Err(bad()) }
@@ -232,7 +245,7 @@ impl ArchConfig {
                     PaddingMode::Symmetric,
                 )
             };
-        let (width, depth, native_res, dropout) = SCALING[scale];
+        let (width, depth, native_res, dropout) = SCALING.get(scale).copied().unwrap_or(TINY);
         Ok(ArchConfig {
             name: name.to_string(),
             scale,
@@ -263,7 +276,7 @@ impl ArchConfig {
 
     /// The paper's reduced training resolution, if it gives one for this scale.
     pub fn half_res(&self) -> Option<usize> {
-        HALF_RES[self.scale]
+        HALF_RES.get(self.scale).copied().flatten()
     }
 
     /// Stem output channels.
@@ -579,9 +592,9 @@ mod tests {
 
     #[test]
     fn every_layer_of_every_scale_validates() {
-        for k in 0..8 {
+        for k in ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "tiny"] {
             for v in ["g1_bn", "g16_lnpn"] {
-                let a = ArchConfig::from_name(&format!("b{k}_{v}")).unwrap();
+                let a = ArchConfig::from_name(&format!("{k}_{v}")).unwrap();
                 for res in [a.native_res, a.half_res().unwrap_or(128), 97] {
                     for l in a.conv_layers(2, res) {
                         l.desc
