@@ -569,6 +569,13 @@ mod tests {
             (a.spatial, a.norm),
             (SpatialConv::G16, NormKind::LayerNormProxy)
         );
+        let t = ArchConfig::from_name("efficientnet_tiny").unwrap();
+        assert_eq!(
+            (t.blocks().len(), t.stem_channels(), t.head_channels()),
+            (7, 8, 320)
+        );
+        // timm: _gen_efficientnet("efficientnet_b0", channel_multiplier=0.25, depth_multiplier=0.25)
+        assert_eq!(t.counts(64).params, 444_612);
         for bad in [
             "",
             "b8_g1_bn",
