@@ -17,6 +17,7 @@
 
 pub mod bench;
 pub mod error;
+pub mod ipu;
 pub mod kernels;
 pub mod simd;
 
