@@ -600,16 +600,16 @@ impl Graph {
                     let m = per_tile.iter().copied().max().unwrap_or(0) * reps;
                     lp.compute_cycles += m;
                     total.compute += m;
-                    for t in 0..tiles {
-                        lp.tile_cycles[t] += per_tile[t] * reps;
+                    for (acc, c) in lp.tile_cycles.iter_mut().zip(&per_tile) {
+                        *acc += c * reps;
                     }
                 }
                 Step::Ex(e) => {
                     let (m, per_tile) = self.exchange_cycles(*e);
                     lp.exchange_cycles += m * reps;
                     total.exchange += m * reps;
-                    for t in 0..tiles {
-                        lp.tile_cycles[t] += per_tile[t] * reps;
+                    for (acc, c) in lp.tile_cycles.iter_mut().zip(&per_tile) {
+                        *acc += c * reps;
                     }
                 }
             }

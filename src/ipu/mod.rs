@@ -10,6 +10,7 @@
 
 pub mod codelets;
 pub mod graph;
+pub mod reference;
 pub mod target;
 
 pub use codelets::{Codelet, ConvGeom, Kind, NormGeom};
