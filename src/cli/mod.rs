@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod bench_ops;
+mod ipu;
 
 use clap::{Parser, Subcommand};
 use effnet::Result;
@@ -20,6 +21,9 @@ enum Command {
     Bench(BenchCommand),
     /// Prints the SIMD level in use and the thread count.
     Info,
+    /// The IPU execution model (estimated cycles; codelets run on the host).
+    #[command(subcommand)]
+    Ipu(ipu::IpuCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -33,6 +37,7 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
+        Command::Ipu(c) => ipu::run(&c),
         Command::Info => {
             println!(
                 "simd level: {} (detected {})",

@@ -8,9 +8,13 @@
 //!   programs; the memory check; the bulk-synchronous profile; the host [`graph::Engine`].
 //! - [`codelets`]: the vertex classes, their C trampolines and cycle estimators.
 
+pub mod b0;
 pub mod codelets;
 pub mod graph;
+pub mod picture;
+pub mod planner;
 pub mod reference;
+pub mod run;
 pub mod target;
 
 pub use codelets::{Codelet, ConvGeom, Kind, NormGeom};
