@@ -330,7 +330,7 @@ fn plan_lines(layers: &[Layer], pl: &Planner, passes: &[Pass]) -> Result<Vec<Rep
                             l.name
                         )));
                     }
-                    pl.norm_cost(blocks.0, blocks.1, blocks.2, c, cg, ns.act, ns.proxy, pass)?
+                    pl.norm_cost(blocks.0, blocks.1, blocks.2, n, c, cg, ns.per_sample, ns.act, ns.proxy, pass)?
                 }
                 Op::Se { reduced } => {
                     pl.se_cost(blocks.0, blocks.1, blocks.2, n, c, *reduced, pass)?
@@ -342,15 +342,16 @@ fn plan_lines(layers: &[Layer], pl: &Planner, passes: &[Pass]) -> Result<Vec<Rep
                     c
                 }
                 Op::Loss { classes } => {
-                    let cyc = super::codelets::Codelet::softmax_xent(n, *classes)
+                    // One image per tile.
+                    let cyc = super::codelets::Codelet::softmax_xent(1, *classes)
                         .estimate(&pl.target, pl.precision)?
                         .cycles;
                     Cost {
-                        tiles: 1,
-                        max_tile_bytes: 3 * n * classes * pl.precision.bytes() + pl.reserved_bytes,
+                        tiles: n,
+                        max_tile_bytes: 3 * classes * pl.precision.bytes() + pl.reserved_bytes,
                         compute_cycles: if pass == Pass::Fwd { cyc } else { 0 },
                         exchange_cycles: if pass == Pass::Fwd {
-                            pl.exchange_for(n * classes)
+                            pl.exchange_for(*classes)
                         } else {
                             0
                         },

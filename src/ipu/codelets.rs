@@ -948,7 +948,7 @@ impl Codelet {
             Kind::SeGateGrad => multi(by_channel(self.p(0) * self.p(1), self.p(2), 3)),
             Kind::Add => multi(elementwise(1, self.p(0), 1)),
             Kind::ScaledAdd => multi(elementwise(1, self.p(1), 1)),
-            Kind::SoftmaxXent => single(30 + (self.p(0) * self.p(1)) as u64 * 20),
+            Kind::SoftmaxXent => single(30 + self.p(0) as u64 * (20 + ceil(self.p(1), vec) * 20)),
         }
     }
 }

@@ -320,18 +320,35 @@ impl Planner {
         })
     }
 
+    /// Cost of reducing `elems` elements held as `np` partials (one per producing
+    /// tile) with the reduction spread over `tiles` tiles: the gather exchange, the
+    /// `ReducePartials` vertices and the scatter of the results back to `fanout`
+    /// consumer tiles each receiving `back` elements.
+    fn spread_reduce(&self, elems: usize, np: usize, tiles: usize, sent: usize, back: usize) -> Result<(u64, u64)> {
+        let eb = self.precision.bytes();
+        let share = elems.div_ceil(tiles.max(1)).max(1);
+        let compute = Codelet::reduce(np, share, false).estimate(&self.target, self.precision)?.cycles;
+        let exchange = self.exchange(np * share * eb, sent * eb) + self.exchange(back * eb, share * eb);
+        Ok((compute, exchange))
+    }
+
     /// The estimated cost of a normalization (+ activation, + proxy) layer on the
-    /// blocks of its producer's split: statistics, their reduction to one tile per
-    /// image, finalization, broadcast, the fused apply; backward: partial sums, their
-    /// reduction, finalization, broadcast, apply, parameter gradients.
+    /// blocks of its producer's split (`blocks` = images, pixels, channels on the
+    /// busiest tile; `parts` = row parts per image, channel parts; `tiles` in all):
+    /// forward: statistics per block, their reduction spread over the tiles,
+    /// finalization per group (spread), broadcast, the Proxy Norm statistics per
+    /// channel (spread, then broadcast), the fused apply; backward: the partial sums,
+    /// their reductions, the per-group means, the apply, the parameter gradients.
     #[allow(clippy::too_many_arguments)]
     pub fn norm_cost(
         &self,
-        blocks: (usize, usize, usize), // (images, pixels, channels) on the busiest tile
-        parts: (usize, usize),         // (row parts per image, channel parts)
+        blocks: (usize, usize, usize),
+        parts: (usize, usize),
         tiles: usize,
+        batch: usize,
         channels: usize,
         cg: usize,
+        per_sample: bool,
         act: u32,
         proxy: bool,
         pass: Pass,
@@ -341,56 +358,49 @@ impl Planner {
         let eb = self.precision.bytes();
         let est = |cd: Codelet| cd.estimate(t, self.precision).map(|e| e.cycles);
         let groups = channels / cg;
-        let geom = NormGeom {
-            nb,
-            pix,
-            c,
-            c0: 0,
-            groups,
-            cg,
-            per_sample: true,
-            act,
-        };
+        let geom = NormGeom { nb, pix, c, c0: 0, groups, cg, per_sample, act };
         let block = nb * pix * c * eb;
-        let stat_in = parts.0 * parts.1 * c * 2 * eb; // reducer tile receives
+        let sync = t.sync_cycles;
+        // Statistics rows: per image (GN, LN) or one (BN, summed over the images too).
+        let (rows, np) = if per_sample { (batch, parts.0) } else { (1, parts.0 * batch.div_ceil(nb)) };
+        let stat_elems = rows * channels * 2;
+        let group_rows = rows * groups;
+        let gshare = group_rows.div_ceil(tiles.max(1)).max(1);
+        let cshare = channels.div_ceil(tiles.max(1)).max(1);
         let mut cost = Cost {
             tiles,
-            flops: (nb * pix * c * tiles) as f64 * if act == 1 { 10.0 } else { 5.0 },
+            flops: (batch * pix * channels * parts.0) as f64 * if act == 1 { 10.0 } else { 5.0 },
             ..Cost::default()
         };
-        let sync = t.sync_cycles;
+        let (rc, rx) = self.spread_reduce(stat_elems, np, tiles, nb * c * 2, nb * c.div_ceil(cg).max(1) * 2)?;
         match pass {
             Pass::Fwd => {
                 cost.compute_cycles = est(Codelet::norm_stats(nb, pix, c))?
-                    + est(Codelet::reduce(
-                        parts.0 * parts.1,
-                        nb * channels * 2 / parts.1.max(1),
-                        false,
-                    ))?
-                    + est(Codelet::norm_finalize(nb, channels, cg, pix * cg, 1e-3))?
+                    + rc
+                    + est(Codelet::norm_finalize(gshare, cg, cg, pix * cg, 1e-3))?
                     + est(Codelet::norm_act(geom))?;
+                cost.exchange_cycles = rx;
+                cost.sync_cycles = 6 * sync;
                 if proxy {
-                    cost.compute_cycles += est(Codelet::proxy_stats(c, 200, act, 0.03))?;
+                    cost.compute_cycles += est(Codelet::proxy_stats(cshare, 200, act, 0.03))?;
+                    cost.exchange_cycles += self.exchange(2 * c * eb, 2 * cshare * eb);
+                    cost.sync_cycles += 2 * sync;
                 }
-                cost.exchange_cycles = self.exchange(stat_in, nb * c * 2 * eb)
-                    + self.exchange(nb * groups * 2 * eb, nb * groups * 2 * eb * tiles.min(64));
-                cost.sync_cycles = 5 * sync;
-                cost.max_tile_bytes = 2 * block + self.reserved_bytes;
+                cost.max_tile_bytes = 2 * block + nb * c * 2 * eb + self.reserved_bytes;
             }
             Pass::Bwd => {
+                // Per-image sums (dx̂, dx̂·x̂) like the statistics; per-channel sums (4 per
+                // channel) reduced over every block of the channel.
+                let (cc, cx) = self.spread_reduce(channels * 4, parts.0 * batch.div_ceil(nb), tiles, c * 4, 0)?;
                 cost.compute_cycles = est(Codelet::norm_act_grad_partials(geom))?
-                    + est(Codelet::reduce(
-                        parts.0 * parts.1,
-                        nb * channels * 2 / parts.1.max(1),
-                        false,
-                    ))?
-                    + est(Codelet::norm_grad_finalize(nb, channels, cg, pix * cg))?
+                    + rc
+                    + cc
+                    + est(Codelet::norm_grad_finalize(gshare, cg, cg, pix * cg))?
                     + est(Codelet::norm_act_grad_apply(geom))?
-                    + est(Codelet::proxy_param_grad(c, 200, act, proxy))?;
-                cost.exchange_cycles = 2 * self.exchange(stat_in + c * 4 * eb, nb * c * 6 * eb)
-                    + self.exchange(nb * groups * 2 * eb, nb * groups * 2 * eb * tiles.min(64));
-                cost.sync_cycles = 8 * sync;
-                cost.max_tile_bytes = 3 * block + self.reserved_bytes;
+                    + est(Codelet::proxy_param_grad(cshare, 200, act, proxy))?;
+                cost.exchange_cycles = rx + cx;
+                cost.sync_cycles = 10 * sync;
+                cost.max_tile_bytes = 3 * block + nb * c * 2 * eb + c * 4 * eb + self.reserved_bytes;
                 cost.flops *= 2.0;
             }
         }
