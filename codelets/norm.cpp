@@ -205,33 +205,53 @@ public:
   }
 };
 
-// Proxy Norm statistics per channel from K fixed normal quantiles q:
-// p_k = γ(β' + (1+γ')q_k) + β, r_k = act(p_k), μ = mean r, s = 1/sqrt(var r + eps).
-class ProxyNormStats : public Vertex {
+// Proxy Norm statistics, partial over a slice of the K fixed normal quantiles q:
+// p_k = γ(β' + (1+γ')q_k) + β, r_k = act(p_k); worker w sums its share of the slice
+// into partials[w][c] = (Σ r_k, Σ r_k²). Slices on several tiles and the workers'
+// partials are summed by ReducePartials, then ProxyNormFinalize gives μ and s.
+class ProxyNormStats : public MultiVertex {
 public:
   Input<Vector<float>> gamma;
   Input<Vector<float>> beta;
   Input<Vector<float>> beta2;
   Input<Vector<float>> gamma2;
   Input<Vector<float>> q;
+  Output<Vector<float>> partials;
+  unsigned act;
+
+  bool compute(unsigned workerId) {
+    unsigned C = gamma.size(), b, e;
+    workerRange(q.size(), workerId, numWorkers(), b, e);
+    float *mine = &partials[0] + std::size_t(workerId) * C * 2;
+    for (unsigned c = 0; c < C; ++c) {
+      float s = 0.0f, s2 = 0.0f;
+      for (unsigned k = b; k < e; ++k) {
+        float r = activate(act, gamma[c] * (beta2[c] + (1.0f + gamma2[c]) * q[k]) + beta[c]);
+        s += r;
+        s2 += r * r;
+      }
+      mine[c * 2] = s;
+      mine[c * 2 + 1] = s2;
+    }
+    return true;
+  }
+};
+
+// μ_c = Σr / K, s_c = 1/sqrt(Σr²/K − μ² + eps) from the reduced sums [C][2].
+class ProxyNormFinalize : public Vertex {
+public:
+  Input<Vector<float>> sums;
   Output<Vector<float>> mu;
   Output<Vector<float>> scale;
-  unsigned act, epsBits;
+  unsigned K, epsBits;
 
   bool compute() {
     float eps = bitsToFloat(epsBits);
-    unsigned K = q.size();
-    for (unsigned c = 0; c < gamma.size(); ++c) {
-      float m = 0.0f;
-      for (unsigned k = 0; k < K; ++k)
-        m += activate(act, gamma[c] * (beta2[c] + (1.0f + gamma2[c]) * q[k]) + beta[c]);
-      m /= float(K);
-      float v = 0.0f;
-      for (unsigned k = 0; k < K; ++k) {
-        float r = activate(act, gamma[c] * (beta2[c] + (1.0f + gamma2[c]) * q[k]) + beta[c]);
-        v += (r - m) * (r - m);
-      }
-      v /= float(K);
+    for (unsigned c = 0; c < mu.size(); ++c) {
+      float m = sums[c * 2] / float(K);
+      float v = sums[c * 2 + 1] / float(K) - m * m;
+      if (v < 0.0f)
+        v = 0.0f;
       mu[c] = m;
       scale[c] = 1.0f / std::sqrt(v + eps);
     }
@@ -239,10 +259,11 @@ public:
   }
 };
 
-// Parameter gradients from the reduced per-channel sums (Σ dz·(a−μ), Σ dz, Σ du·x̂,
-// Σ du): grads[c] = (dγ, dβ, dβ', dγ'). With proxy = 0 only dγ = Σ du·x̂ and
-// dβ = Σ du; with proxy = 1 the terms through μ and s over the K quantiles are added.
-class ProxyNormParamGrad : public Vertex {
+// The quantile terms of the Proxy Norm parameter gradients, partial over a slice of
+// the quantiles: with ds = Σ dz·(a−μ), dμ = −s·Σ dz (from the reduced per-channel
+// sums [C][4]), h_k = (dμ − ds·s³·(r_k − μ))/K · act'(p_k), t_k = β' + (1+γ')q_k,
+// worker w writes partials[w][c] = (Σ h_k·t_k, Σ h_k, Σ h_k·q_k) over its share.
+class ProxyNormParamGrad : public MultiVertex {
 public:
   Input<Vector<float>> sums;
   Input<Vector<float>> gamma;
@@ -252,33 +273,51 @@ public:
   Input<Vector<float>> q;
   Input<Vector<float>> mu;
   Input<Vector<float>> scale;
+  Output<Vector<float>> partials;
+  unsigned act, K;
+
+  bool compute(unsigned workerId) {
+    unsigned C = gamma.size(), b, e;
+    workerRange(q.size(), workerId, numWorkers(), b, e);
+    float *mine = &partials[0] + std::size_t(workerId) * C * 3;
+    for (unsigned c = 0; c < C; ++c) {
+      float s = scale[c], ds = sums[c * 4], dmu = -s * sums[c * 4 + 1];
+      float s3 = s * s * s, sht = 0.0f, sh = 0.0f, shq = 0.0f;
+      for (unsigned k = b; k < e; ++k) {
+        float t = beta2[c] + (1.0f + gamma2[c]) * q[k];
+        float p = gamma[c] * t + beta[c];
+        float h = (dmu - ds * s3 * (activate(act, p) - mu[c])) / float(K) * activateGrad(act, p);
+        sht += h * t;
+        sh += h;
+        shq += h * q[k];
+      }
+      mine[c * 3] = sht;
+      mine[c * 3 + 1] = sh;
+      mine[c * 3 + 2] = shq;
+    }
+    return true;
+  }
+};
+
+// grads[c] = (dγ, dβ, dβ', dγ') = (Σ du·x̂ + Σ h·t, Σ du + Σ h, γ·Σ h, γ·Σ h·q) from the
+// per-channel sums [C][4] and the reduced quantile terms [C][3]; with proxy = 0 only
+// the data terms (a plain norm's dγ, dβ).
+class ProxyNormGradFinalize : public Vertex {
+public:
+  Input<Vector<float>> sums;
+  Input<Vector<float>> gamma;
+  Input<Vector<float>> terms;
   Output<Vector<float>> grads;
-  unsigned act, proxy;
+  unsigned proxy;
 
   bool compute() {
-    unsigned K = q.size();
     for (unsigned c = 0; c < gamma.size(); ++c) {
-      float dg = sums[c * 4 + 2], db = sums[c * 4 + 3], db2 = 0.0f, dg2 = 0.0f;
-      if (proxy) {
-        float s = scale[c], ds = sums[c * 4], dmu = -s * sums[c * 4 + 1];
-        float s3 = s * s * s, sh = 0.0f, shq = 0.0f;
-        for (unsigned k = 0; k < K; ++k) {
-          float t = beta2[c] + (1.0f + gamma2[c]) * q[k];
-          float p = gamma[c] * t + beta[c];
-          float r = activate(act, p);
-          float h = (dmu - ds * s3 * (r - mu[c])) / float(K) * activateGrad(act, p);
-          dg += h * t;
-          sh += h;
-          shq += h * q[k];
-        }
-        db += sh;
-        db2 = gamma[c] * sh;
-        dg2 = gamma[c] * shq;
-      }
-      grads[c * 4] = dg;
-      grads[c * 4 + 1] = db;
-      grads[c * 4 + 2] = db2;
-      grads[c * 4 + 3] = dg2;
+      float sht = proxy ? terms[c * 3] : 0.0f, sh = proxy ? terms[c * 3 + 1] : 0.0f;
+      float shq = proxy ? terms[c * 3 + 2] : 0.0f;
+      grads[c * 4] = sums[c * 4 + 2] + sht;
+      grads[c * 4 + 1] = sums[c * 4 + 3] + sh;
+      grads[c * 4 + 2] = gamma[c] * sh;
+      grads[c * 4 + 3] = gamma[c] * shq;
     }
     return true;
   }

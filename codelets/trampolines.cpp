@@ -115,16 +115,26 @@ TRAMPOLINE(NormActGradApply) {
 }
 TRAMPOLINE(ProxyNormStats) {
   ProxyNormStats v;
-  F(gamma, 0) F(beta, 1) F(beta2, 2) F(gamma2, 3) F(q, 4) F(mu, 5) F(scale, 6)
+  F(gamma, 0) F(beta, 1) F(beta2, 2) F(gamma2, 3) F(q, 4) F(partials, 5)
   v.act = p[0];
+  RUN_MULTI
+}
+TRAMPOLINE(ProxyNormFinalize) {
+  ProxyNormFinalize v;
+  F(sums, 0) F(mu, 1) F(scale, 2) v.K = p[0];
   v.epsBits = p[1];
   RUN_SINGLE
 }
 TRAMPOLINE(ProxyNormParamGrad) {
   ProxyNormParamGrad v;
   F(sums, 0) F(gamma, 1) F(beta, 2) F(beta2, 3) F(gamma2, 4) F(q, 5) F(mu, 6)
-  F(scale, 7) F(grads, 8) v.act = p[0];
-  v.proxy = p[1];
+  F(scale, 7) F(partials, 8) v.act = p[0];
+  v.K = p[1];
+  RUN_MULTI
+}
+TRAMPOLINE(ProxyNormGradFinalize) {
+  ProxyNormGradFinalize v;
+  F(sums, 0) F(gamma, 1) F(terms, 2) F(grads, 3) v.proxy = p[0];
   RUN_SINGLE
 }
 TRAMPOLINE(BiasAct) {

@@ -228,20 +228,35 @@ fn run_norm_codelets(
         .run_on(&mut f)
         .unwrap();
     let stats = f[1].clone();
+    // Proxy statistics over two quantile slices (as on two tiles), each with per-worker
+    // partials, reduced together, then finalized.
+    let half = q.len() / 2;
+    let slices = [&q[..half], &q[half..]];
     let (mu, s) = if p.proxy {
-        let mut b = vec![
-            params[0].to_vec(),
-            params[1].to_vec(),
-            params[2].to_vec(),
-            params[3].to_vec(),
-            q.to_vec(),
-            vec![0.0; c],
-            vec![0.0; c],
-        ];
-        Codelet::proxy_stats(c, q.len(), p.act, p.eps_pn as f32)
-            .run_on(&mut b)
+        let mut parts = Vec::new();
+        for qs in slices {
+            let mut b = vec![
+                params[0].to_vec(),
+                params[1].to_vec(),
+                params[2].to_vec(),
+                params[3].to_vec(),
+                qs.to_vec(),
+                vec![0.0; SHIM_WORKERS * c * 2],
+            ];
+            Codelet::proxy_stats(c, qs.len(), p.act)
+                .run_on(&mut b)
+                .unwrap();
+            parts.extend_from_slice(&b[5]);
+        }
+        let mut r = vec![parts, vec![0.0; c * 2]];
+        Codelet::reduce(2 * SHIM_WORKERS, c * 2, false)
+            .run_on(&mut r)
             .unwrap();
-        (b[5].clone(), b[6].clone())
+        let mut f = vec![r[1].clone(), vec![0.0; c], vec![0.0; c]];
+        Codelet::proxy_finalize(c, q.len(), p.eps_pn as f32)
+            .run_on(&mut f)
+            .unwrap();
+        (f[1].clone(), f[2].clone())
     } else {
         (vec![0.0; c], vec![1.0; c])
     };
@@ -288,21 +303,38 @@ fn run_norm_codelets(
     let mut b = common(vec![dz.to_vec(), f[1].clone(), vec![0.0; x.len()]]);
     Codelet::norm_act_grad_apply(geom).run_on(&mut b).unwrap();
     let dx = b[8].clone();
+    let mut parts = Vec::new();
+    for qs in slices {
+        let mut b = vec![
+            per_channel.clone(),
+            params[0].to_vec(),
+            params[1].to_vec(),
+            params[2].to_vec(),
+            params[3].to_vec(),
+            qs.to_vec(),
+            mu.clone(),
+            s.clone(),
+            vec![0.0; SHIM_WORKERS * c * 3],
+        ];
+        Codelet::proxy_param_grad(c, qs.len(), q.len(), p.act)
+            .run_on(&mut b)
+            .unwrap();
+        parts.extend_from_slice(&b[8]);
+    }
+    let mut r = vec![parts, vec![0.0; c * 3]];
+    Codelet::reduce(2 * SHIM_WORKERS, c * 3, false)
+        .run_on(&mut r)
+        .unwrap();
     let mut b = vec![
         per_channel,
         params[0].to_vec(),
-        params[1].to_vec(),
-        params[2].to_vec(),
-        params[3].to_vec(),
-        q.to_vec(),
-        mu,
-        s,
+        r[1].clone(),
         vec![0.0; c * 4],
     ];
-    Codelet::proxy_param_grad(c, q.len(), p.act, p.proxy)
+    Codelet::proxy_grad_finalize(c, p.proxy)
         .run_on(&mut b)
         .unwrap();
-    (z, dx, b[8].clone())
+    (z, dx, b[3].clone())
 }
 
 #[test]
@@ -410,13 +442,21 @@ fn proxy_norm_statistics_match_the_published_oracle() {
         vec![0.0],
         vec![0.0],
         qf,
-        vec![0.0],
-        vec![0.0],
+        vec![0.0; SHIM_WORKERS * 2],
     ];
-    Codelet::proxy_stats(1, 200, 1, 0.03)
-        .run_on(&mut b)
+    Codelet::proxy_stats(1, 200, 1).run_on(&mut b).unwrap();
+    let mut r = vec![b[5].clone(), vec![0.0; 2]];
+    Codelet::reduce(SHIM_WORKERS, 2, false)
+        .run_on(&mut r)
         .unwrap();
-    assert!((b[5][0] as f64 - 0.206048).abs() < 1e-5 && (b[6][0] as f64 - 1.714977).abs() < 1e-4);
+    let mut f = vec![r[1].clone(), vec![0.0], vec![0.0]];
+    Codelet::proxy_finalize(1, 200, 0.03)
+        .run_on(&mut f)
+        .unwrap();
+    assert!(
+        (f[1][0] as f64 - 0.206048).abs() < 1e-5 && (f[2][0] as f64 - 1.714977).abs() < 1e-4,
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -593,7 +633,7 @@ fn estimators_are_monotone_in_work_size() {
             }
         }
         type Mk = fn(usize) -> Codelet;
-        let others: [Mk; 16] = [
+        let others: [Mk; 19] = [
             |s| Codelet::reduce(s, 50, false),
             |s| Codelet::reduce(3, s, false),
             |s| Codelet::norm_stats(2, s, 24),
@@ -635,8 +675,11 @@ fn estimators_are_monotone_in_work_size() {
                     act: 1,
                 })
             },
-            |s| Codelet::proxy_stats(s, 200, 1, 0.03),
-            |s| Codelet::proxy_param_grad(8, s, 1, true),
+            |s| Codelet::proxy_stats(s, 200, 1),
+            |s| Codelet::proxy_stats(3, s, 1),
+            |s| Codelet::proxy_param_grad(8, s, 200, 1),
+            |s| Codelet::proxy_finalize(s, 200, 0.03),
+            |s| Codelet::proxy_grad_finalize(s, true),
             |s| Codelet::bias_act(s, 8, 1),
             |s| Codelet::bias_act_grad(3, s, 2),
             |s| Codelet::channel_sum(2, s, 8, 1.0),

@@ -163,13 +163,13 @@ fn report(a: &ReportArgs) -> Result<()> {
     let flops: f64 = r.lines.iter().map(|l| l.cost.flops).sum();
     if a.json {
         println!(
-            "{{\"layer\": \"total\", \"kind\": \"total\", \"pass\": \"train\", \"tiles\": {tiles}, \"max_tile_bytes\": {bytes}, \"compute_cycles\": {cc}, \"exchange_cycles\": {ec}, \"sync_cycles\": {sc}, \"flops\": {flops:.0}, \"estimated\": true, \"inference_img_per_s\": {:.1}, \"training_img_per_s\": {:.1}, \"spatial_conv_cycles_per_flop\": {:.5}}}",
+            "{{\"layer\": \"total\", \"kind\": \"total\", \"pass\": \"train\", \"tiles\": {tiles}, \"max_tile_bytes\": {bytes}, \"compute_cycles\": {cc}, \"exchange_cycles\": {ec}, \"sync_cycles\": {sc}, \"flops\": {flops:.0}, \"estimated\": true, \"inference_img_per_s\": {:.1}, \"training_img_per_s\": {:.1}, \"spatial_conv_tile_cycles_per_flop\": {:.5}}}",
             r.inference_img_per_s, r.training_img_per_s, r.spatial_cycles_per_flop
         );
     } else {
         println!(
             "total (estimated): compute {cc}, exchange {ec}, sync {sc} cycles per training step; \
-             inference {:.1} img/s, training {:.1} img/s per IPU; spatial convs {:.4} cycles/FLOP",
+             inference {:.1} img/s, training {:.1} img/s per IPU; spatial convs {:.4} tile-cycles/FLOP",
             r.inference_img_per_s, r.training_img_per_s, r.spatial_cycles_per_flop
         );
     }

@@ -61,10 +61,14 @@ pub enum Kind {
     NormGradFinalize,
     /// Backward of [`Kind::NormAct`] to its input.
     NormActGradApply,
-    /// Proxy Norm per-channel statistics from the quantiles.
+    /// Proxy Norm partial sums (Σ r, Σ r²) over a slice of the quantiles.
     ProxyNormStats,
-    /// Norm / Proxy Norm parameter gradients.
+    /// Proxy Norm (μ, s) from the reduced sums.
+    ProxyNormFinalize,
+    /// Proxy Norm quantile terms of the parameter gradients over a slice.
     ProxyNormParamGrad,
+    /// Norm / Proxy Norm parameter gradients from the reduced sums and terms.
+    ProxyNormGradFinalize,
     /// `act(x + bias)`.
     BiasAct,
     /// Gradient of [`Kind::BiasAct`].
@@ -275,7 +279,9 @@ trampolines!(
     effnet_ipu_NormGradFinalize,
     effnet_ipu_NormActGradApply,
     effnet_ipu_ProxyNormStats,
+    effnet_ipu_ProxyNormFinalize,
     effnet_ipu_ProxyNormParamGrad,
+    effnet_ipu_ProxyNormGradFinalize,
     effnet_ipu_BiasAct,
     effnet_ipu_BiasActGrad,
     effnet_ipu_ChannelSum,
@@ -395,19 +401,36 @@ impl Codelet {
             params: g.params(),
         }
     }
-    /// Fields `gamma`, `beta`, `beta2`, `gamma2` (`c` each), `q` (`k`), `mu`, `scale`.
-    pub fn proxy_stats(c: usize, k: usize, act: u32, eps: f32) -> Codelet {
+    /// Fields `gamma`, `beta`, `beta2`, `gamma2` (`c` each), `q` (a slice of `k`
+    /// quantiles), `partials` (`[SHIM_WORKERS][c][2]`: Σ r, Σ r²).
+    pub fn proxy_stats(c: usize, k: usize, act: u32) -> Codelet {
         Codelet {
             kind: Kind::ProxyNormStats,
-            params: vec![act, f32_param(eps), c as u32, k as u32],
+            params: vec![act, c as u32, k as u32],
         }
     }
-    /// Fields `sums` (`[c][4]`), `gamma`, `beta`, `beta2`, `gamma2`, `q`, `mu`,
-    /// `scale`, `grads` (`[c][4]`: dγ, dβ, dβ', dγ').
-    pub fn proxy_param_grad(c: usize, k: usize, act: u32, proxy: bool) -> Codelet {
+    /// Fields `sums` (`[c][2]`, reduced over all `k_total` quantiles), `mu`, `scale`.
+    pub fn proxy_finalize(c: usize, k_total: usize, eps: f32) -> Codelet {
+        Codelet {
+            kind: Kind::ProxyNormFinalize,
+            params: vec![k_total as u32, f32_param(eps), c as u32],
+        }
+    }
+    /// Fields `sums` (`[c][4]`), `gamma`, `beta`, `beta2`, `gamma2`, `q` (a slice of
+    /// `k` of the `k_total` quantiles), `mu`, `scale`, `partials`
+    /// (`[SHIM_WORKERS][c][3]`).
+    pub fn proxy_param_grad(c: usize, k: usize, k_total: usize, act: u32) -> Codelet {
         Codelet {
             kind: Kind::ProxyNormParamGrad,
-            params: vec![act, proxy as u32, c as u32, k as u32],
+            params: vec![act, k_total as u32, c as u32, k as u32],
+        }
+    }
+    /// Fields `sums` (`[c][4]`), `gamma`, `terms` (`[c][3]`, reduced), `grads`
+    /// (`[c][4]`: dγ, dβ, dβ', dγ').
+    pub fn proxy_grad_finalize(c: usize, proxy: bool) -> Codelet {
+        Codelet {
+            kind: Kind::ProxyNormGradFinalize,
+            params: vec![proxy as u32, c as u32],
         }
     }
     /// Fields `x` (`[rows][c]`), `bias` (`c`), `y`; `act` 0 none, 1 swish, 2 sigmoid.
@@ -491,7 +514,9 @@ impl Codelet {
             Kind::NormGradFinalize => "NormGradFinalize",
             Kind::NormActGradApply => "NormActGradApply",
             Kind::ProxyNormStats => "ProxyNormStats",
+            Kind::ProxyNormFinalize => "ProxyNormFinalize",
             Kind::ProxyNormParamGrad => "ProxyNormParamGrad",
+            Kind::ProxyNormGradFinalize => "ProxyNormGradFinalize",
             Kind::BiasAct => "BiasAct",
             Kind::BiasActGrad => "BiasActGrad",
             Kind::ChannelSum => "ChannelSum",
@@ -526,7 +551,9 @@ impl Codelet {
             Kind::NormFinalize => 5,
             Kind::NormAct | Kind::NormActGradPartials | Kind::NormActGradApply => 8,
             Kind::NormGradFinalize => 4,
-            Kind::ProxyNormStats | Kind::ProxyNormParamGrad => 4,
+            Kind::ProxyNormStats | Kind::ProxyNormFinalize => 3,
+            Kind::ProxyNormParamGrad => 4,
+            Kind::ProxyNormGradFinalize => 2,
             Kind::BiasAct | Kind::BiasActGrad => 3,
             Kind::ChannelSum | Kind::PoolGrad => 4,
             Kind::Add => 1,
@@ -635,23 +662,26 @@ impl Codelet {
                 f
             }
             Kind::ProxyNormStats => {
-                let (c, k) = (self.p(2), self.p(3));
-                if k == 0 {
-                    return bad("no quantiles");
-                }
+                let (c, k) = (self.p(1), self.p(2));
                 vec![
                     ("gamma", In, c),
                     ("beta", In, c),
                     ("beta2", In, c),
                     ("gamma2", In, c),
                     ("q", In, k),
-                    ("mu", Out, c),
-                    ("scale", Out, c),
+                    ("partials", Out, SHIM_WORKERS * c * 2),
                 ]
+            }
+            Kind::ProxyNormFinalize => {
+                let c = self.p(2);
+                if self.p(0) == 0 {
+                    return bad("no quantiles");
+                }
+                vec![("sums", In, c * 2), ("mu", Out, c), ("scale", Out, c)]
             }
             Kind::ProxyNormParamGrad => {
                 let (c, k) = (self.p(2), self.p(3));
-                if k == 0 {
+                if self.p(1) == 0 {
                     return bad("no quantiles");
                 }
                 vec![
@@ -663,6 +693,15 @@ impl Codelet {
                     ("q", In, k),
                     ("mu", In, c),
                     ("scale", In, c),
+                    ("partials", Out, SHIM_WORKERS * c * 3),
+                ]
+            }
+            Kind::ProxyNormGradFinalize => {
+                let c = self.p(1);
+                vec![
+                    ("sums", In, c * 4),
+                    ("gamma", In, c),
+                    ("terms", In, c * 3),
                     ("grads", Out, c * 4),
                 ]
             }
@@ -746,7 +785,9 @@ impl Codelet {
             Kind::NormGradFinalize => effnet_ipu_NormGradFinalize,
             Kind::NormActGradApply => effnet_ipu_NormActGradApply,
             Kind::ProxyNormStats => effnet_ipu_ProxyNormStats,
+            Kind::ProxyNormFinalize => effnet_ipu_ProxyNormFinalize,
             Kind::ProxyNormParamGrad => effnet_ipu_ProxyNormParamGrad,
+            Kind::ProxyNormGradFinalize => effnet_ipu_ProxyNormGradFinalize,
             Kind::BiasAct => effnet_ipu_BiasAct,
             Kind::BiasActGrad => effnet_ipu_BiasActGrad,
             Kind::ChannelSum => effnet_ipu_ChannelSum,
@@ -846,7 +887,7 @@ impl Codelet {
             40 + w * (8 + ceil(c, t.workers * vec) * (4 + rows as u64 * cpv))
         };
         const SWISH: u64 = 8; // cycles per vector for σ and the product (assumption)
-        let act_cost = |a: usize| if a == 0 { 0 } else { SWISH };
+        let act_cost = |a: u32| if a == 0 { 0 } else { SWISH };
         match self.kind {
             Kind::ConvPartialAmp | Kind::ConvPartialAmpBwdData => {
                 let g = ConvGeom::from_params(&self.params);
@@ -907,40 +948,36 @@ impl Codelet {
             }
             Kind::NormAct => {
                 let g = NormGeom::from_params(&self.params);
-                multi(elementwise(g.nb * g.pix, g.c, 4 + act_cost(g.act as usize)))
+                multi(elementwise(g.nb * g.pix, g.c, 4 + act_cost(g.act)))
             }
             Kind::NormActGradPartials => {
                 let g = NormGeom::from_params(&self.params);
-                multi(by_channel(
-                    g.nb * g.pix,
-                    g.c,
-                    12 + 2 * act_cost(g.act as usize),
-                ))
+                multi(by_channel(g.nb * g.pix, g.c, 12 + 2 * act_cost(g.act)))
             }
             Kind::NormActGradApply => {
                 let g = NormGeom::from_params(&self.params);
-                multi(elementwise(
-                    g.nb * g.pix,
-                    g.c,
-                    8 + 2 * act_cost(g.act as usize),
-                ))
+                multi(elementwise(g.nb * g.pix, g.c, 8 + 2 * act_cost(g.act)))
             }
+            // Quantiles split over the workers; channels in vectors.
             Kind::ProxyNormStats => {
-                let (act, c, k) = (self.p(0), self.p(2), self.p(3));
-                single(30 + ceil(c, vec) * k as u64 * 2 * (4 + act_cost(act)))
+                let (act, c, k) = (self.params[0], self.p(1), self.p(2));
+                multi(40 + w * (8 + ceil(k, t.workers) * ceil(c, vec) * (3 + act_cost(act))))
             }
             Kind::ProxyNormParamGrad => {
-                let (act, proxy, c, k) = (self.p(0), self.p(1), self.p(2), self.p(3));
-                single(
-                    30 + 4 * c as u64
-                        + proxy as u64 * ceil(c, vec) * k as u64 * (10 + 2 * act_cost(act)),
-                )
+                let (act, c, k) = (self.params[0], self.p(2), self.p(3));
+                multi(40 + w * (8 + ceil(k, t.workers) * ceil(c, vec) * (8 + 2 * act_cost(act))))
             }
-            Kind::BiasAct => multi(elementwise(self.p(0), self.p(1), 1 + act_cost(self.p(2)))),
+            Kind::ProxyNormFinalize => single(30 + ceil(self.p(2), vec) * 12),
+            Kind::ProxyNormGradFinalize => single(30 + ceil(self.p(1), vec) * 6),
+            Kind::BiasAct => multi(elementwise(
+                self.p(0),
+                self.p(1),
+                1 + act_cost(self.params[2]),
+            )),
             Kind::BiasActGrad => multi(elementwise(
                 self.p(0),
                 self.p(1),
-                2 + 2 * act_cost(self.p(2)),
+                2 + 2 * act_cost(self.params[2]),
             )),
             Kind::PoolGrad | Kind::SeGate => {
                 multi(elementwise(self.p(0) * self.p(1), self.p(2), 1))

@@ -324,12 +324,34 @@ impl Planner {
     /// tile) with the reduction spread over `tiles` tiles: the gather exchange, the
     /// `ReducePartials` vertices and the scatter of the results back to `fanout`
     /// consumer tiles each receiving `back` elements.
-    fn spread_reduce(&self, elems: usize, np: usize, tiles: usize, sent: usize, back: usize) -> Result<(u64, u64)> {
+    fn spread_reduce(
+        &self,
+        elems: usize,
+        np: usize,
+        tiles: usize,
+        sent: usize,
+        back: usize,
+    ) -> Result<(u64, u64)> {
         let eb = self.precision.bytes();
         let share = elems.div_ceil(tiles.max(1)).max(1);
-        let compute = Codelet::reduce(np, share, false).estimate(&self.target, self.precision)?.cycles;
-        let exchange = self.exchange(np * share * eb, sent * eb) + self.exchange(back * eb, share * eb);
+        let compute = Codelet::reduce(np, share, false)
+            .estimate(&self.target, self.precision)?
+            .cycles;
+        let exchange =
+            self.exchange(np * share * eb, sent * eb) + self.exchange(back * eb, share * eb);
         Ok((compute, exchange))
+    }
+
+    /// How the Proxy Norm work (channels × 200 quantiles) spreads over `tiles`:
+    /// (channels per tile, quantiles per tile, quantile slices per channel).
+    fn proxy_split(&self, channels: usize, tiles: usize) -> (usize, usize, usize) {
+        let tiles = tiles.max(1);
+        if channels >= tiles {
+            (channels.div_ceil(tiles), 200, 1)
+        } else {
+            let m = (tiles / channels).clamp(1, 200);
+            (1, 200usize.div_ceil(m), m)
+        }
     }
 
     /// The estimated cost of a normalization (+ activation, + proxy) layer on the
@@ -358,11 +380,24 @@ impl Planner {
         let eb = self.precision.bytes();
         let est = |cd: Codelet| cd.estimate(t, self.precision).map(|e| e.cycles);
         let groups = channels / cg;
-        let geom = NormGeom { nb, pix, c, c0: 0, groups, cg, per_sample, act };
+        let geom = NormGeom {
+            nb,
+            pix,
+            c,
+            c0: 0,
+            groups,
+            cg,
+            per_sample,
+            act,
+        };
         let block = nb * pix * c * eb;
         let sync = t.sync_cycles;
         // Statistics rows: per image (GN, LN) or one (BN, summed over the images too).
-        let (rows, np) = if per_sample { (batch, parts.0) } else { (1, parts.0 * batch.div_ceil(nb)) };
+        let (rows, np) = if per_sample {
+            (batch, parts.0)
+        } else {
+            (1, parts.0 * batch.div_ceil(nb))
+        };
         let stat_elems = rows * channels * 2;
         let group_rows = rows * groups;
         let gshare = group_rows.div_ceil(tiles.max(1)).max(1);
@@ -372,7 +407,13 @@ impl Planner {
             flops: (batch * pix * channels * parts.0) as f64 * if act == 1 { 10.0 } else { 5.0 },
             ..Cost::default()
         };
-        let (rc, rx) = self.spread_reduce(stat_elems, np, tiles, nb * c * 2, nb * c.div_ceil(cg).max(1) * 2)?;
+        let (rc, rx) = self.spread_reduce(
+            stat_elems,
+            np,
+            tiles,
+            nb * c * 2,
+            nb * c.div_ceil(cg).max(1) * 2,
+        )?;
         match pass {
             Pass::Fwd => {
                 cost.compute_cycles = est(Codelet::norm_stats(nb, pix, c))?
@@ -382,25 +423,55 @@ impl Planner {
                 cost.exchange_cycles = rx;
                 cost.sync_cycles = 6 * sync;
                 if proxy {
-                    cost.compute_cycles += est(Codelet::proxy_stats(cshare, 200, act, 0.03))?;
-                    cost.exchange_cycles += self.exchange(2 * c * eb, 2 * cshare * eb);
-                    cost.sync_cycles += 2 * sync;
+                    let (pc, pk, m) = self.proxy_split(channels, tiles);
+                    let (rc, rx) = self.spread_reduce(
+                        channels * 2,
+                        m * SHIM_WORKERS,
+                        tiles,
+                        pc * 2 * SHIM_WORKERS,
+                        0,
+                    )?;
+                    cost.compute_cycles += est(Codelet::proxy_stats(pc, pk, act))?
+                        + rc
+                        + est(Codelet::proxy_finalize(cshare, 200, 0.03))?;
+                    cost.exchange_cycles += rx + self.exchange(2 * c * eb, 2 * cshare * eb);
+                    cost.sync_cycles += 4 * sync;
                 }
                 cost.max_tile_bytes = 2 * block + nb * c * 2 * eb + self.reserved_bytes;
             }
             Pass::Bwd => {
                 // Per-image sums (dx̂, dx̂·x̂) like the statistics; per-channel sums (4 per
                 // channel) reduced over every block of the channel.
-                let (cc, cx) = self.spread_reduce(channels * 4, parts.0 * batch.div_ceil(nb), tiles, c * 4, 0)?;
+                let (cc, cx) = self.spread_reduce(
+                    channels * 4,
+                    parts.0 * batch.div_ceil(nb),
+                    tiles,
+                    c * 4,
+                    0,
+                )?;
                 cost.compute_cycles = est(Codelet::norm_act_grad_partials(geom))?
                     + rc
                     + cc
                     + est(Codelet::norm_grad_finalize(gshare, cg, cg, pix * cg))?
                     + est(Codelet::norm_act_grad_apply(geom))?
-                    + est(Codelet::proxy_param_grad(cshare, 200, act, proxy))?;
+                    + est(Codelet::proxy_grad_finalize(cshare, proxy))?;
                 cost.exchange_cycles = rx + cx;
                 cost.sync_cycles = 10 * sync;
-                cost.max_tile_bytes = 3 * block + nb * c * 2 * eb + c * 4 * eb + self.reserved_bytes;
+                if proxy {
+                    let (pc, pk, m) = self.proxy_split(channels, tiles);
+                    let (rc, rx) = self.spread_reduce(
+                        channels * 3,
+                        m * SHIM_WORKERS,
+                        tiles,
+                        pc * 3 * SHIM_WORKERS,
+                        0,
+                    )?;
+                    cost.compute_cycles += est(Codelet::proxy_param_grad(pc, pk, 200, act))? + rc;
+                    cost.exchange_cycles += rx + self.exchange(4 * pc * eb, 0);
+                    cost.sync_cycles += 4 * sync;
+                }
+                cost.max_tile_bytes =
+                    3 * block + nb * c * 2 * eb + c * 4 * eb + self.reserved_bytes;
                 cost.flops *= 2.0;
             }
         }
@@ -429,22 +500,19 @@ impl Planner {
         // FC on one tile per channel part: [batch × c_part] · [c_part × reduced] and
         // back to [batch × c_part].
         let cpart = channels.div_ceil(parts.1);
-        let fc = |ci: usize, co: usize| {
-            let g = ConvGeom {
-                nb: batch,
-                in_hn: 1,
-                in_wn: 1,
-                out_hn: 1,
-                out_wn: 1,
-                kh: 1,
-                kw: 1,
-                stride: 1,
-                groups: 1,
-                cin_g: ci,
-                cout_g: co,
-                ..ConvGeom::default()
-            };
-            g
+        let fc = |ci: usize, co: usize| ConvGeom {
+            nb: batch,
+            in_hn: 1,
+            in_wn: 1,
+            out_hn: 1,
+            out_wn: 1,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            groups: 1,
+            cin_g: ci,
+            cout_g: co,
+            ..ConvGeom::default()
         };
         let sync = t.sync_cycles;
         let fc_flops = 4.0 * (batch * channels * reduced) as f64;

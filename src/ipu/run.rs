@@ -93,6 +93,7 @@ fn spread(g: &mut Graph, name: &str, rows: usize, row_len: usize) -> Result<Tens
     g.add_tensor_mapped(name, rows * row_len, mapping)
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Builds, runs and profiles one convolution's three passes; returns the lines and,
 /// when asked, the forward pass's per-tile picture.
 pub fn run_conv(
@@ -510,10 +511,10 @@ pub fn run_network(
         let Op::Conv(s) = &l.op else { continue };
         let mut best: Option<(ConvSplit, u64)> = None;
         for sp in pl.conv_splits(s).into_iter().filter(|sp| sp.pci == 1) {
-            if let Some(c) = pl.conv_cost(s, &sp, Pass::Fwd)? {
-                if best.is_none_or(|b| c.total() < b.1) {
-                    best = Some((sp, c.total()));
-                }
+            if let Some(c) = pl.conv_cost(s, &sp, Pass::Fwd)?
+                && best.is_none_or(|b| c.total() < b.1)
+            {
+                best = Some((sp, c.total()));
             }
         }
         let sp = best.map(|b| b.0).unwrap_or(ConvSplit {
