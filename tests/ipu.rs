@@ -962,3 +962,279 @@ fn a_two_tile_convolution_runs_and_profiles_bulk_synchronously() {
     assert_eq!(p.exchange_cycles, want);
     assert_eq!(lp.tiles_used, 3);
 }
+
+mod block_oracle {
+    //! A plain f64 MBConv block forward (the same formulas as DESIGN.md), for the
+    //! end-to-end check of `effnet::ipu::block` (backward by central differences).
+    use super::oracle::{self, NormActParams};
+    use effnet::ipu::block::BlockSpec;
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        x: &[f64],
+        w: &[f64],
+        h: usize,
+        wd: usize,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        s: usize,
+        gs: usize,
+    ) -> Vec<f64> {
+        let p = k / 2;
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (wd + 2 * p - k) / s + 1);
+        let cog = cout / (cin / gs);
+        let mut y = vec![0.0; oh * ow * cout];
+        for a in 0..oh {
+            for b in 0..ow {
+                for co in 0..cout {
+                    let g = co / cog;
+                    let mut acc = 0.0;
+                    for kh in 0..k {
+                        let ih = (a * s + kh) as isize - p as isize;
+                        if ih < 0 || ih >= h as isize {
+                            continue;
+                        }
+                        for kw in 0..k {
+                            let iw = (b * s + kw) as isize - p as isize;
+                            if iw < 0 || iw >= wd as isize {
+                                continue;
+                            }
+                            for ci in 0..gs {
+                                acc += x[(ih as usize * wd + iw as usize) * cin + g * gs + ci]
+                                    * w[((kh * k + kw) * gs + ci) * cout + co];
+                            }
+                        }
+                    }
+                    y[(a * ow + b) * cout + co] = acc;
+                }
+            }
+        }
+        y
+    }
+
+    fn quantiles() -> &'static [f64] {
+        static Q: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+        Q.get_or_init(|| oracle::proxy_quantiles(200))
+    }
+
+    fn norm(
+        spec: &BlockSpec,
+        which: usize,
+        x: &[f64],
+        pix: usize,
+        c: usize,
+        p: &[f64],
+    ) -> Vec<f64> {
+        let (cg, act, proxy) = spec.norm_of(which, c);
+        let np = NormActParams {
+            n: 1,
+            pix,
+            c,
+            cg,
+            per_sample: true,
+            act,
+            proxy,
+            eps: 1e-3,
+            eps_pn: 0.03,
+            q: quantiles().to_vec(),
+        };
+        oracle::norm_act_forward(
+            &np,
+            x,
+            &p[0..c],
+            &p[c..2 * c],
+            &p[2 * c..3 * c],
+            &p[3 * c..4 * c],
+        )
+    }
+
+    /// The block output for all images.
+    pub fn forward(spec: &BlockSpec, x: &[f64], p: &[Vec<f64>]) -> Vec<f64> {
+        let (h, w, ci, co, m, k) = (spec.h, spec.w, spec.cin, spec.cout, spec.mid(), spec.kernel);
+        let (oh, ow) = spec.out_hw();
+        let (px, opx) = (h * w, oh * ow);
+        let mut out = Vec::new();
+        for i in 0..spec.batch {
+            let xi = &x[i * px * ci..(i + 1) * px * ci];
+            let e = if spec.expand != 1 {
+                conv(xi, &p[0], h, w, ci, m, 1, 1, ci)
+            } else {
+                xi.to_vec()
+            };
+            let a1 = norm(spec, 1, &e, px, m, &p[1]);
+            let s = conv(&a1, &p[2], h, w, m, m, k, spec.stride, spec.group_size);
+            let a2 = norm(spec, 2, &s, opx, m, &p[3]);
+            let se = spec.se;
+            let pooled: Vec<f64> = (0..m)
+                .map(|c| (0..opx).map(|q| a2[q * m + c]).sum::<f64>() / opx as f64)
+                .collect();
+            let hs: Vec<f64> = (0..se)
+                .map(|o| {
+                    oracle::act(
+                        1,
+                        p[5][o] + (0..m).map(|c| pooled[c] * p[4][c * se + o]).sum::<f64>(),
+                    )
+                })
+                .collect();
+            let gate: Vec<f64> = (0..m)
+                .map(|o| {
+                    oracle::act(
+                        2,
+                        p[7][o] + (0..se).map(|c| hs[c] * p[6][c * m + o]).sum::<f64>(),
+                    )
+                })
+                .collect();
+            let seo: Vec<f64> = (0..opx * m).map(|j| a2[j] * gate[j % m]).collect();
+            let pr = conv(&seo, &p[8], oh, ow, m, co, 1, 1, m);
+            let z = norm(spec, 3, &pr, opx, co, &p[9]);
+            if spec.skip() {
+                out.extend(z.iter().zip(xi).map(|(a, b)| a + b));
+            } else {
+                out.extend(z);
+            }
+        }
+        out
+    }
+}
+
+fn check_block(spec: effnet::ipu::block::BlockSpec, seed: u64) {
+    use effnet::ipu::block::run_block;
+    let mut rng = Rng::new(seed);
+    let shapes = spec.param_shapes();
+    let mut params: Vec<Vec<f32>> = Vec::new();
+    for (name, len) in &shapes {
+        let v = rng.vec(*len);
+        params.push(if name.starts_with("norm") {
+            // γ near 1, β, β', γ' small.
+            let c = len / 4;
+            v.iter()
+                .enumerate()
+                .map(|(i, r)| if i < c { 1.0 + 0.3 * r } else { 0.2 * r })
+                .collect()
+        } else {
+            let fan = if *name == "w_spatial" {
+                spec.kernel * spec.kernel * spec.group_size
+            } else {
+                8
+            };
+            v.iter().map(|r| r / (fan as f32).sqrt()).collect()
+        });
+    }
+    let (oh, ow) = spec.out_hw();
+    let x = rng.vec(spec.batch * spec.h * spec.w * spec.cin);
+    let dout = rng.vec(spec.batch * oh * ow * spec.cout);
+    let r = run_block(&spec, &Target::mk2(), &x, &params, &dout).unwrap();
+    let p64: Vec<Vec<f64>> = params.iter().map(|p| to64(p)).collect();
+    let x64 = to64(&x);
+    let want = block_oracle::forward(&spec, &x64, &p64);
+    let e = rel_err(&r.out, &want);
+    assert!(e < 1e-4, "block forward {spec:?}: {e}");
+    assert!(r.fwd_cycles > 0 && r.bwd_cycles > r.fwd_cycles);
+    let d64 = to64(&dout);
+    let loss = |x: &[f64], p: &[Vec<f64>]| -> f64 {
+        block_oracle::forward(&spec, x, p)
+            .iter()
+            .zip(&d64)
+            .map(|(a, b)| a * b)
+            .sum()
+    };
+    let h = 1e-5;
+    let want_dx: Vec<f64> = (0..x.len())
+        .map(|i| {
+            let mut a = x64.clone();
+            a[i] += h;
+            let up = loss(&a, &p64);
+            a[i] -= 2.0 * h;
+            (up - loss(&a, &p64)) / (2.0 * h)
+        })
+        .collect();
+    let e = rel_err(&r.dx, &want_dx);
+    assert!(e < 1e-4, "block dx {spec:?}: {e}");
+    // Every parameter tensor: a sample of its entries by central differences.
+    for (pi, (name, len)) in shapes.iter().enumerate() {
+        if *len == 0 {
+            continue;
+        }
+        let norm = name.starts_with("norm");
+        let c = len / 4;
+        let mut got = Vec::new();
+        let mut want = Vec::new();
+        for _ in 0..24 {
+            let j = (rng.next_u64() as usize) % len;
+            // Gradient layout: weights as the parameter; norms [C][4] vs params [4][C].
+            let gi = if norm { (j % c) * 4 + j / c } else { j };
+            let mut p = p64.clone();
+            p[pi][j] += h;
+            let up = loss(&x64, &p);
+            p[pi][j] -= 2.0 * h;
+            want.push((up - loss(&x64, &p)) / (2.0 * h));
+            got.push(r.grads[pi][gi]);
+        }
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-3, "block grad {name} {spec:?}: {e}");
+    }
+}
+
+#[test]
+fn a_g16_gn_block_runs_end_to_end_forward_and_backward() {
+    use effnet::ipu::block::{BlockNorm, BlockSpec};
+    check_block(
+        BlockSpec {
+            batch: 2,
+            h: 5,
+            w: 6,
+            cin: 16,
+            cout: 16,
+            expand: 2,
+            kernel: 3,
+            stride: 1,
+            group_size: 16,
+            se: 4,
+            norm: BlockNorm::Gn(4),
+        },
+        11,
+    );
+}
+
+#[test]
+fn a_depthwise_strided_block_runs_end_to_end_forward_and_backward() {
+    use effnet::ipu::block::{BlockNorm, BlockSpec};
+    check_block(
+        BlockSpec {
+            batch: 3,
+            h: 7,
+            w: 5,
+            cin: 8,
+            cout: 12,
+            expand: 3,
+            kernel: 5,
+            stride: 2,
+            group_size: 1,
+            se: 2,
+            norm: BlockNorm::Gn(4),
+        },
+        12,
+    );
+}
+
+#[test]
+fn a_g16_ln_proxy_norm_block_runs_end_to_end_forward_and_backward() {
+    use effnet::ipu::block::{BlockNorm, BlockSpec};
+    check_block(
+        BlockSpec {
+            batch: 2,
+            h: 4,
+            w: 5,
+            cin: 16,
+            cout: 16,
+            expand: 2,
+            kernel: 3,
+            stride: 1,
+            group_size: 16,
+            se: 4,
+            norm: BlockNorm::LnPn,
+        },
+        13,
+    );
+}

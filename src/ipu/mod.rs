@@ -9,6 +9,7 @@
 //! - [`codelets`]: the vertex classes, their C trampolines and cycle estimators.
 
 pub mod b0;
+pub mod block;
 pub mod codelets;
 pub mod graph;
 pub mod picture;
