@@ -314,6 +314,7 @@ pub fn run_block(
     // Proxy statistics (μ, s) per norm on the parameter tile, broadcast; constants 0/1
     // without Proxy Norm.
     let mut musc: Vec<(Vec<TensorId>, Vec<TensorId>)> = Vec::new();
+    let mut musc_p: Vec<(TensorId, TensorId)> = Vec::new();
     for (which, pidx, c) in [(1usize, 1usize, m), (2, 3, m), (3, 9, co)] {
         let (_, act, proxy) = spec.norm_of(which, c);
         let mu = b.t(format!("norm{which}.mu"), c, pt)?;
@@ -390,6 +391,7 @@ pub fn run_block(
             ],
         )?;
         musc.push((lm, ls));
+        musc_p.push((mu, sc));
     }
     // Per-image activations.
     let per = |b: &mut B, name: &str, len: usize| -> Result<Vec<TensorId>> {
@@ -962,22 +964,7 @@ pub fn run_block(
                 SHIM_WORKERS * c * 3,
                 pt,
             )?;
-            let (mu_t, sc_t) = (musc[which - 1].0[0], musc[which - 1].1[0]);
-            // μ and s from image tile 0's copy would not be tile-local: use the
-            // parameter tile's originals.
-            let _ = (mu_t, sc_t);
-            let mu =
-                b.g.tensors
-                    .iter()
-                    .position(|t| t.name == format!("norm{which}.mu"))
-                    .map(|i| TensorId(i as u32))
-                    .expect("mu");
-            let sc =
-                b.g.tensors
-                    .iter()
-                    .position(|t| t.name == format!("norm{which}.scale"))
-                    .map(|i| TensorId(i as u32))
-                    .expect("scale");
+            let (mu, sc) = musc_p[which - 1];
             b.cs(
                 &format!("norm{which}.proxy_param_grad"),
                 false,
