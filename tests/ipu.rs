@@ -963,141 +963,6 @@ fn a_two_tile_convolution_runs_and_profiles_bulk_synchronously() {
     assert_eq!(lp.tiles_used, 3);
 }
 
-mod block_oracle {
-    //! A plain f64 MBConv block forward (the same formulas as DESIGN.md), for the
-    //! end-to-end check of `effnet::ipu::block` (backward by central differences).
-    use super::oracle::{self, NormActParams};
-    use effnet::ipu::block::BlockSpec;
-
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        x: &[f64],
-        w: &[f64],
-        h: usize,
-        wd: usize,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        s: usize,
-        gs: usize,
-    ) -> Vec<f64> {
-        let p = k / 2;
-        let (oh, ow) = ((h + 2 * p - k) / s + 1, (wd + 2 * p - k) / s + 1);
-        let cog = cout / (cin / gs);
-        let mut y = vec![0.0; oh * ow * cout];
-        for a in 0..oh {
-            for b in 0..ow {
-                for co in 0..cout {
-                    let g = co / cog;
-                    let mut acc = 0.0;
-                    for kh in 0..k {
-                        let ih = (a * s + kh) as isize - p as isize;
-                        if ih < 0 || ih >= h as isize {
-                            continue;
-                        }
-                        for kw in 0..k {
-                            let iw = (b * s + kw) as isize - p as isize;
-                            if iw < 0 || iw >= wd as isize {
-                                continue;
-                            }
-                            for ci in 0..gs {
-                                acc += x[(ih as usize * wd + iw as usize) * cin + g * gs + ci]
-                                    * w[((kh * k + kw) * gs + ci) * cout + co];
-                            }
-                        }
-                    }
-                    y[(a * ow + b) * cout + co] = acc;
-                }
-            }
-        }
-        y
-    }
-
-    fn quantiles() -> &'static [f64] {
-        static Q: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
-        Q.get_or_init(|| oracle::proxy_quantiles(200))
-    }
-
-    fn norm(
-        spec: &BlockSpec,
-        which: usize,
-        x: &[f64],
-        pix: usize,
-        c: usize,
-        p: &[f64],
-    ) -> Vec<f64> {
-        let (cg, act, proxy) = spec.norm_of(which, c);
-        let np = NormActParams {
-            n: 1,
-            pix,
-            c,
-            cg,
-            per_sample: true,
-            act,
-            proxy,
-            eps: 1e-3,
-            eps_pn: 0.03,
-            q: quantiles().to_vec(),
-        };
-        oracle::norm_act_forward(
-            &np,
-            x,
-            &p[0..c],
-            &p[c..2 * c],
-            &p[2 * c..3 * c],
-            &p[3 * c..4 * c],
-        )
-    }
-
-    /// The block output for all images.
-    pub fn forward(spec: &BlockSpec, x: &[f64], p: &[Vec<f64>]) -> Vec<f64> {
-        let (h, w, ci, co, m, k) = (spec.h, spec.w, spec.cin, spec.cout, spec.mid(), spec.kernel);
-        let (oh, ow) = spec.out_hw();
-        let (px, opx) = (h * w, oh * ow);
-        let mut out = Vec::new();
-        for i in 0..spec.batch {
-            let xi = &x[i * px * ci..(i + 1) * px * ci];
-            let e = if spec.expand != 1 {
-                conv(xi, &p[0], h, w, ci, m, 1, 1, ci)
-            } else {
-                xi.to_vec()
-            };
-            let a1 = norm(spec, 1, &e, px, m, &p[1]);
-            let s = conv(&a1, &p[2], h, w, m, m, k, spec.stride, spec.group_size);
-            let a2 = norm(spec, 2, &s, opx, m, &p[3]);
-            let se = spec.se;
-            let pooled: Vec<f64> = (0..m)
-                .map(|c| (0..opx).map(|q| a2[q * m + c]).sum::<f64>() / opx as f64)
-                .collect();
-            let hs: Vec<f64> = (0..se)
-                .map(|o| {
-                    oracle::act(
-                        1,
-                        p[5][o] + (0..m).map(|c| pooled[c] * p[4][c * se + o]).sum::<f64>(),
-                    )
-                })
-                .collect();
-            let gate: Vec<f64> = (0..m)
-                .map(|o| {
-                    oracle::act(
-                        2,
-                        p[7][o] + (0..se).map(|c| hs[c] * p[6][c * m + o]).sum::<f64>(),
-                    )
-                })
-                .collect();
-            let seo: Vec<f64> = (0..opx * m).map(|j| a2[j] * gate[j % m]).collect();
-            let pr = conv(&seo, &p[8], oh, ow, m, co, 1, 1, m);
-            let z = norm(spec, 3, &pr, opx, co, &p[9]);
-            if spec.skip() {
-                out.extend(z.iter().zip(xi).map(|(a, b)| a + b));
-            } else {
-                out.extend(z);
-            }
-        }
-        out
-    }
-}
-
 fn check_block(spec: effnet::ipu::block::BlockSpec, seed: u64) {
     use effnet::ipu::block::run_block;
     let mut rng = Rng::new(seed);
@@ -1127,13 +992,13 @@ fn check_block(spec: effnet::ipu::block::BlockSpec, seed: u64) {
     let r = run_block(&spec, &Target::mk2(), &x, &params, &dout).unwrap();
     let p64: Vec<Vec<f64>> = params.iter().map(|p| to64(p)).collect();
     let x64 = to64(&x);
-    let want = block_oracle::forward(&spec, &x64, &p64);
+    let want = oracle::block_forward(&spec, &x64, &p64);
     let e = rel_err(&r.out, &want);
     assert!(e < 1e-4, "block forward {spec:?}: {e}");
     assert!(r.fwd_cycles > 0 && r.bwd_cycles > r.fwd_cycles);
     let d64 = to64(&dout);
     let loss = |x: &[f64], p: &[Vec<f64>]| -> f64 {
-        block_oracle::forward(&spec, x, p)
+        oracle::block_forward(&spec, x, p)
             .iter()
             .zip(&d64)
             .map(|(a, b)| a * b)

@@ -196,6 +196,12 @@ fn run_model(a: &RunArgs) -> Result<()> {
             l.name, l.pass, l.rel_err, l.tiles, l.cycles
         );
     }
+    for (name, why) in &r.skipped {
+        println!(
+            "{{\"layer\": \"{name}\", \"pass\": \"block\", \"skipped\": \"{}\"}}",
+            why.replace('"', "'")
+        );
+    }
     if let (Some(path), Some(pic)) = (&a.picture, &r.picture) {
         effnet::ipu::picture::write_png(path, pic)?;
         eprintln!("wrote {} (layer {})", path.display(), a.picture_layer);

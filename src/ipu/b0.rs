@@ -1,6 +1,7 @@
 //! EfficientNet-B0 and its G16 / GN / LN+PN variants as a list of layers, planned on
 //! the IPU model: the per-layer **estimated** report and the images per second.
 
+use super::block::{BlockNorm, BlockSpec};
 use super::planner::{Cost, Pass, Planner};
 use super::target::{Precision, Target};
 use crate::error::{Error, Result};
@@ -243,6 +244,69 @@ pub fn layers(arch: Arch, res: usize, batch: usize) -> Result<Vec<Layer>> {
     )?;
     push(&mut v, "loss".into(), "loss", Op::Loss { classes: 1000 });
     Ok(v)
+}
+
+/// The MBConv blocks of `arch` at `res`, batch `batch`, as [`BlockSpec`]s (`None`
+/// for the BatchNorm architecture: its statistics span the batch, which the
+/// one-image-per-tile block placement does not model).
+pub fn blocks(arch: Arch, res: usize, batch: usize) -> Result<Option<Vec<(String, BlockSpec)>>> {
+    let norm = match arch {
+        Arch::EfficientNetB0 => return Ok(None),
+        Arch::B0G1Gn | Arch::B0G16Gn => BlockNorm::Gn(4),
+        Arch::B0G16LnPn => BlockNorm::LnPn,
+    };
+    let ls = layers(arch, res, batch)?;
+    let mut v = Vec::new();
+    for (i, l) in ls.iter().enumerate() {
+        let (Op::Conv(s), true) = (&l.op, l.name.ends_with("conv_dw")) else {
+            continue;
+        };
+        let prefix = l.name.trim_end_matches(".conv_dw");
+        let d = s.desc;
+        let expand = ls[..i]
+            .iter()
+            .rev()
+            .take(2)
+            .find(|p| p.name == format!("{prefix}.conv_pw"));
+        let (cin, h, w) = match expand {
+            Some(p) => match &p.op {
+                Op::Conv(ps) => (ps.desc.in_channels, ps.desc.in_h, ps.desc.in_w),
+                _ => unreachable!(),
+            },
+            None => (d.in_channels, d.in_h, d.in_w),
+        };
+        let cout = ls[i..]
+            .iter()
+            .find_map(|p| match (&p.op, p.name == format!("{prefix}.conv_pwl")) {
+                (Op::Conv(ps), true) => Some(ps.desc.out_channels),
+                _ => None,
+            })
+            .expect("projection");
+        let se = ls[i..]
+            .iter()
+            .find_map(|p| match &p.op {
+                Op::Se { reduced } => Some(*reduced),
+                _ => None,
+            })
+            .expect("se");
+        v.push((
+            prefix.to_string(),
+            BlockSpec {
+                batch,
+                h,
+                w,
+                cin,
+                cout,
+                expand: d.in_channels / cin,
+                kernel: d.kernel_h,
+                stride: d.stride_h,
+                group_size: d.group_size,
+                se,
+                norm,
+            },
+        ));
+    }
+    Ok(Some(v))
 }
 
 /// One line of the report (every cycle figure **estimated**).

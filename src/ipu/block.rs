@@ -3,11 +3,13 @@
 //! as one program on the model and executed through the codelets.
 //!
 //! Placement: image `i` of the batch lives on tile `i` (every per-image operation —
-//! convolutions, GroupNorm/LayerNorm statistics, SE — is tile-local), the parameters
-//! on tile `batch`. Parameters are broadcast to the image tiles by one exchange; the
+//! convolutions, GroupNorm/LayerNorm statistics, SE — is tile-local), parameter
+//! tensor `j` on tile `batch + j`. Parameters are broadcast to the image tiles by one exchange; the
 //! weight, bias and norm-parameter gradients are per-image partials gathered to the
 //! parameter tile and reduced there (`ReducePartials`); Proxy Norm statistics are
-//! computed on the parameter tile and broadcast.
+//! computed on the norm's parameter tile and broadcast. A block whose weights do not
+//! fit one tile beside one image's activations is reported as an
+//! [`Error::TileMemory`].
 
 use super::codelets::{Codelet, ConvGeom, NormGeom, SHIM_WORKERS};
 use super::graph::{
@@ -98,8 +100,8 @@ impl BlockSpec {
     fn validate(&self) -> Result<()> {
         let m = self.mid();
         let ok = self.batch > 0
-            && self.h >= self.kernel
-            && self.w >= self.kernel
+            && self.h > 0
+            && self.w > 0
             && self.cin > 0
             && self.cout > 0
             && self.expand > 0
@@ -286,14 +288,15 @@ pub fn run_block(
         lf,
         lb,
     };
-    let pt = n as u32; // parameter tile
+    // Parameter `i` (and its gradient reduction) lives on tile `batch + i`.
+    let home = |pidx: usize| (n + pidx) as u32;
     let imgs: Vec<u32> = (0..n as u32).collect();
     // Parameters (persistent) on the parameter tile and their per-image copies.
     let mut pg = Vec::new();
     let mut local: Vec<Vec<TensorId>> = vec![Vec::new(); shapes.len()];
     let mut bcast = Vec::new();
     for (pi, (name, len)) in shapes.iter().enumerate() {
-        let t = b.t(name.to_string(), *len, pt)?;
+        let t = b.t(name.to_string(), *len, home(pi))?;
         b.g.set_persistent(t);
         pg.push(t);
         for &i in &imgs {
@@ -309,14 +312,15 @@ pub fn run_block(
     }
     b.ex("broadcast parameters", true, bcast)?;
     let q: Vec<f32> = proxy_quantiles(200).iter().map(|&v| v as f32).collect();
-    let qt = b.t("quantiles".into(), q.len(), pt)?;
-    b.g.set_init(qt, q.clone())?;
     // Proxy statistics (μ, s) per norm on the parameter tile, broadcast; constants 0/1
     // without Proxy Norm.
     let mut musc: Vec<(Vec<TensorId>, Vec<TensorId>)> = Vec::new();
-    let mut musc_p: Vec<(TensorId, TensorId)> = Vec::new();
+    let mut musc_p: Vec<(TensorId, TensorId, TensorId)> = Vec::new();
     for (which, pidx, c) in [(1usize, 1usize, m), (2, 3, m), (3, 9, co)] {
         let (_, act, proxy) = spec.norm_of(which, c);
+        let pt = home(pidx);
+        let qt = b.t(format!("norm{which}.quantiles"), q.len(), pt)?;
+        b.g.set_init(qt, q.clone())?;
         let mu = b.t(format!("norm{which}.mu"), c, pt)?;
         let sc = b.t(format!("norm{which}.scale"), c, pt)?;
         if proxy {
@@ -391,7 +395,7 @@ pub fn run_block(
             ],
         )?;
         musc.push((lm, ls));
-        musc_p.push((mu, sc));
+        musc_p.push((mu, sc, qt));
     }
     // Per-image activations.
     let per = |b: &mut B, name: &str, len: usize| -> Result<Vec<TensorId>> {
@@ -903,25 +907,42 @@ pub fn run_block(
     } else {
         dxb
     };
-    // Gather every per-image partial to the parameter tile, reduce, finalize.
+    // Weight gradients: reduce-scatter over the image tiles (tile j sums slice j of
+    // every image's partial), then the reduced slices go to the parameter's tile.
+    // Norm-parameter sums are small: gathered to the parameter's tile and reduced
+    // there.
     let mut gather = Vec::new();
-    let mut reds: Vec<(TensorId, TensorId, usize)> = Vec::new();
+    let mut collect = Vec::new();
+    let mut reds: Vec<(TensorId, TensorId, usize, u32)> = Vec::new();
     let mut grads: Vec<Option<TensorId>> = vec![None; shapes.len()];
     for (parts, pidx, len) in &wparts {
-        let buf = b.t(format!("{}.grad_gather", shapes[*pidx].0), n * len, pt)?;
-        let out = b.t(format!("{}.grad", shapes[*pidx].0), *len, pt)?;
-        for (i, p) in parts.iter().enumerate() {
-            gather.push(Transfer {
-                src: *p,
-                dsts: vec![buf],
-                copy: Strided::contiguous(0, i * len, *len),
+        let pname = shapes[*pidx].0;
+        let out = b.t(format!("{pname}.grad"), *len, home(*pidx))?;
+        let chunk = len.div_ceil(n).max(1);
+        for (j, r0) in (0..*len).step_by(chunk).enumerate() {
+            let sl = chunk.min(len - r0);
+            let tj = j as u32;
+            let buf = b.t(format!("{pname}.grad_gather{j}"), n * sl, tj)?;
+            let sum = b.t(format!("{pname}.grad_slice{j}"), sl, tj)?;
+            for (i, p) in parts.iter().enumerate() {
+                gather.push(Transfer {
+                    src: *p,
+                    dsts: vec![buf],
+                    copy: Strided::contiguous(r0, i * sl, sl),
+                });
+            }
+            reds.push((buf, sum, sl, tj));
+            collect.push(Transfer {
+                src: sum,
+                dsts: vec![out],
+                copy: Strided::contiguous(0, r0, sl),
             });
         }
-        reds.push((buf, out, *len));
         grads[*pidx] = Some(out);
     }
     let mut chan_sums = Vec::new();
     for (parts, which, c, pidx) in &chan_partials {
+        let pt = home(*pidx);
         let buf = b.t(format!("norm{which}.channel_gather"), n * c * 4, pt)?;
         let out = b.t(format!("norm{which}.channel_sums"), c * 4, pt)?;
         for (i, p) in parts.iter().enumerate() {
@@ -931,7 +952,7 @@ pub fn run_block(
                 copy: Strided::contiguous(0, i * c * 4, c * 4),
             });
         }
-        reds.push((buf, out, c * 4));
+        reds.push((buf, out, c * 4, pt));
         chan_sums.push((out, *which, *c, *pidx));
     }
     b.ex("gather gradient partials", false, gather)?;
@@ -940,7 +961,7 @@ pub fn run_block(
         Some(Program::Execute(c)) => *c,
         _ => unreachable!(),
     };
-    for (buf, out, len) in reds {
+    for (buf, out, len, pt) in reds {
         b.g.add_vertex(
             red_cs,
             pt,
@@ -948,7 +969,9 @@ pub fn run_block(
             vec![f(buf, n * len), f(out, len)],
         )?;
     }
+    b.ex("collect reduced weight gradients", false, collect)?;
     for (sums, which, c, pidx) in chan_sums {
+        let pt = home(pidx);
         let (_, act, proxy) = spec.norm_of(which, c);
         let p = pg[pidx];
         let terms = b.t(format!("norm{which}.proxy_terms"), c * 3, pt)?;
@@ -964,7 +987,7 @@ pub fn run_block(
                 SHIM_WORKERS * c * 3,
                 pt,
             )?;
-            let (mu, sc) = musc_p[which - 1];
+            let (mu, sc, qt) = musc_p[which - 1];
             b.cs(
                 &format!("norm{which}.proxy_param_grad"),
                 false,

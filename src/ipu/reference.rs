@@ -9,6 +9,7 @@
 //! kernels land.
 
 use crate::error::Result;
+use crate::ipu::block::BlockSpec;
 use crate::kernels::conv::{Conv2d, ConvShape, GradMode, reference};
 
 /// Which implementation the convolution results are compared with.
@@ -223,4 +224,127 @@ pub fn norm_act_forward(
         }
     }
     z
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(
+    x: &[f64],
+    w: &[f64],
+    h: usize,
+    wd: usize,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    s: usize,
+    gs: usize,
+) -> Vec<f64> {
+    let p = k / 2;
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (wd + 2 * p - k) / s + 1);
+    let cog = cout / (cin / gs);
+    let mut y = vec![0.0; oh * ow * cout];
+    for a in 0..oh {
+        for b in 0..ow {
+            for co in 0..cout {
+                let g = co / cog;
+                let mut acc = 0.0;
+                for kh in 0..k {
+                    let ih = (a * s + kh) as isize - p as isize;
+                    if ih < 0 || ih >= h as isize {
+                        continue;
+                    }
+                    for kw in 0..k {
+                        let iw = (b * s + kw) as isize - p as isize;
+                        if iw < 0 || iw >= wd as isize {
+                            continue;
+                        }
+                        for ci in 0..gs {
+                            acc += x[(ih as usize * wd + iw as usize) * cin + g * gs + ci]
+                                * w[((kh * k + kw) * gs + ci) * cout + co];
+                        }
+                    }
+                }
+                y[(a * ow + b) * cout + co] = acc;
+            }
+        }
+    }
+    y
+}
+
+fn quantiles() -> &'static [f64] {
+    static Q: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    Q.get_or_init(|| proxy_quantiles(200))
+}
+
+fn norm(spec: &BlockSpec, which: usize, x: &[f64], pix: usize, c: usize, p: &[f64]) -> Vec<f64> {
+    let (cg, act, proxy) = spec.norm_of(which, c);
+    let np = NormActParams {
+        n: 1,
+        pix,
+        c,
+        cg,
+        per_sample: true,
+        act,
+        proxy,
+        eps: 1e-3,
+        eps_pn: 0.03,
+        q: quantiles().to_vec(),
+    };
+    norm_act_forward(
+        &np,
+        x,
+        &p[0..c],
+        &p[c..2 * c],
+        &p[2 * c..3 * c],
+        &p[3 * c..4 * c],
+    )
+}
+
+/// The output of an MBConv block ([`crate::ipu::block`]) for all images, in `f64`:
+/// `x` is `[N][H][W][C_in]`, `p` the parameters in the order of
+/// [`BlockSpec::param_shapes`].
+pub fn block_forward(spec: &BlockSpec, x: &[f64], p: &[Vec<f64>]) -> Vec<f64> {
+    let (h, w, ci, co, m, k) = (spec.h, spec.w, spec.cin, spec.cout, spec.mid(), spec.kernel);
+    let (oh, ow) = spec.out_hw();
+    let (px, opx) = (h * w, oh * ow);
+    let mut out = Vec::new();
+    for i in 0..spec.batch {
+        let xi = &x[i * px * ci..(i + 1) * px * ci];
+        let e = if spec.expand != 1 {
+            conv(xi, &p[0], h, w, ci, m, 1, 1, ci)
+        } else {
+            xi.to_vec()
+        };
+        let a1 = norm(spec, 1, &e, px, m, &p[1]);
+        let s = conv(&a1, &p[2], h, w, m, m, k, spec.stride, spec.group_size);
+        let a2 = norm(spec, 2, &s, opx, m, &p[3]);
+        let se = spec.se;
+        let pooled: Vec<f64> = (0..m)
+            .map(|c| (0..opx).map(|q| a2[q * m + c]).sum::<f64>() / opx as f64)
+            .collect();
+        let hs: Vec<f64> = (0..se)
+            .map(|o| {
+                act(
+                    1,
+                    p[5][o] + (0..m).map(|c| pooled[c] * p[4][c * se + o]).sum::<f64>(),
+                )
+            })
+            .collect();
+        let gate: Vec<f64> = (0..m)
+            .map(|o| {
+                act(
+                    2,
+                    p[7][o] + (0..se).map(|c| hs[c] * p[6][c * m + o]).sum::<f64>(),
+                )
+            })
+            .collect();
+        let seo: Vec<f64> = (0..opx * m).map(|j| a2[j] * gate[j % m]).collect();
+        let pr = conv(&seo, &p[8], oh, ow, m, co, 1, 1, m);
+        let z = norm(spec, 3, &pr, opx, co, &p[9]);
+        if spec.skip() {
+            out.extend(z.iter().zip(xi).map(|(a, b)| a + b));
+        } else {
+            out.extend(z);
+        }
+    }
+    out
 }
