@@ -1103,3 +1103,123 @@ fn a_g16_ln_proxy_norm_block_runs_end_to_end_forward_and_backward() {
         13,
     );
 }
+
+#[test]
+fn b0_layer_lists_match_the_published_macs() {
+    use effnet::ipu::b0::{Arch, Op, layers};
+    // DESIGN.md: B0 0.386 G MACs at 224, B0-G16 0.635 G MACs (convs, SE and FC).
+    for (arch, want) in [(Arch::EfficientNetB0, 0.386e9), (Arch::B0G16Gn, 0.635e9)] {
+        let ls = layers(arch, 224, 1).unwrap();
+        let mut macs = 0.0;
+        for l in &ls {
+            match &l.op {
+                Op::Conv(s) => macs += s.flops() / 2.0,
+                Op::Se { reduced } => macs += 2.0 * (*reduced * l.out.3) as f64,
+                _ => {}
+            }
+        }
+        assert!(
+            (macs / want - 1.0).abs() < 0.02,
+            "{arch:?}: {macs:.4e} MACs, published {want:.3e}"
+        );
+    }
+}
+
+#[test]
+fn the_report_covers_every_layer_with_allowed_kinds_and_consistent_totals() {
+    use effnet::ipu::b0::{Arch, layers, report};
+    let kinds = [
+        "stem",
+        "pointwise",
+        "depthwise",
+        "grouped",
+        "norm",
+        "activation",
+        "se",
+        "pool",
+        "fc",
+        "loss",
+    ];
+    for arch in [
+        Arch::EfficientNetB0,
+        Arch::B0G1Gn,
+        Arch::B0G16Gn,
+        Arch::B0G16LnPn,
+    ] {
+        let r = report(arch, 64, 2, &Target::mk2(), Precision::F16).unwrap();
+        let n = layers(arch, 64, 2).unwrap().len();
+        assert_eq!(
+            r.lines.len(),
+            2 * n,
+            "{arch:?}: a fwd and a bwd line per layer"
+        );
+        for l in &r.lines {
+            assert!(kinds.contains(&l.kind), "{}", l.kind);
+            assert!(l.cost.tiles >= 1 && l.cost.tiles <= 1472);
+            assert!(l.cost.max_tile_bytes <= Target::mk2().budget_bytes());
+        }
+        let train: u64 = r.lines.iter().map(|l| l.cost.total()).sum();
+        let want = 2.0 * 1.33e9 / train as f64;
+        assert!((r.training_img_per_s / want - 1.0).abs() < 1e-9);
+        assert!(r.inference_img_per_s > r.training_img_per_s);
+    }
+    // Bow is the same die at a higher clock: same cycles, more images per second.
+    let mk2 = report(Arch::B0G16Gn, 64, 2, &Target::mk2(), Precision::F16).unwrap();
+    let bow = report(Arch::B0G16Gn, 64, 2, &Target::bow(), Precision::F16).unwrap();
+    assert!((bow.training_img_per_s / mk2.training_img_per_s - 1.85 / 1.33).abs() < 1e-9);
+    // A batch whose saved activations cannot fit is the named memory error.
+    match report(Arch::B0G1Gn, 224, 64, &Target::mk2(), Precision::F32) {
+        Err(Error::TileMemory { tensors, .. }) => {
+            assert!(tensors[0].0.contains("saved activations"))
+        }
+        other => panic!("expected TileMemory, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_tile_picture_is_a_png_of_the_tile_grid() {
+    use effnet::ipu::picture::{TilePicture, encode_png};
+    let pic = TilePicture {
+        bytes: (0..1472).map(|t| t * 300).collect(),
+        cycles: (0..1472).map(|t| (t % 97) as u64).collect(),
+        budget: 383_385,
+    };
+    let (w, h, px) = pic.render();
+    assert_eq!(px.len(), w * h * 3);
+    // Tiles over budget are red.
+    let last = 1471;
+    let cols = (w - 8) / 2 / 8;
+    let (x, y) = ((last % cols) * 8 + 1, (last / cols) * 8 + 1);
+    assert_eq!(&px[(y * w + x) * 3..(y * w + x) * 3 + 3], &[255, 0, 0]);
+    let png = encode_png(w, h, &px);
+    assert_eq!(&png[..8], &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A]);
+    assert_eq!(&png[12..16], b"IHDR");
+    assert_eq!(
+        u32::from_be_bytes(png[16..20].try_into().unwrap()) as usize,
+        w
+    );
+    assert_eq!(&png[png.len() - 8..png.len() - 4], b"IEND");
+}
+
+#[test]
+fn every_conv_of_a_small_network_runs_through_the_model() {
+    use effnet::ipu::b0::Arch;
+    use effnet::ipu::reference::ConvOracle;
+    use effnet::ipu::run::run_network;
+    // The f64 oracle (the SIMD kernels are compared by `effnet ipu run` once they land).
+    let r = run_network(
+        Arch::B0G16LnPn,
+        32,
+        1,
+        &Target::mk2(),
+        ConvOracle::F64,
+        Some("blocks.1.0.conv_dw"),
+    )
+    .unwrap();
+    assert!(r.max_rel_err < 1e-5, "{}", r.max_rel_err);
+    assert!(r.layers.iter().any(|l| l.pass == "block_bwd"));
+    assert!(r.layers.iter().filter(|l| l.pass == "fwd").count() >= 40);
+    let pic = r.picture.unwrap();
+    assert_eq!(pic.bytes.len(), 1472);
+    assert!(pic.cycles.iter().filter(|&&c| c > 0).count() > 10);
+}
