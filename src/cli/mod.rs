@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod bench_ops;
+mod ipu;
 
 use clap::{Parser, Subcommand};
 use effnet::Result;
@@ -21,6 +22,9 @@ enum Command {
     /// Prints the SIMD level in use and the thread count, and with `--arch` the
     /// network's parameter and multiply-accumulate counts.
     Info(InfoArgs),
+    /// The IPU execution model (estimated cycles; codelets run on the host).
+    #[command(subcommand)]
+    Ipu(ipu::IpuCommand),
 }
 
 /// Arguments of `effnet info`.
@@ -46,6 +50,7 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
         Command::Info(a) => info(&a),
+        Command::Ipu(c) => ipu::run(&c),
     }
 }
 
