@@ -1106,10 +1106,20 @@ fn a_g16_ln_proxy_norm_block_runs_end_to_end_forward_and_backward() {
 
 #[test]
 fn b0_layer_lists_match_the_published_macs() {
-    use effnet::ipu::b0::{Arch, Op, layers};
-    // DESIGN.md: B0 0.386 G MACs at 224, B0-G16 0.635 G MACs (convs, SE and FC).
-    for (arch, want) in [(Arch::EfficientNetB0, 0.386e9), (Arch::B0G16Gn, 0.635e9)] {
-        let ls = layers(arch, 224, 1).unwrap();
+    use effnet::arch::ArchConfig;
+    use effnet::ipu::network::{Op, layers};
+    // DESIGN.md: B0 0.386 G MACs at 224, B0-G16 0.635 G MACs (convs, SE and FC); the
+    // IPU layer list and `arch::ArchConfig::counts` are the same network.
+    for (name, want) in [
+        ("efficientnet_b0", 0.386e9),
+        ("b0_g16_gn", 0.635e9),
+        ("b0_g16_lnpn", 0.635e9),
+        ("tiny_g1_gn", 0.0),
+        ("b3_g16_bn", 0.0),
+    ] {
+        let arch = ArchConfig::from_name(name).unwrap();
+        let res = if want > 0.0 { 224 } else { arch.native_res };
+        let ls = layers(&arch, res, 1).unwrap();
         let mut macs = 0.0;
         for l in &ls {
             match &l.op {
@@ -1118,16 +1128,24 @@ fn b0_layer_lists_match_the_published_macs() {
                 _ => {}
             }
         }
+        let counted = arch.counts(res).macs as f64;
         assert!(
-            (macs / want - 1.0).abs() < 0.02,
-            "{arch:?}: {macs:.4e} MACs, published {want:.3e}"
+            (macs / counted - 1.0).abs() < 1e-12,
+            "{name}: {macs:.4e} MACs in the IPU list, {counted:.4e} in arch"
         );
+        if want > 0.0 {
+            assert!(
+                (macs / want - 1.0).abs() < 0.005,
+                "{name}: {macs:.4e} MACs, published {want:.3e}"
+            );
+        }
     }
 }
 
 #[test]
 fn the_report_covers_every_layer_with_allowed_kinds_and_consistent_totals() {
-    use effnet::ipu::b0::{Arch, layers, report};
+    use effnet::arch::ArchConfig;
+    use effnet::ipu::network::{layers, report};
     let kinds = [
         "stem",
         "pointwise",
@@ -1140,18 +1158,23 @@ fn the_report_covers_every_layer_with_allowed_kinds_and_consistent_totals() {
         "fc",
         "loss",
     ];
-    for arch in [
-        Arch::EfficientNetB0,
-        Arch::B0G1Gn,
-        Arch::B0G16Gn,
-        Arch::B0G16LnPn,
+    let a = |n: &str| ArchConfig::from_name(n).unwrap();
+    for name in [
+        "efficientnet_b0",
+        "tf_efficientnet_b0",
+        "b0_g1_gn",
+        "b0_g16_gn",
+        "b0_g16_lnpn",
+        "tiny_g16_lnpn",
+        "efficientnet_b2",
     ] {
-        let r = report(arch, 64, 2, &Target::mk2(), Precision::F16).unwrap();
-        let n = layers(arch, 64, 2).unwrap().len();
+        let arch = a(name);
+        let r = report(&arch, 64, 2, &Target::mk2(), Precision::F16).unwrap();
+        let n = layers(&arch, 64, 2).unwrap().len();
         assert_eq!(
             r.lines.len(),
             2 * n,
-            "{arch:?}: a fwd and a bwd line per layer"
+            "{name}: a fwd and a bwd line per layer"
         );
         for l in &r.lines {
             assert!(kinds.contains(&l.kind), "{}", l.kind);
@@ -1164,11 +1187,11 @@ fn the_report_covers_every_layer_with_allowed_kinds_and_consistent_totals() {
         assert!(r.inference_img_per_s > r.training_img_per_s);
     }
     // Bow is the same die at a higher clock: same cycles, more images per second.
-    let mk2 = report(Arch::B0G16Gn, 64, 2, &Target::mk2(), Precision::F16).unwrap();
-    let bow = report(Arch::B0G16Gn, 64, 2, &Target::bow(), Precision::F16).unwrap();
+    let mk2 = report(&a("b0_g16_gn"), 64, 2, &Target::mk2(), Precision::F16).unwrap();
+    let bow = report(&a("b0_g16_gn"), 64, 2, &Target::bow(), Precision::F16).unwrap();
     assert!((bow.training_img_per_s / mk2.training_img_per_s - 1.85 / 1.33).abs() < 1e-9);
     // A batch whose saved activations cannot fit is the named memory error.
-    match report(Arch::B0G1Gn, 224, 64, &Target::mk2(), Precision::F32) {
+    match report(&a("b0_g1_gn"), 224, 64, &Target::mk2(), Precision::F32) {
         Err(Error::TileMemory { tensors, .. }) => {
             assert!(tensors[0].0.contains("saved activations"))
         }
@@ -1203,12 +1226,12 @@ fn the_tile_picture_is_a_png_of_the_tile_grid() {
 
 #[test]
 fn every_conv_of_a_small_network_runs_through_the_model() {
-    use effnet::ipu::b0::Arch;
+    use effnet::arch::ArchConfig;
     use effnet::ipu::reference::ConvOracle;
     use effnet::ipu::run::run_network;
     // The f64 oracle (the SIMD kernels are compared by `effnet ipu run` once they land).
     let r = run_network(
-        Arch::B0G16LnPn,
+        &ArchConfig::from_name("b0_g16_lnpn").unwrap(),
         32,
         1,
         &Target::mk2(),

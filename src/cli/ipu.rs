@@ -2,7 +2,8 @@
 //! line. Every cycle and throughput figure is an estimate of the model.
 
 use clap::{Args, Subcommand};
-use effnet::ipu::b0::{self, Arch};
+use effnet::arch::ArchConfig;
+use effnet::ipu::network;
 use effnet::ipu::{Precision, Target};
 use effnet::{Error, Result};
 
@@ -20,7 +21,8 @@ pub enum IpuCommand {
 /// Arguments of `effnet ipu report`.
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// efficientnet_b0, b0_g1_gn, b0_g16_gn, b0_g16_lnpn.
+    /// Any name of `effnet::arch::ArchConfig::from_name`: efficientnet_b<k>,
+    /// tf_efficientnet_b<k>, b<k>_<g1|g16>_<bn|gn|lnpn>, tiny in place of b<k>.
     #[arg(long)]
     arch: String,
     /// Input resolution.
@@ -46,7 +48,8 @@ pub struct ReportArgs {
 /// Arguments of `effnet ipu run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// efficientnet_b0, b0_g1_gn, b0_g16_gn, b0_g16_lnpn.
+    /// Any name of `effnet::arch::ArchConfig::from_name`: efficientnet_b<k>,
+    /// tf_efficientnet_b<k>, b<k>_<g1|g16>_<bn|gn|lnpn>, tiny in place of b<k>.
     #[arg(long)]
     arch: String,
     /// Input resolution.
@@ -97,10 +100,10 @@ pub fn run(c: &IpuCommand) -> Result<()> {
 }
 
 fn report(a: &ReportArgs) -> Result<()> {
-    let arch = Arch::by_name(&a.arch)?;
+    let arch = ArchConfig::from_name(&a.arch)?;
     let t = target(&a.target, &a.set)?;
     let p = precision(&a.precision)?;
-    let r = b0::report(arch, a.res, a.batch, &t, p)?;
+    let r = network::report(&arch, a.res, a.batch, &t, p)?;
     if !a.json {
         println!(
             "# {} at {}x{}, batch {}, target {} ({:.2} GHz), {:?}: ESTIMATED cycles (host model, not hardware)",
@@ -147,7 +150,7 @@ fn report(a: &ReportArgs) -> Result<()> {
             );
         }
     }
-    let sum = |f: fn(&b0::ReportLine) -> u64| r.lines.iter().map(f).sum::<u64>();
+    let sum = |f: fn(&network::ReportLine) -> u64| r.lines.iter().map(f).sum::<u64>();
     let (cc, ec, sc) = (
         sum(|l| l.cost.compute_cycles),
         sum(|l| l.cost.exchange_cycles),
@@ -177,7 +180,7 @@ fn report(a: &ReportArgs) -> Result<()> {
 }
 
 fn run_model(a: &RunArgs) -> Result<()> {
-    let arch = Arch::by_name(&a.arch)?;
+    let arch = ArchConfig::from_name(&a.arch)?;
     let t = target(&a.target, &[])?;
     let oracle = match a.oracle.as_str() {
         "simd" => effnet::ipu::reference::ConvOracle::Simd,
@@ -189,7 +192,7 @@ fn run_model(a: &RunArgs) -> Result<()> {
         }
     };
     let r =
-        effnet::ipu::run::run_network(arch, a.res, a.batch, &t, oracle, Some(&a.picture_layer))?;
+        effnet::ipu::run::run_network(&arch, a.res, a.batch, &t, oracle, Some(&a.picture_layer))?;
     for l in &r.layers {
         println!(
             "{{\"layer\": \"{}\", \"pass\": \"{}\", \"rel_err\": {:.3e}, \"tiles\": {}, \"estimated_cycles\": {}}}",

@@ -9,8 +9,8 @@
 //! - [`codelets`]: the vertex classes, their C trampolines and cycle estimators.
 //! - [`planner`]: splits a layer over the tiles within the memory budget and picks the
 //!   split with the lowest estimated cycles.
-//! - [`b0`]: EfficientNet-B0 and its G16 / GN / LN+PN variants as layer lists, and the
-//!   per-layer estimated report (`effnet ipu report`).
+//! - [`network`]: any network of [`crate::arch`] (B0–B7, `tiny`, G1/G16, BN/GN/LN+PN)
+//!   as a layer list, and the per-layer estimated report (`effnet ipu report`).
 //! - [`block`]: one MBConv block forward and backward as one program, run through the
 //!   codelets.
 //! - [`run`]: every convolution (split by the planner) and every block that fits,
@@ -18,19 +18,22 @@
 //! - [`reference`]: the oracles, in one place (the convolution oracle switch).
 //! - [`picture`]: the per-tile memory / cycles picture as a PNG.
 //!
-//! Layering: `ipu` uses [`crate::kernels`] only as a reference, never the other way.
+//! Layering: `ipu` uses [`crate::arch`] (the one description of the networks) and
+//! [`crate::kernels`] (as the reference), never the other way.
 //!
 //! ```
-//! use effnet::ipu::b0::{Arch, report};
+//! use effnet::arch::ArchConfig;
+//! use effnet::ipu::network::report;
 //! use effnet::ipu::{Precision, Target};
-//! let r = report(Arch::B0G16Gn, 64, 2, &Target::mk2(), Precision::F16).unwrap();
+//! let a = ArchConfig::from_name("b0_g16_gn").unwrap();
+//! let r = report(&a, 64, 2, &Target::mk2(), Precision::F16).unwrap();
 //! assert!(r.training_img_per_s > 0.0); // an estimate, not a measurement
 //! ```
 
-pub mod b0;
 pub mod block;
 pub mod codelets;
 pub mod graph;
+pub mod network;
 pub mod picture;
 pub mod planner;
 pub mod reference;

@@ -7,10 +7,10 @@
 //! the normalizations: the norm and Proxy Norm codelets are checked separately in the
 //! tests).
 
-use super::b0::{self, Arch, Op};
 use super::block::BlockSpec;
 use super::codelets::{Codelet, ConvGeom, SHIM_WORKERS};
 use super::graph::{Engine, FieldRef, Graph, LayerInfo, Program, Strided, TensorId, Transfer};
+use super::network::{self, Op};
 use super::picture::TilePicture;
 use super::planner::{ConvSplit, Pass, Planner};
 use super::reference::{self, ConvOracle};
@@ -501,14 +501,14 @@ fn swap(c: Strided) -> Strided {
 /// Runs every convolution of `arch` at `res`, batch `batch`, through the model with
 /// the planner's forward split (without input-channel splits).
 pub fn run_network(
-    arch: Arch,
+    arch: &crate::arch::ArchConfig,
     res: usize,
     batch: usize,
     target: &Target,
     oracle: ConvOracle,
     picture_layer: Option<&str>,
 ) -> Result<RunResult> {
-    let layers = b0::layers(arch, res, batch)?;
+    let layers = network::layers(arch, res, batch)?;
     let pl = Planner::new(target.clone(), Precision::F32);
     let mut out = Vec::new();
     let mut picture = None;
@@ -536,7 +536,7 @@ pub fn run_network(
             picture = pic;
         }
     }
-    if let Some(blocks) = b0::blocks(arch, res, batch)? {
+    if let Some(blocks) = network::blocks(arch, res, batch)? {
         for (i, (name, spec)) in blocks.iter().enumerate() {
             match check_block(name, spec, target, 1000 + i as u64) {
                 Ok(lines) => out.extend(lines),

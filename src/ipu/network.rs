@@ -1,56 +1,83 @@
-//! EfficientNet-B0 and its G16 / GN / LN+PN variants as a list of layers, planned on
-//! the IPU model: the per-layer **estimated** report and the images per second.
+//! Any EfficientNet of [`crate::arch`] (B0–B7, `tiny`; G1/G16; BN/GN/LN+PN; symmetric
+//! or TF `SAME` padding) as a list of layers planned on the IPU model: the per-layer
+//! **estimated** report and the images per second. The network itself is described
+//! once, by [`ArchConfig::conv_layers`] and [`ArchConfig::blocks`]; this module only
+//! adds the normalization, squeeze-excitation, skip, pooling and loss steps between
+//! its convolutions.
 
 use super::block::{BlockNorm, BlockSpec};
 use super::planner::{Cost, Pass, Planner};
 use super::target::{Precision, Target};
+use crate::arch::{ArchConfig, LayerRole, NormKind, PaddingMode};
 use crate::error::{Error, Result};
-use crate::kernels::conv::{ConvDesc, ConvShape, Padding};
-
-/// The architectures the model knows.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Arch {
-    /// timm `efficientnet_b0`: depthwise, expansion 6, BatchNorm + swish.
-    EfficientNetB0,
-    /// Depthwise (G1), expansion 6, GroupNorm (4 groups) + swish.
-    B0G1Gn,
-    /// Group convolutions of 16 channels, expansion 4, GroupNorm (4 groups) + swish.
-    B0G16Gn,
-    /// G16, expansion 4, LayerNorm + Proxy Norm swish.
-    B0G16LnPn,
-}
-
-impl Arch {
-    /// By name: `efficientnet_b0`, `b0_g1_gn`, `b0_g16_gn`, `b0_g16_lnpn`.
-    pub fn by_name(s: &str) -> Result<Arch> {
-        Ok(match s {
-            "efficientnet_b0" => Arch::EfficientNetB0,
-            "b0_g1_gn" => Arch::B0G1Gn,
-            "b0_g16_gn" => Arch::B0G16Gn,
-            "b0_g16_lnpn" => Arch::B0G16LnPn,
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown architecture {s:?} (efficientnet_b0, b0_g1_gn, b0_g16_gn, b0_g16_lnpn)"
-                )));
-            }
-        })
-    }
-    fn g16(self) -> bool {
-        matches!(self, Arch::B0G16Gn | Arch::B0G16LnPn)
-    }
+use crate::kernels::conv::ConvShape;
+/// Where the Proxy Norm scale `s` of a proxy-normalized activation is applied
+/// (DESIGN.md, "Proxy Norm").
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ProxyScale {
+    /// `(φ(γx+β) − μ)·s` (after the stem and the expansion).
+    Full,
+    /// `φ(γx+β) − μ`, with `s` folded into the SE gate that follows (after the
+    /// spatial convolution).
+    Delayed,
+    /// `φ(γx+β) − μ` and no scale at all (the head).
+    None,
 }
 
 /// The normalization after a convolution.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct NormSpec {
-    /// Channels per group (`C/4` for GN with 4 groups, `C` for LN, 1 for BN).
+    /// Channels per group (`C/groups` for GN, `C` for LN, 1 for BN).
     pub cg: usize,
     /// Per image (GN/LN) or over the batch (BN).
     pub per_sample: bool,
     /// Activation after it (0 none, 1 swish).
     pub act: u32,
-    /// Proxy Norm.
+    /// Proxy Norm (a proxy-normalized swish after an LN without affine).
     pub proxy: bool,
+    /// Where the proxy scale goes (meaningful when `proxy`).
+    pub scale: ProxyScale,
+    /// Whether the norm has a shift β (false for the γ-only LN of the projection
+    /// under Proxy Norm).
+    pub beta: bool,
+}
+
+impl NormSpec {
+    /// The norm of `arch` over `c` channels after a layer of role `role`.
+    pub fn of(arch: &ArchConfig, role: LayerRole, c: usize) -> NormSpec {
+        let project = role == LayerRole::Project;
+        let act = if project { 0 } else { 1 };
+        match arch.norm {
+            NormKind::BatchNorm => NormSpec {
+                cg: 1,
+                per_sample: false,
+                act,
+                proxy: false,
+                scale: ProxyScale::Full,
+                beta: true,
+            },
+            NormKind::GroupNorm { groups } => NormSpec {
+                cg: c / groups.max(1),
+                per_sample: true,
+                act,
+                proxy: false,
+                scale: ProxyScale::Full,
+                beta: true,
+            },
+            NormKind::LayerNormProxy => NormSpec {
+                cg: c,
+                per_sample: true,
+                act,
+                proxy: !project,
+                scale: match role {
+                    LayerRole::Spatial => ProxyScale::Delayed,
+                    LayerRole::Head => ProxyScale::None,
+                    _ => ProxyScale::Full,
+                },
+                beta: !project,
+            },
+        }
+    }
 }
 
 /// One layer of the network.
@@ -60,7 +87,8 @@ pub enum Op {
     Conv(ConvShape),
     /// Normalization (+ activation) of the preceding convolution's output.
     Norm(NormSpec),
-    /// Squeeze-excitation on the preceding layer's output, `reduced` inner channels.
+    /// Squeeze-excitation on the preceding layer's output, `reduced` inner channels
+    /// (its two 1×1 convolutions with bias, `se.conv_reduce` and `se.conv_expand`).
     Se {
         /// Inner channels.
         reduced: usize,
@@ -79,7 +107,7 @@ pub enum Op {
 /// A named layer.
 #[derive(Clone, Debug)]
 pub struct Layer {
-    /// timm-style name.
+    /// timm name (`conv_stem`, `blocks.1.0.bn2`, `blocks.1.0.se`, …).
     pub name: String,
     /// Report kind.
     pub kind: &'static str,
@@ -89,219 +117,129 @@ pub struct Layer {
     pub out: (usize, usize, usize, usize),
 }
 
-/// The layers of `arch` at `res`×`res`, batch `batch` (PyTorch-symmetric padding).
-pub fn layers(arch: Arch, res: usize, batch: usize) -> Result<Vec<Layer>> {
+/// The layers of `arch` at `res`×`res`, batch `batch`, in forward order, built from
+/// [`ArchConfig::conv_layers`] (every convolution with its timm name, role and the
+/// name of the norm that follows).
+pub fn layers(arch: &ArchConfig, res: usize, batch: usize) -> Result<Vec<Layer>> {
     if res < 32 || batch == 0 {
         return Err(Error::InvalidArgument(
             "--res must be at least 32 and --batch at least 1".into(),
         ));
     }
-    let norm = |c: usize, act: u32, project: bool| -> NormSpec {
-        match arch {
-            Arch::EfficientNetB0 => NormSpec {
-                cg: 1,
-                per_sample: false,
-                act,
-                proxy: false,
-            },
-            Arch::B0G1Gn | Arch::B0G16Gn => NormSpec {
-                cg: c / 4,
-                per_sample: true,
-                act,
-                proxy: false,
-            },
-            Arch::B0G16LnPn => NormSpec {
-                cg: c,
-                per_sample: true,
-                act,
-                proxy: act == 1 && !project,
-            },
-        }
-    };
-    let mut v = Vec::new();
-    let conv = |v: &mut Vec<Layer>,
-                name: String,
-                kind: &'static str,
-                d: ConvDesc|
-     -> Result<(usize, usize)> {
-        let s = d.validate()?;
+    let blocks = arch.blocks();
+    let mut block = 0usize;
+    let mut v: Vec<Layer> = Vec::new();
+    for l in arch.conv_layers(batch, res) {
+        let s = l.desc.validate()?;
+        let out = (batch, s.out_h, s.out_w, l.desc.out_channels);
+        let kind = match l.role {
+            LayerRole::Stem => "stem",
+            LayerRole::Spatial if l.desc.group_size == 1 => "depthwise",
+            LayerRole::Spatial => "grouped",
+            LayerRole::Classifier => "fc",
+            LayerRole::SeReduce => {
+                // The SE's two convolutions are one `Se` step on the spatial output.
+                let prefix = l.name.trim_end_matches(".conv_reduce");
+                let prev = v.last().map(|p| p.out).unwrap_or(out);
+                v.push(Layer {
+                    name: prefix.to_string(),
+                    kind: "se",
+                    op: Op::Se {
+                        reduced: l.desc.out_channels,
+                    },
+                    out: prev,
+                });
+                continue;
+            }
+            LayerRole::SeExpand => continue,
+            _ => "pointwise",
+        };
         v.push(Layer {
-            name,
+            name: l.name.clone(),
             kind,
             op: Op::Conv(s),
-            out: (batch, s.out_h, s.out_w, d.out_channels),
-        });
-        Ok((s.out_h, s.out_w))
-    };
-    let push = |v: &mut Vec<Layer>, name: String, kind: &'static str, op: Op| {
-        let out = v
-            .last()
-            .map(|l: &Layer| l.out)
-            .unwrap_or((batch, res, res, 3));
-        v.push(Layer {
-            name,
-            kind,
-            op,
             out,
         });
-    };
-    let (mut h, mut w) = conv(
-        &mut v,
-        "conv_stem".into(),
-        "stem",
-        ConvDesc::new(batch, (res, res), 3, 32, (3, 3))
-            .with_stride(2)
-            .with_padding(Padding::symmetric(1)),
-    )?;
-    push(&mut v, "bn1".into(), "norm", Op::Norm(norm(32, 1, false)));
-    let stages = [
-        (3, 1, 1, 16, 1),
-        (3, 2, 6, 24, 2),
-        (5, 2, 6, 40, 2),
-        (3, 2, 6, 80, 3),
-        (5, 1, 6, 112, 3),
-        (5, 2, 6, 192, 4),
-        (3, 1, 6, 320, 1),
-    ];
-    let mut cin = 32;
-    for (si, &(k, stride, e, cout, reps)) in stages.iter().enumerate() {
-        let e = if arch.g16() && e == 6 { 4 } else { e };
-        for r in 0..reps {
-            let st = if r == 0 { stride } else { 1 };
-            let p = format!("blocks.{si}.{r}");
-            let mid = cin * e;
-            if e != 1 {
-                conv(
-                    &mut v,
-                    format!("{p}.conv_pw"),
-                    "pointwise",
-                    ConvDesc::pointwise(batch, (h, w), cin, mid),
-                )?;
-                push(
-                    &mut v,
-                    format!("{p}.bn1"),
-                    "norm",
-                    Op::Norm(norm(mid, 1, false)),
-                );
+        if let Some(nn) = &l.norm {
+            v.push(Layer {
+                name: nn.clone(),
+                kind: "norm",
+                op: Op::Norm(NormSpec::of(arch, l.role, out.3)),
+                out,
+            });
+        }
+        match l.role {
+            LayerRole::Project => {
+                let b = blocks.get(block).copied();
+                block += 1;
+                if let Some(b) = b.filter(|b| b.skip) {
+                    v.push(Layer {
+                        name: format!("blocks.{}.{}.add", b.stage, b.index),
+                        kind: "activation",
+                        op: Op::Add,
+                        out,
+                    });
+                }
             }
-            let gs = if arch.g16() {
-                mid / (mid / 16).max(1)
-            } else {
-                1
-            };
-            let kind = if gs == 1 { "depthwise" } else { "grouped" };
-            let d = ConvDesc::new(batch, (h, w), mid, mid, (k, k))
-                .with_group_size(gs)
-                .with_stride(st)
-                .with_padding(Padding::symmetric(k / 2));
-            (h, w) = conv(&mut v, format!("{p}.conv_dw"), kind, d)?;
-            push(
-                &mut v,
-                format!("{p}.bn2"),
-                "norm",
-                Op::Norm(norm(mid, 1, false)),
-            );
-            push(
-                &mut v,
-                format!("{p}.se"),
-                "se",
-                Op::Se {
-                    reduced: (cin / 4).max(1),
-                },
-            );
-            conv(
-                &mut v,
-                format!("{p}.conv_pwl"),
-                "pointwise",
-                ConvDesc::pointwise(batch, (h, w), mid, cout),
-            )?;
-            push(
-                &mut v,
-                format!("{p}.bn3"),
-                "norm",
-                Op::Norm(norm(cout, 0, true)),
-            );
-            if st == 1 && cin == cout {
-                push(&mut v, format!("{p}.add"), "activation", Op::Add);
-            }
-            cin = cout;
+            LayerRole::Head => v.push(Layer {
+                name: "global_pool".into(),
+                kind: "pool",
+                op: Op::Pool,
+                out: (batch, 1, 1, out.3),
+            }),
+            LayerRole::Classifier => v.push(Layer {
+                name: "loss".into(),
+                kind: "loss",
+                op: Op::Loss { classes: out.3 },
+                out,
+            }),
+            _ => {}
         }
     }
-    conv(
-        &mut v,
-        "conv_head".into(),
-        "pointwise",
-        ConvDesc::pointwise(batch, (h, w), cin, 1280),
-    )?;
-    push(&mut v, "bn2".into(), "norm", Op::Norm(norm(1280, 1, false)));
-    push(&mut v, "global_pool".into(), "pool", Op::Pool);
-    v.last_mut().expect("layers").out = (batch, 1, 1, 1280);
-    conv(
-        &mut v,
-        "classifier".into(),
-        "fc",
-        ConvDesc::pointwise(batch, (1, 1), 1280, 1000),
-    )?;
-    push(&mut v, "loss".into(), "loss", Op::Loss { classes: 1000 });
     Ok(v)
 }
 
-/// The MBConv blocks of `arch` at `res`, batch `batch`, as [`BlockSpec`]s (`None`
-/// for the BatchNorm architecture: its statistics span the batch, which the
-/// one-image-per-tile block placement does not model).
-pub fn blocks(arch: Arch, res: usize, batch: usize) -> Result<Option<Vec<(String, BlockSpec)>>> {
-    let norm = match arch {
-        Arch::EfficientNetB0 => return Ok(None),
-        Arch::B0G1Gn | Arch::B0G16Gn => BlockNorm::Gn(4),
-        Arch::B0G16LnPn => BlockNorm::LnPn,
+/// The MBConv blocks of `arch` at `res`, batch `batch`, as the IPU block's
+/// [`BlockSpec`]s named `blocks.{stage}.{index}` (`None` for BatchNorm networks: their
+/// statistics span the batch, which the one-image-per-tile block placement does not
+/// model). TF-`SAME` padding is not modelled by the block program and is an error.
+pub fn blocks(
+    arch: &ArchConfig,
+    res: usize,
+    batch: usize,
+) -> Result<Option<Vec<(String, BlockSpec)>>> {
+    let norm = match arch.norm {
+        NormKind::BatchNorm => return Ok(None),
+        NormKind::GroupNorm { groups } => BlockNorm::Gn(groups),
+        NormKind::LayerNormProxy => BlockNorm::LnPn,
     };
-    let ls = layers(arch, res, batch)?;
+    if arch.padding == PaddingMode::TfSame {
+        return Err(Error::InvalidArgument(format!(
+            "{}: the IPU block program models symmetric padding only",
+            arch.name
+        )));
+    }
+    let convs = arch.conv_layers(batch, res);
     let mut v = Vec::new();
-    for (i, l) in ls.iter().enumerate() {
-        let (Op::Conv(s), true) = (&l.op, l.name.ends_with("conv_dw")) else {
-            continue;
-        };
-        let prefix = l.name.trim_end_matches(".conv_dw");
-        let d = s.desc;
-        let expand = ls[..i]
+    for b in arch.blocks() {
+        let prefix = format!("blocks.{}.{}", b.stage, b.index);
+        let dw = convs
             .iter()
-            .rev()
-            .take(2)
-            .find(|p| p.name == format!("{prefix}.conv_pw"));
-        let (cin, h, w) = match expand {
-            Some(p) => match &p.op {
-                Op::Conv(ps) => (ps.desc.in_channels, ps.desc.in_h, ps.desc.in_w),
-                _ => unreachable!(),
-            },
-            None => (d.in_channels, d.in_h, d.in_w),
-        };
-        let cout = ls[i..]
-            .iter()
-            .find_map(|p| match (&p.op, p.name == format!("{prefix}.conv_pwl")) {
-                (Op::Conv(ps), true) => Some(ps.desc.out_channels),
-                _ => None,
-            })
-            .expect("projection");
-        let se = ls[i..]
-            .iter()
-            .find_map(|p| match &p.op {
-                Op::Se { reduced } => Some(*reduced),
-                _ => None,
-            })
-            .expect("se");
+            .find(|l| l.name == format!("{prefix}.conv_dw"))
+            .ok_or_else(|| Error::InvalidArgument(format!("{prefix}: no spatial conv")))?;
         v.push((
-            prefix.to_string(),
+            prefix,
             BlockSpec {
                 batch,
-                h,
-                w,
-                cin,
-                cout,
-                expand: d.in_channels / cin,
-                kernel: d.kernel_h,
-                stride: d.stride_h,
-                group_size: d.group_size,
-                se,
+                h: dw.desc.in_h,
+                w: dw.desc.in_w,
+                cin: b.in_ch,
+                cout: b.out_ch,
+                expand: b.mid_ch / b.in_ch,
+                kernel: b.kernel,
+                stride: b.stride,
+                group_size: b.group_size,
+                se: b.se_ch,
                 norm,
             },
         ));
@@ -464,7 +402,7 @@ impl Planner {
 /// weights, gradients and optimizer state reserved on every tile) and for inference
 /// (weights reserved), and sums the estimates.
 pub fn report(
-    arch: Arch,
+    arch: &ArchConfig,
     res: usize,
     batch: usize,
     target: &Target,
