@@ -260,8 +260,13 @@ public:
 };
 
 // The quantile terms of the Proxy Norm parameter gradients, partial over a slice of
-// the quantiles: with ds = Σ dz·(a−μ), dμ = −s·Σ dz (from the reduced per-channel
-// sums [C][4]), h_k = (dμ − ds·s³·(r_k − μ))/K · act'(p_k), t_k = β' + (1+γ')q_k,
+// the quantiles. Where the scale s is applied (scaleMode) decides ds and dμ from the
+// reduced per-channel sums [C][4]:
+//   0 full    z = (a−μ)·s        ds = Σ dz·(a−μ)      dμ = −s·Σ dz
+//   1 delayed z = a−μ, s later   ds = sums[0] (the caller puts the gradient of the
+//             scale there, e.g. Σ dout·z·gate of the SE gate)   dμ = −Σ dz
+//   2 none    z = a−μ            ds = 0               dμ = −Σ dz
+// then h_k = (dμ − ds·s³·(r_k − μ))/K · act'(p_k), t_k = β' + (1+γ')q_k,
 // worker w writes partials[w][c] = (Σ h_k·t_k, Σ h_k, Σ h_k·q_k) over its share.
 class ProxyNormParamGrad : public MultiVertex {
 public:
@@ -274,14 +279,16 @@ public:
   Input<Vector<float>> mu;
   Input<Vector<float>> scale;
   Output<Vector<float>> partials;
-  unsigned act, K;
+  unsigned act, K, scaleMode;
 
   bool compute(unsigned workerId) {
     unsigned C = gamma.size(), b, e;
     workerRange(q.size(), workerId, numWorkers(), b, e);
     float *mine = &partials[0] + std::size_t(workerId) * C * 3;
     for (unsigned c = 0; c < C; ++c) {
-      float s = scale[c], ds = sums[c * 4], dmu = -s * sums[c * 4 + 1];
+      float s = scale[c];
+      float ds = scaleMode == 2 ? 0.0f : sums[c * 4];
+      float dmu = (scaleMode == 0 ? -s : -1.0f) * sums[c * 4 + 1];
       float s3 = s * s * s, sht = 0.0f, sh = 0.0f, shq = 0.0f;
       for (unsigned k = b; k < e; ++k) {
         float t = beta2[c] + (1.0f + gamma2[c]) * q[k];

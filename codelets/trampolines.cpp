@@ -130,6 +130,7 @@ TRAMPOLINE(ProxyNormParamGrad) {
   F(sums, 0) F(gamma, 1) F(beta, 2) F(beta2, 3) F(gamma2, 4) F(q, 5) F(mu, 6)
   F(scale, 7) F(partials, 8) v.act = p[0];
   v.K = p[1];
+  v.scaleMode = p[4];
   RUN_MULTI
 }
 TRAMPOLINE(ProxyNormGradFinalize) {

@@ -6,6 +6,7 @@ mod common;
 
 use common::{Rng, rel_err};
 use effnet::Error;
+use effnet::ipu::ProxyScale;
 use effnet::ipu::codelets::{ConvGeom, NormGeom, SHIM_WORKERS};
 use effnet::ipu::graph::{FieldRef, LayerInfo, Program, Strided, Transfer};
 use effnet::ipu::reference::{self as oracle, NormActParams};
@@ -200,7 +201,10 @@ fn to64(v: &[f32]) -> Vec<f64> {
 }
 
 /// Runs the normalization codelets in the order the layers use them and returns
-/// (z, dx, [dγ, dβ, dβ', dγ'] per channel).
+/// (z, dx, [dγ, dβ, dβ', dγ'] per channel). With a delayed proxy scale, `z` is the
+/// norm's `a − μ` times the scale `s` applied after it (as the SE gate does), and `dz`
+/// is the gradient of that product: the scale's gradient `Σ dz·(a−μ)` is computed
+/// outside the norm codelets and handed to `ProxyNormParamGrad` in `sums[c][0]`.
 #[allow(clippy::too_many_arguments)]
 fn run_norm_codelets(
     p: &NormActParams,
@@ -270,6 +274,8 @@ fn run_norm_codelets(
         per_sample: p.per_sample,
         act: p.act,
     };
+    let full = p.scale == ProxyScale::Full;
+    let vertex_scale = if full { s.clone() } else { vec![1.0; c] };
     let common = |extra: Vec<Vec<f32>>| {
         let mut v = vec![
             x.to_vec(),
@@ -277,20 +283,36 @@ fn run_norm_codelets(
             params[0].to_vec(),
             params[1].to_vec(),
             mu.clone(),
-            s.clone(),
+            vertex_scale.clone(),
         ];
         v.extend(extra);
         v
     };
     let mut b = common(vec![vec![0.0; x.len()]]);
     Codelet::norm_act(geom).run_on(&mut b).unwrap();
-    let z = b[6].clone();
-    let mut b = common(vec![dz.to_vec(), vec![0.0; n * c * 2], vec![0.0; c * 4]]);
+    let mut z = b[6].clone();
+    let delayed = p.scale == ProxyScale::Delayed;
+    // Delayed: the gradient reaching the norm is dz·s, the scale's is Σ dz·(a−μ).
+    let mut dz_in = dz.to_vec();
+    let mut ds = vec![0.0f32; c];
+    if delayed {
+        for (i, (zi, d)) in z.iter_mut().zip(dz_in.iter_mut()).enumerate() {
+            ds[i % c] += *d * *zi;
+            *zi *= s[i % c];
+            *d *= s[i % c];
+        }
+    }
+    let mut b = common(vec![dz_in, vec![0.0; n * c * 2], vec![0.0; c * 4]]);
     Codelet::norm_act_grad_partials(geom)
         .run_on(&mut b)
         .unwrap();
     let mut per_image = b[7].clone();
-    let per_channel = b[8].clone();
+    let mut per_channel = b[8].clone();
+    if delayed {
+        for ch in 0..c {
+            per_channel[ch * 4] = ds[ch];
+        }
+    }
     if !p.per_sample {
         let mut r = vec![per_image.clone(), vec![0.0; c * 2]];
         Codelet::reduce(n, c * 2, false).run_on(&mut r).unwrap();
@@ -300,7 +322,12 @@ fn run_norm_codelets(
     Codelet::norm_grad_finalize(rows, c, cg, count)
         .run_on(&mut f)
         .unwrap();
-    let mut b = common(vec![dz.to_vec(), f[1].clone(), vec![0.0; x.len()]]);
+    let dz_in: Vec<f32> = if delayed {
+        dz.iter().enumerate().map(|(i, d)| d * s[i % c]).collect()
+    } else {
+        dz.to_vec()
+    };
+    let mut b = common(vec![dz_in, f[1].clone(), vec![0.0; x.len()]]);
     Codelet::norm_act_grad_apply(geom).run_on(&mut b).unwrap();
     let dx = b[8].clone();
     let mut parts = Vec::new();
@@ -316,7 +343,7 @@ fn run_norm_codelets(
             s.clone(),
             vec![0.0; SHIM_WORKERS * c * 3],
         ];
-        Codelet::proxy_param_grad(c, qs.len(), q.len(), p.act)
+        Codelet::proxy_param_grad(c, qs.len(), q.len(), p.act, p.scale)
             .run_on(&mut b)
             .unwrap();
         parts.extend_from_slice(&b[8]);
@@ -343,16 +370,20 @@ fn norm_and_proxy_norm_codelets_match_f64_forward_and_finite_differences() {
     let k = 16;
     let q64 = oracle::proxy_quantiles(k);
     let q: Vec<f32> = q64.iter().map(|&v| v as f32).collect();
-    // (n, pix, c, cg, per_sample, act, proxy): GN+swish, LN+PN, LN γ-only (projection),
-    // BN+swish.
+    // (n, pix, c, cg, per_sample, act, proxy, scale): GN+swish, LN+PN (full, delayed
+    // and no scale), LN γ-only (projection), BN+swish.
+    use ProxyScale::{Delayed, Full, None as NoScale};
     let cases = [
-        (2, 5, 8, 2, true, 1, false),
-        (2, 6, 5, 5, true, 1, true),
-        (1, 7, 6, 6, true, 0, false),
-        (3, 4, 4, 1, false, 1, false),
-        (2, 3, 12, 4, true, 1, true),
+        (2, 5, 8, 2, true, 1, false, Full),
+        (2, 6, 5, 5, true, 1, true, Full),
+        (2, 6, 5, 5, true, 1, true, Delayed),
+        (1, 5, 7, 7, true, 1, true, NoScale),
+        (1, 7, 6, 6, true, 0, false, Full),
+        (3, 4, 4, 1, false, 1, false, Full),
+        (2, 3, 12, 4, true, 1, true, Full),
+        (2, 3, 12, 12, true, 1, true, Delayed),
     ];
-    for (n, pix, c, cg, per_sample, act, proxy) in cases {
+    for (n, pix, c, cg, per_sample, act, proxy, scale) in cases {
         let p = NormActParams {
             n,
             pix,
@@ -361,6 +392,7 @@ fn norm_and_proxy_norm_codelets_match_f64_forward_and_finite_differences() {
             per_sample,
             act,
             proxy,
+            scale,
             eps: 1e-3,
             eps_pn: 0.03,
             q: q64.clone(),
@@ -385,13 +417,24 @@ fn norm_and_proxy_norm_codelets_match_f64_forward_and_finite_differences() {
             to64(&beta2),
             to64(&gamma2),
         );
-        let want = oracle::norm_act_forward(&p, &x64, &g64, &b64, &b264, &g264);
+        // The f64 output, times the delayed scale when there is one.
+        let out64 = |x: &[f64], g: &[f64], b: &[f64], b2: &[f64], g2: &[f64]| -> Vec<f64> {
+            let z = oracle::norm_act_forward(&p, x, g, b, b2, g2);
+            if scale != Delayed {
+                return z;
+            }
+            let s: Vec<f64> = (0..c)
+                .map(|ch| oracle::proxy_stats(g[ch], b[ch], b2[ch], g2[ch], &q64, act, 0.03).1)
+                .collect();
+            z.iter().enumerate().map(|(i, v)| v * s[i % c]).collect()
+        };
+        let want = out64(&x64, &g64, &b64, &b264, &g264);
         let e = rel_err(&z, &want);
         assert!(e < TOL, "forward {p:?}: {e}");
         // L = Σ dz·z; central differences in f64.
         let dz64 = to64(&dz);
         let loss = |x: &[f64], g: &[f64], b: &[f64], b2: &[f64], g2: &[f64]| -> f64 {
-            oracle::norm_act_forward(&p, x, g, b, b2, g2)
+            out64(x, g, b, b2, g2)
                 .iter()
                 .zip(&dz64)
                 .map(|(a, b)| a * b)
@@ -677,7 +720,7 @@ fn estimators_are_monotone_in_work_size() {
             },
             |s| Codelet::proxy_stats(s, 200, 1),
             |s| Codelet::proxy_stats(3, s, 1),
-            |s| Codelet::proxy_param_grad(8, s, 200, 1),
+            |s| Codelet::proxy_param_grad(8, s, 200, 1, ProxyScale::Full),
             |s| Codelet::proxy_finalize(s, 200, 0.03),
             |s| Codelet::proxy_grad_finalize(s, true),
             |s| Codelet::bias_act(s, 8, 1),
@@ -971,8 +1014,12 @@ fn check_block(spec: effnet::ipu::block::BlockSpec, seed: u64) {
     for (name, len) in &shapes {
         let v = rng.vec(*len);
         params.push(if name.starts_with("norm") {
-            // γ near 1, β, β', γ' small.
-            let c = len / 4;
+            // γ near 1, β, β', γ' small ([4][C], or [C] = γ for a γ-only norm).
+            let c = if *name == "norm3" {
+                spec.cout
+            } else {
+                spec.mid()
+            };
             v.iter()
                 .enumerate()
                 .map(|(i, r)| if i < c { 1.0 + 0.3 * r } else { 0.2 * r })
@@ -1021,8 +1068,13 @@ fn check_block(spec: effnet::ipu::block::BlockSpec, seed: u64) {
         if *len == 0 {
             continue;
         }
-        let norm = name.starts_with("norm");
-        let c = len / 4;
+        // Norm gradients are [C][4] against [4][C] parameters ([C] when γ-only).
+        let c = if *name == "norm3" {
+            spec.cout
+        } else {
+            spec.mid()
+        };
+        let norm = name.starts_with("norm") && *len == 4 * c;
         let mut got = Vec::new();
         let mut want = Vec::new();
         for _ in 0..24 {

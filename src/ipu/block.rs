@@ -11,7 +11,7 @@
 //! fit one tile beside one image's activations is reported as an
 //! [`Error::TileMemory`].
 
-use super::codelets::{Codelet, ConvGeom, NormGeom, SHIM_WORKERS};
+use super::codelets::{Codelet, ConvGeom, NormGeom, ProxyScale, SHIM_WORKERS};
 use super::graph::{
     Engine, FieldRef, Graph, LayerId, LayerInfo, Program, Strided, TensorId, Transfer,
 };
@@ -73,13 +73,27 @@ impl BlockSpec {
     pub fn skip(&self) -> bool {
         self.stride == 1 && self.cin == self.cout
     }
-    /// (cg, act, proxy) of norm 1, 2, 3 (`c` channels).
-    pub fn norm_of(&self, which: usize, c: usize) -> (usize, u32, bool) {
+    /// (cg, act, proxy, where the proxy scale goes) of norm 1 (after the
+    /// expansion), 2 (after the spatial conv) and 3 (after the projection), `c`
+    /// channels. Under LN+PN (DESIGN.md, "Proxy Norm"): full scale after the
+    /// expansion, delayed scale after the spatial conv (folded into the SE gate), and
+    /// a γ-only LayerNorm with no activation after the projection.
+    pub fn norm_of(&self, which: usize, c: usize) -> (usize, u32, bool, ProxyScale) {
         let act = if which < 3 { 1 } else { 0 };
+        let scale = if which == 2 {
+            ProxyScale::Delayed
+        } else {
+            ProxyScale::Full
+        };
         match self.norm {
-            BlockNorm::Gn(g) => (c / g, act, false),
-            BlockNorm::LnPn => (c, act, act == 1),
+            BlockNorm::Gn(g) => (c / g, act, false, ProxyScale::Full),
+            BlockNorm::LnPn => (c, act, act == 1, scale),
         }
+    }
+    /// Whether norm `which` has γ only (no β, β', γ'): the projection's LayerNorm
+    /// under Proxy Norm.
+    pub fn gamma_only(&self, which: usize) -> bool {
+        which == 3 && self.norm == BlockNorm::LnPn
     }
     /// Parameter tensors: (name, elements), in the order of [`BlockParams`].
     pub fn param_shapes(&self) -> Vec<(&'static str, usize)> {
@@ -94,7 +108,14 @@ impl BlockSpec {
             ("se_w2", self.se * m),
             ("se_b2", m),
             ("w_project", m * self.cout),
-            ("norm3", 4 * self.cout),
+            (
+                "norm3",
+                if self.gamma_only(3) {
+                    self.cout
+                } else {
+                    4 * self.cout
+                },
+            ),
         ]
     }
     fn validate(&self) -> Result<()> {
@@ -128,12 +149,13 @@ impl BlockSpec {
 /// [`BlockSpec::param_shapes`]: convolution weights in the layout of
 /// [`crate::kernels::conv::ConvDesc`] (`[kh][kw][C_in/groups][C_out]`; SE weights
 /// `[C_in][C_out]`), norm parameters `[4][C]` = γ, β, β', γ' (β', γ' used by Proxy
-/// Norm only).
+/// Norm only), or `[C]` = γ for the γ-only projection LayerNorm under Proxy Norm.
 pub type BlockParams = Vec<Vec<f32>>;
 
 /// Results of [`run_block`]: the block output `[N][OH][OW][C_out]`, the input gradient
 /// `[N][H][W][C_in]` and the parameter gradients (layout of [`BlockParams`]; norm
-/// gradients `[C][4]` = dγ, dβ, dβ', dγ' per channel). Cycles are estimates.
+/// gradients `[C][4]` = dγ, dβ, dβ', dγ' per channel, `[C]` = dγ for a γ-only norm).
+/// Cycles are estimates.
 #[derive(Clone, Debug)]
 pub struct BlockResult {
     /// Output.
@@ -314,10 +336,13 @@ pub fn run_block(
     let q: Vec<f32> = proxy_quantiles(200).iter().map(|&v| v as f32).collect();
     // Proxy statistics (μ, s) per norm on the parameter tile, broadcast; constants 0/1
     // without Proxy Norm.
-    let mut musc: Vec<(Vec<TensorId>, Vec<TensorId>)> = Vec::new();
+    // Per norm and image: (μ, the scale the norm vertex applies, the delayed scale
+    // the SE gate applies, β or zeros for a γ-only norm).
+    let mut musc: Vec<(Vec<TensorId>, Vec<TensorId>, Vec<TensorId>)> = Vec::new();
     let mut musc_p: Vec<(TensorId, TensorId, TensorId)> = Vec::new();
+    let mut beta0: Vec<Option<Vec<TensorId>>> = Vec::new();
     for (which, pidx, c) in [(1usize, 1usize, m), (2, 3, m), (3, 9, co)] {
-        let (_, act, proxy) = spec.norm_of(which, c);
+        let (_, act, proxy, mode) = spec.norm_of(which, c);
         let pt = home(pidx);
         let qt = b.t(format!("norm{which}.quantiles"), q.len(), pt)?;
         b.g.set_init(qt, q.clone())?;
@@ -374,27 +399,51 @@ pub fn run_block(
         }
         let mut lm = Vec::new();
         let mut ls = Vec::new();
+        let mut ld = Vec::new();
         for &i in &imgs {
             lm.push(b.t(format!("norm{which}.mu@{i}"), c, i)?);
             ls.push(b.t(format!("norm{which}.scale@{i}"), c, i)?);
         }
-        b.ex(
-            &format!("norm{which}.broadcast_proxy"),
-            true,
-            vec![
-                Transfer {
-                    src: mu,
-                    dsts: lm.clone(),
-                    copy: Strided::contiguous(0, 0, c),
-                },
-                Transfer {
+        let mut tr = vec![Transfer {
+            src: mu,
+            dsts: lm.clone(),
+            copy: Strided::contiguous(0, 0, c),
+        }];
+        if proxy && mode != ProxyScale::Full {
+            // The norm vertex applies no scale; the delayed one goes to the SE gate.
+            for (j, &i) in imgs.iter().enumerate() {
+                b.g.set_init(ls[j], vec![1.0; c])?;
+                if mode == ProxyScale::Delayed {
+                    ld.push(b.t(format!("norm{which}.delayed_scale@{i}"), c, i)?);
+                }
+            }
+            if mode == ProxyScale::Delayed {
+                tr.push(Transfer {
                     src: sc,
-                    dsts: ls.clone(),
+                    dsts: ld.clone(),
                     copy: Strided::contiguous(0, 0, c),
-                },
-            ],
-        )?;
-        musc.push((lm, ls));
+                });
+            }
+        } else {
+            tr.push(Transfer {
+                src: sc,
+                dsts: ls.clone(),
+                copy: Strided::contiguous(0, 0, c),
+            });
+        }
+        b.ex(&format!("norm{which}.broadcast_proxy"), true, tr)?;
+        beta0.push(if spec.gamma_only(which) {
+            let mut v = Vec::new();
+            for &i in &imgs {
+                let t = b.t(format!("norm{which}.beta0@{i}"), c, i)?;
+                b.g.set_init(t, vec![0.0; c])?;
+                v.push(t);
+            }
+            Some(v)
+        } else {
+            None
+        });
+        musc.push((lm, ls, ld));
         musc_p.push((mu, sc, qt));
     }
     // Per-image activations.
@@ -432,7 +481,7 @@ pub fn run_block(
                     pix: usize,
                     c: usize|
      -> Result<(Vec<TensorId>, Vec<TensorId>, NormGeom)> {
-        let (cg, act, _) = spec.norm_of(which, c);
+        let (cg, act, _, _) = spec.norm_of(which, c);
         let sums = per(b, &format!("norm{which}.sums"), c * 2)?;
         let stats = per(b, &format!("norm{which}.stats"), (c / cg) * 2)?;
         let out = per(b, &format!("norm{which}.out"), pix * c)?;
@@ -458,7 +507,8 @@ pub fn run_block(
             per_sample: true,
             act,
         };
-        let (lm, ls) = musc[which - 1].clone();
+        let (lm, ls, _) = musc[which - 1].clone();
+        let b0 = beta0[which - 1].clone();
         b.cs(&format!("norm{which}.apply"), true, &imgs, |i| {
             let p = local[pidx][idx(i)];
             Ok((
@@ -471,10 +521,13 @@ pub fn run_block(
                         offset: 0,
                         len: c,
                     },
-                    FieldRef {
-                        tensor: p,
-                        offset: c,
-                        len: c,
+                    match &b0 {
+                        Some(z) => f(z[idx(i)], c),
+                        None => FieldRef {
+                            tensor: p,
+                            offset: c,
+                            len: c,
+                        },
                     },
                     f(lm[idx(i)], c),
                     f(ls[idx(i)], c),
@@ -573,12 +626,27 @@ pub fn run_block(
             ],
         ))
     })?;
+    // The delayed proxy scale of norm 2 folded into the gate: gate·s.
+    let ld2 = musc[1].2.clone();
+    let delayed = !ld2.is_empty();
+    let gate_s = if delayed {
+        let gs = per(&mut b, "se.gate_scaled", m)?;
+        b.cs("se.gate_scale", true, &imgs, |i| {
+            Ok((
+                Codelet::se_gate(1, 1, m),
+                vec![f(gate[idx(i)], m), f(ld2[idx(i)], m), f(gs[idx(i)], m)],
+            ))
+        })?;
+        gs
+    } else {
+        gate.clone()
+    };
     b.cs("se.gate", true, &imgs, |i| {
         Ok((
             Codelet::se_gate(1, opx, m),
             vec![
                 f(a2[idx(i)], opx * m),
-                f(gate[idx(i)], m),
+                f(gate_s[idx(i)], m),
                 f(seo[idx(i)], opx * m),
             ],
         ))
@@ -633,7 +701,8 @@ pub fn run_block(
         let pch = per(b, &format!("norm{which}.grad_channel"), c * 4)?;
         let means = per(b, &format!("norm{which}.grad_means"), gl)?;
         let dx = per(b, &format!("norm{which}.dx"), pix * c)?;
-        let (lm, ls) = musc[which - 1].clone();
+        let (lm, ls, _) = musc[which - 1].clone();
+        let b0 = beta0[which - 1].clone();
         let common = |i: u32| {
             let p = local[pidx][idx(i)];
             vec![
@@ -644,10 +713,13 @@ pub fn run_block(
                     offset: 0,
                     len: c,
                 },
-                FieldRef {
-                    tensor: p,
-                    offset: c,
-                    len: c,
+                match &b0 {
+                    Some(z) => f(z[idx(i)], c),
+                    None => FieldRef {
+                        tensor: p,
+                        offset: c,
+                        len: c,
+                    },
                 },
                 f(lm[idx(i)], c),
                 f(ls[idx(i)], c),
@@ -713,18 +785,40 @@ pub fn run_block(
     let dw1 = per(&mut b, "se.dw1", m * se)?;
     let dpx = per(&mut b, "se.dpool_x", opx * m)?;
     let da2 = per(&mut b, "se.dx", opx * m)?;
+    // With a delayed scale: d(gate·s) first, then dgate = d(gate·s)·s and the
+    // scale's per-image gradient ds = d(gate·s)·gate.
+    let dgs = if delayed {
+        per(&mut b, "se.dgate_scaled", m)?
+    } else {
+        dgate.clone()
+    };
+    let ds_img = per(&mut b, "norm2.dscale", if delayed { m } else { 0 })?;
     b.cs("se.gate_grad", false, &imgs, |i| {
         Ok((
             Codelet::se_gate_grad(1, opx, m),
             vec![
                 f(a2[idx(i)], opx * m),
-                f(gate[idx(i)], m),
+                f(gate_s[idx(i)], m),
                 f(dseo[idx(i)], opx * m),
                 f(dxg[idx(i)], opx * m),
-                f(dgate[idx(i)], m),
+                f(dgs[idx(i)], m),
             ],
         ))
     })?;
+    if delayed {
+        b.cs("se.gate_scale_grad", false, &imgs, |i| {
+            Ok((
+                Codelet::se_gate_grad(1, 1, m),
+                vec![
+                    f(gate[idx(i)], m),
+                    f(ld2[idx(i)], m),
+                    f(dgs[idx(i)], m),
+                    f(dgate[idx(i)], m),
+                    f(ds_img[idx(i)], m),
+                ],
+            ))
+        })?;
+    }
     b.cs("se.sigmoid_grad", false, &imgs, |i| {
         Ok((
             Codelet::bias_act_grad(1, m, 2),
@@ -941,6 +1035,7 @@ pub fn run_block(
         grads[*pidx] = Some(out);
     }
     let mut chan_sums = Vec::new();
+    let mut ds_over = Vec::new();
     for (parts, which, c, pidx) in &chan_partials {
         let pt = home(*pidx);
         let buf = b.t(format!("norm{which}.channel_gather"), n * c * 4, pt)?;
@@ -952,10 +1047,30 @@ pub fn run_block(
                 copy: Strided::contiguous(0, i * c * 4, c * 4),
             });
         }
+        if *which == 2 && delayed {
+            // The delayed scale's gradient replaces Σ dz·(a−μ) in slot 0 (see
+            // `ProxyNormParamGrad`), after the gather.
+            for (i, d) in ds_img.iter().enumerate() {
+                ds_over.push(Transfer {
+                    src: *d,
+                    dsts: vec![buf],
+                    copy: Strided {
+                        src_offset: 0,
+                        dst_offset: i * c * 4,
+                        counts: [1, 1, *c, 1],
+                        src_strides: [0, 0, 1],
+                        dst_strides: [0, 0, 4],
+                    },
+                });
+            }
+        }
         reds.push((buf, out, c * 4, pt));
         chan_sums.push((out, *which, *c, *pidx));
     }
     b.ex("gather gradient partials", false, gather)?;
+    if !ds_over.is_empty() {
+        b.ex("gather delayed-scale gradients", false, ds_over)?;
+    }
     b.cs("reduce gradient partials", false, &[], |_| unreachable!())?;
     let red_cs = match b.bwd.last() {
         Some(Program::Execute(c)) => *c,
@@ -972,7 +1087,7 @@ pub fn run_block(
     b.ex("collect reduced weight gradients", false, collect)?;
     for (sums, which, c, pidx) in chan_sums {
         let pt = home(pidx);
-        let (_, act, proxy) = spec.norm_of(which, c);
+        let (_, act, proxy, mode) = spec.norm_of(which, c);
         let p = pg[pidx];
         let terms = b.t(format!("norm{which}.proxy_terms"), c * 3, pt)?;
         let out = b.t(format!("norm{which}.grad"), c * 4, pt)?;
@@ -994,7 +1109,7 @@ pub fn run_block(
                 &[pt],
                 |_| {
                     Ok((
-                        Codelet::proxy_param_grad(c, 200, 200, act),
+                        Codelet::proxy_param_grad(c, 200, 200, act, mode),
                         vec![
                             f(sums, c * 4),
                             pf(0),
@@ -1048,7 +1163,16 @@ pub fn run_block(
         dx: cat(&dx),
         grads: grads
             .iter()
-            .map(|g| g.map(|t| e.read(t).to_vec()).unwrap_or_default())
+            .zip(&shapes)
+            .map(|(g, (pname, len))| {
+                let v = g.map(|t| e.read(t).to_vec()).unwrap_or_default();
+                if *pname == "norm3" && spec.gamma_only(3) {
+                    // γ-only: dγ, the first of each channel's four sums.
+                    v.iter().step_by(4).copied().take(*len).collect()
+                } else {
+                    v
+                }
+            })
             .collect(),
         fwd_cycles: tot(&prof.layers[0]),
         bwd_cycles: tot(&prof.layers[1]),

@@ -89,6 +89,18 @@ pub enum Kind {
     ScaledAdd,
 }
 
+/// Where the Proxy Norm scale `s` is applied (DESIGN.md, "Proxy Norm").
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ProxyScale {
+    /// `z = (φ(γx+β) − μ)·s` (after the stem and the expansion).
+    Full = 0,
+    /// `z = φ(γx+β) − μ`, with `s` folded into the SE gate that follows (after the
+    /// spatial convolution): the block outputs `z·sigmoid(SE(z))·s`.
+    Delayed = 1,
+    /// `z = φ(γx+β) − μ` and no scale at all (the head).
+    None = 2,
+}
+
 /// The tile geometry of a partial convolution (see `codelets/common.hpp`,
 /// `ConvGeom`): global coordinates of the input window and the output block on the
 /// tile; taps outside the window read zero.
@@ -418,11 +430,19 @@ impl Codelet {
     }
     /// Fields `sums` (`[c][4]`), `gamma`, `beta`, `beta2`, `gamma2`, `q` (a slice of
     /// `k` of the `k_total` quantiles), `mu`, `scale`, `partials`
-    /// (`[SHIM_WORKERS][c][3]`).
-    pub fn proxy_param_grad(c: usize, k: usize, k_total: usize, act: u32) -> Codelet {
+    /// (`[SHIM_WORKERS][c][3]`). `mode` says where the scale was applied
+    /// ([`ProxyScale`]): with [`ProxyScale::Delayed`] `sums[c][0]` must hold the
+    /// gradient of the scale `s_c` (the SE gate's `Σ dout·z·gate`), not `Σ dz·(a−μ)`.
+    pub fn proxy_param_grad(
+        c: usize,
+        k: usize,
+        k_total: usize,
+        act: u32,
+        mode: ProxyScale,
+    ) -> Codelet {
         Codelet {
             kind: Kind::ProxyNormParamGrad,
-            params: vec![act, k_total as u32, c as u32, k as u32],
+            params: vec![act, k_total as u32, c as u32, k as u32, mode as u32],
         }
     }
     /// Fields `sums` (`[c][4]`), `gamma`, `terms` (`[c][3]`, reduced), `grads`
@@ -552,7 +572,7 @@ impl Codelet {
             Kind::NormAct | Kind::NormActGradPartials | Kind::NormActGradApply => 8,
             Kind::NormGradFinalize => 4,
             Kind::ProxyNormStats | Kind::ProxyNormFinalize => 3,
-            Kind::ProxyNormParamGrad => 4,
+            Kind::ProxyNormParamGrad => 5,
             Kind::ProxyNormGradFinalize => 2,
             Kind::BiasAct | Kind::BiasActGrad => 3,
             Kind::ChannelSum | Kind::PoolGrad => 4,

@@ -40,6 +40,6 @@ pub mod reference;
 pub mod run;
 pub mod target;
 
-pub use codelets::{Codelet, ConvGeom, Kind, NormGeom};
+pub use codelets::{Codelet, ConvGeom, Kind, NormGeom, ProxyScale};
 pub use graph::{Engine, Graph, Program};
 pub use target::{Precision, Target};

@@ -6,24 +6,12 @@
 //! its convolutions.
 
 use super::block::{BlockNorm, BlockSpec};
+pub use super::codelets::ProxyScale;
 use super::planner::{Cost, Pass, Planner};
 use super::target::{Precision, Target};
 use crate::arch::{ArchConfig, LayerRole, NormKind, PaddingMode};
 use crate::error::{Error, Result};
 use crate::kernels::conv::ConvShape;
-/// Where the Proxy Norm scale `s` of a proxy-normalized activation is applied
-/// (DESIGN.md, "Proxy Norm").
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum ProxyScale {
-    /// `(φ(γx+β) − μ)·s` (after the stem and the expansion).
-    Full,
-    /// `φ(γx+β) − μ`, with `s` folded into the SE gate that follows (after the
-    /// spatial convolution).
-    Delayed,
-    /// `φ(γx+β) − μ` and no scale at all (the head).
-    None,
-}
-
 /// The normalization after a convolution.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct NormSpec {

@@ -466,7 +466,13 @@ impl Planner {
                         pc * 3 * SHIM_WORKERS,
                         0,
                     )?;
-                    cost.compute_cycles += est(Codelet::proxy_param_grad(pc, pk, 200, act))? + rc;
+                    cost.compute_cycles += est(Codelet::proxy_param_grad(
+                        pc,
+                        pk,
+                        200,
+                        act,
+                        super::codelets::ProxyScale::Full,
+                    ))? + rc;
                     cost.exchange_cycles += rx + self.exchange(4 * pc * eb, 0);
                     cost.sync_cycles += 4 * sync;
                 }

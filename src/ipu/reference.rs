@@ -10,6 +10,7 @@
 
 use crate::error::Result;
 use crate::ipu::block::BlockSpec;
+use crate::ipu::codelets::ProxyScale;
 use crate::kernels::conv::{Conv2d, ConvShape, GradMode, reference};
 
 /// Which implementation the convolution results are compared with.
@@ -155,6 +156,10 @@ pub struct NormActParams {
     pub act: u32,
     /// Proxy Norm on (μ, s from the quantiles) or off (μ = 0, s = 1).
     pub proxy: bool,
+    /// Where the proxy scale goes: [`ProxyScale::Full`] multiplies by `s` here,
+    /// [`ProxyScale::Delayed`] and [`ProxyScale::None`] return `a − μ` (the delayed
+    /// scale is applied by the SE gate after it).
+    pub scale: ProxyScale,
     /// Normalization ε.
     pub eps: f64,
     /// Proxy Norm ε.
@@ -163,7 +168,8 @@ pub struct NormActParams {
     pub q: Vec<f64>,
 }
 
-/// `z = (act(γ·x̂ + β) − μ)·s` over NHWC `x` (`[n][pix][c]`) in `f64`, with per-channel
+/// `z = (act(γ·x̂ + β) − μ)·s` (or `act(γ·x̂ + β) − μ` when the scale is delayed or
+/// absent, [`NormActParams::scale`]) over NHWC `x` (`[n][pix][c]`) in `f64`, with per-channel
 /// `γ, β, β', γ'`.
 pub fn norm_act_forward(
     p: &NormActParams,
@@ -219,7 +225,12 @@ pub fn norm_act_forward(
                 let g = ch / cg;
                 let xh = (x[k] - mean[r * groups + g]) * rstd[r * groups + g];
                 let u = gamma[ch] * xh + beta[ch];
-                z[k] = (act(p.act, u) - ms[ch].0) * ms[ch].1;
+                let sc = if p.scale == ProxyScale::Full {
+                    ms[ch].1
+                } else {
+                    1.0
+                };
+                z[k] = (act(p.act, u) - ms[ch].0) * sc;
             }
         }
     }
@@ -275,8 +286,11 @@ fn quantiles() -> &'static [f64] {
     Q.get_or_init(|| proxy_quantiles(200))
 }
 
+/// Norm `which` (1 after the expansion, 2 after the spatial conv, 3 after the
+/// projection) of a block over `x` (`[pix][c]`), parameters `p` (`[4][c]`, or `[c]`
+/// for the γ-only LayerNorm of the projection under Proxy Norm).
 fn norm(spec: &BlockSpec, which: usize, x: &[f64], pix: usize, c: usize, p: &[f64]) -> Vec<f64> {
-    let (cg, act, proxy) = spec.norm_of(which, c);
+    let (cg, act, proxy, scale) = spec.norm_of(which, c);
     let np = NormActParams {
         n: 1,
         pix,
@@ -285,21 +299,49 @@ fn norm(spec: &BlockSpec, which: usize, x: &[f64], pix: usize, c: usize, p: &[f6
         per_sample: true,
         act,
         proxy,
+        scale,
         eps: 1e-3,
         eps_pn: 0.03,
         q: quantiles().to_vec(),
     };
-    norm_act_forward(
-        &np,
-        x,
-        &p[0..c],
-        &p[c..2 * c],
-        &p[2 * c..3 * c],
-        &p[3 * c..4 * c],
-    )
+    let zeros = vec![0.0; c];
+    let part = |i: usize| {
+        if p.len() == c {
+            &zeros[..]
+        } else {
+            &p[i * c..(i + 1) * c]
+        }
+    };
+    norm_act_forward(&np, x, &p[0..c], part(1), part(2), part(3))
 }
 
-/// The output of an MBConv block ([`crate::ipu::block`]) for all images, in `f64`:
+/// The delayed Proxy Norm scale of norm `which` (`s_c` per channel), or ones.
+fn delayed_scale(spec: &BlockSpec, which: usize, c: usize, p: &[f64]) -> Vec<f64> {
+    let (_, act, proxy, scale) = spec.norm_of(which, c);
+    (0..c)
+        .map(|ch| {
+            if proxy && scale == ProxyScale::Delayed {
+                proxy_stats(
+                    p[ch],
+                    p[c + ch],
+                    p[2 * c + ch],
+                    p[3 * c + ch],
+                    quantiles(),
+                    act,
+                    0.03,
+                )
+                .1
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// The output of an MBConv block ([`crate::ipu::block`]) for all images, in `f64`,
+/// with the Proxy Norm placement of DESIGN.md under LN+PN (full scale after the
+/// expansion, delayed scale after the spatial conv folded into the SE gate, γ-only
+/// LayerNorm with no activation after the projection):
 /// `x` is `[N][H][W][C_in]`, `p` the parameters in the order of
 /// [`BlockSpec::param_shapes`].
 pub fn block_forward(spec: &BlockSpec, x: &[f64], p: &[Vec<f64>]) -> Vec<f64> {
@@ -337,7 +379,11 @@ pub fn block_forward(spec: &BlockSpec, x: &[f64], p: &[Vec<f64>]) -> Vec<f64> {
                 )
             })
             .collect();
-        let seo: Vec<f64> = (0..opx * m).map(|j| a2[j] * gate[j % m]).collect();
+        // The delayed proxy scale is folded into the gate: z·sigmoid(SE(z))·s.
+        let s2 = delayed_scale(spec, 2, m, &p[3]);
+        let seo: Vec<f64> = (0..opx * m)
+            .map(|j| a2[j] * gate[j % m] * s2[j % m])
+            .collect();
         let pr = conv(&seo, &p[8], oh, ow, m, co, 1, 1, m);
         let z = norm(spec, 3, &pr, opx, co, &p[9]);
         if spec.skip() {

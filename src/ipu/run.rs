@@ -576,7 +576,11 @@ pub fn check_block(
         .map(|(pname, len)| {
             let v = rng.vec(*len);
             if pname.starts_with("norm") {
-                let c = len / 4;
+                let c = if *pname == "norm3" {
+                    spec.cout
+                } else {
+                    spec.mid()
+                };
                 v.iter()
                     .enumerate()
                     .map(|(i, r)| if i < c { 1.0 + 0.3 * r } else { 0.2 * r })
@@ -627,7 +631,14 @@ pub fn check_block(
         let v = to64(&rng.vec(len));
         let g: Vec<f64> = if which == 0 {
             to64(&r.dx)
-        } else if shapes[which - 1].0.starts_with("norm") {
+        } else if shapes[which - 1].0.starts_with("norm") && len % 4 == 0 && {
+            let c = if shapes[which - 1].0 == "norm3" {
+                spec.cout
+            } else {
+                spec.mid()
+            };
+            len == 4 * c
+        } {
             // [C][4] gradients against [4][C] parameters.
             let c = len / 4;
             let gr = &r.grads[which - 1];
