@@ -1001,21 +1001,39 @@ pub fn run_block(
     } else {
         dxb
     };
-    // Weight gradients: reduce-scatter over the image tiles (tile j sums slice j of
-    // every image's partial), then the reduced slices go to the parameter's tile.
+    // Weight gradients: reduce-scatter over spare tiles (after the image and
+    // parameter tiles; a spare tile sums one slice of every image's partial, so the
+    // gather buffers never sit beside an image's activations), then the reduced
+    // slices go to the parameter's tile.
     // Norm-parameter sums are small: gathered to the parameter's tile and reduced
     // there.
     let mut gather = Vec::new();
     let mut collect = Vec::new();
     let mut reds: Vec<(TensorId, TensorId, usize, u32)> = Vec::new();
     let mut grads: Vec<Option<TensorId>> = vec![None; shapes.len()];
+    let mut spare = n + shapes.len();
     for (parts, pidx, len) in &wparts {
         let pname = shapes[*pidx].0;
-        let out = b.t(format!("{pname}.grad"), *len, home(*pidx))?;
-        let chunk = len.div_ceil(n).max(1);
+        // The reduced gradient on its own tile (beside the parameter it may not fit).
+        let gt = if spare < target.tiles {
+            spare as u32
+        } else {
+            home(*pidx)
+        };
+        spare += 1;
+        let out = b.t(format!("{pname}.grad"), *len, gt)?;
+        // Slices of at most half a tile's budget with the gathered partials and sum.
+        let cap = target.budget_bytes() / (2 * 4 * (n + 1));
+        let chunk = len.div_ceil(n).min(cap).max(1);
         for (j, r0) in (0..*len).step_by(chunk).enumerate() {
             let sl = chunk.min(len - r0);
-            let tj = j as u32;
+            // Wraps onto the image tiles only on a target with too few tiles.
+            let tj = if spare < target.tiles {
+                spare as u32
+            } else {
+                (j % n) as u32
+            };
+            spare += 1;
             let buf = b.t(format!("{pname}.grad_gather{j}"), n * sl, tj)?;
             let sum = b.t(format!("{pname}.grad_slice{j}"), sl, tj)?;
             for (i, p) in parts.iter().enumerate() {
