@@ -1292,9 +1292,47 @@ fn every_conv_of_a_small_network_runs_through_the_model() {
     )
     .unwrap();
     assert!(r.max_rel_err < 1e-5, "{}", r.max_rel_err);
-    assert!(r.layers.iter().any(|l| l.pass == "block_bwd"));
+    assert!(
+        r.layers
+            .iter()
+            .any(|l| l.pass == "block_bwd" || l.pass == "chain_bwd")
+    );
     assert!(r.layers.iter().filter(|l| l.pass == "fwd").count() >= 40);
     let pic = r.picture.unwrap();
     assert_eq!(pic.bytes.len(), 1472);
     assert!(pic.cycles.iter().filter(|&&c| c > 0).count() > 10);
+}
+
+#[test]
+fn the_blocks_of_a_tiny_network_run_chained_forward_and_backward() {
+    use effnet::arch::ArchConfig;
+    use effnet::ipu::run::run_blocks_chained;
+    for name in ["tiny_g16_lnpn", "tiny_g1_gn"] {
+        let a = ArchConfig::from_name(name).unwrap();
+        let lines = run_blocks_chained(&a, 32, 2, &Target::mk2(), 7).unwrap();
+        let blocks = a.blocks().len();
+        for (pass, want) in [
+            ("chain_fwd", blocks),
+            ("chain_out", 1),
+            ("chain_bwd", blocks),
+        ] {
+            assert_eq!(
+                lines.iter().filter(|l| l.pass == pass).count(),
+                want,
+                "{name} {pass}"
+            );
+        }
+        for l in &lines {
+            assert!(
+                l.rel_err < 1e-5,
+                "{name} {} {}: {}",
+                l.name,
+                l.pass,
+                l.rel_err
+            );
+        }
+    }
+    // BatchNorm's batch statistics are not modelled by the block program.
+    let bn = ArchConfig::from_name("efficientnet_tiny").unwrap();
+    assert!(run_blocks_chained(&bn, 32, 2, &Target::mk2(), 7).is_err());
 }

@@ -251,7 +251,7 @@ pub fn run_block(
     spec: &BlockSpec,
     target: &Target,
     x: &[f32],
-    params: &BlockParams,
+    params: &[Vec<f32>],
     dout: &[f32],
 ) -> Result<BlockResult> {
     spec.validate()?;

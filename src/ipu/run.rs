@@ -3,9 +3,13 @@
 //! planner, inputs and results moved by exchanges, weight-gradient partials reduced
 //! across tiles — and compared with the oracle of [`super::reference`].
 //!
-//! Each layer gets random inputs of its shape (layer by layer, not chained through
-//! the normalizations: the norm and Proxy Norm codelets are checked separately in the
-//! tests).
+//! Each convolution gets random inputs of its shape. The MBConv blocks (with their
+//! norms, Proxy Norm, SE and skip) run **chained** by [`run_blocks_chained`]: each fed
+//! by the previous block's output, the loss after the last, gradients flowing back
+//! through every block; if a block does not fit its tiles, each block runs on its own
+//! random data instead ([`check_block`]). Not chained yet: the stem, the head, the
+//! pool, the classifier and the loss (their convolutions run split by the planner on
+//! random data).
 
 use super::block::BlockSpec;
 use super::codelets::{Codelet, ConvGeom, SHIM_WORKERS};
@@ -536,7 +540,23 @@ pub fn run_network(
             picture = pic;
         }
     }
-    if let Some(blocks) = network::blocks(arch, res, batch)? {
+    // The blocks chained (each fed by the previous block's output, the loss at the
+    // end, gradients flowing back); if one does not fit, each block on its own.
+    let chained = match network::blocks(arch, res, batch)? {
+        Some(_) => match run_blocks_chained(arch, res, batch, target, 4242) {
+            Ok(lines) => {
+                out.extend(lines);
+                true
+            }
+            Err(e @ crate::error::Error::TileMemory { .. }) => {
+                skipped.push(("block chain".to_string(), e.to_string()));
+                false
+            }
+            Err(e) => return Err(e),
+        },
+        None => false,
+    };
+    if let (false, Some(blocks)) = (chained, network::blocks(arch, res, batch)?) {
         for (i, (name, spec)) in blocks.iter().enumerate() {
             match check_block(name, spec, target, 1000 + i as u64) {
                 Ok(lines) => out.extend(lines),
@@ -571,7 +591,17 @@ pub fn check_block(
 ) -> Result<Vec<RunLine>> {
     let mut rng = Rng(seed);
     let shapes = spec.param_shapes();
-    let params: Vec<Vec<f32>> = shapes
+    let params = random_block_params(spec, &mut rng);
+    let (oh, ow) = spec.out_hw();
+    let x = rng.vec(spec.batch * spec.h * spec.w * spec.cin);
+    let dout = rng.vec(spec.batch * oh * ow * spec.cout);
+    block_lines(name, spec, target, &mut rng, &shapes, &params, &x, &dout)
+}
+
+/// Random block parameters: γ near 1, the other norm parameters small, weights scaled
+/// by their fan-in.
+fn random_block_params(spec: &BlockSpec, rng: &mut Rng) -> Vec<Vec<f32>> {
+    spec.param_shapes()
         .iter()
         .map(|(pname, len)| {
             let v = rng.vec(*len);
@@ -594,13 +624,23 @@ pub fn check_block(
                 v.iter().map(|r| r / (fan as f32).sqrt()).collect()
             }
         })
-        .collect();
-    let (oh, ow) = spec.out_hw();
-    let x = rng.vec(spec.batch * spec.h * spec.w * spec.cin);
-    let dout = rng.vec(spec.batch * oh * ow * spec.cout);
-    let r = super::block::run_block(spec, target, &x, &params, &dout)?;
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn block_lines(
+    name: &str,
+    spec: &BlockSpec,
+    target: &Target,
+    rng: &mut Rng,
+    shapes: &[(&'static str, usize)],
+    params: &[Vec<f32>],
+    x: &[f32],
+    dout: &[f32],
+) -> Result<Vec<RunLine>> {
+    let r = super::block::run_block(spec, target, x, params, dout)?;
     let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
-    let (x64, d64) = (to64(&x), to64(&dout));
+    let (x64, d64) = (to64(x), to64(dout));
     let p64: Vec<Vec<f64>> = params.iter().map(|p| to64(p)).collect();
     let loss = |x: &[f64], p: &[Vec<f64>]| -> f64 {
         reference::block_forward(spec, x, p)
@@ -674,5 +714,154 @@ pub fn check_block(
         tiles: spec.batch + 1,
         cycles: r.bwd_cycles,
     });
+    Ok(lines)
+}
+
+/// A block's parameter gradient in its parameter's layout (norm gradients come as
+/// `[C][4]` against `[4][C]` parameters; γ-only norms and weights as they are).
+fn grad_as_param(spec: &BlockSpec, pname: &str, len: usize, g: &[f32]) -> Vec<f64> {
+    let c = if pname == "norm3" {
+        spec.cout
+    } else {
+        spec.mid()
+    };
+    if pname.starts_with("norm") && len == 4 * c {
+        (0..len).map(|j| g[(j % c) * 4 + j / c] as f64).collect()
+    } else {
+        g.iter().map(|&a| a as f64).collect()
+    }
+}
+
+/// The MBConv blocks of `arch` at `res`, batch `batch`, **chained** through the model:
+/// block `i`'s input is block `i−1`'s output from the model (the first block gets a
+/// random stem-shaped input), the loss `Σ dout·out` sits after the last block, and the
+/// backward runs the blocks in reverse, each fed the input gradient the model computed
+/// for the block after it (each block's program recomputes its forward). Lines:
+/// `chain_fwd` per block (the model's output against [`reference::block_forward`] on
+/// the same chained input), `chain_out` (the last output against the `f64` chain run
+/// from the first input: the error accumulated over the chain), `chain_bwd` per block
+/// (its parameter gradients, and for the first block the input gradient, against a
+/// directional derivative of the `f64` chained loss, scaled to read as a relative
+/// error as in [`check_block`]).
+pub fn run_blocks_chained(
+    arch: &crate::arch::ArchConfig,
+    res: usize,
+    batch: usize,
+    target: &Target,
+    seed: u64,
+) -> Result<Vec<RunLine>> {
+    use super::block::run_block;
+    let Some(blocks) = network::blocks(arch, res, batch)? else {
+        return Err(crate::error::Error::InvalidArgument(format!(
+            "{}: BatchNorm statistics span the batch; the block program places one image per tile",
+            arch.name
+        )));
+    };
+    let mut rng = Rng(seed);
+    let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let params: Vec<Vec<Vec<f32>>> = blocks
+        .iter()
+        .map(|(_, s)| random_block_params(s, &mut rng))
+        .collect();
+    let p64: Vec<Vec<Vec<f64>>> = params
+        .iter()
+        .map(|p| p.iter().map(|t| to64(t)).collect())
+        .collect();
+    let s0 = &blocks[0].1;
+    let mut xs = vec![rng.vec(s0.batch * s0.h * s0.w * s0.cin)];
+    let mut lines = Vec::new();
+    for (i, (name, spec)) in blocks.iter().enumerate() {
+        let (oh, ow) = spec.out_hw();
+        let zeros = vec![0.0; spec.batch * oh * ow * spec.cout];
+        let r = run_block(spec, target, &xs[i], &params[i], &zeros)?;
+        let want = reference::block_forward(spec, &to64(&xs[i]), &p64[i]);
+        lines.push(RunLine {
+            name: name.clone(),
+            pass: "chain_fwd",
+            rel_err: rel_err(&r.out, &want),
+            tiles: spec.batch + spec.param_shapes().len(),
+            cycles: r.fwd_cycles,
+        });
+        xs.push(r.out);
+    }
+    let dout = rng.vec(xs[blocks.len()].len());
+    let d64 = to64(&dout);
+    let chain = |x0: &[f64], ps: &[Vec<Vec<f64>>]| -> Vec<f64> {
+        let mut a = x0.to_vec();
+        for (i, (_, s)) in blocks.iter().enumerate() {
+            a = reference::block_forward(s, &a, &ps[i]);
+        }
+        a
+    };
+    let x0 = to64(&xs[0]);
+    lines.push(RunLine {
+        name: blocks[blocks.len() - 1].0.clone(),
+        pass: "chain_out",
+        rel_err: rel_err(&xs[blocks.len()], &chain(&x0, &p64)),
+        tiles: 0,
+        cycles: 0,
+    });
+    let mut d = dout;
+    let mut grads = vec![Vec::new(); blocks.len()];
+    let mut bwd_cycles = vec![0; blocks.len()];
+    for i in (0..blocks.len()).rev() {
+        let r = run_block(&blocks[i].1, target, &xs[i], &params[i], &d)?;
+        grads[i] = r.grads;
+        bwd_cycles[i] = r.bwd_cycles;
+        d = r.dx;
+    }
+    let loss = |x0: &[f64], ps: &[Vec<Vec<f64>>]| -> f64 {
+        chain(x0, ps).iter().zip(&d64).map(|(a, b)| a * b).sum()
+    };
+    let h = 1e-5;
+    // (gradient, direction) → scaled difference from the central difference.
+    let check = |g: &[f64], v: &[f64], fd: f64| -> f64 {
+        let dd: f64 = g.iter().zip(v).map(|(a, b)| a * b).sum();
+        let gn = g.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let vn = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let scale = gn * vn / (g.len() as f64).sqrt();
+        if scale > 0.0 {
+            (dd - fd).abs() / scale
+        } else {
+            fd.abs()
+        }
+    };
+    for (i, (name, spec)) in blocks.iter().enumerate() {
+        let shapes = spec.param_shapes();
+        let mut worst: f64 = 0.0;
+        if i == 0 {
+            let v = to64(&rng.vec(x0.len()));
+            let at = |s: f64| {
+                let xs: Vec<f64> = x0.iter().zip(&v).map(|(a, b)| a + s * b).collect();
+                loss(&xs, &p64)
+            };
+            worst = worst.max(check(&to64(&d), &v, (at(h) - at(-h)) / (2.0 * h)));
+        }
+        // One random direction over all of the block's parameters.
+        let vs: Vec<Vec<f64>> = shapes.iter().map(|(_, l)| to64(&rng.vec(*l))).collect();
+        let at = |s: f64| {
+            let mut ps = p64.clone();
+            for (t, v) in ps[i].iter_mut().zip(&vs) {
+                for (a, b) in t.iter_mut().zip(v) {
+                    *a += s * b;
+                }
+            }
+            loss(&x0, &ps)
+        };
+        let g: Vec<f64> = shapes
+            .iter()
+            .zip(&grads[i])
+            .flat_map(|((pn, l), gr)| grad_as_param(spec, pn, *l, gr))
+            .collect();
+        let v: Vec<f64> = vs.concat();
+        worst = worst.max(check(&g, &v, (at(h) - at(-h)) / (2.0 * h)));
+        lines.push(RunLine {
+            name: name.clone(),
+            pass: "chain_bwd",
+            rel_err: worst,
+            tiles: spec.batch + shapes.len(),
+            cycles: bwd_cycles[i],
+        });
+    }
     Ok(lines)
 }
