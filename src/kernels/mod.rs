@@ -3,5 +3,6 @@
 //! thread count.
 
 pub mod conv;
+pub(crate) mod gemm;
 pub mod parallel;
 pub mod reduce;
