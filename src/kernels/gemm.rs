@@ -345,7 +345,7 @@ impl Gemm<'_> {
     }
 }
 
-/// Work split: rows per block (a multiple of 24, the lcm of the tile heights) and
+/// Work split: rows per block (a multiple of 24, which every tile height divides) and
 /// panels per group, aiming at tasks of a few MFLOP and at least 16 tasks when the
 /// product is big enough.
 fn split(m: usize, n: usize, k: usize, npanels: usize) -> (usize, usize) {
@@ -475,28 +475,38 @@ impl Tiles<'_, '_> {
         };
         let last = p.valid - (NV - 1) * lanes;
         let a = g.a.as_ptr();
+        let overwrite = self.first && !g.accumulate;
+        let bias = if self.first {
+            g.bias.map(|b| &b[p.col..])
+        } else {
+            None
+        };
         let mut r = self.rows.start;
         while r < self.rows.end {
             let mv = MR.min(self.rows.end - r);
+            // Rows past the end rerun the last valid row (and are not stored).
             let ap: [*const f32; MR] = std::array::from_fn(|i| {
-                // SAFETY: row r + min(i, mv-1) < m; column p0 < k.
+                // SAFETY: row r + min(i, mv−1) < m; column p0 < k.
                 unsafe { a.add(g.a_rows.offset(r + i.min(mv - 1)) + self.p0 * g.a_cs) }
             });
-            // SAFETY: rows and columns in range per `check`.
-            let acc = unsafe {
-                if masked {
-                    micro::<S, MR, NV, true>(s, self.kl, &ap, g.a_cs, b, b_rs, last)
-                } else {
-                    micro::<S, MR, NV, false>(s, self.kl, &ap, g.a_cs, b, b_rs, last)
-                }
+            let c: [*mut f32; MR] = std::array::from_fn(|i| {
+                // SAFETY: row r + min(i, mv−1) < m; column p.col < n.
+                unsafe { self.c.add(g.c_rows.offset(r + i.min(mv - 1)) + p.col) }
+            });
+            let out = Out {
+                c,
+                rows: mv,
+                last,
+                overwrite,
+                bias,
             };
-            let overwrite = self.first && !g.accumulate;
-            let bias = if self.first { g.bias } else { None };
-            for (i, acc) in acc.iter().enumerate().take(mv) {
-                // SAFETY: row r + i < m, columns p.col .. p.col + p.valid < n.
-                unsafe {
-                    let c = self.c.add(g.c_rows.offset(r + i) + p.col);
-                    store_row::<S, NV>(s, c, acc, last, overwrite, bias.map(|b| &b[p.col..]));
+            // SAFETY: rows and columns in range per `check`. Each variant keeps its
+            // accumulators in registers from the first step to the store.
+            unsafe {
+                if masked {
+                    micro::<S, MR, NV, true>(s, self.kl, &ap, g.a_cs, b, b_rs, &out)
+                } else {
+                    micro::<S, MR, NV, false>(s, self.kl, &ap, g.a_cs, b, b_rs, &out)
                 }
             }
             r += MR;
@@ -504,11 +514,23 @@ impl Tiles<'_, '_> {
     }
 }
 
-/// The register tile: `acc[i][j] = Σ_p a[i][p] · b[p][j·L ..]` over `kl` steps.
+/// Where a register tile goes: row pointers of `C` (the first `rows` valid), the
+/// valid lanes of the last vector, overwrite or add, and the bias of the panel.
+struct Out<'a, const MR: usize> {
+    c: [*mut f32; MR],
+    rows: usize,
+    last: usize,
+    overwrite: bool,
+    bias: Option<&'a [f32]>,
+}
+
+/// The register tile: `acc[i][j] = Σ_p a[i][p] · b[p][j·L ..]` over `kl` steps, then
+/// stored to `out`.
 ///
 /// # Safety
 /// `a[i] + p·a_cs` readable for `p < kl`; `b + p·b_rs + j·L .. +L` readable for every
-/// vector `j`, except the last one when `MASKED`, where only `last` lanes are read.
+/// vector `j`, except the last one when `MASKED`, where only `out.last` lanes are read;
+/// `out`'s valid rows writable (and readable unless it overwrites).
 #[inline(always)]
 unsafe fn micro<S: Simd, const MR: usize, const NV: usize, const MASKED: bool>(
     s: S,
@@ -517,8 +539,9 @@ unsafe fn micro<S: Simd, const MR: usize, const NV: usize, const MASKED: bool>(
     a_cs: usize,
     b: *const f32,
     b_rs: usize,
-    last: usize,
-) -> [[S::V; NV]; MR] {
+    out: &Out<MR>,
+) {
+    let last = out.last;
     let mut acc = [[s.zero(); NV]; MR];
     let mut bp = b;
     let mut off = 0;
@@ -542,7 +565,10 @@ unsafe fn micro<S: Simd, const MR: usize, const NV: usize, const MASKED: bool>(
         }
         off += a_cs;
     }
-    acc
+    for (i, acc) in acc.iter().enumerate().take(out.rows) {
+        // SAFETY: valid rows of `out`, by the function's contract.
+        unsafe { store_row::<S, NV>(s, out.c[i], acc, last, out.overwrite, out.bias) };
+    }
 }
 
 /// Writes one tile row: `c = acc (+ bias)` or `c += acc (+ bias)`; the last vector
