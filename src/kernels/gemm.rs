@@ -163,14 +163,24 @@ impl PackedB {
         }
         slices.into_par_iter().for_each(|(p, out)| {
             let width = p.nv * lanes;
-            // Blocks of 16 × 16 keep both the reads and the writes in a few lines.
-            const T: usize = 16;
-            for p0 in (0..k).step_by(T) {
+            if cs == 1 {
+                // Row-major source: each panel row is one contiguous run.
+                for (q, row) in out.chunks_exact_mut(width).enumerate() {
+                    let src = q * rs + p.col;
+                    row[..p.valid].copy_from_slice(&b[src..src + p.valid]);
+                }
+            } else {
+                // Strided source (a transpose): 16 columns at a time, so that the
+                // reads walk 16 sources in step and the writes fill whole runs.
+                const T: usize = 16;
                 for j0 in (0..p.valid).step_by(T) {
-                    for j in j0..(j0 + T).min(p.valid) {
-                        let src = (p.col + j) * cs;
-                        for q in p0..(p0 + T).min(k) {
-                            out[q * width + j] = b[q * rs + src];
+                    let jn = T.min(p.valid - j0);
+                    let src: [usize; T] =
+                        std::array::from_fn(|j| (p.col + j0 + j.min(jn - 1)) * cs);
+                    for (q, row) in out.chunks_exact_mut(width).enumerate() {
+                        let d = &mut row[j0..j0 + jn];
+                        for (j, d) in d.iter_mut().enumerate() {
+                            *d = b[src[j] + q * rs];
                         }
                     }
                 }
@@ -351,8 +361,12 @@ impl Gemm<'_> {
 fn split(m: usize, n: usize, k: usize, npanels: usize) -> (usize, usize) {
     const TASK_FLOP: usize = 4 << 20;
     const MIN_TASKS: usize = 16;
+    // At least 96 rows, so that a panel of `B` brought into L1 serves 8 to 16 tiles.
+    const MIN_ROWS: usize = 96;
     let per_row = 2 * n * k.max(1);
-    let rows = (TASK_FLOP / per_row).clamp(24, 4096).next_multiple_of(24);
+    let rows = (TASK_FLOP / per_row)
+        .clamp(MIN_ROWS, 4096)
+        .next_multiple_of(24);
     let row_blocks = m.div_ceil(rows);
     let mut group = npanels;
     if row_blocks < MIN_TASKS {
@@ -503,10 +517,14 @@ impl Tiles<'_, '_> {
             // SAFETY: rows and columns in range per `check`. Each variant keeps its
             // accumulators in registers from the first step to the store.
             unsafe {
-                if masked {
-                    micro::<S, MR, NV, true>(s, self.kl, &ap, g.a_cs, b, b_rs, &out)
-                } else {
-                    micro::<S, MR, NV, false>(s, self.kl, &ap, g.a_cs, b, b_rs, &out)
+                let (kl, cs) = (self.kl, g.a_cs);
+                match (masked, cs > 1) {
+                    (false, false) => {
+                        micro::<S, MR, NV, false, false>(s, kl, &ap, cs, b, b_rs, &out)
+                    }
+                    (false, true) => micro::<S, MR, NV, false, true>(s, kl, &ap, cs, b, b_rs, &out),
+                    (true, false) => micro::<S, MR, NV, true, false>(s, kl, &ap, cs, b, b_rs, &out),
+                    (true, true) => micro::<S, MR, NV, true, true>(s, kl, &ap, cs, b, b_rs, &out),
                 }
             }
             r += MR;
@@ -525,14 +543,20 @@ struct Out<'a, const MR: usize> {
 }
 
 /// The register tile: `acc[i][j] = Σ_p a[i][p] · b[p][j·L ..]` over `kl` steps, then
-/// stored to `out`.
+/// stored to `out`. `STRIDED_A` (`a_cs > 1`) prefetches `A` ahead.
 ///
 /// # Safety
 /// `a[i] + p·a_cs` readable for `p < kl`; `b + p·b_rs + j·L .. +L` readable for every
 /// vector `j`, except the last one when `MASKED`, where only `out.last` lanes are read;
 /// `out`'s valid rows writable (and readable unless it overwrites).
 #[inline(always)]
-unsafe fn micro<S: Simd, const MR: usize, const NV: usize, const MASKED: bool>(
+unsafe fn micro<
+    S: Simd,
+    const MR: usize,
+    const NV: usize,
+    const MASKED: bool,
+    const STRIDED_A: bool,
+>(
     s: S,
     kl: usize,
     a: &[*const f32; MR],
@@ -548,6 +572,12 @@ unsafe fn micro<S: Simd, const MR: usize, const NV: usize, const MASKED: bool>(
     for _ in 0..kl {
         // SAFETY: in range by the function's contract.
         unsafe {
+            if STRIDED_A {
+                // Each step of a strided `A` (a transposed matrix) starts new cache
+                // lines: fetch them ahead of time.
+                prefetch(a[0].wrapping_add(off + PREFETCH_STEPS * a_cs));
+                prefetch(a[MR - 1].wrapping_add(off + PREFETCH_STEPS * a_cs));
+            }
             let bv: [S::V; NV] = std::array::from_fn(|j| {
                 if MASKED && j == NV - 1 {
                     s.load_partial_ptr(bp.add(j * S::LANES), last)
@@ -569,6 +599,22 @@ unsafe fn micro<S: Simd, const MR: usize, const NV: usize, const MASKED: bool>(
         // SAFETY: valid rows of `out`, by the function's contract.
         unsafe { store_row::<S, NV>(s, out.c[i], acc, last, out.overwrite, out.bias) };
     }
+}
+
+/// How many `k` steps ahead the kernel prefetches a strided `A`.
+const PREFETCH_STEPS: usize = 16;
+
+/// Hints the CPU to bring the line holding `p` into L1 (no effect elsewhere).
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Writes one tile row: `c = acc (+ bias)` or `c += acc (+ bias)`; the last vector

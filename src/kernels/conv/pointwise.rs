@@ -20,6 +20,7 @@ use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap};
 use crate::kernels::parallel::reduce_chunks;
 use crate::simd::SimdLevel;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// `M`, and the map from output rows to element offsets of input pixels in `x`.
 fn input_rows(shape: &ConvShape) -> (usize, RowMap) {
@@ -131,10 +132,11 @@ fn zero_unread_pixels(shape: &ConvShape, dx: &mut [f32]) {
 }
 
 /// Rows per chunk of the weight-gradient reduction: depends on the shape only (never
-/// on the thread count). At least 512 rows, at most 64 chunks, and at most 4 Mi floats
-/// of partial sums in all.
+/// on the thread count). At least 2048 rows (each chunk's partial sums cost a zeroing
+/// and a reduction pass; the product inside a chunk is itself split into parallel
+/// tiles), at most 64 chunks, and at most 4 Mi floats of partial sums in all.
 fn grad_chunk(m: usize, ci: usize, co: usize) -> usize {
-    const MIN_ROWS: usize = 512;
+    const MIN_ROWS: usize = 2048;
     const MAX_CHUNKS: usize = 64;
     const MAX_PARTIAL: usize = 4 << 20;
     let by_mem = (MAX_PARTIAL / (ci * co).max(1)).clamp(1, MAX_CHUNKS);
@@ -162,7 +164,8 @@ pub fn backward_weight(
     let (m, x_rows) = input_rows(shape);
     let chunk = grad_chunk(m, ci, co);
     let is_strided = strided(shape);
-    reduce_chunks(m, chunk, dw, mode.accumulate(), |rows, part| {
+    // dW (+)= X̃ᵀ·dY over rows `rows`, written into `out`.
+    let chunk_product = |rows: Range<usize>, out: &mut [f32], accumulate: bool| {
         let len = rows.len();
         // A = X̃ᵀ over the chunk's rows: element (ci, p) at x[row(p)·C_in + ci].
         let gathered;
@@ -190,10 +193,18 @@ pub fn backward_weight(
             },
             c_rows: RowMap::uniform(co),
             bias: None,
-            accumulate: true,
+            accumulate,
         }
-        .run(level, part);
-    });
+        .run(level, out);
+    };
+    if chunk >= m {
+        // One chunk: no partial buffer, straight into `dw`.
+        chunk_product(0..m, dw, mode.accumulate());
+    } else {
+        reduce_chunks(m, chunk, dw, mode.accumulate(), |rows, part| {
+            chunk_product(rows, part, true)
+        });
+    }
     if let Some(db) = dbias {
         bias_grad(level, shape, dy, db, mode);
     }
