@@ -14,8 +14,8 @@
 //! # Kernel
 //! `C` is cut into tiles of `MR` rows × `NV` vectors; a tile's accumulators live in
 //! registers while `k` runs (broadcast one element of `A`, load `NV` vectors of `B`,
-//! `MR·NV` fused multiply-adds). `k` is cut into blocks of at most [`KC`] so that a
-//! panel of `B` stays in L1 while the row tiles of a block pass over it. Column
+//! `MR·NV` fused multiply-adds). With `B` read in place, `k` is cut into short blocks
+//! so that a panel of `B` stays in L1 while the row tiles of a block pass over it. Column
 //! remainders use masked vectors; row remainders rerun the last valid row and store
 //! only the valid ones. Every element of `C` sums its `k` terms in the same order
 //! whatever the task split, so results do not depend on the thread count.
@@ -24,8 +24,13 @@ use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Maximum depth of one `k` block.
-pub(crate) const KC: usize = 256;
+/// Maximum depth of one `k` block with a packed `B`: the panel streams from L2 while a
+/// tile's rows of `A` stay in L1 (measured: blocking `k` finer only adds passes over
+/// `C`).
+const KC_PACKED: usize = 2048;
+/// Maximum depth of one `k` block with `B` read in place (the weight gradient, where
+/// `B` is `dY`): 64 rows of a 4-vector panel (16 KiB) stay in L1 for every row tile.
+const KC_ROWS: usize = 64;
 
 /// Maps a row index to an element offset: `(r mod w)·s0 + ((r / w) mod h)·s1 +
 /// (r / (w·h))·s2`. [`RowMap::uniform`] is the plain stride `r·s0`.
@@ -304,12 +309,18 @@ impl Gemm<'_> {
             }
         };
         let (row_block, panel_group) = split(m, n, k, panels.len());
-        let row_blocks = m.div_ceil(row_block);
+        // The last block takes the remainder (rather than a sliver of its own).
+        let row_blocks = (m / row_block).max(1);
         let groups = panels.len().div_ceil(panel_group);
         let cp = CPtr(c.as_mut_ptr());
         (0..row_blocks * groups).into_par_iter().for_each(|t| {
             let (rb, g) = (t / groups, t % groups);
-            let rows = rb * row_block..((rb + 1) * row_block).min(m);
+            let end = if rb + 1 == row_blocks {
+                m
+            } else {
+                (rb + 1) * row_block
+            };
+            let rows = rb * row_block..end;
             let ps = &panels[g * panel_group..((g + 1) * panel_group).min(panels.len())];
             dispatch(
                 level,
@@ -356,22 +367,23 @@ impl Gemm<'_> {
 }
 
 /// Work split: rows per block (a multiple of 24, which every tile height divides) and
-/// panels per group, aiming at tasks of a few MFLOP and at least 16 tasks when the
-/// product is big enough.
+/// panels per group. Blocks of at least 96 rows, so that a panel of `B` brought into
+/// cache serves 8 to 16 tiles, and of a few MFLOP; then the panels are dealt into
+/// groups until there are enough tasks for the pool. The split never changes a result:
+/// every element of `C` sums its `k` terms in the same order in any task.
 fn split(m: usize, n: usize, k: usize, npanels: usize) -> (usize, usize) {
     const TASK_FLOP: usize = 4 << 20;
-    const MIN_TASKS: usize = 16;
-    // At least 96 rows, so that a panel of `B` brought into L1 serves 8 to 16 tiles.
     const MIN_ROWS: usize = 96;
+    let min_tasks = (4 * rayon::current_num_threads()).max(16);
     let per_row = 2 * n * k.max(1);
     let rows = (TASK_FLOP / per_row)
         .clamp(MIN_ROWS, 4096)
         .next_multiple_of(24);
-    let row_blocks = m.div_ceil(rows);
+    let row_blocks = (m / rows).max(1);
     let mut group = npanels;
-    if row_blocks < MIN_TASKS {
-        let want = MIN_TASKS.div_ceil(row_blocks).min(npanels);
-        group = npanels.div_ceil(want);
+    if row_blocks < min_tasks {
+        let want = min_tasks.div_ceil(row_blocks);
+        group = npanels / want;
     }
     (rows, group.max(1))
 }
@@ -395,7 +407,11 @@ impl SimdKernel for Block<'_, '_> {
             unsafe { fill_bias(s, g, self.c, &self.rows, self.panels) };
             return;
         }
-        let blocks = k.div_ceil(KC);
+        let kcmax = match g.b {
+            BOperand::Packed(_) => KC_PACKED,
+            BOperand::Rows { .. } => KC_ROWS,
+        };
+        let blocks = k.div_ceil(kcmax);
         let kc = k.div_ceil(blocks);
         for kb in 0..blocks {
             let p0 = kb * kc;
@@ -689,6 +705,8 @@ mod tests {
             (30, 100, 300),
             (50, 33, 513),
             (3, 200, 17),
+            // Two `k` blocks with a packed `B`.
+            (5, 20, 2100),
         ] {
             let a = rand(m * k, 1);
             let b = rand(k * n, 2);
