@@ -611,9 +611,13 @@ unsafe fn micro<
         }
         off += a_cs;
     }
-    for (i, acc) in acc.iter().enumerate().take(out.rows) {
-        // SAFETY: valid rows of `out`, by the function's contract.
-        unsafe { store_row::<S, NV>(s, out.c[i], acc, last, out.overwrite, out.bias) };
+    // Constant indices (the loop unrolls), so the accumulators stay in registers.
+    #[allow(clippy::needless_range_loop)]
+    for i in 0..MR {
+        if i < out.rows {
+            // SAFETY: valid rows of `out`, by the function's contract.
+            unsafe { store_row::<S, NV>(s, out.c[i], &acc[i], last, out.overwrite, out.bias) };
+        }
     }
 }
 
