@@ -127,6 +127,16 @@ fn panels(level: SimdLevel, n: usize, k: usize) -> Vec<Panel> {
     out
 }
 
+/// Columns the kernels compute for an `n`-column product at `level` (`n` rounded up to
+/// whole vectors): the cost of an orientation, for callers that can pick one.
+pub(crate) fn padded_cols(level: SimdLevel, n: usize) -> usize {
+    let level = level.min(crate::simd::detected());
+    panels(level, n, 0)
+        .iter()
+        .map(|p| p.nv * level.lanes())
+        .sum()
+}
+
 /// `B` packed into column panels for one SIMD level: each panel is `k` rows of
 /// `nv·lanes` floats, zero beyond the last column.
 pub(crate) struct PackedB {
