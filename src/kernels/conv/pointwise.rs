@@ -12,7 +12,7 @@
 //!   rows and reduced in chunk order, so the result is bitwise the same for any number
 //!   of threads.
 //!
-//! All three run on the register-tiled product of [`crate::kernels::gemm`].
+//! All three run on the crate's register-tiled matrix product (`kernels::gemm`, internal).
 
 use super::{ConvShape, GradMode, bias_grad};
 use crate::error::Result;
