@@ -5,6 +5,7 @@
 pub mod conv;
 pub mod fully_connected;
 pub mod gate;
+pub(crate) mod gemm;
 pub mod loss;
 pub mod optim;
 pub mod parallel;
