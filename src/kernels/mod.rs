@@ -2,6 +2,8 @@
 //! tensors, SIMD with runtime dispatch, multi-core with `rayon`, deterministic for any
 //! thread count.
 
+pub mod activation;
 pub mod conv;
+pub mod norm;
 pub mod parallel;
 pub mod reduce;
