@@ -6,4 +6,5 @@ pub mod activation;
 pub mod conv;
 pub mod norm;
 pub mod parallel;
+pub mod proxy_norm;
 pub mod reduce;
