@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod bench_norm;
 mod bench_ops;
 mod ipu;
 
@@ -42,6 +43,8 @@ struct InfoArgs {
 enum BenchCommand {
     /// Times the convolution passes of every layer of a suite.
     Ops(bench_ops::OpsArgs),
+    /// Times the normalization + activation ops (LN+Proxy Norm, GroupNorm, BatchNorm).
+    Norm(bench_norm::NormArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -49,6 +52,7 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
+        Command::Bench(BenchCommand::Norm(a)) => bench_norm::run(&a),
         Command::Info(a) => info(&a),
         Command::Ipu(c) => ipu::run(&c),
     }
