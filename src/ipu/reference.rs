@@ -64,55 +64,10 @@ pub fn conv_backward_weight(
     }
 }
 
-/// `erf(x)` in `f64` (Taylor series for |x| ≤ 3, continued fraction beyond).
-pub fn erf(x: f64) -> f64 {
-    let a = x.abs();
-    let r = if a <= 3.0 {
-        let mut term = a;
-        let mut sum = a;
-        let x2 = a * a;
-        for n in 1..200 {
-            term *= -x2 / n as f64;
-            let t = term / (2 * n + 1) as f64;
-            sum += t;
-            if t.abs() < 1e-17 * sum.abs() {
-                break;
-            }
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    } else {
-        // erfc(a) = exp(-a²)/√π · 1/(a + 1/2/(a + 1/(a + 3/2/(a + …))))
-        let mut f = a;
-        for k in (1..60).rev() {
-            f = a + (k as f64 / 2.0) / f;
-        }
-        1.0 - (-a * a).exp() / (std::f64::consts::PI.sqrt() * f)
-    };
-    r.copysign(x)
-}
-
-/// `erfinv(y)` for `y` in (−1, 1), by bisection then Newton on [`erf`].
-pub fn erfinv(y: f64) -> f64 {
-    let (mut lo, mut hi) = (-6.0f64, 6.0f64);
-    for _ in 0..80 {
-        let m = 0.5 * (lo + hi);
-        if erf(m) < y { lo = m } else { hi = m }
-    }
-    let mut x = 0.5 * (lo + hi);
-    for _ in 0..3 {
-        let d = 2.0 / std::f64::consts::PI.sqrt() * (-x * x).exp();
-        if d > 0.0 {
-            x -= (erf(x) - y) / d;
-        }
-    }
-    x
-}
-
-/// The Proxy Norm quantiles `q_k = √2 · erfinv(2(k+0.5)/K − 1)`, `k = 0..K`.
+/// The Proxy Norm quantiles `q_k = √2 · erfinv(2(k+0.5)/K − 1)`, `k = 0..K`: those of
+/// [`crate::kernels::proxy_norm::reference::quantiles`] (one implementation).
 pub fn proxy_quantiles(k: usize) -> Vec<f64> {
-    (0..k)
-        .map(|i| std::f64::consts::SQRT_2 * erfinv(2.0 * (i as f64 + 0.5) / k as f64 - 1.0))
-        .collect()
+    crate::kernels::proxy_norm::reference::quantiles(k)
 }
 
 fn sigmoid(u: f64) -> f64 {
