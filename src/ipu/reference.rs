@@ -83,15 +83,32 @@ pub fn act(a: u32, u: f64) -> f64 {
     }
 }
 
-/// Per-channel Proxy Norm statistics `(μ_c, s_c)` in `f64`.
+/// Per-channel Proxy Norm statistics `(μ_c, s_c)` in `f64`, by
+/// [`crate::kernels::proxy_norm::reference::stats`] (one implementation); `a` is the
+/// codelets' activation code (0 identity, 1 swish, 2 sigmoid).
 pub fn proxy_stats(g: f64, b: f64, b2: f64, g2: f64, q: &[f64], a: u32, eps: f64) -> (f64, f64) {
-    let r: Vec<f64> = q
-        .iter()
-        .map(|&qk| act(a, g * (b2 + (1.0 + g2) * qk) + b))
-        .collect();
-    let m = r.iter().sum::<f64>() / r.len() as f64;
-    let v = r.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / r.len() as f64;
-    (m, 1.0 / (v + eps).sqrt())
+    use crate::kernels::activation::Activation;
+    use crate::kernels::proxy_norm::{ProxyVariant, reference as pn};
+    let su = pn::Setup {
+        variant: ProxyVariant::FullScale,
+        activation: match a {
+            1 => Activation::Swish,
+            2 => Activation::Sigmoid,
+            _ => Activation::Identity,
+        },
+        q: q.to_vec(),
+        eps_pn: eps,
+    };
+    let st = pn::stats(
+        &su,
+        &pn::Params {
+            gamma: &[g],
+            beta: &[b],
+            beta_prime: &[b2],
+            gamma_prime: &[g2],
+        },
+    );
+    (st.mean[0], st.scale[0])
 }
 
 /// Parameters of [`norm_act_forward`].
