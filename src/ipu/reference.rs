@@ -8,12 +8,13 @@
 //! use the plain `f64` formulas below (DESIGN.md, "Proxy Norm"), until the SIMD norm
 //! kernels land.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ipu::block::BlockSpec;
 use crate::ipu::codelets::ProxyScale;
 use crate::kernels::conv::{Conv2d, ConvShape, GradMode, reference};
 
-/// Which implementation the convolution results are compared with.
+/// Which implementation the convolution results are compared with. A SIMD kernel that
+/// is not implemented yet (`Error::Unsupported`) falls back to the `f64` reference.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub enum ConvOracle {
     /// `kernels::conv::Conv2d` (the SIMD kernels).
@@ -29,8 +30,10 @@ pub fn conv_forward(o: ConvOracle, s: &ConvShape, x: &[f32], w: &[f32]) -> Resul
         ConvOracle::F64 => Ok(reference::forward(s, x, w, None)),
         ConvOracle::Simd => {
             let mut y = vec![0.0f32; s.y_len];
-            Conv2d::new(&s.desc)?.forward(x, w, None, &mut y)?;
-            Ok(y.iter().map(|&v| v as f64).collect())
+            match Conv2d::new(&s.desc)?.forward(x, w, None, &mut y) {
+                Err(Error::Unsupported(_)) => conv_forward(ConvOracle::F64, s, x, w),
+                r => r.map(|_| y.iter().map(|&v| v as f64).collect()),
+            }
         }
     }
 }
@@ -41,8 +44,10 @@ pub fn conv_backward_data(o: ConvOracle, s: &ConvShape, dy: &[f32], w: &[f32]) -
         ConvOracle::F64 => Ok(reference::backward_data(s, dy, w)),
         ConvOracle::Simd => {
             let mut dx = vec![0.0f32; s.x_len];
-            Conv2d::new(&s.desc)?.backward_data(dy, w, &mut dx)?;
-            Ok(dx.iter().map(|&v| v as f64).collect())
+            match Conv2d::new(&s.desc)?.backward_data(dy, w, &mut dx) {
+                Err(Error::Unsupported(_)) => conv_backward_data(ConvOracle::F64, s, dy, w),
+                r => r.map(|_| dx.iter().map(|&v| v as f64).collect()),
+            }
         }
     }
 }
@@ -58,8 +63,10 @@ pub fn conv_backward_weight(
         ConvOracle::F64 => Ok(reference::backward_weight(s, x, dy).0),
         ConvOracle::Simd => {
             let mut dw = vec![0.0f32; s.w_len];
-            Conv2d::new(&s.desc)?.backward_weight(x, dy, &mut dw, None, GradMode::Overwrite)?;
-            Ok(dw.iter().map(|&v| v as f64).collect())
+            match Conv2d::new(&s.desc)?.backward_weight(x, dy, &mut dw, None, GradMode::Overwrite) {
+                Err(Error::Unsupported(_)) => conv_backward_weight(ConvOracle::F64, s, x, dy),
+                r => r.map(|_| dw.iter().map(|&v| v as f64).collect()),
+            }
         }
     }
 }
