@@ -2,10 +2,12 @@
 //! tensors, SIMD with runtime dispatch, multi-core with `rayon`, deterministic for any
 //! thread count.
 
+pub mod activation;
 pub mod conv;
 pub mod fully_connected;
 pub mod gate;
 pub mod loss;
+pub mod norm;
 pub mod optim;
 pub mod parallel;
 pub mod pool;
