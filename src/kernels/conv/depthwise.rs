@@ -6,26 +6,31 @@
 //!
 //! # How the kernels work
 //! Channels are contiguous in NHWC, so every kernel works on blocks of 1–4 SIMD
-//! vectors of channels (the last, partial vector of a channel count that is not a
-//! multiple of the lane count uses masked loads and stores).
+//! vectors of channels (a channel count that is not a multiple of the lane count ends
+//! with a block of one partial vector: masked loads and stores at the edges, full
+//! vectors with zero lanes inside).
 //!
-//! - **Forward** runs over output rows. For each row the valid kernel rows are fixed,
-//!   and the row splits into an *interior* run of pixels whose taps are all inside the
-//!   input (one shared tap list, no bounds checks) and a few *border* pixels with their
-//!   own, shorter tap lists. A tile of up to 8 output pixels × a channel block is
-//!   accumulated in registers over the tap list. Parallel over blocks of output rows;
-//!   each output is computed the same way for any split.
-//! - **Backward-data** is the same gather with the roles swapped: for each input row,
-//!   the kernel rows that hit an output row, and for each residue class of input
-//!   columns modulo the stride, the kernel columns that hit an output column (the set
-//!   is the same for the whole class, so a class is again an interior run plus border
-//!   pixels). No scatter, no atomics: each `dx` element is written once.
+//! For one channel block, the source rows a task needs are copied once into a small
+//! ring of *packed rows*: the block's channels only (contiguous pixels), with zero
+//! pixels on both sides wide enough for every tap. Every output pixel of a row then
+//! reads its taps at fixed offsets, with no bounds checks and no border special cases;
+//! kernel rows that fall outside the image are simply left out of the row's tap list.
+//!
+//! - **Forward** (parallel over blocks of output rows): a tile of up to 8 output pixels
+//!   × the channel block is accumulated in registers over the row's taps.
+//! - **Backward-data** is the same gather with the roles swapped (parallel over blocks
+//!   of input rows): for each input row, the kernel rows that reach an output row; for
+//!   each residue class of input columns modulo the stride, the kernel columns that
+//!   reach an output column (one tap set for the whole class). Each `dx` element is
+//!   written once: no scatter, no atomics.
 //! - **Backward-weight** splits the output rows into fixed chunks (independent of the
-//!   thread count); per chunk, each (kernel row, group of up to 5 kernel columns,
-//!   channel block) accumulates in registers over the interior of an output row, and
-//!   the per-chunk partial weight gradients are summed in chunk order
-//!   ([`reduce_chunks`]), so the result is bitwise identical for any number of
-//!   threads. The bias gradient is fused into the same pass.
+//!   thread count). Per chunk and channel block, each (kernel row, group of up to 5
+//!   kernel columns) accumulates in registers along an output row; the per-chunk
+//!   partial gradients are summed in chunk order ([`reduce_chunks`]), so the result is
+//!   bitwise identical for any number of threads. The bias gradient is fused in.
+//!
+//! Forward and backward-data compute every output element in the same order whatever
+//! the split into tasks, so they too are bitwise reproducible across thread counts.
 
 use super::{ConvShape, GradMode};
 use crate::error::Result;
@@ -74,45 +79,22 @@ impl Geo {
     }
 
     /// The input row read by output row `oh` through kernel row `kh`, if inside.
-    #[inline(always)]
     fn in_row(&self, oh: usize, kh: usize) -> Option<usize> {
         (oh * self.sh + kh * self.dh)
             .checked_sub(self.top)
             .filter(|&ih| ih < self.h)
     }
 
-    /// The output columns `[lo, hi)` whose tap through kernel column `kw` is inside
-    /// the input (`lo >= hi` when there are none).
-    #[inline(always)]
-    fn ow_range(&self, kw: usize) -> (usize, usize) {
-        let off = kw * self.dw;
-        // iw = ow·sw + off − left must lie in [0, W).
-        let lo = self.left.saturating_sub(off).div_ceil(self.sw);
-        let hi = if self.w + self.left > off {
-            ((self.w + self.left - off - 1) / self.sw + 1).min(self.ow)
-        } else {
-            0
-        };
-        (lo.min(self.ow), hi)
+    /// The output row that reads input row `ih` through kernel row `kh`, if any.
+    fn out_row(&self, ih: usize, kh: usize) -> Option<usize> {
+        let num = (ih + self.top).checked_sub(kh * self.dh)?;
+        (num % self.sh == 0 && num / self.sh < self.oh).then_some(num / self.sh)
     }
-}
 
-/// One tap of a gather: element offsets of the source pixel (at the first pixel of a
-/// run) and of the weight vector, both at channel 0.
-#[derive(Copy, Clone, Debug)]
-struct Tap {
-    src: usize,
-    w: usize,
-}
-
-/// A run of `count` destination pixels (the first at element offset `dst`, channel 0)
-/// that share the taps `taps[t0..t1]`; pixel `i` of the run reads `src + i·src_step`.
-#[derive(Copy, Clone, Debug)]
-struct Seg {
-    dst: usize,
-    count: usize,
-    t0: usize,
-    t1: usize,
+    /// Rows of the forward source ring: every row one output row reads.
+    fn span_h(&self) -> usize {
+        (self.kh - 1) * self.dh + 1
+    }
 }
 
 /// A block of channels: `nv` vectors from channel `c0`; `tail > 0` means a single
@@ -150,13 +132,30 @@ fn channel_blocks(c: usize, lanes: usize, nv_max: usize) -> Vec<Block> {
     out
 }
 
-/// Widest channel block (in vectors) for a level: enough registers for 4 vectors of
-/// accumulators per pixel on AVX-512 (32 registers), 2 on the 16-register levels.
+/// Widest channel block (in vectors) for a level: 4 on AVX-512 (32 registers), 2 on
+/// the 16-register 8-lane levels, 4 for scalar code.
 fn nv_max(lanes: usize) -> usize {
     if lanes == 8 { 2 } else { 4 }
 }
 
-/// Loads a vector, partially (`n` lanes) when `TAIL`.
+/// A zeroed `f32` scratch buffer whose usable part starts on a 64-byte boundary.
+struct Aligned {
+    buf: Vec<f32>,
+    off: usize,
+}
+
+impl Aligned {
+    fn zeroed(len: usize) -> Aligned {
+        let buf = vec![0.0f32; len + 16];
+        let off = buf.as_ptr().align_offset(64).min(16);
+        Aligned { buf, off }
+    }
+    fn ptr(&mut self) -> *mut f32 {
+        self.buf[self.off..].as_mut_ptr()
+    }
+}
+
+/// Loads a vector, partially (`n` lanes, the others zero) when `TAIL`.
 ///
 /// # Safety
 /// `p..p+LANES` (or `p..p+n` when `TAIL`) must be readable.
@@ -188,16 +187,206 @@ unsafe fn st<S: Simd, const TAIL: bool>(s: S, p: *mut f32, v: S::V, n: usize) {
     }
 }
 
-/// Raw pointers and strides of one gather (forward or backward-data), already offset
-/// to the first channel of a block.
+/// Copies `px` pixels of `NV` vectors (stride `c` floats in the source) into a packed
+/// row (stride `NV·LANES`); a `TAIL` block's missing lanes become zeros.
+///
+/// # Safety
+/// The source pixels (`tail` lanes when `TAIL`) must be readable, the packed ones
+/// writable.
+#[inline(always)]
+unsafe fn pack_row<S: Simd, const NV: usize, const TAIL: bool>(
+    s: S,
+    src: *const f32,
+    c: usize,
+    px: usize,
+    dst: *mut f32,
+    tail: usize,
+) {
+    let l = S::LANES;
+    let vb = NV * l;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        for i in 0..px {
+            let sp = src.add(i * c);
+            let dp = dst.add(i * vb);
+            for v in 0..NV {
+                s.store_ptr(dp.add(v * l), ld::<S, TAIL>(s, sp.add(v * l), tail));
+            }
+        }
+    }
+}
+
+/// How a source row sits in the ring: `pl` zero pixels, the row's `src_w` pixels, zero
+/// pixels up to `pw`.
+#[derive(Copy, Clone, Debug)]
+struct RowPack {
+    pl: usize,
+    src_w: usize,
+    pw: usize,
+}
+
+/// A ring of packed source rows for one channel block (`vb` floats per pixel).
+struct Ring {
+    mem: Aligned,
+    /// Which global source row each slot holds (`usize::MAX`: none).
+    tags: Vec<usize>,
+    /// Floats between slots (sized for the widest block).
+    stride: usize,
+    rp: RowPack,
+}
+
+impl Ring {
+    fn new(slots: usize, rp: RowPack, vb_max: usize) -> Ring {
+        let stride = rp.pw * vb_max;
+        Ring {
+            mem: Aligned::zeroed(slots * stride),
+            tags: vec![usize::MAX; slots],
+            stride,
+            rp,
+        }
+    }
+
+    /// Forgets every row and zeroes the padding pixels for blocks of `vb` floats.
+    fn reset(&mut self, vb: usize) {
+        let (stride, rp) = (self.stride, self.rp);
+        let off = self.mem.off;
+        for (i, t) in self.tags.iter_mut().enumerate() {
+            *t = usize::MAX;
+            let slot = &mut self.mem.buf[off + i * stride..off + (i + 1) * stride];
+            slot[..rp.pl * vb].fill(0.0);
+            slot[(rp.pl + rp.src_w) * vb..rp.pw * vb].fill(0.0);
+        }
+    }
+
+    /// The float offset of the slot holding global source row `row`, packing it from
+    /// `src` (channel `c0` of the row's first pixel) first if needed.
+    ///
+    /// # Safety
+    /// As [`pack_row`] for `src_w` pixels from `src`.
+    #[inline(always)]
+    unsafe fn ensure<S: Simd, const NV: usize, const TAIL: bool>(
+        &mut self,
+        s: S,
+        row: usize,
+        src: *const f32,
+        c: usize,
+        tail: usize,
+    ) -> usize {
+        let slot = row % self.tags.len();
+        let base = slot * self.stride;
+        if self.tags[slot] != row {
+            self.tags[slot] = row;
+            let vb = NV * S::LANES;
+            // SAFETY: the slot holds `pw ≥ pl + src_w` pixels of `vb` floats.
+            unsafe {
+                let dst = self.mem.ptr().add(base + self.rp.pl * vb);
+                pack_row::<S, NV, TAIL>(s, src, c, self.rp.src_w, dst, tail);
+            }
+        }
+        base
+    }
+}
+
+/// One tap of a gather: float offsets of the source pixel in the ring (at the first
+/// pixel of a run) and of the weight vector in the packed weights.
+#[derive(Copy, Clone, Debug)]
+struct Tap {
+    src: usize,
+    w: usize,
+}
+
+/// Destination pixels `dst0 + j·dst_step` (`j < count`) of a row read, through kernel
+/// column `kw`, packed source pixel `off + j·src_step` for each `(kw, off)` in `kws`.
+#[derive(Clone, Debug)]
+struct Class {
+    dst0: usize,
+    count: usize,
+    kws: Vec<(usize, usize)>,
+}
+
+/// The column structure of a gather: packed row shape, classes, pixel steps.
+struct Columns {
+    rp: RowPack,
+    classes: Vec<Class>,
+    src_step: usize,
+    dst_step: usize,
+}
+
+/// Forward: output column `ow` reads packed pixel `ow·sw + kw·dw` (the row starts
+/// after `left` zero pixels).
+fn forward_columns(g: &Geo) -> Columns {
+    let pw = (g.left + g.w).max((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1);
+    Columns {
+        rp: RowPack {
+            pl: g.left,
+            src_w: g.w,
+            pw,
+        },
+        classes: vec![Class {
+            dst0: 0,
+            count: g.ow,
+            kws: (0..g.kw).map(|kw| (kw, kw * g.dw)).collect(),
+        }],
+        src_step: g.sw,
+        dst_step: 1,
+    }
+}
+
+/// Backward-data: input column `iw = r + j·sw` (residue class `r`) receives, through
+/// kernel column `kw`, output column `o0 + j` where `r + left − kw·dw = o0·sw`.
+fn backward_data_columns(g: &Geo) -> Columns {
+    let mut raw = Vec::new();
+    let mut pl = 0isize;
+    let mut end = g.ow as isize;
+    for r in 0..g.sw.min(g.w) {
+        let count = (g.w - r).div_ceil(g.sw);
+        let mut kws = Vec::new();
+        for kw in 0..g.kw {
+            let num = (r + g.left) as isize - (kw * g.dw) as isize;
+            if num.rem_euclid(g.sw as isize) == 0 {
+                let o0 = num.div_euclid(g.sw as isize);
+                pl = pl.max(-o0);
+                end = end.max(o0 + count as isize);
+                kws.push((kw, o0));
+            }
+        }
+        raw.push((r, count, kws));
+    }
+    let classes = raw
+        .into_iter()
+        .map(|(r, count, kws)| Class {
+            dst0: r,
+            count,
+            kws: kws
+                .into_iter()
+                .map(|(kw, o0)| (kw, (o0 + pl) as usize))
+                .collect(),
+        })
+        .collect();
+    Columns {
+        rp: RowPack {
+            pl: pl as usize,
+            src_w: g.ow,
+            pw: (pl + end) as usize,
+        },
+        classes,
+        src_step: 1,
+        dst_step: g.sw,
+    }
+}
+
+/// Raw pointers and strides of one gather for one channel block.
 #[derive(Copy, Clone)]
 struct Gather {
+    /// The ring.
     src: *const f32,
+    /// Channel `c0` of the first destination row of the task.
     dst: *mut f32,
+    /// Packed weights `[kh·kw][vb]`.
     w: *const f32,
-    /// Bias (forward only) or null.
+    /// Packed bias `[vb]` (forward only) or null.
     bias: *const f32,
-    /// Elements between consecutive pixels of a run, in the source and destination.
+    /// Floats between consecutive pixels of a run, in the ring and the destination.
     src_step: usize,
     dst_step: usize,
     /// Lanes of the partial vector (TAIL blocks only).
@@ -208,15 +397,15 @@ struct Gather {
 /// w[tap]`.
 ///
 /// # Safety
-/// Every tap offset (plus `(P−1)·src_step` and `NV` vectors) must be inside the source,
-/// `dst + (P−1)·dst_step` plus `NV` vectors inside the destination; `TAIL` implies
-/// `NV == 1`.
+/// Every tap offset plus `src_off + (P−1)·src_step` and `NV` vectors must be inside the
+/// ring, `dst_off + (P−1)·dst_step` plus `NV` vectors (`tail` lanes when `TAIL`) inside
+/// the destination.
 #[inline(always)]
 unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
     s: S,
     g: &Gather,
-    src_px: usize,
-    dst_px: usize,
+    src_off: usize,
+    dst_off: usize,
     taps: &[Tap],
 ) {
     let l = S::LANES;
@@ -225,29 +414,28 @@ unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool
     unsafe {
         if !g.bias.is_null() {
             for v in 0..NV {
-                let b = ld::<S, TAIL>(s, g.bias.add(v * l), g.tail);
+                let b = s.load_ptr(g.bias.add(v * l));
                 for a in acc.iter_mut() {
                     a[v] = b;
                 }
             }
         }
-        let src = g.src.add(src_px);
+        let src = g.src.add(src_off);
         for t in taps {
             let sp = src.add(t.src);
             let wp = g.w.add(t.w);
             let mut wv = [s.zero(); NV];
             for (v, wv) in wv.iter_mut().enumerate() {
-                *wv = ld::<S, TAIL>(s, wp.add(v * l), g.tail);
+                *wv = s.load_ptr(wp.add(v * l));
             }
             for (p, a) in acc.iter_mut().enumerate() {
                 let xp = sp.add(p * g.src_step);
                 for v in 0..NV {
-                    let xv = ld::<S, TAIL>(s, xp.add(v * l), g.tail);
-                    a[v] = s.mul_add(xv, wv[v], a[v]);
+                    a[v] = s.mul_add(s.load_ptr(xp.add(v * l)), wv[v], a[v]);
                 }
             }
         }
-        let dst = g.dst.add(dst_px);
+        let dst = g.dst.add(dst_off);
         for (p, a) in acc.iter().enumerate() {
             let dp = dst.add(p * g.dst_step);
             for (v, a) in a.iter().enumerate() {
@@ -257,204 +445,35 @@ unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool
     }
 }
 
-/// Runs every segment of a row plan for one channel block, `P` pixels at a time.
+/// `count` destination pixels from `dst_off`, `P` at a time, then 4, 2, 1.
 ///
 /// # Safety
-/// The plan must be in bounds for the buffers behind `g` (see [`gather_tile`]).
+/// As [`gather_tile`] for pixels `0..count`.
 #[inline(always)]
-unsafe fn gather_segs<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+unsafe fn gather_run<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
     s: S,
     g: &Gather,
     taps: &[Tap],
-    segs: &[Seg],
+    count: usize,
+    dst_off: usize,
 ) {
-    for seg in segs {
-        let t = &taps[seg.t0..seg.t1];
-        let mut i = 0;
-        // SAFETY: the plan's pixels `0..count` are in bounds.
-        unsafe {
-            while i + P <= seg.count {
-                gather_tile::<S, NV, P, TAIL>(s, g, i * g.src_step, seg.dst + i * g.dst_step, t);
-                i += P;
-            }
-            while i < seg.count {
-                gather_tile::<S, NV, 1, TAIL>(s, g, i * g.src_step, seg.dst + i * g.dst_step, t);
-                i += 1;
-            }
+    let mut j = 0;
+    // SAFETY: every tile covers pixels inside `0..count`.
+    unsafe {
+        while j + P <= count {
+            gather_tile::<S, NV, P, TAIL>(s, g, j * g.src_step, dst_off + j * g.dst_step, taps);
+            j += P;
         }
-    }
-}
-
-/// Runs a row plan over every channel block, choosing tile shapes for the level.
-///
-/// # Safety
-/// As [`gather_segs`], with `g` at channel 0.
-#[inline(always)]
-unsafe fn gather_blocks<S: Simd>(
-    s: S,
-    g: &Gather,
-    blocks: &[Block],
-    taps: &[Tap],
-    segs: &[Seg],
-) {
-    let wide = S::LANES >= 16;
-    for b in blocks {
-        let bias = if g.bias.is_null() {
-            g.bias
-        } else {
-            // SAFETY: c0 < C, inside the bias.
-            unsafe { g.bias.add(b.c0) }
-        };
-        // SAFETY: c0 < C: channel offsets stay inside every pixel.
-        let gb = unsafe {
-            Gather {
-                src: g.src.add(b.c0),
-                dst: g.dst.add(b.c0),
-                w: g.w.add(b.c0),
-                bias,
-                tail: b.tail,
-                ..*g
-            }
-        };
-        // SAFETY: forwarded; the block's vectors lie inside the channel range.
-        unsafe {
-            match (b.nv, b.tail > 0, wide) {
-                (_, true, _) => gather_segs::<S, 1, 4, true>(s, &gb, taps, segs),
-                (4, false, true) => gather_segs::<S, 4, 4, false>(s, &gb, taps, segs),
-                (4, false, false) => gather_segs::<S, 4, 2, false>(s, &gb, taps, segs),
-                (2, false, true) => gather_segs::<S, 2, 8, false>(s, &gb, taps, segs),
-                (2, false, false) => gather_segs::<S, 2, 4, false>(s, &gb, taps, segs),
-                _ => gather_segs::<S, 1, 8, false>(s, &gb, taps, segs),
-            }
+        if P > 4 && j + 4 <= count {
+            gather_tile::<S, NV, 4, TAIL>(s, g, j * g.src_step, dst_off + j * g.dst_step, taps);
+            j += 4;
         }
-    }
-}
-
-/// Appends a segment with the taps pushed since `t0`.
-fn push_seg(segs: &mut Vec<Seg>, taps: &[Tap], dst: usize, count: usize, t0: usize) {
-    if count > 0 {
-        segs.push(Seg {
-            dst,
-            count,
-            t0,
-            t1: taps.len(),
-        });
-    }
-}
-
-/// The forward plan of output row `oh` of image `n`: source offsets into `x`,
-/// destination offsets relative to the start of that output row.
-fn forward_row_plan(g: &Geo, n: usize, oh: usize, taps: &mut Vec<Tap>, segs: &mut Vec<Seg>) {
-    taps.clear();
-    segs.clear();
-    let c = g.c;
-    // Interior columns: every kernel column inside the input.
-    let (a, _) = g.ow_range(0);
-    let (_, b) = g.ow_range(g.kw - 1);
-    let (a, b) = if a < b { (a, b) } else { (g.ow, g.ow) };
-    let add = |taps: &mut Vec<Tap>, segs: &mut Vec<Seg>, ow0: usize, count: usize| {
-        let t0 = taps.len();
-        for kh in 0..g.kh {
-            let Some(ih) = g.in_row(oh, kh) else { continue };
-            let row = (n * g.h + ih) * g.w;
-            for kw in 0..g.kw {
-                let (lo, hi) = g.ow_range(kw);
-                if ow0 < lo || ow0 >= hi {
-                    continue;
-                }
-                let iw = ow0 * g.sw + kw * g.dw - g.left;
-                taps.push(Tap {
-                    src: (row + iw) * c,
-                    w: (kh * g.kw + kw) * c,
-                });
-            }
+        if P > 2 && j + 2 <= count {
+            gather_tile::<S, NV, 2, TAIL>(s, g, j * g.src_step, dst_off + j * g.dst_step, taps);
+            j += 2;
         }
-        push_seg(segs, taps, ow0 * c, count, t0);
-    };
-    for ow in 0..a {
-        add(taps, segs, ow, 1);
-    }
-    if a < b {
-        add(taps, segs, a, b - a);
-    }
-    for ow in b..g.ow {
-        add(taps, segs, ow, 1);
-    }
-}
-
-/// The backward-data plan of input row `ih` of image `n`: source offsets into `dy`,
-/// destination offsets relative to the start of that input row.
-fn backward_data_row_plan(
-    g: &Geo,
-    n: usize,
-    ih: usize,
-    taps: &mut Vec<Tap>,
-    segs: &mut Vec<Seg>,
-) {
-    taps.clear();
-    segs.clear();
-    let c = g.c;
-    // Kernel rows that reach an output row: ih + top − kh·dh = oh·sh.
-    let mut rows: Vec<(usize, usize)> = Vec::with_capacity(g.kh);
-    for kh in 0..g.kh {
-        let Some(num) = (ih + g.top).checked_sub(kh * g.dh) else {
-            continue;
-        };
-        if num % g.sh == 0 && num / g.sh < g.oh {
-            rows.push((kh, num / g.sh));
-        }
-    }
-    // Per residue class r of input columns (iw = r + j·sw), kernel column kw reaches
-    // output column ow = o0 + j when r + left − kw·dw = o0·sw.
-    let mut cols: Vec<(usize, isize)> = Vec::with_capacity(g.kw);
-    for r in 0..g.sw.min(g.w) {
-        let nj = (g.w - r).div_ceil(g.sw);
-        cols.clear();
-        for kw in 0..g.kw {
-            let num = (r + g.left) as isize - (kw * g.dw) as isize;
-            if num.rem_euclid(g.sw as isize) == 0 {
-                cols.push((kw, num.div_euclid(g.sw as isize)));
-            }
-        }
-        // Valid j for one column: 0 <= o0 + j < OW.
-        let j_range = |o0: isize| -> (usize, usize) {
-            let lo = (-o0).max(0) as usize;
-            let hi = (g.ow as isize - o0).clamp(0, nj as isize) as usize;
-            (lo.min(nj), hi)
-        };
-        let (mut a, mut b) = (0usize, nj);
-        for &(_, o0) in &cols {
-            let (lo, hi) = j_range(o0);
-            a = a.max(lo);
-            b = b.min(hi);
-        }
-        let (a, b) = if a < b { (a, b) } else { (nj, nj) };
-        let add = |taps: &mut Vec<Tap>, segs: &mut Vec<Seg>, j0: usize, count: usize| {
-            let t0 = taps.len();
-            for &(kh, oh) in &rows {
-                let row = (n * g.oh + oh) * g.ow;
-                for &(kw, o0) in &cols {
-                    let (lo, hi) = j_range(o0);
-                    if j0 < lo || j0 >= hi {
-                        continue;
-                    }
-                    let ow = (o0 + j0 as isize) as usize;
-                    taps.push(Tap {
-                        src: (row + ow) * c,
-                        w: (kh * g.kw + kw) * c,
-                    });
-                }
-            }
-            push_seg(segs, taps, (r + j0 * g.sw) * c, count, t0);
-        };
-        for j in 0..a {
-            add(taps, segs, j, 1);
-        }
-        if a < b {
-            add(taps, segs, a, b - a);
-        }
-        for j in b..nj {
-            add(taps, segs, j, 1);
+        if j < count {
+            gather_tile::<S, NV, 1, TAIL>(s, g, j * g.src_step, dst_off + j * g.dst_step, taps);
         }
     }
 }
@@ -466,11 +485,12 @@ enum Pass {
     BackwardData,
 }
 
-/// Destination rows `row0..row0 + rows` (global `n·rows_per_image + r` indices) of a
-/// forward or backward-data gather.
+/// Destination rows `row0..` (global `n·rows_per_image + r` indices, as many as `dst`
+/// holds) of a forward or backward-data gather.
 struct GatherRows<'a> {
     g: &'a Geo,
     pass: Pass,
+    cols: &'a Columns,
     src: &'a [f32],
     w: &'a [f32],
     bias: Option<&'a [f32]>,
@@ -478,47 +498,142 @@ struct GatherRows<'a> {
     row0: usize,
 }
 
-impl SimdKernel for GatherRows<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn run<S: Simd>(self, s: S) {
+/// Per-task scratch of a gather.
+struct GatherScratch {
+    ring: Ring,
+    w: Aligned,
+    bias: Aligned,
+    taps: Vec<Tap>,
+    rows: Vec<(usize, usize)>,
+}
+
+impl GatherRows<'_> {
+    /// Geometry: (source rows per image, source row length, destination rows per
+    /// image, destination row length), lengths in floats.
+    fn dims(&self) -> (usize, usize, usize, usize) {
         let g = self.g;
-        let (rows_per_image, row_len, src_step, dst_step) = match self.pass {
-            Pass::Forward => (g.oh, g.ow * g.c, g.sw * g.c, g.c),
-            Pass::BackwardData => (g.h, g.w * g.c, g.c, g.sw * g.c),
-        };
-        let blocks = channel_blocks(g.c, S::LANES, nv_max(S::LANES));
-        let mut taps = Vec::with_capacity(g.kh * g.kw * 4);
-        let mut segs = Vec::with_capacity(g.ow.max(g.w));
-        let rows = self.dst.len() / row_len;
-        for r in 0..rows {
-            let global = self.row0 + r;
-            let (n, row) = (global / rows_per_image, global % rows_per_image);
-            match self.pass {
-                Pass::Forward => forward_row_plan(g, n, row, &mut taps, &mut segs),
-                Pass::BackwardData => backward_data_row_plan(g, n, row, &mut taps, &mut segs),
+        match self.pass {
+            Pass::Forward => (g.h, g.w * g.c, g.oh, g.ow * g.c),
+            Pass::BackwardData => (g.oh, g.ow * g.c, g.h, g.w * g.c),
+        }
+    }
+
+    /// Every destination row of the task for one channel block.
+    ///
+    /// # Safety
+    /// `b` must be a block of `channel_blocks(C, LANES, …)` with `b.nv == NV` and
+    /// `TAIL == (b.tail > 0)`; the scratch must be sized for the task.
+    #[inline(always)]
+    unsafe fn block<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+        &mut self,
+        s: S,
+        b: Block,
+        sc: &mut GatherScratch,
+    ) {
+        let g = self.g;
+        let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
+        let vb = NV * l;
+        let (src_rows, src_len, dst_rows, dst_len) = self.dims();
+        let nrows = self.dst.len() / dst_len;
+        let taps_n = g.kh * g.kw;
+        assert!(self.w.len() == taps_n * c && c0 + if TAIL { tail } else { vb } <= c);
+        assert!(self.src.len() == g.n * src_rows * src_len);
+        // SAFETY (whole body): the asserts above and the shapes of `Columns` (every
+        // packed offset of every class is inside the ring row, every destination pixel
+        // inside the row) keep all accesses in bounds.
+        unsafe {
+            let wp = sc.w.ptr();
+            for t in 0..taps_n {
+                let src = self.w.as_ptr().add(t * c + c0);
+                for v in 0..NV {
+                    s.store_ptr(wp.add(t * vb + v * l), ld::<S, TAIL>(s, src.add(v * l), tail));
+                }
             }
-            let dst_row = &mut self.dst[r * row_len..(r + 1) * row_len];
-            let gt = Gather {
-                src: self.src.as_ptr(),
-                dst: dst_row.as_mut_ptr(),
-                w: self.w.as_ptr(),
-                bias: self.bias.map_or(std::ptr::null(), |b| b.as_ptr()),
-                src_step,
-                dst_step,
-                tail: 0,
+            let bp = match self.bias {
+                Some(bias) => {
+                    let bp = sc.bias.ptr();
+                    for v in 0..NV {
+                        let src = bias.as_ptr().add(c0 + v * l);
+                        s.store_ptr(bp.add(v * l), ld::<S, TAIL>(s, src, tail));
+                    }
+                    bp as *const f32
+                }
+                None => std::ptr::null(),
             };
-            // SAFETY: the plans only name in-range pixels: every tap source pixel was
-            // checked against the image bounds, every destination pixel lies in this
-            // row, and the channel blocks cover exactly `0..C`.
-            unsafe { gather_blocks(s, &gt, &blocks, &taps, &segs) };
+            sc.ring.reset(vb);
+            let dst = self.dst.as_mut_ptr().add(c0);
+            let src = self.src.as_ptr().add(c0);
+            for r in 0..nrows {
+                let global = self.row0 + r;
+                let (n, row) = (global / dst_rows, global % dst_rows);
+                sc.rows.clear();
+                for kh in 0..g.kh {
+                    let srow = match self.pass {
+                        Pass::Forward => g.in_row(row, kh),
+                        Pass::BackwardData => g.out_row(row, kh),
+                    };
+                    if let Some(sr) = srow {
+                        let gr = n * src_rows + sr;
+                        let sp = src.add(gr * src_len);
+                        let base = sc.ring.ensure::<S, NV, TAIL>(s, gr, sp, c, tail);
+                        sc.rows.push((kh, base));
+                    }
+                }
+                let gt = Gather {
+                    src: sc.ring.mem.ptr(),
+                    dst: dst.add(r * dst_len),
+                    w: wp,
+                    bias: bp,
+                    src_step: self.cols.src_step * vb,
+                    dst_step: self.cols.dst_step * c,
+                    tail,
+                };
+                for cl in &self.cols.classes {
+                    sc.taps.clear();
+                    for &(kh, base) in &sc.rows {
+                        for &(kw, off) in &cl.kws {
+                            sc.taps.push(Tap {
+                                src: base + off * vb,
+                                w: (kh * g.kw + kw) * vb,
+                            });
+                        }
+                    }
+                    gather_run::<S, NV, P, TAIL>(s, &gt, &sc.taps, cl.count, cl.dst0 * c);
+                }
+            }
         }
     }
 }
 
-/// Output rows per parallel task: about 64 tasks, each of at least ~16K elements.
-fn rows_per_task(rows: usize, row_len: usize) -> usize {
-    chunk_len(rows, 16384usize.div_ceil(row_len.max(1)), 64)
+impl SimdKernel for GatherRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(mut self, s: S) {
+        let g = self.g;
+        let nvm = nv_max(S::LANES);
+        let vb_max = nvm * S::LANES;
+        let mut sc = GatherScratch {
+            ring: Ring::new(g.span_h(), self.cols.rp, vb_max),
+            w: Aligned::zeroed(g.kh * g.kw * vb_max),
+            bias: Aligned::zeroed(vb_max),
+            taps: Vec::with_capacity(g.kh * g.kw),
+            rows: Vec::with_capacity(g.kh),
+        };
+        let wide = S::LANES >= 16;
+        for b in channel_blocks(g.c, S::LANES, nvm) {
+            // SAFETY: the block comes from `channel_blocks` and matches the variant.
+            unsafe {
+                match (b.nv, b.tail > 0, wide) {
+                    (_, true, _) => self.block::<S, 1, 8, true>(s, b, &mut sc),
+                    (4, false, true) => self.block::<S, 4, 4, false>(s, b, &mut sc),
+                    (4, false, false) => self.block::<S, 4, 2, false>(s, b, &mut sc),
+                    (2, false, true) => self.block::<S, 2, 8, false>(s, b, &mut sc),
+                    (2, false, false) => self.block::<S, 2, 4, false>(s, b, &mut sc),
+                    _ => self.block::<S, 1, 8, false>(s, b, &mut sc),
+                }
+            }
+        }
+    }
 }
 
 fn run_gather(
@@ -530,11 +645,13 @@ fn run_gather(
     bias: Option<&[f32]>,
     dst: &mut [f32],
 ) {
-    let (rows, row_len) = match pass {
-        Pass::Forward => (g.n * g.oh, g.ow * g.c),
-        Pass::BackwardData => (g.n * g.h, g.w * g.c),
+    let (cols, rows, row_len) = match pass {
+        Pass::Forward => (forward_columns(g), g.n * g.oh, g.ow * g.c),
+        Pass::BackwardData => (backward_data_columns(g), g.n * g.h, g.w * g.c),
     };
-    let per_task = rows_per_task(rows, row_len);
+    // About 64 tasks of at least ~16K elements and 4 rows (the source rows above and
+    // below a task are packed by both neighbours).
+    let per_task = chunk_len(rows, 16384usize.div_ceil(row_len).max(4), 64);
     dst.par_chunks_mut(per_task * row_len)
         .enumerate()
         .for_each(|(i, dst)| {
@@ -543,6 +660,7 @@ fn run_gather(
                 GatherRows {
                     g,
                     pass,
+                    cols: &cols,
                     src,
                     w,
                     bias,
@@ -588,135 +706,47 @@ pub fn backward_data(
     Ok(())
 }
 
-/// `out[g][v] += Σ_{ow in a..b} dy[ow][v] · x[ow·sw + (kw0+g)·dw − left][v]` for `G`
-/// consecutive kernel columns from `kw0` (every tap inside the input).
+/// `out[k] += Σ_{ow < count} dy[ow] · x[ow·src_step + k·tap_step]` for `G` consecutive
+/// kernel columns (`x` already at the group's first column), `NV` vectors each.
 ///
 /// # Safety
-/// `dy` and `x` point at channel `c0` of an output row and an input row; every pixel
-/// named is inside its row; `out + g·C` plus `NV` vectors is inside the partial
-/// buffer; `TAIL` implies `NV == 1`.
+/// Every named offset (plus `NV` vectors) must be inside the packed buffers.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_run<S: Simd, const NV: usize, const G: usize, const TAIL: bool>(
+unsafe fn wgrad_run<S: Simd, const NV: usize, const G: usize>(
     s: S,
-    g: &Geo,
     dy: *const f32,
     x: *const f32,
     out: *mut f32,
-    (a, b): (usize, usize),
-    kw0: usize,
-    tail: usize,
+    count: usize,
+    src_step: usize,
+    tap_step: usize,
+    out_step: usize,
 ) {
-    if a >= b {
-        return;
-    }
     let l = S::LANES;
-    let c = g.c;
+    let vb = NV * l;
     let mut acc = [[s.zero(); NV]; G];
-    let xstep = g.dw * c;
     // SAFETY (whole body): the caller guarantees the offsets are in bounds.
     unsafe {
-        let mut xp = x.add((a * g.sw + kw0 * g.dw - g.left) * c);
-        let mut dp = dy.add(a * c);
-        for _ in a..b {
+        for ow in 0..count {
+            let dp = dy.add(ow * vb);
             let mut dv = [s.zero(); NV];
             for (v, d) in dv.iter_mut().enumerate() {
-                *d = ld::<S, TAIL>(s, dp.add(v * l), tail);
+                *d = s.load_ptr(dp.add(v * l));
             }
+            let xp = x.add(ow * src_step);
             for (k, acc) in acc.iter_mut().enumerate() {
-                let xk = xp.add(k * xstep);
+                let xk = xp.add(k * tap_step);
                 for v in 0..NV {
-                    let xv = ld::<S, TAIL>(s, xk.add(v * l), tail);
-                    acc[v] = s.mul_add(dv[v], xv, acc[v]);
+                    acc[v] = s.mul_add(dv[v], s.load_ptr(xk.add(v * l)), acc[v]);
                 }
             }
-            xp = xp.add(g.sw * c);
-            dp = dp.add(c);
         }
         for (k, acc) in acc.iter().enumerate() {
-            let op = out.add(k * c);
+            let op = out.add(k * out_step);
             for (v, a) in acc.iter().enumerate() {
                 let p = op.add(v * l);
-                st::<S, TAIL>(s, p, s.add(ld::<S, TAIL>(s, p, tail), *a), tail);
-            }
-        }
-    }
-}
-
-/// Backward-weight of one channel block over one output row: every valid kernel row,
-/// kernel columns in groups of up to 5 (interior pixels in registers, border pixels
-/// one tap at a time), and optionally the row's bias-gradient sum.
-///
-/// # Safety
-/// `dy_row` / `x_img` point at channel `c0` of output row `oh` / of the image; `part`
-/// at channel `c0` of a `[kh][kw][C]` (+ `[C]` bias) partial buffer.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_block<S: Simd, const NV: usize, const TAIL: bool>(
-    s: S,
-    g: &Geo,
-    oh: usize,
-    dy_row: *const f32,
-    x_img: *const f32,
-    part: *mut f32,
-    bias_part: *mut f32,
-    tail: usize,
-) {
-    let l = S::LANES;
-    let c = g.c;
-    // SAFETY (whole body): every pixel below is checked against the image bounds
-    // (`in_row`, `ow_range`); channel offsets stay inside the block.
-    unsafe {
-        for kh in 0..g.kh {
-            let Some(ih) = g.in_row(oh, kh) else { continue };
-            let x_row = x_img.add(ih * g.w * c);
-            let mut kw0 = 0;
-            while kw0 < g.kw {
-                let gn = (g.kw - kw0).min(5);
-                let (a, _) = g.ow_range(kw0);
-                let (_, b) = g.ow_range(kw0 + gn - 1);
-                let (a, b) = if a < b { (a, b) } else { (g.ow, g.ow) };
-                let out = part.add((kh * g.kw + kw0) * c);
-                let r = (a, b);
-                match gn {
-                    5 => wgrad_run::<S, NV, 5, TAIL>(s, g, dy_row, x_row, out, r, kw0, tail),
-                    4 => wgrad_run::<S, NV, 4, TAIL>(s, g, dy_row, x_row, out, r, kw0, tail),
-                    3 => wgrad_run::<S, NV, 3, TAIL>(s, g, dy_row, x_row, out, r, kw0, tail),
-                    2 => wgrad_run::<S, NV, 2, TAIL>(s, g, dy_row, x_row, out, r, kw0, tail),
-                    _ => wgrad_run::<S, NV, 1, TAIL>(s, g, dy_row, x_row, out, r, kw0, tail),
-                }
-                // Border pixels: one tap at a time.
-                for ow in (0..a).chain(b..g.ow) {
-                    let dp = dy_row.add(ow * c);
-                    for kw in kw0..kw0 + gn {
-                        let (lo, hi) = g.ow_range(kw);
-                        if ow < lo || ow >= hi {
-                            continue;
-                        }
-                        let xp = x_row.add((ow * g.sw + kw * g.dw - g.left) * c);
-                        let op = part.add((kh * g.kw + kw) * c);
-                        for v in 0..NV {
-                            let o = op.add(v * l);
-                            let d = ld::<S, TAIL>(s, dp.add(v * l), tail);
-                            let xv = ld::<S, TAIL>(s, xp.add(v * l), tail);
-                            st::<S, TAIL>(s, o, s.mul_add(d, xv, ld::<S, TAIL>(s, o, tail)), tail);
-                        }
-                    }
-                }
-                kw0 += gn;
-            }
-        }
-        if !bias_part.is_null() {
-            let mut acc = [s.zero(); NV];
-            for ow in 0..g.ow {
-                let dp = dy_row.add(ow * c);
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = s.add(*a, ld::<S, TAIL>(s, dp.add(v * l), tail));
-                }
-            }
-            for (v, a) in acc.iter().enumerate() {
-                let p = bias_part.add(v * l);
-                st::<S, TAIL>(s, p, s.add(ld::<S, TAIL>(s, p, tail), *a), tail);
+                s.store_ptr(p, s.add(s.load_ptr(p), *a));
             }
         }
     }
@@ -725,6 +755,7 @@ unsafe fn wgrad_block<S: Simd, const NV: usize, const TAIL: bool>(
 /// The backward-weight partial of the output rows `rows` (global `n·OH + oh`).
 struct WgradRows<'a> {
     g: &'a Geo,
+    rp: RowPack,
     x: &'a [f32],
     dy: &'a [f32],
     /// `[kh][kw][C]`, followed by `[C]` when `with_bias`.
@@ -733,39 +764,115 @@ struct WgradRows<'a> {
     rows: std::ops::Range<usize>,
 }
 
+/// Per-task scratch of the weight gradient.
+struct WgradScratch {
+    ring: Ring,
+    dy: Aligned,
+    /// `[kh·kw + 1][vb]`: the block's weight (and bias) gradient.
+    acc: Aligned,
+}
+
+impl WgradRows<'_> {
+    /// The chunk's partial for one channel block.
+    ///
+    /// # Safety
+    /// As [`GatherRows::block`].
+    #[inline(always)]
+    unsafe fn block<S: Simd, const NV: usize, const TAIL: bool>(
+        &mut self,
+        s: S,
+        b: Block,
+        sc: &mut WgradScratch,
+    ) {
+        let g = self.g;
+        let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
+        let vb = NV * l;
+        let taps_n = g.kh * g.kw;
+        assert!(c0 + if TAIL { tail } else { vb } <= c);
+        assert!(self.part.len() >= taps_n * c + if self.with_bias { c } else { 0 });
+        assert!(self.x.len() == g.n * g.h * g.w * c && self.dy.len() == g.n * g.oh * g.ow * c);
+        assert!(self.rows.end <= g.n * g.oh);
+        // SAFETY (whole body): the asserts above, `RowPack` (every packed tap of every
+        // output column is inside a ring row) and the scratch sizes keep all accesses
+        // in bounds.
+        unsafe {
+            let acc = sc.acc.ptr();
+            std::ptr::write_bytes(acc, 0, (taps_n + 1) * vb);
+            let dyp = sc.dy.ptr();
+            sc.ring.reset(vb);
+            let x = self.x.as_ptr().add(c0);
+            for row in self.rows.clone() {
+                let (n, oh) = (row / g.oh, row % g.oh);
+                let dy_row = self.dy.as_ptr().add(row * g.ow * c + c0);
+                pack_row::<S, NV, TAIL>(s, dy_row, c, g.ow, dyp, tail);
+                for kh in 0..g.kh {
+                    let Some(ih) = g.in_row(oh, kh) else { continue };
+                    let gr = n * g.h + ih;
+                    let xs = x.add(gr * g.w * c);
+                    let base = sc.ring.ensure::<S, NV, TAIL>(s, gr, xs, c, tail);
+                    let xr = sc.ring.mem.ptr().add(base);
+                    let mut kw0 = 0;
+                    while kw0 < g.kw {
+                        let gn = (g.kw - kw0).min(5);
+                        let xk = xr.add(kw0 * g.dw * vb);
+                        let out = acc.add((kh * g.kw + kw0) * vb);
+                        let (cnt, ss, ts) = (g.ow, g.sw * vb, g.dw * vb);
+                        match gn {
+                            5 => wgrad_run::<S, NV, 5>(s, dyp, xk, out, cnt, ss, ts, vb),
+                            4 => wgrad_run::<S, NV, 4>(s, dyp, xk, out, cnt, ss, ts, vb),
+                            3 => wgrad_run::<S, NV, 3>(s, dyp, xk, out, cnt, ss, ts, vb),
+                            2 => wgrad_run::<S, NV, 2>(s, dyp, xk, out, cnt, ss, ts, vb),
+                            _ => wgrad_run::<S, NV, 1>(s, dyp, xk, out, cnt, ss, ts, vb),
+                        }
+                        kw0 += gn;
+                    }
+                }
+                if self.with_bias {
+                    let mut bsum = [s.zero(); NV];
+                    for ow in 0..g.ow {
+                        for (v, a) in bsum.iter_mut().enumerate() {
+                            *a = s.add(*a, s.load_ptr(dyp.add(ow * vb + v * l)));
+                        }
+                    }
+                    let bp = acc.add(taps_n * vb);
+                    for (v, a) in bsum.iter().enumerate() {
+                        let p = bp.add(v * l);
+                        s.store_ptr(p, s.add(s.load_ptr(p), *a));
+                    }
+                }
+            }
+            let part = self.part.as_mut_ptr().add(c0);
+            let outs = taps_n + usize::from(self.with_bias);
+            for t in 0..outs {
+                for v in 0..NV {
+                    let val = s.load_ptr(acc.add(t * vb + v * l));
+                    st::<S, TAIL>(s, part.add(t * c + v * l), val, tail);
+                }
+            }
+        }
+    }
+}
+
 impl SimdKernel for WgradRows<'_> {
     type Output = ();
     #[inline(always)]
-    fn run<S: Simd>(self, s: S) {
+    fn run<S: Simd>(mut self, s: S) {
         let g = self.g;
-        let c = g.c;
-        let w_len = g.kh * g.kw * c;
-        assert!(self.part.len() >= w_len + if self.with_bias { c } else { 0 });
-        assert!(self.rows.end <= g.n * g.oh);
-        let blocks = channel_blocks(c, S::LANES, nv_max(S::LANES));
-        let part = self.part.as_mut_ptr();
-        for row in self.rows {
-            let n = row / g.oh;
-            let oh = row % g.oh;
-            let dy_row = self.dy[row * g.ow * c..].as_ptr();
-            let x_img = self.x[n * g.h * g.w * c..].as_ptr();
-            for b in &blocks {
-                // SAFETY: the pointers are at channel c0 < C of in-bounds rows and
-                // buffers (lengths checked by the caller and asserted above).
-                unsafe {
-                    let (dy_row, x_img, p) = (dy_row.add(b.c0), x_img.add(b.c0), part.add(b.c0));
-                    let bp = if self.with_bias {
-                        part.add(w_len + b.c0)
-                    } else {
-                        std::ptr::null_mut()
-                    };
-                    let t = b.tail;
-                    match (b.nv, t > 0) {
-                        (_, true) => wgrad_block::<S, 1, true>(s, g, oh, dy_row, x_img, p, bp, t),
-                        (4, false) => wgrad_block::<S, 4, false>(s, g, oh, dy_row, x_img, p, bp, 0),
-                        (2, false) => wgrad_block::<S, 2, false>(s, g, oh, dy_row, x_img, p, bp, 0),
-                        _ => wgrad_block::<S, 1, false>(s, g, oh, dy_row, x_img, p, bp, 0),
-                    }
+        let nvm = nv_max(S::LANES);
+        let vb_max = nvm * S::LANES;
+        let mut sc = WgradScratch {
+            ring: Ring::new(g.span_h(), self.rp, vb_max),
+            dy: Aligned::zeroed(g.ow * vb_max),
+            acc: Aligned::zeroed((g.kh * g.kw + 1) * vb_max),
+        };
+        for b in channel_blocks(g.c, S::LANES, nvm) {
+            // SAFETY: the block comes from `channel_blocks` and matches the variant.
+            unsafe {
+                match (b.nv, b.tail > 0) {
+                    (_, true) => self.block::<S, 1, true>(s, b, &mut sc),
+                    (4, false) => self.block::<S, 4, false>(s, b, &mut sc),
+                    (2, false) => self.block::<S, 2, false>(s, b, &mut sc),
+                    _ => self.block::<S, 1, false>(s, b, &mut sc),
                 }
             }
         }
@@ -789,10 +896,11 @@ pub fn backward_weight(
 ) -> Result<()> {
     shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
     let g = Geo::new(shape);
+    let rp = forward_columns(&g).rp;
     let rows = g.n * g.oh;
     // Enough pixels per chunk that the partial buffer (k²·C) is small next to the
-    // chunk's data (pixels·C), at most 64 chunks.
-    let min_rows = (4 * g.kh * g.kw).div_ceil(g.ow);
+    // chunk's data (pixels·C), and at least 4 rows; at most 64 chunks.
+    let min_rows = (4 * g.kh * g.kw).div_ceil(g.ow).max(4);
     let chunk = chunk_len(rows, min_rows, 64);
     let w_len = dw.len();
     let run = |part: &mut [f32], with_bias: bool, accumulate: bool| {
@@ -801,6 +909,7 @@ pub fn backward_weight(
                 level,
                 WgradRows {
                     g: &g,
+                    rp,
                     x,
                     dy,
                     part: p,
