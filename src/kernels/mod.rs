@@ -9,6 +9,7 @@ pub mod gate;
 pub mod loss;
 pub mod norm;
 pub mod optim;
+pub(crate) mod gemm;
 pub mod parallel;
 pub mod pool;
 pub mod reduce;
