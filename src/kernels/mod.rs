@@ -11,6 +11,7 @@ pub mod norm;
 pub mod optim;
 pub(crate) mod gemm;
 pub mod parallel;
+pub mod proxy_norm;
 pub mod pool;
 pub mod reduce;
 pub mod regularize;
