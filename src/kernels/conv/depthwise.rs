@@ -546,7 +546,10 @@ impl GatherRows<'_> {
             for t in 0..taps_n {
                 let src = self.w.as_ptr().add(t * c + c0);
                 for v in 0..NV {
-                    s.store_ptr(wp.add(t * vb + v * l), ld::<S, TAIL>(s, src.add(v * l), tail));
+                    s.store_ptr(
+                        wp.add(t * vb + v * l),
+                        ld::<S, TAIL>(s, src.add(v * l), tail),
+                    );
                 }
             }
             let bp = match self.bias {
