@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod bench_norm;
 mod bench_ops;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ struct InfoArgs {
 enum BenchCommand {
     /// Times the convolution passes of every layer of a suite.
     Ops(bench_ops::OpsArgs),
+    /// Times the normalization + activation ops (LN+Proxy Norm, GroupNorm, BatchNorm).
+    Norm(bench_norm::NormArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -46,6 +49,7 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
         Command::Info(a) => info(&a),
+        Command::Bench(BenchCommand::Norm(a)) => bench_norm::run(&a),
     }
 }
 

@@ -8,10 +8,11 @@
 //! - [`StatsChunk`]: per-channel shifted sums `Σ(x−k)`, `Σ(x−k)²` (statistics pass);
 //! - [`ApplyChunk`]: `x̂ = (x − xm)·xa + xb`, `u = x̂·g + bt`, `y = φ(u)` (then `y·p + q` for
 //!   the proxy correction) — the apply pass;
-//! - [`BwdStatsChunk`]: recomputes `u`, `du = dy·p·φ'(u)`, stores `du` and accumulates
+//! - [`BwdStatsChunk`]: recomputes `u`, `du = dy·p·φ'(u)` and accumulates
 //!   `Σ du`, `Σ du·x̂` (and `Σ dy`, `Σ dy·(φ(u) − μ)` for Proxy Norm) — the
 //!   statistics-gradient pass;
-//! - [`BwdApplyChunk`]: `dx = du·p1 + x̂·q + o` — the backward apply pass.
+//! - [`BwdApplyChunk`]: recomputes `du`, then `dx = du·p1 + x̂·q + o` — the backward
+//!   apply pass.
 //!
 //! Per-channel sums are accumulated in `f32` registers over at most [`FLUSH_ROWS`]
 //! rows and then added into `f64` partials, so that long reductions keep their
@@ -254,18 +255,18 @@ fn apply_rows<S: Simd, A: Act, const POST: bool>(
     }
 }
 
-/// Statistics-gradient pass. With `x̂ = (x − xm)·xa + xb`, `u = x̂·g + bt`:
-/// `du = dy·p·φ'(u)` (`p` = 1 when `scale` is `None`), stored into `du` when given;
+/// Statistics-gradient pass. With `x̂ = (x − xm)·xa`, `u = x̂·g + bt`,
+/// `du = dy·p·φ'(u)` (`p` = 1 when `scale` is `None`):
 /// `sdu += Σ du`, `sdux += Σ du·x̂`; with `proxy = Some((μ, sdz, sdza))` also
 /// `sdz += Σ dy`, `sdza += Σ dy·(φ(u) − μ)`. Sums are per channel over the rows.
+/// `du` is not stored: the apply pass recomputes it (less memory traffic, and only
+/// `x` and `dy` need to stay in cache between the passes).
 pub(crate) struct BwdStatsChunk<'a, A> {
     pub x: &'a [f32],
     pub dy: &'a [f32],
-    pub du: Option<&'a mut [f32]>,
     pub c: usize,
     pub xm: &'a [f32],
     pub xa: &'a [f32],
-    pub xb: &'a [f32],
     pub g: &'a [f32],
     pub bt: &'a [f32],
     pub scale: Option<&'a [f32]>,
@@ -288,60 +289,42 @@ impl<A: Act> SimdKernel for BwdStatsChunk<'_, A> {
     fn run<S: Simd>(mut self, s: S) {
         let c = self.c;
         assert!(c > 0 && self.x.len().is_multiple_of(c) && self.dy.len() == self.x.len());
-        for v in [self.xm, self.xa, self.xb, self.g, self.bt] {
+        for v in [self.xm, self.xa, self.g, self.bt] {
             assert_eq!(v.len(), c);
         }
         assert!(self.sdu.len() == c && self.sdux.len() == c);
-        if let Some(du) = &self.du {
-            assert_eq!(du.len(), self.x.len());
-        }
         if let Some(p) = self.scale {
             assert_eq!(p.len(), c);
         }
         if let Some(ps) = &self.proxy {
             assert!(ps.mu.len() == c && ps.sdz.len() == c && ps.sdza.len() == c);
         }
-        match (
-            self.du.is_some(),
-            self.scale.is_some(),
-            self.proxy.is_some(),
-        ) {
-            (true, true, true) => {
-                col_blocks(s, c, &mut Bwd::<'_, '_, A, true, true, true>(&mut self))
-            }
-            (true, false, true) => {
-                col_blocks(s, c, &mut Bwd::<'_, '_, A, true, false, true>(&mut self))
-            }
-            (true, true, false) => {
-                col_blocks(s, c, &mut Bwd::<'_, '_, A, true, true, false>(&mut self))
-            }
-            (true, false, false) => {
-                col_blocks(s, c, &mut Bwd::<'_, '_, A, true, false, false>(&mut self))
-            }
-            (false, false, false) => {
-                col_blocks(s, c, &mut Bwd::<'_, '_, A, false, false, false>(&mut self))
-            }
-            (false, true, false) => {
-                col_blocks(s, c, &mut Bwd::<'_, '_, A, false, true, false>(&mut self))
-            }
-            (false, true, true) => {
-                col_blocks(s, c, &mut Bwd::<'_, '_, A, false, true, true>(&mut self))
-            }
-            (false, false, true) => {
-                col_blocks(s, c, &mut Bwd::<'_, '_, A, false, false, true>(&mut self))
-            }
+        match (self.scale.is_some(), self.proxy.is_some()) {
+            (true, true) => col_blocks(s, c, &mut Bwd::<'_, '_, A, true, true>(&mut self)),
+            (false, true) => col_blocks(s, c, &mut Bwd::<'_, '_, A, false, true>(&mut self)),
+            (true, false) => col_blocks(s, c, &mut Bwd::<'_, '_, A, true, false>(&mut self)),
+            (false, false) => col_blocks(s, c, &mut Bwd::<'_, '_, A, false, false>(&mut self)),
         }
     }
 }
 
-/// [`BwdStatsChunk`] with its options as const parameters.
-struct Bwd<'k, 'a, A, const STORE: bool, const SCALE: bool, const PROXY: bool>(
-    &'k mut BwdStatsChunk<'a, A>,
-);
+/// Loads `NV` channel vectors of a coefficient at block `c0`.
+#[inline(always)]
+fn load_block<S: Simd, const NV: usize>(s: S, v: &[f32], c0: usize, last: usize) -> [S::V; NV] {
+    let mut out = [s.zero(); NV];
+    for (j, o) in out.iter_mut().enumerate() {
+        let n = lanes::<S, NV>(j, last);
+        assert!(c0 + j * S::LANES + n <= v.len());
+        // SAFETY: checked just above.
+        *o = unsafe { ld(s, v.as_ptr().add(c0 + j * S::LANES), n) };
+    }
+    out
+}
 
-impl<A: Act, const STORE: bool, const SCALE: bool, const PROXY: bool> ColBlock
-    for Bwd<'_, '_, A, STORE, SCALE, PROXY>
-{
+/// [`BwdStatsChunk`] with its options as const parameters.
+struct Bwd<'k, 'a, A, const SCALE: bool, const PROXY: bool>(&'k mut BwdStatsChunk<'a, A>);
+
+impl<A: Act, const SCALE: bool, const PROXY: bool> ColBlock for Bwd<'_, '_, A, SCALE, PROXY> {
     #[inline(always)]
     fn block<S: Simd, const NV: usize>(&mut self, s: S, c0: usize, last: usize) {
         let k = &mut *self.0;
@@ -349,44 +332,19 @@ impl<A: Act, const STORE: bool, const SCALE: bool, const PROXY: bool> ColBlock
         let rows = k.x.len() / c;
         let width = (NV - 1) * l + last;
         let (xp, dyp) = (k.x.as_ptr(), k.dy.as_ptr());
-        let dup = match &mut k.du {
-            Some(d) => d.as_mut_ptr(),
-            None => std::ptr::null_mut(),
-        };
         // Per-channel coefficients of this block, loaded once.
-        #[inline(always)]
-        fn load<S: Simd, const NV: usize>(
-            s: S,
-            v: &[f32],
-            c0: usize,
-            j: usize,
-            last: usize,
-        ) -> S::V {
-            let n = lanes::<S, NV>(j, last);
-            assert!(c0 + j * S::LANES + n <= v.len());
-            // SAFETY: checked just above.
-            unsafe { ld(s, v.as_ptr().add(c0 + j * S::LANES), n) }
-        }
-        let mut xm = [s.zero(); NV];
-        let mut xa = [s.zero(); NV];
-        let mut xb = [s.zero(); NV];
-        let mut g = [s.zero(); NV];
-        let mut bt = [s.zero(); NV];
-        let mut p = [s.zero(); NV];
-        let mut mu = [s.zero(); NV];
-        for j in 0..NV {
-            xm[j] = load::<S, NV>(s, k.xm, c0, j, last);
-            xa[j] = load::<S, NV>(s, k.xa, c0, j, last);
-            xb[j] = load::<S, NV>(s, k.xb, c0, j, last);
-            g[j] = load::<S, NV>(s, k.g, c0, j, last);
-            bt[j] = load::<S, NV>(s, k.bt, c0, j, last);
-            if let Some(sc) = k.scale {
-                p[j] = load::<S, NV>(s, sc, c0, j, last);
-            }
-            if let Some(ps) = &k.proxy {
-                mu[j] = load::<S, NV>(s, ps.mu, c0, j, last);
-            }
-        }
+        let xm = load_block::<S, NV>(s, k.xm, c0, last);
+        let xa = load_block::<S, NV>(s, k.xa, c0, last);
+        let g = load_block::<S, NV>(s, k.g, c0, last);
+        let bt = load_block::<S, NV>(s, k.bt, c0, last);
+        let p = match k.scale {
+            Some(sc) => load_block::<S, NV>(s, sc, c0, last),
+            None => [s.zero(); NV],
+        };
+        let mu = match &k.proxy {
+            Some(ps) => load_block::<S, NV>(s, ps.mu, c0, last),
+            None => [s.zero(); NV],
+        };
         let mut r0 = 0;
         while r0 < rows {
             let r1 = (r0 + FLUSH_ROWS).min(rows);
@@ -400,7 +358,7 @@ impl<A: Act, const STORE: bool, const SCALE: bool, const PROXY: bool> ColBlock
                     let off = r * c + c0 + j * l;
                     // SAFETY: row r < rows, channels inside the row: in x and dy.
                     let (xv, dyv) = unsafe { (ld(s, xp.add(off), n), ld(s, dyp.add(off), n)) };
-                    let xh = s.mul_add(s.sub(xv, xm[j]), xa[j], xb[j]);
+                    let xh = s.mul(s.sub(xv, xm[j]), xa[j]);
                     let u = s.mul_add(xh, g[j], bt[j]);
                     let (f, df) = if PROXY {
                         A::f_df(s, u)
@@ -409,10 +367,6 @@ impl<A: Act, const STORE: bool, const SCALE: bool, const PROXY: bool> ColBlock
                     };
                     let dys = if SCALE { s.mul(dyv, p[j]) } else { dyv };
                     let du = s.mul(dys, df);
-                    if STORE {
-                        // SAFETY: `du` has the length of x (asserted in `run`).
-                        unsafe { st(s, dup.add(off), du, n) };
-                    }
                     adu[j] = s.add(adu[j], du);
                     adux[j] = s.mul_add(du, xh, adux[j]);
                     if PROXY {
@@ -432,86 +386,99 @@ impl<A: Act, const STORE: bool, const SCALE: bool, const PROXY: bool> ColBlock
     }
 }
 
-/// Where the backward apply pass reads `du`.
-pub(crate) enum DuSrc<'a> {
-    /// From `dx` itself (written there by the statistics-gradient pass).
-    InPlace,
-    /// From another buffer (e.g. `dy` when `du = dy`).
-    From(&'a [f32]),
-}
-
-/// Backward apply pass: `dx = du·p1 + x̂·q + o` with `x̂ = (x − xm)·xa + xb`.
-pub(crate) struct BwdApplyChunk<'a> {
+/// Backward apply pass: recomputes `x̂ = (x − xm)·xa`, `u = x̂·g + bt` and
+/// `du = dy·p·φ'(u)` (`p` = 1 when `scale` is `None`), then
+/// `dx = du·p1 + x̂·q + o`.
+pub(crate) struct BwdApplyChunk<'a, A> {
     pub x: &'a [f32],
-    pub du: DuSrc<'a>,
+    pub dy: &'a [f32],
     pub dx: &'a mut [f32],
     pub c: usize,
-    pub p1: &'a [f32],
     pub xm: &'a [f32],
     pub xa: &'a [f32],
-    pub xb: &'a [f32],
+    pub g: &'a [f32],
+    pub bt: &'a [f32],
+    pub scale: Option<&'a [f32]>,
+    pub p1: &'a [f32],
     pub q: &'a [f32],
     pub o: &'a [f32],
+    pub act: PhantomData<A>,
 }
 
-impl SimdKernel for BwdApplyChunk<'_> {
+impl<A: Act> SimdKernel for BwdApplyChunk<'_, A> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let c = self.c;
-        assert!(c > 0 && self.x.len().is_multiple_of(c) && self.dx.len() == self.x.len());
-        for v in [self.p1, self.xm, self.xa, self.xb, self.q, self.o] {
+        let len = self.x.len();
+        assert!(c > 0 && len.is_multiple_of(c) && self.dy.len() == len && self.dx.len() == len);
+        for v in [self.xm, self.xa, self.g, self.bt, self.p1, self.q, self.o] {
             assert_eq!(v.len(), c);
         }
-        let dxp = self.dx.as_mut_ptr();
-        let dup: *const f32 = match self.du {
-            DuSrc::InPlace => dxp,
-            DuSrc::From(d) => {
-                assert_eq!(d.len(), self.x.len());
-                d.as_ptr()
-            }
-        };
-        let xp = self.x.as_ptr();
         let cp = [
-            self.p1.as_ptr(),
             self.xm.as_ptr(),
             self.xa.as_ptr(),
-            self.xb.as_ptr(),
+            self.g.as_ptr(),
+            self.bt.as_ptr(),
+            self.p1.as_ptr(),
             self.q.as_ptr(),
             self.o.as_ptr(),
+            self.scale.unwrap_or(self.g).as_ptr(),
         ];
-        #[inline(always)]
-        unsafe fn one<S: Simd>(
-            s: S,
-            (off, c0, n): (usize, usize, usize),
-            (xp, dup, dxp): (*const f32, *const f32, *mut f32),
-            cp: &[*const f32; 6],
-        ) {
-            // SAFETY: the caller guarantees `n` floats at offset `off` of x, du, dx
-            // and at `c0` of the coefficients; du is read before dx is written.
-            unsafe {
-                let xm = ld(s, cp[1].add(c0), n);
-                let xa = ld(s, cp[2].add(c0), n);
-                let xb = ld(s, cp[3].add(c0), n);
-                let xh = s.mul_add(s.sub(ld(s, xp.add(off), n), xm), xa, xb);
-                let v = s.mul_add(xh, ld(s, cp[4].add(c0), n), ld(s, cp[5].add(c0), n));
-                let v = s.mul_add(ld(s, dup.add(off), n), ld(s, cp[0].add(c0), n), v);
-                st(s, dxp.add(off), v, n);
-            }
+        if let Some(p) = self.scale {
+            assert_eq!(p.len(), c);
+            bwd_apply_rows::<S, A, true>(s, self.x, self.dy, self.dx, c, &cp);
+        } else {
+            bwd_apply_rows::<S, A, false>(s, self.x, self.dy, self.dx, c, &cp);
         }
-        let l = S::LANES;
-        let rows = self.x.len() / c;
-        for r in 0..rows {
-            let mut c0 = 0;
-            while c0 + l <= c {
-                // SAFETY: row r < rows, c0 + l ≤ c.
-                unsafe { one(s, (r * c + c0, c0, l), (xp, dup, dxp), &cp) };
-                c0 += l;
+    }
+}
+
+#[inline(always)]
+fn bwd_apply_rows<S: Simd, A: Act, const SCALE: bool>(
+    s: S,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    c: usize,
+    cp: &[*const f32; 8],
+) {
+    #[inline(always)]
+    unsafe fn one<S: Simd, A: Act, const SCALE: bool>(
+        s: S,
+        (off, c0, n): (usize, usize, usize),
+        (xp, dyp, dxp): (*const f32, *const f32, *mut f32),
+        cp: &[*const f32; 8],
+    ) {
+        // SAFETY: the caller guarantees `n` floats at offset `off` of x, dy, dx and
+        // at `c0` of the coefficients.
+        unsafe {
+            let co = |i: usize| cp[i].add(c0);
+            let xh = s.sub(ld(s, xp.add(off), n), ld(s, co(0), n));
+            let xh = s.mul(xh, ld(s, co(1), n));
+            let u = s.mul_add(xh, ld(s, co(2), n), ld(s, co(3), n));
+            let mut dys = ld(s, dyp.add(off), n);
+            if SCALE {
+                dys = s.mul(dys, ld(s, co(7), n));
             }
-            if c0 < c {
-                // SAFETY: the remaining c − c0 < l channels of the row.
-                unsafe { one(s, (r * c + c0, c0, c - c0), (xp, dup, dxp), &cp) };
-            }
+            let du = s.mul(dys, A::df(s, u));
+            let v = s.mul_add(xh, ld(s, co(5), n), ld(s, co(6), n));
+            st(s, dxp.add(off), s.mul_add(du, ld(s, co(4), n), v), n);
+        }
+    }
+    let l = S::LANES;
+    let rows = x.len() / c;
+    let ptrs = (x.as_ptr(), dy.as_ptr(), dx.as_mut_ptr());
+    for r in 0..rows {
+        let mut c0 = 0;
+        while c0 + l <= c {
+            // SAFETY: row r < rows, c0 + l ≤ c.
+            unsafe { one::<S, A, SCALE>(s, (r * c + c0, c0, l), ptrs, cp) };
+            c0 += l;
+        }
+        if c0 < c {
+            // SAFETY: the remaining c − c0 < l channels of the row.
+            unsafe { one::<S, A, SCALE>(s, (r * c + c0, c0, c - c0), ptrs, cp) };
         }
     }
 }

@@ -49,8 +49,9 @@ use crate::error::{Error, Result, check_len, checked_product};
 use crate::kernels::activation::{Activation, with_act};
 use crate::kernels::conv::GradMode;
 use crate::simd::{self, SimdLevel, dispatch};
-use engine::{ApplyChunk, BwdApplyChunk, BwdStatsChunk, DuSrc, ProxySums, StatsChunk};
+use engine::{ApplyChunk, BwdApplyChunk, BwdStatsChunk, ProxySums, StatsChunk};
 use rayon::prelude::*;
+use std::marker::PhantomData;
 
 /// How GroupNorm assigns channels to groups.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -325,6 +326,9 @@ pub(crate) struct Coefs {
     pub xb: Vec<f32>,
 }
 
+/// Backward apply coefficients `(p1, q, o)` per channel: `dx = du·p1 + x̂·q + o`.
+type DxCoefs = (Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// The options of a backward pass beyond the plain normalization.
 #[derive(Copy, Clone, Default)]
 pub(crate) struct BwdExtra<'a> {
@@ -518,7 +522,7 @@ impl Norm {
         with_act!(self.desc.activation, A => {
             x.par_chunks(g.chunk_len()).zip(y.par_chunks_mut(g.chunk_len())).for_each(|(x, y)| {
                 dispatch(level, ApplyChunk {
-                    x, y, c: g.c, xm: &zeros, xa: &scale, xb: &shift, g: &ones, bt: &zeros, post: None, act: std::marker::PhantomData::<A>,
+                    x, y, c: g.c, xm: &zeros, xa: &scale, xb: &shift, g: &ones, bt: &zeros, post: None, act: PhantomData::<A>,
                 })
             })
         });
@@ -736,7 +740,7 @@ impl Norm {
         let stride = 2 * c;
         let apply = |xc: &[f32], yc: &mut [f32], k: &Coefs| {
             with_act!(cw.act, A => dispatch(level, ApplyChunk {
-                x: xc, y: yc, c, xm: &k.xm, xa: &k.xa, xb: &k.xb, g: cw.g, bt: cw.bt, post: cw.post, act: std::marker::PhantomData::<A>,
+                x: xc, y: yc, c, xm: &k.xm, xa: &k.xa, xb: &k.xb, g: cw.g, bt: cw.bt, post: cw.post, act: PhantomData::<A>,
             }))
         };
         if self.groups > 0 && g.per_sample() {
@@ -807,13 +811,7 @@ impl Norm {
 
     /// Backward apply coefficients `(p1, q, o)` from the totals `Σ du`, `Σ du·x̂` of
     /// one sample (or of the batch for BatchNorm) and its saved `rstd`.
-    fn dx_coefs(
-        &self,
-        g_aff: &[f32],
-        sdu: &[f64],
-        sdux: &[f64],
-        rstd: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    fn dx_coefs(&self, g_aff: &[f32], sdu: &[f64], sdux: &[f64], rstd: &[f32]) -> DxCoefs {
         let c = self.geo.c;
         let (sets, m): (usize, f64) = if self.groups == 0 {
             (c, (self.geo.n * self.geo.hw) as f64)
@@ -862,10 +860,7 @@ impl Norm {
         let (c, sl, cl) = (g.c, g.sample_len(), g.chunk_len());
         let nacc = if extra.proxy_mu.is_some() { 4 } else { 2 };
         let stride = nacc * c;
-        // du = dy exactly when there is no activation and no scale: then the first
-        // pass does not store it and the second reads dy.
-        let store = cw.act != Activation::Identity || extra.scale.is_some();
-        let pass1 = |xc: &[f32], dyc: &[f32], du: Option<&mut [f32]>, k: &Coefs, pc: &mut [f64]| {
+        let pass1 = |xc: &[f32], dyc: &[f32], k: &Coefs, pc: &mut [f64]| {
             let (sdu, rest) = pc.split_at_mut(c);
             let (sdux, rest) = rest.split_at_mut(c);
             let proxy = extra.proxy_mu.map(|mu| {
@@ -873,35 +868,15 @@ impl Norm {
                 ProxySums { mu, sdz, sdza }
             });
             with_act!(cw.act, A => dispatch(level, BwdStatsChunk {
-                x: xc, dy: dyc, du, c, xm: &k.xm, xa: &k.xa, xb: &k.xb, g: cw.g, bt: cw.bt, scale: extra.scale,
-                sdu, sdux, proxy, act: std::marker::PhantomData::<A>,
+                x: xc, dy: dyc, c, xm: &k.xm, xa: &k.xa, g: cw.g, bt: cw.bt,
+                scale: extra.scale, sdu, sdux, proxy, act: PhantomData::<A>,
             }))
         };
-        let pass2 = |xc: &[f32],
-                     dyc: &[f32],
-                     dxc: &mut [f32],
-                     k: &Coefs,
-                     d: &(Vec<f32>, Vec<f32>, Vec<f32>)| {
-            let du = if store {
-                DuSrc::InPlace
-            } else {
-                DuSrc::From(dyc)
-            };
-            dispatch(
-                level,
-                BwdApplyChunk {
-                    x: xc,
-                    du,
-                    dx: dxc,
-                    c,
-                    p1: &d.0,
-                    xm: &k.xm,
-                    xa: &k.xa,
-                    xb: &k.xb,
-                    q: &d.1,
-                    o: &d.2,
-                },
-            )
+        let pass2 = |xc: &[f32], dyc: &[f32], dxc: &mut [f32], k: &Coefs, d: &DxCoefs| {
+            with_act!(cw.act, A => dispatch(level, BwdApplyChunk {
+                x: xc, dy: dyc, dx: dxc, c, xm: &k.xm, xa: &k.xa, g: cw.g,
+                bt: cw.bt, scale: extra.scale, p1: &d.0, q: &d.1, o: &d.2, act: PhantomData::<A>,
+            }))
         };
         let mut part = vec![0.0f64; g.total_chunks() * stride];
         if self.groups > 0 && g.per_sample() {
@@ -914,13 +889,10 @@ impl Norm {
                 .for_each(|(n, (((xs, dys), dxs), ps))| {
                     let r = n * gn..(n + 1) * gn;
                     let xk = self.xhat_coefs(&stats.mean[r.clone()], &stats.rstd[r.clone()]);
-                    for (((xc, dyc), dxc), pc) in xs
-                        .chunks(cl)
-                        .zip(dys.chunks(cl))
-                        .zip(dxs.chunks_mut(cl))
-                        .zip(ps.chunks_mut(stride))
+                    for ((xc, dyc), pc) in
+                        xs.chunks(cl).zip(dys.chunks(cl)).zip(ps.chunks_mut(stride))
                     {
-                        pass1(xc, dyc, store.then_some(dxc), &xk, pc);
+                        pass1(xc, dyc, &xk, pc);
                     }
                     let tot = sum_partials(ps, stride);
                     let k = self.dx_coefs(cw.g, &tot[..c], &tot[c..2 * c], &stats.rstd[r]);
@@ -943,25 +915,11 @@ impl Norm {
                     .collect()
             };
             let pick = |n: usize| &coefs[n.min(coefs.len() - 1)];
-            dx.par_chunks_mut(sl)
-                .zip(part.par_chunks_mut(g.chunks * stride))
-                .enumerate()
-                .for_each(|(n, (dxs, ps))| {
-                    let xk = pick(n);
-                    dxs.par_chunks_mut(cl)
-                        .zip(ps.par_chunks_mut(stride))
-                        .enumerate()
-                        .for_each(|(j, (dxc, pc))| {
-                            pass1(
-                                g.chunk(x, n, j),
-                                g.chunk(dy, n, j),
-                                store.then_some(dxc),
-                                xk,
-                                pc,
-                            )
-                        });
-                });
-            let ks: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = if self.groups == 0 {
+            part.par_chunks_mut(stride).enumerate().for_each(|(i, pc)| {
+                let (n, j) = (i / g.chunks, i % g.chunks);
+                pass1(g.chunk(x, n, j), g.chunk(dy, n, j), pick(n), pc)
+            });
+            let ks: Vec<DxCoefs> = if self.groups == 0 {
                 let tot = self.batch_totals(&part, stride);
                 vec![self.dx_coefs(cw.g, &tot[..c], &tot[c..2 * c], &stats.rstd)]
             } else {

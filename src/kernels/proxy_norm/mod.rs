@@ -51,7 +51,7 @@ pub mod special;
 use crate::error::{Error, Result, check_len};
 use crate::kernels::activation::{Act, Activation, with_act};
 use crate::kernels::conv::GradMode;
-use crate::kernels::norm::engine::{ApplyChunk, BwdApplyChunk, BwdStatsChunk, DuSrc, ProxySums};
+use crate::kernels::norm::engine::{ApplyChunk, BwdApplyChunk, BwdStatsChunk, ProxySums};
 use crate::kernels::norm::{
     BwdExtra, CHUNK_ELEMS, Channelwise, Norm, NormDesc, NormKind, NormStats, sum_partials,
     write_grad,
@@ -501,22 +501,31 @@ impl ProxyNorm {
         let mut part = vec![0.0f64; chunks * stride];
         xhat.par_chunks(cl)
             .zip(up.dz.par_chunks(cl))
-            .zip(dxhat.par_chunks_mut(cl))
             .zip(part.par_chunks_mut(stride))
-            .for_each(|(((x, dy), du), pc)| {
+            .for_each(|((x, dy), pc)| {
                 let (sdu, rest) = pc.split_at_mut(c);
                 let (sdux, rest) = rest.split_at_mut(c);
                 let (sdz, sdza) = rest.split_at_mut(c);
-                let proxy = Some(ProxySums { mu: &stats.mean, sdz, sdza });
+                let proxy = Some(ProxySums {
+                    mu: &stats.mean,
+                    sdz,
+                    sdza,
+                });
                 with_act!(self.desc.activation, A => dispatch(level, BwdStatsChunk {
-                    x, dy, du: Some(&mut *du), c, xm: &zeros, xa: &ones, xb: &zeros, g: params.gamma,
+                    x, dy, c, xm: &zeros, xa: &ones, g: params.gamma,
                     bt: params.beta, scale, sdu, sdux, proxy, act: PhantomData::<A>,
                 }));
-                // dx̂ = du·γ
-                dispatch(level, BwdApplyChunk {
-                    x, du: DuSrc::InPlace, dx: du, c, p1: params.gamma, xm: &zeros, xa: &ones,
-                    xb: &zeros, q: &zeros, o: &zeros,
-                });
+            });
+        // dx̂ = du·γ
+        xhat.par_chunks(cl)
+            .zip(up.dz.par_chunks(cl))
+            .zip(dxhat.par_chunks_mut(cl))
+            .for_each(|((x, dy), dx)| {
+                with_act!(self.desc.activation, A => dispatch(level, BwdApplyChunk {
+                    x, dy, dx, c, xm: &zeros, xa: &ones, g: params.gamma,
+                    bt: params.beta, scale, p1: params.gamma, q: &zeros, o: &zeros,
+                    act: PhantomData::<A>,
+                }));
             });
         let tot = sum_partials(&part, stride);
         let (dmu, ds) = self.dmu_ds(stats, &tot[2 * c..3 * c], &tot[3 * c..], up.ds);

@@ -187,9 +187,9 @@ pub fn backward(su: &Setup, xhat: &[f64], dz: &[f64], ds_in: Option<&[f64]>, p: 
     for ch in 0..c {
         g.dgamma[ch] += a[ch];
         g.dbeta[ch] += b[ch];
-        g.dbeta_prime[ch] = bp[ch];
-        g.dgamma_prime[ch] = gp[ch];
     }
+    g.dbeta_prime = bp;
+    g.dgamma_prime = gp;
     g
 }
 
