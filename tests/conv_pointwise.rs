@@ -44,6 +44,9 @@ fn shapes() -> Vec<ConvDesc> {
         pw(1, (10, 7), 19, 33, (2, 3)),
         pw(3, (5, 8), 8, 5, (3, 1)),
         pw(1, (1, 9), 3, 16, (1, 2)),
+        // Narrow outputs: the weight gradient is computed transposed (AVX-512).
+        pw(1, (70, 70), 32, 24, (1, 1)),
+        pw(1, (60, 50), 16, 8, (1, 2)),
         // Several weight-gradient chunks (more than 2048 rows).
         pw(2, (41, 37), 8, 12, (1, 1)),
         pw(1, (100, 95), 5, 3, (2, 2)),
@@ -239,6 +242,7 @@ fn results_do_not_depend_on_thread_count() {
     let shapes = [
         pw(4, (21, 19), 40, 72, (1, 1)),
         pw(2, (50, 47), 24, 36, (1, 1)),
+        pw(2, (50, 47), 48, 24, (1, 1)),
         pw(2, (15, 15), 300, 130, (1, 1)),
         pw(3, (33, 31), 16, 20, (2, 2)),
     ];

@@ -2,6 +2,7 @@
 
 mod bench_norm;
 mod bench_ops;
+mod ipu;
 
 use clap::{Parser, Subcommand};
 use effnet::Result;
@@ -22,6 +23,9 @@ enum Command {
     /// Prints the SIMD level in use and the thread count, and with `--arch` the
     /// network's parameter and multiply-accumulate counts.
     Info(InfoArgs),
+    /// The IPU execution model (estimated cycles; codelets run on the host).
+    #[command(subcommand)]
+    Ipu(ipu::IpuCommand),
 }
 
 /// Arguments of `effnet info`.
@@ -50,6 +54,7 @@ pub fn run() -> Result<()> {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
         Command::Info(a) => info(&a),
         Command::Bench(BenchCommand::Norm(a)) => bench_norm::run(&a),
+        Command::Ipu(c) => ipu::run(&c),
     }
 }
 

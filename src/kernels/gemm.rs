@@ -80,9 +80,16 @@ impl RowMap {
         }
     }
 
-    /// The largest offset over rows `0..m` (the maps are monotone), or `None` if `m == 0`.
+    /// An upper bound of the offsets of rows `0..m` (each term at its largest; exact
+    /// for the maps used here), or `None` if `m == 0`.
     fn last(&self, m: usize) -> Option<usize> {
-        m.checked_sub(1).map(|r| self.offset(r))
+        let r = m.checked_sub(1)?;
+        if self.uniform {
+            return Some(r * self.s0);
+        }
+        let x = r.min(self.w - 1);
+        let y = (r / self.w).min(self.h - 1);
+        Some(x * self.s0 + y * self.s1 + (r / self.w / self.h) * self.s2)
     }
 }
 
@@ -125,6 +132,16 @@ fn panels(level: SimdLevel, n: usize, k: usize) -> Vec<Panel> {
         offset += k * nv * lanes;
     }
     out
+}
+
+/// Columns the kernels compute for an `n`-column product at `level` (`n` rounded up to
+/// whole vectors): the cost of an orientation, for callers that can pick one.
+pub(crate) fn padded_cols(level: SimdLevel, n: usize) -> usize {
+    let level = level.min(crate::simd::detected());
+    panels(level, n, 0)
+        .iter()
+        .map(|p| p.nv * level.lanes())
+        .sum()
 }
 
 /// `B` packed into column panels for one SIMD level: each panel is `k` rows of
@@ -215,7 +232,8 @@ pub(crate) enum BOperand<'a> {
     },
 }
 
-/// `C (+)= A·B (+ bias)`: the shapes and operands; see the module docs.
+/// `C (+)= A·B (+ bias)`: the shapes and operands; see the module docs. The rows of
+/// `C` must not overlap (tasks write them in parallel).
 #[derive(Copy, Clone)]
 pub(crate) struct Gemm<'a> {
     /// Rows of `A` and `C`.

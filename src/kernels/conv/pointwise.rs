@@ -12,11 +12,11 @@
 //!   rows and reduced in chunk order, so the result is bitwise the same for any number
 //!   of threads.
 //!
-//! All three run on the register-tiled product of [`crate::kernels::gemm`].
+//! All three run on the crate's register-tiled matrix product (`kernels::gemm`, internal).
 
 use super::{ConvShape, GradMode, bias_grad};
 use crate::error::Result;
-use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap};
+use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap, padded_cols};
 use crate::kernels::parallel::reduce_chunks;
 use crate::simd::SimdLevel;
 use rayon::prelude::*;
@@ -144,6 +144,25 @@ fn grad_chunk(m: usize, ci: usize, co: usize) -> usize {
     m.div_ceil(chunks).max(1)
 }
 
+/// `dst[j][i] (+)= src[i][j]` for a row-major `rows × cols` `src`, in parallel over
+/// blocks of `dst` rows.
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], accumulate: bool) {
+    const T: usize = 32;
+    dst.par_chunks_mut(T * rows)
+        .enumerate()
+        .for_each(|(jb, block)| {
+            for i0 in (0..rows).step_by(T) {
+                for (jj, d) in block.chunks_exact_mut(rows).enumerate() {
+                    let j = jb * T + jj;
+                    for i in i0..(i0 + T).min(rows) {
+                        let v = src[i * cols + j];
+                        d[i] = if accumulate { d[i] + v } else { v };
+                    }
+                }
+            }
+        });
+}
+
 /// Weight (and bias) gradient, overwritten or accumulated per `mode`.
 ///
 /// `x`: `[N][H][W][C_in]`, `dy`: `[N][OH][OW][C_out]`, `dw`: `[C_in][C_out]`,
@@ -164,12 +183,17 @@ pub fn backward_weight(
     let (m, x_rows) = input_rows(shape);
     let chunk = grad_chunk(m, ci, co);
     let is_strided = strided(shape);
-    // dW (+)= X̃ᵀ·dY over rows `rows`, written into `out`.
+    // The kernels vectorize the columns of the product: dW = X̃ᵀ·dY has C_out columns,
+    // dWᵀ = dYᵀ·X̃ has C_in. Compute the transpose when C_out wastes a quarter more
+    // lanes (24 output channels against a multiple of 16 input channels), then
+    // transpose back.
+    let swap = 4 * padded_cols(level, co) * ci > 5 * padded_cols(level, ci) * co;
+    // dW (or dWᵀ) (+)= over rows `rows`, written into `out`.
     let chunk_product = |rows: Range<usize>, out: &mut [f32], accumulate: bool| {
         let len = rows.len();
-        // A = X̃ᵀ over the chunk's rows: element (ci, p) at x[row(p)·C_in + ci].
+        // X̃ over the chunk's rows, contiguous.
         let gathered;
-        let a: &[f32] = if is_strided {
+        let xs: &[f32] = if is_strided {
             let mut g = vec![0.0f32; len * ci];
             for (r, out) in rows.clone().zip(g.chunks_exact_mut(ci)) {
                 let o = x_rows.offset(r);
@@ -180,30 +204,43 @@ pub fn backward_weight(
         } else {
             &x[rows.start * ci..rows.end * ci]
         };
+        let dys = &dy[rows.start * co..rows.end * co];
+        // A = (one operand)ᵀ: element (i, p) at a[p·width + i]; B = the other's rows.
+        let (m, n, a, b) = if swap {
+            (co, ci, dys, xs)
+        } else {
+            (ci, co, xs, dys)
+        };
         Gemm {
-            m: ci,
-            n: co,
+            m,
+            n,
             k: len,
             a,
             a_rows: RowMap::uniform(1),
-            a_cs: ci,
-            b: BOperand::Rows {
-                data: &dy[rows.start * co..rows.end * co],
-                rs: co,
-            },
-            c_rows: RowMap::uniform(co),
+            a_cs: m,
+            b: BOperand::Rows { data: b, rs: n },
+            c_rows: RowMap::uniform(n),
             bias: None,
             accumulate,
         }
         .run(level, out);
     };
-    if chunk >= m {
-        // One chunk: no partial buffer, straight into `dw`.
-        chunk_product(0..m, dw, mode.accumulate());
+    let reduce = |out: &mut [f32], accumulate: bool| {
+        if chunk >= m {
+            // One chunk: no partial buffer.
+            chunk_product(0..m, out, accumulate);
+        } else {
+            reduce_chunks(m, chunk, out, accumulate, |rows, part| {
+                chunk_product(rows, part, true)
+            });
+        }
+    };
+    if swap {
+        let mut t = vec![0.0f32; co * ci];
+        reduce(&mut t, false);
+        transpose_into(&t, co, ci, dw, mode.accumulate());
     } else {
-        reduce_chunks(m, chunk, dw, mode.accumulate(), |rows, part| {
-            chunk_product(rows, part, true)
-        });
+        reduce(dw, mode.accumulate());
     }
     if let Some(db) = dbias {
         bias_grad(level, shape, dy, db, mode);
