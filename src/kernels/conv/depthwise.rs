@@ -38,6 +38,7 @@ use crate::kernels::parallel::{chunk_len, reduce_chunks};
 use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// The dimensions of a validated depthwise convolution, as plain numbers.
 #[derive(Copy, Clone, Debug)]
@@ -170,6 +171,14 @@ impl Drop for Scratch {
         let v = std::mem::take(&mut self.0);
         SCRATCH.with(|c| c.replace(v));
     }
+}
+
+/// Rows (of `per_row` floats of traffic each) that fit a task's working set in the
+/// core's L2 cache: each channel block passes over the same rows, so the later passes
+/// hit the cache instead of memory.
+fn cache_rows(per_row: usize) -> usize {
+    const BUDGET: usize = 256 * 1024 / std::mem::size_of::<f32>();
+    (BUDGET / per_row.max(1)).max(1)
 }
 
 /// Floats per packed pixel of the widest block of `c` channels.
@@ -628,7 +637,7 @@ impl GatherRows<'_> {
         }
     }
 
-    /// Every destination row of the task for one channel block.
+    /// Destination rows `rows` of the task (indices into `dst`) for one channel block.
     ///
     /// # Safety
     /// `b` must be a block of `channel_blocks(C, LANES, …)` with `b.nv == NV` and
@@ -639,6 +648,7 @@ impl GatherRows<'_> {
         s: S,
         b: Block,
         sc: &mut GatherScratch<'_>,
+        rows: Range<usize>,
     ) {
         let g = self.g;
         let cols = self.cols;
@@ -646,6 +656,7 @@ impl GatherRows<'_> {
         let vb = NV * l;
         let (src_rows, src_len, dst_rows, dst_len) = self.dims();
         let nrows = self.dst.len() / dst_len;
+        assert!(rows.end <= nrows);
         let taps_n = g.kh * g.kw;
         let border = cols.has_border();
         assert!(self.w.len() == taps_n * c && c0 + if TAIL { tail } else { vb } <= c);
@@ -682,7 +693,7 @@ impl GatherRows<'_> {
             let dst = self.dst.as_mut_ptr().add(c0);
             let src = self.src.as_ptr().add(c0);
             let pl = cols.rp.pl;
-            for r in 0..nrows {
+            for r in rows {
                 let global = self.row0 + r;
                 let (n, row) = (global / dst_rows, global % dst_rows);
                 sc.rows.clear();
@@ -781,16 +792,29 @@ impl SimdKernel for GatherRows<'_> {
                 rows: Vec::with_capacity(g.kh),
             };
             let wide = S::LANES >= 16;
-            for b in channel_blocks(g.c, S::LANES, nvm) {
-                // SAFETY: the block comes from `channel_blocks` and matches the variant.
-                unsafe {
-                    match (b.nv, b.tail > 0, wide) {
-                        (_, true, _) => self.block::<S, 1, 8, true>(s, b, &mut sc),
-                        (4, false, true) => self.block::<S, 4, 4, false>(s, b, &mut sc),
-                        (4, false, false) => self.block::<S, 4, 2, false>(s, b, &mut sc),
-                        (2, false, true) => self.block::<S, 2, 8, false>(s, b, &mut sc),
-                        (2, false, false) => self.block::<S, 2, 4, false>(s, b, &mut sc),
-                        _ => self.block::<S, 1, 8, false>(s, b, &mut sc),
+            let blocks = channel_blocks(g.c, S::LANES, nvm);
+            let (_, src_len, _, dst_len) = self.dims();
+            let nrows = self.dst.len() / dst_len;
+            let per_row = match self.pass {
+                Pass::Forward => g.sh * src_len + dst_len,
+                Pass::BackwardData => src_len.div_ceil(g.sh) + dst_len,
+            };
+            let sub = cache_rows(per_row);
+            for r0 in (0..nrows).step_by(sub) {
+                let rr = r0..(r0 + sub).min(nrows);
+                for &b in &blocks {
+                    let rr = rr.clone();
+                    // SAFETY: the block comes from `channel_blocks` and matches the
+                    // variant.
+                    unsafe {
+                        match (b.nv, b.tail > 0, wide) {
+                            (_, true, _) => self.block::<S, 1, 8, true>(s, b, &mut sc, rr),
+                            (4, false, true) => self.block::<S, 4, 4, false>(s, b, &mut sc, rr),
+                            (4, false, false) => self.block::<S, 4, 2, false>(s, b, &mut sc, rr),
+                            (2, false, true) => self.block::<S, 2, 8, false>(s, b, &mut sc, rr),
+                            (2, false, false) => self.block::<S, 2, 4, false>(s, b, &mut sc, rr),
+                            _ => self.block::<S, 1, 8, false>(s, b, &mut sc, rr),
+                        }
                     }
                 }
             }
@@ -1006,20 +1030,22 @@ struct WgradRows<'a> {
     /// `[kh][kw][C]`, followed by `[C]` when `with_bias`.
     part: &'a mut [f32],
     with_bias: bool,
-    rows: std::ops::Range<usize>,
+    rows: Range<usize>,
 }
 
 /// Per-task scratch of the weight gradient.
 struct WgradScratch<'a> {
     ring: Ring<'a>,
-    /// `[kh·kw + 1][vb]`: the block's weight (and bias) gradient.
+    /// Per channel block, `[kh·kw + 1][vb]` from `(kh·kw + 1)·c0`: the task's weight
+    /// (and bias) gradient.
     acc: &'a mut [f32],
     /// `[OW][vb]`: the packed output-gradient row (packed mode).
     dy: &'a mut [f32],
 }
 
 impl WgradRows<'_> {
-    /// The chunk's partial for one channel block.
+    /// Adds output rows `rows` (global `n·OH + oh`) of one channel block to the block's
+    /// gradient accumulators (`sc.acc` from `(kh·kw + 1)·c0`).
     ///
     /// # Safety
     /// As [`GatherRows::block`].
@@ -1029,6 +1055,7 @@ impl WgradRows<'_> {
         s: S,
         b: Block,
         sc: &mut WgradScratch<'_>,
+        rows: Range<usize>,
     ) {
         let g = self.g;
         let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
@@ -1039,7 +1066,7 @@ impl WgradRows<'_> {
         assert!(c0 + if TAIL { tail } else { vb } <= c);
         assert!(self.part.len() >= taps_n * c + if self.with_bias { c } else { 0 });
         assert!(self.x.len() == g.n * g.h * g.w * c && self.dy.len() == g.n * g.oh * g.ow * c);
-        assert!(self.rows.end <= g.n * g.oh);
+        assert!(rows.end <= g.n * g.oh);
         // Interior output columns of each group of up to 5 kernel columns.
         let groups: Vec<(usize, usize, usize, usize)> = (0..g.kw)
             .step_by(5)
@@ -1059,16 +1086,15 @@ impl WgradRows<'_> {
         // pixels), the ring layout (every border tap is inside a ring row) and the
         // scratch sizes keep all accesses in bounds.
         unsafe {
-            assert!(sc.acc.len() >= (taps_n + 1) * vb);
-            sc.acc.fill(0.0);
-            let acc = sc.acc.as_mut_ptr();
+            assert!(sc.acc.len() >= (taps_n + 1) * (c0 + vb));
+            let acc = sc.acc.as_mut_ptr().add((taps_n + 1) * c0);
             sc.ring.reset(vb);
             let x = self.x.as_ptr().add(c0);
             let ring = sc.ring.mem.as_ptr();
             assert!(sc.dy.len() >= g.ow * vb);
             let dyp = sc.dy.as_mut_ptr();
             let row_len = g.w * c;
-            for row in self.rows.clone() {
+            for row in rows {
                 let (n, oh) = (row / g.oh, row % g.oh);
                 let mut dy_row = self.dy.as_ptr().add(row * g.ow * c + c0);
                 let mut dy_step = c;
@@ -1127,8 +1153,31 @@ impl WgradRows<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes one channel block's accumulators into the chunk's partial.
+    ///
+    /// # Safety
+    /// As [`WgradRows::block`].
+    #[inline(always)]
+    unsafe fn flush<S: Simd, const NV: usize, const TAIL: bool>(
+        &mut self,
+        s: S,
+        b: Block,
+        sc: &WgradScratch<'_>,
+    ) {
+        let g = self.g;
+        let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
+        let vb = NV * l;
+        let taps_n = g.kh * g.kw;
+        let outs = taps_n + usize::from(self.with_bias);
+        assert!(c0 + if TAIL { tail } else { vb } <= c && self.part.len() >= outs * c);
+        assert!(sc.acc.len() >= (taps_n + 1) * (c0 + vb));
+        // SAFETY: the asserts above bound every access.
+        unsafe {
+            let acc = sc.acc.as_ptr().add((taps_n + 1) * c0);
             let part = self.part.as_mut_ptr().add(c0);
-            let outs = taps_n + usize::from(self.with_bias);
             for t in 0..outs {
                 for v in 0..NV {
                     let val = s.load_ptr(acc.add(t * vb + v * l));
@@ -1168,23 +1217,43 @@ impl SimdKernel for WgradRows<'_> {
         let ring_len = Ring::len(slots, self.cols.rp, vbm);
         let mut scratch = Scratch::take();
         {
-            let acc_len = (g.kh * g.kw + 1) * vbm;
+            let acc_len = (g.kh * g.kw + 1) * g.c.div_ceil(S::LANES) * S::LANES;
             let mem = scratch.slice(ring_len + acc_len + g.ow * vbm);
             let (ring, rest) = mem.split_at_mut(ring_len);
             let (acc, dy) = rest.split_at_mut(acc_len);
+            acc.fill(0.0);
             let mut sc = WgradScratch {
                 ring: Ring::new(ring, slots, self.cols.rp, vbm),
                 acc,
                 dy,
             };
-            for b in channel_blocks(g.c, S::LANES, nvm) {
-                // SAFETY: the block comes from `channel_blocks` and matches the variant.
+            let blocks = channel_blocks(g.c, S::LANES, nvm);
+            let sub = cache_rows(g.sh * g.w * g.c + g.ow * g.c);
+            let rows = self.rows.clone();
+            for r0 in rows.clone().step_by(sub) {
+                let rr = r0..(r0 + sub).min(rows.end);
+                for &b in &blocks {
+                    let rr = rr.clone();
+                    // SAFETY: the block comes from `channel_blocks` and matches the
+                    // variant.
+                    unsafe {
+                        match (b.nv, b.tail > 0) {
+                            (_, true) => self.block::<S, 1, true>(s, b, &mut sc, rr),
+                            (4, false) => self.block::<S, 4, false>(s, b, &mut sc, rr),
+                            (2, false) => self.block::<S, 2, false>(s, b, &mut sc, rr),
+                            _ => self.block::<S, 1, false>(s, b, &mut sc, rr),
+                        }
+                    }
+                }
+            }
+            for &b in &blocks {
+                // SAFETY: as above.
                 unsafe {
                     match (b.nv, b.tail > 0) {
-                        (_, true) => self.block::<S, 1, true>(s, b, &mut sc),
-                        (4, false) => self.block::<S, 4, false>(s, b, &mut sc),
-                        (2, false) => self.block::<S, 2, false>(s, b, &mut sc),
-                        _ => self.block::<S, 1, false>(s, b, &mut sc),
+                        (_, true) => self.flush::<S, 1, true>(s, b, &sc),
+                        (4, false) => self.flush::<S, 4, false>(s, b, &sc),
+                        (2, false) => self.flush::<S, 2, false>(s, b, &sc),
+                        _ => self.flush::<S, 1, false>(s, b, &sc),
                     }
                 }
             }
