@@ -37,6 +37,8 @@ use crate::error::Result;
 use crate::kernels::parallel::{chunk_len, reduce_chunks};
 use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
 use rayon::prelude::*;
+use std::cell::RefCell;
+use std::ops::Range;
 
 /// The dimensions of a validated depthwise convolution, as plain numbers.
 #[derive(Copy, Clone, Debug)]
@@ -138,21 +140,50 @@ fn nv_max(lanes: usize) -> usize {
     if lanes == 8 { 2 } else { 4 }
 }
 
-/// A zeroed `f32` scratch buffer whose usable part starts on a 64-byte boundary.
-struct Aligned {
-    buf: Vec<f32>,
-    off: usize,
+thread_local! {
+    /// Per-thread scratch memory, reused by every task that runs on the thread.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-impl Aligned {
-    fn zeroed(len: usize) -> Aligned {
-        let buf = vec![0.0f32; len + 16];
-        let off = buf.as_ptr().align_offset(64).min(16);
-        Aligned { buf, off }
+/// This thread's scratch memory, borrowed for one task and given back on drop (no
+/// closure around the kernel: closures would not be compiled with the kernel's target
+/// features).
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    fn take() -> Scratch {
+        Scratch(SCRATCH.with(|c| c.take()))
     }
-    fn ptr(&mut self) -> *mut f32 {
-        self.buf[self.off..].as_mut_ptr()
+
+    /// `len` floats from a 64-byte boundary; the contents are unspecified (every user
+    /// writes before it reads).
+    fn slice(&mut self, len: usize) -> &mut [f32] {
+        if self.0.len() < len + 16 {
+            self.0.resize(len + 16, 0.0);
+        }
+        let off = self.0.as_ptr().align_offset(64).min(16);
+        &mut self.0[off..off + len]
     }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        SCRATCH.with(|c| c.replace(v));
+    }
+}
+
+/// Rows (of `per_row` floats of traffic each) that fit a task's working set in the
+/// core's L2 cache: each channel block passes over the same rows, so the later passes
+/// hit the cache instead of memory.
+fn cache_rows(per_row: usize) -> usize {
+    const BUDGET: usize = 256 * 1024 / std::mem::size_of::<f32>();
+    (BUDGET / per_row.max(1)).max(1)
+}
+
+/// Floats per packed pixel of the widest block of `c` channels.
+fn vb_max(c: usize, lanes: usize) -> usize {
+    (nv_max(lanes) * lanes).min(c.div_ceil(lanes) * lanes)
 }
 
 /// Loads a vector, partially (`n` lanes, the others zero) when `TAIL`.
@@ -217,17 +248,20 @@ unsafe fn pack_row<S: Simd, const NV: usize, const TAIL: bool>(
 }
 
 /// How a source row sits in the ring: `pl` zero pixels, the row's `src_w` pixels, zero
-/// pixels up to `pw`.
+/// pixels up to `pw`. Only the edge pixels `[0, el)` and `[er, src_w)` are copied (the
+/// border runs read nothing else); the interior runs read the tensor in place.
 #[derive(Copy, Clone, Debug)]
 struct RowPack {
     pl: usize,
     src_w: usize,
     pw: usize,
+    el: usize,
+    er: usize,
 }
 
 /// A ring of packed source rows for one channel block (`vb` floats per pixel).
-struct Ring {
-    mem: Aligned,
+struct Ring<'a> {
+    mem: &'a mut [f32],
     /// Which global source row each slot holds (`usize::MAX`: none).
     tags: Vec<usize>,
     /// Floats between slots (sized for the widest block).
@@ -235,13 +269,18 @@ struct Ring {
     rp: RowPack,
 }
 
-impl Ring {
-    fn new(slots: usize, rp: RowPack, vb_max: usize) -> Ring {
-        let stride = rp.pw * vb_max;
+impl<'a> Ring<'a> {
+    /// Floats a ring of `slots` rows takes.
+    fn len(slots: usize, rp: RowPack, vb_max: usize) -> usize {
+        slots * rp.pw * vb_max
+    }
+
+    /// A ring in `mem` (at least [`Ring::len`] floats; any contents).
+    fn new(mem: &'a mut [f32], slots: usize, rp: RowPack, vb_max: usize) -> Ring<'a> {
         Ring {
-            mem: Aligned::zeroed(slots * stride),
+            mem,
             tags: vec![usize::MAX; slots],
-            stride,
+            stride: rp.pw * vb_max,
             rp,
         }
     }
@@ -249,20 +288,19 @@ impl Ring {
     /// Forgets every row and zeroes the padding pixels for blocks of `vb` floats.
     fn reset(&mut self, vb: usize) {
         let (stride, rp) = (self.stride, self.rp);
-        let off = self.mem.off;
         for (i, t) in self.tags.iter_mut().enumerate() {
             *t = usize::MAX;
-            let slot = &mut self.mem.buf[off + i * stride..off + (i + 1) * stride];
+            let slot = &mut self.mem[i * stride..(i + 1) * stride];
             slot[..rp.pl * vb].fill(0.0);
             slot[(rp.pl + rp.src_w) * vb..rp.pw * vb].fill(0.0);
         }
     }
 
-    /// The float offset of the slot holding global source row `row`, packing it from
-    /// `src` (channel `c0` of the row's first pixel) first if needed.
+    /// The float offset of the slot holding global source row `row`, packing its edge
+    /// pixels from `src` (channel `c0` of the row's first pixel) first if needed.
     ///
     /// # Safety
-    /// As [`pack_row`] for `src_w` pixels from `src`.
+    /// As [`pack_row`] for the row's `src_w` pixels from `src`.
     #[inline(always)]
     unsafe fn ensure<S: Simd, const NV: usize, const TAIL: bool>(
         &mut self,
@@ -277,18 +315,26 @@ impl Ring {
         if self.tags[slot] != row {
             self.tags[slot] = row;
             let vb = NV * S::LANES;
-            // SAFETY: the slot holds `pw ≥ pl + src_w` pixels of `vb` floats.
+            let rp = self.rp;
+            // SAFETY: the slot holds `pw ≥ pl + src_w` pixels of `vb` floats, and the
+            // copied pixels lie inside the source row.
             unsafe {
-                let dst = self.mem.ptr().add(base + self.rp.pl * vb);
-                pack_row::<S, NV, TAIL>(s, src, c, self.rp.src_w, dst, tail);
+                let dst = self.mem.as_mut_ptr().add(base + rp.pl * vb);
+                if rp.el >= rp.er {
+                    pack_row::<S, NV, TAIL>(s, src, c, rp.src_w, dst, tail);
+                } else {
+                    pack_row::<S, NV, TAIL>(s, src, c, rp.el, dst, tail);
+                    let (sr, dr) = (src.add(rp.er * c), dst.add(rp.er * vb));
+                    pack_row::<S, NV, TAIL>(s, sr, c, rp.src_w - rp.er, dr, tail);
+                }
             }
         }
         base
     }
 }
 
-/// One tap of a gather: float offsets of the source pixel in the ring (at the first
-/// pixel of a run) and of the weight vector in the packed weights.
+/// One tap of a gather: float offsets of the source pixel (at the first pixel of a
+/// run, channel 0) and of the weight vector in the packed weights.
 #[derive(Copy, Clone, Debug)]
 struct Tap {
     src: usize,
@@ -297,39 +343,106 @@ struct Tap {
 
 /// Destination pixels `dst0 + j·dst_step` (`j < count`) of a row read, through kernel
 /// column `kw`, packed source pixel `off + j·src_step` for each `(kw, off)` in `kws`.
+/// For `j` in `ja..jb` every tap is a real pixel (the *interior*, read in place).
 #[derive(Clone, Debug)]
 struct Class {
     dst0: usize,
     count: usize,
     kws: Vec<(usize, usize)>,
+    ja: usize,
+    jb: usize,
 }
 
 /// The column structure of a gather: packed row shape, classes, pixel steps.
 struct Columns {
     rp: RowPack,
+    /// Whole rows are packed (see [`prefer_packed`]).
+    packed: bool,
     classes: Vec<Class>,
     src_step: usize,
     dst_step: usize,
+}
+
+impl Columns {
+    /// Fills in the interior of every class and the edges the border runs read.
+    fn new(
+        g: &Geo,
+        (pl, src_w, pw): (usize, usize, usize),
+        mut classes: Vec<Class>,
+        src_step: usize,
+        dst_step: usize,
+    ) -> Columns {
+        let packed = prefer_packed(g);
+        let (mut el, mut er) = (0, src_w);
+        for cl in &mut classes {
+            let (mut ja, mut jb) = (0, cl.count);
+            for &(_, off) in &cl.kws {
+                // Real pixel off + j·step − pl in [0, src_w).
+                let lo = pl.saturating_sub(off).div_ceil(src_step);
+                let hi = if pl + src_w > off {
+                    (pl + src_w - 1 - off) / src_step + 1
+                } else {
+                    0
+                };
+                ja = ja.max(lo);
+                jb = jb.min(hi);
+            }
+            if ja >= jb || packed {
+                (ja, jb) = (cl.count, cl.count);
+            }
+            (cl.ja, cl.jb) = (ja, jb);
+            if let (true, Some(max_off)) = (ja > 0, cl.kws.iter().map(|k| k.1).max()) {
+                el = el.max(
+                    (max_off + (ja - 1) * src_step + 1)
+                        .saturating_sub(pl)
+                        .min(src_w),
+                );
+            }
+            if let (true, Some(min_off)) = (jb < cl.count, cl.kws.iter().map(|k| k.1).min()) {
+                er = er.min((min_off + jb * src_step).saturating_sub(pl).min(src_w));
+            }
+        }
+        Columns {
+            rp: RowPack {
+                pl,
+                src_w,
+                pw,
+                el,
+                er,
+            },
+            packed,
+            classes,
+            src_step,
+            dst_step,
+        }
+    }
+
+    /// Whether any border run reads the ring.
+    fn has_border(&self) -> bool {
+        self.classes.iter().any(|c| c.ja > 0 || c.jb < c.count)
+    }
+}
+
+/// Whether to pack whole source rows (every pixel read from the ring) rather than only
+/// their edges. Packed rows make the tiles' loads contiguous, which pays on small
+/// images (cache-resident, compute-bound, many border pixels) and wide kernels; on
+/// large images, which stream from memory, the copy costs more than it saves.
+fn prefer_packed(g: &Geo) -> bool {
+    g.w <= 32 || (g.kh * g.kw >= 25 && g.sw == 1)
 }
 
 /// Forward: output column `ow` reads packed pixel `ow·sw + kw·dw` (the row starts
 /// after `left` zero pixels).
 fn forward_columns(g: &Geo) -> Columns {
     let pw = (g.left + g.w).max((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1);
-    Columns {
-        rp: RowPack {
-            pl: g.left,
-            src_w: g.w,
-            pw,
-        },
-        classes: vec![Class {
-            dst0: 0,
-            count: g.ow,
-            kws: (0..g.kw).map(|kw| (kw, kw * g.dw)).collect(),
-        }],
-        src_step: g.sw,
-        dst_step: 1,
-    }
+    let class = Class {
+        dst0: 0,
+        count: g.ow,
+        kws: (0..g.kw).map(|kw| (kw, kw * g.dw)).collect(),
+        ja: 0,
+        jb: 0,
+    };
+    Columns::new(g, (g.left, g.w, pw), vec![class], g.sw, 1)
 }
 
 /// Backward-data: input column `iw = r + j·sw` (residue class `r`) receives, through
@@ -361,24 +474,23 @@ fn backward_data_columns(g: &Geo) -> Columns {
                 .into_iter()
                 .map(|(kw, o0)| (kw, (o0 + pl) as usize))
                 .collect(),
+            ja: 0,
+            jb: 0,
         })
         .collect();
-    Columns {
-        rp: RowPack {
-            pl: pl as usize,
-            src_w: g.ow,
-            pw: (pl + end) as usize,
-        },
+    Columns::new(
+        g,
+        (pl as usize, g.ow, (pl + end) as usize),
         classes,
-        src_step: 1,
-        dst_step: g.sw,
-    }
+        1,
+        g.sw,
+    )
 }
 
-/// Raw pointers and strides of one gather for one channel block.
+/// Raw pointers and strides of one gather run for one channel block.
 #[derive(Copy, Clone)]
 struct Gather {
-    /// The ring.
+    /// The source: the ring, or the tensor itself at channel `c0`.
     src: *const f32,
     /// Channel `c0` of the first destination row of the task.
     dst: *mut f32,
@@ -386,7 +498,7 @@ struct Gather {
     w: *const f32,
     /// Packed bias `[vb]` (forward only) or null.
     bias: *const f32,
-    /// Floats between consecutive pixels of a run, in the ring and the destination.
+    /// Floats between consecutive pixels of a run, in the source and destination.
     src_step: usize,
     dst_step: usize,
     /// Lanes of the partial vector (TAIL blocks only).
@@ -397,9 +509,9 @@ struct Gather {
 /// w[tap]`.
 ///
 /// # Safety
-/// Every tap offset plus `src_off + (P−1)·src_step` and `NV` vectors must be inside the
-/// ring, `dst_off + (P−1)·dst_step` plus `NV` vectors (`tail` lanes when `TAIL`) inside
-/// the destination.
+/// Every tap offset plus `src_off + (P−1)·src_step` and `NV` vectors (`tail` lanes when
+/// `TAIL`) must be readable, `dst_off + (P−1)·dst_step` plus `NV` vectors (`tail` lanes
+/// when `TAIL`) writable.
 #[inline(always)]
 unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
     s: S,
@@ -431,7 +543,8 @@ unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool
             for (p, a) in acc.iter_mut().enumerate() {
                 let xp = sp.add(p * g.src_step);
                 for v in 0..NV {
-                    a[v] = s.mul_add(s.load_ptr(xp.add(v * l)), wv[v], a[v]);
+                    let xv = ld::<S, TAIL>(s, xp.add(v * l), g.tail);
+                    a[v] = s.mul_add(xv, wv[v], a[v]);
                 }
             }
         }
@@ -445,7 +558,8 @@ unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool
     }
 }
 
-/// `count` destination pixels from `dst_off`, `P` at a time, then 4, 2, 1.
+/// `count` destination pixels from `dst_off` (source from `src_off`), `P` at a time,
+/// then 4, 2, 1.
 ///
 /// # Safety
 /// As [`gather_tile`] for pixels `0..count`.
@@ -455,25 +569,27 @@ unsafe fn gather_run<S: Simd, const NV: usize, const P: usize, const TAIL: bool>
     g: &Gather,
     taps: &[Tap],
     count: usize,
+    src_off: usize,
     dst_off: usize,
 ) {
     let mut j = 0;
+    let (ss, ds) = (g.src_step, g.dst_step);
     // SAFETY: every tile covers pixels inside `0..count`.
     unsafe {
         while j + P <= count {
-            gather_tile::<S, NV, P, TAIL>(s, g, j * g.src_step, dst_off + j * g.dst_step, taps);
+            gather_tile::<S, NV, P, TAIL>(s, g, src_off + j * ss, dst_off + j * ds, taps);
             j += P;
         }
         if P > 4 && j + 4 <= count {
-            gather_tile::<S, NV, 4, TAIL>(s, g, j * g.src_step, dst_off + j * g.dst_step, taps);
+            gather_tile::<S, NV, 4, TAIL>(s, g, src_off + j * ss, dst_off + j * ds, taps);
             j += 4;
         }
         if P > 2 && j + 2 <= count {
-            gather_tile::<S, NV, 2, TAIL>(s, g, j * g.src_step, dst_off + j * g.dst_step, taps);
+            gather_tile::<S, NV, 2, TAIL>(s, g, src_off + j * ss, dst_off + j * ds, taps);
             j += 2;
         }
         if j < count {
-            gather_tile::<S, NV, 1, TAIL>(s, g, j * g.src_step, dst_off + j * g.dst_step, taps);
+            gather_tile::<S, NV, 1, TAIL>(s, g, src_off + j * ss, dst_off + j * ds, taps);
         }
     }
 }
@@ -499,12 +615,15 @@ struct GatherRows<'a> {
 }
 
 /// Per-task scratch of a gather.
-struct GatherScratch {
-    ring: Ring,
-    w: Aligned,
-    bias: Aligned,
+struct GatherScratch<'a> {
+    ring: Ring<'a>,
+    /// Packed weights `[kh·kw][vb]`.
+    w: &'a mut [f32],
+    /// Packed bias `[vb]`.
+    bias: &'a mut [f32],
     taps: Vec<Tap>,
-    rows: Vec<(usize, usize)>,
+    /// `(kh, global source row, ring offset)` of the current destination row.
+    rows: Vec<(usize, usize, usize)>,
 }
 
 impl GatherRows<'_> {
@@ -518,7 +637,7 @@ impl GatherRows<'_> {
         }
     }
 
-    /// Every destination row of the task for one channel block.
+    /// Destination rows `rows` of the task (indices into `dst`) for one channel block.
     ///
     /// # Safety
     /// `b` must be a block of `channel_blocks(C, LANES, …)` with `b.nv == NV` and
@@ -528,21 +647,28 @@ impl GatherRows<'_> {
         &mut self,
         s: S,
         b: Block,
-        sc: &mut GatherScratch,
+        sc: &mut GatherScratch<'_>,
+        rows: Range<usize>,
     ) {
         let g = self.g;
+        let cols = self.cols;
         let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
         let vb = NV * l;
         let (src_rows, src_len, dst_rows, dst_len) = self.dims();
         let nrows = self.dst.len() / dst_len;
+        assert!(rows.end <= nrows);
         let taps_n = g.kh * g.kw;
+        let border = cols.has_border();
         assert!(self.w.len() == taps_n * c && c0 + if TAIL { tail } else { vb } <= c);
         assert!(self.src.len() == g.n * src_rows * src_len);
+        assert!(self.row0 + nrows <= g.n * dst_rows);
         // SAFETY (whole body): the asserts above and the shapes of `Columns` (every
-        // packed offset of every class is inside the ring row, every destination pixel
-        // inside the row) keep all accesses in bounds.
+        // packed offset of every class is inside a ring row, every interior tap a real
+        // source pixel, every destination pixel inside its row) keep all accesses in
+        // bounds.
         unsafe {
-            let wp = sc.w.ptr();
+            assert!(sc.w.len() >= taps_n * vb && sc.bias.len() >= vb);
+            let wp = sc.w.as_mut_ptr();
             for t in 0..taps_n {
                 let src = self.w.as_ptr().add(t * c + c0);
                 for v in 0..NV {
@@ -554,7 +680,7 @@ impl GatherRows<'_> {
             }
             let bp = match self.bias {
                 Some(bias) => {
-                    let bp = sc.bias.ptr();
+                    let bp = sc.bias.as_mut_ptr();
                     for v in 0..NV {
                         let src = bias.as_ptr().add(c0 + v * l);
                         s.store_ptr(bp.add(v * l), ld::<S, TAIL>(s, src, tail));
@@ -566,7 +692,8 @@ impl GatherRows<'_> {
             sc.ring.reset(vb);
             let dst = self.dst.as_mut_ptr().add(c0);
             let src = self.src.as_ptr().add(c0);
-            for r in 0..nrows {
+            let pl = cols.rp.pl;
+            for r in rows {
                 let global = self.row0 + r;
                 let (n, row) = (global / dst_rows, global % dst_rows);
                 sc.rows.clear();
@@ -577,31 +704,61 @@ impl GatherRows<'_> {
                     };
                     if let Some(sr) = srow {
                         let gr = n * src_rows + sr;
-                        let sp = src.add(gr * src_len);
-                        let base = sc.ring.ensure::<S, NV, TAIL>(s, gr, sp, c, tail);
-                        sc.rows.push((kh, base));
+                        let base = if border {
+                            let sp = src.add(gr * src_len);
+                            sc.ring.ensure::<S, NV, TAIL>(s, gr, sp, c, tail)
+                        } else {
+                            0
+                        };
+                        sc.rows.push((kh, gr, base));
                     }
                 }
-                let gt = Gather {
-                    src: sc.ring.mem.ptr(),
-                    dst: dst.add(r * dst_len),
+                let dst_row = dst.add(r * dst_len);
+                let direct = Gather {
+                    src,
+                    dst: dst_row,
                     w: wp,
                     bias: bp,
-                    src_step: self.cols.src_step * vb,
-                    dst_step: self.cols.dst_step * c,
+                    src_step: cols.src_step * c,
+                    dst_step: cols.dst_step * c,
                     tail,
                 };
-                for cl in &self.cols.classes {
-                    sc.taps.clear();
-                    for &(kh, base) in &sc.rows {
-                        for &(kw, off) in &cl.kws {
-                            sc.taps.push(Tap {
-                                src: base + off * vb,
-                                w: (kh * g.kw + kw) * vb,
-                            });
+                let ring = Gather {
+                    src: sc.ring.mem.as_ptr(),
+                    src_step: cols.src_step * vb,
+                    ..direct
+                };
+                for cl in &cols.classes {
+                    if cl.ja < cl.jb {
+                        sc.taps.clear();
+                        for &(kh, gr, _) in &sc.rows {
+                            for &(kw, off) in &cl.kws {
+                                let px = off + cl.ja * cols.src_step - pl;
+                                sc.taps.push(Tap {
+                                    src: gr * src_len + px * c,
+                                    w: (kh * g.kw + kw) * vb,
+                                });
+                            }
                         }
+                        let d0 = (cl.dst0 + cl.ja * cols.dst_step) * c;
+                        gather_run::<S, NV, P, TAIL>(s, &direct, &sc.taps, cl.jb - cl.ja, 0, d0);
                     }
-                    gather_run::<S, NV, P, TAIL>(s, &gt, &sc.taps, cl.count, cl.dst0 * c);
+                    if cl.ja > 0 || cl.jb < cl.count {
+                        sc.taps.clear();
+                        for &(kh, _, base) in &sc.rows {
+                            for &(kw, off) in &cl.kws {
+                                sc.taps.push(Tap {
+                                    src: base + off * vb,
+                                    w: (kh * g.kw + kw) * vb,
+                                });
+                            }
+                        }
+                        let d0 = cl.dst0 * c;
+                        gather_run::<S, NV, P, TAIL>(s, &ring, &sc.taps, cl.ja, 0, d0);
+                        let (s0, d1) = (cl.jb * ring.src_step, d0 + cl.jb * ring.dst_step);
+                        let n_right = cl.count - cl.jb;
+                        gather_run::<S, NV, P, TAIL>(s, &ring, &sc.taps, n_right, s0, d1);
+                    }
                 }
             }
         }
@@ -614,25 +771,51 @@ impl SimdKernel for GatherRows<'_> {
     fn run<S: Simd>(mut self, s: S) {
         let g = self.g;
         let nvm = nv_max(S::LANES);
-        let vb_max = nvm * S::LANES;
-        let mut sc = GatherScratch {
-            ring: Ring::new(g.span_h(), self.cols.rp, vb_max),
-            w: Aligned::zeroed(g.kh * g.kw * vb_max),
-            bias: Aligned::zeroed(vb_max),
-            taps: Vec::with_capacity(g.kh * g.kw),
-            rows: Vec::with_capacity(g.kh),
+        let vbm = vb_max(g.c, S::LANES);
+        let slots = if self.cols.has_border() {
+            g.span_h()
+        } else {
+            0
         };
-        let wide = S::LANES >= 16;
-        for b in channel_blocks(g.c, S::LANES, nvm) {
-            // SAFETY: the block comes from `channel_blocks` and matches the variant.
-            unsafe {
-                match (b.nv, b.tail > 0, wide) {
-                    (_, true, _) => self.block::<S, 1, 8, true>(s, b, &mut sc),
-                    (4, false, true) => self.block::<S, 4, 4, false>(s, b, &mut sc),
-                    (4, false, false) => self.block::<S, 4, 2, false>(s, b, &mut sc),
-                    (2, false, true) => self.block::<S, 2, 8, false>(s, b, &mut sc),
-                    (2, false, false) => self.block::<S, 2, 4, false>(s, b, &mut sc),
-                    _ => self.block::<S, 1, 8, false>(s, b, &mut sc),
+        let ring_len = Ring::len(slots, self.cols.rp, vbm);
+        let w_len = g.kh * g.kw * vbm;
+        let mut scratch = Scratch::take();
+        {
+            let mem = scratch.slice(ring_len + w_len + vbm);
+            let (ring, rest) = mem.split_at_mut(ring_len);
+            let (w, bias) = rest.split_at_mut(w_len);
+            let mut sc = GatherScratch {
+                ring: Ring::new(ring, slots, self.cols.rp, vbm),
+                w,
+                bias,
+                taps: Vec::with_capacity(g.kh * g.kw),
+                rows: Vec::with_capacity(g.kh),
+            };
+            let wide = S::LANES >= 16;
+            let blocks = channel_blocks(g.c, S::LANES, nvm);
+            let (_, src_len, _, dst_len) = self.dims();
+            let nrows = self.dst.len() / dst_len;
+            let per_row = match self.pass {
+                Pass::Forward => g.sh * src_len + dst_len,
+                Pass::BackwardData => src_len.div_ceil(g.sh) + dst_len,
+            };
+            let sub = cache_rows(per_row);
+            for r0 in (0..nrows).step_by(sub) {
+                let rr = r0..(r0 + sub).min(nrows);
+                for &b in &blocks {
+                    let rr = rr.clone();
+                    // SAFETY: the block comes from `channel_blocks` and matches the
+                    // variant.
+                    unsafe {
+                        match (b.nv, b.tail > 0, wide) {
+                            (_, true, _) => self.block::<S, 1, 8, true>(s, b, &mut sc, rr),
+                            (4, false, true) => self.block::<S, 4, 4, false>(s, b, &mut sc, rr),
+                            (4, false, false) => self.block::<S, 4, 2, false>(s, b, &mut sc, rr),
+                            (2, false, true) => self.block::<S, 2, 8, false>(s, b, &mut sc, rr),
+                            (2, false, false) => self.block::<S, 2, 4, false>(s, b, &mut sc, rr),
+                            _ => self.block::<S, 1, 8, false>(s, b, &mut sc, rr),
+                        }
+                    }
                 }
             }
         }
@@ -652,9 +835,14 @@ fn run_gather(
         Pass::Forward => (forward_columns(g), g.n * g.oh, g.ow * g.c),
         Pass::BackwardData => (backward_data_columns(g), g.n * g.h, g.w * g.c),
     };
-    // About 64 tasks of at least ~16K elements and 4 rows (the source rows above and
-    // below a task are packed by both neighbours).
-    let per_task = chunk_len(rows, 16384usize.div_ceil(row_len).max(4), 64);
+    // Every output element is computed the same way whatever the split, so the split
+    // may follow the pool size: about 4 tasks per thread (load balance), as long as
+    // possible otherwise, since a task packs the source rows around its block again.
+    let per_task = chunk_len(
+        rows,
+        16384usize.div_ceil(row_len),
+        4 * rayon::current_num_threads(),
+    );
     dst.par_chunks_mut(per_task * row_len)
         .enumerate()
         .for_each(|(i, dst)| {
@@ -709,48 +897,126 @@ pub fn backward_data(
     Ok(())
 }
 
-/// `out[k] += Σ_{ow < count} dy[ow] · x[ow·src_step + k·tap_step]` for `G` consecutive
-/// kernel columns (`x` already at the group's first column), `NV` vectors each.
+/// Strides of one weight-gradient run, in floats.
+#[derive(Copy, Clone)]
+struct WSteps {
+    /// Between consecutive output pixels in `dy`.
+    dy: usize,
+    /// Between the source pixels of consecutive output pixels.
+    x: usize,
+    /// Between the source pixels of consecutive kernel columns.
+    tap: usize,
+    /// Between the gradients of consecutive kernel columns.
+    out: usize,
+    /// Lanes of the partial vector (TAIL blocks only).
+    tail: usize,
+}
+
+/// `out[k] += Σ_{i < count} dy[i] · x[i·x_step + k·tap_step]` for `G` consecutive
+/// kernel columns (`x` already at the group's first column), `NV` vectors each, with
+/// `U` independent accumulator sets (pixels `i ≡ u mod U`) to hide the FMA latency.
 ///
 /// # Safety
-/// Every named offset (plus `NV` vectors) must be inside the packed buffers.
+/// Every named offset plus `NV` vectors (`tail` lanes when `TAIL`) must be readable;
+/// `out` plus `G` columns of `NV` full vectors writable.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_run<S: Simd, const NV: usize, const G: usize>(
+unsafe fn wgrad_run<S: Simd, const NV: usize, const G: usize, const U: usize, const TAIL: bool>(
     s: S,
     dy: *const f32,
     x: *const f32,
     out: *mut f32,
     count: usize,
-    src_step: usize,
-    tap_step: usize,
-    out_step: usize,
+    st: WSteps,
 ) {
     let l = S::LANES;
-    let vb = NV * l;
-    let mut acc = [[s.zero(); NV]; G];
+    let mut acc = [[[s.zero(); NV]; G]; U];
     // SAFETY (whole body): the caller guarantees the offsets are in bounds.
     unsafe {
-        for ow in 0..count {
-            let dp = dy.add(ow * vb);
-            let mut dv = [s.zero(); NV];
-            for (v, d) in dv.iter_mut().enumerate() {
-                *d = s.load_ptr(dp.add(v * l));
+        let mut i = 0;
+        while i + U <= count {
+            for (u, acc) in acc.iter_mut().enumerate() {
+                wgrad_px::<S, NV, G, TAIL>(s, acc, dy, x, i + u, st);
             }
-            let xp = x.add(ow * src_step);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let xk = xp.add(k * tap_step);
-                for v in 0..NV {
-                    acc[v] = s.mul_add(dv[v], s.load_ptr(xk.add(v * l)), acc[v]);
+            i += U;
+        }
+        for (u, i) in (i..count).enumerate() {
+            wgrad_px::<S, NV, G, TAIL>(s, &mut acc[u], dy, x, i, st);
+        }
+        for k in 0..G {
+            let op = out.add(k * st.out);
+            for v in 0..NV {
+                let mut a = acc[0][k][v];
+                for acc in &acc[1..] {
+                    a = s.add(a, acc[k][v]);
                 }
+                let p = op.add(v * l);
+                s.store_ptr(p, s.add(s.load_ptr(p), a));
             }
         }
-        for (k, acc) in acc.iter().enumerate() {
-            let op = out.add(k * out_step);
-            for (v, a) in acc.iter().enumerate() {
-                let p = op.add(v * l);
-                s.store_ptr(p, s.add(s.load_ptr(p), *a));
+    }
+}
+
+/// One output pixel `i` of [`wgrad_run`] into one accumulator set.
+///
+/// # Safety
+/// As [`wgrad_run`].
+#[inline(always)]
+unsafe fn wgrad_px<S: Simd, const NV: usize, const G: usize, const TAIL: bool>(
+    s: S,
+    acc: &mut [[S::V; NV]; G],
+    dy: *const f32,
+    x: *const f32,
+    i: usize,
+    st: WSteps,
+) {
+    let l = S::LANES;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let dp = dy.add(i * st.dy);
+        let mut dv = [s.zero(); NV];
+        for (v, d) in dv.iter_mut().enumerate() {
+            *d = ld::<S, TAIL>(s, dp.add(v * l), st.tail);
+        }
+        let xp = x.add(i * st.x);
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let xk = xp.add(k * st.tap);
+            for v in 0..NV {
+                let xv = ld::<S, TAIL>(s, xk.add(v * l), st.tail);
+                acc[v] = s.mul_add(dv[v], xv, acc[v]);
             }
+        }
+    }
+}
+
+/// [`wgrad_run`] for a group of `gn <= 5` kernel columns, two accumulator sets when
+/// one would leave fewer than ~10 independent FMA chains.
+///
+/// # Safety
+/// As [`wgrad_run`].
+#[inline(always)]
+unsafe fn wgrad_group<S: Simd, const NV: usize, const TAIL: bool>(
+    s: S,
+    gn: usize,
+    dy: *const f32,
+    x: *const f32,
+    out: *mut f32,
+    count: usize,
+    st: WSteps,
+) {
+    if count == 0 {
+        return;
+    }
+    // SAFETY: forwarded.
+    unsafe {
+        match (gn, gn * NV < 10) {
+            (5, false) => wgrad_run::<S, NV, 5, 1, TAIL>(s, dy, x, out, count, st),
+            (4, false) => wgrad_run::<S, NV, 4, 1, TAIL>(s, dy, x, out, count, st),
+            (3, false) => wgrad_run::<S, NV, 3, 1, TAIL>(s, dy, x, out, count, st),
+            (5, true) => wgrad_run::<S, NV, 5, 2, TAIL>(s, dy, x, out, count, st),
+            (4, true) => wgrad_run::<S, NV, 4, 2, TAIL>(s, dy, x, out, count, st),
+            (3, true) => wgrad_run::<S, NV, 3, 2, TAIL>(s, dy, x, out, count, st),
+            (2, _) => wgrad_run::<S, NV, 2, 2, TAIL>(s, dy, x, out, count, st),
+            _ => wgrad_run::<S, NV, 1, 2, TAIL>(s, dy, x, out, count, st),
         }
     }
 }
@@ -758,25 +1024,28 @@ unsafe fn wgrad_run<S: Simd, const NV: usize, const G: usize>(
 /// The backward-weight partial of the output rows `rows` (global `n·OH + oh`).
 struct WgradRows<'a> {
     g: &'a Geo,
-    rp: RowPack,
+    cols: &'a Columns,
     x: &'a [f32],
     dy: &'a [f32],
     /// `[kh][kw][C]`, followed by `[C]` when `with_bias`.
     part: &'a mut [f32],
     with_bias: bool,
-    rows: std::ops::Range<usize>,
+    rows: Range<usize>,
 }
 
 /// Per-task scratch of the weight gradient.
-struct WgradScratch {
-    ring: Ring,
-    dy: Aligned,
-    /// `[kh·kw + 1][vb]`: the block's weight (and bias) gradient.
-    acc: Aligned,
+struct WgradScratch<'a> {
+    ring: Ring<'a>,
+    /// Per channel block, `[kh·kw + 1][vb]` from `(kh·kw + 1)·c0`: the task's weight
+    /// (and bias) gradient.
+    acc: &'a mut [f32],
+    /// `[OW][vb]`: the packed output-gradient row (packed mode).
+    dy: &'a mut [f32],
 }
 
 impl WgradRows<'_> {
-    /// The chunk's partial for one channel block.
+    /// Adds output rows `rows` (global `n·OH + oh`) of one channel block to the block's
+    /// gradient accumulators (`sc.acc` from `(kh·kw + 1)·c0`).
     ///
     /// # Safety
     /// As [`GatherRows::block`].
@@ -785,56 +1054,96 @@ impl WgradRows<'_> {
         &mut self,
         s: S,
         b: Block,
-        sc: &mut WgradScratch,
+        sc: &mut WgradScratch<'_>,
+        rows: Range<usize>,
     ) {
         let g = self.g;
         let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
         let vb = NV * l;
         let taps_n = g.kh * g.kw;
+        let border = self.cols.has_border();
+        let packed = self.cols.packed;
         assert!(c0 + if TAIL { tail } else { vb } <= c);
         assert!(self.part.len() >= taps_n * c + if self.with_bias { c } else { 0 });
         assert!(self.x.len() == g.n * g.h * g.w * c && self.dy.len() == g.n * g.oh * g.ow * c);
-        assert!(self.rows.end <= g.n * g.oh);
-        // SAFETY (whole body): the asserts above, `RowPack` (every packed tap of every
-        // output column is inside a ring row) and the scratch sizes keep all accesses
-        // in bounds.
+        assert!(rows.end <= g.n * g.oh);
+        // Interior output columns of each group of up to 5 kernel columns.
+        let groups: Vec<(usize, usize, usize, usize)> = (0..g.kw)
+            .step_by(5)
+            .map(|kw0| {
+                let gn = (g.kw - kw0).min(5);
+                let (a, _) = ow_range(g, kw0);
+                let (_, b) = ow_range(g, kw0 + gn - 1);
+                let (a, b) = if a < b && !packed {
+                    (a, b)
+                } else {
+                    (g.ow, g.ow)
+                };
+                (kw0, gn, a, b)
+            })
+            .collect();
+        // SAFETY (whole body): the asserts above, `ow_range` (interior taps are real
+        // pixels), the ring layout (every border tap is inside a ring row) and the
+        // scratch sizes keep all accesses in bounds.
         unsafe {
-            let acc = sc.acc.ptr();
-            std::ptr::write_bytes(acc, 0, (taps_n + 1) * vb);
-            let dyp = sc.dy.ptr();
+            assert!(sc.acc.len() >= (taps_n + 1) * (c0 + vb));
+            let acc = sc.acc.as_mut_ptr().add((taps_n + 1) * c0);
             sc.ring.reset(vb);
             let x = self.x.as_ptr().add(c0);
-            for row in self.rows.clone() {
+            let ring = sc.ring.mem.as_ptr();
+            assert!(sc.dy.len() >= g.ow * vb);
+            let dyp = sc.dy.as_mut_ptr();
+            let row_len = g.w * c;
+            for row in rows {
                 let (n, oh) = (row / g.oh, row % g.oh);
-                let dy_row = self.dy.as_ptr().add(row * g.ow * c + c0);
-                pack_row::<S, NV, TAIL>(s, dy_row, c, g.ow, dyp, tail);
+                let mut dy_row = self.dy.as_ptr().add(row * g.ow * c + c0);
+                let mut dy_step = c;
+                if packed {
+                    // Contiguous copy of the row: it is read once per kernel row.
+                    pack_row::<S, NV, TAIL>(s, dy_row, c, g.ow, dyp, tail);
+                    dy_row = dyp;
+                    dy_step = vb;
+                }
                 for kh in 0..g.kh {
                     let Some(ih) = g.in_row(oh, kh) else { continue };
                     let gr = n * g.h + ih;
-                    let xs = x.add(gr * g.w * c);
-                    let base = sc.ring.ensure::<S, NV, TAIL>(s, gr, xs, c, tail);
-                    let xr = sc.ring.mem.ptr().add(base);
-                    let mut kw0 = 0;
-                    while kw0 < g.kw {
-                        let gn = (g.kw - kw0).min(5);
-                        let xk = xr.add(kw0 * g.dw * vb);
+                    let x_row = x.add(gr * row_len);
+                    let base = if border {
+                        sc.ring.ensure::<S, NV, TAIL>(s, gr, x_row, c, tail)
+                    } else {
+                        0
+                    };
+                    for &(kw0, gn, a, b) in &groups {
                         let out = acc.add((kh * g.kw + kw0) * vb);
-                        let (cnt, ss, ts) = (g.ow, g.sw * vb, g.dw * vb);
-                        match gn {
-                            5 => wgrad_run::<S, NV, 5>(s, dyp, xk, out, cnt, ss, ts, vb),
-                            4 => wgrad_run::<S, NV, 4>(s, dyp, xk, out, cnt, ss, ts, vb),
-                            3 => wgrad_run::<S, NV, 3>(s, dyp, xk, out, cnt, ss, ts, vb),
-                            2 => wgrad_run::<S, NV, 2>(s, dyp, xk, out, cnt, ss, ts, vb),
-                            _ => wgrad_run::<S, NV, 1>(s, dyp, xk, out, cnt, ss, ts, vb),
+                        let direct = WSteps {
+                            dy: dy_step,
+                            x: g.sw * c,
+                            tap: g.dw * c,
+                            out: vb,
+                            tail,
+                        };
+                        let xd = x_row.add((a * g.sw + kw0 * g.dw - g.left) * c);
+                        let dd = dy_row.add(a * dy_step);
+                        wgrad_group::<S, NV, TAIL>(s, gn, dd, xd, out, b - a, direct);
+                        if border {
+                            let packed = WSteps {
+                                x: g.sw * vb,
+                                tap: g.dw * vb,
+                                ..direct
+                            };
+                            let xr = ring.add(base + kw0 * g.dw * vb);
+                            wgrad_group::<S, NV, TAIL>(s, gn, dy_row, xr, out, a, packed);
+                            let (dr, xr) = (dy_row.add(b * dy_step), xr.add(b * g.sw * vb));
+                            wgrad_group::<S, NV, TAIL>(s, gn, dr, xr, out, g.ow - b, packed);
                         }
-                        kw0 += gn;
                     }
                 }
                 if self.with_bias {
                     let mut bsum = [s.zero(); NV];
                     for ow in 0..g.ow {
                         for (v, a) in bsum.iter_mut().enumerate() {
-                            *a = s.add(*a, s.load_ptr(dyp.add(ow * vb + v * l)));
+                            let d = ld::<S, TAIL>(s, dy_row.add(ow * dy_step + v * l), tail);
+                            *a = s.add(*a, d);
                         }
                     }
                     let bp = acc.add(taps_n * vb);
@@ -844,8 +1153,31 @@ impl WgradRows<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes one channel block's accumulators into the chunk's partial.
+    ///
+    /// # Safety
+    /// As [`WgradRows::block`].
+    #[inline(always)]
+    unsafe fn flush<S: Simd, const NV: usize, const TAIL: bool>(
+        &mut self,
+        s: S,
+        b: Block,
+        sc: &WgradScratch<'_>,
+    ) {
+        let g = self.g;
+        let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
+        let vb = NV * l;
+        let taps_n = g.kh * g.kw;
+        let outs = taps_n + usize::from(self.with_bias);
+        assert!(c0 + if TAIL { tail } else { vb } <= c && self.part.len() >= outs * c);
+        assert!(sc.acc.len() >= (taps_n + 1) * (c0 + vb));
+        // SAFETY: the asserts above bound every access.
+        unsafe {
+            let acc = sc.acc.as_ptr().add((taps_n + 1) * c0);
             let part = self.part.as_mut_ptr().add(c0);
-            let outs = taps_n + usize::from(self.with_bias);
             for t in 0..outs {
                 for v in 0..NV {
                     let val = s.load_ptr(acc.add(t * vb + v * l));
@@ -856,26 +1188,73 @@ impl WgradRows<'_> {
     }
 }
 
+/// The output columns `[lo, hi)` whose tap through kernel column `kw` is a real input
+/// pixel (`lo >= hi` when there are none).
+fn ow_range(g: &Geo, kw: usize) -> (usize, usize) {
+    let off = kw * g.dw;
+    // iw = ow·sw + off − left must lie in [0, W).
+    let lo = g.left.saturating_sub(off).div_ceil(g.sw);
+    let hi = if g.w + g.left > off {
+        ((g.w + g.left - off - 1) / g.sw + 1).min(g.ow)
+    } else {
+        0
+    };
+    (lo.min(g.ow), hi)
+}
+
 impl SimdKernel for WgradRows<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(mut self, s: S) {
         let g = self.g;
         let nvm = nv_max(S::LANES);
-        let vb_max = nvm * S::LANES;
-        let mut sc = WgradScratch {
-            ring: Ring::new(g.span_h(), self.rp, vb_max),
-            dy: Aligned::zeroed(g.ow * vb_max),
-            acc: Aligned::zeroed((g.kh * g.kw + 1) * vb_max),
+        let vbm = vb_max(g.c, S::LANES);
+        let slots = if self.cols.has_border() {
+            g.span_h()
+        } else {
+            0
         };
-        for b in channel_blocks(g.c, S::LANES, nvm) {
-            // SAFETY: the block comes from `channel_blocks` and matches the variant.
-            unsafe {
-                match (b.nv, b.tail > 0) {
-                    (_, true) => self.block::<S, 1, true>(s, b, &mut sc),
-                    (4, false) => self.block::<S, 4, false>(s, b, &mut sc),
-                    (2, false) => self.block::<S, 2, false>(s, b, &mut sc),
-                    _ => self.block::<S, 1, false>(s, b, &mut sc),
+        let ring_len = Ring::len(slots, self.cols.rp, vbm);
+        let mut scratch = Scratch::take();
+        {
+            let acc_len = (g.kh * g.kw + 1) * g.c.div_ceil(S::LANES) * S::LANES;
+            let mem = scratch.slice(ring_len + acc_len + g.ow * vbm);
+            let (ring, rest) = mem.split_at_mut(ring_len);
+            let (acc, dy) = rest.split_at_mut(acc_len);
+            acc.fill(0.0);
+            let mut sc = WgradScratch {
+                ring: Ring::new(ring, slots, self.cols.rp, vbm),
+                acc,
+                dy,
+            };
+            let blocks = channel_blocks(g.c, S::LANES, nvm);
+            let sub = cache_rows(g.sh * g.w * g.c + g.ow * g.c);
+            let rows = self.rows.clone();
+            for r0 in rows.clone().step_by(sub) {
+                let rr = r0..(r0 + sub).min(rows.end);
+                for &b in &blocks {
+                    let rr = rr.clone();
+                    // SAFETY: the block comes from `channel_blocks` and matches the
+                    // variant.
+                    unsafe {
+                        match (b.nv, b.tail > 0) {
+                            (_, true) => self.block::<S, 1, true>(s, b, &mut sc, rr),
+                            (4, false) => self.block::<S, 4, false>(s, b, &mut sc, rr),
+                            (2, false) => self.block::<S, 2, false>(s, b, &mut sc, rr),
+                            _ => self.block::<S, 1, false>(s, b, &mut sc, rr),
+                        }
+                    }
+                }
+            }
+            for &b in &blocks {
+                // SAFETY: as above.
+                unsafe {
+                    match (b.nv, b.tail > 0) {
+                        (_, true) => self.flush::<S, 1, true>(s, b, &sc),
+                        (4, false) => self.flush::<S, 4, false>(s, b, &sc),
+                        (2, false) => self.flush::<S, 2, false>(s, b, &sc),
+                        _ => self.flush::<S, 1, false>(s, b, &sc),
+                    }
                 }
             }
         }
@@ -899,12 +1278,15 @@ pub fn backward_weight(
 ) -> Result<()> {
     shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
     let g = Geo::new(shape);
-    let rp = forward_columns(&g).rp;
+    let cols = forward_columns(&g);
     let rows = g.n * g.oh;
-    // Enough pixels per chunk that the partial buffer (k²·C) is small next to the
-    // chunk's data (pixels·C), and at least 4 rows; at most 64 chunks.
-    let min_rows = (4 * g.kh * g.kw).div_ceil(g.ow).max(4);
-    let chunk = chunk_len(rows, min_rows, 64);
+    // Fixed chunks (never the pool size: the partial sums must not depend on it): at
+    // most 32, with enough pixels that the partial buffer (k²·C) is small next to the
+    // chunk's data (pixels·C) and at least ~16K elements.
+    let min_rows = (4 * g.kh * g.kw)
+        .div_ceil(g.ow)
+        .max(16384usize.div_ceil(g.ow * g.c));
+    let chunk = chunk_len(rows, min_rows, 32);
     let w_len = dw.len();
     let run = |part: &mut [f32], with_bias: bool, accumulate: bool| {
         reduce_chunks(rows, chunk, part, accumulate, |r, p| {
@@ -912,7 +1294,7 @@ pub fn backward_weight(
                 level,
                 WgradRows {
                     g: &g,
-                    rp,
+                    cols: &cols,
                     x,
                     dy,
                     part: p,
