@@ -14,7 +14,7 @@ use crate::simd::{Simd, SimdLevel};
 pub(super) fn max_tile<S: Simd>(nv: usize) -> usize {
     let table: [usize; 4] = match S::LEVEL {
         // 32 zmm registers.
-        SimdLevel::Avx512 => [16, 14, 8, 6],
+        SimdLevel::Avx512 => [16, 12, 8, 6],
         // 16 ymm registers.
         SimdLevel::Avx2 => [12, 6, 3, 2],
         // `wide::f32x8` is two xmm registers without AVX.
@@ -139,21 +139,30 @@ pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize>(s: S, 
     }
 }
 
-/// Arguments of [`outer_tile`]: `out[i·out_k + v·L..] = Σ_rows Σ_{p<npix}
-/// x[row.0 + p·x_pix + i] · dy[row.1 + p·dy_pix + v·L..]` for `i < MI`, `v < NV`.
-pub(super) struct OuterTile<'a> {
-    /// Input base (`i` 0).
+/// One row of pixels of an [`outer_tile`].
+#[derive(Copy, Clone)]
+pub(super) struct OuterRow {
+    /// Input of pixel 0 (`i` 0).
     pub x: *const f32,
     /// Floats between consecutive pixels in the input.
     pub x_pix: usize,
-    /// Output-gradient base (vector 0).
+    /// Output gradient of pixel 0 (vector 0).
     pub dy: *const f32,
+    /// Pixels in the row.
+    pub npix: usize,
+}
+
+/// Arguments of [`outer_tile`]: `out[i·out_k + v·L..] = Σ_rows Σ_{p<npix}
+/// row.x[p·x_pix + i] · row.dy[p·dy_pix + v·L..]` for `i < MI`, `v < NV`.
+pub(super) struct OuterTile<'a> {
+    /// The rows of pixels summed over.
+    pub rows: &'a [OuterRow],
+    /// Added to every row's `x` pointer (the tile's first input channel).
+    pub x_off: usize,
+    /// Added to every row's `dy` pointer (the tile's first output vector).
+    pub dy_off: usize,
     /// Floats between consecutive pixels in the output gradient.
     pub dy_pix: usize,
-    /// `(input offset, output-gradient offset)` of each row of pixels.
-    pub rows: &'a [(usize, usize)],
-    /// Pixels per row.
-    pub npix: usize,
     /// Result base (`i` 0, vector 0); overwritten.
     pub out: *mut f32,
     /// Floats between consecutive `i` in the result.
@@ -177,19 +186,19 @@ pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
 ) {
     let l = S::LANES;
     let mut acc = [[s.zero(); NV]; MI];
-    for &(xo, yo) in a.rows {
+    for r in a.rows {
         // SAFETY (whole loop): the caller guarantees every `x` and `dy` address the loop
         // forms is in bounds.
         unsafe {
-            let xp = a.x.add(xo);
-            let yp = a.dy.add(yo);
-            for p in 0..a.npix {
+            let xp = r.x.add(a.x_off);
+            let yp = r.dy.add(a.dy_off);
+            for p in 0..r.npix {
                 let mut dv = [s.zero(); NV];
                 let yq = yp.add(p * a.dy_pix);
                 for (v, dv) in dv.iter_mut().enumerate() {
                     *dv = s.load_ptr(yq.add(v * l));
                 }
-                let xq = xp.add(p * a.x_pix);
+                let xq = xp.add(p * r.x_pix);
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let b = s.splat(*xq.add(i));
                     for v in 0..NV {
@@ -211,6 +220,47 @@ pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
                 s.store_ptr(d, acc[NV - 1]);
             } else {
                 s.store_partial_ptr(d, acc[NV - 1], a.last);
+            }
+        }
+    }
+}
+
+/// Asks the CPU to bring the cache line holding `p` into the caches (no effect on
+/// other architectures). Never faults, whatever the address.
+#[inline(always)]
+pub(super) fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults and has no visible effect.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Prefetches `width` floats of each of the pixels `cols` of a row that starts at
+/// `base` with pixels `pix` floats apart.
+#[inline(always)]
+pub(super) fn prefetch_pixels(
+    base: *const f32,
+    cols: std::ops::Range<usize>,
+    pix: usize,
+    width: usize,
+) {
+    const LINE: usize = 16;
+    if pix <= LINE {
+        let mut f = cols.start * pix;
+        while f < cols.end * pix {
+            prefetch(base.wrapping_add(f));
+            f += LINE;
+        }
+    } else {
+        for c in cols {
+            let mut f = 0;
+            while f < width {
+                prefetch(base.wrapping_add(c * pix + f));
+                f += LINE;
             }
         }
     }
