@@ -290,7 +290,7 @@ fn bad_input_is_an_error() {
     let mut net = Network::new(&cfg, 0).unwrap();
     assert!(net.predict(&[0.0; 10], 1, RES).is_err());
     assert!(net.predict(&[], 0, RES).is_err());
-    assert!(net.predict(&vec![0.0; 4 * 4 * 3], 1, 4).is_err());
+    assert!(net.predict(&[0.0; 4 * 4 * 3], 1, 4).is_err());
     let x = vec![0.0f32; RES * RES * 3];
     let t = net.predict(&x, 1, RES);
     assert!(t.is_ok());

@@ -19,7 +19,9 @@ pub mod block;
 pub mod network;
 pub mod norm_act;
 mod ops;
+pub mod optim;
 pub mod params;
+pub mod schedule;
 
 pub use network::{MemoryPlan, Network, Pass, Tape};
 pub use params::{ParamInfo, ParamKind, ParamStore};
