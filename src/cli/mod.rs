@@ -3,6 +3,7 @@
 mod bench_norm;
 mod bench_ops;
 mod ipu;
+mod train;
 
 use clap::{Parser, Subcommand};
 use effnet::Result;
@@ -23,6 +24,9 @@ enum Command {
     /// Prints the SIMD level in use and the thread count, and with `--arch` the
     /// network's parameter and multiply-accumulate counts.
     Info(InfoArgs),
+    /// Trains a network (default: G16 LN+PN on the built-in synthetic shapes, reduced
+    /// resolution, then head fine-tuning at the test resolution).
+    Train(train::TrainArgs),
     /// The IPU execution model (estimated cycles; codelets run on the host).
     #[command(subcommand)]
     Ipu(ipu::IpuCommand),
@@ -53,6 +57,7 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
         Command::Info(a) => info(&a),
+        Command::Train(a) => train::run(&a),
         Command::Bench(BenchCommand::Norm(a)) => bench_norm::run(&a),
         Command::Ipu(c) => ipu::run(&c),
     }

@@ -1,8 +1,6 @@
 //! Forward pass: a direct convolution over a padded, group-major copy of the input.
 
-use super::micro::{
-    ConvTile, conv_tile, copy, max_nv, max_tile, prefetch_pixels, tile_dispatch,
-};
+use super::micro::{ConvTile, conv_tile, copy, max_nv, max_tile, prefetch_pixels, tile_dispatch};
 use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
@@ -235,9 +233,8 @@ impl SimdKernel for FwdTask<'_> {
                             w_k: weights.k,
                             taps,
                             k_len,
-                            init: bias.map_or(std::ptr::null(), |b| {
-                                b[(gi * cvn + v0) * l..].as_ptr()
-                            }),
+                            init: bias
+                                .map_or(std::ptr::null(), |b| b[(gi * cvn + v0) * l..].as_ptr()),
                             dst: out.ptr.wrapping_add(dst_off),
                             dst_pix: g.cout,
                             last,
