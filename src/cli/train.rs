@@ -150,7 +150,7 @@ fn config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(v) = a.lr {
         c.lr = v;
-        c.finetune_lr = v / 4.0;
+        c.finetune_lr = v;
     }
     if let Some(v) = a.warmup {
         c.warmup = v;
