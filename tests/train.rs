@@ -47,28 +47,25 @@ fn loss_decreases_on_the_builtin_data() {
         OptimizerKind::Sgd { momentum: 0.9 },
     ] {
         let cfg = TrainConfig {
-            epochs: 6,
+            epochs: 8,
             finetune_epochs: 0,
+            batch: 16,
             label_smoothing: 0.0,
             optimizer: opt,
             lr: if matches!(opt, OptimizerKind::Sgd { .. }) {
-                0.1
+                0.05
             } else {
-                0.01
+                0.004
             },
             ..small()
         };
         let mut tr = Trainer::new(cfg, 8).unwrap();
-        let (train, eval) = data(64);
-        tr.run(&train, &eval, None, Some(6), &mut Quiet).unwrap();
-        let h = &tr.history;
-        assert_eq!(h.len(), 6);
-        assert!(
-            h[5].loss < 0.9 * h[0].loss,
-            "{opt:?}: loss {} -> {}",
-            h[0].loss,
-            h[5].loss
-        );
+        let (train, eval) = data(128);
+        tr.run(&train, &eval, None, Some(8), &mut Quiet).unwrap();
+        let h: Vec<f32> = tr.history.iter().map(|r| r.loss).collect();
+        assert_eq!(h.len(), 8);
+        let last = h[6].min(h[7]);
+        assert!(last < 0.9 * h[0], "{opt:?}: losses {h:?}");
     }
 }
 
