@@ -22,6 +22,7 @@ pub mod error;
 pub mod io;
 pub mod ipu;
 pub mod kernels;
+pub mod model;
 pub mod simd;
 
 pub use error::{Error, Result};
