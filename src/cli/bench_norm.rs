@@ -7,19 +7,11 @@
 //! - `gn_swish`: GroupNorm (4 contiguous groups, affine) + swish;
 //! - `bn_swish`: BatchNorm in training mode (batch statistics, affine) + swish.
 //!
-//! Bytes moved (T = one f32 tensor of the layer's activations): forward 3T (one read
-//! for the statistics, one read and one write for the apply pass); backward 5T (the
-//! statistics-gradient pass reads x and dy, the apply pass reads them again,
-//! recomputes du and writes dx). GFLOP/s counts nominal operations per element (an
-//! `exp` as one): forward 14 (Proxy Norm) or 12, backward 30 or 28 (the activation's
-//! derivative is evaluated in both backward passes).
+//! Bytes moved and nominal FLOP are documented on [`effnet::bench::cases::NormCase`].
 
 use clap::Args;
+use effnet::bench::cases::{NormCase, is_spatial};
 use effnet::bench::{self, LayerSpec};
-use effnet::kernels::activation::Activation;
-use effnet::kernels::conv::GradMode;
-use effnet::kernels::norm::{Affine, AffineGrads, Norm, NormDesc};
-use effnet::kernels::proxy_norm::{NormProxy, ProxyGrads, ProxyNormDesc, ProxyParams, Upstream};
 use effnet::simd;
 use effnet::{Error, Result};
 use std::time::Duration;
@@ -103,12 +95,9 @@ pub fn run(a: &NormArgs) -> Result<()> {
             "layer:op", "pass", "ms", "GFLOP/s", "GB/s", "of 45GB/s"
         );
     }
-    let layers = suite.iter().filter(|l| {
-        l.k > 1
-            && l.group_size != 0
-            && l.group_size < l.c_in
-            && a.only.as_ref().is_none_or(|o| l.name.contains(o.as_str()))
-    });
+    let layers = suite
+        .iter()
+        .filter(|l| is_spatial(l) && a.only.as_ref().is_none_or(|o| l.name.contains(o.as_str())));
     for layer in layers {
         for op in OPS.iter().filter(|o| a.ops.iter().any(|q| q == *o)) {
             for pass in PASSES.iter().filter(|p| a.passes.iter().any(|q| q == *p)) {
@@ -145,103 +134,12 @@ fn time_op(
     groups: usize,
     min_time: f64,
 ) -> Result<(f64, f64, f64)> {
-    let s = layer.conv_desc(batch).validate()?;
-    let (h, w, c) = (s.out_h, s.out_w, layer.c_out);
-    let n = batch * h * w * c;
-    let fill = |n: usize, k: u32| {
-        (0..n)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2654435761).wrapping_add(k) >> 20) as f32 / 4096.0 - 0.5
-            })
-            .collect::<Vec<f32>>()
-    };
-    let x = fill(n, 1);
-    let dy = fill(n, 2);
-    let mut y = vec![0.0f32; n];
-    let mut dx = vec![0.0f32; n];
-    let gamma: Vec<f32> = fill(c, 3).iter().map(|v| 1.0 + v).collect();
-    let beta = fill(c, 4);
-    let bp: Vec<f32> = fill(c, 5).iter().map(|v| 0.2 * v).collect();
-    let gp: Vec<f32> = fill(c, 6).iter().map(|v| 0.2 * v).collect();
-    let mut grads = [
-        vec![0.0f32; c],
-        vec![0.0f32; c],
-        vec![0.0f32; c],
-        vec![0.0f32; c],
-    ];
-    let min = Duration::from_secs_f64(min_time);
-    let fwd = pass == "fwd";
-    let t = (n * std::mem::size_of::<f32>()) as f64;
-    let bytes = if fwd { 3.0 * t } else { 5.0 * t };
+    let mut case = NormCase::new(layer, batch, op.parse()?, groups)?;
+    let backward = pass == "bwd";
     let mut result = Ok(());
-    let (ms, per_elem) = if op == "ln_pn_swish" {
-        let p = NormProxy::new(
-            &NormDesc::layer_norm(batch, (h, w), c),
-            &ProxyNormDesc::new(c),
-        )?;
-        let params = ProxyParams {
-            gamma: &gamma,
-            beta: &beta,
-            beta_prime: &bp,
-            gamma_prime: &gp,
-        };
-        let mut saved = p.new_saved();
-        p.forward(&x, params, &mut y, &mut saved)?;
-        let ms = if fwd {
-            bench::median_ms(min, || {
-                result = result
-                    .clone()
-                    .and(p.forward(&x, params, &mut y, &mut saved))
-            })
-        } else {
-            bench::median_ms(min, || {
-                let [a, b, c2, d] = &mut grads;
-                let g = ProxyGrads {
-                    dgamma: a,
-                    dbeta: b,
-                    dbeta_prime: c2,
-                    dgamma_prime: d,
-                    mode: GradMode::Overwrite,
-                };
-                let up = Upstream { dz: &dy, ds: None };
-                result = result
-                    .clone()
-                    .and(p.backward(&x, up, params, &saved, &mut dx, g))
-            })
-        };
-        (ms, if fwd { 14.0 } else { 30.0 })
-    } else {
-        let desc = if op == "gn_swish" {
-            NormDesc::group_norm(batch, (h, w), c, groups)
-        } else {
-            NormDesc::batch_norm(batch, (h, w), c)
-        }
-        .with_activation(Activation::Swish);
-        let norm = Norm::new(&desc)?;
-        let affine = Affine::new(&gamma, &beta);
-        let mut stats = norm.new_stats();
-        norm.forward(&x, affine, &mut y, &mut stats)?;
-        let ms = if fwd {
-            bench::median_ms(min, || {
-                result = result
-                    .clone()
-                    .and(norm.forward(&x, affine, &mut y, &mut stats))
-            })
-        } else {
-            bench::median_ms(min, || {
-                let [a, b, _, _] = &mut grads;
-                let g = AffineGrads {
-                    dgamma: Some(a),
-                    dbeta: Some(b),
-                    mode: GradMode::Overwrite,
-                };
-                result = result
-                    .clone()
-                    .and(norm.backward(&x, &dy, affine, &stats, &mut dx, g))
-            })
-        };
-        (ms, if fwd { 12.0 } else { 28.0 })
-    };
+    let ms = bench::median_ms(Duration::from_secs_f64(min_time), || {
+        result = result.clone().and(case.run(backward))
+    });
     result.map_err(|e| Error::InvalidArgument(format!("{}: {op} {pass}: {e}", layer.name)))?;
-    Ok((ms, per_elem * n as f64, bytes))
+    Ok((ms, case.flops(backward), case.bytes(backward)))
 }
