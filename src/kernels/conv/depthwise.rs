@@ -1036,8 +1036,8 @@ struct WgradRows<'a> {
 /// Per-task scratch of the weight gradient.
 struct WgradScratch<'a> {
     ring: Ring<'a>,
-    /// Per channel block, `[kh·kw + 1][vb]` from `(kh·kw + 1)·c0`: the task's weight
-    /// (and bias) gradient.
+    /// Per channel block, `[kh·kw + 2][vb]` from `(kh·kw + 2)·c0`: the task's weight
+    /// gradient, bias gradient and the bias sum's compensation term.
     acc: &'a mut [f32],
     /// `[OW][vb]`: the packed output-gradient row (packed mode).
     dy: &'a mut [f32],
@@ -1045,7 +1045,7 @@ struct WgradScratch<'a> {
 
 impl WgradRows<'_> {
     /// Adds output rows `rows` (global `n·OH + oh`) of one channel block to the block's
-    /// gradient accumulators (`sc.acc` from `(kh·kw + 1)·c0`).
+    /// gradient accumulators (`sc.acc` from `(kh·kw + 2)·c0`).
     ///
     /// # Safety
     /// As [`GatherRows::block`].
@@ -1086,8 +1086,8 @@ impl WgradRows<'_> {
         // pixels), the ring layout (every border tap is inside a ring row) and the
         // scratch sizes keep all accesses in bounds.
         unsafe {
-            assert!(sc.acc.len() >= (taps_n + 1) * (c0 + vb));
-            let acc = sc.acc.as_mut_ptr().add((taps_n + 1) * c0);
+            assert!(sc.acc.len() >= (taps_n + 2) * (c0 + vb));
+            let acc = sc.acc.as_mut_ptr().add((taps_n + 2) * c0);
             sc.ring.reset(vb);
             let x = self.x.as_ptr().add(c0);
             let ring = sc.ring.mem.as_ptr();
@@ -1139,17 +1139,25 @@ impl WgradRows<'_> {
                     }
                 }
                 if self.with_bias {
-                    let mut bsum = [s.zero(); NV];
+                    // The row's sum (two partial sums), then a compensated (Kahan) add
+                    // into the running total: bias gradients are sums of many terms that
+                    // often nearly cancel.
+                    let mut bsum = [[s.zero(); NV]; 2];
                     for ow in 0..g.ow {
-                        for (v, a) in bsum.iter_mut().enumerate() {
+                        let a = &mut bsum[ow & 1];
+                        for (v, a) in a.iter_mut().enumerate() {
                             let d = ld::<S, TAIL>(s, dy_row.add(ow * dy_step + v * l), tail);
                             *a = s.add(*a, d);
                         }
                     }
-                    let bp = acc.add(taps_n * vb);
-                    for (v, a) in bsum.iter().enumerate() {
-                        let p = bp.add(v * l);
-                        s.store_ptr(p, s.add(s.load_ptr(p), *a));
+                    let (sp, cp) = (acc.add(taps_n * vb), acc.add((taps_n + 1) * vb));
+                    for v in 0..NV {
+                        let (sp, cp) = (sp.add(v * l), cp.add(v * l));
+                        let (sum, comp) = (s.load_ptr(sp), s.load_ptr(cp));
+                        let y = s.sub(s.add(bsum[0][v], bsum[1][v]), comp);
+                        let t = s.add(sum, y);
+                        s.store_ptr(cp, s.sub(s.sub(t, sum), y));
+                        s.store_ptr(sp, t);
                     }
                 }
             }
@@ -1173,10 +1181,10 @@ impl WgradRows<'_> {
         let taps_n = g.kh * g.kw;
         let outs = taps_n + usize::from(self.with_bias);
         assert!(c0 + if TAIL { tail } else { vb } <= c && self.part.len() >= outs * c);
-        assert!(sc.acc.len() >= (taps_n + 1) * (c0 + vb));
+        assert!(sc.acc.len() >= (taps_n + 2) * (c0 + vb));
         // SAFETY: the asserts above bound every access.
         unsafe {
-            let acc = sc.acc.as_ptr().add((taps_n + 1) * c0);
+            let acc = sc.acc.as_ptr().add((taps_n + 2) * c0);
             let part = self.part.as_mut_ptr().add(c0);
             for t in 0..outs {
                 for v in 0..NV {
@@ -1217,7 +1225,7 @@ impl SimdKernel for WgradRows<'_> {
         let ring_len = Ring::len(slots, self.cols.rp, vbm);
         let mut scratch = Scratch::take();
         {
-            let acc_len = (g.kh * g.kw + 1) * g.c.div_ceil(S::LANES) * S::LANES;
+            let acc_len = (g.kh * g.kw + 2) * g.c.div_ceil(S::LANES) * S::LANES;
             let mem = scratch.slice(ring_len + acc_len + g.ow * vbm);
             let (ring, rest) = mem.split_at_mut(ring_len);
             let (acc, dy) = rest.split_at_mut(acc_len);
