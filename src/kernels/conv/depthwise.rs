@@ -1151,10 +1151,11 @@ impl WgradRows<'_> {
                         }
                     }
                     let (sp, cp) = (acc.add(taps_n * vb), acc.add((taps_n + 1) * vb));
-                    for v in 0..NV {
+                    let [even, odd] = bsum;
+                    for (v, (e, o)) in even.into_iter().zip(odd).enumerate() {
                         let (sp, cp) = (sp.add(v * l), cp.add(v * l));
                         let (sum, comp) = (s.load_ptr(sp), s.load_ptr(cp));
-                        let y = s.sub(s.add(bsum[0][v], bsum[1][v]), comp);
+                        let y = s.sub(s.add(e, o), comp);
                         let t = s.add(sum, y);
                         s.store_ptr(cp, s.sub(s.sub(t, sum), y));
                         s.store_ptr(sp, t);
