@@ -897,6 +897,12 @@ pub fn backward_data(
     Ok(())
 }
 
+/// Output pixels per slice of a weight-gradient row (see [`WgradRows::wgrad_rows`]).
+const WGRAD_SLICE: usize = 32;
+
+/// Kernel rows handled together by [`WgradRows::wgrad_rows`].
+const MAX_KH: usize = 16;
+
 /// Strides of one weight-gradient run, in floats.
 #[derive(Copy, Clone)]
 struct WSteps {
@@ -1104,6 +1110,9 @@ impl WgradRows<'_> {
                     dy_row = dyp;
                     dy_step = vb;
                 }
+                // The kernel rows inside the image, their input rows and ring slots.
+                let mut khs = [(0usize, std::ptr::null::<f32>(), 0usize); MAX_KH];
+                let mut nkh = 0;
                 for kh in 0..g.kh {
                     let Some(ih) = g.in_row(oh, kh) else { continue };
                     let gr = n * g.h + ih;
@@ -1113,31 +1122,15 @@ impl WgradRows<'_> {
                     } else {
                         0
                     };
-                    for &(kw0, gn, a, b) in &groups {
-                        let out = acc.add((kh * g.kw + kw0) * vb);
-                        let direct = WSteps {
-                            dy: dy_step,
-                            x: g.sw * c,
-                            tap: g.dw * c,
-                            out: vb,
-                            tail,
-                        };
-                        let xd = x_row.add((a * g.sw + kw0 * g.dw - g.left) * c);
-                        let dd = dy_row.add(a * dy_step);
-                        wgrad_group::<S, NV, TAIL>(s, gn, dd, xd, out, b - a, direct);
-                        if border {
-                            let packed = WSteps {
-                                x: g.sw * vb,
-                                tap: g.dw * vb,
-                                ..direct
-                            };
-                            let xr = ring.add(base + kw0 * g.dw * vb);
-                            wgrad_group::<S, NV, TAIL>(s, gn, dy_row, xr, out, a, packed);
-                            let (dr, xr) = (dy_row.add(b * dy_step), xr.add(b * g.sw * vb));
-                            wgrad_group::<S, NV, TAIL>(s, gn, dr, xr, out, g.ow - b, packed);
-                        }
+                    if nkh == MAX_KH {
+                        // Very tall kernels: flush what we have one row at a time.
+                        self.wgrad_rows::<S, NV, TAIL>(s, &groups, &khs[..nkh], dy_row, dy_step, acc, ring, tail);
+                        nkh = 0;
                     }
+                    khs[nkh] = (kh, x_row, base);
+                    nkh += 1;
                 }
+                self.wgrad_rows::<S, NV, TAIL>(s, &groups, &khs[..nkh], dy_row, dy_step, acc, ring, tail);
                 if self.with_bias {
                     // The row's sum (two partial sums), then a compensated (Kahan) add
                     // into the running total: bias gradients are sums of many terms that
@@ -1159,6 +1152,70 @@ impl WgradRows<'_> {
                         let t = s.add(sum, y);
                         s.store_ptr(cp, s.sub(s.sub(t, sum), y));
                         s.store_ptr(sp, t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One output row of one channel block: every kernel row in `khs` (kernel row,
+    /// input row, ring slot), kernel columns in `groups`. The interior runs go in
+    /// slices of [`WGRAD_SLICE`] pixels, all kernel rows per slice, so that the input
+    /// rows stream side by side (memory-level parallelism) rather than one after the
+    /// other.
+    ///
+    /// # Safety
+    /// As [`WgradRows::block`], whose pointers these are.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn wgrad_rows<S: Simd, const NV: usize, const TAIL: bool>(
+        &self,
+        s: S,
+        groups: &[(usize, usize, usize, usize)],
+        khs: &[(usize, *const f32, usize)],
+        dy_row: *const f32,
+        dy_step: usize,
+        acc: *mut f32,
+        ring: *const f32,
+        tail: usize,
+    ) {
+        let g = self.g;
+        let (c, vb) = (g.c, NV * S::LANES);
+        let border = self.cols.has_border();
+        let direct = WSteps {
+            dy: dy_step,
+            x: g.sw * c,
+            tap: g.dw * c,
+            out: vb,
+            tail,
+        };
+        let packed = WSteps {
+            x: g.sw * vb,
+            tap: g.dw * vb,
+            ..direct
+        };
+        // SAFETY: forwarded from `block`: interior pixels are real input pixels,
+        // border pixels lie in the ring rows.
+        unsafe {
+            for &(kw0, gn, a, b) in groups {
+                let mut a0 = a;
+                while a0 < b {
+                    let a1 = (a0 + WGRAD_SLICE).min(b);
+                    for &(kh, x_row, _) in khs {
+                        let out = acc.add((kh * g.kw + kw0) * vb);
+                        let xd = x_row.add((a0 * g.sw + kw0 * g.dw - g.left) * c);
+                        let dd = dy_row.add(a0 * dy_step);
+                        wgrad_group::<S, NV, TAIL>(s, gn, dd, xd, out, a1 - a0, direct);
+                    }
+                    a0 = a1;
+                }
+                if border {
+                    for &(kh, _, base) in khs {
+                        let out = acc.add((kh * g.kw + kw0) * vb);
+                        let xr = ring.add(base + kw0 * g.dw * vb);
+                        wgrad_group::<S, NV, TAIL>(s, gn, dy_row, xr, out, a, packed);
+                        let (dr, xr) = (dy_row.add(b * dy_step), xr.add(b * g.sw * vb));
+                        wgrad_group::<S, NV, TAIL>(s, gn, dr, xr, out, g.ow - b, packed);
                     }
                 }
             }
