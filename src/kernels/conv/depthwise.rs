@@ -897,6 +897,12 @@ pub fn backward_data(
     Ok(())
 }
 
+/// Output pixels per slice of a weight-gradient row (see [`WgradRows::wgrad_rows`]).
+const WGRAD_SLICE: usize = 32;
+
+/// Kernel rows handled together by [`WgradRows::wgrad_rows`].
+const MAX_KH: usize = 16;
+
 /// Strides of one weight-gradient run, in floats.
 #[derive(Copy, Clone)]
 struct WSteps {
@@ -1036,8 +1042,8 @@ struct WgradRows<'a> {
 /// Per-task scratch of the weight gradient.
 struct WgradScratch<'a> {
     ring: Ring<'a>,
-    /// Per channel block, `[kh·kw + 1][vb]` from `(kh·kw + 1)·c0`: the task's weight
-    /// (and bias) gradient.
+    /// Per channel block, `[kh·kw + 2][vb]` from `(kh·kw + 2)·c0`: the task's weight
+    /// gradient, bias gradient and the bias sum's compensation term.
     acc: &'a mut [f32],
     /// `[OW][vb]`: the packed output-gradient row (packed mode).
     dy: &'a mut [f32],
@@ -1045,7 +1051,7 @@ struct WgradScratch<'a> {
 
 impl WgradRows<'_> {
     /// Adds output rows `rows` (global `n·OH + oh`) of one channel block to the block's
-    /// gradient accumulators (`sc.acc` from `(kh·kw + 1)·c0`).
+    /// gradient accumulators (`sc.acc` from `(kh·kw + 2)·c0`).
     ///
     /// # Safety
     /// As [`GatherRows::block`].
@@ -1086,8 +1092,8 @@ impl WgradRows<'_> {
         // pixels), the ring layout (every border tap is inside a ring row) and the
         // scratch sizes keep all accesses in bounds.
         unsafe {
-            assert!(sc.acc.len() >= (taps_n + 1) * (c0 + vb));
-            let acc = sc.acc.as_mut_ptr().add((taps_n + 1) * c0);
+            assert!(sc.acc.len() >= (taps_n + 2) * (c0 + vb));
+            let acc = sc.acc.as_mut_ptr().add((taps_n + 2) * c0);
             sc.ring.reset(vb);
             let x = self.x.as_ptr().add(c0);
             let ring = sc.ring.mem.as_ptr();
@@ -1104,6 +1110,9 @@ impl WgradRows<'_> {
                     dy_row = dyp;
                     dy_step = vb;
                 }
+                // The kernel rows inside the image, their input rows and ring slots.
+                let mut khs = [(0usize, std::ptr::null::<f32>(), 0usize); MAX_KH];
+                let mut nkh = 0;
                 for kh in 0..g.kh {
                     let Some(ih) = g.in_row(oh, kh) else { continue };
                     let gr = n * g.h + ih;
@@ -1113,43 +1122,100 @@ impl WgradRows<'_> {
                     } else {
                         0
                     };
-                    for &(kw0, gn, a, b) in &groups {
-                        let out = acc.add((kh * g.kw + kw0) * vb);
-                        let direct = WSteps {
-                            dy: dy_step,
-                            x: g.sw * c,
-                            tap: g.dw * c,
-                            out: vb,
-                            tail,
-                        };
-                        let xd = x_row.add((a * g.sw + kw0 * g.dw - g.left) * c);
-                        let dd = dy_row.add(a * dy_step);
-                        wgrad_group::<S, NV, TAIL>(s, gn, dd, xd, out, b - a, direct);
-                        if border {
-                            let packed = WSteps {
-                                x: g.sw * vb,
-                                tap: g.dw * vb,
-                                ..direct
-                            };
-                            let xr = ring.add(base + kw0 * g.dw * vb);
-                            wgrad_group::<S, NV, TAIL>(s, gn, dy_row, xr, out, a, packed);
-                            let (dr, xr) = (dy_row.add(b * dy_step), xr.add(b * g.sw * vb));
-                            wgrad_group::<S, NV, TAIL>(s, gn, dr, xr, out, g.ow - b, packed);
-                        }
+                    if nkh == MAX_KH {
+                        // Very tall kernels: flush what we have one row at a time.
+                        self.wgrad_rows::<S, NV, TAIL>(s, &groups, &khs[..nkh], dy_row, dy_step, acc, ring, tail);
+                        nkh = 0;
                     }
+                    khs[nkh] = (kh, x_row, base);
+                    nkh += 1;
                 }
+                self.wgrad_rows::<S, NV, TAIL>(s, &groups, &khs[..nkh], dy_row, dy_step, acc, ring, tail);
                 if self.with_bias {
-                    let mut bsum = [s.zero(); NV];
+                    // The row's sum (two partial sums), then a compensated (Kahan) add
+                    // into the running total: bias gradients are sums of many terms that
+                    // often nearly cancel.
+                    let mut bsum = [[s.zero(); NV]; 2];
                     for ow in 0..g.ow {
-                        for (v, a) in bsum.iter_mut().enumerate() {
+                        let a = &mut bsum[ow & 1];
+                        for (v, a) in a.iter_mut().enumerate() {
                             let d = ld::<S, TAIL>(s, dy_row.add(ow * dy_step + v * l), tail);
                             *a = s.add(*a, d);
                         }
                     }
-                    let bp = acc.add(taps_n * vb);
-                    for (v, a) in bsum.iter().enumerate() {
-                        let p = bp.add(v * l);
-                        s.store_ptr(p, s.add(s.load_ptr(p), *a));
+                    let (sp, cp) = (acc.add(taps_n * vb), acc.add((taps_n + 1) * vb));
+                    let [even, odd] = bsum;
+                    for (v, (e, o)) in even.into_iter().zip(odd).enumerate() {
+                        let (sp, cp) = (sp.add(v * l), cp.add(v * l));
+                        let (sum, comp) = (s.load_ptr(sp), s.load_ptr(cp));
+                        let y = s.sub(s.add(e, o), comp);
+                        let t = s.add(sum, y);
+                        s.store_ptr(cp, s.sub(s.sub(t, sum), y));
+                        s.store_ptr(sp, t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One output row of one channel block: every kernel row in `khs` (kernel row,
+    /// input row, ring slot), kernel columns in `groups`. The interior runs go in
+    /// slices of [`WGRAD_SLICE`] pixels, all kernel rows per slice, so that the input
+    /// rows stream side by side (memory-level parallelism) rather than one after the
+    /// other.
+    ///
+    /// # Safety
+    /// As [`WgradRows::block`], whose pointers these are.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn wgrad_rows<S: Simd, const NV: usize, const TAIL: bool>(
+        &self,
+        s: S,
+        groups: &[(usize, usize, usize, usize)],
+        khs: &[(usize, *const f32, usize)],
+        dy_row: *const f32,
+        dy_step: usize,
+        acc: *mut f32,
+        ring: *const f32,
+        tail: usize,
+    ) {
+        let g = self.g;
+        let (c, vb) = (g.c, NV * S::LANES);
+        let border = self.cols.has_border();
+        let direct = WSteps {
+            dy: dy_step,
+            x: g.sw * c,
+            tap: g.dw * c,
+            out: vb,
+            tail,
+        };
+        let packed = WSteps {
+            x: g.sw * vb,
+            tap: g.dw * vb,
+            ..direct
+        };
+        // SAFETY: forwarded from `block`: interior pixels are real input pixels,
+        // border pixels lie in the ring rows.
+        unsafe {
+            for &(kw0, gn, a, b) in groups {
+                let mut a0 = a;
+                while a0 < b {
+                    let a1 = (a0 + WGRAD_SLICE).min(b);
+                    for &(kh, x_row, _) in khs {
+                        let out = acc.add((kh * g.kw + kw0) * vb);
+                        let xd = x_row.add((a0 * g.sw + kw0 * g.dw - g.left) * c);
+                        let dd = dy_row.add(a0 * dy_step);
+                        wgrad_group::<S, NV, TAIL>(s, gn, dd, xd, out, a1 - a0, direct);
+                    }
+                    a0 = a1;
+                }
+                if border {
+                    for &(kh, _, base) in khs {
+                        let out = acc.add((kh * g.kw + kw0) * vb);
+                        let xr = ring.add(base + kw0 * g.dw * vb);
+                        wgrad_group::<S, NV, TAIL>(s, gn, dy_row, xr, out, a, packed);
+                        let (dr, xr) = (dy_row.add(b * dy_step), xr.add(b * g.sw * vb));
+                        wgrad_group::<S, NV, TAIL>(s, gn, dr, xr, out, g.ow - b, packed);
                     }
                 }
             }
@@ -1173,10 +1239,10 @@ impl WgradRows<'_> {
         let taps_n = g.kh * g.kw;
         let outs = taps_n + usize::from(self.with_bias);
         assert!(c0 + if TAIL { tail } else { vb } <= c && self.part.len() >= outs * c);
-        assert!(sc.acc.len() >= (taps_n + 1) * (c0 + vb));
+        assert!(sc.acc.len() >= (taps_n + 2) * (c0 + vb));
         // SAFETY: the asserts above bound every access.
         unsafe {
-            let acc = sc.acc.as_ptr().add((taps_n + 1) * c0);
+            let acc = sc.acc.as_ptr().add((taps_n + 2) * c0);
             let part = self.part.as_mut_ptr().add(c0);
             for t in 0..outs {
                 for v in 0..NV {
@@ -1217,7 +1283,7 @@ impl SimdKernel for WgradRows<'_> {
         let ring_len = Ring::len(slots, self.cols.rp, vbm);
         let mut scratch = Scratch::take();
         {
-            let acc_len = (g.kh * g.kw + 1) * g.c.div_ceil(S::LANES) * S::LANES;
+            let acc_len = (g.kh * g.kw + 2) * g.c.div_ceil(S::LANES) * S::LANES;
             let mem = scratch.slice(ring_len + acc_len + g.ow * vbm);
             let (ring, rest) = mem.split_at_mut(ring_len);
             let (acc, dy) = rest.split_at_mut(acc_len);
