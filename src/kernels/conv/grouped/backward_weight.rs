@@ -55,11 +55,7 @@ pub(super) fn run(
     // read zero-padded windows of kw·C_in values.
     let dense = g.groups == 1 && g.dw == 1;
     let (in_lo, in_hi) = g.interior_cols();
-    let n_border = if dense {
-        in_lo + (g.ow - in_hi)
-    } else {
-        0
-    };
+    let n_border = if dense { in_lo + (g.ow - in_hi) } else { 0 };
     jobs.into_par_iter().for_each(|(c, g0, ng, part)| {
         let r0 = c * chunk_rows;
         let r1 = (r0 + chunk_rows).min(rows);
@@ -182,7 +178,13 @@ impl SimdKernel for BwdWeightTask<'_> {
             }
             None => {
                 let p = dy[r0 * g.ow * g.cout + g0 * g.cog..].as_ptr();
-                (p, nr * g.ow * g.cout - g0 * g.cog, g.cout, g.ow * g.cout, g.cog)
+                (
+                    p,
+                    nr * g.ow * g.cout - g0 * g.cog,
+                    g.cout,
+                    g.ow * g.cout,
+                    g.cog,
+                )
             }
         };
         let dy_at = |gl: usize, rr: usize, ow: usize| gl * dy_group + rr * dy_row + ow * dy_pix;
@@ -255,8 +257,7 @@ impl SimdKernel for BwdWeightTask<'_> {
                         } else {
                             let (lo, hi) = g.valid_cols(kw);
                             if hi > lo {
-                                let xo =
-                                    x_row + (lo * g.sw + kw * g.dw - g.pl) * g.cin + gi * cig;
+                                let xo = x_row + (lo * g.sw + kw * g.dw - g.pl) * g.cin + gi * cig;
                                 rows.push(OuterRow {
                                     x: x.as_ptr().wrapping_add(xo),
                                     x_pix: g.sw * g.cin,
