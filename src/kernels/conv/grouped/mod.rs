@@ -169,31 +169,6 @@ impl Geo {
             .checked_sub(self.pt)
             .filter(|&ih| ih < self.h)
     }
-
-    /// Output columns `[lo, hi)` whose every `kw` tap reads inside the image;
-    /// `lo <= hi <= ow` (the columns left of `lo` and from `hi` on are the borders).
-    fn interior_cols(&self) -> (usize, usize) {
-        let lo = self.pl.div_ceil(self.sw).min(self.ow);
-        let span = (self.kw - 1) * self.dw;
-        let hi = if self.w - 1 + self.pl >= span {
-            (self.w - 1 + self.pl - span) / self.sw + 1
-        } else {
-            0
-        };
-        (lo, hi.clamp(lo, self.ow))
-    }
-
-    /// Output columns `[lo, hi)` whose tap `kw` reads inside the image.
-    fn valid_cols(&self, kw: usize) -> (usize, usize) {
-        let off = kw * self.dw;
-        let lo = self.pl.saturating_sub(off).div_ceil(self.sw);
-        let hi = if self.w - 1 + self.pl >= off {
-            ((self.w - 1 + self.pl - off) / self.sw + 1).min(self.ow)
-        } else {
-            0
-        };
-        (lo, hi.max(lo))
-    }
 }
 
 /// The vector width the kernels run with at `level` (what [`simd::dispatch`] picks).
