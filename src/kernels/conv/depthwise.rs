@@ -1124,13 +1124,31 @@ impl WgradRows<'_> {
                     };
                     if nkh == MAX_KH {
                         // Very tall kernels: flush what we have one row at a time.
-                        self.wgrad_rows::<S, NV, TAIL>(s, &groups, &khs[..nkh], dy_row, dy_step, acc, ring, tail);
+                        self.wgrad_rows::<S, NV, TAIL>(
+                            s,
+                            &groups,
+                            &khs[..nkh],
+                            dy_row,
+                            dy_step,
+                            acc,
+                            ring,
+                            tail,
+                        );
                         nkh = 0;
                     }
                     khs[nkh] = (kh, x_row, base);
                     nkh += 1;
                 }
-                self.wgrad_rows::<S, NV, TAIL>(s, &groups, &khs[..nkh], dy_row, dy_step, acc, ring, tail);
+                self.wgrad_rows::<S, NV, TAIL>(
+                    s,
+                    &groups,
+                    &khs[..nkh],
+                    dy_row,
+                    dy_step,
+                    acc,
+                    ring,
+                    tail,
+                );
                 if self.with_bias {
                     // The row's sum (two partial sums), then a compensated (Kahan) add
                     // into the running total: bias gradients are sums of many terms that

@@ -2,9 +2,7 @@
 //! products of input channels × output-gradient vectors accumulated in registers over
 //! the chunk's pixels; per-chunk `f32` partials added in chunk order.
 
-use super::micro::{
-    GroupMajor, OuterRow, OuterTile, copy, max_nv, max_tile, outer_tile, tile_dispatch,
-};
+use super::micro::{GroupMajor, OuterRow, OuterTile, max_nv, max_tile, outer_tile, tile_dispatch};
 use super::{Geo, lanes, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
@@ -16,6 +14,18 @@ const MAX_CHUNKS: usize = 64;
 const MIN_CHUNK_PIXELS: usize = 2048;
 /// Tasks (chunks × group blocks) to aim for.
 const MIN_TASKS: usize = 32;
+/// Floats of per-task copies (input and output gradient) to aim below.
+const BUDGET: usize = 256 * 1024;
+
+/// A stretch of one image inside a chunk and the input rows it reads.
+#[derive(Copy, Clone, Debug)]
+struct Segment {
+    n: usize,
+    ih_lo: usize,
+    ih_hi: usize,
+    /// Row of `ih_lo` in the task's input buffer.
+    base: usize,
+}
 
 pub(super) fn run(
     level: SimdLevel,
@@ -32,7 +42,19 @@ pub(super) fn run(
     let want = (rows * g.ow / MIN_CHUNK_PIXELS).clamp(1, MAX_CHUNKS);
     let chunk_rows = rows.div_ceil(want);
     let chunks = rows.div_ceil(chunk_rows);
-    let gbs = g.groups.div_ceil(MIN_TASKS.div_ceil(chunks).min(g.groups));
+    let wp = g.padded_w();
+    let cvn = g.cog.div_ceil(l);
+    // Groups per task: all of them (whole runs of channels are read from memory) unless
+    // that leaves too few tasks or too large a copy.
+    let per_group =
+        ((chunk_rows + 1) * g.sh + (g.kh - 1) * g.dh) * wp * g.cig + chunk_rows * g.ow * cvn * l;
+    let mut gbs = g.groups;
+    while gbs > 1 && (chunks * g.groups.div_ceil(gbs) < MIN_TASKS || gbs * per_group > BUDGET) {
+        gbs = gbs.div_ceil(2);
+    }
+    // Output gradients are read in place when a task covers every channel in whole
+    // vectors; otherwise copied per task as [gl][row][ow][cvn·L] with zero lanes.
+    let dy_copy = !(g.cog.is_multiple_of(l) && gbs == g.groups);
     let blocks: Vec<(usize, usize)> = split(g.groups, gbs).collect();
     let block_len = |ng: usize| g.taps() * g.cig * ng * g.cog;
 
@@ -46,27 +68,33 @@ pub(super) fn run(
             jobs.push((c, g0, ng, part));
         }
     }
-    // Output gradients are read in place when each group's channels are whole vectors;
-    // otherwise copied per task as [gl][row][ow][cvn·L] with zero lanes.
-    let cvn = g.cog.div_ceil(l);
-    let dy_copy = !g.cog.is_multiple_of(l);
-    // In a dense convolution without horizontal dilation the kw taps and channels of a
-    // kernel row are one contiguous run (in `x` and in the weight); border pixels then
-    // read zero-padded windows of kw·C_in values.
-    let dense = g.groups == 1 && g.dw == 1;
-    let (in_lo, in_hi) = g.interior_cols();
-    let n_border = if dense { in_lo + (g.ow - in_hi) } else { 0 };
     jobs.into_par_iter().for_each(|(c, g0, ng, part)| {
         let r0 = c * chunk_rows;
         let r1 = (r0 + chunk_rows).min(rows);
+        let mut segments = Vec::new();
+        let mut base = 0;
+        let mut r = r0;
+        while r < r1 {
+            let n = r / g.oh;
+            let end = ((n + 1) * g.oh).min(r1);
+            let (ih_lo, ih_hi) = g.in_rows(r - n * g.oh, end - n * g.oh);
+            segments.push(Segment {
+                n,
+                ih_lo,
+                ih_hi,
+                base,
+            });
+            base += ih_hi - ih_lo;
+            r = end;
+        }
+        let x_len = ng * base * wp * g.cig;
         let dy_len = if dy_copy {
             ng * (r1 - r0) * g.ow * cvn * l
         } else {
             0
         };
-        let win_len = (r1 - r0) * n_border * g.kw * g.cin;
-        with_scratch(dy_len + win_len, |buf| {
-            let (db, win) = buf.split_at_mut(dy_len);
+        with_scratch(x_len + dy_len, |buf| {
+            let (xb, db) = buf.split_at_mut(x_len);
             simd::dispatch(
                 level,
                 BwdWeightTask {
@@ -77,10 +105,10 @@ pub(super) fn run(
                     r1,
                     g0,
                     ng,
-                    dense,
-                    interior: (in_lo, in_hi),
+                    segments: &segments,
+                    x_rows: base,
+                    xb,
                     db: dy_copy.then_some(db),
-                    win,
                     part,
                 },
             )
@@ -123,14 +151,13 @@ struct BwdWeightTask<'a> {
     /// Groups `g0..g0 + ng`.
     g0: usize,
     ng: usize,
-    /// Dense without horizontal dilation: kw taps merged into the channel axis.
-    dense: bool,
-    /// Output columns whose every kw tap is inside the image.
-    interior: (usize, usize),
+    segments: &'a [Segment],
+    /// Rows of `xb` per group.
+    x_rows: usize,
+    /// `[gl][x_rows][padded_w][cig]`, zeroed.
+    xb: &'a mut [f32],
     /// `[gl][r1 − r0][ow][cvn·L]`, zeroed, when `dy` is not read in place.
     db: Option<&'a mut [f32]>,
-    /// Border windows (dense only): `[row][border pixel][kw·C_in]`.
-    win: &'a mut [f32],
     /// `[tap][ci][gl·cog + co]`, overwritten.
     part: &'a mut [f32],
 }
@@ -148,16 +175,35 @@ impl SimdKernel for BwdWeightTask<'_> {
             r1,
             g0,
             ng,
-            dense,
-            interior: (in_lo, in_hi),
+            segments,
+            x_rows,
+            xb,
             db,
-            win,
             part,
         } = self;
         let l = S::LANES;
         let cig = g.cig;
         let cvn = g.cog.div_ceil(l);
-        let nr = r1 - r0;
+        let wp = g.padded_w();
+        let xg = x_rows * wp * cig;
+        let dg = (r1 - r0) * g.ow * cvn * l;
+        let gm = GroupMajor {
+            width: g.w,
+            src_c: g.cin,
+            cg: cig,
+            g0,
+            ng,
+            pad: g.pl,
+            dst_w: wp,
+            dst_c: cig,
+            g_stride: xg,
+        };
+        let img = g.h * g.w * g.cin;
+        for seg in segments {
+            let src = &x[seg.n * img + seg.ih_lo * g.w * g.cin..]
+                [..(seg.ih_hi - seg.ih_lo) * g.w * g.cin];
+            gm.copy_rows(s, src, seg.base, xb);
+        }
         // Output gradient of (chunk row rr, column ow, group gl): `dyp + dy_at(..)`.
         let (dyp, dy_len, dy_pix, dy_row, dy_group) = match db {
             Some(db) => {
@@ -170,123 +216,70 @@ impl SimdKernel for BwdWeightTask<'_> {
                     pad: 0,
                     dst_w: g.ow,
                     dst_c: cvn * l,
-                    g_stride: nr * g.ow * cvn * l,
+                    g_stride: dg,
                 };
                 gd.copy_rows(s, &dy[r0 * g.ow * g.cout..r1 * g.ow * g.cout], 0, db);
                 let pix = cvn * l;
-                (db.as_ptr(), db.len(), pix, g.ow * pix, nr * g.ow * pix)
+                (db.as_ptr(), db.len(), pix, g.ow * pix, dg)
             }
             None => {
                 let p = dy[r0 * g.ow * g.cout + g0 * g.cog..].as_ptr();
-                (
-                    p,
-                    nr * g.ow * g.cout - g0 * g.cog,
-                    g.cout,
-                    g.ow * g.cout,
-                    g.cog,
-                )
+                let len = (r1 - r0) * g.ow * g.cout - g0 * g.cog;
+                (p, len, g.cout, g.ow * g.cout, g.cog)
             }
         };
-        let dy_at = |gl: usize, rr: usize, ow: usize| gl * dy_group + rr * dy_row + ow * dy_pix;
 
-        let img = g.h * g.w * g.cin;
-        let k_len = if dense { g.kw * g.cin } else { cig };
-        let kws = if dense { 1 } else { g.kw };
+        // Without horizontal dilation the kw taps and the group's channels are one
+        // contiguous run per pixel (as in the weight layout).
+        let merged = g.dw == 1;
+        let k_len = if merged { g.kw * cig } else { cig };
+        let kws = if merged { 1 } else { g.kw };
         let bw = ng * g.cog;
         let part_len = part.len();
         let out = part.as_mut_ptr();
-        let blocks: Vec<(usize, usize)> = split(cvn, max_nv::<S>()).collect();
-        let n_border = in_lo + (g.ow - in_hi);
-        let mut rows: Vec<OuterRow> = Vec::with_capacity(3 * nr);
-        // (x offset, x length) of each row for the debug bounds check.
-        let mut extents: Vec<(usize, usize, usize)> = Vec::with_capacity(3 * nr);
+        let mut rows = Vec::with_capacity(r1 - r0);
         for gl in 0..ng {
-            let gi = g0 + gl;
             for kh in 0..g.kh {
-                if dense && n_border > 0 {
-                    // Zero-padded windows of the border pixels of every row.
-                    for (rr, flat) in (r0..r1).enumerate() {
-                        let (n, oh) = (flat / g.oh, flat % g.oh);
-                        let Some(ih) = g.in_row(oh, kh) else { continue };
-                        let x_row = n * img + ih * g.w * g.cin;
-                        let wrow = &mut win[rr * n_border * k_len..][..n_border * k_len];
-                        let border = (0..in_lo).chain(in_hi..g.ow);
-                        for (wdst, ow) in wrow.chunks_exact_mut(k_len).zip(border) {
-                            wdst.fill(0.0);
-                            for kw in 0..g.kw {
-                                let iw = (ow * g.sw + kw) as isize - g.pl as isize;
-                                if iw >= 0 && (iw as usize) < g.w {
-                                    let from = &x[x_row + iw as usize * g.cin..][..g.cin];
-                                    copy(s, from, &mut wdst[kw * g.cin..]);
-                                }
-                            }
-                        }
-                    }
+                rows.clear();
+                for (rr, flat) in (r0..r1).enumerate() {
+                    let (n, oh) = (flat / g.oh, flat % g.oh);
+                    let Some(ih) = g.in_row(oh, kh) else { continue };
+                    let seg = segments
+                        .iter()
+                        .find(|s| s.n == n)
+                        .expect("every row's image has a segment");
+                    let xo = gl * xg + (seg.base + ih - seg.ih_lo) * wp * cig;
+                    rows.push((xo, gl * dy_group + rr * dy_row));
                 }
+                let orows: Vec<OuterRow> = rows
+                    .iter()
+                    .map(|&(xo, yo)| OuterRow {
+                        x: xb.as_ptr().wrapping_add(xo),
+                        x_pix: g.sw * cig,
+                        dy: dyp.wrapping_add(yo),
+                        npix: g.ow,
+                    })
+                    .collect();
                 for kw in 0..kws {
-                    rows.clear();
-                    extents.clear();
-                    for (rr, flat) in (r0..r1).enumerate() {
-                        let (n, oh) = (flat / g.oh, flat % g.oh);
-                        let Some(ih) = g.in_row(oh, kh) else { continue };
-                        let x_row = n * img + ih * g.w * g.cin;
-                        if dense {
-                            // The border windows, then the interior read in place.
-                            let wrow = rr * n_border * k_len;
-                            for (b0, o0, np) in [(0, 0, in_lo), (in_lo, in_hi, g.ow - in_hi)] {
-                                if np > 0 {
-                                    rows.push(OuterRow {
-                                        x: win[wrow + b0 * k_len..].as_ptr(),
-                                        x_pix: k_len,
-                                        dy: dyp.wrapping_add(dy_at(gl, rr, o0)),
-                                        npix: np,
-                                    });
-                                    extents.push((usize::MAX, 0, dy_at(gl, rr, o0)));
-                                }
-                            }
-                            if in_hi > in_lo {
-                                let xo = x_row + (in_lo * g.sw - g.pl) * g.cin;
-                                rows.push(OuterRow {
-                                    x: x.as_ptr().wrapping_add(xo),
-                                    x_pix: g.sw * g.cin,
-                                    dy: dyp.wrapping_add(dy_at(gl, rr, in_lo)),
-                                    npix: in_hi - in_lo,
-                                });
-                                extents.push((xo, in_hi - in_lo, dy_at(gl, rr, in_lo)));
-                            }
-                        } else {
-                            let (lo, hi) = g.valid_cols(kw);
-                            if hi > lo {
-                                let xo = x_row + (lo * g.sw + kw * g.dw - g.pl) * g.cin + gi * cig;
-                                rows.push(OuterRow {
-                                    x: x.as_ptr().wrapping_add(xo),
-                                    x_pix: g.sw * g.cin,
-                                    dy: dyp.wrapping_add(dy_at(gl, rr, lo)),
-                                    npix: hi - lo,
-                                });
-                                extents.push((xo, hi - lo, dy_at(gl, rr, lo)));
-                            }
-                        }
-                    }
+                    let x_tap = kw * g.dw * cig;
                     let out_row = (kh * g.kw + kw) * cig;
-                    for &(v0, nv) in &blocks {
+                    for (v0, nv) in split(cvn, max_nv::<S>()) {
                         let last = (g.cog - (v0 + nv - 1) * l).min(l);
                         for (k0, mi) in split(k_len, max_tile::<S>(nv)) {
                             let out_off = (out_row + k0) * bw + gl * g.cog + v0 * l;
                             if cfg!(debug_assertions) {
-                                for (r, &(xo, np, yo)) in rows.iter().zip(&extents) {
-                                    if xo != usize::MAX {
-                                        assert!(xo + (np - 1) * r.x_pix + k0 + mi <= x.len());
-                                    }
-                                    let ye = yo + v0 * l + (r.npix - 1) * dy_pix + nv * l;
+                                for &(xo, yo) in &rows {
+                                    let xe = xo + x_tap + k0 + (g.ow - 1) * g.sw * cig + mi;
+                                    assert!(xe <= xb.len(), "x");
+                                    let ye = yo + v0 * l + (g.ow - 1) * dy_pix + nv * l;
                                     assert!(ye <= dy_len, "dy");
                                 }
                                 let oe = out_off + (mi - 1) * bw + (nv - 1) * l + last;
                                 assert!(oe <= part_len, "out");
                             }
                             let a = OuterTile {
-                                rows: &rows,
-                                x_off: k0,
+                                rows: &orows,
+                                x_off: x_tap + k0,
                                 dy_off: v0 * l,
                                 dy_pix,
                                 out: out.wrapping_add(out_off),
@@ -295,11 +288,10 @@ impl SimdKernel for BwdWeightTask<'_> {
                             };
                             macro_rules! call {
                                 ($m:literal, $nv:literal) => {
-                                    // SAFETY: the row pointers and offsets were derived
-                                    // from the shape so that every read lies in `x`, the
-                                    // border windows or the output gradient, and every
-                                    // write in `part`, which this task owns; checked in
-                                    // debug builds above.
+                                    // SAFETY: the offsets were derived from the shape so
+                                    // that every read lies in `xb`/`db` and every write
+                                    // in `part`, which this task owns; checked in debug
+                                    // builds above.
                                     unsafe { outer_tile::<S, $m, $nv>(s, &a) }
                                 };
                             }

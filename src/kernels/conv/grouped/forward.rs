@@ -1,6 +1,8 @@
 //! Forward pass: a direct convolution over a padded, group-major copy of the input.
 
-use super::micro::{ConvTile, conv_tile, copy, max_nv, max_tile, prefetch_pixels, tile_dispatch};
+use super::micro::{
+    ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile, prefetch_pixels,
+};
 use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
@@ -47,13 +49,21 @@ pub(super) fn run(
         }
         p
     });
-    let tasks = plan_tasks(g.n, g.oh, g.groups, 0, |_| 0);
+    let wp = g.padded_w();
+    let tasks = plan_tasks(
+        g.n,
+        g.oh,
+        g.groups,
+        g.taps() * g.cig * cvn * l,
+        wp * g.cig,
+        |band| (band - 1) * g.sh + (g.kh - 1) * g.dh + 1,
+    );
     let out = SharedOut::new(y);
     let bias = bias.as_deref();
-    // Scratch for the zero-padded copy of a border tile's input.
-    let border_len = g.kh * (15 * g.sw + (g.kw - 1) * g.dw + 1) * g.cig;
     tasks.par_iter().for_each(|t| {
-        with_scratch(border_len, |buf| {
+        let (ih_lo, ih_hi) = g.in_rows(t.r0, t.r0 + t.rows);
+        let in_rows = ih_hi - ih_lo;
+        with_scratch(t.ng * in_rows * wp * g.cig, |buf| {
             simd::dispatch(
                 level,
                 FwdTask {
@@ -63,6 +73,8 @@ pub(super) fn run(
                     bias,
                     out,
                     t: *t,
+                    ih_lo,
+                    in_rows,
                     buf,
                 },
             )
@@ -93,7 +105,10 @@ struct FwdTask<'a> {
     out: SharedOut,
     /// Output rows `r0..r0 + rows` of image `n`, groups `g0..g0 + ng`.
     t: Task,
-    /// Scratch for border tiles: `[kernel row][column][cig]`.
+    /// First input row in `buf`.
+    ih_lo: usize,
+    in_rows: usize,
+    /// `[gl][in_rows][padded_w][cig]`, zeroed.
     buf: &'a mut [f32],
 }
 
@@ -109,111 +124,93 @@ impl SimdKernel for FwdTask<'_> {
             bias,
             out,
             t,
+            ih_lo,
+            in_rows,
             buf,
         } = self;
         let l = S::LANES;
         let cig = g.cig;
-        let cvn = g.cog.div_ceil(l);
+        let wp = g.padded_w();
+        let g_stride = in_rows * wp * cig;
         let img = g.h * g.w * g.cin;
         let xi = &x[t.n * img..][..img];
-        // Interior tiles read `x` in place. In a dense convolution without horizontal
-        // dilation the kw taps and the channels of a kernel row are one contiguous run
-        // of kw·C_in values, in `x` and in the weights alike.
-        let dense = g.groups == 1 && g.dw == 1;
-        let k_direct = if dense { g.kw * g.cin } else { cig };
-        // Border tiles read a zero-padded copy `[kernel row][column][cig]`, where the kw
-        // taps and channels are contiguous whenever there is no horizontal dilation.
-        let k_border = if g.dw == 1 { g.kw * cig } else { cig };
-        let (in_lo, in_hi) = g.interior_cols();
-        let span_w = (g.kw - 1) * g.dw + 1;
+        // The input rows are copied into `buf` (zero-padded, group-major) just before
+        // the first output row that reads them; the rows the next output row adds are
+        // prefetched while this one computes.
+        let gm = GroupMajor {
+            width: g.w,
+            src_c: g.cin,
+            cg: cig,
+            g0: t.g0,
+            ng: t.ng,
+            pad: g.pl,
+            dst_w: wp,
+            dst_c: cig,
+            g_stride,
+        };
+        let row_len = g.w * g.cin;
+        let rows_end = |oh: usize| g.in_rows(oh, oh + 1).1.max(ih_lo);
+        let mut copied = ih_lo;
+
+        // Without horizontal dilation the kw taps of a kernel row and the group's
+        // channels are one contiguous run of kw·cig values, in the buffer and in the
+        // weights alike.
+        let merged = g.dw == 1;
+        let k_len = if merged { g.kw * cig } else { cig };
+        let cvn = g.cog.div_ceil(l);
         let blocks: Vec<(usize, usize)> = split(cvn, max_nv::<S>()).collect();
-        let mr = max_tile::<S>(blocks[0].1).min(16);
-        let mut rows = Vec::with_capacity(g.kh);
-        let mut next = Vec::with_capacity(g.kh);
-        let mut direct = Vec::with_capacity(g.taps());
-        let mut border = Vec::with_capacity(g.taps());
-        for gl in 0..t.ng {
-            let gi = t.g0 + gl;
-            for oh in t.r0..t.r0 + t.rows {
-                rows.clear();
-                direct.clear();
-                for kh in 0..g.kh {
-                    let Some(ih) = g.in_row(oh, kh) else { continue };
-                    rows.push((kh, ih));
-                    let row = ih * g.w * g.cin;
-                    if dense {
-                        direct.push((row, kh * g.kw * g.cin * weights.k));
-                    } else {
-                        for kw in 0..g.kw {
-                            direct.push((
-                                row + kw * g.dw * g.cin,
-                                (kh * g.kw + kw) * cig * weights.k,
-                            ));
-                        }
+        let mr = max_tile::<S>(blocks[0].1);
+        let n_tiles = g.ow.div_ceil(mr);
+        let per_row = t.ng * blocks.len() * n_tiles;
+        let src_pix = g.sw * cig;
+        let mut taps = Vec::with_capacity(g.taps());
+        for oh in t.r0..t.r0 + t.rows {
+            let need = rows_end(oh);
+            if need > copied {
+                let src = &xi[copied * row_len..need * row_len];
+                gm.copy_rows(s, src, copied - ih_lo, buf);
+                copied = need;
+            }
+            let ahead = if oh + 1 < t.r0 + t.rows {
+                copied..rows_end(oh + 1)
+            } else {
+                0..0
+            };
+            taps.clear();
+            for kh in 0..g.kh {
+                let Some(ih) = g.in_row(oh, kh) else { continue };
+                let row = (ih - ih_lo) * wp * cig;
+                if merged {
+                    taps.push((row, kh * g.kw * cig * weights.k));
+                } else {
+                    for kw in 0..g.kw {
+                        taps.push((row + kw * g.dw * cig, (kh * g.kw + kw) * cig * weights.k));
                     }
                 }
-                // Input rows the next output row reads first: prefetched a slice per
-                // tile, so that they arrive while this row computes.
-                let last_ih = rows.last().map_or(0, |r| r.1);
-                next.clear();
-                if oh + 1 < t.r0 + t.rows {
-                    for kh in 0..g.kh {
-                        match g.in_row(oh + 1, kh) {
-                            Some(ih) if rows.is_empty() || ih > last_ih => next.push(ih),
-                            _ => {}
+            }
+            let mut step = 0;
+            for gl in 0..t.ng {
+                let gi = t.g0 + gl;
+                let src = buf[gl * g_stride..].as_ptr();
+                for &(v0, nv) in &blocks {
+                    let last = (g.cog - (v0 + nv - 1) * l).min(l);
+                    let w_off = gi * weights.group + v0 * l;
+                    let init = bias.map_or(std::ptr::null(), |b| b[(gi * cvn + v0) * l..].as_ptr());
+                    let y_row = (t.n * g.oh + oh) * g.ow * g.cout + gi * g.cog + v0 * l;
+                    for (ow0, m) in split(g.ow, mr) {
+                        // This tile's share of the prefetches.
+                        let cols = step * g.w / per_row..(step + 1) * g.w / per_row;
+                        step += 1;
+                        for ih in ahead.clone() {
+                            let base = xi.as_ptr().wrapping_add(ih * row_len + t.g0 * cig);
+                            prefetch_pixels(base, cols.clone(), g.cin, t.ng * cig);
                         }
-                    }
-                }
-                let n_tiles = g.ow.div_ceil(mr);
-                let y_row = (t.n * g.oh + oh) * g.ow * g.cout + gi * g.cog;
-                for (i, (ow0, m)) in split(g.ow, mr).enumerate() {
-                    for &ih in &next {
-                        let base = xi.as_ptr().wrapping_add(ih * g.w * g.cin + gi * cig);
-                        let cols = i * g.w / n_tiles..(i + 1) * g.w / n_tiles;
-                        prefetch_pixels(base, cols, g.cin, cig);
-                    }
-                    let (src, src_off, src_len, src_pix, taps, k_len) =
-                        if ow0 >= in_lo && ow0 + m <= in_hi {
-                            let off = gi * cig + (ow0 * g.sw - g.pl) * g.cin;
-                            (xi.as_ptr(), off, img, g.sw * g.cin, &direct, k_direct)
-                        } else {
-                            let cols = (m - 1) * g.sw + span_w;
-                            let len = rows.len() * cols * cig;
-                            let sb = &mut buf[..len];
-                            sb.fill(0.0);
-                            // Input column of buffer column 0.
-                            let c0 = (ow0 * g.sw) as isize - g.pl as isize;
-                            let col_lo = (-c0).max(0) as usize;
-                            let col_hi = (g.w as isize - c0).clamp(0, cols as isize) as usize;
-                            border.clear();
-                            for (r, &(kh, ih)) in rows.iter().enumerate() {
-                                for col in col_lo..col_hi {
-                                    let iw = (c0 + col as isize) as usize;
-                                    let from = &xi[(ih * g.w + iw) * g.cin + gi * cig..][..cig];
-                                    copy(s, from, &mut sb[(r * cols + col) * cig..]);
-                                }
-                                let row = r * cols * cig;
-                                if g.dw == 1 {
-                                    border.push((row, kh * g.kw * cig * weights.k));
-                                } else {
-                                    for kw in 0..g.kw {
-                                        border.push((
-                                            row + kw * g.dw * cig,
-                                            (kh * g.kw + kw) * cig * weights.k,
-                                        ));
-                                    }
-                                }
-                            }
-                            (sb.as_ptr(), 0, len, g.sw * cig, &border, k_border)
-                        };
-                    for &(v0, nv) in &blocks {
-                        let last = (g.cog - (v0 + nv - 1) * l).min(l);
-                        let w_off = gi * weights.group + v0 * l;
-                        let dst_off = y_row + ow0 * g.cout + v0 * l;
+                        let src_off = ow0 * src_pix;
+                        let dst_off = y_row + ow0 * g.cout;
                         debug_check(
-                            taps,
-                            src_off,
-                            src_len,
+                            &taps,
+                            src_off + gl * g_stride,
+                            buf.len(),
                             src_pix,
                             k_len,
                             m,
@@ -231,26 +228,25 @@ impl SimdKernel for FwdTask<'_> {
                             src_pix,
                             w: weights.data.as_ptr().wrapping_add(w_off),
                             w_k: weights.k,
-                            taps,
+                            taps: &taps,
                             k_len,
-                            init: bias
-                                .map_or(std::ptr::null(), |b| b[(gi * cvn + v0) * l..].as_ptr()),
+                            init,
                             dst: out.ptr.wrapping_add(dst_off),
                             dst_pix: g.cout,
                             last,
                         };
                         macro_rules! call {
-                            ($m:literal, $nv:literal) => {
+                            ($m:literal, $nv:literal, $pix:literal) => {
                                 // SAFETY: the offsets were derived from the shape so that
-                                // every read lies in `x`, the border copy or the weights,
-                                // and every write in this task's rows and groups of `y`,
-                                // which no other task writes (tasks partition images ×
-                                // rows × groups); `debug_check` verifies the bounds in
-                                // debug builds.
-                                unsafe { conv_tile::<S, $m, $nv>(s, &a) }
+                                // every read lies in `buf` (rows copied above) or the
+                                // weights, and every write in this task's rows and groups
+                                // of `y`, which no other task writes (tasks partition
+                                // images × rows × groups); `debug_check` verifies the
+                                // bounds in debug builds.
+                                unsafe { conv_tile::<S, $m, $nv, $pix>(s, &a) }
                             };
                         }
-                        tile_dispatch!(nv, m, call);
+                        conv_dispatch!(nv, m, src_pix, call);
                     }
                 }
             }

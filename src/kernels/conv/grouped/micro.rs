@@ -39,7 +39,7 @@ macro_rules! tile_dispatch {
     ($nv:expr, $m:expr, $call:ident) => {
         match $nv {
             1 => tile_dispatch!(@m $m, 1, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
-            2 => tile_dispatch!(@m $m, 2, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14]),
+            2 => tile_dispatch!(@m $m, 2, $call, [1 2 3 4 5 6 7 8 9 10 11 12]),
             3 => tile_dispatch!(@m $m, 3, $call, [1 2 3 4 5 6 7 8]),
             4 => tile_dispatch!(@m $m, 4, $call, [1 2 3 4 5 6]),
             _ => unreachable!("tile with {} vectors", $nv),
@@ -53,6 +53,32 @@ macro_rules! tile_dispatch {
     };
 }
 pub(super) use tile_dispatch;
+
+/// Like [`tile_dispatch!`] for [`conv_tile`]: `$call!(TILE, NV, PIX)`, with the input
+/// pixel stride `$pix` a constant for the common 16 and 32 (one or two vectors; 0
+/// means "read it from the arguments").
+macro_rules! conv_dispatch {
+    ($nv:expr, $m:expr, $pix:expr, $call:ident) => {
+        match ($nv, $pix) {
+            (1, 16) => conv_dispatch!(@m $m, 1, 16, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
+            (1, 32) => conv_dispatch!(@m $m, 1, 32, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
+            (2, 16) => conv_dispatch!(@m $m, 2, 16, $call, [1 2 3 4 5 6 7 8 9 10 11 12]),
+            (2, 32) => conv_dispatch!(@m $m, 2, 32, $call, [1 2 3 4 5 6 7 8 9 10 11 12]),
+            (1, _) => conv_dispatch!(@m $m, 1, 0, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
+            (2, _) => conv_dispatch!(@m $m, 2, 0, $call, [1 2 3 4 5 6 7 8 9 10 11 12]),
+            (3, _) => conv_dispatch!(@m $m, 3, 0, $call, [1 2 3 4 5 6 7 8]),
+            (4, _) => conv_dispatch!(@m $m, 4, 0, $call, [1 2 3 4 5 6]),
+            _ => unreachable!("tile with {} vectors", $nv),
+        }
+    };
+    (@m $m:expr, $nv:literal, $pix:literal, $call:ident, [$($t:literal)*]) => {
+        match $m {
+            $($t => $call!($t, $nv, $pix),)*
+            _ => unreachable!("tile of {} with {} vectors", $m, $nv),
+        }
+    };
+}
+pub(super) use conv_dispatch;
 
 /// Arguments of [`conv_tile`]: `dst[p][v·L..] (=) init + Σ_taps Σ_k
 /// src[tap.0 + p·src_pix + k] · w[tap.1 + k·w_k + v·L..]` for `p < MR`, `v < NV`.
@@ -81,6 +107,8 @@ pub(super) struct ConvTile<'a> {
 
 /// A direct-convolution register tile: `MR` output pixels × `NV` vectors of output
 /// channels; one broadcast input value times one weight vector per multiply-add.
+/// `PIX` is the input pixel stride when it is a constant (then every input address is
+/// a base plus a constant offset), or 0 to read `src_pix`.
 ///
 /// # Safety
 /// Every address described on [`ConvTile`] must be in bounds: reads of
@@ -88,8 +116,13 @@ pub(super) struct ConvTile<'a> {
 /// writes of `dst[p·dst_pix + v·L ..]` (`last` lanes for the last vector), and no other
 /// thread may access the written elements meanwhile.
 #[inline(always)]
-pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize>(s: S, a: &ConvTile<'_>) {
+pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize, const PIX: usize>(
+    s: S,
+    a: &ConvTile<'_>,
+) {
     let l = S::LANES;
+    debug_assert!(PIX == 0 || PIX == a.src_pix);
+    let pix = if PIX == 0 { a.src_pix } else { PIX };
     let mut acc = [[s.zero(); NV]; MR];
     if !a.init.is_null() {
         let mut b = [s.zero(); NV];
@@ -114,7 +147,7 @@ pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize>(s: S, 
                 }
                 let xp = ip.add(k);
                 for (p, acc) in acc.iter_mut().enumerate() {
-                    let b = s.splat(*xp.add(p * a.src_pix));
+                    let b = s.splat(*xp.add(p * pix));
                     for v in 0..NV {
                         acc[v] = s.mul_add(b, wv[v], acc[v]);
                     }
@@ -309,7 +342,7 @@ pub(super) struct GroupMajor {
 
 impl GroupMajor {
     /// Copies source rows `src_rows` (each `width·src_c` floats, consecutive) into
-    /// destination rows starting at `dst_row0`.
+    /// destination rows starting at `dst_row0`, prefetching a few pixels ahead.
     #[inline(always)]
     pub(super) fn copy_rows<S: Simd>(
         &self,
@@ -318,8 +351,11 @@ impl GroupMajor {
         dst_row0: usize,
         dst: &mut [f32],
     ) {
+        const AHEAD: usize = 8;
         let row_len = self.width * self.src_c;
         let cols = self.width.min(self.dst_w.saturating_sub(self.pad));
+        let span = self.ng * self.cg;
+        let cbase = self.g0 * self.cg;
         for (r, src) in src_rows.chunks_exact(row_len).enumerate() {
             if self.ng == 1 && self.cg == self.src_c && self.dst_c == self.cg {
                 // One dense group: the row is one contiguous run.
@@ -327,13 +363,17 @@ impl GroupMajor {
                 copy(s, &src[..cols * self.cg], &mut dst[base..]);
                 continue;
             }
-            for gl in 0..self.ng {
-                let base =
-                    gl * self.g_stride + ((dst_row0 + r) * self.dst_w + self.pad) * self.dst_c;
-                let cbase = (self.g0 + gl) * self.cg;
-                for c in 0..cols {
-                    let from = &src[c * self.src_c + cbase..][..self.cg];
-                    copy(s, from, &mut dst[base + c * self.dst_c..][..self.cg]);
+            let row = src.as_ptr().wrapping_add(cbase);
+            prefetch_pixels(row, 0..AHEAD.min(cols), self.src_c, span);
+            for c in 0..cols {
+                if c + AHEAD < cols {
+                    prefetch_pixels(row, c + AHEAD..c + AHEAD + 1, self.src_c, span);
+                }
+                let px = &src[c * self.src_c + cbase..][..span];
+                for (gl, from) in px.chunks_exact(self.cg).enumerate() {
+                    let at = gl * self.g_stride
+                        + ((dst_row0 + r) * self.dst_w + self.pad + c) * self.dst_c;
+                    copy(s, from, &mut dst[at..][..self.cg]);
                 }
             }
         }

@@ -148,36 +148,26 @@ impl Geo {
         self.kh * self.kw
     }
 
+    /// Width of a zero-padded input row as the forward pass reads it: every column
+    /// `ow·sw + kw·dw` (in padded coordinates) of every output pixel.
+    fn padded_w(&self) -> usize {
+        (self.ow - 1) * self.sw + (self.kw - 1) * self.dw + 1
+    }
+
+    /// Input rows `[lo, hi)` read by the output rows `oh0..oh1` (clipped to the image).
+    fn in_rows(&self, oh0: usize, oh1: usize) -> (usize, usize) {
+        let lo = (oh0 * self.sh).saturating_sub(self.pt).min(self.h);
+        let hi = ((oh1 - 1) * self.sh + (self.kh - 1) * self.dh + 1)
+            .saturating_sub(self.pt)
+            .min(self.h);
+        (lo, hi.max(lo))
+    }
+
     /// Input row read by output row `oh` through kernel row `kh`, if inside the image.
     fn in_row(&self, oh: usize, kh: usize) -> Option<usize> {
         (oh * self.sh + kh * self.dh)
             .checked_sub(self.pt)
             .filter(|&ih| ih < self.h)
-    }
-
-    /// Output columns `[lo, hi)` whose every `kw` tap reads inside the image;
-    /// `lo <= hi <= ow` (the columns left of `lo` and from `hi` on are the borders).
-    fn interior_cols(&self) -> (usize, usize) {
-        let lo = self.pl.div_ceil(self.sw).min(self.ow);
-        let span = (self.kw - 1) * self.dw;
-        let hi = if self.w - 1 + self.pl >= span {
-            (self.w - 1 + self.pl - span) / self.sw + 1
-        } else {
-            0
-        };
-        (lo, hi.clamp(lo, self.ow))
-    }
-
-    /// Output columns `[lo, hi)` whose tap `kw` reads inside the image.
-    fn valid_cols(&self, kw: usize) -> (usize, usize) {
-        let off = kw * self.dw;
-        let lo = self.pl.saturating_sub(off).div_ceil(self.sw);
-        let hi = if self.w - 1 + self.pl >= off {
-            ((self.w - 1 + self.pl - off) / self.sw + 1).min(self.ow)
-        } else {
-            0
-        };
-        (lo, hi.max(lo))
     }
 }
 
@@ -212,26 +202,38 @@ struct Task {
     ng: usize,
 }
 
-/// Splits `n` images × `rows` output rows × `groups` into tasks whose padded input
-/// copy (`rows_in(band)` rows of `row_floats` per group) stays within a budget, with
-/// enough tasks for the pool. Depends on the shape only.
+/// Splits `n` images × `rows` output rows × `groups` into tasks. A block of groups
+/// is as large as keeps its weights (`w_group` floats per group) in the inner caches,
+/// so that a task reads whole runs of input channels; a band of rows is as large as
+/// keeps the padded input copy (`rows_in(band)` rows of `row_floats` per group) within
+/// a budget; both shrink until there are enough tasks for the pool. Depends on the
+/// shape only.
 fn plan_tasks(
     n: usize,
     rows: usize,
     groups: usize,
+    w_group: usize,
     row_floats: usize,
     rows_in: impl Fn(usize) -> usize,
 ) -> Vec<Task> {
-    const BUDGET: usize = 64 * 1024;
+    const WEIGHT_BUDGET: usize = 32 * 1024;
+    const BUDGET: usize = 128 * 1024;
     const MIN_TASKS: usize = 16;
-    // A budget of 0 floats per row means no copy to bound.
+    const MIN_BAND: usize = 4;
     let size = |band: usize, gbs: usize| rows_in(band) * row_floats * gbs;
     let count = |band: usize, gbs: usize| n * rows.div_ceil(band) * groups.div_ceil(gbs);
-    let (mut band, mut gbs) = (rows, groups);
+    let mut gbs = (WEIGHT_BUDGET / w_group.max(1)).clamp(1, groups);
+    let mut band = rows;
+    while band > MIN_BAND && size(band, gbs) > BUDGET {
+        band = band.div_ceil(2);
+    }
     while gbs > 1 && size(band, gbs) > BUDGET {
         gbs = gbs.div_ceil(2);
     }
     while band > 1 && size(band, gbs) > BUDGET {
+        band = band.div_ceil(2);
+    }
+    while band > MIN_BAND && count(band, gbs) < MIN_TASKS {
         band = band.div_ceil(2);
     }
     while gbs > 1 && count(band, gbs) < MIN_TASKS {
