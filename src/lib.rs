@@ -21,6 +21,7 @@ pub mod data;
 pub mod error;
 pub mod io;
 pub mod kernels;
+pub mod report;
 pub mod simd;
 
 pub use error::{Error, Result};
