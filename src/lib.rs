@@ -20,7 +20,9 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod io;
+pub mod ipu;
 pub mod kernels;
+pub mod model;
 pub mod report;
 pub mod simd;
 

@@ -187,6 +187,8 @@ proptest! {
 
     #[test]
     fn pointwise_matches_reference(d in desc("pointwise"), seed in any::<u64>()) {
+        // One channel in and out is also depthwise, and the plan routes it there.
+        prop_assume!(d.in_channels > 1 || d.out_channels > 1);
         prop_assert_eq!(d.validate().unwrap().family(), ConvFamily::Pointwise);
         check_against_reference(&d, seed)?;
     }

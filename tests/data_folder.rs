@@ -342,3 +342,33 @@ fn bad_arguments_are_errors() {
     ds.batch(&[], 8, Augment::Eval, &mut [], &mut []).unwrap();
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn dataset_trait_is_the_inherent_batch() {
+    use effnet::data::Dataset;
+    let d = make_dataset("trait");
+    let ds = ImageFolder::open(&d).unwrap();
+    let dyn_ds: &dyn Dataset = &ds;
+    assert_eq!((dyn_ds.len(), dyn_ds.classes()), (5, 3));
+    let res = 12;
+    let per = res * res * 3;
+    for (train, aug) in [
+        (true, Augment::Train { seed: 77, epoch: 0 }),
+        (false, Augment::Eval),
+    ] {
+        let (mut a, mut b) = (vec![0.0f32; 3 * per], vec![0.0f32; 3 * per]);
+        let (mut la, mut lb) = (vec![0usize; 3], vec![0usize; 3]);
+        dyn_ds
+            .batch(&[2, 0, 4], res, train, 77, &mut a, &mut la)
+            .unwrap();
+        ds.batch(&[2, 0, 4], res, aug, &mut b, &mut lb).unwrap();
+        assert_eq!((a, la), (b, lb));
+    }
+    let mut img = vec![0.0f32; per];
+    assert!(
+        dyn_ds
+            .batch(&[5], res, false, 0, &mut img, &mut [0])
+            .is_err()
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -1,6 +1,8 @@
 //! Command-line parsing and dispatch.
 
+mod bench_norm;
 mod bench_ops;
+mod ipu;
 
 use clap::{Parser, Subcommand};
 use effnet::Result;
@@ -21,6 +23,9 @@ enum Command {
     /// Prints the SIMD level in use and the thread count, and with `--arch` the
     /// network's parameter and multiply-accumulate counts.
     Info(InfoArgs),
+    /// The IPU execution model (estimated cycles; codelets run on the host).
+    #[command(subcommand)]
+    Ipu(ipu::IpuCommand),
 }
 
 /// Arguments of `effnet info`.
@@ -38,6 +43,8 @@ struct InfoArgs {
 enum BenchCommand {
     /// Times the convolution passes of every layer of a suite.
     Ops(bench_ops::OpsArgs),
+    /// Times the normalization + activation ops (LN+Proxy Norm, GroupNorm, BatchNorm).
+    Norm(bench_norm::NormArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -46,6 +53,8 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
         Command::Info(a) => info(&a),
+        Command::Bench(BenchCommand::Norm(a)) => bench_norm::run(&a),
+        Command::Ipu(c) => ipu::run(&c),
     }
 }
 

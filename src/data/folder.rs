@@ -335,3 +335,33 @@ impl ImageFolder {
         }
     }
 }
+
+impl super::Dataset for ImageFolder {
+    fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    fn classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// [`ImageFolder::batch`] with [`Augment::Train`] `{ seed, epoch: 0 }` when `train`
+    /// (the trainer folds the epoch into `seed`) and [`Augment::Eval`] otherwise.
+    fn batch(
+        &self,
+        indices: &[usize],
+        res: usize,
+        train: bool,
+        seed: u64,
+        images: &mut [f32],
+        labels: &mut [usize],
+    ) -> Result<()> {
+        let augment = if train {
+            Augment::Train { seed, epoch: 0 }
+        } else {
+            Augment::Eval
+        };
+        let idx: Vec<u64> = indices.iter().map(|&i| i as u64).collect();
+        ImageFolder::batch(self, &idx, res, augment, images, labels)
+    }
+}

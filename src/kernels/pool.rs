@@ -28,6 +28,7 @@
 
 use crate::error::{Error, Result, check_len, checked_product};
 use crate::kernels::conv::GradMode;
+use crate::kernels::reduce::add_rows;
 use crate::simd::{self, Simd, SimdKernel, SimdLevel, dispatch};
 use rayon::prelude::*;
 
@@ -121,37 +122,6 @@ impl Nhwc {
     }
 }
 
-/// `acc[c] += Σ_r m[r][c]` for the rows of `m` (`cols = acc.len()` floats per row).
-struct SumRows<'a> {
-    m: &'a [f32],
-    acc: &'a mut [f32],
-}
-
-impl SimdKernel for SumRows<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn run<S: Simd>(self, s: S) {
-        let cols = self.acc.len();
-        let mut c0 = 0;
-        while c0 < cols {
-            let width = (cols - c0).min(4 * S::LANES);
-            let mut a = [s.zero(); 4];
-            for row in self.m.chunks_exact(cols) {
-                let row = &row[c0..c0 + width];
-                for (v, a) in row.chunks(S::LANES).zip(a.iter_mut()) {
-                    *a = s.add(*a, s.load_upto(v));
-                }
-            }
-            let out = &mut self.acc[c0..c0 + width];
-            for (o, a) in out.chunks_mut(S::LANES).zip(a) {
-                let prev = s.load_upto(o);
-                s.store_upto(o, s.add(prev, a));
-            }
-            c0 += width;
-        }
-    }
-}
-
 /// `row (+)= g` for every row of `m` (`g.len()` floats per row).
 struct BroadcastRows<'a> {
     g: &'a [f32],
@@ -198,7 +168,7 @@ pub(crate) fn sample_column_sums(
         let r0 = j * rpc;
         let r1 = (r0 + rpc).min(shape.pixels());
         let m = &x[n * slen + r0 * c..n * slen + r1 * c];
-        dispatch(level, SumRows { m, acc: p });
+        add_rows(level, m, p);
     });
     for (o, p) in out
         .chunks_exact_mut(c)
