@@ -1,8 +1,11 @@
 //! Command-line parsing and dispatch.
 
+mod bench_model;
 mod bench_norm;
 mod bench_ops;
+mod interop;
 mod ipu;
+mod train;
 
 use clap::{Parser, Subcommand};
 use effnet::Result;
@@ -23,6 +26,15 @@ enum Command {
     /// Prints the SIMD level in use and the thread count, and with `--arch` the
     /// network's parameter and multiply-accumulate counts.
     Info(InfoArgs),
+    /// Trains a network (default: G16 LN+PN on the built-in synthetic shapes, reduced
+    /// resolution, then head fine-tuning at the test resolution).
+    Train(train::TrainArgs),
+    /// Logits of a network (timm or effnet weights) for NCHW float32 images in a .npy.
+    Predict(interop::PredictArgs),
+    /// Gradient of the mean cross-entropy with respect to every parameter (BatchNorm
+    /// in training mode, no dropout), saved under the weights' names and layouts;
+    /// prints {"loss": …}.
+    Grad(interop::GradArgs),
     /// The IPU execution model (estimated cycles; codelets run on the host).
     #[command(subcommand)]
     Ipu(ipu::IpuCommand),
@@ -43,6 +55,8 @@ struct InfoArgs {
 enum BenchCommand {
     /// Times the convolution passes of every layer of a suite.
     Ops(bench_ops::OpsArgs),
+    /// Whole-network inference and training-step throughput and peak memory.
+    Model(bench_model::ModelArgs),
     /// Times the normalization + activation ops (LN+Proxy Norm, GroupNorm, BatchNorm).
     Norm(bench_norm::NormArgs),
 }
@@ -52,7 +66,11 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
+        Command::Bench(BenchCommand::Model(a)) => bench_model::run(&a),
         Command::Info(a) => info(&a),
+        Command::Train(a) => train::run(&a),
+        Command::Predict(a) => interop::predict(&a),
+        Command::Grad(a) => interop::grad(&a),
         Command::Bench(BenchCommand::Norm(a)) => bench_norm::run(&a),
         Command::Ipu(c) => ipu::run(&c),
     }

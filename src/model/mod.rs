@@ -22,6 +22,7 @@ mod ops;
 pub mod optim;
 pub mod params;
 pub mod schedule;
+pub mod train;
 
 pub use network::{MemoryPlan, Network, Pass, Tape};
 pub use params::{ParamInfo, ParamKind, ParamStore};

@@ -94,7 +94,7 @@ mod tests {
         let s = Schedule::paper(0.1, 5.0);
         assert_eq!(s.lr(0.0), 0.0);
         assert!((s.lr(2.5) - 0.05).abs() < 1e-7);
-        assert!((s.lr(5.0) - 0.1 * 0.97f64.powi(2)).abs() < 1e-7);
+        assert!((s.lr(5.0) as f64 - 0.1 * 0.97f64.powi(2)).abs() < 1e-7);
         let c = Schedule {
             base: 1.0,
             warmup: 1.0,
