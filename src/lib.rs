@@ -23,6 +23,7 @@ pub mod io;
 pub mod ipu;
 pub mod kernels;
 pub mod model;
+pub mod report;
 pub mod simd;
 
 pub use error::{Error, Result};

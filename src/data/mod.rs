@@ -1,8 +1,12 @@
-//! Training data: the built-in procedural dataset and the [`Dataset`] interface the
-//! trainer reads batches through (image folders implement it too).
+//! Training data: the built-in procedural dataset, image folders, the transforms that
+//! turn images into network input, and the [`Dataset`] interface the trainer reads
+//! batches through.
 
+pub mod folder;
 pub mod synthetic;
+pub mod transform;
 
+pub use folder::ImageFolder;
 pub use synthetic::SyntheticShapes;
 
 use crate::error::{Error, Result};
