@@ -731,7 +731,7 @@ unsafe fn slide_run<
 ) {
     // SAFETY: forwarded.
     unsafe {
-        if count % 8 != 0 && count % 7 == 0 {
+        if !count.is_multiple_of(8) && count.is_multiple_of(7) {
             slide_run_p::<S, NV, P, 7, K, SS, TAIL>(s, g, rows, taps, count, src_off, dst_off)
         } else {
             slide_run_p::<S, NV, P, 8, K, SS, TAIL>(s, g, rows, taps, count, src_off, dst_off)
