@@ -351,6 +351,10 @@ struct Class {
     kws: Vec<(usize, usize)>,
     ja: usize,
     jb: usize,
+    /// When the taps sit at consecutive packed pixels (stride 1, dilation 1):
+    /// `(first offset, kernel column of the first offset, +1 or −1 kernel columns per
+    /// pixel)`, for the sliding-window tiles.
+    slide: Option<(usize, usize, isize)>,
 }
 
 /// The column structure of a gather: packed row shape, classes, pixel steps.
@@ -391,6 +395,7 @@ impl Columns {
                 (ja, jb) = (cl.count, cl.count);
             }
             (cl.ja, cl.jb) = (ja, jb);
+            cl.slide = slide_taps(&cl.kws);
             if let (true, Some(max_off)) = (ja > 0, cl.kws.iter().map(|k| k.1).max()) {
                 el = el.max(
                     (max_off + (ja - 1) * src_step + 1)
@@ -431,6 +436,26 @@ fn prefer_packed(g: &Geo) -> bool {
     g.w <= 32 || (g.kh * g.kw >= 25 && g.sw == 1)
 }
 
+/// `(first offset, its kernel column, kernel columns per pixel)` when the taps' packed
+/// offsets are consecutive pixels and their kernel columns an arithmetic sequence
+/// along them (stride-1 forward, any backward-data residue class, dilation 1).
+fn slide_taps(kws: &[(usize, usize)]) -> Option<(usize, usize, isize)> {
+    let &(kw0, off0) = kws.iter().min_by_key(|k| k.1)?;
+    let step = match kws.iter().find(|k| k.1 == off0 + 1) {
+        Some(&(kw1, _)) => kw1 as isize - kw0 as isize,
+        None => 0,
+    };
+    let mut seen = vec![false; kws.len()];
+    for &(kw, off) in kws {
+        let k = off - off0;
+        if k >= kws.len() || seen[k] || kw as isize != kw0 as isize + k as isize * step {
+            return None;
+        }
+        seen[k] = true;
+    }
+    Some((off0, kw0, step))
+}
+
 /// Forward: output column `ow` reads packed pixel `ow·sw + kw·dw` (the row starts
 /// after `left` zero pixels).
 fn forward_columns(g: &Geo) -> Columns {
@@ -441,6 +466,7 @@ fn forward_columns(g: &Geo) -> Columns {
         kws: (0..g.kw).map(|kw| (kw, kw * g.dw)).collect(),
         ja: 0,
         jb: 0,
+        slide: None,
     };
     Columns::new(g, (g.left, g.w, pw), vec![class], g.sw, 1)
 }
@@ -476,6 +502,7 @@ fn backward_data_columns(g: &Geo) -> Columns {
                 .collect(),
             ja: 0,
             jb: 0,
+            slide: None,
         })
         .collect();
     Columns::new(
@@ -594,6 +621,169 @@ unsafe fn gather_run<S: Simd, const NV: usize, const P: usize, const TAIL: bool>
     }
 }
 
+/// One kernel row of a sliding-window tile: ring offset of the first tap's pixel (at
+/// pixel 0 of the run), packed-weight offset of that tap, and the weight step (in
+/// floats, ±vb) to the tap one pixel to the right.
+#[derive(Copy, Clone, Debug)]
+struct SlideRow {
+    src: usize,
+    w: usize,
+    w_step: isize,
+}
+
+/// `P` destination pixels × `NVT` vectors (from vector `v0` of the block) for `K` taps
+/// per kernel row at consecutive packed pixels, destination pixels `SS` packed pixels
+/// apart: each source vector is loaded once and used by every tap that reads it, with
+/// the row's `K` weights in registers.
+///
+/// # Safety
+/// As [`gather_tile`]; the source run must be packed (`src_step` = `SS` packed pixels
+/// of `vb` floats) and hold `SS·(P − 1) + K` pixels from every row's `src`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn slide_tile<
+    S: Simd,
+    const NVT: usize,
+    const P: usize,
+    const K: usize,
+    const SS: usize,
+    const TAIL: bool,
+>(
+    s: S,
+    g: &Gather,
+    vb: usize,
+    v0: usize,
+    src_off: usize,
+    dst_off: usize,
+    rows: &[SlideRow],
+) {
+    let l = S::LANES;
+    let mut acc = [[s.zero(); NVT]; P];
+    // SAFETY (whole body): the caller guarantees every offset below is in bounds.
+    unsafe {
+        if !g.bias.is_null() {
+            for v in 0..NVT {
+                let b = s.load_ptr(g.bias.add((v0 + v) * l));
+                for a in acc.iter_mut() {
+                    a[v] = b;
+                }
+            }
+        }
+        for r in rows {
+            let sp = g.src.add(src_off + r.src + v0 * l);
+            let mut wv = [[s.zero(); NVT]; K];
+            for (k, wv) in wv.iter_mut().enumerate() {
+                let wp = g.w.offset(r.w as isize + k as isize * r.w_step).add(v0 * l);
+                for (v, wv) in wv.iter_mut().enumerate() {
+                    *wv = s.load_ptr(wp.add(v * l));
+                }
+            }
+            // Destination pixel p reads packed pixels SS·p + k.
+            for q in 0..SS * (P - 1) + K {
+                let xp = sp.add(q * vb);
+                let mut xv = [s.zero(); NVT];
+                for (v, xv) in xv.iter_mut().enumerate() {
+                    *xv = s.load_ptr(xp.add(v * l));
+                }
+                for (k, wv) in wv.iter().enumerate() {
+                    if q >= k && (q - k) % SS == 0 && (q - k) / SS < P {
+                        let a = &mut acc[(q - k) / SS];
+                        for v in 0..NVT {
+                            a[v] = s.mul_add(xv[v], wv[v], a[v]);
+                        }
+                    }
+                }
+            }
+        }
+        let dst = g.dst.add(dst_off + v0 * l);
+        for (p, a) in acc.iter().enumerate() {
+            let dp = dst.add(p * g.dst_step);
+            for (v, a) in a.iter().enumerate() {
+                st::<S, TAIL>(s, dp.add(v * l), *a, g.tail);
+            }
+        }
+    }
+}
+
+/// `count` destination pixels of a packed run with sliding-window tiles of 7 pixels
+/// when that divides `count` (EfficientNet's 7·2ⁿ sizes), 8 otherwise, the rest with
+/// [`gather_run`] (`taps`: the same taps as `rows`, one by one).
+///
+/// # Safety
+/// As [`gather_run`] and [`slide_tile`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn slide_run<
+    S: Simd,
+    const NV: usize,
+    const P: usize,
+    const K: usize,
+    const SS: usize,
+    const TAIL: bool,
+>(
+    s: S,
+    g: &Gather,
+    rows: &[SlideRow],
+    taps: &[Tap],
+    count: usize,
+    src_off: usize,
+    dst_off: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        if !count.is_multiple_of(8) && count.is_multiple_of(7) {
+            slide_run_p::<S, NV, P, 7, K, SS, TAIL>(s, g, rows, taps, count, src_off, dst_off)
+        } else {
+            slide_run_p::<S, NV, P, 8, K, SS, TAIL>(s, g, rows, taps, count, src_off, dst_off)
+        }
+    }
+}
+
+/// [`slide_run`] with tiles of `PS` pixels.
+///
+/// # Safety
+/// As [`slide_run`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn slide_run_p<
+    S: Simd,
+    const NV: usize,
+    const P: usize,
+    const PS: usize,
+    const K: usize,
+    const SS: usize,
+    const TAIL: bool,
+>(
+    s: S,
+    g: &Gather,
+    rows: &[SlideRow],
+    taps: &[Tap],
+    count: usize,
+    src_off: usize,
+    dst_off: usize,
+) {
+    let vb = NV * S::LANES;
+    let (ss, ds) = (g.src_step, g.dst_step);
+    let full = count / PS * PS;
+    // SAFETY: every tile covers pixels inside `0..count`.
+    unsafe {
+        for j in (0..full).step_by(PS) {
+            let (so, d) = (src_off + j * ss, dst_off + j * ds);
+            if S::LANES >= 16 && NV >= 2 {
+                for v0 in (0..NV).step_by(2) {
+                    slide_tile::<S, 2, PS, K, SS, TAIL>(s, g, vb, v0, so, d, rows);
+                }
+            } else {
+                for v0 in 0..NV {
+                    slide_tile::<S, 1, PS, K, SS, TAIL>(s, g, vb, v0, so, d, rows);
+                }
+            }
+        }
+        let (so, d) = (src_off + full * ss, dst_off + full * ds);
+        gather_run::<S, NV, P, TAIL>(s, g, taps, count - full, so, d);
+    }
+}
+
 /// Which gather a [`GatherRows`] task runs.
 #[derive(Copy, Clone, PartialEq, Eq)]
 enum Pass {
@@ -622,6 +812,7 @@ struct GatherScratch<'a> {
     /// Packed bias `[vb]`.
     bias: &'a mut [f32],
     taps: Vec<Tap>,
+    slide: Vec<SlideRow>,
     /// `(kh, global source row, ring offset)` of the current destination row.
     rows: Vec<(usize, usize, usize)>,
 }
@@ -754,6 +945,31 @@ impl GatherRows<'_> {
                             }
                         }
                         let d0 = cl.dst0 * c;
+                        let slide = match cl.slide {
+                            Some(sl) if cols.packed && cols.src_step == 1 => Some(sl),
+                            _ => None,
+                        };
+                        if let Some((off0, kw0, step)) = slide {
+                            // Packed whole rows: one run, sliding-window tiles.
+                            sc.slide.clear();
+                            for &(kh, _, base) in &sc.rows {
+                                sc.slide.push(SlideRow {
+                                    src: base + off0 * vb,
+                                    w: (kh * g.kw + kw0) * vb,
+                                    w_step: step * vb as isize,
+                                });
+                            }
+                            let (rw, t, n) = (&sc.slide[..], &sc.taps[..], cl.count);
+                            let r = &ring;
+                            // (Stride 2 and shorter rows measured no faster than the
+                            // tap-list tiles.)
+                            match (cl.kws.len(), cols.src_step) {
+                                (3, 1) => slide_run::<S, NV, P, 3, 1, TAIL>(s, r, rw, t, n, 0, d0),
+                                (5, 1) => slide_run::<S, NV, P, 5, 1, TAIL>(s, r, rw, t, n, 0, d0),
+                                _ => gather_run::<S, NV, P, TAIL>(s, r, t, n, 0, d0),
+                            }
+                            continue;
+                        }
                         gather_run::<S, NV, P, TAIL>(s, &ring, &sc.taps, cl.ja, 0, d0);
                         let (s0, d1) = (cl.jb * ring.src_step, d0 + cl.jb * ring.dst_step);
                         let n_right = cl.count - cl.jb;
@@ -789,6 +1005,7 @@ impl SimdKernel for GatherRows<'_> {
                 w,
                 bias,
                 taps: Vec::with_capacity(g.kh * g.kw),
+                slide: Vec::with_capacity(g.kh),
                 rows: Vec::with_capacity(g.kh),
             };
             let wide = S::LANES >= 16;

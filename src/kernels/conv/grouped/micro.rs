@@ -185,7 +185,7 @@ pub(super) struct OuterRow {
     pub npix: usize,
 }
 
-/// Arguments of [`outer_tile`]: `out[i·out_k + v·L..] = Σ_rows Σ_{p<npix}
+/// Arguments of [`outer_tile`]: `out[i·out_k + v·L..] += Σ_rows Σ_{p<npix}
 /// row.x[p·x_pix + i] · row.dy[p·dy_pix + v·L..]` for `i < MI`, `v < NV`.
 pub(super) struct OuterTile<'a> {
     /// The rows of pixels summed over.
@@ -196,22 +196,22 @@ pub(super) struct OuterTile<'a> {
     pub dy_off: usize,
     /// Floats between consecutive pixels in the output gradient.
     pub dy_pix: usize,
-    /// Result base (`i` 0, vector 0); overwritten.
+    /// Result base (`i` 0, vector 0); the sums are added to it.
     pub out: *mut f32,
     /// Floats between consecutive `i` in the result.
     pub out_k: usize,
-    /// Lanes of the last vector to store (`1..=L`).
+    /// Lanes of the last vector to load and store (`1..=L`).
     pub last: usize,
 }
 
 /// A weight-gradient register tile: `MI` input channels × `NV` vectors of output
 /// channels, summed over rows of pixels as outer products (one broadcast input value
-/// times one output-gradient vector per multiply-add).
+/// times one output-gradient vector per multiply-add) and added to the result.
 ///
 /// # Safety
 /// Every address described on [`OuterTile`] must be in bounds (reads of `x` and `dy`
-/// for all rows and pixels, full vectors of `dy`; writes of `out`, `last` lanes for the
-/// last vector) and the written elements exclusive to this call.
+/// for all rows and pixels, full vectors of `dy`; reads and writes of `out`, `last`
+/// lanes for the last vector) and the result elements exclusive to this call.
 #[inline(always)]
 pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
     s: S,
@@ -219,6 +219,21 @@ pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
 ) {
     let l = S::LANES;
     let mut acc = [[s.zero(); NV]; MI];
+    for (i, acc) in acc.iter_mut().enumerate() {
+        // SAFETY: the caller guarantees the result tile is in bounds and exclusive.
+        unsafe {
+            let d = a.out.add(i * a.out_k);
+            for (v, acc) in acc.iter_mut().enumerate().take(NV - 1) {
+                *acc = s.load_ptr(d.add(v * l));
+            }
+            let d = d.add((NV - 1) * l);
+            acc[NV - 1] = if a.last >= l {
+                s.load_ptr(d)
+            } else {
+                s.load_partial_ptr(d, a.last)
+            };
+        }
+    }
     for r in a.rows {
         // SAFETY (whole loop): the caller guarantees every `x` and `dy` address the loop
         // forms is in bounds.
