@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Rng, dot, in_pool, levels, rel_err};
+use common::{Rng, dot, in_pool, levels, proptest_cases, rel_err};
 use effnet::Error;
 use effnet::kernels::conv::GradMode;
 use effnet::kernels::fully_connected::FullyConnected;
@@ -20,13 +20,6 @@ use effnet::simd::with_level;
 use proptest::prelude::*;
 
 const TOL: f64 = 2e-5;
-
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32)
-}
 
 /// Channel counts around the SIMD widths (1, 8, 16 lanes; 4-vector blocks of 64).
 const CHANNELS: [usize; 10] = [1, 3, 7, 8, 16, 17, 33, 64, 70, 129];
@@ -329,7 +322,7 @@ fn check_ce(n: usize, k: usize, eps: f32, soft: bool, seed: u64) -> Result<(), T
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: proptest_cases(32), max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn pool_matches_reference(s in nhwc(), seed in any::<u64>()) {
