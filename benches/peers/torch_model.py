@@ -28,6 +28,12 @@ How it measures (DESIGN.md, "the machine and the peers"):
     least `--min-time` seconds; img/s = images / elapsed wall time.
 Random normal inputs and random labels; the numbers do not depend on the data.
 
+On a shared, oversubscribed machine (more runnable threads than cores) OpenMP's
+spin-waiting barriers collapse PyTorch's throughput (measured here: 6 img/s instead of
+39 for B0 inference at 160 under a load of 7 on 2 cores); `--passive` runs the children
+with OMP_WAIT_POLICY=PASSIVE, which is PyTorch's best on such a machine. On a quiet
+machine leave it off. Compare against effnet only in runs made side by side.
+
 Needs torch and timm (a virtual environment; never a dependency of the project).
 """
 import argparse, json, os, resource, subprocess, sys, time
@@ -141,6 +147,8 @@ def main():
     ap.add_argument("--min-time", type=float, default=5.0, help="and at least this long (s)")
     ap.add_argument("--warm-batch", type=int, default=0,
                     help="batch of the training step run before inference (0: --batch)")
+    ap.add_argument("--passive", action="store_true",
+                    help="run with OMP_WAIT_POLICY=PASSIVE (for a loaded machine)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -154,7 +162,10 @@ def main():
                        "--batch", str(a.batch), "--threads", str(a.threads),
                        "--warmup", str(a.warmup), "--iters", str(a.iters),
                        "--min-time", str(a.min_time), "--warm-batch", str(a.warm_batch)]
-                r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+                env = dict(os.environ)
+                if a.passive:
+                    env["OMP_WAIT_POLICY"] = "PASSIVE"
+                r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
                 if r.returncode != 0:
                     sys.exit(f"{arch} {mode} at {res}: child failed ({r.returncode})")
                 sys.stdout.write(r.stdout)
