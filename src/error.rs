@@ -103,6 +103,14 @@ pub(crate) fn check_len(name: &'static str, actual: usize, expected: usize) -> R
     }
 }
 
+/// [`check_len`] for several buffers that must all hold `expected` elements, in
+/// order (the first mismatch is the error).
+pub(crate) fn check_lens(expected: usize, buffers: &[(&'static str, usize)]) -> Result<()> {
+    buffers
+        .iter()
+        .try_for_each(|&(name, actual)| check_len(name, actual, expected))
+}
+
 /// The product of `dims`, or an [`Error::Overflow`] naming `what` if it does not fit
 /// (the limit is `isize::MAX / 4` elements, so that the `f32` buffer fits in memory
 /// addressing).

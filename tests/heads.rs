@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Rng, dot, in_pool, levels, proptest_cases, rel_err};
+use common::{Rng, dot, in_pool, levels, proptest_cases, rel_err, to64};
 use effnet::Error;
 use effnet::kernels::conv::GradMode;
 use effnet::kernels::fully_connected::FullyConnected;
@@ -113,10 +113,6 @@ fn one_hot(labels: &[usize], k: usize) -> Vec<f64> {
         t[r * k + l] = 1.0;
     }
     t
-}
-
-fn to64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
 }
 
 /// Central difference of `f` at `v[j]` (f64, step `h`).

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Rng, in_pool, levels, rel_err};
+use common::{Rng, abs_err, in_pool, levels, norm2, rel_err, to64};
 use effnet::Error;
 use effnet::kernels::activation::Activation;
 use effnet::kernels::conv::GradMode;
@@ -14,22 +14,6 @@ use effnet::kernels::norm::{
     Affine, AffineGrads, Grouping, Norm, NormDesc, NormKind, NormStats, RunningStats, reference,
 };
 use effnet::simd::with_level;
-
-fn norm2(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-fn abs_err(got: &[f32], want: &[f64]) -> f64 {
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (*g as f64 - w).powi(2))
-        .sum::<f64>()
-        .sqrt()
-}
-
-fn to64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
 
 const ACTS: [Activation; 4] = [
     Activation::Identity,

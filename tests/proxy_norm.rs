@@ -7,14 +7,15 @@
 
 mod common;
 
-use common::{Rng, in_pool, levels, rel_err};
+use common::{Rng, abs_err, in_pool, levels, norm2, rel_err, to64};
 use effnet::Error;
 use effnet::kernels::activation::Activation;
 use effnet::kernels::conv::GradMode;
 use effnet::kernels::norm::{Affine, AffineGrads, Grouping, Norm, NormDesc, NormKind};
 use effnet::kernels::proxy_norm::reference::{self, Params, Setup};
 use effnet::kernels::proxy_norm::{
-    NormProxy, ProxyGrads, ProxyNorm, ProxyNormDesc, ProxyParams, ProxyVariant, Upstream,
+    NormProxy, NormProxySaved, ProxyGrads, ProxyNorm, ProxyNormDesc, ProxyParams, ProxyVariant,
+    Upstream,
 };
 use effnet::simd::with_level;
 
@@ -23,22 +24,6 @@ const VARIANTS: [ProxyVariant; 3] = [
     ProxyVariant::DelayedScale,
     ProxyVariant::NoScale,
 ];
-
-fn to64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-fn norm2(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-fn abs_err(got: &[f32], want: &[f64]) -> f64 {
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (*g as f64 - w).powi(2))
-        .sum::<f64>()
-        .sqrt()
-}
 
 /// Parameters and upstream gradients of one case.
 struct P {
@@ -112,6 +97,49 @@ impl G {
             dgamma_prime: d,
             mode,
         }
+    }
+}
+
+/// Results of one forward and one backward of the fused op.
+struct Run {
+    z: Vec<f32>,
+    saved: NormProxySaved,
+    dx: Vec<f32>,
+    /// `[dγ, dβ, dβ′, dγ′]`, overwritten.
+    g: [Vec<f32>; 4],
+}
+
+/// Forward then backward (gradients overwritten) at the calling thread's level; the
+/// gradient buffers start as `fill` so that unwritten channels show.
+fn forward_backward(
+    op: &NormProxy,
+    x: &[f32],
+    p: &P,
+    dz: &[f32],
+    ds: Option<&[f32]>,
+    fill: f32,
+) -> Run {
+    let n = op.x_len();
+    let mut z = vec![0.0; n];
+    let mut saved = op.new_saved();
+    op.forward(x, p.f32(), &mut z, &mut saved).unwrap();
+    let mut dx = vec![0.0; n];
+    let mut g = G::new(p.g.len(), fill);
+    let up = Upstream { dz, ds };
+    op.backward(
+        x,
+        up,
+        p.f32(),
+        &saved,
+        &mut dx,
+        g.grads(GradMode::Overwrite),
+    )
+    .unwrap();
+    Run {
+        z,
+        saved,
+        dx,
+        g: g.0,
     }
 }
 
@@ -294,34 +322,20 @@ fn check_fused(nd: &NormDesc, pd: &ProxyNormDesc, seed: u64) {
     for level in levels() {
         with_level(level, || {
             let ctx = format!("{level} {nd:?} {pd:?}");
-            let mut z = vec![0.0; n];
-            let mut saved = op.new_saved();
-            op.forward(&x, p.f32(), &mut z, &mut saved).unwrap();
+            let Run { z, saved, dx, g } = forward_backward(&op, &x, &p, &dz, ds_in, 5.0);
             let e = rel_err(&z, &z_ref);
             assert!(e < 1e-5, "{ctx}: z {e}");
             assert!(
                 rel_err(&saved.proxy.scale, &st_ref.scale) < 1e-5,
                 "{ctx}: s"
             );
-            let mut dx = vec![0.0; n];
-            let mut g = G::new(c, 5.0);
-            let up = Upstream { dz: &dz, ds: ds_in };
-            op.backward(
-                &x,
-                up,
-                p.f32(),
-                &saved,
-                &mut dx,
-                g.grads(GradMode::Overwrite),
-            )
-            .unwrap();
             let e = abs_err(&dx, &g_ref.dx) / norm2(&g_ref.dx).max(norm2(&lead));
             assert!(e < 3e-5, "{ctx}: dx {e}");
             for (got, want, name) in [
-                (&g.0[0], &g_ref.dgamma, "dγ"),
-                (&g.0[1], &g_ref.dbeta, "dβ"),
-                (&g.0[2], &g_ref.dbeta_prime, "dβ′"),
-                (&g.0[3], &g_ref.dgamma_prime, "dγ′"),
+                (&g[0], &g_ref.dgamma, "dγ"),
+                (&g[1], &g_ref.dbeta, "dβ"),
+                (&g[2], &g_ref.dbeta_prime, "dβ′"),
+                (&g[3], &g_ref.dgamma_prime, "dγ′"),
             ] {
                 let e = rel_err(got, want);
                 assert!(e < 3e-5, "{ctx}: {name} {e}");
@@ -564,26 +578,10 @@ fn backward_matches_finite_differences() {
                 // The fast kernel (default level) on the same data.
                 let op = NormProxy::new(&nd, &pd).unwrap();
                 let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-                let mut zf = vec![0.0; n];
-                let mut saved = op.new_saved();
-                op.forward(&xf, p.f32(), &mut zf, &mut saved).unwrap();
                 let dzf: Vec<f32> = dz.iter().map(|&v| v as f32).collect();
                 let dsf: Vec<f32> = ds.iter().map(|&v| v as f32).collect();
-                let mut dxf = vec![0.0; n];
-                let mut gf = G::new(c, 0.0);
-                let up = Upstream {
-                    dz: &dzf,
-                    ds: delayed.then_some(&dsf[..]),
-                };
-                op.backward(
-                    &xf,
-                    up,
-                    p.f32(),
-                    &saved,
-                    &mut dxf,
-                    gf.grads(GradMode::Overwrite),
-                )
-                .unwrap();
+                let fast = forward_backward(&op, &xf, &p, &dzf, delayed.then_some(&dsf[..]), 0.0);
+                let (dxf, gf) = (fast.dx, fast.g);
 
                 let h = 1e-6;
                 let ctx = format!("{nd:?} {v:?} {act:?}");
@@ -610,7 +608,7 @@ fn backward_matches_finite_differences() {
                         let fd = (up - loss(&x, &pp)) / (2.0 * h);
                         let w = want[pi][ch];
                         assert!((fd - w).abs() < 2e-6, "{ctx} {name}[{ch}]: {fd} vs {w}");
-                        let f = gf.0[pi][ch] as f64;
+                        let f = gf[pi][ch] as f64;
                         assert!(
                             (fd - f).abs() < 2e-4 * (1.0 + fd.abs()),
                             "{ctx} fast {name}[{ch}]: {fd} vs {f}"
@@ -691,22 +689,8 @@ fn results_do_not_depend_on_thread_count() {
         for level in levels() {
             let run = || {
                 with_level(level, || {
-                    let mut z = vec![0.0; n];
-                    let mut saved = op.new_saved();
-                    op.forward(&x, p.f32(), &mut z, &mut saved).unwrap();
-                    let mut dx = vec![0.0; n];
-                    let mut g = G::new(c, 0.0);
-                    let up = Upstream { dz: &dz, ds: ds_in };
-                    op.backward(
-                        &x,
-                        up,
-                        p.f32(),
-                        &saved,
-                        &mut dx,
-                        g.grads(GradMode::Overwrite),
-                    )
-                    .unwrap();
-                    (z, saved, dx, g.0)
+                    let r = forward_backward(&op, &x, &p, &dz, ds_in, 0.0);
+                    (r.z, r.saved, r.dx, r.g)
                 })
             };
             let one = in_pool(1, run);

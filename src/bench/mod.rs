@@ -61,6 +61,18 @@ impl LayerSpec {
     }
 }
 
+/// The suite in the file `path` (see [`parse_suite`]), or the built-in
+/// [`B0_SUITE`] when `path` is `None`.
+pub fn load_suite(path: Option<&std::path::Path>) -> Result<Vec<LayerSpec>> {
+    match path {
+        Some(p) => parse_suite(
+            &std::fs::read_to_string(p)
+                .map_err(|e| crate::Error::Io(format!("{}: {e}", p.display())))?,
+        ),
+        None => parse_suite(B0_SUITE),
+    }
+}
+
 /// Parses a suite: `#` comments, then tab- or space-separated rows
 /// `name c_in c_out h w k stride group_size`.
 pub fn parse_suite(text: &str) -> Result<Vec<LayerSpec>> {

@@ -9,6 +9,7 @@
 //!
 //! Bytes moved and nominal FLOP are documented on [`effnet::bench::cases::NormCase`].
 
+use super::bench_args::{check_batch_and_time, check_names};
 use clap::Args;
 use effnet::bench::cases::{NormCase, is_spatial};
 use effnet::bench::{self, LayerSpec};
@@ -58,30 +59,10 @@ const OPS: [&str; 3] = ["ln_pn_swish", "gn_swish", "bn_swish"];
 const PASSES: [&str; 2] = ["fwd", "bwd"];
 
 pub fn run(a: &NormArgs) -> Result<()> {
-    for (given, known, what) in [(&a.ops, &OPS[..], "op"), (&a.passes, &PASSES[..], "pass")] {
-        for g in given {
-            if !known.contains(&g.as_str()) {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown {what} {g:?} (expected one of {known:?})"
-                )));
-            }
-        }
-    }
-    if a.batch == 0 {
-        return Err(Error::InvalidArgument("--batch must be at least 1".into()));
-    }
-    if !(a.min_time.is_finite() && a.min_time >= 0.0) {
-        return Err(Error::InvalidArgument(
-            "--min-time must be a non-negative number".into(),
-        ));
-    }
-    let text = match &a.suite {
-        Some(p) => {
-            std::fs::read_to_string(p).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?
-        }
-        None => bench::B0_SUITE.to_string(),
-    };
-    let suite = bench::parse_suite(&text)?;
+    check_names(&a.ops, &OPS, "op")?;
+    check_names(&a.passes, &PASSES, "pass")?;
+    check_batch_and_time(a.batch, a.min_time)?;
+    let suite = bench::load_suite(a.suite.as_deref())?;
     let level = simd::active();
     let threads = super::in_pool(a.threads, rayon::current_num_threads)?;
     if !a.json {

@@ -1,5 +1,6 @@
 //! `effnet bench ops`: times the convolution passes of a layer suite.
 
+use super::bench_args::{check_batch_and_time, check_names};
 use clap::Args;
 use effnet::bench::cases::{ConvCase, ConvPass};
 use effnet::bench::{self, LayerSpec};
@@ -37,28 +38,9 @@ pub struct OpsArgs {
 const PASSES: [&str; 3] = ["fwd", "bwd_data", "bwd_weight"];
 
 pub fn run(a: &OpsArgs) -> Result<()> {
-    for p in &a.passes {
-        if !PASSES.contains(&p.as_str()) {
-            return Err(Error::InvalidArgument(format!(
-                "unknown pass {p:?} (fwd, bwd_data, bwd_weight)"
-            )));
-        }
-    }
-    if a.batch == 0 {
-        return Err(Error::InvalidArgument("--batch must be at least 1".into()));
-    }
-    if !(a.min_time.is_finite() && a.min_time >= 0.0) {
-        return Err(Error::InvalidArgument(
-            "--min-time must be a non-negative number".into(),
-        ));
-    }
-    let text = match &a.suite {
-        Some(p) => {
-            std::fs::read_to_string(p).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?
-        }
-        None => bench::B0_SUITE.to_string(),
-    };
-    let suite = bench::parse_suite(&text)?;
+    check_names(&a.passes, &PASSES, "pass")?;
+    check_batch_and_time(a.batch, a.min_time)?;
+    let suite = bench::load_suite(a.suite.as_deref())?;
     let level = simd::active();
     let threads = super::in_pool(a.threads, rayon::current_num_threads)?;
     if !a.json {

@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod bench_args;
 mod bench_model;
 mod bench_norm;
 mod bench_ops;

@@ -140,11 +140,34 @@ fn check_prob(what: &str, p: f32) -> Result<()> {
 /// `y[i] = x[i] · mask[i]`, `mask[i] ∈ {0, 1/(1 − p)}`; the backward pass is the same
 /// product with `dy` (the mask is recomputed, not stored).
 #[derive(Copy, Clone, Debug, PartialEq)]
-pub struct Dropout {
+pub struct Dropout(Bernoulli);
+
+/// What dropout and drop-connect share: the drop probability `p`, the counter RNG of
+/// the op's stream, the largest kept 32-bit draw and the scale `1/(1 − p)`.
+#[derive(Copy, Clone, Debug, PartialEq)]
+struct Bernoulli {
     p: f32,
     rng: CounterRng,
     keep_max: u32,
     scale: f32,
+}
+
+impl Bernoulli {
+    fn new(what: &str, p: f32, seed: u64, stream: u64) -> Result<Bernoulli> {
+        check_prob(what, p)?;
+        let keep = 1.0 - p as f64;
+        Ok(Bernoulli {
+            p,
+            rng: CounterRng::new(seed, stream),
+            keep_max: keep_max(keep),
+            scale: (1.0 / keep) as f32,
+        })
+    }
+
+    /// Whether draw `index` is kept.
+    fn keeps(&self, index: u64) -> bool {
+        self.rng.bits(index) <= self.keep_max
+    }
 }
 
 /// Elements per dropout task.
@@ -158,30 +181,23 @@ impl Dropout {
     /// # Errors
     /// [`Error::InvalidArgument`] if `p` is outside `[0, 1)` (or NaN).
     pub fn new(p: f32, seed: u64) -> Result<Dropout> {
-        check_prob("dropout", p)?;
-        let keep = 1.0 - p as f64;
-        Ok(Dropout {
-            p,
-            rng: CounterRng::new(seed, stream::DROPOUT),
-            keep_max: keep_max(keep),
-            scale: (1.0 / keep) as f32,
-        })
+        Bernoulli::new("dropout", p, seed, stream::DROPOUT).map(Dropout)
     }
 
     /// The drop probability `p`.
     pub fn p(&self) -> f32 {
-        self.p
+        self.0.p
     }
 
     /// The scale `1/(1 − p)` of kept elements.
     pub fn scale(&self) -> f32 {
-        self.scale
+        self.0.scale
     }
 
     /// Whether element `index` is kept.
     #[inline(always)]
     pub fn keeps(&self, index: u64) -> bool {
-        self.rng.bits(index) <= self.keep_max
+        self.0.keeps(index)
     }
 
     /// Writes the mask `mask[i] ∈ {0, 1/(1 − p)}` for elements `0..mask.len()`.
@@ -205,7 +221,7 @@ impl Dropout {
     fn fill_mask(&self, start: u64, m: &mut [f32]) {
         for (i, v) in m.iter_mut().enumerate() {
             *v = if self.keeps(start + i as u64) {
-                self.scale
+                self.0.scale
             } else {
                 0.0
             };
@@ -325,12 +341,7 @@ impl SimdKernel for DropoutApply<'_> {
 /// `x[n·len/batch .. (n+1)·len/batch]`. Sample `n`'s decision is a function of the seed
 /// and `n` (see the [module docs](self)).
 #[derive(Copy, Clone, Debug, PartialEq)]
-pub struct DropConnect {
-    p: f32,
-    rng: CounterRng,
-    keep_max: u32,
-    scale: f32,
-}
+pub struct DropConnect(Bernoulli);
 
 impl DropConnect {
     /// Drop-connect with drop probability `p ∈ [0, 1)` (EfficientNet: `0.2·i/blocks`
@@ -339,30 +350,23 @@ impl DropConnect {
     /// # Errors
     /// [`Error::InvalidArgument`] if `p` is outside `[0, 1)` (or NaN).
     pub fn new(p: f32, seed: u64) -> Result<DropConnect> {
-        check_prob("drop-connect", p)?;
-        let keep = 1.0 - p as f64;
-        Ok(DropConnect {
-            p,
-            rng: CounterRng::new(seed, stream::DROP_CONNECT),
-            keep_max: keep_max(keep),
-            scale: (1.0 / keep) as f32,
-        })
+        Bernoulli::new("drop-connect", p, seed, stream::DROP_CONNECT).map(DropConnect)
     }
 
     /// The drop probability `p`.
     pub fn p(&self) -> f32 {
-        self.p
+        self.0.p
     }
 
     /// Whether sample `n` is kept.
     pub fn keeps(&self, n: usize) -> bool {
-        self.rng.bits(n as u64) <= self.keep_max
+        self.0.keeps(n as u64)
     }
 
     /// The per-sample factors `[batch]`: `1/(1 − p)` for kept samples, 0 for dropped.
     pub fn sample_scales(&self, batch: usize) -> Vec<f32> {
         (0..batch)
-            .map(|n| if self.keeps(n) { self.scale } else { 0.0 })
+            .map(|n| if self.keeps(n) { self.0.scale } else { 0.0 })
             .collect()
     }
 

@@ -65,6 +65,13 @@ pub struct ConvRefs {
     pub db: Vec<f64>,
     pub dw_acc: Vec<f64>,
     pub db_acc: Vec<f64>,
+    /// The gradients of the absolute operands (`Σ|x|·|dy|`, `Σ|dy|`; plus `|w|`,
+    /// `|b|` for the accumulated ones): the scale of the rounding error of the
+    /// gradient sums, which may cancel to almost nothing for few channels.
+    pub dw_abs: Vec<f64>,
+    pub db_abs: Vec<f64>,
+    pub dw_acc_abs: Vec<f64>,
+    pub db_acc_abs: Vec<f64>,
 }
 
 impl Passes<'_> {
@@ -159,7 +166,13 @@ impl ConvCase {
         let plus = |g: &[f64], old: &[f32]| -> Vec<f64> {
             g.iter().zip(old).map(|(g, o)| g + *o as f64).collect()
         };
+        let abs = |v: &[f32]| -> Vec<f32> { v.iter().map(|a| a.abs()).collect() };
+        let (dw_abs, db_abs) = reference::backward_weight(s, &abs(&self.x), &abs(&self.dy));
         ConvRefs {
+            dw_acc_abs: plus(&dw_abs, &abs(&self.w)),
+            db_acc_abs: plus(&db_abs, &abs(&self.b)),
+            dw_abs,
+            db_abs,
             y: reference::forward(s, &self.x, &self.w, Some(&self.b)),
             y_no_bias: reference::forward(s, &self.x, &self.w, None),
             dx: reference::backward_data(s, &self.dy, &self.w),
@@ -172,16 +185,28 @@ impl ConvCase {
 }
 
 impl ConvOutputs {
-    /// `(name, err(got, want))` for every output, with the error measure given.
+    /// `(name, err(got, want))` for every output, with the error measure given for
+    /// the forward and backward-data results; the weight and bias gradients (sums
+    /// over every pixel that may cancel to almost nothing) are measured as
+    /// `‖got − want‖₂ / ‖Σ|terms|‖₂`, the scale of their rounding error.
     pub fn errors(&self, r: &ConvRefs, err: fn(&[f32], &[f64]) -> f64) -> Vec<(&'static str, f64)> {
+        let sum_err = |got: &[f32], want: &[f64], scale: &[f64]| {
+            super::abs_err(got, want) / super::norm2(scale).max(f64::MIN_POSITIVE)
+        };
         vec![
             ("forward", err(&self.y, &r.y)),
             ("forward without bias", err(&self.y_no_bias, &r.y_no_bias)),
             ("backward_data", err(&self.dx, &r.dx)),
-            ("backward_weight", err(&self.dw, &r.dw)),
-            ("bias gradient", err(&self.db, &r.db)),
-            ("accumulated weight gradient", err(&self.dw_acc, &r.dw_acc)),
-            ("accumulated bias gradient", err(&self.db_acc, &r.db_acc)),
+            ("backward_weight", sum_err(&self.dw, &r.dw, &r.dw_abs)),
+            ("bias gradient", sum_err(&self.db, &r.db, &r.db_abs)),
+            (
+                "accumulated weight gradient",
+                sum_err(&self.dw_acc, &r.dw_acc, &r.dw_acc_abs),
+            ),
+            (
+                "accumulated bias gradient",
+                sum_err(&self.db_acc, &r.db_acc, &r.db_acc_abs),
+            ),
             (
                 "accumulated without bias",
                 err(&self.dw_acc_no_bias, &r.dw_acc),

@@ -48,7 +48,7 @@
 pub mod reference;
 pub mod special;
 
-use crate::error::{Error, Result, check_len};
+use crate::error::{Error, Result, check_len, check_lens};
 use crate::kernels::activation::{Act, Activation, with_act};
 use crate::kernels::conv::GradMode;
 use crate::kernels::norm::engine::{ApplyChunk, BwdApplyChunk, BwdStatsChunk, ProxySums};
@@ -134,6 +134,18 @@ pub struct ProxyParams<'a> {
     pub gamma_prime: &'a [f32],
 }
 
+impl ProxyParams<'_> {
+    /// `[γ, β, β′, γ′]` restricted to the channels `r`.
+    fn range(&self, r: std::ops::Range<usize>) -> [&[f32]; 4] {
+        [
+            &self.gamma[r.clone()],
+            &self.beta[r.clone()],
+            &self.beta_prime[r.clone()],
+            &self.gamma_prime[r],
+        ]
+    }
+}
+
 /// Where a backward pass writes the parameter gradients, `[channels]` each.
 #[derive(Debug)]
 pub struct ProxyGrads<'a> {
@@ -182,6 +194,26 @@ pub struct ProxyNorm {
 /// Channels per task of the proxy-statistics kernels.
 const STAT_CHANNELS: usize = 64;
 
+/// Three per-channel f32 accumulators `[a | b | c]` (`channels` each, zeroed), filled
+/// in parallel blocks of [`STAT_CHANNELS`] channels: `fill(range, [a, b, c])` gets the
+/// block's channel range and its three sub-slices.
+fn channel_block_sums(
+    channels: usize,
+    fill: impl Fn(std::ops::Range<usize>, [&mut [f32]; 3]) + Sync + Send,
+) -> [Vec<f32>; 3] {
+    let mut sums = [0; 3].map(|_| vec![0.0f32; channels]);
+    let [a, b, c] = &mut sums;
+    a.par_chunks_mut(STAT_CHANNELS)
+        .zip(b.par_chunks_mut(STAT_CHANNELS))
+        .zip(c.par_chunks_mut(STAT_CHANNELS))
+        .enumerate()
+        .for_each(|(i, ((a, b), c))| {
+            let start = i * STAT_CHANNELS;
+            fill(start..start + a.len(), [a, b, c]);
+        });
+    sums
+}
+
 impl ProxyNorm {
     /// Validates `desc` (`channels ≥ 1`, `k ≥ 1`, finite `ε_pn > 0`) and computes the
     /// K normal quantiles.
@@ -229,26 +261,38 @@ impl ProxyNorm {
     }
 
     fn check_params(&self, p: &ProxyParams) -> Result<()> {
-        let c = self.desc.channels;
-        check_len("gamma", p.gamma.len(), c)?;
-        check_len("beta", p.beta.len(), c)?;
-        check_len("beta_prime", p.beta_prime.len(), c)?;
-        check_len("gamma_prime", p.gamma_prime.len(), c)
+        check_lens(
+            self.desc.channels,
+            &[
+                ("gamma", p.gamma.len()),
+                ("beta", p.beta.len()),
+                ("beta_prime", p.beta_prime.len()),
+                ("gamma_prime", p.gamma_prime.len()),
+            ],
+        )
     }
 
     fn check_grads(&self, g: &ProxyGrads) -> Result<()> {
-        let c = self.desc.channels;
-        check_len("dgamma", g.dgamma.len(), c)?;
-        check_len("dbeta", g.dbeta.len(), c)?;
-        check_len("dbeta_prime", g.dbeta_prime.len(), c)?;
-        check_len("dgamma_prime", g.dgamma_prime.len(), c)
+        check_lens(
+            self.desc.channels,
+            &[
+                ("dgamma", g.dgamma.len()),
+                ("dbeta", g.dbeta.len()),
+                ("dbeta_prime", g.dbeta_prime.len()),
+                ("dgamma_prime", g.dgamma_prime.len()),
+            ],
+        )
     }
 
     fn check_stats(&self, s: &ProxyStats) -> Result<()> {
-        let c = self.desc.channels;
-        check_len("proxy.mean", s.mean.len(), c)?;
-        check_len("proxy.var", s.var.len(), c)?;
-        check_len("proxy.scale", s.scale.len(), c)
+        check_lens(
+            self.desc.channels,
+            &[
+                ("proxy.mean", s.mean.len()),
+                ("proxy.var", s.var.len()),
+                ("proxy.scale", s.scale.len()),
+            ],
+        )
     }
 
     fn check_upstream(&self, up: &Upstream, len: usize) -> Result<()> {
@@ -276,26 +320,14 @@ impl ProxyNorm {
     fn stats_impl(&self, level: SimdLevel, p: &ProxyParams, out: &mut ProxyStats) {
         let c = self.desc.channels;
         let (k, eps) = (self.desc.k as f64, self.desc.eps_pn as f64);
-        let mut sums = vec![0.0f32; 3 * c]; // [Σ(r−sh) | Σ(r−sh)² | sh]
-        let (s1, rest) = sums.split_at_mut(c);
-        let (s2, sh) = rest.split_at_mut(c);
         let q = &self.q;
-        s1.par_chunks_mut(STAT_CHANNELS)
-            .zip(s2.par_chunks_mut(STAT_CHANNELS))
-            .zip(sh.par_chunks_mut(STAT_CHANNELS))
-            .enumerate()
-            .for_each(|(i, ((s1, s2), sh))| {
-                let r = i * STAT_CHANNELS..i * STAT_CHANNELS + s1.len();
-                let pp = [
-                    &p.gamma[r.clone()],
-                    &p.beta[r.clone()],
-                    &p.beta_prime[r.clone()],
-                    &p.gamma_prime[r],
-                ];
-                with_act!(self.desc.activation, A => dispatch(level, StatsFwd::<A> {
-                    p: pp, q, s1, s2, sh, act: PhantomData,
-                }))
-            });
+        // [Σ(r−sh) | Σ(r−sh)² | sh]
+        let [s1, s2, sh] = channel_block_sums(c, |r, [s1, s2, sh]| {
+            let pp = p.range(r);
+            with_act!(self.desc.activation, A => dispatch(level, StatsFwd::<A> {
+                p: pp, q, s1, s2, sh, act: PhantomData,
+            }))
+        });
         for ch in 0..c {
             let m1 = s1[ch] as f64 / k;
             let v = (s2[ch] as f64 / k - m1 * m1).max(0.0);
@@ -348,27 +380,15 @@ impl ProxyNorm {
         let c2: Vec<f32> = (0..c)
             .map(|ch| (ds[ch] * (st.scale[ch] as f64).powi(3) / k) as f32)
             .collect();
-        let mut sums = vec![0.0f32; 3 * c]; // [Σ h | Σ h·t | Σ h·q]
-        let (sh, rest) = sums.split_at_mut(c);
-        let (sht, shq) = rest.split_at_mut(c);
         let q = &self.q;
-        sh.par_chunks_mut(STAT_CHANNELS)
-            .zip(sht.par_chunks_mut(STAT_CHANNELS))
-            .zip(shq.par_chunks_mut(STAT_CHANNELS))
-            .enumerate()
-            .for_each(|(i, ((sh, sht), shq))| {
-                let r = i * STAT_CHANNELS..i * STAT_CHANNELS + sh.len();
-                let pp = [
-                    &p.gamma[r.clone()],
-                    &p.beta[r.clone()],
-                    &p.beta_prime[r.clone()],
-                    &p.gamma_prime[r.clone()],
-                ];
-                with_act!(self.desc.activation, A => dispatch(level, StatsBwd::<A> {
-                    p: pp, mu: &st.mean[r.clone()], c1: &c1[r.clone()], c2: &c2[r.clone()],
-                    q, sh, sht, shq, act: PhantomData,
-                }))
-            });
+        // [Σ h | Σ h·t | Σ h·q]
+        let [sh, sht, shq] = channel_block_sums(c, |r, [sh, sht, shq]| {
+            let pp = p.range(r.clone());
+            with_act!(self.desc.activation, A => dispatch(level, StatsBwd::<A> {
+                p: pp, mu: &st.mean[r.clone()], c1: &c1[r.clone()], c2: &c2[r],
+                q, sh, sht, shq, act: PhantomData,
+            }))
+        });
         let mut out = vec![0.0f64; 4 * c];
         for ch in 0..c {
             let g = p.gamma[ch] as f64;
