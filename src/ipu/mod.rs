@@ -15,7 +15,7 @@
 //!   codelets.
 //! - [`run`]: every convolution (split by the planner) and every block that fits,
 //!   executed and compared with the oracles (`effnet ipu run`).
-//! - [`reference`]: the oracles, in one place (the convolution oracle switch).
+//! - [`reference`](mod@reference): the oracles, in one place (the convolution oracle switch).
 //! - [`picture`]: the per-tile memory / cycles picture as a PNG.
 //!
 //! Layering: `ipu` uses [`crate::arch`] (the one description of the networks) and
