@@ -82,6 +82,10 @@ typedef enum effnet_status {
    * stays usable; please report the message.
    */
   EFFNET_INTERNAL = 4,
+  /**
+   * A file could not be read (`effnet_model_load_weights`): missing, unreadable.
+   */
+  EFFNET_IO_ERROR = 5,
 } effnet_status;
 
 /**
@@ -196,6 +200,22 @@ typedef enum effnet_activation {
 } effnet_activation;
 
 /**
+ * The update rule of `effnet_model_train_step` (the `optimizer` field of
+ * `effnet_model_desc`).
+ */
+typedef enum effnet_optimizer {
+  /**
+   * RMSProp with TensorFlow semantics (epsilon inside the square root), the paper's
+   * recipe: decay 0.953125, momentum 0.9, eps 1e-3.
+   */
+  EFFNET_OPTIMIZER_RMSPROP_TF = 0,
+  /**
+   * SGD with heavy-ball momentum.
+   */
+  EFFNET_OPTIMIZER_SGD = 1,
+} effnet_optimizer;
+
+/**
  * An execution context: owns a pool of worker threads that every effnet call made
  * with it runs on (never the host's other pools or rayon's global pool). Create one
  * with `effnet_context_create`, destroy it with `effnet_context_destroy`.
@@ -212,6 +232,14 @@ typedef struct effnet_context effnet_context;
  * context, but must not be destroyed while a call uses it.
  */
 typedef struct effnet_conv_plan effnet_conv_plan;
+
+/**
+ * An EfficientNet with its parameters and optimizer state, made by
+ * `effnet_model_create`, released by `effnet_model_destroy`. Not tied to a context.
+ * Calls on one model may come from several threads; they are serialized (a training
+ * step and a forward do not interleave).
+ */
+typedef struct effnet_model effnet_model;
 
 /**
  * A validated normalization, made by `effnet_norm_plan_create`, released by
@@ -382,6 +410,86 @@ typedef struct effnet_conv_shape {
    */
   uint32_t reserved;
 } effnet_conv_shape;
+
+/**
+ * Options of `effnet_model_create`. Set `struct_size = sizeof(effnet_model_desc)` and
+ * zero what you do not use (zeros select the defaults noted), or pass NULL for all
+ * defaults.
+ */
+typedef struct effnet_model_desc {
+  /**
+   * `sizeof(effnet_model_desc)` as the caller was compiled.
+   */
+  size_t struct_size;
+  /**
+   * Number of classes; 0 means the architecture's (1000 for the paper's networks).
+   */
+  int64_t classes;
+  /**
+   * Seed of the parameter initialization.
+   */
+  uint64_t seed;
+  /**
+   * An `effnet_optimizer` value.
+   */
+  uint32_t optimizer;
+  /**
+   * Must be zero.
+   */
+  uint32_t reserved;
+  /**
+   * Momentum of either optimizer; 0 means 0.9.
+   */
+  float momentum;
+  /**
+   * L2 weight decay on convolution and dense weights (never on norm parameters or
+   * biases); 0 means none.
+   */
+  float weight_decay;
+  /**
+   * RMSProp's decay of the mean square; 0 means 0.953125.
+   */
+  float rmsprop_decay;
+  /**
+   * RMSProp's epsilon (inside the square root); 0 means 1e-3.
+   */
+  float rmsprop_eps;
+  /**
+   * Label smoothing of the training loss, in [0, 1); 0 means none.
+   */
+  float label_smoothing;
+} effnet_model_desc;
+
+/**
+ * What `effnet_model_info` reports. Set `struct_size = sizeof(effnet_model_info_t)`
+ * before the call.
+ */
+typedef struct effnet_model_info_t {
+  /**
+   * `sizeof(effnet_model_info_t)` as the caller was compiled; kept by the call.
+   */
+  size_t struct_size;
+  /**
+   * Number of classes (the width of the logits).
+   */
+  size_t classes;
+  /**
+   * Channels of the input images (3).
+   */
+  size_t in_channels;
+  /**
+   * Elements of all parameters and buffers (BatchNorm running statistics).
+   */
+  size_t param_elems;
+  /**
+   * Elements of the trainable parameters.
+   */
+  size_t trainable_elems;
+  /**
+   * Training steps taken by `effnet_model_train_step`.
+   */
+  uint64_t steps;
+} effnet_model_info_t;
 
 /**
  * A normalization of an NHWC tensor, optionally with a per-channel affine and a fused
@@ -786,6 +894,125 @@ enum effnet_status effnet_conv_backward_weight(const struct effnet_context *ctx,
                                                float *dbias,
                                                size_t dbias_len,
                                                int32_t accumulate);
+
+/**
+ * Creates an EfficientNet by architecture name (e.g. `"efficientnet_b0"`,
+ * `"tf_efficientnet_b0"`, `"b0_g16_lnpn"`, `"tiny_g16_lnpn"`; the names of
+ * `effnet info`), with parameters initialized from `desc->seed` and a fresh optimizer,
+ * and stores its handle in `*out_model`. `desc` may be NULL (all defaults).
+ *
+ * Ownership: the caller owns the model (release it with `effnet_model_destroy`);
+ * `arch` and `desc` are only read during the call. `*out_model` is written only on
+ * success.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle or pointer, an unknown
+ * architecture name, or a bad descriptor (`struct_size`, negative classes, unknown
+ * optimizer, smoothing outside [0, 1), non-finite values).
+ *
+ * # Safety
+ * `ctx` is NULL or a context handle; `arch` is NULL or a NUL-terminated string;
+ * `desc` is NULL or points to its `struct_size` readable bytes; `out_model` is NULL or
+ * points to writable storage for a pointer.
+ */
+enum effnet_status effnet_model_create(const struct effnet_context *ctx,
+                                       const char *arch,
+                                       const struct effnet_model_desc *desc,
+                                       struct effnet_model **out_model);
+
+/**
+ * Destroys a model. NULL is a no-op (returns `EFFNET_OK`).
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` if `model` is not a live model.
+ *
+ * # Safety
+ * `model` is NULL or a handle from `effnet_model_create`, unused by any other call,
+ * and not used after this call.
+ */
+enum effnet_status effnet_model_destroy(struct effnet_model *model);
+
+/**
+ * Fills `*out_info` with the model's class count, input channels, parameter counts
+ * and training steps. Set `out_info->struct_size = sizeof(effnet_model_info_t)` first.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, a NULL or misaligned `out_info`
+ * or a bad `struct_size`.
+ *
+ * # Safety
+ * `model` is NULL or a model handle; `out_info` is NULL or points to a writable
+ * `effnet_model_info_t` whose `struct_size` is set.
+ */
+enum effnet_status effnet_model_info(const struct effnet_model *model,
+                                     struct effnet_model_info_t *out_info);
+
+/**
+ * Loads the parameters (and BatchNorm running statistics) from a safetensors file:
+ * an effnet checkpoint (`effnet train`) or a timm state dict of the same architecture
+ * and class count. The optimizer state is kept.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, a NULL or non-UTF-8 `path`, a
+ * damaged file, or weights of another architecture or class count (the message names
+ * the first missing or misshapen tensor; the model is unchanged);
+ * `EFFNET_IO_ERROR` if the file cannot be read.
+ *
+ * # Safety
+ * `model` is NULL or a model handle; `path` is NULL or a NUL-terminated string.
+ */
+enum effnet_status effnet_model_load_weights(const struct effnet_model *model, const char *path);
+
+/**
+ * Inference: the logits of `batch` images (BatchNorm with its running statistics, no
+ * dropout), run on `ctx`'s threads; `logits` is overwritten.
+ *
+ * Buffers: `x` NHWC `[batch][res][res][3]` (normalized images, channels fastest;
+ * PyTorch's NCHW `X[n][c][h][w]` is `x[n][h][w][c]`), `x_len = batch*res*res*3`;
+ * `logits` `[batch][classes]`. `res` at least 8 (the network downsamples 32 times;
+ * any size works, multiples of 32 avoid padding). The caller owns both; `logits`
+ * must not overlap `x`.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, a zero or too small
+ * `batch`/`res`, or a NULL, misaligned, overlapping or wrongly sized buffer.
+ *
+ * # Safety
+ * Each buffer points to its count of `float`s, readable (`x`) or writable (`logits`)
+ * during the call and not accessed by another thread meanwhile.
+ */
+enum effnet_status effnet_model_forward(const struct effnet_context *ctx,
+                                        const struct effnet_model *model,
+                                        size_t batch,
+                                        size_t res,
+                                        const float *x,
+                                        size_t x_len,
+                                        float *logits,
+                                        size_t logits_len);
+
+/**
+ * One training step on a batch: forward in training mode (batch statistics, the
+ * architecture's dropout and drop-connect with masks drawn from `seed`), softmax
+ * cross-entropy against `labels` (with the model's label smoothing), backward,
+ * BatchNorm running-statistics update, and one optimizer update with learning rate
+ * `lr`. The mean loss (before the update) is written to `*out_loss`. Run on `ctx`'s
+ * threads; the same inputs and seed give the same bits for any thread count.
+ *
+ * Buffers: `x` as in `effnet_model_forward`; `labels` `int64_t [batch]`, class indices
+ * in `[0, classes)`; `out_loss` one `float`.
+ *
+ * Errors: as `effnet_model_forward`, plus an out-of-range label or a non-finite or
+ * negative `lr` (`EFFNET_INVALID_ARGUMENT`). When a check fails nothing is updated.
+ *
+ * # Safety
+ * As `effnet_model_forward` (`labels` readable, `out_loss` writable).
+ */
+enum effnet_status effnet_model_train_step(const struct effnet_context *ctx,
+                                           const struct effnet_model *model,
+                                           size_t batch,
+                                           size_t res,
+                                           const float *x,
+                                           size_t x_len,
+                                           const int64_t *labels,
+                                           size_t labels_len,
+                                           float lr,
+                                           uint64_t seed,
+                                           float *out_loss);
 
 /**
  * Validates `*desc` and stores a new normalization plan in `*out_plan`.

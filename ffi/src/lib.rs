@@ -20,6 +20,7 @@ pub mod buffers;
 pub mod context;
 pub mod conv;
 pub mod handle;
+pub mod model;
 pub mod norm;
 pub mod ops;
 pub mod sized;
@@ -30,6 +31,11 @@ pub use conv::{
     effnet_conv_backward_data, effnet_conv_backward_weight, effnet_conv_desc, effnet_conv_family,
     effnet_conv_forward, effnet_conv_plan, effnet_conv_plan_create, effnet_conv_plan_destroy,
     effnet_conv_plan_shape, effnet_conv_shape, effnet_dtype,
+};
+pub use model::{
+    effnet_model, effnet_model_create, effnet_model_desc, effnet_model_destroy,
+    effnet_model_forward, effnet_model_info, effnet_model_info_t, effnet_model_load_weights,
+    effnet_model_train_step, effnet_optimizer,
 };
 pub use norm::{
     effnet_norm_backward, effnet_norm_desc, effnet_norm_forward, effnet_norm_forward_infer,
