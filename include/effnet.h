@@ -82,6 +82,10 @@ typedef enum effnet_status {
    * stays usable; please report the message.
    */
   EFFNET_INTERNAL = 4,
+  /**
+   * A file could not be read (`effnet_model_load_weights`): missing, unreadable.
+   */
+  EFFNET_IO_ERROR = 5,
 } effnet_status;
 
 /**
@@ -121,6 +125,97 @@ typedef enum effnet_conv_family {
 } effnet_conv_family;
 
 /**
+ * Which normalization (the `kind` field of `effnet_norm_desc`).
+ */
+typedef enum effnet_norm_kind {
+  /**
+   * BatchNorm: statistics per channel over batch, height and width.
+   */
+  EFFNET_NORM_BATCH = 0,
+  /**
+   * GroupNorm: statistics per sample and group of channels (`groups` groups).
+   */
+  EFFNET_NORM_GROUP = 1,
+  /**
+   * LayerNorm: statistics per sample over height, width and channels.
+   */
+  EFFNET_NORM_LAYER = 2,
+} effnet_norm_kind;
+
+/**
+ * How GroupNorm assigns channels to groups (the `grouping` field of
+ * `effnet_norm_desc`).
+ */
+typedef enum effnet_norm_grouping {
+  /**
+   * Channel `c` is in group `c / (channels/groups)` (PyTorch's GroupNorm).
+   */
+  EFFNET_GROUPING_CONTIGUOUS = 0,
+  /**
+   * Channel `c` is in group `c % groups`.
+   */
+  EFFNET_GROUPING_STRIDED = 1,
+} effnet_norm_grouping;
+
+/**
+ * Which Proxy Norm output (the `variant` field of `effnet_proxy_norm_desc`).
+ */
+typedef enum effnet_proxy_variant {
+  /**
+   * `z = (act(u) - mu)*s`.
+   */
+  EFFNET_PROXY_FULL_SCALE = 0,
+  /**
+   * `z = act(u) - mu`; `s` is in `saved` for a later squeeze-excite gate to fold in,
+   * and the backward pass takes `ds`.
+   */
+  EFFNET_PROXY_DELAYED_SCALE = 1,
+  /**
+   * `z = act(u) - mu` (EfficientNet's head).
+   */
+  EFFNET_PROXY_NO_SCALE = 2,
+} effnet_proxy_variant;
+
+/**
+ * An element-wise activation (the `activation` fields of descriptors and the
+ * argument of `effnet_activation_forward` / `_backward`).
+ */
+typedef enum effnet_activation {
+  /**
+   * `act(u) = u`.
+   */
+  EFFNET_ACT_IDENTITY = 0,
+  /**
+   * `act(u) = max(u, 0)` (derivative 0 at 0).
+   */
+  EFFNET_ACT_RELU = 1,
+  /**
+   * `act(u) = 1/(1 + exp(-u))`.
+   */
+  EFFNET_ACT_SIGMOID = 2,
+  /**
+   * Swish / SiLU: `act(u) = u/(1 + exp(-u))`.
+   */
+  EFFNET_ACT_SWISH = 3,
+} effnet_activation;
+
+/**
+ * The update rule of `effnet_model_train_step` (the `optimizer` field of
+ * `effnet_model_desc`).
+ */
+typedef enum effnet_optimizer {
+  /**
+   * RMSProp with TensorFlow semantics (epsilon inside the square root), the paper's
+   * recipe: decay 0.953125, momentum 0.9, eps 1e-3.
+   */
+  EFFNET_OPTIMIZER_RMSPROP_TF = 0,
+  /**
+   * SGD with heavy-ball momentum.
+   */
+  EFFNET_OPTIMIZER_SGD = 1,
+} effnet_optimizer;
+
+/**
  * An execution context: owns a pool of worker threads that every effnet call made
  * with it runs on (never the host's other pools or rayon's global pool). Create one
  * with `effnet_context_create`, destroy it with `effnet_context_destroy`.
@@ -137,6 +232,28 @@ typedef struct effnet_context effnet_context;
  * context, but must not be destroyed while a call uses it.
  */
 typedef struct effnet_conv_plan effnet_conv_plan;
+
+/**
+ * An EfficientNet with its parameters and optimizer state, made by
+ * `effnet_model_create`, released by `effnet_model_destroy`. Not tied to a context.
+ * Calls on one model may come from several threads; they are serialized (a training
+ * step and a forward do not interleave).
+ */
+typedef struct effnet_model effnet_model;
+
+/**
+ * A validated normalization, made by `effnet_norm_plan_create`, released by
+ * `effnet_norm_plan_destroy`. Immutable, not tied to a context; usable by several
+ * threads at once, but not while it is being destroyed.
+ */
+typedef struct effnet_norm_plan effnet_norm_plan;
+
+/**
+ * A validated Proxy Norm activation, fused with a LayerNorm/GroupNorm or standalone
+ * (on an already normalized input); made by `effnet_proxy_norm_plan_create`,
+ * released by `effnet_proxy_norm_plan_destroy`. Immutable, not tied to a context.
+ */
+typedef struct effnet_proxy_norm_plan effnet_proxy_norm_plan;
 
 /**
  * A 2-D convolution over NHWC tensors, grouped in the general case.
@@ -293,6 +410,298 @@ typedef struct effnet_conv_shape {
    */
   uint32_t reserved;
 } effnet_conv_shape;
+
+/**
+ * Options of `effnet_model_create`. Set `struct_size = sizeof(effnet_model_desc)` and
+ * zero what you do not use (zeros select the defaults noted), or pass NULL for all
+ * defaults.
+ */
+typedef struct effnet_model_desc {
+  /**
+   * `sizeof(effnet_model_desc)` as the caller was compiled.
+   */
+  size_t struct_size;
+  /**
+   * Number of classes; 0 means the architecture's (1000 for the paper's networks).
+   */
+  int64_t classes;
+  /**
+   * Seed of the parameter initialization.
+   */
+  uint64_t seed;
+  /**
+   * An `effnet_optimizer` value.
+   */
+  uint32_t optimizer;
+  /**
+   * Must be zero.
+   */
+  uint32_t reserved;
+  /**
+   * Momentum of either optimizer; 0 means 0.9.
+   */
+  float momentum;
+  /**
+   * L2 weight decay on convolution and dense weights (never on norm parameters or
+   * biases); 0 means none.
+   */
+  float weight_decay;
+  /**
+   * RMSProp's decay of the mean square; 0 means 0.953125.
+   */
+  float rmsprop_decay;
+  /**
+   * RMSProp's epsilon (inside the square root); 0 means 1e-3.
+   */
+  float rmsprop_eps;
+  /**
+   * Label smoothing of the training loss, in [0, 1); 0 means none.
+   */
+  float label_smoothing;
+} effnet_model_desc;
+
+/**
+ * What `effnet_model_info` reports. Set `struct_size = sizeof(effnet_model_info_t)`
+ * before the call.
+ */
+typedef struct effnet_model_info_t {
+  /**
+   * `sizeof(effnet_model_info_t)` as the caller was compiled; kept by the call.
+   */
+  size_t struct_size;
+  /**
+   * Number of classes (the width of the logits).
+   */
+  size_t classes;
+  /**
+   * Channels of the input images (3).
+   */
+  size_t in_channels;
+  /**
+   * Elements of all parameters and buffers (BatchNorm running statistics).
+   */
+  size_t param_elems;
+  /**
+   * Elements of the trainable parameters.
+   */
+  size_t trainable_elems;
+  /**
+   * Training steps taken by `effnet_model_train_step`.
+   */
+  uint64_t steps;
+} effnet_model_info_t;
+
+/**
+ * A normalization of an NHWC tensor, optionally with a per-channel affine and a fused
+ * activation. Set `struct_size = sizeof(effnet_norm_desc)` and zero what you do not
+ * use.
+ *
+ * Semantics, with `S` the set of elements sharing statistics with `x[n,h,w,c]`,
+ * `mu = mean_S x`, `var = mean_S (x - mu)^2` (biased), `rstd = 1/sqrt(var + eps)`:
+ * `y = act(gamma[c]*(x - mu)*rstd + beta[c])` (`gamma = 1`, `beta = 0` without
+ * affine). Sets: BatchNorm one per channel (`channels` sets); GroupNorm one per sample
+ * and group (`batch*groups` sets); LayerNorm one per sample (`batch` sets).
+ *
+ * Rules (else `EFFNET_INVALID_ARGUMENT`): sizes at least 1; `groups` at least 1 and
+ * dividing `channels` for GroupNorm, 0 for BatchNorm, 0 or 1 for LayerNorm; `eps`
+ * finite and positive (0 means the default 1e-3); `affine` 0 or 1; `reserved` 0.
+ */
+typedef struct effnet_norm_desc {
+  /**
+   * `sizeof(effnet_norm_desc)` as the caller was compiled.
+   */
+  size_t struct_size;
+  /**
+   * Images in the batch (N).
+   */
+  int64_t batch;
+  /**
+   * Height (H).
+   */
+  int64_t h;
+  /**
+   * Width (W).
+   */
+  int64_t w;
+  /**
+   * Channels (C).
+   */
+  int64_t channels;
+  /**
+   * Number of groups (GroupNorm); 0 for BatchNorm, 0 or 1 for LayerNorm.
+   */
+  int64_t groups;
+  /**
+   * ε added to the variance; 0 means the default 1e-3.
+   */
+  float eps;
+  /**
+   * An `effnet_norm_kind` value.
+   */
+  uint32_t kind;
+  /**
+   * An `effnet_norm_grouping` value (GroupNorm only; 0 otherwise).
+   */
+  uint32_t grouping;
+  /**
+   * The fused activation: an `effnet_activation` value (0 = identity).
+   */
+  uint32_t activation;
+  /**
+   * 1: the passes take the affine `[2][channels]` (gamma row, then beta row); 0:
+   * no affine (pass NULL).
+   */
+  uint32_t affine;
+  /**
+   * Must be zero.
+   */
+  uint32_t reserved;
+} effnet_norm_desc;
+
+/**
+ * What `effnet_norm_plan_shape` reports. Set `struct_size = sizeof(effnet_norm_shape)`
+ * before the call.
+ */
+typedef struct effnet_norm_shape {
+  /**
+   * `sizeof(effnet_norm_shape)` as the caller was compiled; kept by the call.
+   */
+  size_t struct_size;
+  /**
+   * Elements of `x`, `y`, `dy`, `dx`: `batch*h*w*channels`.
+   */
+  size_t x_len;
+  /**
+   * Elements of `affine` and `daffine`: `2*channels` (0 without affine).
+   */
+  size_t affine_len;
+  /**
+   * Statistics sets: `channels` (BatchNorm) or `batch*groups`.
+   */
+  size_t sets;
+  /**
+   * Elements of `saved`: `3*sets` (`[mean | var | rstd]`).
+   */
+  size_t saved_len;
+  /**
+   * Elements of `running` (BatchNorm): `2*channels` (`[mean | var]`); 0 otherwise.
+   */
+  size_t running_len;
+} effnet_norm_shape;
+
+/**
+ * A Proxy Norm activation (Labatie et al., 2021). Set `struct_size =
+ * sizeof(effnet_proxy_norm_desc)` and zero what you do not use.
+ *
+ * Per channel `c`, with `xhat` the normalized input: `u = gamma*xhat + beta`,
+ * `z = (act(u) - mu)*s` (full scale) or `act(u) - mu` (delayed or no scale), where
+ * `mu`, `v` are the mean and variance of `act(gamma*(beta' + (1+gamma')*q_k) + beta)`
+ * over the `k` normal quantiles `q_k = sqrt(2)*erfinv(2(k+0.5)/K - 1)` and
+ * `s = 1/sqrt(v + eps_pn)`.
+ *
+ * Rules (else `EFFNET_INVALID_ARGUMENT`): `channels` at least 1; `k` at least 0
+ * (0 means the paper's 200); `eps_pn` finite and positive (0 means the paper's 0.03);
+ * valid enum values; `reserved` 0.
+ */
+typedef struct effnet_proxy_norm_desc {
+  /**
+   * `sizeof(effnet_proxy_norm_desc)` as the caller was compiled.
+   */
+  size_t struct_size;
+  /**
+   * Channels (C): the length of each parameter row.
+   */
+  int64_t channels;
+  /**
+   * Number of proxy quantiles K; 0 means 200.
+   */
+  int64_t k;
+  /**
+   * ε_pn added to the proxy variance; 0 means 0.03.
+   */
+  float eps_pn;
+  /**
+   * An `effnet_proxy_variant` value.
+   */
+  uint32_t variant;
+  /**
+   * The activation: an `effnet_activation` value (EfficientNet: swish).
+   */
+  uint32_t activation;
+  /**
+   * Must be zero.
+   */
+  uint32_t reserved;
+} effnet_proxy_norm_desc;
+
+/**
+ * What `effnet_proxy_norm_plan_shape` reports. Set `struct_size =
+ * sizeof(effnet_proxy_norm_shape)` before the call.
+ */
+typedef struct effnet_proxy_norm_shape {
+  /**
+   * `sizeof(effnet_proxy_norm_shape)` as the caller was compiled; kept by the call.
+   */
+  size_t struct_size;
+  /**
+   * Elements of `x`, `z`, `dz`, `dx` for a fused plan (`batch*h*w*channels`); 0
+   * for a standalone plan, which takes any number of rows (a multiple of
+   * `channels`).
+   */
+  size_t x_len;
+  /**
+   * Channels.
+   */
+  size_t channels;
+  /**
+   * Elements of `params` and `dparams`: `4*channels` (rows gamma, beta, beta',
+   * gamma').
+   */
+  size_t params_len;
+  /**
+   * Elements of `saved`: `3*sets + 3*channels` fused (the normalization's
+   * `[mean | var | rstd]` over its sets, then the proxy's `[mu | v | s]`),
+   * `3*channels` standalone.
+   */
+  size_t saved_len;
+  /**
+   * Where the proxy statistics `[mu | v | s]` start in `saved` (`3*sets` fused, 0
+   * standalone).
+   */
+  size_t proxy_offset;
+  /**
+   * Where the scale `s` (`[channels]`, the delayed scale) starts in `saved`.
+   */
+  size_t scale_offset;
+} effnet_proxy_norm_shape;
+
+/**
+ * The shape of an NHWC activation `[batch][height][width][channels]`, for the pooling
+ * and gate functions. Set `struct_size = sizeof(effnet_nhwc)`. Every size at least 1
+ * and the element count addressable (else `EFFNET_INVALID_ARGUMENT`).
+ */
+typedef struct effnet_nhwc {
+  /**
+   * `sizeof(effnet_nhwc)` as the caller was compiled.
+   */
+  size_t struct_size;
+  /**
+   * Images (N).
+   */
+  int64_t batch;
+  /**
+   * Height (H).
+   */
+  int64_t height;
+  /**
+   * Width (W).
+   */
+  int64_t width;
+  /**
+   * Channels (C).
+   */
+  int64_t channels;
+} effnet_nhwc;
 
 #ifdef __cplusplus
 extern "C" {
@@ -485,6 +894,540 @@ enum effnet_status effnet_conv_backward_weight(const struct effnet_context *ctx,
                                                float *dbias,
                                                size_t dbias_len,
                                                int32_t accumulate);
+
+/**
+ * Creates an EfficientNet by architecture name (e.g. `"efficientnet_b0"`,
+ * `"tf_efficientnet_b0"`, `"b0_g16_lnpn"`, `"tiny_g16_lnpn"`; the names of
+ * `effnet info`), with parameters initialized from `desc->seed` and a fresh optimizer,
+ * and stores its handle in `*out_model`. `desc` may be NULL (all defaults).
+ *
+ * Ownership: the caller owns the model (release it with `effnet_model_destroy`);
+ * `arch` and `desc` are only read during the call. `*out_model` is written only on
+ * success.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle or pointer, an unknown
+ * architecture name, or a bad descriptor (`struct_size`, negative classes, unknown
+ * optimizer, smoothing outside [0, 1), non-finite values).
+ *
+ * # Safety
+ * `ctx` is NULL or a context handle; `arch` is NULL or a NUL-terminated string;
+ * `desc` is NULL or points to its `struct_size` readable bytes; `out_model` is NULL or
+ * points to writable storage for a pointer.
+ */
+enum effnet_status effnet_model_create(const struct effnet_context *ctx,
+                                       const char *arch,
+                                       const struct effnet_model_desc *desc,
+                                       struct effnet_model **out_model);
+
+/**
+ * Destroys a model. NULL is a no-op (returns `EFFNET_OK`).
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` if `model` is not a live model.
+ *
+ * # Safety
+ * `model` is NULL or a handle from `effnet_model_create`, unused by any other call,
+ * and not used after this call.
+ */
+enum effnet_status effnet_model_destroy(struct effnet_model *model);
+
+/**
+ * Fills `*out_info` with the model's class count, input channels, parameter counts
+ * and training steps. Set `out_info->struct_size = sizeof(effnet_model_info_t)` first.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, a NULL or misaligned `out_info`
+ * or a bad `struct_size`.
+ *
+ * # Safety
+ * `model` is NULL or a model handle; `out_info` is NULL or points to a writable
+ * `effnet_model_info_t` whose `struct_size` is set.
+ */
+enum effnet_status effnet_model_info(const struct effnet_model *model,
+                                     struct effnet_model_info_t *out_info);
+
+/**
+ * Loads the parameters (and BatchNorm running statistics) from a safetensors file:
+ * an effnet checkpoint (`effnet train`) or a timm state dict of the same architecture
+ * and class count. The optimizer state is kept.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, a NULL or non-UTF-8 `path`, a
+ * damaged file, or weights of another architecture or class count (the message names
+ * the first missing or misshapen tensor; the model is unchanged);
+ * `EFFNET_IO_ERROR` if the file cannot be read.
+ *
+ * # Safety
+ * `model` is NULL or a model handle; `path` is NULL or a NUL-terminated string.
+ */
+enum effnet_status effnet_model_load_weights(const struct effnet_model *model, const char *path);
+
+/**
+ * Inference: the logits of `batch` images (BatchNorm with its running statistics, no
+ * dropout), run on `ctx`'s threads; `logits` is overwritten.
+ *
+ * Buffers: `x` NHWC `[batch][res][res][3]` (normalized images, channels fastest;
+ * PyTorch's NCHW `X[n][c][h][w]` is `x[n][h][w][c]`), `x_len = batch*res*res*3`;
+ * `logits` `[batch][classes]`. `res` at least 8 (the network downsamples 32 times;
+ * any size works, multiples of 32 avoid padding). The caller owns both; `logits`
+ * must not overlap `x`.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, a zero or too small
+ * `batch`/`res`, or a NULL, misaligned, overlapping or wrongly sized buffer.
+ *
+ * # Safety
+ * Each buffer points to its count of `float`s, readable (`x`) or writable (`logits`)
+ * during the call and not accessed by another thread meanwhile.
+ */
+enum effnet_status effnet_model_forward(const struct effnet_context *ctx,
+                                        const struct effnet_model *model,
+                                        size_t batch,
+                                        size_t res,
+                                        const float *x,
+                                        size_t x_len,
+                                        float *logits,
+                                        size_t logits_len);
+
+/**
+ * One training step on a batch: forward in training mode (batch statistics, the
+ * architecture's dropout and drop-connect with masks drawn from `seed`), softmax
+ * cross-entropy against `labels` (with the model's label smoothing), backward,
+ * BatchNorm running-statistics update, and one optimizer update with learning rate
+ * `lr`. The mean loss (before the update) is written to `*out_loss`. Run on `ctx`'s
+ * threads; the same inputs and seed give the same bits for any thread count.
+ *
+ * Buffers: `x` as in `effnet_model_forward`; `labels` `int64_t [batch]`, class indices
+ * in `[0, classes)`; `out_loss` one `float`.
+ *
+ * Errors: as `effnet_model_forward`, plus an out-of-range label or a non-finite or
+ * negative `lr` (`EFFNET_INVALID_ARGUMENT`). When a check fails nothing is updated.
+ *
+ * # Safety
+ * As `effnet_model_forward` (`labels` readable, `out_loss` writable).
+ */
+enum effnet_status effnet_model_train_step(const struct effnet_context *ctx,
+                                           const struct effnet_model *model,
+                                           size_t batch,
+                                           size_t res,
+                                           const float *x,
+                                           size_t x_len,
+                                           const int64_t *labels,
+                                           size_t labels_len,
+                                           float lr,
+                                           uint64_t seed,
+                                           float *out_loss);
+
+/**
+ * Validates `*desc` and stores a new normalization plan in `*out_plan`.
+ *
+ * `ctx` must be live (the plan is not tied to it afterwards); the descriptor is
+ * copied. Ownership: the caller owns the new plan and releases it with
+ * `effnet_norm_plan_destroy`; `*out_plan` is written only on success.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL/dead/wrong-type `ctx`, a NULL or
+ * misaligned `desc` or `out_plan`, a bad `struct_size`, or a descriptor that breaks
+ * the rules of `effnet_norm_desc`.
+ *
+ * # Safety
+ * `ctx` is NULL or a context handle; `desc` is NULL or points to `desc->struct_size`
+ * readable bytes; `out_plan` is NULL or points to writable storage for a pointer.
+ */
+enum effnet_status effnet_norm_plan_create(const struct effnet_context *ctx,
+                                           const struct effnet_norm_desc *desc,
+                                           struct effnet_norm_plan **out_plan);
+
+/**
+ * Destroys a normalization plan. NULL is a no-op (returns `EFFNET_OK`).
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` if `plan` is not a live normalization plan.
+ *
+ * # Safety
+ * `plan` is NULL or a handle from `effnet_norm_plan_create`, unused by any other
+ * call, and not used after this call.
+ */
+enum effnet_status effnet_norm_plan_destroy(struct effnet_norm_plan *plan);
+
+/**
+ * Fills `*out_shape` with the element counts of the plan's buffers. Set
+ * `out_shape->struct_size = sizeof(effnet_norm_shape)` first.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL/dead/wrong-type `plan`, a NULL or
+ * misaligned `out_shape` or a bad `struct_size`.
+ *
+ * # Safety
+ * `plan` is NULL or a plan handle; `out_shape` is NULL or points to a writable
+ * `effnet_norm_shape` whose `struct_size` is set.
+ */
+enum effnet_status effnet_norm_plan_shape(const struct effnet_norm_plan *plan,
+                                          struct effnet_norm_shape *out_shape);
+
+/**
+ * Training forward pass: `y = act(gamma*(x - mu)*rstd + beta)` with the statistics of
+ * `x` (batch statistics for BatchNorm), which are written to `saved` for the backward
+ * pass. Run on `ctx`'s threads; `y` and `saved` are overwritten.
+ *
+ * Buffers (`float`, counts from `effnet_norm_plan_shape`):
+ * - `x`: NHWC `[batch][h][w][channels]`, `x_len`
+ * - `affine`: `[2][channels]` (gamma row, then beta row), `affine_len`; NULL and 0
+ *   when the plan has no affine
+ * - `y`: NHWC like `x`, `y_len = x_len`
+ * - `saved`: `[3][sets]` (mean, biased variance, rstd of every set; sets are channels
+ *   for BatchNorm, `[batch][groups]` otherwise), `saved_len`
+ *
+ * Ownership: the caller owns every buffer; effnet uses them during the call only.
+ * Outputs must not overlap any other buffer. Errors: `EFFNET_INVALID_ARGUMENT` for a
+ * bad handle, a NULL, misaligned, overlapping or wrongly sized buffer.
+ *
+ * # Safety
+ * Every non-NULL pointer points to at least its count of `float`s, readable (inputs)
+ * or writable (outputs) for the whole call and not accessed by another thread
+ * meanwhile.
+ */
+enum effnet_status effnet_norm_forward(const struct effnet_context *ctx,
+                                       const struct effnet_norm_plan *plan,
+                                       const float *x,
+                                       size_t x_len,
+                                       const float *affine,
+                                       size_t affine_len,
+                                       float *y,
+                                       size_t y_len,
+                                       float *saved,
+                                       size_t saved_len);
+
+/**
+ * Inference forward pass: BatchNorm normalizes with the running statistics
+ * `running = [2][channels]` (mean row, then unbiased variance row; required);
+ * GroupNorm and LayerNorm use the statistics of `x` and take no running statistics
+ * (NULL and 0). `y` is overwritten.
+ *
+ * Buffers: `x`, `affine`, `y` as in `effnet_norm_forward`; `running` with
+ * `running_len` from `effnet_norm_plan_shape`. Ownership, overlap and errors as
+ * `effnet_norm_forward`.
+ *
+ * # Safety
+ * As `effnet_norm_forward`.
+ */
+enum effnet_status effnet_norm_forward_infer(const struct effnet_context *ctx,
+                                             const struct effnet_norm_plan *plan,
+                                             const float *x,
+                                             size_t x_len,
+                                             const float *affine,
+                                             size_t affine_len,
+                                             const float *running,
+                                             size_t running_len,
+                                             float *y,
+                                             size_t y_len);
+
+/**
+ * BatchNorm's running-statistics update after a training forward pass (PyTorch's
+ * convention): `running = (1 - momentum)*running + momentum*batch`, with the unbiased
+ * batch variance. `saved` is what `effnet_norm_forward` wrote; `running`
+ * (`[2][channels]`: mean, variance) is read and updated in place. Initialize it to
+ * mean 0, variance 1.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a plan that is not BatchNorm, a momentum
+ * outside [0, 1], fewer than 2 values per channel, or a bad handle or buffer.
+ *
+ * # Safety
+ * As `effnet_norm_forward`.
+ */
+enum effnet_status effnet_norm_update_running(const struct effnet_context *ctx,
+                                              const struct effnet_norm_plan *plan,
+                                              const float *saved,
+                                              size_t saved_len,
+                                              float *running,
+                                              size_t running_len,
+                                              float momentum);
+
+/**
+ * Backward pass of `effnet_norm_forward`: `dx` (overwritten) and, if `daffine` is not
+ * NULL, the affine gradients `[2][channels]` (dgamma row, then dbeta row), overwritten
+ * (`accumulate = 0`) or added to (`accumulate = 1`). `x` is the forward input, `saved`
+ * what the forward pass wrote, `affine` what it used. Deterministic for any thread
+ * count.
+ *
+ * Buffers: `x`, `dy`, `dx` NHWC `[batch][h][w][channels]` (`x_len` each); `affine`
+ * and `daffine` `affine_len` (NULL and 0 without affine; `daffine` may be NULL to
+ * skip it); `saved` `saved_len`. Ownership, overlap and errors as
+ * `effnet_norm_forward`, plus an `accumulate` other than 0 or 1.
+ *
+ * # Safety
+ * As `effnet_norm_forward`.
+ */
+enum effnet_status effnet_norm_backward(const struct effnet_context *ctx,
+                                        const struct effnet_norm_plan *plan,
+                                        const float *x,
+                                        size_t x_len,
+                                        const float *dy,
+                                        size_t dy_len,
+                                        const float *affine,
+                                        size_t affine_len,
+                                        const float *saved,
+                                        size_t saved_len,
+                                        float *dx,
+                                        size_t dx_len,
+                                        float *daffine,
+                                        size_t daffine_len,
+                                        int32_t accumulate);
+
+/**
+ * Validates the descriptors and stores a new Proxy Norm plan in `*out_plan`.
+ *
+ * With `norm_desc` NULL the plan is the standalone activation on an already
+ * normalized input `xhat` (`[rows][channels]`, any number of rows). Otherwise it is
+ * the fused normalization + activation: `norm_desc` must be a LayerNorm or GroupNorm
+ * with `channels` equal to `proxy_desc->channels`, activation identity and `affine =
+ * 1` (its gamma and beta are the first two rows of the Proxy Norm `params`).
+ *
+ * Ownership: the caller owns the new plan (release it with
+ * `effnet_proxy_norm_plan_destroy`); `*out_plan` is written only on success.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, pointer, `struct_size`, or
+ * descriptors that break their rules or do not fit together.
+ *
+ * # Safety
+ * `ctx` is NULL or a context handle; each descriptor pointer is NULL or points to its
+ * `struct_size` readable bytes; `out_plan` is NULL or points to writable storage for a
+ * pointer.
+ */
+enum effnet_status effnet_proxy_norm_plan_create(const struct effnet_context *ctx,
+                                                 const struct effnet_norm_desc *norm_desc,
+                                                 const struct effnet_proxy_norm_desc *proxy_desc,
+                                                 struct effnet_proxy_norm_plan **out_plan);
+
+/**
+ * Destroys a Proxy Norm plan. NULL is a no-op (returns `EFFNET_OK`).
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` if `plan` is not a live Proxy Norm plan.
+ *
+ * # Safety
+ * `plan` is NULL or a handle from `effnet_proxy_norm_plan_create`, unused by any
+ * other call, and not used after this call.
+ */
+enum effnet_status effnet_proxy_norm_plan_destroy(struct effnet_proxy_norm_plan *plan);
+
+/**
+ * Fills `*out_shape` with the element counts of the plan's buffers and the offsets
+ * into `saved`. Set `out_shape->struct_size = sizeof(effnet_proxy_norm_shape)` first.
+ *
+ * Errors: as `effnet_norm_plan_shape`.
+ *
+ * # Safety
+ * As `effnet_norm_plan_shape`.
+ */
+enum effnet_status effnet_proxy_norm_plan_shape(const struct effnet_proxy_norm_plan *plan,
+                                                struct effnet_proxy_norm_shape *out_shape);
+
+/**
+ * Forward pass: `z` from `x` (fused: the normalization's statistics, then the
+ * activation; standalone: `x` is the normalized `xhat`), run on `ctx`'s threads. `z`
+ * and `saved` are overwritten.
+ *
+ * Buffers (`float`, counts from `effnet_proxy_norm_plan_shape`):
+ * - `x`: NHWC `[batch][h][w][channels]` (`x_len`), or standalone `[rows][channels]`
+ *   (any positive multiple of `channels`)
+ * - `params`: `[4][channels]`, rows gamma, beta, beta', gamma' (initially 1, 0, 0, 0)
+ * - `z`: like `x`, `z_len = x_len`
+ * - `saved`: `saved_len` (layout in `effnet_proxy_norm_shape`); the delayed scale `s`
+ *   is at `scale_offset`
+ *
+ * Ownership, overlap and errors as `effnet_norm_forward`.
+ *
+ * # Safety
+ * As `effnet_norm_forward`.
+ */
+enum effnet_status effnet_proxy_norm_forward(const struct effnet_context *ctx,
+                                             const struct effnet_proxy_norm_plan *plan,
+                                             const float *x,
+                                             size_t x_len,
+                                             const float *params,
+                                             size_t params_len,
+                                             float *z,
+                                             size_t z_len,
+                                             float *saved,
+                                             size_t saved_len);
+
+/**
+ * Backward pass of `effnet_proxy_norm_forward`: `dx` (overwritten) and the parameter
+ * gradients `dparams` `[4][channels]` (dgamma, dbeta, dbeta', dgamma', direct and
+ * through the proxy statistics), overwritten (`accumulate = 0`) or added to
+ * (`accumulate = 1`). `x` is the forward input, `params` what it used and `saved` what
+ * it wrote. Deterministic for any thread count.
+ *
+ * Buffers: `x`, `dz`, `dx` like the forward's `x`; `ds`: `[channels]`, the gradient
+ * of the delayed scale `s` (delayed-scale plans only; NULL and 0 mean zero, and other
+ * variants require NULL); `params`, `dparams`: `params_len`; `saved`: `saved_len`.
+ * Ownership, overlap and errors as `effnet_norm_backward`.
+ *
+ * # Safety
+ * As `effnet_norm_forward`.
+ */
+enum effnet_status effnet_proxy_norm_backward(const struct effnet_context *ctx,
+                                              const struct effnet_proxy_norm_plan *plan,
+                                              const float *x,
+                                              size_t x_len,
+                                              const float *dz,
+                                              size_t dz_len,
+                                              const float *ds,
+                                              size_t ds_len,
+                                              const float *params,
+                                              size_t params_len,
+                                              const float *saved,
+                                              size_t saved_len,
+                                              float *dx,
+                                              size_t dx_len,
+                                              float *dparams,
+                                              size_t dparams_len,
+                                              int32_t accumulate);
+
+/**
+ * Element-wise `y = act(x)`, run on `ctx`'s threads; `y` is overwritten. `x` and `y`
+ * have `len` elements each (any layout; `len` at least 1) and must not overlap.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, an unknown `activation`, a zero
+ * `len`, or a NULL, misaligned or overlapping buffer.
+ *
+ * # Safety
+ * `x` and `y` point to `len` readable / writable `float`s, not accessed by another
+ * thread during the call.
+ */
+enum effnet_status effnet_activation_forward(const struct effnet_context *ctx,
+                                             uint32_t activation,
+                                             const float *x,
+                                             float *y,
+                                             size_t len);
+
+/**
+ * Element-wise `dx = dy * act'(x)` (`x` is the activation's input), run on `ctx`'s
+ * threads; `dx` is overwritten. All three buffers have `len` elements.
+ *
+ * Errors and safety: as `effnet_activation_forward` (`dx` is the output).
+ *
+ * # Safety
+ * As `effnet_activation_forward`.
+ */
+enum effnet_status effnet_activation_backward(const struct effnet_context *ctx,
+                                              uint32_t activation,
+                                              const float *x,
+                                              const float *dy,
+                                              float *dx,
+                                              size_t len);
+
+/**
+ * Global average pooling `y[n][c] = mean over h, w of x[n][h][w][c]`, run on `ctx`'s
+ * threads (deterministic for any thread count); `y` is overwritten.
+ *
+ * Buffers: `x` NHWC `[batch][height][width][channels]` (`x_len = batch*height*width*
+ * channels`); `y` `[batch][channels]` (`y_len = batch*channels`). The caller owns
+ * both; `y` must not overlap `x`.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle or shape, or a NULL, misaligned,
+ * overlapping or wrongly sized buffer.
+ *
+ * # Safety
+ * `shape` is NULL or points to its `struct_size` readable bytes; each buffer points to
+ * its count of `float`s, readable (inputs) or writable (outputs) during the call and
+ * not accessed by another thread meanwhile.
+ */
+enum effnet_status effnet_global_avg_pool_forward(const struct effnet_context *ctx,
+                                                  const struct effnet_nhwc *shape,
+                                                  const float *x,
+                                                  size_t x_len,
+                                                  float *y,
+                                                  size_t y_len);
+
+/**
+ * Backward of the global average pooling: `dx[n][h][w][c] = dy[n][c]/(height*width)`,
+ * overwritten (`accumulate = 0`) or added (`accumulate = 1`, e.g. when `x` also feeds
+ * another branch).
+ *
+ * Buffers: `dy` `[batch][channels]`, `dx` NHWC. Errors and safety as
+ * `effnet_global_avg_pool_forward`, plus an `accumulate` other than 0 or 1.
+ *
+ * # Safety
+ * As `effnet_global_avg_pool_forward`.
+ */
+enum effnet_status effnet_global_avg_pool_backward(const struct effnet_context *ctx,
+                                                   const struct effnet_nhwc *shape,
+                                                   const float *dy,
+                                                   size_t dy_len,
+                                                   float *dx,
+                                                   size_t dx_len,
+                                                   int32_t accumulate);
+
+/**
+ * Squeeze-excite gate `y[n][h][w][c] = x[n][h][w][c] * gate[n][c]`, run on `ctx`'s
+ * threads; `y` is overwritten.
+ *
+ * Buffers: `x`, `y` NHWC (`batch*height*width*channels`); `gate` `[batch][channels]`.
+ * Errors and safety as `effnet_global_avg_pool_forward`.
+ *
+ * # Safety
+ * As `effnet_global_avg_pool_forward`.
+ */
+enum effnet_status effnet_gate_forward(const struct effnet_context *ctx,
+                                       const struct effnet_nhwc *shape,
+                                       const float *x,
+                                       size_t x_len,
+                                       const float *gate,
+                                       size_t gate_len,
+                                       float *y,
+                                       size_t y_len);
+
+/**
+ * Backward of the gate: `dx = dy * gate[n][c]` and `dgate[n][c] = sum over h, w of
+ * dy*x`, both overwritten (the gate gradient is deterministic for any thread count).
+ *
+ * Buffers: `dy`, `x`, `dx` NHWC; `gate`, `dgate` `[batch][channels]`. Errors and
+ * safety as `effnet_global_avg_pool_forward` (`dx`, `dgate` are the outputs).
+ *
+ * # Safety
+ * As `effnet_global_avg_pool_forward`.
+ */
+enum effnet_status effnet_gate_backward(const struct effnet_context *ctx,
+                                        const struct effnet_nhwc *shape,
+                                        const float *dy,
+                                        size_t dy_len,
+                                        const float *x,
+                                        size_t x_len,
+                                        const float *gate,
+                                        size_t gate_len,
+                                        float *dx,
+                                        size_t dx_len,
+                                        float *dgate,
+                                        size_t dgate_len);
+
+/**
+ * Softmax cross-entropy with label smoothing, averaged over the batch, and (if
+ * `dlogits` is not NULL) its gradient with respect to the logits, run on `ctx`'s
+ * threads. The mean loss is written to `*out_loss`; `dlogits` is overwritten.
+ *
+ * Targets: exactly one of `labels` (`int64_t [batch]`, class indices in
+ * `[0, classes)`) and `targets` (`float [batch][classes]`, one distribution per
+ * sample, entries finite and >= 0) is non-NULL; the other is NULL with count 0. With
+ * smoothing `eps` the target is `(1 - eps)*t + eps/classes`.
+ *
+ * Buffers: `logits`, `dlogits` `[batch][classes]`; `out_loss` one `float`. The caller
+ * owns every buffer; outputs must not overlap any other buffer.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, `batch` or `classes` of 0, a
+ * smoothing outside [0, 1), both or neither target given, an out-of-range label or
+ * negative target, or a NULL, misaligned, overlapping or wrongly sized buffer.
+ *
+ * # Safety
+ * Every non-NULL pointer points to at least its count of elements, readable (inputs)
+ * or writable (outputs) during the call and not accessed by another thread meanwhile.
+ */
+enum effnet_status effnet_cross_entropy(const struct effnet_context *ctx,
+                                        size_t batch,
+                                        size_t classes,
+                                        float smoothing,
+                                        const float *logits,
+                                        size_t logits_len,
+                                        const int64_t *labels,
+                                        size_t labels_len,
+                                        const float *targets,
+                                        size_t targets_len,
+                                        float *dlogits,
+                                        size_t dlogits_len,
+                                        float *out_loss);
 
 /**
  * The message of the last failed effnet call on this thread, NUL-terminated UTF-8,

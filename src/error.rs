@@ -114,7 +114,7 @@ pub(crate) fn check_lens(expected: usize, buffers: &[(&'static str, usize)]) -> 
 /// The product of `dims`, or an [`Error::Overflow`] naming `what` if it does not fit
 /// (the limit is `isize::MAX / 4` elements, so that the `f32` buffer fits in memory
 /// addressing).
-pub(crate) fn checked_product(what: &str, dims: &[usize]) -> Result<usize> {
+pub fn checked_product(what: &str, dims: &[usize]) -> Result<usize> {
     let limit = isize::MAX as usize / std::mem::size_of::<f32>();
     dims.iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))

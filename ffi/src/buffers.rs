@@ -6,7 +6,7 @@
 //! and no output overlapping any other buffer (Rust forbids a `&mut` slice aliasing
 //! anything). Only then are slices made.
 
-use std::mem::{align_of, size_of};
+use std::mem::size_of;
 
 use crate::status::{Failure, Outcome};
 
@@ -25,6 +25,9 @@ pub struct Buf {
     pub optional: bool,
     /// Written by the call.
     pub output: bool,
+    /// Bytes per element, which is also the alignment required: 4 for `float`, 8 for
+    /// the `int64_t` labels of the loss.
+    pub elem_bytes: usize,
 }
 
 impl Buf {
@@ -37,6 +40,14 @@ impl Buf {
             expected,
             optional: false,
             output: false,
+            elem_bytes: size_of::<f32>(),
+        }
+    }
+    /// A required `int64_t` input (read with [`input_i64`]).
+    pub fn input_i64(name: &'static str, ptr: *const i64, len: usize, expected: usize) -> Buf {
+        Buf {
+            elem_bytes: size_of::<i64>(),
+            ..Buf::input(name, ptr.cast(), len, expected)
         }
     }
     /// A required output.
@@ -58,7 +69,7 @@ impl Buf {
     }
     fn byte_range(&self) -> (usize, usize) {
         let start = self.ptr as usize;
-        (start, start + self.len * size_of::<f32>())
+        (start, start + self.len * self.elem_bytes)
     }
 }
 
@@ -82,16 +93,21 @@ fn check_one(b: &Buf) -> Outcome {
             b.len, b.expected
         )));
     }
-    if !(b.ptr as usize).is_multiple_of(align_of::<f32>()) {
+    if !(b.ptr as usize).is_multiple_of(b.elem_bytes) {
         return Err(Failure::invalid(format!(
-            "`{name}` ({:p}) is not aligned to {} bytes (float)",
+            "`{name}` ({:p}) is not aligned to {} bytes ({})",
             b.ptr,
-            align_of::<f32>()
+            b.elem_bytes,
+            if b.elem_bytes == size_of::<f32>() {
+                "float"
+            } else {
+                "int64_t"
+            }
         )));
     }
     let fits = b
         .len
-        .checked_mul(size_of::<f32>())
+        .checked_mul(b.elem_bytes)
         .filter(|&bytes| bytes <= isize::MAX as usize)
         .and_then(|bytes| (b.ptr as usize).checked_add(bytes))
         .is_some();
@@ -137,6 +153,17 @@ pub unsafe fn input<'a>(b: &Buf) -> &'a [f32] {
     debug_assert!(b.present() && !b.output);
     // SAFETY: non-NULL, aligned, in range (checked); readable (caller's promise).
     unsafe { std::slice::from_raw_parts(b.ptr, b.len) }
+}
+
+/// The slice of a checked `int64_t` input ([`Buf::input_i64`]).
+///
+/// # Safety
+/// As [`input`].
+pub unsafe fn input_i64<'a>(b: &Buf) -> &'a [i64] {
+    debug_assert!(b.present() && !b.output && b.elem_bytes == size_of::<i64>());
+    // SAFETY: non-NULL, aligned to 8 bytes, in range (checked); readable (caller's
+    // promise).
+    unsafe { std::slice::from_raw_parts(b.ptr.cast::<i64>(), b.len) }
 }
 
 /// The slice of a checked optional input (`None` when NULL).

@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
-use crate::handle::{self, Handle, Kind};
+use crate::handle::{self, Kind};
 use crate::status::{Failure, Outcome, effnet_status, guard};
 
 /// The most threads a context may have: a bound against garbage thread counts.
@@ -21,15 +21,7 @@ pub struct effnet_context {
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Handle for effnet_context {
-    const KIND: Kind = Kind::Context;
-    fn magic(&self) -> u64 {
-        self.magic
-    }
-    fn clear_magic(&mut self) {
-        self.magic = 0;
-    }
-}
+handle::impl_handle!(effnet_context, Kind::Context);
 
 impl effnet_context {
     /// Runs `f` on this context's pool.
@@ -119,15 +111,10 @@ pub unsafe extern "C" fn effnet_context_create(
     out_ctx: *mut *mut effnet_context,
 ) -> effnet_status {
     guard("effnet_context_create", || {
-        if out_ctx.is_null() {
-            return Err(Failure::invalid("`out_ctx` is NULL"));
-        }
-        if !(out_ctx as usize).is_multiple_of(align_of::<*mut effnet_context>()) {
-            return Err(Failure::invalid("`out_ctx` is not aligned for a pointer"));
-        }
-        let ctx = handle::register(effnet_context::new(threads)?);
-        // SAFETY: non-NULL and aligned (checked); writable (caller's promise).
-        unsafe { out_ctx.write(ctx) };
+        handle::check_out(out_ctx, "`out_ctx`")?;
+        let ctx = effnet_context::new(threads)?;
+        // SAFETY: checked; writable (caller's promise).
+        unsafe { handle::publish(out_ctx, ctx) };
         Ok(())
     })
 }

@@ -4,7 +4,7 @@ use effnet_core::kernels::conv::{Conv2d, ConvDesc, ConvFamily, DType, GradMode, 
 
 use crate::buffers::{self, Buf};
 use crate::context::effnet_context;
-use crate::handle::{self, Handle, Kind};
+use crate::handle::{self, Kind};
 use crate::sized::{self, SizedStruct};
 use crate::status::{Failure, Outcome, effnet_status, guard};
 
@@ -149,27 +149,21 @@ pub struct effnet_conv_plan {
     conv: Conv2d,
 }
 
-impl Handle for effnet_conv_plan {
-    const KIND: Kind = Kind::ConvPlan;
-    fn magic(&self) -> u64 {
-        self.magic
-    }
-    fn clear_magic(&mut self) {
-        self.magic = 0;
-    }
-}
+handle::impl_handle!(effnet_conv_plan, Kind::ConvPlan);
 
 fn field(name: &str, v: i64, min: i64) -> Outcome<usize> {
-    if v < min {
-        return Err(Failure::invalid(format!(
-            "effnet_conv_desc.{name} = {v} is less than {min}"
-        )));
+    sized::int_field("effnet_conv_desc", name, v, min)
+}
+
+/// The `accumulate` argument of the backward passes: 0 overwrites, 1 accumulates.
+pub fn grad_mode(accumulate: i32) -> Outcome<GradMode> {
+    match accumulate {
+        0 => Ok(GradMode::Overwrite),
+        1 => Ok(GradMode::Accumulate),
+        v => Err(Failure::invalid(format!(
+            "accumulate = {v}; pass 0 (overwrite) or 1 (accumulate)"
+        ))),
     }
-    usize::try_from(v).map_err(|_| {
-        Failure::invalid(format!(
-            "effnet_conv_desc.{name} = {v} does not fit in size_t"
-        ))
-    })
 }
 
 fn dtype_of(v: u32) -> Outcome<DType> {
@@ -243,19 +237,14 @@ pub unsafe extern "C" fn effnet_conv_plan_create(
         let _ctx = unsafe { handle::get(ctx, "`ctx`") }?;
         // SAFETY: the caller's contract; pointer and size checked inside.
         let desc = unsafe { sized::read(desc, "`desc`") }?;
-        if out_plan.is_null() {
-            return Err(Failure::invalid("`out_plan` is NULL"));
-        }
-        if !(out_plan as usize).is_multiple_of(align_of::<*mut effnet_conv_plan>()) {
-            return Err(Failure::invalid("`out_plan` is not aligned for a pointer"));
-        }
+        handle::check_out(out_plan, "`out_plan`")?;
         let conv = Conv2d::new(&to_conv_desc(&desc)?)?;
-        let plan = handle::register(effnet_conv_plan {
+        let plan = effnet_conv_plan {
             magic: Kind::ConvPlan.magic(),
             conv,
-        });
-        // SAFETY: non-NULL and aligned (checked); writable (caller's promise).
-        unsafe { out_plan.write(plan) };
+        };
+        // SAFETY: checked; writable (caller's promise).
+        unsafe { handle::publish(out_plan, plan) };
         Ok(())
     })
 }
@@ -480,15 +469,7 @@ pub unsafe extern "C" fn effnet_conv_backward_weight(
     guard("effnet_conv_backward_weight", || {
         // SAFETY: the caller's contract.
         let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
-        let mode = match accumulate {
-            0 => GradMode::Overwrite,
-            1 => GradMode::Accumulate,
-            v => {
-                return Err(Failure::invalid(format!(
-                    "accumulate = {v}; pass 0 (overwrite) or 1 (accumulate)"
-                )));
-            }
-        };
+        let mode = grad_mode(accumulate)?;
         let s = conv.shape();
         let bx = Buf::input("x", x, x_len, s.x_len);
         let bdy = Buf::input("dy", dy, dy_len, s.y_len);

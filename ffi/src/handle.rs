@@ -21,6 +21,12 @@ pub enum Kind {
     Context,
     /// `effnet_conv_plan`.
     ConvPlan,
+    /// `effnet_norm_plan`.
+    NormPlan,
+    /// `effnet_proxy_norm_plan`.
+    ProxyNormPlan,
+    /// `effnet_model`.
+    Model,
 }
 
 impl Kind {
@@ -29,6 +35,9 @@ impl Kind {
         match self {
             Kind::Context => u64::from_le_bytes(*b"EFNT-CTX"),
             Kind::ConvPlan => u64::from_le_bytes(*b"EFNT-CNV"),
+            Kind::NormPlan => u64::from_le_bytes(*b"EFNT-NRM"),
+            Kind::ProxyNormPlan => u64::from_le_bytes(*b"EFNT-PXN"),
+            Kind::Model => u64::from_le_bytes(*b"EFNT-MDL"),
         }
     }
 
@@ -37,6 +46,9 @@ impl Kind {
         match self {
             Kind::Context => "effnet_context",
             Kind::ConvPlan => "effnet_conv_plan",
+            Kind::NormPlan => "effnet_norm_plan",
+            Kind::ProxyNormPlan => "effnet_proxy_norm_plan",
+            Kind::Model => "effnet_model",
         }
     }
 }
@@ -58,6 +70,29 @@ static LIVE: Mutex<BTreeMap<usize, Kind>> = Mutex::new(BTreeMap::new());
 fn live() -> MutexGuard<'static, BTreeMap<usize, Kind>> {
     // The map is consistent after every operation, so a poisoned lock is still usable.
     LIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Checks an out-parameter for a new handle (`T **out`): non-NULL and aligned.
+pub fn check_out<T>(out: *mut *mut T, what: &str) -> Outcome {
+    if out.is_null() {
+        return Err(Failure::invalid(format!("{what} is NULL")));
+    }
+    if !(out as usize).is_multiple_of(align_of::<*mut T>()) {
+        return Err(Failure::invalid(format!(
+            "{what} is not aligned for a pointer"
+        )));
+    }
+    Ok(())
+}
+
+/// Registers `object` and stores its handle in `*out` (checked by [`check_out`]).
+///
+/// # Safety
+/// `out` passed [`check_out`] and points to writable storage for a pointer.
+pub unsafe fn publish<T: Handle>(out: *mut *mut T, object: T) {
+    let ptr = register(object);
+    // SAFETY: non-NULL and aligned (checked); writable (caller's promise).
+    unsafe { out.write(ptr) };
 }
 
 /// Boxes `object`, registers it and returns the raw handle.
@@ -126,3 +161,19 @@ pub unsafe fn destroy<T: Handle>(ptr: *mut T, what: &str) -> Outcome {
     drop(object);
     Ok(())
 }
+
+/// Implements [`Handle`] for a struct with a `magic: u64` field.
+macro_rules! impl_handle {
+    ($t:ty, $kind:expr) => {
+        impl $crate::handle::Handle for $t {
+            const KIND: $crate::handle::Kind = $kind;
+            fn magic(&self) -> u64 {
+                self.magic
+            }
+            fn clear_magic(&mut self) {
+                self.magic = 0;
+            }
+        }
+    };
+}
+pub(crate) use impl_handle;

@@ -20,6 +20,9 @@ pub mod buffers;
 pub mod context;
 pub mod conv;
 pub mod handle;
+pub mod model;
+pub mod norm;
+pub mod ops;
 pub mod sized;
 pub mod status;
 
@@ -28,6 +31,25 @@ pub use conv::{
     effnet_conv_backward_data, effnet_conv_backward_weight, effnet_conv_desc, effnet_conv_family,
     effnet_conv_forward, effnet_conv_plan, effnet_conv_plan_create, effnet_conv_plan_destroy,
     effnet_conv_plan_shape, effnet_conv_shape, effnet_dtype,
+};
+pub use model::{
+    effnet_model, effnet_model_create, effnet_model_desc, effnet_model_destroy,
+    effnet_model_forward, effnet_model_info, effnet_model_info_t, effnet_model_load_weights,
+    effnet_model_train_step, effnet_optimizer,
+};
+pub use norm::{
+    effnet_norm_backward, effnet_norm_desc, effnet_norm_forward, effnet_norm_forward_infer,
+    effnet_norm_grouping, effnet_norm_kind, effnet_norm_plan, effnet_norm_plan_create,
+    effnet_norm_plan_destroy, effnet_norm_plan_shape, effnet_norm_shape,
+    effnet_norm_update_running, effnet_proxy_norm_backward, effnet_proxy_norm_desc,
+    effnet_proxy_norm_forward, effnet_proxy_norm_plan, effnet_proxy_norm_plan_create,
+    effnet_proxy_norm_plan_destroy, effnet_proxy_norm_plan_shape, effnet_proxy_norm_shape,
+    effnet_proxy_variant,
+};
+pub use ops::{
+    effnet_activation, effnet_activation_backward, effnet_activation_forward, effnet_cross_entropy,
+    effnet_gate_backward, effnet_gate_forward, effnet_global_avg_pool_backward,
+    effnet_global_avg_pool_forward, effnet_nhwc,
 };
 pub use status::{effnet_last_error, effnet_status};
 

@@ -118,3 +118,15 @@ pub unsafe fn write<T: SizedStruct>(ptr: *mut T, what: &str, value: T) -> Outcom
     }
     Ok(())
 }
+
+/// An integer field of a descriptor as a `usize`, at least `min`; the message names
+/// `strct.name`.
+pub fn int_field(strct: &str, name: &str, v: i64, min: i64) -> Outcome<usize> {
+    if v < min {
+        return Err(Failure::invalid(format!(
+            "{strct}.{name} = {v} is less than {min}"
+        )));
+    }
+    usize::try_from(v)
+        .map_err(|_| Failure::invalid(format!("{strct}.{name} = {v} does not fit in size_t")))
+}

@@ -30,6 +30,8 @@ pub enum effnet_status {
     /// A bug in effnet (an internal panic was caught at the boundary). The library
     /// stays usable; please report the message.
     EFFNET_INTERNAL = 4,
+    /// A file could not be read (`effnet_model_load_weights`): missing, unreadable.
+    EFFNET_IO_ERROR = 5,
 }
 
 /// A failed call: the status to return and the message to leave in the thread-local
@@ -68,9 +70,7 @@ pub fn status_of(e: &Error) -> effnet_status {
         | Error::Overflow(_)
         | Error::InvalidArgument(_) => effnet_status::EFFNET_INVALID_ARGUMENT,
         Error::Unsupported(_) => effnet_status::EFFNET_UNSUPPORTED,
-        // No entry point of the C ABI does file I/O yet; when the model layer adds
-        // one, a failed read is reported here until a dedicated status exists.
-        Error::Io(_) => effnet_status::EFFNET_INTERNAL,
+        Error::Io(_) => effnet_status::EFFNET_IO_ERROR,
         // `Error` is non-exhaustive: a variant added later is an internal error until
         // it is mapped above.
         _ => effnet_status::EFFNET_INTERNAL,
@@ -210,7 +210,7 @@ mod tests {
             status_of(&Error::Unsupported("x".into())),
             EFFNET_UNSUPPORTED
         );
-        assert_eq!(status_of(&Error::Io("x".into())), EFFNET_INTERNAL);
+        assert_eq!(status_of(&Error::Io("x".into())), EFFNET_IO_ERROR);
         let s = guard("f", || Err(Error::Unsupported("f16".into()).into()));
         assert_eq!(s, EFFNET_UNSUPPORTED);
         assert_eq!(last(), "f: unsupported: f16");

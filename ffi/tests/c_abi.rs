@@ -1,11 +1,19 @@
 //! The C ABI from C: compiles `ffi/tests/c/conv_test.c` against `include/effnet.h`,
 //! links it with the `libeffnet.so` and `libeffnet.a` cargo built next to this test,
 //! runs both, and runs the shared build under valgrind's memcheck when `valgrind` is
-//! on PATH (no invalid access, no leak). The C program checks the convolutions against
-//! its own double-precision reference and exercises the misuse cases.
+//! on PATH (no invalid access, no leak). The C program checks the convolutions, the
+//! norms and the fused Proxy Norm against its own double-precision reference and
+//! exercises the misuse cases; its model results (logits before and after a training
+//! step, the loss) are compared here with the Rust model's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use effnet_core::arch::ArchConfig;
+use effnet_core::io::tensors;
+use effnet_core::kernels::loss::Targets;
+use effnet_core::model::optim::{Optimizer, OptimizerKind};
+use effnet_core::model::{Network, Pass};
 
 /// `target/<profile>` (or `target/<triple>/<profile>`): this test runs as
 /// `…/<profile>/deps/c_abi-<hash>`.
@@ -147,12 +155,19 @@ fn check_report(out: &Output, what: &str) {
         "{what}: a check failed:\n{}",
         show(out)
     );
+    check_model(&stdout, what);
     for must in [
         "ok   depthwise 3x3/2: forward with bias matches the reference",
         "ok   G16 3x3/2: backward-data matches the reference",
         "ok   pointwise 1x1: accumulated dw is twice the reference",
         "ok   forward: destroyed plan",
         "ok   descriptor: group size does not divide the input channels",
+        "ok   LN + Proxy Norm (full scale): forward matches the reference",
+        "ok   LN + Proxy Norm (delayed scale): backward dparams match the reference's derivative",
+        "ok   GroupNorm + swish: backward dx matches the reference's derivative",
+        "ok   proxy norm forward: destroyed plan",
+        "ok   model train step",
+        "ok   model load weights",
     ] {
         assert!(
             stdout.lines().any(|l| l == must),
@@ -162,16 +177,92 @@ fn check_report(out: &Output, what: &str) {
     }
 }
 
+/// The floats of the C program's line `"{tag}: v v v ..."`.
+fn floats(stdout: &str, tag: &str) -> Vec<f32> {
+    let prefix = format!("{tag}:");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no `{tag}` line in the C program's output"));
+    line[prefix.len()..]
+        .split_whitespace()
+        .map(|v| v.parse().expect("a float"))
+        .collect()
+}
+
+/// The model the C program builds: `tiny_g16_lnpn`, 5 classes, seed 7, SGD (momentum
+/// 0.9), weights then loaded from [`WEIGHTS_SEED`]'s network.
+const WEIGHTS_SEED: u64 = 11;
+
+fn tiny_config() -> ArchConfig {
+    ArchConfig::from_name("tiny_g16_lnpn")
+        .expect("tiny_g16_lnpn")
+        .with_classes(5)
+}
+
+/// Writes the weights the C program loads (a timm state dict of a differently seeded
+/// network, so loading changes the logits).
+fn write_weights(path: &Path) {
+    let net = Network::new(&tiny_config(), WEIGHTS_SEED).expect("network");
+    tensors::save(path, &net.params().to_timm(false), None).expect("save weights");
+}
+
+/// Compares the C program's model lines with the Rust model on the same inputs.
+fn check_model(stdout: &str, what: &str) {
+    let (batch, res) = (2, 32);
+    let x: Vec<f32> = (0..batch * res * res * 3)
+        .map(|i| (((i * 7919) % 201) as f32 - 100.0) / 100.0)
+        .collect();
+    let cfg = tiny_config();
+    let mut net = Network::new(&cfg, 7).expect("network");
+    let w = Network::new(&cfg, WEIGHTS_SEED).expect("network");
+    net.params_mut().values = w.params().values.clone();
+    let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9 }, 0.0, net.params());
+    let close = |got: &[f32], want: &[f32], tag: &str| {
+        assert_eq!(got.len(), want.len(), "{what}: {tag}: length");
+        for (g, w) in got.iter().zip(want) {
+            // Bitwise at the same SIMD level; the valgrind run is capped at AVX2.
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "{what}: {tag}: C {got:?} vs Rust {want:?}"
+            );
+        }
+    };
+    let before = net.predict(&x, batch, res).expect("predict");
+    close(&floats(stdout, "model logits"), &before, "logits");
+    let (loss, _) = net
+        .loss_and_grad(
+            &x,
+            batch,
+            res,
+            Targets::Labels(&[1, 3]),
+            0.0,
+            &Pass::train(&cfg, 3),
+        )
+        .expect("loss_and_grad");
+    opt.step(net.params_mut(), 0.05, |_| true).expect("step");
+    close(&floats(stdout, "model loss"), &[loss], "loss");
+    let after = net.predict(&x, batch, res).expect("predict");
+    close(
+        &floats(stdout, "model logits after step"),
+        &after,
+        "logits after the step",
+    );
+    assert_ne!(before, after, "the training step changed nothing");
+}
+
 #[test]
 fn c_program_runs_against_the_shared_and_static_library() {
     let lib_dir = lib_dir();
     let work = lib_dir.join("c-abi-test");
     std::fs::create_dir_all(&work).expect("create the C test directory");
+    let weights = work.join("tiny_g16_lnpn.safetensors");
+    write_weights(&weights);
 
     let shared = work.join("conv_test_shared");
     build(&lib_dir, "libeffnet.so", &shared);
     let out = run(
-        &mut Command::new(&shared),
+        Command::new(&shared).env("EFFNET_TEST_WEIGHTS", &weights),
         "the C test program (shared library)",
     );
     check_report(&out, "shared library");
@@ -179,7 +270,7 @@ fn c_program_runs_against_the_shared_and_static_library() {
     let fixed = work.join("conv_test_static");
     build(&lib_dir, "libeffnet.a", &fixed);
     let out = run(
-        &mut Command::new(&fixed),
+        Command::new(&fixed).env("EFFNET_TEST_WEIGHTS", &weights),
         "the C test program (static library)",
     );
     check_report(&out, "static library");
@@ -201,6 +292,7 @@ fn c_program_runs_against_the_shared_and_static_library() {
                 "--show-leak-kinds=definite,possible",
             ])
             .arg(&shared)
+            .env("EFFNET_TEST_WEIGHTS", &weights)
             .env("EFFNET_SIMD", "avx2"),
         "the C test program under valgrind",
     );

@@ -3,8 +3,7 @@
 use effnet::arch::ArchConfig;
 use effnet::io::{npy, tensors};
 use effnet::kernels::loss::Targets;
-use effnet::model::train::decode_checkpoint;
-use effnet::model::{Network, Pass};
+use effnet::model::{Network, Pass, Weights};
 use effnet::{Error, Result};
 use std::path::PathBuf;
 
@@ -48,26 +47,16 @@ pub struct GradArgs {
 
 /// The network with the weights loaded; `true` when they are timm's.
 fn load(io: &ModelIo) -> Result<(Network, bool)> {
-    let bytes = std::fs::read(&io.weights)
-        .map_err(|e| Error::Io(format!("{}: {e}", io.weights.display())))?;
-    let name = io.weights.display().to_string();
-    let (t, timm, arch_name) = match decode_checkpoint(&bytes, &name) {
-        Ok((t, m)) => (t, false, m.get("cfg.arch").cloned()),
-        Err(_) => (tensors::decode(&bytes, &name)?, true, None),
-    };
+    let w = Weights::read(&io.weights)?;
     let arch_name = io
         .arch
         .clone()
-        .or(arch_name)
+        .or_else(|| w.arch.clone())
         .ok_or_else(|| Error::InvalidArgument("--arch is required for timm weights".into()))?;
-    let classes = t
-        .get("classifier.bias")
-        .map(|b| b.data.len())
-        .ok_or_else(|| Error::InvalidArgument(format!("{name}: no classifier.bias tensor")))?;
-    let cfg = ArchConfig::from_name(&arch_name)?.with_classes(classes);
+    let cfg = ArchConfig::from_name(&arch_name)?.with_classes(w.classes()?);
     let mut net = Network::new(&cfg, 0)?;
-    net.params_mut().load(&t, timm, "")?;
-    Ok((net, timm))
+    net.load_weights(&w)?;
+    Ok((net, w.timm))
 }
 
 /// `[N, 3, H, W]` → NHWC `[N][H][W][3]`, with `(N, H)`.

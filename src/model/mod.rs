@@ -23,6 +23,8 @@ pub mod optim;
 pub mod params;
 pub mod schedule;
 pub mod train;
+pub mod weights;
 
 pub use network::{MemoryPlan, Network, Pass, Tape};
 pub use params::{ParamInfo, ParamKind, ParamStore};
+pub use weights::Weights;

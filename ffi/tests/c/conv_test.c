@@ -547,6 +547,8 @@ static void misuse(effnet_context *ctx) {
     free(x); free(y); free(w); free(b); free(dw);
 }
 
+#include "ops_test.c"
+
 int main(void) {
     effnet_context *ctx1 = NULL, *ctx3 = NULL;
     printf("effnet ABI version %u\n", effnet_abi_version());
@@ -573,6 +575,7 @@ int main(void) {
         run_case(&cases[i], ctx1, ctx3);
     }
     misuse(ctx3);
+    ops_tests(ctx3);
 
     expect(effnet_context_destroy(ctx1), EFFNET_OK, NULL, "context destroy");
     expect(effnet_context_destroy(ctx3), EFFNET_OK, NULL, "context destroy");

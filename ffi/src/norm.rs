@@ -1,0 +1,1309 @@
+//! Normalization (BatchNorm, GroupNorm, LayerNorm) and the Proxy Norm activation,
+//! standalone and fused with LayerNorm/GroupNorm: descriptors, plans, shape queries and
+//! the passes.
+
+use effnet_core::kernels::norm::{
+    Affine, AffineGrads, Grouping, Norm, NormDesc, NormKind, NormStats, RunningStats,
+};
+use effnet_core::kernels::proxy_norm::{
+    NormProxy, NormProxySaved, ProxyGrads, ProxyNorm, ProxyNormDesc, ProxyParams, ProxyStats,
+    ProxyVariant, Upstream,
+};
+
+use crate::buffers::{self, Buf};
+use crate::context::effnet_context;
+use crate::conv::grad_mode;
+use crate::handle::{self, Kind};
+use crate::ops::activation_of;
+use crate::sized::{self, SizedStruct, int_field};
+use crate::status::{Failure, Outcome, effnet_status, guard};
+
+/// Which normalization (the `kind` field of `effnet_norm_desc`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum effnet_norm_kind {
+    /// BatchNorm: statistics per channel over batch, height and width.
+    EFFNET_NORM_BATCH = 0,
+    /// GroupNorm: statistics per sample and group of channels (`groups` groups).
+    EFFNET_NORM_GROUP = 1,
+    /// LayerNorm: statistics per sample over height, width and channels.
+    EFFNET_NORM_LAYER = 2,
+}
+
+/// How GroupNorm assigns channels to groups (the `grouping` field of
+/// `effnet_norm_desc`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum effnet_norm_grouping {
+    /// Channel `c` is in group `c / (channels/groups)` (PyTorch's GroupNorm).
+    EFFNET_GROUPING_CONTIGUOUS = 0,
+    /// Channel `c` is in group `c % groups`.
+    EFFNET_GROUPING_STRIDED = 1,
+}
+
+/// A normalization of an NHWC tensor, optionally with a per-channel affine and a fused
+/// activation. Set `struct_size = sizeof(effnet_norm_desc)` and zero what you do not
+/// use.
+///
+/// Semantics, with `S` the set of elements sharing statistics with `x[n,h,w,c]`,
+/// `mu = mean_S x`, `var = mean_S (x - mu)^2` (biased), `rstd = 1/sqrt(var + eps)`:
+/// `y = act(gamma[c]*(x - mu)*rstd + beta[c])` (`gamma = 1`, `beta = 0` without
+/// affine). Sets: BatchNorm one per channel (`channels` sets); GroupNorm one per sample
+/// and group (`batch*groups` sets); LayerNorm one per sample (`batch` sets).
+///
+/// Rules (else `EFFNET_INVALID_ARGUMENT`): sizes at least 1; `groups` at least 1 and
+/// dividing `channels` for GroupNorm, 0 for BatchNorm, 0 or 1 for LayerNorm; `eps`
+/// finite and positive (0 means the default 1e-3); `affine` 0 or 1; `reserved` 0.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq)]
+pub struct effnet_norm_desc {
+    /// `sizeof(effnet_norm_desc)` as the caller was compiled.
+    pub struct_size: usize,
+    /// Images in the batch (N).
+    pub batch: i64,
+    /// Height (H).
+    pub h: i64,
+    /// Width (W).
+    pub w: i64,
+    /// Channels (C).
+    pub channels: i64,
+    /// Number of groups (GroupNorm); 0 for BatchNorm, 0 or 1 for LayerNorm.
+    pub groups: i64,
+    /// ε added to the variance; 0 means the default 1e-3.
+    pub eps: f32,
+    /// An `effnet_norm_kind` value.
+    pub kind: u32,
+    /// An `effnet_norm_grouping` value (GroupNorm only; 0 otherwise).
+    pub grouping: u32,
+    /// The fused activation: an `effnet_activation` value (0 = identity).
+    pub activation: u32,
+    /// 1: the passes take the affine `[2][channels]` (gamma row, then beta row); 0:
+    /// no affine (pass NULL).
+    pub affine: u32,
+    /// Must be zero.
+    pub reserved: u32,
+}
+
+// SAFETY: repr(C), starts with `usize struct_size`, integers and floats only.
+unsafe impl SizedStruct for effnet_norm_desc {
+    const C_NAME: &'static str = "effnet_norm_desc";
+}
+
+/// What `effnet_norm_plan_shape` reports. Set `struct_size = sizeof(effnet_norm_shape)`
+/// before the call.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct effnet_norm_shape {
+    /// `sizeof(effnet_norm_shape)` as the caller was compiled; kept by the call.
+    pub struct_size: usize,
+    /// Elements of `x`, `y`, `dy`, `dx`: `batch*h*w*channels`.
+    pub x_len: usize,
+    /// Elements of `affine` and `daffine`: `2*channels` (0 without affine).
+    pub affine_len: usize,
+    /// Statistics sets: `channels` (BatchNorm) or `batch*groups`.
+    pub sets: usize,
+    /// Elements of `saved`: `3*sets` (`[mean | var | rstd]`).
+    pub saved_len: usize,
+    /// Elements of `running` (BatchNorm): `2*channels` (`[mean | var]`); 0 otherwise.
+    pub running_len: usize,
+}
+
+// SAFETY: repr(C), starts with `usize struct_size`, integers only.
+unsafe impl SizedStruct for effnet_norm_shape {
+    const C_NAME: &'static str = "effnet_norm_shape";
+}
+
+/// A validated normalization, made by `effnet_norm_plan_create`, released by
+/// `effnet_norm_plan_destroy`. Immutable, not tied to a context; usable by several
+/// threads at once, but not while it is being destroyed.
+pub struct effnet_norm_plan {
+    magic: u64,
+    norm: Norm,
+    affine: bool,
+}
+
+handle::impl_handle!(effnet_norm_plan, Kind::NormPlan);
+
+const NORM: &str = "effnet_norm_desc";
+
+fn flag(strct: &str, name: &str, v: u32) -> Outcome<bool> {
+    match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(Failure::invalid(format!(
+            "{strct}.{name} = {v}; pass 0 or 1"
+        ))),
+    }
+}
+
+fn reserved(strct: &str, v: u32) -> Outcome {
+    if v != 0 {
+        return Err(Failure::invalid(format!(
+            "{strct}.reserved = {v} must be zero"
+        )));
+    }
+    Ok(())
+}
+
+/// Converts the C descriptor (with the affine flag); the normalization's own rules are
+/// checked by `Norm::new`.
+pub fn to_norm_desc(d: &effnet_norm_desc) -> Outcome<(NormDesc, bool)> {
+    reserved(NORM, d.reserved)?;
+    let groups = int_field(NORM, "groups", d.groups, 0)?;
+    let grouping = match d.grouping {
+        0 => Grouping::Contiguous,
+        1 => Grouping::Strided,
+        v => {
+            return Err(Failure::invalid(format!(
+                "{NORM}.grouping = {v} is not an effnet_norm_grouping"
+            )));
+        }
+    };
+    let kind = match (d.kind, groups) {
+        (0, 0) => NormKind::BatchNorm,
+        (1, g) if g >= 1 => NormKind::GroupNorm {
+            groups: g,
+            grouping,
+        },
+        (2, 0 | 1) => NormKind::LayerNorm,
+        (0 | 2, g) => {
+            return Err(Failure::invalid(format!(
+                "{NORM}.groups = {g}: BatchNorm takes 0, LayerNorm 0 or 1"
+            )));
+        }
+        (1, _) => {
+            return Err(Failure::invalid(format!(
+                "{NORM}.groups = 0: GroupNorm needs at least 1 group"
+            )));
+        }
+        (k, _) => {
+            return Err(Failure::invalid(format!(
+                "{NORM}.kind = {k} is not an effnet_norm_kind"
+            )));
+        }
+    };
+    if d.kind != 1 && d.grouping != 0 {
+        return Err(Failure::invalid(format!(
+            "{NORM}.grouping = {} is for GroupNorm only; pass 0",
+            d.grouping
+        )));
+    }
+    let desc = NormDesc {
+        kind,
+        batch: int_field(NORM, "batch", d.batch, 1)?,
+        h: int_field(NORM, "h", d.h, 1)?,
+        w: int_field(NORM, "w", d.w, 1)?,
+        channels: int_field(NORM, "channels", d.channels, 1)?,
+        eps: if d.eps == 0.0 { 1e-3 } else { d.eps },
+        activation: activation_of(NORM, d.activation)?,
+    };
+    Ok((desc, flag(NORM, "affine", d.affine)?))
+}
+
+/// Validates `*desc` and stores a new normalization plan in `*out_plan`.
+///
+/// `ctx` must be live (the plan is not tied to it afterwards); the descriptor is
+/// copied. Ownership: the caller owns the new plan and releases it with
+/// `effnet_norm_plan_destroy`; `*out_plan` is written only on success.
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL/dead/wrong-type `ctx`, a NULL or
+/// misaligned `desc` or `out_plan`, a bad `struct_size`, or a descriptor that breaks
+/// the rules of `effnet_norm_desc`.
+///
+/// # Safety
+/// `ctx` is NULL or a context handle; `desc` is NULL or points to `desc->struct_size`
+/// readable bytes; `out_plan` is NULL or points to writable storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_plan_create(
+    ctx: *const effnet_context,
+    desc: *const effnet_norm_desc,
+    out_plan: *mut *mut effnet_norm_plan,
+) -> effnet_status {
+    guard("effnet_norm_plan_create", || {
+        // SAFETY: the caller's contract; the handle is checked before use.
+        unsafe { handle::get(ctx, "`ctx`") }?;
+        // SAFETY: the caller's contract; pointer and size checked inside.
+        let desc = unsafe { sized::read(desc, "`desc`") }?;
+        handle::check_out(out_plan, "`out_plan`")?;
+        let (d, affine) = to_norm_desc(&desc)?;
+        let plan = effnet_norm_plan {
+            magic: Kind::NormPlan.magic(),
+            norm: Norm::new(&d)?,
+            affine,
+        };
+        // SAFETY: checked; writable (caller's promise).
+        unsafe { handle::publish(out_plan, plan) };
+        Ok(())
+    })
+}
+
+/// Destroys a normalization plan. NULL is a no-op (returns `EFFNET_OK`).
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` if `plan` is not a live normalization plan.
+///
+/// # Safety
+/// `plan` is NULL or a handle from `effnet_norm_plan_create`, unused by any other
+/// call, and not used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_plan_destroy(plan: *mut effnet_norm_plan) -> effnet_status {
+    // SAFETY: forwarded from this function's contract.
+    guard("effnet_norm_plan_destroy", || unsafe {
+        handle::destroy(plan, "`plan`")
+    })
+}
+
+impl effnet_norm_plan {
+    fn shape(&self) -> effnet_norm_shape {
+        let c = self.norm.desc().channels;
+        let bn = self.norm.desc().kind == NormKind::BatchNorm;
+        effnet_norm_shape {
+            struct_size: 0,
+            x_len: self.norm.x_len(),
+            affine_len: if self.affine { 2 * c } else { 0 },
+            sets: self.norm.sets(),
+            saved_len: 3 * self.norm.sets(),
+            running_len: if bn { 2 * c } else { 0 },
+        }
+    }
+
+    /// The `affine` argument: required with an affine, NULL without.
+    fn affine_buf(&self, name: &'static str, ptr: *const f32, len: usize) -> Outcome<Buf> {
+        self.affine_like(Buf::input(name, ptr, len, 2 * self.norm.desc().channels))
+    }
+
+    fn affine_like(&self, b: Buf) -> Outcome<Buf> {
+        if self.affine {
+            Ok(b)
+        } else if !b.ptr.is_null() || b.len != 0 {
+            Err(Failure::invalid(format!(
+                "`{}`: the plan has no affine (effnet_norm_desc.affine = 0); pass NULL and 0",
+                b.name
+            )))
+        } else {
+            Ok(b.optional())
+        }
+    }
+}
+
+/// Fills `*out_shape` with the element counts of the plan's buffers. Set
+/// `out_shape->struct_size = sizeof(effnet_norm_shape)` first.
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL/dead/wrong-type `plan`, a NULL or
+/// misaligned `out_shape` or a bad `struct_size`.
+///
+/// # Safety
+/// `plan` is NULL or a plan handle; `out_shape` is NULL or points to a writable
+/// `effnet_norm_shape` whose `struct_size` is set.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_plan_shape(
+    plan: *const effnet_norm_plan,
+    out_shape: *mut effnet_norm_shape,
+) -> effnet_status {
+    guard("effnet_norm_plan_shape", || {
+        // SAFETY: the caller's contract; the handle is checked before use.
+        let plan = unsafe { handle::get(plan, "`plan`") }?;
+        // SAFETY: the caller's contract; pointer and size checked inside.
+        unsafe { sized::write(out_shape, "`out_shape`", plan.shape()) }
+    })
+}
+
+/// `[mean | var | rstd]` as `NormStats`.
+fn stats_of(saved: &[f32], sets: usize) -> NormStats {
+    NormStats {
+        mean: saved[..sets].to_vec(),
+        var: saved[sets..2 * sets].to_vec(),
+        rstd: saved[2 * sets..3 * sets].to_vec(),
+    }
+}
+
+fn store_stats(s: &NormStats, out: &mut [f32]) {
+    let n = s.mean.len();
+    out[..n].copy_from_slice(&s.mean);
+    out[n..2 * n].copy_from_slice(&s.var);
+    out[2 * n..3 * n].copy_from_slice(&s.rstd);
+}
+
+fn affine_of(a: Option<&[f32]>, c: usize) -> Affine<'_> {
+    match a {
+        Some(a) => Affine::new(&a[..c], &a[c..]),
+        None => Affine::NONE,
+    }
+}
+
+/// The context and a plan of a pass, checked.
+///
+/// # Safety
+/// As the entry points' contracts.
+pub(crate) unsafe fn ctx_and<'a, T: handle::Handle>(
+    ctx: *const effnet_context,
+    plan: *const T,
+) -> Outcome<(&'a effnet_context, &'a T)> {
+    // SAFETY: forwarded; handles are checked before use.
+    let ctx = unsafe { handle::get(ctx, "`ctx`") }?;
+    // SAFETY: as above.
+    let plan = unsafe { handle::get(plan, "`plan`") }?;
+    Ok((ctx, plan))
+}
+
+/// Training forward pass: `y = act(gamma*(x - mu)*rstd + beta)` with the statistics of
+/// `x` (batch statistics for BatchNorm), which are written to `saved` for the backward
+/// pass. Run on `ctx`'s threads; `y` and `saved` are overwritten.
+///
+/// Buffers (`float`, counts from `effnet_norm_plan_shape`):
+/// - `x`: NHWC `[batch][h][w][channels]`, `x_len`
+/// - `affine`: `[2][channels]` (gamma row, then beta row), `affine_len`; NULL and 0
+///   when the plan has no affine
+/// - `y`: NHWC like `x`, `y_len = x_len`
+/// - `saved`: `[3][sets]` (mean, biased variance, rstd of every set; sets are channels
+///   for BatchNorm, `[batch][groups]` otherwise), `saved_len`
+///
+/// Ownership: the caller owns every buffer; effnet uses them during the call only.
+/// Outputs must not overlap any other buffer. Errors: `EFFNET_INVALID_ARGUMENT` for a
+/// bad handle, a NULL, misaligned, overlapping or wrongly sized buffer.
+///
+/// # Safety
+/// Every non-NULL pointer points to at least its count of `float`s, readable (inputs)
+/// or writable (outputs) for the whole call and not accessed by another thread
+/// meanwhile.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_forward(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    x: *const f32,
+    x_len: usize,
+    affine: *const f32,
+    affine_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    saved: *mut f32,
+    saved_len: usize,
+) -> effnet_status {
+    guard("effnet_norm_forward", || {
+        // SAFETY: the caller's contract.
+        let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+        let s = plan.shape();
+        let bx = Buf::input("x", x, x_len, s.x_len);
+        let ba = plan.affine_buf("affine", affine, affine_len)?;
+        let by = Buf::output("y", y, y_len, s.x_len);
+        let bs = Buf::output("saved", saved, saved_len, s.saved_len);
+        buffers::check(&[bx, ba, by, bs])?;
+        // SAFETY: checked above; valid and exclusive by the caller's contract.
+        let (x, a, y, saved) = unsafe {
+            (
+                buffers::input(&bx),
+                buffers::opt_input(&ba),
+                buffers::output(&by),
+                buffers::output(&bs),
+            )
+        };
+        let norm = &plan.norm;
+        let mut stats = norm.new_stats();
+        let c = norm.desc().channels;
+        ctx.install(|| norm.forward(x, affine_of(a, c), y, &mut stats))?;
+        store_stats(&stats, saved);
+        Ok(())
+    })
+}
+
+/// Inference forward pass: BatchNorm normalizes with the running statistics
+/// `running = [2][channels]` (mean row, then unbiased variance row; required);
+/// GroupNorm and LayerNorm use the statistics of `x` and take no running statistics
+/// (NULL and 0). `y` is overwritten.
+///
+/// Buffers: `x`, `affine`, `y` as in `effnet_norm_forward`; `running` with
+/// `running_len` from `effnet_norm_plan_shape`. Ownership, overlap and errors as
+/// `effnet_norm_forward`.
+///
+/// # Safety
+/// As `effnet_norm_forward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_forward_infer(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    x: *const f32,
+    x_len: usize,
+    affine: *const f32,
+    affine_len: usize,
+    running: *const f32,
+    running_len: usize,
+    y: *mut f32,
+    y_len: usize,
+) -> effnet_status {
+    guard("effnet_norm_forward_infer", || {
+        // SAFETY: the caller's contract.
+        let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+        let s = plan.shape();
+        let bx = Buf::input("x", x, x_len, s.x_len);
+        let ba = plan.affine_buf("affine", affine, affine_len)?;
+        let mut br = Buf::input("running", running, running_len, s.running_len);
+        if s.running_len == 0 {
+            if !running.is_null() || running_len != 0 {
+                return Err(Failure::invalid(
+                    "`running`: GroupNorm and LayerNorm take no running statistics; pass \
+                     NULL and 0",
+                ));
+            }
+            br = br.optional();
+        }
+        let by = Buf::output("y", y, y_len, s.x_len);
+        buffers::check(&[bx, ba, br, by])?;
+        // SAFETY: checked above; valid and exclusive by the caller's contract.
+        let (x, a, r, y) = unsafe {
+            (
+                buffers::input(&bx),
+                buffers::opt_input(&ba),
+                buffers::opt_input(&br),
+                buffers::output(&by),
+            )
+        };
+        let norm = &plan.norm;
+        let c = norm.desc().channels;
+        let running = r.map(|r| RunningStats {
+            mean: r[..c].to_vec(),
+            var: r[c..].to_vec(),
+        });
+        ctx.install(|| norm.forward_infer(x, affine_of(a, c), running.as_ref(), y))?;
+        Ok(())
+    })
+}
+
+/// BatchNorm's running-statistics update after a training forward pass (PyTorch's
+/// convention): `running = (1 - momentum)*running + momentum*batch`, with the unbiased
+/// batch variance. `saved` is what `effnet_norm_forward` wrote; `running`
+/// (`[2][channels]`: mean, variance) is read and updated in place. Initialize it to
+/// mean 0, variance 1.
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a plan that is not BatchNorm, a momentum
+/// outside [0, 1], fewer than 2 values per channel, or a bad handle or buffer.
+///
+/// # Safety
+/// As `effnet_norm_forward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_update_running(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    saved: *const f32,
+    saved_len: usize,
+    running: *mut f32,
+    running_len: usize,
+    momentum: f32,
+) -> effnet_status {
+    guard("effnet_norm_update_running", || {
+        // SAFETY: the caller's contract.
+        let (_ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+        let s = plan.shape();
+        if s.running_len == 0 {
+            return Err(Failure::invalid(
+                "only BatchNorm plans keep running statistics",
+            ));
+        }
+        let bs = Buf::input("saved", saved, saved_len, s.saved_len);
+        let br = Buf::output("running", running, running_len, s.running_len);
+        buffers::check(&[bs, br])?;
+        // SAFETY: checked above; valid and exclusive by the caller's contract.
+        let (saved, r) = unsafe { (buffers::input(&bs), buffers::output(&br)) };
+        let c = plan.norm.desc().channels;
+        let mut rs = RunningStats {
+            mean: r[..c].to_vec(),
+            var: r[c..].to_vec(),
+        };
+        plan.norm
+            .update_running(&stats_of(saved, s.sets), &mut rs, momentum)?;
+        r[..c].copy_from_slice(&rs.mean);
+        r[c..].copy_from_slice(&rs.var);
+        Ok(())
+    })
+}
+
+/// Backward pass of `effnet_norm_forward`: `dx` (overwritten) and, if `daffine` is not
+/// NULL, the affine gradients `[2][channels]` (dgamma row, then dbeta row), overwritten
+/// (`accumulate = 0`) or added to (`accumulate = 1`). `x` is the forward input, `saved`
+/// what the forward pass wrote, `affine` what it used. Deterministic for any thread
+/// count.
+///
+/// Buffers: `x`, `dy`, `dx` NHWC `[batch][h][w][channels]` (`x_len` each); `affine`
+/// and `daffine` `affine_len` (NULL and 0 without affine; `daffine` may be NULL to
+/// skip it); `saved` `saved_len`. Ownership, overlap and errors as
+/// `effnet_norm_forward`, plus an `accumulate` other than 0 or 1.
+///
+/// # Safety
+/// As `effnet_norm_forward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_backward(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    x: *const f32,
+    x_len: usize,
+    dy: *const f32,
+    dy_len: usize,
+    affine: *const f32,
+    affine_len: usize,
+    saved: *const f32,
+    saved_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+    daffine: *mut f32,
+    daffine_len: usize,
+    accumulate: i32,
+) -> effnet_status {
+    guard("effnet_norm_backward", || {
+        // SAFETY: the caller's contract.
+        let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+        let mode = grad_mode(accumulate)?;
+        let s = plan.shape();
+        let bx = Buf::input("x", x, x_len, s.x_len);
+        let bdy = Buf::input("dy", dy, dy_len, s.x_len);
+        let ba = plan.affine_buf("affine", affine, affine_len)?;
+        let bs = Buf::input("saved", saved, saved_len, s.saved_len);
+        let bdx = Buf::output("dx", dx, dx_len, s.x_len);
+        let bda = plan
+            .affine_like(Buf::output("daffine", daffine, daffine_len, s.affine_len))?
+            .optional();
+        buffers::check(&[bx, bdy, ba, bs, bdx, bda])?;
+        // SAFETY: checked above; valid and exclusive by the caller's contract.
+        let (x, dy, a, saved, dx, da) = unsafe {
+            (
+                buffers::input(&bx),
+                buffers::input(&bdy),
+                buffers::opt_input(&ba),
+                buffers::input(&bs),
+                buffers::output(&bdx),
+                buffers::opt_output(&bda),
+            )
+        };
+        let norm = &plan.norm;
+        let c = norm.desc().channels;
+        let (dgamma, dbeta) = match da {
+            Some(d) => {
+                let (g, b) = d.split_at_mut(c);
+                (Some(g), Some(b))
+            }
+            None => (None, None),
+        };
+        let grads = AffineGrads {
+            dgamma,
+            dbeta,
+            mode,
+        };
+        let stats = stats_of(saved, s.sets);
+        ctx.install(|| norm.backward(x, dy, affine_of(a, c), &stats, dx, grads))?;
+        Ok(())
+    })
+}
+
+/// Which Proxy Norm output (the `variant` field of `effnet_proxy_norm_desc`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum effnet_proxy_variant {
+    /// `z = (act(u) - mu)*s`.
+    EFFNET_PROXY_FULL_SCALE = 0,
+    /// `z = act(u) - mu`; `s` is in `saved` for a later squeeze-excite gate to fold in,
+    /// and the backward pass takes `ds`.
+    EFFNET_PROXY_DELAYED_SCALE = 1,
+    /// `z = act(u) - mu` (EfficientNet's head).
+    EFFNET_PROXY_NO_SCALE = 2,
+}
+
+/// A Proxy Norm activation (Labatie et al., 2021). Set `struct_size =
+/// sizeof(effnet_proxy_norm_desc)` and zero what you do not use.
+///
+/// Per channel `c`, with `xhat` the normalized input: `u = gamma*xhat + beta`,
+/// `z = (act(u) - mu)*s` (full scale) or `act(u) - mu` (delayed or no scale), where
+/// `mu`, `v` are the mean and variance of `act(gamma*(beta' + (1+gamma')*q_k) + beta)`
+/// over the `k` normal quantiles `q_k = sqrt(2)*erfinv(2(k+0.5)/K - 1)` and
+/// `s = 1/sqrt(v + eps_pn)`.
+///
+/// Rules (else `EFFNET_INVALID_ARGUMENT`): `channels` at least 1; `k` at least 0
+/// (0 means the paper's 200); `eps_pn` finite and positive (0 means the paper's 0.03);
+/// valid enum values; `reserved` 0.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq)]
+pub struct effnet_proxy_norm_desc {
+    /// `sizeof(effnet_proxy_norm_desc)` as the caller was compiled.
+    pub struct_size: usize,
+    /// Channels (C): the length of each parameter row.
+    pub channels: i64,
+    /// Number of proxy quantiles K; 0 means 200.
+    pub k: i64,
+    /// ε_pn added to the proxy variance; 0 means 0.03.
+    pub eps_pn: f32,
+    /// An `effnet_proxy_variant` value.
+    pub variant: u32,
+    /// The activation: an `effnet_activation` value (EfficientNet: swish).
+    pub activation: u32,
+    /// Must be zero.
+    pub reserved: u32,
+}
+
+// SAFETY: repr(C), starts with `usize struct_size`, integers and floats only.
+unsafe impl SizedStruct for effnet_proxy_norm_desc {
+    const C_NAME: &'static str = "effnet_proxy_norm_desc";
+}
+
+/// What `effnet_proxy_norm_plan_shape` reports. Set `struct_size =
+/// sizeof(effnet_proxy_norm_shape)` before the call.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct effnet_proxy_norm_shape {
+    /// `sizeof(effnet_proxy_norm_shape)` as the caller was compiled; kept by the call.
+    pub struct_size: usize,
+    /// Elements of `x`, `z`, `dz`, `dx` for a fused plan (`batch*h*w*channels`); 0
+    /// for a standalone plan, which takes any number of rows (a multiple of
+    /// `channels`).
+    pub x_len: usize,
+    /// Channels.
+    pub channels: usize,
+    /// Elements of `params` and `dparams`: `4*channels` (rows gamma, beta, beta',
+    /// gamma').
+    pub params_len: usize,
+    /// Elements of `saved`: `3*sets + 3*channels` fused (the normalization's
+    /// `[mean | var | rstd]` over its sets, then the proxy's `[mu | v | s]`),
+    /// `3*channels` standalone.
+    pub saved_len: usize,
+    /// Where the proxy statistics `[mu | v | s]` start in `saved` (`3*sets` fused, 0
+    /// standalone).
+    pub proxy_offset: usize,
+    /// Where the scale `s` (`[channels]`, the delayed scale) starts in `saved`.
+    pub scale_offset: usize,
+}
+
+// SAFETY: repr(C), starts with `usize struct_size`, integers only.
+unsafe impl SizedStruct for effnet_proxy_norm_shape {
+    const C_NAME: &'static str = "effnet_proxy_norm_shape";
+}
+
+enum ProxyOp {
+    Fused(NormProxy),
+    Standalone(ProxyNorm),
+}
+
+/// A validated Proxy Norm activation, fused with a LayerNorm/GroupNorm or standalone
+/// (on an already normalized input); made by `effnet_proxy_norm_plan_create`,
+/// released by `effnet_proxy_norm_plan_destroy`. Immutable, not tied to a context.
+pub struct effnet_proxy_norm_plan {
+    magic: u64,
+    op: ProxyOp,
+}
+
+handle::impl_handle!(effnet_proxy_norm_plan, Kind::ProxyNormPlan);
+
+const PROXY: &str = "effnet_proxy_norm_desc";
+
+/// Converts the C descriptor; the rules of the activation are checked by
+/// `ProxyNorm::new`.
+pub fn to_proxy_desc(d: &effnet_proxy_norm_desc) -> Outcome<ProxyNormDesc> {
+    reserved(PROXY, d.reserved)?;
+    let variant = match d.variant {
+        0 => ProxyVariant::FullScale,
+        1 => ProxyVariant::DelayedScale,
+        2 => ProxyVariant::NoScale,
+        v => {
+            return Err(Failure::invalid(format!(
+                "{PROXY}.variant = {v} is not an effnet_proxy_variant"
+            )));
+        }
+    };
+    let k = int_field(PROXY, "k", d.k, 0)?;
+    Ok(ProxyNormDesc {
+        channels: int_field(PROXY, "channels", d.channels, 1)?,
+        variant,
+        k: if k == 0 { 200 } else { k },
+        eps_pn: if d.eps_pn == 0.0 { 0.03 } else { d.eps_pn },
+        activation: activation_of(PROXY, d.activation)?,
+    })
+}
+
+impl effnet_proxy_norm_plan {
+    fn proxy(&self) -> &ProxyNorm {
+        match &self.op {
+            ProxyOp::Fused(f) => f.proxy(),
+            ProxyOp::Standalone(p) => p,
+        }
+    }
+
+    fn sets(&self) -> usize {
+        match &self.op {
+            ProxyOp::Fused(f) => f.norm().sets(),
+            ProxyOp::Standalone(_) => 0,
+        }
+    }
+
+    fn shape(&self) -> effnet_proxy_norm_shape {
+        let c = self.proxy().desc().channels;
+        let po = 3 * self.sets();
+        effnet_proxy_norm_shape {
+            struct_size: 0,
+            x_len: match &self.op {
+                ProxyOp::Fused(f) => f.x_len(),
+                ProxyOp::Standalone(_) => 0,
+            },
+            channels: c,
+            params_len: 4 * c,
+            saved_len: po + 3 * c,
+            proxy_offset: po,
+            scale_offset: po + 2 * c,
+        }
+    }
+
+    /// The expected count of `x`-shaped buffers given the caller's `x_len`.
+    fn x_expected(&self, x_len: usize) -> Outcome<usize> {
+        let s = self.shape();
+        if s.x_len != 0 {
+            return Ok(s.x_len);
+        }
+        if x_len == 0 || !x_len.is_multiple_of(s.channels) {
+            return Err(Failure::invalid(format!(
+                "`x_len` = {x_len}: a standalone Proxy Norm takes a positive multiple of \
+                 channels ({}) elements",
+                s.channels
+            )));
+        }
+        Ok(x_len)
+    }
+}
+
+/// Validates the descriptors and stores a new Proxy Norm plan in `*out_plan`.
+///
+/// With `norm_desc` NULL the plan is the standalone activation on an already
+/// normalized input `xhat` (`[rows][channels]`, any number of rows). Otherwise it is
+/// the fused normalization + activation: `norm_desc` must be a LayerNorm or GroupNorm
+/// with `channels` equal to `proxy_desc->channels`, activation identity and `affine =
+/// 1` (its gamma and beta are the first two rows of the Proxy Norm `params`).
+///
+/// Ownership: the caller owns the new plan (release it with
+/// `effnet_proxy_norm_plan_destroy`); `*out_plan` is written only on success.
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, pointer, `struct_size`, or
+/// descriptors that break their rules or do not fit together.
+///
+/// # Safety
+/// `ctx` is NULL or a context handle; each descriptor pointer is NULL or points to its
+/// `struct_size` readable bytes; `out_plan` is NULL or points to writable storage for a
+/// pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_proxy_norm_plan_create(
+    ctx: *const effnet_context,
+    norm_desc: *const effnet_norm_desc,
+    proxy_desc: *const effnet_proxy_norm_desc,
+    out_plan: *mut *mut effnet_proxy_norm_plan,
+) -> effnet_status {
+    guard("effnet_proxy_norm_plan_create", || {
+        // SAFETY: the caller's contract; the handle is checked before use.
+        unsafe { handle::get(ctx, "`ctx`") }?;
+        // SAFETY: the caller's contract; pointer and size checked inside.
+        let pd = to_proxy_desc(&unsafe { sized::read(proxy_desc, "`proxy_desc`") }?)?;
+        let op = if norm_desc.is_null() {
+            ProxyOp::Standalone(ProxyNorm::new(&pd)?)
+        } else {
+            // SAFETY: as above.
+            let (nd, affine) = to_norm_desc(&unsafe { sized::read(norm_desc, "`norm_desc`") }?)?;
+            if !affine {
+                return Err(Failure::invalid(
+                    "effnet_norm_desc.affine = 0: the fused Proxy Norm always has the \
+                     normalization's affine (params rows gamma, beta); set it to 1",
+                ));
+            }
+            ProxyOp::Fused(NormProxy::new(&nd, &pd)?)
+        };
+        handle::check_out(out_plan, "`out_plan`")?;
+        let plan = effnet_proxy_norm_plan {
+            magic: Kind::ProxyNormPlan.magic(),
+            op,
+        };
+        // SAFETY: checked; writable (caller's promise).
+        unsafe { handle::publish(out_plan, plan) };
+        Ok(())
+    })
+}
+
+/// Destroys a Proxy Norm plan. NULL is a no-op (returns `EFFNET_OK`).
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` if `plan` is not a live Proxy Norm plan.
+///
+/// # Safety
+/// `plan` is NULL or a handle from `effnet_proxy_norm_plan_create`, unused by any
+/// other call, and not used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_proxy_norm_plan_destroy(
+    plan: *mut effnet_proxy_norm_plan,
+) -> effnet_status {
+    // SAFETY: forwarded from this function's contract.
+    guard("effnet_proxy_norm_plan_destroy", || unsafe {
+        handle::destroy(plan, "`plan`")
+    })
+}
+
+/// Fills `*out_shape` with the element counts of the plan's buffers and the offsets
+/// into `saved`. Set `out_shape->struct_size = sizeof(effnet_proxy_norm_shape)` first.
+///
+/// Errors: as `effnet_norm_plan_shape`.
+///
+/// # Safety
+/// As `effnet_norm_plan_shape`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_proxy_norm_plan_shape(
+    plan: *const effnet_proxy_norm_plan,
+    out_shape: *mut effnet_proxy_norm_shape,
+) -> effnet_status {
+    guard("effnet_proxy_norm_plan_shape", || {
+        // SAFETY: the caller's contract; the handle is checked before use.
+        let plan = unsafe { handle::get(plan, "`plan`") }?;
+        // SAFETY: the caller's contract; pointer and size checked inside.
+        unsafe { sized::write(out_shape, "`out_shape`", plan.shape()) }
+    })
+}
+
+fn params_of(p: &[f32], c: usize) -> ProxyParams<'_> {
+    ProxyParams {
+        gamma: &p[..c],
+        beta: &p[c..2 * c],
+        beta_prime: &p[2 * c..3 * c],
+        gamma_prime: &p[3 * c..],
+    }
+}
+
+fn proxy_stats_of(p: &[f32], c: usize) -> ProxyStats {
+    ProxyStats {
+        mean: p[..c].to_vec(),
+        var: p[c..2 * c].to_vec(),
+        scale: p[2 * c..3 * c].to_vec(),
+    }
+}
+
+fn store_proxy_stats(s: &ProxyStats, out: &mut [f32]) {
+    let c = s.mean.len();
+    out[..c].copy_from_slice(&s.mean);
+    out[c..2 * c].copy_from_slice(&s.var);
+    out[2 * c..].copy_from_slice(&s.scale);
+}
+
+/// Forward pass: `z` from `x` (fused: the normalization's statistics, then the
+/// activation; standalone: `x` is the normalized `xhat`), run on `ctx`'s threads. `z`
+/// and `saved` are overwritten.
+///
+/// Buffers (`float`, counts from `effnet_proxy_norm_plan_shape`):
+/// - `x`: NHWC `[batch][h][w][channels]` (`x_len`), or standalone `[rows][channels]`
+///   (any positive multiple of `channels`)
+/// - `params`: `[4][channels]`, rows gamma, beta, beta', gamma' (initially 1, 0, 0, 0)
+/// - `z`: like `x`, `z_len = x_len`
+/// - `saved`: `saved_len` (layout in `effnet_proxy_norm_shape`); the delayed scale `s`
+///   is at `scale_offset`
+///
+/// Ownership, overlap and errors as `effnet_norm_forward`.
+///
+/// # Safety
+/// As `effnet_norm_forward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_proxy_norm_forward(
+    ctx: *const effnet_context,
+    plan: *const effnet_proxy_norm_plan,
+    x: *const f32,
+    x_len: usize,
+    params: *const f32,
+    params_len: usize,
+    z: *mut f32,
+    z_len: usize,
+    saved: *mut f32,
+    saved_len: usize,
+) -> effnet_status {
+    guard("effnet_proxy_norm_forward", || {
+        // SAFETY: the caller's contract.
+        let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+        let s = plan.shape();
+        let xl = plan.x_expected(x_len)?;
+        let bx = Buf::input("x", x, x_len, xl);
+        let bp = Buf::input("params", params, params_len, s.params_len);
+        let bz = Buf::output("z", z, z_len, xl);
+        let bs = Buf::output("saved", saved, saved_len, s.saved_len);
+        buffers::check(&[bx, bp, bz, bs])?;
+        // SAFETY: checked above; valid and exclusive by the caller's contract.
+        let (x, p, z, saved) = unsafe {
+            (
+                buffers::input(&bx),
+                buffers::input(&bp),
+                buffers::output(&bz),
+                buffers::output(&bs),
+            )
+        };
+        let params = params_of(p, s.channels);
+        let (norm_part, proxy_part) = saved.split_at_mut(s.proxy_offset);
+        match &plan.op {
+            ProxyOp::Fused(f) => {
+                let mut sv = f.new_saved();
+                ctx.install(|| f.forward(x, params, z, &mut sv))?;
+                store_stats(&sv.norm, norm_part);
+                store_proxy_stats(&sv.proxy, proxy_part);
+            }
+            ProxyOp::Standalone(p) => {
+                let mut st = p.new_stats();
+                ctx.install(|| p.forward(x, params, z, &mut st))?;
+                store_proxy_stats(&st, proxy_part);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Backward pass of `effnet_proxy_norm_forward`: `dx` (overwritten) and the parameter
+/// gradients `dparams` `[4][channels]` (dgamma, dbeta, dbeta', dgamma', direct and
+/// through the proxy statistics), overwritten (`accumulate = 0`) or added to
+/// (`accumulate = 1`). `x` is the forward input, `params` what it used and `saved` what
+/// it wrote. Deterministic for any thread count.
+///
+/// Buffers: `x`, `dz`, `dx` like the forward's `x`; `ds`: `[channels]`, the gradient
+/// of the delayed scale `s` (delayed-scale plans only; NULL and 0 mean zero, and other
+/// variants require NULL); `params`, `dparams`: `params_len`; `saved`: `saved_len`.
+/// Ownership, overlap and errors as `effnet_norm_backward`.
+///
+/// # Safety
+/// As `effnet_norm_forward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_proxy_norm_backward(
+    ctx: *const effnet_context,
+    plan: *const effnet_proxy_norm_plan,
+    x: *const f32,
+    x_len: usize,
+    dz: *const f32,
+    dz_len: usize,
+    ds: *const f32,
+    ds_len: usize,
+    params: *const f32,
+    params_len: usize,
+    saved: *const f32,
+    saved_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+    dparams: *mut f32,
+    dparams_len: usize,
+    accumulate: i32,
+) -> effnet_status {
+    guard("effnet_proxy_norm_backward", || {
+        // SAFETY: the caller's contract.
+        let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+        let mode = grad_mode(accumulate)?;
+        let s = plan.shape();
+        let c = s.channels;
+        let xl = plan.x_expected(x_len)?;
+        let delayed = plan.proxy().desc().variant == ProxyVariant::DelayedScale;
+        if !delayed && (!ds.is_null() || ds_len != 0) {
+            return Err(Failure::invalid(
+                "`ds` is an input of the delayed-scale variant only; pass NULL and 0",
+            ));
+        }
+        let bx = Buf::input("x", x, x_len, xl);
+        let bdz = Buf::input("dz", dz, dz_len, xl);
+        let bds = Buf::input("ds", ds, ds_len, c).optional();
+        let bp = Buf::input("params", params, params_len, s.params_len);
+        let bs = Buf::input("saved", saved, saved_len, s.saved_len);
+        let bdx = Buf::output("dx", dx, dx_len, xl);
+        let bdp = Buf::output("dparams", dparams, dparams_len, s.params_len);
+        buffers::check(&[bx, bdz, bds, bp, bs, bdx, bdp])?;
+        // SAFETY: checked above; valid and exclusive by the caller's contract.
+        let (x, dz, ds, p, saved, dx, dp) = unsafe {
+            (
+                buffers::input(&bx),
+                buffers::input(&bdz),
+                buffers::opt_input(&bds),
+                buffers::input(&bp),
+                buffers::input(&bs),
+                buffers::output(&bdx),
+                buffers::output(&bdp),
+            )
+        };
+        let params = params_of(p, c);
+        let (dg, rest) = dp.split_at_mut(c);
+        let (db, rest) = rest.split_at_mut(c);
+        let (dbp, dgp) = rest.split_at_mut(c);
+        let grads = ProxyGrads {
+            dgamma: dg,
+            dbeta: db,
+            dbeta_prime: dbp,
+            dgamma_prime: dgp,
+            mode,
+        };
+        let up = Upstream { dz, ds };
+        let (norm_part, proxy_part) = saved.split_at(s.proxy_offset);
+        let proxy = proxy_stats_of(proxy_part, c);
+        match &plan.op {
+            ProxyOp::Fused(f) => {
+                let sv = NormProxySaved {
+                    norm: stats_of(norm_part, s.proxy_offset / 3),
+                    proxy,
+                };
+                ctx.install(|| f.backward(x, up, params, &sv, dx, grads))?;
+            }
+            ProxyOp::Standalone(p) => {
+                ctx.install(|| p.backward(x, up, params, &proxy, dx, grads))?;
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc() -> effnet_norm_desc {
+        effnet_norm_desc {
+            struct_size: size_of::<effnet_norm_desc>(),
+            batch: 2,
+            h: 3,
+            w: 4,
+            channels: 8,
+            groups: 2,
+            kind: effnet_norm_kind::EFFNET_NORM_GROUP as u32,
+            affine: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn norm_descriptors_convert_and_reject_misfits() {
+        let (d, affine) = to_norm_desc(&desc()).unwrap();
+        assert!(affine);
+        assert_eq!(d.eps, 1e-3);
+        assert_eq!(d.groups(), 2);
+        let bad = |d: effnet_norm_desc, needle: &str| {
+            let m = to_norm_desc(&d).unwrap_err().message;
+            assert!(m.contains(needle), "{m} lacks {needle}");
+        };
+        bad(
+            effnet_norm_desc {
+                groups: 0,
+                ..desc()
+            },
+            "at least 1 group",
+        );
+        bad(effnet_norm_desc { kind: 0, ..desc() }, "BatchNorm takes 0");
+        bad(effnet_norm_desc { kind: 7, ..desc() }, "kind = 7");
+        bad(
+            effnet_norm_desc {
+                affine: 2,
+                ..desc()
+            },
+            "affine = 2",
+        );
+        bad(
+            effnet_norm_desc {
+                activation: 9,
+                ..desc()
+            },
+            "activation = 9",
+        );
+        bad(
+            effnet_norm_desc {
+                batch: -1,
+                ..desc()
+            },
+            "batch = -1",
+        );
+        bad(
+            effnet_norm_desc {
+                reserved: 1,
+                ..desc()
+            },
+            "reserved",
+        );
+        let p = effnet_proxy_norm_desc {
+            struct_size: size_of::<effnet_proxy_norm_desc>(),
+            channels: 8,
+            ..Default::default()
+        };
+        let pd = to_proxy_desc(&p).unwrap();
+        assert_eq!((pd.k, pd.eps_pn), (200, 0.03));
+        let m = to_proxy_desc(&effnet_proxy_norm_desc { variant: 3, ..p })
+            .unwrap_err()
+            .message;
+        assert!(m.contains("variant = 3"), "{m}");
+    }
+
+    fn rand(n: usize, seed: u32) -> Vec<f32> {
+        let mut r = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|_| {
+                r ^= r << 13;
+                r ^= r >> 17;
+                r ^= r << 5;
+                (r as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The C entry points pack and unpack `saved`, `affine` and `params` exactly as the
+    /// Rust passes expect: results are bitwise those of the Rust API.
+    #[test]
+    fn fused_proxy_norm_and_group_norm_match_the_rust_api_bitwise() {
+        use effnet_status::EFFNET_OK;
+        let nd = effnet_norm_desc {
+            activation: 3,
+            ..desc()
+        };
+        let pd = effnet_proxy_norm_desc {
+            struct_size: size_of::<effnet_proxy_norm_desc>(),
+            channels: 8,
+            k: 16,
+            variant: effnet_proxy_variant::EFFNET_PROXY_DELAYED_SCALE as u32,
+            activation: 3,
+            ..Default::default()
+        };
+        let (mut ctx, mut np, mut pp) = (
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        let n = 2 * 3 * 4 * 8;
+        let (x, dy) = (rand(n, 1), rand(n, 2));
+        let params: Vec<f32> = rand(32, 3).iter().map(|v| v * 0.5 + 0.5).collect();
+        let ds = rand(8, 4);
+        // SAFETY: valid pointers and counts throughout.
+        unsafe {
+            assert_eq!(crate::effnet_context_create(2, &mut ctx), EFFNET_OK);
+            assert_eq!(effnet_norm_plan_create(ctx, &nd, &mut np), EFFNET_OK);
+            let pn_norm = effnet_norm_desc {
+                activation: 0,
+                ..desc()
+            };
+            assert_eq!(
+                effnet_proxy_norm_plan_create(ctx, &pn_norm, &pd, &mut pp),
+                EFFNET_OK
+            );
+            // GroupNorm + swish with affine.
+            let (mut y, mut saved) = (vec![0f32; n], vec![0f32; 12]);
+            let st = effnet_norm_forward(
+                ctx,
+                np,
+                x.as_ptr(),
+                n,
+                params.as_ptr(),
+                16,
+                y.as_mut_ptr(),
+                n,
+                saved.as_mut_ptr(),
+                12,
+            );
+            assert_eq!(st, EFFNET_OK);
+            let (mut dx, mut da) = (vec![0f32; n], vec![0f32; 16]);
+            let st = effnet_norm_backward(
+                ctx,
+                np,
+                x.as_ptr(),
+                n,
+                dy.as_ptr(),
+                n,
+                params.as_ptr(),
+                16,
+                saved.as_ptr(),
+                12,
+                dx.as_mut_ptr(),
+                n,
+                da.as_mut_ptr(),
+                16,
+                0,
+            );
+            assert_eq!(st, EFFNET_OK);
+            let (d, _) = to_norm_desc(&nd).unwrap();
+            let norm = Norm::new(&d).unwrap();
+            let a = Affine::new(&params[..8], &params[8..16]);
+            let (mut y2, mut stats) = (vec![0f32; n], norm.new_stats());
+            norm.forward(&x, a, &mut y2, &mut stats).unwrap();
+            assert_eq!(y, y2);
+            assert_eq!(saved, [&stats.mean[..], &stats.var, &stats.rstd].concat());
+            let (mut dx2, mut dg, mut db) = (vec![0f32; n], vec![0f32; 8], vec![0f32; 8]);
+            let g = AffineGrads {
+                dgamma: Some(&mut dg),
+                dbeta: Some(&mut db),
+                mode: Default::default(),
+            };
+            norm.backward(&x, &dy, a, &stats, &mut dx2, g).unwrap();
+            assert_eq!(dx, dx2);
+            assert_eq!(da, [dg, db].concat());
+
+            // Fused GroupNorm + delayed-scale Proxy Norm.
+            let mut s = effnet_proxy_norm_shape {
+                struct_size: size_of::<effnet_proxy_norm_shape>(),
+                ..Default::default()
+            };
+            assert_eq!(effnet_proxy_norm_plan_shape(pp, &mut s), EFFNET_OK);
+            assert_eq!((s.x_len, s.saved_len, s.scale_offset), (n, 36, 28));
+            let (mut z, mut saved) = (vec![0f32; n], vec![0f32; 36]);
+            let st = effnet_proxy_norm_forward(
+                ctx,
+                pp,
+                x.as_ptr(),
+                n,
+                params.as_ptr(),
+                32,
+                z.as_mut_ptr(),
+                n,
+                saved.as_mut_ptr(),
+                36,
+            );
+            assert_eq!(st, EFFNET_OK);
+            let (mut dx, mut dp) = (vec![0f32; n], vec![0f32; 32]);
+            let st = effnet_proxy_norm_backward(
+                ctx,
+                pp,
+                x.as_ptr(),
+                n,
+                dy.as_ptr(),
+                n,
+                ds.as_ptr(),
+                8,
+                params.as_ptr(),
+                32,
+                saved.as_ptr(),
+                36,
+                dx.as_mut_ptr(),
+                n,
+                dp.as_mut_ptr(),
+                32,
+                0,
+            );
+            assert_eq!(st, EFFNET_OK);
+            let (pnd, _) = to_norm_desc(&pn_norm).unwrap();
+            let op = NormProxy::new(&pnd, &to_proxy_desc(&pd).unwrap()).unwrap();
+            let (mut z2, mut sv) = (vec![0f32; n], op.new_saved());
+            let pr = params_of(&params, 8);
+            op.forward(&x, pr, &mut z2, &mut sv).unwrap();
+            assert_eq!(z, z2);
+            assert_eq!(&saved[28..], &sv.proxy.scale[..]);
+            let mut g4 = vec![vec![0f32; 8]; 4];
+            let [a, b, c, d] = &mut g4[..] else {
+                unreachable!()
+            };
+            let g = ProxyGrads {
+                dgamma: a,
+                dbeta: b,
+                dbeta_prime: c,
+                dgamma_prime: d,
+                mode: Default::default(),
+            };
+            let up = Upstream {
+                dz: &dy,
+                ds: Some(&ds),
+            };
+            let mut dx2 = vec![0f32; n];
+            op.backward(&x, up, pr, &sv, &mut dx2, g).unwrap();
+            assert_eq!(dx, dx2);
+            assert_eq!(dp, g4.concat());
+            // ds is refused by the other variants; a destroyed plan is reported.
+            assert_eq!(effnet_proxy_norm_plan_destroy(pp), EFFNET_OK);
+            let st = effnet_proxy_norm_forward(
+                ctx,
+                pp,
+                x.as_ptr(),
+                n,
+                params.as_ptr(),
+                32,
+                z.as_mut_ptr(),
+                n,
+                saved.as_mut_ptr(),
+                36,
+            );
+            assert_eq!(st, effnet_status::EFFNET_INVALID_ARGUMENT);
+            assert_eq!(effnet_norm_plan_destroy(np), EFFNET_OK);
+            assert_eq!(crate::effnet_context_destroy(ctx), EFFNET_OK);
+        }
+    }
+}
