@@ -284,6 +284,123 @@ fn forward_and_backward_are_deterministic_across_threads() {
     }
 }
 
+/// Loss bits, gradients, parameter values (with running statistics) and logits.
+type StepResult = (u32, Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<f32>);
+
+/// A training step and a prediction of `net` at `(n, res)`, recycling the tape.
+fn step_and_predict(
+    net: &mut Network,
+    cfg: &ArchConfig,
+    rng: &mut Rng,
+    (n, res): (usize, usize),
+    seed: u64,
+) -> StepResult {
+    let x = rng.vec(n * res * res * 3);
+    let labels: Vec<usize> = (0..n).map(|i| (i * 3 + seed as usize) % 8).collect();
+    let (loss, tape) = net
+        .loss_and_grad(
+            &x,
+            n,
+            res,
+            Targets::Labels(&labels),
+            0.1,
+            &Pass::train(cfg, seed),
+        )
+        .unwrap();
+    net.recycle(tape);
+    let logits = net.predict(&x, n, res).unwrap();
+    (
+        loss.to_bits(),
+        net.params().grads.clone(),
+        net.params().values.clone(),
+        logits,
+    )
+}
+
+#[test]
+fn reused_buffers_give_the_same_results_as_fresh_ones() {
+    // Changing batch sizes and resolutions, so buffers of one shape are reused for
+    // another; BatchNorm also checks the running statistics.
+    let shapes = [
+        (2, 32),
+        (3, 64),
+        (2, 32),
+        (1, 48),
+        (3, 64),
+        (2, 32),
+        (2, 32),
+    ];
+    for name in ["tiny_g16_lnpn", "tiny_g1_bn", "tiny_g16_gn"] {
+        let cfg = tiny(name);
+        let mut reused = Network::new(&cfg, 3).unwrap();
+        let mut fresh = reused.clone();
+        fresh.set_buffer_reuse(false);
+        let (mut ra, mut rb) = (Rng::new(9), Rng::new(9));
+        let mut held = Vec::new();
+        for (i, &shape) in shapes.iter().enumerate() {
+            let a = step_and_predict(&mut reused, &cfg, &mut ra, shape, i as u64);
+            let b = step_and_predict(&mut fresh, &cfg, &mut rb, shape, i as u64);
+            assert_eq!(a.0, b.0, "{name} step {i}: loss");
+            assert!(a.1 == b.1, "{name} step {i}: gradients");
+            assert!(a.2 == b.2, "{name} step {i}: parameters");
+            assert_eq!(a.3, b.3, "{name} step {i}: logits");
+            held.push(reused.cached_bytes());
+        }
+        assert_eq!(fresh.cached_bytes(), 0);
+        // A step of a shape seen before allocates nothing new.
+        assert!(held[6] == held[5] && held[5] > 0, "{name}: {held:?}");
+    }
+}
+
+#[test]
+fn head_only_backward_writes_exactly_the_head_gradients() {
+    let cfg = tiny("tiny_g16_lnpn");
+    let mut rng = Rng::new(5);
+    let x = rng.vec(BATCH * RES * RES * 3);
+    let labels = [3, 6];
+    let mut full = Network::new(&cfg, 2).unwrap();
+    let mut head = full.clone();
+    let pass = Pass::train(&cfg, 4);
+    let (l1, _) = full
+        .loss_and_grad(&x, BATCH, RES, Targets::Labels(&labels), 0.1, &pass)
+        .unwrap();
+    let sentinel = 7.25f32;
+    for g in head.params_mut().grads.iter_mut() {
+        g.fill(sentinel);
+    }
+    let (l2, _) = head
+        .loss_and_grad(
+            &x,
+            BATCH,
+            RES,
+            Targets::Labels(&labels),
+            0.1,
+            &Pass {
+                head_only: true,
+                ..pass
+            },
+        )
+        .unwrap();
+    assert_eq!(l1.to_bits(), l2.to_bits());
+    let infos = full.params().infos().to_vec();
+    let mut heads = 0;
+    for (i, p) in infos.iter().enumerate() {
+        let is_head = ["conv_head.", "bn2.", "classifier."]
+            .iter()
+            .any(|h| p.name.starts_with(h));
+        let (a, b) = (&full.params().grads[i], &head.params().grads[i]);
+        if is_head {
+            heads += 1;
+            if p.kind.trainable() {
+                assert!(a == b, "{}: head gradient differs", p.name);
+            }
+        } else {
+            assert!(b.iter().all(|&v| v == sentinel), "{} was written", p.name);
+        }
+    }
+    assert!(heads >= 4);
+}
+
 #[test]
 fn bad_input_is_an_error() {
     let cfg = tiny("tiny_g1_gn");

@@ -4,7 +4,7 @@
 
 use effnet::data::{SyntheticShapes, SyntheticSplit};
 use effnet::model::optim::OptimizerKind;
-use effnet::model::train::{Quiet, TrainConfig, Trainer};
+use effnet::model::train::{CURVE_SIZE, Quiet, TrainConfig, Trainer, curve_path};
 
 fn small() -> TrainConfig {
     TrainConfig {
@@ -101,6 +101,14 @@ fn resume_equals_uninterrupted_training() {
     let h: Vec<(f32, f32)> = full.history.iter().map(|r| (r.loss, r.eval_acc)).collect();
     let g: Vec<(f32, f32)> = part.history.iter().map(|r| (r.loss, r.eval_acc)).collect();
     assert_eq!(h, g);
+    // The curve (a loss per step, an evaluation per epoch, the fine-tuning mark) is
+    // carried through the checkpoints too, and drawn beside them.
+    assert_eq!(part.curve(), full.curve());
+    assert_eq!(full.curve().losses().len() as u64, full.step());
+    assert_eq!(full.curve().evals().len(), full.history.len());
+    assert_eq!(full.curve().marks().len(), 1);
+    let png = image::open(curve_path(&path)).unwrap();
+    assert_eq!((png.width() as usize, png.height() as usize), CURVE_SIZE);
 }
 
 #[test]

@@ -3,9 +3,9 @@
 use clap::Args;
 use effnet::arch::ArchConfig;
 use effnet::kernels::loss::Targets;
-use effnet::model::{Network, Pass};
+use effnet::model::{Network, Pass, profile};
 use effnet::{Error, Result};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Arguments of `effnet bench model`.
 #[derive(Args, Debug)]
@@ -32,6 +32,17 @@ pub struct ModelArgs {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+    /// Time each layer kind (summed over the timed iterations) and print the
+    /// breakdown on standard error.
+    #[arg(long)]
+    profile: bool,
+    /// Allocate every activation buffer afresh instead of reusing the previous
+    /// step's (the baseline of the buffer reuse).
+    #[arg(long)]
+    no_reuse: bool,
+    /// Training step of head fine-tuning: backward through the head only.
+    #[arg(long)]
+    head_only: bool,
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 elsewhere).
@@ -44,6 +55,32 @@ fn peak_rss_mb() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Prints the per-kind times of the last timed loop (ms per step, share of the step)
+/// on standard error; what no timer covers is "other" (buffers, bookkeeping).
+fn print_profile(arch: &str, mode: &str, total: Duration, iters: usize) {
+    let kinds = profile::take();
+    let per = |d: Duration| 1e3 * d.as_secs_f64() / iters as f64;
+    let step = per(total);
+    eprintln!("profile {arch} {mode}: {step:.1} ms per step");
+    let mut covered = 0.0;
+    for (kind, d, calls) in &kinds {
+        covered += per(*d);
+        eprintln!(
+            "  {kind:<26} {:>8.1} ms {:>5.1} % ({} calls)",
+            per(*d),
+            100.0 * per(*d) / step,
+            calls / iters as u64
+        );
+    }
+    let other = step - covered;
+    eprintln!(
+        "  {:<26} {:>8.1} ms {:>5.1} %",
+        "other",
+        other,
+        100.0 * other / step
+    );
 }
 
 /// Runs `effnet bench model`.
@@ -65,6 +102,7 @@ pub fn run(a: &ModelArgs) -> Result<()> {
     let n = a.batch;
     super::in_pool(a.threads, || -> Result<()> {
         let mut net = Network::new(&cfg, 0)?;
+        net.set_buffer_reuse(!a.no_reuse);
         let x: Vec<f32> = (0..n * res * res * 3)
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
             .collect();
@@ -85,17 +123,27 @@ pub fn run(a: &ModelArgs) -> Result<()> {
                         res,
                         Targets::Labels(&labels),
                         0.1,
-                        &Pass::train(&cfg, 1),
+                        &Pass {
+                            head_only: a.head_only,
+                            ..Pass::train(&cfg, 1)
+                        },
                     )
-                    .map(|_| ())
+                    .map(|(_, tape)| net.recycle(tape))
                 }
             };
             step(&mut net)?;
+            profile::enable(a.profile);
+            profile::take();
             let t = Instant::now();
             for _ in 0..a.iters {
                 step(&mut net)?;
             }
-            let ips = (a.iters * n) as f64 / t.elapsed().as_secs_f64();
+            let total = t.elapsed();
+            profile::enable(false);
+            let ips = (a.iters * n) as f64 / total.as_secs_f64();
+            if a.profile {
+                print_profile(&cfg.name, mode, total, a.iters);
+            }
             let rss = peak_rss_mb();
             let planned = if mode == "train" {
                 plan.peak_bytes() as f64 / (1024.0 * 1024.0)

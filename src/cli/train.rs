@@ -1,13 +1,18 @@
-//! `effnet train`: the paper's recipe on the built-in synthetic shapes (or, when the
-//! folder reader is linked in, an image folder).
+//! `effnet train`: the paper's recipe on the built-in synthetic shapes or on an image
+//! folder (`--data DIR`).
+//!
+//! With `--data DIR`, the evaluation set is `DIR/val` when `DIR` holds both a `train`
+//! and a `val` folder (each with one subfolder per class, the same class names);
+//! otherwise `DIR` itself holds the class folders and a deterministic held-out part of
+//! every class ([`effnet::data::holdout_split`], `--val-fraction`) is evaluated on.
 
-use effnet::data::{Dataset, SyntheticShapes, SyntheticSplit};
+use effnet::data::{Dataset, ImageFolder, Subset, SyntheticShapes, SyntheticSplit, holdout_split};
 use effnet::model::optim::OptimizerKind;
 use effnet::model::schedule::Decay;
-use effnet::model::train::{EpochRecord, Observer, StepInfo, TrainConfig, Trainer};
+use effnet::model::train::{EpochRecord, Observer, StepInfo, TrainConfig, Trainer, curve_path};
+use effnet::report::Progress;
 use effnet::{Error, Result};
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `effnet train` (every one optional).
 #[derive(clap::Args, Debug)]
@@ -15,9 +20,15 @@ pub struct TrainArgs {
     /// Architecture (default: tiny_g16_lnpn, a quarter-width G16 LN+PN network).
     #[arg(long)]
     arch: Option<String>,
-    /// Image folder with one subfolder per class (default: the built-in shapes).
+    /// Image folder with one subfolder of PNG/JPEG images per class (default: the
+    /// built-in shapes). If it holds `train/` and `val/`, those are the training and
+    /// evaluation sets; otherwise a held-out part of each class is evaluated on.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// With --data and no `val/` folder: the fraction of each class held out for
+    /// evaluation (evenly spaced in file order, no randomness).
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
     /// Training resolution.
     #[arg(long)]
     res: Option<usize>,
@@ -57,10 +68,10 @@ pub struct TrainArgs {
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Training samples of the built-in dataset.
+    /// Training samples of the built-in dataset (ignored with --data).
     #[arg(long, default_value_t = 4096)]
     train_size: usize,
-    /// Evaluation samples of the built-in dataset.
+    /// Evaluation samples of the built-in dataset (ignored with --data).
     #[arg(long, default_value_t = 1024)]
     eval_size: usize,
     /// Checkpoint path (written atomically after every epoch).
@@ -75,35 +86,32 @@ pub struct TrainArgs {
     /// Threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// No progress bar (it is also hidden when standard error is not a terminal).
+    #[arg(long)]
+    quiet: bool,
 }
 
+/// Draws a progress bar per epoch and prints a line per finished epoch.
 struct Log {
-    last: std::time::Instant,
+    batch: usize,
+    quiet: bool,
+    bar: Option<Progress>,
 }
 
 impl Observer for Log {
     fn step(&mut self, i: &StepInfo) {
-        if self.last.elapsed().as_millis() >= 500 || i.step == i.steps {
-            self.last = std::time::Instant::now();
-            let width = 30;
-            let fill = i.step * width / i.steps.max(1);
-            eprint!(
-                "\r{} {}/{} [{}{}] {}/{} loss {:.4} {:.1} img/s   ",
-                i.stage.name(),
-                i.epoch,
-                i.epochs,
-                "#".repeat(fill),
-                ".".repeat(width - fill),
-                i.step,
-                i.steps,
-                i.loss,
-                i.img_per_s
-            );
-            let _ = std::io::stderr().flush();
-        }
+        let (batch, quiet) = (self.batch, self.quiet);
+        let bar = self.bar.get_or_insert_with(|| {
+            let label = format!("{} {}/{}", i.stage.name(), i.epoch, i.epochs);
+            Progress::new(i.steps as u64, &label, quiet)
+        });
+        bar.step(batch, i.loss);
     }
+
     fn epoch(&mut self, r: &EpochRecord) {
-        eprintln!();
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
         println!(
             "{} epoch {}: loss {:.4}, train accuracy {:.1} %, eval accuracy {:.1} %, lr {:.5}, {:.1} img/s",
             r.stage.name(),
@@ -187,41 +195,120 @@ fn config(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(c)
 }
 
-/// Runs `effnet train`.
-pub fn run(a: &TrainArgs) -> Result<()> {
-    if let Some(dir) = &a.data {
-        return Err(Error::Unsupported(format!(
-            "--data {}: the image-folder reader (data::folder) is not part of this build yet",
+/// The training and evaluation sets and a description of them.
+struct Data {
+    train: Box<dyn Dataset>,
+    eval: Box<dyn Dataset>,
+    what: String,
+}
+
+/// Whether `dir/name` is a folder.
+fn has_dir(dir: &Path, name: &str) -> bool {
+    dir.join(name).is_dir()
+}
+
+/// Opens an image folder and checks every file's header, so that a bad file is
+/// reported before training starts.
+fn open_folder(dir: &Path) -> Result<ImageFolder> {
+    let f = ImageFolder::open(dir)?;
+    f.verify()?;
+    Ok(f)
+}
+
+/// The image-folder datasets of `--data DIR` (see the module documentation).
+fn folder_data(dir: &Path, val_fraction: f64) -> Result<Data> {
+    if has_dir(dir, "train") && has_dir(dir, "val") {
+        let train = open_folder(&dir.join("train"))?;
+        let eval = open_folder(&dir.join("val"))?;
+        if train.classes() != eval.classes() {
+            return Err(Error::InvalidArgument(format!(
+                "{}/train and {}/val have different class folders ({:?} vs {:?})",
+                dir.display(),
+                dir.display(),
+                train.classes(),
+                eval.classes()
+            )));
+        }
+        let what = format!(
+            "{} images of {}/train, evaluated on the {} of {}/val",
+            train.len(),
+            dir.display(),
+            eval.len(),
             dir.display()
-        )));
+        );
+        return Ok(Data {
+            train: Box::new(train),
+            eval: Box::new(eval),
+            what,
+        });
     }
-    let mut tr = if a.resume {
-        Trainer::resume(&a.checkpoint)?
-    } else {
-        let c = config(a)?;
-        Trainer::new(c, SyntheticShapes::MAX_CLASSES)?
-    };
-    let shapes = SyntheticShapes::new(SyntheticShapes::MAX_CLASSES, tr.config().seed ^ 0x5A)?;
+    let all = open_folder(dir)?;
+    let (t, e) = holdout_split(all.labels(), all.classes().len(), val_fraction)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", dir.display())))?;
+    let what = format!(
+        "{} images of {}, evaluated on {} held out ({:.0} % of each class; no {}/val folder)",
+        t.len(),
+        dir.display(),
+        e.len(),
+        100.0 * val_fraction,
+        dir.display()
+    );
+    Ok(Data {
+        train: Box::new(Subset::new(all.clone(), t)?),
+        eval: Box::new(Subset::new(all, e)?),
+        what,
+    })
+}
+
+/// The built-in synthetic shapes of the run seeded `seed`.
+fn synthetic_data(a: &TrainArgs, seed: u64) -> Result<Data> {
     if a.train_size == 0 || a.eval_size == 0 {
         return Err(Error::InvalidArgument(
             "--train-size and --eval-size must be at least 1".into(),
         ));
     }
-    let train = SyntheticSplit {
-        shapes,
-        offset: 0,
-        len: a.train_size,
+    let shapes = SyntheticShapes::new(SyntheticShapes::MAX_CLASSES, seed ^ 0x5A)?;
+    Ok(Data {
+        train: Box::new(SyntheticSplit {
+            shapes,
+            offset: 0,
+            len: a.train_size,
+        }),
+        eval: Box::new(SyntheticSplit {
+            shapes,
+            offset: 1 << 40,
+            len: a.eval_size,
+        }),
+        what: format!("{} synthetic shapes", a.train_size),
+    })
+}
+
+/// Runs `effnet train`.
+pub fn run(a: &TrainArgs) -> Result<()> {
+    let folder = a
+        .data
+        .as_deref()
+        .map(|d| super::in_pool(a.threads, || folder_data(d, a.val_fraction)))
+        .transpose()?
+        .transpose()?;
+    let mut tr = if a.resume {
+        Trainer::resume(&a.checkpoint)?
+    } else {
+        let classes = folder
+            .as_ref()
+            .map_or(SyntheticShapes::MAX_CLASSES, |d| d.train.classes());
+        Trainer::new(config(a)?, classes)?
     };
-    let eval = SyntheticSplit {
-        shapes,
-        offset: 1 << 40,
-        len: a.eval_size,
+    let data = match folder {
+        Some(d) => d,
+        None => synthetic_data(a, tr.config().seed)?,
     };
+    let (train, eval) = (&*data.train, &*data.eval);
     let c = tr.config().clone();
     println!(
-        "training {} on {} synthetic shapes ({} classes, chance {:.1} %): {} epochs at {}×{}, then {} head fine-tuning epoch(s) at {}×{}, batch {}{}",
+        "training {} on {} ({} classes, chance {:.1} %): {} epochs at {}×{}, then {} head fine-tuning epoch(s) at {}×{}, batch {}{}",
         c.arch,
-        train.len(),
+        data.what,
         train.classes(),
         100.0 / train.classes() as f64,
         c.epochs,
@@ -238,10 +325,12 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         }
     );
     let mut log = Log {
-        last: std::time::Instant::now(),
+        batch: c.batch,
+        quiet: a.quiet,
+        bar: None,
     };
     let s = super::in_pool(a.threads, || {
-        tr.run(&train, &eval, Some(&a.checkpoint), a.stop_after, &mut log)
+        tr.run(train, eval, Some(&a.checkpoint), a.stop_after, &mut log)
     })??;
     if let Some(v) = s.train_stage_acc {
         println!(
@@ -272,5 +361,6 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         );
     }
     println!("checkpoint: {}", a.checkpoint.display());
+    println!("curve: {}", curve_path(&a.checkpoint).display());
     Ok(())
 }

@@ -193,6 +193,11 @@ impl ImageFolder {
         &self.classes
     }
 
+    /// The label of every sample, in sample order.
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
     /// Number of samples of each class, in label order.
     pub fn class_counts(&self) -> Vec<usize> {
         let mut counts = vec![0; self.classes.len()];

@@ -4,8 +4,12 @@
 //! squeeze-excite vectors; backward recomputes the normalized activations.
 
 use super::norm_act::{NormAct, NormSaved, Place};
-use super::ops::{add_into, drop_connect};
+use super::ops::{Pool, add, drop_connect};
 use super::params::{ParamKind, ParamStore};
+use super::profile::{
+    CONV_1X1_BWD_D, CONV_1X1_BWD_W, CONV_1X1_FWD, CONV_KXK_BWD_D, CONV_KXK_BWD_W, CONV_KXK_FWD,
+    NORM_BWD, NORM_FWD, NORM_RECOMPUTE, RESIDUAL, SE_BWD, SE_FWD, timed,
+};
 use crate::arch::{ArchConfig, BlockSpec};
 use crate::error::Result;
 use crate::kernels::activation::{self, Activation};
@@ -72,6 +76,18 @@ impl BlockTape {
             + self.e_saved.bytes()
             + self.d_saved.bytes()
             + self.o_saved.bytes()
+    }
+}
+
+impl BlockTape {
+    /// Returns the large buffers to `pool` (all but `out` when `keep_out`).
+    pub(crate) fn release(&mut self, pool: &Pool, keep_out: bool) {
+        for b in [&mut self.e, &mut self.d, &mut self.o] {
+            pool.give(std::mem::take(b));
+        }
+        if !keep_out {
+            pool.give(std::mem::take(&mut self.out));
+        }
     }
 }
 
@@ -187,13 +203,14 @@ impl Block {
     }
 
     /// Forward from `x` (`[batch][hw][hw][in_ch]`); the tape's `out` is the block
-    /// output `[batch][hw_out][hw_out][out_ch]`.
+    /// output `[batch][hw_out][hw_out][out_ch]`. Buffers come from `pool`.
     pub(crate) fn forward(
         &self,
         v: &[Vec<f32>],
         ctx: &Ctx,
         hw: usize,
         x: &[f32],
+        pool: &Pool,
     ) -> Result<BlockTape> {
         let s = &self.spec;
         let n = ctx.batch;
@@ -204,10 +221,12 @@ impl Block {
         // Expansion.
         let a1_own: Option<Vec<f32>> = if let Some((w, norm)) = &self.expand {
             let c = conv(&ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch))?;
-            let mut e = vec![0.0f32; c.shape().y_len];
-            c.forward(x, &v[*w], None, &mut e)?;
-            let mut a = vec![0.0f32; e.len()];
-            tape.e_saved = norm.forward(v, n, hw, &e, &mut a, ctx.batch_stats)?;
+            let mut e = pool.take(c.shape().y_len);
+            timed(CONV_1X1_FWD, || c.forward(x, &v[*w], None, &mut e))?;
+            let mut a = pool.take(e.len());
+            tape.e_saved = timed(NORM_FWD, || {
+                norm.forward(v, n, hw, &e, &mut a, ctx.batch_stats)
+            })?;
             tape.e = e;
             Some(a)
         } else {
@@ -218,34 +237,42 @@ impl Block {
         let dwc = self.dw_conv(ctx, hw)?;
         let ho = dwc.shape().out_h;
         tape.hw_out = ho;
-        let mut d = vec![0.0f32; dwc.shape().y_len];
-        dwc.forward(a1, &v[self.dw], None, &mut d)?;
-        drop(a1_own);
-        let mut z = vec![0.0f32; d.len()];
-        tape.d_saved = self
-            .dw_norm
-            .forward(v, n, ho, &d, &mut z, ctx.batch_stats)?;
+        let mut d = pool.take(dwc.shape().y_len);
+        timed(CONV_KXK_FWD, || dwc.forward(a1, &v[self.dw], None, &mut d))?;
+        if let Some(a) = a1_own {
+            pool.give(a);
+        }
+        let mut z = pool.take(d.len());
+        tape.d_saved = timed(NORM_FWD, || {
+            self.dw_norm.forward(v, n, ho, &d, &mut z, ctx.batch_stats)
+        })?;
         tape.d = d;
         // Squeeze-excite.
         let shape = Nhwc::new(n, ho, ho, s.mid_ch)?;
-        self.se_forward(v, ctx, &shape, &z, &mut tape)?;
-        gate::forward_inplace(&shape, &mut z, &tape.gate)?;
+        timed(SE_FWD, || -> Result<()> {
+            self.se_forward(v, ctx, &shape, &z, &mut tape)?;
+            gate::forward_inplace(&shape, &mut z, &tape.gate)
+        })?;
         // Projection.
         let pc = conv(&ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch))?;
-        let mut o = vec![0.0f32; pc.shape().y_len];
-        pc.forward(&z, &v[self.proj], None, &mut o)?;
-        drop(z);
-        let mut y = vec![0.0f32; o.len()];
-        tape.o_saved = self
-            .proj_norm
-            .forward(v, n, ho, &o, &mut y, ctx.batch_stats)?;
+        let mut o = pool.take(pc.shape().y_len);
+        timed(CONV_1X1_FWD, || pc.forward(&z, &v[self.proj], None, &mut o))?;
+        pool.give(z);
+        let mut y = pool.take(o.len());
+        tape.o_saved = timed(NORM_FWD, || {
+            self.proj_norm
+                .forward(v, n, ho, &o, &mut y, ctx.batch_stats)
+        })?;
         tape.o = o;
         // Skip.
         if s.skip {
             tape.drop_p = self.drop_rate * ctx.drop_connect;
             tape.drop_seed = ctx.seed;
-            let mut out = vec![0.0f32; y.len()];
-            drop_connect(tape.drop_p, tape.drop_seed)?.forward_residual(n, &y, x, &mut out)?;
+            let mut out = pool.take(y.len());
+            timed(RESIDUAL, || {
+                drop_connect(tape.drop_p, tape.drop_seed)?.forward_residual(n, &y, x, &mut out)
+            })?;
+            pool.give(y);
             tape.out = out;
         } else {
             tape.out = y;
@@ -292,11 +319,8 @@ impl Block {
                 gate::forward(&Nhwc::new(1, n, 1, s.mid_ch)?, &g, scale, &mut gs)?;
                 gs
             }
-            None => Vec::new(),
+            None => g.clone(),
         };
-        if tape.gate.is_empty() {
-            tape.gate = g.clone();
-        }
         tape.pooled = pooled;
         tape.r = r;
         tape.s1 = s1;
@@ -305,9 +329,10 @@ impl Block {
         Ok(())
     }
 
-    /// Backward: the gradient of the block input (overwritten into a new buffer) from
-    /// `dy` (gradient of the block output), the block input `x` and the tape; the
+    /// Backward: the gradient of the block input (a buffer from `pool`, overwritten)
+    /// from `dy` (gradient of the block output), the block input `x` and the tape; the
     /// block's parameter gradients are overwritten.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward(
         &self,
         v: &[Vec<f32>],
@@ -316,52 +341,144 @@ impl Block {
         x: &[f32],
         tape: &BlockTape,
         dy: &[f32],
+        pool: &Pool,
     ) -> Result<Vec<f32>> {
         let s = &self.spec;
         let n = ctx.batch;
         let (hw, ho) = (tape.hw_in, tape.hw_out);
         // Skip: the branch gets dy·scale[n].
-        let dbranch_own;
-        let dbranch: &[f32] = if s.skip && tape.drop_p > 0.0 {
-            let mut d = vec![0.0f32; dy.len()];
-            drop_connect(tape.drop_p, tape.drop_seed)?.backward(n, dy, &mut d)?;
-            dbranch_own = d;
-            &dbranch_own
+        let dbranch_own = if s.skip && tape.drop_p > 0.0 {
+            let mut d = pool.take(dy.len());
+            timed(RESIDUAL, || {
+                drop_connect(tape.drop_p, tape.drop_seed)?.backward(n, dy, &mut d)
+            })?;
+            Some(d)
         } else {
-            dy
+            None
         };
+        let dbranch: &[f32] = dbranch_own.as_deref().unwrap_or(dy);
         // Projection norm.
-        let mut d_o = vec![0.0f32; tape.o.len()];
-        self.proj_norm.backward(
-            v,
-            gr,
-            n,
-            ho,
-            &tape.o,
-            dbranch,
-            None,
-            &tape.o_saved,
-            &mut d_o,
-        )?;
+        let mut d_o = pool.take(tape.o.len());
+        timed(NORM_BWD, || {
+            self.proj_norm.backward(
+                v,
+                gr,
+                n,
+                ho,
+                &tape.o,
+                dbranch,
+                None,
+                &tape.o_saved,
+                &mut d_o,
+            )
+        })?;
+        if let Some(d) = dbranch_own {
+            pool.give(d);
+        }
         // Recompute the activations of the spatial norm and the gated input.
-        let mut z = vec![0.0f32; tape.d.len()];
-        self.dw_norm
-            .forward(v, n, ho, &tape.d, &mut z, ctx.batch_stats)?;
+        let mut z = pool.take(tape.d.len());
+        timed(NORM_RECOMPUTE, || {
+            self.dw_norm
+                .forward(v, n, ho, &tape.d, &mut z, ctx.batch_stats)
+        })?;
         let shape = Nhwc::new(n, ho, ho, s.mid_ch)?;
-        let mut h = vec![0.0f32; z.len()];
-        gate::forward(&shape, &z, &tape.gate, &mut h)?;
+        let mut h = pool.take(z.len());
+        timed(SE_BWD, || gate::forward(&shape, &z, &tape.gate, &mut h))?;
         // Projection conv.
         let pc = conv(&ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch))?;
-        pc.backward_weight(&h, &d_o, &mut gr[self.proj], None, GradMode::Overwrite)?;
+        timed(CONV_1X1_BWD_W, || {
+            pc.backward_weight(&h, &d_o, &mut gr[self.proj], None, GradMode::Overwrite)
+        })?;
         let mut dh = h;
-        pc.backward_data(&d_o, &v[self.proj], &mut dh)?;
-        drop(d_o);
-        // Gate.
-        let mut dz = vec![0.0f32; z.len()];
+        timed(CONV_1X1_BWD_D, || {
+            pc.backward_data(&d_o, &v[self.proj], &mut dh)
+        })?;
+        pool.give(d_o);
+        // Gate and squeeze-excite.
+        let mut dz = pool.take(z.len());
+        let ds = timed(SE_BWD, || {
+            self.se_backward(v, gr, ctx, &shape, tape, &dh, &z, &mut dz)
+        })?;
+        pool.give(dh);
+        pool.give(z);
+        // Spatial norm.
+        let mut dd = pool.take(tape.d.len());
+        timed(NORM_BWD, || {
+            self.dw_norm.backward(
+                v,
+                gr,
+                n,
+                ho,
+                &tape.d,
+                &dz,
+                ds.as_deref(),
+                &tape.d_saved,
+                &mut dd,
+            )
+        })?;
+        pool.give(dz);
+        // Spatial conv (recomputing its input under expansion).
+        let dwc = self.dw_conv(ctx, hw)?;
+        let dx = if let Some((w, norm)) = &self.expand {
+            let mut a1 = pool.take(tape.e.len());
+            timed(NORM_RECOMPUTE, || {
+                norm.forward(v, n, hw, &tape.e, &mut a1, ctx.batch_stats)
+            })?;
+            timed(CONV_KXK_BWD_W, || {
+                dwc.backward_weight(&a1, &dd, &mut gr[self.dw], None, GradMode::Overwrite)
+            })?;
+            let mut da1 = a1;
+            timed(CONV_KXK_BWD_D, || {
+                dwc.backward_data(&dd, &v[self.dw], &mut da1)
+            })?;
+            pool.give(dd);
+            let mut de = pool.take(tape.e.len());
+            timed(NORM_BWD, || {
+                norm.backward(v, gr, n, hw, &tape.e, &da1, None, &tape.e_saved, &mut de)
+            })?;
+            pool.give(da1);
+            let c = conv(&ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch))?;
+            timed(CONV_1X1_BWD_W, || {
+                c.backward_weight(x, &de, &mut gr[*w], None, GradMode::Overwrite)
+            })?;
+            let mut dx = pool.take(x.len());
+            timed(CONV_1X1_BWD_D, || c.backward_data(&de, &v[*w], &mut dx))?;
+            pool.give(de);
+            dx
+        } else {
+            timed(CONV_KXK_BWD_W, || {
+                dwc.backward_weight(x, &dd, &mut gr[self.dw], None, GradMode::Overwrite)
+            })?;
+            let mut dx = pool.take(x.len());
+            timed(CONV_KXK_BWD_D, || {
+                dwc.backward_data(&dd, &v[self.dw], &mut dx)
+            })?;
+            pool.give(dd);
+            dx
+        };
+        if s.skip { add(pool, dx, dy) } else { Ok(dx) }
+    }
+
+    /// The gate and squeeze-excite backward: `dz` (overwritten) from `dh` (gradient
+    /// of the gated activation `h = z·gate`) and the recomputed `z`; the SE
+    /// parameter gradients are overwritten. Returns the gradient of the delayed
+    /// Proxy Norm scale, if the spatial norm has one.
+    #[allow(clippy::too_many_arguments)]
+    fn se_backward(
+        &self,
+        v: &[Vec<f32>],
+        gr: &mut [Vec<f32>],
+        ctx: &Ctx,
+        shape: &Nhwc,
+        tape: &BlockTape,
+        dh: &[f32],
+        z: &[f32],
+        dz: &mut [f32],
+    ) -> Result<Option<Vec<f32>>> {
+        let s = &self.spec;
+        let n = ctx.batch;
         let mut dgate = vec![0.0f32; tape.gate.len()];
-        gate::backward(&shape, &dh, &z, &tape.gate, &mut dz, &mut dgate)?;
-        drop(dh);
-        drop(z);
+        gate::backward(shape, dh, z, &tape.gate, dz, &mut dgate)?;
         let scale = self.dw_norm.delayed_scale(&tape.d_saved);
         let (dg, ds) = match scale {
             Some(sc) => {
@@ -408,48 +525,8 @@ impl Block {
         }
         let mut dpooled = vec![0.0f32; tape.pooled.len()];
         red.backward_data(&dr, &v[self.se_reduce.0], &mut dpooled)?;
-        pool::global_avg_pool_backward(&shape, &dpooled, &mut dz, GradMode::Accumulate)?;
-        // Spatial norm.
-        let mut dd = vec![0.0f32; tape.d.len()];
-        self.dw_norm.backward(
-            v,
-            gr,
-            n,
-            ho,
-            &tape.d,
-            &dz,
-            ds.as_deref(),
-            &tape.d_saved,
-            &mut dd,
-        )?;
-        drop(dz);
-        // Spatial conv (recomputing its input under expansion).
-        let dwc = self.dw_conv(ctx, hw)?;
-        let mut dx = if let Some((w, norm)) = &self.expand {
-            let mut a1 = vec![0.0f32; tape.e.len()];
-            norm.forward(v, n, hw, &tape.e, &mut a1, ctx.batch_stats)?;
-            dwc.backward_weight(&a1, &dd, &mut gr[self.dw], None, GradMode::Overwrite)?;
-            let mut da1 = a1;
-            dwc.backward_data(&dd, &v[self.dw], &mut da1)?;
-            drop(dd);
-            let mut de = vec![0.0f32; tape.e.len()];
-            norm.backward(v, gr, n, hw, &tape.e, &da1, None, &tape.e_saved, &mut de)?;
-            drop(da1);
-            let c = conv(&ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch))?;
-            c.backward_weight(x, &de, &mut gr[*w], None, GradMode::Overwrite)?;
-            let mut dx = vec![0.0f32; x.len()];
-            c.backward_data(&de, &v[*w], &mut dx)?;
-            dx
-        } else {
-            dwc.backward_weight(x, &dd, &mut gr[self.dw], None, GradMode::Overwrite)?;
-            let mut dx = vec![0.0f32; x.len()];
-            dwc.backward_data(&dd, &v[self.dw], &mut dx)?;
-            dx
-        };
-        if s.skip {
-            add_into(&mut dx, dy)?;
-        }
-        Ok(dx)
+        pool::global_avg_pool_backward(shape, &dpooled, dz, GradMode::Accumulate)?;
+        Ok(ds)
     }
 
     /// Updates the BatchNorm running statistics from a training tape.

@@ -21,6 +21,7 @@ pub mod norm_act;
 mod ops;
 pub mod optim;
 pub mod params;
+pub mod profile;
 pub mod schedule;
 pub mod train;
 pub mod weights;

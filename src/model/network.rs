@@ -3,7 +3,11 @@
 
 use super::block::{Block, BlockTape, Ctx};
 use super::norm_act::{NormAct, NormSaved, Place};
+use super::ops::Pool;
 use super::params::{ParamKind, ParamStore};
+use super::profile::{
+    CONV_1X1_BWD_D, CONV_1X1_BWD_W, CONV_1X1_FWD, CONV_STEM, HEAD, NORM_BWD, NORM_FWD, timed,
+};
 use crate::arch::ArchConfig;
 use crate::error::{Error, Result};
 use crate::kernels::conv::{Conv2d, ConvDesc, GradMode};
@@ -23,6 +27,10 @@ pub struct Pass {
     pub drop_connect: f32,
     /// Seed of this pass's dropout and drop-connect masks (use a new one per step).
     pub seed: u64,
+    /// The backward pass stops after the head (classifier, head 1×1 conv and its
+    /// norm): the other parameters' gradients are left as they were (head
+    /// fine-tuning, where the rest of the network is frozen).
+    pub head_only: bool,
 }
 
 impl Pass {
@@ -33,6 +41,7 @@ impl Pass {
             dropout: cfg.dropout as f32,
             drop_connect: 1.0,
             seed,
+            head_only: false,
         }
     }
 
@@ -43,6 +52,7 @@ impl Pass {
             dropout: 0.0,
             drop_connect: 0.0,
             seed: 0,
+            head_only: false,
         }
     }
 
@@ -54,6 +64,7 @@ impl Pass {
             dropout: 0.0,
             drop_connect: 0.0,
             seed: 0,
+            head_only: false,
         }
     }
 }
@@ -124,6 +135,8 @@ pub struct Network {
     head: usize,
     head_norm: NormAct,
     fc: (usize, usize),
+    /// Activation buffers reused from step to step (a clone starts empty).
+    pool: Pool,
 }
 
 /// BatchNorm running-statistics momentum (PyTorch's default).
@@ -186,6 +199,7 @@ impl Network {
             head,
             head_norm,
             fc,
+            pool: Pool::default(),
         })
     }
 
@@ -316,81 +330,94 @@ impl Network {
         }
         let v = &self.params.values;
         let n = batch;
+        let pool = &self.pool;
         // Stem.
         let sc = self.stem_conv(n, res)?;
         let hw = sc.shape().out_h;
-        let mut stem_pre = vec![0.0f32; sc.shape().y_len];
-        sc.forward(x, &v[self.stem], None, &mut stem_pre)?;
-        let mut stem_out = vec![0.0f32; stem_pre.len()];
-        let stem_saved =
+        let mut stem_pre = pool.take(sc.shape().y_len);
+        timed(CONV_STEM, || {
+            sc.forward(x, &v[self.stem], None, &mut stem_pre)
+        })?;
+        let mut stem_out = pool.take(stem_pre.len());
+        let stem_saved = timed(NORM_FWD, || {
             self.stem_norm
-                .forward(v, n, hw, &stem_pre, &mut stem_out, pass.batch_stats)?;
-        // Blocks.
+                .forward(v, n, hw, &stem_pre, &mut stem_out, pass.batch_stats)
+        })?;
+        if !keep {
+            pool.give(std::mem::take(&mut stem_pre));
+        }
+        // Blocks. Without a tape, each block's buffers go back to the pool at once and
+        // only the running output is kept.
         let mut tapes: Vec<BlockTape> = Vec::with_capacity(self.blocks.len());
         let mut cur_hw = hw;
-        let mut prev_out: Option<Vec<f32>> = None;
+        let mut cur: Option<Vec<f32>> = None;
         for (i, b) in self.blocks.iter().enumerate() {
             let ctx = Ctx {
                 seed: Self::block_seed(pass, i),
                 ..self.ctx(n, pass)
             };
-            let input: &[f32] = match (keep, &prev_out, tapes.last()) {
+            let input: &[f32] = match (keep, &cur, tapes.last()) {
                 (true, _, Some(t)) => &t.out,
                 (false, Some(p), _) => p,
                 _ => &stem_out,
             };
-            let mut t = b.forward(v, &ctx, cur_hw, input)?;
+            let mut t = b.forward(v, &ctx, cur_hw, input, pool)?;
             cur_hw = t.hw_out;
             if keep {
                 tapes.push(t);
             } else {
-                prev_out = Some(std::mem::take(&mut t.out));
+                t.release(pool, true);
+                if let Some(p) = cur.replace(std::mem::take(&mut t.out)) {
+                    pool.give(p);
+                }
             }
         }
-        let last: Vec<f32> = if keep {
-            Vec::new()
-        } else {
-            prev_out.unwrap_or_else(|| stem_out.clone())
-        };
-        let head_in: &[f32] = match tapes.last() {
-            Some(t) if keep => &t.out,
-            _ if !keep => &last,
+        let head_in: &[f32] = match (keep, &cur, tapes.last()) {
+            (true, _, Some(t)) => &t.out,
+            (false, Some(p), _) => p,
             _ => &stem_out,
         };
         // Head.
         let hc = self.head_conv(n, cur_hw)?;
-        let mut head_pre = vec![0.0f32; hc.shape().y_len];
-        hc.forward(head_in, &v[self.head], None, &mut head_pre)?;
-        drop(last);
-        let mut head_out = vec![0.0f32; head_pre.len()];
-        let head_saved =
+        let mut head_pre = pool.take(hc.shape().y_len);
+        timed(CONV_1X1_FWD, || {
+            hc.forward(head_in, &v[self.head], None, &mut head_pre)
+        })?;
+        if let Some(p) = cur {
+            pool.give(p);
+        }
+        let mut head_out = pool.take(head_pre.len());
+        let head_saved = timed(NORM_FWD, || {
             self.head_norm
-                .forward(v, n, cur_hw, &head_pre, &mut head_out, pass.batch_stats)?;
+                .forward(v, n, cur_hw, &head_pre, &mut head_out, pass.batch_stats)
+        })?;
         let shape = Nhwc::new(n, cur_hw, cur_hw, self.cfg.head_channels())?;
         let mut pooled = vec![0.0f32; shape.pooled_len()];
-        pool::global_avg_pool(&shape, &head_out, &mut pooled)?;
-        drop(head_out);
-        let dropped = match self.dropout(pass)? {
-            Some(d) => {
-                let mut y = vec![0.0f32; pooled.len()];
-                d.forward(&pooled, &mut y)?;
-                y
+        let mut dropped = Vec::new();
+        let mut logits = Vec::new();
+        timed(HEAD, || -> Result<()> {
+            pool::global_avg_pool(&shape, &head_out, &mut pooled)?;
+            if let Some(d) = self.dropout(pass)? {
+                dropped = vec![0.0f32; pooled.len()];
+                d.forward(&pooled, &mut dropped)?;
             }
-            None => Vec::new(),
-        };
-        let fc = FullyConnected::new(n, self.cfg.head_channels(), self.cfg.num_classes)?;
-        let mut logits = vec![0.0f32; fc.y_len()];
-        fc.forward(
-            if dropped.is_empty() {
-                &pooled
-            } else {
-                &dropped
-            },
-            &v[self.fc.0],
-            Some(&v[self.fc.1]),
-            &mut logits,
-        )?;
+            let fc = FullyConnected::new(n, self.cfg.head_channels(), self.cfg.num_classes)?;
+            logits = vec![0.0f32; fc.y_len()];
+            fc.forward(
+                if dropped.is_empty() {
+                    &pooled
+                } else {
+                    &dropped
+                },
+                &v[self.fc.0],
+                Some(&v[self.fc.1]),
+                &mut logits,
+            )
+        })?;
+        pool.give(head_out);
         if !keep {
+            pool.give(stem_out);
+            pool.give(head_pre);
             return Ok(Tape {
                 batch,
                 res,
@@ -408,11 +435,13 @@ impl Network {
                 logits,
             });
         }
+        let mut input = pool.take(x.len());
+        input.copy_from_slice(x);
         Ok(Tape {
             batch,
             res,
             pass: *pass,
-            input: x.to_vec(),
+            input,
             stem_hw: hw,
             stem_pre,
             stem_saved,
@@ -426,9 +455,46 @@ impl Network {
         })
     }
 
+    /// Hands the activation buffers of a finished step's tape back to the network,
+    /// which reuses them in later passes instead of allocating new ones (results are
+    /// the same either way).
+    pub fn recycle(&self, tape: Tape) {
+        let Tape {
+            input,
+            stem_pre,
+            stem_out,
+            blocks,
+            head_pre,
+            ..
+        } = tape;
+        for v in [input, stem_pre, stem_out, head_pre] {
+            self.pool.give(v);
+        }
+        for mut b in blocks {
+            b.release(&self.pool, false);
+        }
+    }
+
+    /// Bytes of activation buffers the network holds for reuse (see
+    /// [`Network::recycle`]).
+    pub fn cached_bytes(&self) -> usize {
+        self.pool.bytes()
+    }
+
+    /// Whether activation buffers are reused from pass to pass (on by default; off
+    /// makes every buffer a fresh allocation, as a baseline for measurements).
+    pub fn set_buffer_reuse(&mut self, on: bool) {
+        self.pool.set_reuse(on);
+    }
+
+    /// Frees the activation buffers held for reuse.
+    pub fn clear_cache(&self) {
+        self.pool.clear();
+    }
+
     /// Backward pass: the gradient of every parameter (overwritten in
     /// [`ParamStore::grads`]) from `dlogits` (`[batch][classes]`) and the tape of the
-    /// forward pass.
+    /// forward pass. With [`Pass::head_only`] only the head's gradients are written.
     ///
     /// # Errors
     /// [`Error::BufferSize`] for a wrong `dlogits` length, [`Error::InvalidArgument`]
@@ -459,6 +525,7 @@ impl Network {
         let k = self.cfg.num_classes;
         let pass = tape.pass;
         let v = &self.params.values;
+        let pool = &self.pool;
         let hcn = self.cfg.head_channels();
         // Classifier and dropout.
         let fc = FullyConnected::new(n, hcn, k)?;
@@ -467,58 +534,72 @@ impl Network {
         } else {
             &tape.dropped
         };
-        {
+        let mut dpooled = vec![0.0f32; tape.pooled.len()];
+        timed(HEAD, || -> Result<()> {
             let mut db = std::mem::take(&mut gr[self.fc.1]);
-            fc.backward_weight(
+            let r = fc.backward_weight(
                 fc_in,
                 dlogits,
                 &mut gr[self.fc.0],
                 Some(&mut db),
                 GradMode::Overwrite,
-            )?;
+            );
             gr[self.fc.1] = db;
-        }
-        let mut dpooled = vec![0.0f32; tape.pooled.len()];
-        fc.backward_data(dlogits, &v[self.fc.0], &mut dpooled)?;
-        if let Some(d) = self.dropout(&pass)? {
-            let mut t = vec![0.0f32; dpooled.len()];
-            d.backward(&dpooled, &mut t)?;
-            dpooled = t;
-        }
+            r?;
+            fc.backward_data(dlogits, &v[self.fc.0], &mut dpooled)?;
+            if let Some(d) = self.dropout(&pass)? {
+                let mut t = vec![0.0f32; dpooled.len()];
+                d.backward(&dpooled, &mut t)?;
+                dpooled = t;
+            }
+            Ok(())
+        })?;
         // Head.
         let hw = tape.blocks.last().map(|b| b.hw_out).unwrap_or(tape.stem_hw);
         let shape = Nhwc::new(n, hw, hw, hcn)?;
-        let mut dhead = vec![0.0f32; shape.len()];
-        pool::global_avg_pool_backward(&shape, &dpooled, &mut dhead, GradMode::Overwrite)?;
-        let mut dpre = vec![0.0f32; tape.head_pre.len()];
-        self.head_norm.backward(
-            v,
-            gr,
-            n,
-            hw,
-            &tape.head_pre,
-            &dhead,
-            None,
-            &tape.head_saved,
-            &mut dpre,
-        )?;
-        drop(dhead);
+        let mut dhead = pool.take(shape.len());
+        timed(HEAD, || {
+            pool::global_avg_pool_backward(&shape, &dpooled, &mut dhead, GradMode::Overwrite)
+        })?;
+        let mut dpre = pool.take(tape.head_pre.len());
+        timed(NORM_BWD, || {
+            self.head_norm.backward(
+                v,
+                gr,
+                n,
+                hw,
+                &tape.head_pre,
+                &dhead,
+                None,
+                &tape.head_saved,
+                &mut dpre,
+            )
+        })?;
+        pool.give(dhead);
         let head_in = tape
             .blocks
             .last()
             .map(|b| &b.out[..])
             .unwrap_or(&tape.stem_out);
         let hc = self.head_conv(n, hw)?;
-        hc.backward_weight(
-            head_in,
-            &dpre,
-            &mut gr[self.head],
-            None,
-            GradMode::Overwrite,
-        )?;
-        let mut dy = vec![0.0f32; head_in.len()];
-        hc.backward_data(&dpre, &v[self.head], &mut dy)?;
-        drop(dpre);
+        timed(CONV_1X1_BWD_W, || {
+            hc.backward_weight(
+                head_in,
+                &dpre,
+                &mut gr[self.head],
+                None,
+                GradMode::Overwrite,
+            )
+        })?;
+        if pass.head_only {
+            pool.give(dpre);
+            return Ok(());
+        }
+        let mut dy = pool.take(head_in.len());
+        timed(CONV_1X1_BWD_D, || {
+            hc.backward_data(&dpre, &v[self.head], &mut dy)
+        })?;
+        pool.give(dpre);
         // Blocks, last to first.
         for (i, b) in self.blocks.iter().enumerate().rev() {
             let ctx = Ctx {
@@ -533,29 +614,36 @@ impl Network {
             } else {
                 &tape.blocks[i - 1].out[..]
             };
-            dy = b.backward(v, gr, &ctx, x, &tape.blocks[i], &dy)?;
+            let dx = b.backward(v, gr, &ctx, x, &tape.blocks[i], &dy, pool)?;
+            pool.give(std::mem::replace(&mut dy, dx));
         }
         // Stem.
-        let mut dstem = vec![0.0f32; tape.stem_pre.len()];
-        self.stem_norm.backward(
-            v,
-            gr,
-            n,
-            tape.stem_hw,
-            &tape.stem_pre,
-            &dy,
-            None,
-            &tape.stem_saved,
-            &mut dstem,
-        )?;
+        let mut dstem = pool.take(tape.stem_pre.len());
+        timed(NORM_BWD, || {
+            self.stem_norm.backward(
+                v,
+                gr,
+                n,
+                tape.stem_hw,
+                &tape.stem_pre,
+                &dy,
+                None,
+                &tape.stem_saved,
+                &mut dstem,
+            )
+        })?;
+        pool.give(dy);
         let sc = self.stem_conv(n, tape.res)?;
-        sc.backward_weight(
-            &tape.input,
-            &dstem,
-            &mut gr[self.stem],
-            None,
-            GradMode::Overwrite,
-        )?;
+        timed(CONV_STEM, || {
+            sc.backward_weight(
+                &tape.input,
+                &dstem,
+                &mut gr[self.stem],
+                None,
+                GradMode::Overwrite,
+            )
+        })?;
+        pool.give(dstem);
         Ok(())
     }
 
@@ -599,7 +687,9 @@ impl Network {
         let tape = self.forward(x, batch, res, pass)?;
         let ce = CrossEntropy::new(batch, self.cfg.num_classes, smoothing)?;
         let mut dl = vec![0.0f32; tape.logits.len()];
-        let loss = ce.forward_backward(&tape.logits, targets, Some(&mut dl))?;
+        let loss = timed(HEAD, || {
+            ce.forward_backward(&tape.logits, targets, Some(&mut dl))
+        })?;
         self.backward(&tape, &dl)?;
         self.update_running(&tape, BN_MOMENTUM)?;
         Ok((loss, tape))

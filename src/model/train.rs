@@ -17,8 +17,9 @@ use crate::io::tensors::{self, TensorMap};
 use crate::kernels::loss::Targets;
 use crate::kernels::pool::Nhwc;
 use crate::kernels::regularize::{self, CounterRng, Pairing};
+use crate::report::Curve;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Everything that defines a training run.
@@ -348,6 +349,9 @@ pub struct Trainer {
     done: usize,
     /// Finished epochs.
     pub history: Vec<EpochRecord>,
+    /// Loss of every step, evaluations and the start of fine-tuning (kept in the
+    /// checkpoint, drawn next to it by [`Trainer::run`]).
+    curve: Curve,
 }
 
 /// What [`Trainer::run`] reports at the end.
@@ -388,6 +392,7 @@ impl Trainer {
             stage: Stage::Train,
             done: 0,
             history: Vec::new(),
+            curve: Curve::new(),
         })
     }
 
@@ -426,7 +431,9 @@ impl Trainer {
     }
 
     /// Runs epochs until the run is finished or `max_epochs` epochs have been done in
-    /// this call, writing a checkpoint to `checkpoint` after every epoch.
+    /// this call, writing a checkpoint to `checkpoint` after every epoch, and the
+    /// loss/accuracy curve beside it ([`curve_path`]) after every epoch and at the end
+    /// (both atomically).
     ///
     /// # Errors
     /// Data, kernel and file errors; a dataset with fewer samples than a batch or a
@@ -472,6 +479,11 @@ impl Trainer {
                 summary.before_finetune_acc = Some(acc);
                 self.stage = Stage::Finetune;
                 self.done = 0;
+                // Buffers of the training resolution are not needed any more.
+                self.net.clear_cache();
+                if self.cfg.finetune_epochs > 0 {
+                    self.curve.push_mark(self.step);
+                }
             }
             if self.finished() || max_epochs.is_some_and(|m| ran >= m) {
                 break;
@@ -485,6 +497,7 @@ impl Trainer {
             ran += 1;
             if let Some(p) = checkpoint {
                 self.save(p)?;
+                self.save_curve(&curve_path(p))?;
             }
         }
         if self.finished() {
@@ -492,8 +505,26 @@ impl Trainer {
             let res = self.cfg.finetune_res;
             summary.final_acc = Some(evaluate(&self.net, eval, res, self.cfg.batch)?);
             summary.final_ema_acc = Some(evaluate(&self.ema_network(), eval, res, self.cfg.batch)?);
+            if let Some(p) = checkpoint {
+                self.save_curve(&curve_path(p))?;
+            }
         }
         Ok(summary)
+    }
+
+    /// The loss/accuracy history: the training loss of every step, the evaluation
+    /// accuracy after every epoch (at the step it was measured) and a mark where head
+    /// fine-tuning begins.
+    pub fn curve(&self) -> &Curve {
+        &self.curve
+    }
+
+    /// Draws [`Trainer::curve`] ([`CURVE_SIZE`]) as a PNG at `path`, atomically.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be written.
+    pub fn save_curve(&self, path: &Path) -> Result<()> {
+        self.curve.save_png(path, CURVE_SIZE.0, CURVE_SIZE.1)
     }
 
     fn head_param(name: &str) -> bool {
@@ -585,7 +616,10 @@ impl Trainer {
             };
             let mut pass = Pass::train(self.net.config(), step_seed);
             if finetune {
+                // The body is frozen: no drop-connect, and the backward pass stops
+                // after the head.
                 pass.drop_connect = 0.0;
+                pass.head_only = true;
             }
             let (loss, tape) =
                 self.net
@@ -597,7 +631,9 @@ impl Trainer {
                 )));
             }
             correct += count_correct(&tape.logits, &labels, classes);
+            self.net.recycle(tape);
             loss_sum += loss as f64;
+            self.curve.push_loss(loss);
             lr = if finetune {
                 self.cfg.finetune_lr as f32
             } else {
@@ -623,6 +659,7 @@ impl Trainer {
         let img_per_s = (steps * n) as f64 / start.elapsed().as_secs_f64().max(1e-9);
         self.done += 1;
         let eval_acc = evaluate(&self.net, eval, res, n)?;
+        self.curve.push_eval(self.step, eval_acc);
         Ok(EpochRecord {
             stage,
             epoch: epoch + 1,
@@ -667,6 +704,7 @@ impl Trainer {
             })
             .collect();
         m.insert("history".into(), hist.join(";"));
+        m.insert("curve".into(), self.curve.to_text());
         self.cfg.to_metadata(&mut m);
         tensors::save(path, &t, Some(m))
     }
@@ -701,8 +739,22 @@ impl Trainer {
             _ => return Err(corrupt("metadata stage is missing".into())),
         };
         tr.history = parse_history(m.get("history").map(|s| s.as_str()).unwrap_or(""))?;
+        tr.curve = match m.get("curve") {
+            Some(t) => Curve::from_text(t).map_err(|e| corrupt(e.to_string()))?,
+            None => Curve::new(),
+        };
         Ok(tr)
     }
+}
+
+/// Size (width, height) of the curve picture the trainer writes.
+pub const CURVE_SIZE: (usize, usize) = (800, 500);
+
+/// Where [`Trainer::run`] draws the loss/accuracy curve for a checkpoint at
+/// `checkpoint`: beside it, its extension replaced by `curve.png`
+/// (`run.safetensors` → `run.curve.png`).
+pub fn curve_path(checkpoint: &Path) -> PathBuf {
+    checkpoint.with_extension("curve.png")
 }
 
 /// Decodes a safetensors buffer with its metadata.
