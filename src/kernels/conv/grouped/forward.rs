@@ -3,6 +3,7 @@
 use super::micro::{
     ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile, prefetch_pixels,
 };
+use super::slide::{self, SlideRow, slide_row};
 use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
@@ -164,6 +165,8 @@ impl SimdKernel for FwdTask<'_> {
         let per_row = t.ng * blocks.len() * n_tiles;
         let src_pix = g.sw * cig;
         let mut taps = Vec::with_capacity(g.taps());
+        let mut slide_rows = Vec::with_capacity(g.kh);
+        let sliding = |nv: usize| g.dw == 1 && slide::supported(g.kw, g.sw, cig, nv);
         for oh in t.r0..t.r0 + t.rows {
             let need = rows_end(oh);
             if need > copied {
@@ -197,6 +200,62 @@ impl SimdKernel for FwdTask<'_> {
                     let w_off = gi * weights.group + v0 * l;
                     let init = bias.map_or(std::ptr::null(), |b| b[(gi * cvn + v0) * l..].as_ptr());
                     let y_row = (t.n * g.oh + oh) * g.ow * g.cout + gi * g.cog + v0 * l;
+                    if S::LEVEL == SimdLevel::Avx512 && sliding(nv) {
+                        let cols = step * g.w / per_row..(step + n_tiles) * g.w / per_row;
+                        step += n_tiles;
+                        for ih in ahead.clone() {
+                            let base = xi.as_ptr().wrapping_add(ih * row_len + t.g0 * cig);
+                            prefetch_pixels(base, cols.clone(), g.cin, t.ng * cig);
+                        }
+                        slide_rows.clear();
+                        for kh in 0..g.kh {
+                            let Some(ih) = g.in_row(oh, kh) else { continue };
+                            slide_rows.push(((ih - ih_lo) * wp * cig, kh * g.kw * cig * weights.k));
+                        }
+                        for &(ti, tw) in &slide_rows {
+                            debug_check(
+                                &[(ti, tw)],
+                                gl * g_stride,
+                                buf.len(),
+                                g.sw * cig,
+                                g.kw * cig,
+                                g.ow,
+                                w_off,
+                                weights.data.len(),
+                                weights.k,
+                                nv * l,
+                                y_row,
+                                out.len,
+                                g.cout,
+                                (nv - 1) * l + last,
+                            );
+                        }
+                        let a = SlideRow {
+                            src,
+                            rows: &slide_rows,
+                            k_len: cig,
+                            w: weights.data.as_ptr().wrapping_add(w_off),
+                            w_kw: (cig * weights.k) as isize,
+                            w_k: weights.k,
+                            init,
+                            dst: out.ptr.wrapping_add(y_row),
+                            dst_pix: g.cout,
+                            last,
+                            width: g.ow,
+                            kw: g.kw,
+                            sw: g.sw,
+                            pix: cig,
+                            nv,
+                        };
+                        // SAFETY: the level is AVX-512, so the CPU has the features
+                        // (`dispatch` made the token); `sliding` checked the
+                        // configuration; reads lie in `buf` (the rows are copied and
+                        // padded to every column the row reads) and the weights, writes
+                        // in this task's part of `y` (see the tile call below);
+                        // `debug_check` verifies the bounds in debug builds.
+                        unsafe { slide_row(&a) };
+                        continue;
+                    }
                     for (ow0, m) in split(g.ow, mr) {
                         // This tile's share of the prefetches.
                         let cols = step * g.w / per_row..(step + 1) * g.w / per_row;

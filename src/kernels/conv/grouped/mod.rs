@@ -33,6 +33,7 @@ mod backward_data;
 mod backward_weight;
 mod forward;
 mod micro;
+mod slide;
 
 use super::{ConvShape, GradMode};
 use crate::error::Result;

@@ -1,0 +1,199 @@
+//! Sliding-window register tiles for the shapes that matter (G16 3×3 and 5×5 at
+//! stride 1 and 2, the 3-channel stem), AVX-512 only.
+//!
+//! The plain [`conv_tile`](super::micro::conv_tile) broadcasts one input value per
+//! multiply-add. Here all `kw` taps of a kernel row are in registers at once, so one
+//! broadcast input value feeds every output pixel of the tile that reads it through
+//! some tap: `(MR−1)·SW + KW` broadcasts for `MR·KW` multiply-adds per vector of
+//! output channels (16 + 4 for 80 with `MR` = 16, `KW` = 5), which takes the tile from
+//! load-bound to FMA-bound. Every input address is a base plus a constant offset, so
+//! the pixel stride `PIX` is a constant too.
+
+use super::split;
+
+/// One output row (or a run of one) computed with sliding tiles:
+/// `dst[p][v·L..] (=) init + Σ_rows Σ_{kw<KW} Σ_{k<k_len}
+/// src[row.0 + (p·sw + kw)·pix + k] · w[row.1 + kw·w_kw + k·w_k + v·L..]`
+/// for `p < width`, `v < nv`.
+#[derive(Copy, Clone)]
+pub(super) struct SlideRow<'a> {
+    /// Input of output pixel 0, tap row offsets added.
+    pub src: *const f32,
+    /// `(input offset, weight offset)` of each kernel row.
+    pub rows: &'a [(usize, usize)],
+    /// Reduction length per tap (`≤ pix`).
+    pub k_len: usize,
+    /// Weight base.
+    pub w: *const f32,
+    /// Floats between consecutive kw taps in the weights (negative for a flipped
+    /// kernel).
+    pub w_kw: isize,
+    /// Floats between consecutive `k` in the weights.
+    pub w_k: usize,
+    /// `nv·L` initial values, or null for zero.
+    pub init: *const f32,
+    /// Output of pixel 0.
+    pub dst: *mut f32,
+    /// Floats between consecutive output pixels.
+    pub dst_pix: usize,
+    /// Lanes of the last output vector (`1..=L`).
+    pub last: usize,
+    /// Output pixels.
+    pub width: usize,
+    /// Taps per kernel row.
+    pub kw: usize,
+    /// Stride along the row.
+    pub sw: usize,
+    /// Input pixel stride (floats).
+    pub pix: usize,
+    /// Vectors of output channels.
+    pub nv: usize,
+}
+
+/// Whether [`slide_row`] has a tile for this configuration.
+pub(super) fn supported(kw: usize, sw: usize, pix: usize, nv: usize) -> bool {
+    cfg!(target_arch = "x86_64")
+        && matches!(
+            (kw, sw, pix, nv),
+            (3, 1, 16, 1) | (5, 1, 16, 1) | (3, 2, 16, 1) | (5, 2, 16, 1) | (3, 2, 3, 2)
+        )
+}
+
+/// Computes one [`SlideRow`] with AVX-512 sliding tiles.
+///
+/// # Safety
+/// The CPU must support AVX-512F/VL/DQ/BW, AVX2 and FMA; the configuration must be
+/// [`supported`]; every address the row describes must be in bounds (reads of `src`
+/// for columns `0..(width−1)·sw + kw` of every row, `w`, `init`; writes of `dst`), and
+/// the written elements exclusive to this call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+pub(super) unsafe fn slide_row(a: &SlideRow<'_>) {
+    use crate::simd::Avx512;
+    let Some(s) = Avx512::try_new() else { return };
+    let max_mr = if a.nv == 1 { 16 } else { 12 };
+    for (ow0, m) in split(a.width, max_mr) {
+        let t = SlideRow {
+            src: a.src.wrapping_add(ow0 * a.sw * a.pix),
+            dst: a.dst.wrapping_add(ow0 * a.dst_pix),
+            width: m,
+            ..*a
+        };
+        macro_rules! go {
+            ($kw:literal, $sw:literal, $pix:literal, $nv:literal, [$($mr:literal)*]) => {
+                match m {
+                    // SAFETY: forwarded from this function's contract.
+                    $($mr => unsafe { tile::<Avx512, $mr, $nv, $kw, $sw, $pix>(s, &t) },)*
+                    _ => unreachable!("sliding tile of {m}"),
+                }
+            };
+        }
+        match (a.kw, a.sw, a.pix, a.nv) {
+            (3, 1, 16, 1) => go!(3, 1, 16, 1, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
+            (5, 1, 16, 1) => go!(5, 1, 16, 1, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
+            (3, 2, 16, 1) => go!(3, 2, 16, 1, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
+            (5, 2, 16, 1) => go!(5, 2, 16, 1, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
+            (3, 2, 3, 2) => go!(3, 2, 3, 2, [1 2 3 4 5 6 7 8 9 10 11 12]),
+            _ => unreachable!("no sliding tile for this configuration"),
+        }
+    }
+}
+
+/// Stand-in on other architectures (never called: [`supported`] is false).
+///
+/// # Safety
+/// None needed; it does nothing.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn slide_row(_: &SlideRow<'_>) {}
+
+/// One sliding tile: `MR` output pixels × `NV` vectors, kernel rows of `KW` taps at
+/// stride `SW`, input pixels `PIX` floats apart.
+///
+/// # Safety
+/// As [`slide_row`], for `MR` pixels.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile<
+    S: crate::simd::Simd,
+    const MR: usize,
+    const NV: usize,
+    const KW: usize,
+    const SW: usize,
+    const PIX: usize,
+>(
+    s: S,
+    a: &SlideRow<'_>,
+) {
+    let l = S::LANES;
+    let mut acc = [[s.zero(); NV]; MR];
+    if !a.init.is_null() {
+        let mut b = [s.zero(); NV];
+        for (v, b) in b.iter_mut().enumerate() {
+            // SAFETY: `init` holds `NV·L` floats (caller contract).
+            *b = unsafe { s.load_ptr(a.init.add(v * l)) };
+        }
+        for row in acc.iter_mut() {
+            *row = b;
+        }
+    }
+    for &(ti, tw) in a.rows {
+        // SAFETY (whole loop): the caller guarantees every address formed here is in
+        // bounds.
+        unsafe {
+            let ip = a.src.add(ti);
+            let wp = a.w.add(tw);
+            for k in 0..a.k_len {
+                let mut wv = [[s.zero(); NV]; KW];
+                for (kw, wv) in wv.iter_mut().enumerate() {
+                    let wk = wp.offset(kw as isize * a.w_kw).add(k * a.w_k);
+                    for (v, wv) in wv.iter_mut().enumerate() {
+                        *wv = s.load_ptr(wk.add(v * l));
+                    }
+                }
+                let xp = ip.add(k);
+                // Input column q feeds output pixel p = (q − kw) / SW through tap kw.
+                macro_rules! column {
+                    ($($q:literal)*) => {$(
+                        if $q < (MR - 1) * SW + KW {
+                            let b = s.splat(*xp.add($q * PIX));
+                            macro_rules! tap {
+                                ($kw:literal) => {
+                                    if $kw < KW && $q >= $kw && ($q - $kw) % SW == 0
+                                        && ($q - $kw) / SW < MR
+                                    {
+                                        let p = ($q - $kw) / SW;
+                                        for v in 0..NV {
+                                            acc[p][v] = s.mul_add(b, wv[$kw][v], acc[p][v]);
+                                        }
+                                    }
+                                };
+                            }
+                            tap!(0);
+                            tap!(1);
+                            tap!(2);
+                            tap!(3);
+                            tap!(4);
+                        }
+                    )*};
+                }
+                column!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26
+                    27 28 29 30 31 32 33 34);
+            }
+        }
+    }
+    for (p, acc) in acc.iter().enumerate() {
+        // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
+        unsafe {
+            let d = a.dst.add(p * a.dst_pix);
+            for (v, acc) in acc.iter().enumerate().take(NV - 1) {
+                s.store_ptr(d.add(v * l), *acc);
+            }
+            let d = d.add((NV - 1) * l);
+            if a.last >= l {
+                s.store_ptr(d, acc[NV - 1]);
+            } else {
+                s.store_partial_ptr(d, acc[NV - 1], a.last);
+            }
+        }
+    }
+}
