@@ -5,6 +5,7 @@
 use super::micro::{
     GroupMajor, OuterRow, OuterTile, max_nv, max_tile, outer_tile, prefetch_pixels, tile_dispatch,
 };
+use super::slide::{self, SlideWeight, slide_weight};
 use super::{Geo, lanes, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
@@ -14,8 +15,8 @@ const MAX_CHUNKS: usize = 64;
 /// Output pixels per chunk, at least (fewer chunks for small layers: each chunk costs
 /// one pass over a weight-sized partial).
 const MIN_CHUNK_PIXELS: usize = 2048;
-/// Output pixels per chunk when more chunks are needed for enough tasks, at least.
-const MIN_SPLIT_PIXELS: usize = 256;
+/// Bytes of input rows per chunk, at most (unless a chunk is a single row).
+const CHUNK_BYTES: usize = 1 << 20;
 /// Output pixels per step of a task, at least.
 const SUB_PIXELS: usize = 256;
 /// Tasks (chunks × group blocks) to aim for.
@@ -47,12 +48,15 @@ pub(super) fn run(
     let l = lanes(level);
     let w_len = dw.len();
     let rows = g.n * g.oh;
-    // The chunking depends on the shape only, never on the thread count.
-    // Chunks of at least MIN_CHUNK_PIXELS output pixels, or more (down to
-    // MIN_SPLIT_PIXELS) if that gives the pool enough tasks without splitting groups.
+    // The chunking depends on the shape only, never on the thread count: chunks of at
+    // least MIN_CHUNK_PIXELS output pixels (each chunk costs a weight-sized partial),
+    // small enough that a chunk's input rows stay in the L2 cache while the tasks of
+    // its group blocks run one after the other.
     let pixels = rows * g.ow;
+    let row_bytes = (g.sh * g.w * g.cin * std::mem::size_of::<f32>()).max(1);
+    let max_rows = (CHUNK_BYTES / row_bytes).max(1);
     let want = (pixels / MIN_CHUNK_PIXELS)
-        .max(MIN_TASKS.min(pixels / MIN_SPLIT_PIXELS))
+        .max(rows.div_ceil(max_rows))
         .clamp(1, MAX_CHUNKS);
     let chunk_rows = rows.div_ceil(want);
     let chunks = rows.div_ceil(chunk_rows);
@@ -69,6 +73,11 @@ pub(super) fn run(
     // Output gradients are read in place when a task covers every channel in whole
     // vectors; otherwise copied per task as [gl][row][ow][cvn·L] with zero lanes.
     let dy_copy = !(g.cog.is_multiple_of(l) && gbs == g.groups);
+    // G16 3×3 / 5×5 with AVX-512: sliding tiles with the input channels as the vector
+    // axis; the partials are then laid out [tap][gl][co][ci].
+    let transposed = level.min(simd::detected()) == SimdLevel::Avx512
+        && g.dw == 1
+        && slide::weight_supported(g.kw, g.sw, g.cig, g.cog);
     // Output rows per step: the input rows a step adds are copied (and the next step's
     // prefetched) while the previous steps' sums wait in the partial.
     let sub_rows = SUB_PIXELS.div_ceil(g.ow);
@@ -125,6 +134,7 @@ pub(super) fn run(
                     segments: &segments,
                     x_rows: base,
                     sub_rows,
+                    transposed,
                     xb,
                     db: dy_copy.then_some(db),
                     part,
@@ -133,7 +143,19 @@ pub(super) fn run(
         })
     });
 
-    // dw[tap][ci][co] (+)= Σ_chunks partial, in chunk order.
+    // Σ_chunks partial, in chunk order, into the first chunk's partial; then
+    // dw[tap][ci][co] (+)= that sum.
+    let (sum, rest) = partials.split_at_mut(w_len);
+    const BLOCK: usize = 4096;
+    sum.par_chunks_mut(BLOCK).enumerate().for_each(|(b, o)| {
+        for c in 1..chunks {
+            let p = &rest[(c - 1) * w_len + b * BLOCK..][..o.len()];
+            for (o, p) in o.iter_mut().zip(p) {
+                *o += *p;
+            }
+        }
+    });
+    let sum = &*sum;
     let offsets: Vec<usize> = blocks
         .iter()
         .scan(0, |off, &(_, ng)| {
@@ -146,13 +168,18 @@ pub(super) fn run(
         for (&(g0, ng), &off) in blocks.iter().zip(&offsets) {
             let bw = ng * g.cog;
             let o = &mut o[g0 * g.cog..][..bw];
-            if !accumulate {
-                o.fill(0.0);
-            }
-            for c in 0..chunks {
-                let p = &partials[c * w_len + off + row * bw..][..bw];
-                for (o, p) in o.iter_mut().zip(p) {
-                    *o += *p;
+            let part = &sum[off..][..block_len(ng)];
+            let put = |o: &mut f32, v: f32| *o = if accumulate { *o + v } else { v };
+            if transposed {
+                // row = tap·cig + ci; the partial is [tap][gl][co][ci].
+                let (t, ci) = (row / g.cig, row % g.cig);
+                let p = &part[t * bw * g.cig..][..bw * g.cig];
+                for (o, p) in o.iter_mut().zip(p.chunks_exact(g.cig)) {
+                    put(o, p[ci]);
+                }
+            } else {
+                for (o, p) in o.iter_mut().zip(&part[row * bw..][..bw]) {
+                    put(o, *p);
                 }
             }
         }
@@ -173,6 +200,8 @@ struct BwdWeightTask<'a> {
     x_rows: usize,
     /// Output rows per step.
     sub_rows: usize,
+    /// Sliding tiles, partial laid out `[tap][gl][co][ci]` (else `[tap][ci][gl·cog + co]`).
+    transposed: bool,
     /// `[gl][x_rows][padded_w][cig]`, zeroed.
     xb: &'a mut [f32],
     /// `[gl][sub_rows][ow][cvn·L]`, zeroed, when `dy` is not read in place.
@@ -196,6 +225,7 @@ impl SimdKernel for BwdWeightTask<'_> {
             segments,
             x_rows,
             sub_rows,
+            transposed,
             xb,
             mut db,
             part,
@@ -312,6 +342,28 @@ impl SimdKernel for BwdWeightTask<'_> {
                             });
                         }
                         if rows.is_empty() {
+                            continue;
+                        }
+                        if S::LEVEL == SimdLevel::Avx512 && transposed {
+                            let out_off = (kh * g.kw * ng + gl) * g.cog * cig;
+                            let out_kw = ng * g.cog * cig;
+                            debug_assert!(out_off + (g.kw - 1) * out_kw + g.cog * cig <= part_len);
+                            let a = SlideWeight {
+                                rows: &rows,
+                                dy_pix,
+                                cog: g.cog,
+                                out: out.wrapping_add(out_off),
+                                out_kw,
+                                kw: g.kw,
+                                sw: g.sw,
+                            };
+                            // SAFETY: the level is AVX-512, so the CPU has the features
+                            // (`dispatch` made the token); the configuration was checked
+                            // by `weight_supported`; the rows read `xb` (copied above,
+                            // padded to every column read) and the output gradient, and
+                            // the sums are in `part`, which this task owns; checked in
+                            // debug builds above.
+                            unsafe { slide_weight(&a) };
                             continue;
                         }
                         for kw in 0..kws {

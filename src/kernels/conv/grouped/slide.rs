@@ -197,3 +197,119 @@ unsafe fn tile<
         }
     }
 }
+
+/// Weight-gradient sums of one kernel row for a group with 16 input channels, with the
+/// input channels as the vector axis: for every tap `kw < KW` and output channel `co`,
+/// `out[kw·out_kw + co·16 + ci] += Σ_rows Σ_{p<npix} x[p·sw + kw][ci] · dy[p][co]`
+/// (`x` rows of 16 floats per pixel, `dy` rows of `dy_pix` floats per pixel).
+///
+/// A tile keeps `KW` × `COT` vectors of sums: per pixel it loads the `KW` input
+/// vectors once and broadcasts `COT` output-gradient values, `KW + COT` loads for
+/// `KW·COT` multiply-adds.
+#[derive(Copy, Clone)]
+pub(super) struct SlideWeight<'a> {
+    /// Rows of pixels: `x` at pixel 0 tap 0, `dy` at the group's first channel.
+    pub rows: &'a [super::micro::OuterRow],
+    /// Floats between consecutive pixels in `dy`.
+    pub dy_pix: usize,
+    /// Output channels of the group (a multiple of the tile's `COT`).
+    pub cog: usize,
+    /// Sums of tap 0, output channel 0, channel 0.
+    pub out: *mut f32,
+    /// Floats between consecutive kw taps in `out`.
+    pub out_kw: usize,
+    /// Taps per kernel row.
+    pub kw: usize,
+    /// Stride along the row.
+    pub sw: usize,
+}
+
+/// Whether [`slide_weight`] has a tile for this configuration (16 input channels per
+/// group, no horizontal dilation).
+pub(super) fn weight_supported(kw: usize, sw: usize, cig: usize, cog: usize) -> bool {
+    cfg!(target_arch = "x86_64")
+        && cig == 16
+        && matches!((kw, sw), (3, 1) | (3, 2) | (5, 1) | (5, 2))
+        && cog.is_multiple_of(4)
+}
+
+/// Computes one [`SlideWeight`] with AVX-512.
+///
+/// # Safety
+/// The CPU must support AVX-512F/VL/DQ/BW, AVX2 and FMA; the configuration must be
+/// [`weight_supported`]; every row's `x` (pixels `0..(npix−1)·sw + kw`, 16 floats
+/// each) and `dy` (`npix` pixels, `cog` channels) must be readable, `out` readable
+/// and writable for every tap, channel and output channel, and exclusive to this call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+pub(super) unsafe fn slide_weight(a: &SlideWeight<'_>) {
+    use crate::simd::Avx512;
+    let Some(s) = Avx512::try_new() else { return };
+    // SAFETY (every arm): forwarded from this function's contract.
+    match (a.kw, a.sw) {
+        (3, 1) => unsafe { weight_tile::<Avx512, 3, 1, 4>(s, a) },
+        (3, 2) => unsafe { weight_tile::<Avx512, 3, 2, 4>(s, a) },
+        (5, 1) => unsafe { weight_tile::<Avx512, 5, 1, 4>(s, a) },
+        (5, 2) => unsafe { weight_tile::<Avx512, 5, 2, 4>(s, a) },
+        _ => unreachable!("no sliding weight tile for this configuration"),
+    }
+}
+
+/// Stand-in on other architectures (never called: [`weight_supported`] is false).
+///
+/// # Safety
+/// None needed; it does nothing.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn slide_weight(_: &SlideWeight<'_>) {}
+
+/// # Safety
+/// As [`slide_weight`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weight_tile<
+    S: crate::simd::Simd,
+    const KW: usize,
+    const SW: usize,
+    const COT: usize,
+>(
+    s: S,
+    a: &SlideWeight<'_>,
+) {
+    const CI: usize = 16;
+    debug_assert_eq!(S::LANES, CI);
+    for co0 in (0..a.cog).step_by(COT) {
+        // SAFETY (whole block): the caller guarantees every address formed here is in
+        // bounds and the sums exclusive.
+        unsafe {
+            let mut acc = [[s.zero(); COT]; KW];
+            for (kw, acc) in acc.iter_mut().enumerate() {
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = s.load_ptr(a.out.add(kw * a.out_kw + (co0 + j) * CI));
+                }
+            }
+            for r in a.rows {
+                let mut xp = r.x;
+                let mut yp = r.dy.add(co0);
+                for _ in 0..r.npix {
+                    let mut xv = [s.zero(); KW];
+                    for (kw, xv) in xv.iter_mut().enumerate() {
+                        *xv = s.load_ptr(xp.add(kw * CI));
+                    }
+                    for j in 0..COT {
+                        let b = s.splat(*yp.add(j));
+                        for kw in 0..KW {
+                            acc[kw][j] = s.mul_add(b, xv[kw], acc[kw][j]);
+                        }
+                    }
+                    xp = xp.wrapping_add(SW * CI);
+                    yp = yp.wrapping_add(a.dy_pix);
+                }
+            }
+            for (kw, acc) in acc.iter().enumerate() {
+                for (j, acc) in acc.iter().enumerate() {
+                    s.store_ptr(a.out.add(kw * a.out_kw + (co0 + j) * CI), *acc);
+                }
+            }
+        }
+    }
+}
