@@ -156,8 +156,7 @@ impl SimdKernel for BwdDataTask<'_> {
         let (sh, sw) = (g.sh as isize, g.sw as isize);
         let mut taps = Vec::with_capacity(g.taps());
         let mut slide_rows = Vec::with_capacity(g.kh);
-        let sliding =
-            |nv: usize| g.sw == 1 && g.dw == 1 && slide::supported(g.kw, 1, cog, nv);
+        let sliding = |nv: usize| g.sw == 1 && g.dw == 1 && slide::supported(g.kw, 1, cog, nv);
         for ih in t.r0..t.r0 + t.rows {
             let need = rows_end(ih);
             if need > copied {

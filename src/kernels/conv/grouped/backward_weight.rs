@@ -5,7 +5,7 @@
 use super::micro::{
     GroupMajor, OuterRow, OuterTile, max_nv, max_tile, outer_tile, prefetch_pixels, tile_dispatch,
 };
-use super::slide::{self, SlideWeight, slide_weight};
+use super::slide::{self, SlideWeight, WeightRow, slide_weight};
 use super::{Geo, lanes, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
@@ -17,6 +17,8 @@ const MAX_CHUNKS: usize = 64;
 const MIN_CHUNK_PIXELS: usize = 2048;
 /// Bytes of input rows per chunk, at most (unless a chunk is a single row).
 const CHUNK_BYTES: usize = 1 << 20;
+/// Input channels up to which the sliding weight tiles read the input in place.
+const IN_PLACE_MAX_CHANNELS: usize = 256;
 /// Output pixels per step of a task, at least.
 const SUB_PIXELS: usize = 256;
 /// Tasks (chunks × group blocks) to aim for.
@@ -77,10 +79,15 @@ pub(super) fn run(
     // axis; the partials are then laid out [tap][gl][co][ci].
     let transposed = level.min(simd::detected()) == SimdLevel::Avx512
         && g.dw == 1
-        && slide::weight_supported(g.kw, g.sw, g.cig, g.cog);
+        && slide::weight_supported(g.kw, g.cig, g.cog);
     // Output rows per step: the input rows a step adds are copied (and the next step's
     // prefetched) while the previous steps' sums wait in the partial.
     let sub_rows = SUB_PIXELS.div_ceil(g.ow);
+    // Sliding tiles read the input in place when pixels are short (a few cache lines:
+    // strided reads stay cheap), else from the group-major copy like the other tiles.
+    let in_place = transposed && g.cin <= IN_PLACE_MAX_CHANNELS;
+    let interior = g.interior_cols();
+    let n_border = interior.0 + (g.ow - interior.1);
     let blocks: Vec<(usize, usize)> = split(g.groups, gbs).collect();
     let block_len = |ng: usize| g.taps() * g.cig * ng * g.cog;
 
@@ -114,14 +121,22 @@ pub(super) fn run(
             base += ih_hi - ih_lo;
             r = end;
         }
-        let x_len = ng * base * wp * g.cig;
+        // The sliding tiles read the input in place (zero-padded windows at the
+        // borders); the other tiles read a group-major padded copy.
+        let x_len = if in_place { 0 } else { ng * base * wp * g.cig };
         let dy_len = if dy_copy {
             ng * sub_rows * g.ow * cvn * l
         } else {
             0
         };
-        with_scratch(x_len + dy_len, |buf| {
-            let (xb, db) = buf.split_at_mut(x_len);
+        let win_len = if in_place {
+            sub_rows * n_border * g.kw * g.cig
+        } else {
+            0
+        };
+        with_scratch(x_len + dy_len + win_len, |buf| {
+            let (xb, rest) = buf.split_at_mut(x_len);
+            let (db, win) = rest.split_at_mut(dy_len);
             simd::dispatch(
                 level,
                 BwdWeightTask {
@@ -135,8 +150,11 @@ pub(super) fn run(
                     x_rows: base,
                     sub_rows,
                     transposed,
+                    in_place,
+                    interior,
                     xb,
                     db: dy_copy.then_some(db),
+                    win,
                     part,
                 },
             )
@@ -202,10 +220,16 @@ struct BwdWeightTask<'a> {
     sub_rows: usize,
     /// Sliding tiles, partial laid out `[tap][gl][co][ci]` (else `[tap][ci][gl·cog + co]`).
     transposed: bool,
+    /// Sliding tiles read `x` in place (else from `xb`).
+    in_place: bool,
+    /// Output columns whose every kw tap is inside the image.
+    interior: (usize, usize),
     /// `[gl][x_rows][padded_w][cig]`, zeroed.
     xb: &'a mut [f32],
     /// `[gl][sub_rows][ow][cvn·L]`, zeroed, when `dy` is not read in place.
     db: Option<&'a mut [f32]>,
+    /// Sliding tiles: zero-padded input windows `[kw][cig]` of the border pixels.
+    win: &'a mut [f32],
     /// `[tap][ci][gl·cog + co]`, zeroed; the sums are added.
     part: &'a mut [f32],
 }
@@ -226,8 +250,11 @@ impl SimdKernel for BwdWeightTask<'_> {
             x_rows,
             sub_rows,
             transposed,
+            in_place,
+            interior: (in_lo, in_hi),
             xb,
             mut db,
+            win,
             part,
         } = self;
         let l = S::LANES;
@@ -273,6 +300,7 @@ impl SimdKernel for BwdWeightTask<'_> {
         let out = part.as_mut_ptr();
         let blocks: Vec<(usize, usize)> = split(cvn, max_nv::<S>()).collect();
         let mut rows: Vec<OuterRow> = Vec::with_capacity(sub_rows);
+        let mut wrows: Vec<WeightRow> = Vec::with_capacity(3 * sub_rows);
         let mut flat0 = r0;
         for seg in segments {
             let xi = &x[seg.n * img..][..img];
@@ -281,11 +309,11 @@ impl SimdKernel for BwdWeightTask<'_> {
             for (si, &(a, len)) in steps.iter().enumerate() {
                 let (oh_a, oh_b) = (seg.oh0 + a, seg.oh0 + a + len);
                 let need = g.in_rows(oh_a, oh_b).1.max(copied);
-                if need > copied {
+                if need > copied && !in_place {
                     let src = &xi[copied * row_len..need * row_len];
                     gm.copy_rows(s, src, seg.base + copied - seg.ih_lo, xb);
-                    copied = need;
                 }
+                copied = need;
                 // Next step of this segment: its new input rows and its output
                 // gradients, prefetched a slice per (group, kernel row).
                 let (ahead, dy_ahead) = match steps.get(si + 1) {
@@ -324,6 +352,102 @@ impl SimdKernel for BwdWeightTask<'_> {
                             let cols = slice * g.ow / n_slices..(slice + 1) * g.ow / n_slices;
                             prefetch_pixels(base, cols, g.cout, ng * g.cog);
                         }
+                        if S::LEVEL == SimdLevel::Avx512 && transposed {
+                            wrows.clear();
+                            if !in_place {
+                                for (rr, oh) in (oh_a..oh_b).enumerate() {
+                                    let Some(ih) = g.in_row(oh, kh) else { continue };
+                                    let xo = gl * xg + (seg.base + ih - seg.ih_lo) * wp * cig;
+                                    let yo = gl * dy_group + rr * dy_row;
+                                    debug_assert!(xo + (g.ow - 1) * g.sw * cig + k_len <= xb.len());
+                                    debug_assert!(yo + (g.ow - 1) * dy_pix + g.cog <= dy_len);
+                                    wrows.push(WeightRow {
+                                        x: xb.as_ptr().wrapping_add(xo),
+                                        x_pix: g.sw * cig,
+                                        x_kw: cig,
+                                        dy: dyp.wrapping_add(yo),
+                                        npix: g.ow,
+                                    });
+                                }
+                            } else {
+                                let gi = g0 + gl;
+                                let k = g.kw * cig;
+                                // Zero-padded windows of the border pixels first, then the
+                                // rows (interior read in place, borders from the windows).
+                                let mut slot = 0;
+                                for oh in oh_a..oh_b {
+                                    let Some(ih) = g.in_row(oh, kh) else { continue };
+                                    let x_row = ih * row_len + gi * cig;
+                                    for ow in (0..in_lo).chain(in_hi..g.ow) {
+                                        let wdst = &mut win[slot * k..][..k];
+                                        wdst.fill(0.0);
+                                        for kw in 0..g.kw {
+                                            let iw = (ow * g.sw + kw) as isize - g.pl as isize;
+                                            if iw >= 0 && (iw as usize) < g.w {
+                                                let from =
+                                                    &xi[x_row + iw as usize * g.cin..][..cig];
+                                                wdst[kw * cig..][..cig].copy_from_slice(from);
+                                            }
+                                        }
+                                        slot += 1;
+                                    }
+                                }
+                                let mut slot = 0;
+                                for (rr, oh) in (oh_a..oh_b).enumerate() {
+                                    let Some(ih) = g.in_row(oh, kh) else { continue };
+                                    let yo = gl * dy_group + rr * dy_row;
+                                    for (o0, o1) in [(0, in_lo), (in_hi, g.ow)] {
+                                        if o1 > o0 {
+                                            wrows.push(WeightRow {
+                                                x: win[slot * k..].as_ptr(),
+                                                x_pix: k,
+                                                x_kw: cig,
+                                                dy: dyp.wrapping_add(yo + o0 * dy_pix),
+                                                npix: o1 - o0,
+                                            });
+                                            slot += o1 - o0;
+                                        }
+                                    }
+                                    if in_hi > in_lo {
+                                        let xo =
+                                            ih * row_len + gi * cig + (in_lo * g.sw - g.pl) * g.cin;
+                                        debug_assert!(
+                                            xo + (in_hi - in_lo - 1) * g.sw * g.cin
+                                                + (g.kw - 1) * g.cin
+                                                + cig
+                                                <= img
+                                        );
+                                        wrows.push(WeightRow {
+                                            x: xi.as_ptr().wrapping_add(xo),
+                                            x_pix: g.sw * g.cin,
+                                            x_kw: g.cin,
+                                            dy: dyp.wrapping_add(yo + in_lo * dy_pix),
+                                            npix: in_hi - in_lo,
+                                        });
+                                    }
+                                    debug_assert!(yo + (g.ow - 1) * dy_pix + g.cog <= dy_len);
+                                }
+                            }
+                            let out_off = (kh * g.kw * ng + gl) * g.cog * cig;
+                            let out_kw = ng * g.cog * cig;
+                            debug_assert!(out_off + (g.kw - 1) * out_kw + g.cog * cig <= part_len);
+                            let a = SlideWeight {
+                                rows: &wrows,
+                                dy_pix,
+                                cog: g.cog,
+                                out: out.wrapping_add(out_off),
+                                out_kw,
+                                kw: g.kw,
+                            };
+                            // SAFETY: the level is AVX-512, so the CPU has the features
+                            // (`dispatch` made the token); the configuration was checked
+                            // by `weight_supported`; the rows read `x` inside the image
+                            // (interior columns), the border windows and the output
+                            // gradient, and the sums are in `part`, which this task
+                            // owns; checked in debug builds.
+                            unsafe { slide_weight(&a) };
+                            continue;
+                        }
                         rows.clear();
                         for (rr, oh) in (oh_a..oh_b).enumerate() {
                             let Some(ih) = g.in_row(oh, kh) else { continue };
@@ -342,28 +466,6 @@ impl SimdKernel for BwdWeightTask<'_> {
                             });
                         }
                         if rows.is_empty() {
-                            continue;
-                        }
-                        if S::LEVEL == SimdLevel::Avx512 && transposed {
-                            let out_off = (kh * g.kw * ng + gl) * g.cog * cig;
-                            let out_kw = ng * g.cog * cig;
-                            debug_assert!(out_off + (g.kw - 1) * out_kw + g.cog * cig <= part_len);
-                            let a = SlideWeight {
-                                rows: &rows,
-                                dy_pix,
-                                cog: g.cog,
-                                out: out.wrapping_add(out_off),
-                                out_kw,
-                                kw: g.kw,
-                                sw: g.sw,
-                            };
-                            // SAFETY: the level is AVX-512, so the CPU has the features
-                            // (`dispatch` made the token); the configuration was checked
-                            // by `weight_supported`; the rows read `xb` (copied above,
-                            // padded to every column read) and the output gradient, and
-                            // the sums are in `part`, which this task owns; checked in
-                            // debug builds above.
-                            unsafe { slide_weight(&a) };
                             continue;
                         }
                         for kw in 0..kws {

@@ -115,7 +115,10 @@ pub(super) struct ConvTile<'a> {
 /// `src[tap.0 + p·src_pix + k]`, `w[tap.1 + k·w_k + v·L .. +L]`, `init[..NV·L]`, and
 /// writes of `dst[p·dst_pix + v·L ..]` (`last` lanes for the last vector), and no other
 /// thread may access the written elements meanwhile.
-#[inline(always)]
+// Debug builds keep the tiles out of line: inlined unoptimized, their stack slots
+// add up to frames larger than a thread's stack.
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize, const PIX: usize>(
     s: S,
     a: &ConvTile<'_>,
@@ -212,7 +215,10 @@ pub(super) struct OuterTile<'a> {
 /// Every address described on [`OuterTile`] must be in bounds (reads of `x` and `dy`
 /// for all rows and pixels, full vectors of `dy`; reads and writes of `out`, `last`
 /// lanes for the last vector) and the result elements exclusive to this call.
-#[inline(always)]
+// Debug builds keep the tiles out of line: inlined unoptimized, their stack slots
+// add up to frames larger than a thread's stack.
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
     s: S,
     a: &OuterTile<'_>,

@@ -170,6 +170,19 @@ impl Geo {
             .checked_sub(self.pt)
             .filter(|&ih| ih < self.h)
     }
+
+    /// Output columns `[lo, hi)` whose every `kw` tap reads inside the image;
+    /// `lo <= hi <= ow` (the columns left of `lo` and from `hi` on are the borders).
+    fn interior_cols(&self) -> (usize, usize) {
+        let lo = self.pl.div_ceil(self.sw).min(self.ow);
+        let span = (self.kw - 1) * self.dw;
+        let hi = if self.w - 1 + self.pl >= span {
+            (self.w - 1 + self.pl - span) / self.sw + 1
+        } else {
+            0
+        };
+        (lo, hi.clamp(lo, self.ow))
+    }
 }
 
 /// The vector width the kernels run with at `level` (what [`simd::dispatch`] picks).

@@ -112,7 +112,10 @@ pub(super) unsafe fn slide_row(_: &SlideRow<'_>) {}
 /// # Safety
 /// As [`slide_row`], for `MR` pixels.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
+// Debug builds keep the tiles out of line: inlined unoptimized, their stack slots
+// add up to frames larger than a thread's stack.
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 unsafe fn tile<
     S: crate::simd::Simd,
     const MR: usize,
@@ -198,21 +201,36 @@ unsafe fn tile<
     }
 }
 
+/// One row of pixels of a [`SlideWeight`]: input vectors `x + p·x_pix + kw·x_kw`
+/// (16 floats each), output gradients `dy + p·dy_pix` (the group's channels).
+#[derive(Copy, Clone)]
+pub(super) struct WeightRow {
+    /// Input of pixel 0, tap 0, at the group's first channel.
+    pub x: *const f32,
+    /// Floats between consecutive pixels in the input.
+    pub x_pix: usize,
+    /// Floats between consecutive kw taps in the input.
+    pub x_kw: usize,
+    /// Output gradient of pixel 0 at the group's first channel.
+    pub dy: *const f32,
+    /// Pixels in the row.
+    pub npix: usize,
+}
+
 /// Weight-gradient sums of one kernel row for a group with 16 input channels, with the
 /// input channels as the vector axis: for every tap `kw < KW` and output channel `co`,
-/// `out[kw·out_kw + co·16 + ci] += Σ_rows Σ_{p<npix} x[p·sw + kw][ci] · dy[p][co]`
-/// (`x` rows of 16 floats per pixel, `dy` rows of `dy_pix` floats per pixel).
+/// `out[kw·out_kw + co·16 + ci] += Σ_rows Σ_{p<npix} x[p][kw][ci] · dy[p][co]`.
 ///
-/// A tile keeps `KW` × `COT` vectors of sums: per pixel it loads the `KW` input
-/// vectors once and broadcasts `COT` output-gradient values, `KW + COT` loads for
-/// `KW·COT` multiply-adds.
+/// A tile keeps `KW` × 4 vectors of sums: per pixel it loads the `KW` input vectors
+/// once and broadcasts 4 output-gradient values, `KW + 4` loads for `4·KW`
+/// multiply-adds.
 #[derive(Copy, Clone)]
 pub(super) struct SlideWeight<'a> {
-    /// Rows of pixels: `x` at pixel 0 tap 0, `dy` at the group's first channel.
-    pub rows: &'a [super::micro::OuterRow],
+    /// Rows of pixels.
+    pub rows: &'a [WeightRow],
     /// Floats between consecutive pixels in `dy`.
     pub dy_pix: usize,
-    /// Output channels of the group (a multiple of the tile's `COT`).
+    /// Output channels of the group (a multiple of 4).
     pub cog: usize,
     /// Sums of tap 0, output channel 0, channel 0.
     pub out: *mut f32,
@@ -220,37 +238,33 @@ pub(super) struct SlideWeight<'a> {
     pub out_kw: usize,
     /// Taps per kernel row.
     pub kw: usize,
-    /// Stride along the row.
-    pub sw: usize,
 }
 
+/// Output channels per weight tile.
+const COT: usize = 4;
+
 /// Whether [`slide_weight`] has a tile for this configuration (16 input channels per
-/// group, no horizontal dilation).
-pub(super) fn weight_supported(kw: usize, sw: usize, cig: usize, cog: usize) -> bool {
-    cfg!(target_arch = "x86_64")
-        && cig == 16
-        && matches!((kw, sw), (3, 1) | (3, 2) | (5, 1) | (5, 2))
-        && cog.is_multiple_of(4)
+/// group, a multiple of 4 output channels, no horizontal dilation).
+pub(super) fn weight_supported(kw: usize, cig: usize, cog: usize) -> bool {
+    cfg!(target_arch = "x86_64") && cig == 16 && matches!(kw, 3 | 5) && cog.is_multiple_of(COT)
 }
 
 /// Computes one [`SlideWeight`] with AVX-512.
 ///
 /// # Safety
 /// The CPU must support AVX-512F/VL/DQ/BW, AVX2 and FMA; the configuration must be
-/// [`weight_supported`]; every row's `x` (pixels `0..(npix−1)·sw + kw`, 16 floats
-/// each) and `dy` (`npix` pixels, `cog` channels) must be readable, `out` readable
-/// and writable for every tap, channel and output channel, and exclusive to this call.
+/// [`weight_supported`]; every row's input vectors and output gradients (`cog`
+/// channels) must be readable, `out` readable and writable for every tap, channel and
+/// output channel, and exclusive to this call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
 pub(super) unsafe fn slide_weight(a: &SlideWeight<'_>) {
     use crate::simd::Avx512;
     let Some(s) = Avx512::try_new() else { return };
     // SAFETY (every arm): forwarded from this function's contract.
-    match (a.kw, a.sw) {
-        (3, 1) => unsafe { weight_tile::<Avx512, 3, 1, 4>(s, a) },
-        (3, 2) => unsafe { weight_tile::<Avx512, 3, 2, 4>(s, a) },
-        (5, 1) => unsafe { weight_tile::<Avx512, 5, 1, 4>(s, a) },
-        (5, 2) => unsafe { weight_tile::<Avx512, 5, 2, 4>(s, a) },
+    match a.kw {
+        3 => unsafe { weight_tile::<Avx512, 3>(s, a) },
+        5 => unsafe { weight_tile::<Avx512, 5>(s, a) },
         _ => unreachable!("no sliding weight tile for this configuration"),
     }
 }
@@ -265,16 +279,11 @@ pub(super) unsafe fn slide_weight(_: &SlideWeight<'_>) {}
 /// # Safety
 /// As [`slide_weight`].
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn weight_tile<
-    S: crate::simd::Simd,
-    const KW: usize,
-    const SW: usize,
-    const COT: usize,
->(
-    s: S,
-    a: &SlideWeight<'_>,
-) {
+// Debug builds keep the tiles out of line: inlined unoptimized, their stack slots
+// add up to frames larger than a thread's stack.
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
+unsafe fn weight_tile<S: crate::simd::Simd, const KW: usize>(s: S, a: &SlideWeight<'_>) {
     const CI: usize = 16;
     debug_assert_eq!(S::LANES, CI);
     for co0 in (0..a.cog).step_by(COT) {
@@ -293,7 +302,7 @@ unsafe fn weight_tile<
                 for _ in 0..r.npix {
                     let mut xv = [s.zero(); KW];
                     for (kw, xv) in xv.iter_mut().enumerate() {
-                        *xv = s.load_ptr(xp.add(kw * CI));
+                        *xv = s.load_ptr(xp.add(kw * r.x_kw));
                     }
                     for j in 0..COT {
                         let b = s.splat(*yp.add(j));
@@ -301,7 +310,7 @@ unsafe fn weight_tile<
                             acc[kw][j] = s.mul_add(b, xv[kw], acc[kw][j]);
                         }
                     }
-                    xp = xp.wrapping_add(SW * CI);
+                    xp = xp.wrapping_add(r.x_pix);
                     yp = yp.wrapping_add(a.dy_pix);
                 }
             }
