@@ -55,11 +55,12 @@ macro_rules! tile_dispatch {
 pub(super) use tile_dispatch;
 
 /// Like [`tile_dispatch!`] for [`conv_tile`]: `$call!(TILE, NV, PIX)`, with the input
-/// pixel stride `$pix` a constant for the common 16 and 32 (one or two vectors; 0
-/// means "read it from the arguments").
+/// pixel stride `$pix` a constant for the common 16 and 32 (one or two vectors) and 8
+/// (one vector; 0 means "read it from the arguments").
 macro_rules! conv_dispatch {
     ($nv:expr, $m:expr, $pix:expr, $call:ident) => {
         match ($nv, $pix) {
+            (1, 8) => conv_dispatch!(@m $m, 1, 8, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
             (1, 16) => conv_dispatch!(@m $m, 1, 16, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
             (1, 32) => conv_dispatch!(@m $m, 1, 32, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
             (2, 16) => conv_dispatch!(@m $m, 2, 16, $call, [1 2 3 4 5 6 7 8 9 10 11 12]),

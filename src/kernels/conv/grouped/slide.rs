@@ -283,6 +283,7 @@ pub(super) unsafe fn slide_weight(_: &SlideWeight<'_>) {}
 // add up to frames larger than a thread's stack.
 #[cfg_attr(not(debug_assertions), inline(always))]
 #[cfg_attr(debug_assertions, inline(never))]
+#[allow(clippy::needless_range_loop)] // register tiles read best indexed
 unsafe fn weight_tile<S: crate::simd::Simd, const KW: usize>(s: S, a: &SlideWeight<'_>) {
     const CI: usize = 16;
     debug_assert_eq!(S::LANES, CI);
