@@ -400,7 +400,9 @@ fn results_do_not_depend_on_thread_count() {
     }
 }
 
-/// A larger G16 layer against the reference (many tasks, full tiles, both strides).
+/// Larger layers against the reference: many tasks and bands, full tiles, both
+/// strides, weight-gradient chunks that straddle images, and more than 256 input
+/// channels (the weight gradient then reads a copy rather than the input in place).
 #[test]
 fn g16_layers_match_reference() {
     for (i, d) in [
@@ -409,6 +411,11 @@ fn g16_layers_match_reference() {
             .with_stride(2)
             .with_symmetric_padding(),
         g(1, (34, 34), 3, 32, (3, 3), 3)
+            .with_stride(2)
+            .with_symmetric_padding(),
+        g(5, (20, 41), 32, 32, (3, 3), 16).with_symmetric_padding(),
+        g(1, (7, 6), 272, 272, (5, 5), 16).with_symmetric_padding(),
+        g(1, (9, 8), 272, 272, (3, 3), 16)
             .with_stride(2)
             .with_symmetric_padding(),
     ]

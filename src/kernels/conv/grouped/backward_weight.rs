@@ -15,6 +15,8 @@ const MAX_CHUNKS: usize = 64;
 /// Output pixels per chunk, at least (fewer chunks for small layers: each chunk costs
 /// one pass over a weight-sized partial).
 const MIN_CHUNK_PIXELS: usize = 2048;
+/// Floats of all chunks' partials together, at most (unless one chunk needs more).
+const MAX_PARTIAL_FLOATS: usize = 1 << 24;
 /// Bytes of input rows per chunk, at most (unless a chunk is a single row).
 const CHUNK_BYTES: usize = 1 << 20;
 /// Input channels up to which the sliding weight tiles read the input in place.
@@ -59,6 +61,7 @@ pub(super) fn run(
     let max_rows = (CHUNK_BYTES / row_bytes).max(1);
     let want = (pixels / MIN_CHUNK_PIXELS)
         .max(rows.div_ceil(max_rows))
+        .min(MAX_PARTIAL_FLOATS / w_len.max(1))
         .clamp(1, MAX_CHUNKS);
     let chunk_rows = rows.div_ceil(want);
     let chunks = rows.div_ceil(chunk_rows);

@@ -70,7 +70,7 @@ pub(super) fn supported(kw: usize, sw: usize, pix: usize, nv: usize) -> bool {
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
 pub(super) unsafe fn slide_row(a: &SlideRow<'_>) {
     use crate::simd::Avx512;
-    let Some(s) = Avx512::try_new() else { return };
+    let s = Avx512::try_new().expect("AVX-512 was detected");
     let max_mr = if a.nv == 1 { 16 } else { 12 };
     for (ow0, m) in split(a.width, max_mr) {
         let t = SlideRow {
@@ -260,7 +260,7 @@ pub(super) fn weight_supported(kw: usize, cig: usize, cog: usize) -> bool {
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
 pub(super) unsafe fn slide_weight(a: &SlideWeight<'_>) {
     use crate::simd::Avx512;
-    let Some(s) = Avx512::try_new() else { return };
+    let s = Avx512::try_new().expect("AVX-512 was detected");
     // SAFETY (every arm): forwarded from this function's contract.
     match a.kw {
         3 => unsafe { weight_tile::<Avx512, 3>(s, a) },
