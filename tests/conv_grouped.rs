@@ -6,115 +6,33 @@
 
 mod common;
 
-use common::{Rng, dot, in_pool, levels, rel_err};
-use effnet::kernels::conv::{ConvDesc, ConvShape, GradMode, Padding, grouped, reference};
+use common::conv::{ConvCase, ConvOutputs, Family, Passes};
+use common::{dot, in_pool, levels, proptest_cases, rel_err};
+use effnet::kernels::conv::{ConvDesc, GradMode, Padding, grouped};
 use effnet::simd::{self, with_level};
 use proptest::prelude::*;
 
 const TOL: f64 = 2e-5;
 
-struct Case {
-    shape: ConvShape,
-    x: Vec<f32>,
-    w: Vec<f32>,
-    b: Vec<f32>,
-    dy: Vec<f32>,
-}
+/// The grouped module's own functions (they accept any valid descriptor).
+const GROUPED: Family = Family {
+    forward: grouped::forward,
+    backward_data: grouped::backward_data,
+    backward_weight: grouped::backward_weight,
+};
 
-fn case(d: &ConvDesc, seed: u64) -> Case {
-    let shape = d.validate().unwrap();
-    let mut r = Rng::new(seed);
-    Case {
-        x: r.vec(shape.x_len),
-        w: r.vec(shape.w_len),
-        b: r.vec(d.out_channels),
-        dy: r.vec(shape.y_len),
-        shape,
-    }
-}
-
-struct Out {
-    y: Vec<f32>,
-    dx: Vec<f32>,
-    dw: Vec<f32>,
-    db: Vec<f32>,
-}
-
-fn run_all(c: &Case) -> Out {
-    let s = &c.shape;
-    let level = simd::active();
-    let mut y = vec![f32::NAN; s.y_len];
-    grouped::forward(level, s, &c.x, &c.w, Some(&c.b), &mut y).unwrap();
-    let mut dx = vec![f32::NAN; s.x_len];
-    grouped::backward_data(level, s, &c.dy, &c.w, &mut dx).unwrap();
-    let mut dw = vec![f32::NAN; s.w_len];
-    let mut db = vec![f32::NAN; s.desc.out_channels];
-    grouped::backward_weight(
-        level,
-        s,
-        &c.x,
-        &c.dy,
-        &mut dw,
-        Some(&mut db),
-        GradMode::Overwrite,
-    )
-    .unwrap();
-    Out { y, dx, dw, db }
+fn run_all(c: &ConvCase) -> ConvOutputs {
+    c.run(&Passes::Family(&GROUPED))
 }
 
 fn check(d: &ConvDesc, seed: u64) -> Result<(), TestCaseError> {
-    let c = case(d, seed);
-    let s = c.shape;
-    let y_ref = reference::forward(&s, &c.x, &c.w, Some(&c.b));
-    let y_nb = reference::forward(&s, &c.x, &c.w, None);
-    let dx_ref = reference::backward_data(&s, &c.dy, &c.w);
-    let (dw_ref, db_ref) = reference::backward_weight(&s, &c.x, &c.dy);
+    let c = ConvCase::new(d, seed);
+    let refs = c.references();
     for level in levels() {
-        with_level(level, || -> Result<(), TestCaseError> {
-            let o = run_all(&c);
-            for (name, got, want) in [
-                ("forward", &o.y, &y_ref),
-                ("backward_data", &o.dx, &dx_ref),
-                ("backward_weight", &o.dw, &dw_ref),
-                ("bias grad", &o.db, &db_ref),
-            ] {
-                let e = rel_err(got, want);
-                prop_assert!(e < TOL, "{level} {name} {d:?}: rel err {e}");
-            }
-            // Forward without a bias.
-            let mut y = vec![f32::NAN; s.y_len];
-            grouped::forward(level, &s, &c.x, &c.w, None, &mut y).unwrap();
-            let e = rel_err(&y, &y_nb);
-            prop_assert!(e < TOL, "{level} forward, no bias {d:?}: rel err {e}");
-            // Accumulate adds to the old contents (weight and bias).
-            let mut dw = c.w.clone();
-            let mut db = c.b.clone();
-            grouped::backward_weight(
-                level,
-                &s,
-                &c.x,
-                &c.dy,
-                &mut dw,
-                Some(&mut db),
-                GradMode::Accumulate,
-            )
-            .unwrap();
-            let want: Vec<f64> = dw_ref
-                .iter()
-                .zip(&c.w)
-                .map(|(g, w)| g + *w as f64)
-                .collect();
-            let e = rel_err(&dw, &want);
-            prop_assert!(e < TOL, "{level} accumulate {d:?}: rel err {e}");
-            let want: Vec<f64> = db_ref
-                .iter()
-                .zip(&c.b)
-                .map(|(g, b)| g + *b as f64)
-                .collect();
-            let e = rel_err(&db, &want);
-            prop_assert!(e < TOL, "{level} accumulate bias {d:?}: rel err {e}");
-            Ok(())
-        })?;
+        let o = with_level(level, || run_all(&c));
+        for (name, e) in o.errors(&refs, rel_err) {
+            prop_assert!(e < TOL, "{level} {name} {d:?}: rel err {e}");
+        }
     }
     Ok(())
 }
@@ -184,15 +102,8 @@ fn desc() -> impl Strategy<Value = ConvDesc> {
         .prop_filter("valid descriptor", |d| d.validate().is_ok())
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: proptest_cases(64), max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn grouped_kernels_match_reference(d in desc(), seed in any::<u64>()) {
@@ -292,7 +203,7 @@ fn fixed_shapes_match_reference() {
 #[test]
 fn adjoint_identities_hold() {
     for (i, d) in fixed_shapes().iter().enumerate() {
-        let mut c = case(d, 600 + i as u64);
+        let mut c = ConvCase::new(d, 600 + i as u64);
         c.b.fill(0.0);
         for level in levels() {
             with_level(level, || {
@@ -328,7 +239,7 @@ fn finite_differences_agree_with_backward() {
             }),
     ];
     for (i, d) in tiny.iter().enumerate() {
-        let c = case(d, 700 + i as u64);
+        let c = ConvCase::new(d, 700 + i as u64);
         let s = c.shape;
         let level = simd::active();
         let loss = |x: &[f32], w: &[f32], b: &[f32]| {
@@ -382,17 +293,10 @@ fn results_do_not_depend_on_thread_count() {
         g(2, (23, 25), 24, 36, (3, 3), 8).with_symmetric_padding(),
     ];
     for (i, d) in shapes.iter().enumerate() {
-        let c = case(d, 900 + i as u64);
+        let c = ConvCase::new(d, 900 + i as u64);
         for level in levels() {
-            let run = |threads: usize| {
-                in_pool(threads, || {
-                    with_level(level, || {
-                        let o = run_all(&c);
-                        [o.y, o.dx, o.dw, o.db]
-                            .map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
-                    })
-                })
-            };
+            let run =
+                |threads: usize| in_pool(threads, || with_level(level, || run_all(&c).bits()));
             let one = run(1);
             assert!(run(2) == one, "{level} {d:?}: 2 threads differ from 1");
             assert!(run(8) == one, "{level} {d:?}: 8 threads differ from 1");

@@ -1,16 +1,1088 @@
-//! Depthwise convolution (one input channel per group, as many outputs as inputs), vectorized over channels.
+//! Depthwise convolution (one input channel per group, as many outputs as inputs),
+//! vectorized over channels.
 //!
-//! Layouts are those of [`ConvDesc`](super::ConvDesc).
+//! Layouts are those of [`ConvDesc`](super::ConvDesc): `x` is `[N][H][W][C]`, `y` is
+//! `[N][OH][OW][C]`, the weight is `[kh][kw][C]` and the bias `[C]`.
+//!
+//! # How the kernels work
+//! Channels are contiguous in NHWC, so every kernel works on blocks of 1–4 SIMD
+//! vectors of channels (a channel count that is not a multiple of the lane count ends
+//! with a block of one partial vector: masked loads and stores at the edges, full
+//! vectors with zero lanes inside).
+//!
+//! For one channel block, the source rows a task needs are copied once into a small
+//! ring of *packed rows*: the block's channels only (contiguous pixels), with zero
+//! pixels on both sides wide enough for every tap. Every output pixel of a row then
+//! reads its taps at fixed offsets, with no bounds checks and no border special cases;
+//! kernel rows that fall outside the image are simply left out of the row's tap list.
+//!
+//! - **Forward** (parallel over blocks of output rows): a tile of up to 8 output pixels
+//!   × the channel block is accumulated in registers over the row's taps.
+//! - **Backward-data** is the same gather with the roles swapped (parallel over blocks
+//!   of input rows): for each input row, the kernel rows that reach an output row; for
+//!   each residue class of input columns modulo the stride, the kernel columns that
+//!   reach an output column (one tap set for the whole class). Each `dx` element is
+//!   written once: no scatter, no atomics.
+//! - **Backward-weight** splits the output rows into fixed chunks (independent of the
+//!   thread count). Per chunk and channel block, each (kernel row, group of up to 5
+//!   kernel columns) accumulates in registers along an output row; the per-chunk
+//!   partial gradients are summed in chunk order ([`reduce_chunks`]), so the result is
+//!   bitwise identical for any number of threads. The bias gradient is fused in.
+//!
+//! Forward and backward-data compute every output element in the same order whatever
+//! the split into tasks, so they too are bitwise reproducible across thread counts.
 
 use super::{ConvShape, GradMode};
-use crate::error::{Error, Result};
-use crate::simd::SimdLevel;
+use crate::error::Result;
+use crate::kernels::parallel::{chunk_len, reduce_chunks};
+use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::ops::Range;
 
-fn not_yet() -> Error {
-    Error::Unsupported("the depthwise kernels are not implemented yet".into())
+/// The dimensions of a validated depthwise convolution, as plain numbers.
+#[derive(Copy, Clone, Debug)]
+struct Geo {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    top: usize,
+    left: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geo {
+    fn new(s: &ConvShape) -> Geo {
+        let d = &s.desc;
+        Geo {
+            n: d.batch,
+            h: d.in_h,
+            w: d.in_w,
+            c: d.in_channels,
+            kh: d.kernel_h,
+            kw: d.kernel_w,
+            sh: d.stride_h,
+            sw: d.stride_w,
+            dh: d.dilation_h,
+            dw: d.dilation_w,
+            top: d.padding.top,
+            left: d.padding.left,
+            oh: s.out_h,
+            ow: s.out_w,
+        }
+    }
+
+    /// The input row read by output row `oh` through kernel row `kh`, if inside.
+    fn in_row(&self, oh: usize, kh: usize) -> Option<usize> {
+        (oh * self.sh + kh * self.dh)
+            .checked_sub(self.top)
+            .filter(|&ih| ih < self.h)
+    }
+
+    /// The output row that reads input row `ih` through kernel row `kh`, if any.
+    fn out_row(&self, ih: usize, kh: usize) -> Option<usize> {
+        let num = (ih + self.top).checked_sub(kh * self.dh)?;
+        (num % self.sh == 0 && num / self.sh < self.oh).then_some(num / self.sh)
+    }
+
+    /// Rows of the forward source ring: every row one output row reads.
+    fn span_h(&self) -> usize {
+        (self.kh - 1) * self.dh + 1
+    }
+}
+
+/// A block of channels: `nv` vectors from channel `c0`; `tail > 0` means a single
+/// partial vector of `tail` lanes.
+#[derive(Copy, Clone, Debug)]
+struct Block {
+    c0: usize,
+    nv: usize,
+    tail: usize,
+}
+
+/// Splits `c` channels into blocks of at most `nv_max` full vectors, then one partial
+/// vector if `c` is not a multiple of `lanes`.
+fn channel_blocks(c: usize, lanes: usize, nv_max: usize) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut full = c / lanes;
+    let mut c0 = 0;
+    for nv in [4, 2, 1] {
+        if nv > nv_max {
+            continue;
+        }
+        while full >= nv {
+            out.push(Block { c0, nv, tail: 0 });
+            c0 += nv * lanes;
+            full -= nv;
+        }
+    }
+    if c0 < c {
+        out.push(Block {
+            c0,
+            nv: 1,
+            tail: c - c0,
+        });
+    }
+    out
+}
+
+/// Widest channel block (in vectors) for a level: 4 on AVX-512 (32 registers), 2 on
+/// the 16-register 8-lane levels, 4 for scalar code.
+fn nv_max(lanes: usize) -> usize {
+    if lanes == 8 { 2 } else { 4 }
+}
+
+thread_local! {
+    /// Per-thread scratch memory, reused by every task that runs on the thread.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's scratch memory, borrowed for one task and given back on drop (no
+/// closure around the kernel: closures would not be compiled with the kernel's target
+/// features).
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    fn take() -> Scratch {
+        Scratch(SCRATCH.with(|c| c.take()))
+    }
+
+    /// `len` floats from a 64-byte boundary; the contents are unspecified (every user
+    /// writes before it reads).
+    fn slice(&mut self, len: usize) -> &mut [f32] {
+        if self.0.len() < len + 16 {
+            self.0.resize(len + 16, 0.0);
+        }
+        let off = self.0.as_ptr().align_offset(64).min(16);
+        &mut self.0[off..off + len]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        SCRATCH.with(|c| c.replace(v));
+    }
+}
+
+/// Rows (of `per_row` floats of traffic each) that fit a task's working set in the
+/// core's L2 cache: each channel block passes over the same rows, so the later passes
+/// hit the cache instead of memory.
+fn cache_rows(per_row: usize) -> usize {
+    const BUDGET: usize = 256 * 1024 / std::mem::size_of::<f32>();
+    (BUDGET / per_row.max(1)).max(1)
+}
+
+/// Floats per packed pixel of the widest block of `c` channels.
+fn vb_max(c: usize, lanes: usize) -> usize {
+    (nv_max(lanes) * lanes).min(c.div_ceil(lanes) * lanes)
+}
+
+/// Loads a vector, partially (`n` lanes, the others zero) when `TAIL`.
+///
+/// # Safety
+/// `p..p+LANES` (or `p..p+n` when `TAIL`) must be readable.
+#[inline(always)]
+unsafe fn ld<S: Simd, const TAIL: bool>(s: S, p: *const f32, n: usize) -> S::V {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if TAIL {
+            s.load_partial_ptr(p, n)
+        } else {
+            s.load_ptr(p)
+        }
+    }
+}
+
+/// Stores a vector, partially (`n` lanes) when `TAIL`.
+///
+/// # Safety
+/// `p..p+LANES` (or `p..p+n` when `TAIL`) must be writable.
+#[inline(always)]
+unsafe fn st<S: Simd, const TAIL: bool>(s: S, p: *mut f32, v: S::V, n: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if TAIL {
+            s.store_partial_ptr(p, v, n)
+        } else {
+            s.store_ptr(p, v)
+        }
+    }
+}
+
+/// Copies `px` pixels of `NV` vectors (stride `c` floats in the source) into a packed
+/// row (stride `NV·LANES`); a `TAIL` block's missing lanes become zeros.
+///
+/// # Safety
+/// The source pixels (`tail` lanes when `TAIL`) must be readable, the packed ones
+/// writable.
+#[inline(always)]
+unsafe fn pack_row<S: Simd, const NV: usize, const TAIL: bool>(
+    s: S,
+    src: *const f32,
+    c: usize,
+    px: usize,
+    dst: *mut f32,
+    tail: usize,
+) {
+    let l = S::LANES;
+    let vb = NV * l;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        for i in 0..px {
+            let sp = src.add(i * c);
+            let dp = dst.add(i * vb);
+            for v in 0..NV {
+                s.store_ptr(dp.add(v * l), ld::<S, TAIL>(s, sp.add(v * l), tail));
+            }
+        }
+    }
+}
+
+/// How a source row sits in the ring: `pl` zero pixels, the row's `src_w` pixels, zero
+/// pixels up to `pw`. Only the edge pixels `[0, el)` and `[er, src_w)` are copied (the
+/// border runs read nothing else); the interior runs read the tensor in place.
+#[derive(Copy, Clone, Debug)]
+struct RowPack {
+    pl: usize,
+    src_w: usize,
+    pw: usize,
+    el: usize,
+    er: usize,
+}
+
+/// A ring of packed source rows for one channel block (`vb` floats per pixel).
+struct Ring<'a> {
+    mem: &'a mut [f32],
+    /// Which global source row each slot holds (`usize::MAX`: none).
+    tags: Vec<usize>,
+    /// Floats between slots (sized for the widest block).
+    stride: usize,
+    rp: RowPack,
+}
+
+impl<'a> Ring<'a> {
+    /// Floats a ring of `slots` rows takes.
+    fn len(slots: usize, rp: RowPack, vb_max: usize) -> usize {
+        slots * rp.pw * vb_max
+    }
+
+    /// A ring in `mem` (at least [`Ring::len`] floats; any contents).
+    fn new(mem: &'a mut [f32], slots: usize, rp: RowPack, vb_max: usize) -> Ring<'a> {
+        Ring {
+            mem,
+            tags: vec![usize::MAX; slots],
+            stride: rp.pw * vb_max,
+            rp,
+        }
+    }
+
+    /// Forgets every row and zeroes the padding pixels for blocks of `vb` floats.
+    fn reset(&mut self, vb: usize) {
+        let (stride, rp) = (self.stride, self.rp);
+        for (i, t) in self.tags.iter_mut().enumerate() {
+            *t = usize::MAX;
+            let slot = &mut self.mem[i * stride..(i + 1) * stride];
+            slot[..rp.pl * vb].fill(0.0);
+            slot[(rp.pl + rp.src_w) * vb..rp.pw * vb].fill(0.0);
+        }
+    }
+
+    /// The float offset of the slot holding global source row `row`, packing its edge
+    /// pixels from `src` (channel `c0` of the row's first pixel) first if needed.
+    ///
+    /// # Safety
+    /// As [`pack_row`] for the row's `src_w` pixels from `src`.
+    #[inline(always)]
+    unsafe fn ensure<S: Simd, const NV: usize, const TAIL: bool>(
+        &mut self,
+        s: S,
+        row: usize,
+        src: *const f32,
+        c: usize,
+        tail: usize,
+    ) -> usize {
+        let slot = row % self.tags.len();
+        let base = slot * self.stride;
+        if self.tags[slot] != row {
+            self.tags[slot] = row;
+            let vb = NV * S::LANES;
+            let rp = self.rp;
+            // SAFETY: the slot holds `pw ≥ pl + src_w` pixels of `vb` floats, and the
+            // copied pixels lie inside the source row.
+            unsafe {
+                let dst = self.mem.as_mut_ptr().add(base + rp.pl * vb);
+                if rp.el >= rp.er {
+                    pack_row::<S, NV, TAIL>(s, src, c, rp.src_w, dst, tail);
+                } else {
+                    pack_row::<S, NV, TAIL>(s, src, c, rp.el, dst, tail);
+                    let (sr, dr) = (src.add(rp.er * c), dst.add(rp.er * vb));
+                    pack_row::<S, NV, TAIL>(s, sr, c, rp.src_w - rp.er, dr, tail);
+                }
+            }
+        }
+        base
+    }
+}
+
+/// One tap of a gather: float offsets of the source pixel (at the first pixel of a
+/// run, channel 0) and of the weight vector in the packed weights.
+#[derive(Copy, Clone, Debug)]
+struct Tap {
+    src: usize,
+    w: usize,
+}
+
+/// Destination pixels `dst0 + j·dst_step` (`j < count`) of a row read, through kernel
+/// column `kw`, packed source pixel `off + j·src_step` for each `(kw, off)` in `kws`.
+/// For `j` in `ja..jb` every tap is a real pixel (the *interior*, read in place).
+#[derive(Clone, Debug)]
+struct Class {
+    dst0: usize,
+    count: usize,
+    kws: Vec<(usize, usize)>,
+    ja: usize,
+    jb: usize,
+    /// When the taps sit at consecutive packed pixels (stride 1, dilation 1):
+    /// `(first offset, kernel column of the first offset, +1 or −1 kernel columns per
+    /// pixel)`, for the sliding-window tiles.
+    slide: Option<(usize, usize, isize)>,
+}
+
+/// The column structure of a gather: packed row shape, classes, pixel steps.
+struct Columns {
+    rp: RowPack,
+    /// Whole rows are packed (see [`prefer_packed`]).
+    packed: bool,
+    classes: Vec<Class>,
+    src_step: usize,
+    dst_step: usize,
+}
+
+impl Columns {
+    /// Fills in the interior of every class and the edges the border runs read.
+    fn new(
+        g: &Geo,
+        (pl, src_w, pw): (usize, usize, usize),
+        mut classes: Vec<Class>,
+        src_step: usize,
+        dst_step: usize,
+    ) -> Columns {
+        let packed = prefer_packed(g);
+        let (mut el, mut er) = (0, src_w);
+        for cl in &mut classes {
+            let (mut ja, mut jb) = (0, cl.count);
+            for &(_, off) in &cl.kws {
+                // Real pixel off + j·step − pl in [0, src_w).
+                let lo = pl.saturating_sub(off).div_ceil(src_step);
+                let hi = if pl + src_w > off {
+                    (pl + src_w - 1 - off) / src_step + 1
+                } else {
+                    0
+                };
+                ja = ja.max(lo);
+                jb = jb.min(hi);
+            }
+            if ja >= jb || packed {
+                (ja, jb) = (cl.count, cl.count);
+            }
+            (cl.ja, cl.jb) = (ja, jb);
+            cl.slide = slide_taps(&cl.kws);
+            if let (true, Some(max_off)) = (ja > 0, cl.kws.iter().map(|k| k.1).max()) {
+                el = el.max(
+                    (max_off + (ja - 1) * src_step + 1)
+                        .saturating_sub(pl)
+                        .min(src_w),
+                );
+            }
+            if let (true, Some(min_off)) = (jb < cl.count, cl.kws.iter().map(|k| k.1).min()) {
+                er = er.min((min_off + jb * src_step).saturating_sub(pl).min(src_w));
+            }
+        }
+        Columns {
+            rp: RowPack {
+                pl,
+                src_w,
+                pw,
+                el,
+                er,
+            },
+            packed,
+            classes,
+            src_step,
+            dst_step,
+        }
+    }
+
+    /// Whether any border run reads the ring.
+    fn has_border(&self) -> bool {
+        self.classes.iter().any(|c| c.ja > 0 || c.jb < c.count)
+    }
+}
+
+/// Whether to pack whole source rows (every pixel read from the ring) rather than only
+/// their edges. Packed rows make the tiles' loads contiguous, which pays on small
+/// images (cache-resident, compute-bound, many border pixels) and wide kernels; on
+/// large images, which stream from memory, the copy costs more than it saves.
+fn prefer_packed(g: &Geo) -> bool {
+    g.w <= 32 || (g.kh * g.kw >= 25 && g.sw == 1)
+}
+
+/// `(first offset, its kernel column, kernel columns per pixel)` when the taps' packed
+/// offsets are consecutive pixels and their kernel columns an arithmetic sequence
+/// along them (stride-1 forward, any backward-data residue class, dilation 1).
+fn slide_taps(kws: &[(usize, usize)]) -> Option<(usize, usize, isize)> {
+    let &(kw0, off0) = kws.iter().min_by_key(|k| k.1)?;
+    let step = match kws.iter().find(|k| k.1 == off0 + 1) {
+        Some(&(kw1, _)) => kw1 as isize - kw0 as isize,
+        None => 0,
+    };
+    let mut seen = vec![false; kws.len()];
+    for &(kw, off) in kws {
+        let k = off - off0;
+        if k >= kws.len() || seen[k] || kw as isize != kw0 as isize + k as isize * step {
+            return None;
+        }
+        seen[k] = true;
+    }
+    Some((off0, kw0, step))
+}
+
+/// Forward: output column `ow` reads packed pixel `ow·sw + kw·dw` (the row starts
+/// after `left` zero pixels).
+fn forward_columns(g: &Geo) -> Columns {
+    let pw = (g.left + g.w).max((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1);
+    let class = Class {
+        dst0: 0,
+        count: g.ow,
+        kws: (0..g.kw).map(|kw| (kw, kw * g.dw)).collect(),
+        ja: 0,
+        jb: 0,
+        slide: None,
+    };
+    Columns::new(g, (g.left, g.w, pw), vec![class], g.sw, 1)
+}
+
+/// Backward-data: input column `iw = r + j·sw` (residue class `r`) receives, through
+/// kernel column `kw`, output column `o0 + j` where `r + left − kw·dw = o0·sw`.
+fn backward_data_columns(g: &Geo) -> Columns {
+    let mut raw = Vec::new();
+    let mut pl = 0isize;
+    let mut end = g.ow as isize;
+    for r in 0..g.sw.min(g.w) {
+        let count = (g.w - r).div_ceil(g.sw);
+        let mut kws = Vec::new();
+        for kw in 0..g.kw {
+            let num = (r + g.left) as isize - (kw * g.dw) as isize;
+            if num.rem_euclid(g.sw as isize) == 0 {
+                let o0 = num.div_euclid(g.sw as isize);
+                pl = pl.max(-o0);
+                end = end.max(o0 + count as isize);
+                kws.push((kw, o0));
+            }
+        }
+        raw.push((r, count, kws));
+    }
+    let classes = raw
+        .into_iter()
+        .map(|(r, count, kws)| Class {
+            dst0: r,
+            count,
+            kws: kws
+                .into_iter()
+                .map(|(kw, o0)| (kw, (o0 + pl) as usize))
+                .collect(),
+            ja: 0,
+            jb: 0,
+            slide: None,
+        })
+        .collect();
+    Columns::new(
+        g,
+        (pl as usize, g.ow, (pl + end) as usize),
+        classes,
+        1,
+        g.sw,
+    )
+}
+
+/// Raw pointers and strides of one gather run for one channel block.
+#[derive(Copy, Clone)]
+struct Gather {
+    /// The source: the ring, or the tensor itself at channel `c0`.
+    src: *const f32,
+    /// Channel `c0` of the first destination row of the task.
+    dst: *mut f32,
+    /// Packed weights `[kh·kw][vb]`.
+    w: *const f32,
+    /// Packed bias `[vb]` (forward only) or null.
+    bias: *const f32,
+    /// Floats between consecutive pixels of a run, in the source and destination.
+    src_step: usize,
+    dst_step: usize,
+    /// Lanes of the partial vector (TAIL blocks only).
+    tail: usize,
+}
+
+/// `P` destination pixels × `NV` vectors: `dst[p] = bias + Σ_taps src[tap + p·step] ·
+/// w[tap]`.
+///
+/// # Safety
+/// Every tap offset plus `src_off + (P−1)·src_step` and `NV` vectors (`tail` lanes when
+/// `TAIL`) must be readable, `dst_off + (P−1)·dst_step` plus `NV` vectors (`tail` lanes
+/// when `TAIL`) writable.
+#[inline(always)]
+unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+    s: S,
+    g: &Gather,
+    src_off: usize,
+    dst_off: usize,
+    taps: &[Tap],
+) {
+    let l = S::LANES;
+    let mut acc = [[s.zero(); NV]; P];
+    // SAFETY (whole body): the caller guarantees every offset below is in bounds.
+    unsafe {
+        if !g.bias.is_null() {
+            for v in 0..NV {
+                let b = s.load_ptr(g.bias.add(v * l));
+                for a in acc.iter_mut() {
+                    a[v] = b;
+                }
+            }
+        }
+        let src = g.src.add(src_off);
+        for t in taps {
+            let sp = src.add(t.src);
+            let wp = g.w.add(t.w);
+            let mut wv = [s.zero(); NV];
+            for (v, wv) in wv.iter_mut().enumerate() {
+                *wv = s.load_ptr(wp.add(v * l));
+            }
+            for (p, a) in acc.iter_mut().enumerate() {
+                let xp = sp.add(p * g.src_step);
+                for v in 0..NV {
+                    let xv = ld::<S, TAIL>(s, xp.add(v * l), g.tail);
+                    a[v] = s.mul_add(xv, wv[v], a[v]);
+                }
+            }
+        }
+        let dst = g.dst.add(dst_off);
+        for (p, a) in acc.iter().enumerate() {
+            let dp = dst.add(p * g.dst_step);
+            for (v, a) in a.iter().enumerate() {
+                st::<S, TAIL>(s, dp.add(v * l), *a, g.tail);
+            }
+        }
+    }
+}
+
+/// `count` destination pixels from `dst_off` (source from `src_off`), `P` at a time,
+/// then 4, 2, 1.
+///
+/// # Safety
+/// As [`gather_tile`] for pixels `0..count`.
+#[inline(always)]
+unsafe fn gather_run<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+    s: S,
+    g: &Gather,
+    taps: &[Tap],
+    count: usize,
+    src_off: usize,
+    dst_off: usize,
+) {
+    let mut j = 0;
+    let (ss, ds) = (g.src_step, g.dst_step);
+    // SAFETY: every tile covers pixels inside `0..count`.
+    unsafe {
+        while j + P <= count {
+            gather_tile::<S, NV, P, TAIL>(s, g, src_off + j * ss, dst_off + j * ds, taps);
+            j += P;
+        }
+        if P > 4 && j + 4 <= count {
+            gather_tile::<S, NV, 4, TAIL>(s, g, src_off + j * ss, dst_off + j * ds, taps);
+            j += 4;
+        }
+        if P > 2 && j + 2 <= count {
+            gather_tile::<S, NV, 2, TAIL>(s, g, src_off + j * ss, dst_off + j * ds, taps);
+            j += 2;
+        }
+        if j < count {
+            gather_tile::<S, NV, 1, TAIL>(s, g, src_off + j * ss, dst_off + j * ds, taps);
+        }
+    }
+}
+
+/// One kernel row of a sliding-window tile: ring offset of the first tap's pixel (at
+/// pixel 0 of the run), packed-weight offset of that tap, and the weight step (in
+/// floats, ±vb) to the tap one pixel to the right.
+#[derive(Copy, Clone, Debug)]
+struct SlideRow {
+    src: usize,
+    w: usize,
+    w_step: isize,
+}
+
+/// `P` destination pixels × `NVT` vectors (from vector `v0` of the block) for `K` taps
+/// per kernel row at consecutive packed pixels, destination pixels `SS` packed pixels
+/// apart: each source vector is loaded once and used by every tap that reads it, with
+/// the row's `K` weights in registers.
+///
+/// # Safety
+/// As [`gather_tile`]; the source run must be packed (`src_step` = `SS` packed pixels
+/// of `vb` floats) and hold `SS·(P − 1) + K` pixels from every row's `src`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn slide_tile<
+    S: Simd,
+    const NVT: usize,
+    const P: usize,
+    const K: usize,
+    const SS: usize,
+    const TAIL: bool,
+>(
+    s: S,
+    g: &Gather,
+    vb: usize,
+    v0: usize,
+    src_off: usize,
+    dst_off: usize,
+    rows: &[SlideRow],
+) {
+    let l = S::LANES;
+    let mut acc = [[s.zero(); NVT]; P];
+    // SAFETY (whole body): the caller guarantees every offset below is in bounds.
+    unsafe {
+        if !g.bias.is_null() {
+            for v in 0..NVT {
+                let b = s.load_ptr(g.bias.add((v0 + v) * l));
+                for a in acc.iter_mut() {
+                    a[v] = b;
+                }
+            }
+        }
+        for r in rows {
+            let sp = g.src.add(src_off + r.src + v0 * l);
+            let mut wv = [[s.zero(); NVT]; K];
+            for (k, wv) in wv.iter_mut().enumerate() {
+                let wp = g.w.offset(r.w as isize + k as isize * r.w_step).add(v0 * l);
+                for (v, wv) in wv.iter_mut().enumerate() {
+                    *wv = s.load_ptr(wp.add(v * l));
+                }
+            }
+            // Destination pixel p reads packed pixels SS·p + k.
+            for q in 0..SS * (P - 1) + K {
+                let xp = sp.add(q * vb);
+                let mut xv = [s.zero(); NVT];
+                for (v, xv) in xv.iter_mut().enumerate() {
+                    *xv = s.load_ptr(xp.add(v * l));
+                }
+                for (k, wv) in wv.iter().enumerate() {
+                    if q >= k && (q - k) % SS == 0 && (q - k) / SS < P {
+                        let a = &mut acc[(q - k) / SS];
+                        for v in 0..NVT {
+                            a[v] = s.mul_add(xv[v], wv[v], a[v]);
+                        }
+                    }
+                }
+            }
+        }
+        let dst = g.dst.add(dst_off + v0 * l);
+        for (p, a) in acc.iter().enumerate() {
+            let dp = dst.add(p * g.dst_step);
+            for (v, a) in a.iter().enumerate() {
+                st::<S, TAIL>(s, dp.add(v * l), *a, g.tail);
+            }
+        }
+    }
+}
+
+/// `count` destination pixels of a packed run with sliding-window tiles of 7 pixels
+/// when that divides `count` (EfficientNet's 7·2ⁿ sizes), 8 otherwise, the rest with
+/// [`gather_run`] (`taps`: the same taps as `rows`, one by one).
+///
+/// # Safety
+/// As [`gather_run`] and [`slide_tile`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn slide_run<
+    S: Simd,
+    const NV: usize,
+    const P: usize,
+    const K: usize,
+    const SS: usize,
+    const TAIL: bool,
+>(
+    s: S,
+    g: &Gather,
+    rows: &[SlideRow],
+    taps: &[Tap],
+    count: usize,
+    src_off: usize,
+    dst_off: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        if !count.is_multiple_of(8) && count.is_multiple_of(7) {
+            slide_run_p::<S, NV, P, 7, K, SS, TAIL>(s, g, rows, taps, count, src_off, dst_off)
+        } else {
+            slide_run_p::<S, NV, P, 8, K, SS, TAIL>(s, g, rows, taps, count, src_off, dst_off)
+        }
+    }
+}
+
+/// [`slide_run`] with tiles of `PS` pixels.
+///
+/// # Safety
+/// As [`slide_run`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn slide_run_p<
+    S: Simd,
+    const NV: usize,
+    const P: usize,
+    const PS: usize,
+    const K: usize,
+    const SS: usize,
+    const TAIL: bool,
+>(
+    s: S,
+    g: &Gather,
+    rows: &[SlideRow],
+    taps: &[Tap],
+    count: usize,
+    src_off: usize,
+    dst_off: usize,
+) {
+    let vb = NV * S::LANES;
+    let (ss, ds) = (g.src_step, g.dst_step);
+    let full = count / PS * PS;
+    // SAFETY: every tile covers pixels inside `0..count`.
+    unsafe {
+        for j in (0..full).step_by(PS) {
+            let (so, d) = (src_off + j * ss, dst_off + j * ds);
+            if S::LANES >= 16 && NV >= 2 {
+                for v0 in (0..NV).step_by(2) {
+                    slide_tile::<S, 2, PS, K, SS, TAIL>(s, g, vb, v0, so, d, rows);
+                }
+            } else {
+                for v0 in 0..NV {
+                    slide_tile::<S, 1, PS, K, SS, TAIL>(s, g, vb, v0, so, d, rows);
+                }
+            }
+        }
+        let (so, d) = (src_off + full * ss, dst_off + full * ds);
+        gather_run::<S, NV, P, TAIL>(s, g, taps, count - full, so, d);
+    }
+}
+
+/// Which gather a [`GatherRows`] task runs.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    BackwardData,
+}
+
+/// Destination rows `row0..` (global `n·rows_per_image + r` indices, as many as `dst`
+/// holds) of a forward or backward-data gather.
+struct GatherRows<'a> {
+    g: &'a Geo,
+    pass: Pass,
+    cols: &'a Columns,
+    src: &'a [f32],
+    w: &'a [f32],
+    bias: Option<&'a [f32]>,
+    dst: &'a mut [f32],
+    row0: usize,
+}
+
+/// Per-task scratch of a gather.
+struct GatherScratch<'a> {
+    ring: Ring<'a>,
+    /// Packed weights `[kh·kw][vb]`.
+    w: &'a mut [f32],
+    /// Packed bias `[vb]`.
+    bias: &'a mut [f32],
+    taps: Vec<Tap>,
+    slide: Vec<SlideRow>,
+    /// `(kh, global source row, ring offset)` of the current destination row.
+    rows: Vec<(usize, usize, usize)>,
+}
+
+impl GatherRows<'_> {
+    /// Geometry: (source rows per image, source row length, destination rows per
+    /// image, destination row length), lengths in floats.
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        let g = self.g;
+        match self.pass {
+            Pass::Forward => (g.h, g.w * g.c, g.oh, g.ow * g.c),
+            Pass::BackwardData => (g.oh, g.ow * g.c, g.h, g.w * g.c),
+        }
+    }
+
+    /// Destination rows `rows` of the task (indices into `dst`) for one channel block.
+    ///
+    /// # Safety
+    /// `b` must be a block of `channel_blocks(C, LANES, …)` with `b.nv == NV` and
+    /// `TAIL == (b.tail > 0)`; the scratch must be sized for the task.
+    #[inline(always)]
+    unsafe fn block<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+        &mut self,
+        s: S,
+        b: Block,
+        sc: &mut GatherScratch<'_>,
+        rows: Range<usize>,
+    ) {
+        let g = self.g;
+        let cols = self.cols;
+        let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
+        let vb = NV * l;
+        let (src_rows, src_len, dst_rows, dst_len) = self.dims();
+        let nrows = self.dst.len() / dst_len;
+        assert!(rows.end <= nrows);
+        let taps_n = g.kh * g.kw;
+        let border = cols.has_border();
+        assert!(self.w.len() == taps_n * c && c0 + if TAIL { tail } else { vb } <= c);
+        assert!(self.src.len() == g.n * src_rows * src_len);
+        assert!(self.row0 + nrows <= g.n * dst_rows);
+        // SAFETY (whole body): the asserts above and the shapes of `Columns` (every
+        // packed offset of every class is inside a ring row, every interior tap a real
+        // source pixel, every destination pixel inside its row) keep all accesses in
+        // bounds.
+        unsafe {
+            assert!(sc.w.len() >= taps_n * vb && sc.bias.len() >= vb);
+            let wp = sc.w.as_mut_ptr();
+            for t in 0..taps_n {
+                let src = self.w.as_ptr().add(t * c + c0);
+                for v in 0..NV {
+                    s.store_ptr(
+                        wp.add(t * vb + v * l),
+                        ld::<S, TAIL>(s, src.add(v * l), tail),
+                    );
+                }
+            }
+            let bp = match self.bias {
+                Some(bias) => {
+                    let bp = sc.bias.as_mut_ptr();
+                    for v in 0..NV {
+                        let src = bias.as_ptr().add(c0 + v * l);
+                        s.store_ptr(bp.add(v * l), ld::<S, TAIL>(s, src, tail));
+                    }
+                    bp as *const f32
+                }
+                None => std::ptr::null(),
+            };
+            sc.ring.reset(vb);
+            let dst = self.dst.as_mut_ptr().add(c0);
+            let src = self.src.as_ptr().add(c0);
+            let pl = cols.rp.pl;
+            for r in rows {
+                let global = self.row0 + r;
+                let (n, row) = (global / dst_rows, global % dst_rows);
+                sc.rows.clear();
+                for kh in 0..g.kh {
+                    let srow = match self.pass {
+                        Pass::Forward => g.in_row(row, kh),
+                        Pass::BackwardData => g.out_row(row, kh),
+                    };
+                    if let Some(sr) = srow {
+                        let gr = n * src_rows + sr;
+                        let base = if border {
+                            let sp = src.add(gr * src_len);
+                            sc.ring.ensure::<S, NV, TAIL>(s, gr, sp, c, tail)
+                        } else {
+                            0
+                        };
+                        sc.rows.push((kh, gr, base));
+                    }
+                }
+                let dst_row = dst.add(r * dst_len);
+                let direct = Gather {
+                    src,
+                    dst: dst_row,
+                    w: wp,
+                    bias: bp,
+                    src_step: cols.src_step * c,
+                    dst_step: cols.dst_step * c,
+                    tail,
+                };
+                let ring = Gather {
+                    src: sc.ring.mem.as_ptr(),
+                    src_step: cols.src_step * vb,
+                    ..direct
+                };
+                for cl in &cols.classes {
+                    if cl.ja < cl.jb {
+                        sc.taps.clear();
+                        for &(kh, gr, _) in &sc.rows {
+                            for &(kw, off) in &cl.kws {
+                                let px = off + cl.ja * cols.src_step - pl;
+                                sc.taps.push(Tap {
+                                    src: gr * src_len + px * c,
+                                    w: (kh * g.kw + kw) * vb,
+                                });
+                            }
+                        }
+                        let d0 = (cl.dst0 + cl.ja * cols.dst_step) * c;
+                        gather_run::<S, NV, P, TAIL>(s, &direct, &sc.taps, cl.jb - cl.ja, 0, d0);
+                    }
+                    if cl.ja > 0 || cl.jb < cl.count {
+                        sc.taps.clear();
+                        for &(kh, _, base) in &sc.rows {
+                            for &(kw, off) in &cl.kws {
+                                sc.taps.push(Tap {
+                                    src: base + off * vb,
+                                    w: (kh * g.kw + kw) * vb,
+                                });
+                            }
+                        }
+                        let d0 = cl.dst0 * c;
+                        let slide = match cl.slide {
+                            Some(sl) if cols.packed && cols.src_step == 1 => Some(sl),
+                            _ => None,
+                        };
+                        if let Some((off0, kw0, step)) = slide {
+                            // Packed whole rows: one run, sliding-window tiles.
+                            sc.slide.clear();
+                            for &(kh, _, base) in &sc.rows {
+                                sc.slide.push(SlideRow {
+                                    src: base + off0 * vb,
+                                    w: (kh * g.kw + kw0) * vb,
+                                    w_step: step * vb as isize,
+                                });
+                            }
+                            let (rw, t, n) = (&sc.slide[..], &sc.taps[..], cl.count);
+                            let r = &ring;
+                            // (Stride 2 and shorter rows measured no faster than the
+                            // tap-list tiles.)
+                            match (cl.kws.len(), cols.src_step) {
+                                (3, 1) => slide_run::<S, NV, P, 3, 1, TAIL>(s, r, rw, t, n, 0, d0),
+                                (5, 1) => slide_run::<S, NV, P, 5, 1, TAIL>(s, r, rw, t, n, 0, d0),
+                                _ => gather_run::<S, NV, P, TAIL>(s, r, t, n, 0, d0),
+                            }
+                            continue;
+                        }
+                        gather_run::<S, NV, P, TAIL>(s, &ring, &sc.taps, cl.ja, 0, d0);
+                        let (s0, d1) = (cl.jb * ring.src_step, d0 + cl.jb * ring.dst_step);
+                        let n_right = cl.count - cl.jb;
+                        gather_run::<S, NV, P, TAIL>(s, &ring, &sc.taps, n_right, s0, d1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SimdKernel for GatherRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(mut self, s: S) {
+        let g = self.g;
+        let nvm = nv_max(S::LANES);
+        let vbm = vb_max(g.c, S::LANES);
+        let slots = if self.cols.has_border() {
+            g.span_h()
+        } else {
+            0
+        };
+        let ring_len = Ring::len(slots, self.cols.rp, vbm);
+        let w_len = g.kh * g.kw * vbm;
+        let mut scratch = Scratch::take();
+        {
+            let mem = scratch.slice(ring_len + w_len + vbm);
+            let (ring, rest) = mem.split_at_mut(ring_len);
+            let (w, bias) = rest.split_at_mut(w_len);
+            let mut sc = GatherScratch {
+                ring: Ring::new(ring, slots, self.cols.rp, vbm),
+                w,
+                bias,
+                taps: Vec::with_capacity(g.kh * g.kw),
+                slide: Vec::with_capacity(g.kh),
+                rows: Vec::with_capacity(g.kh),
+            };
+            let wide = S::LANES >= 16;
+            let blocks = channel_blocks(g.c, S::LANES, nvm);
+            let (_, src_len, _, dst_len) = self.dims();
+            let nrows = self.dst.len() / dst_len;
+            let per_row = match self.pass {
+                Pass::Forward => g.sh * src_len + dst_len,
+                Pass::BackwardData => src_len.div_ceil(g.sh) + dst_len,
+            };
+            let sub = cache_rows(per_row);
+            for r0 in (0..nrows).step_by(sub) {
+                let rr = r0..(r0 + sub).min(nrows);
+                for &b in &blocks {
+                    let rr = rr.clone();
+                    // SAFETY: the block comes from `channel_blocks` and matches the
+                    // variant.
+                    unsafe {
+                        match (b.nv, b.tail > 0, wide) {
+                            (_, true, _) => self.block::<S, 1, 8, true>(s, b, &mut sc, rr),
+                            (4, false, true) => self.block::<S, 4, 4, false>(s, b, &mut sc, rr),
+                            (4, false, false) => self.block::<S, 4, 2, false>(s, b, &mut sc, rr),
+                            (2, false, true) => self.block::<S, 2, 8, false>(s, b, &mut sc, rr),
+                            (2, false, false) => self.block::<S, 2, 4, false>(s, b, &mut sc, rr),
+                            _ => self.block::<S, 1, 8, false>(s, b, &mut sc, rr),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn run_gather(
+    level: SimdLevel,
+    g: &Geo,
+    pass: Pass,
+    src: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+) {
+    let (cols, rows, row_len) = match pass {
+        Pass::Forward => (forward_columns(g), g.n * g.oh, g.ow * g.c),
+        Pass::BackwardData => (backward_data_columns(g), g.n * g.h, g.w * g.c),
+    };
+    // Every output element is computed the same way whatever the split, so the split
+    // may follow the pool size: about 4 tasks per thread (load balance), as long as
+    // possible otherwise, since a task packs the source rows around its block again.
+    let per_task = chunk_len(
+        rows,
+        16384usize.div_ceil(row_len),
+        4 * rayon::current_num_threads(),
+    );
+    dst.par_chunks_mut(per_task * row_len)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            dispatch(
+                level,
+                GatherRows {
+                    g,
+                    pass,
+                    cols: &cols,
+                    src,
+                    w,
+                    bias,
+                    dst,
+                    row0: i * per_task,
+                },
+            )
+        });
 }
 
 /// `y = conv(x, w) (+ bias)`; `y` is overwritten.
+///
+/// `x`: `[N][H][W][C]`, `w`: `[kh][kw][C]`, `bias`: `[C]`, `y`: `[N][OH][OW][C]`.
+/// Errors: buffers whose lengths do not match `shape`.
 pub fn forward(
     level: SimdLevel,
     shape: &ConvShape,
@@ -20,11 +1092,15 @@ pub fn forward(
     y: &mut [f32],
 ) -> Result<()> {
     shape.check_forward(x, w, bias, y)?;
-    let _ = level;
-    Err(not_yet())
+    let g = Geo::new(shape);
+    run_gather(level, &g, Pass::Forward, x, w, bias, y);
+    Ok(())
 }
 
 /// `dx = convᵀ(dy, w)`; `dx` is overwritten.
+///
+/// `dy`: `[N][OH][OW][C]`, `w`: `[kh][kw][C]`, `dx`: `[N][H][W][C]`.
+/// Errors: buffers whose lengths do not match `shape`.
 pub fn backward_data(
     level: SimdLevel,
     shape: &ConvShape,
@@ -33,11 +1109,465 @@ pub fn backward_data(
     dx: &mut [f32],
 ) -> Result<()> {
     shape.check_backward_data(dy, w, dx)?;
-    let _ = level;
-    Err(not_yet())
+    let g = Geo::new(shape);
+    run_gather(level, &g, Pass::BackwardData, dy, w, None, dx);
+    Ok(())
+}
+
+/// Output pixels per slice of a weight-gradient row (see [`WgradRows::wgrad_rows`]).
+const WGRAD_SLICE: usize = 32;
+
+/// Kernel rows handled together by [`WgradRows::wgrad_rows`].
+const MAX_KH: usize = 16;
+
+/// Strides of one weight-gradient run, in floats.
+#[derive(Copy, Clone)]
+struct WSteps {
+    /// Between consecutive output pixels in `dy`.
+    dy: usize,
+    /// Between the source pixels of consecutive output pixels.
+    x: usize,
+    /// Between the source pixels of consecutive kernel columns.
+    tap: usize,
+    /// Between the gradients of consecutive kernel columns.
+    out: usize,
+    /// Lanes of the partial vector (TAIL blocks only).
+    tail: usize,
+}
+
+/// `out[k] += Σ_{i < count} dy[i] · x[i·x_step + k·tap_step]` for `G` consecutive
+/// kernel columns (`x` already at the group's first column), `NV` vectors each, with
+/// `U` independent accumulator sets (pixels `i ≡ u mod U`) to hide the FMA latency.
+///
+/// # Safety
+/// Every named offset plus `NV` vectors (`tail` lanes when `TAIL`) must be readable;
+/// `out` plus `G` columns of `NV` full vectors writable.
+#[inline(always)]
+unsafe fn wgrad_run<S: Simd, const NV: usize, const G: usize, const U: usize, const TAIL: bool>(
+    s: S,
+    dy: *const f32,
+    x: *const f32,
+    out: *mut f32,
+    count: usize,
+    st: WSteps,
+) {
+    let l = S::LANES;
+    let mut acc = [[[s.zero(); NV]; G]; U];
+    // SAFETY (whole body): the caller guarantees the offsets are in bounds.
+    unsafe {
+        let mut i = 0;
+        while i + U <= count {
+            for (u, acc) in acc.iter_mut().enumerate() {
+                wgrad_px::<S, NV, G, TAIL>(s, acc, dy, x, i + u, st);
+            }
+            i += U;
+        }
+        for (u, i) in (i..count).enumerate() {
+            wgrad_px::<S, NV, G, TAIL>(s, &mut acc[u], dy, x, i, st);
+        }
+        for k in 0..G {
+            let op = out.add(k * st.out);
+            for v in 0..NV {
+                let mut a = acc[0][k][v];
+                for acc in &acc[1..] {
+                    a = s.add(a, acc[k][v]);
+                }
+                let p = op.add(v * l);
+                s.store_ptr(p, s.add(s.load_ptr(p), a));
+            }
+        }
+    }
+}
+
+/// One output pixel `i` of [`wgrad_run`] into one accumulator set.
+///
+/// # Safety
+/// As [`wgrad_run`].
+#[inline(always)]
+unsafe fn wgrad_px<S: Simd, const NV: usize, const G: usize, const TAIL: bool>(
+    s: S,
+    acc: &mut [[S::V; NV]; G],
+    dy: *const f32,
+    x: *const f32,
+    i: usize,
+    st: WSteps,
+) {
+    let l = S::LANES;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let dp = dy.add(i * st.dy);
+        let mut dv = [s.zero(); NV];
+        for (v, d) in dv.iter_mut().enumerate() {
+            *d = ld::<S, TAIL>(s, dp.add(v * l), st.tail);
+        }
+        let xp = x.add(i * st.x);
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let xk = xp.add(k * st.tap);
+            for v in 0..NV {
+                let xv = ld::<S, TAIL>(s, xk.add(v * l), st.tail);
+                acc[v] = s.mul_add(dv[v], xv, acc[v]);
+            }
+        }
+    }
+}
+
+/// [`wgrad_run`] for a group of `gn <= 5` kernel columns, two accumulator sets when
+/// one would leave fewer than ~10 independent FMA chains.
+///
+/// # Safety
+/// As [`wgrad_run`].
+#[inline(always)]
+unsafe fn wgrad_group<S: Simd, const NV: usize, const TAIL: bool>(
+    s: S,
+    gn: usize,
+    dy: *const f32,
+    x: *const f32,
+    out: *mut f32,
+    count: usize,
+    st: WSteps,
+) {
+    if count == 0 {
+        return;
+    }
+    // SAFETY: forwarded.
+    unsafe {
+        match (gn, gn * NV < 10) {
+            (5, false) => wgrad_run::<S, NV, 5, 1, TAIL>(s, dy, x, out, count, st),
+            (4, false) => wgrad_run::<S, NV, 4, 1, TAIL>(s, dy, x, out, count, st),
+            (3, false) => wgrad_run::<S, NV, 3, 1, TAIL>(s, dy, x, out, count, st),
+            (5, true) => wgrad_run::<S, NV, 5, 2, TAIL>(s, dy, x, out, count, st),
+            (4, true) => wgrad_run::<S, NV, 4, 2, TAIL>(s, dy, x, out, count, st),
+            (3, true) => wgrad_run::<S, NV, 3, 2, TAIL>(s, dy, x, out, count, st),
+            (2, _) => wgrad_run::<S, NV, 2, 2, TAIL>(s, dy, x, out, count, st),
+            _ => wgrad_run::<S, NV, 1, 2, TAIL>(s, dy, x, out, count, st),
+        }
+    }
+}
+
+/// The backward-weight partial of the output rows `rows` (global `n·OH + oh`).
+struct WgradRows<'a> {
+    g: &'a Geo,
+    cols: &'a Columns,
+    x: &'a [f32],
+    dy: &'a [f32],
+    /// `[kh][kw][C]`, followed by `[C]` when `with_bias`.
+    part: &'a mut [f32],
+    with_bias: bool,
+    rows: Range<usize>,
+}
+
+/// Per-task scratch of the weight gradient.
+struct WgradScratch<'a> {
+    ring: Ring<'a>,
+    /// Per channel block, `[kh·kw + 2][vb]` from `(kh·kw + 2)·c0`: the task's weight
+    /// gradient, bias gradient and the bias sum's compensation term.
+    acc: &'a mut [f32],
+    /// `[OW][vb]`: the packed output-gradient row (packed mode).
+    dy: &'a mut [f32],
+}
+
+impl WgradRows<'_> {
+    /// Adds output rows `rows` (global `n·OH + oh`) of one channel block to the block's
+    /// gradient accumulators (`sc.acc` from `(kh·kw + 2)·c0`).
+    ///
+    /// # Safety
+    /// As [`GatherRows::block`].
+    #[inline(always)]
+    unsafe fn block<S: Simd, const NV: usize, const TAIL: bool>(
+        &mut self,
+        s: S,
+        b: Block,
+        sc: &mut WgradScratch<'_>,
+        rows: Range<usize>,
+    ) {
+        let g = self.g;
+        let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
+        let vb = NV * l;
+        let taps_n = g.kh * g.kw;
+        let border = self.cols.has_border();
+        let packed = self.cols.packed;
+        assert!(c0 + if TAIL { tail } else { vb } <= c);
+        assert!(self.part.len() >= taps_n * c + if self.with_bias { c } else { 0 });
+        assert!(self.x.len() == g.n * g.h * g.w * c && self.dy.len() == g.n * g.oh * g.ow * c);
+        assert!(rows.end <= g.n * g.oh);
+        // Interior output columns of each group of up to 5 kernel columns.
+        let groups: Vec<(usize, usize, usize, usize)> = (0..g.kw)
+            .step_by(5)
+            .map(|kw0| {
+                let gn = (g.kw - kw0).min(5);
+                let (a, _) = ow_range(g, kw0);
+                let (_, b) = ow_range(g, kw0 + gn - 1);
+                let (a, b) = if a < b && !packed {
+                    (a, b)
+                } else {
+                    (g.ow, g.ow)
+                };
+                (kw0, gn, a, b)
+            })
+            .collect();
+        // SAFETY (whole body): the asserts above, `ow_range` (interior taps are real
+        // pixels), the ring layout (every border tap is inside a ring row) and the
+        // scratch sizes keep all accesses in bounds.
+        unsafe {
+            assert!(sc.acc.len() >= (taps_n + 2) * (c0 + vb));
+            let acc = sc.acc.as_mut_ptr().add((taps_n + 2) * c0);
+            sc.ring.reset(vb);
+            let x = self.x.as_ptr().add(c0);
+            let ring = sc.ring.mem.as_ptr();
+            assert!(sc.dy.len() >= g.ow * vb);
+            let dyp = sc.dy.as_mut_ptr();
+            let row_len = g.w * c;
+            for row in rows {
+                let (n, oh) = (row / g.oh, row % g.oh);
+                let mut dy_row = self.dy.as_ptr().add(row * g.ow * c + c0);
+                let mut dy_step = c;
+                if packed {
+                    // Contiguous copy of the row: it is read once per kernel row.
+                    pack_row::<S, NV, TAIL>(s, dy_row, c, g.ow, dyp, tail);
+                    dy_row = dyp;
+                    dy_step = vb;
+                }
+                // The kernel rows inside the image, their input rows and ring slots.
+                let mut khs = [(0usize, std::ptr::null::<f32>(), 0usize); MAX_KH];
+                let mut nkh = 0;
+                for kh in 0..g.kh {
+                    let Some(ih) = g.in_row(oh, kh) else { continue };
+                    let gr = n * g.h + ih;
+                    let x_row = x.add(gr * row_len);
+                    let base = if border {
+                        sc.ring.ensure::<S, NV, TAIL>(s, gr, x_row, c, tail)
+                    } else {
+                        0
+                    };
+                    if nkh == MAX_KH {
+                        // Very tall kernels: flush what we have one row at a time.
+                        self.wgrad_rows::<S, NV, TAIL>(
+                            s,
+                            &groups,
+                            &khs[..nkh],
+                            dy_row,
+                            dy_step,
+                            acc,
+                            ring,
+                            tail,
+                        );
+                        nkh = 0;
+                    }
+                    khs[nkh] = (kh, x_row, base);
+                    nkh += 1;
+                }
+                self.wgrad_rows::<S, NV, TAIL>(
+                    s,
+                    &groups,
+                    &khs[..nkh],
+                    dy_row,
+                    dy_step,
+                    acc,
+                    ring,
+                    tail,
+                );
+                if self.with_bias {
+                    // The row's sum (two partial sums), then a compensated (Kahan) add
+                    // into the running total: bias gradients are sums of many terms that
+                    // often nearly cancel.
+                    let mut bsum = [[s.zero(); NV]; 2];
+                    for ow in 0..g.ow {
+                        let a = &mut bsum[ow & 1];
+                        for (v, a) in a.iter_mut().enumerate() {
+                            let d = ld::<S, TAIL>(s, dy_row.add(ow * dy_step + v * l), tail);
+                            *a = s.add(*a, d);
+                        }
+                    }
+                    let (sp, cp) = (acc.add(taps_n * vb), acc.add((taps_n + 1) * vb));
+                    let [even, odd] = bsum;
+                    for (v, (e, o)) in even.into_iter().zip(odd).enumerate() {
+                        let (sp, cp) = (sp.add(v * l), cp.add(v * l));
+                        let (sum, comp) = (s.load_ptr(sp), s.load_ptr(cp));
+                        let y = s.sub(s.add(e, o), comp);
+                        let t = s.add(sum, y);
+                        s.store_ptr(cp, s.sub(s.sub(t, sum), y));
+                        s.store_ptr(sp, t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One output row of one channel block: every kernel row in `khs` (kernel row,
+    /// input row, ring slot), kernel columns in `groups`. The interior runs go in
+    /// slices of [`WGRAD_SLICE`] pixels, all kernel rows per slice, so that the input
+    /// rows stream side by side (memory-level parallelism) rather than one after the
+    /// other.
+    ///
+    /// # Safety
+    /// As [`WgradRows::block`], whose pointers these are.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn wgrad_rows<S: Simd, const NV: usize, const TAIL: bool>(
+        &self,
+        s: S,
+        groups: &[(usize, usize, usize, usize)],
+        khs: &[(usize, *const f32, usize)],
+        dy_row: *const f32,
+        dy_step: usize,
+        acc: *mut f32,
+        ring: *const f32,
+        tail: usize,
+    ) {
+        let g = self.g;
+        let (c, vb) = (g.c, NV * S::LANES);
+        let border = self.cols.has_border();
+        let direct = WSteps {
+            dy: dy_step,
+            x: g.sw * c,
+            tap: g.dw * c,
+            out: vb,
+            tail,
+        };
+        let packed = WSteps {
+            x: g.sw * vb,
+            tap: g.dw * vb,
+            ..direct
+        };
+        // SAFETY: forwarded from `block`: interior pixels are real input pixels,
+        // border pixels lie in the ring rows.
+        unsafe {
+            for &(kw0, gn, a, b) in groups {
+                let mut a0 = a;
+                while a0 < b {
+                    let a1 = (a0 + WGRAD_SLICE).min(b);
+                    for &(kh, x_row, _) in khs {
+                        let out = acc.add((kh * g.kw + kw0) * vb);
+                        let xd = x_row.add((a0 * g.sw + kw0 * g.dw - g.left) * c);
+                        let dd = dy_row.add(a0 * dy_step);
+                        wgrad_group::<S, NV, TAIL>(s, gn, dd, xd, out, a1 - a0, direct);
+                    }
+                    a0 = a1;
+                }
+                if border {
+                    for &(kh, _, base) in khs {
+                        let out = acc.add((kh * g.kw + kw0) * vb);
+                        let xr = ring.add(base + kw0 * g.dw * vb);
+                        wgrad_group::<S, NV, TAIL>(s, gn, dy_row, xr, out, a, packed);
+                        let (dr, xr) = (dy_row.add(b * dy_step), xr.add(b * g.sw * vb));
+                        wgrad_group::<S, NV, TAIL>(s, gn, dr, xr, out, g.ow - b, packed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one channel block's accumulators into the chunk's partial.
+    ///
+    /// # Safety
+    /// As [`WgradRows::block`].
+    #[inline(always)]
+    unsafe fn flush<S: Simd, const NV: usize, const TAIL: bool>(
+        &mut self,
+        s: S,
+        b: Block,
+        sc: &WgradScratch<'_>,
+    ) {
+        let g = self.g;
+        let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
+        let vb = NV * l;
+        let taps_n = g.kh * g.kw;
+        let outs = taps_n + usize::from(self.with_bias);
+        assert!(c0 + if TAIL { tail } else { vb } <= c && self.part.len() >= outs * c);
+        assert!(sc.acc.len() >= (taps_n + 2) * (c0 + vb));
+        // SAFETY: the asserts above bound every access.
+        unsafe {
+            let acc = sc.acc.as_ptr().add((taps_n + 2) * c0);
+            let part = self.part.as_mut_ptr().add(c0);
+            for t in 0..outs {
+                for v in 0..NV {
+                    let val = s.load_ptr(acc.add(t * vb + v * l));
+                    st::<S, TAIL>(s, part.add(t * c + v * l), val, tail);
+                }
+            }
+        }
+    }
+}
+
+/// The output columns `[lo, hi)` whose tap through kernel column `kw` is a real input
+/// pixel (`lo >= hi` when there are none).
+fn ow_range(g: &Geo, kw: usize) -> (usize, usize) {
+    let off = kw * g.dw;
+    // iw = ow·sw + off − left must lie in [0, W).
+    let lo = g.left.saturating_sub(off).div_ceil(g.sw);
+    let hi = if g.w + g.left > off {
+        ((g.w + g.left - off - 1) / g.sw + 1).min(g.ow)
+    } else {
+        0
+    };
+    (lo.min(g.ow), hi)
+}
+
+impl SimdKernel for WgradRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(mut self, s: S) {
+        let g = self.g;
+        let nvm = nv_max(S::LANES);
+        let vbm = vb_max(g.c, S::LANES);
+        let slots = if self.cols.has_border() {
+            g.span_h()
+        } else {
+            0
+        };
+        let ring_len = Ring::len(slots, self.cols.rp, vbm);
+        let mut scratch = Scratch::take();
+        {
+            let acc_len = (g.kh * g.kw + 2) * g.c.div_ceil(S::LANES) * S::LANES;
+            let mem = scratch.slice(ring_len + acc_len + g.ow * vbm);
+            let (ring, rest) = mem.split_at_mut(ring_len);
+            let (acc, dy) = rest.split_at_mut(acc_len);
+            acc.fill(0.0);
+            let mut sc = WgradScratch {
+                ring: Ring::new(ring, slots, self.cols.rp, vbm),
+                acc,
+                dy,
+            };
+            let blocks = channel_blocks(g.c, S::LANES, nvm);
+            let sub = cache_rows(g.sh * g.w * g.c + g.ow * g.c);
+            let rows = self.rows.clone();
+            for r0 in rows.clone().step_by(sub) {
+                let rr = r0..(r0 + sub).min(rows.end);
+                for &b in &blocks {
+                    let rr = rr.clone();
+                    // SAFETY: the block comes from `channel_blocks` and matches the
+                    // variant.
+                    unsafe {
+                        match (b.nv, b.tail > 0) {
+                            (_, true) => self.block::<S, 1, true>(s, b, &mut sc, rr),
+                            (4, false) => self.block::<S, 4, false>(s, b, &mut sc, rr),
+                            (2, false) => self.block::<S, 2, false>(s, b, &mut sc, rr),
+                            _ => self.block::<S, 1, false>(s, b, &mut sc, rr),
+                        }
+                    }
+                }
+            }
+            for &b in &blocks {
+                // SAFETY: as above.
+                unsafe {
+                    match (b.nv, b.tail > 0) {
+                        (_, true) => self.flush::<S, 1, true>(s, b, &sc),
+                        (4, false) => self.flush::<S, 4, false>(s, b, &sc),
+                        (2, false) => self.flush::<S, 2, false>(s, b, &sc),
+                        _ => self.flush::<S, 1, false>(s, b, &sc),
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Weight (and bias) gradient, overwritten or accumulated per `mode`.
+///
+/// `x`: `[N][H][W][C]`, `dy`: `[N][OH][OW][C]`, `dw`: `[kh][kw][C]`, `dbias`: `[C]`.
+/// The output rows are split into fixed chunks whatever the thread count, and the
+/// per-chunk partial sums are added in chunk order: the result is bitwise identical
+/// for any number of threads. Errors: buffers whose lengths do not match `shape`.
 pub fn backward_weight(
     level: SimdLevel,
     shape: &ConvShape,
@@ -48,6 +1578,79 @@ pub fn backward_weight(
     mode: GradMode,
 ) -> Result<()> {
     shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
-    let _ = (level, mode);
-    Err(not_yet())
+    let g = Geo::new(shape);
+    let cols = forward_columns(&g);
+    let rows = g.n * g.oh;
+    // Fixed chunks (never the pool size: the partial sums must not depend on it): at
+    // most 32, with enough pixels that the partial buffer (k²·C) is small next to the
+    // chunk's data (pixels·C) and at least ~16K elements.
+    let min_rows = (4 * g.kh * g.kw)
+        .div_ceil(g.ow)
+        .max(16384usize.div_ceil(g.ow * g.c));
+    let chunk = chunk_len(rows, min_rows, 32);
+    let w_len = dw.len();
+    let run = |part: &mut [f32], with_bias: bool, accumulate: bool| {
+        reduce_chunks(rows, chunk, part, accumulate, |r, p| {
+            dispatch(
+                level,
+                WgradRows {
+                    g: &g,
+                    cols: &cols,
+                    x,
+                    dy,
+                    part: p,
+                    with_bias,
+                    rows: r,
+                },
+            )
+        })
+    };
+    match dbias {
+        None => run(dw, false, mode.accumulate()),
+        Some(db) => {
+            let mut sum = vec![0.0f32; w_len + g.c];
+            run(&mut sum, true, false);
+            let (sw, sb) = sum.split_at(w_len);
+            if mode.accumulate() {
+                add_into(dw, sw);
+                add_into(db, sb);
+            } else {
+                dw.copy_from_slice(sw);
+                db.copy_from_slice(sb);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += *s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_blocks_cover_every_channel_once() {
+        for lanes in [1, 8, 16] {
+            for c in 1..80 {
+                let bl = channel_blocks(c, lanes, nv_max(lanes));
+                let mut next = 0;
+                for b in &bl {
+                    assert_eq!(b.c0, next);
+                    next += if b.tail > 0 {
+                        assert_eq!(b.nv, 1);
+                        assert!(b.tail < lanes);
+                        b.tail
+                    } else {
+                        b.nv * lanes
+                    };
+                }
+                assert_eq!(next, c, "lanes {lanes} c {c}");
+            }
+        }
+    }
 }
