@@ -2,9 +2,7 @@
 //! padded, group-major copy of `dy`, one residue class of input columns at a time.
 
 use super::forward::debug_check;
-use super::micro::{
-    ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile, prefetch_pixels,
-};
+use super::micro::{ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile};
 use super::slide::{self, SlideRow, slide_row};
 use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
@@ -169,6 +167,13 @@ impl SimdKernel for BwdDataTask<'_> {
             } else {
                 0..0
             };
+            // Offset in `buf` of the dy row that input row `ih` reads through kernel
+            // row `kh`, if any.
+            let dy_row = |kh: usize| {
+                let u = (ih + g.pt) as isize - (kh * g.dh) as isize;
+                (u >= 0 && u % sh == 0 && ((u / sh) as usize) < g.oh)
+                    .then(|| ((u / sh) as usize - oh_lo) * cols.width * cog)
+            };
             let mut step = 0;
             for gl in 0..t.ng {
                 let gi = t.g0 + gl;
@@ -183,17 +188,10 @@ impl SimdKernel for BwdDataTask<'_> {
                         let n_tiles = g.w.div_ceil(mr);
                         let pcols = step * g.ow / per_row..(step + n_tiles) * g.ow / per_row;
                         step += n_tiles;
-                        for oh in ahead.clone() {
-                            let base = dyi.as_ptr().wrapping_add(oh * row_len + t.g0 * cog);
-                            prefetch_pixels(base, pcols.clone(), g.cout, t.ng * cog);
-                        }
+                        gm.prefetch_rows(dyi, ahead.clone(), pcols);
                         slide_rows.clear();
                         for kh in 0..g.kh {
-                            let u = (ih + g.pt) as isize - (kh * g.dh) as isize;
-                            if u < 0 || u % sh != 0 || (u / sh) as usize >= g.oh {
-                                continue;
-                            }
-                            let row = ((u / sh) as usize - oh_lo) * cols.width * cog;
+                            let Some(row) = dy_row(kh) else { continue };
                             slide_rows.push((row, (kh * g.kw + g.kw - 1) * cog * w_k));
                         }
                         let col0 = g.pl + cols.pad + 1 - g.kw;
@@ -247,11 +245,7 @@ impl SimdKernel for BwdDataTask<'_> {
                         // consecutive dy pixels.
                         taps.clear();
                         for kh in 0..g.kh {
-                            let u = (ih + g.pt) as isize - (kh * g.dh) as isize;
-                            if u < 0 || u % sh != 0 || (u / sh) as usize >= g.oh {
-                                continue;
-                            }
-                            let row = ((u / sh) as usize - oh_lo) * cols.width * cog;
+                            let Some(row) = dy_row(kh) else { continue };
                             for kw in 0..g.kw {
                                 let v = (rw + g.pl) as isize - (kw * g.dw) as isize;
                                 if v.rem_euclid(sw) != 0 {
@@ -267,10 +261,7 @@ impl SimdKernel for BwdDataTask<'_> {
                             // This tile's share of the prefetches.
                             let pcols = step * g.ow / per_row..(step + 1) * g.ow / per_row;
                             step += 1;
-                            for oh in ahead.clone() {
-                                let base = dyi.as_ptr().wrapping_add(oh * row_len + t.g0 * cog);
-                                prefetch_pixels(base, pcols.clone(), g.cout, t.ng * cog);
-                            }
+                            gm.prefetch_rows(dyi, ahead.clone(), pcols);
                             let src_off = j0 * cog;
                             let dst_off = x_row + j0 * g.sw * g.cin;
                             debug_check(

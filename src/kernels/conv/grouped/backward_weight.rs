@@ -2,9 +2,7 @@
 //! products of input channels × output-gradient vectors accumulated in registers over
 //! the chunk's pixels; per-chunk `f32` partials added in chunk order.
 
-use super::micro::{
-    GroupMajor, OuterRow, OuterTile, max_nv, max_tile, outer_tile, prefetch_pixels, tile_dispatch,
-};
+use super::micro::{GroupMajor, OuterRow, OuterTile, max_nv, max_tile, outer_tile, tile_dispatch};
 use super::slide::{self, SlideWeight, WeightRow, slide_weight};
 use super::{Geo, lanes, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
@@ -345,16 +343,10 @@ impl SimdKernel for BwdWeightTask<'_> {
                 for gl in 0..ng {
                     for kh in 0..g.kh {
                         let slice = gl * g.kh + kh;
-                        for ih in ahead.clone() {
-                            let base = xi.as_ptr().wrapping_add(ih * row_len + g0 * cig);
-                            let cols = slice * g.w / n_slices..(slice + 1) * g.w / n_slices;
-                            prefetch_pixels(base, cols, g.cin, ng * cig);
-                        }
-                        for fr in dy_ahead.clone() {
-                            let base = dy.as_ptr().wrapping_add(fr * dy_row_len + g0 * g.cog);
-                            let cols = slice * g.ow / n_slices..(slice + 1) * g.ow / n_slices;
-                            prefetch_pixels(base, cols, g.cout, ng * g.cog);
-                        }
+                        let cols = slice * g.w / n_slices..(slice + 1) * g.w / n_slices;
+                        gm.prefetch_rows(xi, ahead.clone(), cols);
+                        let cols = slice * g.ow / n_slices..(slice + 1) * g.ow / n_slices;
+                        gd.prefetch_rows(dy, dy_ahead.clone(), cols);
                         if S::LEVEL == SimdLevel::Avx512 && transposed {
                             wrows.clear();
                             if !in_place {

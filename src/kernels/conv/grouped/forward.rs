@@ -1,8 +1,6 @@
 //! Forward pass: a direct convolution over a padded, group-major copy of the input.
 
-use super::micro::{
-    ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile, prefetch_pixels,
-};
+use super::micro::{ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile};
 use super::slide::{self, SlideRow, slide_row};
 use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
@@ -165,7 +163,6 @@ impl SimdKernel for FwdTask<'_> {
         let per_row = t.ng * blocks.len() * n_tiles;
         let src_pix = g.sw * cig;
         let mut taps = Vec::with_capacity(g.taps());
-        let mut slide_rows = Vec::with_capacity(g.kh);
         let sliding = |nv: usize| g.dw == 1 && slide::supported(g.kw, g.sw, cig, nv);
         for oh in t.r0..t.r0 + t.rows {
             let need = rows_end(oh);
@@ -200,39 +197,35 @@ impl SimdKernel for FwdTask<'_> {
                     let w_off = gi * weights.group + v0 * l;
                     let init = bias.map_or(std::ptr::null(), |b| b[(gi * cvn + v0) * l..].as_ptr());
                     let y_row = (t.n * g.oh + oh) * g.ow * g.cout + gi * g.cog + v0 * l;
+                    // Debug-build bounds of output pixels `ow0..ow0 + m`.
+                    let check = |ow0: usize, m: usize| {
+                        debug_check(
+                            &taps,
+                            gl * g_stride + ow0 * src_pix,
+                            buf.len(),
+                            src_pix,
+                            k_len,
+                            m,
+                            w_off,
+                            weights.data.len(),
+                            weights.k,
+                            nv * l,
+                            y_row + ow0 * g.cout,
+                            out.len,
+                            g.cout,
+                            (nv - 1) * l + last,
+                        )
+                    };
                     if S::LEVEL == SimdLevel::Avx512 && sliding(nv) {
                         let cols = step * g.w / per_row..(step + n_tiles) * g.w / per_row;
                         step += n_tiles;
-                        for ih in ahead.clone() {
-                            let base = xi.as_ptr().wrapping_add(ih * row_len + t.g0 * cig);
-                            prefetch_pixels(base, cols.clone(), g.cin, t.ng * cig);
-                        }
-                        slide_rows.clear();
-                        for kh in 0..g.kh {
-                            let Some(ih) = g.in_row(oh, kh) else { continue };
-                            slide_rows.push(((ih - ih_lo) * wp * cig, kh * g.kw * cig * weights.k));
-                        }
-                        for &(ti, tw) in &slide_rows {
-                            debug_check(
-                                &[(ti, tw)],
-                                gl * g_stride,
-                                buf.len(),
-                                g.sw * cig,
-                                g.kw * cig,
-                                g.ow,
-                                w_off,
-                                weights.data.len(),
-                                weights.k,
-                                nv * l,
-                                y_row,
-                                out.len,
-                                g.cout,
-                                (nv - 1) * l + last,
-                            );
-                        }
+                        gm.prefetch_rows(xi, ahead.clone(), cols);
+                        // Without dilation the taps are one per kernel row: the
+                        // tile's rows.
+                        check(0, g.ow);
                         let a = SlideRow {
                             src,
-                            rows: &slide_rows,
+                            rows: &taps,
                             k_len: cig,
                             w: weights.data.as_ptr().wrapping_add(w_off),
                             w_kw: (cig * weights.k) as isize,
@@ -260,28 +253,10 @@ impl SimdKernel for FwdTask<'_> {
                         // This tile's share of the prefetches.
                         let cols = step * g.w / per_row..(step + 1) * g.w / per_row;
                         step += 1;
-                        for ih in ahead.clone() {
-                            let base = xi.as_ptr().wrapping_add(ih * row_len + t.g0 * cig);
-                            prefetch_pixels(base, cols.clone(), g.cin, t.ng * cig);
-                        }
+                        gm.prefetch_rows(xi, ahead.clone(), cols);
                         let src_off = ow0 * src_pix;
                         let dst_off = y_row + ow0 * g.cout;
-                        debug_check(
-                            &taps,
-                            src_off + gl * g_stride,
-                            buf.len(),
-                            src_pix,
-                            k_len,
-                            m,
-                            w_off,
-                            weights.data.len(),
-                            weights.k,
-                            nv * l,
-                            dst_off,
-                            out.len,
-                            g.cout,
-                            (nv - 1) * l + last,
-                        );
+                        check(ow0, m);
                         let a = ConvTile {
                             src: src.wrapping_add(src_off),
                             src_pix,

@@ -9,6 +9,8 @@
 //! load-bound to FMA-bound. Every input address is a base plus a constant offset, so
 //! the pixel stride `PIX` is a constant too.
 
+#[cfg(target_arch = "x86_64")]
+use super::micro::{init_tile, load_tile, store_tile};
 use super::split;
 
 /// One output row (or a run of one) computed with sliding tiles:
@@ -128,17 +130,8 @@ unsafe fn tile<
     a: &SlideRow<'_>,
 ) {
     let l = S::LANES;
-    let mut acc = [[s.zero(); NV]; MR];
-    if !a.init.is_null() {
-        let mut b = [s.zero(); NV];
-        for (v, b) in b.iter_mut().enumerate() {
-            // SAFETY: `init` holds `NV·L` floats (caller contract).
-            *b = unsafe { s.load_ptr(a.init.add(v * l)) };
-        }
-        for row in acc.iter_mut() {
-            *row = b;
-        }
-    }
+    // SAFETY: `init` is null or holds `NV·L` floats (caller contract).
+    let mut acc = unsafe { init_tile::<S, MR, NV>(s, a.init) };
     for &(ti, tw) in a.rows {
         // SAFETY (whole loop): the caller guarantees every address formed here is in
         // bounds.
@@ -184,21 +177,8 @@ unsafe fn tile<
             }
         }
     }
-    for (p, acc) in acc.iter().enumerate() {
-        // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
-        unsafe {
-            let d = a.dst.add(p * a.dst_pix);
-            for (v, acc) in acc.iter().enumerate().take(NV - 1) {
-                s.store_ptr(d.add(v * l), *acc);
-            }
-            let d = d.add((NV - 1) * l);
-            if a.last >= l {
-                s.store_ptr(d, acc[NV - 1]);
-            } else {
-                s.store_partial_ptr(d, acc[NV - 1], a.last);
-            }
-        }
-    }
+    // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
+    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last) };
 }
 
 /// One row of pixels of a [`SlideWeight`]: input vectors `x + p·x_pix + kw·x_kw`
@@ -291,12 +271,9 @@ unsafe fn weight_tile<S: crate::simd::Simd, const KW: usize>(s: S, a: &SlideWeig
         // SAFETY (whole block): the caller guarantees every address formed here is in
         // bounds and the sums exclusive.
         unsafe {
-            let mut acc = [[s.zero(); COT]; KW];
-            for (kw, acc) in acc.iter_mut().enumerate() {
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    *acc = s.load_ptr(a.out.add(kw * a.out_kw + (co0 + j) * CI));
-                }
-            }
+            // Row kw, vector j at `out + kw·out_kw + (co0 + j)·CI` (CI = L).
+            let sums = a.out.add(co0 * CI);
+            let mut acc = load_tile::<S, KW, COT>(s, sums, a.out_kw, CI);
             for r in a.rows {
                 let mut xp = r.x;
                 let mut yp = r.dy.add(co0);
@@ -315,11 +292,7 @@ unsafe fn weight_tile<S: crate::simd::Simd, const KW: usize>(s: S, a: &SlideWeig
                     yp = yp.wrapping_add(a.dy_pix);
                 }
             }
-            for (kw, acc) in acc.iter().enumerate() {
-                for (j, acc) in acc.iter().enumerate() {
-                    s.store_ptr(a.out.add(kw * a.out_kw + (co0 + j) * CI), *acc);
-                }
-            }
+            store_tile(s, &acc, sums, a.out_kw, CI);
         }
     }
 }
