@@ -291,6 +291,8 @@ fn results_do_not_depend_on_thread_count() {
             .with_stride(2)
             .with_tf_same_padding(),
         g(2, (23, 25), 24, 36, (3, 3), 8).with_symmetric_padding(),
+        // 5×5 stride 1 with rows wider than one sliding tile.
+        g(2, (13, 37), 48, 48, (5, 5), 16).with_symmetric_padding(),
     ];
     for (i, d) in shapes.iter().enumerate() {
         let c = ConvCase::new(d, 900 + i as u64);
@@ -304,7 +306,9 @@ fn results_do_not_depend_on_thread_count() {
     }
 }
 
-/// A larger G16 layer against the reference (many tasks, full tiles, both strides).
+/// Larger layers against the reference: many tasks and bands, full tiles, both
+/// strides, weight-gradient chunks that straddle images, and more than 256 input
+/// channels (the weight gradient then reads a copy rather than the input in place).
 #[test]
 fn g16_layers_match_reference() {
     for (i, d) in [
@@ -315,6 +319,17 @@ fn g16_layers_match_reference() {
         g(1, (34, 34), 3, 32, (3, 3), 3)
             .with_stride(2)
             .with_symmetric_padding(),
+        g(5, (20, 41), 32, 32, (3, 3), 16).with_symmetric_padding(),
+        g(1, (7, 6), 272, 272, (5, 5), 16).with_symmetric_padding(),
+        g(1, (9, 8), 272, 272, (3, 3), 16)
+            .with_stride(2)
+            .with_symmetric_padding(),
+        // Rows wider than one sliding tile (uneven splits), 5×5 at both strides and
+        // an odd width, TF-SAME padding.
+        g(1, (6, 37), 32, 32, (5, 5), 16).with_symmetric_padding(),
+        g(1, (7, 45), 32, 32, (5, 5), 16)
+            .with_stride(2)
+            .with_tf_same_padding(),
     ]
     .iter()
     .enumerate()

@@ -2,9 +2,8 @@
 //! padded, group-major copy of `dy`, one residue class of input columns at a time.
 
 use super::forward::debug_check;
-use super::micro::{
-    ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile, prefetch_pixels,
-};
+use super::micro::{ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile};
+use super::slide::{self, SlideRow, slide_row};
 use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
@@ -154,6 +153,8 @@ impl SimdKernel for BwdDataTask<'_> {
         let per_row = t.ng * blocks.len() * g.sw.min(g.w) * g.w.div_ceil(g.sw).div_ceil(mr);
         let (sh, sw) = (g.sh as isize, g.sw as isize);
         let mut taps = Vec::with_capacity(g.taps());
+        let mut slide_rows = Vec::with_capacity(g.kh);
+        let sliding = |nv: usize| g.sw == 1 && g.dw == 1 && slide::supported(g.kw, 1, cog, nv);
         for ih in t.r0..t.r0 + t.rows {
             let need = rows_end(ih);
             if need > copied {
@@ -166,6 +167,13 @@ impl SimdKernel for BwdDataTask<'_> {
             } else {
                 0..0
             };
+            // Offset in `buf` of the dy row that input row `ih` reads through kernel
+            // row `kh`, if any.
+            let dy_row = |kh: usize| {
+                let u = (ih + g.pt) as isize - (kh * g.dh) as isize;
+                (u >= 0 && u % sh == 0 && ((u / sh) as usize) < g.oh)
+                    .then(|| ((u / sh) as usize - oh_lo) * cols.width * cog)
+            };
             let mut step = 0;
             for gl in 0..t.ng {
                 let gi = t.g0 + gl;
@@ -173,16 +181,71 @@ impl SimdKernel for BwdDataTask<'_> {
                 for &(v0, nv) in &blocks {
                     let last = (g.cig - (v0 + nv - 1) * l).min(l);
                     let w_off = gi * w_group + v0 * l;
+                    if S::LEVEL == SimdLevel::Avx512 && sliding(nv) {
+                        // Stride 1: input column j reads dy column j + pl − kw, i.e.
+                        // buffer column (j + pl + pad − (kw − 1)) + (kw − 1 − kw): a
+                        // sliding window over the flipped kernel row.
+                        let n_tiles = g.w.div_ceil(mr);
+                        let pcols = step * g.ow / per_row..(step + n_tiles) * g.ow / per_row;
+                        step += n_tiles;
+                        gm.prefetch_rows(dyi, ahead.clone(), pcols);
+                        slide_rows.clear();
+                        for kh in 0..g.kh {
+                            let Some(row) = dy_row(kh) else { continue };
+                            slide_rows.push((row, (kh * g.kw + g.kw - 1) * cog * w_k));
+                        }
+                        let col0 = g.pl + cols.pad + 1 - g.kw;
+                        let x_row = ((t.n * g.h + ih) * g.w) * g.cin + gi * g.cig + v0 * l;
+                        for &(ti, tw) in &slide_rows {
+                            debug_check(
+                                &[(ti, tw - (g.kw - 1) * cog * w_k)],
+                                gl * g_stride + col0 * cog,
+                                buf.len(),
+                                cog,
+                                g.kw * cog,
+                                g.w,
+                                w_off,
+                                wt.len(),
+                                w_k,
+                                nv * l,
+                                x_row,
+                                out.len,
+                                g.cin,
+                                (nv - 1) * l + last,
+                            );
+                        }
+                        let a = SlideRow {
+                            src: src.wrapping_add(col0 * cog),
+                            rows: &slide_rows,
+                            k_len: cog,
+                            w: wt.as_ptr().wrapping_add(w_off),
+                            w_kw: -((cog * w_k) as isize),
+                            w_k,
+                            init: std::ptr::null(),
+                            dst: out.ptr.wrapping_add(x_row),
+                            dst_pix: g.cin,
+                            last,
+                            width: g.w,
+                            kw: g.kw,
+                            sw: 1,
+                            pix: cog,
+                            nv,
+                        };
+                        // SAFETY: the level is AVX-512, so the CPU has the features
+                        // (`dispatch` made the token); `sliding` checked the
+                        // configuration; reads lie in `buf` (rows copied, columns
+                        // padded to every column read) and `wt`, writes in this task's
+                        // part of `dx` (see the tile call below); `debug_check`
+                        // verifies the bounds in debug builds.
+                        unsafe { slide_row(&a) };
+                        continue;
+                    }
                     for rw in 0..g.sw.min(g.w) {
                         // Input columns rw, rw + sw, … read the same kw taps, from
                         // consecutive dy pixels.
                         taps.clear();
                         for kh in 0..g.kh {
-                            let u = (ih + g.pt) as isize - (kh * g.dh) as isize;
-                            if u < 0 || u % sh != 0 || (u / sh) as usize >= g.oh {
-                                continue;
-                            }
-                            let row = ((u / sh) as usize - oh_lo) * cols.width * cog;
+                            let Some(row) = dy_row(kh) else { continue };
                             for kw in 0..g.kw {
                                 let v = (rw + g.pl) as isize - (kw * g.dw) as isize;
                                 if v.rem_euclid(sw) != 0 {
@@ -198,10 +261,7 @@ impl SimdKernel for BwdDataTask<'_> {
                             // This tile's share of the prefetches.
                             let pcols = step * g.ow / per_row..(step + 1) * g.ow / per_row;
                             step += 1;
-                            for oh in ahead.clone() {
-                                let base = dyi.as_ptr().wrapping_add(oh * row_len + t.g0 * cog);
-                                prefetch_pixels(base, pcols.clone(), g.cout, t.ng * cog);
-                            }
+                            gm.prefetch_rows(dyi, ahead.clone(), pcols);
                             let src_off = j0 * cog;
                             let dst_off = x_row + j0 * g.sw * g.cin;
                             debug_check(

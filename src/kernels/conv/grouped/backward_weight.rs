@@ -2,9 +2,8 @@
 //! products of input channels × output-gradient vectors accumulated in registers over
 //! the chunk's pixels; per-chunk `f32` partials added in chunk order.
 
-use super::micro::{
-    GroupMajor, OuterRow, OuterTile, max_nv, max_tile, outer_tile, prefetch_pixels, tile_dispatch,
-};
+use super::micro::{GroupMajor, OuterRow, OuterTile, max_nv, max_tile, outer_tile, tile_dispatch};
+use super::slide::{self, SlideWeight, WeightRow, slide_weight};
 use super::{Geo, lanes, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
@@ -14,8 +13,12 @@ const MAX_CHUNKS: usize = 64;
 /// Output pixels per chunk, at least (fewer chunks for small layers: each chunk costs
 /// one pass over a weight-sized partial).
 const MIN_CHUNK_PIXELS: usize = 2048;
-/// Output pixels per chunk when more chunks are needed for enough tasks, at least.
-const MIN_SPLIT_PIXELS: usize = 256;
+/// Floats of all chunks' partials together, at most (unless one chunk needs more).
+const MAX_PARTIAL_FLOATS: usize = 1 << 24;
+/// Bytes of input rows per chunk, at most (unless a chunk is a single row).
+const CHUNK_BYTES: usize = 1 << 20;
+/// Input channels up to which the sliding weight tiles read the input in place.
+const IN_PLACE_MAX_CHANNELS: usize = 256;
 /// Output pixels per step of a task, at least.
 const SUB_PIXELS: usize = 256;
 /// Tasks (chunks × group blocks) to aim for.
@@ -47,12 +50,16 @@ pub(super) fn run(
     let l = lanes(level);
     let w_len = dw.len();
     let rows = g.n * g.oh;
-    // The chunking depends on the shape only, never on the thread count.
-    // Chunks of at least MIN_CHUNK_PIXELS output pixels, or more (down to
-    // MIN_SPLIT_PIXELS) if that gives the pool enough tasks without splitting groups.
+    // The chunking depends on the shape only, never on the thread count: chunks of at
+    // least MIN_CHUNK_PIXELS output pixels (each chunk costs a weight-sized partial),
+    // small enough that a chunk's input rows stay in the L2 cache while the tasks of
+    // its group blocks run one after the other.
     let pixels = rows * g.ow;
+    let row_bytes = (g.sh * g.w * g.cin * std::mem::size_of::<f32>()).max(1);
+    let max_rows = (CHUNK_BYTES / row_bytes).max(1);
     let want = (pixels / MIN_CHUNK_PIXELS)
-        .max(MIN_TASKS.min(pixels / MIN_SPLIT_PIXELS))
+        .max(rows.div_ceil(max_rows))
+        .min(MAX_PARTIAL_FLOATS / w_len.max(1))
         .clamp(1, MAX_CHUNKS);
     let chunk_rows = rows.div_ceil(want);
     let chunks = rows.div_ceil(chunk_rows);
@@ -69,9 +76,19 @@ pub(super) fn run(
     // Output gradients are read in place when a task covers every channel in whole
     // vectors; otherwise copied per task as [gl][row][ow][cvn·L] with zero lanes.
     let dy_copy = !(g.cog.is_multiple_of(l) && gbs == g.groups);
+    // G16 3×3 / 5×5 with AVX-512: sliding tiles with the input channels as the vector
+    // axis; the partials are then laid out [tap][gl][co][ci].
+    let transposed = level.min(simd::detected()) == SimdLevel::Avx512
+        && g.dw == 1
+        && slide::weight_supported(g.kw, g.cig, g.cog);
     // Output rows per step: the input rows a step adds are copied (and the next step's
     // prefetched) while the previous steps' sums wait in the partial.
     let sub_rows = SUB_PIXELS.div_ceil(g.ow);
+    // Sliding tiles read the input in place when pixels are short (a few cache lines:
+    // strided reads stay cheap), else from the group-major copy like the other tiles.
+    let in_place = transposed && g.cin <= IN_PLACE_MAX_CHANNELS;
+    let interior = g.interior_cols();
+    let n_border = interior.0 + (g.ow - interior.1);
     let blocks: Vec<(usize, usize)> = split(g.groups, gbs).collect();
     let block_len = |ng: usize| g.taps() * g.cig * ng * g.cog;
 
@@ -105,14 +122,22 @@ pub(super) fn run(
             base += ih_hi - ih_lo;
             r = end;
         }
-        let x_len = ng * base * wp * g.cig;
+        // The sliding tiles read the input in place (zero-padded windows at the
+        // borders); the other tiles read a group-major padded copy.
+        let x_len = if in_place { 0 } else { ng * base * wp * g.cig };
         let dy_len = if dy_copy {
             ng * sub_rows * g.ow * cvn * l
         } else {
             0
         };
-        with_scratch(x_len + dy_len, |buf| {
-            let (xb, db) = buf.split_at_mut(x_len);
+        let win_len = if in_place {
+            sub_rows * n_border * g.kw * g.cig
+        } else {
+            0
+        };
+        with_scratch(x_len + dy_len + win_len, |buf| {
+            let (xb, rest) = buf.split_at_mut(x_len);
+            let (db, win) = rest.split_at_mut(dy_len);
             simd::dispatch(
                 level,
                 BwdWeightTask {
@@ -125,15 +150,31 @@ pub(super) fn run(
                     segments: &segments,
                     x_rows: base,
                     sub_rows,
+                    transposed,
+                    in_place,
+                    interior,
                     xb,
                     db: dy_copy.then_some(db),
+                    win,
                     part,
                 },
             )
         })
     });
 
-    // dw[tap][ci][co] (+)= Σ_chunks partial, in chunk order.
+    // Σ_chunks partial, in chunk order, into the first chunk's partial; then
+    // dw[tap][ci][co] (+)= that sum.
+    let (sum, rest) = partials.split_at_mut(w_len);
+    const BLOCK: usize = 4096;
+    sum.par_chunks_mut(BLOCK).enumerate().for_each(|(b, o)| {
+        for c in 1..chunks {
+            let p = &rest[(c - 1) * w_len + b * BLOCK..][..o.len()];
+            for (o, p) in o.iter_mut().zip(p) {
+                *o += *p;
+            }
+        }
+    });
+    let sum = &*sum;
     let offsets: Vec<usize> = blocks
         .iter()
         .scan(0, |off, &(_, ng)| {
@@ -146,13 +187,18 @@ pub(super) fn run(
         for (&(g0, ng), &off) in blocks.iter().zip(&offsets) {
             let bw = ng * g.cog;
             let o = &mut o[g0 * g.cog..][..bw];
-            if !accumulate {
-                o.fill(0.0);
-            }
-            for c in 0..chunks {
-                let p = &partials[c * w_len + off + row * bw..][..bw];
-                for (o, p) in o.iter_mut().zip(p) {
-                    *o += *p;
+            let part = &sum[off..][..block_len(ng)];
+            let put = |o: &mut f32, v: f32| *o = if accumulate { *o + v } else { v };
+            if transposed {
+                // row = tap·cig + ci; the partial is [tap][gl][co][ci].
+                let (t, ci) = (row / g.cig, row % g.cig);
+                let p = &part[t * bw * g.cig..][..bw * g.cig];
+                for (o, p) in o.iter_mut().zip(p.chunks_exact(g.cig)) {
+                    put(o, p[ci]);
+                }
+            } else {
+                for (o, p) in o.iter_mut().zip(&part[row * bw..][..bw]) {
+                    put(o, *p);
                 }
             }
         }
@@ -173,10 +219,18 @@ struct BwdWeightTask<'a> {
     x_rows: usize,
     /// Output rows per step.
     sub_rows: usize,
+    /// Sliding tiles, partial laid out `[tap][gl][co][ci]` (else `[tap][ci][gl·cog + co]`).
+    transposed: bool,
+    /// Sliding tiles read `x` in place (else from `xb`).
+    in_place: bool,
+    /// Output columns whose every kw tap is inside the image.
+    interior: (usize, usize),
     /// `[gl][x_rows][padded_w][cig]`, zeroed.
     xb: &'a mut [f32],
     /// `[gl][sub_rows][ow][cvn·L]`, zeroed, when `dy` is not read in place.
     db: Option<&'a mut [f32]>,
+    /// Sliding tiles: zero-padded input windows `[kw][cig]` of the border pixels.
+    win: &'a mut [f32],
     /// `[tap][ci][gl·cog + co]`, zeroed; the sums are added.
     part: &'a mut [f32],
 }
@@ -196,8 +250,12 @@ impl SimdKernel for BwdWeightTask<'_> {
             segments,
             x_rows,
             sub_rows,
+            transposed,
+            in_place,
+            interior: (in_lo, in_hi),
             xb,
             mut db,
+            win,
             part,
         } = self;
         let l = S::LANES;
@@ -243,6 +301,7 @@ impl SimdKernel for BwdWeightTask<'_> {
         let out = part.as_mut_ptr();
         let blocks: Vec<(usize, usize)> = split(cvn, max_nv::<S>()).collect();
         let mut rows: Vec<OuterRow> = Vec::with_capacity(sub_rows);
+        let mut wrows: Vec<WeightRow> = Vec::with_capacity(3 * sub_rows);
         let mut flat0 = r0;
         for seg in segments {
             let xi = &x[seg.n * img..][..img];
@@ -251,11 +310,11 @@ impl SimdKernel for BwdWeightTask<'_> {
             for (si, &(a, len)) in steps.iter().enumerate() {
                 let (oh_a, oh_b) = (seg.oh0 + a, seg.oh0 + a + len);
                 let need = g.in_rows(oh_a, oh_b).1.max(copied);
-                if need > copied {
+                if need > copied && !in_place {
                     let src = &xi[copied * row_len..need * row_len];
                     gm.copy_rows(s, src, seg.base + copied - seg.ih_lo, xb);
-                    copied = need;
                 }
+                copied = need;
                 // Next step of this segment: its new input rows and its output
                 // gradients, prefetched a slice per (group, kernel row).
                 let (ahead, dy_ahead) = match steps.get(si + 1) {
@@ -284,15 +343,105 @@ impl SimdKernel for BwdWeightTask<'_> {
                 for gl in 0..ng {
                     for kh in 0..g.kh {
                         let slice = gl * g.kh + kh;
-                        for ih in ahead.clone() {
-                            let base = xi.as_ptr().wrapping_add(ih * row_len + g0 * cig);
-                            let cols = slice * g.w / n_slices..(slice + 1) * g.w / n_slices;
-                            prefetch_pixels(base, cols, g.cin, ng * cig);
-                        }
-                        for fr in dy_ahead.clone() {
-                            let base = dy.as_ptr().wrapping_add(fr * dy_row_len + g0 * g.cog);
-                            let cols = slice * g.ow / n_slices..(slice + 1) * g.ow / n_slices;
-                            prefetch_pixels(base, cols, g.cout, ng * g.cog);
+                        let cols = slice * g.w / n_slices..(slice + 1) * g.w / n_slices;
+                        gm.prefetch_rows(xi, ahead.clone(), cols);
+                        let cols = slice * g.ow / n_slices..(slice + 1) * g.ow / n_slices;
+                        gd.prefetch_rows(dy, dy_ahead.clone(), cols);
+                        if S::LEVEL == SimdLevel::Avx512 && transposed {
+                            wrows.clear();
+                            if !in_place {
+                                for (rr, oh) in (oh_a..oh_b).enumerate() {
+                                    let Some(ih) = g.in_row(oh, kh) else { continue };
+                                    let xo = gl * xg + (seg.base + ih - seg.ih_lo) * wp * cig;
+                                    let yo = gl * dy_group + rr * dy_row;
+                                    debug_assert!(xo + (g.ow - 1) * g.sw * cig + k_len <= xb.len());
+                                    debug_assert!(yo + (g.ow - 1) * dy_pix + g.cog <= dy_len);
+                                    wrows.push(WeightRow {
+                                        x: xb.as_ptr().wrapping_add(xo),
+                                        x_pix: g.sw * cig,
+                                        x_kw: cig,
+                                        dy: dyp.wrapping_add(yo),
+                                        npix: g.ow,
+                                    });
+                                }
+                            } else {
+                                let gi = g0 + gl;
+                                let k = g.kw * cig;
+                                // Zero-padded windows of the border pixels first, then the
+                                // rows (interior read in place, borders from the windows).
+                                let mut slot = 0;
+                                for oh in oh_a..oh_b {
+                                    let Some(ih) = g.in_row(oh, kh) else { continue };
+                                    let x_row = ih * row_len + gi * cig;
+                                    for ow in (0..in_lo).chain(in_hi..g.ow) {
+                                        let wdst = &mut win[slot * k..][..k];
+                                        wdst.fill(0.0);
+                                        for kw in 0..g.kw {
+                                            let iw = (ow * g.sw + kw) as isize - g.pl as isize;
+                                            if iw >= 0 && (iw as usize) < g.w {
+                                                let from =
+                                                    &xi[x_row + iw as usize * g.cin..][..cig];
+                                                wdst[kw * cig..][..cig].copy_from_slice(from);
+                                            }
+                                        }
+                                        slot += 1;
+                                    }
+                                }
+                                let mut slot = 0;
+                                for (rr, oh) in (oh_a..oh_b).enumerate() {
+                                    let Some(ih) = g.in_row(oh, kh) else { continue };
+                                    let yo = gl * dy_group + rr * dy_row;
+                                    for (o0, o1) in [(0, in_lo), (in_hi, g.ow)] {
+                                        if o1 > o0 {
+                                            wrows.push(WeightRow {
+                                                x: win[slot * k..].as_ptr(),
+                                                x_pix: k,
+                                                x_kw: cig,
+                                                dy: dyp.wrapping_add(yo + o0 * dy_pix),
+                                                npix: o1 - o0,
+                                            });
+                                            slot += o1 - o0;
+                                        }
+                                    }
+                                    if in_hi > in_lo {
+                                        let xo =
+                                            ih * row_len + gi * cig + (in_lo * g.sw - g.pl) * g.cin;
+                                        debug_assert!(
+                                            xo + (in_hi - in_lo - 1) * g.sw * g.cin
+                                                + (g.kw - 1) * g.cin
+                                                + cig
+                                                <= img
+                                        );
+                                        wrows.push(WeightRow {
+                                            x: xi.as_ptr().wrapping_add(xo),
+                                            x_pix: g.sw * g.cin,
+                                            x_kw: g.cin,
+                                            dy: dyp.wrapping_add(yo + in_lo * dy_pix),
+                                            npix: in_hi - in_lo,
+                                        });
+                                    }
+                                    debug_assert!(yo + (g.ow - 1) * dy_pix + g.cog <= dy_len);
+                                }
+                            }
+                            let out_off = (kh * g.kw * ng + gl) * g.cog * cig;
+                            let out_kw = ng * g.cog * cig;
+                            debug_assert!(out_off + (g.kw - 1) * out_kw + g.cog * cig <= part_len);
+                            let a = SlideWeight {
+                                rows: &wrows,
+                                dy_pix,
+                                cog: g.cog,
+                                out: out.wrapping_add(out_off),
+                                out_kw,
+                                kw: g.kw,
+                            };
+                            // SAFETY: the level is AVX-512, so the CPU has the features
+                            // (`dispatch` made the token); the configuration was checked
+                            // by `weight_supported`; the rows read `x` inside the image
+                            // (interior columns), the border windows and the output
+                            // gradient, and the sums are in `part`, which this task
+                            // owns; checked in debug builds.
+                            unsafe { slide_weight(&a) };
+                            continue;
                         }
                         rows.clear();
                         for (rr, oh) in (oh_a..oh_b).enumerate() {

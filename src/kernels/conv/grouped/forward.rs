@@ -1,8 +1,7 @@
 //! Forward pass: a direct convolution over a padded, group-major copy of the input.
 
-use super::micro::{
-    ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile, prefetch_pixels,
-};
+use super::micro::{ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile};
+use super::slide::{self, SlideRow, slide_row};
 use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_scratch};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
@@ -164,6 +163,7 @@ impl SimdKernel for FwdTask<'_> {
         let per_row = t.ng * blocks.len() * n_tiles;
         let src_pix = g.sw * cig;
         let mut taps = Vec::with_capacity(g.taps());
+        let sliding = |nv: usize| g.dw == 1 && slide::supported(g.kw, g.sw, cig, nv);
         for oh in t.r0..t.r0 + t.rows {
             let need = rows_end(oh);
             if need > copied {
@@ -197,19 +197,11 @@ impl SimdKernel for FwdTask<'_> {
                     let w_off = gi * weights.group + v0 * l;
                     let init = bias.map_or(std::ptr::null(), |b| b[(gi * cvn + v0) * l..].as_ptr());
                     let y_row = (t.n * g.oh + oh) * g.ow * g.cout + gi * g.cog + v0 * l;
-                    for (ow0, m) in split(g.ow, mr) {
-                        // This tile's share of the prefetches.
-                        let cols = step * g.w / per_row..(step + 1) * g.w / per_row;
-                        step += 1;
-                        for ih in ahead.clone() {
-                            let base = xi.as_ptr().wrapping_add(ih * row_len + t.g0 * cig);
-                            prefetch_pixels(base, cols.clone(), g.cin, t.ng * cig);
-                        }
-                        let src_off = ow0 * src_pix;
-                        let dst_off = y_row + ow0 * g.cout;
+                    // Debug-build bounds of output pixels `ow0..ow0 + m`.
+                    let check = |ow0: usize, m: usize| {
                         debug_check(
                             &taps,
-                            src_off + gl * g_stride,
+                            gl * g_stride + ow0 * src_pix,
                             buf.len(),
                             src_pix,
                             k_len,
@@ -218,11 +210,53 @@ impl SimdKernel for FwdTask<'_> {
                             weights.data.len(),
                             weights.k,
                             nv * l,
-                            dst_off,
+                            y_row + ow0 * g.cout,
                             out.len,
                             g.cout,
                             (nv - 1) * l + last,
-                        );
+                        )
+                    };
+                    if S::LEVEL == SimdLevel::Avx512 && sliding(nv) {
+                        let cols = step * g.w / per_row..(step + n_tiles) * g.w / per_row;
+                        step += n_tiles;
+                        gm.prefetch_rows(xi, ahead.clone(), cols);
+                        // Without dilation the taps are one per kernel row: the
+                        // tile's rows.
+                        check(0, g.ow);
+                        let a = SlideRow {
+                            src,
+                            rows: &taps,
+                            k_len: cig,
+                            w: weights.data.as_ptr().wrapping_add(w_off),
+                            w_kw: (cig * weights.k) as isize,
+                            w_k: weights.k,
+                            init,
+                            dst: out.ptr.wrapping_add(y_row),
+                            dst_pix: g.cout,
+                            last,
+                            width: g.ow,
+                            kw: g.kw,
+                            sw: g.sw,
+                            pix: cig,
+                            nv,
+                        };
+                        // SAFETY: the level is AVX-512, so the CPU has the features
+                        // (`dispatch` made the token); `sliding` checked the
+                        // configuration; reads lie in `buf` (the rows are copied and
+                        // padded to every column the row reads) and the weights, writes
+                        // in this task's part of `y` (see the tile call below);
+                        // `debug_check` verifies the bounds in debug builds.
+                        unsafe { slide_row(&a) };
+                        continue;
+                    }
+                    for (ow0, m) in split(g.ow, mr) {
+                        // This tile's share of the prefetches.
+                        let cols = step * g.w / per_row..(step + 1) * g.w / per_row;
+                        step += 1;
+                        gm.prefetch_rows(xi, ahead.clone(), cols);
+                        let src_off = ow0 * src_pix;
+                        let dst_off = y_row + ow0 * g.cout;
+                        check(ow0, m);
                         let a = ConvTile {
                             src: src.wrapping_add(src_off),
                             src_pix,

@@ -55,11 +55,12 @@ macro_rules! tile_dispatch {
 pub(super) use tile_dispatch;
 
 /// Like [`tile_dispatch!`] for [`conv_tile`]: `$call!(TILE, NV, PIX)`, with the input
-/// pixel stride `$pix` a constant for the common 16 and 32 (one or two vectors; 0
-/// means "read it from the arguments").
+/// pixel stride `$pix` a constant for the common 16 and 32 (one or two vectors) and 8
+/// (one vector; 0 means "read it from the arguments").
 macro_rules! conv_dispatch {
     ($nv:expr, $m:expr, $pix:expr, $call:ident) => {
         match ($nv, $pix) {
+            (1, 8) => conv_dispatch!(@m $m, 1, 8, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
             (1, 16) => conv_dispatch!(@m $m, 1, 16, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
             (1, 32) => conv_dispatch!(@m $m, 1, 32, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
             (2, 16) => conv_dispatch!(@m $m, 2, 16, $call, [1 2 3 4 5 6 7 8 9 10 11 12]),
@@ -115,7 +116,10 @@ pub(super) struct ConvTile<'a> {
 /// `src[tap.0 + p·src_pix + k]`, `w[tap.1 + k·w_k + v·L .. +L]`, `init[..NV·L]`, and
 /// writes of `dst[p·dst_pix + v·L ..]` (`last` lanes for the last vector), and no other
 /// thread may access the written elements meanwhile.
-#[inline(always)]
+// Debug builds keep the tiles out of line: inlined unoptimized, their stack slots
+// add up to frames larger than a thread's stack.
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize, const PIX: usize>(
     s: S,
     a: &ConvTile<'_>,
@@ -123,17 +127,8 @@ pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize, const 
     let l = S::LANES;
     debug_assert!(PIX == 0 || PIX == a.src_pix);
     let pix = if PIX == 0 { a.src_pix } else { PIX };
-    let mut acc = [[s.zero(); NV]; MR];
-    if !a.init.is_null() {
-        let mut b = [s.zero(); NV];
-        for (v, b) in b.iter_mut().enumerate() {
-            // SAFETY: `init` holds `NV·L` floats (caller contract).
-            *b = unsafe { s.load_ptr(a.init.add(v * l)) };
-        }
-        for row in acc.iter_mut() {
-            *row = b;
-        }
-    }
+    // SAFETY: `init` is null or holds `NV·L` floats (caller contract).
+    let mut acc = unsafe { init_tile::<S, MR, NV>(s, a.init) };
     for &(ti, tw) in a.taps {
         // SAFETY (whole loop): the caller guarantees every `src` and `w` address the
         // loop forms is in bounds.
@@ -155,21 +150,8 @@ pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize, const 
             }
         }
     }
-    for (p, acc) in acc.iter().enumerate() {
-        // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
-        unsafe {
-            let d = a.dst.add(p * a.dst_pix);
-            for (v, acc) in acc.iter().enumerate().take(NV - 1) {
-                s.store_ptr(d.add(v * l), *acc);
-            }
-            let d = d.add((NV - 1) * l);
-            if a.last >= l {
-                s.store_ptr(d, acc[NV - 1]);
-            } else {
-                s.store_partial_ptr(d, acc[NV - 1], a.last);
-            }
-        }
-    }
+    // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
+    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last) };
 }
 
 /// One row of pixels of an [`outer_tile`].
@@ -212,28 +194,17 @@ pub(super) struct OuterTile<'a> {
 /// Every address described on [`OuterTile`] must be in bounds (reads of `x` and `dy`
 /// for all rows and pixels, full vectors of `dy`; reads and writes of `out`, `last`
 /// lanes for the last vector) and the result elements exclusive to this call.
-#[inline(always)]
+// Debug builds keep the tiles out of line: inlined unoptimized, their stack slots
+// add up to frames larger than a thread's stack.
+#[cfg_attr(not(debug_assertions), inline(always))]
+#[cfg_attr(debug_assertions, inline(never))]
 pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
     s: S,
     a: &OuterTile<'_>,
 ) {
     let l = S::LANES;
-    let mut acc = [[s.zero(); NV]; MI];
-    for (i, acc) in acc.iter_mut().enumerate() {
-        // SAFETY: the caller guarantees the result tile is in bounds and exclusive.
-        unsafe {
-            let d = a.out.add(i * a.out_k);
-            for (v, acc) in acc.iter_mut().enumerate().take(NV - 1) {
-                *acc = s.load_ptr(d.add(v * l));
-            }
-            let d = d.add((NV - 1) * l);
-            acc[NV - 1] = if a.last >= l {
-                s.load_ptr(d)
-            } else {
-                s.load_partial_ptr(d, a.last)
-            };
-        }
-    }
+    // SAFETY: the caller guarantees the result tile is in bounds and exclusive.
+    let mut acc = unsafe { load_tile::<S, MI, NV>(s, a.out, a.out_k, a.last) };
     for r in a.rows {
         // SAFETY (whole loop): the caller guarantees every `x` and `dy` address the loop
         // forms is in bounds.
@@ -256,18 +227,88 @@ pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
             }
         }
     }
-    for (i, acc) in acc.iter().enumerate() {
-        // SAFETY: the caller guarantees the result tile is in bounds and exclusive.
+    // SAFETY: as above.
+    unsafe { store_tile(s, &acc, a.out, a.out_k, a.last) };
+}
+
+/// A register tile of `M` rows × `NV` vectors, every row the `NV·L` values at `init`
+/// (all zero when `init` is null).
+///
+/// # Safety
+/// `init` must be null or `NV·L` floats readable.
+#[inline(always)]
+pub(super) unsafe fn init_tile<S: Simd, const M: usize, const NV: usize>(
+    s: S,
+    init: *const f32,
+) -> [[S::V; NV]; M] {
+    let mut row = [s.zero(); NV];
+    if !init.is_null() {
+        for (v, r) in row.iter_mut().enumerate() {
+            // SAFETY: `init` holds `NV·L` floats (caller contract).
+            *r = unsafe { s.load_ptr(init.add(v * S::LANES)) };
+        }
+    }
+    [row; M]
+}
+
+/// Loads a register tile: row `i`, vector `v` from `base + i·stride + v·L`, the last
+/// vector of a row `last` lanes (`1..=L`; the other lanes zero).
+///
+/// # Safety
+/// Every element named must be readable.
+#[inline(always)]
+pub(super) unsafe fn load_tile<S: Simd, const M: usize, const NV: usize>(
+    s: S,
+    base: *const f32,
+    stride: usize,
+    last: usize,
+) -> [[S::V; NV]; M] {
+    let l = S::LANES;
+    let mut acc = [[s.zero(); NV]; M];
+    for (i, acc) in acc.iter_mut().enumerate() {
+        // SAFETY: in bounds (caller contract).
         unsafe {
-            let d = a.out.add(i * a.out_k);
+            let d = base.add(i * stride);
+            for (v, acc) in acc.iter_mut().enumerate().take(NV - 1) {
+                *acc = s.load_ptr(d.add(v * l));
+            }
+            let d = d.add((NV - 1) * l);
+            acc[NV - 1] = if last >= l {
+                s.load_ptr(d)
+            } else {
+                s.load_partial_ptr(d, last)
+            };
+        }
+    }
+    acc
+}
+
+/// Stores a register tile where [`load_tile`] loads it (`last` lanes of each row's
+/// last vector).
+///
+/// # Safety
+/// Every element named must be writable, and no other thread may access it meanwhile.
+#[inline(always)]
+pub(super) unsafe fn store_tile<S: Simd, const M: usize, const NV: usize>(
+    s: S,
+    acc: &[[S::V; NV]; M],
+    base: *mut f32,
+    stride: usize,
+    last: usize,
+) {
+    let l = S::LANES;
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: in bounds and exclusive (caller contract).
+        unsafe {
+            let d = base.add(i * stride);
             for (v, acc) in acc.iter().enumerate().take(NV - 1) {
                 s.store_ptr(d.add(v * l), *acc);
             }
             let d = d.add((NV - 1) * l);
-            if a.last >= l {
+            if last >= l {
                 s.store_ptr(d, acc[NV - 1]);
             } else {
-                s.store_partial_ptr(d, acc[NV - 1], a.last);
+                s.store_partial_ptr(d, acc[NV - 1], last);
             }
         }
     }
@@ -356,6 +397,23 @@ pub(super) struct GroupMajor {
 }
 
 impl GroupMajor {
+    /// Prefetches pixels `cols` of the copied groups in the source rows `rows` of
+    /// `img` (rows of `width·src_c` floats).
+    #[inline(always)]
+    pub(super) fn prefetch_rows(
+        &self,
+        img: &[f32],
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        for r in rows {
+            let base = img
+                .as_ptr()
+                .wrapping_add(r * self.width * self.src_c + self.g0 * self.cg);
+            prefetch_pixels(base, cols.clone(), self.src_c, self.ng * self.cg);
+        }
+    }
+
     /// Copies source rows `src_rows` (each `width·src_c` floats, consecutive) into
     /// destination rows starting at `dst_row0`, prefetching a few pixels ahead.
     #[inline(always)]

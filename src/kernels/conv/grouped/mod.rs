@@ -7,32 +7,44 @@
 //!
 //! # How the kernels work
 //! One kernel walks pixels × groups directly; a group convolution is never a loop of
-//! per-group tensor operations.
+//! per-group tensor operations. Every pass runs at every [`SimdLevel`]; the fastest
+//! paths are for AVX-512 and 16 channels per group (G16), whose 16 output channels are
+//! exactly one vector.
 //!
-//! - **Forward** is a direct convolution. A task owns a band of output rows of one image
-//!   and a block of groups; it first copies the input rows it needs into a zero-padded,
-//!   group-major buffer (`[group][row][padded column][channel of the group]`), so that
-//!   border pixels need no checks and, with no horizontal dilation, the `kw` taps of a
-//!   row and the group's input channels form one contiguous run of `kw·group_size`
-//!   values. The microkernel keeps a register tile of `MR` consecutive output pixels ×
-//!   `NV` vectors of the group's output channels, broadcasts one input value and
-//!   multiply-adds it with a weight vector. With AVX-512 a G16 group is exactly one
-//!   vector (`MR` up to 16 pixels); the stem (3 → 32 channels) is `MR` pixels × 2
-//!   vectors over 27 taps.
+//! - **Forward** is a direct convolution. A task owns a band of output rows of one
+//!   image and a block of groups (as many as keep their weights in cache). Just before
+//!   the first output row that reads them, the input rows are copied into a
+//!   zero-padded, group-major buffer (`[group][row][padded column][channel]`), so
+//!   border pixels need no checks and every pixel stride is a small constant; the rows
+//!   the next output row adds are prefetched while this one computes. The register
+//!   tile is `MR` consecutive output pixels × `NV` vectors of one group's output
+//!   channels. The general tile broadcasts one input value per multiply-add (with no
+//!   horizontal dilation the `kw` taps and channels of a kernel row are one run of
+//!   `kw·group_size` values). The sliding tile (AVX-512; G16 3×3 and 5×5, stride 1
+//!   and 2; the 3 → 32 stem) holds all `kw` weights of a kernel row in registers, so
+//!   one broadcast feeds every output pixel that reads it: `MR + kw − 1` broadcasts
+//!   for `MR·kw` multiply-adds at stride 1.
 //! - **Backward-data** is the transposed convolution run as a direct convolution over
-//!   `dy` with the weight transposed per group (`[group][kh][kw][co][ci]`, packed once
-//!   per call). Input columns are processed by residue class modulo the stride, so a
-//!   run of `dx` pixels shares the same `kw` taps and reads consecutive `dy` pixels.
+//!   a padded group-major copy of `dy` with the weight transposed per group
+//!   (`[group][kh][kw][co][ci]`, packed once per call). At stride 1 it uses the
+//!   sliding tile over the flipped kernel row; otherwise input columns are processed
+//!   by residue class modulo the stride, so a run of `dx` pixels shares the same `kw`
+//!   taps and reads consecutive `dy` pixels.
 //! - **Backward-weight** splits the output rows into fixed chunks (a function of the
-//!   shape only) and the groups into blocks; each task accumulates, for every tap,
-//!   (input channel × output-channel vector) register tiles over the chunk's pixels
-//!   (outer products) into its own `f32` partial, and the partials are added in chunk
-//!   order. Results are bitwise identical for any thread count.
+//!   shape only: small enough for a chunk's input to stay in L2) and, when that gives
+//!   too few tasks, the groups into blocks. A task streams its chunk in steps of a
+//!   few hundred pixels and adds, for every tap, register tiles of outer products
+//!   into its own `f32` partial: (input channel × output-channel vector) in general;
+//!   with AVX-512 and 16 channels per group, (`kw` taps × 4 output channels) tiles of
+//!   input-channel vectors, which load `kw` input vectors and broadcast 4 output
+//!   gradients per pixel for `4·kw` multiply-adds. The partials are added in chunk
+//!   order, so results are bitwise identical for any thread count.
 
 mod backward_data;
 mod backward_weight;
 mod forward;
 mod micro;
+mod slide;
 
 use super::{ConvShape, GradMode};
 use crate::error::Result;
@@ -168,6 +180,19 @@ impl Geo {
         (oh * self.sh + kh * self.dh)
             .checked_sub(self.pt)
             .filter(|&ih| ih < self.h)
+    }
+
+    /// Output columns `[lo, hi)` whose every `kw` tap reads inside the image;
+    /// `lo <= hi <= ow` (the columns left of `lo` and from `hi` on are the borders).
+    fn interior_cols(&self) -> (usize, usize) {
+        let lo = self.pl.div_ceil(self.sw).min(self.ow);
+        let span = (self.kw - 1) * self.dw;
+        let hi = if self.w - 1 + self.pl >= span {
+            (self.w - 1 + self.pl - span) / self.sw + 1
+        } else {
+            0
+        };
+        (lo, hi.clamp(lo, self.ow))
     }
 }
 
