@@ -31,6 +31,7 @@
 //! ```
 
 pub mod block;
+pub mod chain;
 pub mod codelets;
 pub mod graph;
 pub mod network;
