@@ -357,7 +357,10 @@ pub fn run_block(
             if names.len() == 1 {
                 return grad(names[0]).unwrap_or_else(|| vec![0.0; *len]);
             }
-            let g0 = grad(names[0]).unwrap_or_default();
+            // No first norm at expansion 1: its gradient is zero.
+            let Some(g0) = grad(names[0]) else {
+                return vec![0.0; *len];
+            };
             let c = g0.len();
             if *len == c {
                 return g0;

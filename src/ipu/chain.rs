@@ -1299,23 +1299,6 @@ fn fc_chunks(net: &Net, rows: usize, c: usize) -> Vec<(usize, usize)> {
     ranges(c, c.div_ceil(per))
 }
 
-fn fc_geom(n: usize, ci: usize, co: usize) -> ConvGeom {
-    ConvGeom {
-        nb: n,
-        in_hn: 1,
-        in_wn: 1,
-        out_hn: 1,
-        out_wn: 1,
-        kh: 1,
-        kw: 1,
-        stride: 1,
-        groups: 1,
-        cin_g: ci,
-        cout_g: co,
-        ..ConvGeom::default()
-    }
-}
-
 /// Squeeze-excitation on `a` (with the delayed proxy scale folded into its gate).
 fn se(net: &mut Net, name: &str, a: &Dist, reduced: usize, delayed: Delayed) -> Result<Dist> {
     let (n, c, r) = (a.n, a.c, reduced);
@@ -1364,7 +1347,7 @@ fn se(net: &mut Net, name: &str, a: &Dist, reduced: usize, delayed: Delayed) -> 
     let mut hp = Vec::new();
     for (j, &(j0, j1)) in chunks.iter().enumerate() {
         let t = net.t(format!("{name}.h_part{j}"), n * r, tiles[j])?;
-        let g = fc_geom(n, j1 - j0, r);
+        let g = ConvGeom::fc(n, j1 - j0, r);
         vs.push((
             tiles[j],
             Codelet::conv_amp(g),
@@ -1401,7 +1384,7 @@ fn se(net: &mut Net, name: &str, a: &Dist, reduced: usize, delayed: Delayed) -> 
     let (mut gpre, mut gate, mut gate_s) = (Vec::new(), Vec::new(), Vec::new());
     for (j, &(j0, j1)) in chunks.iter().enumerate() {
         let (t, cc) = (tiles[j], j1 - j0);
-        let g = fc_geom(n, r, cc);
+        let g = ConvGeom::fc(n, r, cc);
         let gp = net.t(format!("{name}.g{j}"), n * cc, t)?;
         let ga = net.t(format!("{name}.gate{j}"), n * cc, t)?;
         v2.push((
@@ -1533,7 +1516,7 @@ fn se(net: &mut Net, name: &str, a: &Dist, reduced: usize, delayed: Delayed) -> 
         );
         for (j, &(j0, j1)) in chunks.iter().enumerate() {
             let (t, cc) = (tiles[j], j1 - j0);
-            let g = fc_geom(n, r, cc);
+            let g = ConvGeom::fc(n, r, cc);
             let d = net.t(format!("{name}.dg{j}"), n * cc, t)?;
             v1.push((
                 t,
@@ -1587,7 +1570,7 @@ fn se(net: &mut Net, name: &str, a: &Dist, reduced: usize, delayed: Delayed) -> 
         let mut dpool = Vec::new();
         for (j, &(j0, j1)) in chunks.iter().enumerate() {
             let (t, cc) = (tiles[j], j1 - j0);
-            let g = fc_geom(n, cc, r);
+            let g = ConvGeom::fc(n, cc, r);
             let dh = net.t(format!("{name}.dh{j}"), n * r, t)?;
             v1.push((
                 t,
@@ -1720,7 +1703,7 @@ fn head_loss(net: &mut Net, x: &Dist, classes: usize) -> Result<(TensorId, Tenso
         let (t, kc) = (tiles[j], j1 - j0);
         let pre = net.t(format!("classifier.pre{j}"), n * kc, t)?;
         let lj = net.t(format!("classifier.logits{j}"), n * kc, t)?;
-        let g = fc_geom(n, c, kc);
+        let g = ConvGeom::fc(n, c, kc);
         v1.push((
             t,
             Codelet::conv_amp(g),
@@ -1771,7 +1754,7 @@ fn head_loss(net: &mut Net, x: &Dist, classes: usize) -> Result<(TensorId, Tenso
         let (wg, bg) = (net.params[wp].grad, net.params[bp].grad);
         for (j, &(j0, j1)) in chunks.iter().enumerate() {
             let (t, kc) = (tiles[j], j1 - j0);
-            let g = fc_geom(n, c, kc);
+            let g = ConvGeom::fc(n, c, kc);
             let db = net.t(format!("classifier.db{j}"), kc, t)?;
             let dw = net.t(format!("classifier.dw{j}"), c * kc, t)?;
             let dx = net.t(format!("classifier.dx_part{j}"), n * c, t)?;
