@@ -1844,6 +1844,7 @@ pub fn build(
 
 /// One step of a chain.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // a few dozen steps per network, built once
 pub enum Step {
     /// A convolution and the norm (+ activation) after it.
     Conv {
