@@ -16,6 +16,19 @@ inline void workerRange(unsigned n, unsigned w, unsigned workers, unsigned &begi
   end = begin + per + (w < extra ? 1u : 0u);
 }
 
+// The row loop of the row-parallel element-wise vertices: for each row r of the
+// worker's share of `rows` rows of C channels, f(r, c, i) for every channel c, with
+// i = r·C + c the element's index.
+template <class F>
+inline void forEachRowElement(unsigned rows, unsigned C, unsigned w, unsigned workers,
+                              F f) {
+  unsigned b, e;
+  workerRange(rows, w, workers, b, e);
+  for (unsigned r = b; r < e; ++r)
+    for (unsigned c = 0; c < C; ++c)
+      f(r, c, std::size_t(r) * C + c);
+}
+
 inline float bitsToFloat(unsigned bits) {
   float f;
   std::memcpy(&f, &bits, sizeof f);

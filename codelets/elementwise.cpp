@@ -16,13 +16,9 @@ public:
   unsigned rows, C, act;
 
   bool compute(unsigned workerId) {
-    unsigned b, e;
-    workerRange(rows, workerId, numWorkers(), b, e);
-    for (unsigned r = b; r < e; ++r)
-      for (unsigned c = 0; c < C; ++c) {
-        std::size_t i = std::size_t(r) * C + c;
-        y[i] = activate(act, x[i] + bias[c]);
-      }
+    forEachRowElement(rows, C, workerId, numWorkers(), [&](unsigned, unsigned c, std::size_t i) {
+      y[i] = activate(act, x[i] + bias[c]);
+    });
     return true;
   }
 };
@@ -37,13 +33,9 @@ public:
   unsigned rows, C, act;
 
   bool compute(unsigned workerId) {
-    unsigned b, e;
-    workerRange(rows, workerId, numWorkers(), b, e);
-    for (unsigned r = b; r < e; ++r)
-      for (unsigned c = 0; c < C; ++c) {
-        std::size_t i = std::size_t(r) * C + c;
-        dx[i] = dy[i] * activateGrad(act, x[i] + bias[c]);
-      }
+    forEachRowElement(rows, C, workerId, numWorkers(), [&](unsigned, unsigned c, std::size_t i) {
+      dx[i] = dy[i] * activateGrad(act, x[i] + bias[c]);
+    });
     return true;
   }
 };
@@ -79,13 +71,9 @@ public:
 
   bool compute(unsigned workerId) {
     float scale = bitsToFloat(scaleBits);
-    unsigned b, e;
-    workerRange(nb * pix, workerId, numWorkers(), b, e);
-    for (unsigned r = b; r < e; ++r) {
-      unsigned n = r / pix;
-      for (unsigned c = 0; c < C; ++c)
-        dx[std::size_t(r) * C + c] = scale * g[std::size_t(n) * C + c];
-    }
+    forEachRowElement(nb * pix, C, workerId, numWorkers(), [&](unsigned r, unsigned c, std::size_t i) {
+      dx[i] = scale * g[std::size_t(r / pix) * C + c];
+    });
     return true;
   }
 };
@@ -99,13 +87,9 @@ public:
   unsigned nb, pix, C;
 
   bool compute(unsigned workerId) {
-    unsigned b, e;
-    workerRange(nb * pix, workerId, numWorkers(), b, e);
-    for (unsigned r = b; r < e; ++r) {
-      unsigned n = r / pix;
-      for (unsigned c = 0; c < C; ++c)
-        y[std::size_t(r) * C + c] = x[std::size_t(r) * C + c] * gate[std::size_t(n) * C + c];
-    }
+    forEachRowElement(nb * pix, C, workerId, numWorkers(), [&](unsigned r, unsigned c, std::size_t i) {
+      y[i] = x[i] * gate[std::size_t(r / pix) * C + c];
+    });
     return true;
   }
 };

@@ -33,10 +33,24 @@
   v.groups = p[14];                                                                \
   v.cinG = p[15];                                                                  \
   v.coutG = p[16];
-#define NORM_FIELDS                                                                \
-  F(x, 0) F(stats, 1) F(gamma, 2) F(beta, 3) F(mu, 4) F(scale, 5) v.nb = p[0];     \
+// The (nb, pix, C) scalars of the block vertices, from p[0..3].
+#define NB_PIX_C                                                                   \
+  v.nb = p[0];                                                                     \
   v.pix = p[1];                                                                    \
-  v.C = p[2];                                                                      \
+  v.C = p[2];
+// The (rows, C, cg, count) scalars of the finalize vertices.
+#define ROWS_C_CG_COUNT                                                            \
+  v.rows = p[0];                                                                   \
+  v.C = p[1];                                                                      \
+  v.cg = p[2];                                                                     \
+  v.count = p[3];
+// The (rows, C, act) scalars of the bias + activation vertices.
+#define ROWS_C_ACT                                                                 \
+  v.rows = p[0];                                                                   \
+  v.C = p[1];                                                                      \
+  v.act = p[2];
+#define NORM_FIELDS                                                                \
+  F(x, 0) F(stats, 1) F(gamma, 2) F(beta, 3) F(mu, 4) F(scale, 5) NB_PIX_C         \
   v.c0 = p[3];                                                                     \
   v.groups = p[4];                                                                 \
   v.cg = p[5];                                                                     \
@@ -47,30 +61,18 @@
   extern "C" int effnet_ipu_##name(float *const *f, const std::size_t *n,          \
                                    const unsigned *p)
 
-TRAMPOLINE(ConvPartialAmp) {
-  ConvPartialAmp v;
-  F(in, 0) F(weights, 1) F(out, 2) GEOM RUN_MULTI
-}
-TRAMPOLINE(ConvPartialAmpBwdData) {
-  ConvPartialAmpBwdData v;
-  F(dy, 0) F(weights, 1) F(dx, 2) GEOM RUN_MULTI
-}
-TRAMPOLINE(ConvWeightGradAmp) {
-  ConvWeightGradAmp v;
-  F(x, 0) F(dy, 1) F(dw, 2) GEOM RUN_MULTI
-}
-TRAMPOLINE(DepthwiseVMac) {
-  DepthwiseVMac v;
-  F(in, 0) F(weights, 1) F(out, 2) GEOM RUN_MULTI
-}
-TRAMPOLINE(DepthwiseVMacBwdData) {
-  DepthwiseVMacBwdData v;
-  F(dy, 0) F(weights, 1) F(dx, 2) GEOM RUN_MULTI
-}
-TRAMPOLINE(DepthwiseVMacWeightGrad) {
-  DepthwiseVMacWeightGrad v;
-  F(x, 0) F(dy, 1) F(partials, 2) GEOM RUN_MULTI
-}
+// A convolution vertex: three fields and the geometry.
+#define CONV_TRAMPOLINE(name, a, b, c)                                             \
+  TRAMPOLINE(name) {                                                               \
+    name v;                                                                        \
+    F(a, 0) F(b, 1) F(c, 2) GEOM RUN_MULTI                                         \
+  }
+CONV_TRAMPOLINE(ConvPartialAmp, in, weights, out)
+CONV_TRAMPOLINE(ConvPartialAmpBwdData, dy, weights, dx)
+CONV_TRAMPOLINE(ConvWeightGradAmp, x, dy, dw)
+CONV_TRAMPOLINE(DepthwiseVMac, in, weights, out)
+CONV_TRAMPOLINE(DepthwiseVMacBwdData, dy, weights, dx)
+CONV_TRAMPOLINE(DepthwiseVMacWeightGrad, x, dy, partials)
 TRAMPOLINE(ReducePartials) {
   ReducePartials v;
   F(in, 0) F(out, 1) v.np = p[0];
@@ -79,18 +81,11 @@ TRAMPOLINE(ReducePartials) {
 }
 TRAMPOLINE(NormStats) {
   NormStats v;
-  F(x, 0) F(out, 1) v.nb = p[0];
-  v.pix = p[1];
-  v.C = p[2];
-  RUN_MULTI
+  F(x, 0) F(out, 1) NB_PIX_C RUN_MULTI
 }
 TRAMPOLINE(NormFinalize) {
   NormFinalize v;
-  F(sums, 0) F(stats, 1) v.rows = p[0];
-  v.C = p[1];
-  v.cg = p[2];
-  v.count = p[3];
-  v.epsBits = p[4];
+  F(sums, 0) F(stats, 1) ROWS_C_CG_COUNT v.epsBits = p[4];
   RUN_SINGLE
 }
 TRAMPOLINE(NormAct) {
@@ -103,11 +98,7 @@ TRAMPOLINE(NormActGradPartials) {
 }
 TRAMPOLINE(NormGradFinalize) {
   NormGradFinalize v;
-  F(sums, 0) F(means, 1) v.rows = p[0];
-  v.C = p[1];
-  v.cg = p[2];
-  v.count = p[3];
-  RUN_SINGLE
+  F(sums, 0) F(means, 1) ROWS_C_CG_COUNT RUN_SINGLE
 }
 TRAMPOLINE(NormActGradApply) {
   NormActGradApply v;
@@ -140,47 +131,29 @@ TRAMPOLINE(ProxyNormGradFinalize) {
 }
 TRAMPOLINE(BiasAct) {
   BiasAct v;
-  F(x, 0) F(bias, 1) F(y, 2) v.rows = p[0];
-  v.C = p[1];
-  v.act = p[2];
-  RUN_MULTI
+  F(x, 0) F(bias, 1) F(y, 2) ROWS_C_ACT RUN_MULTI
 }
 TRAMPOLINE(BiasActGrad) {
   BiasActGrad v;
-  F(x, 0) F(bias, 1) F(dy, 2) F(dx, 3) v.rows = p[0];
-  v.C = p[1];
-  v.act = p[2];
-  RUN_MULTI
+  F(x, 0) F(bias, 1) F(dy, 2) F(dx, 3) ROWS_C_ACT RUN_MULTI
 }
 TRAMPOLINE(ChannelSum) {
   ChannelSum v;
-  F(x, 0) F(out, 1) v.nb = p[0];
-  v.pix = p[1];
-  v.C = p[2];
-  v.scaleBits = p[3];
+  F(x, 0) F(out, 1) NB_PIX_C v.scaleBits = p[3];
   RUN_MULTI
 }
 TRAMPOLINE(PoolGrad) {
   PoolGrad v;
-  F(g, 0) F(dx, 1) v.nb = p[0];
-  v.pix = p[1];
-  v.C = p[2];
-  v.scaleBits = p[3];
+  F(g, 0) F(dx, 1) NB_PIX_C v.scaleBits = p[3];
   RUN_MULTI
 }
 TRAMPOLINE(SeGate) {
   SeGate v;
-  F(x, 0) F(gate, 1) F(y, 2) v.nb = p[0];
-  v.pix = p[1];
-  v.C = p[2];
-  RUN_MULTI
+  F(x, 0) F(gate, 1) F(y, 2) NB_PIX_C RUN_MULTI
 }
 TRAMPOLINE(SeGateGrad) {
   SeGateGrad v;
-  F(x, 0) F(gate, 1) F(dy, 2) F(dx, 3) F(dgate, 4) v.nb = p[0];
-  v.pix = p[1];
-  v.C = p[2];
-  RUN_MULTI
+  F(x, 0) F(gate, 1) F(dy, 2) F(dx, 3) F(dgate, 4) NB_PIX_C RUN_MULTI
 }
 TRAMPOLINE(Add) {
   (void)p;

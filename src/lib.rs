@@ -21,6 +21,7 @@ pub mod data;
 pub mod error;
 pub mod io;
 pub mod ipu;
+pub mod ipu_check;
 pub mod kernels;
 pub mod model;
 pub mod report;

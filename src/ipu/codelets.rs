@@ -176,6 +176,24 @@ impl ConvGeom {
             cout_g: u(16),
         }
     }
+    /// A fully connected layer as a 1×1 convolution of `nb` rows:
+    /// `[nb][ci] · [ci][co]`.
+    pub fn fc(nb: usize, ci: usize, co: usize) -> ConvGeom {
+        ConvGeom {
+            nb,
+            in_hn: 1,
+            in_wn: 1,
+            out_hn: 1,
+            out_wn: 1,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            groups: 1,
+            cin_g: ci,
+            cout_g: co,
+            ..ConvGeom::default()
+        }
+    }
     /// Elements of the input window.
     pub fn in_len(&self) -> usize {
         self.nb * self.in_hn * self.in_wn * self.groups * self.cin_g

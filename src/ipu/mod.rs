@@ -11,10 +11,14 @@
 //!   split with the lowest estimated cycles.
 //! - [`network`]: any network of [`crate::arch`] (B0–B7, `tiny`, G1/G16, BN/GN/LN+PN)
 //!   as a layer list, and the per-layer estimated report (`effnet ipu report`).
-//! - [`block`]: one MBConv block forward and backward as one program, run through the
-//!   codelets.
-//! - [`run`]: every convolution (split by the planner) and every block that fits,
-//!   executed and compared with the oracles (`effnet ipu run`).
+//! - [`chain`]: the whole network (stem → blocks → head → pool → classifier → loss,
+//!   then the complete backward) as one program, every layer split by the planner
+//!   within the tile budget and fed by the previous layer's output on the tiles
+//!   (`effnet ipu run` compares it with the SIMD model in `crate::ipu_check`;
+//!   `effnet ipu report` profiles it).
+//! - [`block`]: one MBConv block forward and backward, built from the chain's steps.
+//! - [`run`]: every convolution and every block on random data against the `f64`
+//!   oracles (`effnet ipu run --oracle f64`).
 //! - [`reference`](mod@reference): the oracles, in one place (the convolution oracle switch).
 //! - [`picture`]: the per-tile memory / cycles picture as a PNG.
 //!
@@ -31,6 +35,7 @@
 //! ```
 
 pub mod block;
+pub mod chain;
 pub mod codelets;
 pub mod graph;
 pub mod network;

@@ -7,7 +7,7 @@
 
 use super::block::{BlockNorm, BlockSpec};
 pub use super::codelets::ProxyScale;
-use super::planner::{Cost, Pass, Planner};
+use super::planner::{Cost, Planner};
 use super::target::{Precision, Target};
 use crate::arch::{ArchConfig, LayerRole, NormKind, PaddingMode};
 use crate::error::{Error, Result};
@@ -288,95 +288,6 @@ fn weight_elems(layers: &[Layer]) -> usize {
         .sum()
 }
 
-fn plan_lines(layers: &[Layer], pl: &Planner, passes: &[Pass]) -> Result<Vec<ReportLine>> {
-    let mut lines = Vec::new();
-    for &pass in passes {
-        // Blocks of the latest convolution's forward split: (images, pixels, channels)
-        // on the busiest tile, (row parts, channel parts), tiles.
-        let mut blocks = ((1, 1, 1), (1, 1), 1usize);
-        for l in layers {
-            let (n, h, w, c) = l.out;
-            let cost = match &l.op {
-                Op::Conv(s) => {
-                    let (sp, cost) = pl.plan_conv(s, pass)?;
-                    let (fsp, _) = if pass == Pass::Fwd {
-                        (sp, cost)
-                    } else {
-                        pl.plan_conv(s, Pass::Fwd)?
-                    };
-                    let (pc, nb, rows) = (fsp.pc, n.div_ceil(fsp.pn), s.out_h.div_ceil(fsp.ph));
-                    blocks = (
-                        (nb, rows * s.out_w, c.div_ceil(pc)),
-                        (fsp.ph, pc),
-                        fsp.tiles() / fsp.pci,
-                    );
-                    cost
-                }
-                Op::Norm(ns) => {
-                    let cg = ns.cg.max(1);
-                    let groups_ok = c % cg == 0;
-                    if !groups_ok {
-                        return Err(Error::InvalidArgument(format!(
-                            "{}: {cg} does not divide {c}",
-                            l.name
-                        )));
-                    }
-                    pl.norm_cost(
-                        blocks.0,
-                        blocks.1,
-                        blocks.2,
-                        n,
-                        c,
-                        cg,
-                        ns.per_sample,
-                        ns.act,
-                        ns.proxy,
-                        pass,
-                    )?
-                }
-                Op::Se { reduced } => {
-                    pl.se_cost(blocks.0, blocks.1, blocks.2, n, c, *reduced, pass)?
-                }
-                Op::Add => pl.add_cost(blocks.0.0 * blocks.0.1 * blocks.0.2, blocks.2, pass)?,
-                Op::Pool => {
-                    let mut c = pl.se_cost(blocks.0, blocks.1, blocks.2, n, c, 1, pass)?;
-                    c.flops = (n * h * w * c.tiles.min(1)) as f64;
-                    c
-                }
-                Op::Loss { classes } => {
-                    // One image per tile.
-                    let cyc = super::codelets::Codelet::softmax_xent(1, *classes)
-                        .estimate(&pl.target, pl.precision)?
-                        .cycles;
-                    Cost {
-                        tiles: n,
-                        max_tile_bytes: 3 * classes * pl.precision.bytes() + pl.reserved_bytes,
-                        compute_cycles: if pass == Pass::Fwd { cyc } else { 0 },
-                        exchange_cycles: if pass == Pass::Fwd {
-                            pl.exchange_for(*classes)
-                        } else {
-                            0
-                        },
-                        sync_cycles: if pass == Pass::Fwd {
-                            2 * pl.target.sync_cycles
-                        } else {
-                            0
-                        },
-                        flops: (5 * n * classes) as f64,
-                    }
-                }
-            };
-            lines.push(ReportLine {
-                layer: l.name.clone(),
-                kind: l.kind,
-                pass: pass.name(),
-                cost,
-            });
-        }
-    }
-    Ok(lines)
-}
-
 impl Planner {
     /// Estimated cycles to gather `elems` elements onto one tile.
     pub fn exchange_for(&self, elems: usize) -> u64 {
@@ -386,9 +297,13 @@ impl Planner {
     }
 }
 
-/// Plans every layer of `arch` for training (forward + backward, saved activations and
-/// weights, gradients and optimizer state reserved on every tile) and for inference
-/// (weights reserved), and sums the estimates.
+/// The estimated report of `arch`: the whole training step built as one program by
+/// [`super::chain::build`] (every layer split by the planner, sizes and tile mappings
+/// only, no tensor data) and profiled — per layer and pass its tiles, the peak live
+/// bytes on its busiest tile (everything resident then: saved activations, weights,
+/// the layer's own tensors) and its cycles; the inference figures from the forward
+/// program alone. A first check names the saved activations when even an even spread
+/// of them (plus weights, gradients and optimizer state) cannot fit.
 pub fn report(
     arch: &ArchConfig,
     res: usize,
@@ -422,14 +337,38 @@ pub fn report(
             ],
         });
     }
-    let mut pl = Planner {
-        target: target.clone(),
-        precision,
-        reserved_bytes: train_reserved,
+    // The whole training step built as one graph (sizes and mappings only, no tensor
+    // data) and profiled: per-layer memory from the actual tile mapping with every
+    // tensor live from its first to its last use (saved activations stay resident
+    // from the forward to the backward pass).
+    let ch = super::chain::build(arch, res, batch, target, precision)?;
+    let train = ch.profile()?;
+    let infer_profile = ch.graph.profile(&ch.fwd)?;
+    let lines_of = |p: &super::graph::Profile, fwd_only: bool| -> Vec<ReportLine> {
+        ch.graph
+            .layers
+            .iter()
+            .zip(&p.layers)
+            .filter(|(i, lp)| {
+                lp.tiles_used > 0 && i.name != "input" && (!fwd_only || i.pass == "fwd")
+            })
+            .map(|(i, lp)| ReportLine {
+                layer: i.name.clone(),
+                kind: i.kind,
+                pass: i.pass,
+                cost: Cost {
+                    tiles: lp.tiles_used,
+                    max_tile_bytes: lp.max_tile_bytes,
+                    compute_cycles: lp.compute_cycles,
+                    exchange_cycles: lp.exchange_cycles,
+                    sync_cycles: lp.sync_cycles,
+                    flops: i.flops,
+                },
+            })
+            .collect()
     };
-    let lines = plan_lines(&ls, &pl, &[Pass::Fwd, Pass::Bwd])?;
-    pl.reserved_bytes = per_tile(weights);
-    let infer = plan_lines(&ls, &pl, &[Pass::Fwd])?;
+    let lines = lines_of(&train, false);
+    let infer = lines_of(&infer_profile, true);
     let sum = |ls: &[ReportLine]| ls.iter().map(|l| l.cost.total()).sum::<u64>();
     let train_cycles = sum(&lines);
     let infer_cycles = sum(&infer);

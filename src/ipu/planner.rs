@@ -506,20 +506,7 @@ impl Planner {
         // FC on one tile per channel part: [batch × c_part] · [c_part × reduced] and
         // back to [batch × c_part].
         let cpart = channels.div_ceil(parts.1);
-        let fc = |ci: usize, co: usize| ConvGeom {
-            nb: batch,
-            in_hn: 1,
-            in_wn: 1,
-            out_hn: 1,
-            out_wn: 1,
-            kh: 1,
-            kw: 1,
-            stride: 1,
-            groups: 1,
-            cin_g: ci,
-            cout_g: co,
-            ..ConvGeom::default()
-        };
+        let fc = |ci: usize, co: usize| ConvGeom::fc(batch, ci, co);
         let sync = t.sync_cycles;
         let fc_flops = 4.0 * (batch * channels * reduced) as f64;
         let mut cost = Cost {

@@ -335,7 +335,13 @@ pub fn block_forward(spec: &BlockSpec, x: &[f64], p: &[Vec<f64>]) -> Vec<f64> {
         } else {
             xi.to_vec()
         };
-        let a1 = norm(spec, 1, &e, px, m, &p[1]);
+        // No norm before the spatial conv at expansion 1 (timm's
+        // DepthwiseSeparableConv: conv_dw → bn1 → SE → conv_pw → bn2).
+        let a1 = if spec.expand != 1 {
+            norm(spec, 1, &e, px, m, &p[1])
+        } else {
+            e
+        };
         let s = conv(&a1, &p[2], h, w, m, m, k, spec.stride, spec.group_size);
         let a2 = norm(spec, 2, &s, opx, m, &p[3]);
         let se = spec.se;

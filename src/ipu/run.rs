@@ -3,13 +3,11 @@
 //! planner, inputs and results moved by exchanges, weight-gradient partials reduced
 //! across tiles — and compared with the oracle of [`super::reference`].
 //!
-//! Each convolution gets random inputs of its shape. The MBConv blocks (with their
-//! norms, Proxy Norm, SE and skip) run **chained** by [`run_blocks_chained`]: each fed
-//! by the previous block's output, the loss after the last, gradients flowing back
-//! through every block; if a block does not fit its tiles, each block runs on its own
-//! random data instead ([`check_block`]). Not chained yet: the stem, the head, the
-//! pool, the classifier and the loss (their convolutions run split by the planner on
-//! random data).
+//! Each convolution gets random inputs of its shape; the MBConv blocks run chained
+//! by [`run_blocks_chained`] (or each on its own random data, [`check_block`]),
+//! against the `f64` references. This is the `--oracle f64` path of `effnet ipu run`;
+//! the default path runs the whole network as one program ([`super::chain`]) against
+//! the SIMD model.
 
 use super::block::BlockSpec;
 use super::codelets::{Codelet, ConvGeom, SHIM_WORKERS};
