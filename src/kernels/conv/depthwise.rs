@@ -7,30 +7,41 @@
 //! # How the kernels work
 //! Channels are contiguous in NHWC, so every kernel works on blocks of 1–4 SIMD
 //! vectors of channels (a channel count that is not a multiple of the lane count ends
-//! with a block of one partial vector: masked loads and stores at the edges, full
-//! vectors with zero lanes inside).
+//! with a block of one partial vector: masked loads and stores at the edges of memory,
+//! full vectors with zero lanes inside the scratch buffers).
 //!
-//! For one channel block, the source rows a task needs are copied once into a small
-//! ring of *packed rows*: the block's channels only (contiguous pixels), with zero
-//! pixels on both sides wide enough for every tap. Every output pixel of a row then
-//! reads its taps at fixed offsets, with no bounds checks and no border special cases;
-//! kernel rows that fall outside the image are simply left out of the row's tap list.
+//! Borders without bounds checks: for one channel block, the source rows a task needs
+//! are copied into a small ring of *packed rows* (the block's channels only, contiguous
+//! pixels) with zero pixels on both sides wide enough for every tap. Each destination
+//! row splits into an *interior* run, whose taps are all real pixels and which reads
+//! the tensor in place, and border runs, which read the ring (only the edge pixels are
+//! copied). On narrow images (width ≤ 32) and 5×5 stride-1 kernels whole rows are
+//! packed instead and every pixel reads the ring: contiguous loads pay off there (see
+//! `prefer_packed`). Kernel rows that fall outside the image are left out of a row's
+//! tap list. Tasks walk their rows in L2-sized tiles, all channel blocks per tile, so
+//! the later blocks find the rows in cache.
 //!
 //! - **Forward** (parallel over blocks of output rows): a tile of up to 8 output pixels
-//!   × the channel block is accumulated in registers over the row's taps.
+//!   × the channel block is accumulated in registers over the row's taps. On packed
+//!   stride-1 rows with 3 or 5 kernel columns, *sliding-window* tiles keep one kernel
+//!   row's weights in registers and load each input vector once for all the taps that
+//!   read it.
 //! - **Backward-data** is the same gather with the roles swapped (parallel over blocks
 //!   of input rows): for each input row, the kernel rows that reach an output row; for
 //!   each residue class of input columns modulo the stride, the kernel columns that
-//!   reach an output column (one tap set for the whole class). Each `dx` element is
-//!   written once: no scatter, no atomics.
+//!   reach an output column (one tap set for the whole class, so a class is again an
+//!   interior run plus border runs). Each `dx` element is written once: no scatter, no
+//!   atomics.
 //! - **Backward-weight** splits the output rows into fixed chunks (independent of the
 //!   thread count). Per chunk and channel block, each (kernel row, group of up to 5
-//!   kernel columns) accumulates in registers along an output row; the per-chunk
-//!   partial gradients are summed in chunk order ([`reduce_chunks`]), so the result is
-//!   bitwise identical for any number of threads. The bias gradient is fused in.
+//!   kernel columns) accumulates in registers along 32-pixel slices of an output row,
+//!   all kernel rows per slice; the per-chunk partial gradients are summed in chunk
+//!   order ([`reduce_chunks`]), so the result is bitwise identical for any number of
+//!   threads. The bias gradient is fused in (compensated summation across rows).
 //!
 //! Forward and backward-data compute every output element in the same order whatever
-//! the split into tasks, so they too are bitwise reproducible across thread counts.
+//! the split into tasks (the split only decides which thread computes it), so they too
+//! are bitwise reproducible across thread counts.
 
 use super::{ConvShape, GradMode};
 use crate::error::Result;
@@ -173,11 +184,12 @@ impl Drop for Scratch {
     }
 }
 
-/// Rows (of `per_row` floats of traffic each) that fit a task's working set in the
-/// core's L2 cache: each channel block passes over the same rows, so the later passes
-/// hit the cache instead of memory.
+/// Rows (of `per_row` floats of traffic each) that fit a task's working set in about
+/// half of a core's L2 cache (2 MiB on the reference machines): each channel block
+/// passes over the same rows, so the later passes hit the cache instead of memory. (A
+/// tile also re-packs the kernel's halo rows: 256 KiB measured slower than 1 MiB.)
 fn cache_rows(per_row: usize) -> usize {
-    const BUDGET: usize = 256 * 1024 / std::mem::size_of::<f32>();
+    const BUDGET: usize = 1024 * 1024 / std::mem::size_of::<f32>();
     (BUDGET / per_row.max(1)).max(1)
 }
 
