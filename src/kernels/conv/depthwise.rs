@@ -1223,6 +1223,124 @@ unsafe fn wgrad_px<S: Simd, const NV: usize, const G: usize, const TAIL: bool>(
     }
 }
 
+/// [`wgrad_run`] for packed rows (`dy` and `x` both `vb` floats per pixel, stride 1,
+/// dilation 1) with a sliding window: tiles of 8 output pixels (7 when that divides
+/// `count`) keep their `dy` vectors
+/// in registers and load each input vector once for the `K` kernel columns that read
+/// it. Full vectors only (the packed rows are zero-padded to whole vectors).
+///
+/// # Safety
+/// `dy` must hold `count` packed pixels and `x` `count + K − 1`; `out` `K` gradient
+/// vectors of `vb` floats (`out_step = vb`).
+#[inline(always)]
+unsafe fn wgrad_slide<S: Simd, const NV: usize, const K: usize>(
+    s: S,
+    dy: *const f32,
+    x: *const f32,
+    out: *mut f32,
+    count: usize,
+    vb: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        if !count.is_multiple_of(8) && count.is_multiple_of(7) {
+            wgrad_slide_p::<S, NV, 7, K>(s, dy, x, out, count, vb)
+        } else {
+            wgrad_slide_p::<S, NV, 8, K>(s, dy, x, out, count, vb)
+        }
+    }
+}
+
+/// [`wgrad_slide`] with tiles of `PT` output pixels.
+///
+/// # Safety
+/// As [`wgrad_slide`].
+#[inline(always)]
+unsafe fn wgrad_slide_p<S: Simd, const NV: usize, const PT: usize, const K: usize>(
+    s: S,
+    dy: *const f32,
+    x: *const f32,
+    out: *mut f32,
+    count: usize,
+    vb: usize,
+) {
+    let full = count / PT * PT;
+    // SAFETY: forwarded; the sub-blocks are inside the packed pixels.
+    unsafe {
+        if full == 0 {
+        } else if S::LANES >= 16 && NV >= 2 {
+            for v0 in (0..NV).step_by(2) {
+                wgrad_slide_v::<S, 2, PT, K>(s, dy, x, out, full, vb, v0);
+            }
+        } else {
+            for v0 in 0..NV {
+                wgrad_slide_v::<S, 1, PT, K>(s, dy, x, out, full, vb, v0);
+            }
+        }
+        if full < count {
+            let st = WSteps {
+                dy: vb,
+                x: vb,
+                tap: vb,
+                out: vb,
+                tail: 0,
+            };
+            let (dy, x) = (dy.add(full * vb), x.add(full * vb));
+            wgrad_group::<S, NV, false>(s, K, dy, x, out, count - full, st);
+        }
+    }
+}
+
+/// [`wgrad_slide`] for vectors `v0..v0 + NVT` of the block, `count` a multiple of `PT`.
+///
+/// # Safety
+/// As [`wgrad_slide`].
+#[inline(always)]
+unsafe fn wgrad_slide_v<S: Simd, const NVT: usize, const PT: usize, const K: usize>(
+    s: S,
+    dy: *const f32,
+    x: *const f32,
+    out: *mut f32,
+    count: usize,
+    vb: usize,
+    v0: usize,
+) {
+    let l = S::LANES;
+    let mut acc = [[s.zero(); NVT]; K];
+    // SAFETY (whole body): the caller guarantees the offsets are in bounds.
+    unsafe {
+        let (dy, x) = (dy.add(v0 * l), x.add(v0 * l));
+        for i0 in (0..count).step_by(PT) {
+            let mut d = [[s.zero(); NVT]; PT];
+            for (i, d) in d.iter_mut().enumerate() {
+                for (v, d) in d.iter_mut().enumerate() {
+                    *d = s.load_ptr(dy.add((i0 + i) * vb + v * l));
+                }
+            }
+            // Output pixel i reads input pixels i + k.
+            for q in 0..PT + K - 1 {
+                let mut xv = [s.zero(); NVT];
+                for (v, xv) in xv.iter_mut().enumerate() {
+                    *xv = s.load_ptr(x.add((i0 + q) * vb + v * l));
+                }
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    if q >= k && q - k < PT {
+                        for v in 0..NVT {
+                            acc[v] = s.mul_add(d[q - k][v], xv[v], acc[v]);
+                        }
+                    }
+                }
+            }
+        }
+        for (k, acc) in acc.iter().enumerate() {
+            for (v, a) in acc.iter().enumerate() {
+                let p = out.add(k * vb + (v0 + v) * l);
+                s.store_ptr(p, s.add(s.load_ptr(p), *a));
+            }
+        }
+    }
+}
+
 /// [`wgrad_run`] for a group of `gn <= 5` kernel columns, two accumulator sets when
 /// one would leave fewer than ~10 independent FMA chains.
 ///
@@ -1460,6 +1578,15 @@ impl WgradRows<'_> {
                     for &(kh, _, base) in khs {
                         let out = acc.add((kh * g.kw + kw0) * vb);
                         let xr = ring.add(base + kw0 * g.dw * vb);
+                        if self.cols.packed && g.sw == 1 && g.dw == 1 && dy_step == vb {
+                            // Whole packed rows, consecutive taps: sliding window.
+                            match gn {
+                                3 => wgrad_slide::<S, NV, 3>(s, dy_row, xr, out, a, vb),
+                                5 => wgrad_slide::<S, NV, 5>(s, dy_row, xr, out, a, vb),
+                                _ => wgrad_group::<S, NV, TAIL>(s, gn, dy_row, xr, out, a, packed),
+                            }
+                            continue;
+                        }
                         wgrad_group::<S, NV, TAIL>(s, gn, dy_row, xr, out, a, packed);
                         let (dr, xr) = (dy_row.add(b * dy_step), xr.add(b * g.sw * vb));
                         wgrad_group::<S, NV, TAIL>(s, gn, dr, xr, out, g.ow - b, packed);
