@@ -18,8 +18,9 @@
 //! copied). On narrow images (width ≤ 32) and 5×5 stride-1 kernels whole rows are
 //! packed instead and every pixel reads the ring: contiguous loads pay off there (see
 //! `prefer_packed`). Kernel rows that fall outside the image are left out of a row's
-//! tap list. Tasks walk their rows in L2-sized tiles, all channel blocks per tile, so
-//! the later blocks find the rows in cache.
+//! tap list. The gathers walk their rows one at a time, all channel blocks per row
+//! (one ring per block, weights packed once per task), so a source row is read from
+//! memory once for all blocks.
 //!
 //! - **Forward** (parallel over blocks of output rows): a tile of up to 8 output pixels
 //!   × the channel block is accumulated in registers over the row's taps. On packed
@@ -276,23 +277,24 @@ struct Ring<'a> {
     mem: &'a mut [f32],
     /// Which global source row each slot holds (`usize::MAX`: none).
     tags: Vec<usize>,
-    /// Floats between slots (sized for the widest block).
+    /// Floats between slots.
     stride: usize,
     rp: RowPack,
 }
 
 impl<'a> Ring<'a> {
-    /// Floats a ring of `slots` rows takes.
-    fn len(slots: usize, rp: RowPack, vb_max: usize) -> usize {
-        slots * rp.pw * vb_max
+    /// Floats a ring of `slots` rows of `vb`-float pixels takes.
+    fn len(slots: usize, rp: RowPack, vb: usize) -> usize {
+        slots * rp.pw * vb
     }
 
-    /// A ring in `mem` (at least [`Ring::len`] floats; any contents).
-    fn new(mem: &'a mut [f32], slots: usize, rp: RowPack, vb_max: usize) -> Ring<'a> {
+    /// A ring in `mem` (at least [`Ring::len`] floats; any contents) for pixels of up
+    /// to `vb` floats.
+    fn new(mem: &'a mut [f32], slots: usize, rp: RowPack, vb: usize) -> Ring<'a> {
         Ring {
             mem,
             tags: vec![usize::MAX; slots],
-            stride: rp.pw * vb_max,
+            stride: rp.pw * vb,
             rp,
         }
     }
@@ -345,8 +347,9 @@ impl<'a> Ring<'a> {
     }
 }
 
-/// One tap of a gather: float offsets of the source pixel (at the first pixel of a
-/// run, channel 0) and of the weight vector in the packed weights.
+/// One tap of a gather: the source pixel at the first pixel of a run (channel 0; in
+/// floats for the tensor, in packed pixels for a ring: see [`Gather::src_unit`]) and
+/// the tap's index `kh·kw_count + kw` in the packed weights.
 #[derive(Copy, Clone, Debug)]
 struct Tap {
     src: usize,
@@ -529,13 +532,15 @@ fn backward_data_columns(g: &Geo) -> Columns {
 /// Raw pointers and strides of one gather run for one channel block.
 #[derive(Copy, Clone)]
 struct Gather {
-    /// The source: the ring, or the tensor itself at channel `c0`.
+    /// The source: the block's ring, or the tensor itself at channel `c0`.
     src: *const f32,
-    /// Channel `c0` of the first destination row of the task.
+    /// Floats per unit of [`Tap::src`]: 1 for the tensor, `vb` for a ring.
+    src_unit: usize,
+    /// Channel `c0` of the destination row.
     dst: *mut f32,
-    /// Packed weights `[kh·kw][vb]`.
+    /// The block's packed weights `[kh·kw][vb]`.
     w: *const f32,
-    /// Packed bias `[vb]` (forward only) or null.
+    /// The block's packed bias `[vb]` (forward only) or null.
     bias: *const f32,
     /// Floats between consecutive pixels of a run, in the source and destination.
     src_step: usize,
@@ -573,8 +578,8 @@ unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool
         }
         let src = g.src.add(src_off);
         for t in taps {
-            let sp = src.add(t.src);
-            let wp = g.w.add(t.w);
+            let sp = src.add(t.src * g.src_unit);
+            let wp = g.w.add(t.w * NV * l);
             let mut wv = [s.zero(); NV];
             for (v, wv) in wv.iter_mut().enumerate() {
                 *wv = s.load_ptr(wp.add(v * l));
@@ -633,9 +638,9 @@ unsafe fn gather_run<S: Simd, const NV: usize, const P: usize, const TAIL: bool>
     }
 }
 
-/// One kernel row of a sliding-window tile: ring offset of the first tap's pixel (at
-/// pixel 0 of the run), packed-weight offset of that tap, and the weight step (in
-/// floats, ±vb) to the tap one pixel to the right.
+/// One kernel row of a sliding-window tile: the ring pixel of the first tap (at pixel 0
+/// of the run), that tap's index in the packed weights, and the tap-index step to the
+/// tap one pixel to the right.
 #[derive(Copy, Clone, Debug)]
 struct SlideRow {
     src: usize,
@@ -682,10 +687,11 @@ unsafe fn slide_tile<
             }
         }
         for r in rows {
-            let sp = g.src.add(src_off + r.src + v0 * l);
+            let sp = g.src.add(src_off + r.src * vb + v0 * l);
             let mut wv = [[s.zero(); NVT]; K];
             for (k, wv) in wv.iter_mut().enumerate() {
-                let wp = g.w.offset(r.w as isize + k as isize * r.w_step).add(v0 * l);
+                let t = r.w as isize + k as isize * r.w_step;
+                let wp = g.w.offset(t * vb as isize).add(v0 * l);
                 for (v, wv) in wv.iter_mut().enumerate() {
                     *wv = s.load_ptr(wp.add(v * l));
                 }
@@ -816,17 +822,15 @@ struct GatherRows<'a> {
     row0: usize,
 }
 
-/// Per-task scratch of a gather.
-struct GatherScratch<'a> {
-    ring: Ring<'a>,
-    /// Packed weights `[kh·kw][vb]`.
-    w: &'a mut [f32],
-    /// Packed bias `[vb]`.
-    bias: &'a mut [f32],
+/// The taps of one destination row, the same for every channel block.
+struct RowPlan {
+    /// `(kh, global source row, first packed pixel of its ring slot)`.
+    rows: Vec<(usize, usize, usize)>,
     taps: Vec<Tap>,
     slide: Vec<SlideRow>,
-    /// `(kh, global source row, ring offset)` of the current destination row.
-    rows: Vec<(usize, usize, usize)>,
+    /// Per class: its in-place taps, ring taps and sliding-window rows (ranges into
+    /// `taps`, `taps`, `slide`).
+    ranges: Vec<[Range<usize>; 3]>,
 }
 
 impl GatherRows<'_> {
@@ -840,154 +844,196 @@ impl GatherRows<'_> {
         }
     }
 
-    /// Destination rows `rows` of the task (indices into `dst`) for one channel block.
+    /// Fills `plan` for destination row `row` of image `n` (`slots` ring slots).
+    fn plan_row(&self, n: usize, row: usize, slots: usize, plan: &mut RowPlan) {
+        let (g, cols) = (self.g, self.cols);
+        let (src_rows, src_len, _, _) = self.dims();
+        let pl = cols.rp.pl;
+        plan.rows.clear();
+        plan.taps.clear();
+        plan.slide.clear();
+        plan.ranges.clear();
+        for kh in 0..g.kh {
+            let srow = match self.pass {
+                Pass::Forward => g.in_row(row, kh),
+                Pass::BackwardData => g.out_row(row, kh),
+            };
+            if let Some(sr) = srow {
+                let gr = n * src_rows + sr;
+                let slot_px = if slots > 0 {
+                    gr % slots * cols.rp.pw
+                } else {
+                    0
+                };
+                plan.rows.push((kh, gr, slot_px));
+            }
+        }
+        for cl in &cols.classes {
+            let t0 = plan.taps.len();
+            if cl.ja < cl.jb {
+                for &(kh, gr, _) in &plan.rows {
+                    for &(kw, off) in &cl.kws {
+                        let px = off + cl.ja * cols.src_step - pl;
+                        plan.taps.push(Tap {
+                            src: gr * src_len + px * g.c,
+                            w: kh * g.kw + kw,
+                        });
+                    }
+                }
+            }
+            let t1 = plan.taps.len();
+            if cl.ja > 0 || cl.jb < cl.count {
+                for &(kh, _, slot_px) in &plan.rows {
+                    for &(kw, off) in &cl.kws {
+                        plan.taps.push(Tap {
+                            src: slot_px + off,
+                            w: kh * g.kw + kw,
+                        });
+                    }
+                }
+            }
+            let t2 = plan.taps.len();
+            let s0 = plan.slide.len();
+            if let (Some((off0, kw0, step)), true) = (cl.slide, cols.packed) {
+                for &(kh, _, slot_px) in &plan.rows {
+                    plan.slide.push(SlideRow {
+                        src: slot_px + off0,
+                        w: kh * g.kw + kw0,
+                        w_step: step,
+                    });
+                }
+            }
+            plan.ranges.push([t0..t1, t1..t2, s0..plan.slide.len()]);
+        }
+    }
+
+    /// Copies one channel block of the weights (and bias) into the packed buffers
+    /// (`[kh·kw][vb]` from `kh·kw·c0`, `[vb]` from `c0`), zero lanes past `C`.
     ///
     /// # Safety
     /// `b` must be a block of `channel_blocks(C, LANES, …)` with `b.nv == NV` and
-    /// `TAIL == (b.tail > 0)`; the scratch must be sized for the task.
+    /// `TAIL == (b.tail > 0)`; `w` must hold `kh·kw·C_pad` floats, `bias` `C_pad`.
     #[inline(always)]
-    unsafe fn block<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+    unsafe fn pack_weights<S: Simd, const NV: usize, const TAIL: bool>(
+        &self,
+        s: S,
+        b: Block,
+        w: &mut [f32],
+        bias: &mut [f32],
+    ) {
+        let g = self.g;
+        let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
+        let (vb, taps_n) = (NV * l, g.kh * g.kw);
+        assert!(c0 + if TAIL { tail } else { vb } <= c && self.w.len() == taps_n * c);
+        assert!(w.len() >= taps_n * (c0 + vb) && bias.len() >= c0 + vb);
+        // SAFETY: the asserts above bound every access.
+        unsafe {
+            let wp = w.as_mut_ptr().add(taps_n * c0);
+            for t in 0..taps_n {
+                let src = self.w.as_ptr().add(t * c + c0);
+                for v in 0..NV {
+                    let val = ld::<S, TAIL>(s, src.add(v * l), tail);
+                    s.store_ptr(wp.add(t * vb + v * l), val);
+                }
+            }
+            if let Some(bs) = self.bias {
+                assert!(bs.len() == c);
+                for v in 0..NV {
+                    let val = ld::<S, TAIL>(s, bs.as_ptr().add(c0 + v * l), tail);
+                    s.store_ptr(bias.as_mut_ptr().add(c0 + v * l), val);
+                }
+            }
+        }
+    }
+
+    /// Destination row `r` of the task (an index into `dst`) for one channel block.
+    ///
+    /// # Safety
+    /// As [`GatherRows::pack_weights`], with the weights packed; `ring` is the block's
+    /// ring and `plan` the row's plan.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_block<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
         &mut self,
         s: S,
         b: Block,
-        sc: &mut GatherScratch<'_>,
-        rows: Range<usize>,
+        ring: &mut Ring<'_>,
+        w: &[f32],
+        bias: &[f32],
+        plan: &RowPlan,
+        r: usize,
     ) {
-        let g = self.g;
-        let cols = self.cols;
+        let (g, cols) = (self.g, self.cols);
         let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
         let vb = NV * l;
-        let (src_rows, src_len, dst_rows, dst_len) = self.dims();
-        let nrows = self.dst.len() / dst_len;
-        assert!(rows.end <= nrows);
+        let (src_rows, src_len, _, dst_len) = self.dims();
         let taps_n = g.kh * g.kw;
         let border = cols.has_border();
-        assert!(self.w.len() == taps_n * c && c0 + if TAIL { tail } else { vb } <= c);
-        assert!(self.src.len() == g.n * src_rows * src_len);
-        assert!(self.row0 + nrows <= g.n * dst_rows);
+        assert!(c0 + if TAIL { tail } else { vb } <= c);
+        assert!(self.src.len() == g.n * src_rows * src_len && (r + 1) * dst_len <= self.dst.len());
+        assert!(w.len() >= taps_n * (c0 + vb) && bias.len() >= c0 + vb);
         // SAFETY (whole body): the asserts above and the shapes of `Columns` (every
         // packed offset of every class is inside a ring row, every interior tap a real
         // source pixel, every destination pixel inside its row) keep all accesses in
         // bounds.
         unsafe {
-            assert!(sc.w.len() >= taps_n * vb && sc.bias.len() >= vb);
-            let wp = sc.w.as_mut_ptr();
-            for t in 0..taps_n {
-                let src = self.w.as_ptr().add(t * c + c0);
-                for v in 0..NV {
-                    s.store_ptr(
-                        wp.add(t * vb + v * l),
-                        ld::<S, TAIL>(s, src.add(v * l), tail),
-                    );
+            let src = self.src.as_ptr().add(c0);
+            if border {
+                for &(_, gr, _) in &plan.rows {
+                    ring.ensure::<S, NV, TAIL>(s, gr, src.add(gr * src_len), c, tail);
                 }
             }
-            let bp = match self.bias {
-                Some(bias) => {
-                    let bp = sc.bias.as_mut_ptr();
-                    for v in 0..NV {
-                        let src = bias.as_ptr().add(c0 + v * l);
-                        s.store_ptr(bp.add(v * l), ld::<S, TAIL>(s, src, tail));
-                    }
-                    bp as *const f32
-                }
-                None => std::ptr::null(),
+            let direct = Gather {
+                src,
+                src_unit: 1,
+                dst: self.dst.as_mut_ptr().add(r * dst_len + c0),
+                w: w.as_ptr().add(taps_n * c0),
+                bias: if self.bias.is_some() {
+                    bias.as_ptr().add(c0)
+                } else {
+                    std::ptr::null()
+                },
+                src_step: cols.src_step * c,
+                dst_step: cols.dst_step * c,
+                tail,
             };
-            sc.ring.reset(vb);
-            let dst = self.dst.as_mut_ptr().add(c0);
-            let src = self.src.as_ptr().add(c0);
-            let pl = cols.rp.pl;
-            for r in rows {
-                let global = self.row0 + r;
-                let (n, row) = (global / dst_rows, global % dst_rows);
-                sc.rows.clear();
-                for kh in 0..g.kh {
-                    let srow = match self.pass {
-                        Pass::Forward => g.in_row(row, kh),
-                        Pass::BackwardData => g.out_row(row, kh),
-                    };
-                    if let Some(sr) = srow {
-                        let gr = n * src_rows + sr;
-                        let base = if border {
-                            let sp = src.add(gr * src_len);
-                            sc.ring.ensure::<S, NV, TAIL>(s, gr, sp, c, tail)
-                        } else {
-                            0
-                        };
-                        sc.rows.push((kh, gr, base));
-                    }
+            let packed = Gather {
+                src: ring.mem.as_ptr(),
+                src_unit: vb,
+                src_step: cols.src_step * vb,
+                ..direct
+            };
+            for (cl, [td, tr, sl]) in cols.classes.iter().zip(&plan.ranges) {
+                if cl.ja < cl.jb {
+                    let d0 = (cl.dst0 + cl.ja * cols.dst_step) * c;
+                    let taps = &plan.taps[td.clone()];
+                    gather_run::<S, NV, P, TAIL>(s, &direct, taps, cl.jb - cl.ja, 0, d0);
                 }
-                let dst_row = dst.add(r * dst_len);
-                let direct = Gather {
-                    src,
-                    dst: dst_row,
-                    w: wp,
-                    bias: bp,
-                    src_step: cols.src_step * c,
-                    dst_step: cols.dst_step * c,
-                    tail,
-                };
-                let ring = Gather {
-                    src: sc.ring.mem.as_ptr(),
-                    src_step: cols.src_step * vb,
-                    ..direct
-                };
-                for cl in &cols.classes {
-                    if cl.ja < cl.jb {
-                        sc.taps.clear();
-                        for &(kh, gr, _) in &sc.rows {
-                            for &(kw, off) in &cl.kws {
-                                let px = off + cl.ja * cols.src_step - pl;
-                                sc.taps.push(Tap {
-                                    src: gr * src_len + px * c,
-                                    w: (kh * g.kw + kw) * vb,
-                                });
-                            }
-                        }
-                        let d0 = (cl.dst0 + cl.ja * cols.dst_step) * c;
-                        gather_run::<S, NV, P, TAIL>(s, &direct, &sc.taps, cl.jb - cl.ja, 0, d0);
-                    }
-                    if cl.ja > 0 || cl.jb < cl.count {
-                        sc.taps.clear();
-                        for &(kh, _, base) in &sc.rows {
-                            for &(kw, off) in &cl.kws {
-                                sc.taps.push(Tap {
-                                    src: base + off * vb,
-                                    w: (kh * g.kw + kw) * vb,
-                                });
-                            }
-                        }
-                        let d0 = cl.dst0 * c;
-                        let slide = match cl.slide {
-                            Some(sl) if cols.packed && cols.src_step == 1 => Some(sl),
-                            _ => None,
-                        };
-                        if let Some((off0, kw0, step)) = slide {
-                            // Packed whole rows: one run, sliding-window tiles.
-                            sc.slide.clear();
-                            for &(kh, _, base) in &sc.rows {
-                                sc.slide.push(SlideRow {
-                                    src: base + off0 * vb,
-                                    w: (kh * g.kw + kw0) * vb,
-                                    w_step: step * vb as isize,
-                                });
-                            }
-                            let (rw, t, n) = (&sc.slide[..], &sc.taps[..], cl.count);
-                            let r = &ring;
-                            // (Stride 2 and shorter rows measured no faster than the
-                            // tap-list tiles.)
-                            match (cl.kws.len(), cols.src_step) {
-                                (3, 1) => slide_run::<S, NV, P, 3, 1, TAIL>(s, r, rw, t, n, 0, d0),
-                                (5, 1) => slide_run::<S, NV, P, 5, 1, TAIL>(s, r, rw, t, n, 0, d0),
-                                _ => gather_run::<S, NV, P, TAIL>(s, r, t, n, 0, d0),
-                            }
+                if cl.ja == 0 && cl.jb == cl.count {
+                    continue;
+                }
+                let (taps, rows) = (&plan.taps[tr.clone()], &plan.slide[sl.clone()]);
+                let d0 = cl.dst0 * c;
+                // Packed whole rows at stride 1 with 3 or 5 taps: sliding-window tiles.
+                // (Stride 2 and other tap counts measured no faster than the tap-list
+                // tiles.)
+                if cols.src_step == 1 && !rows.is_empty() {
+                    let (pk, n) = (&packed, cl.count);
+                    match cl.kws.len() {
+                        3 => {
+                            slide_run::<S, NV, P, 3, 1, TAIL>(s, pk, rows, taps, n, 0, d0);
                             continue;
                         }
-                        gather_run::<S, NV, P, TAIL>(s, &ring, &sc.taps, cl.ja, 0, d0);
-                        let (s0, d1) = (cl.jb * ring.src_step, d0 + cl.jb * ring.dst_step);
-                        let n_right = cl.count - cl.jb;
-                        gather_run::<S, NV, P, TAIL>(s, &ring, &sc.taps, n_right, s0, d1);
+                        5 => {
+                            slide_run::<S, NV, P, 5, 1, TAIL>(s, pk, rows, taps, n, 0, d0);
+                            continue;
+                        }
+                        _ => {}
                     }
                 }
+                gather_run::<S, NV, P, TAIL>(s, &packed, taps, cl.ja, 0, d0);
+                let (s0, d1) = (cl.jb * packed.src_step, d0 + cl.jb * packed.dst_step);
+                gather_run::<S, NV, P, TAIL>(s, &packed, taps, cl.count - cl.jb, s0, d1);
             }
         }
     }
@@ -997,53 +1043,71 @@ impl SimdKernel for GatherRows<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(mut self, s: S) {
-        let g = self.g;
-        let nvm = nv_max(S::LANES);
-        let vbm = vb_max(g.c, S::LANES);
-        let slots = if self.cols.has_border() {
-            g.span_h()
-        } else {
-            0
-        };
-        let ring_len = Ring::len(slots, self.cols.rp, vbm);
-        let w_len = g.kh * g.kw * vbm;
+        let (g, cols) = (self.g, self.cols);
+        let l = S::LANES;
+        let c_pad = g.c.div_ceil(l) * l;
+        let slots = if cols.has_border() { g.span_h() } else { 0 };
+        let taps_n = g.kh * g.kw;
+        let blocks = channel_blocks(g.c, l, nv_max(l));
+        let ring_len = slots * cols.rp.pw * c_pad;
+        let (_, _, dst_rows, dst_len) = self.dims();
+        let nrows = self.dst.len() / dst_len;
         let mut scratch = Scratch::take();
-        {
-            let mem = scratch.slice(ring_len + w_len + vbm);
-            let (ring, rest) = mem.split_at_mut(ring_len);
-            let (w, bias) = rest.split_at_mut(w_len);
-            let mut sc = GatherScratch {
-                ring: Ring::new(ring, slots, self.cols.rp, vbm),
-                w,
-                bias,
-                taps: Vec::with_capacity(g.kh * g.kw),
-                slide: Vec::with_capacity(g.kh),
-                rows: Vec::with_capacity(g.kh),
-            };
-            let wide = S::LANES >= 16;
-            let blocks = channel_blocks(g.c, S::LANES, nvm);
-            let (_, src_len, _, dst_len) = self.dims();
-            let nrows = self.dst.len() / dst_len;
-            let per_row = match self.pass {
-                Pass::Forward => g.sh * src_len + dst_len,
-                Pass::BackwardData => src_len.div_ceil(g.sh) + dst_len,
-            };
-            let sub = cache_rows(per_row);
-            for r0 in (0..nrows).step_by(sub) {
-                let rr = r0..(r0 + sub).min(nrows);
-                for &b in &blocks {
-                    let rr = rr.clone();
-                    // SAFETY: the block comes from `channel_blocks` and matches the
-                    // variant.
-                    unsafe {
-                        match (b.nv, b.tail > 0, wide) {
-                            (_, true, _) => self.block::<S, 1, 8, true>(s, b, &mut sc, rr),
-                            (4, false, true) => self.block::<S, 4, 4, false>(s, b, &mut sc, rr),
-                            (4, false, false) => self.block::<S, 4, 2, false>(s, b, &mut sc, rr),
-                            (2, false, true) => self.block::<S, 2, 8, false>(s, b, &mut sc, rr),
-                            (2, false, false) => self.block::<S, 2, 4, false>(s, b, &mut sc, rr),
-                            _ => self.block::<S, 1, 8, false>(s, b, &mut sc, rr),
+        let mem = scratch.slice(ring_len + taps_n * c_pad + c_pad);
+        let (mut ring_mem, rest) = mem.split_at_mut(ring_len);
+        let (w, bias) = rest.split_at_mut(taps_n * c_pad);
+        // One ring per channel block (`vb` floats per pixel), kept for the whole task.
+        let mut rings = Vec::with_capacity(blocks.len());
+        for b in &blocks {
+            let vb = b.nv * l;
+            let (mine, others) =
+                std::mem::take(&mut ring_mem).split_at_mut(slots * cols.rp.pw * vb);
+            ring_mem = others;
+            let mut ring = Ring::new(mine, slots, cols.rp, vb);
+            ring.reset(vb);
+            rings.push(ring);
+        }
+        for &b in &blocks {
+            // SAFETY: the block comes from `channel_blocks` and matches the variant;
+            // the buffers hold `kh·kw·C_pad` and `C_pad` floats.
+            unsafe {
+                match (b.nv, b.tail > 0) {
+                    (_, true) => self.pack_weights::<S, 1, true>(s, b, w, bias),
+                    (4, false) => self.pack_weights::<S, 4, false>(s, b, w, bias),
+                    (2, false) => self.pack_weights::<S, 2, false>(s, b, w, bias),
+                    _ => self.pack_weights::<S, 1, false>(s, b, w, bias),
+                }
+            }
+        }
+        let mut plan = RowPlan {
+            rows: Vec::with_capacity(g.kh),
+            taps: Vec::with_capacity(2 * taps_n * cols.classes.len()),
+            slide: Vec::with_capacity(g.kh * cols.classes.len()),
+            ranges: Vec::with_capacity(cols.classes.len()),
+        };
+        let wide = l >= 16;
+        for r in 0..nrows {
+            let global = self.row0 + r;
+            self.plan_row(global / dst_rows, global % dst_rows, slots, &mut plan);
+            for (&b, ring) in blocks.iter().zip(&mut rings) {
+                let (w, bias, pl) = (&*w, &*bias, &plan);
+                // SAFETY: as above; the weights are packed and `plan` is the row's.
+                unsafe {
+                    match (b.nv, b.tail > 0, wide) {
+                        (_, true, _) => self.row_block::<S, 1, 8, true>(s, b, ring, w, bias, pl, r),
+                        (4, false, true) => {
+                            self.row_block::<S, 4, 4, false>(s, b, ring, w, bias, pl, r)
                         }
+                        (4, false, false) => {
+                            self.row_block::<S, 4, 2, false>(s, b, ring, w, bias, pl, r)
+                        }
+                        (2, false, true) => {
+                            self.row_block::<S, 2, 8, false>(s, b, ring, w, bias, pl, r)
+                        }
+                        (2, false, false) => {
+                            self.row_block::<S, 2, 4, false>(s, b, ring, w, bias, pl, r)
+                        }
+                        _ => self.row_block::<S, 1, 8, false>(s, b, ring, w, bias, pl, r),
                     }
                 }
             }
