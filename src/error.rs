@@ -27,6 +27,17 @@ pub enum Error {
     InvalidArgument(String),
     /// Reading or writing a file failed.
     Io(String),
+    /// An IPU-model graph does not fit one tile's memory budget.
+    TileMemory {
+        /// The tile over budget.
+        tile: usize,
+        /// Bytes live on the tile at its peak.
+        bytes: usize,
+        /// The tile's budget in bytes.
+        budget: usize,
+        /// The tensors live on the tile at that peak (name, bytes), largest first.
+        tensors: Vec<(String, usize)>,
+    },
 }
 
 impl fmt::Display for Error {
@@ -45,6 +56,25 @@ impl fmt::Display for Error {
             Error::Unsupported(m) => write!(f, "unsupported: {m}"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             Error::Io(m) => write!(f, "i/o error: {m}"),
+            Error::TileMemory {
+                tile,
+                bytes,
+                budget,
+                tensors,
+            } => {
+                write!(
+                    f,
+                    "tile {tile} needs {bytes} bytes, {} over its budget of {budget}; tensors on it:",
+                    bytes.saturating_sub(*budget)
+                )?;
+                for (name, b) in tensors.iter().take(12) {
+                    write!(f, " {name} ({b} B)")?;
+                }
+                if tensors.len() > 12 {
+                    write!(f, " … and {} more", tensors.len() - 12)?;
+                }
+                Ok(())
+            }
         }
     }
 }

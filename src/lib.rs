@@ -15,9 +15,15 @@
 
 #![warn(missing_docs)]
 
+pub mod arch;
 pub mod bench;
+pub mod data;
 pub mod error;
+pub mod io;
+pub mod ipu;
 pub mod kernels;
+pub mod model;
+pub mod report;
 pub mod simd;
 
 pub use error::{Error, Result};

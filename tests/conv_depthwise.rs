@@ -5,11 +5,10 @@
 
 mod common;
 
-use common::{Rng, in_pool, levels};
+use common::conv::{ConvCase, Family, Passes};
+use common::{in_pool, levels, proptest_cases};
 use effnet::Error;
-use effnet::kernels::conv::{
-    Conv2d, ConvDesc, ConvFamily, ConvShape, GradMode, Padding, depthwise, reference,
-};
+use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, GradMode, Padding, depthwise};
 use effnet::simd::{SimdLevel, with_level};
 use proptest::prelude::*;
 
@@ -27,87 +26,24 @@ fn max_err(got: &[f32], want: &[f64]) -> f64 {
 
 const TOL: f64 = 1e-5;
 
-struct Case {
-    shape: ConvShape,
-    x: Vec<f32>,
-    w: Vec<f32>,
-    b: Vec<f32>,
-    dy: Vec<f32>,
-}
-
-fn case(d: &ConvDesc, seed: u64) -> Case {
-    let shape = d.validate().unwrap();
-    let mut r = Rng::new(seed);
-    Case {
-        x: r.vec(shape.x_len),
-        w: r.vec(shape.w_len),
-        b: r.vec(d.out_channels),
-        dy: r.vec(shape.y_len),
-        shape,
-    }
-}
-
 /// Every pass at every level against the reference, through the plan and directly.
 fn check(d: &ConvDesc, seed: u64) -> Result<(), TestCaseError> {
-    let c = case(d, seed);
-    let s = c.shape;
+    let c = ConvCase::new(d, seed);
     let conv = Conv2d::new(d).unwrap();
     prop_assert_eq!(conv.family(), ConvFamily::Depthwise);
-    let y_ref = reference::forward(&s, &c.x, &c.w, Some(&c.b));
-    let y_ref_nb = reference::forward(&s, &c.x, &c.w, None);
-    let dx_ref = reference::backward_data(&s, &c.dy, &c.w);
-    let (dw_ref, db_ref) = reference::backward_weight(&s, &c.x, &c.dy);
+    let refs = c.references();
+    let direct = Family {
+        forward: depthwise::forward,
+        backward_data: depthwise::backward_data,
+        backward_weight: depthwise::backward_weight,
+    };
     for level in levels() {
-        with_level(level, || -> Result<(), TestCaseError> {
-            let mut y = vec![f32::NAN; s.y_len];
-            conv.forward(&c.x, &c.w, Some(&c.b), &mut y).unwrap();
-            let e = max_err(&y, &y_ref);
-            prop_assert!(e < TOL, "{level} forward {d:?}: err {e}");
-            depthwise::forward(level, &s, &c.x, &c.w, None, &mut y).unwrap();
-            let e = max_err(&y, &y_ref_nb);
-            prop_assert!(e < TOL, "{level} forward without bias {d:?}: err {e}");
-
-            let mut dx = vec![f32::NAN; s.x_len];
-            conv.backward_data(&c.dy, &c.w, &mut dx).unwrap();
-            let e = max_err(&dx, &dx_ref);
-            prop_assert!(e < TOL, "{level} backward_data {d:?}: err {e}");
-
-            let mut dw = vec![f32::NAN; s.w_len];
-            let mut db = vec![f32::NAN; d.out_channels];
-            conv.backward_weight(&c.x, &c.dy, &mut dw, Some(&mut db), GradMode::Overwrite)
-                .unwrap();
-            let e = max_err(&dw, &dw_ref);
-            prop_assert!(e < TOL, "{level} backward_weight {d:?}: err {e}");
-            let e = max_err(&db, &db_ref);
-            prop_assert!(e < TOL, "{level} bias grad {d:?}: err {e}");
-
-            // Accumulate, with and without the bias gradient.
-            let mut dw2 = c.w.clone();
-            let mut db2 = c.b.clone();
-            conv.backward_weight(&c.x, &c.dy, &mut dw2, Some(&mut db2), GradMode::Accumulate)
-                .unwrap();
-            let plus = |g: &[f64], old: &[f32]| -> Vec<f64> {
-                g.iter().zip(old).map(|(g, o)| g + *o as f64).collect()
-            };
-            let e = max_err(&dw2, &plus(&dw_ref, &c.w));
-            prop_assert!(e < TOL, "{level} accumulate {d:?}: err {e}");
-            let e = max_err(&db2, &plus(&db_ref, &c.b));
-            prop_assert!(e < TOL, "{level} accumulate bias {d:?}: err {e}");
-            let mut dw3 = c.w.clone();
-            depthwise::backward_weight(
-                level,
-                &s,
-                &c.x,
-                &c.dy,
-                &mut dw3,
-                None,
-                GradMode::Accumulate,
-            )
-            .unwrap();
-            let e = max_err(&dw3, &plus(&dw_ref, &c.w));
-            prop_assert!(e < TOL, "{level} accumulate without bias {d:?}: err {e}");
-            Ok(())
-        })?;
+        for passes in [Passes::Plan(&conv), Passes::Family(&direct)] {
+            let o = with_level(level, || c.run(&passes));
+            for (name, e) in o.errors(&refs, max_err) {
+                prop_assert!(e < TOL, "{level} {name} {d:?}: err {e}");
+            }
+        }
     }
     Ok(())
 }
@@ -149,15 +85,8 @@ fn desc(w_range: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = ConvD
         .prop_filter("valid descriptor", |d| d.validate().is_ok())
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: proptest_cases(40), max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     /// Wide rows: the interior runs read the tensors in place.
     #[test]
@@ -254,33 +183,12 @@ fn results_do_not_depend_on_thread_count() {
         ConvDesc::depthwise(8, (7, 7), 67, 3, 1),
     ];
     for (i, d) in shapes.iter().enumerate() {
-        let c = case(d, 900 + i as u64);
-        let s = c.shape;
+        let c = ConvCase::new(d, 900 + i as u64);
         let conv = Conv2d::new(d).unwrap();
         for level in levels() {
             let run = |threads: usize| {
                 in_pool(threads, || {
-                    with_level(level, || {
-                        let mut y = vec![0.0; s.y_len];
-                        conv.forward(&c.x, &c.w, Some(&c.b), &mut y).unwrap();
-                        let mut dx = vec![0.0; s.x_len];
-                        conv.backward_data(&c.dy, &c.w, &mut dx).unwrap();
-                        let mut dw = vec![0.0; s.w_len];
-                        let mut db = vec![0.0; d.out_channels];
-                        conv.backward_weight(
-                            &c.x,
-                            &c.dy,
-                            &mut dw,
-                            Some(&mut db),
-                            GradMode::Overwrite,
-                        )
-                        .unwrap();
-                        let mut dw2 = c.w.clone();
-                        conv.backward_weight(&c.x, &c.dy, &mut dw2, None, GradMode::Accumulate)
-                            .unwrap();
-                        [y, dx, dw, db, dw2]
-                            .map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
-                    })
+                    with_level(level, || c.run(&Passes::Plan(&conv)).bits())
                 })
             };
             let one = run(1);
@@ -296,7 +204,7 @@ fn results_do_not_depend_on_thread_count() {
 #[test]
 fn adjoint_identities_hold() {
     for (i, d) in fixed_shapes().iter().enumerate() {
-        let c = case(d, 77 + i as u64);
+        let c = ConvCase::new(d, 77 + i as u64);
         let s = c.shape;
         let conv = Conv2d::new(d).unwrap();
         for level in levels() {

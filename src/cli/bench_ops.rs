@@ -1,8 +1,8 @@
 //! `effnet bench ops`: times the convolution passes of a layer suite.
 
 use clap::Args;
+use effnet::bench::cases::{ConvCase, ConvPass};
 use effnet::bench::{self, LayerSpec};
-use effnet::kernels::conv::{Conv2d, GradMode};
 use effnet::simd::{self, SimdLevel};
 use effnet::{Error, Result};
 use std::time::Duration;
@@ -118,38 +118,12 @@ fn time_pass(
     pass: &str,
     min_time: f64,
 ) -> Result<(f64, f64, f64)> {
-    let conv = Conv2d::new(&layer.conv_desc(batch))?;
-    let s = *conv.shape();
-    let fill = |n: usize, k: u32| {
-        (0..n)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2654435761).wrapping_add(k) >> 20) as f32 / 4096.0 - 0.5
-            })
-            .collect::<Vec<f32>>()
-    };
-    let x = fill(s.x_len, 1);
-    let w = fill(s.w_len, 2);
-    let mut y = fill(s.y_len, 3);
-    let mut dx = vec![0.0f32; s.x_len];
-    let mut dw = vec![0.0f32; s.w_len];
-    let min = Duration::from_secs_f64(min_time);
-    let f32s = std::mem::size_of::<f32>() as f64;
-    let bytes = (s.x_len + s.w_len + s.y_len) as f64 * f32s;
+    let mut case = ConvCase::new(layer, batch)?;
+    let p: ConvPass = pass.parse()?;
     let mut result = Ok(());
-    let ms = match pass {
-        "fwd" => bench::median_ms(min, || {
-            result = result.clone().and(conv.forward(&x, &w, None, &mut y))
-        }),
-        "bwd_data" => bench::median_ms(min, || {
-            result = result.clone().and(conv.backward_data(&y, &w, &mut dx))
-        }),
-        _ => bench::median_ms(min, || {
-            result =
-                result
-                    .clone()
-                    .and(conv.backward_weight(&x, &y, &mut dw, None, GradMode::Overwrite))
-        }),
-    };
+    let ms = bench::median_ms(Duration::from_secs_f64(min_time), || {
+        result = result.clone().and(case.run(p))
+    });
     result.map_err(|e| Error::InvalidArgument(format!("{}: {pass}: {e}", layer.name)))?;
-    Ok((ms, s.flops(), bytes))
+    Ok((ms, case.flops(), case.bytes()))
 }

@@ -1,6 +1,11 @@
 //! Command-line parsing and dispatch.
 
+mod bench_model;
+mod bench_norm;
 mod bench_ops;
+mod interop;
+mod ipu;
+mod train;
 
 use clap::{Parser, Subcommand};
 use effnet::Result;
@@ -18,14 +23,42 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Prints the SIMD level in use and the thread count.
-    Info,
+    /// Prints the SIMD level in use and the thread count, and with `--arch` the
+    /// network's parameter and multiply-accumulate counts.
+    Info(InfoArgs),
+    /// Trains a network (default: G16 LN+PN on the built-in synthetic shapes, reduced
+    /// resolution, then head fine-tuning at the test resolution).
+    Train(train::TrainArgs),
+    /// Logits of a network (timm or effnet weights) for NCHW float32 images in a .npy.
+    Predict(interop::PredictArgs),
+    /// Gradient of the mean cross-entropy with respect to every parameter (BatchNorm
+    /// in training mode, no dropout), saved under the weights' names and layouts;
+    /// prints {"loss": …}.
+    Grad(interop::GradArgs),
+    /// The IPU execution model (estimated cycles; codelets run on the host).
+    #[command(subcommand)]
+    Ipu(ipu::IpuCommand),
+}
+
+/// Arguments of `effnet info`.
+#[derive(clap::Args, Debug)]
+struct InfoArgs {
+    /// Architecture (e.g. efficientnet_b0, tf_efficientnet_b3, b0_g16_lnpn).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Input resolution (default: the architecture's native one).
+    #[arg(long)]
+    res: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Times the convolution passes of every layer of a suite.
     Ops(bench_ops::OpsArgs),
+    /// Whole-network inference and training-step throughput and peak memory.
+    Model(bench_model::ModelArgs),
+    /// Times the normalization + activation ops (LN+Proxy Norm, GroupNorm, BatchNorm).
+    Norm(bench_norm::NormArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -33,15 +66,13 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
-        Command::Info => {
-            println!(
-                "simd level: {} (detected {})",
-                effnet::simd::active(),
-                effnet::simd::detected()
-            );
-            println!("threads: {}", rayon::current_num_threads());
-            Ok(())
-        }
+        Command::Bench(BenchCommand::Model(a)) => bench_model::run(&a),
+        Command::Bench(BenchCommand::Norm(a)) => bench_norm::run(&a),
+        Command::Info(a) => info(&a),
+        Command::Train(a) => train::run(&a),
+        Command::Predict(a) => interop::predict(&a),
+        Command::Grad(a) => interop::grad(&a),
+        Command::Ipu(c) => ipu::run(&c),
     }
 }
 
@@ -52,4 +83,30 @@ pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<
         .build()
         .map_err(|e| effnet::Error::InvalidArgument(format!("thread pool: {e}")))?;
     Ok(pool.install(f))
+}
+
+fn info(a: &InfoArgs) -> Result<()> {
+    println!(
+        "simd level: {} (detected {})",
+        effnet::simd::active(),
+        effnet::simd::detected()
+    );
+    println!("threads: {}", rayon::current_num_threads());
+    if let Some(name) = &a.arch {
+        let arch = effnet::arch::ArchConfig::from_name(name)?;
+        let res = a.res.unwrap_or(arch.native_res);
+        if res < 32 {
+            return Err(effnet::Error::InvalidArgument(format!(
+                "--res {res} is below 32"
+            )));
+        }
+        let c = arch.counts(res);
+        println!(
+            "{}: {:.2} M parameters, {:.3} G multiply-accumulates per image at {res}×{res}",
+            arch.name,
+            c.params as f64 / 1e6,
+            c.macs as f64 / 1e9
+        );
+    }
+    Ok(())
 }

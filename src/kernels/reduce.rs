@@ -35,6 +35,15 @@ impl SimdKernel for AddRows<'_> {
     }
 }
 
+/// `acc[c] += Σ_r m[r·cols + c]` with `cols = acc.len()`, on one thread (the building
+/// block of [`column_sums`] and of per-sample sums).
+pub(crate) fn add_rows(level: SimdLevel, m: &[f32], acc: &mut [f32]) {
+    let cols = acc.len();
+    if cols > 0 {
+        dispatch(level, AddRows { m, cols, acc });
+    }
+}
+
 /// `out[c] (+)= Σ_r m[r·cols + c]` for a row-major `rows × cols` matrix, deterministic
 /// for any thread count. `m.len()` must be a multiple of `cols` (= `out.len()`).
 pub fn column_sums(level: SimdLevel, m: &[f32], out: &mut [f32], accumulate: bool) {
@@ -46,14 +55,7 @@ pub fn column_sums(level: SimdLevel, m: &[f32], out: &mut [f32], accumulate: boo
     let rows = m.len() / cols;
     let chunk = chunk_len(rows, (16384 / cols).max(1), 64);
     reduce_chunks(rows, chunk, out, accumulate, |r, part| {
-        dispatch(
-            level,
-            AddRows {
-                m: &m[r.start * cols..r.end * cols],
-                cols,
-                acc: part,
-            },
-        )
+        add_rows(level, &m[r.start * cols..r.end * cols], part)
     });
 }
 

@@ -246,6 +246,8 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
     /// Lane-wise minimum.
     fn min(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise square root (IEEE-exact on every level).
+    fn sqrt(self, a: Self::V) -> Self::V;
     /// Rounds to the nearest integer (ties to even).
     fn round(self, a: Self::V) -> Self::V;
     /// `2^n` for lanes holding integral values `n` in `-126..=127`.

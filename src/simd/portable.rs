@@ -72,6 +72,10 @@ impl Simd for Portable {
         a.fast_min(b)
     }
     #[inline(always)]
+    fn sqrt(self, a: f32x8) -> f32x8 {
+        a.sqrt()
+    }
+    #[inline(always)]
     fn round(self, a: f32x8) -> f32x8 {
         a.round()
     }

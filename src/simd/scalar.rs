@@ -75,6 +75,10 @@ impl Simd for Scalar {
         a.min(b)
     }
     #[inline(always)]
+    fn sqrt(self, a: f32) -> f32 {
+        a.sqrt()
+    }
+    #[inline(always)]
     fn round(self, a: f32) -> f32 {
         a.round_ties_even()
     }

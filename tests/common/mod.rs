@@ -3,6 +3,8 @@
 
 use effnet::simd::SimdLevel;
 
+pub mod conv;
+
 /// SplitMix64: a tiny deterministic generator (no dependency, same stream everywhere).
 pub struct Rng(u64);
 
@@ -59,4 +61,13 @@ pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .build()
         .unwrap()
         .install(f)
+}
+
+/// Proptest case count: `PROPTEST_CASES` from the environment, else `default`
+/// (each test file sizes its default so the whole suite stays fast on 2 cores).
+pub fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

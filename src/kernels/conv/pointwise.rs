@@ -1,16 +1,54 @@
 //! Pointwise (1×1) convolution: a matrix product over `batch·out_h·out_w` rows, strided 1×1 included.
 //!
-//! Layouts are those of [`ConvDesc`](super::ConvDesc).
+//! Layouts are those of [`ConvDesc`](super::ConvDesc): `x` is `[N][H][W][C_in]`, `y` is
+//! `[N][OH][OW][C_out]`, the weight is `[C_in][C_out]`, the bias `[C_out]`. With
+//! `M = N·OH·OW` output pixels and `X̃` the `M × C_in` matrix of the input pixels that
+//! the outputs read (pixel `(oh·sh, ow·sw)` for output `(oh, ow)`; all of `x` at
+//! stride 1):
+//!
+//! - forward: `Y = X̃·W (+ bias)`;
+//! - backward-data: `dX̃ = dY·Wᵀ`, and zero at the input pixels no output reads;
+//! - backward-weight: `dW = X̃ᵀ·dY`, `dbias = Σ_rows dY`, summed over fixed chunks of
+//!   rows and reduced in chunk order, so the result is bitwise the same for any number
+//!   of threads.
+//!
+//! All three run on the crate's register-tiled matrix product (`kernels::gemm`, internal).
 
-use super::{ConvShape, GradMode};
-use crate::error::{Error, Result};
+use super::{ConvShape, GradMode, bias_grad};
+use crate::error::Result;
+use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap, padded_cols};
+use crate::kernels::parallel::reduce_chunks;
 use crate::simd::SimdLevel;
+use rayon::prelude::*;
+use std::ops::Range;
 
-fn not_yet() -> Error {
-    Error::Unsupported("the pointwise kernels are not implemented yet".into())
+/// `M`, and the map from output rows to element offsets of input pixels in `x`.
+fn input_rows(shape: &ConvShape) -> (usize, RowMap) {
+    let d = &shape.desc;
+    let m = d.batch * shape.out_h * shape.out_w;
+    let ci = d.in_channels;
+    let map = if d.stride_h == 1 && d.stride_w == 1 {
+        RowMap::uniform(ci)
+    } else {
+        RowMap::grid(
+            shape.out_w,
+            shape.out_h,
+            d.stride_w * ci,
+            d.stride_h * d.in_w * ci,
+            d.in_h * d.in_w * ci,
+        )
+    };
+    (m, map)
+}
+
+fn strided(shape: &ConvShape) -> bool {
+    shape.desc.stride_h != 1 || shape.desc.stride_w != 1
 }
 
 /// `y = conv(x, w) (+ bias)`; `y` is overwritten.
+///
+/// `x`: `[N][H][W][C_in]`, `w`: `[C_in][C_out]`, `bias`: `[C_out]`,
+/// `y`: `[N][OH][OW][C_out]`. Errors if a buffer length does not match `shape`.
 pub fn forward(
     level: SimdLevel,
     shape: &ConvShape,
@@ -20,11 +58,30 @@ pub fn forward(
     y: &mut [f32],
 ) -> Result<()> {
     shape.check_forward(x, w, bias, y)?;
-    let _ = level;
-    Err(not_yet())
+    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
+    let (m, a_rows) = input_rows(shape);
+    let packed = PackedB::new(level, ci, co, w, co, 1);
+    Gemm {
+        m,
+        n: co,
+        k: ci,
+        a: x,
+        a_rows,
+        a_cs: 1,
+        b: BOperand::Packed(&packed),
+        c_rows: RowMap::uniform(co),
+        bias,
+        accumulate: false,
+    }
+    .run(level, y);
+    Ok(())
 }
 
 /// `dx = convᵀ(dy, w)`; `dx` is overwritten.
+///
+/// `dy`: `[N][OH][OW][C_out]`, `w`: `[C_in][C_out]`, `dx`: `[N][H][W][C_in]`; with a
+/// stride above 1 the input pixels that no output reads get zero. Errors if a buffer
+/// length does not match `shape`.
 pub fn backward_data(
     level: SimdLevel,
     shape: &ConvShape,
@@ -33,11 +90,85 @@ pub fn backward_data(
     dx: &mut [f32],
 ) -> Result<()> {
     shape.check_backward_data(dy, w, dx)?;
-    let _ = level;
-    Err(not_yet())
+    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
+    let (m, c_rows) = input_rows(shape);
+    if strided(shape) {
+        zero_unread_pixels(shape, dx);
+    }
+    // B = Wᵀ: element (p = co, j = ci) at w[ci·C_out + co].
+    let packed = PackedB::new(level, co, ci, w, 1, co);
+    Gemm {
+        m,
+        n: ci,
+        k: co,
+        a: dy,
+        a_rows: RowMap::uniform(co),
+        a_cs: 1,
+        b: BOperand::Packed(&packed),
+        c_rows,
+        bias: None,
+        accumulate: false,
+    }
+    .run(level, dx);
+    Ok(())
+}
+
+/// Zeroes the pixels of `dx` that a strided 1×1 convolution does not read.
+fn zero_unread_pixels(shape: &ConvShape, dx: &mut [f32]) {
+    let d = &shape.desc;
+    let ci = d.in_channels;
+    let (sh, sw) = (d.stride_h, d.stride_w);
+    dx.par_chunks_mut(d.in_w * ci)
+        .enumerate()
+        .for_each(|(row, line)| {
+            let ih = row % d.in_h;
+            let read_row = ih.is_multiple_of(sh) && ih / sh < shape.out_h;
+            for (iw, px) in line.chunks_mut(ci).enumerate() {
+                if !(read_row && iw.is_multiple_of(sw) && iw / sw < shape.out_w) {
+                    px.fill(0.0);
+                }
+            }
+        });
+}
+
+/// Rows per chunk of the weight-gradient reduction: depends on the shape only (never
+/// on the thread count). At least 2048 rows (each chunk's partial sums cost a zeroing
+/// and a reduction pass; the product inside a chunk is itself split into parallel
+/// tiles), at most 64 chunks, and at most 4 Mi floats of partial sums in all.
+fn grad_chunk(m: usize, ci: usize, co: usize) -> usize {
+    const MIN_ROWS: usize = 2048;
+    const MAX_CHUNKS: usize = 64;
+    const MAX_PARTIAL: usize = 4 << 20;
+    let by_mem = (MAX_PARTIAL / (ci * co).max(1)).clamp(1, MAX_CHUNKS);
+    let chunks = m.div_ceil(MIN_ROWS).clamp(1, by_mem);
+    m.div_ceil(chunks).max(1)
+}
+
+/// `dst[j][i] (+)= src[i][j]` for a row-major `rows × cols` `src`, in parallel over
+/// blocks of `dst` rows.
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], accumulate: bool) {
+    const T: usize = 32;
+    dst.par_chunks_mut(T * rows)
+        .enumerate()
+        .for_each(|(jb, block)| {
+            for i0 in (0..rows).step_by(T) {
+                for (jj, d) in block.chunks_exact_mut(rows).enumerate() {
+                    let j = jb * T + jj;
+                    for i in i0..(i0 + T).min(rows) {
+                        let v = src[i * cols + j];
+                        d[i] = if accumulate { d[i] + v } else { v };
+                    }
+                }
+            }
+        });
 }
 
 /// Weight (and bias) gradient, overwritten or accumulated per `mode`.
+///
+/// `x`: `[N][H][W][C_in]`, `dy`: `[N][OH][OW][C_out]`, `dw`: `[C_in][C_out]`,
+/// `dbias`: `[C_out]`. The sums over rows are cut into fixed chunks reduced in order:
+/// bitwise identical results for any thread count. Errors if a buffer length does not
+/// match `shape`.
 pub fn backward_weight(
     level: SimdLevel,
     shape: &ConvShape,
@@ -48,6 +179,71 @@ pub fn backward_weight(
     mode: GradMode,
 ) -> Result<()> {
     shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
-    let _ = (level, mode);
-    Err(not_yet())
+    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
+    let (m, x_rows) = input_rows(shape);
+    let chunk = grad_chunk(m, ci, co);
+    let is_strided = strided(shape);
+    // The kernels vectorize the columns of the product: dW = X̃ᵀ·dY has C_out columns,
+    // dWᵀ = dYᵀ·X̃ has C_in. Compute the transpose when C_out wastes a quarter more
+    // lanes (24 output channels against a multiple of 16 input channels), then
+    // transpose back.
+    let swap = 4 * padded_cols(level, co) * ci > 5 * padded_cols(level, ci) * co;
+    // dW (or dWᵀ) (+)= over rows `rows`, written into `out`.
+    let chunk_product = |rows: Range<usize>, out: &mut [f32], accumulate: bool| {
+        let len = rows.len();
+        // X̃ over the chunk's rows, contiguous.
+        let gathered;
+        let xs: &[f32] = if is_strided {
+            let mut g = vec![0.0f32; len * ci];
+            for (r, out) in rows.clone().zip(g.chunks_exact_mut(ci)) {
+                let o = x_rows.offset(r);
+                out.copy_from_slice(&x[o..o + ci]);
+            }
+            gathered = g;
+            &gathered
+        } else {
+            &x[rows.start * ci..rows.end * ci]
+        };
+        let dys = &dy[rows.start * co..rows.end * co];
+        // A = (one operand)ᵀ: element (i, p) at a[p·width + i]; B = the other's rows.
+        let (m, n, a, b) = if swap {
+            (co, ci, dys, xs)
+        } else {
+            (ci, co, xs, dys)
+        };
+        Gemm {
+            m,
+            n,
+            k: len,
+            a,
+            a_rows: RowMap::uniform(1),
+            a_cs: m,
+            b: BOperand::Rows { data: b, rs: n },
+            c_rows: RowMap::uniform(n),
+            bias: None,
+            accumulate,
+        }
+        .run(level, out);
+    };
+    let reduce = |out: &mut [f32], accumulate: bool| {
+        if chunk >= m {
+            // One chunk: no partial buffer.
+            chunk_product(0..m, out, accumulate);
+        } else {
+            reduce_chunks(m, chunk, out, accumulate, |rows, part| {
+                chunk_product(rows, part, true)
+            });
+        }
+    };
+    if swap {
+        let mut t = vec![0.0f32; co * ci];
+        reduce(&mut t, false);
+        transpose_into(&t, co, ci, dw, mode.accumulate());
+    } else {
+        reduce(dw, mode.accumulate());
+    }
+    if let Some(db) = dbias {
+        bias_grad(level, shape, dy, db, mode);
+    }
+    Ok(())
 }

@@ -1,13 +1,15 @@
 //! Benchmark support shared by the CLI's `bench` commands and the criterion benches:
 //! the layer-suite format, timing, and the roofline of the reference machine.
 
+pub mod cases;
+
 use crate::error::{Error, Result};
 use crate::kernels::conv::{ConvDesc, Padding};
 use std::time::{Duration, Instant};
 
 /// The EfficientNet-B0 layer suite (G1 and G16 spatial convs, pointwise convs, stem)
 /// shipped with the crate; the same file as `shared/bench/b0_layers.tsv`.
-pub const B0_SUITE: &str = include_str!("../benches/suites/b0_layers.tsv");
+pub const B0_SUITE: &str = include_str!("../../benches/suites/b0_layers.tsv");
 
 /// Roofline of the reference development machine (DESIGN.md: 2 cores, AVX-512):
 /// fp32 peak with AVX-512, in GFLOP/s.

@@ -1,0 +1,225 @@
+//! Checking the `(pointer, element count)` pairs a call receives before any is touched.
+//!
+//! A call first describes all its buffers ([`In`], [`Out`], [`OptIn`], [`OptOut`]),
+//! then [`check`] validates them together: NULL (where not optional), the element count
+//! against what the plan needs, `f32` alignment, the address range not wrapping around,
+//! and no output overlapping any other buffer (Rust forbids a `&mut` slice aliasing
+//! anything). Only then are slices made.
+
+use std::mem::{align_of, size_of};
+
+use crate::status::{Failure, Outcome};
+
+/// A buffer argument of one call, before checking.
+#[derive(Copy, Clone, Debug)]
+pub struct Buf {
+    /// The C parameter name, for messages.
+    pub name: &'static str,
+    /// The pointer (may be NULL).
+    pub ptr: *const f32,
+    /// The element count the caller passed.
+    pub len: usize,
+    /// The element count the plan needs.
+    pub expected: usize,
+    /// NULL allowed (with count 0): an optional argument such as the bias.
+    pub optional: bool,
+    /// Written by the call.
+    pub output: bool,
+}
+
+impl Buf {
+    /// A required input.
+    pub fn input(name: &'static str, ptr: *const f32, len: usize, expected: usize) -> Buf {
+        Buf {
+            name,
+            ptr,
+            len,
+            expected,
+            optional: false,
+            output: false,
+        }
+    }
+    /// A required output.
+    pub fn output(name: &'static str, ptr: *mut f32, len: usize, expected: usize) -> Buf {
+        Buf {
+            output: true,
+            ..Buf::input(name, ptr, len, expected)
+        }
+    }
+    /// Marks the buffer optional (NULL with count 0 means "absent").
+    pub fn optional(self) -> Buf {
+        Buf {
+            optional: true,
+            ..self
+        }
+    }
+    fn present(&self) -> bool {
+        !self.ptr.is_null()
+    }
+    fn byte_range(&self) -> (usize, usize) {
+        let start = self.ptr as usize;
+        (start, start + self.len * size_of::<f32>())
+    }
+}
+
+fn check_one(b: &Buf) -> Outcome {
+    let name = b.name;
+    if b.ptr.is_null() {
+        if b.optional {
+            if b.len != 0 {
+                return Err(Failure::invalid(format!(
+                    "`{name}` is NULL (absent) but its count is {}; pass 0",
+                    b.len
+                )));
+            }
+            return Ok(());
+        }
+        return Err(Failure::invalid(format!("`{name}` is NULL")));
+    }
+    if b.len != b.expected {
+        return Err(Failure::invalid(format!(
+            "`{name}` has {} elements, the plan needs {}",
+            b.len, b.expected
+        )));
+    }
+    if !(b.ptr as usize).is_multiple_of(align_of::<f32>()) {
+        return Err(Failure::invalid(format!(
+            "`{name}` ({:p}) is not aligned to {} bytes (float)",
+            b.ptr,
+            align_of::<f32>()
+        )));
+    }
+    let fits = b
+        .len
+        .checked_mul(size_of::<f32>())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+        .and_then(|bytes| (b.ptr as usize).checked_add(bytes))
+        .is_some();
+    if !fits {
+        return Err(Failure::invalid(format!(
+            "`{name}` ({:p}, {} elements) runs past the end of the address space",
+            b.ptr, b.len
+        )));
+    }
+    Ok(())
+}
+
+/// Checks every buffer of a call, then that no output overlaps another buffer.
+pub fn check(bufs: &[Buf]) -> Outcome {
+    for b in bufs {
+        check_one(b)?;
+    }
+    for (i, a) in bufs.iter().enumerate() {
+        for b in &bufs[i + 1..] {
+            if !(a.output || b.output) || !a.present() || !b.present() {
+                continue;
+            }
+            let (a0, a1) = a.byte_range();
+            let (b0, b1) = b.byte_range();
+            if a0 < b1 && b0 < a1 {
+                return Err(Failure::invalid(format!(
+                    "`{}` and `{}` overlap in memory; an output must not share memory with \
+                     any other buffer",
+                    a.name, b.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The slice of a checked input.
+///
+/// # Safety
+/// `b` passed [`check`], and (the caller's promise in the C contract) its memory is
+/// readable for the whole call and not written by anyone else meanwhile.
+pub unsafe fn input<'a>(b: &Buf) -> &'a [f32] {
+    debug_assert!(b.present() && !b.output);
+    // SAFETY: non-NULL, aligned, in range (checked); readable (caller's promise).
+    unsafe { std::slice::from_raw_parts(b.ptr, b.len) }
+}
+
+/// The slice of a checked optional input (`None` when NULL).
+///
+/// # Safety
+/// As [`input`].
+pub unsafe fn opt_input<'a>(b: &Buf) -> Option<&'a [f32]> {
+    // SAFETY: forwarded.
+    b.present().then(|| unsafe { input(b) })
+}
+
+/// The slice of a checked output.
+///
+/// # Safety
+/// `b` passed [`check`] (so it overlaps no other buffer of the call), and (the
+/// caller's promise) its memory is writable for the whole call and not accessed by
+/// anyone else meanwhile.
+pub unsafe fn output<'a>(b: &Buf) -> &'a mut [f32] {
+    debug_assert!(b.present() && b.output);
+    // SAFETY: non-NULL, aligned, in range, unaliased by the call's other buffers
+    // (checked); writable and exclusive (caller's promise).
+    unsafe { std::slice::from_raw_parts_mut(b.ptr.cast_mut(), b.len) }
+}
+
+/// The slice of a checked optional output (`None` when NULL).
+///
+/// # Safety
+/// As [`output`].
+pub unsafe fn opt_output<'a>(b: &Buf) -> Option<&'a mut [f32]> {
+    // SAFETY: forwarded.
+    b.present().then(|| unsafe { output(b) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::effnet_status::EFFNET_INVALID_ARGUMENT;
+
+    fn msg(r: Outcome) -> String {
+        let f = r.unwrap_err();
+        assert_eq!(f.status, EFFNET_INVALID_ARGUMENT);
+        f.message
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_buffer() {
+        let mut x = vec![0f32; 8];
+        let mut y = vec![0f32; 8];
+        let xp = x.as_mut_ptr();
+        let yp = y.as_mut_ptr();
+        assert!(check(&[Buf::input("x", xp, 8, 8), Buf::output("y", yp, 8, 8)]).is_ok());
+        assert!(msg(check(&[Buf::input("x", std::ptr::null(), 8, 8)])).contains("NULL"));
+        assert!(msg(check(&[Buf::input("x", xp, 7, 8)])).contains("7 elements"));
+        assert!(msg(check(&[Buf::input("x", xp, 0, 8)])).contains("0 elements"));
+        let odd = (xp as usize + 1) as *const f32;
+        assert!(msg(check(&[Buf::input("x", odd, 7, 7)])).contains("aligned"));
+        let high = (usize::MAX - 15) as *const f32;
+        assert!(msg(check(&[Buf::input("x", high, 8, 8)])).contains("address space"));
+        let huge = usize::MAX / 2;
+        assert!(msg(check(&[Buf::input("x", xp, huge, huge)])).contains("address space"));
+        // Outputs must not overlap inputs or other outputs; inputs may overlap.
+        assert!(check(&[Buf::input("x", xp, 8, 8), Buf::input("w", xp, 4, 4)]).is_ok());
+        let tail = xp.wrapping_add(7);
+        assert!(
+            msg(check(&[
+                Buf::input("x", xp, 8, 8),
+                Buf::output("y", tail, 1, 1)
+            ]))
+            .contains("overlap")
+        );
+        assert!(
+            check(&[
+                Buf::input("x", xp, 7, 7),
+                Buf::output("y", xp.wrapping_add(7), 1, 1)
+            ])
+            .is_ok()
+        );
+        // Optional buffers: NULL with count 0 is absent; NULL with a count is an error.
+        let b = Buf::input("bias", std::ptr::null(), 0, 8).optional();
+        assert!(check(&[b]).is_ok());
+        let b = Buf::input("bias", std::ptr::null(), 8, 8).optional();
+        assert!(msg(check(&[b])).contains("pass 0"));
+        let b = Buf::input("bias", xp, 3, 8).optional();
+        assert!(msg(check(&[b])).contains("3 elements"));
+    }
+}

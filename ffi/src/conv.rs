@@ -1,0 +1,648 @@
+//! Convolution: descriptor, plan, shape query and the three passes.
+
+use effnet_core::kernels::conv::{Conv2d, ConvDesc, ConvFamily, DType, GradMode, Padding};
+
+use crate::buffers::{self, Buf};
+use crate::context::effnet_context;
+use crate::handle::{self, Handle, Kind};
+use crate::sized::{self, SizedStruct};
+use crate::status::{Failure, Outcome, effnet_status, guard};
+
+/// Storage types of tensors (the `dtype` field of descriptors).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum effnet_dtype {
+    /// IEEE single precision `float` (the only type the convolutions take today).
+    EFFNET_DTYPE_F32 = 0,
+    /// IEEE half precision, storage only (not supported by the convolutions yet).
+    EFFNET_DTYPE_F16 = 1,
+    /// bfloat16, storage only (not supported by the convolutions yet).
+    EFFNET_DTYPE_BF16 = 2,
+}
+
+/// A 2-D convolution over NHWC tensors, grouped in the general case.
+///
+/// Set `struct_size = sizeof(effnet_conv_desc)` and zero every field you do not use
+/// (e.g. `effnet_conv_desc d = { .struct_size = sizeof d, ... };`).
+///
+/// Layouts (row-major, last index fastest, `float` elements):
+/// - input  `x`: `[batch][in_h][in_w][in_channels]` (NHWC)
+/// - output `y`: `[batch][out_h][out_w][out_channels]` (NHWC; `out_h`, `out_w` from
+///   `effnet_conv_plan_shape`)
+/// - weight `w`: `[kernel_h][kernel_w][group_size][out_channels]`: output channel `co`
+///   belongs to group `g = co / (out_channels / groups)` and reads input channels
+///   `g*group_size .. (g+1)*group_size - 1`. Depthwise: `[kh][kw][C]`; pointwise:
+///   `[C_in][C_out]`. PyTorch's OIHW `W[co][ci][kh][kw]` is `w[kh][kw][ci][co]`.
+/// - bias: `[out_channels]`
+///
+/// Semantics: `y[n,oh,ow,co] = sum over kh, kw, ci of
+/// x[n, oh*stride_h + kh*dilation_h - pad_top, ow*stride_w + kw*dilation_w - pad_left,
+/// g*group_size + ci] * w[kh][kw][ci][co] (+ bias[co])`; taps outside the input read
+/// zero. Output size: `out_h = (in_h + pad_top + pad_bottom - dilation_h*(kernel_h-1)
+/// - 1) / stride_h + 1`, likewise `out_w`.
+///
+/// Rules (else `EFFNET_INVALID_ARGUMENT`): every size, stride and dilation at least 1,
+/// paddings at least 0; `group_size` divides `in_channels` and the number of groups
+/// `in_channels / group_size` divides `out_channels`; each padding is smaller than the
+/// dilated kernel span; the dilated kernel fits in the padded input; every buffer's
+/// element count fits in memory addressing.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct effnet_conv_desc {
+    /// `sizeof(effnet_conv_desc)` as the caller was compiled (forward compatibility: a
+    /// larger size is accepted if the extra bytes are zero).
+    pub struct_size: usize,
+    /// Images in the batch (N).
+    pub batch: i64,
+    /// Input height (H).
+    pub in_h: i64,
+    /// Input width (W).
+    pub in_w: i64,
+    /// Input channels (C_in).
+    pub in_channels: i64,
+    /// Output channels (C_out).
+    pub out_channels: i64,
+    /// Input channels per group: `in_channels` for a dense convolution, 1 for
+    /// depthwise, 16 for G16.
+    pub group_size: i64,
+    /// Kernel height.
+    pub kernel_h: i64,
+    /// Kernel width.
+    pub kernel_w: i64,
+    /// Vertical stride.
+    pub stride_h: i64,
+    /// Horizontal stride.
+    pub stride_w: i64,
+    /// Vertical dilation (1 = none).
+    pub dilation_h: i64,
+    /// Horizontal dilation (1 = none).
+    pub dilation_w: i64,
+    /// Rows of zeros above the input.
+    pub pad_top: i64,
+    /// Rows of zeros below the input.
+    pub pad_bottom: i64,
+    /// Columns of zeros left of the input.
+    pub pad_left: i64,
+    /// Columns of zeros right of the input.
+    pub pad_right: i64,
+    /// Storage type of `x`, `w`, `y` and `bias`: an `effnet_dtype` value.
+    pub dtype: u32,
+    /// Must be zero.
+    pub reserved: u32,
+}
+
+// SAFETY: repr(C), starts with `usize struct_size`, integers only.
+unsafe impl SizedStruct for effnet_conv_desc {
+    const C_NAME: &'static str = "effnet_conv_desc";
+}
+
+/// The kernel family a convolution plan runs on (`effnet_conv_shape.family`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum effnet_conv_family {
+    /// One input channel per group and as many outputs as inputs.
+    EFFNET_CONV_DEPTHWISE = 0,
+    /// 1×1, one group, no padding: a matrix product.
+    EFFNET_CONV_POINTWISE = 1,
+    /// Everything else: grouped (G16, …) and dense k×k.
+    EFFNET_CONV_GROUPED = 2,
+}
+
+/// What `effnet_conv_plan_shape` reports about a plan. Set `struct_size =
+/// sizeof(effnet_conv_shape)` before the call.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct effnet_conv_shape {
+    /// `sizeof(effnet_conv_shape)` as the caller was compiled; kept by the call.
+    pub struct_size: usize,
+    /// Output height.
+    pub out_h: i64,
+    /// Output width.
+    pub out_w: i64,
+    /// Number of groups (`in_channels / group_size`).
+    pub groups: i64,
+    /// Elements of `x` and `dx`: `batch*in_h*in_w*in_channels`.
+    pub x_len: usize,
+    /// Elements of `y` and `dy`: `batch*out_h*out_w*out_channels`.
+    pub y_len: usize,
+    /// Elements of `w` and `dw`: `kernel_h*kernel_w*group_size*out_channels`.
+    pub w_len: usize,
+    /// Elements of `bias` and `dbias`: `out_channels`.
+    pub bias_len: usize,
+    /// The kernel family: an `effnet_conv_family` value.
+    pub family: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+// SAFETY: repr(C), starts with `usize struct_size`, integers only.
+unsafe impl SizedStruct for effnet_conv_shape {
+    const C_NAME: &'static str = "effnet_conv_shape";
+}
+
+/// A validated convolution, ready to run: made by `effnet_conv_plan_create` from an
+/// `effnet_conv_desc`, released by `effnet_conv_plan_destroy`. A plan is immutable and
+/// not tied to a context: it may be used by several threads at once, with any
+/// context, but must not be destroyed while a call uses it.
+pub struct effnet_conv_plan {
+    magic: u64,
+    conv: Conv2d,
+}
+
+impl Handle for effnet_conv_plan {
+    const KIND: Kind = Kind::ConvPlan;
+    fn magic(&self) -> u64 {
+        self.magic
+    }
+    fn clear_magic(&mut self) {
+        self.magic = 0;
+    }
+}
+
+fn field(name: &str, v: i64, min: i64) -> Outcome<usize> {
+    if v < min {
+        return Err(Failure::invalid(format!(
+            "effnet_conv_desc.{name} = {v} is less than {min}"
+        )));
+    }
+    usize::try_from(v).map_err(|_| {
+        Failure::invalid(format!(
+            "effnet_conv_desc.{name} = {v} does not fit in size_t"
+        ))
+    })
+}
+
+fn dtype_of(v: u32) -> Outcome<DType> {
+    match v {
+        0 => Ok(DType::F32),
+        1 => Ok(DType::F16),
+        2 => Ok(DType::BF16),
+        _ => Err(Failure::invalid(format!(
+            "effnet_conv_desc.dtype = {v} is not an effnet_dtype"
+        ))),
+    }
+}
+
+/// Converts the C descriptor to the Rust one, rejecting values that do not fit; the
+/// rules of the convolution itself are checked by `ConvDesc::validate`.
+pub fn to_conv_desc(d: &effnet_conv_desc) -> Outcome<ConvDesc> {
+    if d.reserved != 0 {
+        return Err(Failure::invalid(format!(
+            "effnet_conv_desc.reserved = {} must be zero",
+            d.reserved
+        )));
+    }
+    Ok(ConvDesc {
+        batch: field("batch", d.batch, 1)?,
+        in_h: field("in_h", d.in_h, 1)?,
+        in_w: field("in_w", d.in_w, 1)?,
+        in_channels: field("in_channels", d.in_channels, 1)?,
+        out_channels: field("out_channels", d.out_channels, 1)?,
+        group_size: field("group_size", d.group_size, 1)?,
+        kernel_h: field("kernel_h", d.kernel_h, 1)?,
+        kernel_w: field("kernel_w", d.kernel_w, 1)?,
+        stride_h: field("stride_h", d.stride_h, 1)?,
+        stride_w: field("stride_w", d.stride_w, 1)?,
+        dilation_h: field("dilation_h", d.dilation_h, 1)?,
+        dilation_w: field("dilation_w", d.dilation_w, 1)?,
+        padding: Padding {
+            top: field("pad_top", d.pad_top, 0)?,
+            bottom: field("pad_bottom", d.pad_bottom, 0)?,
+            left: field("pad_left", d.pad_left, 0)?,
+            right: field("pad_right", d.pad_right, 0)?,
+        },
+        dtype: dtype_of(d.dtype)?,
+    })
+}
+
+/// Validates `*desc` and stores a new plan in `*out_plan`.
+///
+/// `ctx` is the context the plan is prepared in (it must be live; plans are not tied
+/// to it afterwards). The descriptor is copied: the caller may reuse or free it.
+///
+/// Ownership: the caller owns the new plan and must release it with
+/// `effnet_conv_plan_destroy`. `*out_plan` is written only on success.
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type `ctx`, a NULL or
+/// misaligned `desc` or `out_plan`, a `struct_size` that is too small (or larger with
+/// non-zero extra bytes), a negative or oversized field, or a convolution that breaks
+/// the rules of `effnet_conv_desc`; `EFFNET_UNSUPPORTED` for a `dtype` other than
+/// `EFFNET_DTYPE_F32`.
+///
+/// # Safety
+/// `ctx` is NULL or a context handle; `desc` is NULL or points to `desc->struct_size`
+/// readable bytes; `out_plan` is NULL or points to writable storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_plan_create(
+    ctx: *const effnet_context,
+    desc: *const effnet_conv_desc,
+    out_plan: *mut *mut effnet_conv_plan,
+) -> effnet_status {
+    guard("effnet_conv_plan_create", || {
+        // SAFETY: the caller's contract; the handle is checked before use.
+        let _ctx = unsafe { handle::get(ctx, "`ctx`") }?;
+        // SAFETY: the caller's contract; pointer and size checked inside.
+        let desc = unsafe { sized::read(desc, "`desc`") }?;
+        if out_plan.is_null() {
+            return Err(Failure::invalid("`out_plan` is NULL"));
+        }
+        if !(out_plan as usize).is_multiple_of(align_of::<*mut effnet_conv_plan>()) {
+            return Err(Failure::invalid("`out_plan` is not aligned for a pointer"));
+        }
+        let conv = Conv2d::new(&to_conv_desc(&desc)?)?;
+        let plan = handle::register(effnet_conv_plan {
+            magic: Kind::ConvPlan.magic(),
+            conv,
+        });
+        // SAFETY: non-NULL and aligned (checked); writable (caller's promise).
+        unsafe { out_plan.write(plan) };
+        Ok(())
+    })
+}
+
+/// Destroys a plan. NULL is a no-op (returns `EFFNET_OK`).
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` if `plan` is not a live plan (already destroyed,
+/// or not made by `effnet_conv_plan_create`); such misuse is reported when detected,
+/// but using a destroyed handle is undefined behaviour.
+///
+/// # Safety
+/// `plan` is NULL or a handle from `effnet_conv_plan_create`; no call may be using it
+/// (on any thread), and it must not be used after this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_plan_destroy(plan: *mut effnet_conv_plan) -> effnet_status {
+    // SAFETY: forwarded from this function's contract.
+    guard("effnet_conv_plan_destroy", || unsafe {
+        handle::destroy(plan, "`plan`")
+    })
+}
+
+/// Fills `*out_shape` with the plan's output size, number of groups, the element
+/// counts of every buffer the passes take, and its kernel family. Set
+/// `out_shape->struct_size = sizeof(effnet_conv_shape)` first.
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type `plan`, a NULL or
+/// misaligned `out_shape`, or a `struct_size` smaller than this library's
+/// `sizeof(effnet_conv_shape)` (or implausibly large).
+///
+/// # Safety
+/// `plan` is NULL or a plan handle; `out_shape` is NULL or points to a writable
+/// `effnet_conv_shape` whose `struct_size` is set and gives its writable size.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_plan_shape(
+    plan: *const effnet_conv_plan,
+    out_shape: *mut effnet_conv_shape,
+) -> effnet_status {
+    guard("effnet_conv_plan_shape", || {
+        // SAFETY: the caller's contract; the handle is checked before use.
+        let plan = unsafe { handle::get(plan, "`plan`") }?;
+        let s = plan.conv.shape();
+        let family = match plan.conv.family() {
+            ConvFamily::Depthwise => effnet_conv_family::EFFNET_CONV_DEPTHWISE,
+            ConvFamily::Pointwise => effnet_conv_family::EFFNET_CONV_POINTWISE,
+            ConvFamily::Grouped => effnet_conv_family::EFFNET_CONV_GROUPED,
+        };
+        let value = effnet_conv_shape {
+            struct_size: 0,
+            // Sizes come from a validated descriptor whose fields were `i64`s and whose
+            // buffers fit in `isize::MAX` bytes: they fit in `i64`.
+            out_h: s.out_h as i64,
+            out_w: s.out_w as i64,
+            groups: s.groups as i64,
+            x_len: s.x_len,
+            y_len: s.y_len,
+            w_len: s.w_len,
+            bias_len: s.desc.out_channels,
+            family: family as u32,
+            reserved: 0,
+        };
+        // SAFETY: the caller's contract; pointer and size checked inside.
+        unsafe { sized::write(out_shape, "`out_shape`", value) }
+    })
+}
+
+/// The context and plan of a pass, checked.
+///
+/// # Safety
+/// As the entry points' contracts.
+unsafe fn ctx_and_plan<'a>(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+) -> Outcome<(&'a effnet_context, &'a Conv2d)> {
+    // SAFETY: forwarded; handles are checked before use.
+    let ctx = unsafe { handle::get(ctx, "`ctx`") }?;
+    // SAFETY: as above.
+    let plan = unsafe { handle::get(plan, "`plan`") }?;
+    Ok((ctx, &plan.conv))
+}
+
+/// Forward pass: `y = conv(x, w) (+ bias)`, run on `ctx`'s threads. `y` is
+/// overwritten.
+///
+/// Buffers (`float`, element counts from `effnet_conv_plan_shape`):
+/// - `x`: input, NHWC `[batch][in_h][in_w][in_channels]`, `x_len = x_len`
+/// - `w`: weight `[kernel_h][kernel_w][group_size][out_channels]`, `w_len = w_len`
+/// - `bias`: `[out_channels]`, or NULL with `bias_len = 0` for no bias
+/// - `y`: output, NHWC `[batch][out_h][out_w][out_channels]`, `y_len = y_len`
+///
+/// Ownership: the caller owns every buffer; effnet reads `x`, `w`, `bias` and writes
+/// `y` during the call only, and keeps no pointer. Every pointer must be aligned to
+/// `float`; `y` must not overlap any other buffer (inputs may overlap each other).
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL/dead/wrong-type handle, a NULL,
+/// misaligned or overlapping buffer, or a count that differs from the plan's (checked
+/// before any buffer is touched); `EFFNET_UNSUPPORTED` if this build has no kernel
+/// for the plan's family.
+///
+/// # Safety
+/// Every non-NULL pointer points to at least its count of `float`s, readable (inputs)
+/// or writable (`y`) for the whole call and not accessed by another thread meanwhile.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_forward(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    x: *const f32,
+    x_len: usize,
+    w: *const f32,
+    w_len: usize,
+    bias: *const f32,
+    bias_len: usize,
+    y: *mut f32,
+    y_len: usize,
+) -> effnet_status {
+    guard("effnet_conv_forward", || {
+        // SAFETY: the caller's contract.
+        let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
+        let s = conv.shape();
+        let bx = Buf::input("x", x, x_len, s.x_len);
+        let bw = Buf::input("w", w, w_len, s.w_len);
+        let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
+        let by = Buf::output("y", y, y_len, s.y_len);
+        buffers::check(&[bx, bw, bb, by])?;
+        // SAFETY: checked above; readable/writable and exclusive by the caller's
+        // contract.
+        let (x, w, bias, y) = unsafe {
+            (
+                buffers::input(&bx),
+                buffers::input(&bw),
+                buffers::opt_input(&bb),
+                buffers::output(&by),
+            )
+        };
+        ctx.install(|| conv.forward(x, w, bias, y))?;
+        Ok(())
+    })
+}
+
+/// Backward-data pass: `dx = conv_transpose(dy, w)`, the gradient of the loss with
+/// respect to the input (the adjoint of the forward pass in `x`), run on `ctx`'s
+/// threads. `dx` is overwritten.
+///
+/// Buffers (`float`, element counts from `effnet_conv_plan_shape`):
+/// - `dy`: output gradient, NHWC `[batch][out_h][out_w][out_channels]`, `dy_len = y_len`
+/// - `w`: weight `[kernel_h][kernel_w][group_size][out_channels]`, `w_len = w_len`
+/// - `dx`: input gradient, NHWC `[batch][in_h][in_w][in_channels]`, `dx_len = x_len`
+///
+/// Ownership, alignment, overlap and errors: as `effnet_conv_forward` (`dx` is the
+/// output).
+///
+/// # Safety
+/// As `effnet_conv_forward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_backward_data(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    dy: *const f32,
+    dy_len: usize,
+    w: *const f32,
+    w_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+) -> effnet_status {
+    guard("effnet_conv_backward_data", || {
+        // SAFETY: the caller's contract.
+        let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
+        let s = conv.shape();
+        let bdy = Buf::input("dy", dy, dy_len, s.y_len);
+        let bw = Buf::input("w", w, w_len, s.w_len);
+        let bdx = Buf::output("dx", dx, dx_len, s.x_len);
+        buffers::check(&[bdy, bw, bdx])?;
+        // SAFETY: checked above; readable/writable and exclusive by the caller's
+        // contract.
+        let (dy, w, dx) = unsafe {
+            (
+                buffers::input(&bdy),
+                buffers::input(&bw),
+                buffers::output(&bdx),
+            )
+        };
+        ctx.install(|| conv.backward_data(dy, w, dx))?;
+        Ok(())
+    })
+}
+
+/// Backward-weight pass: the gradients of the loss with respect to the weight and
+/// (if `dbias` is not NULL) the bias, run on `ctx`'s threads. With `accumulate = 0`
+/// they overwrite `dw` / `dbias`; with `accumulate = 1` they are added to them (for
+/// gradients summed over several calls). Deterministic: the same bits for any number
+/// of threads.
+///
+/// Buffers (`float`, element counts from `effnet_conv_plan_shape`):
+/// - `x`: input, NHWC `[batch][in_h][in_w][in_channels]`, `x_len = x_len`
+/// - `dy`: output gradient, NHWC `[batch][out_h][out_w][out_channels]`, `dy_len = y_len`
+/// - `dw`: weight gradient `[kernel_h][kernel_w][group_size][out_channels]`,
+///   `dw_len = w_len`
+/// - `dbias`: bias gradient `[out_channels]` (the sum of `dy` over batch, height and
+///   width), or NULL with `dbias_len = 0` to skip it
+///
+/// Ownership, alignment and overlap: as `effnet_conv_forward` (`dw` and `dbias` are
+/// the outputs; they must not overlap each other or the inputs).
+///
+/// Errors: as `effnet_conv_forward`, and `EFFNET_INVALID_ARGUMENT` for an
+/// `accumulate` other than 0 or 1.
+///
+/// # Safety
+/// As `effnet_conv_forward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_backward_weight(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    x: *const f32,
+    x_len: usize,
+    dy: *const f32,
+    dy_len: usize,
+    dw: *mut f32,
+    dw_len: usize,
+    dbias: *mut f32,
+    dbias_len: usize,
+    accumulate: i32,
+) -> effnet_status {
+    guard("effnet_conv_backward_weight", || {
+        // SAFETY: the caller's contract.
+        let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
+        let mode = match accumulate {
+            0 => GradMode::Overwrite,
+            1 => GradMode::Accumulate,
+            v => {
+                return Err(Failure::invalid(format!(
+                    "accumulate = {v}; pass 0 (overwrite) or 1 (accumulate)"
+                )));
+            }
+        };
+        let s = conv.shape();
+        let bx = Buf::input("x", x, x_len, s.x_len);
+        let bdy = Buf::input("dy", dy, dy_len, s.y_len);
+        let bdw = Buf::output("dw", dw, dw_len, s.w_len);
+        let bdb = Buf::output("dbias", dbias, dbias_len, s.desc.out_channels).optional();
+        buffers::check(&[bx, bdy, bdw, bdb])?;
+        // SAFETY: checked above; readable/writable and exclusive by the caller's
+        // contract.
+        let (x, dy, dw, dbias) = unsafe {
+            (
+                buffers::input(&bx),
+                buffers::input(&bdy),
+                buffers::output(&bdw),
+                buffers::opt_output(&bdb),
+            )
+        };
+        ctx.install(|| conv.backward_weight(x, dy, dw, dbias, mode))?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc() -> effnet_conv_desc {
+        effnet_conv_desc {
+            struct_size: size_of::<effnet_conv_desc>(),
+            batch: 2,
+            in_h: 5,
+            in_w: 7,
+            in_channels: 32,
+            out_channels: 32,
+            group_size: 16,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride_h: 2,
+            stride_w: 1,
+            dilation_h: 1,
+            dilation_w: 1,
+            pad_top: 1,
+            pad_bottom: 1,
+            pad_left: 0,
+            pad_right: 1,
+            dtype: 0,
+            reserved: 0,
+        }
+    }
+
+    #[test]
+    fn descriptors_convert_field_by_field() {
+        let d = to_conv_desc(&desc()).unwrap();
+        let s = d.validate().unwrap();
+        assert_eq!((s.out_h, s.out_w, s.groups), (3, 6, 2));
+        assert_eq!(
+            d.padding,
+            Padding {
+                top: 1,
+                bottom: 1,
+                left: 0,
+                right: 1
+            }
+        );
+        let e = to_conv_desc(&effnet_conv_desc { in_w: -3, ..desc() }).unwrap_err();
+        assert!(e.message.contains("in_w = -3"), "{}", e.message);
+        let e = to_conv_desc(&effnet_conv_desc {
+            pad_left: -1,
+            ..desc()
+        })
+        .unwrap_err();
+        assert!(e.message.contains("pad_left"), "{}", e.message);
+        let e = to_conv_desc(&effnet_conv_desc { dtype: 9, ..desc() }).unwrap_err();
+        assert!(e.message.contains("dtype = 9"), "{}", e.message);
+        let e = to_conv_desc(&effnet_conv_desc {
+            reserved: 1,
+            ..desc()
+        })
+        .unwrap_err();
+        assert!(e.message.contains("reserved"), "{}", e.message);
+    }
+
+    #[test]
+    fn sized_structs_accept_zero_tails_only() {
+        #[repr(C)]
+        #[derive(Copy, Clone)]
+        struct Bigger {
+            d: effnet_conv_desc,
+            extra: [u64; 3],
+        }
+        let mut b = Bigger {
+            d: desc(),
+            extra: [0; 3],
+        };
+        b.d.struct_size = size_of::<Bigger>();
+        let p = (&b as *const Bigger).cast::<effnet_conv_desc>();
+        // SAFETY: `p` points to `size_of::<Bigger>()` readable bytes.
+        assert_eq!(unsafe { sized::read(p, "d") }.unwrap().batch, 2);
+        b.extra[1] = 5;
+        let p = (&b as *const Bigger).cast::<effnet_conv_desc>();
+        // SAFETY: as above.
+        let e = unsafe { sized::read(p, "d") }.unwrap_err();
+        assert!(e.message.contains("not zero"), "{}", e.message);
+        let small = effnet_conv_desc {
+            struct_size: 8,
+            ..desc()
+        };
+        // SAFETY: a whole struct is readable.
+        let e = unsafe { sized::read(&small, "d") }.unwrap_err();
+        assert!(e.message.contains("smaller"), "{}", e.message);
+        let huge = effnet_conv_desc {
+            struct_size: usize::MAX,
+            ..desc()
+        };
+        // SAFETY: rejected before reading past the struct.
+        let e = unsafe { sized::read(&huge, "d") }.unwrap_err();
+        assert!(e.message.contains("larger"), "{}", e.message);
+    }
+
+    #[test]
+    fn shape_query_writes_known_fields_and_zeroes_the_rest() {
+        let mut ctx = std::ptr::null_mut();
+        let mut plan = std::ptr::null_mut();
+        // SAFETY: valid pointers throughout.
+        unsafe {
+            assert_eq!(
+                crate::effnet_context_create(1, &mut ctx),
+                effnet_status::EFFNET_OK
+            );
+            assert_eq!(
+                effnet_conv_plan_create(ctx, &desc(), &mut plan),
+                effnet_status::EFFNET_OK
+            );
+            #[repr(C)]
+            struct Bigger {
+                s: effnet_conv_shape,
+                extra: [u64; 2],
+            }
+            let mut b = Bigger {
+                s: effnet_conv_shape::default(),
+                extra: [7; 2],
+            };
+            b.s.struct_size = size_of::<Bigger>();
+            let st = effnet_conv_plan_shape(plan, &mut b.s);
+            assert_eq!(st, effnet_status::EFFNET_OK);
+            assert_eq!(b.s.struct_size, size_of::<Bigger>());
+            assert_eq!((b.s.out_h, b.s.out_w, b.s.groups), (3, 6, 2));
+            assert_eq!(
+                (b.s.x_len, b.s.y_len, b.s.w_len, b.s.bias_len),
+                (2 * 5 * 7 * 32, 2 * 3 * 6 * 32, 9 * 16 * 32, 32)
+            );
+            assert_eq!(b.s.family, effnet_conv_family::EFFNET_CONV_GROUPED as u32);
+            assert_eq!(b.extra, [0; 2]);
+            assert_eq!(effnet_conv_plan_destroy(plan), effnet_status::EFFNET_OK);
+            assert_eq!(crate::effnet_context_destroy(ctx), effnet_status::EFFNET_OK);
+        }
+    }
+}

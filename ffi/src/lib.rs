@@ -1,0 +1,45 @@
+//! The C ABI of `effnet`: `libeffnet.so` / `libeffnet.a`, declared by the generated
+//! header `include/effnet.h`.
+//!
+//! Every exported function returns an [`effnet_status`]; on failure a thread-local
+//! message explains it ([`effnet_last_error`]). No panic crosses the boundary: each
+//! entry point runs its body under `catch_unwind` ([`status::guard`]). Handles carry a
+//! magic number and are also recorded in a registry of live handles ([`handle`]), so
+//! NULL, destroyed and wrong-type handles are reported without reading freed memory.
+//! Buffers come with their element counts and are checked (NULL, count, alignment,
+//! address overflow, overlap of outputs with other buffers) before any is touched
+//! ([`buffers`]). Descriptors carry their own size ([`sized`]).
+//!
+//! The doc comments on the exported items become the header's comments: they are
+//! written for C programmers.
+
+#![allow(non_camel_case_types)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod buffers;
+pub mod context;
+pub mod conv;
+pub mod handle;
+pub mod sized;
+pub mod status;
+
+pub use context::{effnet_context, effnet_context_create, effnet_context_destroy};
+pub use conv::{
+    effnet_conv_backward_data, effnet_conv_backward_weight, effnet_conv_desc, effnet_conv_family,
+    effnet_conv_forward, effnet_conv_plan, effnet_conv_plan_create, effnet_conv_plan_destroy,
+    effnet_conv_plan_shape, effnet_conv_shape, effnet_dtype,
+};
+pub use status::{effnet_last_error, effnet_status};
+
+/// The version of this C ABI. It changes whenever a function, struct or constant of
+/// this header changes incompatibly; additions (new functions, new status codes, new
+/// trailing fields in a sized struct) keep it. Compare `effnet_abi_version()` with
+/// this constant at startup to detect a header / library mismatch.
+pub const EFFNET_ABI_VERSION: u32 = 1;
+
+/// Returns the ABI version the library was built with (`EFFNET_ABI_VERSION` of its
+/// header). Never fails; callable at any time from any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn effnet_abi_version() -> u32 {
+    EFFNET_ABI_VERSION
+}

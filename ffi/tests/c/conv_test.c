@@ -1,0 +1,581 @@
+/*
+ * The C ABI from C: convolutions through include/effnet.h, checked against a plain
+ * double-precision reference written here, and every kind of misuse the ABI must
+ * reject. Built and run (also under valgrind when present) by ffi/tests/c_abi.rs.
+ *
+ * Prints one line per check ("ok   ..." or "FAIL ...") and a closing
+ * "effnet C ABI test: N passed, M failed"; exits 1 if any check failed.
+ */
+#include "effnet.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int g_passed;
+static int g_failed;
+
+static void check(int ok, const char *what, const char *detail) {
+    if (ok) {
+        g_passed++;
+        printf("ok   %s\n", what);
+    } else {
+        g_failed++;
+        printf("FAIL %s: %s\n", what, detail ? detail : "");
+    }
+}
+
+/* Checks a status and the last-error message: empty on success, non-empty on failure
+ * and containing `needle` when one is given. */
+static void expect(effnet_status got, effnet_status want, const char *needle,
+                   const char *what) {
+    const char *msg = effnet_last_error();
+    char detail[1024];
+    int ok = got == want;
+    if (msg == NULL) {
+        ok = 0;
+        msg = "(NULL)";
+    } else if (want == EFFNET_OK) {
+        ok = ok && msg[0] == '\0';
+    } else {
+        ok = ok && msg[0] != '\0' && (needle == NULL || strstr(msg, needle) != NULL);
+    }
+    snprintf(detail, sizeof detail, "status %d (want %d), message \"%s\"%s%s",
+             (int)got, (int)want, msg, needle ? ", expected to contain " : "",
+             needle ? needle : "");
+    check(ok, what, detail);
+    if (ok && want != EFFNET_OK) {
+        printf("     -> %s\n", msg);
+    }
+}
+
+/* ---------------------------------------------------------------- data, reference */
+
+static uint64_t g_rng = 0x2545F4914F6CDD1DULL;
+
+static float uniform(void) {
+    /* xorshift64*, uniform in [-1, 1) */
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return (float)((g_rng * 0x2545F4914F6CDD1DULL) >> 40) / (float)(1 << 24) * 2.0f - 1.0f;
+}
+
+static float *random_floats(size_t n) {
+    float *p = malloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = uniform();
+    }
+    return p;
+}
+
+static float *filled(size_t n, float v) {
+    float *p = malloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = v;
+    }
+    return p;
+}
+
+typedef struct {
+    long n, h, w, ci, co, gs, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cog;
+} dims;
+
+static dims dims_of(const effnet_conv_desc *d) {
+    dims r;
+    r.n = d->batch;
+    r.h = d->in_h;
+    r.w = d->in_w;
+    r.ci = d->in_channels;
+    r.co = d->out_channels;
+    r.gs = d->group_size;
+    r.kh = d->kernel_h;
+    r.kw = d->kernel_w;
+    r.sh = d->stride_h;
+    r.sw = d->stride_w;
+    r.dh = d->dilation_h;
+    r.dw = d->dilation_w;
+    r.pt = d->pad_top;
+    r.pl = d->pad_left;
+    r.oh = (d->in_h + d->pad_top + d->pad_bottom - d->dilation_h * (d->kernel_h - 1) - 1) /
+               d->stride_h + 1;
+    r.ow = (d->in_w + d->pad_left + d->pad_right - d->dilation_w * (d->kernel_w - 1) - 1) /
+               d->stride_w + 1;
+    r.cog = d->out_channels / (d->in_channels / d->group_size);
+    return r;
+}
+
+enum pass { FORWARD, BACKWARD_DATA, BACKWARD_WEIGHT };
+
+/* One loop nest for the three passes (double accumulation): forward reads x, w and
+ * writes y; backward-data reads dy (in y), w and writes dx (in x); backward-weight
+ * reads x, dy and writes dw (in w). Outputs must be zeroed by the caller. */
+static void reference(const dims *d, enum pass pass, const float *x, const float *w,
+                      const float *y, double *out) {
+    for (long n = 0; n < d->n; n++)
+        for (long oh = 0; oh < d->oh; oh++)
+            for (long ow = 0; ow < d->ow; ow++)
+                for (long kh = 0; kh < d->kh; kh++) {
+                    long ih = oh * d->sh + kh * d->dh - d->pt;
+                    if (ih < 0 || ih >= d->h) continue;
+                    for (long kw = 0; kw < d->kw; kw++) {
+                        long iw = ow * d->sw + kw * d->dw - d->pl;
+                        if (iw < 0 || iw >= d->w) continue;
+                        for (long co = 0; co < d->co; co++) {
+                            long g = co / d->cog;
+                            long yi = ((n * d->oh + oh) * d->ow + ow) * d->co + co;
+                            for (long ci = 0; ci < d->gs; ci++) {
+                                long xi = ((n * d->h + ih) * d->w + iw) * d->ci + g * d->gs + ci;
+                                long wi = ((kh * d->kw + kw) * d->gs + ci) * d->co + co;
+                                if (pass == FORWARD) {
+                                    out[yi] += (double)x[xi] * w[wi];
+                                } else if (pass == BACKWARD_DATA) {
+                                    out[xi] += (double)y[yi] * w[wi];
+                                } else {
+                                    out[wi] += (double)y[yi] * x[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+}
+
+/* ||got - scale*want|| / ||scale*want||, with `base` added to want when not NULL. */
+static double rel_err(const float *got, const double *want, const double *base,
+                      size_t n, double scale) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double v = scale * want[i] + (base ? base[i] : 0.0);
+        num += (got[i] - v) * (got[i] - v);
+        den += v * v;
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void expect_close(const float *got, const double *want, const double *base,
+                         size_t n, double scale, const char *what) {
+    char detail[128];
+    double e = rel_err(got, want, base, n, scale);
+    snprintf(detail, sizeof detail, "relative error %.3g > 1e-5", e);
+    check(e <= 1e-5, what, detail);
+}
+
+/* ------------------------------------------------------------------ convolutions */
+
+typedef struct {
+    const char *name;
+    effnet_conv_desc desc;
+    effnet_conv_family family;
+} conv_case;
+
+static effnet_conv_desc make_desc(long n, long h, long w, long ci, long co, long gs,
+                                  long k, long stride, long pt, long pb, long pl,
+                                  long pr) {
+    effnet_conv_desc d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    d.batch = n;
+    d.in_h = h;
+    d.in_w = w;
+    d.in_channels = ci;
+    d.out_channels = co;
+    d.group_size = gs;
+    d.kernel_h = k;
+    d.kernel_w = k;
+    d.stride_h = stride;
+    d.stride_w = stride;
+    d.dilation_h = 1;
+    d.dilation_w = 1;
+    d.pad_top = pt;
+    d.pad_bottom = pb;
+    d.pad_left = pl;
+    d.pad_right = pr;
+    d.dtype = EFFNET_DTYPE_F32;
+    return d;
+}
+
+static void label(char *buf, size_t size, const char *name, const char *what) {
+    snprintf(buf, size, "%s: %s", name, what);
+}
+
+static void run_case(const conv_case *c, effnet_context *ctx1, effnet_context *ctx3) {
+    char what[256];
+    effnet_conv_plan *plan = NULL;
+    const dims d = dims_of(&c->desc);
+
+    label(what, sizeof what, c->name, "plan create");
+    expect(effnet_conv_plan_create(ctx3, &c->desc, &plan), EFFNET_OK, NULL, what);
+    if (plan == NULL) return;
+
+    effnet_conv_shape s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    label(what, sizeof what, c->name, "shape query");
+    expect(effnet_conv_plan_shape(plan, &s), EFFNET_OK, NULL, what);
+    size_t xl = (size_t)(d.n * d.h * d.w * d.ci), yl = (size_t)(d.n * d.oh * d.ow * d.co);
+    size_t wl = (size_t)(d.kh * d.kw * d.gs * d.co), bl = (size_t)d.co;
+    label(what, sizeof what, c->name, "shape: sizes, counts and family");
+    check(s.out_h == d.oh && s.out_w == d.ow && s.groups == d.ci / d.gs && s.x_len == xl &&
+              s.y_len == yl && s.w_len == wl && s.bias_len == bl &&
+              s.family == (uint32_t)c->family && s.struct_size == sizeof s,
+          what, "shape differs from the formula");
+
+    float *x = random_floats(xl), *w = random_floats(wl), *b = random_floats(bl);
+    float *dy = random_floats(yl);
+    float *y3 = filled(yl, NAN), *y1 = filled(yl, NAN);
+    float *dx3 = filled(xl, NAN), *dx1 = filled(xl, NAN);
+    float *dw3 = filled(wl, NAN), *dw1 = filled(wl, NAN), *db3 = filled(bl, NAN);
+    float *db1 = filled(bl, NAN);
+    double *ry = calloc(yl, sizeof *ry), *rdx = calloc(xl, sizeof *rdx);
+    double *rdw = calloc(wl, sizeof *rdw), *rdb = calloc(bl, sizeof *rdb);
+    double *bias_rows = calloc(yl, sizeof *bias_rows);
+    reference(&d, FORWARD, x, w, NULL, ry);
+    reference(&d, BACKWARD_DATA, NULL, w, dy, rdx);
+    reference(&d, BACKWARD_WEIGHT, x, NULL, dy, rdw);
+    for (size_t i = 0; i < yl; i++) {
+        bias_rows[i] = b[i % bl];
+        rdb[i % bl] += dy[i];
+    }
+
+    /* Forward, with and without bias; 3 threads against 1, bitwise. */
+    label(what, sizeof what, c->name, "forward with bias");
+    expect(effnet_conv_forward(ctx3, plan, x, xl, w, wl, b, bl, y3, yl), EFFNET_OK, NULL, what);
+    label(what, sizeof what, c->name, "forward with bias matches the reference");
+    expect_close(y3, ry, bias_rows, yl, 1.0, what);
+    label(what, sizeof what, c->name, "forward on 1 thread");
+    expect(effnet_conv_forward(ctx1, plan, x, xl, w, wl, b, bl, y1, yl), EFFNET_OK, NULL, what);
+    label(what, sizeof what, c->name, "forward: 1 and 3 threads give the same bits");
+    check(memcmp(y1, y3, yl * sizeof *y1) == 0, what, "results differ");
+    label(what, sizeof what, c->name, "forward without bias");
+    expect(effnet_conv_forward(ctx3, plan, x, xl, w, wl, NULL, 0, y3, yl), EFFNET_OK, NULL,
+           what);
+    label(what, sizeof what, c->name, "forward without bias matches the reference");
+    expect_close(y3, ry, NULL, yl, 1.0, what);
+
+    /* Backward-data. */
+    label(what, sizeof what, c->name, "backward-data");
+    expect(effnet_conv_backward_data(ctx3, plan, dy, yl, w, wl, dx3, xl), EFFNET_OK, NULL,
+           what);
+    label(what, sizeof what, c->name, "backward-data matches the reference");
+    expect_close(dx3, rdx, NULL, xl, 1.0, what);
+    label(what, sizeof what, c->name, "backward-data on 1 thread");
+    expect(effnet_conv_backward_data(ctx1, plan, dy, yl, w, wl, dx1, xl), EFFNET_OK, NULL,
+           what);
+    label(what, sizeof what, c->name, "backward-data: 1 and 3 threads give the same bits");
+    check(memcmp(dx1, dx3, xl * sizeof *dx1) == 0, what, "results differ");
+
+    /* Backward-weight: overwrite (outputs start as NaN), then accumulate (2x). */
+    label(what, sizeof what, c->name, "backward-weight, overwrite");
+    expect(effnet_conv_backward_weight(ctx3, plan, x, xl, dy, yl, dw3, wl, db3, bl, 0),
+           EFFNET_OK, NULL, what);
+    label(what, sizeof what, c->name, "backward-weight dw matches the reference");
+    expect_close(dw3, rdw, NULL, wl, 1.0, what);
+    label(what, sizeof what, c->name, "backward-weight dbias matches the reference");
+    expect_close(db3, rdb, NULL, bl, 1.0, what);
+    label(what, sizeof what, c->name, "backward-weight on 1 thread");
+    expect(effnet_conv_backward_weight(ctx1, plan, x, xl, dy, yl, dw1, wl, db1, bl, 0),
+           EFFNET_OK, NULL, what);
+    label(what, sizeof what, c->name, "backward-weight: 1 and 3 threads give the same bits");
+    check(memcmp(dw1, dw3, wl * sizeof *dw1) == 0 && memcmp(db1, db3, bl * sizeof *db1) == 0,
+          what, "results differ");
+    label(what, sizeof what, c->name, "backward-weight, accumulate");
+    expect(effnet_conv_backward_weight(ctx3, plan, x, xl, dy, yl, dw3, wl, db3, bl, 1),
+           EFFNET_OK, NULL, what);
+    label(what, sizeof what, c->name, "accumulated dw is twice the reference");
+    expect_close(dw3, rdw, NULL, wl, 2.0, what);
+    label(what, sizeof what, c->name, "accumulated dbias is twice the reference");
+    expect_close(db3, rdb, NULL, bl, 2.0, what);
+    for (size_t i = 0; i < wl; i++) dw1[i] = NAN;
+    label(what, sizeof what, c->name, "backward-weight without dbias");
+    expect(effnet_conv_backward_weight(ctx3, plan, x, xl, dy, yl, dw1, wl, NULL, 0, 0),
+           EFFNET_OK, NULL, what);
+    label(what, sizeof what, c->name, "backward-weight without dbias matches the reference");
+    expect_close(dw1, rdw, NULL, wl, 1.0, what);
+
+    label(what, sizeof what, c->name, "plan destroy");
+    expect(effnet_conv_plan_destroy(plan), EFFNET_OK, NULL, what);
+
+    free(x); free(w); free(b); free(dy); free(y3); free(y1); free(dx3); free(dx1);
+    free(dw3); free(dw1); free(db3); free(db1);
+    free(ry); free(rdx); free(rdw); free(rdb); free(bias_rows);
+}
+
+/* ------------------------------------------------------------------------ misuse */
+
+static void *other_thread(void *arg) {
+    const char **seen = arg;
+    /* The main thread's error is not visible here... */
+    seen[0] = effnet_last_error()[0] == '\0' ? "empty" : "not empty";
+    /* ...and an error here does not replace the main thread's. */
+    effnet_context_create(0, NULL);
+    seen[1] = effnet_last_error()[0] != '\0' ? "set" : "unset";
+    return NULL;
+}
+
+static void misuse(effnet_context *ctx) {
+    effnet_status st;
+    effnet_conv_plan *plan = NULL;
+    effnet_context *c2 = NULL;
+    /* A pointwise 6 -> 6 convolution: x and y have the same size, for overlap tests. */
+    effnet_conv_desc good = make_desc(1, 4, 4, 6, 6, 6, 1, 1, 0, 0, 0, 0);
+    const size_t n = 1 * 4 * 4 * 6, wl = 36, bl = 6;
+    float *x = random_floats(n + 1), *y = filled(n + 1, 0), *w = random_floats(wl);
+    float *b = random_floats(bl), *dw = filled(wl, 0);
+
+    /* Contexts. */
+    expect(effnet_context_create(1, NULL), EFFNET_INVALID_ARGUMENT, "out_ctx",
+           "context create: NULL out pointer");
+    c2 = (effnet_context *)0x1;
+    expect(effnet_context_create(UINT32_MAX, &c2), EFFNET_INVALID_ARGUMENT, "threads",
+           "context create: huge thread count");
+    check(c2 == (effnet_context *)0x1, "context create: out pointer untouched on failure",
+          "written");
+    expect(effnet_context_destroy(NULL), EFFNET_OK, NULL, "context destroy: NULL is a no-op");
+    expect(effnet_conv_plan_destroy(NULL), EFFNET_OK, NULL, "plan destroy: NULL is a no-op");
+    expect(effnet_context_create(0, &c2), EFFNET_OK, NULL, "context create: default threads");
+    expect(effnet_context_destroy(c2), EFFNET_OK, NULL, "context destroy");
+    expect(effnet_context_destroy(c2), EFFNET_INVALID_ARGUMENT, "not a live",
+           "context destroy: twice");
+    expect(effnet_conv_plan_create(c2, &good, &plan), EFFNET_INVALID_ARGUMENT, "not a live",
+           "plan create: destroyed context");
+    for (int i = 0; i < 8; i++) {
+        effnet_context *c = NULL;
+        st = effnet_context_create((uint32_t)(1 + i % 3), &c);
+        if (st == EFFNET_OK) st = effnet_context_destroy(c);
+        if (st != EFFNET_OK) break;
+    }
+    expect(st, EFFNET_OK, NULL, "contexts: create and destroy 8 times");
+
+    /* Plan creation: handles and pointers. */
+    expect(effnet_conv_plan_create(NULL, &good, &plan), EFFNET_INVALID_ARGUMENT, "ctx",
+           "plan create: NULL context");
+    expect(effnet_conv_plan_create(ctx, NULL, &plan), EFFNET_INVALID_ARGUMENT, "desc",
+           "plan create: NULL descriptor");
+    expect(effnet_conv_plan_create(ctx, &good, NULL), EFFNET_INVALID_ARGUMENT, "out_plan",
+           "plan create: NULL out pointer");
+    {
+        int not_a_context = 0;
+        expect(effnet_conv_plan_create((effnet_context *)&not_a_context, &good, &plan),
+               EFFNET_INVALID_ARGUMENT, "not a live", "plan create: garbage context pointer");
+    }
+    {
+        unsigned char raw[sizeof(effnet_conv_desc) + 8];
+        unsigned char *odd = raw + 1;
+        if (((uintptr_t)odd % 8) == 0) odd++;
+        memcpy(odd, &good, sizeof good);
+        expect(effnet_conv_plan_create(ctx, (const effnet_conv_desc *)(void *)odd, &plan),
+               EFFNET_INVALID_ARGUMENT, "aligned", "plan create: misaligned descriptor");
+    }
+
+    /* Descriptor: struct_size. */
+    {
+        effnet_conv_desc d = good;
+        d.struct_size = 8;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT,
+               "struct_size", "descriptor: struct_size too small");
+        d.struct_size = 0;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT,
+               "struct_size", "descriptor: struct_size not set");
+        d.struct_size = SIZE_MAX;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT,
+               "struct_size", "descriptor: struct_size huge");
+    }
+    {
+        struct {
+            effnet_conv_desc d;
+            uint64_t newer_fields[4];
+        } big;
+        memset(&big, 0, sizeof big);
+        big.d = good;
+        big.d.struct_size = sizeof big;
+        expect(effnet_conv_plan_create(ctx, &big.d, &plan), EFFNET_OK, NULL,
+               "descriptor: larger struct_size with zero tail is accepted");
+        expect(effnet_conv_plan_destroy(plan), EFFNET_OK, NULL, "plan destroy");
+        plan = NULL;
+        big.newer_fields[2] = 1;
+        expect(effnet_conv_plan_create(ctx, &big.d, &plan), EFFNET_INVALID_ARGUMENT,
+               "not zero", "descriptor: larger struct_size with a non-zero tail");
+    }
+
+    /* Descriptor: values. */
+    {
+        effnet_conv_desc d;
+        d = good; d.batch = 0;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "batch",
+               "descriptor: zero batch");
+        d = good; d.in_h = -5;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "in_h",
+               "descriptor: negative height");
+        d = good; d.pad_left = -1;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "pad_left",
+               "descriptor: negative padding");
+        d = good; d.stride_w = 0;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "stride_w",
+               "descriptor: zero stride");
+        d = good; d.group_size = 4;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "group_size",
+               "descriptor: group size does not divide the input channels");
+        d = make_desc(1, 8, 8, 32, 24, 16, 3, 1, 1, 1, 1, 1);
+        d.out_channels = 25;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "groups",
+               "descriptor: groups do not divide the output channels");
+        d = good; d.kernel_h = 7;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "kernel",
+               "descriptor: kernel larger than the padded input");
+        d = make_desc(1, 8, 8, 4, 4, 1, 3, 1, 3, 0, 0, 0);
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "padding",
+               "descriptor: padding as large as the kernel");
+        d = good; d.batch = INT64_MAX;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "overflow",
+               "descriptor: huge batch (buffer size overflows)");
+        d = good; d.in_channels = INT64_MAX; d.group_size = INT64_MAX; d.out_channels = 1;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, NULL,
+               "descriptor: huge channel count");
+        d = good; d.dilation_h = INT64_MAX; d.kernel_h = 3;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, NULL,
+               "descriptor: huge dilation");
+        d = good; d.dtype = EFFNET_DTYPE_F16;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_UNSUPPORTED, "F16",
+               "descriptor: f16 is not supported yet");
+        d = good; d.dtype = 99;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "dtype",
+               "descriptor: unknown dtype");
+        d = good; d.reserved = 3;
+        expect(effnet_conv_plan_create(ctx, &d, &plan), EFFNET_INVALID_ARGUMENT, "reserved",
+               "descriptor: non-zero reserved field");
+        check(plan == NULL, "plan create: out pointer untouched on failure", "written");
+    }
+
+    /* A good plan for the buffer checks. */
+    expect(effnet_conv_plan_create(ctx, &good, &plan), EFFNET_OK, NULL, "plan create");
+    {
+        effnet_conv_shape s;
+        memset(&s, 0, sizeof s);
+        expect(effnet_conv_plan_shape(plan, NULL), EFFNET_INVALID_ARGUMENT, "out_shape",
+               "shape: NULL out pointer");
+        expect(effnet_conv_plan_shape(plan, &s), EFFNET_INVALID_ARGUMENT, "struct_size",
+               "shape: struct_size not set");
+        s.struct_size = sizeof s;
+        expect(effnet_conv_plan_shape(NULL, &s), EFFNET_INVALID_ARGUMENT, "plan",
+               "shape: NULL plan");
+        expect(effnet_conv_plan_shape((effnet_conv_plan *)ctx, &s), EFFNET_INVALID_ARGUMENT,
+               "effnet_context", "shape: a context passed as a plan");
+    }
+    expect(effnet_conv_forward(ctx, plan, x, n, w, wl, b, bl, y, n), EFFNET_OK, NULL,
+           "forward: good call (the kernels are linked)");
+    expect(effnet_conv_forward(NULL, plan, x, n, w, wl, b, bl, y, n), EFFNET_INVALID_ARGUMENT,
+           "ctx", "forward: NULL context");
+    expect(effnet_conv_forward(ctx, NULL, x, n, w, wl, b, bl, y, n), EFFNET_INVALID_ARGUMENT,
+           "plan", "forward: NULL plan");
+    expect(effnet_conv_forward((effnet_context *)plan, plan, x, n, w, wl, b, bl, y, n),
+           EFFNET_INVALID_ARGUMENT, "effnet_conv_plan", "forward: a plan passed as a context");
+    expect(effnet_conv_forward(ctx, plan, NULL, n, w, wl, b, bl, y, n), EFFNET_INVALID_ARGUMENT,
+           "`x` is NULL", "forward: NULL x");
+    expect(effnet_conv_forward(ctx, plan, x, n, w, wl, b, bl, NULL, n),
+           EFFNET_INVALID_ARGUMENT, "`y` is NULL", "forward: NULL y");
+    expect(effnet_conv_forward(ctx, plan, x, n - 1, w, wl, b, bl, y, n),
+           EFFNET_INVALID_ARGUMENT, "`x` has", "forward: x count too small");
+    expect(effnet_conv_forward(ctx, plan, x, 0, w, wl, b, bl, y, n), EFFNET_INVALID_ARGUMENT,
+           "`x` has 0", "forward: zero x count");
+    expect(effnet_conv_forward(ctx, plan, x, SIZE_MAX, w, wl, b, bl, y, n),
+           EFFNET_INVALID_ARGUMENT, "`x` has", "forward: huge x count");
+    expect(effnet_conv_forward(ctx, plan, x, n, w, wl, b, bl, y, n + 1),
+           EFFNET_INVALID_ARGUMENT, "`y` has", "forward: y count too large");
+    expect(effnet_conv_forward(ctx, plan, x, n, w, wl + 1, b, bl, y, n),
+           EFFNET_INVALID_ARGUMENT, "`w` has", "forward: wrong weight count");
+    expect(effnet_conv_forward(ctx, plan, x, n, w, wl, b, bl - 1, y, n),
+           EFFNET_INVALID_ARGUMENT, "`bias` has", "forward: wrong bias count");
+    expect(effnet_conv_forward(ctx, plan, x, n, w, wl, NULL, bl, y, n),
+           EFFNET_INVALID_ARGUMENT, "`bias` is NULL", "forward: NULL bias with a count");
+    expect(effnet_conv_forward(ctx, plan, (const float *)(const void *)((const char *)x + 1), n,
+                               w, wl, b, bl, y, n),
+           EFFNET_INVALID_ARGUMENT, "aligned", "forward: misaligned x");
+    expect(effnet_conv_forward(ctx, plan, x, n, w, wl, b, bl,
+                               (float *)(void *)((char *)y + 2), n),
+           EFFNET_INVALID_ARGUMENT, "aligned", "forward: misaligned y");
+    expect(effnet_conv_forward(ctx, plan, x, n, w, wl, b, bl, x, n), EFFNET_INVALID_ARGUMENT,
+           "overlap", "forward: y is x (in place)");
+    expect(effnet_conv_forward(ctx, plan, x, n, w, wl, b, bl, x + 1, n),
+           EFFNET_INVALID_ARGUMENT, "overlap", "forward: y overlaps x");
+    expect(effnet_conv_backward_data(ctx, plan, y, n, w, wl, NULL, n), EFFNET_INVALID_ARGUMENT,
+           "`dx` is NULL", "backward-data: NULL dx");
+    expect(effnet_conv_backward_data(ctx, plan, y, n, w, wl, y, n), EFFNET_INVALID_ARGUMENT,
+           "overlap", "backward-data: dx is dy");
+    expect(effnet_conv_backward_data(ctx, plan, y, n, NULL, 0, x, n), EFFNET_INVALID_ARGUMENT,
+           "`w` is NULL", "backward-data: NULL weight");
+    expect(effnet_conv_backward_weight(ctx, plan, x, n, y, n, dw, wl, b, bl, 2),
+           EFFNET_INVALID_ARGUMENT, "accumulate", "backward-weight: accumulate = 2");
+    expect(effnet_conv_backward_weight(ctx, plan, x, n, y, n, dw, wl, dw, bl, 0),
+           EFFNET_INVALID_ARGUMENT, "overlap", "backward-weight: dbias overlaps dw");
+    expect(effnet_conv_backward_weight(ctx, plan, x, n, y, n, NULL, wl, NULL, 0, 0),
+           EFFNET_INVALID_ARGUMENT, "`dw` is NULL", "backward-weight: NULL dw");
+    expect(effnet_conv_backward_weight(ctx, plan, x, n, y, n, dw, wl, NULL, 5, 0),
+           EFFNET_INVALID_ARGUMENT, "dbias", "backward-weight: NULL dbias with a count");
+
+    /* The last error is per thread, and cleared by the next successful call. */
+    {
+        const char *seen[2] = {"?", "?"};
+        pthread_t t;
+        char mine[256];
+        effnet_conv_forward(ctx, plan, NULL, n, w, wl, b, bl, y, n);
+        snprintf(mine, sizeof mine, "%s", effnet_last_error());
+        pthread_create(&t, NULL, other_thread, (void *)seen);
+        pthread_join(t, NULL);
+        check(strcmp(seen[0], "empty") == 0 && strcmp(seen[1], "set") == 0,
+              "last error: thread-local", "another thread saw this thread's error");
+        check(mine[0] != '\0' && strcmp(mine, effnet_last_error()) == 0,
+              "last error: kept until the next call on this thread",
+              "changed by another thread");
+        expect(effnet_conv_forward(ctx, plan, x, n, w, wl, b, bl, y, n), EFFNET_OK, NULL,
+               "last error: cleared by a successful call");
+        check(effnet_abi_version() == EFFNET_ABI_VERSION, "abi version matches the header",
+              "mismatch");
+    }
+
+    /* A destroyed plan. */
+    expect(effnet_conv_plan_destroy(plan), EFFNET_OK, NULL, "plan destroy");
+    expect(effnet_conv_forward(ctx, plan, x, n, w, wl, b, bl, y, n), EFFNET_INVALID_ARGUMENT,
+           "not a live", "forward: destroyed plan");
+    expect(effnet_conv_backward_data(ctx, plan, y, n, w, wl, x, n), EFFNET_INVALID_ARGUMENT,
+           "not a live", "backward-data: destroyed plan");
+    expect(effnet_conv_plan_destroy(plan), EFFNET_INVALID_ARGUMENT, "not a live",
+           "plan destroy: twice");
+
+    free(x); free(y); free(w); free(b); free(dw);
+}
+
+int main(void) {
+    effnet_context *ctx1 = NULL, *ctx3 = NULL;
+    printf("effnet ABI version %u\n", effnet_abi_version());
+    expect(effnet_context_create(1, &ctx1), EFFNET_OK, NULL, "context with 1 thread");
+    expect(effnet_context_create(3, &ctx3), EFFNET_OK, NULL, "context with 3 threads");
+    if (ctx1 == NULL || ctx3 == NULL) return 1;
+
+    const conv_case cases[] = {
+        /* Depthwise 3x3 stride 2, odd sizes, 24 channels (not a multiple of 16). */
+        {"depthwise 3x3/2", make_desc(2, 9, 7, 24, 24, 1, 3, 2, 1, 1, 1, 1),
+         EFFNET_CONV_DEPTHWISE},
+        /* Depthwise 5x5 stride 1, TF-SAME-style padding. */
+        {"depthwise 5x5/1", make_desc(1, 6, 5, 20, 20, 1, 5, 1, 2, 2, 2, 2),
+         EFFNET_CONV_DEPTHWISE},
+        /* G16: 32 -> 48 channels in 2 groups, 3x3 stride 2, asymmetric padding. */
+        {"G16 3x3/2", make_desc(2, 8, 9, 32, 48, 16, 3, 2, 0, 1, 1, 1), EFFNET_CONV_GROUPED},
+        /* Pointwise 19 -> 13, batch 3. */
+        {"pointwise 1x1", make_desc(3, 5, 7, 19, 13, 19, 1, 1, 0, 0, 0, 0),
+         EFFNET_CONV_POINTWISE},
+        /* The dense 3-channel stem, 3x3 stride 2, TF SAME on an odd input. */
+        {"stem 3x3/2", make_desc(2, 11, 10, 3, 8, 3, 3, 2, 1, 1, 0, 1), EFFNET_CONV_GROUPED},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run_case(&cases[i], ctx1, ctx3);
+    }
+    misuse(ctx3);
+
+    expect(effnet_context_destroy(ctx1), EFFNET_OK, NULL, "context destroy");
+    expect(effnet_context_destroy(ctx3), EFFNET_OK, NULL, "context destroy");
+    printf("effnet C ABI test: %d passed, %d failed\n", g_passed, g_failed);
+    return g_failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,232 @@
+//! The C ABI from C: compiles `ffi/tests/c/conv_test.c` against `include/effnet.h`,
+//! links it with the `libeffnet.so` and `libeffnet.a` cargo built next to this test,
+//! runs both, and runs the shared build under valgrind's memcheck when `valgrind` is
+//! on PATH (no invalid access, no leak). The C program checks the convolutions against
+//! its own double-precision reference and exercises the misuse cases.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `target/<profile>` (or `target/<triple>/<profile>`): this test runs as
+/// `…/<profile>/deps/c_abi-<hash>`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Builds `libeffnet.so` and `libeffnet.a` with the profile (and target) this test was
+/// built with, and returns the directory they are in.
+///
+/// `cargo test` does not build a package's library for its integration tests when the
+/// library is only a `cdylib`/`staticlib` (nothing links it), so this test runs
+/// `cargo build -p effnet-ffi` itself (cargo no longer holds its build lock while the
+/// tests run); with everything else fresh that compiles only the FFI crate, if at all.
+fn lib_dir() -> PathBuf {
+    let dir = profile_dir();
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_owned(),
+        Some(name) => name.to_owned(),
+        None => panic!("unexpected test binary location {}", dir.display()),
+    };
+    let parent = dir.parent().expect("target dir");
+    // `target/<profile>` normally; `target/<triple>/<profile>` with `--target`.
+    let (target_dir, triple) = if parent.join("CACHEDIR.TAG").is_file() {
+        (parent.to_path_buf(), None)
+    } else {
+        let root = parent.parent().expect("target dir").to_path_buf();
+        (root, parent.file_name().map(|t| t.to_owned()))
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "effnet-ffi",
+        "--lib",
+        "--profile",
+        &profile,
+    ])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if let Some(t) = triple {
+        cmd.arg("--target").arg(t);
+    }
+    run(&mut cmd, "building libeffnet (cargo build -p effnet-ffi)");
+    for lib in ["libeffnet.so", "libeffnet.a"] {
+        assert!(
+            dir.join(lib).is_file(),
+            "{lib} not found in {} after cargo build",
+            dir.display()
+        );
+    }
+    dir
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+}
+
+fn cc() -> String {
+    std::env::var("CC").unwrap_or_else(|_| "cc".to_owned())
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn run(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{what} failed:\n{}", show(&out));
+    out
+}
+
+/// Compiles the C test program, linked with `lib` (a path to the `.so` or `.a`).
+fn build(lib_dir: &Path, lib: &str, exe: &Path) {
+    let ffi = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new(cc());
+    cmd.args([
+        "-std=c11",
+        "-O1",
+        "-g",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pedantic",
+    ])
+    .arg("-I")
+    .arg(ffi.join("../include"))
+    .arg(ffi.join("tests/c/conv_test.c"))
+    .arg("-o")
+    .arg(exe)
+    .arg(lib_dir.join(lib));
+    if lib.ends_with(".so") {
+        cmd.arg(format!("-Wl,-rpath,{}", lib_dir.display()));
+    }
+    // What a Rust staticlib needs from the system on Linux (rustc's
+    // --print native-static-libs), harmless for the shared build.
+    cmd.args([
+        "-lpthread",
+        "-ldl",
+        "-lm",
+        "-lrt",
+        "-lutil",
+        "-lgcc_s",
+        "-lc",
+    ]);
+    run(
+        &mut cmd,
+        &format!("compiling the C test program against {lib}"),
+    );
+}
+
+/// Checks the C program's report: its closing line and no failed check.
+fn check_report(out: &Output, what: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("effnet C ABI test: ") && l.ends_with(" 0 failed")),
+        "{what}: no clean closing line:\n{}",
+        show(out)
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("FAIL")),
+        "{what}: a check failed:\n{}",
+        show(out)
+    );
+    for must in [
+        "ok   depthwise 3x3/2: forward with bias matches the reference",
+        "ok   G16 3x3/2: backward-data matches the reference",
+        "ok   pointwise 1x1: accumulated dw is twice the reference",
+        "ok   forward: destroyed plan",
+        "ok   descriptor: group size does not divide the input channels",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == must),
+            "{what}: missing `{must}`:\n{}",
+            show(out)
+        );
+    }
+}
+
+#[test]
+fn c_program_runs_against_the_shared_and_static_library() {
+    let lib_dir = lib_dir();
+    let work = lib_dir.join("c-abi-test");
+    std::fs::create_dir_all(&work).expect("create the C test directory");
+
+    let shared = work.join("conv_test_shared");
+    build(&lib_dir, "libeffnet.so", &shared);
+    let out = run(
+        &mut Command::new(&shared),
+        "the C test program (shared library)",
+    );
+    check_report(&out, "shared library");
+
+    let fixed = work.join("conv_test_static");
+    build(&lib_dir, "libeffnet.a", &fixed);
+    let out = run(
+        &mut Command::new(&fixed),
+        "the C test program (static library)",
+    );
+    check_report(&out, "static library");
+
+    if !on_path("valgrind") {
+        println!("note: valgrind is not on PATH; skipping the memcheck run");
+        return;
+    }
+    // Valgrind does not emulate AVX-512: cap the kernels at AVX2 under it.
+    let supp = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/valgrind.supp");
+    let out = run(
+        Command::new("valgrind")
+            .arg(format!("--suppressions={}", supp.display()))
+            .args([
+                "--quiet",
+                "--error-exitcode=1",
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite,possible",
+                "--show-leak-kinds=definite,possible",
+            ])
+            .arg(&shared)
+            .env("EFFNET_SIMD", "avx2"),
+        "the C test program under valgrind",
+    );
+    check_report(&out, "valgrind");
+}
+
+#[test]
+fn header_compiles_as_cplusplus() {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_owned());
+    if !on_path(&cxx) && !Path::new(&cxx).is_file() {
+        println!("note: no C++ compiler ({cxx}) on PATH; skipping");
+        return;
+    }
+    let ffi = Path::new(env!("CARGO_MANIFEST_DIR"));
+    run(
+        Command::new(&cxx)
+            .args([
+                "-std=c++11",
+                "-fsyntax-only",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-x",
+                "c++",
+            ])
+            .arg(ffi.join("../include/effnet.h")),
+        "compiling include/effnet.h as C++",
+    );
+}

@@ -1,0 +1,124 @@
+//! `effnet bench model`: whole-network inference and training-step throughput.
+
+use clap::Args;
+use effnet::arch::ArchConfig;
+use effnet::kernels::loss::Targets;
+use effnet::model::{Network, Pass};
+use effnet::{Error, Result};
+use std::time::Instant;
+
+/// Arguments of `effnet bench model`.
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// Architecture.
+    #[arg(long, default_value = "efficientnet_b0")]
+    arch: String,
+    /// Input resolution (default: the architecture's native one).
+    #[arg(long)]
+    res: Option<usize>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Modes, comma-separated (infer, train); inference is measured first, so the
+    /// training line's peak RSS is the process peak.
+    #[arg(long, default_value = "infer,train", value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Timed iterations per mode (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 elsewhere).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Runs `effnet bench model`.
+pub fn run(a: &ModelArgs) -> Result<()> {
+    for m in &a.modes {
+        if m != "infer" && m != "train" {
+            return Err(Error::InvalidArgument(format!(
+                "unknown mode {m:?} (infer, train)"
+            )));
+        }
+    }
+    if a.batch == 0 || a.iters == 0 {
+        return Err(Error::InvalidArgument(
+            "--batch and --iters must be at least 1".into(),
+        ));
+    }
+    let cfg = ArchConfig::from_name(&a.arch)?;
+    let res = a.res.unwrap_or(cfg.native_res);
+    let n = a.batch;
+    super::in_pool(a.threads, || -> Result<()> {
+        let mut net = Network::new(&cfg, 0)?;
+        let x: Vec<f32> = (0..n * res * res * 3)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        let labels: Vec<usize> = (0..n).map(|i| i % cfg.num_classes).collect();
+        let plan = net.memory_plan(n, res);
+        let threads = rayon::current_num_threads();
+        for mode in ["infer", "train"] {
+            if !a.modes.iter().any(|m| m == mode) {
+                continue;
+            }
+            let step = |net: &mut Network| -> Result<()> {
+                if mode == "infer" {
+                    net.predict(&x, n, res).map(|_| ())
+                } else {
+                    net.loss_and_grad(
+                        &x,
+                        n,
+                        res,
+                        Targets::Labels(&labels),
+                        0.1,
+                        &Pass::train(&cfg, 1),
+                    )
+                    .map(|_| ())
+                }
+            };
+            step(&mut net)?;
+            let t = Instant::now();
+            for _ in 0..a.iters {
+                step(&mut net)?;
+            }
+            let ips = (a.iters * n) as f64 / t.elapsed().as_secs_f64();
+            let rss = peak_rss_mb();
+            let planned = if mode == "train" {
+                plan.peak_bytes() as f64 / (1024.0 * 1024.0)
+            } else {
+                0.0
+            };
+            if a.json {
+                println!(
+                    "{{\"arch\": \"{}\", \"mode\": \"{mode}\", \"res\": {res}, \"batch\": {n}, \"threads\": {threads}, \"img_per_s\": {ips:.2}, \"peak_rss_mb\": {rss:.1}, \"planned_activation_mb\": {planned:.1}}}",
+                    cfg.name
+                );
+            } else {
+                println!(
+                    "{} {mode} {res}×{res} batch {n}, {threads} threads: {ips:.1} img/s, peak RSS {rss:.0} MiB{}",
+                    cfg.name,
+                    if mode == "train" {
+                        format!(", planned activations {planned:.0} MiB")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        Ok(())
+    })?
+}

@@ -1,0 +1,45 @@
+//! A host-side model of a Graphcore IPU, in the spirit of Poplar's `IPUModel`: tile
+//! codelets (C++ in Poplar's vertex form, `codelets/`) run on the CPU inside a graph
+//! of tensors mapped to tiles, with every tile's memory budget enforced and cycles
+//! **estimated** (never measured; every figure it reports is an estimate).
+//!
+//! - [`target`]: the Mk2 (GC200) and Bow presets, every constant with its provenance.
+//! - [`graph`]: tensors with tile mappings, vertices, compute sets, exchanges,
+//!   programs; the memory check; the bulk-synchronous profile; the host [`graph::Engine`].
+//! - [`codelets`]: the vertex classes, their C trampolines and cycle estimators.
+//! - [`planner`]: splits a layer over the tiles within the memory budget and picks the
+//!   split with the lowest estimated cycles.
+//! - [`network`]: any network of [`crate::arch`] (B0–B7, `tiny`, G1/G16, BN/GN/LN+PN)
+//!   as a layer list, and the per-layer estimated report (`effnet ipu report`).
+//! - [`block`]: one MBConv block forward and backward as one program, run through the
+//!   codelets.
+//! - [`run`]: every convolution (split by the planner) and every block that fits,
+//!   executed and compared with the oracles (`effnet ipu run`).
+//! - [`reference`]: the oracles, in one place (the convolution oracle switch).
+//! - [`picture`]: the per-tile memory / cycles picture as a PNG.
+//!
+//! Layering: `ipu` uses [`crate::arch`] (the one description of the networks) and
+//! [`crate::kernels`] (as the reference), never the other way.
+//!
+//! ```
+//! use effnet::arch::ArchConfig;
+//! use effnet::ipu::network::report;
+//! use effnet::ipu::{Precision, Target};
+//! let a = ArchConfig::from_name("b0_g16_gn").unwrap();
+//! let r = report(&a, 64, 2, &Target::mk2(), Precision::F16).unwrap();
+//! assert!(r.training_img_per_s > 0.0); // an estimate, not a measurement
+//! ```
+
+pub mod block;
+pub mod codelets;
+pub mod graph;
+pub mod network;
+pub mod picture;
+pub mod planner;
+pub mod reference;
+pub mod run;
+pub mod target;
+
+pub use codelets::{Codelet, ConvGeom, Kind, NormGeom, ProxyScale};
+pub use graph::{Engine, Graph, Program};
+pub use target::{Precision, Target};

@@ -1,0 +1,283 @@
+//! Forward pass: a direct convolution over a padded, group-major copy of the input.
+
+use super::micro::{
+    ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile, prefetch_pixels,
+};
+use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_scratch};
+use crate::simd::{self, Simd, SimdKernel, SimdLevel};
+use rayon::prelude::*;
+
+/// Where the weights of group `g`, tap `t`, input channel `ci`, output vector `v` are:
+/// `data[g·group + (t·cig + ci)·k + v·L]`.
+#[derive(Copy, Clone)]
+struct Weights<'a> {
+    data: &'a [f32],
+    group: usize,
+    k: usize,
+}
+
+pub(super) fn run(
+    level: SimdLevel,
+    g: &Geo,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let l = lanes(level);
+    let cvn = g.cog.div_ceil(l);
+    // Read the weights in place when each group's output channels are whole vectors;
+    // otherwise pack them as [group][tap][ci][cvn·L] with zero lanes.
+    let packed = (!g.cog.is_multiple_of(l)).then(|| pack(g, w, l, cvn));
+    let weights = match &packed {
+        Some(p) => Weights {
+            data: p,
+            group: g.taps() * g.cig * cvn * l,
+            k: cvn * l,
+        },
+        None => Weights {
+            data: w,
+            group: g.cog,
+            k: g.cout,
+        },
+    };
+    // Bias as [group][cvn·L] with zero lanes.
+    let bias = bias.map(|b| {
+        let mut p = vec![0.0f32; g.groups * cvn * l];
+        for (dst, src) in p.chunks_exact_mut(cvn * l).zip(b.chunks_exact(g.cog)) {
+            dst[..g.cog].copy_from_slice(src);
+        }
+        p
+    });
+    let wp = g.padded_w();
+    let tasks = plan_tasks(
+        g.n,
+        g.oh,
+        g.groups,
+        g.taps() * g.cig * cvn * l,
+        wp * g.cig,
+        |band| (band - 1) * g.sh + (g.kh - 1) * g.dh + 1,
+    );
+    let out = SharedOut::new(y);
+    let bias = bias.as_deref();
+    tasks.par_iter().for_each(|t| {
+        let (ih_lo, ih_hi) = g.in_rows(t.r0, t.r0 + t.rows);
+        let in_rows = ih_hi - ih_lo;
+        with_scratch(t.ng * in_rows * wp * g.cig, |buf| {
+            simd::dispatch(
+                level,
+                FwdTask {
+                    g,
+                    x,
+                    weights,
+                    bias,
+                    out,
+                    t: *t,
+                    ih_lo,
+                    in_rows,
+                    buf,
+                },
+            )
+        })
+    });
+}
+
+/// `[group][tap][ci][cvn·L]`, zero beyond the group's output channels.
+fn pack(g: &Geo, w: &[f32], l: usize, cvn: usize) -> Vec<f32> {
+    let per_group = g.taps() * g.cig * cvn * l;
+    let mut p = vec![0.0f32; g.groups * per_group];
+    p.par_chunks_mut(per_group)
+        .enumerate()
+        .for_each(|(gi, dst)| {
+            for (row, dst) in dst.chunks_exact_mut(cvn * l).enumerate() {
+                let src = &w[row * g.cout + gi * g.cog..][..g.cog];
+                dst[..g.cog].copy_from_slice(src);
+            }
+        });
+    p
+}
+
+struct FwdTask<'a> {
+    g: &'a Geo,
+    x: &'a [f32],
+    weights: Weights<'a>,
+    bias: Option<&'a [f32]>,
+    out: SharedOut,
+    /// Output rows `r0..r0 + rows` of image `n`, groups `g0..g0 + ng`.
+    t: Task,
+    /// First input row in `buf`.
+    ih_lo: usize,
+    in_rows: usize,
+    /// `[gl][in_rows][padded_w][cig]`, zeroed.
+    buf: &'a mut [f32],
+}
+
+impl SimdKernel for FwdTask<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let FwdTask {
+            g,
+            x,
+            weights,
+            bias,
+            out,
+            t,
+            ih_lo,
+            in_rows,
+            buf,
+        } = self;
+        let l = S::LANES;
+        let cig = g.cig;
+        let wp = g.padded_w();
+        let g_stride = in_rows * wp * cig;
+        let img = g.h * g.w * g.cin;
+        let xi = &x[t.n * img..][..img];
+        // The input rows are copied into `buf` (zero-padded, group-major) just before
+        // the first output row that reads them; the rows the next output row adds are
+        // prefetched while this one computes.
+        let gm = GroupMajor {
+            width: g.w,
+            src_c: g.cin,
+            cg: cig,
+            g0: t.g0,
+            ng: t.ng,
+            pad: g.pl,
+            dst_w: wp,
+            dst_c: cig,
+            g_stride,
+        };
+        let row_len = g.w * g.cin;
+        let rows_end = |oh: usize| g.in_rows(oh, oh + 1).1.max(ih_lo);
+        let mut copied = ih_lo;
+
+        // Without horizontal dilation the kw taps of a kernel row and the group's
+        // channels are one contiguous run of kw·cig values, in the buffer and in the
+        // weights alike.
+        let merged = g.dw == 1;
+        let k_len = if merged { g.kw * cig } else { cig };
+        let cvn = g.cog.div_ceil(l);
+        let blocks: Vec<(usize, usize)> = split(cvn, max_nv::<S>()).collect();
+        let mr = max_tile::<S>(blocks[0].1);
+        let n_tiles = g.ow.div_ceil(mr);
+        let per_row = t.ng * blocks.len() * n_tiles;
+        let src_pix = g.sw * cig;
+        let mut taps = Vec::with_capacity(g.taps());
+        for oh in t.r0..t.r0 + t.rows {
+            let need = rows_end(oh);
+            if need > copied {
+                let src = &xi[copied * row_len..need * row_len];
+                gm.copy_rows(s, src, copied - ih_lo, buf);
+                copied = need;
+            }
+            let ahead = if oh + 1 < t.r0 + t.rows {
+                copied..rows_end(oh + 1)
+            } else {
+                0..0
+            };
+            taps.clear();
+            for kh in 0..g.kh {
+                let Some(ih) = g.in_row(oh, kh) else { continue };
+                let row = (ih - ih_lo) * wp * cig;
+                if merged {
+                    taps.push((row, kh * g.kw * cig * weights.k));
+                } else {
+                    for kw in 0..g.kw {
+                        taps.push((row + kw * g.dw * cig, (kh * g.kw + kw) * cig * weights.k));
+                    }
+                }
+            }
+            let mut step = 0;
+            for gl in 0..t.ng {
+                let gi = t.g0 + gl;
+                let src = buf[gl * g_stride..].as_ptr();
+                for &(v0, nv) in &blocks {
+                    let last = (g.cog - (v0 + nv - 1) * l).min(l);
+                    let w_off = gi * weights.group + v0 * l;
+                    let init = bias.map_or(std::ptr::null(), |b| b[(gi * cvn + v0) * l..].as_ptr());
+                    let y_row = (t.n * g.oh + oh) * g.ow * g.cout + gi * g.cog + v0 * l;
+                    for (ow0, m) in split(g.ow, mr) {
+                        // This tile's share of the prefetches.
+                        let cols = step * g.w / per_row..(step + 1) * g.w / per_row;
+                        step += 1;
+                        for ih in ahead.clone() {
+                            let base = xi.as_ptr().wrapping_add(ih * row_len + t.g0 * cig);
+                            prefetch_pixels(base, cols.clone(), g.cin, t.ng * cig);
+                        }
+                        let src_off = ow0 * src_pix;
+                        let dst_off = y_row + ow0 * g.cout;
+                        debug_check(
+                            &taps,
+                            src_off + gl * g_stride,
+                            buf.len(),
+                            src_pix,
+                            k_len,
+                            m,
+                            w_off,
+                            weights.data.len(),
+                            weights.k,
+                            nv * l,
+                            dst_off,
+                            out.len,
+                            g.cout,
+                            (nv - 1) * l + last,
+                        );
+                        let a = ConvTile {
+                            src: src.wrapping_add(src_off),
+                            src_pix,
+                            w: weights.data.as_ptr().wrapping_add(w_off),
+                            w_k: weights.k,
+                            taps: &taps,
+                            k_len,
+                            init,
+                            dst: out.ptr.wrapping_add(dst_off),
+                            dst_pix: g.cout,
+                            last,
+                        };
+                        macro_rules! call {
+                            ($m:literal, $nv:literal, $pix:literal) => {
+                                // SAFETY: the offsets were derived from the shape so that
+                                // every read lies in `buf` (rows copied above) or the
+                                // weights, and every write in this task's rows and groups
+                                // of `y`, which no other task writes (tasks partition
+                                // images × rows × groups); `debug_check` verifies the
+                                // bounds in debug builds.
+                                unsafe { conv_tile::<S, $m, $nv, $pix>(s, &a) }
+                            };
+                        }
+                        conv_dispatch!(nv, m, src_pix, call);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Debug-build bounds check of one [`ConvTile`] call (offsets relative to the slices).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn debug_check(
+    taps: &[(usize, usize)],
+    src_off: usize,
+    src_len: usize,
+    src_pix: usize,
+    k_len: usize,
+    m: usize,
+    w_off: usize,
+    w_len: usize,
+    w_k: usize,
+    w_vec: usize,
+    dst_off: usize,
+    dst_len: usize,
+    dst_pix: usize,
+    dst_vec: usize,
+) {
+    if cfg!(debug_assertions) {
+        for &(ti, tw) in taps {
+            assert!(src_off + ti + (m - 1) * src_pix + k_len <= src_len, "src");
+            assert!(w_off + tw + (k_len - 1) * w_k + w_vec <= w_len, "w");
+        }
+        assert!(dst_off + (m - 1) * dst_pix + dst_vec <= dst_len, "dst");
+    }
+}

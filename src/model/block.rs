@@ -1,0 +1,478 @@
+//! One MBConv block: [expand 1×1 → norm → act] → k×k spatial conv → norm → act →
+//! squeeze-excite → project 1×1 → norm, with the identity skip and per-sample
+//! drop-connect. Forward keeps only the conv outputs (pre-norm) and the small
+//! squeeze-excite vectors; backward recomputes the normalized activations.
+
+use super::norm_act::{NormAct, NormSaved, Place};
+use super::ops::{add_into, drop_connect};
+use super::params::{ParamKind, ParamStore};
+use crate::arch::{ArchConfig, BlockSpec};
+use crate::error::Result;
+use crate::kernels::activation::{self, Activation};
+use crate::kernels::conv::{Conv2d, ConvDesc, GradMode};
+use crate::kernels::fully_connected::FullyConnected;
+use crate::kernels::gate;
+use crate::kernels::pool::{self, Nhwc};
+
+/// A block's layers and parameter indices.
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// The block's shape.
+    pub spec: BlockSpec,
+    /// Drop-connect probability at full training strength (`rate·i/blocks`).
+    pub drop_rate: f32,
+    expand: Option<(usize, NormAct)>,
+    dw: usize,
+    dw_norm: NormAct,
+    se_reduce: (usize, usize),
+    se_expand: (usize, usize),
+    proj: usize,
+    proj_norm: NormAct,
+}
+
+/// What a block's forward pass keeps for the backward pass (the block input is the
+/// previous block's output, kept there).
+#[derive(Clone, Debug, Default)]
+pub struct BlockTape {
+    /// Input resolution.
+    pub hw_in: usize,
+    /// Output resolution.
+    pub hw_out: usize,
+    e: Vec<f32>,
+    e_saved: NormSaved,
+    d: Vec<f32>,
+    d_saved: NormSaved,
+    pooled: Vec<f32>,
+    r: Vec<f32>,
+    s1: Vec<f32>,
+    t: Vec<f32>,
+    g: Vec<f32>,
+    gate: Vec<f32>,
+    o: Vec<f32>,
+    o_saved: NormSaved,
+    drop_p: f32,
+    drop_seed: u64,
+    /// The block output (the next block's input).
+    pub out: Vec<f32>,
+}
+
+impl BlockTape {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.e.len()
+            + self.d.len()
+            + self.pooled.len()
+            + self.r.len()
+            + self.s1.len()
+            + self.t.len()
+            + self.g.len()
+            + self.gate.len()
+            + self.o.len()
+            + self.out.len())
+            + self.e_saved.bytes()
+            + self.d_saved.bytes()
+            + self.o_saved.bytes()
+    }
+}
+
+/// Options of one forward pass, shared by every layer.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Ctx<'a> {
+    pub cfg: &'a ArchConfig,
+    pub batch: usize,
+    pub batch_stats: bool,
+    /// Multiplier of each block's drop-connect rate (0 = off).
+    pub drop_connect: f32,
+    pub seed: u64,
+}
+
+fn conv(desc: &ConvDesc) -> Result<Conv2d> {
+    Conv2d::new(desc)
+}
+
+impl Block {
+    /// Registers the block's parameters under `blocks.{stage}.{index}`.
+    pub fn register(
+        store: &mut ParamStore,
+        cfg: &ArchConfig,
+        spec: BlockSpec,
+        drop_rate: f32,
+    ) -> Result<Block> {
+        let p = format!("blocks.{}.{}", spec.stage, spec.index);
+        let (norm, eps) = (cfg.norm, cfg.norm_eps);
+        let (dw_bn, proj_name, proj_bn) = if spec.expand {
+            ("bn2", "conv_pwl", "bn3")
+        } else {
+            ("bn1", "conv_pw", "bn2")
+        };
+        let expand = if spec.expand {
+            let w = store.add(
+                format!("{p}.conv_pw.weight"),
+                vec![1, 1, spec.in_ch, spec.mid_ch],
+                ParamKind::ConvFanOut,
+            )?;
+            let n = NormAct::register(
+                store,
+                &format!("{p}.bn1"),
+                norm,
+                eps,
+                Place::Full,
+                spec.mid_ch,
+            )?;
+            Some((w, n))
+        } else {
+            None
+        };
+        let dw = store.add(
+            format!("{p}.conv_dw.weight"),
+            vec![spec.kernel, spec.kernel, spec.group_size, spec.mid_ch],
+            ParamKind::ConvFanIn,
+        )?;
+        let dw_norm = NormAct::register(
+            store,
+            &format!("{p}.{dw_bn}"),
+            norm,
+            eps,
+            Place::Delayed,
+            spec.mid_ch,
+        )?;
+        let mut fc = |name: &str, cin: usize, cout: usize| -> Result<(usize, usize)> {
+            Ok((
+                store.add(
+                    format!("{p}.se.{name}.weight"),
+                    vec![1, 1, cin, cout],
+                    ParamKind::ConvFanOut,
+                )?,
+                store.add(format!("{p}.se.{name}.bias"), vec![cout], ParamKind::Bias)?,
+            ))
+        };
+        let se_reduce = fc("conv_reduce", spec.mid_ch, spec.se_ch)?;
+        let se_expand = fc("conv_expand", spec.se_ch, spec.mid_ch)?;
+        let proj = store.add(
+            format!("{p}.{proj_name}.weight"),
+            vec![1, 1, spec.mid_ch, spec.out_ch],
+            ParamKind::ConvFanOut,
+        )?;
+        let proj_norm = NormAct::register(
+            store,
+            &format!("{p}.{proj_bn}"),
+            norm,
+            eps,
+            Place::Project,
+            spec.out_ch,
+        )?;
+        Ok(Block {
+            spec,
+            drop_rate,
+            expand,
+            dw,
+            dw_norm,
+            se_reduce,
+            se_expand,
+            proj,
+            proj_norm,
+        })
+    }
+
+    fn dw_conv(&self, ctx: &Ctx, hw: usize) -> Result<Conv2d> {
+        let s = &self.spec;
+        conv(&ctx.cfg.conv_desc(
+            ctx.batch,
+            hw,
+            (s.mid_ch, s.mid_ch),
+            s.kernel,
+            s.stride,
+            s.group_size,
+        ))
+    }
+
+    /// Forward from `x` (`[batch][hw][hw][in_ch]`); the tape's `out` is the block
+    /// output `[batch][hw_out][hw_out][out_ch]`.
+    pub(crate) fn forward(
+        &self,
+        v: &[Vec<f32>],
+        ctx: &Ctx,
+        hw: usize,
+        x: &[f32],
+    ) -> Result<BlockTape> {
+        let s = &self.spec;
+        let n = ctx.batch;
+        let mut tape = BlockTape {
+            hw_in: hw,
+            ..Default::default()
+        };
+        // Expansion.
+        let a1_own: Option<Vec<f32>> = if let Some((w, norm)) = &self.expand {
+            let c = conv(&ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch))?;
+            let mut e = vec![0.0f32; c.shape().y_len];
+            c.forward(x, &v[*w], None, &mut e)?;
+            let mut a = vec![0.0f32; e.len()];
+            tape.e_saved = norm.forward(v, n, hw, &e, &mut a, ctx.batch_stats)?;
+            tape.e = e;
+            Some(a)
+        } else {
+            None
+        };
+        let a1 = a1_own.as_deref().unwrap_or(x);
+        // Spatial conv.
+        let dwc = self.dw_conv(ctx, hw)?;
+        let ho = dwc.shape().out_h;
+        tape.hw_out = ho;
+        let mut d = vec![0.0f32; dwc.shape().y_len];
+        dwc.forward(a1, &v[self.dw], None, &mut d)?;
+        drop(a1_own);
+        let mut z = vec![0.0f32; d.len()];
+        tape.d_saved = self
+            .dw_norm
+            .forward(v, n, ho, &d, &mut z, ctx.batch_stats)?;
+        tape.d = d;
+        // Squeeze-excite.
+        let shape = Nhwc::new(n, ho, ho, s.mid_ch)?;
+        self.se_forward(v, ctx, &shape, &z, &mut tape)?;
+        gate::forward_inplace(&shape, &mut z, &tape.gate)?;
+        // Projection.
+        let pc = conv(&ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch))?;
+        let mut o = vec![0.0f32; pc.shape().y_len];
+        pc.forward(&z, &v[self.proj], None, &mut o)?;
+        drop(z);
+        let mut y = vec![0.0f32; o.len()];
+        tape.o_saved = self
+            .proj_norm
+            .forward(v, n, ho, &o, &mut y, ctx.batch_stats)?;
+        tape.o = o;
+        // Skip.
+        if s.skip {
+            tape.drop_p = self.drop_rate * ctx.drop_connect;
+            tape.drop_seed = ctx.seed;
+            let mut out = vec![0.0f32; y.len()];
+            drop_connect(tape.drop_p, tape.drop_seed)?.forward_residual(n, &y, x, &mut out)?;
+            tape.out = out;
+        } else {
+            tape.out = y;
+        }
+        Ok(tape)
+    }
+
+    /// pool → reduce (bias) → swish → expand (bias) → sigmoid (→ × delayed scale).
+    fn se_forward(
+        &self,
+        v: &[Vec<f32>],
+        ctx: &Ctx,
+        shape: &Nhwc,
+        z: &[f32],
+        tape: &mut BlockTape,
+    ) -> Result<()> {
+        let s = &self.spec;
+        let n = ctx.batch;
+        let mut pooled = vec![0.0f32; shape.pooled_len()];
+        pool::global_avg_pool(shape, z, &mut pooled)?;
+        let red = FullyConnected::new(n, s.mid_ch, s.se_ch)?;
+        let mut r = vec![0.0f32; red.y_len()];
+        red.forward(
+            &pooled,
+            &v[self.se_reduce.0],
+            Some(&v[self.se_reduce.1]),
+            &mut r,
+        )?;
+        let mut s1 = vec![0.0f32; r.len()];
+        activation::forward(Activation::Swish, &r, &mut s1)?;
+        let exp = FullyConnected::new(n, s.se_ch, s.mid_ch)?;
+        let mut t = vec![0.0f32; exp.y_len()];
+        exp.forward(
+            &s1,
+            &v[self.se_expand.0],
+            Some(&v[self.se_expand.1]),
+            &mut t,
+        )?;
+        let mut g = vec![0.0f32; t.len()];
+        activation::forward(Activation::Sigmoid, &t, &mut g)?;
+        tape.gate = match self.dw_norm.delayed_scale(&tape.d_saved) {
+            Some(scale) => {
+                let mut gs = vec![0.0f32; g.len()];
+                gate::forward(&Nhwc::new(1, n, 1, s.mid_ch)?, &g, scale, &mut gs)?;
+                gs
+            }
+            None => Vec::new(),
+        };
+        if tape.gate.is_empty() {
+            tape.gate = g.clone();
+        }
+        tape.pooled = pooled;
+        tape.r = r;
+        tape.s1 = s1;
+        tape.t = t;
+        tape.g = g;
+        Ok(())
+    }
+
+    /// Backward: the gradient of the block input (overwritten into a new buffer) from
+    /// `dy` (gradient of the block output), the block input `x` and the tape; the
+    /// block's parameter gradients are overwritten.
+    pub(crate) fn backward(
+        &self,
+        v: &[Vec<f32>],
+        gr: &mut [Vec<f32>],
+        ctx: &Ctx,
+        x: &[f32],
+        tape: &BlockTape,
+        dy: &[f32],
+    ) -> Result<Vec<f32>> {
+        let s = &self.spec;
+        let n = ctx.batch;
+        let (hw, ho) = (tape.hw_in, tape.hw_out);
+        // Skip: the branch gets dy·scale[n].
+        let dbranch_own;
+        let dbranch: &[f32] = if s.skip && tape.drop_p > 0.0 {
+            let mut d = vec![0.0f32; dy.len()];
+            drop_connect(tape.drop_p, tape.drop_seed)?.backward(n, dy, &mut d)?;
+            dbranch_own = d;
+            &dbranch_own
+        } else {
+            dy
+        };
+        // Projection norm.
+        let mut d_o = vec![0.0f32; tape.o.len()];
+        self.proj_norm.backward(
+            v,
+            gr,
+            n,
+            ho,
+            &tape.o,
+            dbranch,
+            None,
+            &tape.o_saved,
+            &mut d_o,
+        )?;
+        // Recompute the activations of the spatial norm and the gated input.
+        let mut z = vec![0.0f32; tape.d.len()];
+        self.dw_norm
+            .forward(v, n, ho, &tape.d, &mut z, ctx.batch_stats)?;
+        let shape = Nhwc::new(n, ho, ho, s.mid_ch)?;
+        let mut h = vec![0.0f32; z.len()];
+        gate::forward(&shape, &z, &tape.gate, &mut h)?;
+        // Projection conv.
+        let pc = conv(&ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch))?;
+        pc.backward_weight(&h, &d_o, &mut gr[self.proj], None, GradMode::Overwrite)?;
+        let mut dh = h;
+        pc.backward_data(&d_o, &v[self.proj], &mut dh)?;
+        drop(d_o);
+        // Gate.
+        let mut dz = vec![0.0f32; z.len()];
+        let mut dgate = vec![0.0f32; tape.gate.len()];
+        gate::backward(&shape, &dh, &z, &tape.gate, &mut dz, &mut dgate)?;
+        drop(dh);
+        drop(z);
+        let scale = self.dw_norm.delayed_scale(&tape.d_saved);
+        let (dg, ds) = match scale {
+            Some(sc) => {
+                let mut dg = vec![0.0f32; dgate.len()];
+                let mut ds = vec![0.0f32; s.mid_ch];
+                let sh = Nhwc::new(1, n, 1, s.mid_ch)?;
+                gate::backward(&sh, &dgate, &tape.g, sc, &mut dg, &mut ds)?;
+                (dg, Some(ds))
+            }
+            None => (dgate, None),
+        };
+        // SE expand.
+        let mut dt = vec![0.0f32; dg.len()];
+        activation::backward(Activation::Sigmoid, &tape.t, &dg, &mut dt)?;
+        let exp = FullyConnected::new(n, s.se_ch, s.mid_ch)?;
+        {
+            let (w, b) = self.se_expand;
+            let mut db = std::mem::take(&mut gr[b]);
+            exp.backward_weight(
+                &tape.s1,
+                &dt,
+                &mut gr[w],
+                Some(&mut db),
+                GradMode::Overwrite,
+            )?;
+            gr[b] = db;
+        }
+        let mut ds1 = vec![0.0f32; tape.s1.len()];
+        exp.backward_data(&dt, &v[self.se_expand.0], &mut ds1)?;
+        let mut dr = vec![0.0f32; ds1.len()];
+        activation::backward(Activation::Swish, &tape.r, &ds1, &mut dr)?;
+        let red = FullyConnected::new(n, s.mid_ch, s.se_ch)?;
+        {
+            let (w, b) = self.se_reduce;
+            let mut db = std::mem::take(&mut gr[b]);
+            red.backward_weight(
+                &tape.pooled,
+                &dr,
+                &mut gr[w],
+                Some(&mut db),
+                GradMode::Overwrite,
+            )?;
+            gr[b] = db;
+        }
+        let mut dpooled = vec![0.0f32; tape.pooled.len()];
+        red.backward_data(&dr, &v[self.se_reduce.0], &mut dpooled)?;
+        pool::global_avg_pool_backward(&shape, &dpooled, &mut dz, GradMode::Accumulate)?;
+        // Spatial norm.
+        let mut dd = vec![0.0f32; tape.d.len()];
+        self.dw_norm.backward(
+            v,
+            gr,
+            n,
+            ho,
+            &tape.d,
+            &dz,
+            ds.as_deref(),
+            &tape.d_saved,
+            &mut dd,
+        )?;
+        drop(dz);
+        // Spatial conv (recomputing its input under expansion).
+        let dwc = self.dw_conv(ctx, hw)?;
+        let mut dx = if let Some((w, norm)) = &self.expand {
+            let mut a1 = vec![0.0f32; tape.e.len()];
+            norm.forward(v, n, hw, &tape.e, &mut a1, ctx.batch_stats)?;
+            dwc.backward_weight(&a1, &dd, &mut gr[self.dw], None, GradMode::Overwrite)?;
+            let mut da1 = a1;
+            dwc.backward_data(&dd, &v[self.dw], &mut da1)?;
+            drop(dd);
+            let mut de = vec![0.0f32; tape.e.len()];
+            norm.backward(v, gr, n, hw, &tape.e, &da1, None, &tape.e_saved, &mut de)?;
+            drop(da1);
+            let c = conv(&ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch))?;
+            c.backward_weight(x, &de, &mut gr[*w], None, GradMode::Overwrite)?;
+            let mut dx = vec![0.0f32; x.len()];
+            c.backward_data(&de, &v[*w], &mut dx)?;
+            dx
+        } else {
+            dwc.backward_weight(x, &dd, &mut gr[self.dw], None, GradMode::Overwrite)?;
+            let mut dx = vec![0.0f32; x.len()];
+            dwc.backward_data(&dd, &v[self.dw], &mut dx)?;
+            dx
+        };
+        if s.skip {
+            add_into(&mut dx, dy)?;
+        }
+        Ok(dx)
+    }
+
+    /// Updates the BatchNorm running statistics from a training tape.
+    pub(crate) fn update_running(
+        &self,
+        v: &mut [Vec<f32>],
+        n: usize,
+        tape: &BlockTape,
+        momentum: f32,
+    ) -> Result<()> {
+        if let Some((_, norm)) = &self.expand {
+            norm.update_running(v, n, tape.hw_in, &tape.e_saved, momentum)?;
+        }
+        self.dw_norm
+            .update_running(v, n, tape.hw_out, &tape.d_saved, momentum)?;
+        self.proj_norm
+            .update_running(v, n, tape.hw_out, &tape.o_saved, momentum)
+    }
+
+    /// Bytes of the temporaries of this block's backward pass (beyond the tape).
+    pub(crate) fn workspace_bytes(&self, n: usize, hw: usize, ho: usize) -> usize {
+        let s = &self.spec;
+        let (mi, mo) = (s.mid_ch * hw * hw * n, s.mid_ch * ho * ho * n);
+        4 * (s.out_ch * ho * ho * n * 2 + 3 * mo + 2 * mi + s.in_ch * hw * hw * n)
+    }
+}

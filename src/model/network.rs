@@ -1,0 +1,638 @@
+//! The whole network: stem → MBConv blocks → head → pooling → dropout → classifier,
+//! forward (training and inference) and backward, at any resolution and batch size.
+
+use super::block::{Block, BlockTape, Ctx};
+use super::norm_act::{NormAct, NormSaved, Place};
+use super::params::{ParamKind, ParamStore};
+use crate::arch::ArchConfig;
+use crate::error::{Error, Result};
+use crate::kernels::conv::{Conv2d, ConvDesc, GradMode};
+use crate::kernels::fully_connected::FullyConnected;
+use crate::kernels::loss::{CrossEntropy, Targets};
+use crate::kernels::pool::{self, Nhwc};
+use crate::kernels::regularize::{CounterRng, Dropout};
+
+/// How a forward pass runs.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct Pass {
+    /// BatchNorm uses the batch statistics (training) instead of the running ones.
+    pub batch_stats: bool,
+    /// Dropout probability before the classifier (0 = off).
+    pub dropout: f32,
+    /// Multiplier of the blocks' drop-connect rates (1 = the architecture's, 0 = off).
+    pub drop_connect: f32,
+    /// Seed of this pass's dropout and drop-connect masks (use a new one per step).
+    pub seed: u64,
+}
+
+impl Pass {
+    /// Training: batch statistics, the architecture's dropout and drop-connect.
+    pub fn train(cfg: &ArchConfig, seed: u64) -> Pass {
+        Pass {
+            batch_stats: true,
+            dropout: cfg.dropout as f32,
+            drop_connect: 1.0,
+            seed,
+        }
+    }
+
+    /// Inference: running statistics, no dropout or drop-connect.
+    pub fn eval() -> Pass {
+        Pass {
+            batch_stats: false,
+            dropout: 0.0,
+            drop_connect: 0.0,
+            seed: 0,
+        }
+    }
+
+    /// Training-mode statistics without any random regularization (deterministic in
+    /// the inputs: gradient checks, `effnet grad`).
+    pub fn deterministic_train() -> Pass {
+        Pass {
+            batch_stats: true,
+            dropout: 0.0,
+            drop_connect: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Everything a forward pass keeps for the backward pass.
+#[derive(Clone, Debug)]
+pub struct Tape {
+    batch: usize,
+    res: usize,
+    pass: Pass,
+    input: Vec<f32>,
+    stem_hw: usize,
+    stem_pre: Vec<f32>,
+    stem_saved: NormSaved,
+    stem_out: Vec<f32>,
+    blocks: Vec<BlockTape>,
+    head_pre: Vec<f32>,
+    head_saved: NormSaved,
+    pooled: Vec<f32>,
+    dropped: Vec<f32>,
+    /// The logits `[batch][classes]`.
+    pub logits: Vec<f32>,
+}
+
+impl Tape {
+    /// Bytes of activations held for the backward pass.
+    pub fn bytes(&self) -> usize {
+        4 * (self.input.len()
+            + self.stem_pre.len()
+            + self.stem_out.len()
+            + self.head_pre.len()
+            + self.pooled.len()
+            + self.dropped.len()
+            + self.logits.len())
+            + self.stem_saved.bytes()
+            + self.head_saved.bytes()
+            + self.blocks.iter().map(|b| b.bytes()).sum::<usize>()
+    }
+}
+
+/// Planned activation memory of one training step.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// Bytes the forward pass keeps for the backward pass.
+    pub tape_bytes: usize,
+    /// Largest temporary working set of the backward pass on top of the tape.
+    pub workspace_bytes: usize,
+}
+
+impl MemoryPlan {
+    /// Peak activation bytes (tape + workspace).
+    pub fn peak_bytes(&self) -> usize {
+        self.tape_bytes + self.workspace_bytes
+    }
+}
+
+/// An EfficientNet: configuration, parameters and layer plan.
+///
+/// Input images are NHWC `[batch][res][res][3]` `f32` (normalized); logits are
+/// `[batch][classes]`.
+#[derive(Clone, Debug)]
+pub struct Network {
+    cfg: ArchConfig,
+    params: ParamStore,
+    stem: usize,
+    stem_norm: NormAct,
+    blocks: Vec<Block>,
+    head: usize,
+    head_norm: NormAct,
+    fc: (usize, usize),
+}
+
+/// BatchNorm running-statistics momentum (PyTorch's default).
+pub const BN_MOMENTUM: f32 = 0.1;
+
+impl Network {
+    /// Builds the network of `cfg` with parameters initialised from `seed`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a configuration with no classes.
+    pub fn new(cfg: &ArchConfig, seed: u64) -> Result<Network> {
+        if cfg.num_classes == 0 {
+            return Err(Error::InvalidArgument(
+                "the network needs at least one class".into(),
+            ));
+        }
+        let mut st = ParamStore::new();
+        let (norm, eps) = (cfg.norm, cfg.norm_eps);
+        let sc = cfg.stem_channels();
+        let stem = st.add(
+            "conv_stem.weight".into(),
+            vec![3, 3, 3, sc],
+            ParamKind::ConvFanOut,
+        )?;
+        let stem_norm = NormAct::register(&mut st, "bn1", norm, eps, Place::Full, sc)?;
+        let specs = cfg.blocks();
+        let nb = specs.len();
+        let mut blocks = Vec::with_capacity(nb);
+        for (i, spec) in specs.into_iter().enumerate() {
+            let rate = (cfg.drop_connect * i as f64 / nb as f64) as f32;
+            blocks.push(Block::register(&mut st, cfg, spec, rate)?);
+        }
+        let last = blocks.last().map(|b| b.spec.out_ch).unwrap_or(sc);
+        let hc = cfg.head_channels();
+        let head = st.add(
+            "conv_head.weight".into(),
+            vec![1, 1, last, hc],
+            ParamKind::ConvFanOut,
+        )?;
+        let head_norm = NormAct::register(&mut st, "bn2", norm, eps, Place::Head, hc)?;
+        let fc = (
+            st.add(
+                "classifier.weight".into(),
+                vec![hc, cfg.num_classes],
+                ParamKind::Dense,
+            )?,
+            st.add(
+                "classifier.bias".into(),
+                vec![cfg.num_classes],
+                ParamKind::Bias,
+            )?,
+        );
+        st.init(seed);
+        Ok(Network {
+            cfg: cfg.clone(),
+            params: st,
+            stem,
+            stem_norm,
+            blocks,
+            head,
+            head_norm,
+            fc,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ArchConfig {
+        &self.cfg
+    }
+
+    /// The parameters (values and gradients).
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    /// The parameters, mutable (optimizers, loading weights).
+    pub fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+
+    fn check_input(&self, x: &[f32], batch: usize, res: usize) -> Result<()> {
+        if batch == 0 {
+            return Err(Error::InvalidArgument("batch must be at least 1".into()));
+        }
+        if res < 8 {
+            return Err(Error::InvalidArgument(format!(
+                "resolution {res} is below the minimum of 8"
+            )));
+        }
+        let want = batch
+            .checked_mul(res * res * 3)
+            .ok_or_else(|| Error::Overflow("input".into()))?;
+        if x.len() != want {
+            return Err(Error::BufferSize {
+                name: "images",
+                expected: want,
+                actual: x.len(),
+            });
+        }
+        Ok(())
+    }
+
+    fn stem_conv(&self, batch: usize, res: usize) -> Result<Conv2d> {
+        Conv2d::new(
+            &self
+                .cfg
+                .conv_desc(batch, res, (3, self.cfg.stem_channels()), 3, 2, 3),
+        )
+    }
+
+    fn head_conv(&self, batch: usize, hw: usize) -> Result<Conv2d> {
+        let last = self
+            .blocks
+            .last()
+            .map(|b| b.spec.out_ch)
+            .unwrap_or(self.cfg.stem_channels());
+        Conv2d::new(&ConvDesc::pointwise(
+            batch,
+            (hw, hw),
+            last,
+            self.cfg.head_channels(),
+        ))
+    }
+
+    fn dropout(&self, pass: &Pass) -> Result<Option<Dropout>> {
+        if pass.dropout > 0.0 {
+            Ok(Some(Dropout::new(
+                pass.dropout,
+                CounterRng::new(pass.seed, 0xD0).u64_at(0),
+            )?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Forward pass of `x` (`[batch][res][res][3]`), keeping what the backward pass
+    /// needs. The logits are in [`Tape::logits`].
+    ///
+    /// # Errors
+    /// [`Error::BufferSize`] for a wrong input length, [`Error::InvalidArgument`] for a
+    /// batch of 0 or a resolution below 8, and any kernel error.
+    pub fn forward(&self, x: &[f32], batch: usize, res: usize, pass: &Pass) -> Result<Tape> {
+        self.run_forward(x, batch, res, pass, true)
+    }
+
+    /// Inference: the logits `[batch][classes]` (running statistics, no dropout), with
+    /// no tape kept.
+    ///
+    /// # Errors
+    /// As [`Network::forward`].
+    pub fn predict(&self, x: &[f32], batch: usize, res: usize) -> Result<Vec<f32>> {
+        Ok(self
+            .run_forward(x, batch, res, &Pass::eval(), false)?
+            .logits)
+    }
+
+    fn ctx(&self, batch: usize, pass: &Pass) -> Ctx<'_> {
+        Ctx {
+            cfg: &self.cfg,
+            batch,
+            batch_stats: pass.batch_stats,
+            drop_connect: pass.drop_connect,
+            seed: pass.seed,
+        }
+    }
+
+    fn block_seed(pass: &Pass, i: usize) -> u64 {
+        CounterRng::new(pass.seed, 0xDC).u64_at(i as u64)
+    }
+
+    fn run_forward(
+        &self,
+        x: &[f32],
+        batch: usize,
+        res: usize,
+        pass: &Pass,
+        keep: bool,
+    ) -> Result<Tape> {
+        self.check_input(x, batch, res)?;
+        if !(0.0..1.0).contains(&pass.dropout) || !(0.0..=1.0).contains(&pass.drop_connect) {
+            return Err(Error::InvalidArgument(format!(
+                "dropout {} must be in [0, 1) and the drop-connect factor {} in [0, 1]",
+                pass.dropout, pass.drop_connect
+            )));
+        }
+        let v = &self.params.values;
+        let n = batch;
+        // Stem.
+        let sc = self.stem_conv(n, res)?;
+        let hw = sc.shape().out_h;
+        let mut stem_pre = vec![0.0f32; sc.shape().y_len];
+        sc.forward(x, &v[self.stem], None, &mut stem_pre)?;
+        let mut stem_out = vec![0.0f32; stem_pre.len()];
+        let stem_saved =
+            self.stem_norm
+                .forward(v, n, hw, &stem_pre, &mut stem_out, pass.batch_stats)?;
+        // Blocks.
+        let mut tapes: Vec<BlockTape> = Vec::with_capacity(self.blocks.len());
+        let mut cur_hw = hw;
+        let mut prev_out: Option<Vec<f32>> = None;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let ctx = Ctx {
+                seed: Self::block_seed(pass, i),
+                ..self.ctx(n, pass)
+            };
+            let input: &[f32] = match (keep, &prev_out, tapes.last()) {
+                (true, _, Some(t)) => &t.out,
+                (false, Some(p), _) => p,
+                _ => &stem_out,
+            };
+            let mut t = b.forward(v, &ctx, cur_hw, input)?;
+            cur_hw = t.hw_out;
+            if keep {
+                tapes.push(t);
+            } else {
+                prev_out = Some(std::mem::take(&mut t.out));
+            }
+        }
+        let last: Vec<f32> = if keep {
+            Vec::new()
+        } else {
+            prev_out.unwrap_or_else(|| stem_out.clone())
+        };
+        let head_in: &[f32] = match tapes.last() {
+            Some(t) if keep => &t.out,
+            _ if !keep => &last,
+            _ => &stem_out,
+        };
+        // Head.
+        let hc = self.head_conv(n, cur_hw)?;
+        let mut head_pre = vec![0.0f32; hc.shape().y_len];
+        hc.forward(head_in, &v[self.head], None, &mut head_pre)?;
+        drop(last);
+        let mut head_out = vec![0.0f32; head_pre.len()];
+        let head_saved =
+            self.head_norm
+                .forward(v, n, cur_hw, &head_pre, &mut head_out, pass.batch_stats)?;
+        let shape = Nhwc::new(n, cur_hw, cur_hw, self.cfg.head_channels())?;
+        let mut pooled = vec![0.0f32; shape.pooled_len()];
+        pool::global_avg_pool(&shape, &head_out, &mut pooled)?;
+        drop(head_out);
+        let dropped = match self.dropout(pass)? {
+            Some(d) => {
+                let mut y = vec![0.0f32; pooled.len()];
+                d.forward(&pooled, &mut y)?;
+                y
+            }
+            None => Vec::new(),
+        };
+        let fc = FullyConnected::new(n, self.cfg.head_channels(), self.cfg.num_classes)?;
+        let mut logits = vec![0.0f32; fc.y_len()];
+        fc.forward(
+            if dropped.is_empty() {
+                &pooled
+            } else {
+                &dropped
+            },
+            &v[self.fc.0],
+            Some(&v[self.fc.1]),
+            &mut logits,
+        )?;
+        if !keep {
+            return Ok(Tape {
+                batch,
+                res,
+                pass: *pass,
+                input: Vec::new(),
+                stem_hw: hw,
+                stem_pre: Vec::new(),
+                stem_saved: NormSaved::None,
+                stem_out: Vec::new(),
+                blocks: Vec::new(),
+                head_pre: Vec::new(),
+                head_saved: NormSaved::None,
+                pooled: Vec::new(),
+                dropped: Vec::new(),
+                logits,
+            });
+        }
+        Ok(Tape {
+            batch,
+            res,
+            pass: *pass,
+            input: x.to_vec(),
+            stem_hw: hw,
+            stem_pre,
+            stem_saved,
+            stem_out,
+            blocks: tapes,
+            head_pre,
+            head_saved,
+            pooled,
+            dropped,
+            logits,
+        })
+    }
+
+    /// Backward pass: the gradient of every parameter (overwritten in
+    /// [`ParamStore::grads`]) from `dlogits` (`[batch][classes]`) and the tape of the
+    /// forward pass.
+    ///
+    /// # Errors
+    /// [`Error::BufferSize`] for a wrong `dlogits` length, [`Error::InvalidArgument`]
+    /// for a tape of an inference pass, and any kernel error.
+    pub fn backward(&mut self, tape: &Tape, dlogits: &[f32]) -> Result<()> {
+        if tape.input.is_empty() {
+            return Err(Error::InvalidArgument(
+                "backward needs the tape of Network::forward (predict keeps none)".into(),
+            ));
+        }
+        let n = tape.batch;
+        let k = self.cfg.num_classes;
+        if dlogits.len() != n * k {
+            return Err(Error::BufferSize {
+                name: "dlogits",
+                expected: n * k,
+                actual: dlogits.len(),
+            });
+        }
+        let mut grads = std::mem::take(&mut self.params.grads);
+        let r = self.backward_into(tape, dlogits, &mut grads);
+        self.params.grads = grads;
+        r
+    }
+
+    fn backward_into(&self, tape: &Tape, dlogits: &[f32], gr: &mut [Vec<f32>]) -> Result<()> {
+        let n = tape.batch;
+        let k = self.cfg.num_classes;
+        let pass = tape.pass;
+        let v = &self.params.values;
+        let hcn = self.cfg.head_channels();
+        // Classifier and dropout.
+        let fc = FullyConnected::new(n, hcn, k)?;
+        let fc_in = if tape.dropped.is_empty() {
+            &tape.pooled
+        } else {
+            &tape.dropped
+        };
+        {
+            let mut db = std::mem::take(&mut gr[self.fc.1]);
+            fc.backward_weight(
+                fc_in,
+                dlogits,
+                &mut gr[self.fc.0],
+                Some(&mut db),
+                GradMode::Overwrite,
+            )?;
+            gr[self.fc.1] = db;
+        }
+        let mut dpooled = vec![0.0f32; tape.pooled.len()];
+        fc.backward_data(dlogits, &v[self.fc.0], &mut dpooled)?;
+        if let Some(d) = self.dropout(&pass)? {
+            let mut t = vec![0.0f32; dpooled.len()];
+            d.backward(&dpooled, &mut t)?;
+            dpooled = t;
+        }
+        // Head.
+        let hw = tape.blocks.last().map(|b| b.hw_out).unwrap_or(tape.stem_hw);
+        let shape = Nhwc::new(n, hw, hw, hcn)?;
+        let mut dhead = vec![0.0f32; shape.len()];
+        pool::global_avg_pool_backward(&shape, &dpooled, &mut dhead, GradMode::Overwrite)?;
+        let mut dpre = vec![0.0f32; tape.head_pre.len()];
+        self.head_norm.backward(
+            v,
+            gr,
+            n,
+            hw,
+            &tape.head_pre,
+            &dhead,
+            None,
+            &tape.head_saved,
+            &mut dpre,
+        )?;
+        drop(dhead);
+        let head_in = tape
+            .blocks
+            .last()
+            .map(|b| &b.out[..])
+            .unwrap_or(&tape.stem_out);
+        let hc = self.head_conv(n, hw)?;
+        hc.backward_weight(
+            head_in,
+            &dpre,
+            &mut gr[self.head],
+            None,
+            GradMode::Overwrite,
+        )?;
+        let mut dy = vec![0.0f32; head_in.len()];
+        hc.backward_data(&dpre, &v[self.head], &mut dy)?;
+        drop(dpre);
+        // Blocks, last to first.
+        for (i, b) in self.blocks.iter().enumerate().rev() {
+            let ctx = Ctx {
+                cfg: &self.cfg,
+                batch: n,
+                batch_stats: pass.batch_stats,
+                drop_connect: pass.drop_connect,
+                seed: Self::block_seed(&pass, i),
+            };
+            let x = if i == 0 {
+                &tape.stem_out[..]
+            } else {
+                &tape.blocks[i - 1].out[..]
+            };
+            dy = b.backward(v, gr, &ctx, x, &tape.blocks[i], &dy)?;
+        }
+        // Stem.
+        let mut dstem = vec![0.0f32; tape.stem_pre.len()];
+        self.stem_norm.backward(
+            v,
+            gr,
+            n,
+            tape.stem_hw,
+            &tape.stem_pre,
+            &dy,
+            None,
+            &tape.stem_saved,
+            &mut dstem,
+        )?;
+        let sc = self.stem_conv(n, tape.res)?;
+        sc.backward_weight(
+            &tape.input,
+            &dstem,
+            &mut gr[self.stem],
+            None,
+            GradMode::Overwrite,
+        )?;
+        Ok(())
+    }
+
+    /// Updates BatchNorm's running statistics from a training tape (no-op for the
+    /// other norms).
+    ///
+    /// # Errors
+    /// Kernel errors.
+    pub fn update_running(&mut self, tape: &Tape, momentum: f32) -> Result<()> {
+        if !tape.pass.batch_stats || tape.input.is_empty() {
+            return Ok(());
+        }
+        let n = tape.batch;
+        let v = &mut self.params.values;
+        self.stem_norm
+            .update_running(v, n, tape.stem_hw, &tape.stem_saved, momentum)?;
+        for (b, t) in self.blocks.iter().zip(&tape.blocks) {
+            b.update_running(v, n, t, momentum)?;
+        }
+        let hw = tape.blocks.last().map(|b| b.hw_out).unwrap_or(tape.stem_hw);
+        self.head_norm
+            .update_running(v, n, hw, &tape.head_saved, momentum)
+    }
+
+    /// One forward and backward pass with the mean softmax cross-entropy (label
+    /// smoothing `smoothing`) against `targets`; returns the loss and the tape (whose
+    /// logits are those of the forward pass). Gradients are overwritten; BatchNorm's
+    /// running statistics are updated when `pass.batch_stats` is set.
+    ///
+    /// # Errors
+    /// As [`Network::forward`], plus invalid targets.
+    pub fn loss_and_grad(
+        &mut self,
+        x: &[f32],
+        batch: usize,
+        res: usize,
+        targets: Targets<'_>,
+        smoothing: f32,
+        pass: &Pass,
+    ) -> Result<(f32, Tape)> {
+        let tape = self.forward(x, batch, res, pass)?;
+        let ce = CrossEntropy::new(batch, self.cfg.num_classes, smoothing)?;
+        let mut dl = vec![0.0f32; tape.logits.len()];
+        let loss = ce.forward_backward(&tape.logits, targets, Some(&mut dl))?;
+        self.backward(&tape, &dl)?;
+        self.update_running(&tape, BN_MOMENTUM)?;
+        Ok((loss, tape))
+    }
+
+    /// The activation memory a training step at `batch`×`res` plans: what the forward
+    /// pass keeps, and the largest backward working set on top of it.
+    pub fn memory_plan(&self, batch: usize, res: usize) -> MemoryPlan {
+        let layers = self.cfg.conv_layers(batch, res);
+        let mut tape = 4 * batch * res * res * 3;
+        let mut work = 0usize;
+        // Stem: pre-norm output and the activation (the first block's input).
+        let mut hw = layers
+            .first()
+            .and_then(|l| l.desc.validate().ok())
+            .map(|s| s.out_h)
+            .unwrap_or(1);
+        tape += 2 * 4 * batch * hw * hw * self.cfg.stem_channels();
+        for b in &self.blocks {
+            let s = &b.spec;
+            let ho = hw.div_ceil(s.stride);
+            let (mi, mo) = (batch * hw * hw * s.mid_ch, batch * ho * ho * s.mid_ch);
+            let out = batch * ho * ho * s.out_ch;
+            tape += 4 * (if s.expand { mi } else { 0 } + mo + 2 * out + 6 * batch * s.mid_ch);
+            work = work.max(b.workspace_bytes(batch, hw, ho));
+            hw = ho;
+        }
+        let hc = batch * hw * hw * self.cfg.head_channels();
+        tape += 4 * hc;
+        work = work.max(4 * 3 * hc);
+        MemoryPlan {
+            tape_bytes: tape,
+            workspace_bytes: work,
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Model-layer checks on the `tiny` scale at small resolution: whole-network gradients
+//! against finite differences (every norm × both spatial convs), parameter counts,
+//! train/eval semantics, batch independence under LN+PN, determinism.
+
+mod common;
+
+use common::Rng;
+use effnet::arch::ArchConfig;
+use effnet::kernels::loss::{CrossEntropy, Targets};
+use effnet::model::{Network, Pass};
+
+const RES: usize = 32;
+const BATCH: usize = 2;
+
+fn tiny(name: &str) -> ArchConfig {
+    ArchConfig::from_name(name).unwrap().with_classes(8)
+}
+
+fn loss_at(
+    net: &Network,
+    x: &[f32],
+    (n, res): (usize, usize),
+    labels: &[usize],
+    pass: &Pass,
+) -> f64 {
+    let tape = net.forward(x, n, res, pass).unwrap();
+    let ce = CrossEntropy::new(n, net.classes(), 0.0).unwrap();
+    ce.forward_backward(&tape.logits, Targets::Labels(labels), None)
+        .unwrap() as f64
+}
+
+/// Directional finite differences along the analytic gradient of a sample of
+/// parameter tensors (a zero gradient is checked along a random direction).
+/// BatchNorm needs more values per channel than the other norms for its loss to be
+/// smooth at the finite-difference step: it runs at a larger batch and resolution.
+fn grad_check(name: &str) {
+    let (n, res) = if name.ends_with("_bn") {
+        (4, 64)
+    } else {
+        (BATCH, RES)
+    };
+    let cfg = tiny(name);
+    let mut net = Network::new(&cfg, 11).unwrap();
+    let mut rng = Rng::new(5);
+    let x = rng.vec(n * res * res * 3);
+    let labels = [3usize, 6, 1, 0][..n].to_vec();
+    let pass = Pass::deterministic_train();
+    // Perturb the norm and proxy parameters away from their initial values so that
+    // every path carries a gradient.
+    {
+        let p = net.params_mut();
+        for i in 0..p.len() {
+            if !p.infos()[i].kind.decays() && p.infos()[i].kind.trainable() {
+                let r = rng.vec(p.values[i].len());
+                for (v, r) in p.values[i].iter_mut().zip(r) {
+                    *v += 0.2 * r;
+                }
+            }
+        }
+    }
+    let (loss, _) = net
+        .loss_and_grad(&x, n, res, Targets::Labels(&labels), 0.0, &pass)
+        .unwrap();
+    assert!(loss.is_finite());
+    let grads = net.params().grads.clone();
+    let infos = net.params().infos().to_vec();
+    let mut checked = 0;
+    let mut worst: f64 = 0.0;
+    let mut failures = Vec::new();
+    for (i, info) in infos.iter().enumerate() {
+        if !info.kind.trainable() {
+            continue;
+        }
+        // A sample: every 5th tensor plus the interesting ones.
+        let interesting = i == 0
+            || info.name.contains("proxy")
+            || info.name.starts_with("blocks.1.0")
+            || info.name.contains("classifier");
+        if !interesting && i % 5 != 0 {
+            continue;
+        }
+        let mut g = grads[i].clone();
+        let mut norm: f64 = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let zero = norm < 1e-6;
+        if zero {
+            // e.g. a bias followed by a BatchNorm: check along a random direction.
+            g = rng.vec(g.len());
+            norm = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        }
+        let h = 1e-2;
+        let orig = net.params().values[i].clone();
+        let mut eval = |sign: f64| {
+            let p = net.params_mut();
+            for ((v, o), gv) in p.values[i].iter_mut().zip(&orig).zip(&g) {
+                *v = (*o as f64 + sign * h * *gv as f64 / norm) as f32;
+            }
+            loss_at(&net, &x, (n, res), &labels, &pass)
+        };
+        let fd = (eval(1.0) - eval(-1.0)) / (2.0 * h);
+        net.params_mut().values[i] = orig;
+        let err = if zero {
+            fd.abs() / 1e-2
+        } else {
+            (fd - norm).abs() / norm.max(1e-3)
+        };
+        worst = worst.max(err);
+        checked += 1;
+        if err > 0.05 {
+            failures.push(format!(
+                "{}: analytic ‖g‖ {norm:.6e}, finite difference {fd:.6e} (rel err {err:.3})",
+                info.name
+            ));
+        }
+    }
+    assert!(checked >= 8, "{name}: only {checked} tensors checked");
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {checked} tensors off (worst {worst:.3}):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn gradient_check_g1_bn() {
+    grad_check("tiny_g1_bn");
+}
+#[test]
+fn gradient_check_g16_bn() {
+    grad_check("tiny_g16_bn");
+}
+#[test]
+fn gradient_check_g1_gn() {
+    grad_check("tiny_g1_gn");
+}
+#[test]
+fn gradient_check_g16_gn() {
+    grad_check("tiny_g16_gn");
+}
+#[test]
+fn gradient_check_g1_lnpn() {
+    grad_check("tiny_g1_lnpn");
+}
+#[test]
+fn gradient_check_g16_lnpn() {
+    grad_check("tiny_g16_lnpn");
+}
+
+#[test]
+fn parameter_counts_match_the_architecture() {
+    for name in [
+        "efficientnet_b0",
+        "b0_g16_bn",
+        "b0_g16_lnpn",
+        "b1_g1_gn",
+        "tiny_g16_lnpn",
+        "efficientnet_tiny",
+    ] {
+        let cfg = ArchConfig::from_name(name).unwrap();
+        let net = Network::new(&cfg, 0).unwrap();
+        assert_eq!(
+            net.params().trainable_count(),
+            cfg.counts(cfg.native_res).params,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn lnpn_outputs_are_batch_independent() {
+    let cfg = tiny("tiny_g16_lnpn");
+    let net = Network::new(&cfg, 3).unwrap();
+    let mut rng = Rng::new(9);
+    let n = 3;
+    let x = rng.vec(n * RES * RES * 3);
+    let all = net.predict(&x, n, RES).unwrap();
+    let per = RES * RES * 3;
+    for i in 0..n {
+        let one = net.predict(&x[i * per..(i + 1) * per], 1, RES).unwrap();
+        for (a, b) in one.iter().zip(&all[i * 8..(i + 1) * 8]) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "sample {i}: {a} vs {b}"
+            );
+        }
+    }
+    // Training mode (no dropout) gives the same outputs: no batch statistics.
+    let t = net
+        .forward(&x, n, RES, &Pass::deterministic_train())
+        .unwrap();
+    for (a, b) in t.logits.iter().zip(&all) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+    }
+}
+
+#[test]
+fn batchnorm_train_and_eval_differ_as_they_should() {
+    let cfg = tiny("tiny_g1_bn");
+    let mut net = Network::new(&cfg, 3).unwrap();
+    let mut rng = Rng::new(2);
+    let n = 4;
+    let x: Vec<f32> = rng
+        .vec(n * RES * RES * 3)
+        .iter()
+        .map(|v| 3.0 * v + 1.0)
+        .collect();
+    let eval0 = net.predict(&x, n, RES).unwrap();
+    let train = net
+        .forward(&x, n, RES, &Pass::deterministic_train())
+        .unwrap();
+    let d: f32 = eval0
+        .iter()
+        .zip(&train.logits)
+        .map(|(a, b)| (a - b).abs())
+        .sum();
+    assert!(
+        d > 1e-3,
+        "batch statistics should differ from the initial running ones"
+    );
+    // Training statistics depend on the batch: sample 0 alone differs.
+    let one = net
+        .forward(&x[..RES * RES * 3], 1, RES, &Pass::deterministic_train())
+        .unwrap();
+    let d1: f32 = one
+        .logits
+        .iter()
+        .zip(&train.logits[..8])
+        .map(|(a, b)| (a - b).abs())
+        .sum();
+    assert!(d1 > 1e-4);
+    // Updating the running statistics changes them and inference with them.
+    let t = net
+        .forward(&x, n, RES, &Pass::deterministic_train())
+        .unwrap();
+    net.update_running(&t, 0.5).unwrap();
+    let i = net.params().find("bn1.running_mean").unwrap();
+    assert!(net.params().values[i].iter().any(|v| v.abs() > 1e-3));
+    let i = net.params().find("bn1.running_var").unwrap();
+    assert!(
+        net.params().values[i]
+            .iter()
+            .any(|v| (v - 1.0).abs() > 1e-3)
+    );
+    let eval1 = net.predict(&x, n, RES).unwrap();
+    assert!(eval1 != eval0);
+    // Training mode never touches the running statistics by itself.
+    let before = net.params().values.clone();
+    net.forward(&x, n, RES, &Pass::deterministic_train())
+        .unwrap();
+    assert!(before == net.params().values);
+    // Inference is per sample.
+    let one = net.predict(&x[..RES * RES * 3], 1, RES).unwrap();
+    for (a, b) in one.iter().zip(&eval1[..8]) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+    }
+}
+
+#[test]
+fn forward_and_backward_are_deterministic_across_threads() {
+    let cfg = tiny("tiny_g16_lnpn");
+    let mut rng = Rng::new(4);
+    let x = rng.vec(BATCH * RES * RES * 3);
+    let run = |threads: usize| {
+        common::in_pool(threads, || {
+            let mut net = Network::new(&cfg, 1).unwrap();
+            let (loss, _) = net
+                .loss_and_grad(
+                    &x,
+                    BATCH,
+                    RES,
+                    Targets::Labels(&[1, 2]),
+                    0.1,
+                    &Pass::train(&cfg, 7),
+                )
+                .unwrap();
+            (loss, net.params().grads.clone())
+        })
+    };
+    let a = run(1);
+    for t in [2, 8] {
+        let b = run(t);
+        assert_eq!(a.0.to_bits(), b.0.to_bits());
+        assert!(a.1 == b.1, "gradients differ with {t} threads");
+    }
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let cfg = tiny("tiny_g1_gn");
+    let mut net = Network::new(&cfg, 0).unwrap();
+    assert!(net.predict(&[0.0; 10], 1, RES).is_err());
+    assert!(net.predict(&[], 0, RES).is_err());
+    assert!(net.predict(&[0.0; 4 * 4 * 3], 1, 4).is_err());
+    let x = vec![0.0f32; RES * RES * 3];
+    let t = net.predict(&x, 1, RES);
+    assert!(t.is_ok());
+    // Labels out of range.
+    assert!(
+        net.loss_and_grad(
+            &x,
+            1,
+            RES,
+            Targets::Labels(&[9]),
+            0.0,
+            &Pass::deterministic_train()
+        )
+        .is_err()
+    );
+    // Backward needs a training tape of the right size.
+    let tape = net
+        .forward(&x, 1, RES, &Pass::deterministic_train())
+        .unwrap();
+    assert!(net.backward(&tape, &[0.0; 3]).is_err());
+}
