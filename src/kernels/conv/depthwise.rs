@@ -638,9 +638,9 @@ unsafe fn gather_run<S: Simd, const NV: usize, const P: usize, const TAIL: bool>
     }
 }
 
-/// One kernel row of a sliding-window tile: the ring pixel of the first tap (at pixel 0
-/// of the run), that tap's index in the packed weights, and the tap-index step to the
-/// tap one pixel to the right.
+/// One kernel row of a sliding-window tile: the source pixel of the first tap at pixel
+/// 0 of the run (in units of [`Gather::src_unit`], like [`Tap::src`]), that tap's index
+/// in the packed weights, and the tap-index step to the tap one pixel to the right.
 #[derive(Copy, Clone, Debug)]
 struct SlideRow {
     src: usize,
@@ -649,13 +649,14 @@ struct SlideRow {
 }
 
 /// `P` destination pixels × `NVT` vectors (from vector `v0` of the block) for `K` taps
-/// per kernel row at consecutive packed pixels, destination pixels `SS` packed pixels
-/// apart: each source vector is loaded once and used by every tap that reads it, with
-/// the row's `K` weights in registers.
+/// per kernel row at consecutive source pixels (`src_step / SS` floats apart, in a
+/// ring or in place), destination pixels `SS` source pixels apart: each source vector
+/// is loaded once and used by every tap that reads it, with the row's `K` weights in
+/// registers.
 ///
 /// # Safety
-/// As [`gather_tile`]; the source run must be packed (`src_step` = `SS` packed pixels
-/// of `vb` floats) and hold `SS·(P − 1) + K` pixels from every row's `src`.
+/// As [`gather_tile`]; the source run must hold `SS·(P − 1) + K` pixels from every
+/// row's `src`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn slide_tile<
@@ -687,7 +688,7 @@ unsafe fn slide_tile<
             }
         }
         for r in rows {
-            let sp = g.src.add(src_off + r.src * vb + v0 * l);
+            let sp = g.src.add(src_off + r.src * g.src_unit + v0 * l);
             let mut wv = [[s.zero(); NVT]; K];
             for (k, wv) in wv.iter_mut().enumerate() {
                 let t = r.w as isize + k as isize * r.w_step;
@@ -696,12 +697,12 @@ unsafe fn slide_tile<
                     *wv = s.load_ptr(wp.add(v * l));
                 }
             }
-            // Destination pixel p reads packed pixels SS·p + k.
+            // Destination pixel p reads source pixels SS·p + k.
             for q in 0..SS * (P - 1) + K {
-                let xp = sp.add(q * vb);
+                let xp = sp.add(q * (g.src_step / SS));
                 let mut xv = [s.zero(); NVT];
                 for (v, xv) in xv.iter_mut().enumerate() {
-                    *xv = s.load_ptr(xp.add(v * l));
+                    *xv = ld::<S, TAIL>(s, xp.add(v * l), g.tail);
                 }
                 for (k, wv) in wv.iter().enumerate() {
                     if q >= k && (q - k) % SS == 0 && (q - k) / SS < P {
@@ -828,9 +829,9 @@ struct RowPlan {
     rows: Vec<(usize, usize, usize)>,
     taps: Vec<Tap>,
     slide: Vec<SlideRow>,
-    /// Per class: its in-place taps, ring taps and sliding-window rows (ranges into
-    /// `taps`, `taps`, `slide`).
-    ranges: Vec<[Range<usize>; 3]>,
+    /// Per class: its in-place taps, ring taps, in-place and ring sliding-window rows
+    /// (ranges into `taps`, `taps`, `slide`, `slide`).
+    ranges: Vec<[Range<usize>; 4]>,
 }
 
 impl GatherRows<'_> {
@@ -894,7 +895,23 @@ impl GatherRows<'_> {
             }
             let t2 = plan.taps.len();
             let s0 = plan.slide.len();
-            if let (Some((off0, kw0, step)), true) = (cl.slide, cols.packed) {
+            // Sliding-window rows at stride 1 with 3 or 5 taps per kernel row (stride 2
+            // and other tap counts measured no faster than the tap lists).
+            let slide = cl
+                .slide
+                .filter(|_| cols.src_step == 1 && matches!(cl.kws.len(), 3 | 5));
+            if let (Some((off0, kw0, step)), true) = (slide, cl.ja < cl.jb && exp_bit(1)) {
+                for &(kh, gr, _) in &plan.rows {
+                    let px = off0 + cl.ja * cols.src_step - pl;
+                    plan.slide.push(SlideRow {
+                        src: gr * src_len + px * g.c,
+                        w: kh * g.kw + kw0,
+                        w_step: step,
+                    });
+                }
+            }
+            let s1 = plan.slide.len();
+            if let (Some((off0, kw0, step)), true) = (slide, cols.packed) {
                 for &(kh, _, slot_px) in &plan.rows {
                     plan.slide.push(SlideRow {
                         src: slot_px + off0,
@@ -903,7 +920,8 @@ impl GatherRows<'_> {
                     });
                 }
             }
-            plan.ranges.push([t0..t1, t1..t2, s0..plan.slide.len()]);
+            plan.ranges
+                .push([t0..t1, t1..t2, s0..s1, s1..plan.slide.len()]);
         }
     }
 
@@ -946,7 +964,7 @@ impl GatherRows<'_> {
         }
     }
 
-    /// Destination row `r` of the task (an index into `dst`) for one channel block.
+    /// One destination row `dst` (`dst_len` floats) for one channel block.
     ///
     /// # Safety
     /// As [`GatherRows::pack_weights`], with the weights packed; `ring` is the block's
@@ -954,23 +972,22 @@ impl GatherRows<'_> {
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn row_block<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
-        &mut self,
+        &self,
         s: S,
         b: Block,
         ring: &mut Ring<'_>,
         w: &[f32],
         bias: &[f32],
         plan: &RowPlan,
-        r: usize,
+        dst: &mut [f32],
     ) {
         let (g, cols) = (self.g, self.cols);
         let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
         let vb = NV * l;
         let (src_rows, src_len, _, dst_len) = self.dims();
         let taps_n = g.kh * g.kw;
-        let border = cols.has_border();
         assert!(c0 + if TAIL { tail } else { vb } <= c);
-        assert!(self.src.len() == g.n * src_rows * src_len && (r + 1) * dst_len <= self.dst.len());
+        assert!(self.src.len() == g.n * src_rows * src_len && dst.len() == dst_len);
         assert!(w.len() >= taps_n * (c0 + vb) && bias.len() >= c0 + vb);
         // SAFETY (whole body): the asserts above and the shapes of `Columns` (every
         // packed offset of every class is inside a ring row, every interior tap a real
@@ -978,7 +995,7 @@ impl GatherRows<'_> {
         // bounds.
         unsafe {
             let src = self.src.as_ptr().add(c0);
-            if border {
+            if cols.has_border() {
                 for &(_, gr, _) in &plan.rows {
                     ring.ensure::<S, NV, TAIL>(s, gr, src.add(gr * src_len), c, tail);
                 }
@@ -986,7 +1003,7 @@ impl GatherRows<'_> {
             let direct = Gather {
                 src,
                 src_unit: 1,
-                dst: self.dst.as_mut_ptr().add(r * dst_len + c0),
+                dst: dst.as_mut_ptr().add(c0),
                 w: w.as_ptr().add(taps_n * c0),
                 bias: if self.bias.is_some() {
                     bias.as_ptr().add(c0)
@@ -1003,33 +1020,22 @@ impl GatherRows<'_> {
                 src_step: cols.src_step * vb,
                 ..direct
             };
-            for (cl, [td, tr, sl]) in cols.classes.iter().zip(&plan.ranges) {
+            for (cl, [td, tr, sd, sr]) in cols.classes.iter().zip(&plan.ranges) {
+                let k = cl.kws.len();
                 if cl.ja < cl.jb {
                     let d0 = (cl.dst0 + cl.ja * cols.dst_step) * c;
-                    let taps = &plan.taps[td.clone()];
-                    gather_run::<S, NV, P, TAIL>(s, &direct, taps, cl.jb - cl.ja, 0, d0);
+                    let (taps, rows) = (&plan.taps[td.clone()], &plan.slide[sd.clone()]);
+                    class_run::<S, NV, P, TAIL>(s, &direct, rows, taps, k, cl.jb - cl.ja, d0);
                 }
                 if cl.ja == 0 && cl.jb == cl.count {
                     continue;
                 }
-                let (taps, rows) = (&plan.taps[tr.clone()], &plan.slide[sl.clone()]);
+                let (taps, rows) = (&plan.taps[tr.clone()], &plan.slide[sr.clone()]);
                 let d0 = cl.dst0 * c;
-                // Packed whole rows at stride 1 with 3 or 5 taps: sliding-window tiles.
-                // (Stride 2 and other tap counts measured no faster than the tap-list
-                // tiles.)
-                if cols.src_step == 1 && !rows.is_empty() {
-                    let (pk, n) = (&packed, cl.count);
-                    match cl.kws.len() {
-                        3 => {
-                            slide_run::<S, NV, P, 3, 1, TAIL>(s, pk, rows, taps, n, 0, d0);
-                            continue;
-                        }
-                        5 => {
-                            slide_run::<S, NV, P, 5, 1, TAIL>(s, pk, rows, taps, n, 0, d0);
-                            continue;
-                        }
-                        _ => {}
-                    }
+                if cl.ja == cl.count {
+                    // Whole packed rows: one run.
+                    class_run::<S, NV, P, TAIL>(s, &packed, rows, taps, k, cl.count, d0);
+                    continue;
                 }
                 gather_run::<S, NV, P, TAIL>(s, &packed, taps, cl.ja, 0, d0);
                 let (s0, d1) = (cl.jb * packed.src_step, d0 + cl.jb * packed.dst_step);
@@ -1037,6 +1043,74 @@ impl GatherRows<'_> {
             }
         }
     }
+}
+
+/// `count` destination pixels of one class from `dst_off`: sliding-window tiles when
+/// the class has sliding-window `rows` (`k` = 3 or 5 taps per kernel row), the tap
+/// list otherwise.
+///
+/// # Safety
+/// As [`gather_run`] and [`slide_run`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn class_run<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+    s: S,
+    g: &Gather,
+    rows: &[SlideRow],
+    taps: &[Tap],
+    k: usize,
+    count: usize,
+    dst_off: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        match (rows.is_empty(), k) {
+            (false, 3) => slide_run::<S, NV, P, 3, 1, TAIL>(s, g, rows, taps, count, 0, dst_off),
+            (false, 5) => slide_run::<S, NV, P, 5, 1, TAIL>(s, g, rows, taps, count, 0, dst_off),
+            _ => gather_run::<S, NV, P, TAIL>(s, g, taps, count, 0, dst_off),
+        }
+    }
+}
+
+/// Whether a gather writes its destination rows with non-temporal stores: when the
+/// destination is much larger than the caches, so that writing it does not first read
+/// it (the rows are computed in a scratch row and streamed out).
+fn stream_rows(dst_bytes: usize) -> bool {
+    exp_bit(2) && dst_bytes >= STREAM_BYTES
+}
+
+fn exp_bit(bit: u32) -> bool {
+    static EXP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let b = EXP.get_or_init(|| {
+        std::env::var("EFFNET_DW_EXP")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(3)
+    });
+    b & bit != 0
+}
+
+/// Destination size from which [`stream_rows`] streams.
+const STREAM_BYTES: usize = 8 << 20;
+
+/// Copies `src` to `dst` (same length), with non-temporal stores on the part of `dst`
+/// aligned to whole vectors.
+#[inline(always)]
+fn stream_copy<S: Simd>(s: S, src: &[f32], dst: &mut [f32]) {
+    let l = S::LANES;
+    assert_eq!(src.len(), dst.len());
+    let head = dst.as_ptr().align_offset(l * 4).min(dst.len());
+    let body = (dst.len() - head) / l * l;
+    dst[..head].copy_from_slice(&src[..head]);
+    // SAFETY: `head + i + LANES ≤ head + body ≤ len` for every vector, and
+    // `dst + head` is aligned to `LANES·4` bytes.
+    unsafe {
+        for i in (0..body).step_by(l) {
+            let v = s.load_ptr(src.as_ptr().add(head + i));
+            s.stream_ptr(dst.as_mut_ptr().add(head + i), v);
+        }
+    }
+    dst[head + body..].copy_from_slice(&src[head + body..]);
 }
 
 impl SimdKernel for GatherRows<'_> {
@@ -1051,11 +1125,14 @@ impl SimdKernel for GatherRows<'_> {
         let blocks = channel_blocks(g.c, l, nv_max(l));
         let ring_len = slots * cols.rp.pw * c_pad;
         let (_, _, dst_rows, dst_len) = self.dims();
-        let nrows = self.dst.len() / dst_len;
+        let dst = std::mem::take(&mut self.dst);
+        let stream = stream_rows(g.n * dst_rows * dst_len * std::mem::size_of::<f32>());
+        let row_buf = if stream { dst_len } else { 0 };
         let mut scratch = Scratch::take();
-        let mem = scratch.slice(ring_len + taps_n * c_pad + c_pad);
+        let mem = scratch.slice(ring_len + taps_n * c_pad + c_pad + row_buf);
         let (mut ring_mem, rest) = mem.split_at_mut(ring_len);
-        let (w, bias) = rest.split_at_mut(taps_n * c_pad);
+        let (w, rest) = rest.split_at_mut(taps_n * c_pad);
+        let (bias, row_buf) = rest.split_at_mut(c_pad);
         // One ring per channel block (`vb` floats per pixel), kept for the whole task.
         let mut rings = Vec::with_capacity(blocks.len());
         for b in &blocks {
@@ -1082,35 +1159,43 @@ impl SimdKernel for GatherRows<'_> {
         let mut plan = RowPlan {
             rows: Vec::with_capacity(g.kh),
             taps: Vec::with_capacity(2 * taps_n * cols.classes.len()),
-            slide: Vec::with_capacity(g.kh * cols.classes.len()),
+            slide: Vec::with_capacity(2 * g.kh * cols.classes.len()),
             ranges: Vec::with_capacity(cols.classes.len()),
         };
         let wide = l >= 16;
-        for r in 0..nrows {
+        let (w, bias) = (&*w, &*bias);
+        for (r, dst_row) in dst.chunks_exact_mut(dst_len).enumerate() {
             let global = self.row0 + r;
             self.plan_row(global / dst_rows, global % dst_rows, slots, &mut plan);
+            let out: &mut [f32] = if stream { row_buf } else { dst_row };
             for (&b, ring) in blocks.iter().zip(&mut rings) {
-                let (w, bias, pl) = (&*w, &*bias, &plan);
+                let (pl, o) = (&plan, &mut *out);
                 // SAFETY: as above; the weights are packed and `plan` is the row's.
                 unsafe {
                     match (b.nv, b.tail > 0, wide) {
-                        (_, true, _) => self.row_block::<S, 1, 8, true>(s, b, ring, w, bias, pl, r),
+                        (_, true, _) => self.row_block::<S, 1, 8, true>(s, b, ring, w, bias, pl, o),
                         (4, false, true) => {
-                            self.row_block::<S, 4, 4, false>(s, b, ring, w, bias, pl, r)
+                            self.row_block::<S, 4, 4, false>(s, b, ring, w, bias, pl, o)
                         }
                         (4, false, false) => {
-                            self.row_block::<S, 4, 2, false>(s, b, ring, w, bias, pl, r)
+                            self.row_block::<S, 4, 2, false>(s, b, ring, w, bias, pl, o)
                         }
                         (2, false, true) => {
-                            self.row_block::<S, 2, 8, false>(s, b, ring, w, bias, pl, r)
+                            self.row_block::<S, 2, 8, false>(s, b, ring, w, bias, pl, o)
                         }
                         (2, false, false) => {
-                            self.row_block::<S, 2, 4, false>(s, b, ring, w, bias, pl, r)
+                            self.row_block::<S, 2, 4, false>(s, b, ring, w, bias, pl, o)
                         }
-                        _ => self.row_block::<S, 1, 8, false>(s, b, ring, w, bias, pl, r),
+                        _ => self.row_block::<S, 1, 8, false>(s, b, ring, w, bias, pl, o),
                     }
                 }
             }
+            if stream {
+                stream_copy(s, row_buf, dst_row);
+            }
+        }
+        if stream {
+            s.stream_fence();
         }
     }
 }
