@@ -150,8 +150,7 @@ fn fixed_shapes() -> Vec<ConvDesc> {
                 }),
         );
     }
-    // Outputs large enough (8 MiB) for the forward and backward-data gathers to stream
-    // their rows out.
+    // A large image with many channel blocks: long in-place sliding-window runs.
     v.push(ConvDesc::depthwise(2, (64, 64), 256, 3, 1));
     // Dilation with asymmetric padding, stride 3.
     let mut d = ConvDesc::new(1, (10, 45), 20, 20, (3, 3))

@@ -231,20 +231,6 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p..p+n` must be writable.
     unsafe fn store_partial_ptr(self, p: *mut f32, v: Self::V, n: usize);
-    /// Stores `LANES` floats to `p` past the caches where the level can (a
-    /// non-temporal store; a plain store elsewhere). Call [`Simd::stream_fence`]
-    /// after the last one.
-    ///
-    /// # Safety
-    /// `p..p+LANES` must be writable and `p` aligned to `LANES·4` bytes.
-    #[inline(always)]
-    unsafe fn stream_ptr(self, p: *mut f32, v: Self::V) {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.store_ptr(p, v) }
-    }
-    /// Orders the earlier [`Simd::stream_ptr`] stores before every later store.
-    #[inline(always)]
-    fn stream_fence(self) {}
 
     /// `a + b`
     fn add(self, a: Self::V, b: Self::V) -> Self::V;

@@ -90,15 +90,6 @@ impl Simd for Avx512 {
         unsafe { _mm512_mask_storeu_ps(p, mask, v) }
     }
     #[inline(always)]
-    unsafe fn stream_ptr(self, p: *mut f32, v: __m512) {
-        // SAFETY: the caller guarantees an aligned, writable vector.
-        unsafe { _mm512_stream_ps(p, v) }
-    }
-    #[inline(always)]
-    fn stream_fence(self) {
-        unsafe { _mm_sfence() }
-    }
-    #[inline(always)]
     fn add(self, a: __m512, b: __m512) -> __m512 {
         unsafe { _mm512_add_ps(a, b) }
     }
@@ -199,15 +190,6 @@ impl Simd for Avx2 {
             let mask = _mm256_loadu_si256(AVX2_MASKS[n.min(8)].as_ptr().cast());
             _mm256_maskstore_ps(p, mask, v)
         }
-    }
-    #[inline(always)]
-    unsafe fn stream_ptr(self, p: *mut f32, v: __m256) {
-        // SAFETY: the caller guarantees an aligned, writable vector.
-        unsafe { _mm256_stream_ps(p, v) }
-    }
-    #[inline(always)]
-    fn stream_fence(self) {
-        unsafe { _mm_sfence() }
     }
     #[inline(always)]
     fn add(self, a: __m256, b: __m256) -> __m256 {

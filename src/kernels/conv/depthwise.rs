@@ -565,17 +565,9 @@ unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool
     taps: &[Tap],
 ) {
     let l = S::LANES;
-    let mut acc = [[s.zero(); NV]; P];
     // SAFETY (whole body): the caller guarantees every offset below is in bounds.
     unsafe {
-        if !g.bias.is_null() {
-            for v in 0..NV {
-                let b = s.load_ptr(g.bias.add(v * l));
-                for a in acc.iter_mut() {
-                    a[v] = b;
-                }
-            }
-        }
+        let mut acc = acc_init::<S, NV, P>(s, g, 0);
         let src = g.src.add(src_off);
         for t in taps {
             let sp = src.add(t.src * g.src_unit);
@@ -592,11 +584,53 @@ unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool
                 }
             }
         }
+        acc_store::<S, NV, P, TAIL>(s, g, dst_off, &acc);
+    }
+}
+
+/// `P × NV` accumulators set to the packed bias (vectors `v0..v0 + NV` of the block),
+/// or zero without one.
+///
+/// # Safety
+/// With a bias, vectors `v0..v0 + NV` of it must be readable.
+#[inline(always)]
+unsafe fn acc_init<S: Simd, const NV: usize, const P: usize>(
+    s: S,
+    g: &Gather,
+    v0: usize,
+) -> [[S::V; NV]; P] {
+    let mut acc = [[s.zero(); NV]; P];
+    if !g.bias.is_null() {
+        for v in 0..NV {
+            // SAFETY: forwarded from the caller.
+            let b = unsafe { s.load_ptr(g.bias.add((v0 + v) * S::LANES)) };
+            for a in acc.iter_mut() {
+                a[v] = b;
+            }
+        }
+    }
+    acc
+}
+
+/// Stores `P × NV` accumulators to destination pixels `dst_off + p·dst_step` (`tail`
+/// lanes when `TAIL`).
+///
+/// # Safety
+/// Those vectors must be writable.
+#[inline(always)]
+unsafe fn acc_store<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+    s: S,
+    g: &Gather,
+    dst_off: usize,
+    acc: &[[S::V; NV]; P],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
         let dst = g.dst.add(dst_off);
         for (p, a) in acc.iter().enumerate() {
             let dp = dst.add(p * g.dst_step);
             for (v, a) in a.iter().enumerate() {
-                st::<S, TAIL>(s, dp.add(v * l), *a, g.tail);
+                st::<S, TAIL>(s, dp.add(v * S::LANES), *a, g.tail);
             }
         }
     }
@@ -676,17 +710,9 @@ unsafe fn slide_tile<
     rows: &[SlideRow],
 ) {
     let l = S::LANES;
-    let mut acc = [[s.zero(); NVT]; P];
     // SAFETY (whole body): the caller guarantees every offset below is in bounds.
     unsafe {
-        if !g.bias.is_null() {
-            for v in 0..NVT {
-                let b = s.load_ptr(g.bias.add((v0 + v) * l));
-                for a in acc.iter_mut() {
-                    a[v] = b;
-                }
-            }
-        }
+        let mut acc = acc_init::<S, NVT, P>(s, g, v0);
         for r in rows {
             let sp = g.src.add(src_off + r.src * g.src_unit + v0 * l);
             let mut wv = [[s.zero(); NVT]; K];
@@ -714,13 +740,7 @@ unsafe fn slide_tile<
                 }
             }
         }
-        let dst = g.dst.add(dst_off + v0 * l);
-        for (p, a) in acc.iter().enumerate() {
-            let dp = dst.add(p * g.dst_step);
-            for (v, a) in a.iter().enumerate() {
-                st::<S, TAIL>(s, dp.add(v * l), *a, g.tail);
-            }
-        }
+        acc_store::<S, NVT, P, TAIL>(s, g, dst_off + v0 * l, &acc);
     }
 }
 
@@ -900,7 +920,7 @@ impl GatherRows<'_> {
             let slide = cl
                 .slide
                 .filter(|_| cols.src_step == 1 && matches!(cl.kws.len(), 3 | 5));
-            if let (Some((off0, kw0, step)), true) = (slide, cl.ja < cl.jb && exp_bit(1)) {
+            if let (Some((off0, kw0, step)), true) = (slide, cl.ja < cl.jb) {
                 for &(kh, gr, _) in &plan.rows {
                     let px = off0 + cl.ja * cols.src_step - pl;
                     plan.slide.push(SlideRow {
@@ -1072,47 +1092,6 @@ unsafe fn class_run<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
     }
 }
 
-/// Whether a gather writes its destination rows with non-temporal stores: when the
-/// destination is much larger than the caches, so that writing it does not first read
-/// it (the rows are computed in a scratch row and streamed out).
-fn stream_rows(dst_bytes: usize) -> bool {
-    exp_bit(2) && dst_bytes >= STREAM_BYTES
-}
-
-fn exp_bit(bit: u32) -> bool {
-    static EXP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let b = EXP.get_or_init(|| {
-        std::env::var("EFFNET_DW_EXP")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(3)
-    });
-    b & bit != 0
-}
-
-/// Destination size from which [`stream_rows`] streams.
-const STREAM_BYTES: usize = 8 << 20;
-
-/// Copies `src` to `dst` (same length), with non-temporal stores on the part of `dst`
-/// aligned to whole vectors.
-#[inline(always)]
-fn stream_copy<S: Simd>(s: S, src: &[f32], dst: &mut [f32]) {
-    let l = S::LANES;
-    assert_eq!(src.len(), dst.len());
-    let head = dst.as_ptr().align_offset(l * 4).min(dst.len());
-    let body = (dst.len() - head) / l * l;
-    dst[..head].copy_from_slice(&src[..head]);
-    // SAFETY: `head + i + LANES ≤ head + body ≤ len` for every vector, and
-    // `dst + head` is aligned to `LANES·4` bytes.
-    unsafe {
-        for i in (0..body).step_by(l) {
-            let v = s.load_ptr(src.as_ptr().add(head + i));
-            s.stream_ptr(dst.as_mut_ptr().add(head + i), v);
-        }
-    }
-    dst[head + body..].copy_from_slice(&src[head + body..]);
-}
-
 impl SimdKernel for GatherRows<'_> {
     type Output = ();
     #[inline(always)]
@@ -1126,13 +1105,10 @@ impl SimdKernel for GatherRows<'_> {
         let ring_len = slots * cols.rp.pw * c_pad;
         let (_, _, dst_rows, dst_len) = self.dims();
         let dst = std::mem::take(&mut self.dst);
-        let stream = stream_rows(g.n * dst_rows * dst_len * std::mem::size_of::<f32>());
-        let row_buf = if stream { dst_len } else { 0 };
         let mut scratch = Scratch::take();
-        let mem = scratch.slice(ring_len + taps_n * c_pad + c_pad + row_buf);
+        let mem = scratch.slice(ring_len + taps_n * c_pad + c_pad);
         let (mut ring_mem, rest) = mem.split_at_mut(ring_len);
-        let (w, rest) = rest.split_at_mut(taps_n * c_pad);
-        let (bias, row_buf) = rest.split_at_mut(c_pad);
+        let (w, bias) = rest.split_at_mut(taps_n * c_pad);
         // One ring per channel block (`vb` floats per pixel), kept for the whole task.
         let mut rings = Vec::with_capacity(blocks.len());
         for b in &blocks {
@@ -1167,9 +1143,8 @@ impl SimdKernel for GatherRows<'_> {
         for (r, dst_row) in dst.chunks_exact_mut(dst_len).enumerate() {
             let global = self.row0 + r;
             self.plan_row(global / dst_rows, global % dst_rows, slots, &mut plan);
-            let out: &mut [f32] = if stream { row_buf } else { dst_row };
             for (&b, ring) in blocks.iter().zip(&mut rings) {
-                let (pl, o) = (&plan, &mut *out);
+                let (pl, o) = (&plan, &mut *dst_row);
                 // SAFETY: as above; the weights are packed and `plan` is the row's.
                 unsafe {
                     match (b.nv, b.tail > 0, wide) {
@@ -1190,12 +1165,6 @@ impl SimdKernel for GatherRows<'_> {
                     }
                 }
             }
-            if stream {
-                stream_copy(s, row_buf, dst_row);
-            }
-        }
-        if stream {
-            s.stream_fence();
         }
     }
 }
