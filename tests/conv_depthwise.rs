@@ -137,6 +137,21 @@ fn fixed_shapes() -> Vec<ConvDesc> {
                 right: 9,
             }),
     ];
+    // Kernels taller than the weight gradient's batch of kernel rows (16).
+    for w in [10, 35] {
+        v.push(
+            ConvDesc::new(1, (20, w), 9, 9, (18, 2))
+                .with_group_size(1)
+                .with_padding(Padding {
+                    top: 8,
+                    bottom: 9,
+                    left: 1,
+                    right: 0,
+                }),
+        );
+    }
+    // A large image with many channel blocks: long in-place sliding-window runs.
+    v.push(ConvDesc::depthwise(2, (64, 64), 256, 3, 1));
     // Dilation with asymmetric padding, stride 3.
     let mut d = ConvDesc::new(1, (10, 45), 20, 20, (3, 3))
         .with_group_size(1)

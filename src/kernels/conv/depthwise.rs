@@ -7,30 +7,42 @@
 //! # How the kernels work
 //! Channels are contiguous in NHWC, so every kernel works on blocks of 1–4 SIMD
 //! vectors of channels (a channel count that is not a multiple of the lane count ends
-//! with a block of one partial vector: masked loads and stores at the edges, full
-//! vectors with zero lanes inside).
+//! with a block of one partial vector: masked loads and stores at the edges of memory,
+//! full vectors with zero lanes inside the scratch buffers).
 //!
-//! For one channel block, the source rows a task needs are copied once into a small
-//! ring of *packed rows*: the block's channels only (contiguous pixels), with zero
-//! pixels on both sides wide enough for every tap. Every output pixel of a row then
-//! reads its taps at fixed offsets, with no bounds checks and no border special cases;
-//! kernel rows that fall outside the image are simply left out of the row's tap list.
+//! Borders without bounds checks: for one channel block, the source rows a task needs
+//! are copied into a small ring of *packed rows* (the block's channels only, contiguous
+//! pixels) with zero pixels on both sides wide enough for every tap. Each destination
+//! row splits into an *interior* run, whose taps are all real pixels and which reads
+//! the tensor in place, and border runs, which read the ring (only the edge pixels are
+//! copied). On narrow images (width ≤ 32) and 5×5 stride-1 kernels whole rows are
+//! packed instead and every pixel reads the ring: contiguous loads pay off there (see
+//! `prefer_packed`). Kernel rows that fall outside the image are left out of a row's
+//! tap list. The gathers walk their rows one at a time, all channel blocks per row
+//! (one ring per block, weights packed once per task), so a source row is read from
+//! memory once for all blocks.
 //!
 //! - **Forward** (parallel over blocks of output rows): a tile of up to 8 output pixels
-//!   × the channel block is accumulated in registers over the row's taps.
+//!   × the channel block is accumulated in registers over the row's taps. On packed
+//!   stride-1 rows with 3 or 5 kernel columns, *sliding-window* tiles keep one kernel
+//!   row's weights in registers and load each input vector once for all the taps that
+//!   read it.
 //! - **Backward-data** is the same gather with the roles swapped (parallel over blocks
 //!   of input rows): for each input row, the kernel rows that reach an output row; for
 //!   each residue class of input columns modulo the stride, the kernel columns that
-//!   reach an output column (one tap set for the whole class). Each `dx` element is
-//!   written once: no scatter, no atomics.
+//!   reach an output column (one tap set for the whole class, so a class is again an
+//!   interior run plus border runs). Each `dx` element is written once: no scatter, no
+//!   atomics.
 //! - **Backward-weight** splits the output rows into fixed chunks (independent of the
 //!   thread count). Per chunk and channel block, each (kernel row, group of up to 5
-//!   kernel columns) accumulates in registers along an output row; the per-chunk
-//!   partial gradients are summed in chunk order ([`reduce_chunks`]), so the result is
-//!   bitwise identical for any number of threads. The bias gradient is fused in.
+//!   kernel columns) accumulates in registers along 32-pixel slices of an output row,
+//!   all kernel rows per slice; the per-chunk partial gradients are summed in chunk
+//!   order ([`reduce_chunks`]), so the result is bitwise identical for any number of
+//!   threads. The bias gradient is fused in (compensated summation across rows).
 //!
 //! Forward and backward-data compute every output element in the same order whatever
-//! the split into tasks, so they too are bitwise reproducible across thread counts.
+//! the split into tasks (the split only decides which thread computes it), so they too
+//! are bitwise reproducible across thread counts.
 
 use super::{ConvShape, GradMode};
 use crate::error::Result;
@@ -173,11 +185,12 @@ impl Drop for Scratch {
     }
 }
 
-/// Rows (of `per_row` floats of traffic each) that fit a task's working set in the
-/// core's L2 cache: each channel block passes over the same rows, so the later passes
-/// hit the cache instead of memory.
+/// Rows (of `per_row` floats of traffic each) that fit a task's working set in about
+/// half of a core's L2 cache (2 MiB on the reference machines): each channel block
+/// passes over the same rows, so the later passes hit the cache instead of memory. (A
+/// tile also re-packs the kernel's halo rows: 256 KiB measured slower than 1 MiB.)
 fn cache_rows(per_row: usize) -> usize {
-    const BUDGET: usize = 256 * 1024 / std::mem::size_of::<f32>();
+    const BUDGET: usize = 1024 * 1024 / std::mem::size_of::<f32>();
     (BUDGET / per_row.max(1)).max(1)
 }
 
@@ -264,23 +277,24 @@ struct Ring<'a> {
     mem: &'a mut [f32],
     /// Which global source row each slot holds (`usize::MAX`: none).
     tags: Vec<usize>,
-    /// Floats between slots (sized for the widest block).
+    /// Floats between slots.
     stride: usize,
     rp: RowPack,
 }
 
 impl<'a> Ring<'a> {
-    /// Floats a ring of `slots` rows takes.
-    fn len(slots: usize, rp: RowPack, vb_max: usize) -> usize {
-        slots * rp.pw * vb_max
+    /// Floats a ring of `slots` rows of `vb`-float pixels takes.
+    fn len(slots: usize, rp: RowPack, vb: usize) -> usize {
+        slots * rp.pw * vb
     }
 
-    /// A ring in `mem` (at least [`Ring::len`] floats; any contents).
-    fn new(mem: &'a mut [f32], slots: usize, rp: RowPack, vb_max: usize) -> Ring<'a> {
+    /// A ring in `mem` (at least [`Ring::len`] floats; any contents) for pixels of up
+    /// to `vb` floats.
+    fn new(mem: &'a mut [f32], slots: usize, rp: RowPack, vb: usize) -> Ring<'a> {
         Ring {
             mem,
             tags: vec![usize::MAX; slots],
-            stride: rp.pw * vb_max,
+            stride: rp.pw * vb,
             rp,
         }
     }
@@ -333,8 +347,9 @@ impl<'a> Ring<'a> {
     }
 }
 
-/// One tap of a gather: float offsets of the source pixel (at the first pixel of a
-/// run, channel 0) and of the weight vector in the packed weights.
+/// One tap of a gather: the source pixel at the first pixel of a run (channel 0; in
+/// floats for the tensor, in packed pixels for a ring: see [`Gather::src_unit`]) and
+/// the tap's index `kh·kw_count + kw` in the packed weights.
 #[derive(Copy, Clone, Debug)]
 struct Tap {
     src: usize,
@@ -517,13 +532,15 @@ fn backward_data_columns(g: &Geo) -> Columns {
 /// Raw pointers and strides of one gather run for one channel block.
 #[derive(Copy, Clone)]
 struct Gather {
-    /// The source: the ring, or the tensor itself at channel `c0`.
+    /// The source: the block's ring, or the tensor itself at channel `c0`.
     src: *const f32,
-    /// Channel `c0` of the first destination row of the task.
+    /// Floats per unit of [`Tap::src`]: 1 for the tensor, `vb` for a ring.
+    src_unit: usize,
+    /// Channel `c0` of the destination row.
     dst: *mut f32,
-    /// Packed weights `[kh·kw][vb]`.
+    /// The block's packed weights `[kh·kw][vb]`.
     w: *const f32,
-    /// Packed bias `[vb]` (forward only) or null.
+    /// The block's packed bias `[vb]` (forward only) or null.
     bias: *const f32,
     /// Floats between consecutive pixels of a run, in the source and destination.
     src_step: usize,
@@ -548,21 +565,13 @@ unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool
     taps: &[Tap],
 ) {
     let l = S::LANES;
-    let mut acc = [[s.zero(); NV]; P];
     // SAFETY (whole body): the caller guarantees every offset below is in bounds.
     unsafe {
-        if !g.bias.is_null() {
-            for v in 0..NV {
-                let b = s.load_ptr(g.bias.add(v * l));
-                for a in acc.iter_mut() {
-                    a[v] = b;
-                }
-            }
-        }
+        let mut acc = acc_init::<S, NV, P>(s, g, 0);
         let src = g.src.add(src_off);
         for t in taps {
-            let sp = src.add(t.src);
-            let wp = g.w.add(t.w);
+            let sp = src.add(t.src * g.src_unit);
+            let wp = g.w.add(t.w * NV * l);
             let mut wv = [s.zero(); NV];
             for (v, wv) in wv.iter_mut().enumerate() {
                 *wv = s.load_ptr(wp.add(v * l));
@@ -575,11 +584,53 @@ unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool
                 }
             }
         }
+        acc_store::<S, NV, P, TAIL>(s, g, dst_off, &acc);
+    }
+}
+
+/// `P × NV` accumulators set to the packed bias (vectors `v0..v0 + NV` of the block),
+/// or zero without one.
+///
+/// # Safety
+/// With a bias, vectors `v0..v0 + NV` of it must be readable.
+#[inline(always)]
+unsafe fn acc_init<S: Simd, const NV: usize, const P: usize>(
+    s: S,
+    g: &Gather,
+    v0: usize,
+) -> [[S::V; NV]; P] {
+    let mut acc = [[s.zero(); NV]; P];
+    if !g.bias.is_null() {
+        for v in 0..NV {
+            // SAFETY: forwarded from the caller.
+            let b = unsafe { s.load_ptr(g.bias.add((v0 + v) * S::LANES)) };
+            for a in acc.iter_mut() {
+                a[v] = b;
+            }
+        }
+    }
+    acc
+}
+
+/// Stores `P × NV` accumulators to destination pixels `dst_off + p·dst_step` (`tail`
+/// lanes when `TAIL`).
+///
+/// # Safety
+/// Those vectors must be writable.
+#[inline(always)]
+unsafe fn acc_store<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+    s: S,
+    g: &Gather,
+    dst_off: usize,
+    acc: &[[S::V; NV]; P],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
         let dst = g.dst.add(dst_off);
         for (p, a) in acc.iter().enumerate() {
             let dp = dst.add(p * g.dst_step);
             for (v, a) in a.iter().enumerate() {
-                st::<S, TAIL>(s, dp.add(v * l), *a, g.tail);
+                st::<S, TAIL>(s, dp.add(v * S::LANES), *a, g.tail);
             }
         }
     }
@@ -621,9 +672,9 @@ unsafe fn gather_run<S: Simd, const NV: usize, const P: usize, const TAIL: bool>
     }
 }
 
-/// One kernel row of a sliding-window tile: ring offset of the first tap's pixel (at
-/// pixel 0 of the run), packed-weight offset of that tap, and the weight step (in
-/// floats, ±vb) to the tap one pixel to the right.
+/// One kernel row of a sliding-window tile: the source pixel of the first tap at pixel
+/// 0 of the run (in units of [`Gather::src_unit`], like [`Tap::src`]), that tap's index
+/// in the packed weights, and the tap-index step to the tap one pixel to the right.
 #[derive(Copy, Clone, Debug)]
 struct SlideRow {
     src: usize,
@@ -632,13 +683,14 @@ struct SlideRow {
 }
 
 /// `P` destination pixels × `NVT` vectors (from vector `v0` of the block) for `K` taps
-/// per kernel row at consecutive packed pixels, destination pixels `SS` packed pixels
-/// apart: each source vector is loaded once and used by every tap that reads it, with
-/// the row's `K` weights in registers.
+/// per kernel row at consecutive source pixels (`src_step / SS` floats apart, in a
+/// ring or in place), destination pixels `SS` source pixels apart: each source vector
+/// is loaded once and used by every tap that reads it, with the row's `K` weights in
+/// registers.
 ///
 /// # Safety
-/// As [`gather_tile`]; the source run must be packed (`src_step` = `SS` packed pixels
-/// of `vb` floats) and hold `SS·(P − 1) + K` pixels from every row's `src`.
+/// As [`gather_tile`]; the source run must hold `SS·(P − 1) + K` pixels from every
+/// row's `src`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn slide_tile<
@@ -658,32 +710,25 @@ unsafe fn slide_tile<
     rows: &[SlideRow],
 ) {
     let l = S::LANES;
-    let mut acc = [[s.zero(); NVT]; P];
     // SAFETY (whole body): the caller guarantees every offset below is in bounds.
     unsafe {
-        if !g.bias.is_null() {
-            for v in 0..NVT {
-                let b = s.load_ptr(g.bias.add((v0 + v) * l));
-                for a in acc.iter_mut() {
-                    a[v] = b;
-                }
-            }
-        }
+        let mut acc = acc_init::<S, NVT, P>(s, g, v0);
         for r in rows {
-            let sp = g.src.add(src_off + r.src + v0 * l);
+            let sp = g.src.add(src_off + r.src * g.src_unit + v0 * l);
             let mut wv = [[s.zero(); NVT]; K];
             for (k, wv) in wv.iter_mut().enumerate() {
-                let wp = g.w.offset(r.w as isize + k as isize * r.w_step).add(v0 * l);
+                let t = r.w as isize + k as isize * r.w_step;
+                let wp = g.w.offset(t * vb as isize).add(v0 * l);
                 for (v, wv) in wv.iter_mut().enumerate() {
                     *wv = s.load_ptr(wp.add(v * l));
                 }
             }
-            // Destination pixel p reads packed pixels SS·p + k.
+            // Destination pixel p reads source pixels SS·p + k.
             for q in 0..SS * (P - 1) + K {
-                let xp = sp.add(q * vb);
+                let xp = sp.add(q * (g.src_step / SS));
                 let mut xv = [s.zero(); NVT];
                 for (v, xv) in xv.iter_mut().enumerate() {
-                    *xv = s.load_ptr(xp.add(v * l));
+                    *xv = ld::<S, TAIL>(s, xp.add(v * l), g.tail);
                 }
                 for (k, wv) in wv.iter().enumerate() {
                     if q >= k && (q - k) % SS == 0 && (q - k) / SS < P {
@@ -695,13 +740,7 @@ unsafe fn slide_tile<
                 }
             }
         }
-        let dst = g.dst.add(dst_off + v0 * l);
-        for (p, a) in acc.iter().enumerate() {
-            let dp = dst.add(p * g.dst_step);
-            for (v, a) in a.iter().enumerate() {
-                st::<S, TAIL>(s, dp.add(v * l), *a, g.tail);
-            }
-        }
+        acc_store::<S, NVT, P, TAIL>(s, g, dst_off + v0 * l, &acc);
     }
 }
 
@@ -804,17 +843,15 @@ struct GatherRows<'a> {
     row0: usize,
 }
 
-/// Per-task scratch of a gather.
-struct GatherScratch<'a> {
-    ring: Ring<'a>,
-    /// Packed weights `[kh·kw][vb]`.
-    w: &'a mut [f32],
-    /// Packed bias `[vb]`.
-    bias: &'a mut [f32],
+/// The taps of one destination row, the same for every channel block.
+struct RowPlan {
+    /// `(kh, global source row, first packed pixel of its ring slot)`.
+    rows: Vec<(usize, usize, usize)>,
     taps: Vec<Tap>,
     slide: Vec<SlideRow>,
-    /// `(kh, global source row, ring offset)` of the current destination row.
-    rows: Vec<(usize, usize, usize)>,
+    /// Per class: its in-place taps, ring taps, in-place and ring sliding-window rows
+    /// (ranges into `taps`, `taps`, `slide`, `slide`).
+    ranges: Vec<[Range<usize>; 4]>,
 }
 
 impl GatherRows<'_> {
@@ -828,155 +865,229 @@ impl GatherRows<'_> {
         }
     }
 
-    /// Destination rows `rows` of the task (indices into `dst`) for one channel block.
+    /// Fills `plan` for destination row `row` of image `n` (`slots` ring slots).
+    fn plan_row(&self, n: usize, row: usize, slots: usize, plan: &mut RowPlan) {
+        let (g, cols) = (self.g, self.cols);
+        let (src_rows, src_len, _, _) = self.dims();
+        let pl = cols.rp.pl;
+        plan.rows.clear();
+        plan.taps.clear();
+        plan.slide.clear();
+        plan.ranges.clear();
+        for kh in 0..g.kh {
+            let srow = match self.pass {
+                Pass::Forward => g.in_row(row, kh),
+                Pass::BackwardData => g.out_row(row, kh),
+            };
+            if let Some(sr) = srow {
+                let gr = n * src_rows + sr;
+                let slot_px = if slots > 0 {
+                    gr % slots * cols.rp.pw
+                } else {
+                    0
+                };
+                plan.rows.push((kh, gr, slot_px));
+            }
+        }
+        for cl in &cols.classes {
+            let t0 = plan.taps.len();
+            if cl.ja < cl.jb {
+                for &(kh, gr, _) in &plan.rows {
+                    for &(kw, off) in &cl.kws {
+                        let px = off + cl.ja * cols.src_step - pl;
+                        plan.taps.push(Tap {
+                            src: gr * src_len + px * g.c,
+                            w: kh * g.kw + kw,
+                        });
+                    }
+                }
+            }
+            let t1 = plan.taps.len();
+            if cl.ja > 0 || cl.jb < cl.count {
+                for &(kh, _, slot_px) in &plan.rows {
+                    for &(kw, off) in &cl.kws {
+                        plan.taps.push(Tap {
+                            src: slot_px + off,
+                            w: kh * g.kw + kw,
+                        });
+                    }
+                }
+            }
+            let t2 = plan.taps.len();
+            let s0 = plan.slide.len();
+            // Sliding-window rows at stride 1 with 3 or 5 taps per kernel row (stride 2
+            // and other tap counts measured no faster than the tap lists).
+            let slide = cl
+                .slide
+                .filter(|_| cols.src_step == 1 && matches!(cl.kws.len(), 3 | 5));
+            if let (Some((off0, kw0, step)), true) = (slide, cl.ja < cl.jb) {
+                for &(kh, gr, _) in &plan.rows {
+                    let px = off0 + cl.ja * cols.src_step - pl;
+                    plan.slide.push(SlideRow {
+                        src: gr * src_len + px * g.c,
+                        w: kh * g.kw + kw0,
+                        w_step: step,
+                    });
+                }
+            }
+            let s1 = plan.slide.len();
+            if let (Some((off0, kw0, step)), true) = (slide, cols.packed) {
+                for &(kh, _, slot_px) in &plan.rows {
+                    plan.slide.push(SlideRow {
+                        src: slot_px + off0,
+                        w: kh * g.kw + kw0,
+                        w_step: step,
+                    });
+                }
+            }
+            plan.ranges
+                .push([t0..t1, t1..t2, s0..s1, s1..plan.slide.len()]);
+        }
+    }
+
+    /// Copies one channel block of the weights (and bias) into the packed buffers
+    /// (`[kh·kw][vb]` from `kh·kw·c0`, `[vb]` from `c0`), zero lanes past `C`.
     ///
     /// # Safety
     /// `b` must be a block of `channel_blocks(C, LANES, …)` with `b.nv == NV` and
-    /// `TAIL == (b.tail > 0)`; the scratch must be sized for the task.
+    /// `TAIL == (b.tail > 0)`; `w` must hold `kh·kw·C_pad` floats, `bias` `C_pad`.
     #[inline(always)]
-    unsafe fn block<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
-        &mut self,
+    unsafe fn pack_weights<S: Simd, const NV: usize, const TAIL: bool>(
+        &self,
         s: S,
         b: Block,
-        sc: &mut GatherScratch<'_>,
-        rows: Range<usize>,
+        w: &mut [f32],
+        bias: &mut [f32],
     ) {
         let g = self.g;
-        let cols = self.cols;
+        let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
+        let (vb, taps_n) = (NV * l, g.kh * g.kw);
+        assert!(c0 + if TAIL { tail } else { vb } <= c && self.w.len() == taps_n * c);
+        assert!(w.len() >= taps_n * (c0 + vb) && bias.len() >= c0 + vb);
+        // SAFETY: the asserts above bound every access.
+        unsafe {
+            let wp = w.as_mut_ptr().add(taps_n * c0);
+            for t in 0..taps_n {
+                let src = self.w.as_ptr().add(t * c + c0);
+                for v in 0..NV {
+                    let val = ld::<S, TAIL>(s, src.add(v * l), tail);
+                    s.store_ptr(wp.add(t * vb + v * l), val);
+                }
+            }
+            if let Some(bs) = self.bias {
+                assert!(bs.len() == c);
+                for v in 0..NV {
+                    let val = ld::<S, TAIL>(s, bs.as_ptr().add(c0 + v * l), tail);
+                    s.store_ptr(bias.as_mut_ptr().add(c0 + v * l), val);
+                }
+            }
+        }
+    }
+
+    /// One destination row `dst` (`dst_len` floats) for one channel block.
+    ///
+    /// # Safety
+    /// As [`GatherRows::pack_weights`], with the weights packed; `ring` is the block's
+    /// ring and `plan` the row's plan.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_block<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+        &self,
+        s: S,
+        b: Block,
+        ring: &mut Ring<'_>,
+        w: &[f32],
+        bias: &[f32],
+        plan: &RowPlan,
+        dst: &mut [f32],
+    ) {
+        let (g, cols) = (self.g, self.cols);
         let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
         let vb = NV * l;
-        let (src_rows, src_len, dst_rows, dst_len) = self.dims();
-        let nrows = self.dst.len() / dst_len;
-        assert!(rows.end <= nrows);
+        let (src_rows, src_len, _, dst_len) = self.dims();
         let taps_n = g.kh * g.kw;
-        let border = cols.has_border();
-        assert!(self.w.len() == taps_n * c && c0 + if TAIL { tail } else { vb } <= c);
-        assert!(self.src.len() == g.n * src_rows * src_len);
-        assert!(self.row0 + nrows <= g.n * dst_rows);
+        assert!(c0 + if TAIL { tail } else { vb } <= c);
+        assert!(self.src.len() == g.n * src_rows * src_len && dst.len() == dst_len);
+        assert!(w.len() >= taps_n * (c0 + vb) && bias.len() >= c0 + vb);
         // SAFETY (whole body): the asserts above and the shapes of `Columns` (every
         // packed offset of every class is inside a ring row, every interior tap a real
         // source pixel, every destination pixel inside its row) keep all accesses in
         // bounds.
         unsafe {
-            assert!(sc.w.len() >= taps_n * vb && sc.bias.len() >= vb);
-            let wp = sc.w.as_mut_ptr();
-            for t in 0..taps_n {
-                let src = self.w.as_ptr().add(t * c + c0);
-                for v in 0..NV {
-                    s.store_ptr(
-                        wp.add(t * vb + v * l),
-                        ld::<S, TAIL>(s, src.add(v * l), tail),
-                    );
-                }
-            }
-            let bp = match self.bias {
-                Some(bias) => {
-                    let bp = sc.bias.as_mut_ptr();
-                    for v in 0..NV {
-                        let src = bias.as_ptr().add(c0 + v * l);
-                        s.store_ptr(bp.add(v * l), ld::<S, TAIL>(s, src, tail));
-                    }
-                    bp as *const f32
-                }
-                None => std::ptr::null(),
-            };
-            sc.ring.reset(vb);
-            let dst = self.dst.as_mut_ptr().add(c0);
             let src = self.src.as_ptr().add(c0);
-            let pl = cols.rp.pl;
-            for r in rows {
-                let global = self.row0 + r;
-                let (n, row) = (global / dst_rows, global % dst_rows);
-                sc.rows.clear();
-                for kh in 0..g.kh {
-                    let srow = match self.pass {
-                        Pass::Forward => g.in_row(row, kh),
-                        Pass::BackwardData => g.out_row(row, kh),
-                    };
-                    if let Some(sr) = srow {
-                        let gr = n * src_rows + sr;
-                        let base = if border {
-                            let sp = src.add(gr * src_len);
-                            sc.ring.ensure::<S, NV, TAIL>(s, gr, sp, c, tail)
-                        } else {
-                            0
-                        };
-                        sc.rows.push((kh, gr, base));
-                    }
-                }
-                let dst_row = dst.add(r * dst_len);
-                let direct = Gather {
-                    src,
-                    dst: dst_row,
-                    w: wp,
-                    bias: bp,
-                    src_step: cols.src_step * c,
-                    dst_step: cols.dst_step * c,
-                    tail,
-                };
-                let ring = Gather {
-                    src: sc.ring.mem.as_ptr(),
-                    src_step: cols.src_step * vb,
-                    ..direct
-                };
-                for cl in &cols.classes {
-                    if cl.ja < cl.jb {
-                        sc.taps.clear();
-                        for &(kh, gr, _) in &sc.rows {
-                            for &(kw, off) in &cl.kws {
-                                let px = off + cl.ja * cols.src_step - pl;
-                                sc.taps.push(Tap {
-                                    src: gr * src_len + px * c,
-                                    w: (kh * g.kw + kw) * vb,
-                                });
-                            }
-                        }
-                        let d0 = (cl.dst0 + cl.ja * cols.dst_step) * c;
-                        gather_run::<S, NV, P, TAIL>(s, &direct, &sc.taps, cl.jb - cl.ja, 0, d0);
-                    }
-                    if cl.ja > 0 || cl.jb < cl.count {
-                        sc.taps.clear();
-                        for &(kh, _, base) in &sc.rows {
-                            for &(kw, off) in &cl.kws {
-                                sc.taps.push(Tap {
-                                    src: base + off * vb,
-                                    w: (kh * g.kw + kw) * vb,
-                                });
-                            }
-                        }
-                        let d0 = cl.dst0 * c;
-                        let slide = match cl.slide {
-                            Some(sl) if cols.packed && cols.src_step == 1 => Some(sl),
-                            _ => None,
-                        };
-                        if let Some((off0, kw0, step)) = slide {
-                            // Packed whole rows: one run, sliding-window tiles.
-                            sc.slide.clear();
-                            for &(kh, _, base) in &sc.rows {
-                                sc.slide.push(SlideRow {
-                                    src: base + off0 * vb,
-                                    w: (kh * g.kw + kw0) * vb,
-                                    w_step: step * vb as isize,
-                                });
-                            }
-                            let (rw, t, n) = (&sc.slide[..], &sc.taps[..], cl.count);
-                            let r = &ring;
-                            // (Stride 2 and shorter rows measured no faster than the
-                            // tap-list tiles.)
-                            match (cl.kws.len(), cols.src_step) {
-                                (3, 1) => slide_run::<S, NV, P, 3, 1, TAIL>(s, r, rw, t, n, 0, d0),
-                                (5, 1) => slide_run::<S, NV, P, 5, 1, TAIL>(s, r, rw, t, n, 0, d0),
-                                _ => gather_run::<S, NV, P, TAIL>(s, r, t, n, 0, d0),
-                            }
-                            continue;
-                        }
-                        gather_run::<S, NV, P, TAIL>(s, &ring, &sc.taps, cl.ja, 0, d0);
-                        let (s0, d1) = (cl.jb * ring.src_step, d0 + cl.jb * ring.dst_step);
-                        let n_right = cl.count - cl.jb;
-                        gather_run::<S, NV, P, TAIL>(s, &ring, &sc.taps, n_right, s0, d1);
-                    }
+            if cols.has_border() {
+                for &(_, gr, _) in &plan.rows {
+                    ring.ensure::<S, NV, TAIL>(s, gr, src.add(gr * src_len), c, tail);
                 }
             }
+            let direct = Gather {
+                src,
+                src_unit: 1,
+                dst: dst.as_mut_ptr().add(c0),
+                w: w.as_ptr().add(taps_n * c0),
+                bias: if self.bias.is_some() {
+                    bias.as_ptr().add(c0)
+                } else {
+                    std::ptr::null()
+                },
+                src_step: cols.src_step * c,
+                dst_step: cols.dst_step * c,
+                tail,
+            };
+            let packed = Gather {
+                src: ring.mem.as_ptr(),
+                src_unit: vb,
+                src_step: cols.src_step * vb,
+                ..direct
+            };
+            for (cl, [td, tr, sd, sr]) in cols.classes.iter().zip(&plan.ranges) {
+                let k = cl.kws.len();
+                if cl.ja < cl.jb {
+                    let d0 = (cl.dst0 + cl.ja * cols.dst_step) * c;
+                    let (taps, rows) = (&plan.taps[td.clone()], &plan.slide[sd.clone()]);
+                    class_run::<S, NV, P, TAIL>(s, &direct, rows, taps, k, cl.jb - cl.ja, d0);
+                }
+                if cl.ja == 0 && cl.jb == cl.count {
+                    continue;
+                }
+                let (taps, rows) = (&plan.taps[tr.clone()], &plan.slide[sr.clone()]);
+                let d0 = cl.dst0 * c;
+                if cl.ja == cl.count {
+                    // Whole packed rows: one run.
+                    class_run::<S, NV, P, TAIL>(s, &packed, rows, taps, k, cl.count, d0);
+                    continue;
+                }
+                gather_run::<S, NV, P, TAIL>(s, &packed, taps, cl.ja, 0, d0);
+                let (s0, d1) = (cl.jb * packed.src_step, d0 + cl.jb * packed.dst_step);
+                gather_run::<S, NV, P, TAIL>(s, &packed, taps, cl.count - cl.jb, s0, d1);
+            }
+        }
+    }
+}
+
+/// `count` destination pixels of one class from `dst_off`: sliding-window tiles when
+/// the class has sliding-window `rows` (`k` = 3 or 5 taps per kernel row), the tap
+/// list otherwise.
+///
+/// # Safety
+/// As [`gather_run`] and [`slide_run`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn class_run<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
+    s: S,
+    g: &Gather,
+    rows: &[SlideRow],
+    taps: &[Tap],
+    k: usize,
+    count: usize,
+    dst_off: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        match (rows.is_empty(), k) {
+            (false, 3) => slide_run::<S, NV, P, 3, 1, TAIL>(s, g, rows, taps, count, 0, dst_off),
+            (false, 5) => slide_run::<S, NV, P, 5, 1, TAIL>(s, g, rows, taps, count, 0, dst_off),
+            _ => gather_run::<S, NV, P, TAIL>(s, g, taps, count, 0, dst_off),
         }
     }
 }
@@ -985,53 +1096,72 @@ impl SimdKernel for GatherRows<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(mut self, s: S) {
-        let g = self.g;
-        let nvm = nv_max(S::LANES);
-        let vbm = vb_max(g.c, S::LANES);
-        let slots = if self.cols.has_border() {
-            g.span_h()
-        } else {
-            0
-        };
-        let ring_len = Ring::len(slots, self.cols.rp, vbm);
-        let w_len = g.kh * g.kw * vbm;
+        let (g, cols) = (self.g, self.cols);
+        let l = S::LANES;
+        let c_pad = g.c.div_ceil(l) * l;
+        let slots = if cols.has_border() { g.span_h() } else { 0 };
+        let taps_n = g.kh * g.kw;
+        let blocks = channel_blocks(g.c, l, nv_max(l));
+        let ring_len = slots * cols.rp.pw * c_pad;
+        let (_, _, dst_rows, dst_len) = self.dims();
+        let dst = std::mem::take(&mut self.dst);
         let mut scratch = Scratch::take();
-        {
-            let mem = scratch.slice(ring_len + w_len + vbm);
-            let (ring, rest) = mem.split_at_mut(ring_len);
-            let (w, bias) = rest.split_at_mut(w_len);
-            let mut sc = GatherScratch {
-                ring: Ring::new(ring, slots, self.cols.rp, vbm),
-                w,
-                bias,
-                taps: Vec::with_capacity(g.kh * g.kw),
-                slide: Vec::with_capacity(g.kh),
-                rows: Vec::with_capacity(g.kh),
-            };
-            let wide = S::LANES >= 16;
-            let blocks = channel_blocks(g.c, S::LANES, nvm);
-            let (_, src_len, _, dst_len) = self.dims();
-            let nrows = self.dst.len() / dst_len;
-            let per_row = match self.pass {
-                Pass::Forward => g.sh * src_len + dst_len,
-                Pass::BackwardData => src_len.div_ceil(g.sh) + dst_len,
-            };
-            let sub = cache_rows(per_row);
-            for r0 in (0..nrows).step_by(sub) {
-                let rr = r0..(r0 + sub).min(nrows);
-                for &b in &blocks {
-                    let rr = rr.clone();
-                    // SAFETY: the block comes from `channel_blocks` and matches the
-                    // variant.
-                    unsafe {
-                        match (b.nv, b.tail > 0, wide) {
-                            (_, true, _) => self.block::<S, 1, 8, true>(s, b, &mut sc, rr),
-                            (4, false, true) => self.block::<S, 4, 4, false>(s, b, &mut sc, rr),
-                            (4, false, false) => self.block::<S, 4, 2, false>(s, b, &mut sc, rr),
-                            (2, false, true) => self.block::<S, 2, 8, false>(s, b, &mut sc, rr),
-                            (2, false, false) => self.block::<S, 2, 4, false>(s, b, &mut sc, rr),
-                            _ => self.block::<S, 1, 8, false>(s, b, &mut sc, rr),
+        let mem = scratch.slice(ring_len + taps_n * c_pad + c_pad);
+        let (mut ring_mem, rest) = mem.split_at_mut(ring_len);
+        let (w, bias) = rest.split_at_mut(taps_n * c_pad);
+        // One ring per channel block (`vb` floats per pixel), kept for the whole task.
+        let mut rings = Vec::with_capacity(blocks.len());
+        for b in &blocks {
+            let vb = b.nv * l;
+            let (mine, others) =
+                std::mem::take(&mut ring_mem).split_at_mut(slots * cols.rp.pw * vb);
+            ring_mem = others;
+            let mut ring = Ring::new(mine, slots, cols.rp, vb);
+            ring.reset(vb);
+            rings.push(ring);
+        }
+        for &b in &blocks {
+            // SAFETY: the block comes from `channel_blocks` and matches the variant;
+            // the buffers hold `kh·kw·C_pad` and `C_pad` floats.
+            unsafe {
+                match (b.nv, b.tail > 0) {
+                    (_, true) => self.pack_weights::<S, 1, true>(s, b, w, bias),
+                    (4, false) => self.pack_weights::<S, 4, false>(s, b, w, bias),
+                    (2, false) => self.pack_weights::<S, 2, false>(s, b, w, bias),
+                    _ => self.pack_weights::<S, 1, false>(s, b, w, bias),
+                }
+            }
+        }
+        let mut plan = RowPlan {
+            rows: Vec::with_capacity(g.kh),
+            taps: Vec::with_capacity(2 * taps_n * cols.classes.len()),
+            slide: Vec::with_capacity(2 * g.kh * cols.classes.len()),
+            ranges: Vec::with_capacity(cols.classes.len()),
+        };
+        let wide = l >= 16;
+        let (w, bias) = (&*w, &*bias);
+        for (r, dst_row) in dst.chunks_exact_mut(dst_len).enumerate() {
+            let global = self.row0 + r;
+            self.plan_row(global / dst_rows, global % dst_rows, slots, &mut plan);
+            for (&b, ring) in blocks.iter().zip(&mut rings) {
+                let (pl, o) = (&plan, &mut *dst_row);
+                // SAFETY: as above; the weights are packed and `plan` is the row's.
+                unsafe {
+                    match (b.nv, b.tail > 0, wide) {
+                        (_, true, _) => self.row_block::<S, 1, 8, true>(s, b, ring, w, bias, pl, o),
+                        (4, false, true) => {
+                            self.row_block::<S, 4, 4, false>(s, b, ring, w, bias, pl, o)
                         }
+                        (4, false, false) => {
+                            self.row_block::<S, 4, 2, false>(s, b, ring, w, bias, pl, o)
+                        }
+                        (2, false, true) => {
+                            self.row_block::<S, 2, 8, false>(s, b, ring, w, bias, pl, o)
+                        }
+                        (2, false, false) => {
+                            self.row_block::<S, 2, 4, false>(s, b, ring, w, bias, pl, o)
+                        }
+                        _ => self.row_block::<S, 1, 8, false>(s, b, ring, w, bias, pl, o),
                     }
                 }
             }
@@ -1206,6 +1336,124 @@ unsafe fn wgrad_px<S: Simd, const NV: usize, const G: usize, const TAIL: bool>(
             for v in 0..NV {
                 let xv = ld::<S, TAIL>(s, xk.add(v * l), st.tail);
                 acc[v] = s.mul_add(dv[v], xv, acc[v]);
+            }
+        }
+    }
+}
+
+/// [`wgrad_run`] for packed rows (`dy` and `x` both `vb` floats per pixel, stride 1,
+/// dilation 1) with a sliding window: tiles of 8 output pixels (7 when that divides
+/// `count`) keep their `dy` vectors
+/// in registers and load each input vector once for the `K` kernel columns that read
+/// it. Full vectors only (the packed rows are zero-padded to whole vectors).
+///
+/// # Safety
+/// `dy` must hold `count` packed pixels and `x` `count + K − 1`; `out` `K` gradient
+/// vectors of `vb` floats (`out_step = vb`).
+#[inline(always)]
+unsafe fn wgrad_slide<S: Simd, const NV: usize, const K: usize>(
+    s: S,
+    dy: *const f32,
+    x: *const f32,
+    out: *mut f32,
+    count: usize,
+    vb: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        if !count.is_multiple_of(8) && count.is_multiple_of(7) {
+            wgrad_slide_p::<S, NV, 7, K>(s, dy, x, out, count, vb)
+        } else {
+            wgrad_slide_p::<S, NV, 8, K>(s, dy, x, out, count, vb)
+        }
+    }
+}
+
+/// [`wgrad_slide`] with tiles of `PT` output pixels.
+///
+/// # Safety
+/// As [`wgrad_slide`].
+#[inline(always)]
+unsafe fn wgrad_slide_p<S: Simd, const NV: usize, const PT: usize, const K: usize>(
+    s: S,
+    dy: *const f32,
+    x: *const f32,
+    out: *mut f32,
+    count: usize,
+    vb: usize,
+) {
+    let full = count / PT * PT;
+    // SAFETY: forwarded; the sub-blocks are inside the packed pixels.
+    unsafe {
+        if full == 0 {
+        } else if S::LANES >= 16 && NV >= 2 {
+            for v0 in (0..NV).step_by(2) {
+                wgrad_slide_v::<S, 2, PT, K>(s, dy, x, out, full, vb, v0);
+            }
+        } else {
+            for v0 in 0..NV {
+                wgrad_slide_v::<S, 1, PT, K>(s, dy, x, out, full, vb, v0);
+            }
+        }
+        if full < count {
+            let st = WSteps {
+                dy: vb,
+                x: vb,
+                tap: vb,
+                out: vb,
+                tail: 0,
+            };
+            let (dy, x) = (dy.add(full * vb), x.add(full * vb));
+            wgrad_group::<S, NV, false>(s, K, dy, x, out, count - full, st);
+        }
+    }
+}
+
+/// [`wgrad_slide`] for vectors `v0..v0 + NVT` of the block, `count` a multiple of `PT`.
+///
+/// # Safety
+/// As [`wgrad_slide`].
+#[inline(always)]
+unsafe fn wgrad_slide_v<S: Simd, const NVT: usize, const PT: usize, const K: usize>(
+    s: S,
+    dy: *const f32,
+    x: *const f32,
+    out: *mut f32,
+    count: usize,
+    vb: usize,
+    v0: usize,
+) {
+    let l = S::LANES;
+    let mut acc = [[s.zero(); NVT]; K];
+    // SAFETY (whole body): the caller guarantees the offsets are in bounds.
+    unsafe {
+        let (dy, x) = (dy.add(v0 * l), x.add(v0 * l));
+        for i0 in (0..count).step_by(PT) {
+            let mut d = [[s.zero(); NVT]; PT];
+            for (i, d) in d.iter_mut().enumerate() {
+                for (v, d) in d.iter_mut().enumerate() {
+                    *d = s.load_ptr(dy.add((i0 + i) * vb + v * l));
+                }
+            }
+            // Output pixel i reads input pixels i + k.
+            for q in 0..PT + K - 1 {
+                let mut xv = [s.zero(); NVT];
+                for (v, xv) in xv.iter_mut().enumerate() {
+                    *xv = s.load_ptr(x.add((i0 + q) * vb + v * l));
+                }
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    if q >= k && q - k < PT {
+                        for v in 0..NVT {
+                            acc[v] = s.mul_add(d[q - k][v], xv[v], acc[v]);
+                        }
+                    }
+                }
+            }
+        }
+        for (k, acc) in acc.iter().enumerate() {
+            for (v, a) in acc.iter().enumerate() {
+                let p = out.add(k * vb + (v0 + v) * l);
+                s.store_ptr(p, s.add(s.load_ptr(p), *a));
             }
         }
     }
@@ -1448,6 +1696,15 @@ impl WgradRows<'_> {
                     for &(kh, _, base) in khs {
                         let out = acc.add((kh * g.kw + kw0) * vb);
                         let xr = ring.add(base + kw0 * g.dw * vb);
+                        if self.cols.packed && g.sw == 1 && g.dw == 1 && dy_step == vb {
+                            // Whole packed rows, consecutive taps: sliding window.
+                            match gn {
+                                3 => wgrad_slide::<S, NV, 3>(s, dy_row, xr, out, a, vb),
+                                5 => wgrad_slide::<S, NV, 5>(s, dy_row, xr, out, a, vb),
+                                _ => wgrad_group::<S, NV, TAIL>(s, gn, dy_row, xr, out, a, packed),
+                            }
+                            continue;
+                        }
                         wgrad_group::<S, NV, TAIL>(s, gn, dy_row, xr, out, a, packed);
                         let (dr, xr) = (dy_row.add(b * dy_step), xr.add(b * g.sw * vb));
                         wgrad_group::<S, NV, TAIL>(s, gn, dr, xr, out, g.ow - b, packed);
