@@ -125,6 +125,24 @@ typedef enum effnet_conv_family {
 } effnet_conv_family;
 
 /**
+ * A pass of a convolution (the `pass` argument of `effnet_conv_workspace_size`).
+ */
+typedef enum effnet_conv_pass {
+  /**
+   * `effnet_conv_forward` / `effnet_conv_forward_ws`.
+   */
+  EFFNET_CONV_PASS_FORWARD = 0,
+  /**
+   * `effnet_conv_backward_data` / `effnet_conv_backward_data_ws`.
+   */
+  EFFNET_CONV_PASS_BACKWARD_DATA = 1,
+  /**
+   * `effnet_conv_backward_weight` / `effnet_conv_backward_weight_ws`.
+   */
+  EFFNET_CONV_PASS_BACKWARD_WEIGHT = 2,
+} effnet_conv_pass;
+
+/**
  * Which normalization (the `kind` field of `effnet_norm_desc`).
  */
 typedef enum effnet_norm_kind {
@@ -801,6 +819,27 @@ enum effnet_status effnet_conv_plan_shape(const struct effnet_conv_plan *plan,
                                           struct effnet_conv_shape *out_shape);
 
 /**
+ * Writes to `*out_bytes` the size in bytes of the workspace that pass `pass` (an
+ * `effnet_conv_pass` value) of `plan` needs when it runs on `ctx`'s threads: pass a
+ * buffer of at least that many bytes to the `_ws` form of the pass. The size depends
+ * on the plan, the pass, the context's thread count and the SIMD level this process
+ * runs (fixed at startup, or by `EFFNET_SIMD`); query once and reuse the buffer for
+ * every call of that pass with that context. A size of 0 means the pass needs no
+ * workspace (NULL with 0 bytes is then accepted).
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type handle, an unknown
+ * `pass`, or a NULL or misaligned `out_bytes`.
+ *
+ * # Safety
+ * `ctx` and `plan` are NULL or handles of their types; `out_bytes` is NULL or points
+ * to a writable `size_t`.
+ */
+enum effnet_status effnet_conv_workspace_size(const struct effnet_context *ctx,
+                                              const struct effnet_conv_plan *plan,
+                                              uint32_t pass,
+                                              size_t *out_bytes);
+
+/**
  * Forward pass: `y = conv(x, w) (+ bias)`, run on `ctx`'s threads. `y` is
  * overwritten.
  *
@@ -835,6 +874,36 @@ enum effnet_status effnet_conv_forward(const struct effnet_context *ctx,
                                        size_t y_len);
 
 /**
+ * `effnet_conv_forward` with its scratch memory in the caller's `workspace` of
+ * `workspace_bytes` bytes (at least what `effnet_conv_workspace_size` reports for
+ * `EFFNET_CONV_PASS_FORWARD` on this context; any contents, left unspecified). The
+ * same results, bit for bit; the call then allocates no tensor-sized memory.
+ *
+ * `workspace` must be aligned to `float` (64 bytes is best), must not overlap any
+ * other buffer, and may be NULL only with `workspace_bytes = 0` when the pass needs
+ * none. It must not be used by another call at the same time.
+ *
+ * Errors: as `effnet_conv_forward`, and `EFFNET_INVALID_ARGUMENT` for a workspace
+ * that is too small, misaligned, overlapping, or NULL with a non-zero size.
+ *
+ * # Safety
+ * As `effnet_conv_forward`; `workspace` is NULL or points to `workspace_bytes`
+ * writable bytes not accessed by anyone else during the call.
+ */
+enum effnet_status effnet_conv_forward_ws(const struct effnet_context *ctx,
+                                          const struct effnet_conv_plan *plan,
+                                          const float *x,
+                                          size_t x_len,
+                                          const float *w,
+                                          size_t w_len,
+                                          const float *bias,
+                                          size_t bias_len,
+                                          float *y,
+                                          size_t y_len,
+                                          void *workspace,
+                                          size_t workspace_bytes);
+
+/**
  * Backward-data pass: `dx = conv_transpose(dy, w)`, the gradient of the loss with
  * respect to the input (the adjoint of the forward pass in `x`), run on `ctx`'s
  * threads. `dx` is overwritten.
@@ -858,6 +927,26 @@ enum effnet_status effnet_conv_backward_data(const struct effnet_context *ctx,
                                              size_t w_len,
                                              float *dx,
                                              size_t dx_len);
+
+/**
+ * `effnet_conv_backward_data` with its scratch memory in the caller's `workspace` of
+ * `workspace_bytes` bytes (at least what `effnet_conv_workspace_size` reports for
+ * `EFFNET_CONV_PASS_BACKWARD_DATA` on this context). Workspace rules and errors: as
+ * `effnet_conv_forward_ws`.
+ *
+ * # Safety
+ * As `effnet_conv_forward_ws`.
+ */
+enum effnet_status effnet_conv_backward_data_ws(const struct effnet_context *ctx,
+                                                const struct effnet_conv_plan *plan,
+                                                const float *dy,
+                                                size_t dy_len,
+                                                const float *w,
+                                                size_t w_len,
+                                                float *dx,
+                                                size_t dx_len,
+                                                void *workspace,
+                                                size_t workspace_bytes);
 
 /**
  * Backward-weight pass: the gradients of the loss with respect to the weight and
@@ -894,6 +983,29 @@ enum effnet_status effnet_conv_backward_weight(const struct effnet_context *ctx,
                                                float *dbias,
                                                size_t dbias_len,
                                                int32_t accumulate);
+
+/**
+ * `effnet_conv_backward_weight` with its scratch memory in the caller's `workspace`
+ * of `workspace_bytes` bytes (at least what `effnet_conv_workspace_size` reports for
+ * `EFFNET_CONV_PASS_BACKWARD_WEIGHT` on this context; the same size with or without
+ * `dbias`). Workspace rules and errors: as `effnet_conv_forward_ws`.
+ *
+ * # Safety
+ * As `effnet_conv_forward_ws`.
+ */
+enum effnet_status effnet_conv_backward_weight_ws(const struct effnet_context *ctx,
+                                                  const struct effnet_conv_plan *plan,
+                                                  const float *x,
+                                                  size_t x_len,
+                                                  const float *dy,
+                                                  size_t dy_len,
+                                                  float *dw,
+                                                  size_t dw_len,
+                                                  float *dbias,
+                                                  size_t dbias_len,
+                                                  int32_t accumulate,
+                                                  void *workspace,
+                                                  size_t workspace_bytes);
 
 /**
  * Creates an EfficientNet by architecture name (e.g. `"efficientnet_b0"`,

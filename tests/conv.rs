@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::conv::{ConvCase, Passes};
+use common::conv::{ConvCase, Passes, fixed_shapes};
 use common::{dot, in_pool, levels, proptest_cases, rel_err};
 use effnet::Error;
 use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, GradMode, Padding};
@@ -137,39 +137,6 @@ proptest! {
     fn stem_matches_reference(d in desc("stem"), seed in any::<u64>()) {
         check_against_reference(&d, seed)?;
     }
-}
-
-/// Named shapes that must work whatever proptest draws: the special cases of the
-/// issue (stride 2 with odd inputs, TF-SAME, every fast group size, wide channels).
-fn fixed_shapes() -> Vec<ConvDesc> {
-    let mut v = vec![
-        ConvDesc::depthwise(2, (9, 11), 40, 3, 2),
-        ConvDesc::depthwise(1, (7, 7), 35, 5, 1),
-        ConvDesc::depthwise(1, (13, 6), 19, 7, 2),
-        ConvDesc::depthwise(3, (15, 15), 96, 5, 2).with_tf_same_padding(),
-        ConvDesc::pointwise(2, (5, 7), 37, 29),
-        ConvDesc::pointwise(1, (9, 9), 16, 48).with_stride(2),
-        ConvDesc::new(2, (17, 15), 3, 32, (3, 3))
-            .with_stride(2)
-            .with_tf_same_padding(),
-        ConvDesc::new(1, (6, 5), 8, 8, (3, 3))
-            .with_dilation(2)
-            .with_symmetric_padding(),
-    ];
-    for gs in [8, 16, 32] {
-        v.push(
-            ConvDesc::new(2, (9, 7), gs * 3, gs * 3, (3, 3))
-                .with_group_size(gs)
-                .with_stride(2)
-                .with_symmetric_padding(),
-        );
-        v.push(
-            ConvDesc::new(1, (6, 6), gs * 2, gs * 4, (5, 5))
-                .with_group_size(gs)
-                .with_tf_same_padding(),
-        );
-    }
-    v
 }
 
 #[test]

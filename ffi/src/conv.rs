@@ -1,6 +1,10 @@
 //! Convolution: descriptor, plan, shape query and the three passes.
 
-use effnet_core::kernels::conv::{Conv2d, ConvDesc, ConvFamily, DType, GradMode, Padding};
+use std::ffi::c_void;
+
+use effnet_core::kernels::conv::{
+    Conv2d, ConvDesc, ConvFamily, ConvPass, DType, GradMode, Padding,
+};
 
 use crate::buffers::{self, Buf};
 use crate::context::effnet_context;
@@ -106,6 +110,29 @@ pub enum effnet_conv_family {
     EFFNET_CONV_POINTWISE = 1,
     /// Everything else: grouped (G16, …) and dense k×k.
     EFFNET_CONV_GROUPED = 2,
+}
+
+/// A pass of a convolution (the `pass` argument of `effnet_conv_workspace_size`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum effnet_conv_pass {
+    /// `effnet_conv_forward` / `effnet_conv_forward_ws`.
+    EFFNET_CONV_PASS_FORWARD = 0,
+    /// `effnet_conv_backward_data` / `effnet_conv_backward_data_ws`.
+    EFFNET_CONV_PASS_BACKWARD_DATA = 1,
+    /// `effnet_conv_backward_weight` / `effnet_conv_backward_weight_ws`.
+    EFFNET_CONV_PASS_BACKWARD_WEIGHT = 2,
+}
+
+fn pass_of(v: u32) -> Outcome<ConvPass> {
+    match v {
+        0 => Ok(ConvPass::Forward),
+        1 => Ok(ConvPass::BackwardData),
+        2 => Ok(ConvPass::BackwardWeight),
+        _ => Err(Failure::invalid(format!(
+            "pass = {v} is not an effnet_conv_pass"
+        ))),
+    }
 }
 
 /// What `effnet_conv_plan_shape` reports about a plan. Set `struct_size =
@@ -325,6 +352,66 @@ unsafe fn ctx_and_plan<'a>(
     Ok((ctx, &plan.conv))
 }
 
+/// Writes to `*out_bytes` the size in bytes of the workspace that pass `pass` (an
+/// `effnet_conv_pass` value) of `plan` needs when it runs on `ctx`'s threads: pass a
+/// buffer of at least that many bytes to the `_ws` form of the pass. The size depends
+/// on the plan, the pass, the context's thread count and the SIMD level this process
+/// runs (fixed at startup, or by `EFFNET_SIMD`); query once and reuse the buffer for
+/// every call of that pass with that context. A size of 0 means the pass needs no
+/// workspace (NULL with 0 bytes is then accepted).
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type handle, an unknown
+/// `pass`, or a NULL or misaligned `out_bytes`.
+///
+/// # Safety
+/// `ctx` and `plan` are NULL or handles of their types; `out_bytes` is NULL or points
+/// to a writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_workspace_size(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    pass: u32,
+    out_bytes: *mut usize,
+) -> effnet_status {
+    guard("effnet_conv_workspace_size", || {
+        // SAFETY: the caller's contract.
+        let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
+        let pass = pass_of(pass)?;
+        handle::check_out_value(out_bytes, "`out_bytes`")?;
+        let bytes = workspace_bytes(ctx, conv, pass)?;
+        // SAFETY: checked non-NULL and aligned; writable by the caller's contract.
+        unsafe { out_bytes.write(bytes) };
+        Ok(())
+    })
+}
+
+/// The workspace bytes `pass` needs on `ctx`'s threads.
+fn workspace_bytes(ctx: &effnet_context, conv: &Conv2d, pass: ConvPass) -> Outcome<usize> {
+    let floats = ctx.install(|| conv.workspace_len(pass, 0));
+    floats
+        .checked_mul(size_of::<f32>())
+        .ok_or_else(|| Failure::invalid("the workspace size overflows size_t"))
+}
+
+/// The workspace argument of a `_ws` pass as a buffer to check with the others (NULL
+/// with 0 bytes is "none"; it is an output: it must not overlap any other buffer).
+fn workspace_buf(ptr: *mut c_void, bytes: usize) -> Buf {
+    let floats = bytes / size_of::<f32>();
+    Buf::output("workspace", ptr.cast(), floats, floats).optional()
+}
+
+/// Fails unless the workspace (`bytes` long) holds what `pass` needs on `ctx`.
+fn check_workspace(ctx: &effnet_context, conv: &Conv2d, pass: ConvPass, bytes: usize) -> Outcome {
+    let need = workspace_bytes(ctx, conv, pass)?;
+    if bytes < need {
+        return Err(Failure::invalid(format!(
+            "`workspace` has {bytes} bytes, the pass needs {need} on this context \
+             (see effnet_conv_workspace_size)"
+        )));
+    }
+    Ok(())
+}
+
 /// Forward pass: `y = conv(x, w) (+ bias)`, run on `ctx`'s threads. `y` is
 /// overwritten.
 ///
@@ -360,28 +447,111 @@ pub unsafe extern "C" fn effnet_conv_forward(
     y_len: usize,
 ) -> effnet_status {
     guard("effnet_conv_forward", || {
-        // SAFETY: the caller's contract.
-        let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
-        let s = conv.shape();
-        let bx = Buf::input("x", x, x_len, s.x_len);
-        let bw = Buf::input("w", w, w_len, s.w_len);
-        let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
-        let by = Buf::output("y", y, y_len, s.y_len);
-        buffers::check(&[bx, bw, bb, by])?;
-        // SAFETY: checked above; readable/writable and exclusive by the caller's
-        // contract.
-        let (x, w, bias, y) = unsafe {
-            (
-                buffers::input(&bx),
-                buffers::input(&bw),
-                buffers::opt_input(&bb),
-                buffers::output(&by),
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            forward(
+                ctx, plan, x, x_len, w, w_len, bias, bias_len, y, y_len, None,
             )
-        };
-        ctx.install(|| conv.forward(x, w, bias, y))?;
-        Ok(())
+        }
     })
 }
+
+/// `effnet_conv_forward` with its scratch memory in the caller's `workspace` of
+/// `workspace_bytes` bytes (at least what `effnet_conv_workspace_size` reports for
+/// `EFFNET_CONV_PASS_FORWARD` on this context; any contents, left unspecified). The
+/// same results, bit for bit; the call then allocates no tensor-sized memory.
+///
+/// `workspace` must be aligned to `float` (64 bytes is best), must not overlap any
+/// other buffer, and may be NULL only with `workspace_bytes = 0` when the pass needs
+/// none. It must not be used by another call at the same time.
+///
+/// Errors: as `effnet_conv_forward`, and `EFFNET_INVALID_ARGUMENT` for a workspace
+/// that is too small, misaligned, overlapping, or NULL with a non-zero size.
+///
+/// # Safety
+/// As `effnet_conv_forward`; `workspace` is NULL or points to `workspace_bytes`
+/// writable bytes not accessed by anyone else during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_forward_ws(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    x: *const f32,
+    x_len: usize,
+    w: *const f32,
+    w_len: usize,
+    bias: *const f32,
+    bias_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_conv_forward_ws", || {
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { forward(ctx, plan, x, x_len, w, w_len, bias, bias_len, y, y_len, ws) }
+    })
+}
+
+/// The forward entry points; `ws` is the workspace argument of the `_ws` form.
+///
+/// # Safety
+/// As `effnet_conv_forward_ws`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    x: *const f32,
+    x_len: usize,
+    w: *const f32,
+    w_len: usize,
+    bias: *const f32,
+    bias_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    ws: Option<(*mut c_void, usize)>,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
+    let s = conv.shape();
+    let bx = Buf::input("x", x, x_len, s.x_len);
+    let bw = Buf::input("w", w, w_len, s.w_len);
+    let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
+    let by = Buf::output("y", y, y_len, s.y_len);
+    let bws = ws.map(|(p, n)| workspace_buf(p, n));
+    buffers::check(&[bx, bw, bb, by, bws.unwrap_or(NO_WORKSPACE)])?;
+    // SAFETY: checked above; readable/writable and exclusive by the caller's
+    // contract.
+    let (x, w, bias, y, wsb) = unsafe {
+        (
+            buffers::input(&bx),
+            buffers::input(&bw),
+            buffers::opt_input(&bb),
+            buffers::output(&by),
+            bws.as_ref().map(|b| buffers::opt_output(b)),
+        )
+    };
+    match (wsb, ws) {
+        (Some(wsb), Some((_, bytes))) => {
+            check_workspace(ctx, conv, ConvPass::Forward, bytes)?;
+            let ws = wsb.unwrap_or_default();
+            ctx.install(|| conv.forward_with_workspace(x, w, bias, y, ws))?
+        }
+        _ => ctx.install(|| conv.forward(x, w, bias, y))?,
+    }
+    Ok(())
+}
+
+/// Stands for "no workspace argument" in a buffer check (NULL, optional, 0 elements).
+const NO_WORKSPACE: Buf = Buf {
+    name: "workspace",
+    ptr: std::ptr::null(),
+    len: 0,
+    expected: 0,
+    optional: true,
+    output: true,
+    elem_bytes: size_of::<f32>(),
+};
 
 /// Backward-data pass: `dx = conv_transpose(dy, w)`, the gradient of the loss with
 /// respect to the input (the adjoint of the forward pass in `x`), run on `ctx`'s
@@ -409,25 +579,81 @@ pub unsafe extern "C" fn effnet_conv_backward_data(
     dx_len: usize,
 ) -> effnet_status {
     guard("effnet_conv_backward_data", || {
-        // SAFETY: the caller's contract.
-        let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
-        let s = conv.shape();
-        let bdy = Buf::input("dy", dy, dy_len, s.y_len);
-        let bw = Buf::input("w", w, w_len, s.w_len);
-        let bdx = Buf::output("dx", dx, dx_len, s.x_len);
-        buffers::check(&[bdy, bw, bdx])?;
-        // SAFETY: checked above; readable/writable and exclusive by the caller's
-        // contract.
-        let (dy, w, dx) = unsafe {
-            (
-                buffers::input(&bdy),
-                buffers::input(&bw),
-                buffers::output(&bdx),
-            )
-        };
-        ctx.install(|| conv.backward_data(dy, w, dx))?;
-        Ok(())
+        // SAFETY: forwarded from this function's contract.
+        unsafe { backward_data(ctx, plan, dy, dy_len, w, w_len, dx, dx_len, None) }
     })
+}
+
+/// `effnet_conv_backward_data` with its scratch memory in the caller's `workspace` of
+/// `workspace_bytes` bytes (at least what `effnet_conv_workspace_size` reports for
+/// `EFFNET_CONV_PASS_BACKWARD_DATA` on this context). Workspace rules and errors: as
+/// `effnet_conv_forward_ws`.
+///
+/// # Safety
+/// As `effnet_conv_forward_ws`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_backward_data_ws(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    dy: *const f32,
+    dy_len: usize,
+    w: *const f32,
+    w_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_conv_backward_data_ws", || {
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { backward_data(ctx, plan, dy, dy_len, w, w_len, dx, dx_len, ws) }
+    })
+}
+
+/// The backward-data entry points; `ws` is the workspace argument of the `_ws` form.
+///
+/// # Safety
+/// As `effnet_conv_backward_data_ws`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_data(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    dy: *const f32,
+    dy_len: usize,
+    w: *const f32,
+    w_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+    ws: Option<(*mut c_void, usize)>,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
+    let s = conv.shape();
+    let bdy = Buf::input("dy", dy, dy_len, s.y_len);
+    let bw = Buf::input("w", w, w_len, s.w_len);
+    let bdx = Buf::output("dx", dx, dx_len, s.x_len);
+    let bws = ws.map(|(p, n)| workspace_buf(p, n));
+    buffers::check(&[bdy, bw, bdx, bws.unwrap_or(NO_WORKSPACE)])?;
+    // SAFETY: checked above; readable/writable and exclusive by the caller's
+    // contract.
+    let (dy, w, dx, wsb) = unsafe {
+        (
+            buffers::input(&bdy),
+            buffers::input(&bw),
+            buffers::output(&bdx),
+            bws.as_ref().map(|b| buffers::opt_output(b)),
+        )
+    };
+    match (wsb, ws) {
+        (Some(wsb), Some((_, bytes))) => {
+            check_workspace(ctx, conv, ConvPass::BackwardData, bytes)?;
+            let ws = wsb.unwrap_or_default();
+            ctx.install(|| conv.backward_data_with_workspace(dy, w, dx, ws))?
+        }
+        _ => ctx.install(|| conv.backward_data(dy, w, dx))?,
+    }
+    Ok(())
 }
 
 /// Backward-weight pass: the gradients of the loss with respect to the weight and
@@ -467,28 +693,116 @@ pub unsafe extern "C" fn effnet_conv_backward_weight(
     accumulate: i32,
 ) -> effnet_status {
     guard("effnet_conv_backward_weight", || {
-        // SAFETY: the caller's contract.
-        let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
-        let mode = grad_mode(accumulate)?;
-        let s = conv.shape();
-        let bx = Buf::input("x", x, x_len, s.x_len);
-        let bdy = Buf::input("dy", dy, dy_len, s.y_len);
-        let bdw = Buf::output("dw", dw, dw_len, s.w_len);
-        let bdb = Buf::output("dbias", dbias, dbias_len, s.desc.out_channels).optional();
-        buffers::check(&[bx, bdy, bdw, bdb])?;
-        // SAFETY: checked above; readable/writable and exclusive by the caller's
-        // contract.
-        let (x, dy, dw, dbias) = unsafe {
-            (
-                buffers::input(&bx),
-                buffers::input(&bdy),
-                buffers::output(&bdw),
-                buffers::opt_output(&bdb),
+        let (bufs, ws) = ([x, dy], None);
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            backward_weight(
+                ctx,
+                plan,
+                bufs,
+                [x_len, dy_len],
+                dw,
+                dw_len,
+                dbias,
+                dbias_len,
+                accumulate,
+                ws,
             )
-        };
-        ctx.install(|| conv.backward_weight(x, dy, dw, dbias, mode))?;
-        Ok(())
+        }
     })
+}
+
+/// `effnet_conv_backward_weight` with its scratch memory in the caller's `workspace`
+/// of `workspace_bytes` bytes (at least what `effnet_conv_workspace_size` reports for
+/// `EFFNET_CONV_PASS_BACKWARD_WEIGHT` on this context; the same size with or without
+/// `dbias`). Workspace rules and errors: as `effnet_conv_forward_ws`.
+///
+/// # Safety
+/// As `effnet_conv_forward_ws`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_backward_weight_ws(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    x: *const f32,
+    x_len: usize,
+    dy: *const f32,
+    dy_len: usize,
+    dw: *mut f32,
+    dw_len: usize,
+    dbias: *mut f32,
+    dbias_len: usize,
+    accumulate: i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_conv_backward_weight_ws", || {
+        let (bufs, ws) = ([x, dy], Some((workspace, workspace_bytes)));
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            backward_weight(
+                ctx,
+                plan,
+                bufs,
+                [x_len, dy_len],
+                dw,
+                dw_len,
+                dbias,
+                dbias_len,
+                accumulate,
+                ws,
+            )
+        }
+    })
+}
+
+/// The backward-weight entry points (`[x, dy]` and their counts); `ws` is the workspace
+/// argument of the `_ws` form.
+///
+/// # Safety
+/// As `effnet_conv_backward_weight_ws`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_weight(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    [x, dy]: [*const f32; 2],
+    [x_len, dy_len]: [usize; 2],
+    dw: *mut f32,
+    dw_len: usize,
+    dbias: *mut f32,
+    dbias_len: usize,
+    accumulate: i32,
+    ws: Option<(*mut c_void, usize)>,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
+    let mode = grad_mode(accumulate)?;
+    let s = conv.shape();
+    let bx = Buf::input("x", x, x_len, s.x_len);
+    let bdy = Buf::input("dy", dy, dy_len, s.y_len);
+    let bdw = Buf::output("dw", dw, dw_len, s.w_len);
+    let bdb = Buf::output("dbias", dbias, dbias_len, s.desc.out_channels).optional();
+    let bws = ws.map(|(p, n)| workspace_buf(p, n));
+    buffers::check(&[bx, bdy, bdw, bdb, bws.unwrap_or(NO_WORKSPACE)])?;
+    // SAFETY: checked above; readable/writable and exclusive by the caller's
+    // contract.
+    let (x, dy, dw, dbias, wsb) = unsafe {
+        (
+            buffers::input(&bx),
+            buffers::input(&bdy),
+            buffers::output(&bdw),
+            buffers::opt_output(&bdb),
+            bws.as_ref().map(|b| buffers::opt_output(b)),
+        )
+    };
+    match (wsb, ws) {
+        (Some(wsb), Some((_, bytes))) => {
+            check_workspace(ctx, conv, ConvPass::BackwardWeight, bytes)?;
+            let ws = wsb.unwrap_or_default();
+            ctx.install(|| conv.backward_weight_with_workspace(x, dy, dw, dbias, mode, ws))?
+        }
+        _ => ctx.install(|| conv.backward_weight(x, dy, dw, dbias, mode))?,
+    }
+    Ok(())
 }
 
 #[cfg(test)]

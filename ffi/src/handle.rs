@@ -74,12 +74,18 @@ fn live() -> MutexGuard<'static, BTreeMap<usize, Kind>> {
 
 /// Checks an out-parameter for a new handle (`T **out`): non-NULL and aligned.
 pub fn check_out<T>(out: *mut *mut T, what: &str) -> Outcome {
+    check_out_value(out, what)
+}
+
+/// Checks an out-parameter of any type (`size_t*`, …): not NULL, aligned for `P`.
+pub fn check_out_value<P>(out: *mut P, what: &str) -> Outcome {
     if out.is_null() {
         return Err(Failure::invalid(format!("{what} is NULL")));
     }
-    if !(out as usize).is_multiple_of(align_of::<*mut T>()) {
+    if !(out as usize).is_multiple_of(align_of::<P>()) {
         return Err(Failure::invalid(format!(
-            "{what} is not aligned for a pointer"
+            "{what} is not aligned to {} bytes",
+            align_of::<P>()
         )));
     }
     Ok(())

@@ -28,9 +28,11 @@ pub mod status;
 
 pub use context::{effnet_context, effnet_context_create, effnet_context_destroy};
 pub use conv::{
-    effnet_conv_backward_data, effnet_conv_backward_weight, effnet_conv_desc, effnet_conv_family,
-    effnet_conv_forward, effnet_conv_plan, effnet_conv_plan_create, effnet_conv_plan_destroy,
-    effnet_conv_plan_shape, effnet_conv_shape, effnet_dtype,
+    effnet_conv_backward_data, effnet_conv_backward_data_ws, effnet_conv_backward_weight,
+    effnet_conv_backward_weight_ws, effnet_conv_desc, effnet_conv_family, effnet_conv_forward,
+    effnet_conv_forward_ws, effnet_conv_pass, effnet_conv_plan, effnet_conv_plan_create,
+    effnet_conv_plan_destroy, effnet_conv_plan_shape, effnet_conv_shape,
+    effnet_conv_workspace_size, effnet_dtype,
 };
 pub use model::{
     effnet_model, effnet_model_create, effnet_model_desc, effnet_model_destroy,

@@ -22,6 +22,7 @@
 
 use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Maximum depth of one `k` block with a packed `B`: the panel streams from L2 while a
@@ -145,18 +146,19 @@ pub(crate) fn padded_cols(level: SimdLevel, n: usize) -> usize {
 }
 
 /// `B` packed into column panels for one SIMD level: each panel is `k` rows of
-/// `nv·lanes` floats, zero beyond the last column.
-pub(crate) struct PackedB {
+/// `nv·lanes` floats, zero beyond the last column. The packed data is owned
+/// ([`PackedB::new`]) or lives in a caller's workspace ([`PackedB::new_in`]).
+pub(crate) struct PackedB<'a> {
     level: SimdLevel,
     k: usize,
     n: usize,
     panels: Vec<Panel>,
-    data: Vec<f32>,
+    data: Cow<'a, [f32]>,
 }
 
-impl PackedB {
+impl PackedB<'static> {
     /// Packs the `k × n` matrix with element `(p, j)` at `b[p·rs + j·cs]` (in parallel,
-    /// in cache-sized blocks).
+    /// in cache-sized blocks) into a buffer of its own.
     ///
     /// # Panics
     /// If `b` is too short.
@@ -168,61 +170,113 @@ impl PackedB {
         rs: usize,
         cs: usize,
     ) -> Self {
-        if k > 0 && n > 0 {
-            assert!((k - 1) * rs + (n - 1) * cs < b.len(), "B is too short");
-        }
-        let level = level.min(crate::simd::detected());
-        let lanes = level.lanes();
-        let panels = panels(level, n, k);
-        let total = panels.last().map_or(0, |p| p.offset + k * p.nv * lanes);
-        let mut data = vec![0.0f32; total];
-        let mut slices = Vec::with_capacity(panels.len());
-        let mut rest = data.as_mut_slice();
-        for p in &panels {
-            let (head, tail) = rest.split_at_mut(k * p.nv * lanes);
-            slices.push((*p, head));
-            rest = tail;
-        }
-        slices.into_par_iter().for_each(|(p, out)| {
-            let width = p.nv * lanes;
-            if cs == 1 {
-                // Row-major source: each panel row is one contiguous run.
-                for (q, row) in out.chunks_exact_mut(width).enumerate() {
-                    let src = q * rs + p.col;
-                    row[..p.valid].copy_from_slice(&b[src..src + p.valid]);
-                }
-            } else {
-                // Strided source (a transpose): 16 columns at a time, so that the
-                // reads walk 16 sources in step and the writes fill whole runs.
-                const T: usize = 16;
-                for j0 in (0..p.valid).step_by(T) {
-                    let jn = T.min(p.valid - j0);
-                    let src: [usize; T] =
-                        std::array::from_fn(|j| (p.col + j0 + j.min(jn - 1)) * cs);
-                    for (q, row) in out.chunks_exact_mut(width).enumerate() {
-                        let d = &mut row[j0..j0 + jn];
-                        for (j, d) in d.iter_mut().enumerate() {
-                            *d = b[src[j] + q * rs];
-                        }
-                    }
-                }
-            }
-        });
+        let mut data = vec![0.0f32; Self::packed_len(level, k, n)];
+        let panels = pack(level, k, n, b, rs, cs, &mut data);
         PackedB {
-            level,
+            level: level.min(crate::simd::detected()),
             k,
             n,
             panels,
-            data,
+            data: Cow::Owned(data),
         }
     }
+}
+
+impl<'a> PackedB<'a> {
+    /// Floats of packed data for a `k × n` matrix at `level`.
+    pub(crate) fn packed_len(level: SimdLevel, k: usize, n: usize) -> usize {
+        let level = level.min(crate::simd::detected());
+        panels(level, n, k)
+            .last()
+            .map_or(0, |p| p.offset + k * p.nv * level.lanes())
+    }
+
+    /// [`PackedB::new`] into `buf` (at least [`PackedB::packed_len`] floats, any
+    /// contents).
+    ///
+    /// # Panics
+    /// If `b` or `buf` is too short.
+    pub(crate) fn new_in(
+        level: SimdLevel,
+        k: usize,
+        n: usize,
+        b: &[f32],
+        rs: usize,
+        cs: usize,
+        buf: &'a mut [f32],
+    ) -> Self {
+        let buf = &mut buf[..Self::packed_len(level, k, n)];
+        let panels = pack(level, k, n, b, rs, cs, buf);
+        PackedB {
+            level: level.min(crate::simd::detected()),
+            k,
+            n,
+            panels,
+            data: Cow::Borrowed(buf),
+        }
+    }
+}
+
+/// Packs `B` (element `(p, j)` at `b[p·rs + j·cs]`) into `data` (exactly the packed
+/// length; every element written, padding columns zeroed) and returns the panels.
+fn pack(
+    level: SimdLevel,
+    k: usize,
+    n: usize,
+    b: &[f32],
+    rs: usize,
+    cs: usize,
+    data: &mut [f32],
+) -> Vec<Panel> {
+    if k > 0 && n > 0 {
+        assert!((k - 1) * rs + (n - 1) * cs < b.len(), "B is too short");
+    }
+    let level = level.min(crate::simd::detected());
+    let lanes = level.lanes();
+    let panels = panels(level, n, k);
+    let mut slices = Vec::with_capacity(panels.len());
+    let mut rest = data;
+    for p in &panels {
+        let (head, tail) = rest.split_at_mut(k * p.nv * lanes);
+        slices.push((*p, head));
+        rest = tail;
+    }
+    slices.into_par_iter().for_each(|(p, out)| {
+        let width = p.nv * lanes;
+        if p.valid < width {
+            // The columns past `n` must read zero.
+            out.fill(0.0);
+        }
+        if cs == 1 {
+            // Row-major source: each panel row is one contiguous run.
+            for (q, row) in out.chunks_exact_mut(width).enumerate() {
+                let src = q * rs + p.col;
+                row[..p.valid].copy_from_slice(&b[src..src + p.valid]);
+            }
+        } else {
+            // Strided source (a transpose): 16 columns at a time, so that the
+            // reads walk 16 sources in step and the writes fill whole runs.
+            const T: usize = 16;
+            for j0 in (0..p.valid).step_by(T) {
+                let jn = T.min(p.valid - j0);
+                let src: [usize; T] = std::array::from_fn(|j| (p.col + j0 + j.min(jn - 1)) * cs);
+                for (q, row) in out.chunks_exact_mut(width).enumerate() {
+                    let d = &mut row[j0..j0 + jn];
+                    for (j, d) in d.iter_mut().enumerate() {
+                        *d = b[src[j] + q * rs];
+                    }
+                }
+            }
+        }
+    });
+    panels
 }
 
 /// The `B` operand of a product.
 #[derive(Copy, Clone)]
 pub(crate) enum BOperand<'a> {
     /// Packed once (the weights of a layer).
-    Packed(&'a PackedB),
+    Packed(&'a PackedB<'a>),
     /// Read in place: element `(p, j)` at `data[p·rs + j]`.
     Rows {
         /// The matrix.
@@ -822,6 +876,24 @@ mod tests {
                         "{level} ({i},{j}) {got} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Packing into a stale workspace (NaN everywhere) gives the owned packing's bits,
+    /// padding columns included.
+    #[test]
+    fn packing_in_place_matches_owned_packing() {
+        for level in SimdLevel::available() {
+            for &(k, n, rs, cs) in &[(7, 5, 5, 1), (9, 37, 1, 9), (3, 64, 64, 1)] {
+                let b = rand(k * n, 7);
+                let owned = PackedB::new(level, k, n, &b, rs, cs);
+                let len = PackedB::packed_len(level, k, n);
+                let mut buf = vec![f32::NAN; len + 3];
+                let inplace = PackedB::new_in(level, k, n, &b, rs, cs, &mut buf);
+                let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&owned.data), bits(&inplace.data), "{level} k{k} n{n}");
+                assert_eq!(owned.data.len(), len);
             }
         }
     }

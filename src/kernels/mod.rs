@@ -15,3 +15,4 @@ pub mod pool;
 pub mod proxy_norm;
 pub mod reduce;
 pub mod regularize;
+pub mod scratch;

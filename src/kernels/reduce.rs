@@ -1,6 +1,6 @@
 //! Column sums of row-major matrices: bias gradients and per-channel statistics.
 
-use super::parallel::{chunk_len, reduce_chunks};
+use super::parallel::{chunk_len, partials_len, reduce_chunks_in};
 use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
 
 /// Adds the `rows × cols` row-major matrix `m`'s rows into `acc` (`acc[c] += Σ_r m[r][c]`).
@@ -47,14 +47,42 @@ pub(crate) fn add_rows(level: SimdLevel, m: &[f32], acc: &mut [f32]) {
 /// `out[c] (+)= Σ_r m[r·cols + c]` for a row-major `rows × cols` matrix, deterministic
 /// for any thread count. `m.len()` must be a multiple of `cols` (= `out.len()`).
 pub fn column_sums(level: SimdLevel, m: &[f32], out: &mut [f32], accumulate: bool) {
+    let mut partials = vec![0.0f32; column_sums_scratch(m.len(), out.len())];
+    column_sums_in(level, m, out, accumulate, &mut partials);
+}
+
+/// Rows per chunk of [`column_sums`] (a function of the shape only).
+fn column_chunk(rows: usize, cols: usize) -> usize {
+    chunk_len(rows, (16384 / cols.max(1)).max(1), 64)
+}
+
+/// Floats of partial sums [`column_sums_in`] needs for an `m_len`-element matrix of
+/// `cols` columns (at most 64 chunks of `cols`).
+pub fn column_sums_scratch(m_len: usize, cols: usize) -> usize {
+    if cols == 0 {
+        return 0;
+    }
+    let rows = m_len / cols;
+    partials_len(rows, column_chunk(rows, cols), cols)
+}
+
+/// [`column_sums`] with its partial sums in `partials` (at least
+/// [`column_sums_scratch`] floats, any contents).
+pub fn column_sums_in(
+    level: SimdLevel,
+    m: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+    partials: &mut [f32],
+) {
     let cols = out.len();
     if cols == 0 {
         return;
     }
     debug_assert!(m.len().is_multiple_of(cols));
     let rows = m.len() / cols;
-    let chunk = chunk_len(rows, (16384 / cols).max(1), 64);
-    reduce_chunks(rows, chunk, out, accumulate, |r, part| {
+    let chunk = column_chunk(rows, cols);
+    reduce_chunks_in(rows, chunk, out, accumulate, partials, |r, part| {
         add_rows(level, &m[r.start * cols..r.end * cols], part)
     });
 }

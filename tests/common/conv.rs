@@ -3,7 +3,7 @@
 
 use super::Rng;
 use effnet::Result;
-use effnet::kernels::conv::{Conv2d, ConvDesc, ConvShape, GradMode, reference};
+use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvShape, GradMode, reference};
 use effnet::simd::{self, SimdLevel};
 
 /// Random operands of one convolution: input, weights, bias and output gradient.
@@ -36,10 +36,19 @@ pub struct Family {
     pub backward_weight: WeightFn,
 }
 
-/// Where the passes come from: the `Conv2d` plan or one family's functions.
+/// Where the passes come from: the `Conv2d` plan, the plan's workspace passes (each
+/// call with a workspace of exactly `workspace_len` floats for the current pool,
+/// filled with NaN so that reading stale contents shows), or one family's functions.
 pub enum Passes<'a> {
     Plan(&'a Conv2d),
+    Workspace(&'a Conv2d),
     Family(&'a Family),
+}
+
+/// A workspace of exactly the length `pass` of `c` needs in the current pool, full of
+/// NaN.
+pub fn stale_workspace(c: &Conv2d, pass: ConvPass) -> Vec<f32> {
+    vec![f32::NAN; c.workspace_len(pass, rayon::current_num_threads())]
 }
 
 /// Every pass's result: forward with and without bias, both gradients overwritten,
@@ -78,6 +87,9 @@ impl Passes<'_> {
     fn forward(&self, s: &ConvShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
         match self {
             Passes::Plan(c) => c.forward(x, w, b, y),
+            Passes::Workspace(c) => {
+                c.forward_with_workspace(x, w, b, y, &mut stale_workspace(c, ConvPass::Forward))
+            }
             Passes::Family(f) => (f.forward)(simd::active(), s, x, w, b, y),
         }
         .unwrap()
@@ -85,6 +97,10 @@ impl Passes<'_> {
     fn backward_data(&self, s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
         match self {
             Passes::Plan(c) => c.backward_data(dy, w, dx),
+            Passes::Workspace(c) => {
+                let mut ws = stale_workspace(c, ConvPass::BackwardData);
+                c.backward_data_with_workspace(dy, w, dx, &mut ws)
+            }
             Passes::Family(f) => (f.backward_data)(simd::active(), s, dy, w, dx),
         }
         .unwrap()
@@ -101,10 +117,47 @@ impl Passes<'_> {
     ) {
         match self {
             Passes::Plan(c) => c.backward_weight(x, dy, dw, db, mode),
+            Passes::Workspace(c) => {
+                let mut ws = stale_workspace(c, ConvPass::BackwardWeight);
+                c.backward_weight_with_workspace(x, dy, dw, db, mode, &mut ws)
+            }
             Passes::Family(f) => (f.backward_weight)(simd::active(), s, x, dy, dw, db, mode),
         }
         .unwrap()
     }
+}
+
+/// Named shapes that must work whatever proptest draws: the special cases of the
+/// issue (stride 2 with odd inputs, TF-SAME, every fast group size, wide channels).
+pub fn fixed_shapes() -> Vec<ConvDesc> {
+    let mut v = vec![
+        ConvDesc::depthwise(2, (9, 11), 40, 3, 2),
+        ConvDesc::depthwise(1, (7, 7), 35, 5, 1),
+        ConvDesc::depthwise(1, (13, 6), 19, 7, 2),
+        ConvDesc::depthwise(3, (15, 15), 96, 5, 2).with_tf_same_padding(),
+        ConvDesc::pointwise(2, (5, 7), 37, 29),
+        ConvDesc::pointwise(1, (9, 9), 16, 48).with_stride(2),
+        ConvDesc::new(2, (17, 15), 3, 32, (3, 3))
+            .with_stride(2)
+            .with_tf_same_padding(),
+        ConvDesc::new(1, (6, 5), 8, 8, (3, 3))
+            .with_dilation(2)
+            .with_symmetric_padding(),
+    ];
+    for gs in [8, 16, 32] {
+        v.push(
+            ConvDesc::new(2, (9, 7), gs * 3, gs * 3, (3, 3))
+                .with_group_size(gs)
+                .with_stride(2)
+                .with_symmetric_padding(),
+        );
+        v.push(
+            ConvDesc::new(1, (6, 6), gs * 2, gs * 4, (5, 5))
+                .with_group_size(gs)
+                .with_tf_same_padding(),
+        );
+    }
+    v
 }
 
 impl ConvCase {

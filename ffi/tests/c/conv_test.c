@@ -201,6 +201,79 @@ static void label(char *buf, size_t size, const char *name, const char *what) {
     snprintf(buf, size, "%s: %s", name, what);
 }
 
+/* Caller-owned workspaces: each _ws pass, given a workspace of exactly the queried size
+ * full of stale bytes (NaN patterns), gives the allocating pass's bits; a workspace one
+ * float short, NULL with a size, misaligned or overlapping an output is rejected. */
+static void workspace_case(const char *name, effnet_context *ctx, effnet_conv_plan *plan,
+                           effnet_conv_family family, const float *x, size_t xl,
+                           const float *w, size_t wl, const float *b, size_t bl,
+                           const float *dy, size_t yl) {
+    char what[256];
+    size_t bytes[3] = {0, 0, 0};
+    const uint32_t passes[3] = {EFFNET_CONV_PASS_FORWARD, EFFNET_CONV_PASS_BACKWARD_DATA,
+                                EFFNET_CONV_PASS_BACKWARD_WEIGHT};
+    for (int p = 0; p < 3; p++) {
+        label(what, sizeof what, name, "workspace size query");
+        expect(effnet_conv_workspace_size(ctx, plan, passes[p], &bytes[p]), EFFNET_OK, NULL,
+               what);
+    }
+    label(what, sizeof what, name, "workspace sizes are whole floats (pointwise: not 0)");
+    check(bytes[0] % 4 == 0 && bytes[1] % 4 == 0 && bytes[2] % 4 == 0 &&
+              (family != EFFNET_CONV_POINTWISE || (bytes[0] && bytes[1] && bytes[2])),
+          what, "unexpected sizes");
+    size_t out_len[3] = {yl, xl, wl + bl};
+    for (int p = 0; p < 3; p++) {
+        size_t n = out_len[p];
+        float *want = filled(n, NAN), *got = filled(n, NAN);
+        /* +64 so that the workspace can also start off its natural alignment. */
+        unsigned char *ws = malloc(bytes[p] + 64);
+        memset(ws, 0xff, bytes[p] + 64);
+        effnet_status s_want, s_got, s_short = EFFNET_OK;
+        switch (p) {
+        case 0:
+            s_want = effnet_conv_forward(ctx, plan, x, xl, w, wl, b, bl, want, yl);
+            s_got = effnet_conv_forward_ws(ctx, plan, x, xl, w, wl, b, bl, got, yl, ws + 4,
+                                           bytes[p]);
+            if (bytes[p] >= 4)
+                s_short = effnet_conv_forward_ws(ctx, plan, x, xl, w, wl, b, bl, got, yl, ws,
+                                                 bytes[p] - 4);
+            break;
+        case 1:
+            s_want = effnet_conv_backward_data(ctx, plan, dy, yl, w, wl, want, xl);
+            s_got = effnet_conv_backward_data_ws(ctx, plan, dy, yl, w, wl, got, xl, ws + 4,
+                                                 bytes[p]);
+            if (bytes[p] >= 4)
+                s_short = effnet_conv_backward_data_ws(ctx, plan, dy, yl, w, wl, got, xl, ws,
+                                                       bytes[p] - 4);
+            break;
+        default:
+            s_want = effnet_conv_backward_weight(ctx, plan, x, xl, dy, yl, want, wl,
+                                                 want + wl, bl, 0);
+            s_got = effnet_conv_backward_weight_ws(ctx, plan, x, xl, dy, yl, got, wl,
+                                                   got + wl, bl, 0, ws + 4, bytes[p]);
+            if (bytes[p] >= 4)
+                s_short = effnet_conv_backward_weight_ws(ctx, plan, x, xl, dy, yl, got, wl,
+                                                         got + wl, bl, 0, ws, bytes[p] - 4);
+            break;
+        }
+        static const char *names[3] = {"forward", "backward-data", "backward-weight"};
+        char pass_name[128];
+        snprintf(pass_name, sizeof pass_name, "%s with a caller workspace", names[p]);
+        label(what, sizeof what, name, pass_name);
+        check(s_want == EFFNET_OK && s_got == EFFNET_OK, what, effnet_last_error());
+        snprintf(pass_name, sizeof pass_name, "%s: workspace and allocating give the same bits",
+                 names[p]);
+        label(what, sizeof what, name, pass_name);
+        check(memcmp(want, got, n * sizeof *got) == 0, what, "results differ");
+        if (bytes[p] >= 4) {
+            snprintf(pass_name, sizeof pass_name, "%s: workspace one float short", names[p]);
+            label(what, sizeof what, name, pass_name);
+            expect(s_short, EFFNET_INVALID_ARGUMENT, "workspace", what);
+        }
+        free(want); free(got); free(ws);
+    }
+}
+
 static void run_case(const conv_case *c, effnet_context *ctx1, effnet_context *ctx3) {
     char what[256];
     effnet_conv_plan *plan = NULL;
@@ -294,6 +367,9 @@ static void run_case(const conv_case *c, effnet_context *ctx1, effnet_context *c
            EFFNET_OK, NULL, what);
     label(what, sizeof what, c->name, "backward-weight without dbias matches the reference");
     expect_close(dw1, rdw, NULL, wl, 1.0, what);
+
+    workspace_case(c->name, ctx3, plan, c->family, x, xl, w, wl, b, bl, dy, yl);
+    workspace_case(c->name, ctx1, plan, c->family, x, xl, w, wl, b, bl, dy, yl);
 
     label(what, sizeof what, c->name, "plan destroy");
     expect(effnet_conv_plan_destroy(plan), EFFNET_OK, NULL, what);
@@ -515,6 +591,49 @@ static void misuse(effnet_context *ctx) {
     expect(effnet_conv_backward_weight(ctx, plan, x, n, y, n, dw, wl, NULL, 5, 0),
            EFFNET_INVALID_ARGUMENT, "dbias", "backward-weight: NULL dbias with a count");
 
+    /* Workspaces: the size query and the _ws passes' own misuse. */
+    {
+        size_t bytes = 0;
+        expect(effnet_conv_workspace_size(ctx, plan, 7, &bytes), EFFNET_INVALID_ARGUMENT,
+               "effnet_conv_pass", "workspace size: unknown pass");
+        expect(effnet_conv_workspace_size(ctx, plan, EFFNET_CONV_PASS_FORWARD, NULL),
+               EFFNET_INVALID_ARGUMENT, "out_bytes", "workspace size: NULL out pointer");
+        expect(effnet_conv_workspace_size(NULL, plan, EFFNET_CONV_PASS_FORWARD, &bytes),
+               EFFNET_INVALID_ARGUMENT, "ctx", "workspace size: NULL context");
+        expect(effnet_conv_workspace_size(ctx, NULL, EFFNET_CONV_PASS_FORWARD, &bytes),
+               EFFNET_INVALID_ARGUMENT, "plan", "workspace size: NULL plan");
+        expect(effnet_conv_workspace_size(ctx, plan, EFFNET_CONV_PASS_FORWARD, &bytes),
+               EFFNET_OK, NULL, "workspace size: forward");
+        check(bytes > 0, "workspace size: a pointwise forward needs one", "0 bytes");
+        unsigned char *ws = malloc(bytes + 8);
+        expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, ws, bytes),
+               EFFNET_OK, NULL, "forward_ws: good call");
+        expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, ws, bytes + 8),
+               EFFNET_OK, NULL, "forward_ws: a larger workspace is fine");
+        expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, ws, bytes - 4),
+               EFFNET_INVALID_ARGUMENT, "effnet_conv_workspace_size",
+               "forward_ws: workspace one float short");
+        expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, NULL, 0),
+               EFFNET_INVALID_ARGUMENT, "workspace", "forward_ws: NULL workspace, size 0");
+        expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, NULL, bytes),
+               EFFNET_INVALID_ARGUMENT, "pass 0", "forward_ws: NULL workspace with a size");
+        expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, ws + 1, bytes),
+               EFFNET_INVALID_ARGUMENT, "aligned", "forward_ws: misaligned workspace");
+        expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, y, n * 4),
+               EFFNET_INVALID_ARGUMENT, "overlap", "forward_ws: workspace is y");
+        expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, ws, SIZE_MAX),
+               EFFNET_INVALID_ARGUMENT, "address space", "forward_ws: huge workspace size");
+        expect(effnet_conv_backward_data_ws(ctx, plan, y, n, w, wl, x, n, ws, 4),
+               EFFNET_INVALID_ARGUMENT, "workspace", "backward_data_ws: workspace too small");
+        expect(effnet_conv_backward_weight_ws(ctx, plan, x, n, y, n, dw, wl, NULL, 0, 0, dw,
+                                              wl * 4),
+               EFFNET_INVALID_ARGUMENT, "overlap", "backward_weight_ws: workspace is dw");
+        expect(effnet_conv_backward_weight_ws(ctx, plan, x, n, y, n, dw, wl, NULL, 0, 3, ws,
+                                              bytes),
+               EFFNET_INVALID_ARGUMENT, "accumulate", "backward_weight_ws: accumulate = 3");
+        free(ws);
+    }
+
     /* The last error is per thread, and cleared by the next successful call. */
     {
         const char *seen[2] = {"?", "?"};
@@ -541,6 +660,11 @@ static void misuse(effnet_context *ctx) {
            "not a live", "forward: destroyed plan");
     expect(effnet_conv_backward_data(ctx, plan, y, n, w, wl, x, n), EFFNET_INVALID_ARGUMENT,
            "not a live", "backward-data: destroyed plan");
+    {
+        size_t bytes = 0;
+        expect(effnet_conv_workspace_size(ctx, plan, EFFNET_CONV_PASS_FORWARD, &bytes),
+               EFFNET_INVALID_ARGUMENT, "not a live", "workspace size: destroyed plan");
+    }
     expect(effnet_conv_plan_destroy(plan), EFFNET_INVALID_ARGUMENT, "not a live",
            "plan destroy: twice");
 

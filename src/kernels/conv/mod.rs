@@ -19,6 +19,30 @@
 //! let mut db = vec![0.0f32; 24];
 //! conv.backward_weight(&x, &y, &mut dw, Some(&mut db), GradMode::Overwrite).unwrap();
 //! ```
+//!
+//! # Caller-owned memory
+//! Every pass also exists as `*_with_workspace`, taking its scratch memory (packed
+//! weights, gathered inputs, per-chunk partial sums, per-worker copies) from a buffer
+//! the caller owns: query [`Conv2d::workspace_len`] once per pass and thread count,
+//! allocate it once, pass it to every call (see [`crate::kernels::scratch`] for how it
+//! is carved up). The plain passes allocate exactly that size and call the workspace
+//! forms: one implementation, the same bits.
+//!
+//! ```
+//! use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass};
+//! let conv = Conv2d::new(&ConvDesc::pointwise(2, (8, 8), 32, 48)).unwrap();
+//! let s = *conv.shape();
+//! let threads = rayon::current_num_threads();
+//! let mut ws = vec![0.0f32; conv.workspace_len(ConvPass::Forward, threads)];
+//! let (x, w) = (vec![0.5f32; s.x_len], vec![0.1f32; s.w_len]);
+//! let mut y = vec![0.0f32; s.y_len];
+//! conv.forward_with_workspace(&x, &w, None, &mut y, &mut ws).unwrap();
+//! ```
+//!
+//! What the workspace path still allocates: small descriptors only (`O(C / lanes)`
+//! column panels of the pointwise product). Today the depthwise and grouped families
+//! still allocate their tensor-sized scratch internally (their workspace length is
+//! 0); converting them is the next step.
 
 pub mod depthwise;
 mod desc;
@@ -29,7 +53,7 @@ pub mod reference;
 pub use desc::{ConvDesc, ConvFamily, ConvShape, DType, Padding};
 
 use crate::error::Result;
-use crate::kernels::reduce::column_sums;
+use crate::kernels::reduce::{column_sums_in, column_sums_scratch};
 use crate::simd::{self, SimdLevel};
 
 /// Whether a gradient pass overwrites its output or adds to it.
@@ -47,6 +71,17 @@ impl GradMode {
     pub fn accumulate(self) -> bool {
         self == GradMode::Accumulate
     }
+}
+
+/// One pass of a convolution (for the workspace query).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ConvPass {
+    /// [`Conv2d::forward`].
+    Forward,
+    /// [`Conv2d::backward_data`].
+    BackwardData,
+    /// [`Conv2d::backward_weight`] (with or without the bias gradient).
+    BackwardWeight,
 }
 
 /// A validated convolution with its kernel family chosen: the entry point for the three
@@ -77,29 +112,95 @@ impl Conv2d {
         self.family
     }
 
-    /// `y = conv(x, w) (+ bias)`; `y` is overwritten.
+    /// Floats (`f32` elements, not bytes) of workspace `pass` needs when the call runs
+    /// in a `rayon` pool of `threads` threads (`rayon::current_num_threads()` inside
+    /// it; `0` means the current pool), at the active SIMD level
+    /// ([`crate::simd::active`]; query again after changing it). A workspace sized for
+    /// more threads also serves a smaller pool; for a larger pool it may be short.
+    /// Depends on the shape, the pass, the level and the thread count only.
+    pub fn workspace_len(&self, pass: ConvPass, threads: usize) -> usize {
+        let _threads = if threads == 0 {
+            rayon::current_num_threads()
+        } else {
+            threads
+        };
+        let level = simd::active();
+        match self.family {
+            ConvFamily::Pointwise => pointwise::workspace_len(level, &self.shape, pass),
+            // These still allocate their scratch internally.
+            ConvFamily::Depthwise | ConvFamily::Grouped => 0,
+        }
+    }
+
+    /// Runs `f` with a freshly allocated workspace of exactly the length `pass` needs in
+    /// the current pool.
+    fn allocating<R>(&self, pass: ConvPass, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
+        f(&mut vec![0.0; self.workspace_len(pass, 0)])
+    }
+
+    /// `y = conv(x, w) (+ bias)`; `y` is overwritten. Allocates its workspace; see
+    /// [`Conv2d::forward_with_workspace`].
     pub fn forward(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) -> Result<()> {
+        self.allocating(ConvPass::Forward, |ws| {
+            self.forward_with_workspace(x, w, bias, y, ws)
+        })
+    }
+
+    /// [`Conv2d::forward`] with its scratch in `ws`: at least
+    /// [`Conv2d::workspace_len`]`(ConvPass::Forward, threads)` floats for the pool the
+    /// call runs in, any contents (left unspecified). Errors: the buffer checks of the
+    /// plain pass first, then [`crate::Error::BufferSize`] naming `"workspace"` if `ws`
+    /// is short.
+    pub fn forward_with_workspace(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
         let level = simd::active();
         match self.family {
             ConvFamily::Depthwise => depthwise::forward(level, &self.shape, x, w, bias, y),
-            ConvFamily::Pointwise => pointwise::forward(level, &self.shape, x, w, bias, y),
+            ConvFamily::Pointwise => {
+                pointwise::forward_with_workspace(level, &self.shape, x, w, bias, y, ws)
+            }
             ConvFamily::Grouped => grouped::forward(level, &self.shape, x, w, bias, y),
         }
     }
 
     /// `dx = convᵀ(dy, w)`, the gradient with respect to the input; `dx` is
-    /// overwritten.
+    /// overwritten. Allocates its workspace; see
+    /// [`Conv2d::backward_data_with_workspace`].
     pub fn backward_data(&self, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
+        self.allocating(ConvPass::BackwardData, |ws| {
+            self.backward_data_with_workspace(dy, w, dx, ws)
+        })
+    }
+
+    /// [`Conv2d::backward_data`] with its scratch in `ws` (at least
+    /// [`Conv2d::workspace_len`]`(ConvPass::BackwardData, threads)` floats; errors as
+    /// [`Conv2d::forward_with_workspace`]).
+    pub fn backward_data_with_workspace(
+        &self,
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
         let level = simd::active();
         match self.family {
             ConvFamily::Depthwise => depthwise::backward_data(level, &self.shape, dy, w, dx),
-            ConvFamily::Pointwise => pointwise::backward_data(level, &self.shape, dy, w, dx),
+            ConvFamily::Pointwise => {
+                pointwise::backward_data_with_workspace(level, &self.shape, dy, w, dx, ws)
+            }
             ConvFamily::Grouped => grouped::backward_data(level, &self.shape, dy, w, dx),
         }
     }
 
     /// The gradients with respect to the weight and (if `dbias` is given) the bias,
-    /// overwritten or accumulated according to `mode`.
+    /// overwritten or accumulated according to `mode`. Allocates its workspace; see
+    /// [`Conv2d::backward_weight_with_workspace`].
     pub fn backward_weight(
         &self,
         x: &[f32],
@@ -108,14 +209,38 @@ impl Conv2d {
         dbias: Option<&mut [f32]>,
         mode: GradMode,
     ) -> Result<()> {
+        self.allocating(ConvPass::BackwardWeight, |ws| {
+            self.backward_weight_with_workspace(x, dy, dw, dbias, mode, ws)
+        })
+    }
+
+    /// [`Conv2d::backward_weight`] with its scratch in `ws` (at least
+    /// [`Conv2d::workspace_len`]`(ConvPass::BackwardWeight, threads)` floats; errors as
+    /// [`Conv2d::forward_with_workspace`]).
+    pub fn backward_weight_with_workspace(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        mode: GradMode,
+        ws: &mut [f32],
+    ) -> Result<()> {
         let level = simd::active();
         match self.family {
             ConvFamily::Depthwise => {
                 depthwise::backward_weight(level, &self.shape, x, dy, dw, dbias, mode)
             }
-            ConvFamily::Pointwise => {
-                pointwise::backward_weight(level, &self.shape, x, dy, dw, dbias, mode)
-            }
+            ConvFamily::Pointwise => pointwise::backward_weight_with_workspace(
+                level,
+                &self.shape,
+                x,
+                dy,
+                dw,
+                dbias,
+                mode,
+                ws,
+            ),
             ConvFamily::Grouped => {
                 grouped::backward_weight(level, &self.shape, x, dy, dw, dbias, mode)
             }
@@ -132,6 +257,25 @@ pub fn bias_grad(
     dbias: &mut [f32],
     mode: GradMode,
 ) {
+    let mut partials = vec![0.0f32; bias_grad_scratch(shape)];
+    bias_grad_in(level, shape, dy, dbias, mode, &mut partials);
+}
+
+/// Floats of partial sums [`bias_grad_in`] needs (at most 64 × `C_out`).
+pub fn bias_grad_scratch(shape: &ConvShape) -> usize {
+    column_sums_scratch(shape.y_len, shape.desc.out_channels)
+}
+
+/// [`bias_grad`] with its partial sums in `partials` (at least
+/// [`bias_grad_scratch`] floats, any contents).
+pub fn bias_grad_in(
+    level: SimdLevel,
+    shape: &ConvShape,
+    dy: &[f32],
+    dbias: &mut [f32],
+    mode: GradMode,
+    partials: &mut [f32],
+) {
     debug_assert_eq!(dy.len(), shape.y_len);
-    column_sums(level, dy, dbias, mode.accumulate());
+    column_sums_in(level, dy, dbias, mode.accumulate(), partials);
 }

@@ -13,11 +13,23 @@
 //!   of threads.
 //!
 //! All three run on the crate's register-tiled matrix product (`kernels::gemm`, internal).
+//!
+//! # Workspace
+//! Each pass has a `*_with_workspace` form that takes all its tensor-sized scratch from
+//! the caller ([`workspace_len`] floats, see [`crate::kernels::scratch`]): forward and
+//! backward-data the packed weight (`C_in·C_out` rounded up to whole vectors);
+//! backward-weight the gathered input pixels (`M·C_in`, strided only), the per-chunk
+//! partial sums (at most 64 chunks of `C_in·C_out`, only when there is more than one
+//! chunk), the transposed gradient (`C_in·C_out`, when the product runs transposed)
+//! and the bias partial sums (at most 64 × `C_out`). The plain forms allocate exactly
+//! that and call the workspace forms. What stays allocated inside: the list of column
+//! panels of the product (`O(C / lanes)` small descriptors).
 
-use super::{ConvShape, GradMode, bias_grad};
+use super::{ConvPass, ConvShape, GradMode, bias_grad_in, bias_grad_scratch};
 use crate::error::Result;
 use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap, padded_cols};
-use crate::kernels::parallel::reduce_chunks;
+use crate::kernels::parallel::{partials_len, reduce_chunks_in};
+use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::SimdLevel;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -45,6 +57,45 @@ fn strided(shape: &ConvShape) -> bool {
     shape.desc.stride_h != 1 || shape.desc.stride_w != 1
 }
 
+/// The regions a pass takes from its workspace, in order (see the module docs).
+fn layout(level: SimdLevel, shape: &ConvShape, pass: ConvPass) -> WorkspaceLayout {
+    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
+    let mut l = WorkspaceLayout::new(1);
+    match pass {
+        ConvPass::Forward => l.region(PackedB::packed_len(level, ci, co)),
+        ConvPass::BackwardData => l.region(PackedB::packed_len(level, co, ci)),
+        ConvPass::BackwardWeight => {
+            let (m, _) = input_rows(shape);
+            let chunk = grad_chunk(m, ci, co);
+            l.region(if strided(shape) { m * ci } else { 0 })
+                .region(if chunk < m {
+                    partials_len(m, chunk, ci * co)
+                } else {
+                    0
+                })
+                .region(if swap(level, ci, co) { co * ci } else { 0 })
+                .region(bias_grad_scratch(shape))
+        }
+    };
+    l
+}
+
+/// Floats of workspace `pass` needs at `level` (no per-worker regions: the same for
+/// any thread count).
+pub fn workspace_len(level: SimdLevel, shape: &ConvShape, pass: ConvPass) -> usize {
+    layout(level, shape, pass).len()
+}
+
+/// Runs `f` on a freshly allocated workspace of exactly the size `pass` needs.
+fn allocating<R>(
+    level: SimdLevel,
+    shape: &ConvShape,
+    pass: ConvPass,
+    f: impl FnOnce(&mut [f32]) -> Result<R>,
+) -> Result<R> {
+    f(&mut layout(level, shape, pass).alloc())
+}
+
 /// `y = conv(x, w) (+ bias)`; `y` is overwritten.
 ///
 /// `x`: `[N][H][W][C_in]`, `w`: `[C_in][C_out]`, `bias`: `[C_out]`,
@@ -57,10 +108,29 @@ pub fn forward(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
+    allocating(level, shape, ConvPass::Forward, |ws| {
+        forward_with_workspace(level, shape, x, w, bias, y, ws)
+    })
+}
+
+/// [`forward`] with its scratch in `ws` (at least
+/// [`workspace_len`]`(level, shape, ConvPass::Forward)` floats, any contents; a
+/// shorter one is [`crate::Error::BufferSize`] naming `"workspace"`).
+pub fn forward_with_workspace(
+    level: SimdLevel,
+    shape: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
     shape.check_forward(x, w, bias, y)?;
+    let mut ws = Workspace::new(ws, &layout(level, shape, ConvPass::Forward))?;
     let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
     let (m, a_rows) = input_rows(shape);
-    let packed = PackedB::new(level, ci, co, w, co, 1);
+    let buf = ws.take(PackedB::packed_len(level, ci, co))?;
+    let packed = PackedB::new_in(level, ci, co, w, co, 1, buf);
     Gemm {
         m,
         n: co,
@@ -89,14 +159,31 @@ pub fn backward_data(
     w: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
+    allocating(level, shape, ConvPass::BackwardData, |ws| {
+        backward_data_with_workspace(level, shape, dy, w, dx, ws)
+    })
+}
+
+/// [`backward_data`] with its scratch in `ws` (at least
+/// [`workspace_len`]`(level, shape, ConvPass::BackwardData)` floats, any contents).
+pub fn backward_data_with_workspace(
+    level: SimdLevel,
+    shape: &ConvShape,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
     shape.check_backward_data(dy, w, dx)?;
+    let mut ws = Workspace::new(ws, &layout(level, shape, ConvPass::BackwardData))?;
     let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
     let (m, c_rows) = input_rows(shape);
+    let buf = ws.take(PackedB::packed_len(level, co, ci))?;
     if strided(shape) {
         zero_unread_pixels(shape, dx);
     }
     // B = Wᵀ: element (p = co, j = ci) at w[ci·C_out + co].
-    let packed = PackedB::new(level, co, ci, w, 1, co);
+    let packed = PackedB::new_in(level, co, ci, w, 1, co, buf);
     Gemm {
         m,
         n: ci,
@@ -163,6 +250,14 @@ fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], accumu
         });
 }
 
+/// Whether the weight gradient is computed transposed: the kernels vectorize the
+/// columns of the product, `dW = X̃ᵀ·dY` has `C_out` columns, `dWᵀ = dYᵀ·X̃` has
+/// `C_in`. Transposed when `C_out` wastes a quarter more lanes (24 output channels
+/// against a multiple of 16 input channels); the result is transposed back.
+fn swap(level: SimdLevel, ci: usize, co: usize) -> bool {
+    4 * padded_cols(level, co) * ci > 5 * padded_cols(level, ci) * co
+}
+
 /// Weight (and bias) gradient, overwritten or accumulated per `mode`.
 ///
 /// `x`: `[N][H][W][C_in]`, `dy`: `[N][OH][OW][C_out]`, `dw`: `[C_in][C_out]`,
@@ -178,32 +273,57 @@ pub fn backward_weight(
     dbias: Option<&mut [f32]>,
     mode: GradMode,
 ) -> Result<()> {
+    allocating(level, shape, ConvPass::BackwardWeight, |ws| {
+        backward_weight_with_workspace(level, shape, x, dy, dw, dbias, mode, ws)
+    })
+}
+
+/// [`backward_weight`] with its scratch in `ws` (at least
+/// [`workspace_len`]`(level, shape, ConvPass::BackwardWeight)` floats, any contents).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_weight_with_workspace(
+    level: SimdLevel,
+    shape: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    mode: GradMode,
+    ws: &mut [f32],
+) -> Result<()> {
     shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
+    let mut ws = Workspace::new(ws, &layout(level, shape, ConvPass::BackwardWeight))?;
     let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
     let (m, x_rows) = input_rows(shape);
     let chunk = grad_chunk(m, ci, co);
     let is_strided = strided(shape);
-    // The kernels vectorize the columns of the product: dW = X̃ᵀ·dY has C_out columns,
-    // dWᵀ = dYᵀ·X̃ has C_in. Compute the transpose when C_out wastes a quarter more
-    // lanes (24 output channels against a multiple of 16 input channels), then
-    // transpose back.
-    let swap = 4 * padded_cols(level, co) * ci > 5 * padded_cols(level, ci) * co;
+    let swap = swap(level, ci, co);
+    // The regions, in the order of `layout`.
+    let gathered = ws.take(if is_strided { m * ci } else { 0 })?;
+    let partials = ws.take(if chunk < m {
+        partials_len(m, chunk, ci * co)
+    } else {
+        0
+    })?;
+    let transposed = ws.take(if swap { co * ci } else { 0 })?;
+    let bias_partials = ws.take(bias_grad_scratch(shape))?;
+    // X̃: the input pixels the outputs read, contiguous (all of `x` at stride 1).
+    let xt: &[f32] = if is_strided {
+        gathered
+            .par_chunks_mut(ci)
+            .enumerate()
+            .for_each(|(r, out)| {
+                let o = x_rows.offset(r);
+                out.copy_from_slice(&x[o..o + ci]);
+            });
+        gathered
+    } else {
+        x
+    };
     // dW (or dWᵀ) (+)= over rows `rows`, written into `out`.
     let chunk_product = |rows: Range<usize>, out: &mut [f32], accumulate: bool| {
         let len = rows.len();
-        // X̃ over the chunk's rows, contiguous.
-        let gathered;
-        let xs: &[f32] = if is_strided {
-            let mut g = vec![0.0f32; len * ci];
-            for (r, out) in rows.clone().zip(g.chunks_exact_mut(ci)) {
-                let o = x_rows.offset(r);
-                out.copy_from_slice(&x[o..o + ci]);
-            }
-            gathered = g;
-            &gathered
-        } else {
-            &x[rows.start * ci..rows.end * ci]
-        };
+        let xs = &xt[rows.start * ci..rows.end * ci];
         let dys = &dy[rows.start * co..rows.end * co];
         // A = (one operand)ᵀ: element (i, p) at a[p·width + i]; B = the other's rows.
         let (m, n, a, b) = if swap {
@@ -225,25 +345,26 @@ pub fn backward_weight(
         }
         .run(level, out);
     };
-    let reduce = |out: &mut [f32], accumulate: bool| {
+    {
+        let (out, accumulate): (&mut [f32], bool) = if swap {
+            (&mut *transposed, false)
+        } else {
+            (&mut *dw, mode.accumulate())
+        };
         if chunk >= m {
             // One chunk: no partial buffer.
             chunk_product(0..m, out, accumulate);
         } else {
-            reduce_chunks(m, chunk, out, accumulate, |rows, part| {
+            reduce_chunks_in(m, chunk, out, accumulate, partials, |rows, part| {
                 chunk_product(rows, part, true)
             });
         }
-    };
+    }
     if swap {
-        let mut t = vec![0.0f32; co * ci];
-        reduce(&mut t, false);
-        transpose_into(&t, co, ci, dw, mode.accumulate());
-    } else {
-        reduce(dw, mode.accumulate());
+        transpose_into(transposed, co, ci, dw, mode.accumulate());
     }
     if let Some(db) = dbias {
-        bias_grad(level, shape, dy, db, mode);
+        bias_grad_in(level, shape, dy, db, mode, bias_partials);
     }
     Ok(())
 }

@@ -1,0 +1,322 @@
+//! Caller-owned scratch memory for the kernels.
+//!
+//! A kernel that needs temporary memory (packed weights, gathered inputs, per-chunk
+//! partial sums, per-worker copies) describes it once as a [`WorkspaceLayout`], a list
+//! of regions in a fixed order, and takes the same regions, in the same order, from a
+//! [`Workspace`] over the caller's `&mut [f32]`. The layout is the single source of the
+//! size: the `workspace_len` queries return [`WorkspaceLayout::len`], and the
+//! `*_with_workspace` entry points check the buffer against it before touching anything
+//! (a short buffer is [`Error::BufferSize`] naming `"workspace"`).
+//!
+//! Two kinds of region:
+//! - **per call** ([`WorkspaceLayout::region`], [`Workspace::take`]): its size depends
+//!   on the problem only (e.g. the partial sums of a fixed number of chunks), so results
+//!   stay bitwise identical for any thread count;
+//! - **per worker** ([`WorkspaceLayout::per_worker`], [`Workspace::per_worker`]): one
+//!   slot for each thread of the `rayon` pool the call runs in, picked by
+//!   [`rayon::current_thread_index`]. Its size depends on the pool's thread count, so
+//!   the layout takes the thread count and [`Workspace::new`] checks that the calling
+//!   pool is not larger.
+//!
+//! Every region starts on a 64-byte boundary (16 floats): the layout adds up to 15
+//! floats of slack so that this holds wherever the caller's buffer starts. Alignment
+//! never changes a result; it only keeps vector loads from splitting cache lines.
+//!
+//! Contents: a region's contents are unspecified when it is handed out (whatever the
+//! previous call left); kernels initialize what they read. The allocating entry points
+//! are the workspace ones with a freshly allocated buffer of exactly
+//! [`WorkspaceLayout::len`] floats, so there is one implementation of each kernel.
+
+use crate::error::{Error, Result};
+use std::marker::PhantomData;
+
+/// Floats per alignment unit: regions start on 64-byte boundaries.
+pub const ALIGN_FLOATS: usize = 16;
+
+/// `floats` rounded up to whole alignment units.
+fn round_up(floats: usize) -> usize {
+    floats.div_ceil(ALIGN_FLOATS) * ALIGN_FLOATS
+}
+
+/// The regions a kernel call will take from its workspace, in order; its
+/// [`len`](Self::len) is the workspace size in `f32` elements.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkspaceLayout {
+    /// Sum of the rounded region sizes.
+    floats: usize,
+    /// Threads of the pool the call will run in (for per-worker regions).
+    threads: usize,
+    /// Whether any region is per worker (then the pool size matters).
+    workers: bool,
+}
+
+impl WorkspaceLayout {
+    /// An empty layout for a call that will run in a pool of `threads` threads
+    /// (`0` is taken as 1).
+    pub fn new(threads: usize) -> WorkspaceLayout {
+        WorkspaceLayout {
+            floats: 0,
+            threads: threads.max(1),
+            workers: false,
+        }
+    }
+
+    /// Adds a per-call region of `floats` elements (none if `floats == 0`).
+    pub fn region(&mut self, floats: usize) -> &mut Self {
+        self.floats = self.floats.saturating_add(round_up(floats));
+        self
+    }
+
+    /// Adds a per-worker region: one slot of `floats` elements for each thread.
+    pub fn per_worker(&mut self, floats: usize) -> &mut Self {
+        self.workers |= floats > 0;
+        self.floats = self
+            .floats
+            .saturating_add(round_up(floats).saturating_mul(self.threads));
+        self
+    }
+
+    /// The thread count the layout was made for.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The workspace size in `f32` elements: the regions plus the alignment slack
+    /// (0 if no region is needed).
+    pub fn len(&self) -> usize {
+        if self.floats == 0 {
+            0
+        } else {
+            self.floats.saturating_add(ALIGN_FLOATS - 1)
+        }
+    }
+
+    /// `true` if the call needs no workspace at all.
+    pub fn is_empty(&self) -> bool {
+        self.floats == 0
+    }
+
+    /// Allocates a zeroed buffer of exactly [`len`](Self::len) floats (what the
+    /// allocating entry points pass to the workspace ones).
+    pub fn alloc(&self) -> Vec<f32> {
+        vec![0.0; self.len()]
+    }
+}
+
+/// The caller's buffer, handing out disjoint, 64-byte-aligned regions in the order of a
+/// [`WorkspaceLayout`].
+#[derive(Debug)]
+pub struct Workspace<'a> {
+    rest: &'a mut [f32],
+    threads: usize,
+}
+
+impl<'a> Workspace<'a> {
+    /// Checks `buf` against `layout` (at least [`WorkspaceLayout::len`] floats; larger
+    /// is fine) and the calling pool against the layout's thread count (the pool
+    /// [`rayon::current_num_threads`] reports must not have more threads).
+    ///
+    /// Errors: [`Error::BufferSize`] naming `"workspace"` if `buf` is short,
+    /// [`Error::InvalidArgument`] if the pool has more threads than the layout was made
+    /// for (only when the layout has per-worker regions, i.e. when it matters).
+    pub fn new(buf: &'a mut [f32], layout: &WorkspaceLayout) -> Result<Workspace<'a>> {
+        let need = layout.len();
+        if buf.len() < need {
+            return Err(Error::BufferSize {
+                name: "workspace",
+                expected: need,
+                actual: buf.len(),
+            });
+        }
+        let pool = rayon::current_num_threads();
+        if pool > layout.threads && layout.workers {
+            return Err(Error::InvalidArgument(format!(
+                "the workspace was sized for {} threads but the call runs in a pool of {pool}; \
+                 query the size with the pool's thread count",
+                layout.threads
+            )));
+        }
+        let skip = buf.as_ptr().align_offset(ALIGN_FLOATS * 4).min(buf.len());
+        let skip = if skip >= ALIGN_FLOATS { 0 } else { skip };
+        Ok(Workspace {
+            rest: &mut buf[skip..],
+            threads: layout.threads,
+        })
+    }
+
+    /// The next per-call region of `floats` elements (contents unspecified), or an
+    /// empty slice for `floats == 0`.
+    ///
+    /// Errors: [`Error::BufferSize`] if the workspace is exhausted, which means the
+    /// kernel took more than its layout declared (a bug, reported rather than
+    /// trusted).
+    pub fn take(&mut self, floats: usize) -> Result<&'a mut [f32]> {
+        let step = round_up(floats);
+        let rest = std::mem::take(&mut self.rest);
+        if rest.len() < floats {
+            let actual = rest.len();
+            self.rest = rest;
+            return Err(Error::BufferSize {
+                name: "workspace",
+                expected: floats,
+                actual,
+            });
+        }
+        let (head, tail) = rest.split_at_mut(step.min(rest.len()));
+        self.rest = tail;
+        Ok(&mut head[..floats])
+    }
+
+    /// The next per-worker region: one slot of `floats` elements for each thread of the
+    /// layout.
+    pub fn per_worker(&mut self, floats: usize) -> Result<PerWorker<'a>> {
+        let slot = round_up(floats);
+        let all = self.take(slot.saturating_mul(self.threads))?;
+        Ok(PerWorker {
+            ptr: all.as_mut_ptr(),
+            slot,
+            floats,
+            slots: self.threads,
+            _buf: PhantomData,
+        })
+    }
+}
+
+/// Per-worker slots of a [`Workspace`]: the task running on worker `i` of the pool
+/// gets slot `i` (see [`PerWorker::with`]).
+#[derive(Debug)]
+pub struct PerWorker<'a> {
+    ptr: *mut f32,
+    /// Stride between slots (floats, rounded up to the alignment).
+    slot: usize,
+    /// Usable floats per slot.
+    floats: usize,
+    slots: usize,
+    _buf: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `PerWorker` hands slot `i` only to code running on worker `i` of the pool
+// (`with`), and a slot is used only for the duration of a closure that does not run
+// other rayon work (its contract), so no two threads — and no two nested uses on one
+// thread — touch the same slot at once. The memory is borrowed for `'a`.
+unsafe impl Send for PerWorker<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for PerWorker<'_> {}
+
+impl PerWorker<'_> {
+    /// Runs `f` with this worker's slot (`floats` elements, contents unspecified).
+    ///
+    /// `f` must not run rayon work (`join`, parallel iterators, `scope`): while it waits,
+    /// the worker could start another task that takes the same slot. The kernels call
+    /// it around serial inner loops only. Outside a pool (no worker index) or with an
+    /// index past the slots (a pool larger than the layout, which
+    /// [`Workspace::new`] rejects), `f` gets a freshly allocated buffer instead.
+    pub fn with<R>(&self, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        match rayon::current_thread_index().filter(|&i| i < self.slots) {
+            // SAFETY: slot `i` lies inside the region taken for `slots` slots, belongs
+            // to this worker only, and is not in use (see the `Send`/`Sync` note).
+            Some(i) => f(unsafe {
+                std::slice::from_raw_parts_mut(self.ptr.add(i * self.slot), self.floats)
+            }),
+            None => f(&mut vec![0.0; self.floats]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_aligned_disjoint_and_exactly_sized() {
+        for offset in 0..ALIGN_FLOATS {
+            let mut l = WorkspaceLayout::new(3);
+            l.region(5).region(0).region(33).per_worker(7);
+            let mut buf = vec![0.0f32; l.len() + offset];
+            let buf = &mut buf[offset..];
+            let len = buf.len();
+            let base = buf.as_ptr() as usize;
+            let mut ws = Workspace::new(buf, &l).unwrap();
+            let a = ws.take(5).unwrap();
+            let b = ws.take(0).unwrap();
+            let c = ws.take(33).unwrap();
+            let w = ws.per_worker(7).unwrap();
+            assert_eq!((a.len(), b.len(), c.len()), (5, 0, 33));
+            for s in [&a[..], &c[..]] {
+                assert_eq!(s.as_ptr() as usize % 64, 0);
+                assert!(s.as_ptr() as usize + 4 * s.len() <= base + 4 * len);
+            }
+            assert!(a.as_ptr() as usize + 4 * a.len() <= c.as_ptr() as usize);
+            assert!(c.as_ptr() as usize + 4 * c.len() <= w.ptr as usize);
+            assert!(w.ptr as usize + 4 * (2 * w.slot + 7) <= base + 4 * len);
+            a.fill(1.0);
+            c.fill(2.0);
+            assert!(a.iter().all(|&v| v == 1.0));
+            // Taking more than the layout declared is an error, not a panic.
+            assert!(matches!(ws.take(1 << 20), Err(Error::BufferSize { .. })));
+        }
+    }
+
+    #[test]
+    fn short_buffers_and_larger_pools_are_rejected() {
+        let mut l = WorkspaceLayout::new(2);
+        l.region(100).per_worker(3);
+        let mut buf = vec![0.0f32; l.len() - 1];
+        let e = Workspace::new(&mut buf, &l).unwrap_err();
+        assert_eq!(
+            e,
+            Error::BufferSize {
+                name: "workspace",
+                expected: l.len(),
+                actual: l.len() - 1
+            }
+        );
+        let mut buf = vec![0.0f32; l.len()];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let e = pool.install(|| Workspace::new(&mut buf, &l).map(|_| ()));
+        assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+        // Per-call regions only: any pool size will do.
+        let mut calls = WorkspaceLayout::new(1);
+        calls.region(100);
+        let mut buf = vec![0.0f32; calls.len()];
+        assert!(pool.install(|| Workspace::new(&mut buf, &calls).is_ok()));
+        // An empty layout needs nothing and fits any pool.
+        let empty = WorkspaceLayout::new(1);
+        assert_eq!(empty.len(), 0);
+        assert!(pool.install(|| Workspace::new(&mut [], &empty).is_ok()));
+    }
+
+    #[test]
+    fn every_worker_gets_its_own_slot() {
+        use rayon::prelude::*;
+        let threads = 4;
+        let mut l = WorkspaceLayout::new(threads);
+        l.per_worker(10);
+        let mut buf = vec![0.0f32; l.len()];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let sums: Vec<f32> = pool.install(|| {
+            let mut ws = Workspace::new(&mut buf, &l).unwrap();
+            let slots = ws.per_worker(10).unwrap();
+            (0..200)
+                .into_par_iter()
+                .map(|i| {
+                    slots.with(|s| {
+                        s.fill(i as f32);
+                        // Another task on the same slot would show up here.
+                        std::thread::yield_now();
+                        s.iter().sum::<f32>()
+                    })
+                })
+                .collect()
+        });
+        for (i, s) in sums.iter().enumerate() {
+            assert_eq!(*s, 10.0 * i as f32);
+        }
+    }
+}

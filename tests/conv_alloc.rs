@@ -1,0 +1,125 @@
+//! The workspace passes of the convolutions allocate nothing tensor-sized: a counting
+//! global allocator records every allocation made (on any thread) while a pass runs.
+//! One test in this binary, so no other test allocates meanwhile.
+
+use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, ConvPass, GradMode};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+
+struct Counting;
+
+static ON: AtomicBool = AtomicBool::new(false);
+static TOTAL: AtomicUsize = AtomicUsize::new(0);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+fn record(size: usize) {
+    if ON.load(Relaxed) {
+        TOTAL.fetch_add(size, Relaxed);
+        LARGEST.fetch_max(size, Relaxed);
+    }
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        record(l.size());
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        record(l.size());
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        record(new);
+        // SAFETY: as above.
+        unsafe { System.realloc(p, l, new) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+/// `(total bytes, largest allocation)` made while `f` runs.
+fn count(f: impl FnOnce()) -> (usize, usize) {
+    TOTAL.store(0, Relaxed);
+    LARGEST.store(0, Relaxed);
+    ON.store(true, Relaxed);
+    f();
+    ON.store(false, Relaxed);
+    (TOTAL.load(Relaxed), LARGEST.load(Relaxed))
+}
+
+/// Runs `pass` with `ws` (`None`: the allocating pass).
+fn run(conv: &Conv2d, pass: ConvPass, ws: Option<&mut [f32]>, bufs: &mut [Vec<f32>; 5]) {
+    let [x, w, y, dw, db] = bufs;
+    let mode = GradMode::Overwrite;
+    match (pass, ws) {
+        (ConvPass::Forward, Some(ws)) => conv.forward_with_workspace(x, w, None, y, ws),
+        (ConvPass::Forward, None) => conv.forward(x, w, None, y),
+        (ConvPass::BackwardData, Some(ws)) => conv.backward_data_with_workspace(y, w, x, ws),
+        (ConvPass::BackwardData, None) => conv.backward_data(y, w, x),
+        (ConvPass::BackwardWeight, Some(ws)) => {
+            conv.backward_weight_with_workspace(x, y, dw, Some(db), mode, ws)
+        }
+        (ConvPass::BackwardWeight, None) => conv.backward_weight(x, y, dw, Some(db), mode),
+    }
+    .unwrap();
+}
+
+#[test]
+fn workspace_passes_allocate_nothing_tensor_sized() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    let shapes = [
+        ConvDesc::pointwise(2, (40, 40), 16, 24),
+        ConvDesc::pointwise(2, (81, 81), 16, 24).with_stride(2),
+        ConvDesc::pointwise(2, (20, 20), 64, 64),
+    ];
+    pool.install(|| {
+        for d in &shapes {
+            let conv = Conv2d::new(d).unwrap();
+            assert_eq!(conv.family(), ConvFamily::Pointwise);
+            let s = *conv.shape();
+            // The smallest tensor a pass touches.
+            let tensor_bytes = 4 * s.x_len.min(s.y_len).min(s.w_len);
+            let mut bufs = [
+                vec![0.25; s.x_len],
+                vec![0.5; s.w_len],
+                vec![1.0; s.y_len],
+                vec![0.0; s.w_len],
+                vec![0.0; s.desc.out_channels],
+            ];
+            for pass in [
+                ConvPass::Forward,
+                ConvPass::BackwardData,
+                ConvPass::BackwardWeight,
+            ] {
+                let len = conv.workspace_len(pass, 4);
+                let mut ws = vec![0.0f32; len];
+                // Warm up (rayon's first use of a pool, lazily made statics).
+                run(&conv, pass, Some(&mut ws), &mut bufs);
+                let (total, largest) = count(|| run(&conv, pass, Some(&mut ws), &mut bufs));
+                assert!(
+                    largest <= 1024 && 4 * largest <= tensor_bytes,
+                    "{d:?} {pass:?}: an allocation of {largest} bytes ({total} in all)"
+                );
+                // The counter sees the allocating pass's workspace (the test can fail).
+                let (alloc_total, alloc_largest) = count(|| run(&conv, pass, None, &mut bufs));
+                assert!(
+                    alloc_largest >= 4 * len && alloc_total >= 4 * len,
+                    "{d:?} {pass:?}: the allocating pass allocated {alloc_total} bytes, \
+                     its workspace is {} bytes",
+                    4 * len
+                );
+            }
+        }
+    });
+}

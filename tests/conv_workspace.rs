@@ -1,0 +1,187 @@
+//! Caller-owned workspaces for the convolution passes: with a workspace of exactly
+//! `workspace_len` floats (stale contents), every pass of every family gives the
+//! allocating pass's bits, at every SIMD level and thread count; a short workspace is a
+//! typed error naming it; the thread count the size was queried for is honoured.
+
+mod common;
+
+use common::conv::{ConvCase, Passes, fixed_shapes, stale_workspace};
+use common::{in_pool, levels};
+use effnet::Error;
+use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, ConvPass, GradMode};
+use effnet::simd::with_level;
+
+const PASSES: [ConvPass; 3] = [
+    ConvPass::Forward,
+    ConvPass::BackwardData,
+    ConvPass::BackwardWeight,
+];
+
+/// The named shapes of `tests/conv.rs`, plus pointwise shapes that take every region
+/// of the weight-gradient workspace: several row chunks, the transposed product
+/// (16 → 24 channels) and the gathered strided input.
+fn shapes() -> Vec<ConvDesc> {
+    let mut v = fixed_shapes();
+    v.push(ConvDesc::pointwise(2, (40, 40), 16, 24));
+    v.push(ConvDesc::pointwise(2, (81, 81), 16, 24).with_stride(2));
+    v.push(ConvDesc::pointwise(1, (50, 50), 40, 8));
+    v
+}
+
+#[test]
+fn workspace_passes_give_the_allocating_bits_at_every_level() {
+    for (i, d) in shapes().iter().enumerate() {
+        let c = ConvCase::new(d, 4000 + i as u64);
+        let conv = Conv2d::new(d).unwrap();
+        for level in levels() {
+            with_level(level, || {
+                let want = c.run(&Passes::Plan(&conv)).bits();
+                assert!(
+                    c.run(&Passes::Workspace(&conv)).bits() == want,
+                    "{level} {d:?}: the workspace passes differ from the allocating ones"
+                );
+                if conv.family() == ConvFamily::Pointwise {
+                    for pass in PASSES {
+                        assert!(conv.workspace_len(pass, 1) > 0, "{level} {d:?} {pass:?}");
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn workspace_passes_give_the_same_bits_for_any_thread_count() {
+    let d = ConvDesc::pointwise(2, (81, 81), 16, 24).with_stride(2);
+    let c = ConvCase::new(&d, 77);
+    let conv = Conv2d::new(&d).unwrap();
+    let one = in_pool(1, || c.run(&Passes::Workspace(&conv)).bits());
+    for t in [2, 8] {
+        assert!(
+            in_pool(t, || c.run(&Passes::Workspace(&conv)).bits()) == one,
+            "{t} threads differ from 1"
+        );
+    }
+}
+
+/// Runs `pass` of `c` with the workspace `ws` (operands from `case`).
+fn run_pass(
+    conv: &Conv2d,
+    case: &ConvCase,
+    pass: ConvPass,
+    ws: &mut [f32],
+) -> effnet::Result<Vec<u32>> {
+    let s = conv.shape();
+    let out = match pass {
+        ConvPass::Forward => {
+            let mut y = vec![0.0; s.y_len];
+            conv.forward_with_workspace(&case.x, &case.w, Some(&case.b), &mut y, ws)?;
+            y
+        }
+        ConvPass::BackwardData => {
+            let mut dx = vec![0.0; s.x_len];
+            conv.backward_data_with_workspace(&case.dy, &case.w, &mut dx, ws)?;
+            dx
+        }
+        ConvPass::BackwardWeight => {
+            let mut dw = vec![0.0; s.w_len];
+            let mut db = vec![0.0; s.desc.out_channels];
+            let mode = GradMode::Overwrite;
+            conv.backward_weight_with_workspace(
+                &case.x,
+                &case.dy,
+                &mut dw,
+                Some(&mut db),
+                mode,
+                ws,
+            )?;
+            dw.extend(db);
+            dw
+        }
+    };
+    Ok(out.iter().map(|v| v.to_bits()).collect())
+}
+
+#[test]
+fn a_short_workspace_is_a_typed_error_and_a_larger_or_unaligned_one_works() {
+    let mut checked = 0;
+    for (i, d) in shapes().iter().enumerate() {
+        let case = ConvCase::new(d, 5000 + i as u64);
+        let conv = Conv2d::new(d).unwrap();
+        for pass in PASSES {
+            let mut exact = stale_workspace(&conv, pass);
+            let len = exact.len();
+            let want = run_pass(&conv, &case, pass, &mut exact).unwrap();
+            if len > 0 {
+                checked += 1;
+                let mut short = vec![0.0; len - 1];
+                assert_eq!(
+                    run_pass(&conv, &case, pass, &mut short),
+                    Err(Error::BufferSize {
+                        name: "workspace",
+                        expected: len,
+                        actual: len - 1
+                    }),
+                    "{d:?} {pass:?}"
+                );
+            }
+            // Larger, and starting off any 64-byte boundary: the same bits.
+            let mut big = vec![f32::NAN; len + 37];
+            for skip in [1, 3, 17] {
+                let got = run_pass(&conv, &case, pass, &mut big[skip..]).unwrap();
+                assert!(got == want, "{d:?} {pass:?}: offset {skip} differs");
+            }
+        }
+    }
+    assert!(checked >= 9, "only {checked} passes need a workspace");
+}
+
+#[test]
+fn buffer_errors_come_before_workspace_errors() {
+    let d = ConvDesc::pointwise(1, (6, 6), 16, 24);
+    let conv = Conv2d::new(&d).unwrap();
+    let s = *conv.shape();
+    let (x, w) = (vec![0.0; s.x_len - 1], vec![0.0; s.w_len]);
+    let mut y = vec![0.0; s.y_len];
+    let e = conv
+        .forward_with_workspace(&x, &w, None, &mut y, &mut [])
+        .unwrap_err();
+    assert!(matches!(e, Error::BufferSize { name: "x", .. }), "{e:?}");
+}
+
+/// A workspace sized for one thread is short for a larger pool exactly when the pass
+/// has per-worker regions; sized for more threads, it serves a smaller pool.
+#[test]
+fn the_thread_count_of_the_query_is_honoured() {
+    for (i, d) in shapes().iter().enumerate() {
+        let case = ConvCase::new(d, 6000 + i as u64);
+        let conv = Conv2d::new(d).unwrap();
+        for pass in PASSES {
+            let (l1, l4) = (conv.workspace_len(pass, 1), conv.workspace_len(pass, 4));
+            assert!(l4 >= l1);
+            let want = in_pool(1, || run_pass(&conv, &case, pass, &mut vec![0.0; l1])).unwrap();
+            let got = in_pool(4, || run_pass(&conv, &case, pass, &mut vec![0.0; l1]));
+            if l4 > l1 {
+                assert!(
+                    matches!(
+                        got,
+                        Err(Error::BufferSize {
+                            name: "workspace",
+                            ..
+                        })
+                    ),
+                    "{d:?} {pass:?}: {got:?}"
+                );
+            } else {
+                assert!(got.unwrap() == want, "{d:?} {pass:?}");
+            }
+            let got = in_pool(2, || run_pass(&conv, &case, pass, &mut vec![0.0; l4])).unwrap();
+            assert!(
+                got == want,
+                "{d:?} {pass:?}: 4-thread workspace in a 2-thread pool"
+            );
+            // 0 means the current pool.
+            assert_eq!(in_pool(4, || conv.workspace_len(pass, 0)), l4);
+        }
+    }
+}
