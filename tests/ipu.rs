@@ -1431,3 +1431,42 @@ fn the_chain_parameters_are_the_models_trainable_parameters() {
     // Running statistics are buffers, not parameters of the training step.
     assert!(p.keys().all(|k| !k.contains("running")));
 }
+
+/// The per-layer planner report (`effnet ipu report`'s default) plans B0 at the
+/// paper's batch and resolutions for the three variants of the figures table: one
+/// forward and one backward line per layer, every line within a tile's budget, totals
+/// consistent with the lines; and the same too-large batch is the named memory error.
+#[test]
+fn planned_report_covers_b0_at_batch_8() {
+    use effnet::arch::ArchConfig;
+    use effnet::ipu::network::{layers, report_planned};
+    let budget = Target::mk2().budget_bytes();
+    for name in ["b0_g1_gn", "b0_g16_gn", "b0_g16_lnpn"] {
+        let arch = ArchConfig::from_name(name).unwrap();
+        for res in [160, 224] {
+            let r = report_planned(&arch, res, 8, &Target::mk2(), Precision::F16).unwrap();
+            let n = layers(&arch, res, 8).unwrap().len();
+            assert_eq!(r.lines.len(), 2 * n, "{name} {res}");
+            for l in &r.lines {
+                assert!(
+                    l.cost.tiles >= 1 && l.cost.tiles <= 1472,
+                    "{name} {}",
+                    l.layer
+                );
+                assert!(l.cost.max_tile_bytes <= budget, "{name} {}", l.layer);
+            }
+            let train: u64 = r.lines.iter().map(|l| l.cost.total()).sum();
+            let want = 8.0 * 1.33e9 / train as f64;
+            assert!((r.training_img_per_s / want - 1.0).abs() < 1e-9);
+            assert!(r.inference_img_per_s > r.training_img_per_s);
+            assert!(r.spatial_cycles_per_flop > 0.0);
+        }
+    }
+    let g1 = ArchConfig::from_name("b0_g1_gn").unwrap();
+    match report_planned(&g1, 224, 64, &Target::mk2(), Precision::F32) {
+        Err(Error::TileMemory { tensors, .. }) => {
+            assert!(tensors[0].0.contains("saved activations"))
+        }
+        other => panic!("expected TileMemory, got {other:?}"),
+    }
+}

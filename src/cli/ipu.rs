@@ -41,6 +41,11 @@ pub struct ReportArgs {
     /// Overrides a target constant, e.g. --set sync_cycles=300 (repeatable).
     #[arg(long)]
     set: Vec<String>,
+    /// Profile the whole training step built as one graph (`ipu::chain`: real tile
+    /// mappings, liveness, exchanges) instead of the per-layer planner estimates; large
+    /// networks may not fit yet (tiles are handed out in order)
+    #[arg(long)]
+    graph: bool,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -112,7 +117,11 @@ fn report(a: &ReportArgs) -> Result<()> {
     let arch = ArchConfig::from_name(&a.arch)?;
     let t = target(&a.target, &a.set)?;
     let p = precision(&a.precision)?;
-    let r = network::report(&arch, a.res, a.batch, &t, p)?;
+    let r = if a.graph {
+        network::report(&arch, a.res, a.batch, &t, p)?
+    } else {
+        network::report_planned(&arch, a.res, a.batch, &t, p)?
+    };
     if !a.json {
         println!(
             "# {} at {}x{}, batch {}, target {} ({:.2} GHz), {:?}: ESTIMATED cycles (host model, not hardware)",

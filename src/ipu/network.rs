@@ -7,7 +7,7 @@
 
 use super::block::{BlockNorm, BlockSpec};
 pub use super::codelets::ProxyScale;
-use super::planner::{Cost, Planner};
+use super::planner::{Cost, Pass, Planner};
 use super::target::{Precision, Target};
 use crate::arch::{ArchConfig, LayerRole, NormKind, PaddingMode};
 use crate::error::{Error, Result};
@@ -297,13 +297,164 @@ impl Planner {
     }
 }
 
+fn plan_lines(layers: &[Layer], pl: &Planner, passes: &[Pass]) -> Result<Vec<ReportLine>> {
+    let mut lines = Vec::new();
+    for &pass in passes {
+        // Blocks of the latest convolution's forward split: (images, pixels, channels)
+        // on the busiest tile, (row parts, channel parts), tiles.
+        let mut blocks = ((1, 1, 1), (1, 1), 1usize);
+        for l in layers {
+            let (n, h, w, c) = l.out;
+            let cost = match &l.op {
+                Op::Conv(s) => {
+                    let (sp, cost) = pl.plan_conv(s, pass)?;
+                    let (fsp, _) = if pass == Pass::Fwd {
+                        (sp, cost)
+                    } else {
+                        pl.plan_conv(s, Pass::Fwd)?
+                    };
+                    let (pc, nb, rows) = (fsp.pc, n.div_ceil(fsp.pn), s.out_h.div_ceil(fsp.ph));
+                    blocks = (
+                        (nb, rows * s.out_w, c.div_ceil(pc)),
+                        (fsp.ph, pc),
+                        fsp.tiles() / fsp.pci,
+                    );
+                    cost
+                }
+                Op::Norm(ns) => {
+                    let cg = ns.cg.max(1);
+                    let groups_ok = c % cg == 0;
+                    if !groups_ok {
+                        return Err(Error::InvalidArgument(format!(
+                            "{}: {cg} does not divide {c}",
+                            l.name
+                        )));
+                    }
+                    pl.norm_cost(
+                        blocks.0,
+                        blocks.1,
+                        blocks.2,
+                        n,
+                        c,
+                        cg,
+                        ns.per_sample,
+                        ns.act,
+                        ns.proxy,
+                        pass,
+                    )?
+                }
+                Op::Se { reduced } => {
+                    pl.se_cost(blocks.0, blocks.1, blocks.2, n, c, *reduced, pass)?
+                }
+                Op::Add => pl.add_cost(blocks.0.0 * blocks.0.1 * blocks.0.2, blocks.2, pass)?,
+                Op::Pool => {
+                    let mut c = pl.se_cost(blocks.0, blocks.1, blocks.2, n, c, 1, pass)?;
+                    c.flops = (n * h * w * c.tiles.min(1)) as f64;
+                    c
+                }
+                Op::Loss { classes } => {
+                    // One image per tile.
+                    let cyc = super::codelets::Codelet::softmax_xent(1, *classes)
+                        .estimate(&pl.target, pl.precision)?
+                        .cycles;
+                    Cost {
+                        tiles: n,
+                        max_tile_bytes: 3 * classes * pl.precision.bytes() + pl.reserved_bytes,
+                        compute_cycles: if pass == Pass::Fwd { cyc } else { 0 },
+                        exchange_cycles: if pass == Pass::Fwd {
+                            pl.exchange_for(*classes)
+                        } else {
+                            0
+                        },
+                        sync_cycles: if pass == Pass::Fwd {
+                            2 * pl.target.sync_cycles
+                        } else {
+                            0
+                        },
+                        flops: (5 * n * classes) as f64,
+                    }
+                }
+            };
+            lines.push(ReportLine {
+                layer: l.name.clone(),
+                kind: l.kind,
+                pass: pass.name(),
+                cost,
+            });
+        }
+    }
+    Ok(lines)
+}
+
+/// Training memory reserved on every tile before any layer's own tensors: the
+/// activations saved for the backward pass, weights, their gradients and one optimizer
+/// state, all spread evenly — or the [`Error::TileMemory`] naming them when even that
+/// cannot fit.
+fn train_reserved(ls: &[Layer], target: &Target, precision: Precision) -> Result<usize> {
+    let eb = precision.bytes();
+    let weights = weight_elems(ls) * eb;
+    let per_tile = |b: usize| b.div_ceil(target.tiles);
+    let reserved = per_tile(saved_bytes(ls, eb)) + per_tile(3 * weights);
+    let budget = target.budget_bytes();
+    if reserved > budget {
+        return Err(Error::TileMemory {
+            tile: 0,
+            bytes: reserved,
+            budget,
+            tensors: vec![
+                (
+                    "saved activations (spread over all tiles)".into(),
+                    per_tile(saved_bytes(ls, eb)),
+                ),
+                (
+                    "weights, gradients, optimizer state (spread)".into(),
+                    per_tile(3 * weights),
+                ),
+            ],
+        });
+    }
+    Ok(reserved)
+}
+
+/// The estimated report of `arch` from the planner's per-layer plans (the default of
+/// `effnet ipu report`): every layer planned on its own for training (forward +
+/// backward, with the saved activations, weights, gradients and optimizer state spread
+/// evenly and reserved on every tile) and for inference (weights reserved); exchange
+/// is each layer's own input gather. Compare [`report`], which builds the whole step
+/// as one graph.
+pub fn report_planned(
+    arch: &ArchConfig,
+    res: usize,
+    batch: usize,
+    target: &Target,
+    precision: Precision,
+) -> Result<Report> {
+    target.validate()?;
+    let ls = layers(arch, res, batch)?;
+    let mut pl = Planner {
+        target: target.clone(),
+        precision,
+        reserved_bytes: train_reserved(&ls, target, precision)?,
+    };
+    let lines = plan_lines(&ls, &pl, &[Pass::Fwd, Pass::Bwd])?;
+    pl.reserved_bytes = (weight_elems(&ls) * precision.bytes()).div_ceil(target.tiles);
+    let infer = plan_lines(&ls, &pl, &[Pass::Fwd])?;
+    Ok(summarize(&ls, lines, &infer, batch, target))
+}
+
 /// The estimated report of `arch`: the whole training step built as one program by
 /// [`super::chain::build`] (every layer split by the planner, sizes and tile mappings
 /// only, no tensor data) and profiled — per layer and pass its tiles, the peak live
 /// bytes on its busiest tile (everything resident then: saved activations, weights,
 /// the layer's own tensors) and its cycles; the inference figures from the forward
-/// program alone. A first check names the saved activations when even an even spread
-/// of them (plus weights, gradients and optimizer state) cannot fit.
+/// program alone (`effnet ipu report --graph`). A first check names the saved
+/// activations when even an even spread of them (plus weights, gradients and
+/// optimizer state) cannot fit.
+///
+/// Limits today: the chain hands tiles out in order (wrapping around on large
+/// networks) and gathers every layer's input windows by exchange, so large networks
+/// (B0 at batch 8) can exceed a tile's budget and exchange dominates the cycles;
+/// [`report_planned`] gives the per-layer planner's figures.
 pub fn report(
     arch: &ArchConfig,
     res: usize,
@@ -313,30 +464,7 @@ pub fn report(
 ) -> Result<Report> {
     target.validate()?;
     let ls = layers(arch, res, batch)?;
-    let eb = precision.bytes();
-    let weights = weight_elems(&ls) * eb;
-    let per_tile = |b: usize| b.div_ceil(target.tiles);
-    // Training: activations saved for the backward pass, weights, their gradients and
-    // one optimizer state, all spread evenly.
-    let train_reserved = per_tile(saved_bytes(&ls, eb)) + per_tile(3 * weights);
-    let budget = target.budget_bytes();
-    if train_reserved > budget {
-        return Err(Error::TileMemory {
-            tile: 0,
-            bytes: train_reserved,
-            budget,
-            tensors: vec![
-                (
-                    "saved activations (spread over all tiles)".into(),
-                    per_tile(saved_bytes(&ls, eb)),
-                ),
-                (
-                    "weights, gradients, optimizer state (spread)".into(),
-                    per_tile(3 * weights),
-                ),
-            ],
-        });
-    }
+    train_reserved(&ls, target, precision)?;
     // The whole training step built as one graph (sizes and mappings only, no tensor
     // data) and profiled: per-layer memory from the actual tile mapping with every
     // tensor live from its first to its last use (saved activations stay resident
@@ -369,9 +497,21 @@ pub fn report(
     };
     let lines = lines_of(&train, false);
     let infer = lines_of(&infer_profile, true);
+    Ok(summarize(&ls, lines, &infer, batch, target))
+}
+
+/// Totals of a report: training and inference images per second from the summed
+/// per-layer cycles, and the spatial convolutions' cycles per FLOP.
+fn summarize(
+    ls: &[Layer],
+    lines: Vec<ReportLine>,
+    infer: &[ReportLine],
+    batch: usize,
+    target: &Target,
+) -> Report {
     let sum = |ls: &[ReportLine]| ls.iter().map(|l| l.cost.total()).sum::<u64>();
     let train_cycles = sum(&lines);
-    let infer_cycles = sum(&infer);
+    let infer_cycles = sum(infer);
     let hz = target.clock_hz;
     let spatial: Vec<&ReportLine> = infer
         .iter()
@@ -389,7 +529,7 @@ pub fn report(
             }
         })
         .sum();
-    Ok(Report {
+    Report {
         lines,
         inference_img_per_s: batch as f64 * hz / infer_cycles.max(1) as f64,
         training_img_per_s: batch as f64 * hz / train_cycles.max(1) as f64,
@@ -398,5 +538,5 @@ pub fn report(
         spatial_cycles,
         spatial_flops,
         forward_flops,
-    })
+    }
 }
