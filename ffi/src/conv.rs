@@ -412,6 +412,28 @@ fn check_workspace(ctx: &effnet_context, conv: &Conv2d, pass: ConvPass, bytes: u
     Ok(())
 }
 
+/// Runs one pass on `ctx`'s threads: on the caller's workspace (first checked to hold
+/// what `pass` needs) when the `_ws` form was called (`ws` is its `(pointer, bytes)`,
+/// `wsb` the checked slice, `None` for a NULL workspace of 0 bytes), else allocating.
+fn run_pass<'a>(
+    ctx: &effnet_context,
+    conv: &Conv2d,
+    pass: ConvPass,
+    wsb: Option<Option<&'a mut [f32]>>,
+    ws: Option<(*mut c_void, usize)>,
+    run: impl FnOnce(Option<&'a mut [f32]>) -> effnet_core::Result<()> + Send,
+) -> Outcome {
+    let ws = match (wsb, ws) {
+        (Some(wsb), Some((_, bytes))) => {
+            check_workspace(ctx, conv, pass, bytes)?;
+            Some(wsb.unwrap_or_default())
+        }
+        _ => None,
+    };
+    ctx.install(|| run(ws))?;
+    Ok(())
+}
+
 /// Forward pass: `y = conv(x, w) (+ bias)`, run on `ctx`'s threads. `y` is
 /// overwritten.
 ///
@@ -531,15 +553,10 @@ unsafe fn forward(
             bws.as_ref().map(|b| buffers::opt_output(b)),
         )
     };
-    match (wsb, ws) {
-        (Some(wsb), Some((_, bytes))) => {
-            check_workspace(ctx, conv, ConvPass::Forward, bytes)?;
-            let ws = wsb.unwrap_or_default();
-            ctx.install(|| conv.forward_with_workspace(x, w, bias, y, ws))?
-        }
-        _ => ctx.install(|| conv.forward(x, w, bias, y))?,
-    }
-    Ok(())
+    run_pass(ctx, conv, ConvPass::Forward, wsb, ws, |ws| match ws {
+        Some(ws) => conv.forward_with_workspace(x, w, bias, y, ws),
+        None => conv.forward(x, w, bias, y),
+    })
 }
 
 /// Stands for "no workspace argument" in a buffer check (NULL, optional, 0 elements).
@@ -645,15 +662,10 @@ unsafe fn backward_data(
             bws.as_ref().map(|b| buffers::opt_output(b)),
         )
     };
-    match (wsb, ws) {
-        (Some(wsb), Some((_, bytes))) => {
-            check_workspace(ctx, conv, ConvPass::BackwardData, bytes)?;
-            let ws = wsb.unwrap_or_default();
-            ctx.install(|| conv.backward_data_with_workspace(dy, w, dx, ws))?
-        }
-        _ => ctx.install(|| conv.backward_data(dy, w, dx))?,
-    }
-    Ok(())
+    run_pass(ctx, conv, ConvPass::BackwardData, wsb, ws, |ws| match ws {
+        Some(ws) => conv.backward_data_with_workspace(dy, w, dx, ws),
+        None => conv.backward_data(dy, w, dx),
+    })
 }
 
 /// Backward-weight pass: the gradients of the loss with respect to the weight and
@@ -794,15 +806,17 @@ unsafe fn backward_weight(
             bws.as_ref().map(|b| buffers::opt_output(b)),
         )
     };
-    match (wsb, ws) {
-        (Some(wsb), Some((_, bytes))) => {
-            check_workspace(ctx, conv, ConvPass::BackwardWeight, bytes)?;
-            let ws = wsb.unwrap_or_default();
-            ctx.install(|| conv.backward_weight_with_workspace(x, dy, dw, dbias, mode, ws))?
-        }
-        _ => ctx.install(|| conv.backward_weight(x, dy, dw, dbias, mode))?,
-    }
-    Ok(())
+    run_pass(
+        ctx,
+        conv,
+        ConvPass::BackwardWeight,
+        wsb,
+        ws,
+        |ws| match ws {
+            Some(ws) => conv.backward_weight_with_workspace(x, dy, dw, dbias, mode, ws),
+            None => conv.backward_weight(x, dy, dw, dbias, mode),
+        },
+    )
 }
 
 #[cfg(test)]
