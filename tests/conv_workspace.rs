@@ -8,7 +8,7 @@ mod common;
 use common::conv::{ConvCase, Passes, fixed_shapes, stale_workspace};
 use common::{in_pool, levels};
 use effnet::Error;
-use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, ConvPass, GradMode};
+use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass, GradMode};
 use effnet::simd::with_level;
 
 const PASSES: [ConvPass; 3] = [
@@ -40,10 +40,9 @@ fn workspace_passes_give_the_allocating_bits_at_every_level() {
                     c.run(&Passes::Workspace(&conv)).bits() == want,
                     "{level} {d:?}: the workspace passes differ from the allocating ones"
                 );
-                if conv.family() == ConvFamily::Pointwise {
-                    for pass in PASSES {
-                        assert!(conv.workspace_len(pass, 1) > 0, "{level} {d:?} {pass:?}");
-                    }
+                // Every pass of every family takes scratch from the workspace.
+                for pass in PASSES {
+                    assert!(conv.workspace_len(pass, 1) > 0, "{level} {d:?} {pass:?}");
                 }
             });
         }
@@ -52,15 +51,30 @@ fn workspace_passes_give_the_allocating_bits_at_every_level() {
 
 #[test]
 fn workspace_passes_give_the_same_bits_for_any_thread_count() {
-    let d = ConvDesc::pointwise(2, (81, 81), 16, 24).with_stride(2);
-    let c = ConvCase::new(&d, 77);
-    let conv = Conv2d::new(&d).unwrap();
-    let one = in_pool(1, || c.run(&Passes::Workspace(&conv)).bits());
-    for t in [2, 8] {
-        assert!(
-            in_pool(t, || c.run(&Passes::Workspace(&conv)).bits()) == one,
-            "{t} threads differ from 1"
-        );
+    // One shape per family with per-worker regions in use by several tasks at once
+    // (rings, padded copies) and several weight-gradient chunks.
+    let shapes = [
+        ConvDesc::pointwise(2, (81, 81), 16, 24).with_stride(2),
+        ConvDesc::depthwise(2, (41, 43), 40, 5, 2),
+        ConvDesc::depthwise(2, (36, 36), 24, 3, 1),
+        ConvDesc::new(2, (28, 27), 64, 64, (3, 3))
+            .with_group_size(16)
+            .with_symmetric_padding(),
+        ConvDesc::new(2, (15, 15), 40, 40, (5, 5))
+            .with_group_size(8)
+            .with_stride(2)
+            .with_tf_same_padding(),
+    ];
+    for (i, d) in shapes.iter().enumerate() {
+        let c = ConvCase::new(d, 77 + i as u64);
+        let conv = Conv2d::new(d).unwrap();
+        let one = in_pool(1, || c.run(&Passes::Workspace(&conv)).bits());
+        for t in [2, 8] {
+            assert!(
+                in_pool(t, || c.run(&Passes::Workspace(&conv)).bits()) == one,
+                "{d:?}: {t} threads differ from 1"
+            );
+        }
     }
 }
 

@@ -358,7 +358,10 @@ unsafe fn ctx_and_plan<'a>(
 /// on the plan, the pass, the context's thread count and the SIMD level this process
 /// runs (fixed at startup, or by `EFFNET_SIMD`); query once and reuse the buffer for
 /// every call of that pass with that context. A size of 0 means the pass needs no
-/// workspace (NULL with 0 bytes is then accepted).
+/// workspace (NULL with 0 bytes is then accepted). The workspace holds all of the
+/// pass's tensor-sized scratch (packed weights, padded row copies, per-chunk
+/// weight-gradient partials; part of it is one slot per context thread), so the `_ws`
+/// passes allocate only small bookkeeping (a few KiB at most).
 ///
 /// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type handle, an unknown
 /// `pass`, or a NULL or misaligned `out_bytes`.

@@ -339,6 +339,17 @@ pub trait SimdKernel {
     fn run<S: Simd>(self, s: S) -> Self::Output;
 }
 
+/// The vector width (`f32` lanes) [`dispatch`] runs a kernel with at `level`: the
+/// level clamped to what the CPU supports (and, off x86-64, to the portable level).
+/// Kernels that size buffers outside the dispatched body use this, so the size agrees
+/// with `S::LANES` inside it.
+pub fn dispatch_lanes(level: SimdLevel) -> usize {
+    let level = level.min(detected());
+    #[cfg(not(target_arch = "x86_64"))]
+    let level = level.min(SimdLevel::Portable);
+    level.lanes()
+}
+
 /// Runs `kernel` at `level` (clamped to what the CPU supports).
 #[inline]
 pub fn dispatch<K: SimdKernel>(level: SimdLevel, kernel: K) -> K::Output {

@@ -43,13 +43,19 @@
 //! Forward and backward-data compute every output element in the same order whatever
 //! the split into tasks (the split only decides which thread computes it), so they too
 //! are bitwise reproducible across thread counts.
+//!
+//! Memory: the rings, the packed weights and bias and the weight-gradient
+//! accumulators of a task live in its worker's slot of the caller's workspace
+//! ([`workspace_len`], `*_with_workspace`), the per-chunk weight-gradient partials
+//! and the bias sum in per-call regions of it; the plain passes allocate exactly that
+//! workspace. Row plans (tap lists, `O(kh·kw)`) and ring tags are small allocations.
 
-use super::{ConvShape, GradMode};
+use super::{ConvPass, ConvShape, GradMode};
 use crate::error::Result;
-use crate::kernels::parallel::{chunk_len, reduce_chunks};
-use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
+use crate::kernels::parallel::{chunk_len, partials_len, reduce_chunks_in};
+use crate::kernels::scratch::{Workspace, WorkspaceLayout};
+use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch, dispatch_lanes};
 use rayon::prelude::*;
-use std::cell::RefCell;
 use std::ops::Range;
 
 /// The dimensions of a validated depthwise convolution, as plain numbers.
@@ -152,37 +158,21 @@ fn nv_max(lanes: usize) -> usize {
     if lanes == 8 { 2 } else { 4 }
 }
 
-thread_local! {
-    /// Per-thread scratch memory, reused by every task that runs on the thread.
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+/// Floats of one gather task's scratch at `l` lanes: one ring of packed source rows
+/// per channel block (`C_pad` floats per pixel in all), the packed weights
+/// `[kh·kw][C_pad]` and the packed bias `[C_pad]`.
+fn gather_scratch(g: &Geo, cols: &Columns, l: usize) -> usize {
+    let c_pad = g.c.div_ceil(l) * l;
+    let slots = if cols.has_border() { g.span_h() } else { 0 };
+    slots * cols.rp.pw * c_pad + g.kh * g.kw * c_pad + c_pad
 }
 
-/// This thread's scratch memory, borrowed for one task and given back on drop (no
-/// closure around the kernel: closures would not be compiled with the kernel's target
-/// features).
-struct Scratch(Vec<f32>);
-
-impl Scratch {
-    fn take() -> Scratch {
-        Scratch(SCRATCH.with(|c| c.take()))
-    }
-
-    /// `len` floats from a 64-byte boundary; the contents are unspecified (every user
-    /// writes before it reads).
-    fn slice(&mut self, len: usize) -> &mut [f32] {
-        if self.0.len() < len + 16 {
-            self.0.resize(len + 16, 0.0);
-        }
-        let off = self.0.as_ptr().align_offset(64).min(16);
-        &mut self.0[off..off + len]
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        SCRATCH.with(|c| c.replace(v));
-    }
+/// Floats of one weight-gradient task's scratch at `l` lanes: a ring for the widest
+/// channel block, the accumulators `[kh·kw + 2][C_pad]` and a packed `dy` row.
+fn wgrad_scratch(g: &Geo, cols: &Columns, l: usize) -> usize {
+    let vbm = vb_max(g.c, l);
+    let slots = if cols.has_border() { g.span_h() } else { 0 };
+    Ring::len(slots, cols.rp, vbm) + (g.kh * g.kw + 2) * g.c.div_ceil(l) * l + g.ow * vbm
 }
 
 /// Rows (of `per_row` floats of traffic each) that fit a task's working set in about
@@ -841,6 +831,8 @@ struct GatherRows<'a> {
     bias: Option<&'a [f32]>,
     dst: &'a mut [f32],
     row0: usize,
+    /// The task's scratch ([`gather_scratch`] floats, any contents).
+    mem: &'a mut [f32],
 }
 
 /// The taps of one destination row, the same for every channel block.
@@ -1105,8 +1097,9 @@ impl SimdKernel for GatherRows<'_> {
         let ring_len = slots * cols.rp.pw * c_pad;
         let (_, _, dst_rows, dst_len) = self.dims();
         let dst = std::mem::take(&mut self.dst);
-        let mut scratch = Scratch::take();
-        let mem = scratch.slice(ring_len + taps_n * c_pad + c_pad);
+        let need = gather_scratch(g, cols, l);
+        debug_assert_eq!(need, ring_len + taps_n * c_pad + c_pad);
+        let mem = &mut std::mem::take(&mut self.mem)[..need];
         let (mut ring_mem, rest) = mem.split_at_mut(ring_len);
         let (w, bias) = rest.split_at_mut(taps_n * c_pad);
         // One ring per channel block (`vb` floats per pixel), kept for the whole task.
@@ -1169,6 +1162,15 @@ impl SimdKernel for GatherRows<'_> {
     }
 }
 
+/// The column structure of `pass`.
+fn gather_columns(g: &Geo, pass: Pass) -> Columns {
+    match pass {
+        Pass::Forward => forward_columns(g),
+        Pass::BackwardData => backward_data_columns(g),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_gather(
     level: SimdLevel,
     g: &Geo,
@@ -1177,10 +1179,13 @@ fn run_gather(
     w: &[f32],
     bias: Option<&[f32]>,
     dst: &mut [f32],
-) {
-    let (cols, rows, row_len) = match pass {
-        Pass::Forward => (forward_columns(g), g.n * g.oh, g.ow * g.c),
-        Pass::BackwardData => (backward_data_columns(g), g.n * g.h, g.w * g.c),
+    ws: &mut Workspace<'_>,
+) -> Result<()> {
+    let cols = gather_columns(g, pass);
+    let slots = ws.per_worker(gather_scratch(g, &cols, dispatch_lanes(level)))?;
+    let (rows, row_len) = match pass {
+        Pass::Forward => (g.n * g.oh, g.ow * g.c),
+        Pass::BackwardData => (g.n * g.h, g.w * g.c),
     };
     // Every output element is computed the same way whatever the split, so the split
     // may follow the pool size: about 4 tasks per thread (load balance), as long as
@@ -1193,20 +1198,76 @@ fn run_gather(
     dst.par_chunks_mut(per_task * row_len)
         .enumerate()
         .for_each(|(i, dst)| {
-            dispatch(
-                level,
-                GatherRows {
-                    g,
-                    pass,
-                    cols: &cols,
-                    src,
-                    w,
-                    bias,
-                    dst,
-                    row0: i * per_task,
-                },
-            )
+            slots.with(|mem| {
+                dispatch(
+                    level,
+                    GatherRows {
+                        g,
+                        pass,
+                        cols: &cols,
+                        src,
+                        w,
+                        bias,
+                        dst,
+                        row0: i * per_task,
+                        mem,
+                    },
+                )
+            })
         });
+    Ok(())
+}
+
+/// Floats of workspace `pass` needs at `level` when the call runs in a pool of
+/// `threads` threads: the gathers' rings and packed weights per worker; for the weight
+/// gradient, the per-chunk partials and the bias sum per call and the rings and
+/// accumulators per worker. A function of the shape, the pass, the level and the
+/// thread count only.
+pub fn workspace_len(level: SimdLevel, shape: &ConvShape, pass: ConvPass, threads: usize) -> usize {
+    layout(level, &Geo::new(shape), pass, threads).len()
+}
+
+/// The regions `pass` takes from its workspace, in order.
+fn layout(level: SimdLevel, g: &Geo, pass: ConvPass, threads: usize) -> WorkspaceLayout {
+    let l = dispatch_lanes(level);
+    let mut layout = WorkspaceLayout::new(threads);
+    match pass {
+        ConvPass::Forward => layout.per_worker(gather_scratch(g, &forward_columns(g), l)),
+        ConvPass::BackwardData => {
+            layout.per_worker(gather_scratch(g, &backward_data_columns(g), l))
+        }
+        ConvPass::BackwardWeight => {
+            let sum = g.kh * g.kw * g.c + g.c;
+            let (rows, chunk) = wgrad_chunks(g);
+            layout
+                .region(sum)
+                .region(partials_len(rows, chunk, sum))
+                .per_worker(wgrad_scratch(g, &forward_columns(g), l))
+        }
+    };
+    layout
+}
+
+/// The caller's workspace checked against the layout of `pass` in the current pool.
+fn workspace<'a>(
+    level: SimdLevel,
+    g: &Geo,
+    pass: ConvPass,
+    ws: &'a mut [f32],
+) -> Result<Workspace<'a>> {
+    Workspace::new(ws, &layout(level, g, pass, rayon::current_num_threads()))
+}
+
+/// Runs `f` on a freshly allocated workspace of exactly the size `pass` needs in the
+/// current pool.
+fn allocating<R>(
+    level: SimdLevel,
+    shape: &ConvShape,
+    pass: ConvPass,
+    f: impl FnOnce(&mut [f32]) -> Result<R>,
+) -> Result<R> {
+    let g = Geo::new(shape);
+    f(&mut layout(level, &g, pass, rayon::current_num_threads()).alloc())
 }
 
 /// `y = conv(x, w) (+ bias)`; `y` is overwritten.
@@ -1221,10 +1282,28 @@ pub fn forward(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
+    allocating(level, shape, ConvPass::Forward, |ws| {
+        forward_with_workspace(level, shape, x, w, bias, y, ws)
+    })
+}
+
+/// [`forward`] with its scratch in `ws`: at least
+/// [`workspace_len`]`(level, shape, ConvPass::Forward, threads)` floats for the pool
+/// the call runs in, any contents (left unspecified); a shorter one is
+/// [`crate::Error::BufferSize`] naming `"workspace"`.
+pub fn forward_with_workspace(
+    level: SimdLevel,
+    shape: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
     shape.check_forward(x, w, bias, y)?;
     let g = Geo::new(shape);
-    run_gather(level, &g, Pass::Forward, x, w, bias, y);
-    Ok(())
+    let mut ws = workspace(level, &g, ConvPass::Forward, ws)?;
+    run_gather(level, &g, Pass::Forward, x, w, bias, y, &mut ws)
 }
 
 /// `dx = convᵀ(dy, w)`; `dx` is overwritten.
@@ -1238,10 +1317,26 @@ pub fn backward_data(
     w: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
+    allocating(level, shape, ConvPass::BackwardData, |ws| {
+        backward_data_with_workspace(level, shape, dy, w, dx, ws)
+    })
+}
+
+/// [`backward_data`] with its scratch in `ws` (at least
+/// [`workspace_len`]`(level, shape, ConvPass::BackwardData, threads)` floats; as
+/// [`forward_with_workspace`]).
+pub fn backward_data_with_workspace(
+    level: SimdLevel,
+    shape: &ConvShape,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
     shape.check_backward_data(dy, w, dx)?;
     let g = Geo::new(shape);
-    run_gather(level, &g, Pass::BackwardData, dy, w, None, dx);
-    Ok(())
+    let mut ws = workspace(level, &g, ConvPass::BackwardData, ws)?;
+    run_gather(level, &g, Pass::BackwardData, dy, w, None, dx, &mut ws)
 }
 
 /// Output pixels per slice of a weight-gradient row (see [`WgradRows::wgrad_rows`]).
@@ -1502,6 +1597,8 @@ struct WgradRows<'a> {
     part: &'a mut [f32],
     with_bias: bool,
     rows: Range<usize>,
+    /// The task's scratch ([`wgrad_scratch`] floats, any contents).
+    mem: &'a mut [f32],
 }
 
 /// Per-task scratch of the weight gradient.
@@ -1773,10 +1870,12 @@ impl SimdKernel for WgradRows<'_> {
             0
         };
         let ring_len = Ring::len(slots, self.cols.rp, vbm);
-        let mut scratch = Scratch::take();
+        let mem = std::mem::take(&mut self.mem);
         {
             let acc_len = (g.kh * g.kw + 2) * g.c.div_ceil(S::LANES) * S::LANES;
-            let mem = scratch.slice(ring_len + acc_len + g.ow * vbm);
+            let need = wgrad_scratch(g, self.cols, S::LANES);
+            debug_assert_eq!(need, ring_len + acc_len + g.ow * vbm);
+            let mem = &mut mem[..need];
             let (ring, rest) = mem.split_at_mut(ring_len);
             let (acc, dy) = rest.split_at_mut(acc_len);
             acc.fill(0.0);
@@ -1834,9 +1933,13 @@ pub fn backward_weight(
     dbias: Option<&mut [f32]>,
     mode: GradMode,
 ) -> Result<()> {
-    shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
-    let g = Geo::new(shape);
-    let cols = forward_columns(&g);
+    allocating(level, shape, ConvPass::BackwardWeight, |ws| {
+        backward_weight_with_workspace(level, shape, x, dy, dw, dbias, mode, ws)
+    })
+}
+
+/// The flattened output rows of the weight gradient and the rows per chunk.
+fn wgrad_chunks(g: &Geo) -> (usize, usize) {
     let rows = g.n * g.oh;
     // Fixed chunks (never the pool size: the partial sums must not depend on it): at
     // most 32, with enough pixels that the partial buffer (k²·C) is small next to the
@@ -1844,29 +1947,55 @@ pub fn backward_weight(
     let min_rows = (4 * g.kh * g.kw)
         .div_ceil(g.ow)
         .max(16384usize.div_ceil(g.ow * g.c));
-    let chunk = chunk_len(rows, min_rows, 32);
+    (rows, chunk_len(rows, min_rows, 32))
+}
+
+/// [`backward_weight`] with its scratch in `ws` (at least
+/// [`workspace_len`]`(level, shape, ConvPass::BackwardWeight, threads)` floats; as
+/// [`forward_with_workspace`]).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_weight_with_workspace(
+    level: SimdLevel,
+    shape: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    mode: GradMode,
+    ws: &mut [f32],
+) -> Result<()> {
+    shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
+    let g = Geo::new(shape);
+    let mut ws = workspace(level, &g, ConvPass::BackwardWeight, ws)?;
+    let cols = forward_columns(&g);
+    let (rows, chunk) = wgrad_chunks(&g);
     let w_len = dw.len();
-    let run = |part: &mut [f32], with_bias: bool, accumulate: bool| {
-        reduce_chunks(rows, chunk, part, accumulate, |r, p| {
-            dispatch(
-                level,
-                WgradRows {
-                    g: &g,
-                    cols: &cols,
-                    x,
-                    dy,
-                    part: p,
-                    with_bias,
-                    rows: r,
-                },
-            )
+    let sum = ws.take(w_len + g.c)?;
+    let partials = ws.take(partials_len(rows, chunk, w_len + g.c))?;
+    let slots = ws.per_worker(wgrad_scratch(&g, &cols, dispatch_lanes(level)))?;
+    let mut run = |part: &mut [f32], with_bias: bool, accumulate: bool| {
+        reduce_chunks_in(rows, chunk, part, accumulate, partials, |r, p| {
+            slots.with(|mem| {
+                dispatch(
+                    level,
+                    WgradRows {
+                        g: &g,
+                        cols: &cols,
+                        x,
+                        dy,
+                        part: p,
+                        with_bias,
+                        rows: r,
+                        mem,
+                    },
+                )
+            })
         })
     };
     match dbias {
         None => run(dw, false, mode.accumulate()),
         Some(db) => {
-            let mut sum = vec![0.0f32; w_len + g.c];
-            run(&mut sum, true, false);
+            run(sum, true, false);
             let (sw, sb) = sum.split_at(w_len);
             if mode.accumulate() {
                 add_into(dw, sw);

@@ -39,10 +39,12 @@
 //! conv.forward_with_workspace(&x, &w, None, &mut y, &mut ws).unwrap();
 //! ```
 //!
-//! What the workspace path still allocates: small descriptors only (`O(C / lanes)`
-//! column panels of the pointwise product). Today the depthwise and grouped families
-//! still allocate their tensor-sized scratch internally (their workspace length is
-//! 0); converting them is the next step.
+//! What the workspace path still allocates: small bookkeeping only, never anything
+//! that grows with the tensors — task lists (`O(tasks)`), per-row tap lists
+//! (`O(kh·kw)`), ring-slot tags and the pointwise product's `O(C / lanes)` column
+//! panels. Everything tensor- or weight-sized (packed weights, padded input copies,
+//! packed row rings, per-chunk weight-gradient partials) comes from the workspace; the
+//! per-worker parts of it mean its size depends on the pool's thread count.
 
 pub mod depthwise;
 mod desc;
@@ -119,7 +121,7 @@ impl Conv2d {
     /// more threads also serves a smaller pool; for a larger pool it may be short.
     /// Depends on the shape, the pass, the level and the thread count only.
     pub fn workspace_len(&self, pass: ConvPass, threads: usize) -> usize {
-        let _threads = if threads == 0 {
+        let threads = if threads == 0 {
             rayon::current_num_threads()
         } else {
             threads
@@ -127,8 +129,8 @@ impl Conv2d {
         let level = simd::active();
         match self.family {
             ConvFamily::Pointwise => pointwise::workspace_len(level, &self.shape, pass),
-            // These still allocate their scratch internally.
-            ConvFamily::Depthwise | ConvFamily::Grouped => 0,
+            ConvFamily::Depthwise => depthwise::workspace_len(level, &self.shape, pass, threads),
+            ConvFamily::Grouped => grouped::workspace_len(level, &self.shape, pass, threads),
         }
     }
 
@@ -161,11 +163,15 @@ impl Conv2d {
     ) -> Result<()> {
         let level = simd::active();
         match self.family {
-            ConvFamily::Depthwise => depthwise::forward(level, &self.shape, x, w, bias, y),
+            ConvFamily::Depthwise => {
+                depthwise::forward_with_workspace(level, &self.shape, x, w, bias, y, ws)
+            }
             ConvFamily::Pointwise => {
                 pointwise::forward_with_workspace(level, &self.shape, x, w, bias, y, ws)
             }
-            ConvFamily::Grouped => grouped::forward(level, &self.shape, x, w, bias, y),
+            ConvFamily::Grouped => {
+                grouped::forward_with_workspace(level, &self.shape, x, w, bias, y, ws)
+            }
         }
     }
 
@@ -190,11 +196,15 @@ impl Conv2d {
     ) -> Result<()> {
         let level = simd::active();
         match self.family {
-            ConvFamily::Depthwise => depthwise::backward_data(level, &self.shape, dy, w, dx),
+            ConvFamily::Depthwise => {
+                depthwise::backward_data_with_workspace(level, &self.shape, dy, w, dx, ws)
+            }
             ConvFamily::Pointwise => {
                 pointwise::backward_data_with_workspace(level, &self.shape, dy, w, dx, ws)
             }
-            ConvFamily::Grouped => grouped::backward_data(level, &self.shape, dy, w, dx),
+            ConvFamily::Grouped => {
+                grouped::backward_data_with_workspace(level, &self.shape, dy, w, dx, ws)
+            }
         }
     }
 
@@ -228,9 +238,16 @@ impl Conv2d {
     ) -> Result<()> {
         let level = simd::active();
         match self.family {
-            ConvFamily::Depthwise => {
-                depthwise::backward_weight(level, &self.shape, x, dy, dw, dbias, mode)
-            }
+            ConvFamily::Depthwise => depthwise::backward_weight_with_workspace(
+                level,
+                &self.shape,
+                x,
+                dy,
+                dw,
+                dbias,
+                mode,
+                ws,
+            ),
             ConvFamily::Pointwise => pointwise::backward_weight_with_workspace(
                 level,
                 &self.shape,
@@ -241,9 +258,16 @@ impl Conv2d {
                 mode,
                 ws,
             ),
-            ConvFamily::Grouped => {
-                grouped::backward_weight(level, &self.shape, x, dy, dw, dbias, mode)
-            }
+            ConvFamily::Grouped => grouped::backward_weight_with_workspace(
+                level,
+                &self.shape,
+                x,
+                dy,
+                dw,
+                dbias,
+                mode,
+                ws,
+            ),
         }
     }
 }

@@ -4,7 +4,9 @@
 use super::forward::debug_check;
 use super::micro::{ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile};
 use super::slide::{self, SlideRow, slide_row};
-use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_scratch};
+use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_zeroed};
+use crate::error::Result;
+use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
 
@@ -28,26 +30,80 @@ impl DyCols {
     }
 }
 
-pub(super) fn run(level: SimdLevel, g: &Geo, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let l = lanes(level);
-    let civn = g.cig.div_ceil(l);
-    let wt = pack_transposed(g, w, l, civn);
-    let cols = DyCols::new(g);
-    let w_group = g.taps() * g.cog * civn * l;
-    let tasks = plan_tasks(g.n, g.h, g.groups, w_group, cols.width * g.cog, |band| {
-        band.div_ceil(g.sh) + ((g.kh - 1) * g.dh).div_ceil(g.sh) + 1
-    });
+/// How a backward-data call splits its work and what scratch it needs; a function of
+/// the shape and the level only.
+pub(super) struct Plan {
+    l: usize,
+    civn: usize,
+    cols: DyCols,
+    tasks: Vec<Task>,
+    /// Floats of the largest task's padded `dy` copy.
+    buf_len: usize,
+}
+
+impl Plan {
+    pub(super) fn new(level: SimdLevel, g: &Geo) -> Plan {
+        let l = lanes(level);
+        let civn = g.cig.div_ceil(l);
+        let cols = DyCols::new(g);
+        let w_group = g.taps() * g.cog * civn * l;
+        let tasks = plan_tasks(g.n, g.h, g.groups, w_group, cols.width * g.cog, |band| {
+            band.div_ceil(g.sh) + ((g.kh - 1) * g.dh).div_ceil(g.sh) + 1
+        });
+        let buf_len = tasks
+            .iter()
+            .map(|t| {
+                let (lo, hi) = dy_rows(g, t.r0, t.r0 + t.rows);
+                t.ng * (hi - lo) * cols.width * g.cog
+            })
+            .max()
+            .unwrap_or(0);
+        Plan {
+            l,
+            civn,
+            cols,
+            tasks,
+            buf_len,
+        }
+    }
+
+    /// Floats of the transposed weight.
+    fn wt_len(&self, g: &Geo) -> usize {
+        g.groups * g.taps() * g.cog * self.civn * self.l
+    }
+
+    /// The regions [`run`] takes, in order: the transposed weight (per call), the
+    /// padded `dy` copies (per worker).
+    pub(super) fn layout(&self, g: &Geo, layout: &mut WorkspaceLayout) {
+        layout.region(self.wt_len(g)).per_worker(self.buf_len);
+    }
+}
+
+pub(super) fn run(
+    level: SimdLevel,
+    g: &Geo,
+    plan: &Plan,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    ws: &mut Workspace<'_>,
+) -> Result<()> {
+    let wt = ws.take(plan.wt_len(g))?;
+    let slots = ws.per_worker(plan.buf_len)?;
+    pack_transposed(g, w, plan.l, plan.civn, wt);
+    let wt = &*wt;
+    let cols = plan.cols;
     let out = SharedOut::new(dx);
-    tasks.par_iter().for_each(|t| {
+    plan.tasks.par_iter().for_each(|t| {
         let (oh_lo, oh_hi) = dy_rows(g, t.r0, t.r0 + t.rows);
         let rows = oh_hi - oh_lo;
-        with_scratch(t.ng * rows * cols.width * g.cog, |buf| {
+        with_zeroed(&slots, t.ng * rows * cols.width * g.cog, |buf| {
             simd::dispatch(
                 level,
                 BwdDataTask {
                     g,
                     dy,
-                    wt: &wt,
+                    wt,
                     out,
                     t: *t,
                     cols,
@@ -58,6 +114,7 @@ pub(super) fn run(level: SimdLevel, g: &Geo, dy: &[f32], w: &[f32], dx: &mut [f3
             )
         })
     });
+    Ok(())
 }
 
 /// Output rows `[lo, hi)` that the input rows `ih0..ih1` receive gradient from.
@@ -71,13 +128,13 @@ fn dy_rows(g: &Geo, ih0: usize, ih1: usize) -> (usize, usize) {
 
 /// `[group][tap][co][civn·L]`: the weight transposed per group, zero beyond the
 /// group's input channels.
-fn pack_transposed(g: &Geo, w: &[f32], l: usize, civn: usize) -> Vec<f32> {
+fn pack_transposed(g: &Geo, w: &[f32], l: usize, civn: usize, p: &mut [f32]) {
     let row = civn * l;
     let per_group = g.taps() * g.cog * row;
-    let mut p = vec![0.0f32; g.groups * per_group];
     p.par_chunks_mut(per_group)
         .enumerate()
         .for_each(|(gi, dst)| {
+            dst.fill(0.0);
             for t in 0..g.taps() {
                 let dst = &mut dst[t * g.cog * row..][..g.cog * row];
                 for ci in 0..g.cig {
@@ -88,7 +145,6 @@ fn pack_transposed(g: &Geo, w: &[f32], l: usize, civn: usize) -> Vec<f32> {
                 }
             }
         });
-    p
 }
 
 struct BwdDataTask<'a> {

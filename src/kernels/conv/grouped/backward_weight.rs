@@ -4,7 +4,9 @@
 
 use super::micro::{GroupMajor, OuterRow, OuterTile, max_nv, max_tile, outer_tile, tile_dispatch};
 use super::slide::{self, SlideWeight, WeightRow, slide_weight};
-use super::{Geo, lanes, split, with_scratch};
+use super::{Geo, lanes, split, with_zeroed};
+use crate::error::Result;
+use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
 
@@ -39,72 +41,104 @@ struct Segment {
     base: usize,
 }
 
-pub(super) fn run(
-    level: SimdLevel,
-    g: &Geo,
-    x: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    accumulate: bool,
-) {
-    let l = lanes(level);
-    let w_len = dw.len();
-    let rows = g.n * g.oh;
-    // The chunking depends on the shape only, never on the thread count: chunks of at
-    // least MIN_CHUNK_PIXELS output pixels (each chunk costs a weight-sized partial),
-    // small enough that a chunk's input rows stay in the L2 cache while the tasks of
-    // its group blocks run one after the other.
-    let pixels = rows * g.ow;
-    let row_bytes = (g.sh * g.w * g.cin * std::mem::size_of::<f32>()).max(1);
-    let max_rows = (CHUNK_BYTES / row_bytes).max(1);
-    let want = (pixels / MIN_CHUNK_PIXELS)
-        .max(rows.div_ceil(max_rows))
-        .min(MAX_PARTIAL_FLOATS / w_len.max(1))
-        .clamp(1, MAX_CHUNKS);
-    let chunk_rows = rows.div_ceil(want);
-    let chunks = rows.div_ceil(chunk_rows);
-    let wp = g.padded_w();
-    let cvn = g.cog.div_ceil(l);
-    // Groups per task: all of them (whole runs of channels are read from memory) unless
-    // that leaves too few tasks or too large a copy.
-    let per_group =
-        ((chunk_rows + 1) * g.sh + (g.kh - 1) * g.dh) * wp * g.cig + chunk_rows * g.ow * cvn * l;
-    let mut gbs = g.groups;
-    while gbs > 1 && (chunks * g.groups.div_ceil(gbs) < MIN_TASKS || gbs * per_group > BUDGET) {
-        gbs = gbs.div_ceil(2);
-    }
-    // Output gradients are read in place when a task covers every channel in whole
-    // vectors; otherwise copied per task as [gl][row][ow][cvn·L] with zero lanes.
-    let dy_copy = !(g.cog.is_multiple_of(l) && gbs == g.groups);
-    // G16 3×3 / 5×5 with AVX-512: sliding tiles with the input channels as the vector
-    // axis; the partials are then laid out [tap][gl][co][ci].
-    let transposed = level.min(simd::detected()) == SimdLevel::Avx512
-        && g.dw == 1
-        && slide::weight_supported(g.kw, g.cig, g.cog);
-    // Output rows per step: the input rows a step adds are copied (and the next step's
-    // prefetched) while the previous steps' sums wait in the partial.
-    let sub_rows = SUB_PIXELS.div_ceil(g.ow);
-    // Sliding tiles read the input in place when pixels are short (a few cache lines:
-    // strided reads stay cheap), else from the group-major copy like the other tiles.
-    let in_place = transposed && g.cin <= IN_PLACE_MAX_CHANNELS;
-    let interior = g.interior_cols();
-    let n_border = interior.0 + (g.ow - interior.1);
-    let blocks: Vec<(usize, usize)> = split(g.groups, gbs).collect();
-    let block_len = |ng: usize| g.taps() * g.cig * ng * g.cog;
+/// How a backward-weight call splits its work and what scratch it needs; a function of
+/// the shape and the level only (never the thread count: the partial sums must not
+/// depend on it).
+pub(super) struct Plan {
+    /// Flattened output rows (`n·oh + oh`) per chunk, and the chunk count.
+    chunk_rows: usize,
+    chunks: usize,
+    /// Group blocks `(g0, ng)`, longest first.
+    blocks: Vec<(usize, usize)>,
+    /// Output gradients copied per task (else read in place).
+    dy_copy: bool,
+    /// Sliding tiles with the input channels as the vector axis (partials laid out
+    /// `[tap][gl][co][ci]`).
+    transposed: bool,
+    /// The sliding tiles read the input in place.
+    in_place: bool,
+    /// Output rows per step.
+    sub_rows: usize,
+    interior: (usize, usize),
+    cvn_l: usize,
+    /// Floats of the largest task's copies.
+    buf_len: usize,
+}
 
-    let mut partials = vec![0.0f32; chunks * w_len];
-    let mut jobs = Vec::with_capacity(chunks * blocks.len());
-    let mut rest = &mut partials[..];
-    for c in 0..chunks {
-        for &(g0, ng) in &blocks {
-            let (part, tail) = rest.split_at_mut(block_len(ng));
-            rest = tail;
-            jobs.push((c, g0, ng, part));
+impl Plan {
+    pub(super) fn new(level: SimdLevel, g: &Geo) -> Plan {
+        let l = lanes(level);
+        let w_len = g.taps() * g.cig * g.cout;
+        let rows = g.n * g.oh;
+        // The chunking depends on the shape only, never on the thread count: chunks of
+        // at least MIN_CHUNK_PIXELS output pixels (each chunk costs a weight-sized
+        // partial), small enough that a chunk's input rows stay in the L2 cache while
+        // the tasks of its group blocks run one after the other.
+        let pixels = rows * g.ow;
+        let row_bytes = (g.sh * g.w * g.cin * std::mem::size_of::<f32>()).max(1);
+        let max_rows = (CHUNK_BYTES / row_bytes).max(1);
+        let want = (pixels / MIN_CHUNK_PIXELS)
+            .max(rows.div_ceil(max_rows))
+            .min(MAX_PARTIAL_FLOATS / w_len.max(1))
+            .clamp(1, MAX_CHUNKS);
+        let chunk_rows = rows.div_ceil(want);
+        let chunks = rows.div_ceil(chunk_rows);
+        let wp = g.padded_w();
+        let cvn = g.cog.div_ceil(l);
+        // Groups per task: all of them (whole runs of channels are read from memory)
+        // unless that leaves too few tasks or too large a copy.
+        let per_group = ((chunk_rows + 1) * g.sh + (g.kh - 1) * g.dh) * wp * g.cig
+            + chunk_rows * g.ow * cvn * l;
+        let mut gbs = g.groups;
+        while gbs > 1 && (chunks * g.groups.div_ceil(gbs) < MIN_TASKS || gbs * per_group > BUDGET) {
+            gbs = gbs.div_ceil(2);
         }
+        let blocks: Vec<(usize, usize)> = split(g.groups, gbs).collect();
+        // G16 3×3 / 5×5 with AVX-512: sliding tiles with the input channels as the
+        // vector axis; the partials are then laid out [tap][gl][co][ci].
+        let transposed = level.min(simd::detected()) == SimdLevel::Avx512
+            && g.dw == 1
+            && slide::weight_supported(g.kw, g.cig, g.cog);
+        let mut plan = Plan {
+            chunk_rows,
+            chunks,
+            // Output gradients are read in place when a task covers every channel in
+            // whole vectors; otherwise copied per task as [gl][row][ow][cvn·L] with
+            // zero lanes.
+            dy_copy: !(g.cog.is_multiple_of(l) && gbs == g.groups),
+            transposed,
+            // Sliding tiles read the input in place when pixels are short (a few cache
+            // lines: strided reads stay cheap), else from the group-major copy like the
+            // other tiles.
+            in_place: transposed && g.cin <= IN_PLACE_MAX_CHANNELS,
+            // Output rows per step: the input rows a step adds are copied (and the next
+            // step's prefetched) while the previous steps' sums wait in the partial.
+            sub_rows: SUB_PIXELS.div_ceil(g.ow),
+            interior: g.interior_cols(),
+            cvn_l: cvn * l,
+            buf_len: 0,
+            blocks,
+        };
+        let ng = plan.blocks[0].1;
+        plan.buf_len = (0..chunks)
+            .map(|c| {
+                let (_, x_rows) = plan.segments(g, c);
+                let (x, d, w) = plan.copy_lens(g, ng, x_rows);
+                x + d + w
+            })
+            .max()
+            .unwrap_or(0);
+        plan
     }
-    jobs.into_par_iter().for_each(|(c, g0, ng, part)| {
-        let r0 = c * chunk_rows;
-        let r1 = (r0 + chunk_rows).min(rows);
+
+    fn block_len(g: &Geo, ng: usize) -> usize {
+        g.taps() * g.cig * ng * g.cog
+    }
+
+    /// The stretches of images in chunk `c` and the input rows they read in all.
+    fn segments(&self, g: &Geo, c: usize) -> (Vec<Segment>, usize) {
+        let r0 = c * self.chunk_rows;
+        let r1 = (r0 + self.chunk_rows).min(g.n * g.oh);
         let mut segments = Vec::new();
         let mut base = 0;
         let mut r = r0;
@@ -122,20 +156,74 @@ pub(super) fn run(
             base += ih_hi - ih_lo;
             r = end;
         }
+        (segments, base)
+    }
+
+    /// Floats of a task's copies for `ng` groups and `x_rows` input rows: the padded
+    /// input, the output gradients, the border windows.
+    fn copy_lens(&self, g: &Geo, ng: usize, x_rows: usize) -> (usize, usize, usize) {
         // The sliding tiles read the input in place (zero-padded windows at the
         // borders); the other tiles read a group-major padded copy.
-        let x_len = if in_place { 0 } else { ng * base * wp * g.cig };
-        let dy_len = if dy_copy {
-            ng * sub_rows * g.ow * cvn * l
+        let x_len = if self.in_place {
+            0
+        } else {
+            ng * x_rows * g.padded_w() * g.cig
+        };
+        let dy_len = if self.dy_copy {
+            ng * self.sub_rows * g.ow * self.cvn_l
         } else {
             0
         };
-        let win_len = if in_place {
-            sub_rows * n_border * g.kw * g.cig
+        let win_len = if self.in_place {
+            let n_border = self.interior.0 + (g.ow - self.interior.1);
+            self.sub_rows * n_border * g.kw * g.cig
         } else {
             0
         };
-        with_scratch(x_len + dy_len + win_len, |buf| {
+        (x_len, dy_len, win_len)
+    }
+
+    /// The regions [`run`] takes, in order: the per-chunk partials (per call), the
+    /// task copies (per worker).
+    pub(super) fn layout(&self, g: &Geo, layout: &mut WorkspaceLayout) {
+        let w_len = g.taps() * g.cig * g.cout;
+        layout.region(self.chunks * w_len).per_worker(self.buf_len);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    level: SimdLevel,
+    g: &Geo,
+    plan: &Plan,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    accumulate: bool,
+    ws: &mut Workspace<'_>,
+) -> Result<()> {
+    let w_len = dw.len();
+    let chunks = plan.chunks;
+    let blocks = &plan.blocks;
+    let transposed = plan.transposed;
+    let block_len = |ng: usize| Plan::block_len(g, ng);
+    let partials = ws.take(chunks * w_len)?;
+    let slots = ws.per_worker(plan.buf_len)?;
+    let mut jobs = Vec::with_capacity(chunks * blocks.len());
+    let mut rest = &mut partials[..];
+    for c in 0..chunks {
+        for &(g0, ng) in blocks {
+            let (part, tail) = rest.split_at_mut(block_len(ng));
+            rest = tail;
+            jobs.push((c, g0, ng, part));
+        }
+    }
+    jobs.into_par_iter().for_each(|(c, g0, ng, part)| {
+        part.fill(0.0);
+        let r0 = c * plan.chunk_rows;
+        let (segments, base) = plan.segments(g, c);
+        let (x_len, dy_len, win_len) = plan.copy_lens(g, ng, base);
+        with_zeroed(&slots, x_len + dy_len + win_len, |buf| {
             let (xb, rest) = buf.split_at_mut(x_len);
             let (db, win) = rest.split_at_mut(dy_len);
             simd::dispatch(
@@ -149,12 +237,12 @@ pub(super) fn run(
                     ng,
                     segments: &segments,
                     x_rows: base,
-                    sub_rows,
+                    sub_rows: plan.sub_rows,
                     transposed,
-                    in_place,
-                    interior,
+                    in_place: plan.in_place,
+                    interior: plan.interior,
                     xb,
-                    db: dy_copy.then_some(db),
+                    db: plan.dy_copy.then_some(db),
                     win,
                     part,
                 },
@@ -203,6 +291,7 @@ pub(super) fn run(
             }
         }
     });
+    Ok(())
 }
 
 struct BwdWeightTask<'a> {

@@ -2,7 +2,9 @@
 
 use super::micro::{ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile};
 use super::slide::{self, SlideRow, slide_row};
-use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_scratch};
+use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_zeroed};
+use crate::error::Result;
+use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel};
 use rayon::prelude::*;
 
@@ -15,54 +17,119 @@ struct Weights<'a> {
     k: usize,
 }
 
+/// How a forward call splits its work and what scratch it needs; a function of the
+/// shape and the level only.
+pub(super) struct Plan {
+    l: usize,
+    cvn: usize,
+    /// Whether the weights are packed (`[group][tap][ci][cvn·L]`, zero lanes); else
+    /// they are read in place.
+    packed: bool,
+    tasks: Vec<Task>,
+    /// Floats of the largest task's padded input copy.
+    buf_len: usize,
+}
+
+impl Plan {
+    pub(super) fn new(level: SimdLevel, g: &Geo) -> Plan {
+        let l = lanes(level);
+        let cvn = g.cog.div_ceil(l);
+        let wp = g.padded_w();
+        let tasks = plan_tasks(
+            g.n,
+            g.oh,
+            g.groups,
+            g.taps() * g.cig * cvn * l,
+            wp * g.cig,
+            |band| (band - 1) * g.sh + (g.kh - 1) * g.dh + 1,
+        );
+        let buf_len = tasks
+            .iter()
+            .map(|t| t.ng * in_rows(g, t) * wp * g.cig)
+            .max()
+            .unwrap_or(0);
+        Plan {
+            l,
+            cvn,
+            // Read the weights in place when each group's output channels are whole
+            // vectors.
+            packed: !g.cog.is_multiple_of(l),
+            tasks,
+            buf_len,
+        }
+    }
+
+    /// The regions [`run`] takes, in order: packed weights, packed bias (per call),
+    /// the padded input copies (per worker).
+    pub(super) fn layout(&self, g: &Geo, layout: &mut WorkspaceLayout) {
+        let (l, cvn) = (self.l, self.cvn);
+        layout
+            .region(if self.packed {
+                g.groups * g.taps() * g.cig * cvn * l
+            } else {
+                0
+            })
+            .region(g.groups * cvn * l)
+            .per_worker(self.buf_len);
+    }
+}
+
+/// Input rows task `t` reads.
+fn in_rows(g: &Geo, t: &Task) -> usize {
+    let (lo, hi) = g.in_rows(t.r0, t.r0 + t.rows);
+    hi - lo
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     level: SimdLevel,
     g: &Geo,
+    plan: &Plan,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     y: &mut [f32],
-) {
-    let l = lanes(level);
-    let cvn = g.cog.div_ceil(l);
-    // Read the weights in place when each group's output channels are whole vectors;
-    // otherwise pack them as [group][tap][ci][cvn·L] with zero lanes.
-    let packed = (!g.cog.is_multiple_of(l)).then(|| pack(g, w, l, cvn));
-    let weights = match &packed {
-        Some(p) => Weights {
-            data: p,
+    ws: &mut Workspace<'_>,
+) -> Result<()> {
+    let (l, cvn) = (plan.l, plan.cvn);
+    let packed_w = ws.take(if plan.packed {
+        g.groups * g.taps() * g.cig * cvn * l
+    } else {
+        0
+    })?;
+    let packed_b = ws.take(g.groups * cvn * l)?;
+    let slots = ws.per_worker(plan.buf_len)?;
+    let weights = if plan.packed {
+        pack(g, w, l, cvn, packed_w);
+        Weights {
+            data: packed_w,
             group: g.taps() * g.cig * cvn * l,
             k: cvn * l,
-        },
-        None => Weights {
+        }
+    } else {
+        Weights {
             data: w,
             group: g.cog,
             k: g.cout,
-        },
+        }
     };
     // Bias as [group][cvn·L] with zero lanes.
     let bias = bias.map(|b| {
-        let mut p = vec![0.0f32; g.groups * cvn * l];
-        for (dst, src) in p.chunks_exact_mut(cvn * l).zip(b.chunks_exact(g.cog)) {
+        for (dst, src) in packed_b
+            .chunks_exact_mut(cvn * l)
+            .zip(b.chunks_exact(g.cog))
+        {
             dst[..g.cog].copy_from_slice(src);
+            dst[g.cog..].fill(0.0);
         }
-        p
+        &*packed_b
     });
     let wp = g.padded_w();
-    let tasks = plan_tasks(
-        g.n,
-        g.oh,
-        g.groups,
-        g.taps() * g.cig * cvn * l,
-        wp * g.cig,
-        |band| (band - 1) * g.sh + (g.kh - 1) * g.dh + 1,
-    );
     let out = SharedOut::new(y);
-    let bias = bias.as_deref();
-    tasks.par_iter().for_each(|t| {
-        let (ih_lo, ih_hi) = g.in_rows(t.r0, t.r0 + t.rows);
-        let in_rows = ih_hi - ih_lo;
-        with_scratch(t.ng * in_rows * wp * g.cig, |buf| {
+    plan.tasks.par_iter().for_each(|t| {
+        let (ih_lo, _) = g.in_rows(t.r0, t.r0 + t.rows);
+        let in_rows = in_rows(g, t);
+        with_zeroed(&slots, t.ng * in_rows * wp * g.cig, |buf| {
             simd::dispatch(
                 level,
                 FwdTask {
@@ -79,21 +146,21 @@ pub(super) fn run(
             )
         })
     });
+    Ok(())
 }
 
 /// `[group][tap][ci][cvn·L]`, zero beyond the group's output channels.
-fn pack(g: &Geo, w: &[f32], l: usize, cvn: usize) -> Vec<f32> {
+fn pack(g: &Geo, w: &[f32], l: usize, cvn: usize, p: &mut [f32]) {
     let per_group = g.taps() * g.cig * cvn * l;
-    let mut p = vec![0.0f32; g.groups * per_group];
     p.par_chunks_mut(per_group)
         .enumerate()
         .for_each(|(gi, dst)| {
             for (row, dst) in dst.chunks_exact_mut(cvn * l).enumerate() {
                 let src = &w[row * g.cout + gi * g.cog..][..g.cog];
                 dst[..g.cog].copy_from_slice(src);
+                dst[g.cog..].fill(0.0);
             }
         });
-    p
 }
 
 struct FwdTask<'a> {

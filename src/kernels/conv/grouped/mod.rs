@@ -39,6 +39,15 @@
 //!   input-channel vectors, which load `kw` input vectors and broadcast 4 output
 //!   gradients per pixel for `4·kw` multiply-adds. The partials are added in chunk
 //!   order, so results are bitwise identical for any thread count.
+//!
+//! # Memory
+//! Every tensor-sized buffer comes from the caller's workspace
+//! ([`workspace_len`], `*_with_workspace`; the plain passes allocate exactly that):
+//! per call, the packed weights (forward when a group's output channels are not whole
+//! vectors; the transposed weight of backward-data), the packed bias and the
+//! weight-gradient chunk partials; per worker thread, a slot as large as the largest
+//! task's padded copy, zeroed by each task before use. Task lists and per-row tap
+//! lists are small allocations.
 
 mod backward_data;
 mod backward_weight;
@@ -46,15 +55,63 @@ mod forward;
 mod micro;
 mod slide;
 
-use super::{ConvShape, GradMode};
+use super::{ConvPass, ConvShape, GradMode, bias_grad_in, bias_grad_scratch};
 use crate::error::Result;
+use crate::kernels::scratch::{PerWorker, Workspace, WorkspaceLayout};
 use crate::simd::{self, SimdLevel};
-use std::cell::RefCell;
+
+/// Floats of workspace `pass` needs at `level` when the call runs in a pool of
+/// `threads` threads (the padded copies are per worker; packed weights and the
+/// weight-gradient partials are per call). A function of the shape, the pass, the
+/// level and the thread count only.
+pub fn workspace_len(level: SimdLevel, shape: &ConvShape, pass: ConvPass, threads: usize) -> usize {
+    layout(level, shape, pass, threads).len()
+}
+
+/// The regions `pass` takes from its workspace, in order.
+fn layout(level: SimdLevel, shape: &ConvShape, pass: ConvPass, threads: usize) -> WorkspaceLayout {
+    let g = Geo::new(shape);
+    let mut l = WorkspaceLayout::new(threads);
+    match pass {
+        ConvPass::Forward => forward::Plan::new(level, &g).layout(&g, &mut l),
+        ConvPass::BackwardData => backward_data::Plan::new(level, &g).layout(&g, &mut l),
+        ConvPass::BackwardWeight => {
+            backward_weight::Plan::new(level, &g).layout(&g, &mut l);
+            l.region(bias_grad_scratch(shape));
+        }
+    }
+    l
+}
+
+/// Runs `f` on a freshly allocated workspace of exactly the size `pass` needs in the
+/// current pool.
+fn allocating<R>(
+    level: SimdLevel,
+    shape: &ConvShape,
+    pass: ConvPass,
+    f: impl FnOnce(&mut [f32]) -> Result<R>,
+) -> Result<R> {
+    f(&mut layout(level, shape, pass, rayon::current_num_threads()).alloc())
+}
+
+/// The caller's workspace checked against the layout of `pass` in the current pool.
+fn workspace<'a>(
+    level: SimdLevel,
+    shape: &ConvShape,
+    pass: ConvPass,
+    ws: &'a mut [f32],
+) -> Result<Workspace<'a>> {
+    Workspace::new(
+        ws,
+        &layout(level, shape, pass, rayon::current_num_threads()),
+    )
+}
 
 /// `y = conv(x, w) (+ bias)`; `y` is overwritten.
 ///
 /// `x: [N][H][W][C_in]`, `w: [kh][kw][group_size][C_out]`, `bias: [C_out]`,
-/// `y: [N][OH][OW][C_out]`. Buffer sizes are checked against `shape`.
+/// `y: [N][OH][OW][C_out]`. Buffer sizes are checked against `shape`. Allocates its
+/// workspace; see [`forward_with_workspace`].
 pub fn forward(
     level: SimdLevel,
     shape: &ConvShape,
@@ -63,14 +120,35 @@ pub fn forward(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<()> {
+    allocating(level, shape, ConvPass::Forward, |ws| {
+        forward_with_workspace(level, shape, x, w, bias, y, ws)
+    })
+}
+
+/// [`forward`] with its scratch in `ws`: at least
+/// [`workspace_len`]`(level, shape, ConvPass::Forward, threads)` floats for the pool
+/// the call runs in, any contents (left unspecified); a shorter one is
+/// [`crate::Error::BufferSize`] naming `"workspace"`.
+pub fn forward_with_workspace(
+    level: SimdLevel,
+    shape: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
     shape.check_forward(x, w, bias, y)?;
-    forward::run(level, &Geo::new(shape), x, w, bias, y);
-    Ok(())
+    let mut ws = workspace(level, shape, ConvPass::Forward, ws)?;
+    let g = Geo::new(shape);
+    let plan = forward::Plan::new(level, &g);
+    forward::run(level, &g, &plan, x, w, bias, y, &mut ws)
 }
 
 /// `dx = convᵀ(dy, w)`, the gradient with respect to the input; `dx` is overwritten.
 ///
 /// `dy: [N][OH][OW][C_out]`, `w: [kh][kw][group_size][C_out]`, `dx: [N][H][W][C_in]`.
+/// Allocates its workspace; see [`backward_data_with_workspace`].
 pub fn backward_data(
     level: SimdLevel,
     shape: &ConvShape,
@@ -78,16 +156,34 @@ pub fn backward_data(
     w: &[f32],
     dx: &mut [f32],
 ) -> Result<()> {
+    allocating(level, shape, ConvPass::BackwardData, |ws| {
+        backward_data_with_workspace(level, shape, dy, w, dx, ws)
+    })
+}
+
+/// [`backward_data`] with its scratch in `ws` (at least
+/// [`workspace_len`]`(level, shape, ConvPass::BackwardData, threads)` floats; as
+/// [`forward_with_workspace`]).
+pub fn backward_data_with_workspace(
+    level: SimdLevel,
+    shape: &ConvShape,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
     shape.check_backward_data(dy, w, dx)?;
-    backward_data::run(level, &Geo::new(shape), dy, w, dx);
-    Ok(())
+    let mut ws = workspace(level, shape, ConvPass::BackwardData, ws)?;
+    let g = Geo::new(shape);
+    let plan = backward_data::Plan::new(level, &g);
+    backward_data::run(level, &g, &plan, dy, w, dx, &mut ws)
 }
 
 /// Weight (and bias) gradient, overwritten or accumulated per `mode`; deterministic
 /// for any thread count.
 ///
 /// `x: [N][H][W][C_in]`, `dy: [N][OH][OW][C_out]`, `dw: [kh][kw][group_size][C_out]`,
-/// `dbias: [C_out]`.
+/// `dbias: [C_out]`. Allocates its workspace; see [`backward_weight_with_workspace`].
 pub fn backward_weight(
     level: SimdLevel,
     shape: &ConvShape,
@@ -97,10 +193,33 @@ pub fn backward_weight(
     dbias: Option<&mut [f32]>,
     mode: GradMode,
 ) -> Result<()> {
+    allocating(level, shape, ConvPass::BackwardWeight, |ws| {
+        backward_weight_with_workspace(level, shape, x, dy, dw, dbias, mode, ws)
+    })
+}
+
+/// [`backward_weight`] with its scratch in `ws` (at least
+/// [`workspace_len`]`(level, shape, ConvPass::BackwardWeight, threads)` floats; as
+/// [`forward_with_workspace`]).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_weight_with_workspace(
+    level: SimdLevel,
+    shape: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    mode: GradMode,
+    ws: &mut [f32],
+) -> Result<()> {
     shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
-    backward_weight::run(level, &Geo::new(shape), x, dy, dw, mode.accumulate());
+    let mut ws = workspace(level, shape, ConvPass::BackwardWeight, ws)?;
+    let g = Geo::new(shape);
+    let plan = backward_weight::Plan::new(level, &g);
+    backward_weight::run(level, &g, &plan, x, dy, dw, mode.accumulate(), &mut ws)?;
+    let partials = ws.take(bias_grad_scratch(shape))?;
     if let Some(db) = dbias {
-        super::bias_grad(level, shape, dy, db, mode);
+        bias_grad_in(level, shape, dy, db, mode, partials);
     }
     Ok(())
 }
@@ -198,10 +317,7 @@ impl Geo {
 
 /// The vector width the kernels run with at `level` (what [`simd::dispatch`] picks).
 fn lanes(level: SimdLevel) -> usize {
-    let level = level.min(simd::detected());
-    #[cfg(not(target_arch = "x86_64"))]
-    let level = level.min(SimdLevel::Portable);
-    level.lanes()
+    simd::dispatch_lanes(level)
 }
 
 /// Splits `0..n` into the fewest near-equal parts of at most `max` items:
@@ -306,21 +422,13 @@ impl SharedOut {
     }
 }
 
-thread_local! {
-    /// Per-thread scratch for the padded copies (reused across calls and tasks).
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with a zeroed scratch buffer of `len` floats owned by this thread.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut v) => {
-            v.clear();
-            v.resize(len, 0.0);
-            f(&mut v[..])
-        }
-        // Re-entered on this thread (a task of a nested call): use a fresh buffer.
-        Err(_) => f(&mut vec![0.0; len]),
+/// Runs `f` with this worker's slot of `slots`, its first `len` floats zeroed (the
+/// padded copies rely on zero borders).
+fn with_zeroed<R>(slots: &PerWorker<'_>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    slots.with(|s| {
+        let buf = &mut s[..len];
+        buf.fill(0.0);
+        f(buf)
     })
 }
 
