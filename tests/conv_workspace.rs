@@ -199,3 +199,129 @@ fn the_thread_count_of_the_query_is_honoured() {
         }
     }
 }
+
+/// Weights packed once give the forward pass's bits (with and without bias, stale
+/// workspace and stale packed buffer, at every SIMD level), and the same packed
+/// buffer serves repeated calls.
+#[test]
+fn packed_weights_give_the_forward_bits_at_every_level() {
+    for (i, d) in shapes().iter().enumerate() {
+        let c = ConvCase::new(d, 7000 + i as u64);
+        let conv = Conv2d::new(d).unwrap();
+        let s = *conv.shape();
+        for level in levels() {
+            with_level(level, || {
+                let mut packed = vec![f32::NAN; conv.packed_weights_len() + 5];
+                conv.pack_weights(&c.w, &mut packed).unwrap();
+                for bias in [Some(&c.b[..]), None] {
+                    let mut want = vec![0.0; s.y_len];
+                    conv.forward(&c.x, &c.w, bias, &mut want).unwrap();
+                    for _ in 0..2 {
+                        let mut ws = stale_workspace(&conv, ConvPass::Forward);
+                        let mut y = vec![f32::NAN; s.y_len];
+                        conv.forward_packed(&c.x, &packed, bias, &mut y, &mut ws)
+                            .unwrap();
+                        assert!(
+                            bits(&y) == bits(&want),
+                            "{level} {d:?} bias {}: packed forward differs",
+                            bias.is_some()
+                        );
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Packed weights are checked before use: short, never packed, packed for another
+/// shape or at another SIMD level are typed errors, as are bad operand lengths.
+#[test]
+fn packed_weights_are_checked() {
+    let a = Conv2d::new(&ConvDesc::depthwise(1, (9, 9), 24, 3, 1)).unwrap();
+    let b = Conv2d::new(&ConvDesc::depthwise(1, (9, 9), 24, 3, 2)).unwrap();
+    let p = Conv2d::new(&ConvDesc::pointwise(1, (5, 5), 24, 24)).unwrap();
+    let case = ConvCase::new(&a.shape().desc, 1);
+    let s = *a.shape();
+    let mut ws = vec![0.0; a.workspace_len(ConvPass::Forward, 0)];
+    let mut y = vec![0.0; s.y_len];
+    let len = a.packed_weights_len();
+    let mut packed = vec![0.0; len];
+    // Never packed.
+    let e = a.forward_packed(&case.x, &packed, None, &mut y, &mut ws);
+    assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+    // Short, for packing and for use.
+    assert_eq!(
+        a.pack_weights(&case.w, &mut packed[..len - 1]),
+        Err(Error::BufferSize {
+            name: "packed weights",
+            expected: len,
+            actual: len - 1
+        })
+    );
+    assert!(matches!(
+        a.pack_weights(&case.w[1..], &mut packed),
+        Err(Error::BufferSize { name: "weight", .. })
+    ));
+    a.pack_weights(&case.w, &mut packed).unwrap();
+    assert!(matches!(
+        a.forward_packed(&case.x, &packed[..len - 1], None, &mut y, &mut ws),
+        Err(Error::BufferSize {
+            name: "packed weights",
+            ..
+        })
+    ));
+    assert!(
+        a.forward_packed(&case.x, &packed, None, &mut y, &mut ws)
+            .is_ok()
+    );
+    // Bad operands.
+    assert!(matches!(
+        a.forward_packed(&case.x[1..], &packed, None, &mut y, &mut ws),
+        Err(Error::BufferSize { name: "x", .. })
+    ));
+    assert!(matches!(
+        a.forward_packed(&case.x, &packed, Some(&case.b[1..]), &mut y, &mut ws),
+        Err(Error::BufferSize { name: "bias", .. })
+    ));
+    // Packed for another plan of the same weight length, or another family.
+    let mut yb = vec![0.0; b.shape().y_len];
+    let e = b.forward_packed(&case.x, &packed, None, &mut yb, &mut ws);
+    assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+    let mut pp = vec![0.0; p.packed_weights_len().max(len)];
+    let e = p.forward_packed(
+        &vec![0.0; p.shape().x_len],
+        &pp,
+        None,
+        &mut vec![0.0; p.shape().y_len],
+        &mut [],
+    );
+    assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+    pp[..len].copy_from_slice(&packed);
+    let e = p.forward_packed(
+        &vec![0.0; p.shape().x_len],
+        &pp,
+        None,
+        &mut vec![0.0; p.shape().y_len],
+        &mut [],
+    );
+    assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
+    // Packed at another SIMD level.
+    let now = effnet::simd::active();
+    let other = levels()
+        .into_iter()
+        .find(|&l| with_level(l, effnet::simd::active) != now);
+    if let Some(other) = other {
+        let e = with_level(other, || {
+            let mut ws = vec![0.0; a.workspace_len(ConvPass::Forward, 0)];
+            a.forward_packed(&case.x, &packed, None, &mut y, &mut ws)
+        });
+        assert!(
+            matches!(e, Err(Error::InvalidArgument(_))),
+            "{other}: {e:?}"
+        );
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}

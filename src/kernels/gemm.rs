@@ -217,6 +217,24 @@ impl<'a> PackedB<'a> {
     }
 }
 
+impl<'a> PackedB<'a> {
+    /// A `k × n` matrix packed earlier (by [`PackedB::new_in`] at the same `level`)
+    /// in `data` (at least [`PackedB::packed_len`] floats), used as it is.
+    ///
+    /// # Panics
+    /// If `data` is too short.
+    pub(crate) fn from_packed(level: SimdLevel, k: usize, n: usize, data: &'a [f32]) -> Self {
+        let data = &data[..Self::packed_len(level, k, n)];
+        PackedB {
+            level: level.min(crate::simd::detected()),
+            k,
+            n,
+            panels: panels(level.min(crate::simd::detected()), n, k),
+            data: Cow::Borrowed(data),
+        }
+    }
+}
+
 /// Packs `B` (element `(p, j)` at `b[p·rs + j·cs]`) into `data` (exactly the packed
 /// length; every element written, padding columns zeroed) and returns the panels.
 fn pack(

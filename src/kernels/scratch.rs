@@ -24,11 +24,25 @@
 //!
 //! Contents: a region's contents are unspecified when it is handed out (whatever the
 //! previous call left); kernels initialize what they read. The allocating entry points
-//! are the workspace ones with a freshly allocated buffer of exactly
-//! [`WorkspaceLayout::len`] floats, so there is one implementation of each kernel.
+//! are the workspace ones on a buffer of at least [`WorkspaceLayout::len`] floats
+//! that the calling thread keeps between calls ([`with_reused`]; it
+//! grows to the largest size asked for, [`release_reused`] frees it), so there is one
+//! implementation of each kernel and repeated calls allocate nothing.
 
 use crate::error::{Error, Result};
+use std::cell::Cell;
 use std::marker::PhantomData;
+
+thread_local! {
+    /// The buffer [`WorkspaceLayout::with_reused`] lends out on this thread.
+    static REUSED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Frees the workspace the allocating entry points keep on the calling thread (see
+/// [`with_reused`]); the next such call allocates again.
+pub fn release_reused() {
+    drop(REUSED.with(Cell::take));
+}
 
 /// Floats per alignment unit: regions start on 64-byte boundaries.
 pub const ALIGN_FLOATS: usize = 16;
@@ -96,11 +110,35 @@ impl WorkspaceLayout {
         self.floats == 0
     }
 
-    /// Allocates a zeroed buffer of exactly [`len`](Self::len) floats (what the
-    /// allocating entry points pass to the workspace ones).
+    /// Allocates a zeroed buffer of exactly [`len`](Self::len) floats.
     pub fn alloc(&self) -> Vec<f32> {
         vec![0.0; self.len()]
     }
+
+    /// Runs `f` on a workspace of exactly [`len`](Self::len) floats borrowed from the
+    /// calling thread's kept buffer ([`with_reused`]): what the allocating entry
+    /// points pass to the workspace ones.
+    pub fn with_reused<R>(&self, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        with_reused(self.len(), f)
+    }
+}
+
+/// Runs `f` on a workspace of exactly `len` floats (contents unspecified) borrowed
+/// from a buffer the calling thread keeps between calls. The buffer is allocated on
+/// first use and whenever a larger one is needed; a nested call on the same thread
+/// (while the buffer is lent out) gets a buffer of its own, and the larger of the two
+/// is kept. [`release_reused`] frees it.
+pub fn with_reused<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = REUSED.with(Cell::take);
+    if buf.len() < len {
+        buf = vec![0.0; len];
+    }
+    let out = f(&mut buf[..len]);
+    REUSED.with(|c| {
+        let other = c.take();
+        c.set(if other.len() > buf.len() { other } else { buf });
+    });
+    out
 }
 
 /// The caller's buffer, handing out disjoint, 64-byte-aligned regions in the order of a

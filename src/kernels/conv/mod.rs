@@ -25,8 +25,9 @@
 //! weights, gathered inputs, per-chunk partial sums, per-worker copies) from a buffer
 //! the caller owns: query [`Conv2d::workspace_len`] once per pass and thread count,
 //! allocate it once, pass it to every call (see [`crate::kernels::scratch`] for how it
-//! is carved up). The plain passes allocate exactly that size and call the workspace
-//! forms: one implementation, the same bits.
+//! is carved up). The plain passes call the workspace forms on a buffer of that size
+//! which the calling thread keeps between calls ([`crate::kernels::scratch::with_reused`]):
+//! one implementation, the same bits, no allocation once warm.
 //!
 //! ```
 //! use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass};
@@ -54,9 +55,15 @@ pub mod reference;
 
 pub use desc::{ConvDesc, ConvFamily, ConvShape, DType, Padding};
 
-use crate::error::Result;
+use crate::error::{Error, Result, check_len};
 use crate::kernels::reduce::{column_sums_in, column_sums_scratch};
+use crate::kernels::scratch;
 use crate::simd::{self, SimdLevel};
+
+/// Floats of the header of packed weights ([`Conv2d::pack_weights`]): one 64-byte line.
+const PACK_HEADER: usize = 16;
+/// First word of a packed-weights header ("EFNW").
+const PACK_MAGIC: u32 = 0x4546_4e57;
 
 /// Whether a gradient pass overwrites its output or adds to it.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -134,10 +141,10 @@ impl Conv2d {
         }
     }
 
-    /// Runs `f` with a freshly allocated workspace of exactly the length `pass` needs in
-    /// the current pool.
+    /// Runs `f` with a workspace of exactly the length `pass` needs in the current
+    /// pool, kept by the calling thread between calls ([`scratch::with_reused`]).
     fn allocating<R>(&self, pass: ConvPass, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
-        f(&mut vec![0.0; self.workspace_len(pass, 0)])
+        scratch::with_reused(self.workspace_len(pass, 0), f)
     }
 
     /// `y = conv(x, w) (+ bias)`; `y` is overwritten. Allocates its workspace; see
@@ -173,6 +180,120 @@ impl Conv2d {
                 grouped::forward_with_workspace(level, &self.shape, x, w, bias, y, ws)
             }
         }
+    }
+
+    /// Floats of the buffer [`Conv2d::pack_weights`] fills: a 16-float header (which
+    /// plan and SIMD level the weights were packed for) and the forward weights in the
+    /// layout the kernels read at the active level ([`crate::simd::active`]).
+    pub fn packed_weights_len(&self) -> usize {
+        let level = simd::active();
+        PACK_HEADER
+            + match self.family {
+                ConvFamily::Pointwise => pointwise::forward_packed_len(level, &self.shape),
+                ConvFamily::Depthwise => depthwise::forward_packed_len(level, &self.shape),
+                ConvFamily::Grouped => grouped::forward_packed_len(level, &self.shape),
+            }
+    }
+
+    /// Packs the weight `w` (`[kh][kw][group_size][C_out]`) once for
+    /// [`Conv2d::forward_packed`] into `packed` (at least
+    /// [`Conv2d::packed_weights_len`] floats; any contents): for inference, where the
+    /// weights stay fixed across calls, this takes the per-call weight packing out of
+    /// the forward pass. The packed form belongs to this plan's shape and the SIMD
+    /// level active now, and to this build of the library: use it in this process only.
+    ///
+    /// Errors: [`crate::Error::BufferSize`] naming `"weight"` or `"packed weights"`.
+    pub fn pack_weights(&self, w: &[f32], packed: &mut [f32]) -> Result<()> {
+        check_len("weight", w.len(), self.shape.w_len)?;
+        let need = self.packed_weights_len();
+        if packed.len() < need {
+            return Err(Error::BufferSize {
+                name: "packed weights",
+                expected: need,
+                actual: packed.len(),
+            });
+        }
+        let level = simd::active();
+        let (head, body) = packed[..need].split_at_mut(PACK_HEADER);
+        head.copy_from_slice(&self.pack_header(level));
+        match self.family {
+            ConvFamily::Pointwise => pointwise::pack_forward_weights(level, &self.shape, w, body),
+            ConvFamily::Depthwise => depthwise::pack_forward_weights(level, &self.shape, w, body),
+            ConvFamily::Grouped => grouped::pack_forward_weights(level, &self.shape, w, body),
+        }
+        Ok(())
+    }
+
+    /// [`Conv2d::forward_with_workspace`] on weights packed by
+    /// [`Conv2d::pack_weights`]: the same bits as the forward pass on the original
+    /// weights, without packing them again. `ws` is the forward workspace (at least
+    /// [`Conv2d::workspace_len`]`(ConvPass::Forward, threads)` floats; the part for
+    /// packed weights goes unused).
+    ///
+    /// Errors: the buffer checks of [`Conv2d::forward`] (`x`, `bias`, `y`);
+    /// [`crate::Error::BufferSize`] naming `"packed weights"` if `packed` is short;
+    /// [`crate::Error::InvalidArgument`] if `packed` was not packed for this plan's
+    /// shape at the active SIMD level (or not packed at all); then the workspace
+    /// checks.
+    pub fn forward_packed(
+        &self,
+        x: &[f32],
+        packed: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let s = &self.shape;
+        check_len("x", x.len(), s.x_len)?;
+        if let Some(b) = bias {
+            check_len("bias", b.len(), s.desc.out_channels)?;
+        }
+        check_len("y", y.len(), s.y_len)?;
+        let need = self.packed_weights_len();
+        if packed.len() < need {
+            return Err(Error::BufferSize {
+                name: "packed weights",
+                expected: need,
+                actual: packed.len(),
+            });
+        }
+        let level = simd::active();
+        let (head, body) = packed[..need].split_at(PACK_HEADER);
+        if head
+            .iter()
+            .map(|v| v.to_bits())
+            .ne(self.pack_header(level).iter().map(|v| v.to_bits()))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the packed weights were not packed by pack_weights for this convolution                  at the {level} SIMD level; pack them again"
+            )));
+        }
+        match self.family {
+            ConvFamily::Pointwise => {
+                // Needs no workspace: the product reads the packed weights directly.
+                pointwise::forward_prepacked(level, s, x, body, bias, y);
+                Ok(())
+            }
+            ConvFamily::Depthwise => depthwise::forward_prepacked(level, s, x, body, bias, y, ws),
+            ConvFamily::Grouped => grouped::forward_prepacked(level, s, x, body, bias, y, ws),
+        }
+    }
+
+    /// The header of weights packed for this plan at `level`: a magic number, the
+    /// level, the family and a hash of the shape (as float bit patterns).
+    fn pack_header(&self, level: SimdLevel) -> [f32; PACK_HEADER] {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.shape.hash(&mut h);
+        simd::dispatch_lanes(level).hash(&mut h);
+        let hash = h.finish();
+        let mut out = [0u32; PACK_HEADER];
+        out[0] = PACK_MAGIC;
+        out[1] = level as u32;
+        out[2] = self.family as u32;
+        out[3] = hash as u32;
+        out[4] = (hash >> 32) as u32;
+        out.map(f32::from_bits)
     }
 
     /// `dx = convᵀ(dy, w)`, the gradient with respect to the input; `dx` is

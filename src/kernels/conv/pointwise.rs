@@ -86,14 +86,15 @@ pub fn workspace_len(level: SimdLevel, shape: &ConvShape, pass: ConvPass) -> usi
     layout(level, shape, pass).len()
 }
 
-/// Runs `f` on a freshly allocated workspace of exactly the size `pass` needs.
+/// Runs `f` on a workspace of exactly the size `pass` needs, kept by the calling
+/// thread between calls.
 fn allocating<R>(
     level: SimdLevel,
     shape: &ConvShape,
     pass: ConvPass,
     f: impl FnOnce(&mut [f32]) -> Result<R>,
 ) -> Result<R> {
-    f(&mut layout(level, shape, pass).alloc())
+    layout(level, shape, pass).with_reused(f)
 }
 
 /// `y = conv(x, w) (+ bias)`; `y` is overwritten.
@@ -128,9 +129,55 @@ pub fn forward_with_workspace(
     shape.check_forward(x, w, bias, y)?;
     let mut ws = Workspace::new(ws, &layout(level, shape, ConvPass::Forward))?;
     let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
-    let (m, a_rows) = input_rows(shape);
     let buf = ws.take(PackedB::packed_len(level, ci, co))?;
     let packed = PackedB::new_in(level, ci, co, w, co, 1, buf);
+    forward_with_packed(level, shape, x, &packed, bias, y);
+    Ok(())
+}
+
+/// Floats of the forward weights packed at `level` ([`pack_forward_weights`]).
+pub(super) fn forward_packed_len(level: SimdLevel, shape: &ConvShape) -> usize {
+    PackedB::packed_len(level, shape.desc.in_channels, shape.desc.out_channels)
+}
+
+/// Packs `w: [C_in][C_out]` into `out` (at least [`forward_packed_len`] floats) in
+/// the layout the forward product reads at `level`.
+pub(super) fn pack_forward_weights(
+    level: SimdLevel,
+    shape: &ConvShape,
+    w: &[f32],
+    out: &mut [f32],
+) {
+    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
+    PackedB::new_in(level, ci, co, w, co, 1, out);
+}
+
+/// The forward pass on weights packed by [`pack_forward_weights`] at the same `level`
+/// (buffers already checked; needs no workspace).
+pub(super) fn forward_prepacked(
+    level: SimdLevel,
+    shape: &ConvShape,
+    x: &[f32],
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
+    let packed = PackedB::from_packed(level, ci, co, packed);
+    forward_with_packed(level, shape, x, &packed, bias, y);
+}
+
+/// `y = x·B (+ bias)` with `B` packed.
+fn forward_with_packed(
+    level: SimdLevel,
+    shape: &ConvShape,
+    x: &[f32],
+    packed: &PackedB<'_>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
+    let (m, a_rows) = input_rows(shape);
     Gemm {
         m,
         n: co,
@@ -138,13 +185,12 @@ pub fn forward_with_workspace(
         a: x,
         a_rows,
         a_cs: 1,
-        b: BOperand::Packed(&packed),
+        b: BOperand::Packed(packed),
         c_rows: RowMap::uniform(co),
         bias,
         accumulate: false,
     }
     .run(level, y);
-    Ok(())
 }
 
 /// `dx = convᵀ(dy, w)`; `dx` is overwritten.

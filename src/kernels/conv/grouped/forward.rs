@@ -59,17 +59,57 @@ impl Plan {
         }
     }
 
+    /// Floats of the weights as the kernels read them: packed
+    /// (`[group][tap][ci][cvn·L]`) when a group's output channels are not whole
+    /// vectors, else the weight itself.
+    pub(super) fn packed_len(&self, g: &Geo) -> usize {
+        if self.packed {
+            g.groups * g.taps() * g.cig * self.cvn * self.l
+        } else {
+            g.taps() * g.cig * g.cout
+        }
+    }
+
+    /// Writes the weights as the kernels read them into `out` (at least
+    /// [`Plan::packed_len`] floats).
+    pub(super) fn pack_weights(&self, g: &Geo, w: &[f32], out: &mut [f32]) {
+        if self.packed {
+            pack(g, w, self.l, self.cvn, out);
+        } else {
+            out[..w.len()].copy_from_slice(w);
+        }
+    }
+
+    /// The weights in `data` (packed by [`Plan::pack_weights`], or the weight itself
+    /// when the plan reads it in place).
+    fn weights<'a>(&self, g: &Geo, data: &'a [f32]) -> Weights<'a> {
+        if self.packed {
+            Weights {
+                data,
+                group: g.taps() * g.cig * self.cvn * self.l,
+                k: self.cvn * self.l,
+            }
+        } else {
+            Weights {
+                data,
+                group: g.cog,
+                k: g.cout,
+            }
+        }
+    }
+
+    /// Floats of the packed-weights region of the workspace (none when the weights
+    /// are read in place).
+    fn weight_region(&self, g: &Geo) -> usize {
+        if self.packed { self.packed_len(g) } else { 0 }
+    }
+
     /// The regions [`run`] takes, in order: packed weights, packed bias (per call),
     /// the padded input copies (per worker).
     pub(super) fn layout(&self, g: &Geo, layout: &mut WorkspaceLayout) {
-        let (l, cvn) = (self.l, self.cvn);
         layout
-            .region(if self.packed {
-                g.groups * g.taps() * g.cig * cvn * l
-            } else {
-                0
-            })
-            .region(g.groups * cvn * l)
+            .region(self.weight_region(g))
+            .region(g.groups * self.cvn * self.l)
             .per_worker(self.buf_len);
     }
 }
@@ -80,6 +120,8 @@ fn in_rows(g: &Geo, t: &Task) -> usize {
     hi - lo
 }
 
+/// The forward pass: packs the weights into the workspace if the plan needs them
+/// packed, then runs [`run_prepacked`]'s kernels.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     level: SimdLevel,
@@ -91,28 +133,47 @@ pub(super) fn run(
     y: &mut [f32],
     ws: &mut Workspace<'_>,
 ) -> Result<()> {
-    let (l, cvn) = (plan.l, plan.cvn);
-    let packed_w = ws.take(if plan.packed {
-        g.groups * g.taps() * g.cig * cvn * l
+    let region = ws.take(plan.weight_region(g))?;
+    let data: &[f32] = if plan.packed {
+        plan.pack_weights(g, w, region);
+        region
     } else {
-        0
-    })?;
+        w
+    };
+    run_kernels(level, g, plan, x, plan.weights(g, data), bias, y, ws)
+}
+
+/// The forward pass on weights written by [`Plan::pack_weights`] (the workspace's
+/// packed-weights region is skipped).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_prepacked(
+    level: SimdLevel,
+    g: &Geo,
+    plan: &Plan,
+    x: &[f32],
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut Workspace<'_>,
+) -> Result<()> {
+    ws.take(plan.weight_region(g))?;
+    run_kernels(level, g, plan, x, plan.weights(g, packed), bias, y, ws)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_kernels(
+    level: SimdLevel,
+    g: &Geo,
+    plan: &Plan,
+    x: &[f32],
+    weights: Weights<'_>,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut Workspace<'_>,
+) -> Result<()> {
+    let (l, cvn) = (plan.l, plan.cvn);
     let packed_b = ws.take(g.groups * cvn * l)?;
     let slots = ws.per_worker(plan.buf_len)?;
-    let weights = if plan.packed {
-        pack(g, w, l, cvn, packed_w);
-        Weights {
-            data: packed_w,
-            group: g.taps() * g.cig * cvn * l,
-            k: cvn * l,
-        }
-    } else {
-        Weights {
-            data: w,
-            group: g.cog,
-            k: g.cout,
-        }
-    };
     // Bias as [group][cvn·L] with zero lanes.
     let bias = bias.map(|b| {
         for (dst, src) in packed_b

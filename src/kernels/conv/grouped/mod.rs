@@ -83,15 +83,15 @@ fn layout(level: SimdLevel, shape: &ConvShape, pass: ConvPass, threads: usize) -
     l
 }
 
-/// Runs `f` on a freshly allocated workspace of exactly the size `pass` needs in the
-/// current pool.
+/// Runs `f` on a workspace of exactly the size `pass` needs in the current pool, kept
+/// by the calling thread between calls.
 fn allocating<R>(
     level: SimdLevel,
     shape: &ConvShape,
     pass: ConvPass,
     f: impl FnOnce(&mut [f32]) -> Result<R>,
 ) -> Result<R> {
-    f(&mut layout(level, shape, pass, rayon::current_num_threads()).alloc())
+    layout(level, shape, pass, rayon::current_num_threads()).with_reused(f)
 }
 
 /// The caller's workspace checked against the layout of `pass` in the current pool.
@@ -143,6 +143,43 @@ pub fn forward_with_workspace(
     let g = Geo::new(shape);
     let plan = forward::Plan::new(level, &g);
     forward::run(level, &g, &plan, x, w, bias, y, &mut ws)
+}
+
+/// Floats of the forward weights as the kernels read them at `level`
+/// ([`pack_forward_weights`]).
+pub(super) fn forward_packed_len(level: SimdLevel, shape: &ConvShape) -> usize {
+    let g = Geo::new(shape);
+    forward::Plan::new(level, &g).packed_len(&g)
+}
+
+/// Writes `w` into `out` (at least [`forward_packed_len`] floats) in the layout the
+/// forward kernels read at `level`.
+pub(super) fn pack_forward_weights(
+    level: SimdLevel,
+    shape: &ConvShape,
+    w: &[f32],
+    out: &mut [f32],
+) {
+    let g = Geo::new(shape);
+    forward::Plan::new(level, &g).pack_weights(&g, w, out);
+}
+
+/// The forward pass on weights written by [`pack_forward_weights`] at the same `level`
+/// (buffers already checked; `ws` as for [`forward_with_workspace`], its
+/// packed-weights region left unused).
+pub(super) fn forward_prepacked(
+    level: SimdLevel,
+    shape: &ConvShape,
+    x: &[f32],
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
+    let mut ws = workspace(level, shape, ConvPass::Forward, ws)?;
+    let g = Geo::new(shape);
+    let plan = forward::Plan::new(level, &g);
+    forward::run_prepacked(level, &g, &plan, x, packed, bias, y, &mut ws)
 }
 
 /// `dx = convᵀ(dy, w)`, the gradient with respect to the input; `dx` is overwritten.
