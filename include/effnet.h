@@ -1011,6 +1011,80 @@ enum effnet_status effnet_conv_backward_weight_ws(const struct effnet_context *c
                                                   size_t workspace_bytes);
 
 /**
+ * Writes to `*out_bytes` the size in bytes of the buffer `effnet_conv_pack_weights`
+ * fills for `plan`: a 64-byte header (which plan and SIMD level the weights were
+ * packed for) and the forward weights in the layout the kernels read. It depends on
+ * the plan and the SIMD level this process runs (fixed at startup, or by
+ * `EFFNET_SIMD`).
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type `plan`, or a NULL
+ * or misaligned `out_bytes`.
+ *
+ * # Safety
+ * `plan` is NULL or a plan handle; `out_bytes` is NULL or points to a writable
+ * `size_t`.
+ */
+enum effnet_status effnet_conv_packed_weights_size(const struct effnet_conv_plan *plan,
+                                                   size_t *out_bytes);
+
+/**
+ * Packs the weight `w` of `plan` once, into the caller's `packed` buffer of
+ * `packed_bytes` bytes (at least what `effnet_conv_packed_weights_size` reports; any
+ * contents), on `ctx`'s threads. Pass `packed` to `effnet_conv_forward_packed` as
+ * often as you like while the weights stay the same (inference): the forward pass
+ * then skips packing them on every call. The packed form is only valid with this
+ * plan's shape, in this process, at the SIMD level active when it was packed; the
+ * forward pass checks its header and rejects anything else.
+ *
+ * Buffers: `w`: `[kernel_h][kernel_w][group_size][out_channels]`, `w_len = w_len` of
+ * `effnet_conv_plan_shape`; `packed`: output, aligned to `float`, not overlapping `w`.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL/dead/wrong-type handle, a NULL,
+ * misaligned or overlapping buffer, a wrong `w_len`, or a `packed` buffer that is too
+ * small.
+ *
+ * # Safety
+ * `w` points to `w_len` readable floats and `packed` to `packed_bytes` writable
+ * bytes, neither accessed by another thread during the call.
+ */
+enum effnet_status effnet_conv_pack_weights(const struct effnet_context *ctx,
+                                            const struct effnet_conv_plan *plan,
+                                            const float *w,
+                                            size_t w_len,
+                                            void *packed,
+                                            size_t packed_bytes);
+
+/**
+ * `effnet_conv_forward` on weights packed by `effnet_conv_pack_weights` for the same
+ * plan: the same results, bit for bit, without packing the weights again.
+ *
+ * Buffers: `x`, `bias`, `y` as in `effnet_conv_forward`; `packed`: `packed_bytes`
+ * bytes (at least what `effnet_conv_packed_weights_size` reports), aligned to
+ * `float`. `workspace`: NULL with `workspace_bytes = 0` to let the library use a
+ * buffer it keeps per calling thread, or a caller-owned workspace of at least what
+ * `effnet_conv_workspace_size` reports for `EFFNET_CONV_PASS_FORWARD` on this
+ * context (rules as in `effnet_conv_forward_ws`).
+ *
+ * Errors: as `effnet_conv_forward_ws`; `EFFNET_INVALID_ARGUMENT` also when `packed`
+ * is too small or was not packed for this plan at the active SIMD level.
+ *
+ * # Safety
+ * As `effnet_conv_forward_ws`; `packed` points to `packed_bytes` readable bytes.
+ */
+enum effnet_status effnet_conv_forward_packed(const struct effnet_context *ctx,
+                                              const struct effnet_conv_plan *plan,
+                                              const float *x,
+                                              size_t x_len,
+                                              const void *packed,
+                                              size_t packed_bytes,
+                                              const float *bias,
+                                              size_t bias_len,
+                                              float *y,
+                                              size_t y_len,
+                                              void *workspace,
+                                              size_t workspace_bytes);
+
+/**
  * Creates an EfficientNet by architecture name (e.g. `"efficientnet_b0"`,
  * `"tf_efficientnet_b0"`, `"b0_g16_lnpn"`, `"tiny_g16_lnpn"`; the names of
  * `effnet info`), with parameters initialized from `desc->seed` and a fresh optimizer,

@@ -173,7 +173,7 @@ unsafe impl SizedStruct for effnet_conv_shape {
 /// context, but must not be destroyed while a call uses it.
 pub struct effnet_conv_plan {
     magic: u64,
-    conv: Conv2d,
+    pub(crate) conv: Conv2d,
 }
 
 handle::impl_handle!(effnet_conv_plan, Kind::ConvPlan);
@@ -341,7 +341,7 @@ pub unsafe extern "C" fn effnet_conv_plan_shape(
 ///
 /// # Safety
 /// As the entry points' contracts.
-unsafe fn ctx_and_plan<'a>(
+pub(crate) unsafe fn ctx_and_plan<'a>(
     ctx: *const effnet_context,
     plan: *const effnet_conv_plan,
 ) -> Outcome<(&'a effnet_context, &'a Conv2d)> {
@@ -398,13 +398,18 @@ fn workspace_bytes(ctx: &effnet_context, conv: &Conv2d, pass: ConvPass) -> Outco
 
 /// The workspace argument of a `_ws` pass as a buffer to check with the others (NULL
 /// with 0 bytes is "none"; it is an output: it must not overlap any other buffer).
-fn workspace_buf(ptr: *mut c_void, bytes: usize) -> Buf {
+pub(crate) fn workspace_buf(ptr: *mut c_void, bytes: usize) -> Buf {
     let floats = bytes / size_of::<f32>();
     Buf::output("workspace", ptr.cast(), floats, floats).optional()
 }
 
 /// Fails unless the workspace (`bytes` long) holds what `pass` needs on `ctx`.
-fn check_workspace(ctx: &effnet_context, conv: &Conv2d, pass: ConvPass, bytes: usize) -> Outcome {
+pub(crate) fn check_workspace(
+    ctx: &effnet_context,
+    conv: &Conv2d,
+    pass: ConvPass,
+    bytes: usize,
+) -> Outcome {
     let need = workspace_bytes(ctx, conv, pass)?;
     if bytes < need {
         return Err(Failure::invalid(format!(

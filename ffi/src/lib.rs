@@ -19,6 +19,7 @@
 pub mod buffers;
 pub mod context;
 pub mod conv;
+pub mod conv_packed;
 pub mod handle;
 pub mod model;
 pub mod norm;
@@ -33,6 +34,9 @@ pub use conv::{
     effnet_conv_forward_ws, effnet_conv_pass, effnet_conv_plan, effnet_conv_plan_create,
     effnet_conv_plan_destroy, effnet_conv_plan_shape, effnet_conv_shape,
     effnet_conv_workspace_size, effnet_dtype,
+};
+pub use conv_packed::{
+    effnet_conv_forward_packed, effnet_conv_pack_weights, effnet_conv_packed_weights_size,
 };
 pub use model::{
     effnet_model, effnet_model_create, effnet_model_desc, effnet_model_destroy,

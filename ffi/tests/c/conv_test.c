@@ -276,6 +276,67 @@ static void workspace_case(const char *name, effnet_context *ctx, effnet_conv_pl
     }
 }
 
+/* Weights packed once: the forward pass on them gives the plain forward pass's bits
+ * (with the library's buffer and with a caller workspace, with and without bias); a
+ * short or never-packed buffer is rejected. */
+static void packed_case(const char *name, effnet_context *ctx, effnet_conv_plan *plan,
+                        const float *x, size_t xl, const float *w, size_t wl,
+                        const float *b, size_t bl, size_t yl) {
+    char what[256];
+    size_t pbytes = 0, wsbytes = 0;
+    label(what, sizeof what, name, "packed weights: size query");
+    expect(effnet_conv_packed_weights_size(plan, &pbytes), EFFNET_OK, NULL, what);
+    expect(effnet_conv_workspace_size(ctx, plan, EFFNET_CONV_PASS_FORWARD, &wsbytes),
+           EFFNET_OK, NULL, what);
+    label(what, sizeof what, name, "packed weights: a header and whole floats");
+    check(pbytes >= 64 && pbytes % 4 == 0, what, "unexpected size");
+    float *packed = filled(pbytes / 4, NAN);
+    float *ws = filled(wsbytes / 4 + 1, NAN);
+    float *want = filled(yl, NAN), *got = filled(yl, NAN);
+    label(what, sizeof what, name, "packed weights: never packed is rejected");
+    expect(effnet_conv_forward_packed(ctx, plan, x, xl, packed, pbytes, b, bl, got, yl, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "pack", what);
+    label(what, sizeof what, name, "packed weights: pack into a short buffer");
+    expect(effnet_conv_pack_weights(ctx, plan, w, wl, packed, pbytes - 4),
+           EFFNET_INVALID_ARGUMENT, "packed", what);
+    label(what, sizeof what, name, "packed weights: pack");
+    expect(effnet_conv_pack_weights(ctx, plan, w, wl, packed, pbytes), EFFNET_OK, NULL, what);
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        const float *bb = with_bias ? b : NULL;
+        size_t bbl = with_bias ? bl : 0;
+        expect(effnet_conv_forward(ctx, plan, x, xl, w, wl, bb, bbl, want, yl), EFFNET_OK,
+               NULL, "packed weights: plain forward");
+        label(what, sizeof what, name,
+              with_bias ? "forward_packed (bias, library buffer)" : "forward_packed (library buffer)");
+        expect(effnet_conv_forward_packed(ctx, plan, x, xl, packed, pbytes, bb, bbl, got, yl,
+                                          NULL, 0),
+               EFFNET_OK, NULL, what);
+        label(what, sizeof what, name, "forward_packed gives the forward bits");
+        check(memcmp(want, got, yl * sizeof *got) == 0, what, "results differ");
+        for (size_t i = 0; i < yl; i++) got[i] = NAN;
+        label(what, sizeof what, name, "forward_packed (caller workspace)");
+        expect(effnet_conv_forward_packed(ctx, plan, x, xl, packed, pbytes, bb, bbl, got, yl,
+                                          ws, wsbytes),
+               EFFNET_OK, NULL, what);
+        label(what, sizeof what, name, "forward_packed with a workspace gives the forward bits");
+        check(memcmp(want, got, yl * sizeof *got) == 0, what, "results differ");
+    }
+    label(what, sizeof what, name, "forward_packed: packed buffer one float short");
+    expect(effnet_conv_forward_packed(ctx, plan, x, xl, packed, pbytes - 4, b, bl, got, yl,
+                                      NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "packed", what);
+    label(what, sizeof what, name, "forward_packed: NULL packed buffer");
+    expect(effnet_conv_forward_packed(ctx, plan, x, xl, NULL, 0, b, bl, got, yl, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "packed", what);
+    if (wsbytes >= 4) {
+        label(what, sizeof what, name, "forward_packed: workspace one float short");
+        expect(effnet_conv_forward_packed(ctx, plan, x, xl, packed, pbytes, b, bl, got, yl, ws,
+                                          wsbytes - 4),
+               EFFNET_INVALID_ARGUMENT, "workspace", what);
+    }
+    free(packed); free(ws); free(want); free(got);
+}
+
 static void run_case(const conv_case *c, effnet_context *ctx1, effnet_context *ctx3) {
     char what[256];
     effnet_conv_plan *plan = NULL;
@@ -372,6 +433,7 @@ static void run_case(const conv_case *c, effnet_context *ctx1, effnet_context *c
 
     workspace_case(c->name, ctx3, plan, c->family, x, xl, w, wl, b, bl, dy, yl);
     workspace_case(c->name, ctx1, plan, c->family, x, xl, w, wl, b, bl, dy, yl);
+    packed_case(c->name, ctx3, plan, x, xl, w, wl, b, bl, yl);
 
     label(what, sizeof what, c->name, "plan destroy");
     expect(effnet_conv_plan_destroy(plan), EFFNET_OK, NULL, what);
