@@ -1065,10 +1065,9 @@ impl Norm {
         out: &'o mut [f32],
     ) -> Coefs<'o> {
         let c = self.geo.c;
-        let m = if self.groups == 0 {
-            (self.geo.n * self.geo.hw) as f64
-        } else {
-            (self.geo.hw * (c / self.groups)) as f64
+        let m = match c.checked_div(self.groups) {
+            None => (self.geo.n * self.geo.hw) as f64,
+            Some(gs) => (self.geo.hw * gs) as f64,
         };
         ab.fill(0.0);
         let (a, b) = ab.split_at_mut(ab.len() / 2);

@@ -567,8 +567,8 @@ impl ProxyNorm {
         let (p, q) = out.split_at_mut(c);
         if self.desc.variant == ProxyVariant::FullScale {
             p.copy_from_slice(&st.scale);
-            for ch in 0..c {
-                q[ch] = (-(st.mean[ch] as f64) * st.scale[ch] as f64) as f32;
+            for ((q, m), s) in q.iter_mut().zip(&st.mean).zip(&st.scale) {
+                *q = (-(*m as f64) * *s as f64) as f32;
             }
         } else {
             p.fill(1.0);
