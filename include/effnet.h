@@ -176,6 +176,25 @@ typedef enum effnet_norm_grouping {
 } effnet_norm_grouping;
 
 /**
+ * A pass of a normalization plan (the `pass` argument of
+ * `effnet_norm_workspace_size`).
+ */
+typedef enum effnet_norm_pass {
+  /**
+   * `effnet_norm_forward` / `effnet_norm_forward_ws`.
+   */
+  EFFNET_NORM_PASS_FORWARD = 0,
+  /**
+   * `effnet_norm_forward_infer` / `effnet_norm_forward_infer_ws`.
+   */
+  EFFNET_NORM_PASS_FORWARD_INFER = 1,
+  /**
+   * `effnet_norm_backward` / `effnet_norm_backward_ws`.
+   */
+  EFFNET_NORM_PASS_BACKWARD = 2,
+} effnet_norm_pass;
+
+/**
  * Which Proxy Norm output (the `variant` field of `effnet_proxy_norm_desc`).
  */
 typedef enum effnet_proxy_variant {
@@ -193,6 +212,36 @@ typedef enum effnet_proxy_variant {
    */
   EFFNET_PROXY_NO_SCALE = 2,
 } effnet_proxy_variant;
+
+/**
+ * A pass of a Proxy Norm plan (the `pass` argument of
+ * `effnet_proxy_norm_workspace_size`).
+ */
+typedef enum effnet_proxy_norm_pass {
+  /**
+   * `effnet_proxy_norm_forward` / `effnet_proxy_norm_forward_ws`.
+   */
+  EFFNET_PROXY_NORM_PASS_FORWARD = 0,
+  /**
+   * `effnet_proxy_norm_backward` / `effnet_proxy_norm_backward_ws`.
+   */
+  EFFNET_PROXY_NORM_PASS_BACKWARD = 1,
+} effnet_proxy_norm_pass;
+
+/**
+ * A pass of the global average pooling (the `pass` argument of
+ * `effnet_global_avg_pool_workspace_size`).
+ */
+typedef enum effnet_pool_pass {
+  /**
+   * `effnet_global_avg_pool_forward` / `_forward_ws`.
+   */
+  EFFNET_POOL_PASS_FORWARD = 0,
+  /**
+   * `effnet_global_avg_pool_backward` / `_backward_ws`.
+   */
+  EFFNET_POOL_PASS_BACKWARD = 1,
+} effnet_pool_pass;
 
 /**
  * An element-wise activation (the `activation` fields of descriptors and the
@@ -1248,6 +1297,27 @@ enum effnet_status effnet_norm_plan_shape(const struct effnet_norm_plan *plan,
                                           struct effnet_norm_shape *out_shape);
 
 /**
+ * Writes to `*out_bytes` the size in bytes of the workspace that pass `pass` (an
+ * `effnet_norm_pass` value) of `plan` needs: pass a buffer of at least that many
+ * bytes to the `_ws` form of the pass. It holds the per-chunk partial sums, the
+ * per-sample (GroupNorm/LayerNorm) or per-batch (BatchNorm) coefficients and totals,
+ * and for inference the folded scale and shift or the statistics of `x`. The size
+ * depends on the plan and the pass only (not on the context's thread count or the
+ * SIMD level); query once and reuse the buffer for every call of that pass.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type handle, an unknown
+ * `pass`, or a NULL or misaligned `out_bytes`.
+ *
+ * # Safety
+ * `ctx` and `plan` are NULL or handles of their types; `out_bytes` is NULL or points
+ * to a writable `size_t`.
+ */
+enum effnet_status effnet_norm_workspace_size(const struct effnet_context *ctx,
+                                              const struct effnet_norm_plan *plan,
+                                              uint32_t pass,
+                                              size_t *out_bytes);
+
+/**
  * Training forward pass: `y = act(gamma*(x - mu)*rstd + beta)` with the statistics of
  * `x` (batch statistics for BatchNorm), which are written to `saved` for the backward
  * pass. Run on `ctx`'s threads; `y` and `saved` are overwritten.
@@ -1281,6 +1351,37 @@ enum effnet_status effnet_norm_forward(const struct effnet_context *ctx,
                                        size_t saved_len);
 
 /**
+ * `effnet_norm_forward` with its scratch memory in the caller's `workspace` of
+ * `workspace_bytes` bytes (at least what `effnet_norm_workspace_size` reports for
+ * `EFFNET_NORM_PASS_FORWARD`; any contents, left unspecified). The same results, bit
+ * for bit; the kernel then allocates nothing (the wrapper still copies the `saved`
+ * statistics through a small vector of `saved_len` floats).
+ *
+ * `workspace` must be aligned to `float` (64 bytes is best), must not overlap any
+ * other buffer, and may be NULL only with `workspace_bytes = 0` when the pass needs
+ * none. It must not be used by another call at the same time.
+ *
+ * Errors: as `effnet_norm_forward`, and `EFFNET_INVALID_ARGUMENT` for a workspace
+ * that is too small, misaligned, overlapping, or NULL with a non-zero size.
+ *
+ * # Safety
+ * As `effnet_norm_forward`; `workspace` is NULL or points to `workspace_bytes`
+ * writable bytes not accessed by anyone else during the call.
+ */
+enum effnet_status effnet_norm_forward_ws(const struct effnet_context *ctx,
+                                          const struct effnet_norm_plan *plan,
+                                          const float *x,
+                                          size_t x_len,
+                                          const float *affine,
+                                          size_t affine_len,
+                                          float *y,
+                                          size_t y_len,
+                                          float *saved,
+                                          size_t saved_len,
+                                          void *workspace,
+                                          size_t workspace_bytes);
+
+/**
  * Inference forward pass: BatchNorm normalizes with the running statistics
  * `running = [2][channels]` (mean row, then unbiased variance row; required);
  * GroupNorm and LayerNorm use the statistics of `x` and take no running statistics
@@ -1303,6 +1404,29 @@ enum effnet_status effnet_norm_forward_infer(const struct effnet_context *ctx,
                                              size_t running_len,
                                              float *y,
                                              size_t y_len);
+
+/**
+ * `effnet_norm_forward_infer` with its scratch memory in the caller's `workspace`
+ * (at least what `effnet_norm_workspace_size` reports for
+ * `EFFNET_NORM_PASS_FORWARD_INFER`). Workspace rules and errors: as
+ * `effnet_norm_forward_ws` (the wrapper copies BatchNorm's `running` through small
+ * vectors of `channels` floats).
+ *
+ * # Safety
+ * As `effnet_norm_forward_ws`.
+ */
+enum effnet_status effnet_norm_forward_infer_ws(const struct effnet_context *ctx,
+                                                const struct effnet_norm_plan *plan,
+                                                const float *x,
+                                                size_t x_len,
+                                                const float *affine,
+                                                size_t affine_len,
+                                                const float *running,
+                                                size_t running_len,
+                                                float *y,
+                                                size_t y_len,
+                                                void *workspace,
+                                                size_t workspace_bytes);
 
 /**
  * BatchNorm's running-statistics update after a training forward pass (PyTorch's
@@ -1357,6 +1481,33 @@ enum effnet_status effnet_norm_backward(const struct effnet_context *ctx,
                                         int32_t accumulate);
 
 /**
+ * `effnet_norm_backward` with its scratch memory in the caller's `workspace` (at
+ * least what `effnet_norm_workspace_size` reports for `EFFNET_NORM_PASS_BACKWARD`).
+ * Workspace rules and errors: as `effnet_norm_forward_ws` (the wrapper copies `saved`
+ * through a small vector of `saved_len` floats).
+ *
+ * # Safety
+ * As `effnet_norm_forward_ws`.
+ */
+enum effnet_status effnet_norm_backward_ws(const struct effnet_context *ctx,
+                                           const struct effnet_norm_plan *plan,
+                                           const float *x,
+                                           size_t x_len,
+                                           const float *dy,
+                                           size_t dy_len,
+                                           const float *affine,
+                                           size_t affine_len,
+                                           const float *saved,
+                                           size_t saved_len,
+                                           float *dx,
+                                           size_t dx_len,
+                                           float *daffine,
+                                           size_t daffine_len,
+                                           int32_t accumulate,
+                                           void *workspace,
+                                           size_t workspace_bytes);
+
+/**
  * Validates the descriptors and stores a new Proxy Norm plan in `*out_plan`.
  *
  * With `norm_desc` NULL the plan is the standalone activation on an already
@@ -1405,6 +1556,28 @@ enum effnet_status effnet_proxy_norm_plan_shape(const struct effnet_proxy_norm_p
                                                 struct effnet_proxy_norm_shape *out_shape);
 
 /**
+ * Writes to `*out_bytes` the size in bytes of the workspace that pass `pass` (an
+ * `effnet_proxy_norm_pass` value) of `plan` needs: pass a buffer of at least that
+ * many bytes to the `_ws` form of the pass. `x_len` is the element count of `x` the
+ * calls will pass: required (a positive multiple of `channels`) for a standalone
+ * plan, whose backward partial sums grow with the rows; ignored for a fused plan.
+ * It holds the normalization's partial sums, coefficients and totals, the proxy
+ * statistics' sums and the gradient temporaries. The size does not depend on the
+ * context's thread count or the SIMD level.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type handle, an unknown
+ * `pass`, a bad `x_len` (standalone), or a NULL or misaligned `out_bytes`.
+ *
+ * # Safety
+ * As `effnet_norm_workspace_size`.
+ */
+enum effnet_status effnet_proxy_norm_workspace_size(const struct effnet_context *ctx,
+                                                    const struct effnet_proxy_norm_plan *plan,
+                                                    uint32_t pass,
+                                                    size_t x_len,
+                                                    size_t *out_bytes);
+
+/**
  * Forward pass: `z` from `x` (fused: the normalization's statistics, then the
  * activation; standalone: `x` is the normalized `xhat`), run on `ctx`'s threads. `z`
  * and `saved` are overwritten.
@@ -1432,6 +1605,28 @@ enum effnet_status effnet_proxy_norm_forward(const struct effnet_context *ctx,
                                              size_t z_len,
                                              float *saved,
                                              size_t saved_len);
+
+/**
+ * `effnet_proxy_norm_forward` with its scratch memory in the caller's `workspace`
+ * (at least what `effnet_proxy_norm_workspace_size` reports for
+ * `EFFNET_PROXY_NORM_PASS_FORWARD` and this `x_len`). Workspace rules and errors: as
+ * `effnet_norm_forward_ws` (the wrapper copies `saved` through small vectors).
+ *
+ * # Safety
+ * As `effnet_norm_forward_ws`.
+ */
+enum effnet_status effnet_proxy_norm_forward_ws(const struct effnet_context *ctx,
+                                                const struct effnet_proxy_norm_plan *plan,
+                                                const float *x,
+                                                size_t x_len,
+                                                const float *params,
+                                                size_t params_len,
+                                                float *z,
+                                                size_t z_len,
+                                                float *saved,
+                                                size_t saved_len,
+                                                void *workspace,
+                                                size_t workspace_bytes);
 
 /**
  * Backward pass of `effnet_proxy_norm_forward`: `dx` (overwritten) and the parameter
@@ -1467,6 +1662,35 @@ enum effnet_status effnet_proxy_norm_backward(const struct effnet_context *ctx,
                                               int32_t accumulate);
 
 /**
+ * `effnet_proxy_norm_backward` with its scratch memory in the caller's `workspace`
+ * (at least what `effnet_proxy_norm_workspace_size` reports for
+ * `EFFNET_PROXY_NORM_PASS_BACKWARD` and this `x_len`). Workspace rules and errors: as
+ * `effnet_norm_forward_ws` (the wrapper copies `saved` through small vectors).
+ *
+ * # Safety
+ * As `effnet_norm_forward_ws`.
+ */
+enum effnet_status effnet_proxy_norm_backward_ws(const struct effnet_context *ctx,
+                                                 const struct effnet_proxy_norm_plan *plan,
+                                                 const float *x,
+                                                 size_t x_len,
+                                                 const float *dz,
+                                                 size_t dz_len,
+                                                 const float *ds,
+                                                 size_t ds_len,
+                                                 const float *params,
+                                                 size_t params_len,
+                                                 const float *saved,
+                                                 size_t saved_len,
+                                                 float *dx,
+                                                 size_t dx_len,
+                                                 float *dparams,
+                                                 size_t dparams_len,
+                                                 int32_t accumulate,
+                                                 void *workspace,
+                                                 size_t workspace_bytes);
+
+/**
  * Element-wise `y = act(x)`, run on `ctx`'s threads; `y` is overwritten. `x` and `y`
  * have `len` elements each (any layout; `len` at least 1) and must not overlap.
  *
@@ -1500,6 +1724,25 @@ enum effnet_status effnet_activation_backward(const struct effnet_context *ctx,
                                               size_t len);
 
 /**
+ * Writes to `*out_bytes` the size in bytes of the workspace that pass `pass` (an
+ * `effnet_pool_pass` value) of the global average pooling of `shape` needs (the
+ * forward's per-chunk partial sums, the backward's scaled gradient): pass a buffer of
+ * at least that many bytes to the `_ws` form. It does not depend on the context's
+ * thread count or the SIMD level.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle or shape, an unknown `pass`, or
+ * a NULL or misaligned `out_bytes`.
+ *
+ * # Safety
+ * `shape` is NULL or points to its `struct_size` readable bytes; `out_bytes` is NULL
+ * or points to a writable `size_t`.
+ */
+enum effnet_status effnet_global_avg_pool_workspace_size(const struct effnet_context *ctx,
+                                                         const struct effnet_nhwc *shape,
+                                                         uint32_t pass,
+                                                         size_t *out_bytes);
+
+/**
  * Global average pooling `y[n][c] = mean over h, w of x[n][h][w][c]`, run on `ctx`'s
  * threads (deterministic for any thread count); `y` is overwritten.
  *
@@ -1523,6 +1766,31 @@ enum effnet_status effnet_global_avg_pool_forward(const struct effnet_context *c
                                                   size_t y_len);
 
 /**
+ * `effnet_global_avg_pool_forward` with its scratch memory in the caller's
+ * `workspace` of `workspace_bytes` bytes (at least what
+ * `effnet_global_avg_pool_workspace_size` reports for `EFFNET_POOL_PASS_FORWARD`;
+ * any contents, left unspecified): the same bits, and no allocation. `workspace`
+ * must be aligned to `float` (64 bytes is best), must not overlap any other buffer,
+ * may be NULL only with `workspace_bytes = 0` when the pass needs none, and must not
+ * be used by another call at the same time.
+ *
+ * Errors: as `effnet_global_avg_pool_forward`, and `EFFNET_INVALID_ARGUMENT` for a
+ * workspace that is too small, misaligned, overlapping, or NULL with a non-zero size.
+ *
+ * # Safety
+ * As `effnet_global_avg_pool_forward`; `workspace` is NULL or points to
+ * `workspace_bytes` writable bytes not accessed by anyone else during the call.
+ */
+enum effnet_status effnet_global_avg_pool_forward_ws(const struct effnet_context *ctx,
+                                                     const struct effnet_nhwc *shape,
+                                                     const float *x,
+                                                     size_t x_len,
+                                                     float *y,
+                                                     size_t y_len,
+                                                     void *workspace,
+                                                     size_t workspace_bytes);
+
+/**
  * Backward of the global average pooling: `dx[n][h][w][c] = dy[n][c]/(height*width)`,
  * overwritten (`accumulate = 0`) or added (`accumulate = 1`, e.g. when `x` also feeds
  * another branch).
@@ -1542,6 +1810,25 @@ enum effnet_status effnet_global_avg_pool_backward(const struct effnet_context *
                                                    int32_t accumulate);
 
 /**
+ * `effnet_global_avg_pool_backward` with its scratch memory in the caller's
+ * `workspace` (at least what `effnet_global_avg_pool_workspace_size` reports for
+ * `EFFNET_POOL_PASS_BACKWARD`). Workspace rules and errors: as
+ * `effnet_global_avg_pool_forward_ws`.
+ *
+ * # Safety
+ * As `effnet_global_avg_pool_forward_ws`.
+ */
+enum effnet_status effnet_global_avg_pool_backward_ws(const struct effnet_context *ctx,
+                                                      const struct effnet_nhwc *shape,
+                                                      const float *dy,
+                                                      size_t dy_len,
+                                                      float *dx,
+                                                      size_t dx_len,
+                                                      int32_t accumulate,
+                                                      void *workspace,
+                                                      size_t workspace_bytes);
+
+/**
  * Squeeze-excite gate `y[n][h][w][c] = x[n][h][w][c] * gate[n][c]`, run on `ctx`'s
  * threads; `y` is overwritten.
  *
@@ -1559,6 +1846,20 @@ enum effnet_status effnet_gate_forward(const struct effnet_context *ctx,
                                        size_t gate_len,
                                        float *y,
                                        size_t y_len);
+
+/**
+ * Writes to `*out_bytes` the size in bytes of the workspace `effnet_gate_backward_ws`
+ * needs for `shape` (the per-chunk partial gate gradients; the forward needs none).
+ * It does not depend on the context's thread count or the SIMD level.
+ *
+ * Errors and safety: as `effnet_global_avg_pool_workspace_size`.
+ *
+ * # Safety
+ * As `effnet_global_avg_pool_workspace_size`.
+ */
+enum effnet_status effnet_gate_backward_workspace_size(const struct effnet_context *ctx,
+                                                       const struct effnet_nhwc *shape,
+                                                       size_t *out_bytes);
 
 /**
  * Backward of the gate: `dx = dy * gate[n][c]` and `dgate[n][c] = sum over h, w of
@@ -1582,6 +1883,46 @@ enum effnet_status effnet_gate_backward(const struct effnet_context *ctx,
                                         size_t dx_len,
                                         float *dgate,
                                         size_t dgate_len);
+
+/**
+ * `effnet_gate_backward` with its scratch memory in the caller's `workspace` (at
+ * least what `effnet_gate_backward_workspace_size` reports). Workspace rules and
+ * errors: as `effnet_global_avg_pool_forward_ws`.
+ *
+ * # Safety
+ * As `effnet_global_avg_pool_forward_ws`.
+ */
+enum effnet_status effnet_gate_backward_ws(const struct effnet_context *ctx,
+                                           const struct effnet_nhwc *shape,
+                                           const float *dy,
+                                           size_t dy_len,
+                                           const float *x,
+                                           size_t x_len,
+                                           const float *gate,
+                                           size_t gate_len,
+                                           float *dx,
+                                           size_t dx_len,
+                                           float *dgate,
+                                           size_t dgate_len,
+                                           void *workspace,
+                                           size_t workspace_bytes);
+
+/**
+ * Writes to `*out_bytes` the size in bytes of the workspace `effnet_cross_entropy_ws`
+ * needs for `batch` samples of `classes` classes (the per-sample losses). It does not
+ * depend on the context's thread count or the SIMD level.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, `batch` or `classes` of 0, or a
+ * NULL or misaligned `out_bytes`.
+ *
+ * # Safety
+ * `ctx` is NULL or a context handle; `out_bytes` is NULL or points to a writable
+ * `size_t`.
+ */
+enum effnet_status effnet_cross_entropy_workspace_size(const struct effnet_context *ctx,
+                                                       size_t batch,
+                                                       size_t classes,
+                                                       size_t *out_bytes);
 
 /**
  * Softmax cross-entropy with label smoothing, averaged over the batch, and (if
@@ -1617,6 +1958,32 @@ enum effnet_status effnet_cross_entropy(const struct effnet_context *ctx,
                                         float *dlogits,
                                         size_t dlogits_len,
                                         float *out_loss);
+
+/**
+ * `effnet_cross_entropy` with its scratch memory (the per-sample losses) in the
+ * caller's `workspace` (at least what `effnet_cross_entropy_workspace_size` reports).
+ * Workspace rules and errors: as `effnet_global_avg_pool_forward_ws` (with `labels`
+ * the wrapper converts them to indices in a vector of `batch` entries).
+ *
+ * # Safety
+ * As `effnet_cross_entropy`; `workspace` is NULL or points to `workspace_bytes`
+ * writable bytes not accessed by anyone else during the call.
+ */
+enum effnet_status effnet_cross_entropy_ws(const struct effnet_context *ctx,
+                                           size_t batch,
+                                           size_t classes,
+                                           float smoothing,
+                                           const float *logits,
+                                           size_t logits_len,
+                                           const int64_t *labels,
+                                           size_t labels_len,
+                                           const float *targets,
+                                           size_t targets_len,
+                                           float *dlogits,
+                                           size_t dlogits_len,
+                                           float *out_loss,
+                                           void *workspace,
+                                           size_t workspace_bytes);
 
 /**
  * The message of the last failed effnet call on this thread, NUL-terminated UTF-8,

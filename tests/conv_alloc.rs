@@ -1,59 +1,15 @@
 //! The workspace passes of the convolutions allocate nothing tensor-sized: a counting
-//! global allocator records every allocation made (on any thread) while a pass runs.
-//! One test in this binary, so no other test allocates meanwhile.
+//! global allocator (`tests/common/alloc.rs`) records every allocation made (on any
+//! thread) while a pass runs. One test in this binary, so no other test allocates
+//! meanwhile.
 
+mod common;
+
+use common::alloc::{Counting, count};
 use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass, GradMode};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-
-struct Counting;
-
-static ON: AtomicBool = AtomicBool::new(false);
-static TOTAL: AtomicUsize = AtomicUsize::new(0);
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-fn record(size: usize) {
-    if ON.load(Relaxed) {
-        TOTAL.fetch_add(size, Relaxed);
-        LARGEST.fetch_max(size, Relaxed);
-    }
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        record(l.size());
-        // SAFETY: the caller's contract, forwarded.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        record(l.size());
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        record(new);
-        // SAFETY: as above.
-        unsafe { System.realloc(p, l, new) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(p, l) }
-    }
-}
 
 #[global_allocator]
 static A: Counting = Counting;
-
-/// `(total bytes, largest allocation)` made while `f` runs.
-fn count(f: impl FnOnce()) -> (usize, usize) {
-    TOTAL.store(0, Relaxed);
-    LARGEST.store(0, Relaxed);
-    ON.store(true, Relaxed);
-    f();
-    ON.store(false, Relaxed);
-    (TOTAL.load(Relaxed), LARGEST.load(Relaxed))
-}
 
 /// Runs `pass` with `ws` (`None`: the allocating pass).
 fn run(conv: &Conv2d, pass: ConvPass, ws: Option<&mut [f32]>, bufs: &mut [Vec<f32>; 5]) {

@@ -6,8 +6,10 @@
 //! and no output overlapping any other buffer (Rust forbids a `&mut` slice aliasing
 //! anything). Only then are slices made.
 
+use std::ffi::c_void;
 use std::mem::size_of;
 
+use crate::context::effnet_context;
 use crate::status::{Failure, Outcome};
 
 /// A buffer argument of one call, before checking.
@@ -195,6 +197,80 @@ pub unsafe fn output<'a>(b: &Buf) -> &'a mut [f32] {
 pub unsafe fn opt_output<'a>(b: &Buf) -> Option<&'a mut [f32]> {
     // SAFETY: forwarded.
     b.present().then(|| unsafe { output(b) })
+}
+
+/// Stands for "no workspace argument" in a buffer check (NULL, optional, 0 elements):
+/// what the allocating form of a pass passes in place of the `_ws` form's workspace.
+pub const NO_WORKSPACE: Buf = Buf {
+    name: "workspace",
+    ptr: std::ptr::null(),
+    len: 0,
+    expected: 0,
+    optional: true,
+    output: true,
+    elem_bytes: size_of::<f32>(),
+};
+
+/// The workspace argument of a `_ws` pass as a buffer to check with the others (NULL
+/// with 0 bytes is "none"; it is an output: it must not overlap any other buffer).
+pub fn workspace_buf(ptr: *mut c_void, bytes: usize) -> Buf {
+    let floats = bytes / size_of::<f32>();
+    Buf::output("workspace", ptr.cast(), floats, floats).optional()
+}
+
+/// The workspace arguments of a call (`None` for the allocating form), the checked
+/// buffer, and its slice once checked: [`workspace_buf`] or [`NO_WORKSPACE`].
+pub fn workspace_arg(ws: Option<(*mut c_void, usize)>) -> Buf {
+    ws.map_or(NO_WORKSPACE, |(p, n)| workspace_buf(p, n))
+}
+
+/// Bytes of `floats` workspace floats.
+pub fn workspace_bytes(floats: usize) -> Outcome<usize> {
+    floats
+        .checked_mul(size_of::<f32>())
+        .ok_or_else(|| Failure::invalid("the workspace size overflows size_t"))
+}
+
+/// Writes the workspace size of `floats` floats, in bytes, to `*out_bytes` (checked:
+/// non-NULL and aligned).
+///
+/// # Safety
+/// `out_bytes` is NULL or points to a writable `size_t`.
+pub unsafe fn write_workspace_size(out_bytes: *mut usize, floats: usize) -> Outcome {
+    crate::handle::check_out_value(out_bytes, "`out_bytes`")?;
+    let bytes = workspace_bytes(floats)?;
+    // SAFETY: checked non-NULL and aligned; writable by the caller's contract.
+    unsafe { out_bytes.write(bytes) };
+    Ok(())
+}
+
+/// Runs one pass on `ctx`'s threads: on the caller's workspace when the `_ws` form
+/// was called (`ws` is its `(pointer, bytes)`, `wsb` the checked slice, `None` for a
+/// NULL workspace of 0 bytes), first checked to hold the `need()` bytes the pass
+/// needs (`query` names the size query in the message); else allocating (`run` gets
+/// `None`).
+pub fn run_pass<'a, R: Send>(
+    ctx: &effnet_context,
+    need: impl FnOnce() -> Outcome<usize>,
+    query: &str,
+    wsb: Option<&'a mut [f32]>,
+    ws: Option<(*mut c_void, usize)>,
+    run: impl FnOnce(Option<&'a mut [f32]>) -> effnet_core::Result<R> + Send,
+) -> Outcome<R> {
+    let ws = match ws {
+        Some((_, bytes)) => {
+            let need = need()?;
+            if bytes < need {
+                return Err(Failure::invalid(format!(
+                    "`workspace` has {bytes} bytes, the pass needs {need} on this context \
+                     (see {query})"
+                )));
+            }
+            Some(wsb.unwrap_or_default())
+        }
+        None => None,
+    };
+    Ok(ctx.install(|| run(ws))?)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use effnet_core::kernels::conv::{
     Conv2d, ConvDesc, ConvFamily, ConvPass, DType, GradMode, Padding,
 };
 
-use crate::buffers::{self, Buf};
+use crate::buffers::{self, Buf, NO_WORKSPACE, workspace_buf};
 use crate::context::effnet_context;
 use crate::handle::{self, Kind};
 use crate::sized::{self, SizedStruct};
@@ -380,49 +380,19 @@ pub unsafe extern "C" fn effnet_conv_workspace_size(
         // SAFETY: the caller's contract.
         let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
         let pass = pass_of(pass)?;
-        handle::check_out_value(out_bytes, "`out_bytes`")?;
-        let bytes = workspace_bytes(ctx, conv, pass)?;
-        // SAFETY: checked non-NULL and aligned; writable by the caller's contract.
-        unsafe { out_bytes.write(bytes) };
-        Ok(())
+        let floats = ctx.install(|| conv.workspace_len(pass, 0));
+        // SAFETY: the caller's contract.
+        unsafe { buffers::write_workspace_size(out_bytes, floats) }
     })
 }
 
 /// The workspace bytes `pass` needs on `ctx`'s threads.
 fn workspace_bytes(ctx: &effnet_context, conv: &Conv2d, pass: ConvPass) -> Outcome<usize> {
-    let floats = ctx.install(|| conv.workspace_len(pass, 0));
-    floats
-        .checked_mul(size_of::<f32>())
-        .ok_or_else(|| Failure::invalid("the workspace size overflows size_t"))
+    buffers::workspace_bytes(ctx.install(|| conv.workspace_len(pass, 0)))
 }
 
-/// The workspace argument of a `_ws` pass as a buffer to check with the others (NULL
-/// with 0 bytes is "none"; it is an output: it must not overlap any other buffer).
-pub(crate) fn workspace_buf(ptr: *mut c_void, bytes: usize) -> Buf {
-    let floats = bytes / size_of::<f32>();
-    Buf::output("workspace", ptr.cast(), floats, floats).optional()
-}
-
-/// Fails unless the workspace (`bytes` long) holds what `pass` needs on `ctx`.
-pub(crate) fn check_workspace(
-    ctx: &effnet_context,
-    conv: &Conv2d,
-    pass: ConvPass,
-    bytes: usize,
-) -> Outcome {
-    let need = workspace_bytes(ctx, conv, pass)?;
-    if bytes < need {
-        return Err(Failure::invalid(format!(
-            "`workspace` has {bytes} bytes, the pass needs {need} on this context \
-             (see effnet_conv_workspace_size)"
-        )));
-    }
-    Ok(())
-}
-
-/// Runs one pass on `ctx`'s threads: on the caller's workspace (first checked to hold
-/// what `pass` needs) when the `_ws` form was called (`ws` is its `(pointer, bytes)`,
-/// `wsb` the checked slice, `None` for a NULL workspace of 0 bytes), else allocating.
+/// Runs one pass on `ctx`'s threads, on the caller's workspace or allocating (see
+/// `buffers::run_pass`).
 fn run_pass<'a>(
     ctx: &effnet_context,
     conv: &Conv2d,
@@ -431,15 +401,9 @@ fn run_pass<'a>(
     ws: Option<(*mut c_void, usize)>,
     run: impl FnOnce(Option<&'a mut [f32]>) -> effnet_core::Result<()> + Send,
 ) -> Outcome {
-    let ws = match (wsb, ws) {
-        (Some(wsb), Some((_, bytes))) => {
-            check_workspace(ctx, conv, pass, bytes)?;
-            Some(wsb.unwrap_or_default())
-        }
-        _ => None,
-    };
-    ctx.install(|| run(ws))?;
-    Ok(())
+    let need = || workspace_bytes(ctx, conv, pass);
+    let query = "effnet_conv_workspace_size";
+    buffers::run_pass(ctx, need, query, wsb.flatten(), ws, run)
 }
 
 /// Forward pass: `y = conv(x, w) (+ bias)`, run on `ctx`'s threads. `y` is
@@ -566,17 +530,6 @@ unsafe fn forward(
         None => conv.forward(x, w, bias, y),
     })
 }
-
-/// Stands for "no workspace argument" in a buffer check (NULL, optional, 0 elements).
-const NO_WORKSPACE: Buf = Buf {
-    name: "workspace",
-    ptr: std::ptr::null(),
-    len: 0,
-    expected: 0,
-    optional: true,
-    output: true,
-    elem_bytes: size_of::<f32>(),
-};
 
 /// Backward-data pass: `dx = conv_transpose(dy, w)`, the gradient of the loss with
 /// respect to the input (the adjoint of the forward pass in `x`), run on `ctx`'s

@@ -7,7 +7,7 @@ use effnet_core::kernels::conv::{Conv2d, ConvPass};
 
 use crate::buffers::{self, Buf};
 use crate::context::effnet_context;
-use crate::conv::{check_workspace, ctx_and_plan, effnet_conv_plan, workspace_buf};
+use crate::conv::{ctx_and_plan, effnet_conv_plan};
 use crate::handle;
 use crate::status::{Failure, Outcome, effnet_status, guard};
 
@@ -138,14 +138,13 @@ pub unsafe extern "C" fn effnet_conv_forward_packed(
         let bp = packed_buf(conv, packed, packed_bytes)?;
         let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
         let by = Buf::output("y", y, y_len, s.y_len);
-        let bws = workspace_buf(workspace, workspace_bytes);
+        // NULL with 0 bytes: the library's buffer; anything else is the caller's.
+        let ws =
+            (!workspace.is_null() || workspace_bytes > 0).then_some((workspace, workspace_bytes));
+        let bws = buffers::workspace_arg(ws);
         buffers::check(&[bx, bp, bb, by, bws])?;
-        let caller_ws = !workspace.is_null() || workspace_bytes > 0;
-        if caller_ws {
-            check_workspace(ctx, conv, ConvPass::Forward, workspace_bytes)?;
-        }
         // SAFETY: checked above; readable/writable and exclusive by the contract.
-        let (x, packed, bias, y, ws) = unsafe {
+        let (x, packed, bias, y, wsb) = unsafe {
             (
                 buffers::input(&bx),
                 buffers::input(&bp),
@@ -154,7 +153,10 @@ pub unsafe extern "C" fn effnet_conv_forward_packed(
                 buffers::opt_output(&bws),
             )
         };
-        ctx.install(|| match ws {
+        let floats = || ctx.install(|| conv.workspace_len(ConvPass::Forward, 0));
+        let need = || buffers::workspace_bytes(floats());
+        let query = "effnet_conv_workspace_size";
+        buffers::run_pass(ctx, need, query, wsb, ws, |ws| match ws {
             Some(ws) => conv.forward_packed(x, packed, bias, y, ws),
             None => effnet_core::kernels::scratch::with_reused(
                 conv.workspace_len(ConvPass::Forward, 0),

@@ -2,12 +2,14 @@
 //! standalone and fused with LayerNorm/GroupNorm: descriptors, plans, shape queries and
 //! the passes.
 
+use std::ffi::c_void;
+
 use effnet_core::kernels::norm::{
-    Affine, AffineGrads, Grouping, Norm, NormDesc, NormKind, NormStats, RunningStats,
+    Affine, AffineGrads, Grouping, Norm, NormDesc, NormKind, NormPass, NormStats, RunningStats,
 };
 use effnet_core::kernels::proxy_norm::{
-    NormProxy, NormProxySaved, ProxyGrads, ProxyNorm, ProxyNormDesc, ProxyParams, ProxyStats,
-    ProxyVariant, Upstream,
+    NormProxy, NormProxySaved, ProxyGrads, ProxyNorm, ProxyNormDesc, ProxyParams, ProxyPass,
+    ProxyStats, ProxyVariant, Upstream,
 };
 
 use crate::buffers::{self, Buf};
@@ -345,6 +347,79 @@ pub(crate) unsafe fn ctx_and<'a, T: handle::Handle>(
     Ok((ctx, plan))
 }
 
+/// A pass of a normalization plan (the `pass` argument of
+/// `effnet_norm_workspace_size`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum effnet_norm_pass {
+    /// `effnet_norm_forward` / `effnet_norm_forward_ws`.
+    EFFNET_NORM_PASS_FORWARD = 0,
+    /// `effnet_norm_forward_infer` / `effnet_norm_forward_infer_ws`.
+    EFFNET_NORM_PASS_FORWARD_INFER = 1,
+    /// `effnet_norm_backward` / `effnet_norm_backward_ws`.
+    EFFNET_NORM_PASS_BACKWARD = 2,
+}
+
+fn norm_pass_of(v: u32) -> Outcome<NormPass> {
+    match v {
+        0 => Ok(NormPass::Forward),
+        1 => Ok(NormPass::ForwardInfer),
+        2 => Ok(NormPass::Backward),
+        _ => Err(Failure::invalid(format!(
+            "pass = {v} is not an effnet_norm_pass"
+        ))),
+    }
+}
+
+impl effnet_norm_plan {
+    /// Runs `pass` on `ctx`'s threads, on the caller's workspace or allocating (see
+    /// `buffers::run_pass`).
+    fn run<'a, R: Send>(
+        &self,
+        ctx: &effnet_context,
+        pass: NormPass,
+        (wsb, ws): WsArgs<'a>,
+        run: impl FnOnce(Option<&'a mut [f32]>) -> effnet_core::Result<R> + Send,
+    ) -> Outcome<R> {
+        let need = || buffers::workspace_bytes(self.norm.workspace_len(pass));
+        buffers::run_pass(ctx, need, "effnet_norm_workspace_size", wsb, ws, run)
+    }
+}
+
+/// The workspace of a `_ws` call once checked (its slice, `None` for NULL) and as
+/// passed (`None` for the allocating form).
+type WsArgs<'a> = (Option<&'a mut [f32]>, Option<(*mut c_void, usize)>);
+
+/// Writes to `*out_bytes` the size in bytes of the workspace that pass `pass` (an
+/// `effnet_norm_pass` value) of `plan` needs: pass a buffer of at least that many
+/// bytes to the `_ws` form of the pass. It holds the per-chunk partial sums, the
+/// per-sample (GroupNorm/LayerNorm) or per-batch (BatchNorm) coefficients and totals,
+/// and for inference the folded scale and shift or the statistics of `x`. The size
+/// depends on the plan and the pass only (not on the context's thread count or the
+/// SIMD level); query once and reuse the buffer for every call of that pass.
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type handle, an unknown
+/// `pass`, or a NULL or misaligned `out_bytes`.
+///
+/// # Safety
+/// `ctx` and `plan` are NULL or handles of their types; `out_bytes` is NULL or points
+/// to a writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_workspace_size(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    pass: u32,
+    out_bytes: *mut usize,
+) -> effnet_status {
+    guard("effnet_norm_workspace_size", || {
+        // SAFETY: the caller's contract.
+        let (_ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+        let floats = plan.norm.workspace_len(norm_pass_of(pass)?);
+        // SAFETY: the caller's contract.
+        unsafe { buffers::write_workspace_size(out_bytes, floats) }
+    })
+}
+
 /// Training forward pass: `y = act(gamma*(x - mu)*rstd + beta)` with the statistics of
 /// `x` (batch statistics for BatchNorm), which are written to `saved` for the backward
 /// pass. Run on `ctx`'s threads; `y` and `saved` are overwritten.
@@ -379,30 +454,91 @@ pub unsafe extern "C" fn effnet_norm_forward(
     saved_len: usize,
 ) -> effnet_status {
     guard("effnet_norm_forward", || {
-        // SAFETY: the caller's contract.
-        let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
-        let s = plan.shape();
-        let bx = Buf::input("x", x, x_len, s.x_len);
-        let ba = plan.affine_buf("affine", affine, affine_len)?;
-        let by = Buf::output("y", y, y_len, s.x_len);
-        let bs = Buf::output("saved", saved, saved_len, s.saved_len);
-        buffers::check(&[bx, ba, by, bs])?;
-        // SAFETY: checked above; valid and exclusive by the caller's contract.
-        let (x, a, y, saved) = unsafe {
-            (
-                buffers::input(&bx),
-                buffers::opt_input(&ba),
-                buffers::output(&by),
-                buffers::output(&bs),
-            )
-        };
-        let norm = &plan.norm;
-        let mut stats = norm.new_stats();
-        let c = norm.desc().channels;
-        ctx.install(|| norm.forward(x, affine_of(a, c), y, &mut stats))?;
-        store_stats(&stats, saved);
-        Ok(())
+        let bufs = [x_len, affine_len, y_len, saved_len];
+        // SAFETY: forwarded from this function's contract.
+        unsafe { norm_forward(ctx, plan, (x, affine, y, saved), bufs, None) }
     })
+}
+
+/// `effnet_norm_forward` with its scratch memory in the caller's `workspace` of
+/// `workspace_bytes` bytes (at least what `effnet_norm_workspace_size` reports for
+/// `EFFNET_NORM_PASS_FORWARD`; any contents, left unspecified). The same results, bit
+/// for bit; the kernel then allocates nothing (the wrapper still copies the `saved`
+/// statistics through a small vector of `saved_len` floats).
+///
+/// `workspace` must be aligned to `float` (64 bytes is best), must not overlap any
+/// other buffer, and may be NULL only with `workspace_bytes = 0` when the pass needs
+/// none. It must not be used by another call at the same time.
+///
+/// Errors: as `effnet_norm_forward`, and `EFFNET_INVALID_ARGUMENT` for a workspace
+/// that is too small, misaligned, overlapping, or NULL with a non-zero size.
+///
+/// # Safety
+/// As `effnet_norm_forward`; `workspace` is NULL or points to `workspace_bytes`
+/// writable bytes not accessed by anyone else during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_forward_ws(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    x: *const f32,
+    x_len: usize,
+    affine: *const f32,
+    affine_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    saved: *mut f32,
+    saved_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_norm_forward_ws", || {
+        let bufs = [x_len, affine_len, y_len, saved_len];
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { norm_forward(ctx, plan, (x, affine, y, saved), bufs, ws) }
+    })
+}
+
+/// The training forward entry points; `ws` is the workspace argument of the `_ws`
+/// form.
+///
+/// # Safety
+/// As `effnet_norm_forward_ws`.
+unsafe fn norm_forward(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    (x, affine, y, saved): (*const f32, *const f32, *mut f32, *mut f32),
+    [x_len, affine_len, y_len, saved_len]: [usize; 4],
+    ws: Option<(*mut c_void, usize)>,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+    let s = plan.shape();
+    let bx = Buf::input("x", x, x_len, s.x_len);
+    let ba = plan.affine_buf("affine", affine, affine_len)?;
+    let by = Buf::output("y", y, y_len, s.x_len);
+    let bs = Buf::output("saved", saved, saved_len, s.saved_len);
+    let bws = buffers::workspace_arg(ws);
+    buffers::check(&[bx, ba, by, bs, bws])?;
+    // SAFETY: checked above; valid and exclusive by the caller's contract.
+    let (x, a, y, saved, wsb) = unsafe {
+        (
+            buffers::input(&bx),
+            buffers::opt_input(&ba),
+            buffers::output(&by),
+            buffers::output(&bs),
+            buffers::opt_output(&bws),
+        )
+    };
+    let norm = &plan.norm;
+    let mut stats = norm.new_stats();
+    let aff = affine_of(a, norm.desc().channels);
+    plan.run(ctx, NormPass::Forward, (wsb, ws), |w| match w {
+        Some(w) => norm.forward_with_workspace(x, aff, y, &mut stats, w),
+        None => norm.forward(x, aff, y, &mut stats),
+    })?;
+    store_stats(&stats, saved);
+    Ok(())
 }
 
 /// Inference forward pass: BatchNorm normalizes with the running statistics
@@ -430,40 +566,92 @@ pub unsafe extern "C" fn effnet_norm_forward_infer(
     y_len: usize,
 ) -> effnet_status {
     guard("effnet_norm_forward_infer", || {
-        // SAFETY: the caller's contract.
-        let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
-        let s = plan.shape();
-        let bx = Buf::input("x", x, x_len, s.x_len);
-        let ba = plan.affine_buf("affine", affine, affine_len)?;
-        let mut br = Buf::input("running", running, running_len, s.running_len);
-        if s.running_len == 0 {
-            if !running.is_null() || running_len != 0 {
-                return Err(Failure::invalid(
-                    "`running`: GroupNorm and LayerNorm take no running statistics; pass \
-                     NULL and 0",
-                ));
-            }
-            br = br.optional();
+        let bufs = [x_len, affine_len, running_len, y_len];
+        // SAFETY: forwarded from this function's contract.
+        unsafe { norm_forward_infer(ctx, plan, (x, affine, running, y), bufs, None) }
+    })
+}
+
+/// `effnet_norm_forward_infer` with its scratch memory in the caller's `workspace`
+/// (at least what `effnet_norm_workspace_size` reports for
+/// `EFFNET_NORM_PASS_FORWARD_INFER`). Workspace rules and errors: as
+/// `effnet_norm_forward_ws` (the wrapper copies BatchNorm's `running` through small
+/// vectors of `channels` floats).
+///
+/// # Safety
+/// As `effnet_norm_forward_ws`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_forward_infer_ws(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    x: *const f32,
+    x_len: usize,
+    affine: *const f32,
+    affine_len: usize,
+    running: *const f32,
+    running_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_norm_forward_infer_ws", || {
+        let bufs = [x_len, affine_len, running_len, y_len];
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { norm_forward_infer(ctx, plan, (x, affine, running, y), bufs, ws) }
+    })
+}
+
+/// The inference entry points; `ws` is the workspace argument of the `_ws` form.
+///
+/// # Safety
+/// As `effnet_norm_forward_infer_ws`.
+unsafe fn norm_forward_infer(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    (x, affine, running, y): (*const f32, *const f32, *const f32, *mut f32),
+    [x_len, affine_len, running_len, y_len]: [usize; 4],
+    ws: Option<(*mut c_void, usize)>,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+    let s = plan.shape();
+    let bx = Buf::input("x", x, x_len, s.x_len);
+    let ba = plan.affine_buf("affine", affine, affine_len)?;
+    let mut br = Buf::input("running", running, running_len, s.running_len);
+    if s.running_len == 0 {
+        if !running.is_null() || running_len != 0 {
+            return Err(Failure::invalid(
+                "`running`: GroupNorm and LayerNorm take no running statistics; pass \
+                 NULL and 0",
+            ));
         }
-        let by = Buf::output("y", y, y_len, s.x_len);
-        buffers::check(&[bx, ba, br, by])?;
-        // SAFETY: checked above; valid and exclusive by the caller's contract.
-        let (x, a, r, y) = unsafe {
-            (
-                buffers::input(&bx),
-                buffers::opt_input(&ba),
-                buffers::opt_input(&br),
-                buffers::output(&by),
-            )
-        };
-        let norm = &plan.norm;
-        let c = norm.desc().channels;
-        let running = r.map(|r| RunningStats {
-            mean: r[..c].to_vec(),
-            var: r[c..].to_vec(),
-        });
-        ctx.install(|| norm.forward_infer(x, affine_of(a, c), running.as_ref(), y))?;
-        Ok(())
+        br = br.optional();
+    }
+    let by = Buf::output("y", y, y_len, s.x_len);
+    let bws = buffers::workspace_arg(ws);
+    buffers::check(&[bx, ba, br, by, bws])?;
+    // SAFETY: checked above; valid and exclusive by the caller's contract.
+    let (x, a, r, y, wsb) = unsafe {
+        (
+            buffers::input(&bx),
+            buffers::opt_input(&ba),
+            buffers::opt_input(&br),
+            buffers::output(&by),
+            buffers::opt_output(&bws),
+        )
+    };
+    let norm = &plan.norm;
+    let c = norm.desc().channels;
+    let running = r.map(|r| RunningStats {
+        mean: r[..c].to_vec(),
+        var: r[c..].to_vec(),
+    });
+    let (aff, running) = (affine_of(a, c), running.as_ref());
+    plan.run(ctx, NormPass::ForwardInfer, (wsb, ws), |w| match w {
+        Some(w) => norm.forward_infer_with_workspace(x, aff, running, y, w),
+        None => norm.forward_infer(x, aff, running, y),
     })
 }
 
@@ -547,47 +735,107 @@ pub unsafe extern "C" fn effnet_norm_backward(
     accumulate: i32,
 ) -> effnet_status {
     guard("effnet_norm_backward", || {
-        // SAFETY: the caller's contract.
-        let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
-        let mode = grad_mode(accumulate)?;
-        let s = plan.shape();
-        let bx = Buf::input("x", x, x_len, s.x_len);
-        let bdy = Buf::input("dy", dy, dy_len, s.x_len);
-        let ba = plan.affine_buf("affine", affine, affine_len)?;
-        let bs = Buf::input("saved", saved, saved_len, s.saved_len);
-        let bdx = Buf::output("dx", dx, dx_len, s.x_len);
-        let bda = plan
-            .affine_like(Buf::output("daffine", daffine, daffine_len, s.affine_len))?
-            .optional();
-        buffers::check(&[bx, bdy, ba, bs, bdx, bda])?;
-        // SAFETY: checked above; valid and exclusive by the caller's contract.
-        let (x, dy, a, saved, dx, da) = unsafe {
-            (
-                buffers::input(&bx),
-                buffers::input(&bdy),
-                buffers::opt_input(&ba),
-                buffers::input(&bs),
-                buffers::output(&bdx),
-                buffers::opt_output(&bda),
-            )
-        };
-        let norm = &plan.norm;
-        let c = norm.desc().channels;
-        let (dgamma, dbeta) = match da {
-            Some(d) => {
-                let (g, b) = d.split_at_mut(c);
-                (Some(g), Some(b))
-            }
-            None => (None, None),
-        };
-        let grads = AffineGrads {
-            dgamma,
-            dbeta,
-            mode,
-        };
-        let stats = stats_of(saved, s.sets);
-        ctx.install(|| norm.backward(x, dy, affine_of(a, c), &stats, dx, grads))?;
-        Ok(())
+        let ins = (x, dy, affine, saved);
+        let lens = [x_len, dy_len, affine_len, saved_len, dx_len, daffine_len];
+        // SAFETY: forwarded from this function's contract.
+        unsafe { norm_backward(ctx, plan, ins, (dx, daffine), lens, accumulate, None) }
+    })
+}
+
+/// `effnet_norm_backward` with its scratch memory in the caller's `workspace` (at
+/// least what `effnet_norm_workspace_size` reports for `EFFNET_NORM_PASS_BACKWARD`).
+/// Workspace rules and errors: as `effnet_norm_forward_ws` (the wrapper copies `saved`
+/// through a small vector of `saved_len` floats).
+///
+/// # Safety
+/// As `effnet_norm_forward_ws`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_norm_backward_ws(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    x: *const f32,
+    x_len: usize,
+    dy: *const f32,
+    dy_len: usize,
+    affine: *const f32,
+    affine_len: usize,
+    saved: *const f32,
+    saved_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+    daffine: *mut f32,
+    daffine_len: usize,
+    accumulate: i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_norm_backward_ws", || {
+        let ins = (x, dy, affine, saved);
+        let lens = [x_len, dy_len, affine_len, saved_len, dx_len, daffine_len];
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { norm_backward(ctx, plan, ins, (dx, daffine), lens, accumulate, ws) }
+    })
+}
+
+/// The backward entry points; `ws` is the workspace argument of the `_ws` form.
+///
+/// # Safety
+/// As `effnet_norm_backward_ws`.
+unsafe fn norm_backward(
+    ctx: *const effnet_context,
+    plan: *const effnet_norm_plan,
+    (x, dy, affine, saved): (*const f32, *const f32, *const f32, *const f32),
+    (dx, daffine): (*mut f32, *mut f32),
+    [x_len, dy_len, affine_len, saved_len, dx_len, daffine_len]: [usize; 6],
+    accumulate: i32,
+    ws: Option<(*mut c_void, usize)>,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+    let mode = grad_mode(accumulate)?;
+    let s = plan.shape();
+    let bx = Buf::input("x", x, x_len, s.x_len);
+    let bdy = Buf::input("dy", dy, dy_len, s.x_len);
+    let ba = plan.affine_buf("affine", affine, affine_len)?;
+    let bs = Buf::input("saved", saved, saved_len, s.saved_len);
+    let bdx = Buf::output("dx", dx, dx_len, s.x_len);
+    let bda = plan
+        .affine_like(Buf::output("daffine", daffine, daffine_len, s.affine_len))?
+        .optional();
+    let bws = buffers::workspace_arg(ws);
+    buffers::check(&[bx, bdy, ba, bs, bdx, bda, bws])?;
+    // SAFETY: checked above; valid and exclusive by the caller's contract.
+    let (x, dy, a, saved, dx, da, wsb) = unsafe {
+        (
+            buffers::input(&bx),
+            buffers::input(&bdy),
+            buffers::opt_input(&ba),
+            buffers::input(&bs),
+            buffers::output(&bdx),
+            buffers::opt_output(&bda),
+            buffers::opt_output(&bws),
+        )
+    };
+    let norm = &plan.norm;
+    let c = norm.desc().channels;
+    let (dgamma, dbeta) = match da {
+        Some(d) => {
+            let (g, b) = d.split_at_mut(c);
+            (Some(g), Some(b))
+        }
+        None => (None, None),
+    };
+    let grads = AffineGrads {
+        dgamma,
+        dbeta,
+        mode,
+    };
+    let stats = stats_of(saved, s.sets);
+    let aff = affine_of(a, c);
+    plan.run(ctx, NormPass::Backward, (wsb, ws), |w| match w {
+        Some(w) => norm.backward_with_workspace(x, dy, aff, &stats, dx, grads, w),
+        None => norm.backward(x, dy, aff, &stats, dx, grads),
     })
 }
 
@@ -877,6 +1125,82 @@ fn store_proxy_stats(s: &ProxyStats, out: &mut [f32]) {
     out[2 * c..].copy_from_slice(&s.scale);
 }
 
+/// A pass of a Proxy Norm plan (the `pass` argument of
+/// `effnet_proxy_norm_workspace_size`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum effnet_proxy_norm_pass {
+    /// `effnet_proxy_norm_forward` / `effnet_proxy_norm_forward_ws`.
+    EFFNET_PROXY_NORM_PASS_FORWARD = 0,
+    /// `effnet_proxy_norm_backward` / `effnet_proxy_norm_backward_ws`.
+    EFFNET_PROXY_NORM_PASS_BACKWARD = 1,
+}
+
+fn proxy_pass_of(v: u32) -> Outcome<ProxyPass> {
+    match v {
+        0 => Ok(ProxyPass::Forward),
+        1 => Ok(ProxyPass::Backward),
+        _ => Err(Failure::invalid(format!(
+            "pass = {v} is not an effnet_proxy_norm_pass"
+        ))),
+    }
+}
+
+impl effnet_proxy_norm_plan {
+    /// Workspace floats of `pass` for `x_len` elements of `x` (checked by the caller).
+    fn workspace_len(&self, pass: ProxyPass, x_len: usize) -> usize {
+        match &self.op {
+            ProxyOp::Fused(f) => f.workspace_len(pass),
+            ProxyOp::Standalone(p) => p.workspace_len(pass, x_len),
+        }
+    }
+
+    /// Runs `pass` on `ctx`'s threads, on the caller's workspace or allocating (see
+    /// `buffers::run_pass`).
+    fn run<'a>(
+        &self,
+        ctx: &effnet_context,
+        (pass, x_len): (ProxyPass, usize),
+        (wsb, ws): WsArgs<'a>,
+        run: impl FnOnce(Option<&'a mut [f32]>) -> effnet_core::Result<()> + Send,
+    ) -> Outcome {
+        let need = || buffers::workspace_bytes(self.workspace_len(pass, x_len));
+        buffers::run_pass(ctx, need, "effnet_proxy_norm_workspace_size", wsb, ws, run)
+    }
+}
+
+/// Writes to `*out_bytes` the size in bytes of the workspace that pass `pass` (an
+/// `effnet_proxy_norm_pass` value) of `plan` needs: pass a buffer of at least that
+/// many bytes to the `_ws` form of the pass. `x_len` is the element count of `x` the
+/// calls will pass: required (a positive multiple of `channels`) for a standalone
+/// plan, whose backward partial sums grow with the rows; ignored for a fused plan.
+/// It holds the normalization's partial sums, coefficients and totals, the proxy
+/// statistics' sums and the gradient temporaries. The size does not depend on the
+/// context's thread count or the SIMD level.
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type handle, an unknown
+/// `pass`, a bad `x_len` (standalone), or a NULL or misaligned `out_bytes`.
+///
+/// # Safety
+/// As `effnet_norm_workspace_size`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_proxy_norm_workspace_size(
+    ctx: *const effnet_context,
+    plan: *const effnet_proxy_norm_plan,
+    pass: u32,
+    x_len: usize,
+    out_bytes: *mut usize,
+) -> effnet_status {
+    guard("effnet_proxy_norm_workspace_size", || {
+        // SAFETY: the caller's contract.
+        let (_ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+        let pass = proxy_pass_of(pass)?;
+        let floats = plan.workspace_len(pass, plan.x_expected(x_len)?);
+        // SAFETY: the caller's contract.
+        unsafe { buffers::write_workspace_size(out_bytes, floats) }
+    })
+}
+
 /// Forward pass: `z` from `x` (fused: the normalization's statistics, then the
 /// activation; standalone: `x` is the normalized `xhat`), run on `ctx`'s threads. `z`
 /// and `saved` are overwritten.
@@ -907,41 +1231,96 @@ pub unsafe extern "C" fn effnet_proxy_norm_forward(
     saved_len: usize,
 ) -> effnet_status {
     guard("effnet_proxy_norm_forward", || {
-        // SAFETY: the caller's contract.
-        let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
-        let s = plan.shape();
-        let xl = plan.x_expected(x_len)?;
-        let bx = Buf::input("x", x, x_len, xl);
-        let bp = Buf::input("params", params, params_len, s.params_len);
-        let bz = Buf::output("z", z, z_len, xl);
-        let bs = Buf::output("saved", saved, saved_len, s.saved_len);
-        buffers::check(&[bx, bp, bz, bs])?;
-        // SAFETY: checked above; valid and exclusive by the caller's contract.
-        let (x, p, z, saved) = unsafe {
-            (
-                buffers::input(&bx),
-                buffers::input(&bp),
-                buffers::output(&bz),
-                buffers::output(&bs),
-            )
-        };
-        let params = params_of(p, s.channels);
-        let (norm_part, proxy_part) = saved.split_at_mut(s.proxy_offset);
-        match &plan.op {
-            ProxyOp::Fused(f) => {
-                let mut sv = f.new_saved();
-                ctx.install(|| f.forward(x, params, z, &mut sv))?;
-                store_stats(&sv.norm, norm_part);
-                store_proxy_stats(&sv.proxy, proxy_part);
-            }
-            ProxyOp::Standalone(p) => {
-                let mut st = p.new_stats();
-                ctx.install(|| p.forward(x, params, z, &mut st))?;
-                store_proxy_stats(&st, proxy_part);
-            }
-        }
-        Ok(())
+        let lens = [x_len, params_len, z_len, saved_len];
+        // SAFETY: forwarded from this function's contract.
+        unsafe { proxy_forward(ctx, plan, (x, params, z, saved), lens, None) }
     })
+}
+
+/// `effnet_proxy_norm_forward` with its scratch memory in the caller's `workspace`
+/// (at least what `effnet_proxy_norm_workspace_size` reports for
+/// `EFFNET_PROXY_NORM_PASS_FORWARD` and this `x_len`). Workspace rules and errors: as
+/// `effnet_norm_forward_ws` (the wrapper copies `saved` through small vectors).
+///
+/// # Safety
+/// As `effnet_norm_forward_ws`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_proxy_norm_forward_ws(
+    ctx: *const effnet_context,
+    plan: *const effnet_proxy_norm_plan,
+    x: *const f32,
+    x_len: usize,
+    params: *const f32,
+    params_len: usize,
+    z: *mut f32,
+    z_len: usize,
+    saved: *mut f32,
+    saved_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_proxy_norm_forward_ws", || {
+        let lens = [x_len, params_len, z_len, saved_len];
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { proxy_forward(ctx, plan, (x, params, z, saved), lens, ws) }
+    })
+}
+
+/// The forward entry points; `ws` is the workspace argument of the `_ws` form.
+///
+/// # Safety
+/// As `effnet_proxy_norm_forward_ws`.
+unsafe fn proxy_forward(
+    ctx: *const effnet_context,
+    plan: *const effnet_proxy_norm_plan,
+    (x, params, z, saved): (*const f32, *const f32, *mut f32, *mut f32),
+    [x_len, params_len, z_len, saved_len]: [usize; 4],
+    ws: Option<(*mut c_void, usize)>,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+    let s = plan.shape();
+    let xl = plan.x_expected(x_len)?;
+    let bx = Buf::input("x", x, x_len, xl);
+    let bp = Buf::input("params", params, params_len, s.params_len);
+    let bz = Buf::output("z", z, z_len, xl);
+    let bs = Buf::output("saved", saved, saved_len, s.saved_len);
+    let bws = buffers::workspace_arg(ws);
+    buffers::check(&[bx, bp, bz, bs, bws])?;
+    // SAFETY: checked above; valid and exclusive by the caller's contract.
+    let (x, p, z, saved, wsb) = unsafe {
+        (
+            buffers::input(&bx),
+            buffers::input(&bp),
+            buffers::output(&bz),
+            buffers::output(&bs),
+            buffers::opt_output(&bws),
+        )
+    };
+    let params = params_of(p, s.channels);
+    let (norm_part, proxy_part) = saved.split_at_mut(s.proxy_offset);
+    let pass = (ProxyPass::Forward, xl);
+    match &plan.op {
+        ProxyOp::Fused(f) => {
+            let mut sv = f.new_saved();
+            plan.run(ctx, pass, (wsb, ws), |w| match w {
+                Some(w) => f.forward_with_workspace(x, params, z, &mut sv, w),
+                None => f.forward(x, params, z, &mut sv),
+            })?;
+            store_stats(&sv.norm, norm_part);
+            store_proxy_stats(&sv.proxy, proxy_part);
+        }
+        ProxyOp::Standalone(p) => {
+            let mut st = p.new_stats();
+            plan.run(ctx, pass, (wsb, ws), |w| match w {
+                Some(w) => p.forward_with_workspace(x, params, z, &mut st, w),
+                None => p.forward(x, params, z, &mut st),
+            })?;
+            store_proxy_stats(&st, proxy_part);
+        }
+    }
+    Ok(())
 }
 
 /// Backward pass of `effnet_proxy_norm_forward`: `dx` (overwritten) and the parameter
@@ -978,66 +1357,153 @@ pub unsafe extern "C" fn effnet_proxy_norm_backward(
     accumulate: i32,
 ) -> effnet_status {
     guard("effnet_proxy_norm_backward", || {
-        // SAFETY: the caller's contract.
-        let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
-        let mode = grad_mode(accumulate)?;
-        let s = plan.shape();
-        let c = s.channels;
-        let xl = plan.x_expected(x_len)?;
-        let delayed = plan.proxy().desc().variant == ProxyVariant::DelayedScale;
-        if !delayed && (!ds.is_null() || ds_len != 0) {
-            return Err(Failure::invalid(
-                "`ds` is an input of the delayed-scale variant only; pass NULL and 0",
-            ));
-        }
-        let bx = Buf::input("x", x, x_len, xl);
-        let bdz = Buf::input("dz", dz, dz_len, xl);
-        let bds = Buf::input("ds", ds, ds_len, c).optional();
-        let bp = Buf::input("params", params, params_len, s.params_len);
-        let bs = Buf::input("saved", saved, saved_len, s.saved_len);
-        let bdx = Buf::output("dx", dx, dx_len, xl);
-        let bdp = Buf::output("dparams", dparams, dparams_len, s.params_len);
-        buffers::check(&[bx, bdz, bds, bp, bs, bdx, bdp])?;
-        // SAFETY: checked above; valid and exclusive by the caller's contract.
-        let (x, dz, ds, p, saved, dx, dp) = unsafe {
-            (
-                buffers::input(&bx),
-                buffers::input(&bdz),
-                buffers::opt_input(&bds),
-                buffers::input(&bp),
-                buffers::input(&bs),
-                buffers::output(&bdx),
-                buffers::output(&bdp),
-            )
-        };
-        let params = params_of(p, c);
-        let (dg, rest) = dp.split_at_mut(c);
-        let (db, rest) = rest.split_at_mut(c);
-        let (dbp, dgp) = rest.split_at_mut(c);
-        let grads = ProxyGrads {
-            dgamma: dg,
-            dbeta: db,
-            dbeta_prime: dbp,
-            dgamma_prime: dgp,
-            mode,
-        };
-        let up = Upstream { dz, ds };
-        let (norm_part, proxy_part) = saved.split_at(s.proxy_offset);
-        let proxy = proxy_stats_of(proxy_part, c);
-        match &plan.op {
-            ProxyOp::Fused(f) => {
-                let sv = NormProxySaved {
-                    norm: stats_of(norm_part, s.proxy_offset / 3),
-                    proxy,
-                };
-                ctx.install(|| f.backward(x, up, params, &sv, dx, grads))?;
-            }
-            ProxyOp::Standalone(p) => {
-                ctx.install(|| p.backward(x, up, params, &proxy, dx, grads))?;
-            }
-        }
-        Ok(())
+        let ins = [x, dz, ds, params, saved];
+        let lens = [
+            x_len,
+            dz_len,
+            ds_len,
+            params_len,
+            saved_len,
+            dx_len,
+            dparams_len,
+        ];
+        // SAFETY: forwarded from this function's contract.
+        unsafe { proxy_backward(ctx, plan, ins, (dx, dparams), lens, accumulate, None) }
     })
+}
+
+/// `effnet_proxy_norm_backward` with its scratch memory in the caller's `workspace`
+/// (at least what `effnet_proxy_norm_workspace_size` reports for
+/// `EFFNET_PROXY_NORM_PASS_BACKWARD` and this `x_len`). Workspace rules and errors: as
+/// `effnet_norm_forward_ws` (the wrapper copies `saved` through small vectors).
+///
+/// # Safety
+/// As `effnet_norm_forward_ws`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_proxy_norm_backward_ws(
+    ctx: *const effnet_context,
+    plan: *const effnet_proxy_norm_plan,
+    x: *const f32,
+    x_len: usize,
+    dz: *const f32,
+    dz_len: usize,
+    ds: *const f32,
+    ds_len: usize,
+    params: *const f32,
+    params_len: usize,
+    saved: *const f32,
+    saved_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+    dparams: *mut f32,
+    dparams_len: usize,
+    accumulate: i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_proxy_norm_backward_ws", || {
+        let ins = [x, dz, ds, params, saved];
+        let lens = [
+            x_len,
+            dz_len,
+            ds_len,
+            params_len,
+            saved_len,
+            dx_len,
+            dparams_len,
+        ];
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { proxy_backward(ctx, plan, ins, (dx, dparams), lens, accumulate, ws) }
+    })
+}
+
+/// The backward entry points; `ws` is the workspace argument of the `_ws` form.
+///
+/// # Safety
+/// As `effnet_proxy_norm_backward_ws`.
+unsafe fn proxy_backward(
+    ctx: *const effnet_context,
+    plan: *const effnet_proxy_norm_plan,
+    [x, dz, ds, params, saved]: [*const f32; 5],
+    (dx, dparams): (*mut f32, *mut f32),
+    [
+        x_len,
+        dz_len,
+        ds_len,
+        params_len,
+        saved_len,
+        dx_len,
+        dparams_len,
+    ]: [usize; 7],
+    accumulate: i32,
+    ws: Option<(*mut c_void, usize)>,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, plan) = unsafe { ctx_and(ctx, plan) }?;
+    let mode = grad_mode(accumulate)?;
+    let s = plan.shape();
+    let c = s.channels;
+    let xl = plan.x_expected(x_len)?;
+    let delayed = plan.proxy().desc().variant == ProxyVariant::DelayedScale;
+    if !delayed && (!ds.is_null() || ds_len != 0) {
+        return Err(Failure::invalid(
+            "`ds` is an input of the delayed-scale variant only; pass NULL and 0",
+        ));
+    }
+    let bx = Buf::input("x", x, x_len, xl);
+    let bdz = Buf::input("dz", dz, dz_len, xl);
+    let bds = Buf::input("ds", ds, ds_len, c).optional();
+    let bp = Buf::input("params", params, params_len, s.params_len);
+    let bs = Buf::input("saved", saved, saved_len, s.saved_len);
+    let bdx = Buf::output("dx", dx, dx_len, xl);
+    let bdp = Buf::output("dparams", dparams, dparams_len, s.params_len);
+    let bws = buffers::workspace_arg(ws);
+    buffers::check(&[bx, bdz, bds, bp, bs, bdx, bdp, bws])?;
+    // SAFETY: checked above; valid and exclusive by the caller's contract.
+    let (x, dz, ds, p, saved, dx, dp, wsb) = unsafe {
+        (
+            buffers::input(&bx),
+            buffers::input(&bdz),
+            buffers::opt_input(&bds),
+            buffers::input(&bp),
+            buffers::input(&bs),
+            buffers::output(&bdx),
+            buffers::output(&bdp),
+            buffers::opt_output(&bws),
+        )
+    };
+    let params = params_of(p, c);
+    let (dg, rest) = dp.split_at_mut(c);
+    let (db, rest) = rest.split_at_mut(c);
+    let (dbp, dgp) = rest.split_at_mut(c);
+    let grads = ProxyGrads {
+        dgamma: dg,
+        dbeta: db,
+        dbeta_prime: dbp,
+        dgamma_prime: dgp,
+        mode,
+    };
+    let up = Upstream { dz, ds };
+    let (norm_part, proxy_part) = saved.split_at(s.proxy_offset);
+    let proxy = proxy_stats_of(proxy_part, c);
+    let pass = (ProxyPass::Backward, xl);
+    match &plan.op {
+        ProxyOp::Fused(f) => {
+            let sv = NormProxySaved {
+                norm: stats_of(norm_part, s.proxy_offset / 3),
+                proxy,
+            };
+            plan.run(ctx, pass, (wsb, ws), |w| match w {
+                Some(w) => f.backward_with_workspace(x, up, params, &sv, dx, grads, w),
+                None => f.backward(x, up, params, &sv, dx, grads),
+            })
+        }
+        ProxyOp::Standalone(p) => plan.run(ctx, pass, (wsb, ws), |w| match w {
+            Some(w) => p.backward_with_workspace(x, up, params, &proxy, dx, grads, w),
+            None => p.backward(x, up, params, &proxy, dx, grads),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! The operations without a plan: element-wise activations, global average pooling,
 //! the squeeze-excite gate and the softmax cross-entropy loss.
 
+use std::ffi::c_void;
+
 use effnet_core::kernels::activation::{self, Activation};
 use effnet_core::kernels::gate;
 use effnet_core::kernels::loss::{CrossEntropy, Targets};
-use effnet_core::kernels::pool::{self, Nhwc};
+use effnet_core::kernels::pool::{self, Nhwc, PoolPass};
 
 use crate::buffers::{self, Buf};
 use crate::context::effnet_context;
@@ -171,6 +173,79 @@ unsafe fn ctx_and_shape<'a>(
     Ok((ctx, unsafe { nhwc(shape) }?))
 }
 
+/// A pass of the global average pooling (the `pass` argument of
+/// `effnet_global_avg_pool_workspace_size`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum effnet_pool_pass {
+    /// `effnet_global_avg_pool_forward` / `_forward_ws`.
+    EFFNET_POOL_PASS_FORWARD = 0,
+    /// `effnet_global_avg_pool_backward` / `_backward_ws`.
+    EFFNET_POOL_PASS_BACKWARD = 1,
+}
+
+fn pool_pass_of(v: u32) -> Outcome<PoolPass> {
+    match v {
+        0 => Ok(PoolPass::Forward),
+        1 => Ok(PoolPass::Backward),
+        _ => Err(Failure::invalid(format!(
+            "pass = {v} is not an effnet_pool_pass"
+        ))),
+    }
+}
+
+/// The workspace of a `_ws` call (`None`: the allocating form).
+type Ws = Option<(*mut c_void, usize)>;
+
+/// Writes to `*out_bytes` the size in bytes of the workspace that pass `pass` (an
+/// `effnet_pool_pass` value) of the global average pooling of `shape` needs (the
+/// forward's per-chunk partial sums, the backward's scaled gradient): pass a buffer of
+/// at least that many bytes to the `_ws` form. It does not depend on the context's
+/// thread count or the SIMD level.
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle or shape, an unknown `pass`, or
+/// a NULL or misaligned `out_bytes`.
+///
+/// # Safety
+/// `shape` is NULL or points to its `struct_size` readable bytes; `out_bytes` is NULL
+/// or points to a writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_global_avg_pool_workspace_size(
+    ctx: *const effnet_context,
+    shape: *const effnet_nhwc,
+    pass: u32,
+    out_bytes: *mut usize,
+) -> effnet_status {
+    guard("effnet_global_avg_pool_workspace_size", || {
+        // SAFETY: the caller's contract.
+        let (_ctx, s) = unsafe { ctx_and_shape(ctx, shape) }?;
+        let floats = pool::workspace_len(&s, pool_pass_of(pass)?);
+        // SAFETY: the caller's contract.
+        unsafe { buffers::write_workspace_size(out_bytes, floats) }
+    })
+}
+
+/// Runs a plan-less op on `ctx`'s threads, on the caller's workspace (first checked
+/// to hold `floats` floats; `query` names the size query) or allocating.
+fn run_op<'a, R: Send>(
+    ctx: &effnet_context,
+    floats: usize,
+    query: &str,
+    (wsb, ws): (Option<&'a mut [f32]>, Ws),
+    run: impl FnOnce(Option<&'a mut [f32]>) -> effnet_core::Result<R> + Send,
+) -> Outcome<R> {
+    buffers::run_pass(
+        ctx,
+        || buffers::workspace_bytes(floats),
+        query,
+        wsb,
+        ws,
+        run,
+    )
+}
+
+const POOL_QUERY: &str = "effnet_global_avg_pool_workspace_size";
+
 /// Global average pooling `y[n][c] = mean over h, w of x[n][h][w][c]`, run on `ctx`'s
 /// threads (deterministic for any thread count); `y` is overwritten.
 ///
@@ -195,15 +270,72 @@ pub unsafe extern "C" fn effnet_global_avg_pool_forward(
     y_len: usize,
 ) -> effnet_status {
     guard("effnet_global_avg_pool_forward", || {
-        // SAFETY: the caller's contract.
-        let (ctx, s) = unsafe { ctx_and_shape(ctx, shape) }?;
-        let bx = Buf::input("x", x, x_len, s.len());
-        let by = Buf::output("y", y, y_len, s.pooled_len());
-        buffers::check(&[bx, by])?;
-        // SAFETY: checked above; valid and exclusive by the caller's contract.
-        let (x, y) = unsafe { (buffers::input(&bx), buffers::output(&by)) };
-        ctx.install(|| pool::global_avg_pool(&s, x, y))?;
-        Ok(())
+        // SAFETY: forwarded from this function's contract.
+        unsafe { pool_forward(ctx, shape, (x, x_len), (y, y_len), None) }
+    })
+}
+
+/// `effnet_global_avg_pool_forward` with its scratch memory in the caller's
+/// `workspace` of `workspace_bytes` bytes (at least what
+/// `effnet_global_avg_pool_workspace_size` reports for `EFFNET_POOL_PASS_FORWARD`;
+/// any contents, left unspecified): the same bits, and no allocation. `workspace`
+/// must be aligned to `float` (64 bytes is best), must not overlap any other buffer,
+/// may be NULL only with `workspace_bytes = 0` when the pass needs none, and must not
+/// be used by another call at the same time.
+///
+/// Errors: as `effnet_global_avg_pool_forward`, and `EFFNET_INVALID_ARGUMENT` for a
+/// workspace that is too small, misaligned, overlapping, or NULL with a non-zero size.
+///
+/// # Safety
+/// As `effnet_global_avg_pool_forward`; `workspace` is NULL or points to
+/// `workspace_bytes` writable bytes not accessed by anyone else during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_global_avg_pool_forward_ws(
+    ctx: *const effnet_context,
+    shape: *const effnet_nhwc,
+    x: *const f32,
+    x_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_global_avg_pool_forward_ws", || {
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { pool_forward(ctx, shape, (x, x_len), (y, y_len), ws) }
+    })
+}
+
+/// The pooling forward entry points.
+///
+/// # Safety
+/// As `effnet_global_avg_pool_forward_ws`.
+unsafe fn pool_forward(
+    ctx: *const effnet_context,
+    shape: *const effnet_nhwc,
+    (x, x_len): (*const f32, usize),
+    (y, y_len): (*mut f32, usize),
+    ws: Ws,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, s) = unsafe { ctx_and_shape(ctx, shape) }?;
+    let bx = Buf::input("x", x, x_len, s.len());
+    let by = Buf::output("y", y, y_len, s.pooled_len());
+    let bws = buffers::workspace_arg(ws);
+    buffers::check(&[bx, by, bws])?;
+    // SAFETY: checked above; valid and exclusive by the caller's contract.
+    let (x, y, wsb) = unsafe {
+        (
+            buffers::input(&bx),
+            buffers::output(&by),
+            buffers::opt_output(&bws),
+        )
+    };
+    let floats = pool::workspace_len(&s, PoolPass::Forward);
+    run_op(ctx, floats, POOL_QUERY, (wsb, ws), |w| match w {
+        Some(w) => pool::global_avg_pool_with_workspace(&s, x, y, w),
+        None => pool::global_avg_pool(&s, x, y),
     })
 }
 
@@ -227,16 +359,68 @@ pub unsafe extern "C" fn effnet_global_avg_pool_backward(
     accumulate: i32,
 ) -> effnet_status {
     guard("effnet_global_avg_pool_backward", || {
-        // SAFETY: the caller's contract.
-        let (ctx, s) = unsafe { ctx_and_shape(ctx, shape) }?;
-        let mode = grad_mode(accumulate)?;
-        let bdy = Buf::input("dy", dy, dy_len, s.pooled_len());
-        let bdx = Buf::output("dx", dx, dx_len, s.len());
-        buffers::check(&[bdy, bdx])?;
-        // SAFETY: checked above; valid and exclusive by the caller's contract.
-        let (dy, dx) = unsafe { (buffers::input(&bdy), buffers::output(&bdx)) };
-        ctx.install(|| pool::global_avg_pool_backward(&s, dy, dx, mode))?;
-        Ok(())
+        // SAFETY: forwarded from this function's contract.
+        unsafe { pool_backward(ctx, shape, (dy, dy_len), (dx, dx_len), accumulate, None) }
+    })
+}
+
+/// `effnet_global_avg_pool_backward` with its scratch memory in the caller's
+/// `workspace` (at least what `effnet_global_avg_pool_workspace_size` reports for
+/// `EFFNET_POOL_PASS_BACKWARD`). Workspace rules and errors: as
+/// `effnet_global_avg_pool_forward_ws`.
+///
+/// # Safety
+/// As `effnet_global_avg_pool_forward_ws`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_global_avg_pool_backward_ws(
+    ctx: *const effnet_context,
+    shape: *const effnet_nhwc,
+    dy: *const f32,
+    dy_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+    accumulate: i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_global_avg_pool_backward_ws", || {
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { pool_backward(ctx, shape, (dy, dy_len), (dx, dx_len), accumulate, ws) }
+    })
+}
+
+/// The pooling backward entry points.
+///
+/// # Safety
+/// As `effnet_global_avg_pool_backward_ws`.
+unsafe fn pool_backward(
+    ctx: *const effnet_context,
+    shape: *const effnet_nhwc,
+    (dy, dy_len): (*const f32, usize),
+    (dx, dx_len): (*mut f32, usize),
+    accumulate: i32,
+    ws: Ws,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, s) = unsafe { ctx_and_shape(ctx, shape) }?;
+    let mode = grad_mode(accumulate)?;
+    let bdy = Buf::input("dy", dy, dy_len, s.pooled_len());
+    let bdx = Buf::output("dx", dx, dx_len, s.len());
+    let bws = buffers::workspace_arg(ws);
+    buffers::check(&[bdy, bdx, bws])?;
+    // SAFETY: checked above; valid and exclusive by the caller's contract.
+    let (dy, dx, wsb) = unsafe {
+        (
+            buffers::input(&bdy),
+            buffers::output(&bdx),
+            buffers::opt_output(&bws),
+        )
+    };
+    let floats = pool::workspace_len(&s, PoolPass::Backward);
+    run_op(ctx, floats, POOL_QUERY, (wsb, ws), |w| match w {
+        Some(w) => pool::global_avg_pool_backward_with_workspace(&s, dy, dx, mode, w),
+        None => pool::global_avg_pool_backward(&s, dy, dx, mode),
     })
 }
 
@@ -279,6 +463,28 @@ pub unsafe extern "C" fn effnet_gate_forward(
     })
 }
 
+/// Writes to `*out_bytes` the size in bytes of the workspace `effnet_gate_backward_ws`
+/// needs for `shape` (the per-chunk partial gate gradients; the forward needs none).
+/// It does not depend on the context's thread count or the SIMD level.
+///
+/// Errors and safety: as `effnet_global_avg_pool_workspace_size`.
+///
+/// # Safety
+/// As `effnet_global_avg_pool_workspace_size`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_gate_backward_workspace_size(
+    ctx: *const effnet_context,
+    shape: *const effnet_nhwc,
+    out_bytes: *mut usize,
+) -> effnet_status {
+    guard("effnet_gate_backward_workspace_size", || {
+        // SAFETY: the caller's contract.
+        let (_ctx, s) = unsafe { ctx_and_shape(ctx, shape) }?;
+        // SAFETY: the caller's contract.
+        unsafe { buffers::write_workspace_size(out_bytes, gate::backward_workspace_len(&s)) }
+    })
+}
+
 /// Backward of the gate: `dx = dy * gate[n][c]` and `dgate[n][c] = sum over h, w of
 /// dy*x`, both overwritten (the gate gradient is deterministic for any thread count).
 ///
@@ -303,27 +509,86 @@ pub unsafe extern "C" fn effnet_gate_backward(
     dgate_len: usize,
 ) -> effnet_status {
     guard("effnet_gate_backward", || {
-        // SAFETY: the caller's contract.
-        let (ctx, s) = unsafe { ctx_and_shape(ctx, shape) }?;
-        let bdy = Buf::input("dy", dy, dy_len, s.len());
-        let bx = Buf::input("x", x, x_len, s.len());
-        let bg = Buf::input("gate", gate, gate_len, s.pooled_len());
-        let bdx = Buf::output("dx", dx, dx_len, s.len());
-        let bdg = Buf::output("dgate", dgate, dgate_len, s.pooled_len());
-        buffers::check(&[bdy, bx, bg, bdx, bdg])?;
-        // SAFETY: checked above; valid and exclusive by the caller's contract.
-        let (dy, x, g, dx, dg) = unsafe {
-            (
-                buffers::input(&bdy),
-                buffers::input(&bx),
-                buffers::input(&bg),
-                buffers::output(&bdx),
-                buffers::output(&bdg),
-            )
-        };
-        ctx.install(|| gate::backward(&s, dy, x, g, dx, dg))?;
-        Ok(())
+        let lens = [dy_len, x_len, gate_len, dx_len, dgate_len];
+        // SAFETY: forwarded from this function's contract.
+        unsafe { gate_backward(ctx, shape, [dy, x, gate], [dx, dgate], lens, None) }
     })
+}
+
+/// `effnet_gate_backward` with its scratch memory in the caller's `workspace` (at
+/// least what `effnet_gate_backward_workspace_size` reports). Workspace rules and
+/// errors: as `effnet_global_avg_pool_forward_ws`.
+///
+/// # Safety
+/// As `effnet_global_avg_pool_forward_ws`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_gate_backward_ws(
+    ctx: *const effnet_context,
+    shape: *const effnet_nhwc,
+    dy: *const f32,
+    dy_len: usize,
+    x: *const f32,
+    x_len: usize,
+    gate: *const f32,
+    gate_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+    dgate: *mut f32,
+    dgate_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_gate_backward_ws", || {
+        let lens = [dy_len, x_len, gate_len, dx_len, dgate_len];
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { gate_backward(ctx, shape, [dy, x, gate], [dx, dgate], lens, ws) }
+    })
+}
+
+/// The gate backward entry points.
+///
+/// # Safety
+/// As `effnet_gate_backward_ws`.
+unsafe fn gate_backward(
+    ctx: *const effnet_context,
+    shape: *const effnet_nhwc,
+    [dy, x, gate]: [*const f32; 3],
+    [dx, dgate]: [*mut f32; 2],
+    [dy_len, x_len, gate_len, dx_len, dgate_len]: [usize; 5],
+    ws: Ws,
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let (ctx, s) = unsafe { ctx_and_shape(ctx, shape) }?;
+    let bdy = Buf::input("dy", dy, dy_len, s.len());
+    let bx = Buf::input("x", x, x_len, s.len());
+    let bg = Buf::input("gate", gate, gate_len, s.pooled_len());
+    let bdx = Buf::output("dx", dx, dx_len, s.len());
+    let bdg = Buf::output("dgate", dgate, dgate_len, s.pooled_len());
+    let bws = buffers::workspace_arg(ws);
+    buffers::check(&[bdy, bx, bg, bdx, bdg, bws])?;
+    // SAFETY: checked above; valid and exclusive by the caller's contract.
+    let (dy, x, g, dx, dg, wsb) = unsafe {
+        (
+            buffers::input(&bdy),
+            buffers::input(&bx),
+            buffers::input(&bg),
+            buffers::output(&bdx),
+            buffers::output(&bdg),
+            buffers::opt_output(&bws),
+        )
+    };
+    let query = "effnet_gate_backward_workspace_size";
+    run_op(
+        ctx,
+        gate::backward_workspace_len(&s),
+        query,
+        (wsb, ws),
+        |w| match w {
+            Some(w) => gate::backward_with_workspace(&s, dy, x, g, dx, dg, w),
+            None => gate::backward(&s, dy, x, g, dx, dg),
+        },
+    )
 }
 
 /// Labels as class indices, checked against `classes`.
@@ -342,6 +607,32 @@ pub fn labels_of(labels: &[i64], classes: usize) -> Outcome<Vec<usize>> {
                 })
         })
         .collect()
+}
+
+/// Writes to `*out_bytes` the size in bytes of the workspace `effnet_cross_entropy_ws`
+/// needs for `batch` samples of `classes` classes (the per-sample losses). It does not
+/// depend on the context's thread count or the SIMD level.
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, `batch` or `classes` of 0, or a
+/// NULL or misaligned `out_bytes`.
+///
+/// # Safety
+/// `ctx` is NULL or a context handle; `out_bytes` is NULL or points to a writable
+/// `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_cross_entropy_workspace_size(
+    ctx: *const effnet_context,
+    batch: usize,
+    classes: usize,
+    out_bytes: *mut usize,
+) -> effnet_status {
+    guard("effnet_cross_entropy_workspace_size", || {
+        // SAFETY: the caller's contract; the handle is checked before use.
+        unsafe { handle::get(ctx, "`ctx`") }?;
+        let ce = CrossEntropy::new(batch, classes, 0.0)?;
+        // SAFETY: the caller's contract.
+        unsafe { buffers::write_workspace_size(out_bytes, ce.workspace_len()) }
+    })
 }
 
 /// Softmax cross-entropy with label smoothing, averaged over the batch, and (if
@@ -380,42 +671,107 @@ pub unsafe extern "C" fn effnet_cross_entropy(
     out_loss: *mut f32,
 ) -> effnet_status {
     guard("effnet_cross_entropy", || {
-        // SAFETY: the caller's contract; the handle is checked before use.
-        let ctx = unsafe { handle::get(ctx, "`ctx`") }?;
-        let ce = CrossEntropy::new(batch, classes, smoothing)?;
-        let nk = batch * classes; // checked by CrossEntropy::new
-        if labels.is_null() == targets.is_null() {
-            return Err(Failure::invalid(
-                "pass exactly one of `labels` and `targets` (the other NULL with count 0)",
-            ));
-        }
-        let bz = Buf::input("logits", logits, logits_len, nk);
-        let bl = Buf::input_i64("labels", labels, labels_len, batch).optional();
-        let bt = Buf::input("targets", targets, targets_len, nk).optional();
-        let bd = Buf::output("dlogits", dlogits, dlogits_len, nk).optional();
-        let bo = Buf::output("out_loss", out_loss, 1, 1);
-        buffers::check(&[bz, bl, bt, bd, bo])?;
-        // SAFETY: checked above; valid and exclusive by the caller's contract.
-        let (z, t, d, out) = unsafe {
-            (
-                buffers::input(&bz),
-                buffers::opt_input(&bt),
-                buffers::opt_output(&bd),
-                buffers::output(&bo),
-            )
-        };
-        let labels = if labels.is_null() {
-            None
-        } else {
-            // SAFETY: as above.
-            Some(labels_of(unsafe { buffers::input_i64(&bl) }, classes)?)
-        };
-        let targets = match (&labels, t) {
-            (Some(l), _) => Targets::Labels(l),
-            (None, Some(t)) => Targets::Soft(t),
-            (None, None) => unreachable!("one target is present (checked)"),
-        };
-        out[0] = ctx.install(|| ce.forward_backward(z, targets, d))?;
-        Ok(())
+        let (ins, lens) = (
+            (logits, labels, targets),
+            [logits_len, labels_len, targets_len],
+        );
+        let outs = (dlogits, dlogits_len, out_loss);
+        // SAFETY: forwarded from this function's contract.
+        unsafe { cross_entropy(ctx, (batch, classes, smoothing), ins, lens, outs, None) }
     })
+}
+
+/// `effnet_cross_entropy` with its scratch memory (the per-sample losses) in the
+/// caller's `workspace` (at least what `effnet_cross_entropy_workspace_size` reports).
+/// Workspace rules and errors: as `effnet_global_avg_pool_forward_ws` (with `labels`
+/// the wrapper converts them to indices in a vector of `batch` entries).
+///
+/// # Safety
+/// As `effnet_cross_entropy`; `workspace` is NULL or points to `workspace_bytes`
+/// writable bytes not accessed by anyone else during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_cross_entropy_ws(
+    ctx: *const effnet_context,
+    batch: usize,
+    classes: usize,
+    smoothing: f32,
+    logits: *const f32,
+    logits_len: usize,
+    labels: *const i64,
+    labels_len: usize,
+    targets: *const f32,
+    targets_len: usize,
+    dlogits: *mut f32,
+    dlogits_len: usize,
+    out_loss: *mut f32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_cross_entropy_ws", || {
+        let (ins, lens) = (
+            (logits, labels, targets),
+            [logits_len, labels_len, targets_len],
+        );
+        let outs = (dlogits, dlogits_len, out_loss);
+        let ws = Some((workspace, workspace_bytes));
+        // SAFETY: forwarded from this function's contract.
+        unsafe { cross_entropy(ctx, (batch, classes, smoothing), ins, lens, outs, ws) }
+    })
+}
+
+/// The cross-entropy entry points.
+///
+/// # Safety
+/// As `effnet_cross_entropy_ws`.
+unsafe fn cross_entropy(
+    ctx: *const effnet_context,
+    (batch, classes, smoothing): (usize, usize, f32),
+    (logits, labels, targets): (*const f32, *const i64, *const f32),
+    [logits_len, labels_len, targets_len]: [usize; 3],
+    (dlogits, dlogits_len, out_loss): (*mut f32, usize, *mut f32),
+    ws: Ws,
+) -> Outcome {
+    // SAFETY: the caller's contract; the handle is checked before use.
+    let ctx = unsafe { handle::get(ctx, "`ctx`") }?;
+    let ce = CrossEntropy::new(batch, classes, smoothing)?;
+    let nk = batch * classes; // checked by CrossEntropy::new
+    if labels.is_null() == targets.is_null() {
+        return Err(Failure::invalid(
+            "pass exactly one of `labels` and `targets` (the other NULL with count 0)",
+        ));
+    }
+    let bz = Buf::input("logits", logits, logits_len, nk);
+    let bl = Buf::input_i64("labels", labels, labels_len, batch).optional();
+    let bt = Buf::input("targets", targets, targets_len, nk).optional();
+    let bd = Buf::output("dlogits", dlogits, dlogits_len, nk).optional();
+    let bo = Buf::output("out_loss", out_loss, 1, 1);
+    let bws = buffers::workspace_arg(ws);
+    buffers::check(&[bz, bl, bt, bd, bo, bws])?;
+    // SAFETY: checked above; valid and exclusive by the caller's contract.
+    let (z, t, d, out, wsb) = unsafe {
+        (
+            buffers::input(&bz),
+            buffers::opt_input(&bt),
+            buffers::opt_output(&bd),
+            buffers::output(&bo),
+            buffers::opt_output(&bws),
+        )
+    };
+    let labels = if labels.is_null() {
+        None
+    } else {
+        // SAFETY: as above.
+        Some(labels_of(unsafe { buffers::input_i64(&bl) }, classes)?)
+    };
+    let targets = match (&labels, t) {
+        (Some(l), _) => Targets::Labels(l),
+        (None, Some(t)) => Targets::Soft(t),
+        (None, None) => unreachable!("one target is present (checked)"),
+    };
+    let query = "effnet_cross_entropy_workspace_size";
+    out[0] = run_op(ctx, ce.workspace_len(), query, (wsb, ws), |w| match w {
+        Some(w) => ce.forward_backward_with_workspace(z, targets, d, w),
+        None => ce.forward_backward(z, targets, d),
+    })?;
+    Ok(())
 }

@@ -10,6 +10,11 @@
 //! `x`. The gate gradient is summed over fixed chunks of pixels reduced in order, so it
 //! is bitwise identical for any thread count.
 //!
+//! The backward pass also exists as [`backward_with_workspace`], taking its per-chunk
+//! partial sums (`N·chunks·C` floats, [`backward_workspace_len`]) from the caller;
+//! [`backward`] allocates exactly that and calls it. Allocates on the workspace path:
+//! nothing.
+//!
 //! ```
 //! use effnet::kernels::{gate, pool::Nhwc};
 //! let shape = Nhwc::new(1, 2, 2, 3).unwrap();
@@ -26,6 +31,8 @@
 
 use super::pool::Nhwc;
 use crate::error::{Result, check_len};
+use crate::kernels::reduce::sum_rows;
+use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::{self, Simd, SimdKernel, dispatch};
 use rayon::prelude::*;
 
@@ -163,11 +170,26 @@ fn run_scale(shape: &Nhwc, x: Option<&[f32]>, gate: &[f32], y: &mut [f32]) {
     });
 }
 
+/// The regions [`backward_with_workspace`] takes: the per-chunk partial gate
+/// gradients (`N·chunks·C`).
+fn backward_layout(shape: &Nhwc) -> WorkspaceLayout {
+    let mut l = WorkspaceLayout::new(1);
+    l.region(shape.partials_len());
+    l
+}
+
+/// Floats (`f32` elements) of workspace [`backward_with_workspace`] needs for `shape`
+/// (the same for any thread count and SIMD level). The forward passes need none.
+pub fn backward_workspace_len(shape: &Nhwc) -> usize {
+    backward_layout(shape).len()
+}
+
 /// Backward of [`forward`] for both inputs:
 /// `dx = dy · gate[n, c]` (overwritten) and `dgate[n, c] = Σ_{h, w} dy · x`
 /// (overwritten).
 ///
-/// `dy`, `x`, `dx`: `[N][H][W][C]`; `gate`, `dgate`: `[N][C]`.
+/// `dy`, `x`, `dx`: `[N][H][W][C]`; `gate`, `dgate`: `[N][C]`. Allocates its
+/// workspace; see [`backward_with_workspace`].
 ///
 /// # Errors
 /// [`crate::Error::BufferSize`] if a buffer has the wrong length.
@@ -179,17 +201,37 @@ pub fn backward(
     dx: &mut [f32],
     dgate: &mut [f32],
 ) -> Result<()> {
+    let mut ws = backward_layout(shape).alloc();
+    backward_with_workspace(shape, dy, x, gate, dx, dgate, &mut ws)
+}
+
+/// [`backward`] with its scratch in `ws`: at least [`backward_workspace_len`]`(shape)`
+/// floats, any contents (left unspecified).
+///
+/// # Errors
+/// [`crate::Error::BufferSize`] if a buffer has the wrong length, then if `ws` is
+/// short (naming `"workspace"`).
+pub fn backward_with_workspace(
+    shape: &Nhwc,
+    dy: &[f32],
+    x: &[f32],
+    gate: &[f32],
+    dx: &mut [f32],
+    dgate: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
     check_len("dy", dy.len(), shape.len())?;
     check_len("x", x.len(), shape.len())?;
     check_gate(shape, gate)?;
     check_len("dx", dx.len(), shape.len())?;
     check_len("dgate", dgate.len(), shape.pooled_len())?;
+    let mut ws = Workspace::new(ws, &backward_layout(shape))?;
+    let partials = ws.take(shape.partials_len())?;
     let level = simd::active();
     let c = shape.channels();
     let slen = shape.sample_len();
     let rpc = shape.rows_per_chunk();
     let chunks = shape.chunks_per_sample();
-    let mut partials = vec![0.0f32; shape.batch() * chunks * c];
     // Task t = n·chunks + j owns rows j·rpc.. of image n: its slice of dx and its
     // partial gate gradient.
     dx.par_chunks_mut(slen)
@@ -203,6 +245,7 @@ pub fn backward(
                 .for_each(|(j, (dxr, acc))| {
                     let start = n * slen + j * rpc * c;
                     let end = start + dxr.len();
+                    acc.fill(0.0);
                     dispatch(
                         level,
                         GateBackRows {
@@ -219,12 +262,7 @@ pub fn backward(
         .chunks_exact_mut(c)
         .zip(partials.chunks_exact(chunks * c))
     {
-        o.fill(0.0);
-        for part in p.chunks_exact(c) {
-            for (o, v) in o.iter_mut().zip(part) {
-                *o += *v;
-            }
-        }
+        sum_rows(p, o);
     }
     Ok(())
 }

@@ -15,6 +15,10 @@
 //! gradient is `dL/dz[n, k] = (softmax(z_n)_k · Σ_j t[n, j] − t[n, k]) / N`
 //! (`Σ_j t[n, j] = 1` for labels and normalized soft targets).
 //!
+//! [`CrossEntropy::forward_backward_with_workspace`] takes the per-row losses (`N`
+//! floats, [`CrossEntropy::workspace_len`]) from the caller; the plain form allocates
+//! exactly that and calls it. Allocates on the workspace path: nothing.
+//!
 //! Rows are processed in parallel; the per-row losses are added in row order, so the
 //! result is bitwise identical for any thread count.
 //!
@@ -30,6 +34,7 @@
 //! ```
 
 use crate::error::{Error, Result, check_len, checked_product};
+use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::{self, Simd, SimdKernel, dispatch};
 use rayon::prelude::*;
 
@@ -93,8 +98,24 @@ impl CrossEntropy {
         self.smoothing
     }
 
+    /// The regions [`CrossEntropy::forward_backward_with_workspace`] takes: the
+    /// per-row losses (`N`).
+    fn layout(&self) -> WorkspaceLayout {
+        let mut l = WorkspaceLayout::new(1);
+        l.region(self.batch);
+        l
+    }
+
+    /// Floats (`f32` elements) of workspace
+    /// [`CrossEntropy::forward_backward_with_workspace`] needs (`batch` plus alignment
+    /// slack; the same for any thread count and SIMD level).
+    pub fn workspace_len(&self) -> usize {
+        self.layout().len()
+    }
+
     /// The mean loss over the batch; if `dlogits` is given (`[batch][classes]`), it is
     /// overwritten with the gradient of the mean loss with respect to the logits.
+    /// Allocates its workspace; see [`CrossEntropy::forward_backward_with_workspace`].
     ///
     /// Non-finite logits propagate to the result (no error).
     ///
@@ -106,6 +127,23 @@ impl CrossEntropy {
         logits: &[f32],
         targets: Targets<'_>,
         dlogits: Option<&mut [f32]>,
+    ) -> Result<f32> {
+        let mut ws = self.layout().alloc();
+        self.forward_backward_with_workspace(logits, targets, dlogits, &mut ws)
+    }
+
+    /// [`CrossEntropy::forward_backward`] with its per-row losses in `ws` (at least
+    /// [`CrossEntropy::workspace_len`] floats, any contents, left unspecified).
+    ///
+    /// # Errors
+    /// As [`CrossEntropy::forward_backward`], then [`Error::BufferSize`] naming
+    /// `"workspace"` if `ws` is short.
+    pub fn forward_backward_with_workspace(
+        &self,
+        logits: &[f32],
+        targets: Targets<'_>,
+        dlogits: Option<&mut [f32]>,
+        ws: &mut [f32],
     ) -> Result<f32> {
         let (n, k) = (self.batch, self.classes);
         check_len("logits", logits.len(), n * k)?;
@@ -131,8 +169,9 @@ impl CrossEntropy {
         if let Some(d) = &dlogits {
             check_len("dlogits", d.len(), n * k)?;
         }
+        let mut ws = Workspace::new(ws, &self.layout())?;
+        let losses = ws.take(n)?;
         let level = simd::active();
-        let mut losses = vec![0.0f32; n];
         let inv_n = 1.0 / n as f32;
         let row_task = |r0: usize, ls: &mut [f32], grad: Option<&mut [f32]>| {
             let rows = ls.len();

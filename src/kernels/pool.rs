@@ -9,6 +9,11 @@
 //! The backward pass broadcasts: `dx[n, h, w, c] = dy[n, c] / (H·W)` (overwritten or
 //! accumulated, see [`GradMode`]).
 //!
+//! Both passes also exist as `*_with_workspace`, taking their scratch (the forward's
+//! per-chunk partial sums, `N·chunks·C` floats; the backward's scaled gradient, `N·C`)
+//! from the caller: size it with [`workspace_len`]. The plain passes allocate exactly
+//! that and call them. Allocates on the workspace path: nothing.
+//!
 //! Sums are split into fixed chunks of rows (pixels) that depend on the shape only, and
 //! the partial sums are added in chunk order, so results are bitwise identical for any
 //! thread count.
@@ -28,7 +33,8 @@
 
 use crate::error::{Error, Result, check_len, checked_product};
 use crate::kernels::conv::GradMode;
-use crate::kernels::reduce::add_rows;
+use crate::kernels::reduce::{add_rows, sum_rows};
+use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel, dispatch};
 use rayon::prelude::*;
 
@@ -120,6 +126,11 @@ impl Nhwc {
     pub(crate) fn chunks_per_sample(&self) -> usize {
         self.pixels().div_ceil(self.rows_per_chunk())
     }
+
+    /// Floats of per-chunk partial sums of a per-sample reduction (`N·chunks·C`).
+    pub(crate) fn partials_len(&self) -> usize {
+        self.n * self.chunks_per_sample() * self.c
+    }
 }
 
 /// `row (+)= g` for every row of `m` (`g.len()` floats per row).
@@ -150,54 +161,98 @@ impl SimdKernel for BroadcastRows<'_> {
 }
 
 /// Per-sample column sums of `x` (`[N][H·W][C]`) into `out` (`[N][C]`), each multiplied
-/// by `scale`; deterministic (fixed chunks, reduced in order).
+/// by `scale`; deterministic (fixed chunks, reduced in order). `partials` holds
+/// [`Nhwc::partials_len`] floats (any contents).
 pub(crate) fn sample_column_sums(
     level: SimdLevel,
     shape: &Nhwc,
     x: &[f32],
     out: &mut [f32],
     scale: f32,
+    partials: &mut [f32],
 ) {
     let c = shape.c;
     let rpc = shape.rows_per_chunk();
     let chunks = shape.chunks_per_sample();
     let slen = shape.sample_len();
-    let mut partials = vec![0.0f32; shape.n * chunks * c];
+    let partials = &mut partials[..shape.partials_len()];
     partials.par_chunks_mut(c).enumerate().for_each(|(t, p)| {
         let (n, j) = (t / chunks, t % chunks);
         let r0 = j * rpc;
         let r1 = (r0 + rpc).min(shape.pixels());
         let m = &x[n * slen + r0 * c..n * slen + r1 * c];
+        p.fill(0.0);
         add_rows(level, m, p);
     });
     for (o, p) in out
         .chunks_exact_mut(c)
         .zip(partials.chunks_exact(chunks * c))
     {
-        o.fill(0.0);
-        for part in p.chunks_exact(c) {
-            for (o, v) in o.iter_mut().zip(part) {
-                *o += *v;
-            }
-        }
+        sum_rows(p, o);
         for o in o.iter_mut() {
             *o *= scale;
         }
     }
 }
 
+/// One pass of the global average pooling (for [`workspace_len`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PoolPass {
+    /// [`global_avg_pool`].
+    Forward,
+    /// [`global_avg_pool_backward`].
+    Backward,
+}
+
+/// The regions `pass` takes from its workspace: the per-chunk partial sums
+/// (`N·chunks·C`) forward, the scaled gradient `dy/(H·W)` (`N·C`) backward.
+fn layout(shape: &Nhwc, pass: PoolPass) -> WorkspaceLayout {
+    let mut l = WorkspaceLayout::new(1);
+    l.region(match pass {
+        PoolPass::Forward => shape.partials_len(),
+        PoolPass::Backward => shape.pooled_len(),
+    });
+    l
+}
+
+/// Floats (`f32` elements) of workspace `pass` needs for `shape` (the same for any
+/// thread count and SIMD level).
+pub fn workspace_len(shape: &Nhwc, pass: PoolPass) -> usize {
+    layout(shape, pass).len()
+}
+
 /// Global average pool: `y[n, c] = mean_{h, w} x[n, h, w, c]`.
 ///
 /// `x` is `[N][H][W][C]` (`shape.len()` floats), `y` is `[N][C]`
-/// (`shape.pooled_len()` floats) and is overwritten.
+/// (`shape.pooled_len()` floats) and is overwritten. Allocates its workspace; see
+/// [`global_avg_pool_with_workspace`].
 ///
 /// # Errors
 /// [`Error::BufferSize`] if a buffer has the wrong length.
 pub fn global_avg_pool(shape: &Nhwc, x: &[f32], y: &mut [f32]) -> Result<()> {
+    let mut ws = layout(shape, PoolPass::Forward).alloc();
+    global_avg_pool_with_workspace(shape, x, y, &mut ws)
+}
+
+/// [`global_avg_pool`] with its scratch in `ws`: at least
+/// [`workspace_len`]`(shape, PoolPass::Forward)` floats, any contents (left
+/// unspecified).
+///
+/// # Errors
+/// [`Error::BufferSize`] if a buffer has the wrong length, then if `ws` is short
+/// (naming `"workspace"`).
+pub fn global_avg_pool_with_workspace(
+    shape: &Nhwc,
+    x: &[f32],
+    y: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
     check_len("x", x.len(), shape.len())?;
     check_len("y", y.len(), shape.pooled_len())?;
+    let mut ws = Workspace::new(ws, &layout(shape, PoolPass::Forward))?;
+    let partials = ws.take(shape.partials_len())?;
     let level = simd::active();
-    sample_column_sums(level, shape, x, y, 1.0 / shape.pixels() as f32);
+    sample_column_sums(level, shape, x, y, 1.0 / shape.pixels() as f32, partials);
     Ok(())
 }
 
@@ -205,7 +260,8 @@ pub fn global_avg_pool(shape: &Nhwc, x: &[f32], y: &mut [f32]) -> Result<()> {
 ///
 /// `dy` is `[N][C]`, `dx` is `[N][H][W][C]`; `dx` is overwritten or accumulated into
 /// according to `mode` (accumulate when `x` also feeds another branch, as in
-/// squeeze-and-excite).
+/// squeeze-and-excite). Allocates its workspace; see
+/// [`global_avg_pool_backward_with_workspace`].
 ///
 /// # Errors
 /// [`Error::BufferSize`] if a buffer has the wrong length.
@@ -215,21 +271,39 @@ pub fn global_avg_pool_backward(
     dx: &mut [f32],
     mode: GradMode,
 ) -> Result<()> {
+    let mut ws = layout(shape, PoolPass::Backward).alloc();
+    global_avg_pool_backward_with_workspace(shape, dy, dx, mode, &mut ws)
+}
+
+/// [`global_avg_pool_backward`] with its scratch in `ws` (at least
+/// [`workspace_len`]`(shape, PoolPass::Backward)` floats; errors as
+/// [`global_avg_pool_with_workspace`]).
+pub fn global_avg_pool_backward_with_workspace(
+    shape: &Nhwc,
+    dy: &[f32],
+    dx: &mut [f32],
+    mode: GradMode,
+    ws: &mut [f32],
+) -> Result<()> {
     check_len("dy", dy.len(), shape.pooled_len())?;
     check_len("dx", dx.len(), shape.len())?;
+    let mut ws = Workspace::new(ws, &layout(shape, PoolPass::Backward))?;
+    let scaled = ws.take(shape.pooled_len())?;
     let level = simd::active();
     let c = shape.c;
     let inv = 1.0 / shape.pixels() as f32;
+    for (g, v) in scaled.iter_mut().zip(dy) {
+        *g = v * inv;
+    }
     let chunk = shape.rows_per_chunk() * c;
     dx.par_chunks_mut(shape.sample_len())
-        .zip(dy.par_chunks(c))
-        .for_each(|(dxs, dys)| {
-            let g: Vec<f32> = dys.iter().map(|v| v * inv).collect();
+        .zip(scaled.par_chunks(c))
+        .for_each(|(dxs, g)| {
             dxs.par_chunks_mut(chunk).for_each(|m| {
                 dispatch(
                     level,
                     BroadcastRows {
-                        g: &g,
+                        g,
                         m,
                         accumulate: mode.accumulate(),
                     },

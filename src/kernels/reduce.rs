@@ -87,6 +87,22 @@ pub fn column_sums_in(
     });
 }
 
+/// `out = Σ_i rows[i]` over the consecutive `out.len()`-element rows of `rows`, added
+/// in row order starting from zero (the fixed-order reduction of per-chunk partial
+/// sums; `f32` or `f64`). `rows.len()` must be a multiple of `out.len()`.
+pub fn sum_rows<T: Copy + Default + std::ops::AddAssign>(rows: &[T], out: &mut [T]) {
+    out.fill(T::default());
+    if out.is_empty() {
+        return;
+    }
+    debug_assert!(rows.len().is_multiple_of(out.len()));
+    for row in rows.chunks_exact(out.len()) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += *v;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +129,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sum_rows_adds_rows_in_order() {
+        let rows = [1.0f64, 2.0, 10.0, 20.0, 100.0, 200.0];
+        let mut out = [f64::NAN; 2];
+        sum_rows(&rows, &mut out);
+        assert_eq!(out, [111.0, 222.0]);
+        let mut none: [f32; 0] = [];
+        sum_rows(&[], &mut none);
     }
 }

@@ -3,6 +3,7 @@
 
 use effnet::simd::SimdLevel;
 
+pub mod alloc;
 pub mod conv;
 
 /// SplitMix64: a tiny deterministic generator (no dependency, same stream everywhere).

@@ -546,11 +546,242 @@ static void model_tests(effnet_context *ctx) {
     free(x);
 }
 
+/* Caller-owned workspaces of the norm, Proxy Norm, pool, gate and loss passes: with a
+ * workspace of exactly the queried size full of stale bytes (NaN patterns, starting off
+ * its natural 64-byte alignment), each _ws pass gives the allocating pass's bits; one
+ * float short is EFFNET_INVALID_ARGUMENT naming the workspace. */
+static float *stale_ws(size_t bytes) {
+    unsigned char *p = malloc(bytes + 68);
+    memset(p, 0xFF, bytes + 68);
+    return (float *)(p + 4);
+}
+
+static void free_ws(float *ws) { free((unsigned char *)ws - 4); }
+
+static void same_bits(const float *a, const float *b, size_t n, const char *what) {
+    check(memcmp(a, b, n * sizeof *a) == 0, what, "the bits differ");
+}
+
+/* `bytes` is read after the query ran (arguments are evaluated in any order). */
+static void ws_size_ok(effnet_status st, const size_t *bytes, const char *what) {
+    expect(st, EFFNET_OK, NULL, what);
+    check(*bytes > 0 && *bytes % sizeof(float) == 0, what,
+          "not a positive whole number of floats");
+}
+
+static void norm_workspace_tests(effnet_context *ctx) {
+    const long n = 3, h = 9, w = 8, c = 16, g = 4;
+    const size_t len = n * h * w * c;
+    effnet_norm_desc d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    d.batch = n; d.h = h; d.w = w; d.channels = c; d.groups = g;
+    d.kind = EFFNET_NORM_GROUP; d.affine = 1; d.activation = EFFNET_ACT_SWISH;
+    effnet_norm_plan *plan = NULL;
+    expect(effnet_norm_plan_create(ctx, &d, &plan), EFFNET_OK, NULL, "ws: GroupNorm plan");
+    const size_t sl = 3 * n * g;
+    float *x = random_floats(len), *a = random_floats(2 * c), *dy = random_floats(len);
+    float *y0 = filled(len, 0), *y1 = filled(len, 0), *s0 = filled(sl, 0), *s1 = filled(sl, 0);
+    float *dx0 = filled(len, 0), *dx1 = filled(len, 0), *da0 = filled(2 * c, 0);
+    float *da1 = filled(2 * c, 0);
+    size_t fb = 0, ib = 0, bb = 0, junk = 0;
+    ws_size_ok(effnet_norm_workspace_size(ctx, plan, EFFNET_NORM_PASS_FORWARD, &fb), &fb,
+               "ws: norm forward size");
+    ws_size_ok(effnet_norm_workspace_size(ctx, plan, EFFNET_NORM_PASS_FORWARD_INFER, &ib), &ib,
+               "ws: norm forward_infer size");
+    ws_size_ok(effnet_norm_workspace_size(ctx, plan, EFFNET_NORM_PASS_BACKWARD, &bb), &bb,
+               "ws: norm backward size");
+    float *ws = stale_ws(fb > bb ? (fb > ib ? fb : ib) : (bb > ib ? bb : ib));
+    expect(effnet_norm_forward(ctx, plan, x, len, a, 2 * c, y0, len, s0, sl), EFFNET_OK, NULL,
+           "ws: norm forward (allocating)");
+    expect(effnet_norm_forward_ws(ctx, plan, x, len, a, 2 * c, y1, len, s1, sl, ws, fb),
+           EFFNET_OK, NULL, "ws: norm forward_ws");
+    same_bits(y1, y0, len, "ws: norm forward_ws gives the allocating y");
+    same_bits(s1, s0, sl, "ws: norm forward_ws gives the allocating saved statistics");
+    expect(effnet_norm_forward_ws(ctx, plan, x, len, a, 2 * c, y1, len, s1, sl, ws, fb - 4),
+           EFFNET_INVALID_ARGUMENT, "workspace", "ws: norm forward_ws one float short");
+    expect(effnet_norm_forward_infer(ctx, plan, x, len, a, 2 * c, NULL, 0, y0, len), EFFNET_OK,
+           NULL, "ws: norm forward_infer (allocating)");
+    expect(effnet_norm_forward_infer_ws(ctx, plan, x, len, a, 2 * c, NULL, 0, y1, len, ws, ib),
+           EFFNET_OK, NULL, "ws: norm forward_infer_ws");
+    same_bits(y1, y0, len, "ws: norm forward_infer_ws gives the allocating y");
+    expect(effnet_norm_forward_infer_ws(ctx, plan, x, len, a, 2 * c, NULL, 0, y1, len, ws,
+                                        ib - 4),
+           EFFNET_INVALID_ARGUMENT, "workspace", "ws: norm forward_infer_ws one float short");
+    expect(effnet_norm_backward(ctx, plan, x, len, dy, len, a, 2 * c, s0, sl, dx0, len, da0,
+                                2 * c, 0),
+           EFFNET_OK, NULL, "ws: norm backward (allocating)");
+    expect(effnet_norm_backward_ws(ctx, plan, x, len, dy, len, a, 2 * c, s0, sl, dx1, len, da1,
+                                   2 * c, 0, ws, bb),
+           EFFNET_OK, NULL, "ws: norm backward_ws");
+    same_bits(dx1, dx0, len, "ws: norm backward_ws gives the allocating dx");
+    same_bits(da1, da0, 2 * c, "ws: norm backward_ws gives the allocating daffine");
+    expect(effnet_norm_backward_ws(ctx, plan, x, len, dy, len, a, 2 * c, s0, sl, dx1, len, da1,
+                                   2 * c, 0, ws, bb - 4),
+           EFFNET_INVALID_ARGUMENT, "workspace", "ws: norm backward_ws one float short");
+    /* Misuse of the workspace arguments. */
+    expect(effnet_norm_workspace_size(ctx, plan, 9, &junk), EFFNET_INVALID_ARGUMENT,
+           "effnet_norm_pass", "ws: norm size, unknown pass");
+    expect(effnet_norm_workspace_size(ctx, plan, EFFNET_NORM_PASS_FORWARD, NULL),
+           EFFNET_INVALID_ARGUMENT, "out_bytes", "ws: norm size, NULL out pointer");
+    expect(effnet_norm_workspace_size(ctx, NULL, EFFNET_NORM_PASS_FORWARD, &junk),
+           EFFNET_INVALID_ARGUMENT, "plan", "ws: norm size, NULL plan");
+    expect(effnet_norm_forward_ws(ctx, plan, x, len, a, 2 * c, y1, len, s1, sl, NULL, fb),
+           EFFNET_INVALID_ARGUMENT, "workspace", "ws: norm forward_ws, NULL with a size");
+    expect(effnet_norm_forward_ws(ctx, plan, x, len, a, 2 * c, y1, len, s1, sl, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "workspace", "ws: norm forward_ws, NULL with 0 bytes");
+    expect(effnet_norm_forward_ws(ctx, plan, x, len, a, 2 * c, y1, len, s1, sl, y1, fb),
+           EFFNET_INVALID_ARGUMENT, "overlap", "ws: norm forward_ws, workspace overlaps y");
+    expect(effnet_norm_forward_ws(ctx, plan, x, len, a, 2 * c, y1, len, s1, sl,
+                                  (char *)ws + 1, fb),
+           EFFNET_INVALID_ARGUMENT, "aligned", "ws: norm forward_ws, misaligned workspace");
+    free_ws(ws);
+    expect(effnet_norm_plan_destroy(plan), EFFNET_OK, NULL, "ws: GroupNorm plan destroy");
+
+    /* Fused and standalone Proxy Norm, every variant. */
+    for (int variant = 0; variant < 3; variant++) {
+        int delayed = variant == EFFNET_PROXY_DELAYED_SCALE;
+        effnet_norm_desc nd = d;
+        nd.activation = EFFNET_ACT_IDENTITY;
+        effnet_proxy_norm_desc pd;
+        memset(&pd, 0, sizeof pd);
+        pd.struct_size = sizeof pd;
+        pd.channels = c; pd.k = 20; pd.variant = (uint32_t)variant;
+        pd.activation = EFFNET_ACT_SWISH;
+        for (int fused = 0; fused < 2; fused++) {
+            char what[160];
+            const char *kind = fused ? "fused" : "standalone";
+            effnet_proxy_norm_plan *pp = NULL;
+            expect(effnet_proxy_norm_plan_create(ctx, fused ? &nd : NULL, &pd, &pp), EFFNET_OK,
+                   NULL, "ws: Proxy Norm plan");
+            effnet_proxy_norm_shape s;
+            memset(&s, 0, sizeof s);
+            s.struct_size = sizeof s;
+            expect(effnet_proxy_norm_plan_shape(pp, &s), EFFNET_OK, NULL, "ws: Proxy Norm shape");
+            float *p = random_floats(4 * c), *ds = delayed ? random_floats(c) : NULL;
+            for (long k = 0; k < c; k++) p[k] += 1.0f;
+            float *sv0 = filled(s.saved_len, 0), *sv1 = filled(s.saved_len, 0);
+            float *dp0 = filled(4 * c, 0), *dp1 = filled(4 * c, 0);
+            size_t fwb = 0, bwb = 0;
+            snprintf(what, sizeof what, "ws: %s Proxy Norm %d sizes", kind, variant);
+            ws_size_ok(effnet_proxy_norm_workspace_size(ctx, pp, EFFNET_PROXY_NORM_PASS_FORWARD,
+                                                        len, &fwb), &fwb, what);
+            ws_size_ok(effnet_proxy_norm_workspace_size(ctx, pp, EFFNET_PROXY_NORM_PASS_BACKWARD,
+                                                        len, &bwb), &bwb, what);
+            float *pws = stale_ws(fwb > bwb ? fwb : bwb);
+            expect(effnet_proxy_norm_forward(ctx, pp, x, len, p, 4 * c, y0, len, sv0,
+                                             s.saved_len),
+                   EFFNET_OK, NULL, "ws: Proxy Norm forward (allocating)");
+            expect(effnet_proxy_norm_forward_ws(ctx, pp, x, len, p, 4 * c, y1, len, sv1,
+                                                s.saved_len, pws, fwb),
+                   EFFNET_OK, NULL, "ws: Proxy Norm forward_ws");
+            snprintf(what, sizeof what, "ws: %s Proxy Norm %d forward_ws bits", kind, variant);
+            same_bits(y1, y0, len, what);
+            same_bits(sv1, sv0, s.saved_len, what);
+            expect(effnet_proxy_norm_forward_ws(ctx, pp, x, len, p, 4 * c, y1, len, sv1,
+                                                s.saved_len, pws, fwb - 4),
+                   EFFNET_INVALID_ARGUMENT, "workspace", "ws: Proxy Norm forward_ws short");
+            expect(effnet_proxy_norm_backward(ctx, pp, x, len, dy, len, ds, delayed ? c : 0, p,
+                                              4 * c, sv0, s.saved_len, dx0, len, dp0, 4 * c, 0),
+                   EFFNET_OK, NULL, "ws: Proxy Norm backward (allocating)");
+            expect(effnet_proxy_norm_backward_ws(ctx, pp, x, len, dy, len, ds, delayed ? c : 0,
+                                                 p, 4 * c, sv0, s.saved_len, dx1, len, dp1,
+                                                 4 * c, 0, pws, bwb),
+                   EFFNET_OK, NULL, "ws: Proxy Norm backward_ws");
+            snprintf(what, sizeof what, "ws: %s Proxy Norm %d backward_ws bits", kind, variant);
+            same_bits(dx1, dx0, len, what);
+            same_bits(dp1, dp0, 4 * c, what);
+            expect(effnet_proxy_norm_backward_ws(ctx, pp, x, len, dy, len, ds, delayed ? c : 0,
+                                                 p, 4 * c, sv0, s.saved_len, dx1, len, dp1,
+                                                 4 * c, 0, pws, bwb - 4),
+                   EFFNET_INVALID_ARGUMENT, "workspace", "ws: Proxy Norm backward_ws short");
+            if (!fused)
+                expect(effnet_proxy_norm_workspace_size(ctx, pp, EFFNET_PROXY_NORM_PASS_BACKWARD,
+                                                        7, &junk),
+                       EFFNET_INVALID_ARGUMENT, "x_len", "ws: standalone size, bad x_len");
+            expect(effnet_proxy_norm_workspace_size(ctx, pp, 5, len, &junk),
+                   EFFNET_INVALID_ARGUMENT, "effnet_proxy_norm_pass",
+                   "ws: Proxy Norm size, unknown pass");
+            free_ws(pws);
+            free(p); free(ds); free(sv0); free(sv1); free(dp0); free(dp1);
+            expect(effnet_proxy_norm_plan_destroy(pp), EFFNET_OK, NULL, "ws: Proxy Norm destroy");
+        }
+    }
+
+    /* Pooling, gate, loss. */
+    effnet_nhwc sh = {sizeof(effnet_nhwc), n, h * 7, w * 5, c};
+    const size_t pl_len = n * h * 7 * w * 5 * c, pooled = n * c;
+    float *px = random_floats(pl_len), *pdy = random_floats(pl_len), *gate = random_floats(pooled);
+    float *p0 = filled(pooled, 0), *p1 = filled(pooled, 0);
+    float *pdx0 = filled(pl_len, 0), *pdx1 = filled(pl_len, 0);
+    size_t pfb = 0, pbb = 0, gbb = 0, lb = 0;
+    ws_size_ok(effnet_global_avg_pool_workspace_size(ctx, &sh, EFFNET_POOL_PASS_FORWARD, &pfb),
+               &pfb, "ws: pool forward size");
+    ws_size_ok(effnet_global_avg_pool_workspace_size(ctx, &sh, EFFNET_POOL_PASS_BACKWARD, &pbb),
+               &pbb, "ws: pool backward size");
+    ws_size_ok(effnet_gate_backward_workspace_size(ctx, &sh, &gbb), &gbb, "ws: gate size");
+    ws_size_ok(effnet_cross_entropy_workspace_size(ctx, 4, 3, &lb), &lb, "ws: loss size");
+    size_t most = pfb > pbb ? pfb : pbb;
+    most = most > gbb ? most : gbb;
+    ws = stale_ws(most);
+    expect(effnet_global_avg_pool_forward(ctx, &sh, px, pl_len, p0, pooled), EFFNET_OK, NULL,
+           "ws: pool forward (allocating)");
+    expect(effnet_global_avg_pool_forward_ws(ctx, &sh, px, pl_len, p1, pooled, ws, pfb),
+           EFFNET_OK, NULL, "ws: pool forward_ws");
+    same_bits(p1, p0, pooled, "ws: pool forward_ws gives the allocating bits");
+    expect(effnet_global_avg_pool_forward_ws(ctx, &sh, px, pl_len, p1, pooled, ws, pfb - 4),
+           EFFNET_INVALID_ARGUMENT, "workspace", "ws: pool forward_ws one float short");
+    expect(effnet_global_avg_pool_backward(ctx, &sh, gate, pooled, pdx0, pl_len, 0), EFFNET_OK,
+           NULL, "ws: pool backward (allocating)");
+    expect(effnet_global_avg_pool_backward_ws(ctx, &sh, gate, pooled, pdx1, pl_len, 0, ws, pbb),
+           EFFNET_OK, NULL, "ws: pool backward_ws");
+    same_bits(pdx1, pdx0, pl_len, "ws: pool backward_ws gives the allocating bits");
+    expect(effnet_global_avg_pool_backward_ws(ctx, &sh, gate, pooled, pdx1, pl_len, 0, ws,
+                                              pbb - 4),
+           EFFNET_INVALID_ARGUMENT, "workspace", "ws: pool backward_ws one float short");
+    expect(effnet_global_avg_pool_workspace_size(ctx, &sh, 2, &junk), EFFNET_INVALID_ARGUMENT,
+           "effnet_pool_pass", "ws: pool size, unknown pass");
+    expect(effnet_gate_backward(ctx, &sh, pdy, pl_len, px, pl_len, gate, pooled, pdx0, pl_len,
+                                p0, pooled),
+           EFFNET_OK, NULL, "ws: gate backward (allocating)");
+    expect(effnet_gate_backward_ws(ctx, &sh, pdy, pl_len, px, pl_len, gate, pooled, pdx1, pl_len,
+                                   p1, pooled, ws, gbb),
+           EFFNET_OK, NULL, "ws: gate backward_ws");
+    same_bits(pdx1, pdx0, pl_len, "ws: gate backward_ws gives the allocating dx");
+    same_bits(p1, p0, pooled, "ws: gate backward_ws gives the allocating dgate");
+    expect(effnet_gate_backward_ws(ctx, &sh, pdy, pl_len, px, pl_len, gate, pooled, pdx1, pl_len,
+                                   p1, pooled, ws, gbb - 4),
+           EFFNET_INVALID_ARGUMENT, "workspace", "ws: gate backward_ws one float short");
+    free_ws(ws);
+    float *logits = random_floats(12), *dl0 = filled(12, 0), *dl1 = filled(12, 0);
+    const int64_t labels[4] = {0, 2, 1, 2};
+    float l0 = 0, l1 = 0;
+    ws = stale_ws(lb);
+    expect(effnet_cross_entropy(ctx, 4, 3, 0.1f, logits, 12, labels, 4, NULL, 0, dl0, 12, &l0),
+           EFFNET_OK, NULL, "ws: cross entropy (allocating)");
+    expect(effnet_cross_entropy_ws(ctx, 4, 3, 0.1f, logits, 12, labels, 4, NULL, 0, dl1, 12, &l1,
+                                   ws, lb),
+           EFFNET_OK, NULL, "ws: cross entropy_ws");
+    same_bits(&l1, &l0, 1, "ws: cross entropy_ws gives the allocating loss");
+    same_bits(dl1, dl0, 12, "ws: cross entropy_ws gives the allocating gradient");
+    expect(effnet_cross_entropy_ws(ctx, 4, 3, 0.1f, logits, 12, labels, 4, NULL, 0, dl1, 12, &l1,
+                                   ws, lb - 4),
+           EFFNET_INVALID_ARGUMENT, "workspace", "ws: cross entropy_ws one float short");
+    expect(effnet_cross_entropy_workspace_size(ctx, 0, 3, &junk), EFFNET_INVALID_ARGUMENT, NULL,
+           "ws: loss size, zero batch");
+    free_ws(ws);
+    free(logits); free(dl0); free(dl1);
+    free(px); free(pdy); free(gate); free(p0); free(p1); free(pdx0); free(pdx1);
+    free(x); free(a); free(dy); free(y0); free(y1); free(s0); free(s1);
+    free(dx0); free(dx1); free(da0); free(da1);
+}
+
 static void ops_tests(effnet_context *ctx) {
     norm_tests(ctx);
     proxy_norm_case(ctx, EFFNET_PROXY_FULL_SCALE, "LN + Proxy Norm (full scale)");
     proxy_norm_case(ctx, EFFNET_PROXY_DELAYED_SCALE, "LN + Proxy Norm (delayed scale)");
     proxy_norm_case(ctx, EFFNET_PROXY_NO_SCALE, "LN + Proxy Norm (no scale)");
     small_ops_tests(ctx);
+    norm_workspace_tests(ctx);
     model_tests(ctx);
 }

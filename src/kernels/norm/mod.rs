@@ -26,6 +26,20 @@
 //! (`Σ du`, `Σ du·x̂` per channel, `du = dy·φ'(u)`) and an apply pass
 //! `dx = r·(γ·du − mean_S(γ·du) − x̂·mean_S(γ·du·x̂))`.
 //!
+//! # Caller-owned memory
+//! Every pass also exists as `*_with_workspace`, taking its scratch memory from a
+//! buffer the caller owns: query [`Norm::workspace_len`] once per pass ([`NormPass`]),
+//! allocate it once and pass it to every call (see [`crate::kernels::scratch`]). The
+//! plain passes allocate exactly that size and call the workspace forms: one
+//! implementation, the same bits. The workspace holds the per-chunk partial sums
+//! (`f64`: each takes two floats of the region, which starts on a 64-byte boundary),
+//! the per-sample (GroupNorm/LayerNorm) or per-batch (BatchNorm) coefficients and
+//! totals, the unit vectors standing for a missing γ/β, and for
+//! [`Norm::forward_infer`] the folded scale and shift (BatchNorm) or the statistics
+//! of `x` (GroupNorm/LayerNorm). Sizes depend on the descriptor only (not on the
+//! thread count or SIMD level). Allocates on the workspace path: nothing (the
+//! parallel iterators' own bookkeeping aside).
+//!
 //! ```
 //! use effnet::kernels::norm::{Affine, AffineGrads, Norm, NormDesc};
 //! use effnet::kernels::activation::Activation;
@@ -48,6 +62,8 @@ pub mod reference;
 use crate::error::{Error, Result, check_len, checked_product};
 use crate::kernels::activation::{Activation, with_act};
 use crate::kernels::conv::GradMode;
+use crate::kernels::reduce::sum_rows;
+use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::{self, SimdLevel, dispatch};
 use engine::{ApplyChunk, BwdApplyChunk, BwdStatsChunk, ProxySums, StatsChunk};
 use rayon::prelude::*;
@@ -284,15 +300,19 @@ impl Geo {
     }
 }
 
-/// Sums chunk partials (`chunks × stride`, `f64`) in chunk order.
-pub(crate) fn sum_partials(part: &[f64], stride: usize) -> Vec<f64> {
-    let mut out = vec![0.0f64; stride];
-    for p in part.chunks(stride) {
-        for (o, v) in out.iter_mut().zip(p) {
-            *o += *v;
-        }
-    }
-    out
+/// Adds an `f64` region of `n` elements to `l` (`2·n` floats; see [`take_f64`]).
+pub(crate) fn region_f64(l: &mut WorkspaceLayout, n: usize) -> &mut WorkspaceLayout {
+    l.region(n.saturating_mul(2))
+}
+
+/// Takes an `f64` region of `n` elements from `ws`: `2·n` floats reinterpreted. Every
+/// region starts on a 64-byte boundary ([`crate::kernels::scratch`]) and has an even
+/// length, so the cast is always aligned; its contents are unspecified (any bit
+/// pattern is a valid `f64`).
+pub(crate) fn take_f64<'a>(ws: &mut Workspace<'a>, n: usize) -> Result<&'a mut [f64]> {
+    let floats = ws.take(n.saturating_mul(2))?;
+    bytemuck::try_cast_slice_mut(floats)
+        .map_err(|e| Error::InvalidArgument(format!("workspace region not aligned for f64: {e:?}")))
 }
 
 /// Writes `value` into `out` (overwrite or accumulate).
@@ -304,6 +324,14 @@ pub(crate) fn write_grad(out: &mut [f32], value: &[f64], mode: GradMode) {
             *v as f32
         };
     }
+}
+
+/// Fills `buf` (`2·c` floats) with `[1; c] | [0; c]` and returns the halves.
+pub(crate) fn unit(buf: &mut [f32]) -> (&[f32], &[f32]) {
+    let (ones, zeros) = buf.split_at_mut(buf.len() / 2);
+    ones.fill(1.0);
+    zeros.fill(0.0);
+    (ones, zeros)
 }
 
 /// The per-channel inputs of the apply passes that do not depend on the sample.
@@ -319,15 +347,17 @@ pub(crate) struct Channelwise<'a> {
     pub act: Activation,
 }
 
-/// Per-channel `x̂ = (x − xm)·xa + xb` coefficients.
-pub(crate) struct Coefs {
-    pub xm: Vec<f32>,
-    pub xa: Vec<f32>,
-    pub xb: Vec<f32>,
-}
+/// Three per-channel coefficient vectors stored back to back (`3·c` floats): the
+/// forward `x̂ = (x − xm)·xa + xb` coefficients `[xm | xa | xb]`, or the backward
+/// apply coefficients `[p1 | q | o]` of `dx = du·p1 + x̂·q + o`.
+#[derive(Copy, Clone)]
+pub(crate) struct Coefs<'a>(&'a [f32], &'a [f32], &'a [f32]);
 
-/// Backward apply coefficients `(p1, q, o)` per channel: `dx = du·p1 + x̂·q + o`.
-type DxCoefs = (Vec<f32>, Vec<f32>, Vec<f32>);
+impl<'a> Coefs<'a> {
+    fn of(buf: &'a [f32], c: usize) -> Coefs<'a> {
+        Coefs(&buf[..c], &buf[c..2 * c], &buf[2 * c..3 * c])
+    }
+}
 
 /// The options of a backward pass beyond the plain normalization.
 #[derive(Copy, Clone, Default)]
@@ -336,6 +366,17 @@ pub(crate) struct BwdExtra<'a> {
     pub scale: Option<&'a [f32]>,
     /// Proxy mean μ: also accumulate `Σ dy` and `Σ dy·(φ(u) − μ)`.
     pub proxy_mu: Option<&'a [f32]>,
+}
+
+/// One pass of a normalization (for [`Norm::workspace_len`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NormPass {
+    /// [`Norm::forward`] (training: batch statistics).
+    Forward,
+    /// [`Norm::forward_infer`].
+    ForwardInfer,
+    /// [`Norm::backward`].
+    Backward,
 }
 
 /// A validated normalization: the entry point of the passes. See the
@@ -465,9 +506,97 @@ impl Norm {
         check_len("stats.rstd", s.rstd.len(), n)
     }
 
+    /// Floats (`f32` elements) of workspace `pass` needs (see [`crate::kernels::scratch`]
+    /// and the [module docs](self#caller-owned-memory)). Depends on the descriptor and
+    /// the pass only: the same for any thread count and SIMD level.
+    pub fn workspace_len(&self, pass: NormPass) -> usize {
+        self.layout(pass).len()
+    }
+
+    /// The regions `pass` takes from its workspace, in order.
+    fn layout(&self, pass: NormPass) -> WorkspaceLayout {
+        let c = self.desc.channels;
+        let mut l = WorkspaceLayout::new(1);
+        match pass {
+            NormPass::Forward => {
+                l.region(2 * c);
+                self.forward_regions(&mut l);
+            }
+            NormPass::ForwardInfer if self.is_batch_norm() => {
+                l.region(2 * c).region(2 * c);
+            }
+            NormPass::ForwardInfer => {
+                l.region(3 * self.sets()).region(2 * c);
+                self.forward_regions(&mut l);
+            }
+            NormPass::Backward => {
+                l.region(2 * c);
+                self.backward_regions(&mut l, 2);
+            }
+        }
+        l
+    }
+
+    /// Runs `f` on a freshly allocated workspace of exactly the size `pass` needs.
+    fn allocating<R>(&self, pass: NormPass, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
+        f(&mut self.layout(pass).alloc())
+    }
+
+    /// Statistic sets whose `x̂` coefficients differ: one per sample for
+    /// GroupNorm/LayerNorm, one for the whole batch for BatchNorm.
+    fn coef_sets(&self) -> usize {
+        if self.groups == 0 { 1 } else { self.geo.n }
+    }
+
+    /// `f64` scratch of [`Norm::finalize_sample`] for one sample:
+    /// `[totals (2c) | channel means (c) | channel M2 (c) | group means | group M2]`.
+    fn finalize_len(&self) -> usize {
+        4 * self.geo.c + 2 * self.groups
+    }
+
+    /// The regions of [`Norm::forward_impl`] (shared with Proxy Norm): the chunk
+    /// partials (`f64`), the `x̂` coefficients of every set, and the finalization
+    /// scratch (`f64`; per sample for GroupNorm/LayerNorm, the totals for BatchNorm).
+    pub(crate) fn forward_regions(&self, l: &mut WorkspaceLayout) {
+        let g = self.geo;
+        region_f64(l, g.total_chunks() * 2 * g.c);
+        l.region(self.coef_sets() * 3 * g.c);
+        let fin = if self.groups == 0 {
+            2 * g.c
+        } else {
+            g.n * self.finalize_len()
+        };
+        region_f64(l, fin);
+    }
+
+    /// The regions of [`Norm::backward_impl`] with `nacc` sums per channel (2, or 4
+    /// with Proxy Norm's): the chunk partials, the `x̂` and `dx` coefficients of every
+    /// set, the per-set sums of [`Norm::dx_coefs`], the per-sample totals and the batch
+    /// totals (all sums `f64`).
+    pub(crate) fn backward_regions(&self, l: &mut WorkspaceLayout, nacc: usize) {
+        let g = self.geo;
+        let stride = nacc * g.c;
+        let k = self.coef_sets();
+        region_f64(l, g.total_chunks() * stride);
+        l.region(k * 3 * g.c).region(k * 3 * g.c);
+        region_f64(l, k * 2 * self.sets_per_coef());
+        region_f64(l, g.n * stride);
+        region_f64(l, stride);
+    }
+
+    /// Sets covered by one coefficient set (channels for BatchNorm, groups otherwise).
+    fn sets_per_coef(&self) -> usize {
+        if self.groups == 0 {
+            self.geo.c
+        } else {
+            self.groups
+        }
+    }
+
     /// `y = φ(γ·(x − μ)·r + β)` with the statistics of `x` (batch statistics for
     /// BatchNorm: training mode), which are written to `stats` for the backward pass.
-    /// `y` is overwritten.
+    /// `y` is overwritten. Allocates its workspace; see
+    /// [`Norm::forward_with_workspace`].
     pub fn forward(
         &self,
         x: &[f32],
@@ -475,25 +604,57 @@ impl Norm {
         y: &mut [f32],
         stats: &mut NormStats,
     ) -> Result<()> {
+        self.allocating(NormPass::Forward, |ws| {
+            self.forward_with_workspace(x, affine, y, stats, ws)
+        })
+    }
+
+    /// [`Norm::forward`] with its scratch in `ws`: at least
+    /// [`Norm::workspace_len`]`(NormPass::Forward)` floats, any contents (left
+    /// unspecified). Errors: the buffer checks of [`Norm::forward`] first, then
+    /// [`Error::BufferSize`] naming `"workspace"` if `ws` is short.
+    pub fn forward_with_workspace(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        y: &mut [f32],
+        stats: &mut NormStats,
+        ws: &mut [f32],
+    ) -> Result<()> {
         check_len("x", x.len(), self.x_len)?;
         check_len("y", y.len(), self.x_len)?;
         self.check_affine(&affine)?;
         self.check_stats(stats)?;
-        let (ones, zeros) = self.unit();
+        let mut ws = Workspace::new(ws, &self.layout(NormPass::Forward))?;
+        let out = [&mut stats.mean[..], &mut stats.var, &mut stats.rstd];
+        self.forward_unchecked(x, affine, y, out, &mut ws)
+    }
+
+    /// The training forward pass after the checks: the unit vectors, then
+    /// [`Norm::forward_impl`].
+    fn forward_unchecked(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        y: &mut [f32],
+        stats: [&mut [f32]; 3],
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let (ones, zeros) = unit(ws.take(2 * self.desc.channels)?);
         let cw = Channelwise {
-            g: affine.gamma.unwrap_or(&ones),
-            bt: affine.beta.unwrap_or(&zeros),
+            g: affine.gamma.unwrap_or(ones),
+            bt: affine.beta.unwrap_or(zeros),
             post: None,
             act: self.desc.activation,
         };
-        self.forward_impl(simd::active(), x, cw, y, stats);
-        Ok(())
+        self.forward_impl(simd::active(), x, cw, y, stats, ws)
     }
 
     /// Inference: BatchNorm uses the running statistics (required), folded into one
     /// per-channel scale and shift ([`Norm::fold_inference`]); GroupNorm and LayerNorm
     /// have no running statistics (pass `None`) and compute those of `x` as in
-    /// [`Norm::forward`]. `y` is overwritten.
+    /// [`Norm::forward`]. `y` is overwritten. Allocates its workspace; see
+    /// [`Norm::forward_infer_with_workspace`].
     pub fn forward_infer(
         &self,
         x: &[f32],
@@ -501,32 +662,63 @@ impl Norm {
         running: Option<&RunningStats>,
         y: &mut [f32],
     ) -> Result<()> {
+        self.allocating(NormPass::ForwardInfer, |ws| {
+            self.forward_infer_with_workspace(x, affine, running, y, ws)
+        })
+    }
+
+    /// [`Norm::forward_infer`] with its scratch in `ws` (at least
+    /// [`Norm::workspace_len`]`(NormPass::ForwardInfer)` floats; errors as
+    /// [`Norm::forward_with_workspace`]).
+    pub fn forward_infer_with_workspace(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        running: Option<&RunningStats>,
+        y: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
         check_len("x", x.len(), self.x_len)?;
         check_len("y", y.len(), self.x_len)?;
+        self.check_affine(&affine)?;
         if !self.is_batch_norm() {
             if running.is_some() {
                 return Err(Error::InvalidArgument(
                     "GroupNorm and LayerNorm take no running statistics".into(),
                 ));
             }
-            let mut stats = self.new_stats();
-            return self.forward(x, affine, y, &mut stats);
+            let mut ws = Workspace::new(ws, &self.layout(NormPass::ForwardInfer))?;
+            let sets = self.sets();
+            let (mean, rest) = ws.take(3 * sets)?.split_at_mut(sets);
+            let (var, rstd) = rest.split_at_mut(sets);
+            return self.forward_unchecked(x, affine, y, [mean, var, rstd], &mut ws);
         }
         let running = running.ok_or_else(|| {
             Error::InvalidArgument("BatchNorm inference needs the running statistics".into())
         })?;
-        let (scale, shift) = self.fold_inference(running, affine)?;
-        let (ones, zeros) = self.unit();
+        self.check_running(running)?;
+        let mut ws = Workspace::new(ws, &self.layout(NormPass::ForwardInfer))?;
+        let c = self.desc.channels;
+        let (scale, shift) = ws.take(2 * c)?.split_at_mut(c);
+        self.fold_into(running, affine, scale, shift);
+        let (ones, zeros) = unit(ws.take(2 * c)?);
+        let (scale, shift) = (&*scale, &*shift);
         let level = simd::active();
         let g = self.geo;
         with_act!(self.desc.activation, A => {
             x.par_chunks(g.chunk_len()).zip(y.par_chunks_mut(g.chunk_len())).for_each(|(x, y)| {
                 dispatch(level, ApplyChunk {
-                    x, y, c: g.c, xm: &zeros, xa: &scale, xb: &shift, g: &ones, bt: &zeros, post: None, act: PhantomData::<A>,
+                    x, y, c: g.c, xm: zeros, xa: scale, xb: shift, g: ones, bt: zeros, post: None, act: PhantomData::<A>,
                 })
             })
         });
         Ok(())
+    }
+
+    fn check_running(&self, running: &RunningStats) -> Result<()> {
+        let c = self.desc.channels;
+        check_len("running.mean", running.mean.len(), c)?;
+        check_len("running.var", running.var.len(), c)
     }
 
     /// BatchNorm inference folded into `y = φ(x·scale + shift)`:
@@ -543,20 +735,30 @@ impl Norm {
             ));
         }
         self.check_affine(&affine)?;
+        self.check_running(running)?;
         let c = self.desc.channels;
-        check_len("running.mean", running.mean.len(), c)?;
-        check_len("running.var", running.var.len(), c)?;
-        let eps = self.desc.eps as f64;
         let mut scale = vec![0.0f32; c];
         let mut shift = vec![0.0f32; c];
-        for ch in 0..c {
+        self.fold_into(running, affine, &mut scale, &mut shift);
+        Ok((scale, shift))
+    }
+
+    /// [`Norm::fold_inference`] into `scale`, `shift` (checked by the caller).
+    fn fold_into(
+        &self,
+        running: &RunningStats,
+        affine: Affine,
+        scale: &mut [f32],
+        shift: &mut [f32],
+    ) {
+        let eps = self.desc.eps as f64;
+        for ch in 0..self.desc.channels {
             let g = affine.gamma.map_or(1.0, |g| g[ch] as f64);
             let b = affine.beta.map_or(0.0, |b| b[ch] as f64);
             let sc = g / (running.var[ch] as f64 + eps).sqrt();
             scale[ch] = sc as f32;
             shift[ch] = (b - running.mean[ch] as f64 * sc) as f32;
         }
-        Ok((scale, shift))
     }
 
     /// BatchNorm's running-statistics update after a training forward pass, with
@@ -602,7 +804,8 @@ impl Norm {
 
     /// The gradients of [`Norm::forward`]: `dx` (overwritten) and, where requested,
     /// `dγ`, `dβ`. `x` is the forward input, `stats` what the forward pass saved, and
-    /// `affine` the parameters it used.
+    /// `affine` the parameters it used. Allocates its workspace; see
+    /// [`Norm::backward_with_workspace`].
     pub fn backward(
         &self,
         x: &[f32],
@@ -611,6 +814,25 @@ impl Norm {
         stats: &NormStats,
         dx: &mut [f32],
         grads: AffineGrads,
+    ) -> Result<()> {
+        self.allocating(NormPass::Backward, |ws| {
+            self.backward_with_workspace(x, dy, affine, stats, dx, grads, ws)
+        })
+    }
+
+    /// [`Norm::backward`] with its scratch in `ws` (at least
+    /// [`Norm::workspace_len`]`(NormPass::Backward)` floats; errors as
+    /// [`Norm::forward_with_workspace`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with_workspace(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        affine: Affine,
+        stats: &NormStats,
+        dx: &mut [f32],
+        grads: AffineGrads,
+        ws: &mut [f32],
     ) -> Result<()> {
         check_len("x", x.len(), self.x_len)?;
         check_len("dy", dy.len(), self.x_len)?;
@@ -624,15 +846,17 @@ impl Norm {
         if let Some(d) = &grads.dbeta {
             check_len("dbeta", d.len(), c)?;
         }
-        let (ones, zeros) = self.unit();
+        let mut ws = Workspace::new(ws, &self.layout(NormPass::Backward))?;
+        let (ones, zeros) = unit(ws.take(2 * c)?);
         let cw = Channelwise {
-            g: affine.gamma.unwrap_or(&ones),
-            bt: affine.beta.unwrap_or(&zeros),
+            g: affine.gamma.unwrap_or(ones),
+            bt: affine.beta.unwrap_or(zeros),
             post: None,
             act: self.desc.activation,
         };
-        let totals =
-            self.backward_impl(simd::active(), (x, dy), cw, BwdExtra::default(), stats, dx);
+        let saved = (&stats.mean[..], &stats.rstd[..]);
+        let extra = BwdExtra::default();
+        let totals = self.backward_impl(simd::active(), (x, dy), cw, extra, saved, dx, &mut ws)?;
         if let Some(d) = grads.dgamma {
             write_grad(d, &totals[c..2 * c], grads.mode);
         }
@@ -642,25 +866,25 @@ impl Norm {
         Ok(())
     }
 
-    fn unit(&self) -> (Vec<f32>, Vec<f32>) {
-        (vec![1.0; self.desc.channels], vec![0.0; self.desc.channels])
-    }
-
     /// Group means and variances of one sample from its chunk partials
     /// (`chunks × [Σ(x−k) | Σ(x−k)²]`) and shift row `k`; written as `f32` stats.
+    /// `scratch` holds [`Norm::finalize_len`] values (any contents).
     fn finalize_sample(
         &self,
         shift: &[f32],
         part: &[f64],
         out: (&mut [f32], &mut [f32], &mut [f32]),
+        scratch: &mut [f64],
     ) {
         let (c, gn) = (self.geo.c, self.groups);
-        let tot = sum_partials(part, 2 * c);
+        let (tot, rest) = scratch.split_at_mut(2 * c);
+        let (mean_c, rest) = rest.split_at_mut(c);
+        let (m2_c, rest) = rest.split_at_mut(c);
+        let (gmean, gm2) = rest.split_at_mut(gn);
+        sum_rows(part, tot);
         let m = self.geo.hw as f64;
         let gs = (c / gn) as f64;
-        let mut mean_c = vec![0.0f64; c];
-        let mut m2_c = vec![0.0f64; c];
-        let mut gmean = vec![0.0f64; gn];
+        gmean.fill(0.0);
         for ch in 0..c {
             let (s1, s2) = (tot[ch], tot[c + ch]);
             mean_c[ch] = shift[ch] as f64 + s1 / m;
@@ -670,7 +894,7 @@ impl Norm {
         for v in gmean.iter_mut() {
             *v /= gs;
         }
-        let mut gm2 = vec![0.0f64; gn];
+        gm2.fill(0.0);
         for ch in 0..c {
             let g = self.group_of[ch];
             let d = mean_c[ch] - gmean[g];
@@ -686,25 +910,31 @@ impl Norm {
         }
     }
 
-    /// Per-channel `x̂ = (x − xm)·xa + xb` coefficients of one sample from its saved
-    /// stats (`[groups]` each), or of the batch for BatchNorm (`[channels]`).
-    fn xhat_coefs(&self, mean: &[f32], rstd: &[f32]) -> Coefs {
-        let c = self.geo.c;
-        let set = |ch: usize| {
-            if self.groups == 0 {
-                ch
-            } else {
-                self.group_of[ch]
-            }
-        };
-        Coefs {
-            xm: (0..c).map(|ch| mean[set(ch)]).collect(),
-            xa: (0..c).map(|ch| rstd[set(ch)]).collect(),
-            xb: vec![0.0; c],
+    /// The statistic set of channel `ch` in a coefficient set.
+    fn set_of(&self, ch: usize) -> usize {
+        if self.groups == 0 {
+            ch
+        } else {
+            self.group_of[ch]
         }
     }
 
-    /// Statistics pass of chunk `(n, j)` into its partial.
+    /// Per-channel `x̂ = (x − xm)·xa + xb` coefficients `[xm | xa | xb]` (into `out`,
+    /// `3·channels`) of one sample from its saved stats (`[groups]` each), or of the
+    /// batch for BatchNorm (`[channels]`).
+    fn xhat_coefs<'o>(&self, mean: &[f32], rstd: &[f32], out: &'o mut [f32]) -> Coefs<'o> {
+        let c = self.geo.c;
+        let (xm, rest) = out.split_at_mut(c);
+        let (xa, xb) = rest.split_at_mut(c);
+        for ch in 0..c {
+            xm[ch] = mean[self.set_of(ch)];
+            xa[ch] = rstd[self.set_of(ch)];
+        }
+        xb.fill(0.0);
+        Coefs::of(out, c)
+    }
+
+    /// Statistics pass of chunk `(n, j)` into its partial (overwritten).
     fn stats_chunk(&self, level: SimdLevel, x: &[f32], n: usize, j: usize, part: &mut [f64]) {
         let g = self.geo;
         let c = g.c;
@@ -713,6 +943,7 @@ impl Norm {
         } else {
             &x[n * g.sample_len()..n * g.sample_len() + c]
         };
+        part.fill(0.0);
         let (s1, s2) = part.split_at_mut(c);
         dispatch(
             level,
@@ -726,141 +957,166 @@ impl Norm {
         );
     }
 
-    /// The forward pass with resolved per-channel inputs (shared with Proxy Norm).
+    /// The forward pass with resolved per-channel inputs (shared with Proxy Norm):
+    /// takes the regions of [`Norm::forward_regions`] from `ws` and writes the
+    /// statistics into `[mean, var, rstd]` (`sets` each).
     pub(crate) fn forward_impl(
         &self,
         level: SimdLevel,
         x: &[f32],
         cw: Channelwise,
         y: &mut [f32],
-        stats: &mut NormStats,
-    ) {
+        [mean, var, rstd]: [&mut [f32]; 3],
+        ws: &mut Workspace,
+    ) -> Result<()> {
         let g = self.geo;
         let (c, sl, cl) = (g.c, g.sample_len(), g.chunk_len());
         let stride = 2 * c;
-        let apply = |xc: &[f32], yc: &mut [f32], k: &Coefs| {
+        let part = take_f64(ws, g.total_chunks() * stride)?;
+        let coefs = ws.take(self.coef_sets() * 3 * c)?;
+        let fl = self.finalize_len();
+        let fin = take_f64(ws, if self.groups == 0 { 2 * c } else { g.n * fl })?;
+        let apply = |xc: &[f32], yc: &mut [f32], k: Coefs| {
             with_act!(cw.act, A => dispatch(level, ApplyChunk {
-                x: xc, y: yc, c, xm: &k.xm, xa: &k.xa, xb: &k.xb, g: cw.g, bt: cw.bt, post: cw.post, act: PhantomData::<A>,
+                x: xc, y: yc, c, xm: k.0, xa: k.1, xb: k.2, g: cw.g, bt: cw.bt, post: cw.post, act: PhantomData::<A>,
             }))
         };
         if self.groups > 0 && g.per_sample() {
             let gn = self.groups;
-            let mut part = vec![0.0f64; g.total_chunks() * stride];
             x.par_chunks(sl)
                 .zip(y.par_chunks_mut(sl))
                 .zip(part.par_chunks_mut(g.chunks * stride))
-                .zip(stats.mean.par_chunks_mut(gn))
-                .zip(stats.var.par_chunks_mut(gn))
-                .zip(stats.rstd.par_chunks_mut(gn))
+                .zip(mean.par_chunks_mut(gn))
+                .zip(var.par_chunks_mut(gn))
+                .zip(rstd.par_chunks_mut(gn))
+                .zip(coefs.par_chunks_mut(3 * c))
+                .zip(fin.par_chunks_mut(fl))
                 .enumerate()
-                .for_each(|(n, (((((xs, ys), ps), mean), var), rstd))| {
+                .for_each(|(n, (((((((xs, ys), ps), mean), var), rstd), kb), fs))| {
                     for (j, pc) in ps.chunks_mut(stride).enumerate() {
                         self.stats_chunk(level, x, n, j, pc);
                     }
-                    self.finalize_sample(&xs[..c], ps, (mean, var, rstd));
-                    let k = self.xhat_coefs(mean, rstd);
+                    self.finalize_sample(&xs[..c], ps, (mean, var, rstd), fs);
+                    let k = self.xhat_coefs(mean, rstd, kb);
                     for (xc, yc) in xs.chunks(cl).zip(ys.chunks_mut(cl)) {
-                        apply(xc, yc, &k);
+                        apply(xc, yc, k);
                     }
                 });
-            return;
+            return Ok(());
         }
-        let mut part = vec![0.0f64; g.total_chunks() * stride];
         part.par_chunks_mut(stride)
             .enumerate()
             .for_each(|(i, pc)| self.stats_chunk(level, x, i / g.chunks, i % g.chunks, pc));
-        let coefs: Vec<Coefs> = if self.groups == 0 {
+        if self.groups == 0 {
             // BatchNorm: one set per channel over every chunk of every sample.
-            let tot = sum_partials(&part, stride);
+            let tot = &mut fin[..stride];
+            sum_rows(part, tot);
             let m = (g.n * g.hw) as f64;
             let eps = self.desc.eps as f64;
             for ch in 0..c {
                 let (s1, s2) = (tot[ch], tot[c + ch]);
                 let v = (s2 - s1 * s1 / m).max(0.0) / m;
-                stats.mean[ch] = (x[ch] as f64 + s1 / m) as f32;
-                stats.var[ch] = v as f32;
-                stats.rstd[ch] = (1.0 / (v + eps).sqrt()) as f32;
+                mean[ch] = (x[ch] as f64 + s1 / m) as f32;
+                var[ch] = v as f32;
+                rstd[ch] = (1.0 / (v + eps).sqrt()) as f32;
             }
-            vec![self.xhat_coefs(&stats.mean, &stats.rstd)]
+            self.xhat_coefs(mean, rstd, &mut coefs[..3 * c]);
         } else {
             let gn = self.groups;
-            (0..g.n)
-                .map(|n| {
-                    let ps = &part[n * g.chunks * stride..(n + 1) * g.chunks * stride];
-                    let r = n * gn..(n + 1) * gn;
-                    self.finalize_sample(
-                        &x[n * sl..n * sl + c],
-                        ps,
-                        (
-                            &mut stats.mean[r.clone()],
-                            &mut stats.var[r.clone()],
-                            &mut stats.rstd[r.clone()],
-                        ),
-                    );
-                    self.xhat_coefs(&stats.mean[r.clone()], &stats.rstd[r])
-                })
-                .collect()
-        };
+            for n in 0..g.n {
+                let ps = &part[n * g.chunks * stride..(n + 1) * g.chunks * stride];
+                let r = n * gn..(n + 1) * gn;
+                self.finalize_sample(
+                    &x[n * sl..n * sl + c],
+                    ps,
+                    (
+                        &mut mean[r.clone()],
+                        &mut var[r.clone()],
+                        &mut rstd[r.clone()],
+                    ),
+                    &mut fin[n * fl..(n + 1) * fl],
+                );
+                self.xhat_coefs(
+                    &mean[r.clone()],
+                    &rstd[r],
+                    &mut coefs[n * 3 * c..(n + 1) * 3 * c],
+                );
+            }
+        }
+        let (coefs, sets) = (&*coefs, self.coef_sets());
         y.par_chunks_mut(sl).enumerate().for_each(|(n, ys)| {
-            let k = &coefs[n.min(coefs.len() - 1)];
+            let k = Coefs::of(&coefs[n.min(sets - 1) * 3 * c..], c);
             ys.par_chunks_mut(cl)
                 .enumerate()
                 .for_each(|(j, yc)| apply(g.chunk(x, n, j), yc, k));
         });
+        Ok(())
     }
 
-    /// Backward apply coefficients `(p1, q, o)` from the totals `Σ du`, `Σ du·x̂` of
-    /// one sample (or of the batch for BatchNorm) and its saved `rstd`.
-    fn dx_coefs(&self, g_aff: &[f32], sdu: &[f64], sdux: &[f64], rstd: &[f32]) -> DxCoefs {
+    /// Backward apply coefficients `[p1 | q | o]` (into `out`, `3·channels`) from the
+    /// totals `Σ du`, `Σ du·x̂` of one sample (or of the batch for BatchNorm) and its
+    /// saved `rstd`; `ab` holds `2·sets` values (any contents).
+    fn dx_coefs<'o>(
+        &self,
+        g_aff: &[f32],
+        (sdu, sdux): (&[f64], &[f64]),
+        rstd: &[f32],
+        ab: &mut [f64],
+        out: &'o mut [f32],
+    ) -> Coefs<'o> {
         let c = self.geo.c;
-        let (sets, m): (usize, f64) = if self.groups == 0 {
-            (c, (self.geo.n * self.geo.hw) as f64)
-        } else {
-            (self.groups, (self.geo.hw * (c / self.groups)) as f64)
+        let m = match c.checked_div(self.groups) {
+            None => (self.geo.n * self.geo.hw) as f64,
+            Some(gs) => (self.geo.hw * gs) as f64,
         };
-        let set = |ch: usize| {
-            if self.groups == 0 {
-                ch
-            } else {
-                self.group_of[ch]
-            }
-        };
-        let mut a = vec![0.0f64; sets];
-        let mut b = vec![0.0f64; sets];
+        ab.fill(0.0);
+        let (a, b) = ab.split_at_mut(ab.len() / 2);
         for ch in 0..c {
-            a[set(ch)] += g_aff[ch] as f64 * sdu[ch];
-            b[set(ch)] += g_aff[ch] as f64 * sdux[ch];
+            a[self.set_of(ch)] += g_aff[ch] as f64 * sdu[ch];
+            b[self.set_of(ch)] += g_aff[ch] as f64 * sdux[ch];
         }
-        let mut p1 = vec![0.0f32; c];
-        let mut q = vec![0.0f32; c];
-        let mut o = vec![0.0f32; c];
+        let (p1, rest) = out.split_at_mut(c);
+        let (q, o) = rest.split_at_mut(c);
         for ch in 0..c {
-            let s = set(ch);
+            let s = self.set_of(ch);
             let r = rstd[s] as f64;
             p1[ch] = (g_aff[ch] as f64 * r) as f32;
             q[ch] = (-r * b[s] / m) as f32;
             o[ch] = (-r * a[s] / m) as f32;
         }
-        (p1, q, o)
+        Coefs::of(out, c)
     }
 
-    /// The backward pass with resolved per-channel inputs (shared with Proxy Norm).
-    /// Returns the per-channel totals over the batch, `[Σ du | Σ du·x̂]` and, with a
-    /// proxy mean, `[… | Σ dy | Σ dy·(φ(u) − μ)]` (`f64`, fixed order).
-    pub(crate) fn backward_impl(
+    /// The backward pass with resolved per-channel inputs (shared with Proxy Norm):
+    /// takes the regions of [`Norm::backward_regions`] from `ws`; `saved` is the
+    /// forward pass's `(mean, rstd)`. Returns the per-channel totals over the batch,
+    /// `[Σ du | Σ du·x̂]` and, with a proxy mean, `[… | Σ dy | Σ dy·(φ(u) − μ)]`
+    /// (`f64`, fixed order), in the workspace.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_impl<'w>(
         &self,
         level: SimdLevel,
         (x, dy): (&[f32], &[f32]),
         cw: Channelwise,
         extra: BwdExtra,
-        stats: &NormStats,
+        (mean, rstd): (&[f32], &[f32]),
         dx: &mut [f32],
-    ) -> Vec<f64> {
+        ws: &mut Workspace<'w>,
+    ) -> Result<&'w mut [f64]> {
         let g = self.geo;
         let (c, sl, cl) = (g.c, g.sample_len(), g.chunk_len());
         let nacc = if extra.proxy_mu.is_some() { 4 } else { 2 };
         let stride = nacc * c;
-        let pass1 = |xc: &[f32], dyc: &[f32], k: &Coefs, pc: &mut [f64]| {
+        let sets = self.coef_sets();
+        let part = take_f64(ws, g.total_chunks() * stride)?;
+        let xks = ws.take(sets * 3 * c)?;
+        let dks = ws.take(sets * 3 * c)?;
+        let abl = 2 * self.sets_per_coef();
+        let abs = take_f64(ws, sets * abl)?;
+        let tots = take_f64(ws, g.n * stride)?;
+        let total = take_f64(ws, stride)?;
+        let pass1 = |xc: &[f32], dyc: &[f32], k: Coefs, pc: &mut [f64]| {
+            pc.fill(0.0);
             let (sdu, rest) = pc.split_at_mut(c);
             let (sdux, rest) = rest.split_at_mut(c);
             let proxy = extra.proxy_mu.map(|mu| {
@@ -868,96 +1124,97 @@ impl Norm {
                 ProxySums { mu, sdz, sdza }
             });
             with_act!(cw.act, A => dispatch(level, BwdStatsChunk {
-                x: xc, dy: dyc, c, xm: &k.xm, xa: &k.xa, g: cw.g, bt: cw.bt,
+                x: xc, dy: dyc, c, xm: k.0, xa: k.1, g: cw.g, bt: cw.bt,
                 scale: extra.scale, sdu, sdux, proxy, act: PhantomData::<A>,
             }))
         };
-        let pass2 = |xc: &[f32], dyc: &[f32], dxc: &mut [f32], k: &Coefs, d: &DxCoefs| {
+        let pass2 = |xc: &[f32], dyc: &[f32], dxc: &mut [f32], k: Coefs, d: Coefs| {
             with_act!(cw.act, A => dispatch(level, BwdApplyChunk {
-                x: xc, dy: dyc, dx: dxc, c, xm: &k.xm, xa: &k.xa, g: cw.g,
-                bt: cw.bt, scale: extra.scale, p1: &d.0, q: &d.1, o: &d.2, act: PhantomData::<A>,
+                x: xc, dy: dyc, dx: dxc, c, xm: k.0, xa: k.1, g: cw.g,
+                bt: cw.bt, scale: extra.scale, p1: d.0, q: d.1, o: d.2, act: PhantomData::<A>,
             }))
         };
-        let mut part = vec![0.0f64; g.total_chunks() * stride];
         if self.groups > 0 && g.per_sample() {
             let gn = self.groups;
             x.par_chunks(sl)
                 .zip(dy.par_chunks(sl))
                 .zip(dx.par_chunks_mut(sl))
                 .zip(part.par_chunks_mut(g.chunks * stride))
+                .zip(xks.par_chunks_mut(3 * c))
+                .zip(dks.par_chunks_mut(3 * c))
+                .zip(abs.par_chunks_mut(abl))
+                .zip(tots.par_chunks_mut(stride))
                 .enumerate()
-                .for_each(|(n, (((xs, dys), dxs), ps))| {
+                .for_each(|(n, (((((((xs, dys), dxs), ps), xkb), dkb), ab), tot))| {
                     let r = n * gn..(n + 1) * gn;
-                    let xk = self.xhat_coefs(&stats.mean[r.clone()], &stats.rstd[r.clone()]);
+                    let xk = self.xhat_coefs(&mean[r.clone()], &rstd[r.clone()], xkb);
                     for ((xc, dyc), pc) in
                         xs.chunks(cl).zip(dys.chunks(cl)).zip(ps.chunks_mut(stride))
                     {
-                        pass1(xc, dyc, &xk, pc);
+                        pass1(xc, dyc, xk, pc);
                     }
-                    let tot = sum_partials(ps, stride);
-                    let k = self.dx_coefs(cw.g, &tot[..c], &tot[c..2 * c], &stats.rstd[r]);
+                    sum_rows(ps, tot);
+                    let k = self.dx_coefs(cw.g, (&tot[..c], &tot[c..2 * c]), &rstd[r], ab, dkb);
                     for ((xc, dyc), dxc) in
                         xs.chunks(cl).zip(dys.chunks(cl)).zip(dxs.chunks_mut(cl))
                     {
-                        pass2(xc, dyc, dxc, &xk, &k);
+                        pass2(xc, dyc, dxc, xk, k);
                     }
                 });
-        } else {
-            let coefs: Vec<Coefs> = if self.groups == 0 {
-                vec![self.xhat_coefs(&stats.mean, &stats.rstd)]
-            } else {
-                let gn = self.groups;
-                (0..g.n)
-                    .map(|n| {
-                        let r = n * gn..(n + 1) * gn;
-                        self.xhat_coefs(&stats.mean[r.clone()], &stats.rstd[r])
-                    })
-                    .collect()
-            };
-            let pick = |n: usize| &coefs[n.min(coefs.len() - 1)];
-            part.par_chunks_mut(stride).enumerate().for_each(|(i, pc)| {
-                let (n, j) = (i / g.chunks, i % g.chunks);
-                pass1(g.chunk(x, n, j), g.chunk(dy, n, j), pick(n), pc)
-            });
-            let ks: Vec<DxCoefs> = if self.groups == 0 {
-                let tot = self.batch_totals(&part, stride);
-                vec![self.dx_coefs(cw.g, &tot[..c], &tot[c..2 * c], &stats.rstd)]
-            } else {
-                let gn = self.groups;
-                (0..g.n)
-                    .map(|n| {
-                        let ps = &part[n * g.chunks * stride..(n + 1) * g.chunks * stride];
-                        let tot = sum_partials(ps, stride);
-                        self.dx_coefs(
-                            cw.g,
-                            &tot[..c],
-                            &tot[c..2 * c],
-                            &stats.rstd[n * gn..(n + 1) * gn],
-                        )
-                    })
-                    .collect()
-            };
-            dx.par_chunks_mut(sl).enumerate().for_each(|(n, dxs)| {
-                let xk = pick(n);
-                let k = &ks[n.min(ks.len() - 1)];
-                dxs.par_chunks_mut(cl)
-                    .enumerate()
-                    .for_each(|(j, dxc)| pass2(g.chunk(x, n, j), g.chunk(dy, n, j), dxc, xk, k));
-            });
+            sum_rows(tots, total);
+            return Ok(total);
         }
-        self.batch_totals(&part, stride)
-    }
-
-    /// Totals over the batch: per-sample sums in chunk order, then over samples in
-    /// order.
-    fn batch_totals(&self, part: &[f64], stride: usize) -> Vec<f64> {
-        let per = self.geo.chunks * stride;
-        let mut out = vec![0.0f64; stride];
-        for ps in part.chunks(per) {
-            for (o, v) in out.iter_mut().zip(sum_partials(ps, stride)) {
-                *o += v;
+        let gn = self.groups.max(1);
+        for n in 0..sets {
+            let r = if self.groups == 0 {
+                0..c
+            } else {
+                n * gn..(n + 1) * gn
+            };
+            self.xhat_coefs(
+                &mean[r.clone()],
+                &rstd[r],
+                &mut xks[n * 3 * c..(n + 1) * 3 * c],
+            );
+        }
+        let xks = &*xks;
+        fn pick(ks: &[f32], n: usize, sets: usize, c: usize) -> Coefs<'_> {
+            Coefs::of(&ks[n.min(sets - 1) * 3 * c..], c)
+        }
+        part.par_chunks_mut(stride).enumerate().for_each(|(i, pc)| {
+            let (n, j) = (i / g.chunks, i % g.chunks);
+            pass1(
+                g.chunk(x, n, j),
+                g.chunk(dy, n, j),
+                pick(xks, n, sets, c),
+                pc,
+            )
+        });
+        for (ps, tot) in part
+            .chunks(g.chunks * stride)
+            .zip(tots.chunks_exact_mut(stride))
+        {
+            sum_rows(ps, tot);
+        }
+        sum_rows(tots, total);
+        if self.groups == 0 {
+            let t = (&total[..c], &total[c..2 * c]);
+            self.dx_coefs(cw.g, t, rstd, abs, &mut dks[..3 * c]);
+        } else {
+            for (n, tot) in tots.chunks_exact(stride).enumerate() {
+                let t = (&tot[..c], &tot[c..2 * c]);
+                let r = n * gn..(n + 1) * gn;
+                let ab = &mut abs[n * abl..(n + 1) * abl];
+                self.dx_coefs(cw.g, t, &rstd[r], ab, &mut dks[n * 3 * c..(n + 1) * 3 * c]);
             }
         }
-        out
+        let dks = &*dks;
+        dx.par_chunks_mut(sl).enumerate().for_each(|(n, dxs)| {
+            let (xk, k) = (pick(xks, n, sets, c), pick(dks, n, sets, c));
+            dxs.par_chunks_mut(cl)
+                .enumerate()
+                .for_each(|(j, dxc)| pass2(g.chunk(x, n, j), g.chunk(dy, n, j), dxc, xk, k));
+        });
+        Ok(total)
     }
 }

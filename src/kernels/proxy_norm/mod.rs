@@ -23,6 +23,17 @@
 //! correction) forward; a statistics-gradient pass and an apply pass backward, with the
 //! gradients through the proxy mean and scale into γ, β, β', γ'.
 //!
+//! # Caller-owned memory
+//! Every pass also exists as `*_with_workspace`, taking its scratch from a buffer the
+//! caller owns ([`ProxyNorm::workspace_len`], [`NormProxy::workspace_len`], one size
+//! per [`ProxyPass`]; see [`crate::kernels::scratch`]); the plain passes allocate
+//! exactly that size and call them (one implementation, the same bits). The workspace
+//! holds the normalization's regions (see [`crate::kernels::norm`]), the per-channel
+//! proxy sums and coefficients, the post-activation correction, the `f64` totals and
+//! gradients, and for the standalone backward the per-chunk partial sums (which grow
+//! with the rows: its size takes `x_len`). Allocates on the workspace path: nothing
+//! (the parallel iterators' own bookkeeping aside).
+//!
 //! Layouts: `x`, `z`, `dz`, `dx` NHWC `[batch][h][w][channels]`; every parameter,
 //! gradient and proxy statistic `[channels]`; the norm statistics `[batch][groups]`.
 //!
@@ -53,9 +64,11 @@ use crate::kernels::activation::{Act, Activation, with_act};
 use crate::kernels::conv::GradMode;
 use crate::kernels::norm::engine::{ApplyChunk, BwdApplyChunk, BwdStatsChunk, ProxySums};
 use crate::kernels::norm::{
-    BwdExtra, CHUNK_ELEMS, Channelwise, Norm, NormDesc, NormKind, NormStats, sum_partials,
-    write_grad,
+    BwdExtra, CHUNK_ELEMS, Channelwise, Norm, NormDesc, NormKind, NormStats, region_f64, take_f64,
+    unit, write_grad,
 };
+use crate::kernels::reduce::sum_rows;
+use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::{self, Simd, SimdKernel, SimdLevel, dispatch};
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -191,18 +204,34 @@ pub struct ProxyNorm {
     q: Vec<f32>,
 }
 
+/// One pass of a Proxy Norm operation (for [`ProxyNorm::workspace_len`] and
+/// [`NormProxy::workspace_len`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ProxyPass {
+    /// [`ProxyNorm::forward`] / [`NormProxy::forward`].
+    Forward,
+    /// [`ProxyNorm::backward`] / [`NormProxy::backward`].
+    Backward,
+    /// [`ProxyNorm::stats`].
+    Stats,
+    /// [`ProxyNorm::stats_backward`].
+    StatsBackward,
+}
+
 /// Channels per task of the proxy-statistics kernels.
 const STAT_CHANNELS: usize = 64;
 
-/// Three per-channel f32 accumulators `[a | b | c]` (`channels` each, zeroed), filled
-/// in parallel blocks of [`STAT_CHANNELS`] channels: `fill(range, [a, b, c])` gets the
-/// block's channel range and its three sub-slices.
+/// Three per-channel f32 accumulators `[a | b | c]` in `sums` (`3·channels`, zeroed
+/// here), filled in parallel blocks of [`STAT_CHANNELS`] channels:
+/// `fill(range, [a, b, c])` gets the block's channel range and its three sub-slices.
 fn channel_block_sums(
-    channels: usize,
+    sums: &mut [f32],
     fill: impl Fn(std::ops::Range<usize>, [&mut [f32]; 3]) + Sync + Send,
-) -> [Vec<f32>; 3] {
-    let mut sums = [0; 3].map(|_| vec![0.0f32; channels]);
-    let [a, b, c] = &mut sums;
+) -> [&[f32]; 3] {
+    let channels = sums.len() / 3;
+    sums.fill(0.0);
+    let (a, rest) = sums.split_at_mut(channels);
+    let (b, c) = rest.split_at_mut(channels);
     a.par_chunks_mut(STAT_CHANNELS)
         .zip(b.par_chunks_mut(STAT_CHANNELS))
         .zip(c.par_chunks_mut(STAT_CHANNELS))
@@ -211,7 +240,7 @@ fn channel_block_sums(
             let start = i * STAT_CHANNELS;
             fill(start..start + a.len(), [a, b, c]);
         });
-    sums
+    [a, b, c]
 }
 
 impl ProxyNorm {
@@ -258,6 +287,75 @@ impl ProxyNorm {
             var: vec![0.0; c],
             scale: vec![0.0; c],
         }
+    }
+
+    /// Floats (`f32` elements) of workspace `pass` needs; `x_len` is the length of
+    /// `xhat` for [`ProxyPass::Forward`] and [`ProxyPass::Backward`] (the backward
+    /// partial sums grow with the rows) and is ignored by the statistics passes.
+    /// The same for any thread count and SIMD level. See the
+    /// [module docs](self#caller-owned-memory).
+    pub fn workspace_len(&self, pass: ProxyPass, x_len: usize) -> usize {
+        self.layout(pass, x_len).len()
+    }
+
+    /// The regions `pass` takes from its workspace, in order.
+    fn layout(&self, pass: ProxyPass, x_len: usize) -> WorkspaceLayout {
+        let c = self.desc.channels;
+        let mut l = WorkspaceLayout::new(1);
+        match pass {
+            ProxyPass::Stats => self.stats_regions(&mut l),
+            ProxyPass::StatsBackward => {
+                region_f64(&mut l, 2 * c);
+                self.stats_backward_regions(&mut l);
+            }
+            ProxyPass::Forward => {
+                self.stats_regions(&mut l);
+                l.region(2 * c).region(2 * c);
+            }
+            ProxyPass::Backward => {
+                l.region(2 * c).region(2 * c);
+                region_f64(&mut l, x_len.div_ceil(self.chunk_len()) * 4 * c);
+                region_f64(&mut l, 4 * c);
+                self.grad_regions(&mut l);
+            }
+        }
+        l
+    }
+
+    /// The regions of [`ProxyNorm::stats_impl`]: the three per-channel sums.
+    fn stats_regions(&self, l: &mut WorkspaceLayout) {
+        l.region(3 * self.desc.channels);
+    }
+
+    /// The regions of [`ProxyNorm::stats_backward_impl`]: the two per-channel
+    /// coefficients, the three sums, the four gradients (`f64`).
+    fn stats_backward_regions(&self, l: &mut WorkspaceLayout) {
+        let c = self.desc.channels;
+        l.region(2 * c).region(3 * c);
+        region_f64(l, 4 * c);
+    }
+
+    /// The regions of the gradient tail of a backward pass: `dμ`, `ds` (`f64`), then
+    /// [`ProxyNorm::stats_backward_regions`].
+    fn grad_regions(&self, l: &mut WorkspaceLayout) {
+        region_f64(l, 2 * self.desc.channels);
+        self.stats_backward_regions(l);
+    }
+
+    /// Elements of `xhat` per chunk of the standalone passes.
+    fn chunk_len(&self) -> usize {
+        let c = self.desc.channels;
+        CHUNK_ELEMS.div_ceil(c) * c
+    }
+
+    /// Runs `f` on a freshly allocated workspace of exactly the size `pass` needs.
+    fn allocating<R>(
+        &self,
+        pass: ProxyPass,
+        x_len: usize,
+        f: impl FnOnce(&mut [f32]) -> Result<R>,
+    ) -> Result<R> {
+        f(&mut self.layout(pass, x_len).alloc())
     }
 
     fn check_params(&self, p: &ProxyParams) -> Result<()> {
@@ -309,20 +407,41 @@ impl ProxyNorm {
         Ok(())
     }
 
-    /// The proxy statistics μ, v, s of every channel (forward).
+    /// The proxy statistics μ, v, s of every channel (forward). Allocates its
+    /// workspace; see [`ProxyNorm::stats_with_workspace`].
     pub fn stats(&self, params: ProxyParams, out: &mut ProxyStats) -> Result<()> {
-        self.check_params(&params)?;
-        self.check_stats(out)?;
-        self.stats_impl(simd::active(), &params, out);
-        Ok(())
+        self.allocating(ProxyPass::Stats, 0, |ws| {
+            self.stats_with_workspace(params, out, ws)
+        })
     }
 
-    fn stats_impl(&self, level: SimdLevel, p: &ProxyParams, out: &mut ProxyStats) {
+    /// [`ProxyNorm::stats`] with its scratch in `ws` (at least
+    /// [`ProxyNorm::workspace_len`]`(ProxyPass::Stats, 0)` floats, any contents; a
+    /// shorter one is [`Error::BufferSize`] naming `"workspace"`).
+    pub fn stats_with_workspace(
+        &self,
+        params: ProxyParams,
+        out: &mut ProxyStats,
+        ws: &mut [f32],
+    ) -> Result<()> {
+        self.check_params(&params)?;
+        self.check_stats(out)?;
+        let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Stats, 0))?;
+        self.stats_impl(simd::active(), &params, out, &mut ws)
+    }
+
+    fn stats_impl(
+        &self,
+        level: SimdLevel,
+        p: &ProxyParams,
+        out: &mut ProxyStats,
+        ws: &mut Workspace,
+    ) -> Result<()> {
         let c = self.desc.channels;
         let (k, eps) = (self.desc.k as f64, self.desc.eps_pn as f64);
         let q = &self.q;
         // [Σ(r−sh) | Σ(r−sh)² | sh]
-        let [s1, s2, sh] = channel_block_sums(c, |r, [s1, s2, sh]| {
+        let [s1, s2, sh] = channel_block_sums(ws.take(3 * c)?, |r, [s1, s2, sh]| {
             let pp = p.range(r);
             with_act!(self.desc.activation, A => dispatch(level, StatsFwd::<A> {
                 p: pp, q, s1, s2, sh, act: PhantomData,
@@ -335,6 +454,7 @@ impl ProxyNorm {
             out.var[ch] = v as f32;
             out.scale[ch] = (1.0 / (v + eps).sqrt()) as f32;
         }
+        Ok(())
     }
 
     /// Backward of [`ProxyNorm::stats`]: given `∂L/∂μ` and `∂L/∂s` per channel, writes
@@ -342,6 +462,7 @@ impl ProxyNorm {
     /// proxy path:
     /// `g_k = (dμ − ds·s³·(r_k − μ))/K`, `h_k = g_k·φ'(p_k)`, `t_k = β' + (1+γ')·q_k`,
     /// `dγ = Σ h_k·t_k`, `dβ = Σ h_k`, `dβ' = γ·Σ h_k`, `dγ' = γ·Σ h_k·q_k`.
+    /// Allocates its workspace; see [`ProxyNorm::stats_backward_with_workspace`].
     pub fn stats_backward(
         &self,
         params: ProxyParams,
@@ -350,46 +471,69 @@ impl ProxyNorm {
         ds: &[f32],
         grads: ProxyGrads,
     ) -> Result<()> {
+        self.allocating(ProxyPass::StatsBackward, 0, |ws| {
+            self.stats_backward_with_workspace(params, stats, dmu, ds, grads, ws)
+        })
+    }
+
+    /// [`ProxyNorm::stats_backward`] with its scratch in `ws` (at least
+    /// [`ProxyNorm::workspace_len`]`(ProxyPass::StatsBackward, 0)` floats; errors as
+    /// [`ProxyNorm::stats_with_workspace`]).
+    pub fn stats_backward_with_workspace(
+        &self,
+        params: ProxyParams,
+        stats: &ProxyStats,
+        dmu: &[f32],
+        ds: &[f32],
+        grads: ProxyGrads,
+        ws: &mut [f32],
+    ) -> Result<()> {
         self.check_params(&params)?;
         self.check_stats(stats)?;
         let c = self.desc.channels;
         check_len("dmu", dmu.len(), c)?;
         check_len("ds", ds.len(), c)?;
         self.check_grads(&grads)?;
-        let dmu: Vec<f64> = dmu.iter().map(|&v| v as f64).collect();
-        let ds: Vec<f64> = ds.iter().map(|&v| v as f64).collect();
-        let g = self.stats_backward_impl(simd::active(), &params, stats, &dmu, &ds);
-        let zero = vec![0.0f64; c];
-        self.write(grads, [&zero, &zero], &g);
+        let mut ws = Workspace::new(ws, &self.layout(ProxyPass::StatsBackward, 0))?;
+        let d = take_f64(&mut ws, 2 * c)?;
+        for (o, v) in d.iter_mut().zip(dmu.iter().chain(ds)) {
+            *o = *v as f64;
+        }
+        let (dmu, ds) = d.split_at(c);
+        let g = self.stats_backward_impl(simd::active(), &params, stats, (dmu, ds), &mut ws)?;
+        self.write(grads, None, g);
         Ok(())
     }
 
-    /// The proxy-path gradients `[dγ | dβ | dβ' | dγ']` (`f64`, `4·channels`).
-    fn stats_backward_impl(
+    /// The proxy-path gradients `[dγ | dβ | dβ' | dγ']` (`f64`, `4·channels`, in the
+    /// workspace: the regions of [`ProxyNorm::stats_backward_regions`]).
+    fn stats_backward_impl<'w>(
         &self,
         level: SimdLevel,
         p: &ProxyParams,
         st: &ProxyStats,
-        dmu: &[f64],
-        ds: &[f64],
-    ) -> Vec<f64> {
+        (dmu, ds): (&[f64], &[f64]),
+        ws: &mut Workspace<'w>,
+    ) -> Result<&'w mut [f64]> {
         let c = self.desc.channels;
         let k = self.desc.k as f64;
         // g_k = c1 − c2·(r_k − μ) with c1 = dμ/K, c2 = ds·s³/K.
-        let c1: Vec<f32> = dmu.iter().map(|d| (d / k) as f32).collect();
-        let c2: Vec<f32> = (0..c)
-            .map(|ch| (ds[ch] * (st.scale[ch] as f64).powi(3) / k) as f32)
-            .collect();
+        let (c1, c2) = ws.take(2 * c)?.split_at_mut(c);
+        for ch in 0..c {
+            c1[ch] = (dmu[ch] / k) as f32;
+            c2[ch] = (ds[ch] * (st.scale[ch] as f64).powi(3) / k) as f32;
+        }
+        let (c1, c2) = (&*c1, &*c2);
         let q = &self.q;
         // [Σ h | Σ h·t | Σ h·q]
-        let [sh, sht, shq] = channel_block_sums(c, |r, [sh, sht, shq]| {
+        let [sh, sht, shq] = channel_block_sums(ws.take(3 * c)?, |r, [sh, sht, shq]| {
             let pp = p.range(r.clone());
             with_act!(self.desc.activation, A => dispatch(level, StatsBwd::<A> {
                 p: pp, mu: &st.mean[r.clone()], c1: &c1[r.clone()], c2: &c2[r],
                 q, sh, sht, shq, act: PhantomData,
             }))
         });
-        let mut out = vec![0.0f64; 4 * c];
+        let out = take_f64(ws, 4 * c)?;
         for ch in 0..c {
             let g = p.gamma[ch] as f64;
             out[ch] = sht[ch] as f64;
@@ -397,60 +541,69 @@ impl ProxyNorm {
             out[2 * c + ch] = g * sh[ch] as f64;
             out[3 * c + ch] = g * shq[ch] as f64;
         }
-        out
+        Ok(out)
     }
 
-    /// Writes `[dγ, dβ]` direct-path totals plus the proxy-path gradients `prox`.
-    fn write(&self, grads: ProxyGrads, [dg, db]: [&[f64]; 2], prox: &[f64]) {
+    /// Writes the proxy-path gradients `prox` plus, if given, the direct-path totals
+    /// `(dγ, dβ)` (added into `prox` in place).
+    fn write(&self, grads: ProxyGrads, direct: Option<(&[f64], &[f64])>, prox: &mut [f64]) {
         let c = self.desc.channels;
-        let sum = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<f64>>();
-        write_grad(grads.dgamma, &sum(dg, &prox[..c]), grads.mode);
-        write_grad(grads.dbeta, &sum(db, &prox[c..2 * c]), grads.mode);
+        if let Some((dg, db)) = direct {
+            for ch in 0..c {
+                prox[ch] += dg[ch];
+                prox[c + ch] += db[ch];
+            }
+        }
+        write_grad(grads.dgamma, &prox[..c], grads.mode);
+        write_grad(grads.dbeta, &prox[c..2 * c], grads.mode);
         write_grad(grads.dbeta_prime, &prox[2 * c..3 * c], grads.mode);
         write_grad(grads.dgamma_prime, &prox[3 * c..], grads.mode);
     }
 
-    /// `(p, q)` of the post-activation correction `z = φ(u)·p + q`: `p = s`,
-    /// `q = −μ·s` for full scale; `p = 1`, `q = −μ` otherwise.
-    fn post(&self, st: &ProxyStats) -> (Vec<f32>, Vec<f32>) {
+    /// `(p, q)` of the post-activation correction `z = φ(u)·p + q` (into `out`,
+    /// `2·channels`): `p = s`, `q = −μ·s` for full scale; `p = 1`, `q = −μ` otherwise.
+    fn post<'o>(&self, st: &ProxyStats, out: &'o mut [f32]) -> (&'o [f32], &'o [f32]) {
         let c = self.desc.channels;
+        let (p, q) = out.split_at_mut(c);
         if self.desc.variant == ProxyVariant::FullScale {
-            let q = (0..c)
-                .map(|ch| (-(st.mean[ch] as f64) * st.scale[ch] as f64) as f32)
-                .collect();
-            (st.scale.clone(), q)
+            p.copy_from_slice(&st.scale);
+            for ((q, m), s) in q.iter_mut().zip(&st.mean).zip(&st.scale) {
+                *q = (-(*m as f64) * *s as f64) as f32;
+            }
         } else {
-            (vec![1.0; c], st.mean.iter().map(|m| -m).collect())
+            p.fill(1.0);
+            for (q, m) in q.iter_mut().zip(&st.mean) {
+                *q = -m;
+            }
         }
+        (p, q)
     }
 
-    /// `dμ` and `ds` from the batch totals `Σ dz`, `Σ dz·(a − μ)`.
-    fn dmu_ds(
+    /// `dμ` and `ds` (into `out`, `2·channels`) from the batch totals `Σ dz`,
+    /// `Σ dz·(a − μ)`.
+    fn dmu_ds<'o>(
         &self,
         st: &ProxyStats,
-        sdz: &[f64],
-        sdza: &[f64],
+        (sdz, sdza): (&[f64], &[f64]),
         ds_in: Option<&[f32]>,
-    ) -> (Vec<f64>, Vec<f64>) {
+        out: &'o mut [f64],
+    ) -> (&'o [f64], &'o [f64]) {
         let c = self.desc.channels;
-        match self.desc.variant {
-            ProxyVariant::FullScale => (
-                (0..c).map(|ch| -(st.scale[ch] as f64) * sdz[ch]).collect(),
-                sdza.to_vec(),
-            ),
-            ProxyVariant::DelayedScale => (
-                sdz.iter().map(|v| -v).collect(),
-                (0..c)
-                    .map(|ch| ds_in.map_or(0.0, |d| d[ch] as f64))
-                    .collect(),
-            ),
-            ProxyVariant::NoScale => (sdz.iter().map(|v| -v).collect(), vec![0.0; c]),
+        let (dmu, ds) = out.split_at_mut(c);
+        for ch in 0..c {
+            (dmu[ch], ds[ch]) = match self.desc.variant {
+                ProxyVariant::FullScale => (-(st.scale[ch] as f64) * sdz[ch], sdza[ch]),
+                ProxyVariant::DelayedScale => (-sdz[ch], ds_in.map_or(0.0, |d| d[ch] as f64)),
+                ProxyVariant::NoScale => (-sdz[ch], 0.0),
+            };
         }
+        (dmu, ds)
     }
 
     /// The standalone (unfused) activation on a normalized input `x̂` (`[rows][channels]`,
     /// any number of rows): computes the proxy statistics into `stats` and writes
-    /// `z` per the variant.
+    /// `z` per the variant. Allocates its workspace; see
+    /// [`ProxyNorm::forward_with_workspace`].
     pub fn forward(
         &self,
         xhat: &[f32],
@@ -458,22 +611,39 @@ impl ProxyNorm {
         z: &mut [f32],
         stats: &mut ProxyStats,
     ) -> Result<()> {
+        self.allocating(ProxyPass::Forward, xhat.len(), |ws| {
+            self.forward_with_workspace(xhat, params, z, stats, ws)
+        })
+    }
+
+    /// [`ProxyNorm::forward`] with its scratch in `ws` (at least
+    /// [`ProxyNorm::workspace_len`]`(ProxyPass::Forward, xhat.len())` floats; errors
+    /// as [`ProxyNorm::stats_with_workspace`], after the buffer checks).
+    pub fn forward_with_workspace(
+        &self,
+        xhat: &[f32],
+        params: ProxyParams,
+        z: &mut [f32],
+        stats: &mut ProxyStats,
+        ws: &mut [f32],
+    ) -> Result<()> {
         let c = self.desc.channels;
         self.check_rows(xhat)?;
         check_len("z", z.len(), xhat.len())?;
         self.check_params(&params)?;
         self.check_stats(stats)?;
+        let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Forward, xhat.len()))?;
         let level = simd::active();
-        self.stats_impl(level, &params, stats);
-        let (pp, qq) = self.post(stats);
-        let (zeros, ones) = (vec![0.0f32; c], vec![1.0f32; c]);
-        let cl = CHUNK_ELEMS.div_ceil(c) * c;
+        self.stats_impl(level, &params, stats, &mut ws)?;
+        let (pp, qq) = self.post(stats, ws.take(2 * c)?);
+        let (ones, zeros) = unit(ws.take(2 * c)?);
+        let cl = self.chunk_len();
         xhat.par_chunks(cl)
             .zip(z.par_chunks_mut(cl))
             .for_each(|(x, y)| {
                 with_act!(self.desc.activation, A => dispatch(level, ApplyChunk {
-                    x, y, c, xm: &zeros, xa: &ones, xb: &zeros, g: params.gamma,
-                    bt: params.beta, post: Some((&pp, &qq)), act: PhantomData::<A>,
+                    x, y, c, xm: zeros, xa: ones, xb: zeros, g: params.gamma,
+                    bt: params.beta, post: Some((pp, qq)), act: PhantomData::<A>,
                 }))
             });
         Ok(())
@@ -494,7 +664,7 @@ impl ProxyNorm {
 
     /// Backward of [`ProxyNorm::forward`]: `dx̂` (overwritten) and the parameter
     /// gradients, including the proxy path. `stats` are those the forward pass
-    /// computed.
+    /// computed. Allocates its workspace; see [`ProxyNorm::backward_with_workspace`].
     pub fn backward(
         &self,
         xhat: &[f32],
@@ -504,6 +674,25 @@ impl ProxyNorm {
         dxhat: &mut [f32],
         grads: ProxyGrads,
     ) -> Result<()> {
+        self.allocating(ProxyPass::Backward, xhat.len(), |ws| {
+            self.backward_with_workspace(xhat, up, params, stats, dxhat, grads, ws)
+        })
+    }
+
+    /// [`ProxyNorm::backward`] with its scratch in `ws` (at least
+    /// [`ProxyNorm::workspace_len`]`(ProxyPass::Backward, xhat.len())` floats; errors
+    /// as [`ProxyNorm::forward_with_workspace`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with_workspace(
+        &self,
+        xhat: &[f32],
+        up: Upstream,
+        params: ProxyParams,
+        stats: &ProxyStats,
+        dxhat: &mut [f32],
+        grads: ProxyGrads,
+        ws: &mut [f32],
+    ) -> Result<()> {
         let c = self.desc.channels;
         self.check_rows(xhat)?;
         self.check_upstream(&up, xhat.len())?;
@@ -511,18 +700,19 @@ impl ProxyNorm {
         self.check_params(&params)?;
         self.check_stats(stats)?;
         self.check_grads(&grads)?;
+        let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Backward, xhat.len()))?;
         let level = simd::active();
-        let (pp, _) = self.post(stats);
-        let scale = (self.desc.variant == ProxyVariant::FullScale).then_some(&pp[..]);
-        let (zeros, ones) = (vec![0.0f32; c], vec![1.0f32; c]);
-        let cl = CHUNK_ELEMS.div_ceil(c) * c;
+        let (pp, _) = self.post(stats, ws.take(2 * c)?);
+        let scale = (self.desc.variant == ProxyVariant::FullScale).then_some(pp);
+        let (ones, zeros) = unit(ws.take(2 * c)?);
+        let cl = self.chunk_len();
         let stride = 4 * c;
-        let chunks = xhat.len().div_ceil(cl);
-        let mut part = vec![0.0f64; chunks * stride];
+        let part = take_f64(&mut ws, xhat.len().div_ceil(cl) * stride)?;
         xhat.par_chunks(cl)
             .zip(up.dz.par_chunks(cl))
             .zip(part.par_chunks_mut(stride))
             .for_each(|((x, dy), pc)| {
+                pc.fill(0.0);
                 let (sdu, rest) = pc.split_at_mut(c);
                 let (sdux, rest) = rest.split_at_mut(c);
                 let (sdz, sdza) = rest.split_at_mut(c);
@@ -532,7 +722,7 @@ impl ProxyNorm {
                     sdza,
                 });
                 with_act!(self.desc.activation, A => dispatch(level, BwdStatsChunk {
-                    x, dy, c, xm: &zeros, xa: &ones, g: params.gamma,
+                    x, dy, c, xm: zeros, xa: ones, g: params.gamma,
                     bt: params.beta, scale, sdu, sdux, proxy, act: PhantomData::<A>,
                 }));
             });
@@ -542,15 +732,36 @@ impl ProxyNorm {
             .zip(dxhat.par_chunks_mut(cl))
             .for_each(|((x, dy), dx)| {
                 with_act!(self.desc.activation, A => dispatch(level, BwdApplyChunk {
-                    x, dy, dx, c, xm: &zeros, xa: &ones, g: params.gamma,
-                    bt: params.beta, scale, p1: params.gamma, q: &zeros, o: &zeros,
+                    x, dy, dx, c, xm: zeros, xa: ones, g: params.gamma,
+                    bt: params.beta, scale, p1: params.gamma, q: zeros, o: zeros,
                     act: PhantomData::<A>,
                 }));
             });
-        let tot = sum_partials(&part, stride);
-        let (dmu, ds) = self.dmu_ds(stats, &tot[2 * c..3 * c], &tot[3 * c..], up.ds);
-        let prox = self.stats_backward_impl(level, &params, stats, &dmu, &ds);
-        self.write(grads, [&tot[c..2 * c], &tot[..c]], &prox);
+        let tot = take_f64(&mut ws, stride)?;
+        sum_rows(part, tot);
+        self.grads_tail(level, &params, stats, tot, up.ds, grads, &mut ws)
+    }
+
+    /// The common end of both backward passes: `dμ`, `ds` from the batch totals
+    /// `tot = [Σ du | Σ du·x̂ | Σ dz | Σ dz·(a − μ)]`, the proxy-path gradients, and
+    /// the writes (regions of [`ProxyNorm::grad_regions`]).
+    #[allow(clippy::too_many_arguments)]
+    fn grads_tail(
+        &self,
+        level: SimdLevel,
+        params: &ProxyParams,
+        stats: &ProxyStats,
+        tot: &[f64],
+        ds_in: Option<&[f32]>,
+        grads: ProxyGrads,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let c = self.desc.channels;
+        let d = take_f64(ws, 2 * c)?;
+        let sums = (&tot[2 * c..3 * c], &tot[3 * c..]);
+        let dmu_ds = self.dmu_ds(stats, sums, ds_in, d);
+        let prox = self.stats_backward_impl(level, params, stats, dmu_ds, ws)?;
+        self.write(grads, Some((&tot[c..2 * c], &tot[..c])), prox);
         Ok(())
     }
 }
@@ -717,6 +928,31 @@ impl NormProxy {
         }
     }
 
+    /// Floats (`f32` elements) of workspace `pass` needs (the statistics passes are
+    /// those of [`NormProxy::proxy`]). Depends on the descriptors and the pass only:
+    /// the same for any thread count and SIMD level.
+    pub fn workspace_len(&self, pass: ProxyPass) -> usize {
+        self.layout(pass).len()
+    }
+
+    /// The regions `pass` takes from its workspace, in order.
+    fn layout(&self, pass: ProxyPass) -> WorkspaceLayout {
+        let mut l = WorkspaceLayout::new(1);
+        match pass {
+            ProxyPass::Forward => {
+                self.proxy.stats_regions(&mut l);
+                l.region(2 * self.proxy.desc.channels);
+                self.norm.forward_regions(&mut l);
+            }
+            ProxyPass::Backward => {
+                self.norm.backward_regions(&mut l, 4);
+                self.proxy.grad_regions(&mut l);
+            }
+            ProxyPass::Stats | ProxyPass::StatsBackward => return self.proxy.layout(pass, 0),
+        }
+        l
+    }
+
     fn check_saved(&self, s: &NormProxySaved) -> Result<()> {
         let n = self.norm.sets();
         check_len("stats.mean", s.norm.mean.len(), n)?;
@@ -726,7 +962,8 @@ impl NormProxy {
     }
 
     /// `z` (overwritten) from `x`: the proxy statistics, one statistics pass over `x`
-    /// and one apply pass. `saved` receives both sets of statistics.
+    /// and one apply pass. `saved` receives both sets of statistics. Allocates its
+    /// workspace; see [`NormProxy::forward_with_workspace`].
     pub fn forward(
         &self,
         x: &[f32],
@@ -734,26 +971,53 @@ impl NormProxy {
         z: &mut [f32],
         saved: &mut NormProxySaved,
     ) -> Result<()> {
+        self.forward_with_workspace(
+            x,
+            params,
+            z,
+            saved,
+            &mut self.layout(ProxyPass::Forward).alloc(),
+        )
+    }
+
+    /// [`NormProxy::forward`] with its scratch in `ws`: at least
+    /// [`NormProxy::workspace_len`]`(ProxyPass::Forward)` floats, any contents (left
+    /// unspecified). Errors: the buffer checks of [`NormProxy::forward`] first, then
+    /// [`Error::BufferSize`] naming `"workspace"` if `ws` is short.
+    pub fn forward_with_workspace(
+        &self,
+        x: &[f32],
+        params: ProxyParams,
+        z: &mut [f32],
+        saved: &mut NormProxySaved,
+        ws: &mut [f32],
+    ) -> Result<()> {
         check_len("x", x.len(), self.x_len())?;
         check_len("z", z.len(), self.x_len())?;
         self.proxy.check_params(&params)?;
         self.check_saved(saved)?;
+        let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Forward))?;
         let level = simd::active();
-        self.proxy.stats_impl(level, &params, &mut saved.proxy);
-        let (pp, qq) = self.proxy.post(&saved.proxy);
+        self.proxy
+            .stats_impl(level, &params, &mut saved.proxy, &mut ws)?;
+        let post = self
+            .proxy
+            .post(&saved.proxy, ws.take(2 * self.proxy.desc.channels)?);
         let cw = Channelwise {
             g: params.gamma,
             bt: params.beta,
-            post: Some((&pp, &qq)),
+            post: Some(post),
             act: self.proxy.desc.activation,
         };
-        self.norm.forward_impl(level, x, cw, z, &mut saved.norm);
-        Ok(())
+        let n = &mut saved.norm;
+        let stats = [&mut n.mean[..], &mut n.var, &mut n.rstd];
+        self.norm.forward_impl(level, x, cw, z, stats, &mut ws)
     }
 
     /// The gradients of [`NormProxy::forward`]: `dx` (overwritten) and those of γ, β,
     /// β′, γ′ (direct and through the proxy statistics). `x` is the forward input and
-    /// `saved` what the forward pass saved.
+    /// `saved` what the forward pass saved. Allocates its workspace; see
+    /// [`NormProxy::backward_with_workspace`].
     pub fn backward(
         &self,
         x: &[f32],
@@ -763,13 +1027,31 @@ impl NormProxy {
         dx: &mut [f32],
         grads: ProxyGrads,
     ) -> Result<()> {
+        let mut ws = self.layout(ProxyPass::Backward).alloc();
+        self.backward_with_workspace(x, up, params, saved, dx, grads, &mut ws)
+    }
+
+    /// [`NormProxy::backward`] with its scratch in `ws` (at least
+    /// [`NormProxy::workspace_len`]`(ProxyPass::Backward)` floats; errors as
+    /// [`NormProxy::forward_with_workspace`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with_workspace(
+        &self,
+        x: &[f32],
+        up: Upstream,
+        params: ProxyParams,
+        saved: &NormProxySaved,
+        dx: &mut [f32],
+        grads: ProxyGrads,
+        ws: &mut [f32],
+    ) -> Result<()> {
         check_len("x", x.len(), self.x_len())?;
         self.proxy.check_upstream(&up, self.x_len())?;
         check_len("dx", dx.len(), self.x_len())?;
         self.proxy.check_params(&params)?;
         self.check_saved(saved)?;
         self.proxy.check_grads(&grads)?;
-        let c = self.proxy.desc.channels;
+        let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Backward))?;
         let level = simd::active();
         let full = self.proxy.desc.variant == ProxyVariant::FullScale;
         let cw = Channelwise {
@@ -782,16 +1064,11 @@ impl NormProxy {
             scale: full.then_some(&saved.proxy.scale[..]),
             proxy_mu: Some(&saved.proxy.mean),
         };
+        let norm_saved = (&saved.norm.mean[..], &saved.norm.rstd[..]);
         let tot = self
             .norm
-            .backward_impl(level, (x, up.dz), cw, extra, &saved.norm, dx);
-        let (dmu, ds) = self
-            .proxy
-            .dmu_ds(&saved.proxy, &tot[2 * c..3 * c], &tot[3 * c..], up.ds);
-        let prox = self
-            .proxy
-            .stats_backward_impl(level, &params, &saved.proxy, &dmu, &ds);
-        self.proxy.write(grads, [&tot[c..2 * c], &tot[..c]], &prox);
-        Ok(())
+            .backward_impl(level, (x, up.dz), cw, extra, norm_saved, dx, &mut ws)?;
+        self.proxy
+            .grads_tail(level, &params, &saved.proxy, tot, up.ds, grads, &mut ws)
     }
 }
