@@ -159,40 +159,12 @@ fn nv_max(lanes: usize) -> usize {
 }
 
 /// Floats of one gather task's scratch at `l` lanes: one ring of packed source rows
-/// per channel block (`C_pad` floats per pixel in all).
+/// per channel block (`C_pad` floats per pixel in all), the packed weights
+/// `[kh·kw][C_pad]` and the packed bias `[C_pad]`.
 fn gather_scratch(g: &Geo, cols: &Columns, l: usize) -> usize {
     let c_pad = g.c.div_ceil(l) * l;
     let slots = if cols.has_border() { g.span_h() } else { 0 };
-    slots * cols.rp.pw * c_pad
-}
-
-/// Floats of the weights packed for the gathers at `l` lanes (`kh·kw·C_pad`).
-fn packed_weights_len(g: &Geo, l: usize) -> usize {
-    g.kh * g.kw * g.c.div_ceil(l) * l
-}
-
-/// Packs `w: [kh·kw][C]` for the gathers at `l` lanes into `out` (at least
-/// [`packed_weights_len`] floats, any contents): per channel block, `[kh·kw][vb]` from
-/// `kh·kw·c0`, zero lanes past `C`.
-fn pack_weights(g: &Geo, l: usize, w: &[f32], out: &mut [f32]) {
-    let taps_n = g.kh * g.kw;
-    for b in channel_blocks(g.c, l, nv_max(l)) {
-        let vb = b.nv * l;
-        let n = if b.tail > 0 { b.tail } else { vb };
-        let dst = &mut out[taps_n * b.c0..][..taps_n * vb];
-        for (t, row) in dst.chunks_exact_mut(vb).enumerate() {
-            row[..n].copy_from_slice(&w[t * g.c + b.c0..][..n]);
-            row[n..].fill(0.0);
-        }
-    }
-}
-
-/// `bias: [C]` as `[C_pad]` with zero lanes, in `out` (returned).
-fn pack_bias<'a>(g: &Geo, l: usize, bias: &[f32], out: &'a mut [f32]) -> &'a [f32] {
-    let out = &mut out[..g.c.div_ceil(l) * l];
-    out[..g.c].copy_from_slice(bias);
-    out[g.c..].fill(0.0);
-    out
+    slots * cols.rp.pw * c_pad + g.kh * g.kw * c_pad + c_pad
 }
 
 /// Floats of one weight-gradient task's scratch at `l` lanes: a ring for the widest
@@ -855,9 +827,7 @@ struct GatherRows<'a> {
     pass: Pass,
     cols: &'a Columns,
     src: &'a [f32],
-    /// The weights packed by [`pack_weights`].
     w: &'a [f32],
-    /// The bias as `[C_pad]` with zero lanes.
     bias: Option<&'a [f32]>,
     dst: &'a mut [f32],
     row0: usize,
@@ -966,13 +936,51 @@ impl GatherRows<'_> {
                 .push([t0..t1, t1..t2, s0..s1, s1..plan.slide.len()]);
         }
     }
-    /// One destination row `dst` (`dst_len` floats) for one channel block.
+
+    /// Copies one channel block of the weights (and bias) into the packed buffers
+    /// (`[kh·kw][vb]` from `kh·kw·c0`, `[vb]` from `c0`), zero lanes past `C`.
     ///
     /// # Safety
     /// `b` must be a block of `channel_blocks(C, LANES, …)` with `b.nv == NV` and
-    /// `TAIL == (b.tail > 0)`; `w` must hold the `kh·kw·C_pad` floats of
-    /// [`pack_weights`] and `bias`, when there is one, `C_pad` floats; `ring` is the
-    /// block's ring and `plan` the row's plan.
+    /// `TAIL == (b.tail > 0)`; `w` must hold `kh·kw·C_pad` floats, `bias` `C_pad`.
+    #[inline(always)]
+    unsafe fn pack_weights<S: Simd, const NV: usize, const TAIL: bool>(
+        &self,
+        s: S,
+        b: Block,
+        w: &mut [f32],
+        bias: &mut [f32],
+    ) {
+        let g = self.g;
+        let (l, c, c0, tail) = (S::LANES, g.c, b.c0, b.tail);
+        let (vb, taps_n) = (NV * l, g.kh * g.kw);
+        assert!(c0 + if TAIL { tail } else { vb } <= c && self.w.len() == taps_n * c);
+        assert!(w.len() >= taps_n * (c0 + vb) && bias.len() >= c0 + vb);
+        // SAFETY: the asserts above bound every access.
+        unsafe {
+            let wp = w.as_mut_ptr().add(taps_n * c0);
+            for t in 0..taps_n {
+                let src = self.w.as_ptr().add(t * c + c0);
+                for v in 0..NV {
+                    let val = ld::<S, TAIL>(s, src.add(v * l), tail);
+                    s.store_ptr(wp.add(t * vb + v * l), val);
+                }
+            }
+            if let Some(bs) = self.bias {
+                assert!(bs.len() == c);
+                for v in 0..NV {
+                    let val = ld::<S, TAIL>(s, bs.as_ptr().add(c0 + v * l), tail);
+                    s.store_ptr(bias.as_mut_ptr().add(c0 + v * l), val);
+                }
+            }
+        }
+    }
+
+    /// One destination row `dst` (`dst_len` floats) for one channel block.
+    ///
+    /// # Safety
+    /// As [`GatherRows::pack_weights`], with the weights packed; `ring` is the block's
+    /// ring and `plan` the row's plan.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn row_block<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
@@ -992,7 +1000,7 @@ impl GatherRows<'_> {
         let taps_n = g.kh * g.kw;
         assert!(c0 + if TAIL { tail } else { vb } <= c);
         assert!(self.src.len() == g.n * src_rows * src_len && dst.len() == dst_len);
-        assert!(w.len() >= taps_n * (c0 + vb) && (self.bias.is_none() || bias.len() >= c0 + vb));
+        assert!(w.len() >= taps_n * (c0 + vb) && bias.len() >= c0 + vb);
         // SAFETY (whole body): the asserts above and the shapes of `Columns` (every
         // packed offset of every class is inside a ring row, every interior tap a real
         // source pixel, every destination pixel inside its row) keep all accesses in
@@ -1090,8 +1098,10 @@ impl SimdKernel for GatherRows<'_> {
         let (_, _, dst_rows, dst_len) = self.dims();
         let dst = std::mem::take(&mut self.dst);
         let need = gather_scratch(g, cols, l);
-        debug_assert_eq!(need, ring_len);
-        let mut ring_mem = &mut std::mem::take(&mut self.mem)[..need];
+        debug_assert_eq!(need, ring_len + taps_n * c_pad + c_pad);
+        let mem = &mut std::mem::take(&mut self.mem)[..need];
+        let (mut ring_mem, rest) = mem.split_at_mut(ring_len);
+        let (w, bias) = rest.split_at_mut(taps_n * c_pad);
         // One ring per channel block (`vb` floats per pixel), kept for the whole task.
         let mut rings = Vec::with_capacity(blocks.len());
         for b in &blocks {
@@ -1103,6 +1113,18 @@ impl SimdKernel for GatherRows<'_> {
             ring.reset(vb);
             rings.push(ring);
         }
+        for &b in &blocks {
+            // SAFETY: the block comes from `channel_blocks` and matches the variant;
+            // the buffers hold `kh·kw·C_pad` and `C_pad` floats.
+            unsafe {
+                match (b.nv, b.tail > 0) {
+                    (_, true) => self.pack_weights::<S, 1, true>(s, b, w, bias),
+                    (4, false) => self.pack_weights::<S, 4, false>(s, b, w, bias),
+                    (2, false) => self.pack_weights::<S, 2, false>(s, b, w, bias),
+                    _ => self.pack_weights::<S, 1, false>(s, b, w, bias),
+                }
+            }
+        }
         let mut plan = RowPlan {
             rows: Vec::with_capacity(g.kh),
             taps: Vec::with_capacity(2 * taps_n * cols.classes.len()),
@@ -1110,16 +1132,13 @@ impl SimdKernel for GatherRows<'_> {
             ranges: Vec::with_capacity(cols.classes.len()),
         };
         let wide = l >= 16;
-        let (w, bias) = (self.w, self.bias.unwrap_or(&[]));
-        assert!(w.len() >= taps_n * c_pad && (self.bias.is_none() || bias.len() >= c_pad));
+        let (w, bias) = (&*w, &*bias);
         for (r, dst_row) in dst.chunks_exact_mut(dst_len).enumerate() {
             let global = self.row0 + r;
             self.plan_row(global / dst_rows, global % dst_rows, slots, &mut plan);
             for (&b, ring) in blocks.iter().zip(&mut rings) {
                 let (pl, o) = (&plan, &mut *dst_row);
-                // SAFETY: the block comes from `channel_blocks` and matches the
-                // variant; the lengths of `w` and `bias` are asserted above; `ring` is
-                // the block's and `plan` the row's.
+                // SAFETY: as above; the weights are packed and `plan` is the row's.
                 unsafe {
                     match (b.nv, b.tail > 0, wide) {
                         (_, true, _) => self.row_block::<S, 1, 8, true>(s, b, ring, w, bias, pl, o),
@@ -1151,8 +1170,6 @@ fn gather_columns(g: &Geo, pass: Pass) -> Columns {
     }
 }
 
-/// A gather on weights packed by [`pack_weights`] (`w`); takes the bias region and
-/// the rings from `ws` (the packed-weights region comes before, taken by the caller).
 #[allow(clippy::too_many_arguments)]
 fn run_gather(
     level: SimdLevel,
@@ -1164,11 +1181,8 @@ fn run_gather(
     dst: &mut [f32],
     ws: &mut Workspace<'_>,
 ) -> Result<()> {
-    let l = dispatch_lanes(level);
     let cols = gather_columns(g, pass);
-    let bias_buf = ws.take(g.c.div_ceil(l) * l)?;
-    let bias = bias.map(|b| pack_bias(g, l, b, bias_buf));
-    let slots = ws.per_worker(gather_scratch(g, &cols, l))?;
+    let slots = ws.per_worker(gather_scratch(g, &cols, dispatch_lanes(level)))?;
     let (rows, row_len) = match pass {
         Pass::Forward => (g.n * g.oh, g.ow * g.c),
         Pass::BackwardData => (g.n * g.h, g.w * g.c),
@@ -1217,16 +1231,11 @@ pub fn workspace_len(level: SimdLevel, shape: &ConvShape, pass: ConvPass, thread
 fn layout(level: SimdLevel, g: &Geo, pass: ConvPass, threads: usize) -> WorkspaceLayout {
     let l = dispatch_lanes(level);
     let mut layout = WorkspaceLayout::new(threads);
-    let c_pad = g.c.div_ceil(l) * l;
     match pass {
-        ConvPass::Forward => layout
-            .region(packed_weights_len(g, l))
-            .region(c_pad)
-            .per_worker(gather_scratch(g, &forward_columns(g), l)),
-        ConvPass::BackwardData => layout
-            .region(packed_weights_len(g, l))
-            .region(c_pad)
-            .per_worker(gather_scratch(g, &backward_data_columns(g), l)),
+        ConvPass::Forward => layout.per_worker(gather_scratch(g, &forward_columns(g), l)),
+        ConvPass::BackwardData => {
+            layout.per_worker(gather_scratch(g, &backward_data_columns(g), l))
+        }
         ConvPass::BackwardWeight => {
             let sum = g.kh * g.kw * g.c + g.c;
             let (rows, chunk) = wgrad_chunks(g);
@@ -1294,31 +1303,31 @@ pub fn forward_with_workspace(
     shape.check_forward(x, w, bias, y)?;
     let g = Geo::new(shape);
     let mut ws = workspace(level, &g, ConvPass::Forward, ws)?;
-    let l = dispatch_lanes(level);
-    let packed = ws.take(packed_weights_len(&g, l))?;
-    pack_weights(&g, l, w, packed);
-    run_gather(level, &g, Pass::Forward, x, packed, bias, y, &mut ws)
+    run_gather(level, &g, Pass::Forward, x, w, bias, y, &mut ws)
 }
 
-/// Floats of the forward weights packed at `level` ([`pack_forward_weights`]).
-pub(super) fn forward_packed_len(level: SimdLevel, shape: &ConvShape) -> usize {
-    packed_weights_len(&Geo::new(shape), dispatch_lanes(level))
+/// Floats of the forward weights "packed" for [`forward_prepacked`]: the weight
+/// itself. Each gather task packs the channel blocks it needs into its worker's slot,
+/// next to its row rings, from the original layout: reading weights packed once per
+/// call from a shared region instead measured 13–25 % slower on the small layers (a
+/// cache-placement effect, and the other core's copy traffic), so the depthwise
+/// family keeps the weights as they are.
+pub(super) fn forward_packed_len(_level: SimdLevel, shape: &ConvShape) -> usize {
+    shape.w_len
 }
 
-/// Packs `w: [kh][kw][C]` into `out` (at least [`forward_packed_len`] floats) in the
-/// layout the forward gather reads at `level`.
+/// Copies `w: [kh][kw][C]` into `out` (at least [`forward_packed_len`] floats).
 pub(super) fn pack_forward_weights(
-    level: SimdLevel,
+    _level: SimdLevel,
     shape: &ConvShape,
     w: &[f32],
     out: &mut [f32],
 ) {
-    pack_weights(&Geo::new(shape), dispatch_lanes(level), w, out);
+    out[..shape.w_len].copy_from_slice(w);
 }
 
-/// The forward pass on weights packed by [`pack_forward_weights`] at the same `level`
-/// (buffers already checked; `ws` as for [`forward_with_workspace`], its
-/// packed-weights region left unused).
+/// The forward pass on weights written by [`pack_forward_weights`] (buffers already
+/// checked; `ws` as for [`forward_with_workspace`]).
 pub(super) fn forward_prepacked(
     level: SimdLevel,
     shape: &ConvShape,
@@ -1330,8 +1339,16 @@ pub(super) fn forward_prepacked(
 ) -> Result<()> {
     let g = Geo::new(shape);
     let mut ws = workspace(level, &g, ConvPass::Forward, ws)?;
-    ws.take(packed_weights_len(&g, dispatch_lanes(level)))?;
-    run_gather(level, &g, Pass::Forward, x, packed, bias, y, &mut ws)
+    run_gather(
+        level,
+        &g,
+        Pass::Forward,
+        x,
+        &packed[..shape.w_len],
+        bias,
+        y,
+        &mut ws,
+    )
 }
 
 /// `dx = convᵀ(dy, w)`; `dx` is overwritten.
@@ -1364,10 +1381,7 @@ pub fn backward_data_with_workspace(
     shape.check_backward_data(dy, w, dx)?;
     let g = Geo::new(shape);
     let mut ws = workspace(level, &g, ConvPass::BackwardData, ws)?;
-    let l = dispatch_lanes(level);
-    let packed = ws.take(packed_weights_len(&g, l))?;
-    pack_weights(&g, l, w, packed);
-    run_gather(level, &g, Pass::BackwardData, dy, packed, None, dx, &mut ws)
+    run_gather(level, &g, Pass::BackwardData, dy, w, None, dx, &mut ws)
 }
 
 /// Output pixels per slice of a weight-gradient row (see [`WgradRows::wgrad_rows`]).

@@ -184,7 +184,11 @@ impl Conv2d {
 
     /// Floats of the buffer [`Conv2d::pack_weights`] fills: a 16-float header (which
     /// plan and SIMD level the weights were packed for) and the forward weights in the
-    /// layout the kernels read at the active level ([`crate::simd::active`]).
+    /// layout the kernels read at the active level ([`crate::simd::active`]):
+    /// pointwise, the GEMM's column panels; grouped, the per-group vector-padded
+    /// layout (or the weight as it is for whole-vector groups such as G16 at
+    /// AVX-512); depthwise, the weight as it is (each task packs the channel blocks it
+    /// reads next to its row rings, which measured faster than a shared packed copy).
     pub fn packed_weights_len(&self) -> usize {
         let level = simd::active();
         PACK_HEADER
