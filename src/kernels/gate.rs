@@ -12,7 +12,8 @@
 //!
 //! The backward pass also exists as [`backward_with_workspace`], taking its per-chunk
 //! partial sums (`N·chunks·C` floats, [`backward_workspace_len`]) from the caller;
-//! [`backward`] allocates exactly that and calls it. Allocates on the workspace path:
+//! [`backward`] calls it on a buffer of that size the calling thread keeps between
+//! calls. Allocates on the workspace path:
 //! nothing.
 //!
 //! ```
@@ -201,8 +202,8 @@ pub fn backward(
     dx: &mut [f32],
     dgate: &mut [f32],
 ) -> Result<()> {
-    let mut ws = backward_layout(shape).alloc();
-    backward_with_workspace(shape, dy, x, gate, dx, dgate, &mut ws)
+    backward_layout(shape)
+        .with_reused(|ws| backward_with_workspace(shape, dy, x, gate, dx, dgate, ws))
 }
 
 /// [`backward`] with its scratch in `ws`: at least [`backward_workspace_len`]`(shape)`

@@ -16,8 +16,8 @@
 //! (`Σ_j t[n, j] = 1` for labels and normalized soft targets).
 //!
 //! [`CrossEntropy::forward_backward_with_workspace`] takes the per-row losses (`N`
-//! floats, [`CrossEntropy::workspace_len`]) from the caller; the plain form allocates
-//! exactly that and calls it. Allocates on the workspace path: nothing.
+//! floats, [`CrossEntropy::workspace_len`]) from the caller; the plain form calls it on
+//! a buffer of that size the calling thread keeps between calls. Allocates on the workspace path: nothing.
 //!
 //! Rows are processed in parallel; the per-row losses are added in row order, so the
 //! result is bitwise identical for any thread count.
@@ -128,8 +128,8 @@ impl CrossEntropy {
         targets: Targets<'_>,
         dlogits: Option<&mut [f32]>,
     ) -> Result<f32> {
-        let mut ws = self.layout().alloc();
-        self.forward_backward_with_workspace(logits, targets, dlogits, &mut ws)
+        self.layout()
+            .with_reused(|ws| self.forward_backward_with_workspace(logits, targets, dlogits, ws))
     }
 
     /// [`CrossEntropy::forward_backward`] with its per-row losses in `ws` (at least

@@ -11,8 +11,8 @@
 //!
 //! Both passes also exist as `*_with_workspace`, taking their scratch (the forward's
 //! per-chunk partial sums, `N·chunks·C` floats; the backward's scaled gradient, `N·C`)
-//! from the caller: size it with [`workspace_len`]. The plain passes allocate exactly
-//! that and call them. Allocates on the workspace path: nothing.
+//! from the caller: size it with [`workspace_len`]. The plain passes call them on a
+//! buffer of that size the calling thread keeps between calls. Allocates on the workspace path: nothing.
 //!
 //! Sums are split into fixed chunks of rows (pixels) that depend on the shape only, and
 //! the partial sums are added in chunk order, so results are bitwise identical for any
@@ -230,8 +230,8 @@ pub fn workspace_len(shape: &Nhwc, pass: PoolPass) -> usize {
 /// # Errors
 /// [`Error::BufferSize`] if a buffer has the wrong length.
 pub fn global_avg_pool(shape: &Nhwc, x: &[f32], y: &mut [f32]) -> Result<()> {
-    let mut ws = layout(shape, PoolPass::Forward).alloc();
-    global_avg_pool_with_workspace(shape, x, y, &mut ws)
+    layout(shape, PoolPass::Forward)
+        .with_reused(|ws| global_avg_pool_with_workspace(shape, x, y, ws))
 }
 
 /// [`global_avg_pool`] with its scratch in `ws`: at least
@@ -271,8 +271,8 @@ pub fn global_avg_pool_backward(
     dx: &mut [f32],
     mode: GradMode,
 ) -> Result<()> {
-    let mut ws = layout(shape, PoolPass::Backward).alloc();
-    global_avg_pool_backward_with_workspace(shape, dy, dx, mode, &mut ws)
+    layout(shape, PoolPass::Backward)
+        .with_reused(|ws| global_avg_pool_backward_with_workspace(shape, dy, dx, mode, ws))
 }
 
 /// [`global_avg_pool_backward`] with its scratch in `ws` (at least

@@ -110,11 +110,6 @@ impl WorkspaceLayout {
         self.floats == 0
     }
 
-    /// Allocates a zeroed buffer of exactly [`len`](Self::len) floats.
-    pub fn alloc(&self) -> Vec<f32> {
-        vec![0.0; self.len()]
-    }
-
     /// Runs `f` on a workspace of exactly [`len`](Self::len) floats borrowed from the
     /// calling thread's kept buffer ([`with_reused`]): what the allocating entry
     /// points pass to the workspace ones.

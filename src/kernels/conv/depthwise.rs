@@ -37,9 +37,8 @@
 //!   thread count). Per chunk and channel block, each (kernel row, group of up to 5
 //!   kernel columns) accumulates in registers along 32-pixel slices of an output row,
 //!   all kernel rows per slice; the per-chunk partial gradients are summed in chunk
-//!   order ([`reduce_chunks_in`](crate::kernels::parallel::reduce_chunks_in)), so the
-//!   result is bitwise identical for any number of threads. The bias gradient is fused
-//!   in (compensated summation across rows).
+//!   order ([`reduce_chunks_in`]), so the result is bitwise identical for any number
+//!   of threads. The bias gradient is fused in (compensated summation across rows).
 //!
 //! Forward and backward-data compute every output element in the same order whatever
 //! the split into tasks (the split only decides which thread computes it), so they too

@@ -30,7 +30,8 @@
 //! Every pass also exists as `*_with_workspace`, taking its scratch memory from a
 //! buffer the caller owns: query [`Norm::workspace_len`] once per pass ([`NormPass`]),
 //! allocate it once and pass it to every call (see [`crate::kernels::scratch`]). The
-//! plain passes allocate exactly that size and call the workspace forms: one
+//! plain passes call the workspace forms on a buffer of that size the calling thread
+//! keeps between calls ([`crate::kernels::scratch::with_reused`]): one
 //! implementation, the same bits. The workspace holds the per-chunk partial sums
 //! (`f64`: each takes two floats of the region, which starts on a 64-byte boundary),
 //! the per-sample (GroupNorm/LayerNorm) or per-batch (BatchNorm) coefficients and
@@ -537,9 +538,10 @@ impl Norm {
         l
     }
 
-    /// Runs `f` on a freshly allocated workspace of exactly the size `pass` needs.
+    /// Runs `f` on a workspace of exactly the size `pass` needs, kept by the calling
+    /// thread between calls ([`crate::kernels::scratch::with_reused`]).
     fn allocating<R>(&self, pass: NormPass, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
-        f(&mut self.layout(pass).alloc())
+        self.layout(pass).with_reused(f)
     }
 
     /// Statistic sets whose `x̂` coefficients differ: one per sample for

@@ -26,8 +26,9 @@
 //! # Caller-owned memory
 //! Every pass also exists as `*_with_workspace`, taking its scratch from a buffer the
 //! caller owns ([`ProxyNorm::workspace_len`], [`NormProxy::workspace_len`], one size
-//! per [`ProxyPass`]; see [`crate::kernels::scratch`]); the plain passes allocate
-//! exactly that size and call them (one implementation, the same bits). The workspace
+//! per [`ProxyPass`]; see [`crate::kernels::scratch`]); the plain passes call them on
+//! a buffer of that size the calling thread keeps between calls (one implementation,
+//! the same bits). The workspace
 //! holds the normalization's regions (see [`crate::kernels::norm`]), the per-channel
 //! proxy sums and coefficients, the post-activation correction, the `f64` totals and
 //! gradients, and for the standalone backward the per-chunk partial sums (which grow
@@ -348,14 +349,15 @@ impl ProxyNorm {
         CHUNK_ELEMS.div_ceil(c) * c
     }
 
-    /// Runs `f` on a freshly allocated workspace of exactly the size `pass` needs.
+    /// Runs `f` on a workspace of exactly the size `pass` needs, kept by the calling
+    /// thread between calls ([`crate::kernels::scratch::with_reused`]).
     fn allocating<R>(
         &self,
         pass: ProxyPass,
         x_len: usize,
         f: impl FnOnce(&mut [f32]) -> Result<R>,
     ) -> Result<R> {
-        f(&mut self.layout(pass, x_len).alloc())
+        self.layout(pass, x_len).with_reused(f)
     }
 
     fn check_params(&self, p: &ProxyParams) -> Result<()> {
@@ -971,13 +973,8 @@ impl NormProxy {
         z: &mut [f32],
         saved: &mut NormProxySaved,
     ) -> Result<()> {
-        self.forward_with_workspace(
-            x,
-            params,
-            z,
-            saved,
-            &mut self.layout(ProxyPass::Forward).alloc(),
-        )
+        self.layout(ProxyPass::Forward)
+            .with_reused(|ws| self.forward_with_workspace(x, params, z, saved, ws))
     }
 
     /// [`NormProxy::forward`] with its scratch in `ws`: at least
@@ -1027,8 +1024,8 @@ impl NormProxy {
         dx: &mut [f32],
         grads: ProxyGrads,
     ) -> Result<()> {
-        let mut ws = self.layout(ProxyPass::Backward).alloc();
-        self.backward_with_workspace(x, up, params, saved, dx, grads, &mut ws)
+        self.layout(ProxyPass::Backward)
+            .with_reused(|ws| self.backward_with_workspace(x, up, params, saved, dx, grads, ws))
     }
 
     /// [`NormProxy::backward`] with its scratch in `ws` (at least
