@@ -76,8 +76,7 @@ fn layout(level: SimdLevel, shape: &ConvShape, pass: ConvPass, threads: usize) -
         ConvPass::Forward => forward::Plan::new(level, &g).layout(&g, &mut l),
         ConvPass::BackwardData => backward_data::Plan::new(level, &g).layout(&g, &mut l),
         ConvPass::BackwardWeight => {
-            backward_weight::Plan::new(level, &g).layout(&g, &mut l);
-            l.region(bias_grad_scratch(shape));
+            weight_regions(&backward_weight::Plan::new(level, &g), &g, shape, &mut l)
         }
     }
     l
@@ -94,17 +93,26 @@ fn allocating<R>(
     layout(level, shape, pass, rayon::current_num_threads()).with_reused(f)
 }
 
-/// The caller's workspace checked against the layout of `pass` in the current pool.
+/// The caller's workspace checked against the layout `regions` describes for the
+/// current pool (the pass's plan adds its regions, so it is built once per call).
 fn workspace<'a>(
-    level: SimdLevel,
-    shape: &ConvShape,
-    pass: ConvPass,
     ws: &'a mut [f32],
+    regions: impl FnOnce(&mut WorkspaceLayout),
 ) -> Result<Workspace<'a>> {
-    Workspace::new(
-        ws,
-        &layout(level, shape, pass, rayon::current_num_threads()),
-    )
+    let mut layout = WorkspaceLayout::new(rayon::current_num_threads());
+    regions(&mut layout);
+    Workspace::new(ws, &layout)
+}
+
+/// The backward-weight regions: the plan's, then the bias gradient's partial sums.
+fn weight_regions(
+    plan: &backward_weight::Plan,
+    g: &Geo,
+    shape: &ConvShape,
+    l: &mut WorkspaceLayout,
+) {
+    plan.layout(g, l);
+    l.region(bias_grad_scratch(shape));
 }
 
 /// `y = conv(x, w) (+ bias)`; `y` is overwritten.
@@ -139,9 +147,9 @@ pub fn forward_with_workspace(
     ws: &mut [f32],
 ) -> Result<()> {
     shape.check_forward(x, w, bias, y)?;
-    let mut ws = workspace(level, shape, ConvPass::Forward, ws)?;
     let g = Geo::new(shape);
     let plan = forward::Plan::new(level, &g);
+    let mut ws = workspace(ws, |l| plan.layout(&g, l))?;
     forward::run(level, &g, &plan, x, w, bias, y, &mut ws)
 }
 
@@ -176,9 +184,9 @@ pub(super) fn forward_prepacked(
     y: &mut [f32],
     ws: &mut [f32],
 ) -> Result<()> {
-    let mut ws = workspace(level, shape, ConvPass::Forward, ws)?;
     let g = Geo::new(shape);
     let plan = forward::Plan::new(level, &g);
+    let mut ws = workspace(ws, |l| plan.layout(&g, l))?;
     forward::run_prepacked(level, &g, &plan, x, packed, bias, y, &mut ws)
 }
 
@@ -210,9 +218,9 @@ pub fn backward_data_with_workspace(
     ws: &mut [f32],
 ) -> Result<()> {
     shape.check_backward_data(dy, w, dx)?;
-    let mut ws = workspace(level, shape, ConvPass::BackwardData, ws)?;
     let g = Geo::new(shape);
     let plan = backward_data::Plan::new(level, &g);
+    let mut ws = workspace(ws, |l| plan.layout(&g, l))?;
     backward_data::run(level, &g, &plan, dy, w, dx, &mut ws)
 }
 
@@ -250,9 +258,9 @@ pub fn backward_weight_with_workspace(
     ws: &mut [f32],
 ) -> Result<()> {
     shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
-    let mut ws = workspace(level, shape, ConvPass::BackwardWeight, ws)?;
     let g = Geo::new(shape);
     let plan = backward_weight::Plan::new(level, &g);
+    let mut ws = workspace(ws, |l| weight_regions(&plan, &g, shape, l))?;
     backward_weight::run(level, &g, &plan, x, dy, dw, mode.accumulate(), &mut ws)?;
     let partials = ws.take(bias_grad_scratch(shape))?;
     if let Some(db) = dbias {
