@@ -46,10 +46,12 @@
 
 mod portable;
 mod scalar;
+mod ukernel;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use portable::Portable;
+pub use ukernel::{Microkernel, PerLevel, Ukernel};
 pub use scalar::Scalar;
 #[cfg(target_arch = "x86_64")]
 pub use x86::{Avx2, Avx512};
@@ -254,6 +256,14 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn pow2i(self, n: Self::V) -> Self::V;
     /// Sum of all lanes.
     fn reduce_sum(self, a: Self::V) -> f32;
+
+    /// Runs microkernel `K` at this level in a function of its own, compiled with the
+    /// level's target features and never inlined: what the microkernel tables hold
+    /// (`S::call::<K>` is a [`Ukernel`]; see [`Microkernel`]).
+    ///
+    /// # Safety
+    /// The CPU must support this level, and `a` must satisfy `K`'s contract.
+    unsafe fn call<K: Microkernel>(a: &K::Args<'_>);
 
     /// Loads `LANES` floats from the start of `s`.
     ///

@@ -390,19 +390,27 @@ pub enum ConvFamily {
 }
 
 impl ConvShape {
-    /// Which family of kernels serves this shape.
+    /// Which family of kernels serves this shape: depthwise, else pointwise, else
+    /// grouped — the first that [`supports`](Self::supports) it.
     pub fn family(&self) -> ConvFamily {
+        [ConvFamily::Depthwise, ConvFamily::Pointwise]
+            .into_iter()
+            .find(|&f| self.supports(f))
+            .unwrap_or(ConvFamily::Grouped)
+    }
+
+    /// Whether `family`'s kernels can run this shape: the grouped kernels run every
+    /// valid shape; the depthwise ones one channel per group with as many outputs as
+    /// inputs; the pointwise ones a 1×1 kernel over all channels (one group) without
+    /// padding.
+    pub fn supports(&self, family: ConvFamily) -> bool {
         let d = &self.desc;
-        if d.group_size == 1 && d.out_channels == d.in_channels {
-            ConvFamily::Depthwise
-        } else if d.kernel_h == 1
-            && d.kernel_w == 1
-            && self.groups == 1
-            && d.padding == Padding::ZERO
-        {
-            ConvFamily::Pointwise
-        } else {
-            ConvFamily::Grouped
+        match family {
+            ConvFamily::Grouped => true,
+            ConvFamily::Depthwise => d.group_size == 1 && d.out_channels == d.in_channels,
+            ConvFamily::Pointwise => {
+                d.kernel_h == 1 && d.kernel_w == 1 && self.groups == 1 && d.padding == Padding::ZERO
+            }
         }
     }
 

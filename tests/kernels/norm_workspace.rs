@@ -6,9 +6,7 @@
 //! the first left, and a larger, unaligned workspace; one float short is
 //! `Error::BufferSize` naming the workspace.
 
-mod common;
-
-use common::{Rng, in_pool, levels};
+use crate::common::{Rng, in_pool, levels};
 use effnet::Error;
 use effnet::kernels::activation::Activation;
 use effnet::kernels::conv::GradMode;

@@ -5,9 +5,7 @@
 //! path, all three variants); fused = composition; batch independence; determinism
 //! across thread counts; typed errors.
 
-mod common;
-
-use common::{Rng, abs_err, in_pool, levels, norm2, rel_err, to64};
+use crate::common::{Rng, abs_err, in_pool, levels, norm2, rel_err, to64};
 use effnet::Error;
 use effnet::kernels::activation::Activation;
 use effnet::kernels::conv::GradMode;

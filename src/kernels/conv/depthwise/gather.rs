@@ -1,0 +1,381 @@
+//! The forward and backward-data gathers: tasks of destination rows, each row's tap
+//! plan, the channel blocks' packed weights and rings, and the table's run
+//! microkernels.
+
+use super::columns::{Columns, Ring, Tap};
+use super::micro::{DwTable, Gather, GatherArgs, SlideRow, kind};
+use super::{Block, Geo, channel_blocks, gather_scratch};
+use crate::error::Result;
+use crate::kernels::parallel::chunk_len;
+use crate::kernels::scratch::Workspace;
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Which gather a [`GatherRows`] task runs.
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub(super) enum Pass {
+    Forward,
+    BackwardData,
+}
+
+/// Destination rows `row0..` (global `n·rows_per_image + r` indices, as many as `dst`
+/// holds) of a forward or backward-data gather.
+struct GatherRows<'a> {
+    /// The level's microkernels.
+    tab: &'static DwTable,
+    g: &'a Geo,
+    pass: Pass,
+    cols: &'a Columns,
+    src: &'a [f32],
+    w: &'a [f32],
+    bias: Option<&'a [f32]>,
+    dst: &'a mut [f32],
+    row0: usize,
+    /// The task's scratch ([`gather_scratch`] floats, any contents).
+    mem: &'a mut [f32],
+}
+
+/// The taps of one destination row, the same for every channel block.
+struct RowPlan {
+    /// `(kh, global source row, first packed pixel of its ring slot)`.
+    rows: Vec<(usize, usize, usize)>,
+    taps: Vec<Tap>,
+    slide: Vec<SlideRow>,
+    /// Per class: its in-place taps, ring taps, in-place and ring sliding-window rows
+    /// (ranges into `taps`, `taps`, `slide`, `slide`).
+    ranges: Vec<[Range<usize>; 4]>,
+}
+
+impl GatherRows<'_> {
+    /// Geometry: (source rows per image, source row length, destination rows per
+    /// image, destination row length), lengths in floats.
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        let g = self.g;
+        match self.pass {
+            Pass::Forward => (g.h, g.w * g.c, g.oh, g.ow * g.c),
+            Pass::BackwardData => (g.oh, g.ow * g.c, g.h, g.w * g.c),
+        }
+    }
+
+    /// Fills `plan` for destination row `row` of image `n` (`slots` ring slots).
+    fn plan_row(&self, n: usize, row: usize, slots: usize, plan: &mut RowPlan) {
+        let (g, cols) = (self.g, self.cols);
+        let (src_rows, src_len, _, _) = self.dims();
+        let pl = cols.rp.pl;
+        plan.rows.clear();
+        plan.taps.clear();
+        plan.slide.clear();
+        plan.ranges.clear();
+        for kh in 0..g.kh {
+            let srow = match self.pass {
+                Pass::Forward => g.in_row(row, kh),
+                Pass::BackwardData => g.out_row(row, kh),
+            };
+            if let Some(sr) = srow {
+                let gr = n * src_rows + sr;
+                let slot_px = if slots > 0 {
+                    gr % slots * cols.rp.pw
+                } else {
+                    0
+                };
+                plan.rows.push((kh, gr, slot_px));
+            }
+        }
+        for cl in &cols.classes {
+            let t0 = plan.taps.len();
+            if cl.ja < cl.jb {
+                for &(kh, gr, _) in &plan.rows {
+                    for &(kw, off) in &cl.kws {
+                        let px = off + cl.ja * cols.src_step - pl;
+                        plan.taps.push(Tap {
+                            src: gr * src_len + px * g.c,
+                            w: kh * g.kw + kw,
+                        });
+                    }
+                }
+            }
+            let t1 = plan.taps.len();
+            if cl.ja > 0 || cl.jb < cl.count {
+                for &(kh, _, slot_px) in &plan.rows {
+                    for &(kw, off) in &cl.kws {
+                        plan.taps.push(Tap {
+                            src: slot_px + off,
+                            w: kh * g.kw + kw,
+                        });
+                    }
+                }
+            }
+            let t2 = plan.taps.len();
+            let s0 = plan.slide.len();
+            // Sliding-window rows at stride 1 with 3 or 5 taps per kernel row (stride 2
+            // and other tap counts measured no faster than the tap lists).
+            let slide = cl
+                .slide
+                .filter(|_| cols.src_step == 1 && matches!(cl.kws.len(), 3 | 5));
+            if let (Some((off0, kw0, step)), true) = (slide, cl.ja < cl.jb) {
+                for &(kh, gr, _) in &plan.rows {
+                    let px = off0 + cl.ja * cols.src_step - pl;
+                    plan.slide.push(SlideRow {
+                        src: gr * src_len + px * g.c,
+                        w: kh * g.kw + kw0,
+                        w_step: step,
+                    });
+                }
+            }
+            let s1 = plan.slide.len();
+            if let (Some((off0, kw0, step)), true) = (slide, cols.packed) {
+                for &(kh, _, slot_px) in &plan.rows {
+                    plan.slide.push(SlideRow {
+                        src: slot_px + off0,
+                        w: kh * g.kw + kw0,
+                        w_step: step,
+                    });
+                }
+            }
+            plan.ranges
+                .push([t0..t1, t1..t2, s0..s1, s1..plan.slide.len()]);
+        }
+    }
+
+    /// Copies one channel block of the weights (and bias) into the packed buffers
+    /// (`[kh·kw][vb]` from `kh·kw·c0`, `[vb]` from `c0`, `vb` floats per block), zero
+    /// lanes past the block's channels.
+    fn pack_weights(&self, b: Block, vb: usize, w: &mut [f32], bias: &mut [f32]) {
+        let g = self.g;
+        let (c, c0) = (g.c, b.c0);
+        let width = if b.tail > 0 { b.tail } else { vb };
+        let taps_n = g.kh * g.kw;
+        let dst = &mut w[taps_n * c0..][..taps_n * vb];
+        for (t, d) in dst.chunks_exact_mut(vb).enumerate() {
+            d[..width].copy_from_slice(&self.w[t * c + c0..][..width]);
+            d[width..].fill(0.0);
+        }
+        if let Some(bs) = self.bias {
+            let d = &mut bias[c0..][..vb];
+            d[..width].copy_from_slice(&bs[c0..][..width]);
+            d[width..].fill(0.0);
+        }
+    }
+
+    /// One destination row `dst` (`dst_len` floats) for one channel block, with the
+    /// block's weights packed ([`GatherRows::pack_weights`]) in `w` and `bias`; `ring`
+    /// is the block's ring and `plan` the row's plan.
+    #[allow(clippy::too_many_arguments)]
+    fn row_block(
+        &self,
+        b: Block,
+        ring: &mut Ring<'_>,
+        w: &[f32],
+        bias: &[f32],
+        plan: &RowPlan,
+        dst: &mut [f32],
+    ) {
+        let (g, cols, tab) = (self.g, self.cols, self.tab);
+        let (l, c, c0, tail) = (tab.lanes, g.c, b.c0, b.tail);
+        let vb = b.nv * l;
+        let k_i = kind(b);
+        let (src_rows, src_len, _, dst_len) = self.dims();
+        let taps_n = g.kh * g.kw;
+        assert!(c0 + if tail > 0 { tail } else { vb } <= c);
+        assert!(self.src.len() == g.n * src_rows * src_len && dst.len() == dst_len);
+        assert!(w.len() >= taps_n * (c0 + vb) && bias.len() >= c0 + vb);
+        // SAFETY (whole body): the asserts above and the shapes of `Columns` (every
+        // packed offset of every class is inside a ring row, every interior tap a real
+        // source pixel, every destination pixel inside its row) keep all accesses in
+        // bounds; the entries come from this level's table.
+        unsafe {
+            let src = self.src.as_ptr().add(c0);
+            if cols.has_border() {
+                for &(_, gr, _) in &plan.rows {
+                    ring.ensure(tab.pack[k_i], vb, gr, src.add(gr * src_len), c, tail);
+                }
+            }
+            let direct = Gather {
+                src,
+                src_unit: 1,
+                dst: dst.as_mut_ptr().add(c0),
+                w: w.as_ptr().add(taps_n * c0),
+                bias: if self.bias.is_some() {
+                    bias.as_ptr().add(c0)
+                } else {
+                    std::ptr::null()
+                },
+                src_step: cols.src_step * c,
+                dst_step: cols.dst_step * c,
+                tail,
+            };
+            let packed = Gather {
+                src: ring.mem.as_ptr(),
+                src_unit: vb,
+                src_step: cols.src_step * vb,
+                ..direct
+            };
+            for (cl, [td, tr, sd, sr]) in cols.classes.iter().zip(&plan.ranges) {
+                let k = cl.kws.len();
+                if cl.ja < cl.jb {
+                    let d0 = (cl.dst0 + cl.ja * cols.dst_step) * c;
+                    let (taps, rows) = (&plan.taps[td.clone()], &plan.slide[sd.clone()]);
+                    class_run(tab, k_i, &direct, rows, taps, k, cl.jb - cl.ja, d0);
+                }
+                if cl.ja == 0 && cl.jb == cl.count {
+                    continue;
+                }
+                let (taps, rows) = (&plan.taps[tr.clone()], &plan.slide[sr.clone()]);
+                let d0 = cl.dst0 * c;
+                if cl.ja == cl.count {
+                    // Whole packed rows: one run.
+                    class_run(tab, k_i, &packed, rows, taps, k, cl.count, d0);
+                    continue;
+                }
+                let gather = tab.gather[k_i];
+                gather(&GatherArgs {
+                    g: packed,
+                    taps,
+                    rows: &[],
+                    count: cl.ja,
+                    src_off: 0,
+                    dst_off: d0,
+                });
+                gather(&GatherArgs {
+                    g: packed,
+                    taps,
+                    rows: &[],
+                    count: cl.count - cl.jb,
+                    src_off: cl.jb * packed.src_step,
+                    dst_off: d0 + cl.jb * packed.dst_step,
+                });
+            }
+        }
+    }
+}
+
+/// `count` destination pixels of one class from `dst_off` for a block of kind `k_i`:
+/// the table's sliding-window run when the class has sliding-window `rows` (`k` = 3 or
+/// 5 taps per kernel row) and the level has one, the tap-list run otherwise.
+///
+/// # Safety
+/// As [`GatherRun`](super::micro::GatherRun) and [`SlideRun`](super::micro::SlideRun).
+#[allow(clippy::too_many_arguments)]
+unsafe fn class_run(
+    tab: &DwTable,
+    k_i: usize,
+    g: &Gather,
+    rows: &[SlideRow],
+    taps: &[Tap],
+    k: usize,
+    count: usize,
+    dst_off: usize,
+) {
+    let slide = match (rows.is_empty(), k, &tab.slide) {
+        (false, 3, Some(s)) => Some(s[0][k_i]),
+        (false, 5, Some(s)) => Some(s[1][k_i]),
+        _ => None,
+    };
+    let a = GatherArgs {
+        g: *g,
+        taps,
+        rows,
+        count,
+        src_off: 0,
+        dst_off,
+    };
+    // SAFETY: forwarded.
+    unsafe { slide.unwrap_or(tab.gather[k_i])(&a) }
+}
+
+impl GatherRows<'_> {
+    /// Runs the task: packs the weights of every channel block, then every
+    /// destination row, all blocks per row.
+    fn run(mut self) {
+        let (g, cols, tab) = (self.g, self.cols, self.tab);
+        let l = tab.lanes;
+        let c_pad = g.c.div_ceil(l) * l;
+        let slots = if cols.has_border() { g.span_h() } else { 0 };
+        let taps_n = g.kh * g.kw;
+        let blocks = channel_blocks(g.c, l, tab.nv_max);
+        let ring_len = slots * cols.rp.pw * c_pad;
+        let (_, _, dst_rows, dst_len) = self.dims();
+        let dst = std::mem::take(&mut self.dst);
+        let need = gather_scratch(g, cols, l);
+        debug_assert_eq!(need, ring_len + taps_n * c_pad + c_pad);
+        let mem = &mut std::mem::take(&mut self.mem)[..need];
+        let (mut ring_mem, rest) = mem.split_at_mut(ring_len);
+        let (w, bias) = rest.split_at_mut(taps_n * c_pad);
+        // One ring per channel block (`vb` floats per pixel), kept for the whole task.
+        let mut rings = Vec::with_capacity(blocks.len());
+        for b in &blocks {
+            let vb = b.nv * l;
+            let (mine, others) =
+                std::mem::take(&mut ring_mem).split_at_mut(slots * cols.rp.pw * vb);
+            ring_mem = others;
+            let mut ring = Ring::new(mine, slots, cols.rp, vb);
+            ring.reset(vb);
+            rings.push(ring);
+        }
+        for &b in &blocks {
+            self.pack_weights(b, b.nv * l, w, bias);
+        }
+        let mut plan = RowPlan {
+            rows: Vec::with_capacity(g.kh),
+            taps: Vec::with_capacity(2 * taps_n * cols.classes.len()),
+            slide: Vec::with_capacity(2 * g.kh * cols.classes.len()),
+            ranges: Vec::with_capacity(cols.classes.len()),
+        };
+        let (w, bias) = (&*w, &*bias);
+        for (r, dst_row) in dst.chunks_exact_mut(dst_len).enumerate() {
+            let global = self.row0 + r;
+            self.plan_row(global / dst_rows, global % dst_rows, slots, &mut plan);
+            for (&b, ring) in blocks.iter().zip(&mut rings) {
+                self.row_block(b, ring, w, bias, &plan, dst_row);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_gather(
+    tab: &'static DwTable,
+    g: &Geo,
+    cols: &Columns,
+    pass: Pass,
+    src: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+    ws: &mut Workspace<'_>,
+) -> Result<()> {
+    let slots = ws.per_worker(gather_scratch(g, cols, tab.lanes))?;
+    let (rows, row_len) = match pass {
+        Pass::Forward => (g.n * g.oh, g.ow * g.c),
+        Pass::BackwardData => (g.n * g.h, g.w * g.c),
+    };
+    // Every output element is computed the same way whatever the split, so the split
+    // may follow the pool size: about 4 tasks per thread (load balance), as long as
+    // possible otherwise, since a task packs the source rows around its block again.
+    let per_task = chunk_len(
+        rows,
+        16384usize.div_ceil(row_len),
+        4 * rayon::current_num_threads(),
+    );
+    dst.par_chunks_mut(per_task * row_len)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            slots.with(|mem| {
+                GatherRows {
+                    tab,
+                    g,
+                    pass,
+                    cols,
+                    src,
+                    w,
+                    bias,
+                    dst,
+                    row0: i * per_task,
+                    mem,
+                }
+                .run()
+            })
+        });
+    Ok(())
+}
+

@@ -1,0 +1,17 @@
+//! Kernel tests: every convolution family, normalization, Proxy Norm, the head and
+//! regularizer ops and the microkernel tables against plain f64 references, at every
+//! SIMD level, with the workspace forms, thread-count determinism and typed errors.
+//! One test binary for all of them, so that the library is linked once.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod conv;
+mod conv_depthwise;
+mod conv_grouped;
+mod conv_pointwise;
+mod conv_workspace;
+mod heads;
+mod norm;
+mod norm_workspace;
+mod proxy_norm;
