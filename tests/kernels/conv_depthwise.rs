@@ -250,7 +250,13 @@ fn wrong_buffers_are_typed_errors() {
     bad(conv.backward_data(&y[1..], &w, &mut dx), "dy");
     bad(conv.backward_data(&y, &w, &mut dx[1..]), "dx");
     let overwrite = GradMode::Overwrite;
-    bad(conv.backward_weight(&x, &y, &mut dw[1..], None, overwrite), "dweight");
+    bad(
+        conv.backward_weight(&x, &y, &mut dw[1..], None, overwrite),
+        "dweight",
+    );
     let mut db = vec![0.0; 25];
-    bad(conv.backward_weight(&x, &y, &mut dw, Some(&mut db), overwrite), "dbias");
+    bad(
+        conv.backward_weight(&x, &y, &mut dw, Some(&mut db), overwrite),
+        "dbias",
+    );
 }

@@ -10,7 +10,6 @@ use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, ConvShape, GradMode, r
 use effnet::simd::SimdLevel;
 use effnet::simd::with_level;
 
-
 /// A plan on the pointwise kernels at `level`.
 fn plan_pw(s: &ConvShape, level: SimdLevel) -> Conv2d {
     Conv2d::with_family(&s.desc, ConvFamily::Pointwise, level).unwrap()
@@ -76,7 +75,9 @@ fn every_pass_matches_the_reference_on_every_level() {
         let (dw_ref, db_ref) = reference::backward_weight(&s, &x, &dy);
         for level in levels() {
             let mut y = vec![f32::NAN; s.y_len];
-            plan_pw(&s, level).forward(&x, &w, Some(&b), &mut y).unwrap();
+            plan_pw(&s, level)
+                .forward(&x, &w, Some(&b), &mut y)
+                .unwrap();
             let e = rel_err(&y, &y_ref);
             assert!(e < TOL, "{level} forward {d:?}: {e}");
             plan_pw(&s, level).forward(&x, &w, None, &mut y).unwrap();
@@ -91,14 +92,9 @@ fn every_pass_matches_the_reference_on_every_level() {
 
             let mut dw = vec![f32::NAN; s.w_len];
             let mut db = vec![f32::NAN; d.out_channels];
-            plan_pw(&s, level).backward_weight(
-                &x,
-                &dy,
-                &mut dw,
-                Some(&mut db),
-                GradMode::Overwrite,
-            )
-            .unwrap();
+            plan_pw(&s, level)
+                .backward_weight(&x, &dy, &mut dw, Some(&mut db), GradMode::Overwrite)
+                .unwrap();
             let e = rel_err(&dw, &dw_ref);
             assert!(e < TOL, "{level} backward_weight {d:?}: {e}");
             let e = rel_err(&db, &db_ref);
@@ -107,14 +103,9 @@ fn every_pass_matches_the_reference_on_every_level() {
             // Accumulate adds to the old contents (weight and bias).
             let mut dw2 = w.clone();
             let mut db2 = b.clone();
-            plan_pw(&s, level).backward_weight(
-                &x,
-                &dy,
-                &mut dw2,
-                Some(&mut db2),
-                GradMode::Accumulate,
-            )
-            .unwrap();
+            plan_pw(&s, level)
+                .backward_weight(&x, &dy, &mut dw2, Some(&mut db2), GradMode::Accumulate)
+                .unwrap();
             let want: Vec<f64> = dw_ref.iter().zip(&w).map(|(g, w)| g + *w as f64).collect();
             let e = rel_err(&dw2, &want);
             assert!(e < TOL, "{level} accumulate {d:?}: {e}");
@@ -160,7 +151,8 @@ fn adjoint_identities_hold() {
             let mut dx = vec![0.0; s.x_len];
             plan_pw(&s, level).backward_data(&dy, &w, &mut dx).unwrap();
             let mut dw = vec![0.0; s.w_len];
-            plan_pw(&s, level).backward_weight(&x, &dy, &mut dw, None, GradMode::Overwrite)
+            plan_pw(&s, level)
+                .backward_weight(&x, &dy, &mut dw, None, GradMode::Overwrite)
                 .unwrap();
             let lhs = dot(&dy, &y);
             let scale = (dy.len() as f64).sqrt() * (d.in_channels as f64).sqrt();
@@ -296,10 +288,7 @@ fn wrong_buffer_sizes_are_typed_errors() {
             "expected a {want} size error"
         )
     };
-    is(
-        plan_pw(&s, level).forward(&x[1..], &w, None, &mut y),
-        "x",
-    );
+    is(plan_pw(&s, level).forward(&x[1..], &w, None, &mut y), "x");
     is(
         plan_pw(&s, level).forward(&x, &w[1..], None, &mut y),
         "weight",
@@ -308,18 +297,9 @@ fn wrong_buffer_sizes_are_typed_errors() {
         plan_pw(&s, level).forward(&x, &w, Some(&[0.0; 11]), &mut y),
         "bias",
     );
-    is(
-        plan_pw(&s, level).forward(&x, &w, None, &mut y[1..]),
-        "y",
-    );
-    is(
-        plan_pw(&s, level).backward_data(&y[1..], &w, &mut dx),
-        "dy",
-    );
-    is(
-        plan_pw(&s, level).backward_data(&y, &w, &mut dx[1..]),
-        "dx",
-    );
+    is(plan_pw(&s, level).forward(&x, &w, None, &mut y[1..]), "y");
+    is(plan_pw(&s, level).backward_data(&y[1..], &w, &mut dx), "dy");
+    is(plan_pw(&s, level).backward_data(&y, &w, &mut dx[1..]), "dx");
     is(
         plan_pw(&s, level).backward_weight(&x, &y, &mut dw[1..], None, GradMode::Overwrite),
         "dweight",

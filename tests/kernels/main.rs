@@ -6,12 +6,21 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod activation;
 mod conv;
 mod conv_depthwise;
+mod conv_desc;
 mod conv_grouped;
 mod conv_pointwise;
 mod conv_workspace;
 mod heads;
+mod microkernels;
 mod norm;
 mod norm_workspace;
+mod optim;
+mod parallel;
 mod proxy_norm;
+mod proxy_special;
+mod reduce;
+mod scratch;
+mod simd;

@@ -5,10 +5,21 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod arch;
+mod bench;
+mod curve;
 mod data_folder;
 mod fixtures_files;
 mod interop;
+mod ipu_picture;
 mod model;
+mod npy;
+mod params;
+mod progress;
 mod report;
+mod schedule;
+mod synthetic;
+mod tensors;
 mod train;
 mod train_cli;
+mod transform;

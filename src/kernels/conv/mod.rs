@@ -127,8 +127,13 @@ pub(crate) trait FamilyPlan: Send + Sync + std::fmt::Debug {
         ws: &mut Workspace<'_>,
     ) -> Result<()>;
     /// `dx = convᵀ(dy, w)`.
-    fn backward_data(&self, dy: &[f32], w: &[f32], dx: &mut [f32], ws: &mut Workspace<'_>)
-    -> Result<()>;
+    fn backward_data(
+        &self,
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        ws: &mut Workspace<'_>,
+    ) -> Result<()>;
     /// The weight (and bias) gradient, overwritten or accumulated.
     #[allow(clippy::too_many_arguments)]
     fn backward_weight(

@@ -26,7 +26,9 @@
 //! that and call the workspace forms. What stays allocated inside: the list of column
 //! panels of the product (`O(C / lanes)` small descriptors).
 
-use super::{ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode, bias_grad_in, bias_grad_scratch};
+use super::{
+    ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode, bias_grad_in, bias_grad_scratch,
+};
 use crate::error::Result;
 use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap, padded_cols};
 use crate::kernels::parallel::{partials_len, reduce_chunks_in};
@@ -134,7 +136,13 @@ impl FamilyPlan for Plan {
         Ok(())
     }
 
-    fn backward_data(&self, dy: &[f32], w: &[f32], dx: &mut [f32], ws: &mut Workspace<'_>) -> Result<()> {
+    fn backward_data(
+        &self,
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        ws: &mut Workspace<'_>,
+    ) -> Result<()> {
         backward_data(self.level, &self.shape, dy, w, dx, ws)
     }
 

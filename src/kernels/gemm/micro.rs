@@ -49,8 +49,6 @@ pub(super) struct GemmTable {
     pub lanes: usize,
     /// Widest panel, in vectors.
     pub max_nv: usize,
-    /// Tile rows of the panel entries, per panel width (`mr[nv − 1]`).
-    pub mr: [usize; 4],
     /// `panel[nv − 1][masked][strided]`.
     pub panel: [[[PanelFn; 2]; 2]; 4],
 }
@@ -61,7 +59,6 @@ pub(super) const fn avx512_table<S: Simd>() -> GemmTable {
     GemmTable {
         lanes: S::LANES,
         max_nv: 4,
-        mr: [8, 12, 8, 6],
         panel: [
             variants::<S, 8, 1>(),
             variants::<S, 12, 2>(),
@@ -78,7 +75,6 @@ pub(super) const fn avx2_table<S: Simd>() -> GemmTable {
     GemmTable {
         lanes: S::LANES,
         max_nv: 2,
-        mr: [6, 6, 6, 6],
         panel: [variants::<S, 6, 1>(), two, two, two],
     }
 }
@@ -103,13 +99,17 @@ pub(super) const fn small_table<S: Simd>() -> GemmTable {
     GemmTable {
         lanes: S::LANES,
         max_nv: 1,
-        mr: [4; 4],
         panel: [[[one; 2]; 2]; 4],
     }
 }
 
 /// The row tiles of one panel and one `k` block, `MR` rows × `NV` vectors.
-pub(super) struct PanelTiles<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool>;
+pub(super) struct PanelTiles<
+    const MR: usize,
+    const NV: usize,
+    const MASKED: bool,
+    const STRIDED: bool,
+>;
 
 impl<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool> Microkernel
     for PanelTiles<MR, NV, MASKED, STRIDED>
@@ -137,8 +137,9 @@ impl<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool> 
             let ap: [*const f32; MR] = std::array::from_fn(|i| {
                 a.wrapping_add(g.a_rows.offset(r + i.min(mv - 1)) + t.p0 * g.a_cs)
             });
-            let c: [*mut f32; MR] =
-                std::array::from_fn(|i| t.c.wrapping_add(g.c_rows.offset(r + i.min(mv - 1)) + t.col));
+            let c: [*mut f32; MR] = std::array::from_fn(|i| {
+                t.c.wrapping_add(g.c_rows.offset(r + i.min(mv - 1)) + t.col)
+            });
             let out = Out {
                 c,
                 rows: mv,
@@ -173,7 +174,13 @@ struct Out<'a, const MR: usize> {
 /// vector `j`, except the last one when `MASKED`, where only `out.last` lanes are read;
 /// `out`'s valid rows writable (and readable unless it overwrites).
 #[inline(always)]
-unsafe fn tile<S: Simd, const MR: usize, const NV: usize, const MASKED: bool, const STRIDED_A: bool>(
+unsafe fn tile<
+    S: Simd,
+    const MR: usize,
+    const NV: usize,
+    const MASKED: bool,
+    const STRIDED_A: bool,
+>(
     s: S,
     kl: usize,
     a: &[*const f32; MR],
@@ -281,4 +288,3 @@ unsafe fn store_row<S: Simd, const NV: usize>(
         }
     }
 }
-

@@ -288,4 +288,3 @@ pub(super) fn backward_data_columns(g: &Geo) -> Columns {
         g.sw,
     )
 }
-

@@ -378,4 +378,3 @@ pub(super) fn run_gather(
         });
     Ok(())
 }
-

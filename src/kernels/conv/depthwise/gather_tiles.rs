@@ -301,4 +301,3 @@ unsafe fn slide_run_p<
         gather_run::<S, NV, P, TAIL>(s, g, taps, count - full, so, d);
     }
 }
-

@@ -241,7 +241,9 @@ impl<const NV: usize, const P: usize, const K: usize, const TAIL: bool> Microker
     unsafe fn run<S: Simd>(s: S, a: &GatherArgs<'_>) {
         // SAFETY: forwarded.
         unsafe {
-            slide_run::<S, NV, P, K, 1, TAIL>(s, &a.g, a.rows, a.taps, a.count, a.src_off, a.dst_off)
+            slide_run::<S, NV, P, K, 1, TAIL>(
+                s, &a.g, a.rows, a.taps, a.count, a.src_off, a.dst_off,
+            )
         }
     }
 }
@@ -418,4 +420,3 @@ pub(super) unsafe fn pack_row<S: Simd, const NV: usize, const TAIL: bool>(
         }
     }
 }
-

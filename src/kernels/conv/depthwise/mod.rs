@@ -282,7 +282,13 @@ impl FamilyPlan for Plan {
         run_gather(tab, g, cols, Pass::Forward, x, w, bias, y, ws)
     }
 
-    fn backward_data(&self, dy: &[f32], w: &[f32], dx: &mut [f32], ws: &mut Workspace<'_>) -> Result<()> {
+    fn backward_data(
+        &self,
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        ws: &mut Workspace<'_>,
+    ) -> Result<()> {
         let (tab, g, cols) = (self.tab, &self.g, &self.backward_data);
         run_gather(tab, g, cols, Pass::BackwardData, dy, w, None, dx, ws)
     }
@@ -299,30 +305,3 @@ impl FamilyPlan for Plan {
         weight_grad::run(self.tab, &self.g, &self.forward, x, dy, dw, dbias, mode, ws)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn channel_blocks_cover_every_channel_once() {
-        for lanes in [1, 8, 16] {
-            for c in 1..80 {
-                let bl = channel_blocks(c, lanes, if lanes == 8 { 2 } else { 4 });
-                let mut next = 0;
-                for b in &bl {
-                    assert_eq!(b.c0, next);
-                    next += if b.tail > 0 {
-                        assert_eq!(b.nv, 1);
-                        assert!(b.tail < lanes);
-                        b.tail
-                    } else {
-                        b.nv * lanes
-                    };
-                }
-                assert_eq!(next, c, "lanes {lanes} c {c}");
-            }
-        }
-    }
-}
-

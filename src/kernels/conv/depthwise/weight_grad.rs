@@ -407,4 +407,3 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
         *d += *s;
     }
 }
-

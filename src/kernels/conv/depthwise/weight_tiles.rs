@@ -247,4 +247,3 @@ pub(super) unsafe fn wgrad_group<S: Simd, const NV: usize, const TAIL: bool>(
         }
     }
 }
-

@@ -641,7 +641,13 @@ impl GroupMajor {
     /// Copies source rows `src_rows` (each `width·src_c` floats, consecutive) into
     /// destination rows starting at `dst_row0` with the table's [`CopyRows`] entry
     /// `copy` (the destination rows must lie inside `dst`).
-    pub(super) fn copy_rows(&self, copy: CopyFn, src_rows: &[f32], dst_row0: usize, dst: &mut [f32]) {
+    pub(super) fn copy_rows(
+        &self,
+        copy: CopyFn,
+        src_rows: &[f32],
+        dst_row0: usize,
+        dst: &mut [f32],
+    ) {
         let a = CopyArgs {
             gm: *self,
             src: src_rows,

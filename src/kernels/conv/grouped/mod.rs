@@ -56,7 +56,9 @@ mod forward;
 mod micro;
 mod slide;
 
-use super::{ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode, bias_grad_in, bias_grad_scratch};
+use super::{
+    ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode, bias_grad_in, bias_grad_scratch,
+};
 use crate::error::Result;
 use crate::kernels::scratch::{PerWorker, Workspace, WorkspaceLayout};
 use crate::simd::{PerLevel, SimdLevel};
@@ -130,7 +132,13 @@ impl FamilyPlan for Plan {
         }
     }
 
-    fn backward_data(&self, dy: &[f32], w: &[f32], dx: &mut [f32], ws: &mut Workspace<'_>) -> Result<()> {
+    fn backward_data(
+        &self,
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        ws: &mut Workspace<'_>,
+    ) -> Result<()> {
         backward_data::run(&self.g, &self.backward_data, dy, w, dx, ws)
     }
 
@@ -247,21 +255,12 @@ impl Geo {
 /// The microkernel table of `level` (clamped to what the CPU runs).
 fn table(level: SimdLevel) -> &'static GroupedTable {
     use micro::{avx2_table, avx512_table, small_table};
-    static TABLES: PerLevel<GroupedTable> = crate::per_level!(small_table, avx2_table, avx512_table);
+    static TABLES: PerLevel<GroupedTable> =
+        crate::per_level!(small_table, avx2_table, avx512_table);
     TABLES.get(level)
 }
 
-/// Splits `0..n` into the fewest near-equal parts of at most `max` items:
-/// `(start, len)` pairs, longer parts first.
-fn split(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
-    let parts = n.div_ceil(max.max(1));
-    let base = n.checked_div(parts).unwrap_or(0);
-    let extra = n.checked_rem(parts).unwrap_or(0);
-    (0..parts).map(move |i| {
-        let start = i * base + i.min(extra);
-        (start, base + usize::from(i < extra))
-    })
-}
+use crate::kernels::parallel::balanced_parts as split;
 
 /// One task of the forward and backward-data passes: output rows `r0..r0 + rows` of
 /// image `n`, groups `g0..g0 + ng`.
@@ -361,29 +360,4 @@ fn with_zeroed<R>(slots: &PerWorker<'_>, len: usize, f: impl FnOnce(&mut [f32]) 
         buf.fill(0.0);
         f(buf)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split;
-
-    #[test]
-    fn split_covers_the_range_in_balanced_parts() {
-        for n in 0..60 {
-            for max in 1..20 {
-                let parts: Vec<_> = split(n, max).collect();
-                let mut next = 0;
-                for &(s, l) in &parts {
-                    assert_eq!(s, next);
-                    assert!(l >= 1 && l <= max);
-                    next = s + l;
-                }
-                assert_eq!(next, n);
-                assert_eq!(parts.len(), n.div_ceil(max));
-                if let (Some(a), Some(b)) = (parts.first(), parts.last()) {
-                    assert!(a.1 - b.1 <= 1);
-                }
-            }
-        }
-    }
 }
