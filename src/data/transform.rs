@@ -17,7 +17,7 @@
 //! `(v / 255 − mean) / std` per channel with the ImageNet [`MEAN`] and [`STD`].
 
 use crate::error::{Error, Result, check_len};
-use crate::kernels::regularize::CounterRng;
+use crate::rng::CounterRng;
 
 /// ImageNet per-channel mean (R, G, B) of pixel values scaled to `[0, 1]`.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];

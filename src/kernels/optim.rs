@@ -6,7 +6,7 @@
 //! element-wise, so results do not depend on the thread count.
 
 use crate::error::{Error, Result, check_len};
-use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
+use crate::simd::{self, Simd, SimdKernel, SimdLevel, dispatch};
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -90,8 +90,18 @@ impl SimdKernel for SgdBlock<'_> {
 }
 
 /// Applies one SGD-with-momentum step to `param` with gradient `grad` and momentum
-/// buffer `momentum` (all the same length).
+/// buffer `momentum` (all the same length), at the active SIMD level.
 pub fn sgd_momentum(
+    h: SgdMomentum,
+    param: &mut [f32],
+    grad: &[f32],
+    momentum: &mut [f32],
+) -> Result<()> {
+    sgd_momentum_with(simd::active(), h, param, grad, momentum)
+}
+
+/// [`sgd_momentum`] at `level`.
+pub fn sgd_momentum_with(
     level: SimdLevel,
     h: SgdMomentum,
     param: &mut [f32],
@@ -151,8 +161,19 @@ impl SimdKernel for RmsBlock<'_> {
 
 /// Applies one TensorFlow-RMSProp step to `param` with gradient `grad`, mean-square
 /// slot `mean_square` (start it at [`RmsPropTf::initial_mean_square`]) and momentum
-/// slot `momentum` (start at 0).
+/// slot `momentum` (start at 0), at the active SIMD level.
 pub fn rmsprop_tf(
+    h: RmsPropTf,
+    param: &mut [f32],
+    grad: &[f32],
+    mean_square: &mut [f32],
+    momentum: &mut [f32],
+) -> Result<()> {
+    rmsprop_tf_with(simd::active(), h, param, grad, mean_square, momentum)
+}
+
+/// [`rmsprop_tf`] at `level`.
+pub fn rmsprop_tf_with(
     level: SimdLevel,
     h: RmsPropTf,
     param: &mut [f32],
@@ -207,8 +228,13 @@ impl SimdKernel for EmaBlock<'_> {
     }
 }
 
-/// `ema = decay·ema + (1 − decay)·param`.
-pub fn ema_update(level: SimdLevel, decay: f32, ema: &mut [f32], param: &[f32]) -> Result<()> {
+/// `ema = decay·ema + (1 − decay)·param`, at the active SIMD level.
+pub fn ema_update(decay: f32, ema: &mut [f32], param: &[f32]) -> Result<()> {
+    ema_update_with(simd::active(), decay, ema, param)
+}
+
+/// [`ema_update`] at `level`.
+pub fn ema_update_with(level: SimdLevel, decay: f32, ema: &mut [f32], param: &[f32]) -> Result<()> {
     check_len("param", param.len(), ema.len())?;
     if !(0.0..=1.0).contains(&decay) {
         return Err(Error::InvalidArgument(format!(

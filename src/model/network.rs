@@ -14,7 +14,8 @@ use crate::kernels::conv::{Conv2d, ConvDesc, GradMode};
 use crate::kernels::fully_connected::FullyConnected;
 use crate::kernels::loss::{CrossEntropy, Targets};
 use crate::kernels::pool::{self, Nhwc};
-use crate::kernels::regularize::{CounterRng, Dropout};
+use crate::kernels::regularize::Dropout;
+use crate::rng::CounterRng;
 
 /// How a forward pass runs.
 #[derive(Copy, Clone, Debug, PartialEq)]

@@ -21,7 +21,7 @@ fn sgd_matches_the_formula_on_every_level() {
     for level in SimdLevel::available() {
         let (mut p, g, mut m) = (data(n, 1), data(n, 2), data(n, 3));
         let (p0, m0) = (p.clone(), m.clone());
-        sgd_momentum(level, h, &mut p, &g, &mut m).unwrap();
+        sgd_momentum_with(level, h, &mut p, &g, &mut m).unwrap();
         for i in 0..n {
             let gd = g[i] as f64 + 1e-2 * p0[i] as f64;
             let mm = 0.9 * m0[i] as f64 + gd;
@@ -49,7 +49,7 @@ fn rmsprop_matches_tensorflow_semantics_on_every_level() {
         let mut ms: Vec<f32> = data(n, 6).iter().map(|v| v.abs() * 3.0 + 1e-4).collect();
         let mut mom = data(n, 7);
         let (p0, ms0, mom0) = (p.clone(), ms.clone(), mom.clone());
-        rmsprop_tf(level, h, &mut p, &g, &mut ms, &mut mom).unwrap();
+        rmsprop_tf_with(level, h, &mut p, &g, &mut ms, &mut mom).unwrap();
         for i in 0..n {
             let gd = g[i] as f64 + 1e-5 * p0[i] as f64;
             let s2 = 0.9 * ms0[i] as f64 + 0.1 * gd * gd;
@@ -72,15 +72,15 @@ fn rmsprop_matches_tensorflow_semantics_on_every_level() {
 fn ema_and_errors() {
     let mut e = vec![1.0f32; 40];
     let p = vec![3.0f32; 40];
-    ema_update(SimdLevel::Scalar, 0.75, &mut e, &p).unwrap();
+    ema_update_with(SimdLevel::Scalar, 0.75, &mut e, &p).unwrap();
     assert!(e.iter().all(|v| (*v - 1.5).abs() < 1e-6));
-    assert!(ema_update(SimdLevel::Scalar, 1.5, &mut e, &p).is_err());
-    assert!(ema_update(SimdLevel::Scalar, 0.5, &mut e, &p[1..]).is_err());
+    assert!(ema_update_with(SimdLevel::Scalar, 1.5, &mut e, &p).is_err());
+    assert!(ema_update_with(SimdLevel::Scalar, 0.5, &mut e, &p[1..]).is_err());
     let h = SgdMomentum {
         lr: f32::NAN,
         momentum: 0.9,
         weight_decay: 0.0,
     };
     let mut m = vec![0.0; 40];
-    assert!(sgd_momentum(SimdLevel::Scalar, h, &mut e, &p, &mut m).is_err());
+    assert!(sgd_momentum_with(SimdLevel::Scalar, h, &mut e, &p, &mut m).is_err());
 }
