@@ -114,7 +114,8 @@ fn check(d: &ConvDesc, family: ConvFamily, seed: u64) {
 #[test]
 fn grouped_runs_match_the_reference() {
     // (channels per group in, out, kernel, stride, dilation)
-    let configs: [(usize, usize, (usize, usize), usize, usize); 9] = [
+    type Config = (usize, usize, (usize, usize), usize, usize);
+    let configs: [Config; 9] = [
         (8, 8, (3, 1), 1, 1),
         (16, 16, (3, 1), 1, 1),
         (16, 16, (1, 3), 2, 2),

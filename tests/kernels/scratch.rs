@@ -24,9 +24,12 @@ fn regions_are_aligned_disjoint_and_exactly_sized() {
             assert!(s.as_ptr() as usize + 4 * s.len() <= base + 4 * len);
         }
         assert!(a.as_ptr() as usize + 4 * a.len() <= c.as_ptr() as usize);
-        // The calling thread's slot (worker 0 outside a pool) follows the per-call
-        // regions, aligned, inside the buffer.
-        let slot = w.with(|s| (s.as_ptr() as usize, s.len()));
+        // Worker 0's slot follows the per-call regions, aligned, inside the buffer.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let slot = pool.install(|| w.with(|s| (s.as_ptr() as usize, s.len())));
         assert_eq!(slot.0 % 64, 0);
         assert!(slot.1 >= 7);
         assert!(c.as_ptr() as usize + 4 * c.len() <= slot.0);

@@ -151,7 +151,7 @@ pub(crate) trait FamilyPlan: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 enum Plan {
     Depthwise(depthwise::Plan),
-    Grouped(grouped::Plan),
+    Grouped(Box<grouped::Plan>),
     Pointwise(pointwise::Plan),
 }
 
@@ -207,7 +207,7 @@ impl Conv2d {
         let level = level.min(simd::detected());
         let plan = match family {
             ConvFamily::Depthwise => Plan::Depthwise(depthwise::Plan::new(level, &shape)),
-            ConvFamily::Grouped => Plan::Grouped(grouped::Plan::new(level, &shape)),
+            ConvFamily::Grouped => Plan::Grouped(Box::new(grouped::Plan::new(level, &shape))),
             ConvFamily::Pointwise => Plan::Pointwise(pointwise::Plan::new(level, &shape)),
         };
         Ok(Conv2d {
@@ -236,7 +236,7 @@ impl Conv2d {
     fn kernels(&self) -> &dyn FamilyPlan {
         match &self.plan {
             Plan::Depthwise(p) => p,
-            Plan::Grouped(p) => p,
+            Plan::Grouped(p) => p.as_ref(),
             Plan::Pointwise(p) => p,
         }
     }

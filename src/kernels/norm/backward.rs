@@ -59,8 +59,7 @@ impl Norm {
         };
         let saved = (&stats.mean[..], &stats.rstd[..]);
         let extra = BwdExtra::default();
-        let totals =
-            self.backward_impl(self.run_level(), (x, dy), cw, extra, saved, dx, &mut ws)?;
+        let totals = self.backward_impl(self.level, (x, dy), cw, extra, saved, dx, &mut ws)?;
         if let Some(d) = grads.dgamma {
             write_grad(d, &totals[c..2 * c], grads.mode);
         }

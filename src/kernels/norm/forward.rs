@@ -59,7 +59,7 @@ impl Norm {
             post: None,
             act: self.desc.activation,
         };
-        self.forward_impl(self.run_level(), x, cw, y, stats, ws)
+        self.forward_impl(self.level, x, cw, y, stats, ws)
     }
 
     /// Inference: BatchNorm uses the running statistics (required), folded into one
@@ -115,7 +115,7 @@ impl Norm {
         self.fold_into(running, affine, scale, shift);
         let (ones, zeros) = unit(ws.take(2 * c)?);
         let (scale, shift) = (&*scale, &*shift);
-        let level = self.run_level();
+        let level = self.level;
         let g = self.geo;
         with_act!(self.desc.activation, A => {
             x.par_chunks(g.chunk_len()).zip(y.par_chunks_mut(g.chunk_len())).for_each(|(x, y)| {

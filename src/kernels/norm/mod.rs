@@ -461,12 +461,6 @@ impl Norm {
         self.level
     }
 
-    /// The plan's level, checked against the active one (a temporary guard).
-    fn run_level(&self) -> SimdLevel {
-        assert_eq!(self.level, simd::active(), "GUARD norm plan level");
-        self.level
-    }
-
     /// The descriptor.
     pub fn desc(&self) -> &NormDesc {
         &self.desc

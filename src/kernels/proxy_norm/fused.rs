@@ -13,7 +13,7 @@ pub struct NormProxySaved {
 }
 
 /// The fused LayerNorm/GroupNorm (no affine) + Proxy Norm activation. See the
-/// [module docs](self).
+/// [module docs](super).
 #[derive(Clone, Debug)]
 pub struct NormProxy {
     norm: Norm,
@@ -146,7 +146,7 @@ impl NormProxy {
         self.proxy.check_params(&params)?;
         self.check_saved(saved)?;
         let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Forward))?;
-        let level = self.proxy.run_level();
+        let level = self.proxy.level;
         self.proxy
             .stats_impl(level, &params, &mut saved.proxy, &mut ws)?;
         let post = self
@@ -201,7 +201,7 @@ impl NormProxy {
         self.check_saved(saved)?;
         self.proxy.check_grads(&grads)?;
         let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Backward))?;
-        let level = self.proxy.run_level();
+        let level = self.proxy.level;
         let full = self.proxy.desc.variant == ProxyVariant::FullScale;
         let cw = Channelwise {
             g: params.gamma,

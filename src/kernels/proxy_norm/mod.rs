@@ -290,12 +290,6 @@ impl ProxyNorm {
         self.level
     }
 
-    /// The plan's level, checked against the active one (a temporary guard).
-    fn run_level(&self) -> SimdLevel {
-        assert_eq!(self.level, simd::active(), "GUARD proxy plan level");
-        self.level
-    }
-
     /// The descriptor.
     pub fn desc(&self) -> &ProxyNormDesc {
         &self.desc

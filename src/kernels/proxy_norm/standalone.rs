@@ -37,7 +37,7 @@ impl ProxyNorm {
         self.check_params(&params)?;
         self.check_stats(stats)?;
         let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Forward, xhat.len()))?;
-        let level = self.run_level();
+        let level = self.level;
         self.stats_impl(level, &params, stats, &mut ws)?;
         let (pp, qq) = self.post(stats, ws.take(2 * c)?);
         let (ones, zeros) = unit(ws.take(2 * c)?);
@@ -105,7 +105,7 @@ impl ProxyNorm {
         self.check_stats(stats)?;
         self.check_grads(&grads)?;
         let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Backward, xhat.len()))?;
-        let level = self.run_level();
+        let level = self.level;
         let (pp, _) = self.post(stats, ws.take(2 * c)?);
         let scale = (self.desc.variant == ProxyVariant::FullScale).then_some(pp);
         let (ones, zeros) = unit(ws.take(2 * c)?);

@@ -24,7 +24,7 @@ impl ProxyNorm {
         self.check_params(&params)?;
         self.check_stats(out)?;
         let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Stats, 0))?;
-        self.stats_impl(self.run_level(), &params, out, &mut ws)
+        self.stats_impl(self.level, &params, out, &mut ws)
     }
 
     pub(super) fn stats_impl(
@@ -97,7 +97,7 @@ impl ProxyNorm {
             *o = *v as f64;
         }
         let (dmu, ds) = d.split_at(c);
-        let g = self.stats_backward_impl(self.run_level(), &params, stats, (dmu, ds), &mut ws)?;
+        let g = self.stats_backward_impl(self.level, &params, stats, (dmu, ds), &mut ws)?;
         self.write(grads, None, g);
         Ok(())
     }

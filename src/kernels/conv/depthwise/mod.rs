@@ -37,7 +37,7 @@
 //!   thread count). Per chunk and channel block, each (kernel row, group of up to 5
 //!   kernel columns) accumulates in registers along 32-pixel slices of an output row,
 //!   all kernel rows per slice; the per-chunk partial gradients are summed in chunk
-//!   order ([`reduce_chunks_in`]), so the result is bitwise identical for any number
+//!   order ([`reduce_chunks_in`](crate::kernels::parallel::reduce_chunks_in)), so the result is bitwise identical for any number
 //!   of threads. The bias gradient is fused in (compensated summation across rows).
 //!
 //! Forward and backward-data compute every output element in the same order whatever
@@ -45,10 +45,10 @@
 //! are bitwise reproducible across thread counts.
 //!
 //! # Code structure
-//! The drivers (task split, row plans, rings, packing — [`gather`](self) and the
-//! weight gradient) are ordinary code compiled once; the loops over pixels and
-//! vectors are microkernels of a per-level table (one function per channel-block
-//! shape and level, chosen once per call), see the `micro` module.
+//! The drivers (task split, row plans, rings, weight packing) are ordinary code
+//! compiled once; the loops over pixels and vectors are the microkernels of a
+//! per-level table — one function per channel-block shape and level, each handling
+//! any run length — whose entries the plan picks when it is made.
 //!
 //! Memory: the rings, the packed weights and bias and the weight-gradient
 //! accumulators of a task live in its worker's slot of the caller's workspace

@@ -63,30 +63,47 @@ use crate::error::Result;
 use crate::kernels::scratch::{PerWorker, Workspace, WorkspaceLayout};
 use crate::simd::{PerLevel, SimdLevel};
 use micro::GroupedTable;
+use std::sync::OnceLock;
 
 /// The grouped kernels planned for one shape and level: every pass's plan (task split,
-/// copy sizes, the microkernel table's entries).
+/// copy sizes, the microkernel table's entries), each made the first time the pass (or
+/// its workspace size) is asked for and kept — an inference plan never makes the
+/// backward ones.
 #[derive(Debug)]
 pub(crate) struct Plan {
     g: Geo,
     shape: ConvShape,
     level: SimdLevel,
-    forward: forward::Plan,
-    backward_data: backward_data::Plan,
-    backward_weight: backward_weight::Plan,
+    forward: OnceLock<forward::Plan>,
+    backward_data: OnceLock<backward_data::Plan>,
+    backward_weight: OnceLock<backward_weight::Plan>,
 }
 
 impl Plan {
     pub(crate) fn new(level: SimdLevel, shape: &ConvShape) -> Plan {
-        let g = Geo::new(shape);
         Plan {
-            forward: forward::Plan::new(level, &g),
-            backward_data: backward_data::Plan::new(level, &g),
-            backward_weight: backward_weight::Plan::new(level, &g),
-            g,
+            g: Geo::new(shape),
             shape: *shape,
             level,
+            forward: OnceLock::new(),
+            backward_data: OnceLock::new(),
+            backward_weight: OnceLock::new(),
         }
+    }
+
+    fn forward(&self) -> &forward::Plan {
+        self.forward
+            .get_or_init(|| forward::Plan::new(self.level, &self.g))
+    }
+
+    fn backward_data(&self) -> &backward_data::Plan {
+        self.backward_data
+            .get_or_init(|| backward_data::Plan::new(self.level, &self.g))
+    }
+
+    fn backward_weight(&self) -> &backward_weight::Plan {
+        self.backward_weight
+            .get_or_init(|| backward_weight::Plan::new(self.level, &self.g))
     }
 }
 
@@ -99,10 +116,10 @@ impl FamilyPlan for Plan {
         let g = &self.g;
         let mut l = WorkspaceLayout::new(threads);
         match pass {
-            ConvPass::Forward => self.forward.layout(g, &mut l),
-            ConvPass::BackwardData => self.backward_data.layout(g, &mut l),
+            ConvPass::Forward => self.forward().layout(g, &mut l),
+            ConvPass::BackwardData => self.backward_data().layout(g, &mut l),
             ConvPass::BackwardWeight => {
-                self.backward_weight.layout(g, &mut l);
+                self.backward_weight().layout(g, &mut l);
                 l.region(bias_grad_scratch(&self.shape));
             }
         }
@@ -110,11 +127,11 @@ impl FamilyPlan for Plan {
     }
 
     fn packed_len(&self) -> usize {
-        self.forward.packed_len(&self.g)
+        self.forward().packed_len(&self.g)
     }
 
     fn pack(&self, w: &[f32], out: &mut [f32]) {
-        self.forward.pack_weights(&self.g, w, out);
+        self.forward().pack_weights(&self.g, w, out);
     }
 
     fn forward(
@@ -125,7 +142,7 @@ impl FamilyPlan for Plan {
         y: &mut [f32],
         ws: &mut Workspace<'_>,
     ) -> Result<()> {
-        let (g, plan) = (&self.g, &self.forward);
+        let (g, plan) = (&self.g, self.forward());
         match w {
             ForwardWeights::Plain(w) => forward::run(g, plan, x, w, bias, y, ws),
             ForwardWeights::Packed(p) => forward::run_prepacked(g, plan, x, p, bias, y, ws),
@@ -139,7 +156,7 @@ impl FamilyPlan for Plan {
         dx: &mut [f32],
         ws: &mut Workspace<'_>,
     ) -> Result<()> {
-        backward_data::run(&self.g, &self.backward_data, dy, w, dx, ws)
+        backward_data::run(&self.g, self.backward_data(), dy, w, dx, ws)
     }
 
     fn backward_weight(
@@ -151,7 +168,7 @@ impl FamilyPlan for Plan {
         mode: GradMode,
         ws: &mut Workspace<'_>,
     ) -> Result<()> {
-        let plan = &self.backward_weight;
+        let plan = self.backward_weight();
         backward_weight::run(&self.g, plan, x, dy, dw, mode.accumulate(), ws)?;
         let partials = ws.take(bias_grad_scratch(&self.shape))?;
         if let Some(db) = dbias {
