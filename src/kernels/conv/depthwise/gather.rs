@@ -3,7 +3,7 @@
 //! microkernels.
 
 use super::columns::{Columns, Ring, Tap};
-use super::micro::{DwTable, Gather, GatherArgs, SlideRow, kind};
+use super::micro::{DwTable, Gather, RowArgs, Run, SlideRow, kind};
 use super::{Block, Geo, channel_blocks, gather_scratch};
 use crate::error::Result;
 use crate::kernels::parallel::chunk_len;
@@ -35,15 +35,15 @@ struct GatherRows<'a> {
     mem: &'a mut [f32],
 }
 
-/// The taps of one destination row, the same for every channel block.
+/// The taps and runs of one destination row, the same for every channel block.
 struct RowPlan {
     /// `(kh, global source row, first packed pixel of its ring slot)`.
     rows: Vec<(usize, usize, usize)>,
     taps: Vec<Tap>,
     slide: Vec<SlideRow>,
-    /// Per class: its in-place taps, ring taps, in-place and ring sliding-window rows
-    /// (ranges into `taps`, `taps`, `slide`, `slide`).
-    ranges: Vec<[Range<usize>; 4]>,
+    /// The row's runs, in order: per class the interior (in place) and the border runs
+    /// (from the ring), or one run over whole packed rows.
+    runs: Vec<Run>,
 }
 
 impl GatherRows<'_> {
@@ -65,7 +65,7 @@ impl GatherRows<'_> {
         plan.rows.clear();
         plan.taps.clear();
         plan.slide.clear();
-        plan.ranges.clear();
+        plan.runs.clear();
         for kh in 0..g.kh {
             let srow = match self.pass {
                 Pass::Forward => g.in_row(row, kh),
@@ -132,9 +132,34 @@ impl GatherRows<'_> {
                     });
                 }
             }
-            plan.ranges
-                .push([t0..t1, t1..t2, s0..s1, s1..plan.slide.len()]);
+            let (s2, k) = (plan.slide.len(), cl.kws.len());
+            let run =
+                |packed, taps: Range<usize>, slide: Range<usize>, count, src_px, dst_px| Run {
+                    packed,
+                    taps: taps.start as u32..taps.end as u32,
+                    slide: slide.start as u32..slide.end as u32,
+                    k: k as u32,
+                    count,
+                    src_px,
+                    dst: dst_px * g.c,
+                };
+            if cl.ja < cl.jb {
+                let d0 = cl.dst0 + cl.ja * cols.dst_step;
+                plan.runs
+                    .push(run(false, t0..t1, s0..s1, cl.jb - cl.ja, 0, d0));
+            }
+            if cl.ja == cl.count {
+                // Whole packed rows: one run.
+                plan.runs
+                    .push(run(true, t1..t2, s1..s2, cl.count, 0, cl.dst0));
+            } else if cl.ja > 0 || cl.jb < cl.count {
+                plan.runs.push(run(true, t1..t2, s2..s2, cl.ja, 0, cl.dst0));
+                let d1 = cl.dst0 + cl.jb * cols.dst_step;
+                plan.runs
+                    .push(run(true, t1..t2, s2..s2, cl.count - cl.jb, cl.jb, d1));
+            }
         }
+        plan.runs.retain(|r| r.count > 0);
     }
 
     /// Copies one channel block of the weights (and bias) into the packed buffers
@@ -210,77 +235,16 @@ impl GatherRows<'_> {
                 src_step: cols.src_step * vb,
                 ..direct
             };
-            for (cl, [td, tr, sd, sr]) in cols.classes.iter().zip(&plan.ranges) {
-                let k = cl.kws.len();
-                if cl.ja < cl.jb {
-                    let d0 = (cl.dst0 + cl.ja * cols.dst_step) * c;
-                    let (taps, rows) = (&plan.taps[td.clone()], &plan.slide[sd.clone()]);
-                    class_run(tab, k_i, &direct, rows, taps, k, cl.jb - cl.ja, d0);
-                }
-                if cl.ja == 0 && cl.jb == cl.count {
-                    continue;
-                }
-                let (taps, rows) = (&plan.taps[tr.clone()], &plan.slide[sr.clone()]);
-                let d0 = cl.dst0 * c;
-                if cl.ja == cl.count {
-                    // Whole packed rows: one run.
-                    class_run(tab, k_i, &packed, rows, taps, k, cl.count, d0);
-                    continue;
-                }
-                let gather = tab.gather[k_i];
-                gather(&GatherArgs {
-                    g: packed,
-                    taps,
-                    rows: &[],
-                    count: cl.ja,
-                    src_off: 0,
-                    dst_off: d0,
-                });
-                gather(&GatherArgs {
-                    g: packed,
-                    taps,
-                    rows: &[],
-                    count: cl.count - cl.jb,
-                    src_off: cl.jb * packed.src_step,
-                    dst_off: d0 + cl.jb * packed.dst_step,
-                });
-            }
+            let a = RowArgs {
+                direct,
+                packed,
+                runs: &plan.runs,
+                taps: &plan.taps,
+                slide: &plan.slide,
+            };
+            (tab.row[k_i])(&a);
         }
     }
-}
-
-/// `count` destination pixels of one class from `dst_off` for a block of kind `k_i`:
-/// the table's sliding-window run when the class has sliding-window `rows` (`k` = 3 or
-/// 5 taps per kernel row) and the level has one, the tap-list run otherwise.
-///
-/// # Safety
-/// As [`GatherRun`](super::micro::GatherRun) and [`SlideRun`](super::micro::SlideRun).
-#[allow(clippy::too_many_arguments)]
-unsafe fn class_run(
-    tab: &DwTable,
-    k_i: usize,
-    g: &Gather,
-    rows: &[SlideRow],
-    taps: &[Tap],
-    k: usize,
-    count: usize,
-    dst_off: usize,
-) {
-    let slide = match (rows.is_empty(), k, &tab.slide) {
-        (false, 3, Some(s)) => Some(s[0][k_i]),
-        (false, 5, Some(s)) => Some(s[1][k_i]),
-        _ => None,
-    };
-    let a = GatherArgs {
-        g: *g,
-        taps,
-        rows,
-        count,
-        src_off: 0,
-        dst_off,
-    };
-    // SAFETY: forwarded.
-    unsafe { slide.unwrap_or(tab.gather[k_i])(&a) }
 }
 
 impl GatherRows<'_> {
@@ -319,7 +283,7 @@ impl GatherRows<'_> {
             rows: Vec::with_capacity(g.kh),
             taps: Vec::with_capacity(2 * taps_n * cols.classes.len()),
             slide: Vec::with_capacity(2 * g.kh * cols.classes.len()),
-            ranges: Vec::with_capacity(cols.classes.len()),
+            runs: Vec::with_capacity(3 * cols.classes.len()),
         };
         let (w, bias) = (&*w, &*bias);
         for (r, dst_row) in dst.chunks_exact_mut(dst_len).enumerate() {

@@ -2,9 +2,9 @@
 //!
 //! Every entry works on one *channel block* — `NV` vectors of channels, or one partial
 //! vector (`TAIL`, `tail` lanes) — and handles any run length at run time:
-//! [`GatherRun`] (a run of destination pixels from a tap list, tiles of `P` pixels
-//! then 4, 2, 1), [`SlideRun`] (the sliding-window run for 3 or 5 taps per kernel
-//! row), [`PackRow`] (source pixels into a packed ring row), [`WgradRun`] (weight-
+//! [`GatherRow`] (every run of one destination row: tap-list runs in tiles of `P`
+//! pixels then 4, 2, 1, and sliding-window runs for 3 or 5 taps per kernel row),
+//! [`PackRow`] (source pixels into a packed ring row), [`WgradRun`] (weight-
 //! gradient sums of up to 5 kernel columns along a run), [`WgradSlide`] (the same
 //! with a sliding window on packed rows) and [`BiasRow`] (one row's bias-gradient sum,
 //! added with compensation). The tables index them by [`kind`] of channel block.
@@ -35,8 +35,8 @@ pub(super) fn kind(b: Block) -> usize {
     }
 }
 
-/// A gather-run entry ([`GatherRun`] or [`SlideRun`]).
-pub(super) type GatherFn = unsafe fn(&GatherArgs<'_>);
+/// A [`GatherRow`] entry.
+pub(super) type RowFn = unsafe fn(&RowArgs<'_>);
 /// A [`PackRow`] entry.
 pub(super) type PackFn = unsafe fn(&PackArgs);
 /// A weight-gradient run entry ([`WgradRun`] or [`WgradSlide`]).
@@ -51,9 +51,7 @@ pub(super) struct DwTable {
     pub lanes: usize,
     /// Widest channel block, in vectors.
     pub nv_max: usize,
-    pub gather: [GatherFn; KINDS],
-    /// Sliding-window runs for 3 and 5 taps per kernel row (`slide[0]`, `slide[1]`).
-    pub slide: Option<[[GatherFn; KINDS]; 2]>,
+    pub row: [RowFn; KINDS],
     pub pack: [PackFn; KINDS],
     pub wgrad: [WgradFn; KINDS],
     /// Sliding-window weight-gradient runs for 3 and 5 kernel columns.
@@ -67,26 +65,12 @@ pub(super) const fn avx512_table<S: Simd>() -> DwTable {
     DwTable {
         lanes: S::LANES,
         nv_max: 4,
-        gather: [
-            S::call::<GatherRun<1, 8, false>>,
-            S::call::<GatherRun<2, 8, false>>,
-            S::call::<GatherRun<4, 4, false>>,
-            S::call::<GatherRun<1, 8, true>>,
+        row: [
+            S::call::<GatherRow<1, 8, false, true>>,
+            S::call::<GatherRow<2, 8, false, true>>,
+            S::call::<GatherRow<4, 4, false, true>>,
+            S::call::<GatherRow<1, 8, true, true>>,
         ],
-        slide: Some([
-            [
-                S::call::<SlideRun<1, 8, 3, false>>,
-                S::call::<SlideRun<2, 8, 3, false>>,
-                S::call::<SlideRun<4, 4, 3, false>>,
-                S::call::<SlideRun<1, 8, 3, true>>,
-            ],
-            [
-                S::call::<SlideRun<1, 8, 5, false>>,
-                S::call::<SlideRun<2, 8, 5, false>>,
-                S::call::<SlideRun<4, 4, 5, false>>,
-                S::call::<SlideRun<1, 8, 5, true>>,
-            ],
-        ]),
         pack: [
             S::call::<PackRow<1, false>>,
             S::call::<PackRow<2, false>>,
@@ -128,26 +112,12 @@ pub(super) const fn avx2_table<S: Simd>() -> DwTable {
     DwTable {
         lanes: S::LANES,
         nv_max: 2,
-        gather: [
-            S::call::<GatherRun<1, 8, false>>,
-            S::call::<GatherRun<2, 4, false>>,
-            S::call::<GatherRun<2, 4, false>>,
-            S::call::<GatherRun<1, 8, true>>,
+        row: [
+            S::call::<GatherRow<1, 8, false, true>>,
+            S::call::<GatherRow<2, 4, false, true>>,
+            S::call::<GatherRow<2, 4, false, true>>,
+            S::call::<GatherRow<1, 8, true, true>>,
         ],
-        slide: Some([
-            [
-                S::call::<SlideRun<1, 8, 3, false>>,
-                S::call::<SlideRun<2, 4, 3, false>>,
-                S::call::<SlideRun<2, 4, 3, false>>,
-                S::call::<SlideRun<1, 8, 3, true>>,
-            ],
-            [
-                S::call::<SlideRun<1, 8, 5, false>>,
-                S::call::<SlideRun<2, 4, 5, false>>,
-                S::call::<SlideRun<2, 4, 5, false>>,
-                S::call::<SlideRun<1, 8, 5, true>>,
-            ],
-        ]),
         pack: [
             S::call::<PackRow<1, false>>,
             S::call::<PackRow<2, false>>,
@@ -186,15 +156,14 @@ pub(super) const fn avx2_table<S: Simd>() -> DwTable {
 /// The scalar and portable table: one-vector blocks (and a partial one), tiles of 4
 /// pixels, no sliding windows.
 pub(super) const fn small_table<S: Simd>() -> DwTable {
-    let gather: GatherFn = S::call::<GatherRun<1, 4, false>>;
+    let row: RowFn = S::call::<GatherRow<1, 4, false, false>>;
     let pack: PackFn = S::call::<PackRow<1, false>>;
     let wgrad: WgradFn = S::call::<WgradRun<1, false>>;
     let bias_row: BiasFn = S::call::<BiasRow<1, false>>;
     DwTable {
         lanes: S::LANES,
         nv_max: 1,
-        gather: [gather, gather, gather, S::call::<GatherRun<1, 4, true>>],
-        slide: None,
+        row: [row, row, row, S::call::<GatherRow<1, 4, true, false>>],
         pack: [pack, pack, pack, S::call::<PackRow<1, true>>],
         wgrad: [wgrad, wgrad, wgrad, S::call::<WgradRun<1, true>>],
         wgrad_slide: None,
@@ -202,48 +171,63 @@ pub(super) const fn small_table<S: Simd>() -> DwTable {
     }
 }
 
-/// Arguments of a gather run: `count` destination pixels from `dst_off` (source from
-/// `src_off`) of one channel block, from the tap list `taps` ([`GatherRun`]) or the
-/// sliding-window rows `rows` ([`SlideRun`], which runs its remainder from `taps`).
-pub(super) struct GatherArgs<'a> {
-    pub g: Gather,
-    pub taps: &'a [Tap],
-    pub rows: &'a [SlideRow],
+/// One run of a destination row: `count` pixels from destination offset `dst`
+/// (floats from the block's first channel in the row), reading source pixel `src_px`
+/// on (in the source's pixels), through the taps `taps` or, with `k` = 3 or 5 taps per
+/// kernel row, the sliding-window rows `slide` (ranges into the row's lists; `slide`
+/// empty for a tap-list run), in place (`packed` false) or from the ring.
+#[derive(Clone, Debug)]
+pub(super) struct Run {
+    pub packed: bool,
+    pub taps: std::ops::Range<u32>,
+    pub slide: std::ops::Range<u32>,
+    pub k: u32,
     pub count: usize,
-    pub src_off: usize,
-    pub dst_off: usize,
+    pub src_px: usize,
+    pub dst: usize,
 }
 
-/// A run of [`gather_tile`]s: `P` pixels × `NV` vectors, then 4, 2, 1.
-pub(super) struct GatherRun<const NV: usize, const P: usize, const TAIL: bool>;
-
-impl<const NV: usize, const P: usize, const TAIL: bool> Microkernel for GatherRun<NV, P, TAIL> {
-    type Args<'a> = GatherArgs<'a>;
-    /// # Safety
-    /// As [`gather_tile`] for pixels `0..count`.
-    #[inline(always)]
-    unsafe fn run<S: Simd>(s: S, a: &GatherArgs<'_>) {
-        // SAFETY: forwarded.
-        unsafe { gather_run::<S, NV, P, TAIL>(s, &a.g, a.taps, a.count, a.src_off, a.dst_off) }
-    }
+/// Arguments of [`GatherRow`]: one destination row of one channel block — the in-place
+/// and ring sources as [`Gather`]s, the row's runs and their tap lists.
+pub(super) struct RowArgs<'a> {
+    pub direct: Gather,
+    pub packed: Gather,
+    pub runs: &'a [Run],
+    pub taps: &'a [Tap],
+    pub slide: &'a [SlideRow],
 }
 
-/// A sliding-window run for `K` taps per kernel row at stride 1 ([`slide_run`]).
-pub(super) struct SlideRun<const NV: usize, const P: usize, const K: usize, const TAIL: bool>;
+/// Every run of one destination row of a channel block of `NV` vectors (`TAIL`: one
+/// partial vector): tap-list runs in tiles of `P` pixels (then 4, 2, 1), and with
+/// `SLIDE` the sliding-window runs for 3 and 5 taps per kernel row.
+pub(super) struct GatherRow<const NV: usize, const P: usize, const TAIL: bool, const SLIDE: bool>;
 
-impl<const NV: usize, const P: usize, const K: usize, const TAIL: bool> Microkernel
-    for SlideRun<NV, P, K, TAIL>
+impl<const NV: usize, const P: usize, const TAIL: bool, const SLIDE: bool> Microkernel
+    for GatherRow<NV, P, TAIL, SLIDE>
 {
-    type Args<'a> = GatherArgs<'a>;
+    type Args<'a> = RowArgs<'a>;
     /// # Safety
-    /// As [`slide_run`].
+    /// As [`gather_run`] and [`slide_run`] for every run (all its pixels, taps and
+    /// sliding rows in bounds; the destination pixels exclusive to the call).
     #[inline(always)]
-    unsafe fn run<S: Simd>(s: S, a: &GatherArgs<'_>) {
-        // SAFETY: forwarded.
-        unsafe {
-            slide_run::<S, NV, P, K, 1, TAIL>(
-                s, &a.g, a.rows, a.taps, a.count, a.src_off, a.dst_off,
-            )
+    unsafe fn run<S: Simd>(s: S, a: &RowArgs<'_>) {
+        for r in a.runs {
+            let g = if r.packed { &a.packed } else { &a.direct };
+            let taps = &a.taps[r.taps.start as usize..r.taps.end as usize];
+            let rows = &a.slide[r.slide.start as usize..r.slide.end as usize];
+            let src_off = r.src_px * g.src_step;
+            // SAFETY: forwarded.
+            unsafe {
+                match (SLIDE && !rows.is_empty(), r.k) {
+                    (true, 3) => {
+                        slide_run::<S, NV, P, 3, 1, TAIL>(s, g, rows, taps, r.count, src_off, r.dst)
+                    }
+                    (true, 5) => {
+                        slide_run::<S, NV, P, 5, 1, TAIL>(s, g, rows, taps, r.count, src_off, r.dst)
+                    }
+                    _ => gather_run::<S, NV, P, TAIL>(s, g, taps, r.count, src_off, r.dst),
+                }
+            }
         }
     }
 }
