@@ -3,7 +3,7 @@
 //! packed source rows the border runs read.
 
 use super::Geo;
-use super::micro::{PackArgs, PackFn};
+use super::micro::PackJob;
 
 /// How a source row sits in the ring: `pl` zero pixels, the row's `src_w` pixels, zero
 /// pixels up to `pw`. Only the edge pixels `[0, el)` and `[er, src_w)` are copied (the
@@ -55,51 +55,42 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// The float offset of the slot holding global source row `row`, packing its edge
-    /// pixels from `src` (channel `c0` of the row's first pixel) with the block's
-    /// [`PackRow`](super::micro::PackRow) entry `pack` first if needed (`vb` floats per
-    /// packed pixel, `tail` lanes of a partial block).
-    ///
-    /// # Safety
-    /// As [`pack_row`](super::micro::pack_row) for the row's `src_w` pixels from `src`;
-    /// `vb` at most the ring's pixel size; `pack` from a table this CPU runs.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn ensure(
+    /// The float offset of the slot holding global source row `row`; if the slot holds
+    /// another row, the copies of the new row's edge pixels from `src` (channel `c0` of
+    /// the row's first pixel, pixels `c` floats apart) are appended to `jobs` (`vb`
+    /// floats per packed pixel), for a [`PackRow`](super::micro::PackRow) call to make
+    /// before the slot is read.
+    pub(super) fn ensure(
         &mut self,
-        pack: PackFn,
-        vb: usize,
         row: usize,
         src: *const f32,
         c: usize,
-        tail: usize,
+        vb: usize,
+        jobs: &mut Vec<PackJob>,
     ) -> usize {
         let slot = row % self.tags.len();
         let base = slot * self.stride;
         if self.tags[slot] != row {
             self.tags[slot] = row;
             let rp = self.rp;
-            let run = |src: *const f32, px: usize, dst: *mut f32| {
-                let a = PackArgs {
-                    src,
-                    c,
-                    px,
-                    dst,
-                    tail,
-                };
-                // SAFETY: the slot holds `pw ≥ pl + src_w` pixels of `vb` floats, the
-                // copied pixels lie inside the source row (the caller's contract).
-                unsafe { pack(&a) }
-            };
             let dst = self.mem[base + rp.pl * vb..].as_mut_ptr();
             if rp.el >= rp.er {
-                run(src, rp.src_w, dst);
+                jobs.push(PackJob {
+                    src,
+                    px: rp.src_w,
+                    dst,
+                });
             } else {
-                run(src, rp.el, dst);
-                run(
-                    src.wrapping_add(rp.er * c),
-                    rp.src_w - rp.er,
-                    dst.wrapping_add(rp.er * vb),
-                );
+                jobs.push(PackJob {
+                    src,
+                    px: rp.el,
+                    dst,
+                });
+                jobs.push(PackJob {
+                    src: src.wrapping_add(rp.er * c),
+                    px: rp.src_w - rp.er,
+                    dst: dst.wrapping_add(rp.er * vb),
+                });
             }
         }
         base

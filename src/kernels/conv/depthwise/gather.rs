@@ -3,7 +3,7 @@
 //! microkernels.
 
 use super::columns::{Columns, Ring, Tap};
-use super::micro::{DwTable, Gather, RowArgs, Run, SlideRow, kind};
+use super::micro::{DwTable, Gather, PackJob, RowArgs, RowBlock, Run, SlideRow, kind};
 use super::{Block, Geo, channel_blocks, gather_scratch};
 use crate::error::Result;
 use crate::kernels::parallel::chunk_len;
@@ -182,46 +182,51 @@ impl GatherRows<'_> {
         }
     }
 
-    /// One destination row `dst` (`dst_len` floats) for one channel block, with the
-    /// block's weights packed ([`GatherRows::pack_weights`]) in `w` and `bias`; `ring`
-    /// is the block's ring and `plan` the row's plan.
+    /// One destination row `dst` (`dst_len` floats) for a run of channel blocks of one
+    /// kind, with their weights packed ([`GatherRows::pack_weights`]) in `w` and
+    /// `bias`; `rings` are the blocks' rings and `plan` the row's plan. One
+    /// [`GatherRow`](super::micro::GatherRow) call packs the source rows the blocks'
+    /// rings lack and runs the row, block by block.
     #[allow(clippy::too_many_arguments)]
-    fn row_block(
+    fn row_blocks(
         &self,
-        b: Block,
-        ring: &mut Ring<'_>,
+        blocks: &[Block],
+        rings: &mut [Ring<'_>],
         w: &[f32],
         bias: &[f32],
         plan: &RowPlan,
         dst: &mut [f32],
+        scratch: &mut BlockScratch,
     ) {
         let (g, cols, tab) = (self.g, self.cols, self.tab);
-        let (l, c, c0, tail) = (tab.lanes, g.c, b.c0, b.tail);
-        let vb = b.nv * l;
-        let k_i = kind(b);
+        let (l, c) = (tab.lanes, g.c);
+        let (b0, last) = (blocks[0], blocks[blocks.len() - 1]);
+        let (vb, k_i, tail) = (b0.nv * l, kind(b0), b0.tail);
         let (src_rows, src_len, _, dst_len) = self.dims();
         let taps_n = g.kh * g.kw;
-        assert!(c0 + if tail > 0 { tail } else { vb } <= c);
+        assert!(blocks.iter().all(|b| kind(*b) == k_i) && rings.len() == blocks.len());
+        assert!(last.c0 + if tail > 0 { tail } else { vb } <= c);
         assert!(self.src.len() == g.n * src_rows * src_len && dst.len() == dst_len);
-        assert!(w.len() >= taps_n * (c0 + vb) && bias.len() >= c0 + vb);
-        // SAFETY (whole body): the asserts above and the shapes of `Columns` (every
-        // packed offset of every class is inside a ring row, every interior tap a real
-        // source pixel, every destination pixel inside its row) keep all accesses in
-        // bounds; the entries come from this level's table.
-        unsafe {
-            let src = self.src.as_ptr().add(c0);
+        assert!(w.len() >= taps_n * (last.c0 + vb) && bias.len() >= last.c0 + vb);
+        let BlockScratch { jobs, ptrs } = scratch;
+        jobs.clear();
+        ptrs.clear();
+        let src0 = self.src.as_ptr();
+        for (b, ring) in blocks.iter().zip(rings.iter_mut()) {
+            let src = src0.wrapping_add(b.c0);
+            let j0 = jobs.len() as u32;
             if cols.has_border() {
                 for &(_, gr, _) in &plan.rows {
-                    ring.ensure(tab.pack[k_i], vb, gr, src.add(gr * src_len), c, tail);
+                    ring.ensure(gr, src.wrapping_add(gr * src_len), c, vb, jobs);
                 }
             }
             let direct = Gather {
                 src,
                 src_unit: 1,
-                dst: dst.as_mut_ptr().add(c0),
-                w: w.as_ptr().add(taps_n * c0),
+                dst: dst.as_mut_ptr().wrapping_add(b.c0),
+                w: w.as_ptr().wrapping_add(taps_n * b.c0),
                 bias: if self.bias.is_some() {
-                    bias.as_ptr().add(c0)
+                    bias.as_ptr().wrapping_add(b.c0)
                 } else {
                     std::ptr::null()
                 },
@@ -235,16 +240,35 @@ impl GatherRows<'_> {
                 src_step: cols.src_step * vb,
                 ..direct
             };
-            let a = RowArgs {
+            ptrs.push(RowBlock {
                 direct,
                 packed,
+                jobs: (j0, jobs.len() as u32),
+            });
+        }
+        // SAFETY: the asserts above and the shapes of `Columns` (every packed offset of
+        // every class is inside a ring row, every interior tap a real source pixel,
+        // every destination pixel inside its row, every packed copy inside its source
+        // row and ring slot) keep all accesses in bounds; the blocks' channels are
+        // disjoint; the entries come from this level's table.
+        unsafe {
+            (tab.row[k_i])(&RowArgs {
+                blocks: ptrs,
+                jobs,
+                c,
                 runs: &plan.runs,
                 taps: &plan.taps,
                 slide: &plan.slide,
-            };
-            (tab.row[k_i])(&a);
+            });
         }
     }
+}
+
+/// The per-row lists of [`GatherRows::row_blocks`], kept across rows.
+#[derive(Default)]
+struct BlockScratch {
+    jobs: Vec<PackJob>,
+    ptrs: Vec<RowBlock>,
 }
 
 impl GatherRows<'_> {
@@ -286,11 +310,21 @@ impl GatherRows<'_> {
             runs: Vec::with_capacity(3 * cols.classes.len()),
         };
         let (w, bias) = (&*w, &*bias);
+        // Consecutive blocks of one kind: one pack and one row call per row for each.
+        let mut kinds: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, b) in blocks.iter().enumerate() {
+            match kinds.last_mut() {
+                Some(r) if kind(blocks[r.start]) == kind(*b) => r.end = i + 1,
+                _ => kinds.push(i..i + 1),
+            }
+        }
+        let mut scratch = BlockScratch::default();
         for (r, dst_row) in dst.chunks_exact_mut(dst_len).enumerate() {
             let global = self.row0 + r;
             self.plan_row(global / dst_rows, global % dst_rows, slots, &mut plan);
-            for (&b, ring) in blocks.iter().zip(&mut rings) {
-                self.row_block(b, ring, w, bias, &plan, dst_row);
+            for k in &kinds {
+                let (bs, rs) = (&blocks[k.clone()], &mut rings[k.clone()]);
+                self.row_blocks(bs, rs, w, bias, &plan, dst_row, &mut scratch);
             }
         }
     }

@@ -38,7 +38,7 @@ pub(super) fn kind(b: Block) -> usize {
 /// A [`GatherRow`] entry.
 pub(super) type RowFn = unsafe fn(&RowArgs<'_>);
 /// A [`PackRow`] entry.
-pub(super) type PackFn = unsafe fn(&PackArgs);
+pub(super) type PackFn = unsafe fn(&PackArgs<'_>);
 /// A weight-gradient run entry ([`WgradRun`] or [`WgradSlide`]).
 pub(super) type WgradFn = unsafe fn(&WgradArgs);
 /// A [`BiasRow`] entry.
@@ -187,19 +187,31 @@ pub(super) struct Run {
     pub dst: usize,
 }
 
-/// Arguments of [`GatherRow`]: one destination row of one channel block — the in-place
-/// and ring sources as [`Gather`]s, the row's runs and their tap lists.
-pub(super) struct RowArgs<'a> {
+/// One channel block of a [`GatherRow`] call: its in-place and ring sources, and the
+/// range of the call's pack jobs that bring its ring up to date.
+#[derive(Copy, Clone)]
+pub(super) struct RowBlock {
     pub direct: Gather,
     pub packed: Gather,
+    pub jobs: (u32, u32),
+}
+
+/// Arguments of [`GatherRow`]: one destination row of channel blocks of one kind, the
+/// ring copies they need first (`jobs`, `c` channels per source pixel), the row's runs
+/// and their tap lists.
+pub(super) struct RowArgs<'a> {
+    pub blocks: &'a [RowBlock],
+    pub jobs: &'a [PackJob],
+    pub c: usize,
     pub runs: &'a [Run],
     pub taps: &'a [Tap],
     pub slide: &'a [SlideRow],
 }
 
-/// Every run of one destination row of a channel block of `NV` vectors (`TAIL`: one
-/// partial vector): tap-list runs in tiles of `P` pixels (then 4, 2, 1), and with
-/// `SLIDE` the sliding-window runs for 3 and 5 taps per kernel row.
+/// Every run of one destination row for channel blocks of `NV` vectors (`TAIL`: one
+/// partial vector), block after block, each block's ring copies just before its runs
+/// (so they are still in L1): tap-list runs in tiles of `P` pixels (then 4, 2, 1), and
+/// with `SLIDE` the sliding-window runs for 3 and 5 taps per kernel row.
 pub(super) struct GatherRow<const NV: usize, const P: usize, const TAIL: bool, const SLIDE: bool>;
 
 impl<const NV: usize, const P: usize, const TAIL: bool, const SLIDE: bool> Microkernel
@@ -211,8 +223,30 @@ impl<const NV: usize, const P: usize, const TAIL: bool, const SLIDE: bool> Micro
     /// sliding rows in bounds; the destination pixels exclusive to the call).
     #[inline(always)]
     unsafe fn run<S: Simd>(s: S, a: &RowArgs<'_>) {
+        for b in a.blocks {
+            let tail = b.direct.tail;
+            // SAFETY: forwarded, block by block (copies as `pack_row`).
+            unsafe {
+                for j in &a.jobs[b.jobs.0 as usize..b.jobs.1 as usize] {
+                    pack_row::<S, NV, TAIL>(s, j.src, a.c, j.px, j.dst, tail);
+                }
+                Self::block(s, &b.direct, &b.packed, a)
+            };
+        }
+    }
+}
+
+impl<const NV: usize, const P: usize, const TAIL: bool, const SLIDE: bool>
+    GatherRow<NV, P, TAIL, SLIDE>
+{
+    /// Every run of the row for one block.
+    ///
+    /// # Safety
+    /// As [`GatherRow::run`].
+    #[inline(always)]
+    unsafe fn block<S: Simd>(s: S, direct: &Gather, packed: &Gather, a: &RowArgs<'_>) {
         for r in a.runs {
-            let g = if r.packed { &a.packed } else { &a.direct };
+            let g = if r.packed { packed } else { direct };
             let taps = &a.taps[r.taps.start as usize..r.taps.end as usize];
             let rows = &a.slide[r.slide.start as usize..r.slide.end as usize];
             let src_off = r.src_px * g.src_step;
@@ -232,27 +266,36 @@ impl<const NV: usize, const P: usize, const TAIL: bool, const SLIDE: bool> Micro
     }
 }
 
-/// Arguments of [`PackRow`]: `px` pixels of the block from `src` (pixels `c` floats
-/// apart) into `dst` (pixels `NV·L` floats apart).
-pub(super) struct PackArgs {
+/// One copy of [`PackRow`]: `px` pixels of a channel block from `src` (pixels `c`
+/// floats apart) into `dst` (pixels `NV·L` floats apart).
+#[derive(Copy, Clone, Debug)]
+pub(super) struct PackJob {
     pub src: *const f32,
-    pub c: usize,
     pub px: usize,
     pub dst: *mut f32,
+}
+
+/// Arguments of [`PackRow`]: copies of blocks with `c` channels per source pixel and
+/// `tail` lanes in a partial block.
+pub(super) struct PackArgs<'a> {
+    pub jobs: &'a [PackJob],
+    pub c: usize,
     pub tail: usize,
 }
 
-/// Copies source pixels into a packed row ([`pack_row`]).
+/// Copies source pixels into packed rows ([`pack_row`]), every job of the call.
 pub(super) struct PackRow<const NV: usize, const TAIL: bool>;
 
 impl<const NV: usize, const TAIL: bool> Microkernel for PackRow<NV, TAIL> {
-    type Args<'a> = PackArgs;
+    type Args<'a> = PackArgs<'a>;
     /// # Safety
-    /// As [`pack_row`].
+    /// As [`pack_row`] for every job.
     #[inline(always)]
-    unsafe fn run<S: Simd>(s: S, a: &PackArgs) {
-        // SAFETY: forwarded.
-        unsafe { pack_row::<S, NV, TAIL>(s, a.src, a.c, a.px, a.dst, a.tail) }
+    unsafe fn run<S: Simd>(s: S, a: &PackArgs<'_>) {
+        for j in a.jobs {
+            // SAFETY: forwarded.
+            unsafe { pack_row::<S, NV, TAIL>(s, j.src, a.c, j.px, j.dst, a.tail) }
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::GradMode;
 use super::columns::{Columns, Ring};
-use super::micro::{BiasArgs, DwTable, PackArgs, WSteps, WgradArgs, kind};
+use super::micro::{BiasArgs, DwTable, PackArgs, PackJob, WSteps, WgradArgs, kind};
 use super::{Block, Geo, cache_rows, channel_blocks, vb_max, wgrad_scratch};
 use crate::error::Result;
 use crate::kernels::parallel::{chunk_len, partials_len, reduce_chunks_in};
@@ -86,17 +86,21 @@ impl WgradRows<'_> {
             assert!(sc.dy.len() >= g.ow * vb);
             let dyp = sc.dy.as_mut_ptr();
             let row_len = g.w * c;
+            let mut jobs = Vec::with_capacity(2);
             for row in rows {
                 let (n, oh) = (row / g.oh, row % g.oh);
                 let mut dy_row = self.dy.as_ptr().add(row * g.ow * c + c0);
                 let mut dy_step = c;
                 if packed {
                     // Contiguous copy of the row: it is read once per kernel row.
-                    (tab.pack[k_i])(&PackArgs {
+                    let job = PackJob {
                         src: dy_row,
-                        c,
                         px: g.ow,
                         dst: dyp,
+                    };
+                    (tab.pack[k_i])(&PackArgs {
+                        jobs: &[job],
+                        c,
                         tail,
                     });
                     dy_row = dyp;
@@ -110,7 +114,16 @@ impl WgradRows<'_> {
                     let gr = n * g.h + ih;
                     let x_row = x.add(gr * row_len);
                     let base = if border {
-                        sc.ring.ensure(tab.pack[k_i], vb, gr, x_row, c, tail)
+                        jobs.clear();
+                        let base = sc.ring.ensure(gr, x_row, c, vb, &mut jobs);
+                        if !jobs.is_empty() {
+                            (tab.pack[k_i])(&PackArgs {
+                                jobs: &jobs,
+                                c,
+                                tail,
+                            });
+                        }
+                        base
                     } else {
                         0
                     };
