@@ -79,6 +79,21 @@ impl Activation {
     }
 }
 
+impl Activation {
+    /// `φ(u)` lane-wise, the activation chosen at run time (one predictable branch per
+    /// vector): what the convolution epilogues apply to each output vector. The same
+    /// arithmetic as the [`Act`] types, so a fused pass gives the standalone pass's bits.
+    #[inline(always)]
+    pub(crate) fn apply<S: Simd>(self, s: S, u: S::V) -> S::V {
+        match self {
+            Activation::Identity => u,
+            Activation::Relu => ReluAct::f(s, u),
+            Activation::Sigmoid => SigmoidAct::f(s, u),
+            Activation::Swish => SwishAct::f(s, u),
+        }
+    }
+}
+
 fn sigmoid64(u: f64) -> f64 {
     if u >= 0.0 {
         1.0 / (1.0 + (-u).exp())

@@ -12,6 +12,7 @@ mod conv_depthwise;
 mod conv_desc;
 mod conv_grouped;
 mod conv_pointwise;
+mod conv_post_ops;
 mod conv_workspace;
 mod heads;
 mod microkernels;

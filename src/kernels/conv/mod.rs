@@ -58,6 +58,8 @@ pub mod reference;
 pub use desc::{ConvDesc, ConvFamily, ConvShape, DType, Padding};
 
 use crate::error::{Error, Result, check_len};
+use crate::kernels::activation::Activation;
+use crate::kernels::gemm::Post;
 use crate::kernels::reduce::{column_sums_in, column_sums_scratch};
 use crate::kernels::scratch::{self, Workspace, WorkspaceLayout};
 use crate::simd::{self, SimdLevel};
@@ -105,6 +107,42 @@ pub(crate) enum ForwardWeights<'a> {
     Packed(&'a [f32]),
 }
 
+/// The forward pass's epilogue, part of a convolution plan ([`Conv2d::with_post_ops`]):
+/// each output element is `y = φ(Σ + bias) (+ r)`, applied while the output tile is in
+/// registers — no separate pass over `y`. `r` is a residual laid out as `y`
+/// (`[N][OH][OW][C_out]`), given to [`Conv2d::forward_fused`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PostOps {
+    /// `φ`, applied after the bias ([`PostOps::NONE`]: the identity).
+    pub activation: Activation,
+    /// Whether a residual is added after the activation.
+    pub residual: bool,
+}
+
+impl PostOps {
+    /// No epilogue: `y = conv(x, w) + bias`.
+    pub const NONE: PostOps = PostOps {
+        activation: Activation::Identity,
+        residual: false,
+    };
+}
+
+impl Default for PostOps {
+    /// [`PostOps::NONE`].
+    fn default() -> Self {
+        PostOps::NONE
+    }
+}
+
+/// The weight operand of [`Conv2d::forward_fused`].
+#[derive(Copy, Clone, Debug)]
+pub enum ConvWeights<'a> {
+    /// `[kh][kw][group_size][C_out]`, as given.
+    Plain(&'a [f32]),
+    /// Packed by [`Conv2d::pack_weights`] for this plan.
+    Packed(&'a [f32]),
+}
+
 /// The three passes of one kernel family, planned for one shape and SIMD level (task
 /// split, tile parameters and microkernel table chosen when the plan is made).
 /// Buffers arrive checked ([`ConvShape::check_forward`] and friends) and the workspace
@@ -117,12 +155,13 @@ pub(crate) trait FamilyPlan: Send + Sync + std::fmt::Debug {
     fn packed_len(&self) -> usize;
     /// Writes `w` in that layout into `out` (at least [`FamilyPlan::packed_len`]).
     fn pack(&self, w: &[f32], out: &mut [f32]);
-    /// `y = conv(x, w) (+ bias)`.
+    /// `y = φ(conv(x, w) (+ bias)) (+ residual)` with the epilogue `post` (checked).
     fn forward(
         &self,
         x: &[f32],
         w: ForwardWeights<'_>,
         bias: Option<&[f32]>,
+        post: Post<'_>,
         y: &mut [f32],
         ws: &mut Workspace<'_>,
     ) -> Result<()>;
@@ -168,6 +207,7 @@ pub struct Conv2d {
     shape: ConvShape,
     family: ConvFamily,
     level: SimdLevel,
+    post: PostOps,
     plan: Plan,
 }
 
@@ -214,6 +254,7 @@ impl Conv2d {
             shape,
             family,
             level,
+            post: PostOps::NONE,
             plan,
         })
     }
@@ -231,6 +272,73 @@ impl Conv2d {
     /// The SIMD level the passes run at (fixed when the plan was made).
     pub fn level(&self) -> SimdLevel {
         self.level
+    }
+
+    /// The same plan with the forward epilogue `post` (activation, residual add): the
+    /// forward passes then give `φ(conv(x, w) + bias) (+ r)` in one pass over `y`.
+    /// A plan with a residual runs through [`Conv2d::forward_fused`] only.
+    pub fn with_post_ops(mut self, post: PostOps) -> Conv2d {
+        self.post = post;
+        self
+    }
+
+    /// The forward epilogue.
+    pub fn post_ops(&self) -> PostOps {
+        self.post
+    }
+
+    /// The forward pass with every operand: the weights plain or packed, the residual
+    /// of the plan's epilogue (`Some` exactly when [`PostOps::residual`]; laid out as
+    /// `y`), and a caller's workspace (`None`: the thread-kept one, as
+    /// [`Conv2d::forward`]). `y = φ(conv(x, w) + bias) (+ residual)`, overwritten.
+    ///
+    /// Errors: the buffer checks of [`Conv2d::forward`] and [`Conv2d::forward_packed`];
+    /// [`crate::Error::InvalidArgument`] if the residual is given without the plan's
+    /// epilogue asking for one or missing when it does; [`crate::Error::BufferSize`]
+    /// naming `"residual"`; then the workspace checks.
+    pub fn forward_fused(
+        &self,
+        x: &[f32],
+        w: ConvWeights<'_>,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        y: &mut [f32],
+        ws: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let s = &self.shape;
+        let w = match w {
+            ConvWeights::Plain(w) => {
+                s.check_forward(x, w, bias, y)?;
+                ForwardWeights::Plain(w)
+            }
+            ConvWeights::Packed(p) => ForwardWeights::Packed(self.check_packed(x, p, bias, y)?),
+        };
+        match (residual, self.post.residual) {
+            (Some(r), true) => check_len("residual", r.len(), s.y_len)?,
+            (None, false) => {}
+            (Some(_), false) => {
+                return Err(Error::InvalidArgument(
+                    "a residual was given but the plan's post-ops add none".into(),
+                ));
+            }
+            (None, true) => {
+                return Err(Error::InvalidArgument(
+                    "the plan's post-ops add a residual; pass it to forward_fused".into(),
+                ));
+            }
+        }
+        let post = Post {
+            act: self.post.activation,
+            residual,
+        };
+        let mut run = |ws: &mut [f32]| {
+            let mut ws = self.workspace(ConvPass::Forward, ws)?;
+            self.kernels().forward(x, w, bias, post, y, &mut ws)
+        };
+        match ws {
+            Some(ws) => run(ws),
+            None => self.allocating(ConvPass::Forward, run),
+        }
     }
 
     fn kernels(&self) -> &dyn FamilyPlan {
@@ -288,10 +396,7 @@ impl Conv2d {
         y: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
-        self.shape.check_forward(x, w, bias, y)?;
-        let mut ws = self.workspace(ConvPass::Forward, ws)?;
-        self.kernels()
-            .forward(x, ForwardWeights::Plain(w), bias, y, &mut ws)
+        self.forward_fused(x, ConvWeights::Plain(w), bias, None, y, Some(ws))
     }
 
     /// Floats of the buffer [`Conv2d::pack_weights`] fills: a 16-float header (which
@@ -347,6 +452,18 @@ impl Conv2d {
         y: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
+        self.forward_fused(x, ConvWeights::Packed(packed), bias, None, y, Some(ws))
+    }
+
+    /// Checks the operands of a forward pass on packed weights and returns the packed
+    /// body (after the header).
+    fn check_packed<'p>(
+        &self,
+        x: &[f32],
+        packed: &'p [f32],
+        bias: Option<&[f32]>,
+        y: &[f32],
+    ) -> Result<&'p [f32]> {
         let s = &self.shape;
         check_len("x", x.len(), s.x_len)?;
         if let Some(b) = bias {
@@ -373,9 +490,7 @@ impl Conv2d {
                 self.level
             )));
         }
-        let mut ws = self.workspace(ConvPass::Forward, ws)?;
-        self.kernels()
-            .forward(x, ForwardWeights::Packed(body), bias, y, &mut ws)
+        Ok(body)
     }
 
     /// The header of weights packed for this plan: a magic number, the level, the

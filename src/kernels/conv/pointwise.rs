@@ -30,6 +30,7 @@ use super::{
     ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode, bias_grad_in, bias_grad_scratch,
 };
 use crate::error::Result;
+use crate::kernels::gemm::Post;
 use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap, padded_cols};
 use crate::kernels::parallel::{partials_len, reduce_chunks_in};
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
@@ -121,6 +122,7 @@ impl FamilyPlan for Plan {
         x: &[f32],
         w: ForwardWeights<'_>,
         bias: Option<&[f32]>,
+        post: Post<'_>,
         y: &mut [f32],
         ws: &mut Workspace<'_>,
     ) -> Result<()> {
@@ -132,7 +134,7 @@ impl FamilyPlan for Plan {
             // The product reads the packed weights directly; the region goes unused.
             ForwardWeights::Packed(p) => PackedB::from_packed(level, ci, co, p),
         };
-        forward_with_packed(level, shape, x, &packed, bias, y);
+        forward_with_packed(level, shape, x, &packed, bias, post, y);
         Ok(())
     }
 
@@ -166,6 +168,7 @@ fn forward_with_packed(
     x: &[f32],
     packed: &PackedB<'_>,
     bias: Option<&[f32]>,
+    post: Post<'_>,
     y: &mut [f32],
 ) {
     let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
@@ -181,6 +184,7 @@ fn forward_with_packed(
         c_rows: RowMap::uniform(co),
         bias,
         accumulate: false,
+        post,
     }
     .run(level, y);
 }
@@ -216,6 +220,7 @@ fn backward_data(
         c_rows,
         bias: None,
         accumulate: false,
+        post: Post::NONE,
     }
     .run(level, dx);
     Ok(())
@@ -345,6 +350,7 @@ fn backward_weight(
             c_rows: RowMap::uniform(n),
             bias: None,
             accumulate,
+            post: Post::NONE,
         }
         .run(level, out);
     };

@@ -14,6 +14,7 @@
 //! tile (4 rows × 1 vector, masked and prefetching, which is correct in every case).
 
 use super::Gemm;
+use crate::kernels::activation::Activation;
 use crate::simd::{Microkernel, Simd};
 use std::ops::Range;
 
@@ -37,6 +38,8 @@ pub(super) struct PanelArgs<'a> {
     pub b_rs: usize,
     /// The first `k` block (adds the bias; overwrites unless accumulating).
     pub first: bool,
+    /// The last `k` block (applies the epilogue).
+    pub final_block: bool,
 }
 
 /// A panel's tile function.
@@ -130,6 +133,12 @@ impl<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool> 
         } else {
             None
         };
+        let post = if t.final_block {
+            g.post
+        } else {
+            super::Post::NONE
+        };
+        let res = post.residual.map_or(std::ptr::null(), |r| r.as_ptr());
         let mut r = t.rows.start;
         while r < t.rows.end {
             let mv = MR.min(t.rows.end - r);
@@ -137,15 +146,17 @@ impl<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool> 
             let ap: [*const f32; MR] = std::array::from_fn(|i| {
                 a.wrapping_add(g.a_rows.offset(r + i.min(mv - 1)) + t.p0 * g.a_cs)
             });
-            let c: [*mut f32; MR] = std::array::from_fn(|i| {
-                t.c.wrapping_add(g.c_rows.offset(r + i.min(mv - 1)) + t.col)
-            });
+            let off: [usize; MR] =
+                std::array::from_fn(|i| g.c_rows.offset(r + i.min(mv - 1)) + t.col);
             let out = Out {
-                c,
+                c: off.map(|o| t.c.wrapping_add(o)),
+                res: off.map(|o| res.wrapping_add(o)),
                 rows: mv,
                 last: t.last,
                 overwrite,
                 bias,
+                act: post.act,
+                residual: !res.is_null(),
             };
             // SAFETY: rows and columns in range (the caller's contract). Each
             // variant keeps its accumulators in registers from the first step to the
@@ -160,10 +171,14 @@ impl<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool> 
 /// valid lanes of the last vector, overwrite or add, and the bias of the panel.
 struct Out<'a, const MR: usize> {
     c: [*mut f32; MR],
+    /// The residual rows (at `C`'s offsets), read when `residual`.
+    res: [*const f32; MR],
     rows: usize,
     last: usize,
     overwrite: bool,
     bias: Option<&'a [f32]>,
+    act: Activation,
+    residual: bool,
 }
 
 /// The register tile: `acc[i][j] = Σ_p a[i][p] · b[p][j·L ..]` over `kl` steps, then
@@ -224,7 +239,7 @@ unsafe fn tile<
     for i in 0..MR {
         if i < out.rows {
             // SAFETY: valid rows of `out`, by the function's contract.
-            unsafe { store_row::<S, NV>(s, out.c[i], &acc[i], last, out.overwrite, out.bias) };
+            unsafe { store_row::<S, NV, MR>(s, out, i, &acc[i], last) };
         }
     }
 }
@@ -245,44 +260,47 @@ fn prefetch(p: *const f32) {
     let _ = p;
 }
 
-/// Writes one tile row: `c = acc (+ bias)` or `c += acc (+ bias)`; the last vector
-/// holds `last` valid lanes.
+/// Writes row `i` of a tile: `c = φ(acc (+ bias)) (+ residual)` or `c = φ(c + acc (+
+/// bias)) (+ residual)`; the last vector holds `last` valid lanes.
 ///
 /// # Safety
-/// `c .. c + (NV−1)·L + last` must be writable (and readable unless `overwrite`).
+/// Row `i` of `out` must be writable for `(NV−1)·L + last` floats (and readable unless
+/// `overwrite`), and its residual row readable when there is one.
 #[inline(always)]
-unsafe fn store_row<S: Simd, const NV: usize>(
+unsafe fn store_row<S: Simd, const NV: usize, const MR: usize>(
     s: S,
-    c: *mut f32,
+    out: &Out<MR>,
+    i: usize,
     acc: &[S::V; NV],
     last: usize,
-    overwrite: bool,
-    bias: Option<&[f32]>,
 ) {
+    let (c, r) = (out.c[i], out.res[i]);
     for (j, &v) in acc.iter().enumerate() {
         let n = if j == NV - 1 { last } else { S::LANES };
         // SAFETY: in range by the function's contract; the bias slice covers the panel.
         unsafe {
             let cj = c.add(j * S::LANES);
-            let mut v = v;
-            if let Some(b) = bias {
-                let bj = b.as_ptr().add(j * S::LANES);
-                let bv = if n == S::LANES {
-                    s.load_ptr(bj)
+            let ld = |p: *const f32| {
+                if n == S::LANES {
+                    s.load_ptr(p)
                 } else {
-                    s.load_partial_ptr(bj, n)
-                };
-                v = s.add(v, bv);
+                    s.load_partial_ptr(p, n)
+                }
+            };
+            let mut v = v;
+            if let Some(b) = out.bias {
+                v = s.add(v, ld(b.as_ptr().add(j * S::LANES)));
+            }
+            if !out.overwrite {
+                v = s.add(v, ld(cj));
+            }
+            v = out.act.apply(s, v);
+            if out.residual {
+                v = s.add(v, ld(r.add(j * S::LANES)));
             }
             if n == S::LANES {
-                if !overwrite {
-                    v = s.add(v, s.load_ptr(cj));
-                }
                 s.store_ptr(cj, v);
             } else {
-                if !overwrite {
-                    v = s.add(v, s.load_partial_ptr(cj, n));
-                }
                 s.store_partial_ptr(cj, v, n);
             }
         }

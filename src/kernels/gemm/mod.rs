@@ -22,6 +22,7 @@
 
 mod micro;
 
+use crate::kernels::activation::Activation;
 use crate::simd::{PerLevel, SimdLevel};
 use micro::{GemmTable, PanelArgs};
 use rayon::prelude::*;
@@ -329,6 +330,26 @@ pub(crate) struct Gemm<'a> {
     pub bias: Option<&'a [f32]>,
     /// `C += A·B` instead of `C = A·B`.
     pub accumulate: bool,
+    /// The epilogue, applied to each finished element of `C` (after the bias):
+    /// `C = φ(A·B + bias) (+ residual)`.
+    pub post: Post<'a>,
+}
+
+/// The epilogue of a product: an activation, then a residual added (element `(i, j)`
+/// at the same offset as `C`'s, `c_rows.offset(i) + j`). [`Post::NONE`] leaves the sum
+/// as it is.
+#[derive(Copy, Clone, Debug, Default)]
+pub(crate) struct Post<'a> {
+    pub act: Activation,
+    pub residual: Option<&'a [f32]>,
+}
+
+impl Post<'_> {
+    /// No epilogue.
+    pub(crate) const NONE: Post<'static> = Post {
+        act: Activation::Identity,
+        residual: None,
+    };
 }
 
 /// A raw `C` pointer shared by tasks that write disjoint tiles.
@@ -359,6 +380,12 @@ impl Gemm<'_> {
             assert!(last < self.a.len(), "A is too short");
         }
         assert!(self.c_rows.last(m).unwrap() + n <= c_len, "C is too short");
+        if let Some(r) = self.post.residual {
+            assert!(
+                self.c_rows.last(m).unwrap() + n <= r.len(),
+                "residual is too short"
+            );
+        }
         if let Some(b) = self.bias {
             assert_eq!(b.len(), n, "bias length");
         }
@@ -504,6 +531,7 @@ fn run_block(t: &GemmTable, g: &Gemm<'_>, c: *mut f32, rows: Range<usize>, panel
                 b,
                 b_rs,
                 first: kb == 0,
+                final_block: kb + 1 == blocks,
             };
             let entry = t.panel[p.nv - 1][usize::from(masked)][usize::from(g.a_cs > 1)];
             // SAFETY: `Gemm::check` proved every index of the product in range, the

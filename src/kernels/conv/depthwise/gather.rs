@@ -6,6 +6,7 @@ use super::columns::{Columns, Ring, Tap};
 use super::micro::{DwTable, Gather, PackJob, RowArgs, RowBlock, Run, SlideRow, kind};
 use super::{Block, Geo, channel_blocks, gather_scratch};
 use crate::error::Result;
+use crate::kernels::gemm::Post;
 use crate::kernels::parallel::chunk_len;
 use crate::kernels::scratch::Workspace;
 use rayon::prelude::*;
@@ -30,6 +31,9 @@ struct GatherRows<'a> {
     w: &'a [f32],
     bias: Option<&'a [f32]>,
     dst: &'a mut [f32],
+    /// The forward epilogue (none for backward-data); a residual has `dst`'s layout
+    /// over the whole tensor.
+    post: Post<'a>,
     row0: usize,
     /// The task's scratch ([`gather_scratch`] floats, any contents).
     mem: &'a mut [f32],
@@ -196,6 +200,7 @@ impl GatherRows<'_> {
         bias: &[f32],
         plan: &RowPlan,
         dst: &mut [f32],
+        res: *const f32,
         scratch: &mut BlockScratch,
     ) {
         let (g, cols, tab) = (self.g, self.cols, self.tab);
@@ -233,6 +238,12 @@ impl GatherRows<'_> {
                 src_step: cols.src_step * c,
                 dst_step: cols.dst_step * c,
                 tail,
+                act: self.post.act,
+                res: if res.is_null() {
+                    res
+                } else {
+                    res.wrapping_add(b.c0)
+                },
             };
             let packed = Gather {
                 src: ring.mem.as_ptr(),
@@ -322,9 +333,13 @@ impl GatherRows<'_> {
         for (r, dst_row) in dst.chunks_exact_mut(dst_len).enumerate() {
             let global = self.row0 + r;
             self.plan_row(global / dst_rows, global % dst_rows, slots, &mut plan);
+            // The residual row at this destination row (checked length: `dst`'s).
+            let res = self.post.residual.map_or(std::ptr::null(), |r| {
+                r[global * dst_len..][..dst_len].as_ptr()
+            });
             for k in &kinds {
                 let (bs, rs) = (&blocks[k.clone()], &mut rings[k.clone()]);
-                self.row_blocks(bs, rs, w, bias, &plan, dst_row, &mut scratch);
+                self.row_blocks(bs, rs, w, bias, &plan, dst_row, res, &mut scratch);
             }
         }
     }
@@ -339,6 +354,7 @@ pub(super) fn run_gather(
     src: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    post: Post<'_>,
     dst: &mut [f32],
     ws: &mut Workspace<'_>,
 ) -> Result<()> {
@@ -368,6 +384,7 @@ pub(super) fn run_gather(
                     w,
                     bias,
                     dst,
+                    post,
                     row0: i * per_task,
                     mem,
                 }

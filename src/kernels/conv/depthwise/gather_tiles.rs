@@ -6,6 +6,7 @@
 
 use super::columns::Tap;
 use super::micro::{ld, st};
+use crate::kernels::activation::Activation;
 use crate::simd::Simd;
 
 /// Raw pointers and strides of one gather run for one channel block.
@@ -26,6 +27,10 @@ pub(super) struct Gather {
     pub dst_step: usize,
     /// Lanes of the partial vector (TAIL blocks only).
     pub tail: usize,
+    /// The epilogue: the activation applied to each output vector, then the residual
+    /// added (at `res` plus the destination offset; null for none).
+    pub act: Activation,
+    pub res: *const f32,
 }
 
 /// `P` destination pixels × `NV` vectors: `dst[p] = bias + Σ_taps src[tap + p·step] ·
@@ -103,13 +108,20 @@ unsafe fn acc_store<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
     dst_off: usize,
     acc: &[[S::V; NV]; P],
 ) {
-    // SAFETY: forwarded from the caller.
+    // SAFETY: forwarded from the caller; the residual has the destination's layout.
     unsafe {
         let dst = g.dst.add(dst_off);
         for (p, a) in acc.iter().enumerate() {
-            let dp = dst.add(p * g.dst_step);
+            let o = p * g.dst_step;
             for (v, a) in a.iter().enumerate() {
-                st::<S, TAIL>(s, dp.add(v * S::LANES), *a, g.tail);
+                let mut a = g.act.apply(s, *a);
+                if !g.res.is_null() {
+                    a = s.add(
+                        a,
+                        ld::<S, TAIL>(s, g.res.add(dst_off + o + v * S::LANES), g.tail),
+                    );
+                }
+                st::<S, TAIL>(s, dst.add(o + v * S::LANES), a, g.tail);
             }
         }
     }

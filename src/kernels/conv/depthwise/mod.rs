@@ -65,6 +65,7 @@ mod weight_tiles;
 
 use super::{ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode};
 use crate::error::Result;
+use crate::kernels::gemm::Post;
 use crate::kernels::parallel::partials_len;
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::{PerLevel, SimdLevel};
@@ -271,6 +272,7 @@ impl FamilyPlan for Plan {
         x: &[f32],
         w: ForwardWeights<'_>,
         bias: Option<&[f32]>,
+        post: Post<'_>,
         y: &mut [f32],
         ws: &mut Workspace<'_>,
     ) -> Result<()> {
@@ -279,7 +281,7 @@ impl FamilyPlan for Plan {
             ForwardWeights::Packed(p) => &p[..self.packed_len()],
         };
         let (tab, g, cols) = (self.tab, &self.g, &self.forward);
-        run_gather(tab, g, cols, Pass::Forward, x, w, bias, y, ws)
+        run_gather(tab, g, cols, Pass::Forward, x, w, bias, post, y, ws)
     }
 
     fn backward_data(
@@ -290,7 +292,18 @@ impl FamilyPlan for Plan {
         ws: &mut Workspace<'_>,
     ) -> Result<()> {
         let (tab, g, cols) = (self.tab, &self.g, &self.backward_data);
-        run_gather(tab, g, cols, Pass::BackwardData, dy, w, None, dx, ws)
+        run_gather(
+            tab,
+            g,
+            cols,
+            Pass::BackwardData,
+            dy,
+            w,
+            None,
+            Post::NONE,
+            dx,
+            ws,
+        )
     }
 
     fn backward_weight(

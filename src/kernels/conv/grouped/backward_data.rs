@@ -6,6 +6,7 @@ use super::micro::{ConvTile, GroupMajor, GroupedTable};
 use super::slide::{self, SlideRow};
 use super::{Geo, SharedOut, Task, plan_tasks, split, table, with_zeroed};
 use crate::error::Result;
+use crate::kernels::activation::Activation;
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::SimdLevel;
 use rayon::prelude::*;
@@ -291,6 +292,8 @@ impl BwdDataTask<'_> {
                             sw: 1,
                             pix: cog,
                             nv,
+                            act: Activation::Identity,
+                            res: std::ptr::null(),
                         };
                         // SAFETY: the entry is in this level's table (AVX-512, which
                         // the CPU runs); `sliding` checked the configuration; reads lie
@@ -349,6 +352,8 @@ impl BwdDataTask<'_> {
                             dst_pix: g.sw * g.cin,
                             last,
                             width: n_cols,
+                            act: Activation::Identity,
+                            res: std::ptr::null(),
                         };
                         // SAFETY: the offsets were derived from the shape so that every
                         // read lies in `buf` (rows copied above) or `wt`, and every

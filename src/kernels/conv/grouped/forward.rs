@@ -1,9 +1,11 @@
 //! Forward pass: a direct convolution over a padded, group-major copy of the input.
 
-use super::micro::{ConvTile, GroupMajor, GroupedTable};
+use super::micro::{ConvTile, GroupMajor, GroupedTable, offset_res};
 use super::slide::{self, SlideRow};
 use super::{Geo, SharedOut, Task, plan_tasks, split, table, with_zeroed};
 use crate::error::Result;
+use crate::kernels::activation::Activation;
+use crate::kernels::gemm::Post;
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::SimdLevel;
 use rayon::prelude::*;
@@ -127,12 +129,14 @@ fn in_rows(g: &Geo, t: &Task) -> usize {
 
 /// The forward pass: packs the weights into the workspace if the plan needs them
 /// packed, then runs [`run_prepacked`]'s kernels.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     g: &Geo,
     plan: &Plan,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    post: Post<'_>,
     y: &mut [f32],
     ws: &mut Workspace<'_>,
 ) -> Result<()> {
@@ -143,30 +147,34 @@ pub(super) fn run(
     } else {
         w
     };
-    run_kernels(g, plan, x, plan.weights(g, data), bias, y, ws)
+    run_kernels(g, plan, x, plan.weights(g, data), bias, post, y, ws)
 }
 
 /// The forward pass on weights written by [`Plan::pack_weights`] (the workspace's
 /// packed-weights region is skipped).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run_prepacked(
     g: &Geo,
     plan: &Plan,
     x: &[f32],
     packed: &[f32],
     bias: Option<&[f32]>,
+    post: Post<'_>,
     y: &mut [f32],
     ws: &mut Workspace<'_>,
 ) -> Result<()> {
     ws.take(plan.weight_region(g))?;
-    run_kernels(g, plan, x, plan.weights(g, packed), bias, y, ws)
+    run_kernels(g, plan, x, plan.weights(g, packed), bias, post, y, ws)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_kernels(
     g: &Geo,
     plan: &Plan,
     x: &[f32],
     weights: Weights<'_>,
     bias: Option<&[f32]>,
+    post: Post<'_>,
     y: &mut [f32],
     ws: &mut Workspace<'_>,
 ) -> Result<()> {
@@ -196,6 +204,8 @@ fn run_kernels(
                 x,
                 weights,
                 bias,
+                act: post.act,
+                res: post.residual.map_or(std::ptr::null(), |r| r.as_ptr()),
                 out,
                 t: *t,
                 ih_lo,
@@ -228,6 +238,9 @@ struct FwdTask<'a> {
     x: &'a [f32],
     weights: Weights<'a>,
     bias: Option<&'a [f32]>,
+    /// The epilogue; the residual (null: none) has `y`'s layout (checked length).
+    act: Activation,
+    res: *const f32,
     out: SharedOut,
     /// Output rows `r0..r0 + rows` of image `n`, groups `g0..g0 + ng`.
     t: Task,
@@ -248,6 +261,8 @@ impl FwdTask<'_> {
             x,
             weights,
             bias,
+            act,
+            res,
             out,
             t,
             ih_lo,
@@ -367,6 +382,8 @@ impl FwdTask<'_> {
                             sw: g.sw,
                             pix: cig,
                             nv,
+                            act,
+                            res: offset_res(res, y_row),
                         };
                         // SAFETY: the entry is in this level's table (AVX-512, which
                         // the CPU runs); `sliding` checked the configuration; reads lie
@@ -389,6 +406,8 @@ impl FwdTask<'_> {
                         dst_pix: g.cout,
                         last,
                         width: g.ow,
+                        act,
+                        res: offset_res(res, y_row),
                     };
                     // SAFETY: the offsets were derived from the shape so that every
                     // read lies in `buf` (rows copied above) or the weights, and every

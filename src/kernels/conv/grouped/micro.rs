@@ -12,6 +12,7 @@
 //! pixel and storing only the valid ones.
 
 use super::slide::{SlideRow, SlideWeight};
+use crate::kernels::activation::Activation;
 use crate::simd::{Microkernel, Simd};
 
 /// The microkernels of one level, and its tile parameters.
@@ -181,6 +182,10 @@ pub(super) struct ConvTile<'a> {
     pub last: usize,
     /// Output pixels in the run.
     pub width: usize,
+    /// The epilogue: the activation of each output vector, then the residual at `res`
+    /// (the destination's layout; null for none).
+    pub act: Activation,
+    pub res: *const f32,
 }
 
 impl ConvTile<'_> {
@@ -189,6 +194,7 @@ impl ConvTile<'_> {
         ConvTile {
             src: self.src.wrapping_add(p0 * self.src_pix),
             dst: self.dst.wrapping_add(p0 * self.dst_pix),
+            res: offset_res(self.res, p0 * self.dst_pix),
             ..*self
         }
     }
@@ -298,7 +304,7 @@ pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize, const 
         }
     }
     // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
-    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last, m) };
+    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last, m, (a.act, a.res)) };
 }
 
 /// One row of pixels of an [`OuterTile`].
@@ -449,7 +455,7 @@ pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
         }
     }
     // SAFETY: as above.
-    unsafe { store_tile(s, &acc, a.out, a.out_k, a.last, m) };
+    unsafe { store_tile(s, &acc, a.out, a.out_k, a.last, m, NO_POST) };
 }
 
 /// A register tile of `M` rows × `NV` vectors, every row the `NV·L` values at `init`
@@ -506,11 +512,21 @@ pub(super) unsafe fn load_tile<S: Simd, const M: usize, const NV: usize>(
     acc
 }
 
+/// `p + n` for a residual pointer, null staying null (null means "no residual").
+pub(super) fn offset_res(p: *const f32, n: usize) -> *const f32 {
+    if p.is_null() { p } else { p.wrapping_add(n) }
+}
+
+/// No epilogue for [`store_tile`].
+pub(super) const NO_POST: (Activation, *const f32) = (Activation::Identity, std::ptr::null());
+
 /// Stores rows `0..rows` of a register tile where [`load_tile`] loads them (`last`
-/// lanes of each row's last vector).
+/// lanes of each row's last vector), through the epilogue `post`: the activation, then
+/// the residual at the same offsets from its pointer (null: none).
 ///
 /// # Safety
-/// Every element named must be writable, and no other thread may access it meanwhile.
+/// Every element named must be writable (and the residual's readable), and no other
+/// thread may access them meanwhile.
 #[inline(always)]
 pub(super) unsafe fn store_tile<S: Simd, const M: usize, const NV: usize>(
     s: S,
@@ -519,20 +535,33 @@ pub(super) unsafe fn store_tile<S: Simd, const M: usize, const NV: usize>(
     stride: usize,
     last: usize,
     rows: usize,
+    (act, res): (Activation, *const f32),
 ) {
     let l = S::LANES;
     for (i, acc) in acc.iter().enumerate().take(rows) {
         // SAFETY: in bounds and exclusive (caller contract).
         unsafe {
-            let d = base.add(i * stride);
-            for (v, acc) in acc.iter().enumerate().take(NV - 1) {
-                s.store_ptr(d.add(v * l), *acc);
-            }
-            let d = d.add((NV - 1) * l);
-            if last >= l {
-                s.store_ptr(d, acc[NV - 1]);
-            } else {
-                s.store_partial_ptr(d, acc[NV - 1], last);
+            let o = i * stride;
+            for (v, &a) in acc.iter().enumerate() {
+                let n = if v == NV - 1 { last.min(l) } else { l };
+                let mut a = act.apply(s, a);
+                if !res.is_null() {
+                    let r = res.add(o + v * l);
+                    a = s.add(
+                        a,
+                        if n == l {
+                            s.load_ptr(r)
+                        } else {
+                            s.load_partial_ptr(r, n)
+                        },
+                    );
+                }
+                let d = base.add(o + v * l);
+                if n == l {
+                    s.store_ptr(d, a);
+                } else {
+                    s.store_partial_ptr(d, a, n);
+                }
             }
         }
     }

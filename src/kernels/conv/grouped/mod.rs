@@ -60,6 +60,7 @@ use super::{
     ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode, bias_grad_in, bias_grad_scratch,
 };
 use crate::error::Result;
+use crate::kernels::gemm::Post;
 use crate::kernels::scratch::{PerWorker, Workspace, WorkspaceLayout};
 use crate::simd::{PerLevel, SimdLevel};
 use micro::GroupedTable;
@@ -139,13 +140,14 @@ impl FamilyPlan for Plan {
         x: &[f32],
         w: ForwardWeights<'_>,
         bias: Option<&[f32]>,
+        post: Post<'_>,
         y: &mut [f32],
         ws: &mut Workspace<'_>,
     ) -> Result<()> {
         let (g, plan) = (&self.g, self.forward());
         match w {
-            ForwardWeights::Plain(w) => forward::run(g, plan, x, w, bias, y, ws),
-            ForwardWeights::Packed(p) => forward::run_prepacked(g, plan, x, p, bias, y, ws),
+            ForwardWeights::Plain(w) => forward::run(g, plan, x, w, bias, post, y, ws),
+            ForwardWeights::Packed(p) => forward::run_prepacked(g, plan, x, p, bias, post, y, ws),
         }
     }
 

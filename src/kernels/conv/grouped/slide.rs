@@ -50,6 +50,9 @@ pub(super) struct SlideRow<'a> {
     pub pix: usize,
     /// Vectors of output channels.
     pub nv: usize,
+    /// The epilogue (see [`super::micro::ConvTile`]).
+    pub act: crate::kernels::activation::Activation,
+    pub res: *const f32,
 }
 
 /// The AVX-512 table's sliding-window row entry ([`slide_row`]; none elsewhere).
@@ -91,6 +94,7 @@ pub(super) unsafe fn slide_row(a: &SlideRow<'_>) {
         let t = SlideRow {
             src: a.src.wrapping_add(ow0 * a.sw * a.pix),
             dst: a.dst.wrapping_add(ow0 * a.dst_pix),
+            res: super::micro::offset_res(a.res, ow0 * a.dst_pix),
             width: m,
             ..*a
         };
@@ -184,7 +188,7 @@ unsafe fn tile<
         }
     }
     // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
-    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last, MR) };
+    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last, MR, (a.act, a.res)) };
 }
 
 /// One row of pixels of a [`SlideWeight`]: input vectors `x + p·x_pix + kw·x_kw`
@@ -291,7 +295,7 @@ unsafe fn weight_tile<S: crate::simd::Simd, const KW: usize>(s: S, a: &SlideWeig
                     yp = yp.wrapping_add(a.dy_pix);
                 }
             }
-            store_tile(s, &acc, sums, a.out_kw, CI, KW);
+            store_tile(s, &acc, sums, a.out_kw, CI, KW, super::micro::NO_POST);
         }
     }
 }
