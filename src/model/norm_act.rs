@@ -212,6 +212,25 @@ impl NormAct {
         Ok(NormSaved::Stats(stats))
     }
 
+    /// BatchNorm with its running statistics folded for inference: `(scale, shift,
+    /// activation)` with `y = φ(x·scale + shift)`; `None` for the norms with per-sample
+    /// statistics (GroupNorm, LayerNorm), which do not fold.
+    pub(crate) fn folded(
+        &self,
+        v: &[Vec<f32>],
+    ) -> Result<Option<(Vec<f32>, Vec<f32>, Activation)>> {
+        let (Some((m, var)), None) = (self.running, self.proxy) else {
+            return Ok(None);
+        };
+        let norm = Norm::new(&self.norm_desc(1, 1))?;
+        let running = RunningStats {
+            mean: v[m].clone(),
+            var: v[var].clone(),
+        };
+        let (scale, shift) = norm.fold_inference(&running, self.affine(v))?;
+        Ok(Some((scale, shift, self.activation())))
+    }
+
     /// The delayed Proxy Norm scale `s` (`[channels]`) the squeeze-excite gate folds
     /// in, if this norm has one.
     pub fn delayed_scale<'a>(&self, saved: &'a NormSaved) -> Option<&'a [f32]> {

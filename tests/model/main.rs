@@ -10,6 +10,7 @@ mod bench;
 mod curve;
 mod data_folder;
 mod fixtures_files;
+mod infer;
 mod interop;
 mod ipu_picture;
 mod model;
