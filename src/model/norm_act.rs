@@ -27,6 +27,9 @@ pub enum Place {
     Head,
 }
 
+/// A BatchNorm folded for inference: `(scale, shift, activation)`.
+pub(crate) type Folded = (Vec<f32>, Vec<f32>, Activation);
+
 /// What a forward pass keeps for the backward pass.
 #[derive(Clone, Debug, Default)]
 pub enum NormSaved {
