@@ -218,10 +218,7 @@ impl NormAct {
     /// BatchNorm with its running statistics folded for inference: `(scale, shift,
     /// activation)` with `y = φ(x·scale + shift)`; `None` for the norms with per-sample
     /// statistics (GroupNorm, LayerNorm), which do not fold.
-    pub(crate) fn folded(
-        &self,
-        v: &[Vec<f32>],
-    ) -> Result<Option<(Vec<f32>, Vec<f32>, Activation)>> {
+    pub(crate) fn folded(&self, v: &[Vec<f32>]) -> Result<Option<Folded>> {
         let (Some((m, var)), None) = (self.running, self.proxy) else {
             return Ok(None);
         };
