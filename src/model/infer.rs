@@ -12,6 +12,7 @@
 //! Networks whose norms have per-sample statistics (GroupNorm, LayerNorm + Proxy Norm)
 //! cannot fold them: for those the plan runs the unfused forward pass.
 
+use super::profile::{CONV_1X1_FWD, CONV_KXK_FWD, CONV_STEM, HEAD, SE_FWD, timed};
 use crate::error::{Error, Result};
 use crate::kernels::activation::{self, Activation};
 use crate::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvWeights, PostOps};
@@ -248,7 +249,7 @@ impl Fused {
         } = self;
         let [a, b] = io;
         let stem_len = net.stem.y_len();
-        net.stem.run(x, None, &mut a[..stem_len], ws)?;
+        timed(CONV_STEM, || net.stem.run(x, None, &mut a[..stem_len], ws))?;
         let (mut cur, mut next) = (a, b);
         let mut cur_len = stem_len;
         for blk in &net.blocks {
@@ -256,25 +257,29 @@ impl Fused {
             let e: &[f32] = match &blk.expand {
                 Some(ec) => {
                     let e = &mut expanded[..ec.y_len()];
-                    ec.run(input, None, e, ws)?;
+                    timed(CONV_1X1_FWD, || ec.run(input, None, e, ws))?;
                     e
                 }
                 None => input,
             };
             let d = &mut spatial[..blk.spatial.y_len()];
-            blk.spatial.run(e, None, d, ws)?;
-            blk.se.run(d, se)?;
+            timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
+            timed(SE_FWD, || blk.se.run(d, se))?;
             let out_len = blk.project.y_len();
             let res = blk.skip.then_some(input);
-            blk.project.run(d, res, &mut next[..out_len], ws)?;
+            timed(CONV_1X1_FWD, || {
+                blk.project.run(d, res, &mut next[..out_len], ws)
+            })?;
             std::mem::swap(&mut cur, &mut next);
             cur_len = out_len;
         }
         let h = &mut expanded[..net.head.y_len()];
-        net.head.run(&cur[..cur_len], None, h, ws)?;
-        pool::global_avg_pool(&net.pool, h, pooled)?;
-        let (fc, w, bias) = &net.fc;
-        fc.forward(pooled, w, Some(bias), logits)
+        timed(CONV_1X1_FWD, || net.head.run(&cur[..cur_len], None, h, ws))?;
+        timed(HEAD, || {
+            pool::global_avg_pool(&net.pool, h, pooled)?;
+            let (fc, w, bias) = &net.fc;
+            fc.forward(pooled, w, Some(bias), logits)
+        })
     }
 }
 
