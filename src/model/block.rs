@@ -256,20 +256,16 @@ impl Block {
         };
         let pd = ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch);
         let project = FusedConv::new(&pd, &v[self.proj], (&sc, &sh), act, s.skip)?;
-        let fc = |(w, b): (usize, usize), cin: usize, cout: usize| -> Result<_> {
-            Ok((
-                FullyConnected::new(n, cin, cout)?,
-                v[w].clone(),
-                v[b].clone(),
-            ))
+        let fc = |(w, b): (usize, usize), cin: usize, cout: usize, act| {
+            FusedConv::dense(n, (cin, cout), &v[w], &v[b], act)
         };
         Ok(Some(FusedBlock {
             expand,
             spatial,
             se: FusedSe {
                 shape: Nhwc::new(n, ho, ho, s.mid_ch)?,
-                reduce: fc(self.se_reduce, s.mid_ch, s.se_ch)?,
-                expand: fc(self.se_expand, s.se_ch, s.mid_ch)?,
+                reduce: fc(self.se_reduce, s.mid_ch, s.se_ch, Activation::Swish)?,
+                expand: fc(self.se_expand, s.se_ch, s.mid_ch, Activation::Sigmoid)?,
             },
             project,
             skip: s.skip,

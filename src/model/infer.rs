@@ -14,9 +14,8 @@
 
 use super::profile::{CONV_1X1_FWD, CONV_KXK_FWD, CONV_STEM, HEAD, SE_FWD, timed};
 use crate::error::{Error, Result};
-use crate::kernels::activation::{self, Activation};
+use crate::kernels::activation::Activation;
 use crate::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvWeights, PostOps};
-use crate::kernels::fully_connected::FullyConnected;
 use crate::kernels::gate;
 use crate::kernels::pool::{self, Nhwc};
 
@@ -63,6 +62,20 @@ impl FusedConv {
         })
     }
 
+    /// A fully-connected layer `y = act(x·W + b)` on `n` feature vectors of `cin`
+    /// (`w`: `[cin][cout]`), run as a 1×1 convolution on `n` one-pixel images so that
+    /// its weights are packed once and the activation is its epilogue.
+    pub(crate) fn dense(
+        n: usize,
+        (cin, cout): (usize, usize),
+        w: &[f32],
+        b: &[f32],
+        act: Activation,
+    ) -> Result<FusedConv> {
+        let d = ConvDesc::pointwise(n, (1, 1), cin, cout);
+        FusedConv::new(&d, w, (&vec![1.0; cout], b), act, false)
+    }
+
     fn y_len(&self) -> usize {
         self.conv.shape().y_len
     }
@@ -80,13 +93,13 @@ impl FusedConv {
     }
 }
 
-/// The squeeze-excite of a block: pool, reduce (bias) + swish, expand (bias) + sigmoid,
-/// gate.
+/// The squeeze-excite of a block: pool, reduce (bias) + swish, expand (bias) + sigmoid
+/// (both dense layers with their activation as the epilogue), gate.
 #[derive(Debug)]
 pub(crate) struct FusedSe {
     pub(crate) shape: Nhwc,
-    pub(crate) reduce: (FullyConnected, Vec<f32>, Vec<f32>),
-    pub(crate) expand: (FullyConnected, Vec<f32>, Vec<f32>),
+    pub(crate) reduce: FusedConv,
+    pub(crate) expand: FusedConv,
 }
 
 /// One MBConv block, fused.
@@ -106,7 +119,7 @@ pub(crate) struct FusedNet {
     pub(crate) blocks: Vec<FusedBlock>,
     pub(crate) head: FusedConv,
     pub(crate) pool: Nhwc,
-    pub(crate) fc: (FullyConnected, Vec<f32>, Vec<f32>),
+    pub(crate) fc: FusedConv,
 }
 
 /// A network prepared for inference at one batch size and resolution; see the
@@ -148,6 +161,7 @@ impl InferencePlan {
             |c: &FusedConv| ws_len = ws_len.max(c.conv.workspace_len(ConvPass::Forward, threads));
         ws_of(&net.stem);
         ws_of(&net.head);
+        ws_of(&net.fc);
         for b in &net.blocks {
             if let Some(e) = &b.expand {
                 e_len = e_len.max(e.y_len());
@@ -155,12 +169,14 @@ impl InferencePlan {
             }
             ws_of(&b.spatial);
             ws_of(&b.project);
+            ws_of(&b.se.reduce);
+            ws_of(&b.se.expand);
             d_len = d_len.max(b.spatial.y_len());
             io_len = io_len.max(b.project.y_len());
             se_len = se_len.max(b.se.shape.pooled_len());
         }
         let head_len = net.head.y_len();
-        let classes = net.fc.0.out_features();
+        let classes = net.fc.conv.shape().y_len / batch;
         Ok(InferencePlan {
             batch,
             res,
@@ -264,7 +280,7 @@ impl Fused {
             };
             let d = &mut spatial[..blk.spatial.y_len()];
             timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
-            timed(SE_FWD, || blk.se.run(d, se))?;
+            timed(SE_FWD, || blk.se.run(d, se, ws))?;
             let out_len = blk.project.y_len();
             let res = blk.skip.then_some(input);
             timed(CONV_1X1_FWD, || {
@@ -277,29 +293,22 @@ impl Fused {
         timed(CONV_1X1_FWD, || net.head.run(&cur[..cur_len], None, h, ws))?;
         timed(HEAD, || {
             pool::global_avg_pool(&net.pool, h, pooled)?;
-            let (fc, w, bias) = &net.fc;
-            fc.forward(pooled, w, Some(bias), logits)
+            net.fc.run(pooled, None, logits, ws)
         })
     }
 }
 
 impl FusedSe {
     /// Squeezes `d` and gates it in place (`bufs`: scratch of at least the pooled
-    /// length each).
-    fn run(&self, d: &mut [f32], bufs: &mut [Vec<f32>; 4]) -> Result<()> {
-        let [pooled, r, s1, g] = bufs;
+    /// length each; `ws`: the plan's workspace).
+    fn run(&self, d: &mut [f32], bufs: &mut [Vec<f32>; 4], ws: &mut [f32]) -> Result<()> {
+        let [pooled, r, g, _] = bufs;
         let p = &mut pooled[..self.shape.pooled_len()];
         pool::global_avg_pool(&self.shape, d, p)?;
-        let (red, rw, rb) = &self.reduce;
-        let r = &mut r[..red.y_len()];
-        red.forward(p, rw, Some(rb), r)?;
-        let s1 = &mut s1[..red.y_len()];
-        activation::forward(Activation::Swish, r, s1)?;
-        let (exp, ew, eb) = &self.expand;
-        let t = &mut pooled[..exp.y_len()];
-        exp.forward(s1, ew, Some(eb), t)?;
-        let g = &mut g[..exp.y_len()];
-        activation::forward(Activation::Sigmoid, t, g)?;
+        let r = &mut r[..self.reduce.y_len()];
+        self.reduce.run(p, None, r, ws)?;
+        let g = &mut g[..self.expand.y_len()];
+        self.expand.run(r, None, g, ws)?;
         gate::forward_inplace(&self.shape, d, g)
     }
 }

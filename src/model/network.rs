@@ -12,6 +12,7 @@ use super::profile::{
 use crate::arch::ArchConfig;
 use crate::error::{Error, Result};
 use crate::kernels::conv::{Conv2d, ConvDesc, GradMode};
+use crate::kernels::activation::Activation;
 use crate::kernels::fully_connected::FullyConnected;
 use crate::kernels::loss::{CrossEntropy, Targets};
 use crate::kernels::pool::{self, Nhwc};
@@ -358,11 +359,13 @@ impl Network {
             blocks,
             head,
             pool: Nhwc::new(n, hw, hw, hc)?,
-            fc: (
-                FullyConnected::new(n, hc, cfg.num_classes)?,
-                v[self.fc.0].clone(),
-                v[self.fc.1].clone(),
-            ),
+            fc: FusedConv::dense(
+                n,
+                (hc, cfg.num_classes),
+                &v[self.fc.0],
+                &v[self.fc.1],
+                Activation::Identity,
+            )?,
         }))
     }
 
