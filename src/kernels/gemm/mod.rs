@@ -472,16 +472,29 @@ impl Gemm<'_> {
 /// Work split: rows per block (a multiple of 24, which every tile height divides) and
 /// panels per group. Blocks of at least 96 rows, so that a panel of `B` brought into
 /// cache serves 8 to 16 tiles, and of a few MFLOP; then the panels are dealt into
-/// groups until there are enough tasks for the pool. The split never changes a result:
-/// every element of `C` sums its `k` terms in the same order in any task.
+/// groups until there are enough tasks for the pool. A product too small for that
+/// (one image's late layers: tens of rows, one or two panels) gets row blocks down to
+/// 24 rows, so that two threads still share it evenly — a task's `B` panel is re-read
+/// from cache, not memory. The split never changes a result: every element of `C`
+/// sums its `k` terms in the same order in any task.
 fn split(m: usize, n: usize, k: usize, npanels: usize) -> (usize, usize) {
     const TASK_FLOP: usize = 4 << 20;
     const MIN_ROWS: usize = 96;
-    let min_tasks = (4 * rayon::current_num_threads()).max(16);
+    const MIN_SMALL_ROWS: usize = 24;
+    let threads = rayon::current_num_threads();
+    let min_tasks = (4 * threads).max(16);
     let per_row = 2 * n * k.max(1);
-    let rows = (TASK_FLOP / per_row)
+    let mut rows = (TASK_FLOP / per_row)
         .clamp(MIN_ROWS, 4096)
         .next_multiple_of(24);
+    if threads > 1 && (m / rows).max(1) * npanels < min_tasks {
+        // Few tasks even with one panel each: smaller row blocks, as many as the
+        // tasks want but no fewer than 24 rows.
+        let want_blocks = min_tasks.div_ceil(npanels);
+        rows = (m / want_blocks)
+            .next_multiple_of(24)
+            .clamp(MIN_SMALL_ROWS, rows);
+    }
     let row_blocks = (m / rows).max(1);
     let mut group = npanels;
     if row_blocks < min_tasks {
