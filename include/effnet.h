@@ -479,6 +479,35 @@ typedef struct effnet_conv_shape {
 } effnet_conv_shape;
 
 /**
+ * The forward epilogue of a convolution plan, in the spirit of oneDNN's post-ops:
+ * what `effnet_conv_forward_fused` (and `effnet_conv_forward*` for a plan without a
+ * residual) applies to each output element after the sum and the bias, in this order:
+ *
+ * `y = activation(conv(x, w) + bias) (+ residual)`
+ *
+ * Set `struct_size = sizeof(effnet_conv_post_ops)` and zero what you do not use (a
+ * zeroed struct is no epilogue). A BatchNorm in inference folds into the weights and
+ * bias the caller passes (`w·scale`, `bias·scale + shift` per output channel), so
+ * conv + BatchNorm + activation + residual add is one pass over `y`.
+ */
+typedef struct effnet_conv_post_ops {
+  /**
+   * `sizeof(effnet_conv_post_ops)` as the caller was compiled (a larger size is
+   * accepted if the extra bytes are zero).
+   */
+  size_t struct_size;
+  /**
+   * An `effnet_activation` value applied to `conv + bias` (0: identity).
+   */
+  uint32_t activation;
+  /**
+   * 1: add a residual tensor laid out as `y` after the activation (the skip
+   * connection of an inverted-residual block); 0: none.
+   */
+  uint32_t residual;
+} effnet_conv_post_ops;
+
+/**
  * Options of `effnet_model_create`. Set `struct_size = sizeof(effnet_model_desc)` and
  * zero what you do not use (zeros select the defaults noted), or pass NULL for all
  * defaults.
@@ -1058,6 +1087,85 @@ enum effnet_status effnet_conv_backward_weight_ws(const struct effnet_context *c
                                                   int32_t accumulate,
                                                   void *workspace,
                                                   size_t workspace_bytes);
+
+/**
+ * `effnet_conv_plan_create` with a forward epilogue: validates `*desc` and
+ * `*post_ops` and stores a new plan in `*out_plan`. The plan's forward passes apply
+ * the epilogue; `effnet_conv_plan_post_ops` reads it back. A plan whose epilogue adds a
+ * residual runs forward through `effnet_conv_forward_fused` only (the other forward
+ * entry points have no residual argument and report `EFFNET_INVALID_ARGUMENT`). The
+ * backward passes of such a plan are those of the convolution alone: the epilogue is
+ * for inference (differentiate the activation with `effnet_activation_backward`).
+ *
+ * Ownership: as `effnet_conv_plan_create` (release with `effnet_conv_plan_destroy`).
+ *
+ * Errors: those of `effnet_conv_plan_create`; `EFFNET_INVALID_ARGUMENT` also for a
+ * NULL or misaligned `post_ops`, a bad `struct_size`, an activation that is not an
+ * `effnet_activation`, or a `residual` other than 0 or 1.
+ *
+ * # Safety
+ * As `effnet_conv_plan_create`; `post_ops` is NULL or points to
+ * `post_ops->struct_size` readable bytes.
+ */
+enum effnet_status effnet_conv_plan_create_fused(const struct effnet_context *ctx,
+                                                 const struct effnet_conv_desc *desc,
+                                                 const struct effnet_conv_post_ops *post_ops,
+                                                 struct effnet_conv_plan **out_plan);
+
+/**
+ * Writes the plan's forward epilogue to `*out_post_ops` (set
+ * `out_post_ops->struct_size = sizeof(effnet_conv_post_ops)` first). A plan made by
+ * `effnet_conv_plan_create` has none (all zero).
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type `plan`, or a NULL,
+ * misaligned or too small `out_post_ops`.
+ *
+ * # Safety
+ * `plan` is NULL or a plan handle; `out_post_ops` is NULL or points to
+ * `out_post_ops->struct_size` writable bytes.
+ */
+enum effnet_status effnet_conv_plan_post_ops(const struct effnet_conv_plan *plan,
+                                             struct effnet_conv_post_ops *out_post_ops);
+
+/**
+ * The forward pass of a plan with its epilogue and every operand:
+ * `y = activation(conv(x, w) + bias) (+ residual)`, `y` overwritten, in one pass.
+ *
+ * Weights: exactly one of `w` (plain, `[kernel_h][kernel_w][group_size][out_channels]`,
+ * `w_len` floats; `packed` NULL with `packed_bytes = 0`) or `packed` (from
+ * `effnet_conv_pack_weights` for this plan; `w` NULL with `w_len = 0`).
+ * `bias`: NULL or `[out_channels]`. `residual`: `[batch][out_h][out_w][out_channels]`
+ * (`y_len` floats) when the plan's epilogue adds one, else NULL with `residual_len =
+ * 0`; it may not overlap `y`. `workspace`: NULL with `workspace_bytes = 0` for the
+ * library's per-thread buffer, or a caller's workspace as in `effnet_conv_forward_ws`.
+ * The result equals, bit for bit, the unfused sequence `effnet_conv_forward`, then
+ * `effnet_activation_forward`, then the element-wise add.
+ *
+ * Errors: those of `effnet_conv_forward_ws` / `effnet_conv_forward_packed`;
+ * `EFFNET_INVALID_ARGUMENT` also when both or neither weight form is given, when a
+ * residual is given to a plan without one (or missing for a plan with one), or for a
+ * wrong `residual_len`.
+ *
+ * # Safety
+ * As `effnet_conv_forward_ws`; `w`, `packed`, `residual` each NULL or pointing to as
+ * many readable elements (bytes for `packed`) as their lengths say.
+ */
+enum effnet_status effnet_conv_forward_fused(const struct effnet_context *ctx,
+                                             const struct effnet_conv_plan *plan,
+                                             const float *x,
+                                             size_t x_len,
+                                             const float *w,
+                                             size_t w_len,
+                                             const void *packed,
+                                             size_t packed_bytes,
+                                             const float *bias,
+                                             size_t bias_len,
+                                             const float *residual,
+                                             size_t residual_len,
+                                             float *y,
+                                             size_t y_len,
+                                             void *workspace,
+                                             size_t workspace_bytes);
 
 /**
  * Writes to `*out_bytes` the size in bytes of the buffer `effnet_conv_pack_weights`

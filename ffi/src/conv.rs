@@ -178,6 +178,16 @@ pub struct effnet_conv_plan {
 
 handle::impl_handle!(effnet_conv_plan, Kind::ConvPlan);
 
+impl effnet_conv_plan {
+    /// A plan handle's contents for `conv`.
+    pub(crate) fn new(conv: Conv2d) -> effnet_conv_plan {
+        effnet_conv_plan {
+            magic: Kind::ConvPlan.magic(),
+            conv,
+        }
+    }
+}
+
 fn field(name: &str, v: i64, min: i64) -> Outcome<usize> {
     sized::int_field("effnet_conv_desc", name, v, min)
 }

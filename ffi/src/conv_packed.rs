@@ -47,7 +47,7 @@ fn packed_bytes(floats: usize) -> Outcome<usize> {
 }
 
 /// The `packed` argument as a buffer of whole floats (at least the plan's packed size).
-fn packed_buf(conv: &Conv2d, ptr: *const c_void, bytes: usize) -> Outcome<Buf> {
+pub(crate) fn packed_buf(conv: &Conv2d, ptr: *const c_void, bytes: usize) -> Outcome<Buf> {
     let need = packed_bytes(conv.packed_weights_len())?;
     if !ptr.is_null() && bytes < need {
         return Err(Failure::invalid(format!(

@@ -19,6 +19,7 @@
 pub mod buffers;
 pub mod context;
 pub mod conv;
+pub mod conv_fused;
 pub mod conv_packed;
 pub mod handle;
 pub mod model;
@@ -34,6 +35,10 @@ pub use conv::{
     effnet_conv_forward_ws, effnet_conv_pass, effnet_conv_plan, effnet_conv_plan_create,
     effnet_conv_plan_destroy, effnet_conv_plan_shape, effnet_conv_shape,
     effnet_conv_workspace_size, effnet_dtype,
+};
+pub use conv_fused::{
+    effnet_conv_forward_fused, effnet_conv_plan_create_fused, effnet_conv_plan_post_ops,
+    effnet_conv_post_ops,
 };
 pub use conv_packed::{
     effnet_conv_forward_packed, effnet_conv_pack_weights, effnet_conv_packed_weights_size,

@@ -30,6 +30,16 @@ pub enum effnet_activation {
     EFFNET_ACT_SWISH = 3,
 }
 
+/// The C value of an activation (the inverse of [`activation_of`]).
+pub fn activation_value(a: Activation) -> u32 {
+    match a {
+        Activation::Identity => 0,
+        Activation::Relu => 1,
+        Activation::Sigmoid => 2,
+        Activation::Swish => 3,
+    }
+}
+
 /// The activation a C value names; `what` is the field or argument, for messages.
 pub fn activation_of(what: &str, v: u32) -> Outcome<Activation> {
     match v {

@@ -168,6 +168,12 @@ fn check_report(out: &Output, what: &str) {
         "ok   proxy norm forward: destroyed plan",
         "ok   model train step",
         "ok   model load weights",
+        "ok   depthwise 3x3/2 fused act 3 residual 1: = unfused bits",
+        "ok   G16 3x3/2 fused act 2 residual 0: packed weights, caller workspace",
+        "ok   stem 3x3/2 fused act 1 residual 1: = unfused bits",
+        "ok   pointwise 1x1 fused act 3 residual 1: packed weights, caller workspace",
+        "ok   fused: unknown activation",
+        "ok   fused: plain forward on a residual plan",
     ] {
         assert!(
             stdout.lines().any(|l| l == must),

@@ -11,8 +11,8 @@ use super::profile::{
 };
 use crate::arch::ArchConfig;
 use crate::error::{Error, Result};
-use crate::kernels::conv::{Conv2d, ConvDesc, GradMode};
 use crate::kernels::activation::Activation;
+use crate::kernels::conv::{Conv2d, ConvDesc, GradMode};
 use crate::kernels::fully_connected::FullyConnected;
 use crate::kernels::loss::{CrossEntropy, Targets};
 use crate::kernels::pool::{self, Nhwc};

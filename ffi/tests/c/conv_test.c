@@ -737,6 +737,145 @@ static void misuse(effnet_context *ctx) {
 
 #include "ops_test.c"
 
+/* The fused epilogue (post-ops): for every activation, with and without a residual,
+ * plain and packed weights, the fused forward gives the bits of the unfused sequence
+ * conv -> activation -> add; then the misuse a fused plan must reject. */
+static void fused_case(const conv_case *c, effnet_context *ctx) {
+    char what[256];
+    effnet_conv_plan *plain_plan = NULL;
+    expect(effnet_conv_plan_create(ctx, &c->desc, &plain_plan), EFFNET_OK, NULL,
+           "fused: the unfused plan");
+    effnet_conv_shape s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    expect(effnet_conv_plan_shape(plain_plan, &s), EFFNET_OK, NULL, "fused: shape");
+    size_t xl = s.x_len, wl = s.w_len, yl = s.y_len, bl = (size_t)c->desc.out_channels;
+    float *x = random_floats(xl), *w = random_floats(wl), *b = random_floats(bl);
+    float *r = random_floats(yl);
+    float *conv_y = filled(yl, NAN), *want = filled(yl, NAN), *got = filled(yl, NAN);
+    expect(effnet_conv_forward(ctx, plain_plan, x, xl, w, wl, b, bl, conv_y, yl), EFFNET_OK,
+           NULL, "fused: unfused forward");
+    const uint32_t acts[] = {EFFNET_ACT_IDENTITY, EFFNET_ACT_RELU, EFFNET_ACT_SIGMOID,
+                             EFFNET_ACT_SWISH};
+    for (size_t a = 0; a < 4; a++) {
+        for (uint32_t res = 0; res < 2; res++) {
+            effnet_conv_post_ops post;
+            memset(&post, 0, sizeof post);
+            post.struct_size = sizeof post;
+            post.activation = acts[a];
+            post.residual = res;
+            effnet_conv_plan *plan = NULL;
+            snprintf(what, sizeof what, "%s fused act %u residual %u: plan", c->name,
+                     acts[a], res);
+            expect(effnet_conv_plan_create_fused(ctx, &c->desc, &post, &plan), EFFNET_OK,
+                   NULL, what);
+            if (plan == NULL) continue;
+            effnet_conv_post_ops back;
+            memset(&back, 0, sizeof back);
+            back.struct_size = sizeof back;
+            expect(effnet_conv_plan_post_ops(plan, &back), EFFNET_OK, NULL,
+                   "fused: post-ops read back");
+            check(back.activation == acts[a] && back.residual == res,
+                  "fused: post-ops read back equal", "differ");
+            /* The unfused sequence. */
+            expect(effnet_activation_forward(ctx, acts[a], conv_y, want, yl), EFFNET_OK,
+                   NULL, "fused: unfused activation");
+            if (res) {
+                for (size_t i = 0; i < yl; i++) want[i] += r[i];
+            }
+            const float *rr = res ? r : NULL;
+            size_t rl = res ? yl : 0;
+            for (size_t i = 0; i < yl; i++) got[i] = NAN;
+            snprintf(what, sizeof what, "%s fused act %u residual %u: plain weights",
+                     c->name, acts[a], res);
+            expect(effnet_conv_forward_fused(ctx, plan, x, xl, w, wl, NULL, 0, b, bl, rr, rl,
+                                             got, yl, NULL, 0),
+                   EFFNET_OK, NULL, what);
+            snprintf(what, sizeof what, "%s fused act %u residual %u: = unfused bits",
+                     c->name, acts[a], res);
+            check(memcmp(want, got, yl * sizeof *got) == 0, what, "results differ");
+            size_t pbytes = 0;
+            expect(effnet_conv_packed_weights_size(plan, &pbytes), EFFNET_OK, NULL,
+                   "fused: packed size");
+            float *packed = filled(pbytes / 4, NAN);
+            expect(effnet_conv_pack_weights(ctx, plan, w, wl, packed, pbytes), EFFNET_OK,
+                   NULL, "fused: pack");
+            size_t wsbytes = 0;
+            expect(effnet_conv_workspace_size(ctx, plan, EFFNET_CONV_PASS_FORWARD, &wsbytes),
+                   EFFNET_OK, NULL, "fused: workspace size");
+            float *ws = filled(wsbytes / 4 + 1, NAN);
+            for (size_t i = 0; i < yl; i++) got[i] = NAN;
+            snprintf(what, sizeof what,
+                     "%s fused act %u residual %u: packed weights, caller workspace",
+                     c->name, acts[a], res);
+            expect(effnet_conv_forward_fused(ctx, plan, x, xl, NULL, 0, packed, pbytes, b, bl,
+                                             rr, rl, got, yl, ws, wsbytes),
+                   EFFNET_OK, NULL, what);
+            check(memcmp(want, got, yl * sizeof *got) == 0, what, "results differ");
+            if (res) {
+                expect(effnet_conv_forward_fused(ctx, plan, x, xl, w, wl, NULL, 0, b, bl,
+                                                 NULL, 0, got, yl, NULL, 0),
+                       EFFNET_INVALID_ARGUMENT, "residual", "fused: residual missing");
+                expect(effnet_conv_forward_fused(ctx, plan, x, xl, w, wl, NULL, 0, b, bl, r,
+                                                 yl - 1, got, yl, NULL, 0),
+                       EFFNET_INVALID_ARGUMENT, "residual", "fused: residual one short");
+                expect(effnet_conv_forward_fused(ctx, plan, x, xl, w, wl, NULL, 0, b, bl, got,
+                                                 yl, got, yl, NULL, 0),
+                       EFFNET_INVALID_ARGUMENT, NULL, "fused: residual overlaps y");
+                expect(effnet_conv_forward(ctx, plan, x, xl, w, wl, b, bl, got, yl),
+                       EFFNET_INVALID_ARGUMENT, "residual",
+                       "fused: plain forward on a residual plan");
+            } else {
+                expect(effnet_conv_forward_fused(ctx, plan, x, xl, w, wl, NULL, 0, b, bl, r,
+                                                 yl, got, yl, NULL, 0),
+                       EFFNET_INVALID_ARGUMENT, "residual", "fused: residual not wanted");
+                /* Without a residual, the ordinary forward applies the activation. */
+                for (size_t i = 0; i < yl; i++) got[i] = NAN;
+                expect(effnet_conv_forward(ctx, plan, x, xl, w, wl, b, bl, got, yl), EFFNET_OK,
+                       NULL, "fused: plain forward applies the activation");
+                check(memcmp(want, got, yl * sizeof *got) == 0,
+                      "fused: plain forward = unfused bits", "results differ");
+            }
+            expect(effnet_conv_forward_fused(ctx, plan, x, xl, w, wl, packed, pbytes, b, bl,
+                                             rr, rl, got, yl, NULL, 0),
+                   EFFNET_INVALID_ARGUMENT, "exactly one", "fused: both weight forms");
+            expect(effnet_conv_forward_fused(ctx, plan, x, xl, NULL, 0, NULL, 0, b, bl, rr, rl,
+                                             got, yl, NULL, 0),
+                   EFFNET_INVALID_ARGUMENT, "exactly one", "fused: no weights");
+            free(packed);
+            free(ws);
+            expect(effnet_conv_plan_destroy(plan), EFFNET_OK, NULL, "fused: destroy");
+        }
+    }
+    effnet_conv_post_ops bad;
+    memset(&bad, 0, sizeof bad);
+    bad.struct_size = sizeof bad;
+    bad.activation = 99;
+    effnet_conv_plan *none = NULL;
+    expect(effnet_conv_plan_create_fused(ctx, &c->desc, &bad, &none), EFFNET_INVALID_ARGUMENT,
+           "activation", "fused: unknown activation");
+    bad.activation = 0;
+    bad.residual = 2;
+    expect(effnet_conv_plan_create_fused(ctx, &c->desc, &bad, &none), EFFNET_INVALID_ARGUMENT,
+           "residual", "fused: residual flag 2");
+    bad.residual = 0;
+    bad.struct_size = 4;
+    expect(effnet_conv_plan_create_fused(ctx, &c->desc, &bad, &none), EFFNET_INVALID_ARGUMENT,
+           "struct_size", "fused: short struct_size");
+    expect(effnet_conv_plan_create_fused(ctx, &c->desc, NULL, &none), EFFNET_INVALID_ARGUMENT,
+           "post_ops", "fused: NULL post-ops");
+    check(none == NULL, "fused: no plan written on failure", "a plan was written");
+    effnet_conv_post_ops zero;
+    memset(&zero, 0, sizeof zero);
+    zero.struct_size = sizeof zero;
+    expect(effnet_conv_plan_post_ops(plain_plan, &zero), EFFNET_OK, NULL,
+           "fused: an unfused plan's post-ops");
+    check(zero.activation == 0 && zero.residual == 0, "fused: an unfused plan has none",
+          "non-zero");
+    expect(effnet_conv_plan_destroy(plain_plan), EFFNET_OK, NULL, "fused: destroy");
+    free(x); free(w); free(b); free(r); free(conv_y); free(want); free(got);
+}
+
 int main(void) {
     effnet_context *ctx1 = NULL, *ctx3 = NULL;
     printf("effnet ABI version %u\n", effnet_abi_version());
@@ -761,6 +900,7 @@ int main(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         run_case(&cases[i], ctx1, ctx3);
+        fused_case(&cases[i], ctx3);
     }
     misuse(ctx3);
     ops_tests(ctx3);

@@ -1,0 +1,232 @@
+//! Convolutions with a fused forward epilogue (post-ops): the activation and a residual
+//! add applied while each output tile is still in registers.
+
+use std::ffi::c_void;
+
+use effnet_core::kernels::conv::{Conv2d, ConvPass, ConvWeights, PostOps};
+
+use crate::buffers::{self, Buf};
+use crate::context::effnet_context;
+use crate::conv::{ctx_and_plan, effnet_conv_desc, effnet_conv_plan, to_conv_desc};
+use crate::conv_packed::packed_buf;
+use crate::handle;
+use crate::ops::activation_of;
+use crate::sized::{self, SizedStruct};
+use crate::status::{Failure, Outcome, effnet_status, guard};
+
+/// The forward epilogue of a convolution plan, in the spirit of oneDNN's post-ops:
+/// what `effnet_conv_forward_fused` (and `effnet_conv_forward*` for a plan without a
+/// residual) applies to each output element after the sum and the bias, in this order:
+///
+/// `y = activation(conv(x, w) + bias) (+ residual)`
+///
+/// Set `struct_size = sizeof(effnet_conv_post_ops)` and zero what you do not use (a
+/// zeroed struct is no epilogue). A BatchNorm in inference folds into the weights and
+/// bias the caller passes (`w·scale`, `bias·scale + shift` per output channel), so
+/// conv + BatchNorm + activation + residual add is one pass over `y`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct effnet_conv_post_ops {
+    /// `sizeof(effnet_conv_post_ops)` as the caller was compiled (a larger size is
+    /// accepted if the extra bytes are zero).
+    pub struct_size: usize,
+    /// An `effnet_activation` value applied to `conv + bias` (0: identity).
+    pub activation: u32,
+    /// 1: add a residual tensor laid out as `y` after the activation (the skip
+    /// connection of an inverted-residual block); 0: none.
+    pub residual: u32,
+}
+
+// SAFETY: repr(C), starts with `usize struct_size`, integers only.
+unsafe impl SizedStruct for effnet_conv_post_ops {
+    const C_NAME: &'static str = "effnet_conv_post_ops";
+}
+
+/// The Rust epilogue a C descriptor names.
+fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
+    let residual = match p.residual {
+        0 => false,
+        1 => true,
+        v => {
+            return Err(Failure::invalid(format!(
+                "`post_ops`.residual = {v}: use 0 (none) or 1 (add a residual)"
+            )));
+        }
+    };
+    Ok(PostOps {
+        activation: activation_of("`post_ops`", p.activation)?,
+        residual,
+    })
+}
+
+/// `effnet_conv_plan_create` with a forward epilogue: validates `*desc` and
+/// `*post_ops` and stores a new plan in `*out_plan`. The plan's forward passes apply
+/// the epilogue; `effnet_conv_plan_post_ops` reads it back. A plan whose epilogue adds a
+/// residual runs forward through `effnet_conv_forward_fused` only (the other forward
+/// entry points have no residual argument and report `EFFNET_INVALID_ARGUMENT`). The
+/// backward passes of such a plan are those of the convolution alone: the epilogue is
+/// for inference (differentiate the activation with `effnet_activation_backward`).
+///
+/// Ownership: as `effnet_conv_plan_create` (release with `effnet_conv_plan_destroy`).
+///
+/// Errors: those of `effnet_conv_plan_create`; `EFFNET_INVALID_ARGUMENT` also for a
+/// NULL or misaligned `post_ops`, a bad `struct_size`, an activation that is not an
+/// `effnet_activation`, or a `residual` other than 0 or 1.
+///
+/// # Safety
+/// As `effnet_conv_plan_create`; `post_ops` is NULL or points to
+/// `post_ops->struct_size` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_plan_create_fused(
+    ctx: *const effnet_context,
+    desc: *const effnet_conv_desc,
+    post_ops: *const effnet_conv_post_ops,
+    out_plan: *mut *mut effnet_conv_plan,
+) -> effnet_status {
+    guard("effnet_conv_plan_create_fused", || {
+        // SAFETY: the caller's contract; the handle is checked before use.
+        let _ctx = unsafe { handle::get(ctx, "`ctx`") }?;
+        // SAFETY: the caller's contract; pointers and sizes checked inside.
+        let desc = unsafe { sized::read(desc, "`desc`") }?;
+        // SAFETY: as above.
+        let post = unsafe { sized::read(post_ops, "`post_ops`") }?;
+        handle::check_out(out_plan, "`out_plan`")?;
+        let post = to_post_ops(&post)?;
+        let conv = Conv2d::new(&to_conv_desc(&desc)?)?.with_post_ops(post);
+        let plan = effnet_conv_plan::new(conv);
+        // SAFETY: checked; writable (caller's promise).
+        unsafe { handle::publish(out_plan, plan) };
+        Ok(())
+    })
+}
+
+/// Writes the plan's forward epilogue to `*out_post_ops` (set
+/// `out_post_ops->struct_size = sizeof(effnet_conv_post_ops)` first). A plan made by
+/// `effnet_conv_plan_create` has none (all zero).
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type `plan`, or a NULL,
+/// misaligned or too small `out_post_ops`.
+///
+/// # Safety
+/// `plan` is NULL or a plan handle; `out_post_ops` is NULL or points to
+/// `out_post_ops->struct_size` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_plan_post_ops(
+    plan: *const effnet_conv_plan,
+    out_post_ops: *mut effnet_conv_post_ops,
+) -> effnet_status {
+    guard("effnet_conv_plan_post_ops", || {
+        // SAFETY: the caller's contract; the handle is checked before use.
+        let plan = unsafe { handle::get(plan, "`plan`") }?;
+        let p = plan.conv.post_ops();
+        let value = effnet_conv_post_ops {
+            struct_size: size_of::<effnet_conv_post_ops>(),
+            activation: crate::ops::activation_value(p.activation),
+            residual: u32::from(p.residual),
+        };
+        // SAFETY: the caller's contract; pointer and size checked inside.
+        unsafe { sized::write(out_post_ops, "`out_post_ops`", value) }
+    })
+}
+
+/// The forward pass of a plan with its epilogue and every operand:
+/// `y = activation(conv(x, w) + bias) (+ residual)`, `y` overwritten, in one pass.
+///
+/// Weights: exactly one of `w` (plain, `[kernel_h][kernel_w][group_size][out_channels]`,
+/// `w_len` floats; `packed` NULL with `packed_bytes = 0`) or `packed` (from
+/// `effnet_conv_pack_weights` for this plan; `w` NULL with `w_len = 0`).
+/// `bias`: NULL or `[out_channels]`. `residual`: `[batch][out_h][out_w][out_channels]`
+/// (`y_len` floats) when the plan's epilogue adds one, else NULL with `residual_len =
+/// 0`; it may not overlap `y`. `workspace`: NULL with `workspace_bytes = 0` for the
+/// library's per-thread buffer, or a caller's workspace as in `effnet_conv_forward_ws`.
+/// The result equals, bit for bit, the unfused sequence `effnet_conv_forward`, then
+/// `effnet_activation_forward`, then the element-wise add.
+///
+/// Errors: those of `effnet_conv_forward_ws` / `effnet_conv_forward_packed`;
+/// `EFFNET_INVALID_ARGUMENT` also when both or neither weight form is given, when a
+/// residual is given to a plan without one (or missing for a plan with one), or for a
+/// wrong `residual_len`.
+///
+/// # Safety
+/// As `effnet_conv_forward_ws`; `w`, `packed`, `residual` each NULL or pointing to as
+/// many readable elements (bytes for `packed`) as their lengths say.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_forward_fused(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    x: *const f32,
+    x_len: usize,
+    w: *const f32,
+    w_len: usize,
+    packed: *const c_void,
+    packed_bytes: usize,
+    bias: *const f32,
+    bias_len: usize,
+    residual: *const f32,
+    residual_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_conv_forward_fused", || {
+        // SAFETY: the caller's contract; handles are checked before use.
+        let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
+        let s = conv.shape();
+        let plain = !w.is_null() || w_len > 0;
+        let is_packed = !packed.is_null() || packed_bytes > 0;
+        if plain == is_packed {
+            return Err(Failure::invalid(
+                "pass exactly one of `w` (plain weights) and `packed` (packed weights); \
+                 the other NULL with length 0",
+            ));
+        }
+        let wants_residual = conv.post_ops().residual;
+        let has_residual = !residual.is_null() || residual_len > 0;
+        if wants_residual != has_residual {
+            return Err(Failure::invalid(if wants_residual {
+                "the plan's post-ops add a residual: pass `residual` (y_len floats)"
+            } else {
+                "`residual` was given but the plan's post-ops add none \
+                 (NULL with residual_len = 0)"
+            }));
+        }
+        let bx = Buf::input("x", x, x_len, s.x_len);
+        let bwt = if plain {
+            Buf::input("w", w, w_len, s.w_len)
+        } else {
+            packed_buf(conv, packed, packed_bytes)?
+        };
+        let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
+        let br = Buf::input("residual", residual, residual_len, s.y_len).optional();
+        let by = Buf::output("y", y, y_len, s.y_len);
+        // NULL with 0 bytes: the library's buffer; anything else is the caller's.
+        let ws =
+            (!workspace.is_null() || workspace_bytes > 0).then_some((workspace, workspace_bytes));
+        let bws = buffers::workspace_arg(ws);
+        buffers::check(&[bx, bwt, bb, br, by, bws])?;
+        // SAFETY: checked above; readable/writable and exclusive by the contract.
+        let (x, wt, bias, res, y, wsb) = unsafe {
+            (
+                buffers::input(&bx),
+                buffers::input(&bwt),
+                buffers::opt_input(&bb),
+                buffers::opt_input(&br),
+                buffers::output(&by),
+                buffers::opt_output(&bws),
+            )
+        };
+        let weights = if plain {
+            ConvWeights::Plain(wt)
+        } else {
+            ConvWeights::Packed(wt)
+        };
+        let floats = || ctx.install(|| conv.workspace_len(ConvPass::Forward, 0));
+        let need = || buffers::workspace_bytes(floats());
+        let query = "effnet_conv_workspace_size";
+        buffers::run_pass(ctx, need, query, wsb, ws, |ws| {
+            conv.forward_fused(x, weights, bias, res, y, ws)
+        })?;
+        Ok(())
+    })
+}
