@@ -1309,6 +1309,13 @@ enum effnet_status effnet_model_load_weights(const struct effnet_model *model, c
  * Inference: the logits of `batch` images (BatchNorm with its running statistics, no
  * dropout), run on `ctx`'s threads; `logits` is overwritten.
  *
+ * The first call for a `batch`, `res` and thread count prepares the network for it
+ * (BatchNorm folded into the convolutions, activations and residual adds in their
+ * epilogues, weights packed once, buffers kept) and later calls of the same shape
+ * reuse it until the weights change (`effnet_model_train_step`,
+ * `effnet_model_load_weights`). The folded network rounds differently from the
+ * training forward pass: logits agree within about 1e-5 relative.
+ *
  * Buffers: `x` NHWC `[batch][res][res][3]` (normalized images, channels fastest;
  * PyTorch's NCHW `X[n][c][h][w]` is `x[n][h][w][c]`), `x_len = batch*res*res*3`;
  * `logits` `[batch][classes]`. `res` at least 8 (the network downsamples 32 times;
