@@ -88,6 +88,36 @@ fn print_profile(arch: &str, mode: &str, total: Duration, iters: usize) {
     );
 }
 
+/// Prints the estimated main-memory bytes per image of the prepared inference network
+/// next to the unfused forward pass's (a plan is made for the count when the run used
+/// the unfused pass).
+fn print_traffic(
+    prepared: Option<&effnet::model::InferencePlan>,
+    net: &Network,
+    n: usize,
+    res: usize,
+) -> Result<()> {
+    let own;
+    let plan = match prepared {
+        Some(p) => p,
+        None => {
+            own = net.plan_inference(n, res)?;
+            &own
+        }
+    };
+    match plan.traffic_per_image() {
+        Some(t) => eprintln!(
+            "  bytes per image (estimated: activations, weights shared over the batch): \
+             fused {:.1} MB, unfused {:.1} MB ({:.2}× less)",
+            t.fused_bytes / 1e6,
+            t.unfused_bytes / 1e6,
+            t.unfused_bytes / t.fused_bytes
+        ),
+        None => eprintln!("  bytes per image: not estimated (per-sample norms run unfused)"),
+    }
+    Ok(())
+}
+
 /// Runs `effnet bench model`.
 pub fn run(a: &ModelArgs) -> Result<()> {
     for m in &a.modes {
@@ -158,6 +188,9 @@ pub fn run(a: &ModelArgs) -> Result<()> {
             let ips = (a.iters * n) as f64 / total.as_secs_f64();
             if a.profile {
                 print_profile(&cfg.name, mode, total, a.iters);
+                if mode == "infer" {
+                    print_traffic(prepared.as_ref(), &net, n, res)?;
+                }
             }
             let rss = peak_rss_mb();
             let planned = if mode == "train" {

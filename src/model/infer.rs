@@ -80,6 +80,17 @@ impl FusedConv {
         self.conv.shape().y_len
     }
 
+    /// Floats this convolution moves fused (input, packed weights, output, the
+    /// residual it adds) and unfused (the same convolution, then a norm + activation
+    /// pass reading and writing its output, then a residual add reading two tensors and
+    /// writing one).
+    fn traffic(&self) -> (usize, usize) {
+        let s = self.conv.shape();
+        let conv = s.x_len + self.packed.len() + s.y_len;
+        let res = usize::from(self.conv.post_ops().residual);
+        (conv + res * s.y_len, conv + 2 * s.y_len + 3 * res * s.y_len)
+    }
+
     fn run(
         &self,
         x: &[f32],
@@ -120,6 +131,16 @@ pub(crate) struct FusedNet {
     pub(crate) head: FusedConv,
     pub(crate) pool: Nhwc,
     pub(crate) fc: FusedConv,
+}
+
+/// Estimated main-memory traffic of one image's inference
+/// ([`InferencePlan::traffic_per_image`]).
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct Traffic {
+    /// Bytes the prepared (fused) network reads and writes.
+    pub fused_bytes: f64,
+    /// Bytes the unfused layer-by-layer forward pass reads and writes.
+    pub unfused_bytes: f64,
 }
 
 /// A network prepared for inference at one batch size and resolution; see the
@@ -209,6 +230,48 @@ impl InferencePlan {
     /// Whether BatchNorm was folded (the fused path) or the network runs unfused.
     pub fn is_fused(&self) -> bool {
         matches!(self.kind, PlanKind::Fused(_))
+    }
+
+    /// The estimated bytes one image's inference reads and writes in main memory
+    /// (activations; weights counted once per batch and shared out), by this plan and
+    /// by the unfused layer-by-layer forward pass; `None` for an unfused plan.
+    ///
+    /// A plain count of every tensor each pass reads and writes, as if none stayed in
+    /// cache between passes: the unfused pass adds a norm + activation pass over every
+    /// convolution's output and a separate residual add. The squeeze-excite (pool and
+    /// gate) runs the same in both.
+    pub fn traffic_per_image(&self) -> Option<Traffic> {
+        let PlanKind::Fused(f) = &self.kind else {
+            return None;
+        };
+        let net = &f.net;
+        let (mut fused, mut unfused) = (0usize, 0usize);
+        let mut add = |(a, b): (usize, usize)| {
+            fused += a;
+            unfused += b;
+        };
+        add(net.stem.traffic());
+        for b in &net.blocks {
+            if let Some(e) = &b.expand {
+                add(e.traffic());
+            }
+            add(b.spatial.traffic());
+            // Pool, the two dense layers (their outputs then an activation pass unfused),
+            // gate (read and write).
+            let d = b.spatial.y_len();
+            let (r, e) = (b.se.reduce.traffic(), b.se.expand.traffic());
+            add((3 * d + r.0 + e.0, 3 * d + r.1 + e.1));
+            add(b.project.traffic());
+        }
+        add(net.head.traffic());
+        let pool = net.head.y_len() + net.pool.pooled_len();
+        let fc = net.fc.traffic();
+        add((pool + fc.0, pool + fc.1));
+        let per = |floats: usize| (floats * size_of::<f32>()) as f64 / self.batch as f64;
+        Some(Traffic {
+            fused_bytes: per(fused),
+            unfused_bytes: per(unfused),
+        })
     }
 
     /// Floats of the activation buffers and workspace the plan keeps.

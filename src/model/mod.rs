@@ -27,7 +27,7 @@ pub mod schedule;
 pub mod train;
 pub mod weights;
 
-pub use infer::InferencePlan;
+pub use infer::{InferencePlan, Traffic};
 pub use network::{MemoryPlan, Network, Pass, Tape};
 pub use params::{ParamInfo, ParamKind, ParamStore};
 pub use weights::Weights;

@@ -4,7 +4,7 @@
 //! paddings, odd resolutions, batch 1 and > 1, G1 and G16) at every SIMD level, with
 //! non-trivial norm parameters and running statistics; repeated runs give the same
 //! bits; networks with per-sample norms get an unfused plan with the forward pass's
-//! bits; bad input is an error.
+//! bits; bad input is an error; the traffic estimate counts what fusion removes.
 
 use crate::common::{Rng, levels};
 use effnet::arch::ArchConfig;
@@ -98,4 +98,47 @@ fn bad_inference_inputs_are_errors() {
     assert!(net.plan_inference(1, 4).is_err());
     let mut plan = net.plan_inference(1, 32).unwrap();
     assert!(plan.run(&vec![0.0; 32 * 32 * 3 - 1]).is_err());
+}
+
+#[test]
+fn traffic_estimate_counts_the_passes_fusion_removes() {
+    let net = network("efficientnet_b0", 10, 5);
+    let one = net
+        .plan_inference(1, 64)
+        .unwrap()
+        .traffic_per_image()
+        .unwrap();
+    let two = net
+        .plan_inference(2, 64)
+        .unwrap()
+        .traffic_per_image()
+        .unwrap();
+    // Fusion removes a read and a write of every convolution output at least.
+    assert!(one.fused_bytes < one.unfused_bytes, "{one:?}");
+    // The removed passes are activations: the same bytes per image at any batch.
+    let saved = |t: effnet::model::Traffic| t.unfused_bytes - t.fused_bytes;
+    assert!(
+        (saved(one) - saved(two)).abs() <= 1e-6 * saved(one),
+        "{one:?} {two:?}"
+    );
+    // Weights are shared over the batch: fewer bytes per image at batch 2.
+    assert!(two.fused_bytes < one.fused_bytes, "{one:?} {two:?}");
+    // Twice the resolution: about four times the activations.
+    let big = net
+        .plan_inference(1, 128)
+        .unwrap()
+        .traffic_per_image()
+        .unwrap();
+    let ratio = saved(big) / saved(one);
+    assert!(
+        (3.5..4.5).contains(&ratio),
+        "saved bytes grow {ratio}× for 4× the pixels"
+    );
+    let gn = effnet::model::Network::new(&ArchConfig::from_name("b0_g16_gn").unwrap(), 1).unwrap();
+    assert!(
+        gn.plan_inference(1, 64)
+            .unwrap()
+            .traffic_per_image()
+            .is_none()
+    );
 }
