@@ -115,15 +115,19 @@ fn table(level: SimdLevel) -> &'static GemmTable {
     TABLES.get(level)
 }
 
-/// Cuts `n` columns into panels: as many full-width panels as fit, then one panel just
-/// wide enough for the rest.
+/// Cuts `n` columns into panels of whole vectors (only the last one partial).
 fn panels(level: SimdLevel, n: usize, k: usize) -> Vec<Panel> {
     let t = table(level);
     let (lanes, nvmax) = (t.lanes, t.max_nv);
-    let mut out = Vec::new();
+    // The fewest panels of at most `nvmax` vectors, the vectors spread evenly over
+    // them (9 vectors on AVX-512: 3 + 3 + 3, not 4 + 4 + 1, whose one-vector tile
+    // keeps too few accumulators to hide the FMA latency).
+    let vectors = n.div_ceil(lanes);
+    let count = vectors.div_ceil(nvmax);
+    let mut out = Vec::with_capacity(count);
     let (mut col, mut offset) = (0, 0);
-    while col < n {
-        let nv = (n - col).div_ceil(lanes).min(nvmax);
+    for i in 0..count {
+        let nv = vectors / count + usize::from(i < vectors % count);
         let valid = (n - col).min(nv * lanes);
         out.push(Panel {
             col,
