@@ -44,6 +44,7 @@ pub mod planner;
 pub mod reference;
 pub mod run;
 pub mod target;
+pub mod vocab;
 
 pub use codelets::{Codelet, ConvGeom, Kind, NormGeom, ProxyScale};
 pub use graph::{Engine, Graph, Program};

@@ -5,69 +5,14 @@
 //! adds the normalization, squeeze-excitation, skip, pooling and loss steps between
 //! its convolutions.
 
-use super::block::{BlockNorm, BlockSpec};
 pub use super::codelets::ProxyScale;
 use super::planner::{Cost, Pass, Planner};
 use super::target::{Precision, Target};
+pub use super::vocab::NormSpec;
+use super::vocab::{BlockNorm, BlockSpec};
 use crate::arch::{ArchConfig, LayerRole, NormKind, PaddingMode};
 use crate::error::{Error, Result};
 use crate::kernels::conv::ConvShape;
-/// The normalization after a convolution.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct NormSpec {
-    /// Channels per group (`C/groups` for GN, `C` for LN, 1 for BN).
-    pub cg: usize,
-    /// Per image (GN/LN) or over the batch (BN).
-    pub per_sample: bool,
-    /// Activation after it (0 none, 1 swish).
-    pub act: u32,
-    /// Proxy Norm (a proxy-normalized swish after an LN without affine).
-    pub proxy: bool,
-    /// Where the proxy scale goes (meaningful when `proxy`).
-    pub scale: ProxyScale,
-    /// Whether the norm has a shift β (false for the γ-only LN of the projection
-    /// under Proxy Norm).
-    pub beta: bool,
-}
-
-impl NormSpec {
-    /// The norm of `arch` over `c` channels after a layer of role `role`.
-    pub fn of(arch: &ArchConfig, role: LayerRole, c: usize) -> NormSpec {
-        let project = role == LayerRole::Project;
-        let act = if project { 0 } else { 1 };
-        match arch.norm {
-            NormKind::BatchNorm => NormSpec {
-                cg: 1,
-                per_sample: false,
-                act,
-                proxy: false,
-                scale: ProxyScale::Full,
-                beta: true,
-            },
-            NormKind::GroupNorm { groups } => NormSpec {
-                cg: c / groups.max(1),
-                per_sample: true,
-                act,
-                proxy: false,
-                scale: ProxyScale::Full,
-                beta: true,
-            },
-            NormKind::LayerNormProxy => NormSpec {
-                cg: c,
-                per_sample: true,
-                act,
-                proxy: !project,
-                scale: match role {
-                    LayerRole::Spatial => ProxyScale::Delayed,
-                    LayerRole::Head => ProxyScale::None,
-                    _ => ProxyScale::Full,
-                },
-                beta: !project,
-            },
-        }
-    }
-}
-
 /// One layer of the network.
 #[derive(Clone, Debug)]
 pub enum Op {
