@@ -1470,3 +1470,252 @@ fn planned_report_covers_b0_at_batch_8() {
         other => panic!("expected TileMemory, got {other:?}"),
     }
 }
+
+/// The boxes of a Dist: every gather copies exactly the requested box (each element
+/// once), and what lies on other tiles is what `remote_elems` counts — against a
+/// brute-force walk over every element.
+#[test]
+fn gathers_cover_the_box_once_and_count_the_remote_elements() {
+    use effnet::ipu::chain::{Dist, Grid, Part, gather, remote_elems};
+    use effnet::ipu::graph::TensorId;
+    let (n, h, w, c) = (3, 7, 2, 10);
+    let grid = Grid::new(n, h, c, 2, 3, 4, 2);
+    let mut parts = Vec::new();
+    for (ii, &(n0, n1)) in grid.imgs.iter().enumerate() {
+        for (ri, &(r0, r1)) in grid.rows.iter().enumerate() {
+            for (ci, &(c0, c1)) in grid.chans.iter().enumerate() {
+                let b = grid.index(ii, ri, ci);
+                parts.push(Part {
+                    n0,
+                    nb: n1 - n0,
+                    r0,
+                    rn: r1 - r0,
+                    c0,
+                    cn: c1 - c0,
+                    ri,
+                    tile: (b % 5) as u32,
+                    t: TensorId(b as u32),
+                });
+            }
+        }
+    }
+    let d = Dist {
+        n,
+        h,
+        w,
+        c,
+        grid,
+        parts,
+    };
+    let owner = |i: usize, r: usize, ch: usize| {
+        d.parts
+            .iter()
+            .find(|p| {
+                (p.n0..p.n0 + p.nb).contains(&i)
+                    && (p.r0..p.r0 + p.rn).contains(&r)
+                    && (p.c0..p.c0 + p.cn).contains(&ch)
+            })
+            .unwrap()
+    };
+    let mut rng = Rng::new(21);
+    for _ in 0..50 {
+        let pick = |rng: &mut Rng, m: usize| {
+            let a = (rng.next_u64() as usize) % m;
+            (a, 1 + (rng.next_u64() as usize) % (m - a))
+        };
+        let ((n0, nb), (r0, rn), (c0, cn)) =
+            (pick(&mut rng, n), pick(&mut rng, h), pick(&mut rng, c));
+        let tile = (rng.next_u64() % 5) as u32;
+        let mut trs = Vec::new();
+        gather(&d, n0, nb, r0, rn, c0, cn, TensorId(999), &mut trs);
+        let moved: usize = trs.iter().map(|t| t.copy.elems()).sum();
+        assert_eq!(moved, nb * rn * w * cn);
+        let mut remote = 0;
+        for i in n0..n0 + nb {
+            for r in r0..r0 + rn {
+                for ch in c0..c0 + cn {
+                    if owner(i, r, ch).tile != tile {
+                        remote += w;
+                    }
+                }
+            }
+        }
+        assert_eq!(remote_elems(&d, n0, nb, r0, rn, c0, cn, tile), remote);
+    }
+}
+
+/// The grouped pipeline schedule against a hand-worked example: 2 stages (forward /
+/// backward compute 10/20 and 5/15 cycles), 3 micro-batches: steps f0 | f1, f0+b0 |
+/// f2+b0, f1+b1 | b1, f2+b2 | b2 = 10 + 20 + 30 + 20 + 20 cycles; one stage runs its
+/// micro-batches back to back (A · (F + B)); the ring all-reduce moves 2(R−1)
+/// chunks of bytes/R.
+#[test]
+fn the_grouped_schedule_matches_a_hand_worked_example() {
+    use effnet::ipu::system::schedule::{
+        CycleSplit, StageTiming, in_flight, ring_allreduce_cycles, step_cycles,
+    };
+    let mut t = Target::mk2();
+    t.external_sync_cycles = 0;
+    let st = |f: u64, b: u64| StageTiming {
+        fwd: CycleSplit {
+            compute: f,
+            ..Default::default()
+        },
+        bwd: CycleSplit {
+            compute: b,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let s = step_cycles(&[st(10, 20), st(5, 15)], 3, 1, &t);
+    assert_eq!(s.pipeline_steps, 5);
+    assert_eq!(s.compute, 100);
+    assert_eq!(s.total(), 100);
+    let one = step_cycles(&[st(10, 20)], 3, 1, &t);
+    assert_eq!(one.compute, 90);
+    assert_eq!(
+        (in_flight(0, 2), in_flight(1, 2), in_flight(0, 4)),
+        (3, 1, 7)
+    );
+    // 8 replicas, 8 MB: 14 steps of 1 MB over one 32 GB/s link at 1.33 GHz.
+    let c = ring_allreduce_cycles(8 << 20, 8, &t);
+    let per = ((1u64 << 20) as f64 / (32e9 / 1.33e9)).ceil() as u64;
+    assert_eq!(c, 14 * per);
+    assert_eq!(ring_allreduce_cycles(8 << 20, 1, &t), 0);
+    // Transfers between the stages count as inter-IPU cycles on the steps that send.
+    let mut a = st(10, 20);
+    a.out_bytes = 32_000;
+    let mut b = st(5, 15);
+    b.grad_bytes = 64_000;
+    let s = step_cycles(&[a, b], 3, 1, &t);
+    let x = |bytes: f64| (bytes / (32e9 / 1.33e9)).ceil() as u64;
+    // Steps 0–2 send activations forward, steps 1–3 gradients back.
+    assert_eq!(
+        s.inter_ipu,
+        x(32_000.0) + 2 * x(64_000.0).max(x(32_000.0)) + x(64_000.0)
+    );
+}
+
+/// Recomputation: keeping only each block's input from the forward to the backward
+/// pass lowers the peak tile memory of a training step and costs the forward of
+/// every recomputed block again (the `recompute` layers), the gradients unchanged.
+#[test]
+fn recomputation_trades_memory_for_a_second_forward() {
+    use effnet::arch::ArchConfig;
+    use effnet::ipu::chain::{ChainOpts, build_stage, network_steps};
+    let a = ArchConfig::from_name("tiny_g16_gn").unwrap();
+    let ns = network_steps(&a, 64, 4).unwrap();
+    let mut t = Target::mk2();
+    t.set("tiles=64").unwrap();
+    let mut peak = Vec::new();
+    let mut cycles = Vec::new();
+    for recompute in [true, false] {
+        let opts = ChainOpts {
+            training: true,
+            recompute,
+        };
+        let ch = build_stage(
+            &ns,
+            0..ns.segments.len(),
+            a.norm_eps,
+            &t,
+            Precision::F16,
+            opts,
+        )
+        .unwrap();
+        let p = ch.graph.profile_unchecked(&ch.fwd, &ch.bwd, 0).unwrap().0;
+        let sum = |pass: &str| -> u64 {
+            ch.graph
+                .layers
+                .iter()
+                .zip(&p.layers)
+                .filter(|(l, _)| l.pass == pass)
+                .map(|(_, lp)| lp.compute_cycles)
+                .sum()
+        };
+        peak.push(p.tile_peak_bytes.iter().sum::<usize>());
+        cycles.push((sum("fwd"), sum("recompute"), sum("bwd")));
+    }
+    assert!(peak[0] < peak[1], "peak memory {peak:?}");
+    let (with, without) = (cycles[0], cycles[1]);
+    assert_eq!(without.1, 0);
+    // Every block but the head is recomputed: most of the forward again.
+    assert!(with.1 > with.0 / 2 && with.1 <= with.0, "{with:?}");
+    assert_eq!(with.0, without.0);
+}
+
+/// `effnet ipu run --stages 2 --replicas 2 --accumulate 2`: one optimizer step of the
+/// pipelined, replicated, accumulating system executed through the codelets equals
+/// the SIMD model's RMSProp step on the same global batch (the update of every
+/// parameter within 1e-4), with and without recomputation; the replicas agree.
+#[test]
+fn the_pipelined_replicated_step_matches_the_simd_step() {
+    use effnet::arch::ArchConfig;
+    use effnet::ipu::system::SystemConfig;
+    let a = ArchConfig::from_name("tiny_g16_lnpn").unwrap();
+    for recompute in [true, false] {
+        let cfg = SystemConfig {
+            stages: 2,
+            replicas: 2,
+            micro_batch: 2,
+            accumulation: 2,
+            recompute,
+            splits: Vec::new(),
+            provenance: "test".into(),
+        };
+        let r = effnet::ipu_check::check_system(&a, 32, &cfg, &Target::mk2(), 5).unwrap();
+        assert!(r.ipu.replicas_agree);
+        assert_eq!(r.ipu.stages.len(), 2);
+        assert_eq!(r.ipu.stages[0][0], "stem");
+        assert_eq!(r.ipu.stages[1].last().unwrap(), "head");
+        for l in &r.lines {
+            assert!(
+                l.update_rel_err < 1e-4,
+                "recompute {recompute} {}: {:.3e}",
+                l.tensor,
+                l.update_rel_err
+            );
+        }
+        assert!(
+            (r.ipu.loss / r.loss - 1.0).abs() < 1e-4,
+            "{} {}",
+            r.ipu.loss,
+            r.loss
+        );
+        assert!(r.lines.len() > 40);
+    }
+}
+
+/// The system report: per stage its layers and timing, micro-batches in flight by
+/// the grouped schedule, the step's cycle split summing to its total, and images per
+/// second = global batch × clock / cycles; a one-IPU inference graph fits and is
+/// faster per image than training.
+#[test]
+fn the_system_report_is_consistent() {
+    use effnet::arch::ArchConfig;
+    use effnet::ipu::system::{SystemConfig, inference_report, system_report};
+    let a = ArchConfig::from_name("tiny_g16_gn").unwrap();
+    let mut cfg = SystemConfig::pod16(&a, 64).unwrap();
+    cfg.micro_batch = 4;
+    let t = Target::mk2();
+    let r = system_report(&a, 64, &cfg, &t, Precision::F16).unwrap();
+    assert_eq!(r.stages.len(), 2);
+    assert_eq!((r.stages[0].in_flight, r.stages[1].in_flight), (3, 1));
+    assert!(r.fits && r.stages.iter().all(|s| s.fits));
+    assert_eq!(r.splits.len(), 1);
+    let s = r.step;
+    assert_eq!(s.pipeline_steps, cfg.accumulation + 2);
+    assert!(s.compute > 0 && s.exchange > 0 && s.inter_ipu > 0 && s.allreduce > 0 && s.sync > 0);
+    let want = cfg.global_batch() as f64 * t.clock_hz / s.total() as f64;
+    assert!((r.training_img_per_s / want - 1.0).abs() < 1e-12);
+    for st in &r.stages {
+        assert!(st.lines.iter().any(|l| l.pass == "recompute"));
+        assert!(st.lines.iter().any(|l| l.pass == "update"));
+        assert!(st.max_tile_bytes <= t.budget_bytes());
+        assert_eq!(st.picture.bytes.len(), t.tiles);
+    }
+    let inf = inference_report(&a, 64, 8, &t, Precision::F16).unwrap();
+    assert!(inf.fits);
+    assert!(inf.lines.iter().all(|l| l.pass == "fwd"));
+    assert!(inf.img_per_s > r.training_img_per_s / cfg.ipus() as f64);
+}

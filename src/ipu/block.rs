@@ -212,6 +212,7 @@ pub fn run_block(
             .ok_or_else(|| Error::InvalidArgument(format!("block parameter {} missing", p.name)))?;
         e.write(p.value, v)?;
     }
+    e.run(&seg.refresh)?;
     write_dist(&mut e, &seg.input, x)?;
     write_dist(&mut e, &seg.dout, dout)?;
     e.run(&whole)?;

@@ -87,6 +87,8 @@ pub enum Kind {
     SoftmaxXent,
     /// `w += scale · dw`.
     ScaledAdd,
+    /// One TensorFlow-RMSProp step on an fp32 master slice.
+    RmsPropTf,
 }
 
 /// Where the Proxy Norm scale `s` is applied (DESIGN.md, "Proxy Norm").
@@ -321,6 +323,7 @@ trampolines!(
     effnet_ipu_Add,
     effnet_ipu_SoftmaxXent,
     effnet_ipu_ScaledAdd,
+    effnet_ipu_RmsPropTf,
 );
 
 fn f32_param(x: f32) -> u32 {
@@ -535,6 +538,45 @@ impl Codelet {
         }
     }
 
+    /// One TensorFlow-RMSProp step (see [`crate::kernels::optim::RmsPropTf`]) on a
+    /// master slice of `len` elements: fields `w`, `g` (the accumulated gradient,
+    /// scaled by `grad_scale`, left zero), `ms`, `mom`, all InOut.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsprop(
+        len: usize,
+        lr: f32,
+        decay: f32,
+        momentum: f32,
+        eps: f32,
+        weight_decay: f32,
+        grad_scale: f32,
+    ) -> Codelet {
+        Codelet {
+            kind: Kind::RmsPropTf,
+            params: vec![
+                f32_param(lr),
+                f32_param(decay),
+                f32_param(momentum),
+                f32_param(eps),
+                f32_param(weight_decay),
+                f32_param(grad_scale),
+                len as u32,
+            ],
+        }
+    }
+
+    /// The pairs of fields (by index) that may be the same region of one tensor:
+    /// the output of an element-wise codelet that reads each input element once,
+    /// before it writes the output element (`z[i] = f(x[i])`), may overwrite its
+    /// input in place.
+    pub fn in_place(&self) -> &'static [(usize, usize)] {
+        match self.kind {
+            Kind::NormAct => &[(0, 6)],
+            Kind::Add | Kind::SeGate | Kind::BiasAct => &[(0, 2)],
+            _ => &[],
+        }
+    }
+
     /// The vertex class name (as in `codelets/`).
     pub fn name(&self) -> &'static str {
         match self.kind {
@@ -564,6 +606,7 @@ impl Codelet {
             Kind::Add => "Add",
             Kind::SoftmaxXent => "SoftmaxXent",
             Kind::ScaledAdd => "ScaledAdd",
+            Kind::RmsPropTf => "RmsPropTf",
         }
     }
 
@@ -596,6 +639,7 @@ impl Codelet {
             Kind::ChannelSum | Kind::PoolGrad => 4,
             Kind::Add => 1,
             Kind::SoftmaxXent | Kind::ScaledAdd => 2,
+            Kind::RmsPropTf => 7,
         };
         if self.params.len() != want {
             return bad("wrong number of scalar parameters");
@@ -803,6 +847,15 @@ impl Codelet {
                 let n = self.p(1);
                 vec![("w", InOut, n), ("dw", In, n)]
             }
+            Kind::RmsPropTf => {
+                let n = self.p(6);
+                vec![
+                    ("w", InOut, n),
+                    ("g", InOut, n),
+                    ("ms", InOut, n),
+                    ("mom", InOut, n),
+                ]
+            }
         })
     }
 
@@ -835,6 +888,7 @@ impl Codelet {
             Kind::Add => effnet_ipu_Add,
             Kind::SoftmaxXent => effnet_ipu_SoftmaxXent,
             Kind::ScaledAdd => effnet_ipu_ScaledAdd,
+            Kind::RmsPropTf => effnet_ipu_RmsPropTf,
         }
     }
 
@@ -843,7 +897,8 @@ impl Codelet {
     /// # Safety
     /// `fields` must hold one `(pointer, len)` per field of [`Codelet::fields`], each
     /// valid for `len` reads (and writes, for `Out`/`InOut` fields), with written
-    /// regions not aliasing any other field.
+    /// regions not aliasing any other field, except a pair of
+    /// [`Codelet::in_place`] given exactly the same region.
     pub unsafe fn run(&self, fields: &[(*mut f32, usize)]) -> Result<()> {
         let spec = self.fields()?;
         if spec.len() != fields.len() || spec.iter().zip(fields).any(|(s, f)| s.2 != f.1) {
@@ -1023,6 +1078,12 @@ impl Codelet {
             Kind::SeGateGrad => multi(by_channel(self.p(0) * self.p(1), self.p(2), 3)),
             Kind::Add => multi(elementwise(1, self.p(0), 1)),
             Kind::ScaledAdd => multi(elementwise(1, self.p(1), 1)),
+            // fp32 slots: two-wide vectors whatever the graph's precision; the
+            // square root and the divide as a few cycles per vector (assumption).
+            Kind::RmsPropTf => multi(
+                40 + w
+                    * (8 + ceil(ceil(self.p(6), t.workers) as usize, t.vec(Precision::F32)) * 12),
+            ),
             Kind::SoftmaxXent => single(30 + self.p(0) as u64 * (20 + ceil(self.p(1), vec) * 20)),
         }
     }

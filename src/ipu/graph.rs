@@ -58,6 +58,10 @@ pub struct Tensor {
     pub persistent: bool,
     /// Initial contents (`None`: zeros); constants such as the proxy-norm quantiles.
     pub init: Option<Vec<f32>>,
+    /// Bytes per element on the modelled IPU when they differ from the graph's
+    /// precision (`Some(4)`: the fp32 master weights, gradient accumulators and
+    /// optimizer state of "16.32" training).
+    pub elem_bytes: Option<usize>,
 }
 
 impl Tensor {
@@ -140,7 +144,7 @@ pub struct ComputeSet {
 
 /// A 4-D strided copy of `counts` elements (innermost dimension contiguous in both
 /// source and destination).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Strided {
     /// First source element.
     pub src_offset: usize,
@@ -328,6 +332,7 @@ impl Graph {
             mapping,
             persistent: false,
             init: None,
+            elem_bytes: None,
         });
         Ok(TensorId(self.tensors.len() as u32 - 1))
     }
@@ -335,6 +340,19 @@ impl Graph {
     /// Marks a tensor live for the whole program.
     pub fn set_persistent(&mut self, t: TensorId) {
         self.tensors[t.0 as usize].persistent = true;
+    }
+
+    /// Stores a tensor with `bytes` bytes per element on the modelled IPU (instead of
+    /// the graph's precision).
+    pub fn set_elem_bytes(&mut self, t: TensorId, bytes: usize) {
+        self.tensors[t.0 as usize].elem_bytes = Some(bytes);
+    }
+
+    /// Bytes per element of tensor `t` on the modelled IPU.
+    pub fn tensor_elem_bytes(&self, t: TensorId) -> usize {
+        self.tensors[t.0 as usize]
+            .elem_bytes
+            .unwrap_or_else(|| self.precision.bytes())
     }
 
     /// Gives a tensor initial contents (a constant).
@@ -418,6 +436,29 @@ impl Graph {
                 )));
             }
         }
+        // Fields of the vertex itself: a written field overlaps no other field, except
+        // an output that exactly aliases the input the codelet may update in place.
+        let in_place = codelet.in_place();
+        for (i, ((_, d, _), f)) in spec.iter().zip(&fields).enumerate() {
+            for (j, ((_, od, _), of)) in spec.iter().zip(&fields).enumerate().skip(i + 1) {
+                let writes = *d != Dir::In || *od != Dir::In;
+                let overlap = f.tensor == of.tensor
+                    && f.offset < of.offset + of.len
+                    && of.offset < f.offset + f.len;
+                let allowed = f == of
+                    && in_place
+                        .iter()
+                        .any(|&(a, b)| (a, b) == (i, j) || (a, b) == (j, i));
+                if writes && overlap && !allowed {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: fields {} and {} overlap and one is written",
+                        codelet.name(),
+                        spec[i].0,
+                        spec[j].0
+                    )));
+                }
+            }
+        }
         // Write/overlap check against the compute set's other vertices.
         let set = &self.compute_sets[cs.0 as usize];
         for &vi in set.by_tile.get(&tile).map(|v| v.as_slice()).unwrap_or(&[]) {
@@ -492,6 +533,43 @@ impl Graph {
         Ok(ExchangeId(self.exchanges.len() as u32 - 1))
     }
 
+    /// Which tensors `program` reads or writes (indexed like [`Graph::tensors`]).
+    pub fn touched(&self, program: &Program) -> Vec<bool> {
+        let mut steps = Vec::new();
+        flatten(program, 1, &mut steps);
+        let mut v = vec![false; self.tensors.len()];
+        for (st, _) in &steps {
+            match st {
+                Step::Cs(c) => {
+                    for &vi in &self.compute_sets[c.0 as usize].vertices {
+                        for f in &self.vertices[vi as usize].fields {
+                            v[f.tensor.0 as usize] = true;
+                        }
+                    }
+                }
+                Step::Ex(e) => {
+                    for tr in &self.exchanges[e.0 as usize].transfers {
+                        v[tr.src.0 as usize] = true;
+                        for d in &tr.dsts {
+                            v[d.0 as usize] = true;
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// The non-persistent tensors that `first` touches and `second` touches too: what a
+    /// pipeline stage keeps from a micro-batch's forward pass to its backward pass.
+    pub fn live_across(&self, first: &Program, second: &Program) -> Vec<TensorId> {
+        let (a, b) = (self.touched(first), self.touched(second));
+        (0..self.tensors.len())
+            .filter(|&i| a[i] && b[i] && !self.tensors[i].persistent)
+            .map(|i| TensorId(i as u32))
+            .collect()
+    }
+
     /// Bytes of one tensor element on the modelled IPU.
     pub fn elem_bytes(&self) -> usize {
         self.precision.bytes()
@@ -501,6 +579,40 @@ impl Graph {
     /// memory, and the memory-budget check (an [`Error::TileMemory`] names the first
     /// tile over budget, the tensors live on it at its peak, and the bytes over).
     pub fn profile(&self, program: &Program) -> Result<Profile> {
+        self.profile_stashed(program, &Program::Sequence(Vec::new()), 0)
+    }
+
+    /// The profile of `first` then `second` (one pipeline stage: its forward, then
+    /// its backward), with every tensor that is live across the boundary (written in
+    /// `first`, read in `second`: the activations stashed for the backward pass) held
+    /// `extra` more times for the micro-batches in flight in a pipeline: those copies
+    /// are resident for the whole program.
+    pub fn profile_stashed(
+        &self,
+        first: &Program,
+        second: &Program,
+        extra: usize,
+    ) -> Result<Profile> {
+        let (p, over) = self.profile_unchecked(first, second, extra)?;
+        match over {
+            Some(e) => Err(e),
+            None => Ok(p),
+        }
+    }
+
+    /// [`Graph::profile_stashed`] that reports a tile over its budget next to the
+    /// profile instead of failing: `(profile, Some(Error::TileMemory))` then.
+    pub fn profile_unchecked(
+        &self,
+        first: &Program,
+        second: &Program,
+        extra: usize,
+    ) -> Result<(Profile, Option<Error>)> {
+        let program = Program::Sequence(vec![first.clone(), second.clone()]);
+        let mut boundary_steps = Vec::new();
+        flatten(first, 1, &mut boundary_steps);
+        let boundary = boundary_steps.len();
+        let program = &program;
         let tiles = self.target.tiles;
         let nl = self.layers.len();
         let mut layers: Vec<LayerProfile> = (0..nl)
@@ -557,11 +669,15 @@ impl Graph {
             if !live {
                 continue;
             }
+            let eb = t.elem_bytes.unwrap_or(eb);
             for (r, tile) in &t.mapping {
                 let b = r.len() * eb;
                 if t.persistent {
                     base[*tile as usize] += b;
                 } else {
+                    if first[i] < boundary && last[i] >= boundary {
+                        base[*tile as usize] += extra * b;
+                    }
                     allocs[first[i]].push((*tile as usize, b));
                     frees[last[i] + 1].push((*tile as usize, b));
                 }
@@ -619,6 +735,7 @@ impl Graph {
             lp.tiles_used = lp.tile_cycles.iter().filter(|&&c| c > 0).count();
         }
         // Budget check: the first tile over budget, at its peak.
+        let mut over = None;
         if let Some(t) = (0..tiles).find(|&t| peak[t] > budget) {
             let si = peak_step[t];
             let mut tensors: Vec<(String, usize)> = Vec::new();
@@ -628,31 +745,36 @@ impl Graph {
                 if !live {
                     continue;
                 }
+                let teb = tensor.elem_bytes.unwrap_or(eb);
                 let b: usize = tensor
                     .mapping
                     .iter()
                     .filter(|(_, tl)| *tl as usize == t)
-                    .map(|(r, _)| r.len() * eb)
+                    .map(|(r, _)| r.len() * teb)
                     .sum();
                 if b > 0 {
                     tensors.push((tensor.name.clone(), b));
                 }
             }
             tensors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            return Err(Error::TileMemory {
+            tensors.truncate(12);
+            over = Some(Error::TileMemory {
                 tile: t,
                 bytes: peak[t],
                 budget,
                 tensors,
             });
         }
-        Ok(Profile {
-            layers,
-            compute_cycles: total.compute,
-            exchange_cycles: total.exchange,
-            sync_cycles: total.sync,
-            tile_peak_bytes: peak,
-        })
+        Ok((
+            Profile {
+                layers,
+                compute_cycles: total.compute,
+                exchange_cycles: total.exchange,
+                sync_cycles: total.sync,
+                tile_peak_bytes: peak,
+            },
+            over,
+        ))
     }
 
     /// Estimated cycles of each tile for one compute set: multi-vertices run one after
@@ -691,6 +813,15 @@ impl Graph {
         let mut local = vec![0usize; tiles];
         for tr in &self.exchanges[e.0 as usize].transfers {
             let src = &self.tensors[tr.src.0 as usize];
+            // Bytes on the wire: the narrower of the two sides (an fp32 master is
+            // sent as the fp16 copy it feeds).
+            let eb = tr
+                .dsts
+                .iter()
+                .map(|d| self.tensors[d.0 as usize].elem_bytes.unwrap_or(eb))
+                .chain([src.elem_bytes.unwrap_or(eb)])
+                .min()
+                .unwrap_or(eb);
             let row = tr.copy.counts[3] * eb;
             let single_src = src.mapping.len() == 1;
             for d in &tr.dsts {

@@ -43,6 +43,7 @@ pub mod picture;
 pub mod planner;
 pub mod reference;
 pub mod run;
+pub mod system;
 pub mod target;
 pub mod vocab;
 

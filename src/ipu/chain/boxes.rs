@@ -14,6 +14,60 @@ pub fn ranges(n: usize, parts: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// The regular split of a [`Dist`]: image ranges × row ranges × channel ranges; box
+/// `(ii, ri, ci)` is part `(ii · rows + ri) · chans + ci` of the Dist.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Grid {
+    /// Image ranges `[a, b)`.
+    pub imgs: Vec<(usize, usize)>,
+    /// Row ranges.
+    pub rows: Vec<(usize, usize)>,
+    /// Channel ranges.
+    pub chans: Vec<(usize, usize)>,
+}
+
+impl Grid {
+    /// `n` images in `pn` parts, `h` rows in `ph`, `c` channels in `pc` parts whose
+    /// bounds are multiples of `align` (which must divide `c`).
+    pub fn new(
+        n: usize,
+        h: usize,
+        c: usize,
+        pn: usize,
+        ph: usize,
+        pc: usize,
+        align: usize,
+    ) -> Grid {
+        let align = align.max(1);
+        Grid {
+            imgs: ranges(n, pn),
+            rows: ranges(h, ph),
+            chans: ranges(c / align, pc)
+                .into_iter()
+                .map(|(a, b)| (a * align, b * align))
+                .collect(),
+        }
+    }
+    /// Boxes.
+    pub fn boxes(&self) -> usize {
+        self.imgs.len() * self.rows.len() * self.chans.len()
+    }
+    /// The part index of box `(ii, ri, ci)`.
+    pub fn index(&self, ii: usize, ri: usize, ci: usize) -> usize {
+        (ii * self.rows.len() + ri) * self.chans.len() + ci
+    }
+}
+
+/// The indices of the ranges of `rs` (sorted, disjoint, covering) that meet `[a, b)`.
+fn meeting(rs: &[(usize, usize)], a: usize, b: usize) -> std::ops::Range<usize> {
+    if a >= b {
+        return 0..0;
+    }
+    let lo = rs.partition_point(|r| r.1 <= a);
+    let hi = rs.partition_point(|r| r.0 < b);
+    lo..hi.max(lo)
+}
+
 /// One box of a [`Dist`]: images `n0..n0+nb`, rows `r0..r0+rn`, every column,
 /// channels `c0..c0+cn`, stored `[nb][rn][w][cn]` in tensor `t` on `tile`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +92,15 @@ pub struct Part {
     pub t: TensorId,
 }
 
-/// An NHWC activation `[n][h][w][c]` held as boxes on tiles.
+impl Part {
+    /// Elements of the box (`w` columns).
+    pub fn len(&self, w: usize) -> usize {
+        self.nb * self.rn * w * self.cn
+    }
+}
+
+/// An NHWC activation `[n][h][w][c]` held as boxes on tiles, in the regular split
+/// [`Dist::grid`] (parts in the grid's order).
 #[derive(Clone, Debug)]
 pub struct Dist {
     /// Images.
@@ -49,19 +111,47 @@ pub struct Dist {
     pub w: usize,
     /// Channels.
     pub c: usize,
-    /// Row ranges per image.
-    pub rparts: usize,
+    /// The split.
+    pub grid: Grid,
     /// The boxes.
     pub parts: Vec<Part>,
 }
 
 impl Dist {
+    /// Row ranges per image.
+    pub fn rparts(&self) -> usize {
+        self.grid.rows.len()
+    }
+    /// Whether `o` has the same boxes on the same tiles.
     pub(super) fn same_boxes(&self, o: &Dist) -> bool {
-        self.parts.len() == o.parts.len()
-            && self.parts.iter().zip(&o.parts).all(|(a, b)| {
-                (a.n0, a.nb, a.r0, a.rn, a.c0, a.cn, a.tile)
-                    == (b.n0, b.nb, b.r0, b.rn, b.c0, b.cn, b.tile)
-            })
+        self.grid == o.grid
+            && self.parts.len() == o.parts.len()
+            && self
+                .parts
+                .iter()
+                .zip(&o.parts)
+                .all(|(a, b)| a.tile == b.tile)
+    }
+    /// The parts that meet images `[n0, n0+nb)`, rows `[r0, r0+rn)` and channels
+    /// `[c0, c0+cn)`.
+    pub fn meeting(
+        &self,
+        (n0, nb): (usize, usize),
+        (r0, rn): (usize, usize),
+        (c0, cn): (usize, usize),
+    ) -> impl Iterator<Item = &Part> + '_ {
+        let g = &self.grid;
+        let (is, rs, cs) = (
+            meeting(&g.imgs, n0, n0 + nb),
+            meeting(&g.rows, r0, r0 + rn),
+            meeting(&g.chans, c0, c0 + cn),
+        );
+        is.flat_map(move |ii| {
+            let cs = cs.clone();
+            rs.clone()
+                .flat_map(move |ri| cs.clone().map(move |ci| g.index(ii, ri, ci)))
+        })
+        .map(move |i| &self.parts[i])
     }
 }
 
@@ -80,7 +170,7 @@ pub fn gather(
     out: &mut Vec<Transfer>,
 ) {
     let w = src.w;
-    for p in &src.parts {
+    for p in src.meeting((n0, nb), (r0, rn), (c0, cn)) {
         let (a0, a1) = (n0.max(p.n0), (n0 + nb).min(p.n0 + p.nb));
         let (b0, b1) = (r0.max(p.r0), (r0 + rn).min(p.r0 + p.rn));
         let (e0, e1) = (c0.max(p.c0), (c0 + cn).min(p.c0 + p.cn));
@@ -112,6 +202,30 @@ pub fn gather(
             copy,
         });
     }
+}
+
+/// Elements of the box (images `n0..n0+nb`, rows `r0..r0+rn`, channels `c0..c0+cn`)
+/// of `src` that lie on tiles other than `tile`: what a gather onto `tile` receives.
+#[allow(clippy::too_many_arguments)]
+pub fn remote_elems(
+    src: &Dist,
+    n0: usize,
+    nb: usize,
+    r0: usize,
+    rn: usize,
+    c0: usize,
+    cn: usize,
+    tile: u32,
+) -> usize {
+    src.meeting((n0, nb), (r0, rn), (c0, cn))
+        .filter(|p| p.tile != tile)
+        .map(|p| {
+            let a = (n0 + nb).min(p.n0 + p.nb) - n0.max(p.n0);
+            let b = (r0 + rn).min(p.r0 + p.rn) - r0.max(p.r0);
+            let e = (c0 + cn).min(p.c0 + p.cn) - c0.max(p.c0);
+            a * b * e * src.w
+        })
+        .sum()
 }
 
 /// Visits the rows of `cn` channels of box `p` of an NHWC tensor `[n][h][w][c]`: (offset

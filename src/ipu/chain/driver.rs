@@ -1,51 +1,77 @@
-//! The driver: builds the chain (or a segment of steps) forward and backward, and
-//! runs it on host data.
+//! The driver: builds the network (or one pipeline stage of it, or a segment of
+//! steps) forward and backward — recomputing each block from its input in the
+//! backward pass when asked — and runs it on host data.
 
 use super::add::add;
-use super::boxes::{Dist, write_dist};
-use super::context::{ChainParam, ChainParams, LayerSplit, Net};
+use super::boxes::{Dist, Grid, write_dist};
+use super::context::{ChainOpts, ChainParam, ChainParams, LayerSplit, Net, Phase};
 use super::conv::conv;
 use super::head::head_loss;
 use super::norm::{Delayed, norm};
 use super::se::se;
-use super::steps::steps_of;
+use super::split::choose;
+use super::steps::{NetSteps, network_steps};
 use crate::arch::{ArchConfig, NormKind};
 use crate::error::{Error, Result};
-use crate::ipu::graph::{Engine, Graph, LayerInfo, Profile, Program, TensorId};
+use crate::ipu::graph::{Engine, Graph, LayerInfo, Profile, Program, TensorId, Transfer};
 use crate::ipu::target::{Precision, Target};
 use crate::ipu::vocab::Step;
 use std::cell::RefCell;
+use std::ops::Range;
 use std::rc::Rc;
 
-/// A built chain: the graph, the forward and backward programs and the tensors the
-/// host reads and writes.
-pub struct Chain {
-    /// The graph.
-    pub graph: Graph,
-    /// Forward program.
-    pub fwd: Program,
-    /// Backward program.
-    pub bwd: Program,
-    /// The input image `[N][res][res][3]` as boxes.
-    pub input: Dist,
+/// The loss end of the last stage: targets, logits and loss tensors.
+#[derive(Copy, Clone, Debug)]
+pub struct Head {
     /// The one-hot targets `[N][classes]`.
     pub targets: TensorId,
     /// Logits `[N][classes]`.
     pub logits: TensorId,
     /// Mean loss `[1]`.
     pub loss: TensorId,
+}
+
+/// A built chain — the whole network, or one pipeline stage of it (the segments
+/// `segments` of [`NetSteps`]) on one IPU: the graph, its programs and the tensors
+/// the host (or the neighbouring stages) read and write.
+pub struct Chain {
+    /// The graph.
+    pub graph: Graph,
+    /// Forward program.
+    pub fwd: Program,
+    /// Backward program (the recomputed forward of each block, then its backward);
+    /// empty for inference.
+    pub bwd: Program,
+    /// Copies every parameter's master value into its resident copies (after the
+    /// host writes the masters, and after each optimizer step).
+    pub refresh: Program,
+    /// The input `[N][h][w][c]` as boxes (the images for the first stage).
+    pub input: Dist,
+    /// The stage's output (every stage but the last).
+    pub out: Option<Dist>,
+    /// The output's gradient, written by the next stage (every stage but the last,
+    /// when training).
+    pub dout: Option<Dist>,
+    /// The input's gradient (every stage but the first, when training).
+    pub dx: Option<Dist>,
+    /// The loss end (the last stage).
+    pub head: Option<Head>,
     /// Parameters in network order.
     pub params: Vec<ChainParam>,
     /// Per convolution (and the classifier), its split.
     pub splits: Vec<LayerSplit>,
+    /// Names of the segments (stem, blocks, head) it holds.
+    pub segments: Vec<String>,
+    /// What it was built for.
+    pub opts: ChainOpts,
 }
 
 /// Builds the whole network's forward and backward program for `arch` at `res`,
-/// batch `batch`, on `target` at `precision`, without tensor data.
+/// batch `batch`, on `target` at `precision`, without tensor data, recomputing each
+/// block in the backward pass (see [`build_stage`]).
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] for a resolution below 32 or a batch of 0;
-/// [`Error::TileMemory`] when a layer's smallest split does not fit a tile.
+/// As [`build_stage`].
 pub fn build(
     arch: &ArchConfig,
     res: usize,
@@ -53,21 +79,121 @@ pub fn build(
     target: &Target,
     precision: Precision,
 ) -> Result<Chain> {
-    if res < 32 || batch == 0 {
-        return Err(Error::InvalidArgument(
-            "--res must be at least 32 and --batch at least 1".into(),
-        ));
+    let ns = network_steps(arch, res, batch)?;
+    let all = 0..ns.segments.len();
+    build_stage(
+        &ns,
+        all,
+        arch.norm_eps,
+        target,
+        precision,
+        ChainOpts::default(),
+    )
+}
+
+/// Builds the segments `segs` of `ns` (the whole network when they are all of them)
+/// as one IPU's graph: the first stage takes the images, every other stage the
+/// previous stage's output; the last ends in the classifier and the loss, every other
+/// stage in its output and (training) a gradient written by the next stage. With
+/// `opts.recompute`, only each segment's input is kept from the forward to the
+/// backward pass and the segment's forward is built again at the start of its
+/// backward (the last segment of the last stage, the head and the loss, is not
+/// recomputed: its backward follows at once).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an empty or out-of-range segment range;
+/// [`Error::TileMemory`] when a layer's smallest split does not fit a tile.
+pub fn build_stage(
+    ns: &NetSteps,
+    segs: Range<usize>,
+    eps: f32,
+    target: &Target,
+    precision: Precision,
+    opts: ChainOpts,
+) -> Result<Chain> {
+    if segs.is_empty() || segs.end > ns.segments.len() {
+        return Err(Error::InvalidArgument(format!(
+            "stage segments {segs:?} outside 0..{}",
+            ns.segments.len()
+        )));
     }
-    let mut net = Net::new(target, precision, arch.norm_eps)?;
-    let (steps, classes) = steps_of(arch, res, batch)?;
-    let Some(Step::Conv { shape: ss, .. }) = steps.first() else {
-        return Err(Error::InvalidArgument(format!("{}: no stem", arch.name)));
+    let first = segs.start == 0;
+    let last = segs.end == ns.segments.len();
+    let mut net = Net::new(target, precision, eps, opts)?;
+    let start = ns.segments[segs.start].steps.start;
+    let Some(Step::Conv { shape, .. }) = ns.steps[start..]
+        .iter()
+        .find(|s| matches!(s, Step::Conv { .. }))
+    else {
+        return Err(Error::InvalidArgument(
+            "a stage without a convolution".into(),
+        ));
     };
-    let sp = net.conv_split(ss)?;
-    let input = net.dist("input", batch, res, res, 3, sp.ph, 1, 1)?;
-    let head = run_steps(&mut net, &steps, input.clone())?;
-    let (logits, targets, loss) = head_loss(&mut net, &head, classes)?;
-    let (net, _) = finish(net, input.clone())?;
+    // The input, laid out like the first convolution's output rows (its images and
+    // row ranges; all channels per box), so that its windows are mostly local.
+    let d = shape.desc;
+    let g = choose(&net, shape, None)?;
+    let grid = Grid {
+        imgs: g.imgs.clone(),
+        rows: super::boxes::ranges(d.in_h, g.rows.len()),
+        chans: vec![(0, d.in_channels)],
+    };
+    let input = net.dist("input", (d.batch, d.in_h, d.in_w, d.in_channels), grid)?;
+    // Forward, segment by segment.
+    let mut cur = input.clone();
+    let mut marks = Vec::new();
+    for si in segs.clone() {
+        let seg = &ns.segments[si];
+        marks.push((si, cur.clone(), net.tape.len()));
+        cur = run_steps(&mut net, &ns.steps[seg.steps.clone()], cur)?;
+    }
+    let head = if last {
+        let (logits, targets, loss) = head_loss(&mut net, &cur, ns.classes)?;
+        Some(Head {
+            targets,
+            logits,
+            loss,
+        })
+    } else {
+        None
+    };
+    let out = (!last).then(|| cur.clone());
+    let mut dout = None;
+    let mut dx = None;
+    if opts.training {
+        net.phase = Phase::Bwd;
+        let mut d = if last {
+            // The loss's closure ignores its argument.
+            let f = net.tape.pop().ok_or_else(|| {
+                Error::InvalidArgument("the loss left no backward on the tape".into())
+            })?;
+            f(&mut net, cur.clone())?
+        } else {
+            let g = net.like("dout", &cur)?;
+            dout = Some(g.clone());
+            g
+        };
+        let nseg = marks.len();
+        for (k, (si, seg_in, at)) in marks.into_iter().enumerate().rev() {
+            let mut entries = net.tape.split_off(at);
+            let is_head = last && k == nseg - 1;
+            if opts.recompute && !is_head {
+                drop(entries);
+                net.phase = Phase::Recompute;
+                let t0 = net.tape.len();
+                run_steps(&mut net, &ns.steps[ns.segments[si].steps.clone()], seg_in)?;
+                entries = net.tape.split_off(t0);
+                net.phase = Phase::Bwd;
+            }
+            while let Some(f) = entries.pop() {
+                d = f(&mut net, d)?;
+            }
+        }
+        if !first {
+            dx = Some(d);
+        }
+    }
+    let refresh = refresh_program(&mut net)?;
     let Net {
         g,
         fwd,
@@ -80,13 +206,44 @@ pub fn build(
         graph: g,
         fwd: Program::Sequence(fwd),
         bwd: Program::Sequence(bwd),
+        refresh,
         input,
-        targets,
-        logits,
-        loss,
+        out,
+        dout,
+        dx,
+        head,
         params,
         splits,
+        segments: segs.map(|i| ns.segments[i].name.clone()).collect(),
+        opts,
     })
+}
+
+/// The exchange that copies every master into its resident copies (one layer label,
+/// `update`).
+fn refresh_program(net: &mut Net) -> Result<Program> {
+    let layer = net.g.add_layer(LayerInfo {
+        name: "weights.refresh".into(),
+        kind: "update",
+        pass: "update",
+        flops: 0.0,
+    });
+    let trs: Vec<Transfer> = net
+        .params
+        .iter()
+        .flat_map(|p| {
+            p.copies.iter().map(|&(t, copy)| Transfer {
+                src: p.value,
+                dsts: vec![t],
+                copy,
+            })
+        })
+        .collect();
+    if trs.is_empty() {
+        return Ok(Program::Sequence(Vec::new()));
+    }
+    let e = net.g.add_exchange("weights.refresh", layer, trs)?;
+    Ok(Program::Exchange(e))
 }
 
 /// Runs `steps` forward from `x` (pushing their backward on the tape); returns the
@@ -120,7 +277,7 @@ pub(super) fn run_steps(net: &mut Net, steps: &[Step], x: Dist) -> Result<Dist> 
                 let cell: Rc<RefCell<Option<Dist>>> = Rc::new(RefCell::new(None));
                 let c2 = cell.clone();
                 let name = name.clone();
-                net.tape.push(Box::new(move |net: &mut Net, dx: Dist| {
+                net.on_backward(Box::new(move |net: &mut Net, dx: Dist| {
                     let dout = c2
                         .borrow_mut()
                         .take()
@@ -136,7 +293,7 @@ pub(super) fn run_steps(net: &mut Net, steps: &[Step], x: Dist) -> Result<Dist> 
                     .ok_or_else(|| Error::InvalidArgument(format!("{name}: no skip start")))?;
                 net.layer(name, "activation", (cur.n * cur.h * cur.w * cur.c) as f64);
                 cur = add(net, name, &cur, &x_in)?;
-                net.tape.push(Box::new(move |_: &mut Net, dout: Dist| {
+                net.on_backward(Box::new(move |_: &mut Net, dout: Dist| {
                     *cell.borrow_mut() = Some(dout.clone());
                     Ok(dout)
                 }));
@@ -146,26 +303,23 @@ pub(super) fn run_steps(net: &mut Net, steps: &[Step], x: Dist) -> Result<Dist> 
     Ok(cur)
 }
 
-/// Builds the backward program: the tape in reverse from the gradient `d`; returns
-/// the net and the last gradient (the input's).
-pub(super) fn finish(mut net: Net, mut d: Dist) -> Result<(Net, Dist)> {
-    net.in_bwd = true;
-    while let Some(f) = net.tape.pop() {
-        d = f(&mut net, d)?;
-    }
-    Ok((net, d))
-}
-
 impl Chain {
     /// The forward and backward programs in sequence.
     pub fn program(&self) -> Program {
         Program::Sequence(vec![self.fwd.clone(), self.bwd.clone()])
     }
 
-    /// The estimated profile of one training step (forward + backward): the memory
-    /// check with liveness across the whole network.
+    /// The estimated profile of one training step (forward + backward) with the
+    /// memory check (liveness across the whole program), `extra` more copies of
+    /// everything kept from the forward to the backward pass (the micro-batches in
+    /// flight in a pipeline).
+    pub fn profile_in_flight(&self, extra: usize) -> Result<Profile> {
+        self.graph.profile_stashed(&self.fwd, &self.bwd, extra)
+    }
+
+    /// The estimated profile of one training step (forward + backward).
     pub fn profile(&self) -> Result<Profile> {
-        self.graph.profile(&self.program())
+        self.profile_in_flight(0)
     }
 
     /// Names and element counts of the parameters the chain takes.
@@ -175,6 +329,37 @@ impl Chain {
             .map(|p| (p.name.clone(), p.len))
             .collect()
     }
+
+    /// Writes parameter masters from `params` (by name) into `e` and refreshes the
+    /// resident copies.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a missing or mis-sized parameter.
+    pub fn load_params(&self, e: &mut Engine, params: &ChainParams) -> Result<()> {
+        for p in &self.params {
+            let v = params
+                .get(&p.name)
+                .ok_or_else(|| Error::InvalidArgument(format!("parameter {} missing", p.name)))?;
+            crate::error::check_len("parameter", v.len(), p.len)?;
+            e.write(p.value, v)?;
+        }
+        e.run(&self.refresh)
+    }
+}
+
+/// One-hot targets `[N][k]` of `labels`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a label out of range.
+pub fn one_hot(labels: &[usize], k: usize) -> Result<Vec<f32>> {
+    let mut onehot = vec![0.0f32; labels.len() * k];
+    for (i, &l) in labels.iter().enumerate() {
+        if l >= k {
+            return Err(Error::InvalidArgument(format!("label {l} >= {k} classes")));
+        }
+        onehot[i * k + l] = 1.0;
+    }
+    Ok(onehot)
 }
 
 /// Results of [`run`].
@@ -195,41 +380,42 @@ pub struct ChainResult {
 }
 
 /// Builds, profiles (memory check included) and executes one training step of the
-/// whole network on `x` (`[N][res][res][3]`) with `labels` (`[N]`) and `params`.
+/// whole network on `x` (`[N][res][res][3]`) with `labels` (`[N]`) and `params`, on
+/// one IPU, with or without recomputation (`opts`).
 ///
 /// # Errors
-/// As [`build`]; [`Error::TileMemory`] from the profile; [`Error::InvalidArgument`]
-/// for a missing or mis-sized parameter or a label out of range.
+/// As [`build_stage`]; [`Error::TileMemory`] from the profile;
+/// [`Error::InvalidArgument`] for a missing or mis-sized parameter or a label out of
+/// range.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     arch: &ArchConfig,
     res: usize,
     batch: usize,
     target: &Target,
+    opts: ChainOpts,
     params: &ChainParams,
     x: &[f32],
     labels: &[usize],
 ) -> Result<ChainResult> {
-    let ch = build(arch, res, batch, target, Precision::F32)?;
+    let ns = network_steps(arch, res, batch)?;
+    let ch = build_stage(
+        &ns,
+        0..ns.segments.len(),
+        arch.norm_eps,
+        target,
+        Precision::F32,
+        opts,
+    )?;
     crate::error::check_len("images", x.len(), batch * res * res * 3)?;
     crate::error::check_len("labels", labels.len(), batch)?;
-    let k = arch.num_classes;
+    let head = ch
+        .head
+        .ok_or_else(|| Error::InvalidArgument("the whole network has no loss".into()))?;
     let profile = ch.profile()?;
     let mut e = Engine::new(&ch.graph);
-    for p in &ch.params {
-        let v = params
-            .get(&p.name)
-            .ok_or_else(|| Error::InvalidArgument(format!("parameter {} missing", p.name)))?;
-        crate::error::check_len("parameter", v.len(), p.len)?;
-        e.write(p.value, v)?;
-    }
-    let mut onehot = vec![0.0f32; batch * k];
-    for (i, &l) in labels.iter().enumerate() {
-        if l >= k {
-            return Err(Error::InvalidArgument(format!("label {l} >= {k} classes")));
-        }
-        onehot[i * k + l] = 1.0;
-    }
-    e.write(ch.targets, &onehot)?;
+    ch.load_params(&mut e, params)?;
+    e.write(head.targets, &one_hot(labels, arch.num_classes)?)?;
     write_dist(&mut e, &ch.input, x)?;
     e.run(&ch.program())?;
     let grads = ch
@@ -238,8 +424,8 @@ pub fn run(
         .map(|p| (p.name.clone(), e.read(p.grad).to_vec()))
         .collect();
     Ok(ChainResult {
-        logits: e.read(ch.logits).to_vec(),
-        loss: e.read(ch.loss)[0],
+        logits: e.read(head.logits).to_vec(),
+        loss: e.read(head.loss)[0],
         grads,
         profile,
         layers: ch.graph.layers.clone(),
@@ -256,6 +442,8 @@ pub struct Segment {
     pub fwd: Program,
     /// Backward program.
     pub bwd: Program,
+    /// Copies the parameter masters into their resident copies.
+    pub refresh: Program,
     /// Input boxes (one image each).
     pub input: Dist,
     /// Output boxes.
@@ -269,7 +457,7 @@ pub struct Segment {
 }
 
 /// Builds `steps` on an input `[n][h][w][c]` (one image per box), forward and
-/// backward, with norm ε `eps`.
+/// backward (no recomputation), with norm ε `eps`.
 ///
 /// # Errors
 /// As [`build`].
@@ -284,19 +472,29 @@ pub fn build_segment(
     target: &Target,
     precision: Precision,
 ) -> Result<Segment> {
-    let mut net = Net::new(target, precision, eps)?;
-    let input = net.dist("input", n, h, w, c, 1, 1, 1)?;
+    let opts = ChainOpts {
+        training: true,
+        recompute: false,
+    };
+    let mut net = Net::new(target, precision, eps, opts)?;
+    let input = net.dist("input", (n, h, w, c), Grid::new(n, h, c, n, 1, 1, 1))?;
     let out = run_steps(&mut net, steps, input.clone())?;
+    net.phase = Phase::Bwd;
     let dout = net.like("dout", &out)?;
-    let (net, dx) = finish(net, dout.clone())?;
+    let mut d = dout.clone();
+    while let Some(f) = net.tape.pop() {
+        d = f(&mut net, d)?;
+    }
+    let refresh = refresh_program(&mut net)?;
     Ok(Segment {
         graph: net.g,
         fwd: Program::Sequence(net.fwd),
         bwd: Program::Sequence(net.bwd),
+        refresh,
         input,
         out,
         dout,
-        dx,
+        dx: d,
         params: net.params,
     })
 }

@@ -1,7 +1,7 @@
 //! Global pool, classifier and softmax cross-entropy.
 
 use super::boxes::Dist;
-use super::context::{LayerSplit, Net, fr, rows_copy, tr, whole_rows};
+use super::context::{LayerSplit, Net, SumJob, fr, rows_copy, tr, whole_rows};
 use super::pool::{chunk_dist, fc_chunks, pool_chunks, unpool};
 use crate::error::Result;
 use crate::ipu::codelets::{Codelet, ConvGeom};
@@ -15,7 +15,7 @@ pub(super) fn head_loss(
 ) -> Result<(TensorId, TensorId, TensorId)> {
     let (n, c, k) = (x.n, x.c, classes);
     net.layer("global_pool", "pool", (x.n * x.h * x.w * c) as f64);
-    let pool_tile = net.tile();
+    let pool_tile = net.tiles_for("global_pool", 1)[0];
     let pooled = pool_chunks(
         net,
         "global_pool",
@@ -25,29 +25,27 @@ pub(super) fn head_loss(
         1.0 / (x.h * x.w) as f32,
     )?[0];
     let chunks = fc_chunks(net, c, k);
-    let wp = net.param("classifier.weight", c, k, None)?;
-    let bp = net.param("classifier.bias", 1, k, None)?;
+    let wp = net.param("classifier.weight", c, k)?;
+    let bp = net.param("classifier.bias", 1, k)?;
     net.layer("classifier", "fc", (2 * n * c * k) as f64);
     net.splits.push(LayerSplit {
         name: "classifier".into(),
+        image_parts: 1,
         row_parts: 1,
         chan_parts: chunks.len(),
         boxes: chunks.len(),
     });
-    let tiles: Vec<u32> = chunks.iter().map(|_| net.tile()).collect();
-    let (wv, bv) = (net.params[wp].value, net.params[bp].value);
-    let loss_tile = net.tile();
+    let tiles = net.tiles_for("classifier", chunks.len());
+    let loss_tile = net.tiles_for("loss", 1)[0];
     let logits = net.t("logits".into(), n * k, loss_tile)?;
     let mut trs = Vec::new();
     let mut loc = Vec::new();
     for (j, &(j0, j1)) in chunks.iter().enumerate() {
         let (t, kc) = (tiles[j], j1 - j0);
         let xl = net.t(format!("classifier.x@{j}"), n * c, t)?;
-        let wl = net.t(format!("classifier.w@{j}"), c * kc, t)?;
-        let bl = net.t(format!("classifier.b@{j}"), kc, t)?;
+        let wl = net.weight_copy(wp, t, c * kc, rows_copy(j0, k, 0, kc, c, kc))?;
+        let bl = net.weight_copy(bp, t, kc, Strided::contiguous(j0, 0, kc))?;
         trs.push(tr(pooled, xl, Strided::contiguous(0, 0, n * c)));
-        trs.push(tr(wv, wl, rows_copy(j0, k, 0, kc, c, kc)));
-        trs.push(tr(bv, bl, Strided::contiguous(j0, 0, kc)));
         loc.push((xl, wl, bl));
     }
     net.ex("classifier.in", trs)?;
@@ -77,21 +75,23 @@ pub(super) fn head_loss(
     let targets = net.t("targets".into(), n * k, loss_tile)?;
     let loss = net.t("loss".into(), 1, loss_tile)?;
     let dlogits = net.t("dlogits".into(), n * k, loss_tile)?;
-    net.cs(
-        "loss",
-        vec![(
-            loss_tile,
-            Codelet::softmax_xent(n, k),
-            vec![
-                fr(logits, n * k),
-                fr(targets, n * k),
-                fr(loss, 1),
-                fr(dlogits, n * k),
-            ],
-        )],
-    )?;
+    if net.opts.training {
+        net.cs(
+            "loss",
+            vec![(
+                loss_tile,
+                Codelet::softmax_xent(n, k),
+                vec![
+                    fr(logits, n * k),
+                    fr(targets, n * k),
+                    fr(loss, 1),
+                    fr(dlogits, n * k),
+                ],
+            )],
+        )?;
+    }
     let x = x.clone();
-    net.tape.push(Box::new(move |net: &mut Net, _: Dist| {
+    net.on_backward(Box::new(move |net: &mut Net, _: Dist| {
         net.layer("classifier", "fc", (4 * n * c * k) as f64);
         let mut trs = Vec::new();
         let mut dl = Vec::new();
@@ -138,7 +138,13 @@ pub(super) fn head_loss(
         let dp = net.t("classifier.dx".into(), n * c, pool_tile)?;
         net.sum_rows(
             "classifier.dx",
-            vec![(whole_rows(&dxp, n * c), chunks.len(), n * c, dp, pool_tile)],
+            vec![SumJob::on(
+                whole_rows(&dxp, n * c),
+                chunks.len(),
+                n * c,
+                dp,
+                pool_tile,
+            )],
         )?;
         net.layer("global_pool", "pool", (x.n * x.h * x.w * c) as f64);
         let d = chunk_dist(n, c, &[(0, c)], &[pool_tile], &[dp]);

@@ -28,10 +28,13 @@ mod head;
 mod norm;
 mod pool;
 mod se;
+mod split;
 mod steps;
 
 pub use super::vocab::Step;
-pub use boxes::{Dist, Part, gather, ranges, read_dist, write_dist};
-pub use context::{ChainParam, ChainParams, LayerSplit};
-pub use driver::{Chain, ChainResult, Segment, batch_norm, build, build_segment, run};
-pub use steps::steps_of;
+pub use boxes::{Dist, Grid, Part, gather, ranges, read_dist, remote_elems, write_dist};
+pub use context::{ChainOpts, ChainParam, ChainParams, LayerSplit};
+pub use driver::{
+    Chain, ChainResult, Head, Segment, batch_norm, build, build_segment, build_stage, one_hot, run,
+};
+pub use steps::{NetSegment, NetSteps, network_steps, segments, steps_of};

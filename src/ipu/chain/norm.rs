@@ -1,47 +1,40 @@
-//! The norm builder: statistics, the fused normalize + activation + Proxy Norm, and
-//! its backward.
+//! The norm builder: statistics per box reduced per group (image, or the batch for
+//! BatchNorm) over the tiles that hold them, the fused normalize + activation +
+//! Proxy Norm on the boxes of the convolution before it (in place for inference),
+//! the Proxy Norm statistics per channel chunk spread over the tiles, and the
+//! backward.
 
-use super::boxes::{Dist, Part};
-use super::context::{Contrib, Net, fr, rows_copy, tr};
-use crate::error::{Error, Result};
+use super::boxes::{Dist, Grid, Part, gather};
+use super::context::{Contrib, Net, SumJob, fr, rows_copy, tiles_of, tr};
+use crate::error::Result;
 use crate::ipu::codelets::{Codelet, NormGeom, ProxyScale, SHIM_WORKERS};
-use crate::ipu::graph::{Strided, TensorId};
+use crate::ipu::graph::{Strided, TensorId, Transfer};
 use crate::ipu::vocab::NormSpec;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// Per-part local copies of a norm's per-channel vectors.
-#[derive(Clone)]
-pub(super) struct NormLocal {
-    stats: TensorId,
-    gamma: TensorId,
-    beta: TensorId,
-    mu: TensorId,
-    scale: TensorId,
+/// Channels per Proxy Norm chunk: the (μ, s) statistics and the parameter gradient
+/// terms of a chunk run on one tile (200 quantiles each).
+const PROXY_CHUNK: usize = 8;
+
+/// Where the squeeze-excitation's backward leaves the delayed scale's gradient
+/// (`[cc]` per channel range: tensor, first channel, channels) for the norm before it.
+pub(super) type DsCell = Rc<RefCell<Option<Vec<(TensorId, usize, usize)>>>>;
+
+/// What a norm hands to the squeeze-excitation after it when its proxy scale is
+/// delayed into the SE gate: the scale `s` (`[C]` as channel chunks, a Dist of one
+/// image of 1×1) and the cell for its gradient.
+pub(super) type Delayed = Option<(Dist, DsCell)>;
+
+/// The per-box constant `value` of `len` elements on `tile` (shared by every norm).
+fn konst_on(net: &mut Net, what: &str, value: f32, len: usize, tile: u32) -> Result<TensorId> {
+    net.konst(format!("{what}{len}@{tile}"), vec![value; len], tile)
 }
 
-/// The statistics groups of a norm over `d`: per image (GN, LN) or one (BN); each
-/// part's row in its group's buffer.
-pub(super) fn stat_groups(d: &Dist, per_sample: bool) -> (usize, usize, Vec<(usize, usize)>) {
-    let groups = if per_sample { d.n } else { 1 };
-    let rows = if per_sample { d.rparts } else { d.n * d.rparts };
-    let at = d
-        .parts
-        .iter()
-        .map(|p| {
-            if per_sample {
-                (p.n0, p.ri)
-            } else {
-                (0, p.n0 * d.rparts + p.ri)
-            }
-        })
-        .collect();
-    (groups, rows, at)
-}
-
-/// Gathers per-part `[cn·k]` vectors into per-group buffers `[rows][C·k]`, reduces
-/// them, and returns the reduced `[C·k]` per group (on the group tiles).
-pub(super) fn group_sums(
+/// Per-box `[nb·k]` rows of `vals` (one vector of `k·cn` per image of the box)
+/// reduced per statistics group: per image (`per_sample`) or over the batch; returns
+/// the reduced `[C·k]` per group and its tile (the group's first box's tile).
+fn group_sums(
     net: &mut Net,
     name: &str,
     d: &Dist,
@@ -49,29 +42,43 @@ pub(super) fn group_sums(
     vals: &[TensorId],
     k: usize,
 ) -> Result<(Vec<TensorId>, Vec<u32>)> {
-    let (groups, rows, pos) = stat_groups(d, per_sample);
     let c = d.c;
+    let rp = d.rparts();
+    let groups = if per_sample { d.n } else { 1 };
+    let mut jobs = Vec::new();
     let mut sums = Vec::new();
     let mut tiles = Vec::new();
-    let mut jobs = Vec::new();
     for gi in 0..groups {
-        let tile = net.tile();
-        let sum = net.t(format!("{name}.sum{gi}"), c * k, tile)?;
-        let cs = d
+        let (i0, i1) = if per_sample { (gi, gi + 1) } else { (0, d.n) };
+        let mine: Vec<(&Part, TensorId)> = d
             .parts
             .iter()
             .zip(vals)
-            .zip(&pos)
-            .filter(|(_, (g, _))| *g == gi)
-            .map(|((p, v), (_, row))| Contrib {
-                src: *v,
-                src_off: 0,
-                row: *row,
-                col: p.c0 * k,
-                len: p.cn * k,
-            })
+            .filter(|(p, _)| p.n0 < i1 && i0 < p.n0 + p.nb)
+            .map(|(p, v)| (p, *v))
             .collect();
-        jobs.push((cs, rows, c * k, sum, tile));
+        let tile = mine[0].0.tile;
+        let mut cs = Vec::new();
+        for (p, v) in &mine {
+            for i in p.n0.max(i0)..(p.n0 + p.nb).min(i1) {
+                cs.push(Contrib {
+                    src: *v,
+                    src_off: (i - p.n0) * p.cn * k,
+                    row: if per_sample { p.ri } else { i * rp + p.ri },
+                    col: p.c0 * k,
+                    len: p.cn * k,
+                });
+            }
+        }
+        let sum = net.t(format!("{name}.sum{gi}"), c * k, tile)?;
+        jobs.push(SumJob {
+            contribs: cs,
+            rows: if per_sample { rp } else { d.n * rp },
+            width: c * k,
+            out: sum,
+            out_tile: tile,
+            spread: tiles_of(mine.iter().map(|m| m.0)),
+        });
         sums.push(sum);
         tiles.push(tile);
     }
@@ -79,143 +86,300 @@ pub(super) fn group_sums(
     Ok((sums, tiles))
 }
 
-/// Where the squeeze-excitation's backward leaves the delayed scale's gradient
-/// (`[cc]` per channel range: tensor, first channel, channels) for the norm before it.
-pub(super) type DsCell = Rc<RefCell<Option<Vec<(TensorId, usize, usize)>>>>;
+/// Per box, the rows of the group results `per_group` (`[len]` each) its images need:
+/// `[nb][len]` per-sample, `[1][len]` over the batch.
+fn to_boxes(
+    net: &mut Net,
+    name: &str,
+    d: &Dist,
+    per_sample: bool,
+    per_group: &[TensorId],
+    len: usize,
+    trs: &mut Vec<Transfer>,
+) -> Result<Vec<TensorId>> {
+    let mut out = Vec::new();
+    for p in &d.parts {
+        let rows = if per_sample { p.nb } else { 1 };
+        let t = net.t(format!("{name}@"), rows * len, p.tile)?;
+        for r in 0..rows {
+            let g = if per_sample { p.n0 + r } else { 0 };
+            trs.push(tr(per_group[g], t, Strided::contiguous(0, r * len, len)));
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
 
-/// What a norm hands to the squeeze-excitation after it when its proxy scale is
-/// delayed into the SE gate: the scale `s` `[C]` on the norm's tile and the cell for
-/// its gradient.
-pub(super) type Delayed = Option<(TensorId, DsCell)>;
+/// The parameter vectors of a norm and its channel chunks.
+struct NormParams {
+    gamma: usize,
+    beta: Option<usize>,
+    proxy: Option<(usize, usize)>,
+    chunks: Vec<(usize, usize)>,
+    chunk_tiles: Vec<u32>,
+}
 
-/// A norm (+ activation, + Proxy Norm) in place on the boxes of `x`.
-pub(super) fn norm(net: &mut Net, name: &str, ns: NormSpec, x: &Dist) -> Result<(Dist, Delayed)> {
-    let c = x.c;
-    let cg = ns.cg.max(1);
-    let groups = c / cg;
-    let home = net.tile();
-    let gp = net.param(&format!("{name}.weight"), 1, c, Some(home))?;
-    let bp = if ns.beta {
-        Some(net.param(&format!("{name}.bias"), 1, c, Some(home))?)
-    } else {
-        None
-    };
-    let pp = if ns.proxy {
-        Some((
-            net.param(&format!("{name}.proxy_beta"), 1, c, Some(home))?,
-            net.param(&format!("{name}.proxy_gamma"), 1, c, Some(home))?,
-        ))
-    } else {
-        None
-    };
-    net.layer(name, "norm", (x.n * x.h * x.w * c) as f64 * 10.0);
-    let pv = |net: &Net, i: usize| net.params[i].value;
-    let (g_t, b_t) = (pv(net, gp), bp.map(|b| pv(net, b)));
-    let zeros = net.konst(format!("{name}.zeros"), vec![0.0; c], home)?;
-    let ones = net.konst(format!("{name}.ones"), vec![1.0; c], home)?;
-    // Proxy statistics (μ, s) on the norm's tile.
+impl NormParams {
+    /// The resident copy of channels `c0..c0+cn` of parameter `pi` (or the zeros)
+    /// on `tile`.
+    fn slice(
+        net: &mut Net,
+        pi: Option<usize>,
+        c0: usize,
+        cn: usize,
+        tile: u32,
+    ) -> Result<TensorId> {
+        match pi {
+            Some(pi) => net.weight_copy(pi, tile, cn, Strided::contiguous(c0, 0, cn)),
+            None => konst_on(net, "zeros", 0.0, cn, tile),
+        }
+    }
+}
+
+/// The Proxy Norm statistics (μ, s) of every chunk, each on its chunk tile.
+fn proxy_stats(
+    net: &mut Net,
+    name: &str,
+    ns: NormSpec,
+    np: &NormParams,
+    (b2, g2): (usize, usize),
+) -> Result<(Vec<TensorId>, Vec<TensorId>)> {
     let q: Vec<f32> = crate::kernels::proxy_norm::reference::quantiles(200)
         .iter()
         .map(|&v| v as f32)
         .collect();
-    let qt = net.konst(format!("{name}.quantiles"), q, home)?;
-    let (mu, sc) = if let Some((b2, g2)) = pp {
-        let (b2, g2) = (pv(net, b2), pv(net, g2));
-        let parts = net.t(format!("{name}.pn_partials"), SHIM_WORKERS * c * 2, home)?;
-        let sums = net.t(format!("{name}.pn_sums"), c * 2, home)?;
-        let mu = net.t(format!("{name}.mu"), c, home)?;
-        let sc = net.t(format!("{name}.s"), c, home)?;
-        let bt = b_t.unwrap_or(zeros);
-        net.cs(
-            &format!("{name}.proxy_stats"),
-            vec![(
-                home,
-                Codelet::proxy_stats(c, 200, ns.act),
-                vec![
-                    fr(g_t, c),
-                    fr(bt, c),
-                    fr(b2, c),
-                    fr(g2, c),
-                    fr(qt, 200),
-                    fr(parts, SHIM_WORKERS * c * 2),
-                ],
-            )],
-        )?;
-        net.cs(
-            &format!("{name}.proxy_reduce"),
-            vec![(
-                home,
-                Codelet::reduce(SHIM_WORKERS, c * 2, false),
-                vec![fr(parts, SHIM_WORKERS * c * 2), fr(sums, c * 2)],
-            )],
-        )?;
-        net.cs(
-            &format!("{name}.proxy_finalize"),
-            vec![(
-                home,
-                Codelet::proxy_finalize(c, 200, 0.03),
-                vec![fr(sums, c * 2), fr(mu, c), fr(sc, c)],
-            )],
-        )?;
-        (mu, sc)
+    let (mut v1, mut v2, mut v3) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut mus, mut scs) = (Vec::new(), Vec::new());
+    for (&(j0, j1), &t) in np.chunks.iter().zip(&np.chunk_tiles) {
+        let cc = j1 - j0;
+        let qt = net.konst(format!("quantiles@{t}"), q.clone(), t)?;
+        let g = NormParams::slice(net, Some(np.gamma), j0, cc, t)?;
+        let b = NormParams::slice(net, np.beta, j0, cc, t)?;
+        let pb = NormParams::slice(net, Some(b2), j0, cc, t)?;
+        let pg = NormParams::slice(net, Some(g2), j0, cc, t)?;
+        let parts = net.t(format!("{name}.pn_partials{j0}"), SHIM_WORKERS * cc * 2, t)?;
+        let sums = net.t(format!("{name}.pn_sums{j0}"), cc * 2, t)?;
+        let mu = net.t(format!("{name}.mu{j0}"), cc, t)?;
+        let sc = net.t(format!("{name}.s{j0}"), cc, t)?;
+        v1.push((
+            t,
+            Codelet::proxy_stats(cc, 200, ns.act),
+            vec![
+                fr(g, cc),
+                fr(b, cc),
+                fr(pb, cc),
+                fr(pg, cc),
+                fr(qt, 200),
+                fr(parts, SHIM_WORKERS * cc * 2),
+            ],
+        ));
+        v2.push((
+            t,
+            Codelet::reduce(SHIM_WORKERS, cc * 2, false),
+            vec![fr(parts, SHIM_WORKERS * cc * 2), fr(sums, cc * 2)],
+        ));
+        v3.push((
+            t,
+            Codelet::proxy_finalize(cc, 200, 0.03),
+            vec![fr(sums, cc * 2), fr(mu, cc), fr(sc, cc)],
+        ));
+        mus.push(mu);
+        scs.push(sc);
+    }
+    net.cs(&format!("{name}.proxy_stats"), v1)?;
+    net.cs(&format!("{name}.proxy_reduce"), v2)?;
+    net.cs(&format!("{name}.proxy_finalize"), v3)?;
+    Ok((mus, scs))
+}
+
+/// `[C]` held as channel chunks on their tiles, as a Dist of one 1×1 image.
+pub(super) fn chunks_dist(
+    c: usize,
+    chunks: &[(usize, usize)],
+    tiles: &[u32],
+    ts: &[TensorId],
+) -> Dist {
+    Dist {
+        n: 1,
+        h: 1,
+        w: 1,
+        c,
+        grid: Grid {
+            imgs: vec![(0, 1)],
+            rows: vec![(0, 1)],
+            chans: chunks.to_vec(),
+        },
+        parts: chunks
+            .iter()
+            .zip(tiles)
+            .zip(ts)
+            .map(|((&(a, b), &tile), &t)| Part {
+                n0: 0,
+                nb: 1,
+                r0: 0,
+                rn: 1,
+                c0: a,
+                cn: b - a,
+                ri: 0,
+                tile,
+                t,
+            })
+            .collect(),
+    }
+}
+
+/// Per box, its channels of the per-channel chunks `src` (a chunk Dist), or a
+/// constant when there is none.
+fn chunk_slices(
+    net: &mut Net,
+    name: &str,
+    x: &Dist,
+    src: Option<&Dist>,
+    konst: (&str, f32),
+    trs: &mut Vec<Transfer>,
+) -> Result<Vec<TensorId>> {
+    let mut v = Vec::new();
+    for p in &x.parts {
+        v.push(match src {
+            Some(s) => {
+                let t = net.t(format!("{name}@"), p.cn, p.tile)?;
+                gather(s, 0, 1, 0, 1, p.c0, p.cn, t, trs);
+                t
+            }
+            None => konst_on(net, konst.0, konst.1, p.cn, p.tile)?,
+        });
+    }
+    Ok(v)
+}
+
+/// A norm (+ activation, + Proxy Norm) on the boxes of `x`.
+pub(super) fn norm(net: &mut Net, name: &str, ns: NormSpec, x: &Dist) -> Result<(Dist, Delayed)> {
+    let c = x.c;
+    let cg = ns.cg.max(1);
+    let groups = c / cg;
+    let gamma = net.param(&format!("{name}.weight"), 1, c)?;
+    let beta = if ns.beta {
+        Some(net.param(&format!("{name}.bias"), 1, c)?)
     } else {
-        (zeros, ones)
+        None
     };
-    let norm_scale = if ns.proxy && ns.scale == ProxyScale::Full {
-        sc
+    let proxy = if ns.proxy {
+        Some((
+            net.param(&format!("{name}.proxy_beta"), 1, c)?,
+            net.param(&format!("{name}.proxy_gamma"), 1, c)?,
+        ))
     } else {
-        ones
+        None
+    };
+    let chunks = super::boxes::ranges(c, c.div_ceil(PROXY_CHUNK));
+    let chunk_tiles = net.tiles_for(name, chunks.len());
+    let np = NormParams {
+        gamma,
+        beta,
+        proxy,
+        chunks,
+        chunk_tiles,
+    };
+    net.layer(name, "norm", (x.n * x.h * x.w * c) as f64 * 10.0);
+    let (mu_d, sc_d) = match proxy {
+        Some(pp) => {
+            let (mus, scs) = proxy_stats(net, name, ns, &np, pp)?;
+            (
+                Some(chunks_dist(c, &np.chunks, &np.chunk_tiles, &mus)),
+                Some(chunks_dist(c, &np.chunks, &np.chunk_tiles, &scs)),
+            )
+        }
+        None => (None, None),
     };
     let ds_cell: DsCell = Rc::new(RefCell::new(None));
-    let delayed = (ns.proxy && ns.scale == ProxyScale::Delayed).then(|| (sc, ds_cell.clone()));
-    // Statistics per part, reduced per group, broadcast back with the parameters.
-    let mut vs = Vec::new();
-    let mut psums = Vec::new();
-    for p in &x.parts {
-        let s = net.t(format!("{name}.psums"), p.nb * p.cn * 2, p.tile)?;
-        vs.push((
-            p.tile,
-            Codelet::norm_stats(p.nb, p.rn * x.w, p.cn),
-            vec![fr(p.t, p.nb * p.rn * x.w * p.cn), fr(s, p.nb * p.cn * 2)],
-        ));
-        psums.push(s);
-    }
-    net.cs(&format!("{name}.stats"), vs)?;
-    let (sums, gtiles) = group_sums(net, &format!("{name}.stats"), x, ns.per_sample, &psums, 2)?;
+    let delayed = match (&sc_d, ns.proxy && ns.scale == ProxyScale::Delayed) {
+        (Some(s), true) => Some((s.clone(), ds_cell.clone())),
+        _ => None,
+    };
+    // Statistics per box, reduced per group, back to the boxes — except BatchNorm
+    // at inference, which normalizes by its running statistics (resident per box).
+    let frozen = !net.opts.training && !ns.per_sample;
     let per_img = if ns.per_sample { 1 } else { x.n };
     let count = per_img * x.h * x.w * cg;
-    let mut vs = Vec::new();
-    let mut stats = Vec::new();
-    for (gi, s) in sums.iter().enumerate() {
-        let st = net.t(format!("{name}.stats{gi}"), groups * 2, gtiles[gi])?;
-        vs.push((
-            gtiles[gi],
-            Codelet::norm_finalize(1, c, cg, count, net.eps),
-            vec![fr(*s, c * 2), fr(st, groups * 2)],
-        ));
-        stats.push(st);
-    }
-    net.cs(&format!("{name}.finalize"), vs)?;
-    let (_, _, pos) = stat_groups(x, ns.per_sample);
     let mut trs = Vec::new();
-    let mut locals = Vec::new();
-    for (p, (gi, _)) in x.parts.iter().zip(&pos) {
-        let mut mk = |net: &mut Net, what: &str, src: TensorId, off: usize, len: usize| {
-            let t = net.t(format!("{name}.{what}@"), len, p.tile)?;
-            trs.push(tr(src, t, Strided::contiguous(off, 0, len)));
-            Ok::<_, Error>(t)
-        };
-        let l = NormLocal {
-            stats: mk(net, "stats", stats[*gi], 0, groups * 2)?,
-            gamma: mk(net, "gamma", g_t, p.c0, p.cn)?,
-            beta: mk(net, "beta", b_t.unwrap_or(zeros), p.c0, p.cn)?,
-            mu: mk(net, "mu", mu, p.c0, p.cn)?,
-            scale: mk(net, "scale", norm_scale, p.c0, p.cn)?,
-        };
-        locals.push(l);
-    }
+    let lstats = if frozen {
+        let mut v = Vec::new();
+        for p in &x.parts {
+            let running = (0..groups * 2).map(|i| (i % 2) as f32).collect();
+            let t = net.konst(format!("{name}.running@{}", p.tile), running, p.tile)?;
+            v.push(t);
+        }
+        v
+    } else {
+        let mut vs = Vec::new();
+        let mut psums = Vec::new();
+        for p in &x.parts {
+            let s = net.t(format!("{name}.psums"), p.nb * p.cn * 2, p.tile)?;
+            vs.push((
+                p.tile,
+                Codelet::norm_stats(p.nb, p.rn * x.w, p.cn),
+                vec![fr(p.t, p.len(x.w)), fr(s, p.nb * p.cn * 2)],
+            ));
+            psums.push(s);
+        }
+        net.cs(&format!("{name}.stats"), vs)?;
+        let (sums, gtiles) =
+            group_sums(net, &format!("{name}.stats"), x, ns.per_sample, &psums, 2)?;
+        let mut vs = Vec::new();
+        let mut stats = Vec::new();
+        for (gi, s) in sums.iter().enumerate() {
+            let st = net.t(format!("{name}.stats{gi}"), groups * 2, gtiles[gi])?;
+            vs.push((
+                gtiles[gi],
+                Codelet::norm_finalize(1, c, cg, count, net.eps),
+                vec![fr(*s, c * 2), fr(st, groups * 2)],
+            ));
+            stats.push(st);
+        }
+        net.cs(&format!("{name}.finalize"), vs)?;
+        to_boxes(
+            net,
+            &format!("{name}.stats"),
+            x,
+            ns.per_sample,
+            &stats,
+            groups * 2,
+            &mut trs,
+        )?
+    };
+    let scale_src = if ns.proxy && ns.scale == ProxyScale::Full {
+        sc_d.as_ref()
+    } else {
+        None
+    };
+    let lmu = chunk_slices(
+        net,
+        &format!("{name}.mu"),
+        x,
+        mu_d.as_ref(),
+        ("zeros", 0.0),
+        &mut trs,
+    )?;
+    let lscale = chunk_slices(
+        net,
+        &format!("{name}.scale"),
+        x,
+        scale_src,
+        ("ones", 1.0),
+        &mut trs,
+    )?;
     net.ex(&format!("{name}.broadcast"), trs)?;
-    let z = net.like(&format!("{name}.out"), x)?;
+    let mut locals = Vec::new();
+    for (i, p) in x.parts.iter().enumerate() {
+        locals.push(NormLocal {
+            stats: lstats[i],
+            gamma: NormParams::slice(net, Some(gamma), p.c0, p.cn, p.tile)?,
+            beta: NormParams::slice(net, beta, p.c0, p.cn, p.tile)?,
+            mu: lmu[i],
+            scale: lscale[i],
+        });
+    }
+    let z = net.out_like(&format!("{name}.out"), x)?;
     let xw = x.w;
     let geom = move |p: &Part| NormGeom {
         nb: p.nb,
@@ -227,11 +391,11 @@ pub(super) fn norm(net: &mut Net, name: &str, ns: NormSpec, x: &Dist) -> Result<
         per_sample: ns.per_sample,
         act: ns.act,
     };
+    let stat_len = move |p: &Part| if ns.per_sample { p.nb } else { 1 } * groups * 2;
     let fields = move |p: &Part, l: &NormLocal| {
-        let n = p.nb * p.rn * xw * p.cn;
         vec![
-            fr(p.t, n),
-            fr(l.stats, groups * 2),
+            fr(p.t, p.len(xw)),
+            fr(l.stats, stat_len(p)),
             fr(l.gamma, p.cn),
             fr(l.beta, p.cn),
             fr(l.mu, p.cn),
@@ -245,23 +409,21 @@ pub(super) fn norm(net: &mut Net, name: &str, ns: NormSpec, x: &Dist) -> Result<
         .zip(&locals)
         .map(|((p, zp), l)| {
             let mut f = fields(p, l);
-            f.push(fr(zp.t, p.nb * p.rn * x.w * p.cn));
+            f.push(fr(zp.t, p.len(xw)));
             (p.tile, Codelet::norm_act(geom(p)), f)
         })
         .collect();
     net.cs(&format!("{name}.apply"), vs)?;
-    let ds_in = ds_cell;
     let (x, z2, name) = (x.clone(), z.clone(), name.to_string());
-    net.tape.push(Box::new(move |net: &mut Net, dz: Dist| {
+    net.on_backward(Box::new(move |net: &mut Net, dz: Dist| {
         net.layer(&name, "norm", (x.n * x.h * x.w * c) as f64 * 20.0);
         let dz = net.align(&format!("{name}.dz"), &dz, &z2)?;
         let (mut vs, mut pimg, mut pch) = (Vec::new(), Vec::new(), Vec::new());
         for ((p, l), d) in x.parts.iter().zip(&locals).zip(&dz.parts) {
-            let n = p.nb * p.rn * x.w * p.cn;
             let a = net.t(format!("{name}.grad_image"), p.nb * p.cn * 2, p.tile)?;
             let b = net.t(format!("{name}.grad_channel"), p.cn * 4, p.tile)?;
             let mut f = fields(p, l);
-            f.push(fr(d.t, n));
+            f.push(fr(d.t, p.len(x.w)));
             f.push(fr(a, p.nb * p.cn * 2));
             f.push(fr(b, p.cn * 4));
             vs.push((p.tile, Codelet::norm_act_grad_partials(geom(p)), f));
@@ -284,12 +446,15 @@ pub(super) fn norm(net: &mut Net, name: &str, ns: NormSpec, x: &Dist) -> Result<
         }
         net.cs(&format!("{name}.grad_finalize"), vs)?;
         let mut trs = Vec::new();
-        let mut lm = Vec::new();
-        for (p, (gi, _)) in x.parts.iter().zip(&pos) {
-            let t = net.t(format!("{name}.grad_means@"), groups * 2, p.tile)?;
-            trs.push(tr(means[*gi], t, Strided::contiguous(0, 0, groups * 2)));
-            lm.push(t);
-        }
+        let lm = to_boxes(
+            net,
+            &format!("{name}.grad_means"),
+            &x,
+            ns.per_sample,
+            &means,
+            groups * 2,
+            &mut trs,
+        )?;
         net.ex(&format!("{name}.grad_broadcast"), trs)?;
         let dx = net.like(&format!("{name}.dx"), &x)?;
         let vs = x
@@ -300,103 +465,149 @@ pub(super) fn norm(net: &mut Net, name: &str, ns: NormSpec, x: &Dist) -> Result<
             .zip(&lm)
             .zip(&dx.parts)
             .map(|((((p, l), d), m), o)| {
-                let n = p.nb * p.rn * x.w * p.cn;
+                let n = p.len(x.w);
                 let mut f = fields(p, l);
                 f.push(fr(d.t, n));
-                f.push(fr(*m, groups * 2));
+                f.push(fr(*m, stat_len(p)));
                 f.push(fr(o.t, n));
                 (p.tile, Codelet::norm_act_grad_apply(geom(p)), f)
             })
             .collect();
         net.cs(&format!("{name}.grad_apply"), vs)?;
-        // Per-channel sums over every part, on the norm's tile.
-        let rows = x.n * x.rparts;
-        let csum = net.t(format!("{name}.channel_sums"), c * 4, home)?;
-        let cs = x
-            .parts
-            .iter()
-            .zip(&pch)
-            .map(|(p, b)| Contrib {
-                src: *b,
-                src_off: 0,
-                row: p.n0 * x.rparts + p.ri,
-                col: p.c0 * 4,
-                len: p.cn * 4,
-            })
-            .collect();
-        net.sum_rows(
-            &format!("{name}.channel"),
-            vec![(cs, rows, c * 4, csum, home)],
-        )?;
-        if let Some(ds) = ds_in.borrow_mut().take() {
+        // Per-channel sums over every box, per channel chunk on its tile.
+        let rp = x.rparts();
+        let rows = x.grid.imgs.len() * rp;
+        let mut jobs = Vec::new();
+        let mut csums = Vec::new();
+        for (&(j0, j1), &t) in np.chunks.iter().zip(&np.chunk_tiles) {
+            let cc = j1 - j0;
+            let csum = net.t(format!("{name}.channel_sums{j0}"), cc * 4, t)?;
+            let mut cs = Vec::new();
+            for (bi, (p, b)) in x.parts.iter().zip(&pch).enumerate() {
+                let (e0, e1) = (p.c0.max(j0), (p.c0 + p.cn).min(j1));
+                if e0 < e1 {
+                    let ii = bi / (rp * x.grid.chans.len());
+                    cs.push(Contrib {
+                        src: *b,
+                        src_off: (e0 - p.c0) * 4,
+                        row: ii * rp + p.ri,
+                        col: (e0 - j0) * 4,
+                        len: (e1 - e0) * 4,
+                    });
+                }
+            }
+            jobs.push(SumJob {
+                contribs: cs,
+                rows,
+                width: cc * 4,
+                out: csum,
+                out_tile: t,
+                spread: Vec::new(),
+            });
+            csums.push(csum);
+        }
+        net.sum_rows(&format!("{name}.channel"), jobs)?;
+        if let Some(ds) = ds_cell.borrow_mut().take() {
             // The delayed scale's gradient (summed over the images) replaces
             // Σ dz·(a−μ) in slot 0 (see `ProxyNormParamGrad`).
-            let trs = ds
-                .into_iter()
-                .map(|(t, c0, cn)| tr(t, csum, rows_copy(0, 1, c0 * 4, 4, cn, 1)))
-                .collect();
+            let mut trs = Vec::new();
+            for (t, d0, dn) in ds {
+                for (&(j0, j1), &cs) in np.chunks.iter().zip(&csums) {
+                    let (e0, e1) = (d0.max(j0), (d0 + dn).min(j1));
+                    if e0 < e1 {
+                        trs.push(tr(
+                            t,
+                            cs,
+                            rows_copy(e0 - d0, 1, (e0 - j0) * 4, 4, e1 - e0, 1),
+                        ));
+                    }
+                }
+            }
             net.ex(&format!("{name}.delayed_scale_grad"), trs)?;
         }
-        let terms = net.t(format!("{name}.proxy_terms"), c * 3, home)?;
-        let out = net.t(format!("{name}.param_grads"), c * 4, home)?;
-        if let Some((b2, g2)) = pp {
-            let parts = net.t(
-                format!("{name}.proxy_grad_partials"),
-                SHIM_WORKERS * c * 3,
-                home,
-            )?;
-            let bt = b_t.unwrap_or(zeros);
-            let (b2v, g2v) = (net.params[b2].value, net.params[g2].value);
-            net.cs(
-                &format!("{name}.proxy_param_grad"),
-                vec![(
-                    home,
-                    Codelet::proxy_param_grad(c, 200, 200, ns.act, ns.scale),
+        let (mut v1, mut v2, mut v3) = (Vec::new(), Vec::new(), Vec::new());
+        let mut outs = Vec::new();
+        let q: Vec<f32> = crate::kernels::proxy_norm::reference::quantiles(200)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        for (j, (&(j0, j1), &t)) in np.chunks.iter().zip(&np.chunk_tiles).enumerate() {
+            let cc = j1 - j0;
+            let terms = net.t(format!("{name}.proxy_terms{j0}"), cc * 3, t)?;
+            let out = net.t(format!("{name}.param_grads{j0}"), cc * 4, t)?;
+            let g = NormParams::slice(net, Some(np.gamma), j0, cc, t)?;
+            if let (Some((b2, g2)), Some(mu), Some(sc)) = (np.proxy, &mu_d, &sc_d) {
+                let parts = net.t(
+                    format!("{name}.proxy_grad_partials{j0}"),
+                    SHIM_WORKERS * cc * 3,
+                    t,
+                )?;
+                let qt = net.konst(format!("quantiles@{t}"), q.clone(), t)?;
+                let b = NormParams::slice(net, np.beta, j0, cc, t)?;
+                let pb = NormParams::slice(net, Some(b2), j0, cc, t)?;
+                let pg = NormParams::slice(net, Some(g2), j0, cc, t)?;
+                v1.push((
+                    t,
+                    Codelet::proxy_param_grad(cc, 200, 200, ns.act, ns.scale),
                     vec![
-                        fr(csum, c * 4),
-                        fr(g_t, c),
-                        fr(bt, c),
-                        fr(b2v, c),
-                        fr(g2v, c),
+                        fr(csums[j], cc * 4),
+                        fr(g, cc),
+                        fr(b, cc),
+                        fr(pb, cc),
+                        fr(pg, cc),
                         fr(qt, 200),
-                        fr(mu, c),
-                        fr(sc, c),
-                        fr(parts, SHIM_WORKERS * c * 3),
+                        fr(mu.parts[j].t, cc),
+                        fr(sc.parts[j].t, cc),
+                        fr(parts, SHIM_WORKERS * cc * 3),
                     ],
-                )],
-            )?;
-            net.cs(
-                &format!("{name}.proxy_terms"),
-                vec![(
-                    home,
-                    Codelet::reduce(SHIM_WORKERS, c * 3, false),
-                    vec![fr(parts, SHIM_WORKERS * c * 3), fr(terms, c * 3)],
-                )],
-            )?;
-        }
-        net.cs(
-            &format!("{name}.param_grad"),
-            vec![(
-                home,
-                Codelet::proxy_grad_finalize(c, ns.proxy),
+                ));
+                v2.push((
+                    t,
+                    Codelet::reduce(SHIM_WORKERS, cc * 3, false),
+                    vec![fr(parts, SHIM_WORKERS * cc * 3), fr(terms, cc * 3)],
+                ));
+            }
+            v3.push((
+                t,
+                Codelet::proxy_grad_finalize(cc, ns.proxy),
                 vec![
-                    fr(csum, c * 4),
-                    fr(g_t, c),
-                    fr(terms, c * 3),
-                    fr(out, c * 4),
+                    fr(csums[j], cc * 4),
+                    fr(g, cc),
+                    fr(terms, cc * 3),
+                    fr(out, cc * 4),
                 ],
-            )],
-        )?;
-        let mut trs = vec![tr(out, net.params[gp].grad, rows_copy(0, 4, 0, 1, c, 1))];
-        if let Some(b) = bp {
-            trs.push(tr(out, net.params[b].grad, rows_copy(1, 4, 0, 1, c, 1)));
+            ));
+            outs.push((out, j0, cc));
         }
-        if let Some((b2, g2)) = pp {
-            trs.push(tr(out, net.params[b2].grad, rows_copy(2, 4, 0, 1, c, 1)));
-            trs.push(tr(out, net.params[g2].grad, rows_copy(3, 4, 0, 1, c, 1)));
+        net.cs(&format!("{name}.proxy_param_grad"), v1)?;
+        net.cs(&format!("{name}.proxy_terms"), v2)?;
+        net.cs(&format!("{name}.param_grad"), v3)?;
+        let mut trs = Vec::new();
+        for (out, j0, cc) in outs {
+            let mut to = |pi: usize, k: usize| {
+                trs.push(tr(out, net.params[pi].grad, rows_copy(k, 4, j0, 1, cc, 1)));
+            };
+            to(np.gamma, 0);
+            if let Some(b) = np.beta {
+                to(b, 1);
+            }
+            if let Some((b2, g2)) = np.proxy {
+                to(b2, 2);
+                to(g2, 3);
+            }
         }
         net.ex(&format!("{name}.param_grads_out"), trs)?;
         Ok(dx)
     }));
     Ok((z, delayed))
+}
+
+/// Per-box local copies of a norm's per-channel vectors.
+#[derive(Clone)]
+struct NormLocal {
+    stats: TensorId,
+    gamma: TensorId,
+    beta: TensorId,
+    mu: TensorId,
+    scale: TensorId,
 }

@@ -1,8 +1,8 @@
 //! Channel sums over the boxes (pooling), their gradient, and the channel chunks of
 //! the small fully connected layers.
 
-use super::boxes::{Dist, Part, gather, ranges};
-use super::context::{Contrib, Net, fr};
+use super::boxes::{Dist, Grid, Part, gather, ranges};
+use super::context::{Contrib, Net, SumJob, fr, tiles_of};
 use crate::error::Result;
 use crate::ipu::codelets::Codelet;
 use crate::ipu::graph::TensorId;
@@ -24,7 +24,7 @@ pub(super) fn pool_chunks(
         vs.push((
             p.tile,
             Codelet::channel_sum(p.nb, p.rn * x.w, p.cn, scale),
-            vec![fr(p.t, p.nb * p.rn * x.w * p.cn), fr(t, p.nb * p.cn)],
+            vec![fr(p.t, p.len(x.w)), fr(t, p.nb * p.cn)],
         ));
         ps.push(t);
     }
@@ -32,8 +32,8 @@ pub(super) fn pool_chunks(
     chunk_sums(net, name, x, &ps, chunks, tiles)
 }
 
-/// Per-part `[cn]` vectors `ps` of the boxes of `x` (one image each) summed over the
-/// row ranges into `[N][cc]` per channel range `chunks[j]` on `tiles[j]`.
+/// Per-part `[nb][cn]` vectors `ps` of the boxes of `x` summed over the row ranges
+/// into `[N][cc]` per channel range `chunks[j]` on `tiles[j]`.
 pub(super) fn chunk_sums(
     net: &mut Net,
     name: &str,
@@ -48,22 +48,32 @@ pub(super) fn chunk_sums(
     for (j, &(j0, j1)) in chunks.iter().enumerate() {
         let cc = j1 - j0;
         let out = net.t(format!("{name}.sum{j}"), n * cc, tiles[j])?;
-        let cs = x
-            .parts
-            .iter()
-            .zip(ps)
-            .filter_map(|(p, t)| {
-                let (e0, e1) = (p.c0.max(j0), (p.c0 + p.cn).min(j1));
-                (e0 < e1).then_some(Contrib {
+        let mut cs = Vec::new();
+        let mut mine = Vec::new();
+        for (p, t) in x.parts.iter().zip(ps) {
+            let (e0, e1) = (p.c0.max(j0), (p.c0 + p.cn).min(j1));
+            if e0 >= e1 {
+                continue;
+            }
+            mine.push(p);
+            for i in p.n0..p.n0 + p.nb {
+                cs.push(Contrib {
                     src: *t,
-                    src_off: e0 - p.c0,
+                    src_off: (i - p.n0) * p.cn + e0 - p.c0,
                     row: p.ri,
-                    col: p.n0 * cc + e0 - j0,
+                    col: i * cc + e0 - j0,
                     len: e1 - e0,
-                })
-            })
-            .collect();
-        jobs.push((cs, x.rparts, n * cc, out, tiles[j]));
+                });
+            }
+        }
+        jobs.push(SumJob {
+            contribs: cs,
+            rows: x.rparts(),
+            width: n * cc,
+            out,
+            out_tile: tiles[j],
+            spread: tiles_of(mine),
+        });
         outs.push(out);
     }
     net.sum_rows(name, jobs)?;
@@ -83,7 +93,11 @@ pub(super) fn chunk_dist(
         h: 1,
         w: 1,
         c,
-        rparts: 1,
+        grid: Grid {
+            imgs: vec![(0, n)],
+            rows: vec![(0, 1)],
+            chans: chunks.to_vec(),
+        },
         parts: chunks
             .iter()
             .zip(tiles)
@@ -124,7 +138,7 @@ pub(super) fn unpool(net: &mut Net, name: &str, d: &Dist, like: &Dist, scale: f3
             (
                 p.tile,
                 Codelet::pool_grad(p.nb, p.rn * like.w, p.cn, scale),
-                vec![fr(*l, p.nb * p.cn), fr(q.t, p.nb * p.rn * like.w * p.cn)],
+                vec![fr(*l, p.nb * p.cn), fr(q.t, p.len(like.w))],
             )
         })
         .collect();
@@ -133,8 +147,9 @@ pub(super) fn unpool(net: &mut Net, name: &str, d: &Dist, like: &Dist, scale: f3
 }
 
 /// Channel ranges for a fully connected layer of `rows`×`c` weights: each range's
-/// weight slice within an eighth of the budget.
+/// weight slice within an eighth of the budget, and at most 256 channels per range
+/// (so that a wide layer's products run on several tiles).
 pub(super) fn fc_chunks(net: &Net, rows: usize, c: usize) -> Vec<(usize, usize)> {
-    let per = (net.budget_elems() / 8 / rows.max(1)).max(1);
+    let per = (net.budget_elems() / 8 / rows.max(1)).clamp(1, 256);
     ranges(c, c.div_ceil(per))
 }

@@ -1,7 +1,7 @@
 //! The squeeze-excitation builder.
 
 use super::boxes::{Dist, gather};
-use super::context::{Net, fr, rows_copy, tr, whole_rows};
+use super::context::{Net, SumJob, fr, rows_copy, tr, whole_rows};
 use super::norm::Delayed;
 use super::pool::{chunk_dist, chunk_sums, fc_chunks, pool_chunks, unpool};
 use crate::error::Result;
@@ -23,33 +23,28 @@ pub(super) fn se(
     };
     let chunks = fc_chunks(net, 2 * r, c);
     let k = chunks.len();
-    let w1 = net.param(&format!("{name}.conv_reduce.weight"), c, r, None)?;
-    let b1 = net.param(&format!("{name}.conv_reduce.bias"), 1, r, None)?;
-    let w2 = net.param(&format!("{name}.conv_expand.weight"), r, c, None)?;
-    let b2 = net.param(&format!("{name}.conv_expand.bias"), 1, c, None)?;
+    let w1 = net.param(&format!("{name}.conv_reduce.weight"), c, r)?;
+    let b1 = net.param(&format!("{name}.conv_reduce.bias"), 1, r)?;
+    let w2 = net.param(&format!("{name}.conv_expand.weight"), r, c)?;
+    let b2 = net.param(&format!("{name}.conv_expand.bias"), 1, c)?;
     net.layer(name, "se", (4 * n * c * r + 2 * a.n * a.h * a.w * c) as f64);
-    let tiles: Vec<u32> = (0..k).map(|_| net.tile()).collect();
+    let tiles = net.tiles_for(name, k);
     let hw = (a.h * a.w) as f32;
     let pooled = pool_chunks(net, name, a, &chunks, &tiles, 1.0 / hw)?;
-    let v = |net: &Net, i: usize| net.params[i].value;
-    let (w1v, b1v, w2v, b2v) = (v(net, w1), v(net, b1), v(net, w2), v(net, b2));
-    // Per chunk: slices of the weights and biases (and the delayed scale).
+    // Per chunk: resident slices of the weights and biases (and the delayed scale,
+    // gathered from the norm's chunks).
     let mut trs = Vec::new();
     let mut loc = Vec::new();
     for (j, &(j0, j1)) in chunks.iter().enumerate() {
         let (t, cc) = (tiles[j], j1 - j0);
-        let w1l = net.t(format!("{name}.w1@{j}"), cc * r, t)?;
-        let w2l = net.t(format!("{name}.w2@{j}"), r * cc, t)?;
-        let b1l = net.t(format!("{name}.b1@{j}"), r, t)?;
-        let b2l = net.t(format!("{name}.b2@{j}"), cc, t)?;
-        trs.push(tr(w1v, w1l, Strided::contiguous(j0 * r, 0, cc * r)));
-        trs.push(tr(w2v, w2l, rows_copy(j0, c, 0, cc, r, cc)));
-        trs.push(tr(b1v, b1l, Strided::contiguous(0, 0, r)));
-        trs.push(tr(b2v, b2l, Strided::contiguous(j0, 0, cc)));
-        let sl = match delayed {
+        let w1l = net.weight_copy(w1, t, cc * r, Strided::contiguous(j0 * r, 0, cc * r))?;
+        let w2l = net.weight_copy(w2, t, r * cc, rows_copy(j0, c, 0, cc, r, cc))?;
+        let b1l = net.weight_copy(b1, t, r, Strided::contiguous(0, 0, r))?;
+        let b2l = net.weight_copy(b2, t, cc, Strided::contiguous(j0, 0, cc))?;
+        let sl = match &delayed {
             Some(s) => {
                 let sl = net.t(format!("{name}.s@{j}"), cc, t)?;
-                trs.push(tr(s, sl, Strided::contiguous(j0, 0, cc)));
+                gather(s, 0, 1, 0, 1, j0, cc, sl, &mut trs);
                 Some(sl)
             }
             None => None,
@@ -80,7 +75,7 @@ pub(super) fn se(
     let mut hpre = Vec::new();
     for (j, &t) in tiles.iter().enumerate() {
         let h = net.t(format!("{name}.h{j}"), n * r, t)?;
-        jobs.push((whole_rows(&hp, n * r), k, n * r, h, t));
+        jobs.push(SumJob::on(whole_rows(&hp, n * r), k, n * r, h, t));
         hpre.push(h);
         hs.push(net.t(format!("{name}.h_act{j}"), n * r, t)?);
     }
@@ -140,14 +135,14 @@ pub(super) fn se(
         gl.push(t);
     }
     net.ex(&format!("{name}.gate_broadcast"), trs)?;
-    let out = net.like(&format!("{name}.out"), a)?;
+    let out = net.out_like(&format!("{name}.out"), a)?;
     let vs = a
         .parts
         .iter()
         .zip(&gl)
         .zip(&out.parts)
         .map(|((p, g), o)| {
-            let len = p.nb * p.rn * a.w * p.cn;
+            let len = p.len(a.w);
             (
                 p.tile,
                 Codelet::se_gate(p.nb, p.rn * a.w, p.cn),
@@ -157,7 +152,7 @@ pub(super) fn se(
         .collect();
     net.cs(&format!("{name}.gate"), vs)?;
     let (a, out2, name) = (a.clone(), out.clone(), name.to_string());
-    net.tape.push(Box::new(move |net: &mut Net, dy: Dist| {
+    net.on_backward(Box::new(move |net: &mut Net, dy: Dist| {
         net.layer(
             &name,
             "se",
@@ -168,7 +163,7 @@ pub(super) fn se(
         let mut vs = Vec::new();
         let mut dgl = Vec::new();
         for (((p, g), d), o) in a.parts.iter().zip(&gl).zip(&dy.parts).zip(&dxg.parts) {
-            let len = p.nb * p.rn * a.w * p.cn;
+            let len = p.len(a.w);
             let t = net.t(format!("{name}.dgate@"), p.nb * p.cn, p.tile)?;
             vs.push((
                 p.tile,
@@ -276,7 +271,7 @@ pub(super) fn se(
         let mut dhs = Vec::new();
         for (j, &t) in tiles.iter().enumerate() {
             let s = net.t(format!("{name}.dh_act{j}"), n * r, t)?;
-            jobs.push((whole_rows(&dhp, n * r), k, n * r, s, t));
+            jobs.push(SumJob::on(whole_rows(&dhp, n * r), k, n * r, s, t));
             dhs.push(s);
         }
         net.sum_rows(&format!("{name}.dh"), jobs)?;
@@ -336,7 +331,7 @@ pub(super) fn se(
             .zip(&dp.parts)
             .zip(&da.parts)
             .map(|(((p, x), y), o)| {
-                let len = p.nb * p.rn * a.w * p.cn;
+                let len = p.len(a.w);
                 (
                     p.tile,
                     Codelet::add(len),
