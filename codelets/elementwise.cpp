@@ -145,10 +145,10 @@ public:
   Input<Vector<float>> target;
   Output<Vector<float>> loss;
   Output<Vector<float>> dlogits;
-  unsigned n, k;
+  unsigned n, k, total;
 
   bool compute() {
-    float total = 0.0f;
+    float sum = 0.0f;
     for (unsigned r = 0; r < n; ++r) {
       const float *l = &logits[0] + std::size_t(r) * k;
       float m = l[0];
@@ -160,11 +160,11 @@ public:
       float lse = m + std::log(s);
       for (unsigned j = 0; j < k; ++j) {
         std::size_t i = std::size_t(r) * k + j;
-        total -= target[i] * (l[j] - lse);
-        dlogits[i] = (std::exp(l[j] - lse) - target[i]) / float(n);
+        sum -= target[i] * (l[j] - lse);
+        dlogits[i] = (std::exp(l[j] - lse) - target[i]) / float(total);
       }
     }
-    loss[0] = total / float(n);
+    loss[0] = sum / float(total);
     return true;
   }
 };

@@ -164,6 +164,7 @@ TRAMPOLINE(SoftmaxXent) {
   SoftmaxXent v;
   F(logits, 0) F(target, 1) F(loss, 2) F(dlogits, 3) v.n = p[0];
   v.k = p[1];
+  v.total = p[2];
   RUN_SINGLE
 }
 TRAMPOLINE(ScaledAdd) {

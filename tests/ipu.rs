@@ -1641,7 +1641,12 @@ fn recomputation_trades_memory_for_a_second_forward() {
     assert_eq!(without.1, 0);
     // Every block but the head is recomputed: most of the forward again.
     assert!(with.1 > with.0 / 2 && with.1 <= with.0, "{with:?}");
-    assert_eq!(with.0, without.0);
+    // The forward itself barely changes (a split may differ where weights that are
+    // broadcast at every pass cost one pass more).
+    assert!(
+        (with.0 as f64 / without.0 as f64 - 1.0).abs() < 0.05,
+        "{with:?} {without:?}"
+    );
 }
 
 /// `effnet ipu run --stages 2 --replicas 2 --accumulate 2`: one optimizer step of the
@@ -1718,4 +1723,34 @@ fn the_system_report_is_consistent() {
     assert!(inf.fits);
     assert!(inf.lines.iter().all(|l| l.pass == "fwd"));
     assert!(inf.img_per_s > r.training_img_per_s / cfg.ipus() as f64);
+}
+
+/// The paper's IPU-POD16 system for B0-G16-GN at 224 — 2 stages × 8 replicas,
+/// micro-batch 12, accumulation 8, recomputation, the split at block 3b — fits every
+/// tile of both stage IPUs with its micro-batches in flight (3 on the first stage,
+/// 1 on the second).
+#[test]
+fn the_published_b0_pod16_configuration_fits() {
+    use effnet::arch::ArchConfig;
+    use effnet::ipu::system::{SystemConfig, system_report};
+    let a = ArchConfig::from_name("b0_g16_gn").unwrap();
+    let cfg = SystemConfig::pod16(&a, 224).unwrap();
+    assert_eq!(
+        (
+            cfg.ipus(),
+            cfg.stages,
+            cfg.micro_batch,
+            cfg.accumulation,
+            cfg.global_batch()
+        ),
+        (16, 2, 12, 8, 768)
+    );
+    let r = system_report(&a, 224, &cfg, &Target::mk2(), Precision::F16).unwrap();
+    assert_eq!(r.splits, vec!["blocks.2.1".to_string()]);
+    assert_eq!(r.stages[0].segments.last().unwrap(), "blocks.2.0");
+    for st in &r.stages {
+        assert!(st.fits, "{:?}", st.memory_error);
+    }
+    assert!(r.max_tile_bytes <= Target::mk2().budget_bytes());
+    assert!(r.training_img_per_s > 0.0);
 }

@@ -384,8 +384,15 @@ fn report_system(a: &ReportArgs) -> Result<()> {
         );
         if let Some(i) = &inf {
             println!(
-                "inference on one IPU (estimated): micro-batch {}, {:.1} img/s, fits {}, max {} bytes/tile",
-                i.micro_batch, i.img_per_s, i.fits, i.max_tile_bytes
+                "inference on one IPU (estimated): micro-batch {}, {:.1} img/s, fits {}, max {} bytes/tile{}",
+                i.micro_batch,
+                i.img_per_s,
+                i.fits,
+                i.max_tile_bytes,
+                i.memory_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -554,7 +561,7 @@ fn run_system_step(a: &RunArgs, arch: &ArchConfig, t: &Target) -> Result<f64> {
                 "the replicas disagree after the step".into(),
             ));
         }
-        worst = worst.max(r.max_update_rel_err);
+        worst = worst.max(r.max_update_rel_err).max(r.max_weight_rel_err);
     }
     Ok(worst)
 }

@@ -525,9 +525,14 @@ impl Codelet {
     }
     /// Fields `logits`, `target` (`[n][k]`), `loss` (1), `dlogits`.
     pub fn softmax_xent(n: usize, k: usize) -> Codelet {
+        Codelet::softmax_xent_part(n, k, n)
+    }
+    /// [`Codelet::softmax_xent`] on `n` of a batch's `total` rows: the gradient and
+    /// the loss (a partial sum) are divided by `total`.
+    pub fn softmax_xent_part(n: usize, k: usize, total: usize) -> Codelet {
         Codelet {
             kind: Kind::SoftmaxXent,
-            params: vec![n as u32, k as u32],
+            params: vec![n as u32, k as u32, total as u32],
         }
     }
     /// Fields `w` (InOut), `dw` (`len` each).
@@ -638,7 +643,8 @@ impl Codelet {
             Kind::BiasAct | Kind::BiasActGrad => 3,
             Kind::ChannelSum | Kind::PoolGrad => 4,
             Kind::Add => 1,
-            Kind::SoftmaxXent | Kind::ScaledAdd => 2,
+            Kind::ScaledAdd => 2,
+            Kind::SoftmaxXent => 3,
             Kind::RmsPropTf => 7,
         };
         if self.params.len() != want {
@@ -833,8 +839,8 @@ impl Codelet {
             }
             Kind::SoftmaxXent => {
                 let (n, k) = (self.p(0), self.p(1));
-                if n == 0 || k == 0 {
-                    return bad("empty logits");
+                if n == 0 || k == 0 || self.p(2) < n {
+                    return bad("empty logits, or more rows than the batch");
                 }
                 vec![
                     ("logits", In, n * k),
@@ -1035,9 +1041,12 @@ impl Codelet {
             }
             Kind::NormStats => multi(by_channel(self.p(0) * self.p(1), self.p(2), 2)),
             Kind::ChannelSum => multi(by_channel(self.p(0) * self.p(1), self.p(2), 1)),
+            // The channel sums of each group on the 64-bit path (two fp32 sums per
+            // cycle, a sum and a sum of squares each), then the group's mean and rstd.
             Kind::NormFinalize | Kind::NormGradFinalize => {
                 let (rows, c, cg) = (self.p(0), self.p(1), self.p(2));
-                single(30 + (rows * (c / cg)) as u64 * (20 + 2 * cg as u64))
+                let f32v = t.vec(Precision::F32);
+                single(30 + (rows * (c / cg)) as u64 * (20 + 2 * ceil(cg, f32v)))
             }
             Kind::NormAct => {
                 let g = NormGeom::from_params(&self.params);

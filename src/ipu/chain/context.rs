@@ -101,6 +101,9 @@ pub(super) struct Net {
     pub(super) tape: Vec<Bwd>,
     pub(super) splits: Vec<LayerSplit>,
     pub(super) opts: ChainOpts,
+    /// Weight elements of the convolutions of the stage being built (for the
+    /// resident-copy shares).
+    pub(super) stage_weights: usize,
 }
 
 pub(super) fn fr(t: TensorId, len: usize) -> FieldRef {
@@ -163,6 +166,7 @@ impl Net {
             tape: Vec::new(),
             splits: Vec::new(),
             opts,
+            stage_weights: 0,
         })
     }
     /// Tiles of the IPU.
@@ -273,11 +277,18 @@ impl Net {
         Ok(())
     }
 
-    /// The tile of box `b` of `boxes`: the boxes spread evenly over the IPU, so that
-    /// consecutive layers with the same (or a refined) split find their inputs on
-    /// their own tiles.
-    pub(super) fn box_tile(&self, b: usize, boxes: usize) -> u32 {
-        (b * self.tiles() / boxes.max(1)).min(self.tiles() - 1) as u32
+    /// The tile of box `b` of `grid`: the boxes spread evenly over the IPU from an
+    /// offset that depends only on the grid's shape, so that consecutive layers with
+    /// the same split find their inputs on their own tiles while grids of other
+    /// shapes (small ones especially) do not all start on tile 0.
+    pub(super) fn box_tile(&self, b: usize, grid: &Grid) -> u32 {
+        let t = self.tiles();
+        let boxes = grid.boxes().max(1);
+        let (a, r, c) = (grid.imgs.len(), grid.rows.len(), grid.chans.len());
+        let offset =
+            (a.wrapping_mul(73_856_093) ^ r.wrapping_mul(19_349_663) ^ c.wrapping_mul(83_492_791))
+                % t;
+        ((b * t / boxes + offset) % t) as u32
     }
 
     /// A new Dist `[n][h][w][c]` split by `grid`, its boxes spread over the IPU by
@@ -288,12 +299,11 @@ impl Net {
         (n, h, w, c): (usize, usize, usize, usize),
         grid: Grid,
     ) -> Result<Dist> {
-        let boxes = grid.boxes();
-        let mut parts = Vec::with_capacity(boxes);
+        let mut parts = Vec::with_capacity(grid.boxes());
         for &(n0, n1) in &grid.imgs {
             for (ri, &(r0, r1)) in grid.rows.iter().enumerate() {
                 for &(c0, c1) in &grid.chans {
-                    let tile = self.box_tile(parts.len(), boxes);
+                    let tile = self.box_tile(parts.len(), &grid);
                     let t = self.t(
                         format!("{name}[{n0},{r0},{c0}]"),
                         (n1 - n0) * (r1 - r0) * w * (c1 - c0),
@@ -395,6 +405,26 @@ impl Net {
         self.param_index
             .insert(name.to_string(), self.params.len() - 1);
         Ok(self.params.len() - 1)
+    }
+
+    /// The slice `copy` (`len` elements) of parameter `pi`'s master on `tile`: its
+    /// resident copy, or (`resident` false) a transient tensor filled from the master
+    /// by a transfer added to `trs` (a broadcast when several boxes need it).
+    pub(super) fn weight_slice(
+        &mut self,
+        pi: usize,
+        tile: u32,
+        len: usize,
+        copy: Strided,
+        resident: bool,
+        trs: &mut Vec<Transfer>,
+    ) -> Result<TensorId> {
+        if resident {
+            return self.weight_copy(pi, tile, len, copy);
+        }
+        let t = self.t(format!("{}.slice", self.params[pi].name), len, tile)?;
+        trs.push(tr(self.params[pi].value, t, copy));
+        Ok(t)
     }
 
     /// The resident copy of the region `copy` of parameter `pi`'s master on `tile`

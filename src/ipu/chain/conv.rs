@@ -53,7 +53,7 @@ pub(super) fn conv(
     let grouped = s.groups > 1;
     let depthwise = is_depthwise(&s);
     let wp = net.param(&format!("{name}.weight"), kk * cig, co)?;
-    let grid = choose(net, &s, Some(x))?;
+    let (grid, resident) = choose(net, &s, Some(x))?;
     net.layer(name, kind, s.flops());
     let y = net.dist(&format!("{name}.out"), (d.batch, oh, ow, co), grid)?;
     if net.phase == super::context::Phase::Fwd {
@@ -79,11 +79,13 @@ pub(super) fn conv(
             p.tile,
             &mut trs,
         )?;
-        let wl = net.weight_copy(
+        let wl = net.weight_slice(
             wp,
             p.tile,
             g.w_len(),
             rows_copy(p.c0, co, 0, p.cn, kk * cig, p.cn),
+            resident,
+            &mut trs,
         )?;
         let cd = if depthwise {
             Codelet::dw_vmac(g)
@@ -245,7 +247,7 @@ pub(super) fn conv(
             } else {
                 rows_copy(p.c0 * co, ci * co, 0, p.cn * co, kk, p.cn * co)
             };
-            let wl = net.weight_copy(wp, p.tile, g.w_len(), copy)?;
+            let wl = net.weight_slice(wp, p.tile, g.w_len(), copy, resident, &mut trs)?;
             let cd = if depthwise {
                 Codelet::dw_vmac_bwd_data(g)
             } else {

@@ -120,6 +120,14 @@ pub fn build_stage(
     let first = segs.start == 0;
     let last = segs.end == ns.segments.len();
     let mut net = Net::new(target, precision, eps, opts)?;
+    let steps = ns.segments[segs.start].steps.start..ns.segments[segs.end - 1].steps.end;
+    net.stage_weights = ns.steps[steps]
+        .iter()
+        .map(|s| match s {
+            Step::Conv { shape, .. } => shape.w_len,
+            _ => 0,
+        })
+        .sum();
     let start = ns.segments[segs.start].steps.start;
     let Some(Step::Conv { shape, .. }) = ns.steps[start..]
         .iter()
@@ -132,7 +140,7 @@ pub fn build_stage(
     // The input, laid out like the first convolution's output rows (its images and
     // row ranges; all channels per box), so that its windows are mostly local.
     let d = shape.desc;
-    let g = choose(&net, shape, None)?;
+    let (g, _) = choose(&net, shape, None)?;
     let grid = Grid {
         imgs: g.imgs.clone(),
         rows: super::boxes::ranges(d.in_h, g.rows.len()),
@@ -477,6 +485,13 @@ pub fn build_segment(
         recompute: false,
     };
     let mut net = Net::new(target, precision, eps, opts)?;
+    net.stage_weights = steps
+        .iter()
+        .map(|s| match s {
+            Step::Conv { shape, .. } => shape.w_len,
+            _ => 0,
+        })
+        .sum();
     let input = net.dist("input", (n, h, w, c), Grid::new(n, h, c, n, 1, 1, 1))?;
     let out = run_steps(&mut net, steps, input.clone())?;
     net.phase = Phase::Bwd;

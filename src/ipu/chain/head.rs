@@ -1,11 +1,11 @@
 //! Global pool, classifier and softmax cross-entropy.
 
 use super::boxes::Dist;
-use super::context::{LayerSplit, Net, SumJob, fr, rows_copy, tr, whole_rows};
+use super::context::{Contrib, LayerSplit, Net, SumJob, fr, rows_copy, tr, whole_rows};
 use super::pool::{chunk_dist, fc_chunks, pool_chunks, unpool};
 use crate::error::Result;
 use crate::ipu::codelets::{Codelet, ConvGeom};
-use crate::ipu::graph::{Strided, TensorId};
+use crate::ipu::graph::{FieldRef, Strided, TensorId};
 
 /// Global pool → classifier → softmax cross-entropy; returns (logits, targets, loss).
 pub(super) fn head_loss(
@@ -36,8 +36,14 @@ pub(super) fn head_loss(
         boxes: chunks.len(),
     });
     let tiles = net.tiles_for("classifier", chunks.len());
-    let loss_tile = net.tiles_for("loss", 1)[0];
-    let logits = net.t("logits".into(), n * k, loss_tile)?;
+    // Logits, targets and their gradient by rows (one image per tile).
+    let loss_tiles = net.tiles_for("loss", n);
+    let by_rows = |len: usize| -> Vec<(std::ops::Range<usize>, u32)> {
+        (0..n)
+            .map(|i| (i * len..(i + 1) * len, loss_tiles[i]))
+            .collect()
+    };
+    let logits = net.g.add_tensor_mapped("logits", n * k, by_rows(k))?;
     let mut trs = Vec::new();
     let mut loc = Vec::new();
     for (j, &(j0, j1)) in chunks.iter().enumerate() {
@@ -72,23 +78,36 @@ pub(super) fn head_loss(
     net.cs("classifier.bias", v2)?;
     net.ex("classifier.out", trs)?;
     net.layer("loss", "loss", (5 * n * k) as f64);
-    let targets = net.t("targets".into(), n * k, loss_tile)?;
-    let loss = net.t("loss".into(), 1, loss_tile)?;
-    let dlogits = net.t("dlogits".into(), n * k, loss_tile)?;
+    let targets = net.g.add_tensor_mapped("targets", n * k, by_rows(k))?;
+    let loss = net.t("loss".into(), 1, loss_tiles[0])?;
+    let parts = net.g.add_tensor_mapped("loss.parts", n, by_rows(1))?;
+    let dlogits = net.g.add_tensor_mapped("dlogits", n * k, by_rows(k))?;
     if net.opts.training {
-        net.cs(
-            "loss",
-            vec![(
-                loss_tile,
-                Codelet::softmax_xent(n, k),
-                vec![
-                    fr(logits, n * k),
-                    fr(targets, n * k),
-                    fr(loss, 1),
-                    fr(dlogits, n * k),
-                ],
-            )],
-        )?;
+        let vs = (0..n)
+            .map(|i| {
+                let f = |t: TensorId, len: usize| FieldRef {
+                    tensor: t,
+                    offset: i * len,
+                    len,
+                };
+                (
+                    loss_tiles[i],
+                    Codelet::softmax_xent_part(1, k, n),
+                    vec![f(logits, k), f(targets, k), f(parts, 1), f(dlogits, k)],
+                )
+            })
+            .collect();
+        net.cs("loss", vs)?;
+        let cs = (0..n)
+            .map(|i| Contrib {
+                src: parts,
+                src_off: i,
+                row: i,
+                col: 0,
+                len: 1,
+            })
+            .collect();
+        net.sum_rows("loss", vec![SumJob::on(cs, n, 1, loss, loss_tiles[0])])?;
     }
     let x = x.clone();
     net.on_backward(Box::new(move |net: &mut Net, _: Dist| {

@@ -1,23 +1,35 @@
-//! The whole network as **one program** on the model: stem → every MBConv block →
-//! head conv + norm/act → global pool → classifier → softmax cross-entropy, then the
-//! complete backward (the weight gradient of every layer), each layer fed by the
-//! previous layer's output where it lies on the model's tiles.
+//! The whole network — or one pipeline stage of it — as **one IPU's program**: stem
+//! → every MBConv block → head conv + norm/act → global pool → classifier → softmax
+//! cross-entropy, then the complete backward (the weight gradient of every layer).
 //!
-//! Every activation is a [`Dist`]: boxes of (images, rows, channels) on tiles. A
-//! convolution gathers its input windows (with their halo rows) from the previous
-//! layer's boxes by one exchange and writes its output in its own split, chosen by the
-//! [`Planner`] (output rows × output channels or whole groups, one image per box)
-//! within the tile budget: a layer whose activations do not fit one tile per image is
-//! split over more tiles, never skipped. Norms, activations, squeeze-excitation and
-//! skip additions run in place on the boxes of the convolution before them; their
-//! statistics (per image for GN/LN, over the batch for BN) are partial sums per box,
-//! gathered and reduced on a tile and broadcast back. Parameters (timm names, effnet
-//! layouts, see [`ChainParams`]) live spread over their own tiles; each box receives
-//! the slice it needs; weight-gradient partials are reduced over the boxes in pieces
-//! that fit a tile.
+//! Placement keeps data where the next layer needs it:
+//! - every activation is a [`Dist`]: a regular [`Grid`] of boxes (image ranges × row
+//!   ranges × channel ranges) spread evenly over the IPU's tiles, so that two layers
+//!   with the same split (or one refining the other) find their boxes on the same
+//!   tiles;
+//! - each convolution's output split is chosen (`split`) against the layout its input
+//!   already has, by the codelet estimators of its busiest box plus the exchange its
+//!   input windows need: consecutive layers share a split unless the estimate says a
+//!   change pays; a window that is exactly a local box is read in place, otherwise
+//!   only the parts on other tiles (halo rows, other channel ranges) cross the
+//!   exchange;
+//! - norms, activations, squeeze-excitation and the skip addition run on the boxes of
+//!   the convolution before them — in place for inference (and for the skip addition
+//!   always); their statistics are partial sums per box reduced over the tiles that
+//!   hold them; Proxy Norm's (μ, s) are computed per channel chunk, spread over tiles;
+//! - weights (and norm parameters) stay resident, as copies on the tiles that use
+//!   them; the masters are spread over the tiles and refresh the copies after an
+//!   optimizer step ([`Chain::refresh`]); weight-gradient partials are reduced over the
+//!   tiles that hold them.
 //!
-//! [`build`] builds the graph without any tensor data (sizes and mappings only: what
-//! `effnet ipu report` profiles); [`run`] builds, profiles and executes it.
+//! With recomputation ([`ChainOpts::recompute`]) only each segment's (block's) input
+//! lives from the forward to the backward pass; the segment's forward is built again
+//! at the start of its backward. Memory is accounted with liveness by the graph's
+//! profile.
+//!
+//! [`build`] / [`build_stage`] build the graph without any tensor data (sizes and
+//! mappings only: what `effnet ipu report` profiles); [`run`] builds, profiles and
+//! executes a whole-network step.
 
 mod add;
 mod boxes;

@@ -100,20 +100,58 @@ fn first_part(grid: &Grid) -> Part {
     }
 }
 
+/// Share of a tile's budget the resident weight copies of a stage may take, split
+/// between its convolutions in proportion to their weights; a layer whose copies would
+/// take more broadcasts its weight slices from the masters at every pass instead.
+/// An assumption (the rest of the budget is left to activations, masters, gradients
+/// and optimizer state).
+pub(super) const RESIDENT_SHARE: f64 = 0.35;
+
+/// Whether the weight copies of a box of `w_len` elements (one for inference, a
+/// forward and a backward copy when training) fit layer `s`'s share of the resident
+/// budget.
+fn fits_resident(net: &Net, s: &ConvShape, w_len: usize) -> bool {
+    let copies = if net.opts.training { 2 } else { 1 };
+    let share = s.w_len as f64 / net.stage_weights.max(s.w_len) as f64;
+    let cap = RESIDENT_SHARE * net.g.target.budget_bytes() as f64 * share;
+    (copies * w_len * net.eb()) as f64 <= cap
+}
+
+/// A box in the middle of `grid`'s rows (a full halo on both sides).
+fn middle_part(grid: &Grid) -> Part {
+    let mut p = first_part(grid);
+    let ri = grid.rows.len() / 2;
+    p.r0 = grid.rows[ri].0;
+    p.rn = grid.rows[ri].1 - grid.rows[ri].0;
+    p.ri = ri;
+    p
+}
+
 /// The estimated cycles of the split `grid` of `s` fed from `x` (`None`: an input
-/// laid out to match), or `None` when its busiest box does not fit a quarter of the
-/// tile budget (the rest is left to the activations kept alive around it).
-fn cost(net: &Net, s: &ConvShape, grid: &Grid, x: Option<&Dist>) -> Result<Option<u64>> {
+/// laid out to match) and whether its weights stay resident, or `None` when its
+/// busiest box does not fit a quarter of the tile budget (the rest is left to the
+/// activations kept alive around it).
+fn cost(net: &Net, s: &ConvShape, grid: &Grid, x: Option<&Dist>) -> Result<Option<(u64, bool)>> {
     let t = &net.g.target;
     let p = net.g.precision;
     let est = |c: Codelet| c.estimate(t, p).map(|e| e.cycles);
     let part = first_part(grid);
     let (g, _, _) = out_geom(s, &part);
     let dw = is_depthwise(s);
-    let elems = g.in_len() + g.out_len() + g.w_len();
     let training = net.opts.training;
-    let factor = if training { 3 } else { 1 };
-    if elems * factor > net.budget_elems() / 4 {
+    // The busiest box's footprint: the larger of the first and a middle box (the
+    // first has no halo above it). Training keeps a third of it in flight for the
+    // backward pass; inference holds the window next to the box it was gathered from.
+    let mid = middle_part(grid);
+    let (gm, _, _) = out_geom(s, &mid);
+    let foot = |g: &ConvGeom| {
+        if training {
+            3 * (g.in_len() + g.out_len() + g.w_len())
+        } else {
+            2 * g.in_len() + g.out_len() + g.w_len()
+        }
+    };
+    if foot(&g).max(foot(&gm)) > net.budget_elems() / 4 {
         return Ok(None);
     }
     let mut cycles = if dw {
@@ -141,7 +179,21 @@ fn cost(net: &Net, s: &ConvShape, grid: &Grid, x: Option<&Dist>) -> Result<Optio
         act: 1,
     };
     let ew = est(Codelet::norm_stats(ng.nb, ng.pix, ng.c))? + est(Codelet::norm_act(ng))?;
-    cycles += ew * factor as u64;
+    cycles += ew * if training { 3 } else { 1 };
+    // Weights: resident copies, or a broadcast of the box's slice at every pass
+    // (forward, recomputation, backward).
+    let resident = fits_resident(net, s, g.w_len());
+    if !resident {
+        let passes = if !training {
+            1
+        } else if net.opts.recompute {
+            3
+        } else {
+            2
+        };
+        let bytes = (passes * g.w_len() * net.eb()) as f64;
+        cycles += (bytes / t.exchange_bytes_per_cycle).ceil() as u64;
+    }
     // The input windows: what the busiest of a sample of boxes receives.
     if let Some(x) = x {
         let boxes = grid.boxes();
@@ -160,7 +212,7 @@ fn cost(net: &Net, s: &ConvShape, grid: &Grid, x: Option<&Dist>) -> Result<Optio
                 c0: grid.chans[ci].0,
                 cn: grid.chans[ci].1 - grid.chans[ci].0,
                 ri,
-                tile: net.box_tile(b, boxes),
+                tile: net.box_tile(b, grid),
                 t: crate::ipu::graph::TensorId(0),
             };
             let (qg, i0, icn) = out_geom(s, &q);
@@ -170,19 +222,20 @@ fn cost(net: &Net, s: &ConvShape, grid: &Grid, x: Option<&Dist>) -> Result<Optio
         let bytes = (worst * net.eb()) as f64 * if training { 2.0 } else { 1.0 };
         cycles += (bytes / t.exchange_bytes_per_cycle).ceil() as u64;
     }
-    Ok(Some(cycles))
+    Ok(Some((cycles, resident)))
 }
 
-/// The output split of convolution `s` fed from `x` (see the module documentation);
-/// when no candidate fits, the one with the smallest boxes (the graph's memory check
-/// then names what does not fit).
-pub(super) fn choose(net: &Net, s: &ConvShape, x: Option<&Dist>) -> Result<Grid> {
+/// The output split of convolution `s` fed from `x` (see the module documentation)
+/// and whether its weights stay resident; when no candidate fits, the one with the
+/// smallest boxes, weights broadcast (the graph's memory check then names what does
+/// not fit).
+pub(super) fn choose(net: &Net, s: &ConvShape, x: Option<&Dist>) -> Result<(Grid, bool)> {
     let d = &s.desc;
     let (n, oh, co) = (d.batch, s.out_h, d.out_channels);
     let align = out_align(s);
     let pcs = candidates(co / align);
     let tiles = net.tiles();
-    let mut best: Option<(u64, usize, Grid)> = None;
+    let mut best: Option<(u64, usize, Grid, bool)> = None;
     let mut smallest: Option<(usize, Grid)> = None;
     for pn in candidates(n) {
         for ph in candidates(oh) {
@@ -200,18 +253,18 @@ pub(super) fn choose(net: &Net, s: &ConvShape, x: Option<&Dist>) -> Result<Grid>
                 if smallest.as_ref().is_none_or(|b| elems < b.0) {
                     smallest = Some((elems, grid.clone()));
                 }
-                if let Some(c) = cost(net, s, &grid, x)?
+                if let Some((c, resident)) = cost(net, s, &grid, x)?
                     && best
                         .as_ref()
                         .is_none_or(|b| c < b.0 || (c == b.0 && boxes < b.1))
                 {
-                    best = Some((c, boxes, grid));
+                    best = Some((c, boxes, grid, resident));
                 }
             }
         }
     }
     Ok(best
-        .map(|b| b.2)
-        .or(smallest.map(|s| s.1))
-        .unwrap_or_else(|| Grid::new(n, oh, co, 1, 1, 1, align)))
+        .map(|b| (b.2, b.3))
+        .or(smallest.map(|s| (s.1, false)))
+        .unwrap_or_else(|| (Grid::new(n, oh, co, 1, 1, 1, align), false)))
 }

@@ -28,6 +28,10 @@ use std::collections::VecDeque;
 pub struct SystemRun {
     /// The master weights after the step, by name (replica 0).
     pub masters: Vec<(String, Vec<f32>)>,
+    /// The RMSProp momentum slots after the step, by name (replica 0): after a first
+    /// step from zero momentum, the update itself (`w_before − w_after`, free of the
+    /// rounding of `w`).
+    pub momenta: Vec<(String, Vec<f32>)>,
     /// Whether every replica holds bitwise the same masters after the step.
     pub replicas_agree: bool,
     /// Mean loss over the micro-batches.
@@ -206,9 +210,21 @@ pub fn run_system(
             .collect()
     };
     let masters = masters_of(&engines[0]);
+    let momenta = chains
+        .iter()
+        .zip(&states)
+        .zip(&engines[0])
+        .flat_map(|((ch, ts), e)| {
+            ch.params
+                .iter()
+                .zip(&ts.slots)
+                .map(|(p, sl)| (p.name.clone(), e.read(sl[2]).to_vec()))
+        })
+        .collect();
     let replicas_agree = engines.iter().skip(1).all(|row| masters_of(row) == masters);
     Ok(SystemRun {
         masters,
+        momenta,
         replicas_agree,
         loss: (loss_sum / (reps * a) as f64) as f32,
         stages: chains.iter().map(|c| c.segments.clone()).collect(),
