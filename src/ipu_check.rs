@@ -257,7 +257,6 @@ pub fn check_system(
     let wd = 1e-5;
     // The model's step.
     let loss = if chain::batch_norm(arch) {
-        let n = net.params().len();
         let mut sum: Vec<Vec<f32>> = net
             .params()
             .grads
@@ -286,8 +285,8 @@ pub fn check_system(
         }
         let mb = (cfg.replicas * cfg.accumulation) as f32;
         let store = net.params_mut();
-        for i in 0..n {
-            for (a, b) in store.grads[i].iter_mut().zip(&sum[i]) {
+        for (g, s) in store.grads.iter_mut().zip(&sum) {
+            for (a, b) in g.iter_mut().zip(s) {
                 *a = b / mb;
             }
         }

@@ -175,7 +175,7 @@ impl BlockSpec {
     pub fn gamma_only(&self, which: usize) -> bool {
         which == 3 && self.norm == BlockNorm::LnPn
     }
-    /// Parameter tensors: (name, elements), in the order of [`BlockParams`].
+    /// Parameter tensors: (name, elements), in the order of [`crate::ipu::block::BlockParams`].
     pub fn param_shapes(&self) -> Vec<(&'static str, usize)> {
         let (m, k) = (self.mid(), self.kernel);
         vec![

@@ -147,9 +147,12 @@ pub(super) fn unpool(net: &mut Net, name: &str, d: &Dist, like: &Dist, scale: f3
 }
 
 /// Channel ranges for a fully connected layer of `rows`×`c` weights: each range's
-/// weight slice within an eighth of the budget, and at most 256 channels per range
-/// (so that a wide layer's products run on several tiles).
+/// resident weight slice within an eighth of the tile budget when training (a
+/// thirty-second at inference, whose activation boxes at the published micro-batches
+/// take most of a tile), and at most 256 channels per range (so that a wide layer's
+/// products run on several tiles).
 pub(super) fn fc_chunks(net: &Net, rows: usize, c: usize) -> Vec<(usize, usize)> {
-    let per = (net.budget_elems() / 8 / rows.max(1)).clamp(1, 256);
+    let share = if net.opts.training { 8 } else { 32 };
+    let per = (net.budget_elems() / share / rows.max(1)).clamp(1, 256);
     ranges(c, c.div_ceil(per))
 }

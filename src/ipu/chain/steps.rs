@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::ipu::vocab::{NormSpec, Step};
 
 /// The steps of `arch` from the stem to the head's norm (the classifier is left to
-/// [`build`]), and the number of classes.
+/// [`super::build`]), and the number of classes.
 pub fn steps_of(arch: &ArchConfig, res: usize, batch: usize) -> Result<(Vec<Step>, usize)> {
     let blocks = arch.blocks();
     let mut bi = 0usize;
@@ -112,7 +112,8 @@ fn segment_of(step: &Step) -> String {
     }
 }
 
-/// Cuts `steps` into segments (runs of steps of the same [`segment_of`]).
+/// Cuts `steps` into segments: runs of steps of the same segment name (`stem`,
+/// `blocks.{stage}.{index}`, `head`, from the step names).
 pub fn segments(steps: &[Step]) -> Vec<NetSegment> {
     let mut v: Vec<NetSegment> = Vec::new();
     for (i, s) in steps.iter().enumerate() {
