@@ -81,8 +81,9 @@ pub struct Target {
     /// assumption.
     pub on_tile_copy_bytes_per_cycle: f64,
     /// Bandwidth of one IPU-Link in bytes per second, each direction. Provenance:
-    /// GC200 product brief, 10 IPU-Links per IPU with 320 GB/s chip-to-chip bandwidth
-    /// in all, i.e. 32 GB/s per link (DESIGN.md, "The IPU execution model").
+    /// Graphcore's GC200 / IPU-M2000 product brief, 10 IPU-Links per IPU with 320 GB/s
+    /// chip-to-chip bandwidth in all, i.e. 32 GB/s per link (a hardware fact, recorded
+    /// in BENCHMARKS.md, "IPU-POD16 system model").
     pub ipu_link_bytes_per_s: f64,
     /// IPU-Links that carry one pipeline transfer between the IPUs of two adjacent
     /// stages (the stage IPUs of a replica are neighbours in one IPU-M2000). Assumption:
