@@ -1742,6 +1742,25 @@ fn the_published_b0_pod16_configuration_fits() {
         ),
         (16, 2, 12, 8, 768)
     );
+    // Half resolution (160 for B0): micro-batch 24, accumulation 4, same global batch.
+    let half = SystemConfig::pod16(&ArchConfig::from_name("b0_g16_lnpn").unwrap(), 160).unwrap();
+    assert_eq!(
+        (
+            half.stages,
+            half.replicas,
+            half.micro_batch,
+            half.accumulation
+        ),
+        (2, 8, 24, 4)
+    );
+    assert_eq!(half.global_batch(), 768);
+    // B2–B5: 4 stages x 4 replicas (B5: micro-batch 2, accumulation 96).
+    for (name, res) in [("b2_g16_gn", 260), ("b5_g16_gn", 456)] {
+        let c = SystemConfig::pod16(&ArchConfig::from_name(name).unwrap(), res).unwrap();
+        assert_eq!((c.stages, c.replicas, c.ipus()), (4, 4, 16), "{name}");
+    }
+    let b5 = SystemConfig::pod16(&ArchConfig::from_name("b5_g16_gn").unwrap(), 456).unwrap();
+    assert_eq!((b5.micro_batch, b5.accumulation), (2, 96));
     let r = system_report(&a, 224, &cfg, &Target::mk2(), Precision::F16).unwrap();
     assert_eq!(r.splits, vec!["blocks.2.1".to_string()]);
     assert_eq!(r.stages[0].segments.last().unwrap(), "blocks.2.0");

@@ -161,4 +161,3 @@ pub fn write_png_rows(path: &Path, pics: &[TilePicture]) -> Result<()> {
     std::fs::write(path, encode_png(w, h, &px))?;
     Ok(())
 }
-
