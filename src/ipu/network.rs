@@ -361,8 +361,8 @@ fn train_reserved(ls: &[Layer], target: &Target, precision: Precision) -> Result
     Ok(reserved)
 }
 
-/// The estimated report of `arch` from the planner's per-layer plans (the default of
-/// `effnet ipu report`): every layer planned on its own for training (forward +
+/// The estimated report of `arch` from the planner's per-layer plans
+/// (`effnet ipu report --layers`): every layer planned on its own for training (forward +
 /// backward, with the saved activations, weights, gradients and optimizer state spread
 /// evenly and reserved on every tile) and for inference (weights reserved); exchange
 /// is each layer's own input gather. Compare [`report`], which builds the whole step
@@ -392,14 +392,11 @@ pub fn report_planned(
 /// only, no tensor data) and profiled — per layer and pass its tiles, the peak live
 /// bytes on its busiest tile (everything resident then: saved activations, weights,
 /// the layer's own tensors) and its cycles; the inference figures from the forward
-/// program alone (`effnet ipu report --graph`). A first check names the saved
-/// activations when even an even spread of them (plus weights, gradients and
-/// optimizer state) cannot fit.
-///
-/// Limits today: the chain hands tiles out in order (wrapping around on large
-/// networks) and gathers every layer's input windows by exchange, so large networks
-/// (B0 at batch 8) can exceed a tile's budget and exchange dominates the cycles;
-/// [`report_planned`] gives the per-layer planner's figures.
+/// program alone. One IPU, no pipeline or replicas: the system of
+/// `effnet ipu report` is [`crate::ipu::system::system_report`]. A first check names the
+/// saved activations when even an even spread of them (plus weights, gradients and
+/// optimizer state) cannot fit; [`report_planned`] gives the per-layer planner's
+/// figures.
 pub fn report(
     arch: &ArchConfig,
     res: usize,
