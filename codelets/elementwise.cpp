@@ -145,10 +145,10 @@ public:
   Input<Vector<float>> target;
   Output<Vector<float>> loss;
   Output<Vector<float>> dlogits;
-  unsigned n, k;
+  unsigned n, k, total;
 
   bool compute() {
-    float total = 0.0f;
+    float sum = 0.0f;
     for (unsigned r = 0; r < n; ++r) {
       const float *l = &logits[0] + std::size_t(r) * k;
       float m = l[0];
@@ -160,11 +160,11 @@ public:
       float lse = m + std::log(s);
       for (unsigned j = 0; j < k; ++j) {
         std::size_t i = std::size_t(r) * k + j;
-        total -= target[i] * (l[j] - lse);
-        dlogits[i] = (std::exp(l[j] - lse) - target[i]) / float(n);
+        sum -= target[i] * (l[j] - lse);
+        dlogits[i] = (std::exp(l[j] - lse) - target[i]) / float(total);
       }
     }
-    loss[0] = total / float(n);
+    loss[0] = sum / float(total);
     return true;
   }
 };
@@ -182,6 +182,39 @@ public:
     workerRange(w.size(), workerId, numWorkers(), lo, hi);
     for (unsigned i = lo; i < hi; ++i)
       w[i] += scale * dw[i];
+    return true;
+  }
+};
+
+// One TensorFlow-RMSProp step on an fp32 master slice (ε inside the square root,
+// L2 weight decay): g' = gradScale·g + wd·w ; ms = ρ·ms + (1−ρ)·g'² ;
+// mom = μ·mom + lr·g'/√(ms + ε) ; w −= mom. `g` is the accumulated gradient of the
+// global batch, `gradScale` its 1 / (micro-batches · replicas); the step consumes it
+// (leaves zeros for the next accumulation). Workers split the elements.
+class RmsPropTf : public MultiVertex {
+public:
+  InOut<Vector<float>> w;
+  InOut<Vector<float>> g;
+  InOut<Vector<float>> ms;
+  InOut<Vector<float>> mom;
+  unsigned lrBits, decayBits, momentumBits, epsBits, wdBits, gradScaleBits;
+
+  bool compute(unsigned workerId) {
+    float lr = bitsToFloat(lrBits), rho = bitsToFloat(decayBits);
+    float mu = bitsToFloat(momentumBits), eps = bitsToFloat(epsBits);
+    float wd = bitsToFloat(wdBits), gs = bitsToFloat(gradScaleBits);
+    unsigned lo, hi;
+    workerRange(w.size(), workerId, numWorkers(), lo, hi);
+    for (unsigned i = lo; i < hi; ++i) {
+      float gv = gs * g[i] + wd * w[i];
+      g[i] = 0.0f;
+      float m = rho * ms[i] + (1.0f - rho) * (gv * gv);
+      ms[i] = m;
+      float step = lr * gv / std::sqrt(m + eps);
+      float v = mu * mom[i] + step;
+      mom[i] = v;
+      w[i] -= v;
+    }
     return true;
   }
 };

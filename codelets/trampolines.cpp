@@ -164,10 +164,21 @@ TRAMPOLINE(SoftmaxXent) {
   SoftmaxXent v;
   F(logits, 0) F(target, 1) F(loss, 2) F(dlogits, 3) v.n = p[0];
   v.k = p[1];
+  v.total = p[2];
   RUN_SINGLE
 }
 TRAMPOLINE(ScaledAdd) {
   ScaledAdd v;
   F(w, 0) F(dw, 1) v.scaleBits = p[0];
+  RUN_MULTI
+}
+TRAMPOLINE(RmsPropTf) {
+  RmsPropTf v;
+  F(w, 0) F(g, 1) F(ms, 2) F(mom, 3) v.lrBits = p[0];
+  v.decayBits = p[1];
+  v.momentumBits = p[2];
+  v.epsBits = p[3];
+  v.wdBits = p[4];
+  v.gradScaleBits = p[5];
   RUN_MULTI
 }

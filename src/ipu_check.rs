@@ -8,7 +8,7 @@
 use crate::arch::ArchConfig;
 use crate::error::Result;
 use crate::ipu::Target;
-use crate::ipu::chain::{self, ChainParams, ChainResult};
+use crate::ipu::chain::{self, ChainOpts, ChainParams, ChainResult};
 use crate::kernels::loss::Targets;
 use crate::model::network::{Network, Pass};
 use crate::model::params::{ParamKind, ParamStore};
@@ -103,6 +103,21 @@ pub fn check(
     target: &Target,
     seed: u64,
 ) -> Result<CheckResult> {
+    check_with(arch, res, batch, target, seed, ChainOpts::default())
+}
+
+/// [`check`] with the chain built for `opts` (recomputation on or off).
+///
+/// # Errors
+/// As [`check`].
+pub fn check_with(
+    arch: &ArchConfig,
+    res: usize,
+    batch: usize,
+    target: &Target,
+    seed: u64,
+    opts: ChainOpts,
+) -> Result<CheckResult> {
     let mut net = Network::new(arch, seed)?;
     perturb(net.params_mut(), seed);
     let params = chain_params(net.params());
@@ -122,7 +137,7 @@ pub fn check(
         0.0,
         &Pass::deterministic_train(),
     )?;
-    let ipu = chain::run(arch, res, batch, target, &params, &x, &labels)?;
+    let ipu = chain::run(arch, res, batch, target, opts, &params, &x, &labels)?;
     let mut lines = vec![
         CheckLine {
             tensor: "logits".into(),
@@ -168,6 +183,211 @@ pub fn check(
     Ok(CheckResult {
         lines,
         max_rel_err,
+        ipu,
+        loss,
+    })
+}
+
+/// One parameter tensor after the optimizer step, IPU system against the SIMD model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepLine {
+    /// Parameter name.
+    pub tensor: String,
+    /// `‖Δw_ipu − Δw_simd‖₂ / ‖Δw_simd‖₂`: the update's relative error, from the
+    /// RMSProp momentum slots (after a first step from zero momentum, the update
+    /// itself, free of the rounding of `w`; the denominator at least 1e-2 of the RMS
+    /// norm of the model's updates).
+    pub update_rel_err: f64,
+    /// `‖w_ipu − w_simd‖₂ / ‖w_simd‖₂` after the step.
+    pub weight_rel_err: f64,
+}
+
+/// The comparison of one optimizer step of the system with the SIMD model's step on
+/// the same global batch.
+#[derive(Clone, Debug)]
+pub struct StepCheck {
+    /// Per trainable parameter.
+    pub lines: Vec<StepLine>,
+    /// The largest update error.
+    pub max_update_rel_err: f64,
+    /// The largest weight error.
+    pub max_weight_rel_err: f64,
+    /// The system's run.
+    pub ipu: crate::ipu::system::exec::SystemRun,
+    /// The model's loss over the global batch.
+    pub loss: f32,
+}
+
+/// One optimizer step of `arch` at `res` on the IPU system `cfg` (pipelined over
+/// `cfg.stages` IPUs, `cfg.replicas` replicas, `cfg.accumulation` micro-batches of
+/// `cfg.micro_batch` each, recomputation as `cfg.recompute`), executed through the
+/// codelets, against the model layer's step (SIMD kernels) on the same global batch:
+/// the loss and gradients over the whole batch at once (per micro-batch and averaged
+/// for BatchNorm, whose statistics are per micro-batch on the IPU), then the paper's
+/// RMSProp (weight decay 1e-5 on convolution and dense weights, learning rate
+/// `2⁻¹⁴ · global batch`). Every trainable parameter is compared after the step.
+///
+/// # Errors
+/// As [`Network::new`], [`Network::loss_and_grad`] and
+/// [`crate::ipu::system::exec::run_system`].
+pub fn check_system(
+    arch: &ArchConfig,
+    res: usize,
+    cfg: &crate::ipu::system::SystemConfig,
+    target: &Target,
+    seed: u64,
+) -> Result<StepCheck> {
+    use crate::ipu::system::exec::{micro_batch_range, run_system};
+    use crate::ipu::system::train_state::RmsHyper;
+    use crate::model::optim::{Optimizer, OptimizerKind};
+    let g = cfg.global_batch();
+    let mut net = Network::new(arch, seed)?;
+    perturb(net.params_mut(), seed);
+    let params = chain_params(net.params());
+    let rng = CounterRng::new(seed, 0x1C);
+    let img = res * res * 3;
+    let x: Vec<f32> = (0..g * img)
+        .map(|i| 2.0 * rng.uniform(i as u64) - 1.0)
+        .collect();
+    let k = arch.num_classes;
+    let labels: Vec<usize> = (0..g)
+        .map(|i| (rng.u64_at((1 << 40) + i as u64) % k as u64) as usize)
+        .collect();
+    let lr = g as f32 / 16384.0;
+    let wd = 1e-5;
+    // The model's step.
+    let loss = if chain::batch_norm(arch) {
+        let mut sum: Vec<Vec<f32>> = net
+            .params()
+            .grads
+            .iter()
+            .map(|v| vec![0.0; v.len()])
+            .collect();
+        let mut loss = 0.0f64;
+        for r in 0..cfg.replicas {
+            for a in 0..cfg.accumulation {
+                let m = micro_batch_range(cfg, r, a);
+                let (l, _) = net.loss_and_grad(
+                    &x[m.start * img..m.end * img],
+                    cfg.micro_batch,
+                    res,
+                    Targets::Labels(&labels[m]),
+                    0.0,
+                    &Pass::deterministic_train(),
+                )?;
+                loss += l as f64;
+                for (s, gr) in sum.iter_mut().zip(&net.params().grads) {
+                    for (a, b) in s.iter_mut().zip(gr) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+        let mb = (cfg.replicas * cfg.accumulation) as f32;
+        let store = net.params_mut();
+        for (g, s) in store.grads.iter_mut().zip(&sum) {
+            for (a, b) in g.iter_mut().zip(s) {
+                *a = b / mb;
+            }
+        }
+        (loss / mb as f64) as f32
+    } else {
+        net.loss_and_grad(
+            &x,
+            g,
+            res,
+            Targets::Labels(&labels),
+            0.0,
+            &Pass::deterministic_train(),
+        )?
+        .0
+    };
+    let decays: std::collections::HashSet<String> = net
+        .params()
+        .infos()
+        .iter()
+        .filter(|i| i.kind.decays())
+        .map(|i| i.name.clone())
+        .collect();
+    let mut opt = Optimizer::new(OptimizerKind::paper_rmsprop(), wd, net.params());
+    opt.step(net.params_mut(), lr, |_| true)?;
+    // The system's step.
+    let mut h = RmsHyper::paper(lr);
+    h.weight_decay = wd;
+    let ipu = run_system(
+        arch,
+        res,
+        cfg,
+        target,
+        &h,
+        &|n| decays.contains(n),
+        &params,
+        &x,
+        &labels,
+    )?;
+    let store = net.params();
+    let state = opt.state(store);
+    let sq = |v: &mut dyn Iterator<Item = f64>| v.map(|a| a * a).sum::<f64>();
+    let moms: Vec<&[f32]> = ipu
+        .masters
+        .iter()
+        .map(|(name, _)| {
+            state
+                .get(&format!("optim.momentum.{name}"))
+                .map(|t| t.data.as_slice())
+                .ok_or_else(|| {
+                    crate::Error::InvalidArgument(format!("the model has no momentum for {name}"))
+                })
+        })
+        .collect::<Result<_>>()?;
+    let rms = (moms
+        .iter()
+        .map(|d| sq(&mut d.iter().map(|&a| a as f64)))
+        .sum::<f64>()
+        / moms.len().max(1) as f64)
+        .sqrt();
+    let mut lines = Vec::new();
+    for (((name, w), (_, mom)), want_mom) in ipu.masters.iter().zip(&ipu.momenta).zip(&moms) {
+        let i = store.find(name).ok_or_else(|| {
+            crate::Error::InvalidArgument(format!("the model has no parameter {name}"))
+        })?;
+        let want = &store.values[i];
+        if w.len() != want.len() || mom.len() != want_mom.len() {
+            return Err(crate::Error::InvalidArgument(format!(
+                "{name}: sizes differ"
+            )));
+        }
+        let diff = sq(&mut w.iter().zip(want).map(|(a, b)| *a as f64 - *b as f64)).sqrt();
+        let mdiff = sq(&mut mom
+            .iter()
+            .zip(*want_mom)
+            .map(|(a, b)| *a as f64 - *b as f64))
+        .sqrt();
+        let upd_den = sq(&mut want_mom.iter().map(|&a| a as f64))
+            .sqrt()
+            .max(1e-2 * rms);
+        lines.push(StepLine {
+            tensor: name.clone(),
+            update_rel_err: if upd_den > 0.0 {
+                mdiff / upd_den
+            } else {
+                mdiff
+            },
+            weight_rel_err: diff / sq(&mut want.iter().map(|&a| a as f64)).sqrt().max(1e-30),
+        });
+    }
+    let fold = |f: fn(&StepLine) -> f64| {
+        lines.iter().map(f).fold(
+            0.0,
+            |a: f64, b| if b.is_nan() { f64::INFINITY } else { a.max(b) },
+        )
+    };
+    let max_update_rel_err = fold(|l| l.update_rel_err);
+    let max_weight_rel_err = fold(|l| l.weight_rel_err);
+    Ok(StepCheck {
+        lines,
+        max_update_rel_err,
+        max_weight_rel_err,
         ipu,
         loss,
     })

@@ -4,18 +4,24 @@
 use clap::{Args, Subcommand};
 use effnet::arch::ArchConfig;
 use effnet::ipu::network;
+use effnet::ipu::picture::TilePicture;
+use effnet::ipu::system::{SystemConfig, inference_micro_batch, inference_report, system_report};
 use effnet::ipu::{Precision, Target};
 use effnet::{Error, Result};
 
 /// `effnet ipu …`.
 #[derive(Subcommand, Debug)]
 pub enum IpuCommand {
-    /// Per-layer estimated cycles, tiles and memory of a planned network, and the
-    /// estimated images per second on one IPU.
+    /// The training system built as graphs (one per pipeline stage) and profiled:
+    /// per-layer estimated cycles, tiles and memory, the step's cycle split and the
+    /// estimated images per second (`--system pod16`: the paper's IPU-POD16
+    /// configuration), and inference on one IPU; `--layers`: the per-layer planner.
     Report(ReportArgs),
     /// Runs one training step of the whole network (stem, blocks, head, pool,
     /// classifier, loss, complete backward) chained through the codelets on the model
-    /// and compares it with the SIMD kernels of the model layer.
+    /// and compares it with the SIMD kernels of the model layer; with `--stages`,
+    /// `--replicas` or `--accumulate`, one optimizer step of the pipelined,
+    /// replicated, accumulating system against the model's step.
     Run(RunArgs),
 }
 
@@ -29,9 +35,36 @@ pub struct ReportArgs {
     /// Input resolution.
     #[arg(long, default_value_t = 224)]
     res: usize,
-    /// Images per batch on the IPU.
+    /// Images per batch on one IPU (`--system one`, and `--layers`).
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// The system: `one` (one IPU, micro-batch --batch) or `pod16` (the paper's
+    /// IPU-POD16 configuration of the network at this resolution).
+    #[arg(long, default_value = "one")]
+    system: String,
+    /// Pipeline stages (overrides the system's).
+    #[arg(long)]
+    stages: Option<usize>,
+    /// Data-parallel replicas (overrides the system's).
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// Images per micro-batch (overrides the system's).
+    #[arg(long)]
+    micro_batch: Option<usize>,
+    /// Micro-batches accumulated per optimizer step (overrides the system's).
+    #[arg(long)]
+    accumulate: Option<usize>,
+    /// Pipeline split points (segment names such as blocks.2.1, comma-separated;
+    /// overrides the system's; empty with --stages: balanced by the planner).
+    #[arg(long)]
+    split: Option<String>,
+    /// Keep every activation for the backward pass instead of recomputing each block.
+    #[arg(long)]
+    no_recompute: bool,
+    /// Micro-batch of the inference estimate on one IPU (default: the published one,
+    /// 49 for G1 and 106 for G16 networks); 0 skips it.
+    #[arg(long)]
+    inference_batch: Option<usize>,
     /// mk2 or bow.
     #[arg(long, default_value = "mk2")]
     target: String,
@@ -41,11 +74,13 @@ pub struct ReportArgs {
     /// Overrides a target constant, e.g. --set sync_cycles=300 (repeatable).
     #[arg(long)]
     set: Vec<String>,
-    /// Profile the whole training step built as one graph (`ipu::chain`: real tile
-    /// mappings, liveness, exchanges) instead of the per-layer planner estimates; large
-    /// networks may not fit yet (tiles are handed out in order)
+    /// The per-layer planner's estimates (each layer planned alone on a fresh IPU)
+    /// instead of the built system.
     #[arg(long)]
-    graph: bool,
+    layers: bool,
+    /// Writes a PNG of the per-tile memory and cycles, one row per stage IPU.
+    #[arg(long)]
+    picture: Option<std::path::PathBuf>,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -85,6 +120,21 @@ pub struct RunArgs {
     /// PNG file for the per-tile picture.
     #[arg(long)]
     picture: Option<std::path::PathBuf>,
+    /// Pipeline stages of the system step (with --replicas/--accumulate: runs one
+    /// optimizer step of the system, with and without recomputation, against the
+    /// model's step on the same global batch of batch × replicas × accumulate
+    /// images).
+    #[arg(long)]
+    stages: Option<usize>,
+    /// Data-parallel replicas of the system step.
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// Micro-batches accumulated per optimizer step of the system step.
+    #[arg(long)]
+    accumulate: Option<usize>,
+    /// Runs the system step only without recomputation (default: both).
+    #[arg(long)]
+    no_recompute: bool,
 }
 
 fn target(name: &str, sets: &[String]) -> Result<Target> {
@@ -114,14 +164,251 @@ pub fn run(c: &IpuCommand) -> Result<()> {
 }
 
 fn report(a: &ReportArgs) -> Result<()> {
+    if a.layers {
+        report_layers(a)
+    } else {
+        report_system(a)
+    }
+}
+
+/// The system configuration the report arguments ask for.
+fn system_config(a: &ReportArgs, arch: &ArchConfig) -> Result<SystemConfig> {
+    let mut cfg = match a.system.as_str() {
+        "one" => SystemConfig::one_ipu(a.batch),
+        "pod16" => SystemConfig::pod16(arch, a.res)?,
+        s => {
+            return Err(Error::InvalidArgument(format!(
+                "--system {s:?} (one, pod16)"
+            )));
+        }
+    };
+    if let Some(v) = a.stages {
+        if v != cfg.stages {
+            cfg.splits.clear();
+        }
+        cfg.stages = v;
+    }
+    if let Some(v) = a.replicas {
+        cfg.replicas = v;
+    }
+    if let Some(v) = a.micro_batch {
+        cfg.micro_batch = v;
+    }
+    if let Some(v) = a.accumulate {
+        cfg.accumulation = v;
+    }
+    if let Some(s) = &a.split {
+        cfg.splits = s
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect();
+    }
+    if a.no_recompute {
+        cfg.recompute = false;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn report_system(a: &ReportArgs) -> Result<()> {
     let arch = ArchConfig::from_name(&a.arch)?;
     let t = target(&a.target, &a.set)?;
     let p = precision(&a.precision)?;
-    let r = if a.graph {
-        network::report(&arch, a.res, a.batch, &t, p)?
+    let cfg = system_config(a, &arch)?;
+    let r = system_report(&arch, a.res, &cfg, &t, p)?;
+    let ib = a
+        .inference_batch
+        .unwrap_or_else(|| inference_micro_batch(&arch));
+    let inf = if ib > 0 {
+        Some(inference_report(&arch, a.res, ib, &t, p)?)
     } else {
-        network::report_planned(&arch, a.res, a.batch, &t, p)?
+        None
     };
+    if !a.json {
+        println!(
+            "# {} at {}x{} on {} IPU(s): {} stage(s) x {} replica(s), micro-batch {}, accumulation {}, recompute {}, split at {:?}; target {} ({:.2} GHz), {:?}: ESTIMATED cycles (host model, not hardware)",
+            a.arch,
+            a.res,
+            a.res,
+            cfg.ipus(),
+            cfg.stages,
+            cfg.replicas,
+            cfg.micro_batch,
+            cfg.accumulation,
+            cfg.recompute,
+            r.splits,
+            t.name,
+            t.clock_hz / 1e9,
+            p
+        );
+        println!(
+            "{:<5} {:<30} {:<10} {:<9} {:>6} {:>10} {:>12} {:>10} {:>8} {:>12}",
+            "stage",
+            "layer",
+            "kind",
+            "pass",
+            "tiles",
+            "max_bytes",
+            "compute",
+            "exchange",
+            "sync",
+            "flops"
+        );
+    }
+    for st in &r.stages {
+        for l in &st.lines {
+            let c = &l.cycles;
+            if a.json {
+                println!(
+                    "{{\"stage\": {}, \"layer\": \"{}\", \"kind\": \"{}\", \"pass\": \"{}\", \"tiles\": {}, \"max_tile_bytes\": {}, \"compute_cycles\": {}, \"exchange_cycles\": {}, \"sync_cycles\": {}, \"flops\": {:.0}}}",
+                    l.stage,
+                    l.layer,
+                    l.kind,
+                    l.pass,
+                    l.tiles,
+                    l.max_tile_bytes,
+                    c.compute,
+                    c.exchange,
+                    c.sync,
+                    l.flops
+                );
+            } else {
+                println!(
+                    "{:<5} {:<30} {:<10} {:<9} {:>6} {:>10} {:>12} {:>10} {:>8} {:>12.3e}",
+                    l.stage,
+                    l.layer,
+                    l.kind,
+                    l.pass,
+                    l.tiles,
+                    l.max_tile_bytes,
+                    c.compute,
+                    c.exchange,
+                    c.sync,
+                    l.flops
+                );
+            }
+        }
+    }
+    let s = &r.step;
+    let stage_json: Vec<String> = r
+        .stages
+        .iter()
+        .map(|st| {
+            format!(
+                "{{\"segments\": [{}], \"in_flight\": {}, \"fits\": {}, \"max_tile_bytes\": {}, \"fwd_cycles\": {}, \"bwd_cycles\": {}, \"update_cycles\": {}, \"memory_error\": {}}}",
+                st.segments.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", "),
+                st.in_flight,
+                st.fits,
+                st.max_tile_bytes,
+                st.timing.fwd.total(),
+                st.timing.bwd.total(),
+                st.timing.update.total(),
+                st.memory_error
+                    .as_ref()
+                    .map(|e| format!("\"{}\"", e.replace('"', "'")))
+                    .unwrap_or_else(|| "null".into())
+            )
+        })
+        .collect();
+    let (ib, ifits, iips, ibytes) = match &inf {
+        Some(i) => (i.micro_batch, i.fits, i.img_per_s, i.max_tile_bytes),
+        None => (0, false, 0.0, 0),
+    };
+    if a.json {
+        println!(
+            "{{\"layer\": \"total\", \"estimated\": true, \"arch\": \"{}\", \"res\": {}, \"system\": \"{}\", \"ipus\": {}, \"replicas\": {}, \"stages\": {}, \"micro_batch\": {}, \"accumulation\": {}, \"global_batch\": {}, \"recompute\": {}, \"splits\": [{}], \"fits\": {}, \"max_tile_bytes\": {}, \"budget_bytes\": {}, \"training_img_per_s\": {:.1}, \"step_cycles\": {}, \"compute_cycles\": {}, \"exchange_cycles\": {}, \"inter_ipu_cycles\": {}, \"allreduce_cycles\": {}, \"sync_cycles\": {}, \"pipeline_steps\": {}, \"stage_detail\": [{}], \"inference_micro_batch\": {}, \"inference_fits\": {}, \"inference_max_tile_bytes\": {}, \"inference_img_per_s\": {:.1}, \"provenance\": \"{}\"}}",
+            a.arch,
+            a.res,
+            a.system,
+            cfg.ipus(),
+            cfg.replicas,
+            cfg.stages,
+            cfg.micro_batch,
+            cfg.accumulation,
+            cfg.global_batch(),
+            cfg.recompute,
+            r.splits
+                .iter()
+                .map(|x| format!("\"{x}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.fits,
+            r.max_tile_bytes,
+            t.budget_bytes(),
+            r.training_img_per_s,
+            s.total(),
+            s.compute,
+            s.exchange,
+            s.inter_ipu,
+            s.allreduce,
+            s.sync,
+            s.pipeline_steps,
+            stage_json.join(", "),
+            ib,
+            ifits,
+            ibytes,
+            iips,
+            cfg.provenance
+        );
+    } else {
+        for (i, st) in r.stages.iter().enumerate() {
+            println!(
+                "stage {i}: {} .. {}, {} micro-batch(es) in flight, fits {}, max {} bytes/tile; fwd {} bwd {} update {} cycles{}",
+                st.segments.first().map(String::as_str).unwrap_or(""),
+                st.segments.last().map(String::as_str).unwrap_or(""),
+                st.in_flight,
+                st.fits,
+                st.max_tile_bytes,
+                st.timing.fwd.total(),
+                st.timing.bwd.total(),
+                st.timing.update.total(),
+                st.memory_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+        println!(
+            "step (estimated): {} cycles = compute {} + exchange {} + inter-IPU {} + all-reduce {} + sync {} over {} pipeline steps; training {:.1} img/s on {} IPUs; fits {}",
+            s.total(),
+            s.compute,
+            s.exchange,
+            s.inter_ipu,
+            s.allreduce,
+            s.sync,
+            s.pipeline_steps,
+            r.training_img_per_s,
+            cfg.ipus(),
+            r.fits
+        );
+        if let Some(i) = &inf {
+            println!(
+                "inference on one IPU (estimated): micro-batch {}, {:.1} img/s, fits {}, max {} bytes/tile{}",
+                i.micro_batch,
+                i.img_per_s,
+                i.fits,
+                i.max_tile_bytes,
+                i.memory_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(path) = &a.picture {
+        let pics: Vec<TilePicture> = r.stages.iter().map(|s| s.picture.clone()).collect();
+        effnet::ipu::picture::write_png_rows(path, &pics)?;
+        eprintln!("wrote {} ({} stage IPU(s))", path.display(), pics.len());
+    }
+    Ok(())
+}
+
+fn report_layers(a: &ReportArgs) -> Result<()> {
+    let arch = ArchConfig::from_name(&a.arch)?;
+    let t = target(&a.target, &a.set)?;
+    let p = precision(&a.precision)?;
+    let r = network::report_planned(&arch, a.res, a.batch, &t, p)?;
     if !a.json {
         println!(
             "# {} at {}x{}, batch {}, target {} ({:.2} GHz), {:?}: ESTIMATED cycles (host model, not hardware)",
@@ -200,7 +487,9 @@ fn report(a: &ReportArgs) -> Result<()> {
 fn run_model(a: &RunArgs) -> Result<()> {
     let arch = ArchConfig::from_name(&a.arch)?;
     let t = target(&a.target, &a.set)?;
+    let system = a.stages.is_some() || a.replicas.is_some() || a.accumulate.is_some();
     let max_rel_err = match a.oracle.as_str() {
+        "simd" if system => run_system_step(a, &arch, &t)?,
         "simd" => run_chain(a, &arch, &t)?,
         "f64" => run_f64(a, &arch, &t)?,
         o => {
@@ -218,14 +507,73 @@ fn run_model(a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// One optimizer step of the pipelined, replicated, accumulating system against the
+/// model's step (with and without recomputation unless --no-recompute).
+fn run_system_step(a: &RunArgs, arch: &ArchConfig, t: &Target) -> Result<f64> {
+    let mut worst = 0.0f64;
+    let modes: &[bool] = if a.no_recompute {
+        &[false]
+    } else {
+        &[true, false]
+    };
+    for &recompute in modes {
+        let cfg = SystemConfig {
+            stages: a.stages.unwrap_or(1),
+            replicas: a.replicas.unwrap_or(1),
+            micro_batch: a.batch,
+            accumulation: a.accumulate.unwrap_or(1),
+            recompute,
+            splits: Vec::new(),
+            provenance: "effnet ipu run".into(),
+        };
+        let r = effnet::ipu_check::check_system(arch, a.res, &cfg, t, a.seed)?;
+        for l in &r.lines {
+            println!(
+                "{{\"recompute\": {recompute}, \"tensor\": \"{}\", \"update_rel_err\": {:.3e}, \"weight_rel_err\": {:.3e}}}",
+                l.tensor, l.update_rel_err, l.weight_rel_err
+            );
+        }
+        println!(
+            "{{\"recompute\": {recompute}, \"stages\": [{}], \"replicas\": {}, \"accumulation\": {}, \"micro_batch\": {}, \"global_batch\": {}, \"replicas_agree\": {}, \"ipu_loss\": {:.6}, \"simd_loss\": {:.6}, \"max_tile_bytes\": {}, \"max_update_rel_err\": {:.3e}, \"max_weight_rel_err\": {:.3e}}}",
+            r.ipu
+                .stages
+                .iter()
+                .map(|s| format!(
+                    "\"{}..{}\"",
+                    s.first().map(String::as_str).unwrap_or(""),
+                    s.last().map(String::as_str).unwrap_or("")
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.replicas,
+            cfg.accumulation,
+            cfg.micro_batch,
+            cfg.global_batch(),
+            r.ipu.replicas_agree,
+            r.ipu.loss,
+            r.loss,
+            r.ipu.max_tile_bytes,
+            r.max_update_rel_err,
+            r.max_weight_rel_err
+        );
+        if !r.ipu.replicas_agree {
+            return Err(Error::InvalidArgument(
+                "the replicas disagree after the step".into(),
+            ));
+        }
+        worst = worst.max(r.max_update_rel_err).max(r.max_weight_rel_err);
+    }
+    Ok(worst)
+}
+
 /// The whole network chained on the model against the SIMD model layer.
 fn run_chain(a: &RunArgs, arch: &ArchConfig, t: &Target) -> Result<f64> {
     let r = effnet::ipu_check::check(arch, a.res, a.batch, t, a.seed)?;
     let layers = &r.ipu.layers;
     for s in &r.ipu.splits {
         println!(
-            "{{\"layer\": \"{}\", \"row_parts\": {}, \"chan_parts\": {}, \"tiles\": {}}}",
-            s.name, s.row_parts, s.chan_parts, s.boxes
+            "{{\"layer\": \"{}\", \"image_parts\": {}, \"row_parts\": {}, \"chan_parts\": {}, \"tiles\": {}}}",
+            s.name, s.image_parts, s.row_parts, s.chan_parts, s.boxes
         );
     }
     for l in &r.lines {

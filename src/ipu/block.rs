@@ -8,139 +8,13 @@
 //! output gradient). Parameters come in the block layout of [`BlockParams`] and are
 //! converted to and from the chain's named tensors here.
 
-use super::chain::{Step, build_segment, read_dist, write_dist};
-use super::codelets::ProxyScale;
+use super::chain::{build_segment, read_dist, write_dist};
 use super::graph::{Engine, Program};
-use super::network::NormSpec;
 use super::target::{Precision, Target};
+pub use super::vocab::{BlockNorm, BlockSpec};
+use super::vocab::{NormSpec, Step};
 use crate::error::{Error, Result};
 use crate::kernels::conv::{ConvDesc, Padding};
-
-/// The normalization family of a block.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum BlockNorm {
-    /// GroupNorm with this many groups, swish after the first two norms.
-    Gn(usize),
-    /// LayerNorm with Proxy Norm swish after the first two norms; the last norm has
-    /// no activation and no proxy.
-    LnPn,
-}
-
-/// An MBConv block.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct BlockSpec {
-    /// Images.
-    pub batch: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Input channels.
-    pub cin: usize,
-    /// Output channels.
-    pub cout: usize,
-    /// Expansion ratio (1: no expand conv).
-    pub expand: usize,
-    /// Spatial kernel size.
-    pub kernel: usize,
-    /// Spatial stride.
-    pub stride: usize,
-    /// Channels per group of the spatial conv (1 depthwise, 16 G16).
-    pub group_size: usize,
-    /// SE inner channels.
-    pub se: usize,
-    /// Normalization.
-    pub norm: BlockNorm,
-}
-
-impl BlockSpec {
-    /// Expanded width.
-    pub fn mid(&self) -> usize {
-        self.cin * self.expand
-    }
-    /// Output size of the spatial conv (PyTorch-symmetric padding `kernel/2`).
-    pub fn out_hw(&self) -> (usize, usize) {
-        let p = self.kernel / 2;
-        (
-            (self.h + 2 * p - self.kernel) / self.stride + 1,
-            (self.w + 2 * p - self.kernel) / self.stride + 1,
-        )
-    }
-    /// Identity skip.
-    pub fn skip(&self) -> bool {
-        self.stride == 1 && self.cin == self.cout
-    }
-    /// (cg, act, proxy, where the proxy scale goes) of norm 1 (after the
-    /// expansion), 2 (after the spatial conv) and 3 (after the projection), `c`
-    /// channels. Under LN+PN (DESIGN.md, "Proxy Norm"): full scale after the
-    /// expansion, delayed scale after the spatial conv (folded into the SE gate), and
-    /// a γ-only LayerNorm with no activation after the projection.
-    pub fn norm_of(&self, which: usize, c: usize) -> (usize, u32, bool, ProxyScale) {
-        let act = if which < 3 { 1 } else { 0 };
-        let scale = if which == 2 {
-            ProxyScale::Delayed
-        } else {
-            ProxyScale::Full
-        };
-        match self.norm {
-            BlockNorm::Gn(g) => (c / g, act, false, ProxyScale::Full),
-            BlockNorm::LnPn => (c, act, act == 1, scale),
-        }
-    }
-    /// Whether norm `which` has γ only (no β, β', γ'): the projection's LayerNorm
-    /// under Proxy Norm.
-    pub fn gamma_only(&self, which: usize) -> bool {
-        which == 3 && self.norm == BlockNorm::LnPn
-    }
-    /// Parameter tensors: (name, elements), in the order of [`BlockParams`].
-    pub fn param_shapes(&self) -> Vec<(&'static str, usize)> {
-        let (m, k) = (self.mid(), self.kernel);
-        vec![
-            ("w_expand", if self.expand == 1 { 0 } else { self.cin * m }),
-            ("norm1", 4 * m),
-            ("w_spatial", k * k * self.group_size * m),
-            ("norm2", 4 * m),
-            ("se_w1", m * self.se),
-            ("se_b1", self.se),
-            ("se_w2", self.se * m),
-            ("se_b2", m),
-            ("w_project", m * self.cout),
-            (
-                "norm3",
-                if self.gamma_only(3) {
-                    self.cout
-                } else {
-                    4 * self.cout
-                },
-            ),
-        ]
-    }
-    fn validate(&self) -> Result<()> {
-        let m = self.mid();
-        let ok = self.batch > 0
-            && self.h > 0
-            && self.w > 0
-            && self.cin > 0
-            && self.cout > 0
-            && self.expand > 0
-            && self.kernel % 2 == 1
-            && self.stride > 0
-            && self.group_size > 0
-            && m.is_multiple_of(self.group_size)
-            && self.se > 0
-            && match self.norm {
-                BlockNorm::Gn(g) => g > 0 && m.is_multiple_of(g) && self.cout.is_multiple_of(g),
-                BlockNorm::LnPn => true,
-            };
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::InvalidDescriptor(format!(
-                "inconsistent block {self:?}"
-            )))
-        }
-    }
-}
 
 /// Parameters of a block, each a flat vector in the order of
 /// [`BlockSpec::param_shapes`]: convolution weights in the layout of
@@ -338,6 +212,7 @@ pub fn run_block(
             .ok_or_else(|| Error::InvalidArgument(format!("block parameter {} missing", p.name)))?;
         e.write(p.value, v)?;
     }
+    e.run(&seg.refresh)?;
     write_dist(&mut e, &seg.input, x)?;
     write_dist(&mut e, &seg.dout, dout)?;
     e.run(&whole)?;

@@ -9,13 +9,21 @@
 //! - [`codelets`]: the vertex classes, their C trampolines and cycle estimators.
 //! - [`planner`]: splits a layer over the tiles within the memory budget and picks the
 //!   split with the lowest estimated cycles.
+//! - [`vocab`]: the shared vocabulary of the builders (chain steps, the norm after a
+//!   convolution, an MBConv block), so that they depend on it and not on each other.
 //! - [`network`]: any network of [`crate::arch`] (B0–B7, `tiny`, G1/G16, BN/GN/LN+PN)
-//!   as a layer list, and the per-layer estimated report (`effnet ipu report`).
-//! - [`chain`]: the whole network (stem → blocks → head → pool → classifier → loss,
-//!   then the complete backward) as one program, every layer split by the planner
-//!   within the tile budget and fed by the previous layer's output on the tiles
-//!   (`effnet ipu run` compares it with the SIMD model in `crate::ipu_check`;
-//!   `effnet ipu report` profiles it).
+//!   as a layer list, the per-layer planner's report (`effnet ipu report --layers`)
+//!   and the one-IPU report of the built graph.
+//! - [`chain`]: the network (or one pipeline stage of it) as one IPU's graph: stem →
+//!   blocks → head → pool → classifier → loss, then the backward, each block
+//!   recomputed from its input when asked; every activation a grid of boxes spread
+//!   over the tiles, each convolution's split chosen against its input's layout,
+//!   weights resident where they are used (`effnet ipu run` compares it with the SIMD
+//!   model in `crate::ipu_check`).
+//! - [`system`]: the paper's training system — pipeline stages on several IPUs,
+//!   replicas, gradient accumulation, the all-reduce and the optimizer step —
+//!   estimated (`effnet ipu report --system pod16`) and executed (`effnet ipu run
+//!   --stages 2 --replicas 2 --accumulate 2`).
 //! - [`block`]: one MBConv block forward and backward, built from the chain's steps.
 //! - [`run`]: every convolution and every block on random data against the `f64`
 //!   oracles (`effnet ipu run --oracle f64`).
@@ -43,7 +51,9 @@ pub mod picture;
 pub mod planner;
 pub mod reference;
 pub mod run;
+pub mod system;
 pub mod target;
+pub mod vocab;
 
 pub use codelets::{Codelet, ConvGeom, Kind, NormGeom, ProxyScale};
 pub use graph::{Engine, Graph, Program};

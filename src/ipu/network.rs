@@ -5,69 +5,14 @@
 //! adds the normalization, squeeze-excitation, skip, pooling and loss steps between
 //! its convolutions.
 
-use super::block::{BlockNorm, BlockSpec};
 pub use super::codelets::ProxyScale;
 use super::planner::{Cost, Pass, Planner};
 use super::target::{Precision, Target};
+pub use super::vocab::NormSpec;
+use super::vocab::{BlockNorm, BlockSpec};
 use crate::arch::{ArchConfig, LayerRole, NormKind, PaddingMode};
 use crate::error::{Error, Result};
 use crate::kernels::conv::ConvShape;
-/// The normalization after a convolution.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct NormSpec {
-    /// Channels per group (`C/groups` for GN, `C` for LN, 1 for BN).
-    pub cg: usize,
-    /// Per image (GN/LN) or over the batch (BN).
-    pub per_sample: bool,
-    /// Activation after it (0 none, 1 swish).
-    pub act: u32,
-    /// Proxy Norm (a proxy-normalized swish after an LN without affine).
-    pub proxy: bool,
-    /// Where the proxy scale goes (meaningful when `proxy`).
-    pub scale: ProxyScale,
-    /// Whether the norm has a shift β (false for the γ-only LN of the projection
-    /// under Proxy Norm).
-    pub beta: bool,
-}
-
-impl NormSpec {
-    /// The norm of `arch` over `c` channels after a layer of role `role`.
-    pub fn of(arch: &ArchConfig, role: LayerRole, c: usize) -> NormSpec {
-        let project = role == LayerRole::Project;
-        let act = if project { 0 } else { 1 };
-        match arch.norm {
-            NormKind::BatchNorm => NormSpec {
-                cg: 1,
-                per_sample: false,
-                act,
-                proxy: false,
-                scale: ProxyScale::Full,
-                beta: true,
-            },
-            NormKind::GroupNorm { groups } => NormSpec {
-                cg: c / groups.max(1),
-                per_sample: true,
-                act,
-                proxy: false,
-                scale: ProxyScale::Full,
-                beta: true,
-            },
-            NormKind::LayerNormProxy => NormSpec {
-                cg: c,
-                per_sample: true,
-                act,
-                proxy: !project,
-                scale: match role {
-                    LayerRole::Spatial => ProxyScale::Delayed,
-                    LayerRole::Head => ProxyScale::None,
-                    _ => ProxyScale::Full,
-                },
-                beta: !project,
-            },
-        }
-    }
-}
-
 /// One layer of the network.
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -416,8 +361,8 @@ fn train_reserved(ls: &[Layer], target: &Target, precision: Precision) -> Result
     Ok(reserved)
 }
 
-/// The estimated report of `arch` from the planner's per-layer plans (the default of
-/// `effnet ipu report`): every layer planned on its own for training (forward +
+/// The estimated report of `arch` from the planner's per-layer plans
+/// (`effnet ipu report --layers`): every layer planned on its own for training (forward +
 /// backward, with the saved activations, weights, gradients and optimizer state spread
 /// evenly and reserved on every tile) and for inference (weights reserved); exchange
 /// is each layer's own input gather. Compare [`report`], which builds the whole step
@@ -447,14 +392,11 @@ pub fn report_planned(
 /// only, no tensor data) and profiled — per layer and pass its tiles, the peak live
 /// bytes on its busiest tile (everything resident then: saved activations, weights,
 /// the layer's own tensors) and its cycles; the inference figures from the forward
-/// program alone (`effnet ipu report --graph`). A first check names the saved
-/// activations when even an even spread of them (plus weights, gradients and
-/// optimizer state) cannot fit.
-///
-/// Limits today: the chain hands tiles out in order (wrapping around on large
-/// networks) and gathers every layer's input windows by exchange, so large networks
-/// (B0 at batch 8) can exceed a tile's budget and exchange dominates the cycles;
-/// [`report_planned`] gives the per-layer planner's figures.
+/// program alone. One IPU, no pipeline or replicas: the system of
+/// `effnet ipu report` is [`crate::ipu::system::system_report`]. A first check names the
+/// saved activations when even an even spread of them (plus weights, gradients and
+/// optimizer state) cannot fit; [`report_planned`] gives the per-layer planner's
+/// figures.
 pub fn report(
     arch: &ArchConfig,
     res: usize,

@@ -137,3 +137,27 @@ pub fn write_png(path: &Path, pic: &TilePicture) -> Result<()> {
     std::fs::write(path, encode_png(w, h, &px))?;
     Ok(())
 }
+
+/// Renders several pictures (one per IPU) one under the other, a gap between them.
+pub fn render_rows(pics: &[TilePicture]) -> (usize, usize, Vec<u8>) {
+    let parts: Vec<(usize, usize, Vec<u8>)> = pics.iter().map(|p| p.render()).collect();
+    let width = parts.iter().map(|p| p.0).max().unwrap_or(1);
+    let height: usize = parts.iter().map(|p| p.1 + CELL).sum::<usize>().max(1);
+    let mut px = vec![0u8; width * height * 3];
+    let mut y0 = 0;
+    for (w, h, img) in &parts {
+        for y in 0..*h {
+            let row = &img[y * w * 3..(y + 1) * w * 3];
+            px[((y0 + y) * width) * 3..((y0 + y) * width + w) * 3].copy_from_slice(row);
+        }
+        y0 += h + CELL;
+    }
+    (width, height, px)
+}
+
+/// Writes several pictures (one per IPU) as one PNG, one under the other.
+pub fn write_png_rows(path: &Path, pics: &[TilePicture]) -> Result<()> {
+    let (w, h, px) = render_rows(pics);
+    std::fs::write(path, encode_png(w, h, &px))?;
+    Ok(())
+}

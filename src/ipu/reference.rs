@@ -9,8 +9,8 @@
 //! kernels land.
 
 use crate::error::{Error, Result};
-use crate::ipu::block::BlockSpec;
 use crate::ipu::codelets::ProxyScale;
+use crate::ipu::vocab::BlockSpec;
 use crate::kernels::conv::{Conv2d, ConvShape, GradMode, reference};
 
 /// Which implementation the convolution results are compared with. A SIMD kernel that

@@ -80,6 +80,24 @@ pub struct Target {
     /// On-tile copy rate in bytes per cycle (a 64-bit load/store pair per cycle);
     /// assumption.
     pub on_tile_copy_bytes_per_cycle: f64,
+    /// Bandwidth of one IPU-Link in bytes per second, each direction. Provenance:
+    /// Graphcore's GC200 / IPU-M2000 product brief, 10 IPU-Links per IPU with 320 GB/s
+    /// chip-to-chip bandwidth in all, i.e. 32 GB/s per link (a hardware fact, recorded
+    /// in BENCHMARKS.md, "IPU-POD16 system model").
+    pub ipu_link_bytes_per_s: f64,
+    /// IPU-Links that carry one pipeline transfer between the IPUs of two adjacent
+    /// stages (the stage IPUs of a replica are neighbours in one IPU-M2000). Assumption:
+    /// 1 (the conservative case; the M2000 links its four IPUs with more).
+    pub pipeline_links: usize,
+    /// IPU-Links each IPU drives in the gradient all-reduce ring (one to each ring
+    /// neighbour, one direction each). Assumption: 1 (a single ring over the
+    /// IPU-POD16's links).
+    pub allreduce_links: usize,
+    /// Cycles of one synchronisation across IPUs (the pipeline step boundary and each
+    /// step of the all-reduce ring), on top of the data transfer. A parameter, not a
+    /// measured figure; default an assumption of 1 µs at the tile clock (1330 cycles
+    /// on Mk2), several times the on-chip [`Target::sync_cycles`].
+    pub external_sync_cycles: u64,
 }
 
 impl Target {
@@ -101,6 +119,10 @@ impl Target {
             exchange_overhead_cycles: 30,
             sync_cycles: 150,
             on_tile_copy_bytes_per_cycle: 8.0,
+            ipu_link_bytes_per_s: 32e9,
+            pipeline_links: 1,
+            allreduce_links: 1,
+            external_sync_cycles: 1330,
         }
     }
 
@@ -152,6 +174,10 @@ impl Target {
             "exchange_overhead_cycles" => self.exchange_overhead_cycles = u()? as u64,
             "sync_cycles" => self.sync_cycles = u()? as u64,
             "on_tile_copy_bytes_per_cycle" => self.on_tile_copy_bytes_per_cycle = f()?,
+            "ipu_link_bytes_per_s" => self.ipu_link_bytes_per_s = f()?,
+            "pipeline_links" => self.pipeline_links = u()?,
+            "allreduce_links" => self.allreduce_links = u()?,
+            "external_sync_cycles" => self.external_sync_cycles = u()? as u64,
             _ => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown target constant {k:?}"
@@ -174,7 +200,10 @@ impl Target {
             && self.memory_budget_fraction <= 1.0
             && self.clock_hz > 0.0
             && self.exchange_bytes_per_cycle > 0.0
-            && self.on_tile_copy_bytes_per_cycle > 0.0;
+            && self.on_tile_copy_bytes_per_cycle > 0.0
+            && self.ipu_link_bytes_per_s > 0.0
+            && self.pipeline_links > 0
+            && self.allreduce_links > 0;
         if ok {
             Ok(())
         } else {
@@ -213,6 +242,11 @@ impl Target {
     /// AMP output-channel granularity at `p`.
     pub fn amp_out(&self, p: Precision) -> usize {
         self.amp_out_chans[Self::idx(p)]
+    }
+
+    /// Bytes one IPU moves per tile cycle over `links` IPU-Links (one direction).
+    pub fn link_bytes_per_cycle(&self, links: usize) -> f64 {
+        self.ipu_link_bytes_per_s * links as f64 / self.clock_hz
     }
 
     /// Vector-unit width in elements at `p`.

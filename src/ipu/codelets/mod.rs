@@ -16,6 +16,11 @@
 use super::target::{Precision, Target};
 use crate::error::{Error, Result};
 
+mod estimate;
+mod host;
+
+pub use estimate::amp_cycles;
+
 /// Worker contexts a `MultiVertex` runs on in the host shim
 /// (`poplar::MultiVertex::numWorkers()` in `codelets/shim/poplar/Vertex.hpp`); fields
 /// with per-worker partials are sized by it.
@@ -87,6 +92,8 @@ pub enum Kind {
     SoftmaxXent,
     /// `w += scale · dw`.
     ScaledAdd,
+    /// One TensorFlow-RMSProp step on an fp32 master slice.
+    RmsPropTf,
 }
 
 /// Where the Proxy Norm scale `s` is applied (DESIGN.md, "Proxy Norm").
@@ -282,46 +289,6 @@ pub struct Estimate {
     /// `true` for a `MultiVertex`.
     pub multi: bool,
 }
-
-type Trampoline = unsafe extern "C" fn(*const *mut f32, *const usize, *const u32) -> i32;
-
-macro_rules! trampolines {
-    ($($name:ident),* $(,)?) => {
-        mod ffi {
-            unsafe extern "C" {
-                $(pub fn $name(f: *const *mut f32, n: *const usize, p: *const u32) -> i32;)*
-            }
-        }
-    };
-}
-trampolines!(
-    effnet_ipu_ConvPartialAmp,
-    effnet_ipu_ConvPartialAmpBwdData,
-    effnet_ipu_ConvWeightGradAmp,
-    effnet_ipu_DepthwiseVMac,
-    effnet_ipu_DepthwiseVMacBwdData,
-    effnet_ipu_DepthwiseVMacWeightGrad,
-    effnet_ipu_ReducePartials,
-    effnet_ipu_NormStats,
-    effnet_ipu_NormFinalize,
-    effnet_ipu_NormAct,
-    effnet_ipu_NormActGradPartials,
-    effnet_ipu_NormGradFinalize,
-    effnet_ipu_NormActGradApply,
-    effnet_ipu_ProxyNormStats,
-    effnet_ipu_ProxyNormFinalize,
-    effnet_ipu_ProxyNormParamGrad,
-    effnet_ipu_ProxyNormGradFinalize,
-    effnet_ipu_BiasAct,
-    effnet_ipu_BiasActGrad,
-    effnet_ipu_ChannelSum,
-    effnet_ipu_PoolGrad,
-    effnet_ipu_SeGate,
-    effnet_ipu_SeGateGrad,
-    effnet_ipu_Add,
-    effnet_ipu_SoftmaxXent,
-    effnet_ipu_ScaledAdd,
-);
 
 fn f32_param(x: f32) -> u32 {
     x.to_bits()
@@ -522,9 +489,14 @@ impl Codelet {
     }
     /// Fields `logits`, `target` (`[n][k]`), `loss` (1), `dlogits`.
     pub fn softmax_xent(n: usize, k: usize) -> Codelet {
+        Codelet::softmax_xent_part(n, k, n)
+    }
+    /// [`Codelet::softmax_xent`] on `n` of a batch's `total` rows: the gradient and
+    /// the loss (a partial sum) are divided by `total`.
+    pub fn softmax_xent_part(n: usize, k: usize, total: usize) -> Codelet {
         Codelet {
             kind: Kind::SoftmaxXent,
-            params: vec![n as u32, k as u32],
+            params: vec![n as u32, k as u32, total as u32],
         }
     }
     /// Fields `w` (InOut), `dw` (`len` each).
@@ -532,6 +504,45 @@ impl Codelet {
         Codelet {
             kind: Kind::ScaledAdd,
             params: vec![f32_param(scale), len as u32],
+        }
+    }
+
+    /// One TensorFlow-RMSProp step (see [`crate::kernels::optim::RmsPropTf`]) on a
+    /// master slice of `len` elements: fields `w`, `g` (the accumulated gradient,
+    /// scaled by `grad_scale`, left zero), `ms`, `mom`, all InOut.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsprop(
+        len: usize,
+        lr: f32,
+        decay: f32,
+        momentum: f32,
+        eps: f32,
+        weight_decay: f32,
+        grad_scale: f32,
+    ) -> Codelet {
+        Codelet {
+            kind: Kind::RmsPropTf,
+            params: vec![
+                f32_param(lr),
+                f32_param(decay),
+                f32_param(momentum),
+                f32_param(eps),
+                f32_param(weight_decay),
+                f32_param(grad_scale),
+                len as u32,
+            ],
+        }
+    }
+
+    /// The pairs of fields (by index) that may be the same region of one tensor:
+    /// the output of an element-wise codelet that reads each input element once,
+    /// before it writes the output element (`z[i] = f(x[i])`), may overwrite its
+    /// input in place.
+    pub fn in_place(&self) -> &'static [(usize, usize)] {
+        match self.kind {
+            Kind::NormAct => &[(0, 6)],
+            Kind::Add | Kind::SeGate | Kind::BiasAct => &[(0, 2)],
+            _ => &[],
         }
     }
 
@@ -564,6 +575,7 @@ impl Codelet {
             Kind::Add => "Add",
             Kind::SoftmaxXent => "SoftmaxXent",
             Kind::ScaledAdd => "ScaledAdd",
+            Kind::RmsPropTf => "RmsPropTf",
         }
     }
 
@@ -595,7 +607,9 @@ impl Codelet {
             Kind::BiasAct | Kind::BiasActGrad => 3,
             Kind::ChannelSum | Kind::PoolGrad => 4,
             Kind::Add => 1,
-            Kind::SoftmaxXent | Kind::ScaledAdd => 2,
+            Kind::ScaledAdd => 2,
+            Kind::SoftmaxXent => 3,
+            Kind::RmsPropTf => 7,
         };
         if self.params.len() != want {
             return bad("wrong number of scalar parameters");
@@ -789,8 +803,8 @@ impl Codelet {
             }
             Kind::SoftmaxXent => {
                 let (n, k) = (self.p(0), self.p(1));
-                if n == 0 || k == 0 {
-                    return bad("empty logits");
+                if n == 0 || k == 0 || self.p(2) < n {
+                    return bad("empty logits, or more rows than the batch");
                 }
                 vec![
                     ("logits", In, n * k),
@@ -803,257 +817,15 @@ impl Codelet {
                 let n = self.p(1);
                 vec![("w", InOut, n), ("dw", In, n)]
             }
+            Kind::RmsPropTf => {
+                let n = self.p(6);
+                vec![
+                    ("w", InOut, n),
+                    ("g", InOut, n),
+                    ("ms", InOut, n),
+                    ("mom", InOut, n),
+                ]
+            }
         })
     }
-
-    fn trampoline(&self) -> Trampoline {
-        use ffi::*;
-        match self.kind {
-            Kind::ConvPartialAmp => effnet_ipu_ConvPartialAmp,
-            Kind::ConvPartialAmpBwdData => effnet_ipu_ConvPartialAmpBwdData,
-            Kind::ConvWeightGradAmp => effnet_ipu_ConvWeightGradAmp,
-            Kind::DepthwiseVMac => effnet_ipu_DepthwiseVMac,
-            Kind::DepthwiseVMacBwdData => effnet_ipu_DepthwiseVMacBwdData,
-            Kind::DepthwiseVMacWeightGrad => effnet_ipu_DepthwiseVMacWeightGrad,
-            Kind::ReducePartials => effnet_ipu_ReducePartials,
-            Kind::NormStats => effnet_ipu_NormStats,
-            Kind::NormFinalize => effnet_ipu_NormFinalize,
-            Kind::NormAct => effnet_ipu_NormAct,
-            Kind::NormActGradPartials => effnet_ipu_NormActGradPartials,
-            Kind::NormGradFinalize => effnet_ipu_NormGradFinalize,
-            Kind::NormActGradApply => effnet_ipu_NormActGradApply,
-            Kind::ProxyNormStats => effnet_ipu_ProxyNormStats,
-            Kind::ProxyNormFinalize => effnet_ipu_ProxyNormFinalize,
-            Kind::ProxyNormParamGrad => effnet_ipu_ProxyNormParamGrad,
-            Kind::ProxyNormGradFinalize => effnet_ipu_ProxyNormGradFinalize,
-            Kind::BiasAct => effnet_ipu_BiasAct,
-            Kind::BiasActGrad => effnet_ipu_BiasActGrad,
-            Kind::ChannelSum => effnet_ipu_ChannelSum,
-            Kind::PoolGrad => effnet_ipu_PoolGrad,
-            Kind::SeGate => effnet_ipu_SeGate,
-            Kind::SeGateGrad => effnet_ipu_SeGateGrad,
-            Kind::Add => effnet_ipu_Add,
-            Kind::SoftmaxXent => effnet_ipu_SoftmaxXent,
-            Kind::ScaledAdd => effnet_ipu_ScaledAdd,
-        }
-    }
-
-    /// Runs the codelet on host buffers through its C trampoline.
-    ///
-    /// # Safety
-    /// `fields` must hold one `(pointer, len)` per field of [`Codelet::fields`], each
-    /// valid for `len` reads (and writes, for `Out`/`InOut` fields), with written
-    /// regions not aliasing any other field.
-    pub unsafe fn run(&self, fields: &[(*mut f32, usize)]) -> Result<()> {
-        let spec = self.fields()?;
-        if spec.len() != fields.len() || spec.iter().zip(fields).any(|(s, f)| s.2 != f.1) {
-            return Err(Error::InvalidArgument(format!(
-                "{}: fields do not match",
-                self.name()
-            )));
-        }
-        let ptrs: Vec<*mut f32> = fields.iter().map(|f| f.0).collect();
-        let lens: Vec<usize> = fields.iter().map(|f| f.1).collect();
-        // SAFETY: the caller guarantees the pointers and lengths (checked above against
-        // the declaration); the trampoline reads `params.len()` scalars, which
-        // `fields()` checked, and touches each field only within its length.
-        let ok = unsafe { (self.trampoline())(ptrs.as_ptr(), lens.as_ptr(), self.params.as_ptr()) };
-        if ok == 1 {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(format!(
-                "{}: compute() returned false",
-                self.name()
-            )))
-        }
-    }
-
-    /// Runs the codelet on owned host buffers (one per field, in order, each of the
-    /// declared length): the safe entry point for tests and single-vertex use.
-    pub fn run_on(&self, buffers: &mut [Vec<f32>]) -> Result<()> {
-        let spec = self.fields()?;
-        if spec.len() != buffers.len() {
-            return Err(Error::InvalidArgument(format!(
-                "{} takes {} buffers, got {}",
-                self.name(),
-                spec.len(),
-                buffers.len()
-            )));
-        }
-        for ((name, _, len), b) in spec.iter().zip(buffers.iter()) {
-            if b.len() != *len {
-                return Err(Error::InvalidArgument(format!(
-                    "{}.{name}: {} elements, needs {len}",
-                    self.name(),
-                    b.len()
-                )));
-            }
-        }
-        let f: Vec<(*mut f32, usize)> = buffers
-            .iter_mut()
-            .map(|b| (b.as_mut_ptr(), b.len()))
-            .collect();
-        // SAFETY: each pointer comes from a distinct Vec of exactly the declared length.
-        unsafe { self.run(&f) }
-    }
-
-    /// The codelet's estimated tile cycles on `t` at precision `p` (see the module
-    /// documentation for the model). Monotone in every work size.
-    pub fn estimate(&self, t: &Target, p: Precision) -> Result<Estimate> {
-        self.fields()?;
-        let w = t.workers as u64;
-        let vec = t.vec(p);
-        let multi = |cycles: u64| {
-            Ok(Estimate {
-                cycles,
-                multi: true,
-            })
-        };
-        let single = |worker_cycles: u64| {
-            Ok(Estimate {
-                cycles: worker_cycles * w,
-                multi: false,
-            })
-        };
-        // popops-style element-wise loop over `rows` rows of `c` channels, rows split
-        // over the workers, `cpv` cycles per vector.
-        let elementwise = |rows: usize, c: usize, cpv: u64| -> u64 {
-            40 + w * (8 + ceil(rows, t.workers) * (4 + ceil(c, vec) * cpv))
-        };
-        // Channels split over the workers, each looping over `rows` rows.
-        let by_channel = |rows: usize, c: usize, cpv: u64| -> u64 {
-            40 + w * (8 + ceil(c, t.workers * vec) * (4 + rows as u64 * cpv))
-        };
-        const SWISH: u64 = 8; // cycles per vector for σ and the product (assumption)
-        let act_cost = |a: u32| if a == 0 { 0 } else { SWISH };
-        match self.kind {
-            Kind::ConvPartialAmp | Kind::ConvPartialAmpBwdData => {
-                let g = ConvGeom::from_params(&self.params);
-                let (ci, co, elems) = if self.kind == Kind::ConvPartialAmp {
-                    (g.cin_g, g.cout_g, g.nb * g.out_hn * g.out_wn)
-                } else {
-                    // Backward data: input and output channels swap; with stride s
-                    // only 1/s² of the window's elements meet a given kernel tap.
-                    (
-                        g.cout_g,
-                        g.cin_g,
-                        (g.nb * g.in_hn * g.in_wn).div_ceil(g.stride * g.stride),
-                    )
-                };
-                multi(amp_cycles(t, p, g.groups, ci, co, g.kh * g.kw, elems))
-            }
-            Kind::ConvWeightGradAmp => {
-                // Weight update as a convolution whose input channels are the field
-                // (batch × pixels) and whose field is kernel × input channels.
-                let g = ConvGeom::from_params(&self.params);
-                let field = g.nb * g.out_hn * g.out_wn;
-                multi(amp_cycles(
-                    t,
-                    p,
-                    g.groups,
-                    field,
-                    g.cout_g,
-                    1,
-                    g.kh * g.kw * g.cin_g,
-                ))
-            }
-            Kind::DepthwiseVMac | Kind::DepthwiseVMacBwdData | Kind::DepthwiseVMacWeightGrad => {
-                let g = ConvGeom::from_params(&self.params);
-                let (rows, cols, taps) = match self.kind {
-                    Kind::DepthwiseVMacBwdData => (
-                        g.nb * g.in_hn,
-                        g.in_wn,
-                        (g.kh * g.kw).div_ceil(g.stride * g.stride),
-                    ),
-                    _ => (g.nb * g.out_hn, g.out_wn, g.kh * g.kw),
-                };
-                let per_pixel = taps as u64 * (2 + ceil(g.groups, vec));
-                let mut c = 50 + w * ceil(rows, t.workers) * (10 + cols as u64 * per_pixel);
-                if self.kind == Kind::DepthwiseVMacWeightGrad {
-                    c += w * (g.kh * g.kw) as u64 * ceil(g.groups, vec); // zero partials
-                }
-                multi(c)
-            }
-            Kind::ReducePartials => {
-                let (np, len) = (self.p(0), self.p(2));
-                multi(40 + w * (8 + ceil(ceil(len, t.workers) as usize, vec) * (np as u64 + 1)))
-            }
-            Kind::NormStats => multi(by_channel(self.p(0) * self.p(1), self.p(2), 2)),
-            Kind::ChannelSum => multi(by_channel(self.p(0) * self.p(1), self.p(2), 1)),
-            Kind::NormFinalize | Kind::NormGradFinalize => {
-                let (rows, c, cg) = (self.p(0), self.p(1), self.p(2));
-                single(30 + (rows * (c / cg)) as u64 * (20 + 2 * cg as u64))
-            }
-            Kind::NormAct => {
-                let g = NormGeom::from_params(&self.params);
-                multi(elementwise(g.nb * g.pix, g.c, 4 + act_cost(g.act)))
-            }
-            Kind::NormActGradPartials => {
-                let g = NormGeom::from_params(&self.params);
-                multi(by_channel(g.nb * g.pix, g.c, 12 + 2 * act_cost(g.act)))
-            }
-            Kind::NormActGradApply => {
-                let g = NormGeom::from_params(&self.params);
-                multi(elementwise(g.nb * g.pix, g.c, 8 + 2 * act_cost(g.act)))
-            }
-            // Quantiles split over the workers; channels in vectors.
-            Kind::ProxyNormStats => {
-                let (act, c, k) = (self.params[0], self.p(1), self.p(2));
-                multi(40 + w * (8 + ceil(k, t.workers) * ceil(c, vec) * (3 + act_cost(act))))
-            }
-            Kind::ProxyNormParamGrad => {
-                let (act, c, k) = (self.params[0], self.p(2), self.p(3));
-                multi(40 + w * (8 + ceil(k, t.workers) * ceil(c, vec) * (8 + 2 * act_cost(act))))
-            }
-            Kind::ProxyNormFinalize => single(30 + ceil(self.p(2), vec) * 12),
-            Kind::ProxyNormGradFinalize => single(30 + ceil(self.p(1), vec) * 6),
-            Kind::BiasAct => multi(elementwise(
-                self.p(0),
-                self.p(1),
-                1 + act_cost(self.params[2]),
-            )),
-            Kind::BiasActGrad => multi(elementwise(
-                self.p(0),
-                self.p(1),
-                2 + 2 * act_cost(self.params[2]),
-            )),
-            Kind::PoolGrad | Kind::SeGate => {
-                multi(elementwise(self.p(0) * self.p(1), self.p(2), 1))
-            }
-            Kind::SeGateGrad => multi(by_channel(self.p(0) * self.p(1), self.p(2), 3)),
-            Kind::Add => multi(elementwise(1, self.p(0), 1)),
-            Kind::ScaledAdd => multi(elementwise(1, self.p(1), 1)),
-            Kind::SoftmaxXent => single(30 + self.p(0) as u64 * (20 + ceil(self.p(1), vec) * 20)),
-        }
-    }
-}
-
-/// AMP partial-convolution cycles, after the structure of PopLibs'
-/// `getConvPartialnx1SupervisorCycleEstimate` (facts, not code): a supervisor
-/// overhead; per conv group, per input-channel group (of `amp_in` channels) and per
-/// output-channel group (of `amp_out`) an overhead; per kernel position a coefficient
-/// load (`amp_in·amp_out` elements at 8 bytes/cycle) and one AMP pass in which every
-/// worker streams its share of the `elems` output elements. One element of one pass is
-/// `amp_in·amp_out` MACs; the tile does `amp_macs` MACs per cycle, so a worker spends
-/// `amp_in·amp_out / amp_macs` of its cycles (×workers tile cycles) per element.
-/// Channels that do not fill a group are padded (the granularity waste that makes
-/// depthwise a poor fit for the AMP).
-pub fn amp_cycles(
-    t: &Target,
-    p: Precision,
-    groups: usize,
-    in_chans: usize,
-    out_chans: usize,
-    kernel_positions: usize,
-    elems: usize,
-) -> u64 {
-    let w = t.workers as u64;
-    let (ai, ao) = (t.amp_in(p), t.amp_out(p));
-    let in_groups = ceil(in_chans, ai);
-    let out_groups = ceil(out_chans, ao);
-    let per_elem = ceil(ai * ao, t.amp_macs(p)).max(1);
-    let coeff_load = ceil(ai * ao * p.bytes(), 8);
-    let pass = 15 + coeff_load + w * (20 + ceil(elems, t.workers) * per_elem);
-    50 + groups as u64
-        * (11 + in_groups * (13 + out_groups * (18 + kernel_positions as u64 * pass)))
 }
