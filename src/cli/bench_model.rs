@@ -48,6 +48,12 @@ pub struct ModelArgs {
     /// fusion)
     #[arg(long)]
     unfused: bool,
+    /// Run every block whose expanded image is larger than this many KiB depth-first,
+    /// in bands of as many KiB of expanded rows (0: no depth-first blocks; default:
+    /// the blocks whose expanded tensor would not stay in the last-level cache, in
+    /// bands of half of the threads' L2 caches).
+    #[arg(long)]
+    band_kib: Option<usize>,
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 elsewhere).
@@ -147,7 +153,11 @@ pub fn run(a: &ModelArgs) -> Result<()> {
         // Inference runs on the prepared network (BatchNorm folded, epilogues fused,
         // weights packed once); `--unfused` times the layer-by-layer forward pass.
         let mut prepared = if a.modes.iter().any(|m| m == "infer") && !a.unfused {
-            Some(net.plan_inference(n, res)?)
+            Some(match a.band_kib {
+                None => net.plan_inference(n, res)?,
+                Some(0) => net.plan_inference_with(n, res, usize::MAX)?,
+                Some(kib) => net.plan_inference_with(n, res, kib << 10)?,
+            })
         } else {
             None
         };

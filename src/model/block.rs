@@ -4,6 +4,7 @@
 //! squeeze-excite vectors; backward recomputes the normalized activations.
 
 use super::infer::{FusedBlock, FusedConv, FusedSe};
+use super::infer_band::{BandPolicy, Banded};
 use super::norm_act::{NormAct, NormSaved, Place};
 use super::ops::{Pool, add, drop_connect};
 use super::params::{ParamKind, ParamStore};
@@ -218,27 +219,29 @@ impl Block {
     }
 
     /// The block prepared for inference at batch `n` and input size `hw` with its
-    /// BatchNorms folded (`None` if a norm does not fold).
+    /// BatchNorms folded (`None` if a norm does not fold); its expansion and k×k
+    /// convolution run depth-first in bands where the policy `bands` says so.
     pub(crate) fn fused(
         &self,
         v: &[Vec<f32>],
         cfg: &ArchConfig,
         n: usize,
         hw: usize,
+        bands: BandPolicy,
     ) -> Result<Option<FusedBlock>> {
         let s = &self.spec;
         let fold = |norm: &NormAct| norm.folded(v);
         let expand = match &self.expand {
             Some((w, norm)) => {
-                let Some((sc, sh, act)) = fold(norm)? else {
+                let Some(folded) = fold(norm)? else {
                     return Ok(None);
                 };
                 let d = ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch);
-                Some(FusedConv::new(&d, &v[*w], (&sc, &sh), act, false)?)
+                Some((d, *w, folded))
             }
             None => None,
         };
-        let Some((sc, sh, act)) = fold(&self.dw_norm)? else {
+        let Some((ssc, ssh, sact)) = fold(&self.dw_norm)? else {
             return Ok(None);
         };
         let dd = cfg.conv_desc(
@@ -249,7 +252,19 @@ impl Block {
             s.stride,
             s.group_size,
         );
-        let spatial = FusedConv::new(&dd, &v[self.dw], (&sc, &sh), act, false)?;
+        let spatial = FusedConv::new(&dd, &v[self.dw], (&ssc, &ssh), sact, false)?;
+        let banded = match &expand {
+            Some((ed, w, (sc, sh, act))) => Banded::plan(
+                (ed, (&v[*w], (sc, sh), *act)),
+                (&dd, (&v[self.dw], (&ssc, &ssh), sact)),
+                bands,
+            )?,
+            None => None,
+        };
+        let expand = match expand {
+            Some((d, w, (sc, sh, act))) => Some(FusedConv::new(&d, &v[w], (&sc, &sh), act, false)?),
+            None => None,
+        };
         let ho = dd.validate()?.out_h;
         let Some((sc, sh, act)) = fold(&self.proj_norm)? else {
             return Ok(None);
@@ -260,6 +275,7 @@ impl Block {
             FusedConv::dense(n, (cin, cout), &v[w], &v[b], act)
         };
         Ok(Some(FusedBlock {
+            banded,
             expand,
             spatial,
             se: FusedSe {

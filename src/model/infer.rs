@@ -12,6 +12,7 @@
 //! Networks whose norms have per-sample statistics (GroupNorm, LayerNorm + Proxy Norm)
 //! cannot fold them: for those the plan runs the unfused forward pass.
 
+use super::infer_band::Banded;
 use super::profile::{CONV_1X1_FWD, CONV_KXK_FWD, CONV_STEM, HEAD, SE_FWD, timed};
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
@@ -76,8 +77,18 @@ impl FusedConv {
         FusedConv::new(&d, w, (&vec![1.0; cout], b), act, false)
     }
 
-    fn y_len(&self) -> usize {
+    pub(super) fn y_len(&self) -> usize {
         self.conv.shape().y_len
+    }
+
+    /// The planned convolution.
+    pub(super) fn conv(&self) -> &Conv2d {
+        &self.conv
+    }
+
+    /// Floats of the packed weights.
+    pub(super) fn packed_len(&self) -> usize {
+        self.packed.len()
     }
 
     /// Floats this convolution moves fused (input, packed weights, output, the
@@ -91,7 +102,7 @@ impl FusedConv {
         (conv + res * s.y_len, conv + 2 * s.y_len + 3 * res * s.y_len)
     }
 
-    fn run(
+    pub(super) fn run(
         &self,
         x: &[f32],
         residual: Option<&[f32]>,
@@ -116,6 +127,10 @@ pub(crate) struct FusedSe {
 /// One MBConv block, fused.
 #[derive(Debug)]
 pub(crate) struct FusedBlock {
+    /// The expansion and k×k convolution band by band (with the squeeze), when the
+    /// expanded tensor is larger than the band budget; else `expand` and `spatial`
+    /// run on the whole batch.
+    pub(crate) banded: Option<Banded>,
     pub(crate) expand: Option<FusedConv>,
     pub(crate) spatial: FusedConv,
     pub(crate) se: FusedSe,
@@ -167,6 +182,8 @@ struct Fused {
     io: [Vec<f32>; 2],
     expanded: Vec<f32>,
     spatial: Vec<f32>,
+    /// The expanded rows of one band of a depth-first block.
+    band: Vec<f32>,
     ws: Vec<f32>,
     pooled: Vec<f32>,
     se: [Vec<f32>; 4],
@@ -178,15 +195,23 @@ impl InferencePlan {
         let threads = rayon::current_num_threads();
         let mut io_len = net.stem.y_len();
         let (mut e_len, mut d_len, mut ws_len, mut se_len) = (0, 0, 0, 0);
+        let (mut band_len, mut band_ws) = (0, 0);
         let mut ws_of =
             |c: &FusedConv| ws_len = ws_len.max(c.conv.workspace_len(ConvPass::Forward, threads));
         ws_of(&net.stem);
         ws_of(&net.head);
         ws_of(&net.fc);
         for b in &net.blocks {
-            if let Some(e) = &b.expand {
-                e_len = e_len.max(e.y_len());
-                ws_of(e);
+            match (&b.banded, &b.expand) {
+                (Some(bd), _) => {
+                    band_len = band_len.max(bd.band_len());
+                    band_ws = band_ws.max(bd.workspace_len(threads));
+                }
+                (None, Some(e)) => {
+                    e_len = e_len.max(e.y_len());
+                    ws_of(e);
+                }
+                (None, None) => {}
             }
             ws_of(&b.spatial);
             ws_of(&b.project);
@@ -205,7 +230,8 @@ impl InferencePlan {
                 io: [vec![0.0; io_len], vec![0.0; io_len]],
                 expanded: vec![0.0; e_len.max(head_len)],
                 spatial: vec![0.0; d_len],
-                ws: vec![0.0; ws_len],
+                band: vec![0.0; band_len],
+                ws: vec![0.0; ws_len.max(band_ws)],
                 pooled: vec![0.0; net.pool.pooled_len()],
                 se: std::array::from_fn(|_| vec![0.0; se_len]),
                 logits: vec![0.0; batch * classes],
@@ -252,15 +278,17 @@ impl InferencePlan {
         };
         add(net.stem.traffic());
         for b in &net.blocks {
-            if let Some(e) = &b.expand {
-                add(e.traffic());
-            }
-            add(b.spatial.traffic());
-            // Pool, the two dense layers (their outputs then an activation pass unfused),
-            // gate (read and write).
+            let unbanded = b.expand.as_ref().map_or((0, 0), FusedConv::traffic);
+            let spatial = b.spatial.traffic();
+            // Pool (in cache when banded), the two dense layers (their outputs then an
+            // activation pass unfused), gate (read and write).
             let d = b.spatial.y_len();
             let (r, e) = (b.se.reduce.traffic(), b.se.expand.traffic());
-            add((3 * d + r.0 + e.0, 3 * d + r.1 + e.1));
+            let se = (3 * d + r.0 + e.0, 3 * d + r.1 + e.1);
+            match &b.banded {
+                Some(bd) => add((bd.traffic() + se.0 - d, unbanded.1 + spatial.1 + se.1)),
+                None => add((unbanded.0 + spatial.0 + se.0, unbanded.1 + spatial.1 + se.1)),
+            }
             add(b.project.traffic());
         }
         add(net.head.traffic());
@@ -274,6 +302,14 @@ impl InferencePlan {
         })
     }
 
+    /// How many blocks run their expansion and k×k convolution depth-first, in bands.
+    pub fn banded_blocks(&self) -> usize {
+        match &self.kind {
+            PlanKind::Fused(f) => f.net.blocks.iter().filter(|b| b.banded.is_some()).count(),
+            PlanKind::Unfused(_) => 0,
+        }
+    }
+
     /// Floats of the activation buffers and workspace the plan keeps.
     pub fn buffer_floats(&self) -> usize {
         match &self.kind {
@@ -281,6 +317,7 @@ impl InferencePlan {
                 2 * f.io[0].len()
                     + f.expanded.len()
                     + f.spatial.len()
+                    + f.band.len()
                     + f.ws.len()
                     + f.pooled.len()
                     + 4 * f.se[0].len()
@@ -321,6 +358,7 @@ impl Fused {
             io,
             expanded,
             spatial,
+            band,
             ws,
             pooled,
             se,
@@ -333,17 +371,27 @@ impl Fused {
         let mut cur_len = stem_len;
         for blk in &net.blocks {
             let input = &cur[..cur_len];
-            let e: &[f32] = match &blk.expand {
-                Some(ec) => {
-                    let e = &mut expanded[..ec.y_len()];
-                    timed(CONV_1X1_FWD, || ec.run(input, None, e, ws))?;
-                    e
-                }
-                None => input,
-            };
             let d = &mut spatial[..blk.spatial.y_len()];
-            timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
-            timed(SE_FWD, || blk.se.run(d, se, ws))?;
+            match &blk.banded {
+                Some(bd) => {
+                    let [p, rest @ ..] = se;
+                    let p = &mut p[..blk.se.shape.pooled_len()];
+                    bd.run(input, d, p, band, ws)?;
+                    timed(SE_FWD, || blk.se.excite(d, p, rest, ws))?;
+                }
+                None => {
+                    let e: &[f32] = match &blk.expand {
+                        Some(ec) => {
+                            let e = &mut expanded[..ec.y_len()];
+                            timed(CONV_1X1_FWD, || ec.run(input, None, e, ws))?;
+                            e
+                        }
+                        None => input,
+                    };
+                    timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
+                    timed(SE_FWD, || blk.se.run(d, se, ws))?;
+                }
+            }
             let out_len = blk.project.y_len();
             let res = blk.skip.then_some(input);
             timed(CONV_1X1_FWD, || {
@@ -365,11 +413,26 @@ impl FusedSe {
     /// Squeezes `d` and gates it in place (`bufs`: scratch of at least the pooled
     /// length each; `ws`: the plan's workspace).
     fn run(&self, d: &mut [f32], bufs: &mut [Vec<f32>; 4], ws: &mut [f32]) -> Result<()> {
-        let [pooled, r, g, _] = bufs;
+        let [pooled, rest @ ..] = bufs;
         let p = &mut pooled[..self.shape.pooled_len()];
         pool::global_avg_pool(&self.shape, d, p)?;
+        self.excite(d, p, rest, ws)
+    }
+
+    /// The excitation of `d` from its squeeze `pooled` (`[N][C]`): the two dense layers
+    /// and the gate, in place (`bufs`: scratch of at least the pooled length each).
+    fn excite(
+        &self,
+        d: &mut [f32],
+        pooled: &[f32],
+        bufs: &mut [Vec<f32>],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let [r, g, ..] = bufs else {
+            unreachable!("the plan keeps four squeeze-excite buffers")
+        };
         let r = &mut r[..self.reduce.y_len()];
-        self.reduce.run(p, None, r, ws)?;
+        self.reduce.run(pooled, None, r, ws)?;
         let g = &mut g[..self.expand.y_len()];
         self.expand.run(r, None, g, ws)?;
         gate::forward_inplace(&self.shape, d, g)

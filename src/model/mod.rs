@@ -17,6 +17,7 @@
 
 pub mod block;
 pub mod infer;
+mod infer_band;
 pub mod network;
 pub mod norm_act;
 mod ops;

@@ -3,6 +3,7 @@
 
 use super::block::{Block, BlockTape, Ctx};
 use super::infer::{FusedConv, FusedNet, InferencePlan};
+use super::infer_band::BandPolicy;
 use super::norm_act::{NormAct, NormSaved, Place};
 use super::ops::Pool;
 use super::params::{ParamKind, ParamStore};
@@ -319,15 +320,43 @@ impl Network {
     /// [`Error::InvalidArgument`] for a batch of 0 or a resolution below 8; any
     /// planning error of the layers.
     pub fn plan_inference(&self, batch: usize, res: usize) -> Result<InferencePlan> {
+        let threads = rayon::current_num_threads();
+        self.plan_with_bands(batch, res, BandPolicy::for_machine(threads))
+    }
+
+    /// [`Network::plan_inference`] with the budget of the depth-first blocks' band
+    /// buffers given: every block whose expanded image is larger than `band_bytes`
+    /// runs its expansion and k×k convolution band by band, one image at a time
+    /// (`usize::MAX`: none). By default a block runs depth-first only when its
+    /// expanded tensor would not stay in the last-level cache, in bands of half of the
+    /// threads' L2 caches.
+    ///
+    /// # Errors
+    /// As [`Network::plan_inference`].
+    pub fn plan_inference_with(
+        &self,
+        batch: usize,
+        res: usize,
+        band_bytes: usize,
+    ) -> Result<InferencePlan> {
+        self.plan_with_bands(batch, res, BandPolicy::bands_of(band_bytes))
+    }
+
+    fn plan_with_bands(
+        &self,
+        batch: usize,
+        res: usize,
+        bands: BandPolicy,
+    ) -> Result<InferencePlan> {
         Self::input_len(batch, res)?;
-        match self.fused_net(batch, res)? {
+        match self.fused_net(batch, res, bands)? {
             Some(net) => InferencePlan::fused(batch, res, net),
             None => Ok(InferencePlan::unfused(batch, res, self.clone())),
         }
     }
 
     /// The fused layers, if every norm folds.
-    fn fused_net(&self, n: usize, res: usize) -> Result<Option<FusedNet>> {
+    fn fused_net(&self, n: usize, res: usize, bands: BandPolicy) -> Result<Option<FusedNet>> {
         let v = &self.params.values;
         let cfg = &self.cfg;
         let Some((sc, sh, act)) = self.stem_norm.folded(v)? else {
@@ -338,7 +367,7 @@ impl Network {
         let mut hw = sd.validate()?.out_h;
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for b in &self.blocks {
-            let Some(fb) = b.fused(v, cfg, n, hw)? else {
+            let Some(fb) = b.fused(v, cfg, n, hw, bands)? else {
                 return Ok(None);
             };
             hw = b.out_hw(cfg, hw)?;

@@ -142,3 +142,42 @@ fn traffic_estimate_counts_the_passes_fusion_removes() {
             .is_none()
     );
 }
+
+/// Depth-first blocks (expansion and k×k convolution band by band, the squeeze summed
+/// per band) give the whole-tensor plan's logits: bands of one output row, of a few
+/// rows and of most of the image, stride 1 and 2, 3×3 and 5×5, both paddings, odd
+/// sizes, batch 1 and 3, depthwise and G16, at every level.
+#[test]
+fn depth_first_blocks_match_the_whole_tensor_plan() {
+    let cases = [
+        ("efficientnet_b0", 1, 45),
+        ("tf_efficientnet_b0", 3, 37),
+        ("b0_g16_bn", 2, 40),
+    ];
+    for (i, &(arch, batch, res)) in cases.iter().enumerate() {
+        let net = network(arch, 10, 60 + i as u64);
+        let x = Rng::new(70 + i as u64).vec(batch * res * res * 3);
+        for level in levels() {
+            with_level(level, || {
+                let want = net.predict(&x, batch, res).unwrap();
+                let mut whole = net.plan_inference_with(batch, res, usize::MAX).unwrap();
+                assert_eq!(whole.banded_blocks(), 0);
+                let whole = whole.run(&x).unwrap();
+                for band_bytes in [1, 6 << 10, 40 << 10] {
+                    let mut plan = net.plan_inference_with(batch, res, band_bytes).unwrap();
+                    assert!(
+                        plan.banded_blocks() > 0,
+                        "{arch} res {res}: {band_bytes} B bands band no block"
+                    );
+                    let got = plan.run(&x).unwrap();
+                    let e = rel_to_norm(&got, &whole);
+                    let what = format!("{level} {arch} batch {batch} res {res} bands {band_bytes}");
+                    // Only the squeeze sums in another order.
+                    assert!(e < 1e-6, "{what}: vs the whole-tensor plan, rel err {e}");
+                    let e = rel_to_norm(&got, &want);
+                    assert!(e < 1e-5, "{what}: vs the unfused forward, rel err {e}");
+                }
+            });
+        }
+    }
+}
