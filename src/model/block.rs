@@ -465,7 +465,7 @@ impl Block {
         let mut z = pool.take(tape.d.len());
         timed(NORM_RECOMPUTE, || {
             self.dw_norm
-                .forward(v, n, ho, &tape.d, &mut z, ctx.batch_stats)
+                .recompute(v, n, ho, &tape.d, &tape.d_saved, &mut z)
         })?;
         let shape = Nhwc::new(n, ho, ho, s.mid_ch)?;
         let mut h = pool.take(z.len());
@@ -508,7 +508,7 @@ impl Block {
         let dx = if let Some((w, norm)) = &self.expand {
             let mut a1 = pool.take(tape.e.len());
             timed(NORM_RECOMPUTE, || {
-                norm.forward(v, n, hw, &tape.e, &mut a1, ctx.batch_stats)
+                norm.recompute(v, n, hw, &tape.e, &tape.e_saved, &mut a1)
             })?;
             timed(CONV_KXK_BWD_W, || {
                 dwc.backward_weight(&a1, &dd, &mut gr[self.dw], None, GradMode::Overwrite)

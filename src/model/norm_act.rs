@@ -215,6 +215,30 @@ impl NormAct {
         Ok(NormSaved::Stats(stats))
     }
 
+    /// [`NormAct::forward`]'s `y` again from its input `x` and what it saved, for the
+    /// backward pass: one apply pass on the saved statistics where the norm has them
+    /// (BatchNorm, GroupNorm: bit for bit the forward's `y`), the whole forward pass
+    /// otherwise (Proxy Norm, whose proxy statistics are recomputed too).
+    pub fn recompute(
+        &self,
+        v: &[Vec<f32>],
+        batch: usize,
+        hw: usize,
+        x: &[f32],
+        saved: &NormSaved,
+        y: &mut [f32],
+    ) -> Result<()> {
+        match saved {
+            NormSaved::Stats(s) => {
+                self.plain(batch, hw)?
+                    .forward_from_stats(x, self.affine(v), s, y)
+            }
+            // Proxy Norm (per-sample statistics: `batch_stats` does not apply) or
+            // BatchNorm on its running statistics (it saved nothing).
+            _ => self.forward(v, batch, hw, x, y, false).map(|_| ()),
+        }
+    }
+
     /// BatchNorm with its running statistics folded for inference: `(scale, shift,
     /// activation)` with `y = φ(x·scale + shift)`; `None` for the norms with per-sample
     /// statistics (GroupNorm, LayerNorm), which do not fold.

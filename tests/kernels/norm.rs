@@ -495,3 +495,50 @@ fn bad_inputs_are_typed_errors() {
         .unwrap();
     assert!(one.update_running(&os, &mut running, 0.1).is_err());
 }
+
+/// The apply pass on saved statistics (the backward pass's recompute) gives the
+/// forward pass's `y` bit for bit: every kind and grouping, with and without the
+/// affine parameters, every activation, at every level; a pass on other statistics
+/// gives another `y`, and short statistics are an error.
+#[test]
+fn forward_from_stats_recomputes_the_forward_bits() {
+    let mut r = Rng::new(23);
+    for i in 0..40 {
+        let d = random_desc(&mut r);
+        let c = case(&d, 300 + i, 0.7);
+        for level in levels() {
+            with_level(level, || {
+                let norm = Norm::new(&d).unwrap();
+                let affine = Affine {
+                    gamma: (i % 3 != 1).then_some(&c.gamma[..]),
+                    beta: (i % 3 != 2).then_some(&c.beta[..]),
+                };
+                let mut y = vec![0.0; norm.x_len()];
+                let mut stats = norm.new_stats();
+                norm.forward(&c.x, affine, &mut y, &mut stats).unwrap();
+                let mut again = vec![f32::NAN; norm.x_len()];
+                norm.forward_from_stats(&c.x, affine, &stats, &mut again)
+                    .unwrap();
+                assert!(
+                    y.iter()
+                        .zip(&again)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{level} {d:?}: recompute differs from the forward pass"
+                );
+                let mut shifted = stats.clone();
+                shifted.mean.iter_mut().for_each(|m| *m += 0.5);
+                norm.forward_from_stats(&c.x, affine, &shifted, &mut again)
+                    .unwrap();
+                assert!(y != again, "{level} {d:?}: the statistics are not used");
+                let short = NormStats {
+                    mean: vec![0.0; stats.mean.len() - 1],
+                    ..stats.clone()
+                };
+                assert!(matches!(
+                    norm.forward_from_stats(&c.x, affine, &short, &mut again),
+                    Err(Error::BufferSize { .. })
+                ));
+            });
+        }
+    }
+}

@@ -62,6 +62,52 @@ impl Norm {
         self.forward_impl(self.level, x, cw, y, stats, ws)
     }
 
+    /// The apply half of [`Norm::forward`] on statistics an earlier call saved for the
+    /// same `x`: `y = φ(γ·(x − μ)·r + β)` from `stats.mean` and `stats.rstd` — bit for
+    /// bit the `y` of that call, in one pass over `x` with no statistics pass. For
+    /// recomputing a normalized activation in the backward pass instead of keeping it.
+    /// `y` is overwritten; the workspace is the forward pass's (kept by the thread).
+    ///
+    /// # Errors
+    /// [`Error::BufferSize`] for a wrong length of `x`, `y`, the affine parameters or
+    /// the statistics.
+    pub fn forward_from_stats(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        stats: &NormStats,
+        y: &mut [f32],
+    ) -> Result<()> {
+        check_len("x", x.len(), self.x_len)?;
+        check_len("y", y.len(), self.x_len)?;
+        self.check_affine(&affine)?;
+        self.check_stats(stats)?;
+        self.allocating(NormPass::Forward, |ws| {
+            let mut ws = Workspace::new(ws, &self.layout(NormPass::Forward))?;
+            let g = self.geo;
+            let (c, sl, cl) = (g.c, g.sample_len(), g.chunk_len());
+            let (ones, zeros) = unit(ws.take(2 * c)?);
+            let (gamma, beta) = (affine.gamma.unwrap_or(ones), affine.beta.unwrap_or(zeros));
+            let sets = self.coef_sets();
+            let per = stats.mean.len() / sets;
+            let coefs = ws.take(sets * 3 * c)?;
+            for (n, kb) in coefs.chunks_mut(3 * c).enumerate() {
+                let r = n * per..(n + 1) * per;
+                self.xhat_coefs(&stats.mean[r.clone()], &stats.rstd[r], kb);
+            }
+            let (coefs, level, act) = (&*coefs, self.level, self.desc.activation);
+            y.par_chunks_mut(sl).enumerate().for_each(|(n, ys)| {
+                let k = Coefs::of(&coefs[n.min(sets - 1) * 3 * c..], c);
+                ys.par_chunks_mut(cl).enumerate().for_each(|(j, yc)| {
+                    with_act!(act, A => dispatch(level, ApplyChunk {
+                        x: g.chunk(x, n, j), y: yc, c, xm: k.0, xa: k.1, xb: k.2, g: gamma, bt: beta, post: None, act: PhantomData::<A>,
+                    }))
+                });
+            });
+            Ok(())
+        })
+    }
+
     /// Inference: BatchNorm uses the running statistics (required), folded into one
     /// per-channel scale and shift ([`Norm::fold_inference`]); GroupNorm and LayerNorm
     /// have no running statistics (pass `None`) and compute those of `x` as in
