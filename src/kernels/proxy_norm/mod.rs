@@ -60,7 +60,7 @@
 pub mod reference;
 pub mod special;
 
-use crate::error::{Error, Result, check_len, check_lens};
+use crate::error::{Error, Result, check_len, check_lens, checked_product};
 use crate::kernels::activation::{Act, Activation, with_act};
 use crate::kernels::conv::GradMode;
 use crate::kernels::norm::engine::{ApplyChunk, BwdApplyChunk, BwdStatsChunk, ProxySums};
@@ -94,7 +94,7 @@ pub struct ProxyNormDesc {
     pub channels: usize,
     /// Which output.
     pub variant: ProxyVariant,
-    /// Number of normal quantiles K (≥ 1; 200 in the paper).
+    /// Number of normal quantiles K (1 ≤ K ≤ [`MAX_K`]; 200 in the paper).
     pub k: usize,
     /// ε_pn added to the proxy variance (finite, > 0; 0.03 in the paper).
     pub eps_pn: f32,
@@ -219,6 +219,12 @@ pub enum ProxyPass {
     StatsBackward,
 }
 
+/// The largest number of proxy quantiles K a [`ProxyNormDesc`] may ask for. The paper
+/// uses 200; the statistics cost `O(K·channels)` per pass and the quantile table is `K`
+/// floats, so K beyond a few thousand buys nothing (the quantiles of 65536 points
+/// already sample the normal distribution far below `f32` rounding).
+pub const MAX_K: usize = 1 << 16;
+
 /// Channels per task of the proxy-statistics kernels.
 const STAT_CHANNELS: usize = 64;
 
@@ -245,8 +251,13 @@ fn channel_block_sums(
 }
 
 impl ProxyNorm {
-    /// Validates `desc` (`channels ≥ 1`, `k ≥ 1`, finite `ε_pn > 0`) and computes the
-    /// K normal quantiles.
+    /// Validates `desc` (`channels ≥ 1`, `1 ≤ k ≤` [`MAX_K`], finite `ε_pn > 0`) and
+    /// computes the K normal quantiles.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDescriptor`] for a rule broken; [`Error::Overflow`] when the
+    /// per-channel state (parameters, statistics, gradients and their `f64` partial
+    /// sums, 16 floats per channel in all) would not fit in memory addressing.
     pub fn new(desc: &ProxyNormDesc) -> Result<ProxyNorm> {
         let bad = |m: String| Err(Error::InvalidDescriptor(m));
         if desc.channels == 0 {
@@ -255,6 +266,13 @@ impl ProxyNorm {
         if desc.k == 0 {
             return bad("k (the number of proxy quantiles) must be at least 1".into());
         }
+        if desc.k > MAX_K {
+            return bad(format!(
+                "k = {} proxy quantiles is more than the maximum of {MAX_K}",
+                desc.k
+            ));
+        }
+        checked_product("the per-channel Proxy Norm state", &[desc.channels, 16])?;
         if !(desc.eps_pn.is_finite() && desc.eps_pn > 0.0) {
             return bad(format!(
                 "eps_pn must be finite and positive, got {}",
@@ -315,7 +333,11 @@ impl ProxyNorm {
             }
             ProxyPass::Backward => {
                 l.region(2 * c).region(2 * c);
-                region_f64(&mut l, x_len.div_ceil(self.chunk_len()) * 4 * c);
+                // Saturating: a size query for an absurd `x_len` must not wrap.
+                region_f64(
+                    &mut l,
+                    x_len.div_ceil(self.chunk_len()).saturating_mul(4 * c),
+                );
                 region_f64(&mut l, 4 * c);
                 self.grad_regions(&mut l);
             }
@@ -357,7 +379,7 @@ impl ProxyNorm {
         x_len: usize,
         f: impl FnOnce(&mut [f32]) -> Result<R>,
     ) -> Result<R> {
-        self.layout(pass, x_len).with_reused(f)
+        self.layout(pass, x_len).try_with_reused(f)
     }
 
     fn check_params(&self, p: &ProxyParams) -> Result<()> {
@@ -974,7 +996,7 @@ impl NormProxy {
         saved: &mut NormProxySaved,
     ) -> Result<()> {
         self.layout(ProxyPass::Forward)
-            .with_reused(|ws| self.forward_with_workspace(x, params, z, saved, ws))
+            .try_with_reused(|ws| self.forward_with_workspace(x, params, z, saved, ws))
     }
 
     /// [`NormProxy::forward`] with its scratch in `ws`: at least
@@ -1025,7 +1047,7 @@ impl NormProxy {
         grads: ProxyGrads,
     ) -> Result<()> {
         self.layout(ProxyPass::Backward)
-            .with_reused(|ws| self.backward_with_workspace(x, up, params, saved, dx, grads, ws))
+            .try_with_reused(|ws| self.backward_with_workspace(x, up, params, saved, dx, grads, ws))
     }
 
     /// [`NormProxy::backward`] with its scratch in `ws` (at least
