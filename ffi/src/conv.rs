@@ -271,7 +271,7 @@ pub unsafe extern "C" fn effnet_conv_plan_create(
             conv,
         };
         // SAFETY: checked; writable (caller's promise).
-        unsafe { handle::publish(out_plan, plan) };
+        unsafe { handle::publish(out_plan, plan) }?;
         Ok(())
     })
 }
@@ -346,9 +346,7 @@ pub(crate) unsafe fn ctx_and_plan<'a>(
     plan: *const effnet_conv_plan,
 ) -> Outcome<(&'a effnet_context, &'a Conv2d)> {
     // SAFETY: forwarded; handles are checked before use.
-    let ctx = unsafe { handle::get(ctx, "`ctx`") }?;
-    // SAFETY: as above.
-    let plan = unsafe { handle::get(plan, "`plan`") }?;
+    let (ctx, plan) = unsafe { handle::ctx_and(ctx, plan, "`plan`") }?;
     Ok((ctx, &plan.conv))
 }
 
