@@ -122,8 +122,8 @@ impl ParamStore {
                 "duplicate parameter {name}"
             )));
         }
+        let len = checked_product(&format!("parameter {name}"), &shape)?;
         let what = format!("parameter {name} {shape:?}");
-        let len = checked_product(&what, &shape)?;
         let value = try_filled(&what, len, 0.0)?;
         let grad = try_filled(&what, len, 0.0)?;
         let i = self.infos.len();
