@@ -921,7 +921,7 @@ fn huge_sizes_are_typed_errors() {
     for pass in [ProxyPass::Forward, ProxyPass::Backward] {
         let small = p.workspace_len(pass, 3 * c);
         let mut last = small;
-        for rows in [1usize << 10, 1 << 20, 1 << 21, usize::MAX / c] {
+        for rows in [1usize << 10, 1 << 20, 1 << 21, 1 << 23, usize::MAX / c] {
             let len = p.workspace_len(pass, rows * c);
             assert!(len >= last, "{pass:?}: {rows} rows need {len} < {last}");
             last = len;

@@ -47,9 +47,10 @@ pub fn release_reused() {
 /// Floats per alignment unit: regions start on 64-byte boundaries.
 pub const ALIGN_FLOATS: usize = 16;
 
-/// `floats` rounded up to whole alignment units.
+/// `floats` rounded up to whole alignment units, saturating (a saturated region size
+/// must stay saturated, not wrap to 0).
 fn round_up(floats: usize) -> usize {
-    floats.div_ceil(ALIGN_FLOATS) * ALIGN_FLOATS
+    floats.div_ceil(ALIGN_FLOATS).saturating_mul(ALIGN_FLOATS)
 }
 
 /// The regions a kernel call will take from its workspace, in order; its
@@ -290,6 +291,35 @@ impl PerWorker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_layouts_saturate_and_their_allocation_is_an_error() {
+        for floats in [usize::MAX, usize::MAX - 3, usize::MAX / 2 + 1] {
+            let mut l = WorkspaceLayout::new(2);
+            l.region(floats);
+            assert_eq!(l.len(), usize::MAX, "{floats}");
+            let mut l = WorkspaceLayout::new(3);
+            l.region(1).per_worker(floats);
+            assert_eq!(l.len(), usize::MAX, "{floats}");
+        }
+        let r = try_with_reused(usize::MAX, |_| Ok(()));
+        assert!(matches!(r, Err(Error::Overflow(_))), "{r:?}");
+        // 2^45 floats (128 TiB, the whole 47-bit address space): refused, not aborted.
+        let r = try_with_reused(1 << 45, |_| Ok(()));
+        assert!(matches!(r, Err(Error::OutOfMemory(_))), "{r:?}");
+        // The kept buffer survives a refused request.
+        try_with_reused(64, |ws| {
+            ws.fill(1.0);
+            Ok(())
+        })
+        .unwrap();
+        assert!(try_with_reused(1 << 45, |_| Ok(())).is_err());
+        try_with_reused(64, |ws| {
+            assert_eq!(ws.len(), 64);
+            Ok(())
+        })
+        .unwrap();
+    }
 
     #[test]
     fn regions_are_aligned_disjoint_and_exactly_sized() {
