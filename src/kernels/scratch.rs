@@ -294,10 +294,12 @@ mod tests {
 
     #[test]
     fn huge_layouts_saturate_and_their_allocation_is_an_error() {
-        for floats in [usize::MAX, usize::MAX - 3, usize::MAX / 2 + 1] {
+        for floats in [usize::MAX, usize::MAX - 3] {
             let mut l = WorkspaceLayout::new(2);
             l.region(floats);
             assert_eq!(l.len(), usize::MAX, "{floats}");
+        }
+        for floats in [usize::MAX, usize::MAX / 2 + 1] {
             let mut l = WorkspaceLayout::new(3);
             l.region(1).per_worker(floats);
             assert_eq!(l.len(), usize::MAX, "{floats}");
