@@ -10,9 +10,9 @@ use crate::error::Result;
 use crate::ipu::Target;
 use crate::ipu::chain::{self, ChainParams, ChainResult};
 use crate::kernels::loss::Targets;
-use crate::kernels::regularize::CounterRng;
 use crate::model::network::{Network, Pass};
 use crate::model::params::{ParamKind, ParamStore};
+use crate::rng::CounterRng;
 
 /// One compared tensor.
 #[derive(Clone, Debug, PartialEq)]

@@ -25,6 +25,7 @@ pub mod ipu_check;
 pub mod kernels;
 pub mod model;
 pub mod report;
+pub mod rng;
 pub mod simd;
 
 pub use error::{Error, Result};

@@ -122,19 +122,3 @@ pub fn median_ms(min_time: Duration, mut f: impl FnMut()) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_shipped_suite_parses_and_validates() {
-        let suite = parse_suite(B0_SUITE).unwrap();
-        assert_eq!(suite.len(), 44);
-        for l in &suite {
-            l.conv_desc(8).validate().unwrap();
-        }
-        assert!(parse_suite("# nothing\n").is_err());
-        assert!(parse_suite("a 1 2 3\n").is_err());
-    }
-}

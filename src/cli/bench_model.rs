@@ -44,6 +44,11 @@ pub struct ModelArgs {
     /// Training step of head fine-tuning: backward through the head only.
     #[arg(long)]
     head_only: bool,
+    /// Inference through the layer-by-layer forward pass instead of the prepared
+    /// network (separate norm, activation and residual passes; the baseline of the
+    /// fusion)
+    #[arg(long)]
+    unfused: bool,
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 elsewhere).
@@ -111,13 +116,23 @@ pub fn run(a: &ModelArgs) -> Result<()> {
         let labels: Vec<usize> = (0..n).map(|i| i % cfg.num_classes).collect();
         let plan = net.memory_plan(n, res);
         let threads = rayon::current_num_threads();
+        // Inference runs on the prepared network (BatchNorm folded, epilogues fused,
+        // weights packed once); `--unfused` times the layer-by-layer forward pass.
+        let mut prepared = if a.modes.iter().any(|m| m == "infer") && !a.unfused {
+            Some(net.plan_inference(n, res)?)
+        } else {
+            None
+        };
         for mode in ["infer", "train"] {
             if !a.modes.iter().any(|m| m == mode) {
                 continue;
             }
-            let step = |net: &mut Network| -> Result<()> {
+            let mut step = |net: &mut Network| -> Result<()> {
                 if mode == "infer" {
-                    net.predict(&x, n, res).map(|_| ())
+                    match prepared.as_mut() {
+                        Some(p) => p.run(&x).map(|_| ()),
+                        None => net.predict(&x, n, res).map(|_| ()),
+                    }
                 } else {
                     net.loss_and_grad(
                         &x,

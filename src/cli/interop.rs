@@ -85,7 +85,9 @@ fn read_images(path: &std::path::Path) -> Result<(Vec<f32>, usize, usize)> {
 pub fn predict(a: &PredictArgs) -> Result<()> {
     let (net, _) = load(&a.io)?;
     let (x, n, res) = read_images(&a.io.input)?;
-    let logits = super::in_pool(a.io.threads, || net.predict(&x, n, res))??;
+    // The prepared network: BatchNorm folded, epilogues fused (per-sample norms run
+    // unfused).
+    let logits = super::in_pool(a.io.threads, || net.plan_inference(n, res)?.run(&x))??;
     npy::write_f32(&a.io.output, &[n, net.classes()], &logits)
 }
 

@@ -31,7 +31,7 @@
 //! ```
 
 use super::conv::GradMode;
-use super::gemm::{BOperand, Gemm, PackedB, RowMap};
+use super::gemm::{BOperand, Gemm, PackedB, Post, RowMap};
 use super::reduce::column_sums;
 use crate::error::{Error, Result, check_len, checked_product};
 use crate::simd;
@@ -125,6 +125,7 @@ impl FullyConnected {
             c_rows: RowMap::uniform(self.out),
             bias,
             accumulate: false,
+            post: Post::NONE,
         }
         .run(level, y);
         Ok(())
@@ -152,6 +153,7 @@ impl FullyConnected {
             c_rows: RowMap::uniform(self.inp),
             bias: None,
             accumulate: false,
+            post: Post::NONE,
         }
         .run(level, dx);
         Ok(())
@@ -192,6 +194,7 @@ impl FullyConnected {
             c_rows: RowMap::uniform(self.out),
             bias: None,
             accumulate: mode.accumulate(),
+            post: Post::NONE,
         }
         .run(level, dw);
         if let Some(db) = dbias {

@@ -13,6 +13,18 @@ pub fn chunk_len(n: usize, min_len: usize, max_chunks: usize) -> usize {
     n.div_ceil(max_chunks.max(1)).max(min_len).max(1)
 }
 
+/// Splits `0..n` into the fewest near-equal parts of at most `max` items (`max` 0 is
+/// taken as 1): `(start, len)` pairs, longer parts first.
+pub fn balanced_parts(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let parts = n.div_ceil(max.max(1));
+    let base = n.checked_div(parts).unwrap_or(0);
+    let extra = n.checked_rem(parts).unwrap_or(0);
+    (0..parts).map(move |i| {
+        let start = i * base + i.min(extra);
+        (start, base + usize::from(i < extra))
+    })
+}
+
 /// Floats of partial sums [`reduce_chunks_in`] needs: `len` per chunk of `chunk`
 /// items over `0..n` (none when there is nothing to reduce).
 pub fn partials_len(n: usize, chunk: usize, len: usize) -> usize {
@@ -80,73 +92,4 @@ pub fn reduce_chunks_in<F>(
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reduce_chunks_is_independent_of_the_pool_size() {
-        let data: Vec<f32> = (0..10_007)
-            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 + 1e-7)
-            .collect();
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                let mut out = vec![0.0f32; 3];
-                reduce_chunks(
-                    data.len(),
-                    chunk_len(data.len(), 64, 37),
-                    &mut out,
-                    false,
-                    |r, p| {
-                        for i in r {
-                            p[i % 3] += data[i];
-                        }
-                    },
-                );
-                out
-            })
-        };
-        let one = run(1);
-        for t in [2, 3, 8] {
-            assert_eq!(run(t), one);
-        }
-        let want: f64 = data.iter().map(|&v| v as f64).sum();
-        let got: f64 = one.iter().map(|&v| v as f64).sum();
-        assert!((want - got).abs() < 1e-2 * want.abs());
-    }
-
-    #[test]
-    fn caller_partials_with_stale_contents_give_the_same_bits() {
-        let data: Vec<f32> = (0..5000).map(|i| (i % 17) as f32 * 0.37 - 2.0).collect();
-        let f = |r: Range<usize>, p: &mut [f32]| {
-            for i in r {
-                p[i % 5] += data[i];
-            }
-        };
-        let chunk = chunk_len(data.len(), 64, 13);
-        let mut want = vec![0.0f32; 5];
-        reduce_chunks(data.len(), chunk, &mut want, false, f);
-        let mut parts = vec![f32::NAN; partials_len(data.len(), chunk, 5)];
-        let mut got = vec![9.0f32; 5];
-        reduce_chunks_in(data.len(), chunk, &mut got, false, &mut parts, f);
-        assert_eq!(got, want);
-        assert_eq!(partials_len(0, 3, 5), 0);
-        assert_eq!(partials_len(7, 3, 5), 15);
-    }
-
-    #[test]
-    fn accumulate_adds_to_the_old_contents() {
-        let mut out = vec![1.0f32, 2.0];
-        reduce_chunks(4, 1, &mut out, true, |r, p| {
-            p[0] += r.start as f32;
-            p[1] += 1.0;
-        });
-        assert_eq!(out, vec![1.0 + 6.0, 2.0 + 4.0]);
-    }
 }

@@ -3,6 +3,7 @@
 //! drop-connect. Forward keeps only the conv outputs (pre-norm) and the small
 //! squeeze-excite vectors; backward recomputes the normalized activations.
 
+use super::infer::{FusedBlock, FusedConv, FusedSe};
 use super::norm_act::{NormAct, NormSaved, Place};
 use super::ops::{Pool, add, drop_connect};
 use super::params::{ParamKind, ParamStore};
@@ -200,6 +201,79 @@ impl Block {
             s.stride,
             s.group_size,
         ))
+    }
+
+    /// The output size of the block for an input of `hw`×`hw`.
+    pub(crate) fn out_hw(&self, cfg: &ArchConfig, hw: usize) -> Result<usize> {
+        let s = &self.spec;
+        let d = cfg.conv_desc(
+            1,
+            hw,
+            (s.mid_ch, s.mid_ch),
+            s.kernel,
+            s.stride,
+            s.group_size,
+        );
+        Ok(d.validate()?.out_h)
+    }
+
+    /// The block prepared for inference at batch `n` and input size `hw` with its
+    /// BatchNorms folded (`None` if a norm does not fold).
+    pub(crate) fn fused(
+        &self,
+        v: &[Vec<f32>],
+        cfg: &ArchConfig,
+        n: usize,
+        hw: usize,
+    ) -> Result<Option<FusedBlock>> {
+        let s = &self.spec;
+        let fold = |norm: &NormAct| norm.folded(v);
+        let expand = match &self.expand {
+            Some((w, norm)) => {
+                let Some((sc, sh, act)) = fold(norm)? else {
+                    return Ok(None);
+                };
+                let d = ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch);
+                Some(FusedConv::new(&d, &v[*w], (&sc, &sh), act, false)?)
+            }
+            None => None,
+        };
+        let Some((sc, sh, act)) = fold(&self.dw_norm)? else {
+            return Ok(None);
+        };
+        let dd = cfg.conv_desc(
+            n,
+            hw,
+            (s.mid_ch, s.mid_ch),
+            s.kernel,
+            s.stride,
+            s.group_size,
+        );
+        let spatial = FusedConv::new(&dd, &v[self.dw], (&sc, &sh), act, false)?;
+        let ho = dd.validate()?.out_h;
+        let Some((sc, sh, act)) = fold(&self.proj_norm)? else {
+            return Ok(None);
+        };
+        let pd = ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch);
+        let project = FusedConv::new(&pd, &v[self.proj], (&sc, &sh), act, s.skip)?;
+        let fc = |(w, b): (usize, usize), cin: usize, cout: usize| -> Result<_> {
+            Ok((
+                FullyConnected::new(n, cin, cout)?,
+                v[w].clone(),
+                v[b].clone(),
+            ))
+        };
+        Ok(Some(FusedBlock {
+            expand,
+            spatial,
+            se: FusedSe {
+                shape: Nhwc::new(n, ho, ho, s.mid_ch)?,
+                reduce: fc(self.se_reduce, s.mid_ch, s.se_ch)?,
+                expand: fc(self.se_expand, s.se_ch, s.mid_ch)?,
+            },
+            project,
+            skip: s.skip,
+        }))
     }
 
     /// Forward from `x` (`[batch][hw][hw][in_ch]`); the tape's `out` is the block

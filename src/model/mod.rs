@@ -16,6 +16,7 @@
 //! ```
 
 pub mod block;
+pub mod infer;
 pub mod network;
 pub mod norm_act;
 mod ops;
@@ -26,6 +27,7 @@ pub mod schedule;
 pub mod train;
 pub mod weights;
 
+pub use infer::InferencePlan;
 pub use network::{MemoryPlan, Network, Pass, Tape};
 pub use params::{ParamInfo, ParamKind, ParamStore};
 pub use weights::Weights;

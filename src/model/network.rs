@@ -2,6 +2,7 @@
 //! forward (training and inference) and backward, at any resolution and batch size.
 
 use super::block::{Block, BlockTape, Ctx};
+use super::infer::{FusedConv, FusedNet, InferencePlan};
 use super::norm_act::{NormAct, NormSaved, Place};
 use super::ops::Pool;
 use super::params::{ParamKind, ParamStore};
@@ -14,7 +15,8 @@ use crate::kernels::conv::{Conv2d, ConvDesc, GradMode};
 use crate::kernels::fully_connected::FullyConnected;
 use crate::kernels::loss::{CrossEntropy, Targets};
 use crate::kernels::pool::{self, Nhwc};
-use crate::kernels::regularize::{CounterRng, Dropout};
+use crate::kernels::regularize::Dropout;
+use crate::rng::CounterRng;
 
 /// How a forward pass runs.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -226,7 +228,8 @@ impl Network {
         self.cfg.num_classes
     }
 
-    fn check_input(&self, x: &[f32], batch: usize, res: usize) -> Result<()> {
+    /// The input length for `batch` images of `res`×`res`, after checking both.
+    fn input_len(batch: usize, res: usize) -> Result<usize> {
         if batch == 0 {
             return Err(Error::InvalidArgument("batch must be at least 1".into()));
         }
@@ -235,7 +238,11 @@ impl Network {
                 "resolution {res} is below the minimum of 8"
             )));
         }
-        let want = checked_product("the images [batch, res, res, 3]", &[batch, res, res, 3])?;
+        checked_product("the images [batch, res, res, 3]", &[batch, res, res, 3])
+    }
+
+    fn check_input(&self, x: &[f32], batch: usize, res: usize) -> Result<()> {
+        let want = Self::input_len(batch, res)?;
         if x.len() != want {
             return Err(Error::BufferSize {
                 name: "images",
@@ -301,6 +308,65 @@ impl Network {
         Ok(self
             .run_forward(x, batch, res, &Pass::eval(), false)?
             .logits)
+    }
+
+    /// The network prepared for inference on `batch` images of `res`×`res` (see
+    /// [`InferencePlan`]): BatchNorm folded into the convolutions, activations and
+    /// residual adds in their epilogues, weights packed once, buffers kept. The plan
+    /// copies the weights: make it again after they change. Networks with per-sample
+    /// norms (GroupNorm, LayerNorm + Proxy Norm) get a plan that runs their unfused
+    /// forward pass.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a batch of 0 or a resolution below 8; any
+    /// planning error of the layers.
+    pub fn plan_inference(&self, batch: usize, res: usize) -> Result<InferencePlan> {
+        Self::input_len(batch, res)?;
+        match self.fused_net(batch, res)? {
+            Some(net) => InferencePlan::fused(batch, res, net),
+            None => Ok(InferencePlan::unfused(batch, res, self.clone())),
+        }
+    }
+
+    /// The fused layers, if every norm folds.
+    fn fused_net(&self, n: usize, res: usize) -> Result<Option<FusedNet>> {
+        let v = &self.params.values;
+        let cfg = &self.cfg;
+        let Some((sc, sh, act)) = self.stem_norm.folded(v)? else {
+            return Ok(None);
+        };
+        let sd = cfg.conv_desc(n, res, (3, cfg.stem_channels()), 3, 2, 3);
+        let stem = FusedConv::new(&sd, &v[self.stem], (&sc, &sh), act, false)?;
+        let mut hw = sd.validate()?.out_h;
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let Some(fb) = b.fused(v, cfg, n, hw)? else {
+                return Ok(None);
+            };
+            hw = b.out_hw(cfg, hw)?;
+            blocks.push(fb);
+        }
+        let last = self
+            .blocks
+            .last()
+            .map_or(cfg.stem_channels(), |b| b.spec.out_ch);
+        let hc = cfg.head_channels();
+        let Some((sc, sh, act)) = self.head_norm.folded(v)? else {
+            return Ok(None);
+        };
+        let hd = ConvDesc::pointwise(n, (hw, hw), last, hc);
+        let head = FusedConv::new(&hd, &v[self.head], (&sc, &sh), act, false)?;
+        Ok(Some(FusedNet {
+            stem,
+            blocks,
+            head,
+            pool: Nhwc::new(n, hw, hw, hc)?,
+            fc: (
+                FullyConnected::new(n, hc, cfg.num_classes)?,
+                v[self.fc.0].clone(),
+                v[self.fc.1].clone(),
+            ),
+        }))
     }
 
     fn ctx(&self, batch: usize, pass: &Pass) -> Ctx<'_> {

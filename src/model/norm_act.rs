@@ -27,6 +27,9 @@ pub enum Place {
     Head,
 }
 
+/// A BatchNorm folded for inference: `(scale, shift, activation)`.
+pub(crate) type Folded = (Vec<f32>, Vec<f32>, Activation);
+
 /// What a forward pass keeps for the backward pass.
 #[derive(Clone, Debug, Default)]
 pub enum NormSaved {
@@ -210,6 +213,22 @@ impl NormAct {
         let mut stats = norm.new_stats();
         norm.forward(x, self.affine(v), y, &mut stats)?;
         Ok(NormSaved::Stats(stats))
+    }
+
+    /// BatchNorm with its running statistics folded for inference: `(scale, shift,
+    /// activation)` with `y = φ(x·scale + shift)`; `None` for the norms with per-sample
+    /// statistics (GroupNorm, LayerNorm), which do not fold.
+    pub(crate) fn folded(&self, v: &[Vec<f32>]) -> Result<Option<Folded>> {
+        let (Some((m, var)), None) = (self.running, self.proxy) else {
+            return Ok(None);
+        };
+        let norm = Norm::new(&self.norm_desc(1, 1))?;
+        let running = RunningStats {
+            mean: v[m].clone(),
+            var: v[var].clone(),
+        };
+        let (scale, shift) = norm.fold_inference(&running, self.affine(v))?;
+        Ok(Some((scale, shift, self.activation())))
     }
 
     /// The delayed Proxy Norm scale `s` (`[channels]`) the squeeze-excite gate folds

@@ -7,7 +7,6 @@ use super::params::ParamStore;
 use crate::error::{Error, Result, try_filled};
 use crate::io::tensors::{NamedTensor, TensorMap};
 use crate::kernels::optim::{self as k, RmsPropTf, SgdMomentum};
-use crate::simd;
 
 /// Which update rule.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -139,7 +138,6 @@ impl Optimizer {
         lr: f32,
         update: impl Fn(usize) -> bool,
     ) -> Result<()> {
-        let level = simd::active();
         let decays: Vec<bool> = store.infos().iter().map(|p| p.kind.decays()).collect();
         let trainable: Vec<bool> = store.infos().iter().map(|p| p.kind.trainable()).collect();
         for i in 0..store.len() {
@@ -155,7 +153,7 @@ impl Optimizer {
                         momentum,
                         weight_decay: wd,
                     };
-                    k::sgd_momentum(level, h, p, g, &mut self.slots[0][i])?;
+                    k::sgd_momentum(h, p, g, &mut self.slots[0][i])?;
                 }
                 OptimizerKind::RmsProp {
                     decay,
@@ -170,7 +168,7 @@ impl Optimizer {
                         weight_decay: wd,
                     };
                     let (a, b) = self.slots.split_at_mut(1);
-                    k::rmsprop_tf(level, h, p, g, &mut b[0][i], &mut a[0][i])?;
+                    k::rmsprop_tf(h, p, g, &mut b[0][i], &mut a[0][i])?;
                 }
             }
         }
@@ -246,9 +244,8 @@ impl Ema {
     /// # Errors
     /// [`Error::InvalidArgument`] for a decay outside `[0, 1]`.
     pub fn update(&mut self, store: &ParamStore) -> Result<()> {
-        let level = simd::active();
         for (e, p) in self.values.iter_mut().zip(&store.values) {
-            k::ema_update(level, self.decay, e, p)?;
+            k::ema_update(self.decay, e, p)?;
         }
         Ok(())
     }

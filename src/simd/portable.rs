@@ -1,6 +1,6 @@
 //! The portable path: the `wide` crate's 8-lane vectors.
 
-use super::{Simd, SimdLevel};
+use super::{Microkernel, Simd, SimdLevel};
 use wide::{f32x8, i32x8};
 
 /// Portable token (8 lanes, `wide::f32x8`); always available.
@@ -87,5 +87,10 @@ impl Simd for Portable {
     #[inline(always)]
     fn reduce_sum(self, a: f32x8) -> f32 {
         a.reduce_add()
+    }
+    #[inline(never)]
+    unsafe fn call<K: Microkernel>(a: &K::Args<'_>) {
+        // SAFETY: forwarded from the caller (K's contract; this level runs anywhere).
+        unsafe { K::run(Portable, a) }
     }
 }

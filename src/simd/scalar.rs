@@ -1,6 +1,6 @@
 //! The scalar path: one `f32` per "vector", no vector instructions.
 
-use super::{Simd, SimdLevel};
+use super::{Microkernel, Simd, SimdLevel};
 
 /// Scalar token (1 lane); always available.
 #[derive(Copy, Clone, Debug, Default)]
@@ -89,5 +89,10 @@ impl Simd for Scalar {
     #[inline(always)]
     fn reduce_sum(self, a: f32) -> f32 {
         a
+    }
+    #[inline(never)]
+    unsafe fn call<K: Microkernel>(a: &K::Args<'_>) {
+        // SAFETY: forwarded from the caller (K's contract; this level runs anywhere).
+        unsafe { K::run(Scalar, a) }
     }
 }

@@ -1,6 +1,6 @@
 //! AVX-512 and AVX2 instantiations, selected at run time.
 
-use super::{Simd, SimdKernel, SimdLevel};
+use super::{Microkernel, Simd, SimdKernel, SimdLevel};
 use std::arch::x86_64::*;
 
 /// AVX-512 token (16 lanes); only constructible on a CPU with AVX-512F/VL/DQ/BW and FMA.
@@ -137,6 +137,12 @@ impl Simd for Avx512 {
     fn reduce_sum(self, a: __m512) -> f32 {
         unsafe { _mm512_reduce_add_ps(a) }
     }
+    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+    #[inline(never)]
+    unsafe fn call<K: Microkernel>(a: &K::Args<'_>) {
+        // SAFETY: the caller guarantees the CPU has the features and K's contract.
+        unsafe { K::run(Avx512(()), a) }
+    }
 }
 
 /// Lane masks for AVX2 partial loads: row `n` enables the first `n` lanes.
@@ -245,5 +251,11 @@ impl Simd for Avx2 {
             let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
             _mm_cvtss_f32(s)
         }
+    }
+    #[target_feature(enable = "avx2,fma")]
+    #[inline(never)]
+    unsafe fn call<K: Microkernel>(a: &K::Args<'_>) {
+        // SAFETY: the caller guarantees the CPU has the features and K's contract.
+        unsafe { K::run(Avx2(()), a) }
     }
 }

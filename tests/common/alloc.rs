@@ -44,8 +44,11 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 /// `(total bytes, largest allocation)` made while `f` runs (counted only in a binary
-/// that installs [`Counting`]).
+/// that installs [`Counting`]). The current rayon pool's workers are started first
+/// (`broadcast` runs on each): a worker that is still starting up allocates its job
+/// queues, which would be counted as the kernel's.
 pub fn count(f: impl FnOnce()) -> (usize, usize) {
+    rayon::broadcast(|_| ());
     TOTAL.store(0, Relaxed);
     LARGEST.store(0, Relaxed);
     ON.store(true, Relaxed);

@@ -2,9 +2,8 @@
 //! reference results to compare them with.
 
 use super::Rng;
-use effnet::Result;
 use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvShape, GradMode, reference};
-use effnet::simd::{self, SimdLevel};
+use effnet::simd;
 
 /// Random operands of one convolution: input, weights, bias and output gradient.
 pub struct ConvCase {
@@ -15,34 +14,15 @@ pub struct ConvCase {
     pub dy: Vec<f32>,
 }
 
-type ForwardFn =
-    fn(SimdLevel, &ConvShape, &[f32], &[f32], Option<&[f32]>, &mut [f32]) -> Result<()>;
-type DataFn = fn(SimdLevel, &ConvShape, &[f32], &[f32], &mut [f32]) -> Result<()>;
-type WeightFn = fn(
-    SimdLevel,
-    &ConvShape,
-    &[f32],
-    &[f32],
-    &mut [f32],
-    Option<&mut [f32]>,
-    GradMode,
-) -> Result<()>;
-
-/// The three passes of one family module called directly (`depthwise`, `grouped`,
-/// `pointwise`), at the calling thread's active SIMD level.
-pub struct Family {
-    pub forward: ForwardFn,
-    pub backward_data: DataFn,
-    pub backward_weight: WeightFn,
-}
-
-/// Where the passes come from: the `Conv2d` plan, the plan's workspace passes (each
-/// call with a workspace of exactly `workspace_len` floats for the current pool,
-/// filled with NaN so that reading stale contents shows), or one family's functions.
+/// Where the passes come from: the `Conv2d` plan's plain passes, or its workspace
+/// passes (each call with a workspace of exactly `workspace_len` floats for the current
+/// pool, filled with NaN so that reading stale contents shows). The plan must have been
+/// made at the calling thread's active SIMD level (checked: a plan keeps the level it
+/// was made at, so a test that caps the level after making the plan would test
+/// another level than it says).
 pub enum Passes<'a> {
     Plan(&'a Conv2d),
     Workspace(&'a Conv2d),
-    Family(&'a Family),
 }
 
 /// A workspace of exactly the length `pass` of `c` needs in the current pool, full of
@@ -84,44 +64,51 @@ pub struct ConvRefs {
 }
 
 impl Passes<'_> {
-    fn forward(&self, s: &ConvShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
+    fn conv(&self) -> &Conv2d {
+        let (Passes::Plan(c) | Passes::Workspace(c)) = self;
+        assert_eq!(
+            c.level(),
+            simd::active(),
+            "the plan was made at another SIMD level than the active one"
+        );
+        c
+    }
+    fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
+        self.conv();
         match self {
             Passes::Plan(c) => c.forward(x, w, b, y),
             Passes::Workspace(c) => {
                 c.forward_with_workspace(x, w, b, y, &mut stale_workspace(c, ConvPass::Forward))
             }
-            Passes::Family(f) => (f.forward)(simd::active(), s, x, w, b, y),
         }
         .unwrap()
     }
-    fn backward_data(&self, s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    fn backward_data(&self, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+        self.conv();
         match self {
             Passes::Plan(c) => c.backward_data(dy, w, dx),
             Passes::Workspace(c) => {
                 let mut ws = stale_workspace(c, ConvPass::BackwardData);
                 c.backward_data_with_workspace(dy, w, dx, &mut ws)
             }
-            Passes::Family(f) => (f.backward_data)(simd::active(), s, dy, w, dx),
         }
         .unwrap()
     }
-    #[allow(clippy::too_many_arguments)]
     fn backward_weight(
         &self,
-        s: &ConvShape,
         x: &[f32],
         dy: &[f32],
         dw: &mut [f32],
         db: Option<&mut [f32]>,
         mode: GradMode,
     ) {
+        self.conv();
         match self {
             Passes::Plan(c) => c.backward_weight(x, dy, dw, db, mode),
             Passes::Workspace(c) => {
                 let mut ws = stale_workspace(c, ConvPass::BackwardWeight);
                 c.backward_weight_with_workspace(x, dy, dw, db, mode, &mut ws)
             }
-            Passes::Family(f) => (f.backward_weight)(simd::active(), s, x, dy, dw, db, mode),
         }
         .unwrap()
     }
@@ -179,15 +166,14 @@ impl ConvCase {
         let s = &self.shape;
         let nan = |n: usize| vec![f32::NAN; n];
         let mut y = nan(s.y_len);
-        p.forward(s, &self.x, &self.w, Some(&self.b), &mut y);
+        p.forward(&self.x, &self.w, Some(&self.b), &mut y);
         let mut y_no_bias = nan(s.y_len);
-        p.forward(s, &self.x, &self.w, None, &mut y_no_bias);
+        p.forward(&self.x, &self.w, None, &mut y_no_bias);
         let mut dx = nan(s.x_len);
-        p.backward_data(s, &self.dy, &self.w, &mut dx);
+        p.backward_data(&self.dy, &self.w, &mut dx);
         let mut dw = nan(s.w_len);
         let mut db = nan(self.b.len());
         p.backward_weight(
-            s,
             &self.x,
             &self.dy,
             &mut dw,
@@ -197,9 +183,9 @@ impl ConvCase {
         let mut dw_acc = self.w.clone();
         let mut db_acc = self.b.clone();
         let acc = GradMode::Accumulate;
-        p.backward_weight(s, &self.x, &self.dy, &mut dw_acc, Some(&mut db_acc), acc);
+        p.backward_weight(&self.x, &self.dy, &mut dw_acc, Some(&mut db_acc), acc);
         let mut dw_acc_no_bias = self.w.clone();
-        p.backward_weight(s, &self.x, &self.dy, &mut dw_acc_no_bias, None, acc);
+        p.backward_weight(&self.x, &self.dy, &mut dw_acc_no_bias, None, acc);
         ConvOutputs {
             y,
             y_no_bias,

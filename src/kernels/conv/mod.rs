@@ -1,9 +1,11 @@
 //! Convolutions over NHWC tensors: depthwise, grouped (and dense k×k), pointwise.
 //!
-//! Describe a convolution once with [`ConvDesc`], validate it into a [`ConvShape`],
-//! and run the passes through a [`Conv2d`] plan, which picks the kernel family
-//! ([`ConvFamily`]) and the SIMD level ([`crate::simd::active`]). The family modules
-//! ([`depthwise`], [`grouped`], [`pointwise`]) can also be called directly.
+//! Describe a convolution once with [`ConvDesc`] and plan it once with [`Conv2d`]: the
+//! plan validates the descriptor into a [`ConvShape`], picks the kernel family
+//! ([`ConvFamily`]; how each works is told in [`depthwise`], [`grouped`] and
+//! [`pointwise`]), reads the SIMD level ([`crate::simd::active`], or
+//! [`Conv2d::with_level`]) and plans every pass: the task split, the tile parameters
+//! and the microkernels of that level. The passes then reuse it.
 //!
 //! ```
 //! use effnet::kernels::conv::{Conv2d, ConvDesc, GradMode};
@@ -56,8 +58,10 @@ pub mod reference;
 pub use desc::{ConvDesc, ConvFamily, ConvShape, DType, Padding};
 
 use crate::error::{Error, Result, check_len};
+use crate::kernels::activation::Activation;
+use crate::kernels::gemm::Post;
 use crate::kernels::reduce::{column_sums_in, column_sums_scratch};
-use crate::kernels::scratch;
+use crate::kernels::scratch::{self, Workspace, WorkspaceLayout};
 use crate::simd::{self, SimdLevel};
 
 /// Floats of the header of packed weights ([`Conv2d::pack_weights`]): one 64-byte line.
@@ -93,21 +97,165 @@ pub enum ConvPass {
     BackwardWeight,
 }
 
-/// A validated convolution with its kernel family chosen: the entry point for the three
-/// passes. Layouts are documented on [`ConvDesc`].
+/// The forward weights as a family plan reads them: the weight as the caller gave it
+/// (`[kh][kw][group_size][C_out]`; the plan packs it into the workspace if its
+/// kernels need another layout), or already packed by [`Conv2d::pack_weights`] (the
+/// body after the header).
+#[derive(Copy, Clone)]
+pub(crate) enum ForwardWeights<'a> {
+    Plain(&'a [f32]),
+    Packed(&'a [f32]),
+}
+
+/// The forward pass's epilogue, part of a convolution plan ([`Conv2d::with_post_ops`]):
+/// each output element is `y = φ(Σ + bias) (+ r)`, applied while the output tile is in
+/// registers — no separate pass over `y`. `r` is a residual laid out as `y`
+/// (`[N][OH][OW][C_out]`), given to [`Conv2d::forward_fused`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PostOps {
+    /// `φ`, applied after the bias ([`PostOps::NONE`]: the identity).
+    pub activation: Activation,
+    /// Whether a residual is added after the activation.
+    pub residual: bool,
+}
+
+impl PostOps {
+    /// No epilogue: `y = conv(x, w) + bias`.
+    pub const NONE: PostOps = PostOps {
+        activation: Activation::Identity,
+        residual: false,
+    };
+}
+
+impl Default for PostOps {
+    /// [`PostOps::NONE`].
+    fn default() -> Self {
+        PostOps::NONE
+    }
+}
+
+/// The weight operand of [`Conv2d::forward_fused`].
 #[derive(Copy, Clone, Debug)]
+pub enum ConvWeights<'a> {
+    /// `[kh][kw][group_size][C_out]`, as given.
+    Plain(&'a [f32]),
+    /// Packed by [`Conv2d::pack_weights`] for this plan.
+    Packed(&'a [f32]),
+}
+
+/// The three passes of one kernel family, planned for one shape and SIMD level (task
+/// split, tile parameters and microkernel table chosen when the plan is made).
+/// Buffers arrive checked ([`ConvShape::check_forward`] and friends) and the workspace
+/// checked against [`FamilyPlan::layout`] for the calling pool.
+pub(crate) trait FamilyPlan: Send + Sync + std::fmt::Debug {
+    /// The regions a pass takes from its workspace, in order, in a pool of `threads`
+    /// threads.
+    fn layout(&self, pass: ConvPass, threads: usize) -> WorkspaceLayout;
+    /// Floats of the forward weights in the layout the forward kernels read.
+    fn packed_len(&self) -> usize;
+    /// Writes `w` in that layout into `out` (at least [`FamilyPlan::packed_len`]).
+    fn pack(&self, w: &[f32], out: &mut [f32]);
+    /// `y = φ(conv(x, w) (+ bias)) (+ residual)` with the epilogue `post` (checked).
+    fn forward(
+        &self,
+        x: &[f32],
+        w: ForwardWeights<'_>,
+        bias: Option<&[f32]>,
+        post: Post<'_>,
+        y: &mut [f32],
+        ws: &mut Workspace<'_>,
+    ) -> Result<()>;
+    /// `dx = convᵀ(dy, w)`.
+    fn backward_data(
+        &self,
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        ws: &mut Workspace<'_>,
+    ) -> Result<()>;
+    /// The weight (and bias) gradient, overwritten or accumulated.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_weight(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        mode: GradMode,
+        ws: &mut Workspace<'_>,
+    ) -> Result<()>;
+}
+
+/// A family's plan, by family.
+#[derive(Debug)]
+enum Plan {
+    Depthwise(depthwise::Plan),
+    Grouped(Box<grouped::Plan>),
+    Pointwise(pointwise::Plan),
+}
+
+/// A convolution planned once: the validated shape, its kernel family, the SIMD level
+/// (read once, when the plan is made) and the family's plan for every pass — the task
+/// split, the tile parameters and the microkernels. Build it once per layer and reuse
+/// it; layouts are documented on [`ConvDesc`].
+///
+/// Every pass exists in three forms: plain ([`Conv2d::forward`]), with a caller-owned
+/// workspace ([`Conv2d::forward_with_workspace`]) and, for the forward pass, on
+/// weights packed once ([`Conv2d::forward_packed`]).
+#[derive(Debug)]
 pub struct Conv2d {
     shape: ConvShape,
     family: ConvFamily,
+    level: SimdLevel,
+    post: PostOps,
+    plan: Plan,
 }
 
 impl Conv2d {
-    /// Validates `desc` and picks the kernel family.
+    /// Validates `desc`, picks the kernel family and plans every pass at the calling
+    /// thread's SIMD level ([`crate::simd::active`]).
     pub fn new(desc: &ConvDesc) -> Result<Conv2d> {
+        Conv2d::with_level(desc, simd::active())
+    }
+
+    /// [`Conv2d::new`] at `level` (clamped to what the CPU supports).
+    pub fn with_level(desc: &ConvDesc, level: SimdLevel) -> Result<Conv2d> {
         let shape = desc.validate()?;
+        Conv2d::planned(shape, shape.family(), level)
+    }
+
+    /// A plan on the kernels of `family` rather than the one [`ConvShape::family`]
+    /// picks — to compare families on one shape (the grouped kernels run every shape).
+    /// Errors: [`crate::Error::InvalidArgument`] if the family cannot run the shape
+    /// ([`ConvShape::supports`]).
+    pub fn with_family(desc: &ConvDesc, family: ConvFamily, level: SimdLevel) -> Result<Conv2d> {
+        let shape = desc.validate()?;
+        if !shape.supports(family) {
+            return Err(Error::InvalidArgument(format!(
+                "the {family:?} kernels cannot run this convolution (they need {})",
+                match family {
+                    ConvFamily::Depthwise => "one channel per group and as many outputs as inputs",
+                    ConvFamily::Pointwise => "a 1×1 kernel, one group and no padding",
+                    ConvFamily::Grouped => "nothing more",
+                }
+            )));
+        }
+        Conv2d::planned(shape, family, level)
+    }
+
+    fn planned(shape: ConvShape, family: ConvFamily, level: SimdLevel) -> Result<Conv2d> {
+        let level = level.min(simd::detected());
+        let plan = match family {
+            ConvFamily::Depthwise => Plan::Depthwise(depthwise::Plan::new(level, &shape)),
+            ConvFamily::Grouped => Plan::Grouped(Box::new(grouped::Plan::new(level, &shape))),
+            ConvFamily::Pointwise => Plan::Pointwise(pointwise::Plan::new(level, &shape)),
+        };
         Ok(Conv2d {
-            family: shape.family(),
             shape,
+            family,
+            level,
+            post: PostOps::NONE,
+            plan,
         })
     }
 
@@ -121,30 +269,111 @@ impl Conv2d {
         self.family
     }
 
+    /// The SIMD level the passes run at (fixed when the plan was made).
+    pub fn level(&self) -> SimdLevel {
+        self.level
+    }
+
+    /// The same plan with the forward epilogue `post` (activation, residual add): the
+    /// forward passes then give `φ(conv(x, w) + bias) (+ r)` in one pass over `y`.
+    /// A plan with a residual runs through [`Conv2d::forward_fused`] only.
+    pub fn with_post_ops(mut self, post: PostOps) -> Conv2d {
+        self.post = post;
+        self
+    }
+
+    /// The forward epilogue.
+    pub fn post_ops(&self) -> PostOps {
+        self.post
+    }
+
+    /// The forward pass with every operand: the weights plain or packed, the residual
+    /// of the plan's epilogue (`Some` exactly when [`PostOps::residual`]; laid out as
+    /// `y`), and a caller's workspace (`None`: the thread-kept one, as
+    /// [`Conv2d::forward`]). `y = φ(conv(x, w) + bias) (+ residual)`, overwritten.
+    ///
+    /// Errors: the buffer checks of [`Conv2d::forward`] and [`Conv2d::forward_packed`];
+    /// [`crate::Error::InvalidArgument`] if the residual is given without the plan's
+    /// epilogue asking for one or missing when it does; [`crate::Error::BufferSize`]
+    /// naming `"residual"`; then the workspace checks.
+    pub fn forward_fused(
+        &self,
+        x: &[f32],
+        w: ConvWeights<'_>,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        y: &mut [f32],
+        ws: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let s = &self.shape;
+        let w = match w {
+            ConvWeights::Plain(w) => {
+                s.check_forward(x, w, bias, y)?;
+                ForwardWeights::Plain(w)
+            }
+            ConvWeights::Packed(p) => ForwardWeights::Packed(self.check_packed(x, p, bias, y)?),
+        };
+        match (residual, self.post.residual) {
+            (Some(r), true) => check_len("residual", r.len(), s.y_len)?,
+            (None, false) => {}
+            (Some(_), false) => {
+                return Err(Error::InvalidArgument(
+                    "a residual was given but the plan's post-ops add none".into(),
+                ));
+            }
+            (None, true) => {
+                return Err(Error::InvalidArgument(
+                    "the plan's post-ops add a residual; pass it to forward_fused".into(),
+                ));
+            }
+        }
+        let post = Post {
+            act: self.post.activation,
+            residual,
+        };
+        let mut run = |ws: &mut [f32]| {
+            let mut ws = self.workspace(ConvPass::Forward, ws)?;
+            self.kernels().forward(x, w, bias, post, y, &mut ws)
+        };
+        match ws {
+            Some(ws) => run(ws),
+            None => self.allocating(ConvPass::Forward, run),
+        }
+    }
+
+    fn kernels(&self) -> &dyn FamilyPlan {
+        match &self.plan {
+            Plan::Depthwise(p) => p,
+            Plan::Grouped(p) => p.as_ref(),
+            Plan::Pointwise(p) => p,
+        }
+    }
+
     /// Floats (`f32` elements, not bytes) of workspace `pass` needs when the call runs
     /// in a `rayon` pool of `threads` threads (`rayon::current_num_threads()` inside
-    /// it; `0` means the current pool), at the active SIMD level
-    /// ([`crate::simd::active`]; query again after changing it). A workspace sized for
-    /// more threads also serves a smaller pool; for a larger pool it may be short.
-    /// Depends on the shape, the pass, the level and the thread count only.
+    /// it; `0` means the current pool). A workspace sized for more threads also serves
+    /// a smaller pool; for a larger pool it may be short. Depends on the plan (shape
+    /// and level), the pass and the thread count only.
     pub fn workspace_len(&self, pass: ConvPass, threads: usize) -> usize {
         let threads = if threads == 0 {
             rayon::current_num_threads()
         } else {
             threads
         };
-        let level = simd::active();
-        match self.family {
-            ConvFamily::Pointwise => pointwise::workspace_len(level, &self.shape, pass),
-            ConvFamily::Depthwise => depthwise::workspace_len(level, &self.shape, pass, threads),
-            ConvFamily::Grouped => grouped::workspace_len(level, &self.shape, pass, threads),
-        }
+        self.kernels().layout(pass, threads).len()
+    }
+
+    /// The caller's workspace checked against the layout of `pass` in the current pool.
+    fn workspace<'a>(&self, pass: ConvPass, ws: &'a mut [f32]) -> Result<Workspace<'a>> {
+        let layout = self.kernels().layout(pass, rayon::current_num_threads());
+        Workspace::new(ws, &layout)
     }
 
     /// Runs `f` with a workspace of exactly the length `pass` needs in the current
-    /// pool, kept by the calling thread between calls ([`scratch::with_reused`]).
+    /// pool, kept by the calling thread between calls ([`scratch::try_with_reused`]: a
+    /// size the system refuses is [`Error::OutOfMemory`], not an abort).
     fn allocating<R>(&self, pass: ConvPass, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
-        scratch::with_reused(self.workspace_len(pass, 0), f)
+        scratch::try_with_reused(self.workspace_len(pass, 0), f)
     }
 
     /// `y = conv(x, w) (+ bias)`; `y` is overwritten. Allocates its workspace; see
@@ -168,43 +397,26 @@ impl Conv2d {
         y: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
-        let level = simd::active();
-        match self.family {
-            ConvFamily::Depthwise => {
-                depthwise::forward_with_workspace(level, &self.shape, x, w, bias, y, ws)
-            }
-            ConvFamily::Pointwise => {
-                pointwise::forward_with_workspace(level, &self.shape, x, w, bias, y, ws)
-            }
-            ConvFamily::Grouped => {
-                grouped::forward_with_workspace(level, &self.shape, x, w, bias, y, ws)
-            }
-        }
+        self.forward_fused(x, ConvWeights::Plain(w), bias, None, y, Some(ws))
     }
 
     /// Floats of the buffer [`Conv2d::pack_weights`] fills: a 16-float header (which
     /// plan and SIMD level the weights were packed for) and the forward weights in the
-    /// layout the kernels read at the active level ([`crate::simd::active`]):
-    /// pointwise, the GEMM's column panels; grouped, the per-group vector-padded
-    /// layout (or the weight as it is for whole-vector groups such as G16 at
-    /// AVX-512); depthwise, the weight as it is (each task packs the channel blocks it
-    /// reads next to its row rings, which measured faster than a shared packed copy).
+    /// layout the kernels read at the plan's level: pointwise, the GEMM's column
+    /// panels; grouped, the per-group vector-padded layout (or the weight as it is for
+    /// whole-vector groups such as G16 at AVX-512); depthwise, the weight as it is
+    /// (each task packs the channel blocks it reads next to its row rings, which
+    /// measured faster than a shared packed copy).
     pub fn packed_weights_len(&self) -> usize {
-        let level = simd::active();
-        PACK_HEADER
-            + match self.family {
-                ConvFamily::Pointwise => pointwise::forward_packed_len(level, &self.shape),
-                ConvFamily::Depthwise => depthwise::forward_packed_len(level, &self.shape),
-                ConvFamily::Grouped => grouped::forward_packed_len(level, &self.shape),
-            }
+        PACK_HEADER + self.kernels().packed_len()
     }
 
     /// Packs the weight `w` (`[kh][kw][group_size][C_out]`) once for
     /// [`Conv2d::forward_packed`] into `packed` (at least
     /// [`Conv2d::packed_weights_len`] floats; any contents): for inference, where the
     /// weights stay fixed across calls, this takes the per-call weight packing out of
-    /// the forward pass. The packed form belongs to this plan's shape and the SIMD
-    /// level active now, and to this build of the library: use it in this process only.
+    /// the forward pass. The packed form belongs to this plan (its shape and SIMD
+    /// level) and to this build of the library: use it in this process only.
     ///
     /// Errors: [`crate::Error::BufferSize`] naming `"weight"` or `"packed weights"`.
     pub fn pack_weights(&self, w: &[f32], packed: &mut [f32]) -> Result<()> {
@@ -217,14 +429,9 @@ impl Conv2d {
                 actual: packed.len(),
             });
         }
-        let level = simd::active();
         let (head, body) = packed[..need].split_at_mut(PACK_HEADER);
-        head.copy_from_slice(&self.pack_header(level));
-        match self.family {
-            ConvFamily::Pointwise => pointwise::pack_forward_weights(level, &self.shape, w, body),
-            ConvFamily::Depthwise => depthwise::pack_forward_weights(level, &self.shape, w, body),
-            ConvFamily::Grouped => grouped::pack_forward_weights(level, &self.shape, w, body),
-        }
+        head.copy_from_slice(&self.pack_header());
+        self.kernels().pack(w, body);
         Ok(())
     }
 
@@ -237,8 +444,7 @@ impl Conv2d {
     /// Errors: the buffer checks of [`Conv2d::forward`] (`x`, `bias`, `y`);
     /// [`crate::Error::BufferSize`] naming `"packed weights"` if `packed` is short;
     /// [`crate::Error::InvalidArgument`] if `packed` was not packed for this plan's
-    /// shape at the active SIMD level (or not packed at all); then the workspace
-    /// checks.
+    /// shape and SIMD level (or not packed at all); then the workspace checks.
     pub fn forward_packed(
         &self,
         x: &[f32],
@@ -247,6 +453,18 @@ impl Conv2d {
         y: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
+        self.forward_fused(x, ConvWeights::Packed(packed), bias, None, y, Some(ws))
+    }
+
+    /// Checks the operands of a forward pass on packed weights and returns the packed
+    /// body (after the header).
+    fn check_packed<'p>(
+        &self,
+        x: &[f32],
+        packed: &'p [f32],
+        bias: Option<&[f32]>,
+        y: &[f32],
+    ) -> Result<&'p [f32]> {
         let s = &self.shape;
         check_len("x", x.len(), s.x_len)?;
         if let Some(b) = bias {
@@ -261,39 +479,32 @@ impl Conv2d {
                 actual: packed.len(),
             });
         }
-        let level = simd::active();
         let (head, body) = packed[..need].split_at(PACK_HEADER);
         if head
             .iter()
             .map(|v| v.to_bits())
-            .ne(self.pack_header(level).iter().map(|v| v.to_bits()))
+            .ne(self.pack_header().iter().map(|v| v.to_bits()))
         {
             return Err(Error::InvalidArgument(format!(
-                "the packed weights were not packed by pack_weights for this convolution                  at the {level} SIMD level; pack them again"
+                "the packed weights were not packed by pack_weights for this convolution \
+                 at the {} SIMD level; pack them again",
+                self.level
             )));
         }
-        match self.family {
-            ConvFamily::Pointwise => {
-                // Needs no workspace: the product reads the packed weights directly.
-                pointwise::forward_prepacked(level, s, x, body, bias, y);
-                Ok(())
-            }
-            ConvFamily::Depthwise => depthwise::forward_prepacked(level, s, x, body, bias, y, ws),
-            ConvFamily::Grouped => grouped::forward_prepacked(level, s, x, body, bias, y, ws),
-        }
+        Ok(body)
     }
 
-    /// The header of weights packed for this plan at `level`: a magic number, the
-    /// level, the family and a hash of the shape (as float bit patterns).
-    fn pack_header(&self, level: SimdLevel) -> [f32; PACK_HEADER] {
+    /// The header of weights packed for this plan: a magic number, the level, the
+    /// family and a hash of the shape (as float bit patterns).
+    fn pack_header(&self) -> [f32; PACK_HEADER] {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.shape.hash(&mut h);
-        simd::dispatch_lanes(level).hash(&mut h);
+        self.level.lanes().hash(&mut h);
         let hash = h.finish();
         let mut out = [0u32; PACK_HEADER];
         out[0] = PACK_MAGIC;
-        out[1] = level as u32;
+        out[1] = self.level as u32;
         out[2] = self.family as u32;
         out[3] = hash as u32;
         out[4] = (hash >> 32) as u32;
@@ -319,18 +530,9 @@ impl Conv2d {
         dx: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
-        let level = simd::active();
-        match self.family {
-            ConvFamily::Depthwise => {
-                depthwise::backward_data_with_workspace(level, &self.shape, dy, w, dx, ws)
-            }
-            ConvFamily::Pointwise => {
-                pointwise::backward_data_with_workspace(level, &self.shape, dy, w, dx, ws)
-            }
-            ConvFamily::Grouped => {
-                grouped::backward_data_with_workspace(level, &self.shape, dy, w, dx, ws)
-            }
-        }
+        self.shape.check_backward_data(dy, w, dx)?;
+        let mut ws = self.workspace(ConvPass::BackwardData, ws)?;
+        self.kernels().backward_data(dy, w, dx, &mut ws)
     }
 
     /// The gradients with respect to the weight and (if `dbias` is given) the bias,
@@ -361,39 +563,11 @@ impl Conv2d {
         mode: GradMode,
         ws: &mut [f32],
     ) -> Result<()> {
-        let level = simd::active();
-        match self.family {
-            ConvFamily::Depthwise => depthwise::backward_weight_with_workspace(
-                level,
-                &self.shape,
-                x,
-                dy,
-                dw,
-                dbias,
-                mode,
-                ws,
-            ),
-            ConvFamily::Pointwise => pointwise::backward_weight_with_workspace(
-                level,
-                &self.shape,
-                x,
-                dy,
-                dw,
-                dbias,
-                mode,
-                ws,
-            ),
-            ConvFamily::Grouped => grouped::backward_weight_with_workspace(
-                level,
-                &self.shape,
-                x,
-                dy,
-                dw,
-                dbias,
-                mode,
-                ws,
-            ),
-        }
+        self.shape
+            .check_backward_weight(x, dy, dw, dbias.as_deref())?;
+        let mut ws = self.workspace(ConvPass::BackwardWeight, ws)?;
+        self.kernels()
+            .backward_weight(x, dy, dw, dbias, mode, &mut ws)
     }
 }
 

@@ -15,8 +15,9 @@
 //! All three run on the crate's register-tiled matrix product (`kernels::gemm`, internal).
 //!
 //! # Workspace
-//! Each pass has a `*_with_workspace` form that takes all its tensor-sized scratch from
-//! the caller ([`workspace_len`] floats, see [`crate::kernels::scratch`]): forward and
+//! Each pass takes all its tensor-sized scratch from the caller's workspace
+//! ([`Conv2d::workspace_len`](super::Conv2d::workspace_len) floats, see
+//! [`crate::kernels::scratch`]): forward and
 //! backward-data the packed weight (`C_in·C_out` rounded up to whole vectors);
 //! backward-weight the gathered input pixels (`M·C_in`, strided only), the per-chunk
 //! partial sums (at most 64 chunks of `C_in·C_out`, only when there is more than one
@@ -25,8 +26,11 @@
 //! that and call the workspace forms. What stays allocated inside: the list of column
 //! panels of the product (`O(C / lanes)` small descriptors).
 
-use super::{ConvPass, ConvShape, GradMode, bias_grad_in, bias_grad_scratch};
+use super::{
+    ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode, bias_grad_in, bias_grad_scratch,
+};
 use crate::error::Result;
+use crate::kernels::gemm::Post;
 use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap, padded_cols};
 use crate::kernels::parallel::{partials_len, reduce_chunks_in};
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
@@ -80,91 +84,81 @@ fn layout(level: SimdLevel, shape: &ConvShape, pass: ConvPass) -> WorkspaceLayou
     l
 }
 
-/// Floats of workspace `pass` needs at `level` (no per-worker regions: the same for
-/// any thread count).
-pub fn workspace_len(level: SimdLevel, shape: &ConvShape, pass: ConvPass) -> usize {
-    layout(level, shape, pass).len()
-}
-
-/// Runs `f` on a workspace of exactly the size `pass` needs, kept by the calling
-/// thread between calls.
-fn allocating<R>(
+/// The pointwise kernels planned for one shape and level: the product's orientations
+/// and chunking are functions of the shape and level, derived when needed.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    shape: ConvShape,
     level: SimdLevel,
-    shape: &ConvShape,
-    pass: ConvPass,
-    f: impl FnOnce(&mut [f32]) -> Result<R>,
-) -> Result<R> {
-    layout(level, shape, pass).with_reused(f)
 }
 
-/// `y = conv(x, w) (+ bias)`; `y` is overwritten.
-///
-/// `x`: `[N][H][W][C_in]`, `w`: `[C_in][C_out]`, `bias`: `[C_out]`,
-/// `y`: `[N][OH][OW][C_out]`. Errors if a buffer length does not match `shape`.
-pub fn forward(
-    level: SimdLevel,
-    shape: &ConvShape,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) -> Result<()> {
-    allocating(level, shape, ConvPass::Forward, |ws| {
-        forward_with_workspace(level, shape, x, w, bias, y, ws)
-    })
+impl Plan {
+    pub(crate) fn new(level: SimdLevel, shape: &ConvShape) -> Plan {
+        Plan {
+            shape: *shape,
+            level,
+        }
+    }
 }
 
-/// [`forward`] with its scratch in `ws` (at least
-/// [`workspace_len`]`(level, shape, ConvPass::Forward)` floats, any contents; a
-/// shorter one is [`crate::Error::BufferSize`] naming `"workspace"`).
-pub fn forward_with_workspace(
-    level: SimdLevel,
-    shape: &ConvShape,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    ws: &mut [f32],
-) -> Result<()> {
-    shape.check_forward(x, w, bias, y)?;
-    let mut ws = Workspace::new(ws, &layout(level, shape, ConvPass::Forward))?;
-    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
-    let buf = ws.take(PackedB::packed_len(level, ci, co))?;
-    let packed = PackedB::new_in(level, ci, co, w, co, 1, buf);
-    forward_with_packed(level, shape, x, &packed, bias, y);
-    Ok(())
-}
+impl FamilyPlan for Plan {
+    /// No per-worker regions: the same for any thread count (see the module docs).
+    fn layout(&self, pass: ConvPass, _threads: usize) -> WorkspaceLayout {
+        layout(self.level, &self.shape, pass)
+    }
 
-/// Floats of the forward weights packed at `level` ([`pack_forward_weights`]).
-pub(super) fn forward_packed_len(level: SimdLevel, shape: &ConvShape) -> usize {
-    PackedB::packed_len(level, shape.desc.in_channels, shape.desc.out_channels)
-}
+    fn packed_len(&self) -> usize {
+        let d = &self.shape.desc;
+        PackedB::packed_len(self.level, d.in_channels, d.out_channels)
+    }
 
-/// Packs `w: [C_in][C_out]` into `out` (at least [`forward_packed_len`] floats) in
-/// the layout the forward product reads at `level`.
-pub(super) fn pack_forward_weights(
-    level: SimdLevel,
-    shape: &ConvShape,
-    w: &[f32],
-    out: &mut [f32],
-) {
-    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
-    PackedB::new_in(level, ci, co, w, co, 1, out);
-}
+    fn pack(&self, w: &[f32], out: &mut [f32]) {
+        let (ci, co) = (self.shape.desc.in_channels, self.shape.desc.out_channels);
+        PackedB::new_in(self.level, ci, co, w, co, 1, out);
+    }
 
-/// The forward pass on weights packed by [`pack_forward_weights`] at the same `level`
-/// (buffers already checked; needs no workspace).
-pub(super) fn forward_prepacked(
-    level: SimdLevel,
-    shape: &ConvShape,
-    x: &[f32],
-    packed: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
-    let packed = PackedB::from_packed(level, ci, co, packed);
-    forward_with_packed(level, shape, x, &packed, bias, y);
+    fn forward(
+        &self,
+        x: &[f32],
+        w: ForwardWeights<'_>,
+        bias: Option<&[f32]>,
+        post: Post<'_>,
+        y: &mut [f32],
+        ws: &mut Workspace<'_>,
+    ) -> Result<()> {
+        let (level, shape) = (self.level, &self.shape);
+        let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
+        let buf = ws.take(PackedB::packed_len(level, ci, co))?;
+        let packed = match w {
+            ForwardWeights::Plain(w) => PackedB::new_in(level, ci, co, w, co, 1, buf),
+            // The product reads the packed weights directly; the region goes unused.
+            ForwardWeights::Packed(p) => PackedB::from_packed(level, ci, co, p),
+        };
+        forward_with_packed(level, shape, x, &packed, bias, post, y);
+        Ok(())
+    }
+
+    fn backward_data(
+        &self,
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        ws: &mut Workspace<'_>,
+    ) -> Result<()> {
+        backward_data(self.level, &self.shape, dy, w, dx, ws)
+    }
+
+    fn backward_weight(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        mode: GradMode,
+        ws: &mut Workspace<'_>,
+    ) -> Result<()> {
+        backward_weight(self.level, &self.shape, x, dy, dw, dbias, mode, ws)
+    }
 }
 
 /// `y = x·B (+ bias)` with `B` packed.
@@ -174,6 +168,7 @@ fn forward_with_packed(
     x: &[f32],
     packed: &PackedB<'_>,
     bias: Option<&[f32]>,
+    post: Post<'_>,
     y: &mut [f32],
 ) {
     let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
@@ -189,39 +184,23 @@ fn forward_with_packed(
         c_rows: RowMap::uniform(co),
         bias,
         accumulate: false,
+        post,
     }
     .run(level, y);
 }
 
-/// `dx = convᵀ(dy, w)`; `dx` is overwritten.
+/// `dx = convᵀ(dy, w)`; `dx` is overwritten (buffers and workspace checked).
 ///
 /// `dy`: `[N][OH][OW][C_out]`, `w`: `[C_in][C_out]`, `dx`: `[N][H][W][C_in]`; with a
-/// stride above 1 the input pixels that no output reads get zero. Errors if a buffer
-/// length does not match `shape`.
-pub fn backward_data(
+/// stride above 1 the input pixels that no output reads get zero.
+fn backward_data(
     level: SimdLevel,
     shape: &ConvShape,
     dy: &[f32],
     w: &[f32],
     dx: &mut [f32],
+    ws: &mut Workspace<'_>,
 ) -> Result<()> {
-    allocating(level, shape, ConvPass::BackwardData, |ws| {
-        backward_data_with_workspace(level, shape, dy, w, dx, ws)
-    })
-}
-
-/// [`backward_data`] with its scratch in `ws` (at least
-/// [`workspace_len`]`(level, shape, ConvPass::BackwardData)` floats, any contents).
-pub fn backward_data_with_workspace(
-    level: SimdLevel,
-    shape: &ConvShape,
-    dy: &[f32],
-    w: &[f32],
-    dx: &mut [f32],
-    ws: &mut [f32],
-) -> Result<()> {
-    shape.check_backward_data(dy, w, dx)?;
-    let mut ws = Workspace::new(ws, &layout(level, shape, ConvPass::BackwardData))?;
     let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
     let (m, c_rows) = input_rows(shape);
     let buf = ws.take(PackedB::packed_len(level, co, ci))?;
@@ -241,6 +220,7 @@ pub fn backward_data_with_workspace(
         c_rows,
         bias: None,
         accumulate: false,
+        post: Post::NONE,
     }
     .run(level, dx);
     Ok(())
@@ -304,30 +284,14 @@ fn swap(level: SimdLevel, ci: usize, co: usize) -> bool {
     4 * padded_cols(level, co) * ci > 5 * padded_cols(level, ci) * co
 }
 
-/// Weight (and bias) gradient, overwritten or accumulated per `mode`.
+/// Weight (and bias) gradient, overwritten or accumulated per `mode` (buffers and
+/// workspace checked).
 ///
 /// `x`: `[N][H][W][C_in]`, `dy`: `[N][OH][OW][C_out]`, `dw`: `[C_in][C_out]`,
 /// `dbias`: `[C_out]`. The sums over rows are cut into fixed chunks reduced in order:
-/// bitwise identical results for any thread count. Errors if a buffer length does not
-/// match `shape`.
-pub fn backward_weight(
-    level: SimdLevel,
-    shape: &ConvShape,
-    x: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    dbias: Option<&mut [f32]>,
-    mode: GradMode,
-) -> Result<()> {
-    allocating(level, shape, ConvPass::BackwardWeight, |ws| {
-        backward_weight_with_workspace(level, shape, x, dy, dw, dbias, mode, ws)
-    })
-}
-
-/// [`backward_weight`] with its scratch in `ws` (at least
-/// [`workspace_len`]`(level, shape, ConvPass::BackwardWeight)` floats, any contents).
+/// bitwise identical results for any thread count.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_weight_with_workspace(
+fn backward_weight(
     level: SimdLevel,
     shape: &ConvShape,
     x: &[f32],
@@ -335,10 +299,8 @@ pub fn backward_weight_with_workspace(
     dw: &mut [f32],
     dbias: Option<&mut [f32]>,
     mode: GradMode,
-    ws: &mut [f32],
+    ws: &mut Workspace<'_>,
 ) -> Result<()> {
-    shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
-    let mut ws = Workspace::new(ws, &layout(level, shape, ConvPass::BackwardWeight))?;
     let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
     let (m, x_rows) = input_rows(shape);
     let chunk = grad_chunk(m, ci, co);
@@ -388,6 +350,7 @@ pub fn backward_weight_with_workspace(
             c_rows: RowMap::uniform(n),
             bias: None,
             accumulate,
+            post: Post::NONE,
         }
         .run(level, out);
     };

@@ -2,12 +2,13 @@
 //! padded, group-major copy of `dy`, one residue class of input columns at a time.
 
 use super::forward::debug_check;
-use super::micro::{ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile};
-use super::slide::{self, SlideRow, slide_row};
-use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_zeroed};
+use super::micro::{ConvTile, GroupMajor, GroupedTable};
+use super::slide::{self, SlideRow};
+use super::{Geo, SharedOut, Task, plan_tasks, split, table, with_zeroed};
 use crate::error::Result;
+use crate::kernels::activation::Activation;
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
-use crate::simd::{self, Simd, SimdKernel, SimdLevel};
+use crate::simd::SimdLevel;
 use rayon::prelude::*;
 
 /// Columns of the padded `dy` rows: `pad` zero pixels on the left, then enough pixels
@@ -32,7 +33,10 @@ impl DyCols {
 
 /// How a backward-data call splits its work and what scratch it needs; a function of
 /// the shape and the level only.
+#[derive(Debug)]
 pub(super) struct Plan {
+    /// The level's microkernels.
+    tab: &'static GroupedTable,
     l: usize,
     civn: usize,
     cols: DyCols,
@@ -43,7 +47,8 @@ pub(super) struct Plan {
 
 impl Plan {
     pub(super) fn new(level: SimdLevel, g: &Geo) -> Plan {
-        let l = lanes(level);
+        let tab = table(level);
+        let l = tab.lanes;
         let civn = g.cig.div_ceil(l);
         let cols = DyCols::new(g);
         let w_group = g.taps() * g.cog * civn * l;
@@ -59,6 +64,7 @@ impl Plan {
             .max()
             .unwrap_or(0);
         Plan {
+            tab,
             l,
             civn,
             cols,
@@ -80,7 +86,6 @@ impl Plan {
 }
 
 pub(super) fn run(
-    level: SimdLevel,
     g: &Geo,
     plan: &Plan,
     dy: &[f32],
@@ -98,20 +103,19 @@ pub(super) fn run(
         let (oh_lo, oh_hi) = dy_rows(g, t.r0, t.r0 + t.rows);
         let rows = oh_hi - oh_lo;
         with_zeroed(&slots, t.ng * rows * cols.width * g.cog, |buf| {
-            simd::dispatch(
-                level,
-                BwdDataTask {
-                    g,
-                    dy,
-                    wt,
-                    out,
-                    t: *t,
-                    cols,
-                    oh_lo,
-                    rows,
-                    buf,
-                },
-            )
+            BwdDataTask {
+                tab: plan.tab,
+                g,
+                dy,
+                wt,
+                out,
+                t: *t,
+                cols,
+                oh_lo,
+                rows,
+                buf,
+            }
+            .run()
         })
     });
     Ok(())
@@ -148,6 +152,7 @@ fn pack_transposed(g: &Geo, w: &[f32], l: usize, civn: usize, p: &mut [f32]) {
 }
 
 struct BwdDataTask<'a> {
+    tab: &'static GroupedTable,
     g: &'a Geo,
     dy: &'a [f32],
     wt: &'a [f32],
@@ -162,12 +167,12 @@ struct BwdDataTask<'a> {
     buf: &'a mut [f32],
 }
 
-impl SimdKernel for BwdDataTask<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<S: Simd>(self, s: S) {
+impl BwdDataTask<'_> {
+    /// Runs the task: copies the `dy` rows as they are needed and runs the table's
+    /// row microkernels.
+    fn run(self) {
         let BwdDataTask {
+            tab,
             g,
             dy,
             wt,
@@ -178,7 +183,7 @@ impl SimdKernel for BwdDataTask<'_> {
             rows,
             buf,
         } = self;
-        let l = S::LANES;
+        let l = tab.lanes;
         let cog = g.cog;
         let g_stride = rows * cols.width * cog;
         let img = g.oh * g.ow * g.cout;
@@ -204,18 +209,19 @@ impl SimdKernel for BwdDataTask<'_> {
         let civn = g.cig.div_ceil(l);
         let w_k = civn * l;
         let w_group = g.taps() * cog * w_k;
-        let blocks: Vec<(usize, usize)> = split(civn, max_nv::<S>()).collect();
-        let mr = max_tile::<S>(blocks[0].1);
+        let blocks: Vec<(usize, usize)> = split(civn, tab.max_nv).collect();
+        let mr = tab.max_tile[blocks[0].1 - 1];
         let per_row = t.ng * blocks.len() * g.sw.min(g.w) * g.w.div_ceil(g.sw).div_ceil(mr);
         let (sh, sw) = (g.sh as isize, g.sw as isize);
         let mut taps = Vec::with_capacity(g.taps());
         let mut slide_rows = Vec::with_capacity(g.kh);
-        let sliding = |nv: usize| g.sw == 1 && g.dw == 1 && slide::supported(g.kw, 1, cog, nv);
+        let slide_row = tab.slide.filter(|_| g.sw == 1 && g.dw == 1);
+        let sliding = |nv: usize| slide::supported(g.kw, 1, cog, nv);
         for ih in t.r0..t.r0 + t.rows {
             let need = rows_end(ih);
             if need > copied {
                 let src = &dyi[copied * row_len..need * row_len];
-                gm.copy_rows(s, src, copied - oh_lo, buf);
+                gm.copy_rows(tab.copy_rows, src, copied - oh_lo, buf);
                 copied = need;
             }
             let ahead = if ih + 1 < t.r0 + t.rows {
@@ -237,7 +243,7 @@ impl SimdKernel for BwdDataTask<'_> {
                 for &(v0, nv) in &blocks {
                     let last = (g.cig - (v0 + nv - 1) * l).min(l);
                     let w_off = gi * w_group + v0 * l;
-                    if S::LEVEL == SimdLevel::Avx512 && sliding(nv) {
+                    if let (Some(slide_row), true) = (slide_row, sliding(nv)) {
                         // Stride 1: input column j reads dy column j + pl − kw, i.e.
                         // buffer column (j + pl + pad − (kw − 1)) + (kw − 1 − kw): a
                         // sliding window over the flipped kernel row.
@@ -286,13 +292,14 @@ impl SimdKernel for BwdDataTask<'_> {
                             sw: 1,
                             pix: cog,
                             nv,
+                            act: Activation::Identity,
+                            res: std::ptr::null(),
                         };
-                        // SAFETY: the level is AVX-512, so the CPU has the features
-                        // (`dispatch` made the token); `sliding` checked the
-                        // configuration; reads lie in `buf` (rows copied, columns
-                        // padded to every column read) and `wt`, writes in this task's
-                        // part of `dx` (see the tile call below); `debug_check`
-                        // verifies the bounds in debug builds.
+                        // SAFETY: the entry is in this level's table (AVX-512, which
+                        // the CPU runs); `sliding` checked the configuration; reads lie
+                        // in `buf` (rows copied, columns padded to every column read)
+                        // and `wt`, writes in this task's part of `dx` (see the run
+                        // below); `debug_check` verifies the bounds in debug builds.
                         unsafe { slide_row(&a) };
                         continue;
                     }
@@ -313,54 +320,48 @@ impl SimdKernel for BwdDataTask<'_> {
                         }
                         let n_cols = (g.w - rw).div_ceil(g.sw);
                         let x_row = ((t.n * g.h + ih) * g.w + rw) * g.cin + gi * g.cig + v0 * l;
-                        for (j0, m) in split(n_cols, mr) {
-                            // This tile's share of the prefetches.
-                            let pcols = step * g.ow / per_row..(step + 1) * g.ow / per_row;
-                            step += 1;
-                            gm.prefetch_rows(dyi, ahead.clone(), pcols);
-                            let src_off = j0 * cog;
-                            let dst_off = x_row + j0 * g.sw * g.cin;
-                            debug_check(
-                                &taps,
-                                src_off + gl * g_stride,
-                                buf.len(),
-                                cog,
-                                cog,
-                                m,
-                                w_off,
-                                wt.len(),
-                                w_k,
-                                nv * l,
-                                dst_off,
-                                out.len,
-                                g.sw * g.cin,
-                                (nv - 1) * l + last,
-                            );
-                            let a = ConvTile {
-                                src: src.wrapping_add(src_off),
-                                src_pix: cog,
-                                w: wt.as_ptr().wrapping_add(w_off),
-                                w_k,
-                                taps: &taps,
-                                k_len: cog,
-                                init: std::ptr::null(),
-                                dst: out.ptr.wrapping_add(dst_off),
-                                dst_pix: g.sw * g.cin,
-                                last,
-                            };
-                            macro_rules! call {
-                                ($m:literal, $nv:literal, $pix:literal) => {
-                                    // SAFETY: the offsets were derived from the shape so
-                                    // that every read lies in `buf` (rows copied above)
-                                    // or `wt`, and every write in this task's rows and
-                                    // groups of `dx`, which no other task writes (tasks
-                                    // partition images × rows × groups); `debug_check`
-                                    // verifies the bounds in debug builds.
-                                    unsafe { conv_tile::<S, $m, $nv, $pix>(s, &a) }
-                                };
-                            }
-                            conv_dispatch!(nv, m, cog, call);
-                        }
+                        let n_tiles = n_cols.div_ceil(mr);
+                        let pcols = step * g.ow / per_row..(step + n_tiles) * g.ow / per_row;
+                        step += n_tiles;
+                        gm.prefetch_rows(dyi, ahead.clone(), pcols);
+                        debug_check(
+                            &taps,
+                            gl * g_stride,
+                            buf.len(),
+                            cog,
+                            cog,
+                            n_cols,
+                            w_off,
+                            wt.len(),
+                            w_k,
+                            nv * l,
+                            x_row,
+                            out.len,
+                            g.sw * g.cin,
+                            (nv - 1) * l + last,
+                        );
+                        let a = ConvTile {
+                            src,
+                            src_pix: cog,
+                            w: wt.as_ptr().wrapping_add(w_off),
+                            w_k,
+                            taps: &taps,
+                            k_len: cog,
+                            init: std::ptr::null(),
+                            dst: out.ptr.wrapping_add(x_row),
+                            dst_pix: g.sw * g.cin,
+                            last,
+                            width: n_cols,
+                            act: Activation::Identity,
+                            res: std::ptr::null(),
+                        };
+                        // SAFETY: the offsets were derived from the shape so that every
+                        // read lies in `buf` (rows copied above) or `wt`, and every
+                        // write in this task's rows and groups of `dx`, which no other
+                        // task writes (tasks partition images × rows × groups);
+                        // `debug_check` verifies the bounds in debug builds; the entry
+                        // is from this level's table.
+                        unsafe { (tab.conv(nv, cog))(&a) };
                     }
                 }
             }

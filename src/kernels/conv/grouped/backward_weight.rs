@@ -2,12 +2,12 @@
 //! products of input channels × output-gradient vectors accumulated in registers over
 //! the chunk's pixels; per-chunk `f32` partials added in chunk order.
 
-use super::micro::{GroupMajor, OuterRow, OuterTile, max_nv, max_tile, outer_tile, tile_dispatch};
-use super::slide::{self, SlideWeight, WeightRow, slide_weight};
-use super::{Geo, lanes, split, with_zeroed};
+use super::micro::{GroupMajor, GroupedTable, OuterRow, OuterTile};
+use super::slide::{self, SlideWeight, WeightRow};
+use super::{Geo, split, table, with_zeroed};
 use crate::error::Result;
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
-use crate::simd::{self, Simd, SimdKernel, SimdLevel};
+use crate::simd::SimdLevel;
 use rayon::prelude::*;
 
 /// Most chunks of output rows (each adds one weight-sized partial).
@@ -44,7 +44,10 @@ struct Segment {
 /// How a backward-weight call splits its work and what scratch it needs; a function of
 /// the shape and the level only (never the thread count: the partial sums must not
 /// depend on it).
+#[derive(Debug)]
 pub(super) struct Plan {
+    /// The level's microkernels.
+    tab: &'static GroupedTable,
     /// Flattened output rows (`n·oh + oh`) per chunk, and the chunk count.
     chunk_rows: usize,
     chunks: usize,
@@ -67,7 +70,8 @@ pub(super) struct Plan {
 
 impl Plan {
     pub(super) fn new(level: SimdLevel, g: &Geo) -> Plan {
-        let l = lanes(level);
+        let tab = table(level);
+        let l = tab.lanes;
         let w_len = g.taps() * g.cig * g.cout;
         let rows = g.n * g.oh;
         // The chunking depends on the shape only, never on the thread count: chunks of
@@ -96,10 +100,10 @@ impl Plan {
         let blocks: Vec<(usize, usize)> = split(g.groups, gbs).collect();
         // G16 3×3 / 5×5 with AVX-512: sliding tiles with the input channels as the
         // vector axis; the partials are then laid out [tap][gl][co][ci].
-        let transposed = level.min(simd::detected()) == SimdLevel::Avx512
-            && g.dw == 1
-            && slide::weight_supported(g.kw, g.cig, g.cog);
+        let transposed =
+            tab.slide_weight.is_some() && g.dw == 1 && slide::weight_supported(g.kw, g.cig, g.cog);
         let mut plan = Plan {
+            tab,
             chunk_rows,
             chunks,
             // Output gradients are read in place when a task covers every channel in
@@ -191,9 +195,7 @@ impl Plan {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
-    level: SimdLevel,
     g: &Geo,
     plan: &Plan,
     x: &[f32],
@@ -226,27 +228,26 @@ pub(super) fn run(
         with_zeroed(&slots, x_len + dy_len + win_len, |buf| {
             let (xb, rest) = buf.split_at_mut(x_len);
             let (db, win) = rest.split_at_mut(dy_len);
-            simd::dispatch(
-                level,
-                BwdWeightTask {
-                    g,
-                    x,
-                    dy,
-                    r0,
-                    g0,
-                    ng,
-                    segments: &segments,
-                    x_rows: base,
-                    sub_rows: plan.sub_rows,
-                    transposed,
-                    in_place: plan.in_place,
-                    interior: plan.interior,
-                    xb,
-                    db: plan.dy_copy.then_some(db),
-                    win,
-                    part,
-                },
-            )
+            BwdWeightTask {
+                tab: plan.tab,
+                g,
+                x,
+                dy,
+                r0,
+                g0,
+                ng,
+                segments: &segments,
+                x_rows: base,
+                sub_rows: plan.sub_rows,
+                transposed,
+                in_place: plan.in_place,
+                interior: plan.interior,
+                xb,
+                db: plan.dy_copy.then_some(db),
+                win,
+                part,
+            }
+            .run()
         })
     });
 
@@ -295,6 +296,7 @@ pub(super) fn run(
 }
 
 struct BwdWeightTask<'a> {
+    tab: &'static GroupedTable,
     g: &'a Geo,
     x: &'a [f32],
     dy: &'a [f32],
@@ -324,12 +326,12 @@ struct BwdWeightTask<'a> {
     part: &'a mut [f32],
 }
 
-impl SimdKernel for BwdWeightTask<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<S: Simd>(self, s: S) {
+impl BwdWeightTask<'_> {
+    /// Runs the task: copies the input rows and output gradients step by step and
+    /// runs the table's weight-gradient microkernels.
+    fn run(self) {
         let BwdWeightTask {
+            tab,
             g,
             x,
             dy,
@@ -347,7 +349,7 @@ impl SimdKernel for BwdWeightTask<'_> {
             win,
             part,
         } = self;
-        let l = S::LANES;
+        let l = tab.lanes;
         let cig = g.cig;
         let cvn = g.cog.div_ceil(l);
         let wp = g.padded_w();
@@ -388,7 +390,7 @@ impl SimdKernel for BwdWeightTask<'_> {
         let bw = ng * g.cog;
         let part_len = part.len();
         let out = part.as_mut_ptr();
-        let blocks: Vec<(usize, usize)> = split(cvn, max_nv::<S>()).collect();
+        let blocks: Vec<(usize, usize)> = split(cvn, tab.max_nv).collect();
         let mut rows: Vec<OuterRow> = Vec::with_capacity(sub_rows);
         let mut wrows: Vec<WeightRow> = Vec::with_capacity(3 * sub_rows);
         let mut flat0 = r0;
@@ -401,7 +403,7 @@ impl SimdKernel for BwdWeightTask<'_> {
                 let need = g.in_rows(oh_a, oh_b).1.max(copied);
                 if need > copied && !in_place {
                     let src = &xi[copied * row_len..need * row_len];
-                    gm.copy_rows(s, src, seg.base + copied - seg.ih_lo, xb);
+                    gm.copy_rows(tab.copy_rows, src, seg.base + copied - seg.ih_lo, xb);
                 }
                 copied = need;
                 // Next step of this segment: its new input rows and its output
@@ -419,7 +421,7 @@ impl SimdKernel for BwdWeightTask<'_> {
                 let (dyp, dy_len, dy_pix, dy_row, dy_group) = match db.as_deref_mut() {
                     Some(db) => {
                         let src = &dy[flat_a * dy_row_len..(flat_a + len) * dy_row_len];
-                        gd.copy_rows(s, src, 0, db);
+                        gd.copy_rows(tab.copy_rows, src, 0, db);
                         let pix = cvn * l;
                         (db.as_ptr(), db.len(), pix, g.ow * pix, dg)
                     }
@@ -436,7 +438,7 @@ impl SimdKernel for BwdWeightTask<'_> {
                         gm.prefetch_rows(xi, ahead.clone(), cols);
                         let cols = slice * g.ow / n_slices..(slice + 1) * g.ow / n_slices;
                         gd.prefetch_rows(dy, dy_ahead.clone(), cols);
-                        if S::LEVEL == SimdLevel::Avx512 && transposed {
+                        if let (Some(slide_weight), true) = (tab.slide_weight, transposed) {
                             wrows.clear();
                             if !in_place {
                                 for (rr, oh) in (oh_a..oh_b).enumerate() {
@@ -523,9 +525,9 @@ impl SimdKernel for BwdWeightTask<'_> {
                                 out_kw,
                                 kw: g.kw,
                             };
-                            // SAFETY: the level is AVX-512, so the CPU has the features
-                            // (`dispatch` made the token); the configuration was checked
-                            // by `weight_supported`; the rows read `x` inside the image
+                            // SAFETY: the entry is in this level's table (AVX-512, which
+                            // the CPU runs); the configuration was checked by
+                            // `weight_supported`; the rows read `x` inside the image
                             // (interior columns), the border windows and the output
                             // gradient, and the sums are in `part`, which this task
                             // owns; checked in debug builds.
@@ -557,33 +559,27 @@ impl SimdKernel for BwdWeightTask<'_> {
                             let out_row = (kh * g.kw + kw) * cig;
                             for &(v0, nv) in &blocks {
                                 let last = (g.cog - (v0 + nv - 1) * l).min(l);
-                                for (k0, mi) in split(k_len, max_tile::<S>(nv)) {
-                                    let out_off = (out_row + k0) * bw + gl * g.cog + v0 * l;
-                                    debug_assert!(
-                                        out_off + (mi - 1) * bw + (nv - 1) * l + last <= part_len
-                                    );
-                                    let a = OuterTile {
-                                        rows: &rows,
-                                        x_off: x_tap + k0,
-                                        dy_off: v0 * l,
-                                        dy_pix,
-                                        out: out.wrapping_add(out_off),
-                                        out_k: bw,
-                                        last,
-                                    };
-                                    macro_rules! call {
-                                        ($m:literal, $nv:literal) => {
-                                            // SAFETY: the row pointers and offsets were
-                                            // derived from the shape so that every read
-                                            // lies in `xb` (rows copied above) or the
-                                            // output gradient, and every access to the
-                                            // result in `part`, which this task owns;
-                                            // checked in debug builds above.
-                                            unsafe { outer_tile::<S, $m, $nv>(s, &a) }
-                                        };
-                                    }
-                                    tile_dispatch!(nv, mi, call);
-                                }
+                                let out_off = out_row * bw + gl * g.cog + v0 * l;
+                                debug_assert!(
+                                    out_off + (k_len - 1) * bw + (nv - 1) * l + last <= part_len
+                                );
+                                let a = OuterTile {
+                                    rows: &rows,
+                                    x_off: x_tap,
+                                    dy_off: v0 * l,
+                                    dy_pix,
+                                    out: out.wrapping_add(out_off),
+                                    out_k: bw,
+                                    last,
+                                    k_len,
+                                };
+                                // SAFETY: the row pointers and offsets were derived from
+                                // the shape so that every read lies in `xb` (rows copied
+                                // above) or the output gradient, and every access to the
+                                // result in `part`, which this task owns; checked in
+                                // debug builds above; the entry is from this level's
+                                // table.
+                                unsafe { (tab.outer[nv - 1])(&a) };
                             }
                         }
                     }

@@ -1,11 +1,13 @@
 //! Forward pass: a direct convolution over a padded, group-major copy of the input.
 
-use super::micro::{ConvTile, GroupMajor, conv_dispatch, conv_tile, max_nv, max_tile};
-use super::slide::{self, SlideRow, slide_row};
-use super::{Geo, SharedOut, Task, lanes, plan_tasks, split, with_zeroed};
+use super::micro::{ConvTile, GroupMajor, GroupedTable, offset_res};
+use super::slide::{self, SlideRow};
+use super::{Geo, SharedOut, Task, plan_tasks, split, table, with_zeroed};
 use crate::error::Result;
+use crate::kernels::activation::Activation;
+use crate::kernels::gemm::Post;
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
-use crate::simd::{self, Simd, SimdKernel, SimdLevel};
+use crate::simd::SimdLevel;
 use rayon::prelude::*;
 
 /// Where the weights of group `g`, tap `t`, input channel `ci`, output vector `v` are:
@@ -19,7 +21,10 @@ struct Weights<'a> {
 
 /// How a forward call splits its work and what scratch it needs; a function of the
 /// shape and the level only.
+#[derive(Debug)]
 pub(super) struct Plan {
+    /// The level's microkernels.
+    tab: &'static GroupedTable,
     l: usize,
     cvn: usize,
     /// Whether the weights are packed (`[group][tap][ci][cvn·L]`, zero lanes); else
@@ -32,7 +37,8 @@ pub(super) struct Plan {
 
 impl Plan {
     pub(super) fn new(level: SimdLevel, g: &Geo) -> Plan {
-        let l = lanes(level);
+        let tab = table(level);
+        let l = tab.lanes;
         let cvn = g.cog.div_ceil(l);
         let wp = g.padded_w();
         let tasks = plan_tasks(
@@ -49,6 +55,7 @@ impl Plan {
             .max()
             .unwrap_or(0);
         Plan {
+            tab,
             l,
             cvn,
             // Read the weights in place when each group's output channels are whole
@@ -124,12 +131,12 @@ fn in_rows(g: &Geo, t: &Task) -> usize {
 /// packed, then runs [`run_prepacked`]'s kernels.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
-    level: SimdLevel,
     g: &Geo,
     plan: &Plan,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    post: Post<'_>,
     y: &mut [f32],
     ws: &mut Workspace<'_>,
 ) -> Result<()> {
@@ -140,34 +147,34 @@ pub(super) fn run(
     } else {
         w
     };
-    run_kernels(level, g, plan, x, plan.weights(g, data), bias, y, ws)
+    run_kernels(g, plan, x, plan.weights(g, data), bias, post, y, ws)
 }
 
 /// The forward pass on weights written by [`Plan::pack_weights`] (the workspace's
 /// packed-weights region is skipped).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_prepacked(
-    level: SimdLevel,
     g: &Geo,
     plan: &Plan,
     x: &[f32],
     packed: &[f32],
     bias: Option<&[f32]>,
+    post: Post<'_>,
     y: &mut [f32],
     ws: &mut Workspace<'_>,
 ) -> Result<()> {
     ws.take(plan.weight_region(g))?;
-    run_kernels(level, g, plan, x, plan.weights(g, packed), bias, y, ws)
+    run_kernels(g, plan, x, plan.weights(g, packed), bias, post, y, ws)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn run_kernels(
-    level: SimdLevel,
     g: &Geo,
     plan: &Plan,
     x: &[f32],
     weights: Weights<'_>,
     bias: Option<&[f32]>,
+    post: Post<'_>,
     y: &mut [f32],
     ws: &mut Workspace<'_>,
 ) -> Result<()> {
@@ -191,20 +198,21 @@ fn run_kernels(
         let (ih_lo, _) = g.in_rows(t.r0, t.r0 + t.rows);
         let in_rows = in_rows(g, t);
         with_zeroed(&slots, t.ng * in_rows * wp * g.cig, |buf| {
-            simd::dispatch(
-                level,
-                FwdTask {
-                    g,
-                    x,
-                    weights,
-                    bias,
-                    out,
-                    t: *t,
-                    ih_lo,
-                    in_rows,
-                    buf,
-                },
-            )
+            FwdTask {
+                tab: plan.tab,
+                g,
+                x,
+                weights,
+                bias,
+                act: post.act,
+                res: post.residual.map_or(std::ptr::null(), |r| r.as_ptr()),
+                out,
+                t: *t,
+                ih_lo,
+                in_rows,
+                buf,
+            }
+            .run()
         })
     });
     Ok(())
@@ -225,10 +233,14 @@ fn pack(g: &Geo, w: &[f32], l: usize, cvn: usize, p: &mut [f32]) {
 }
 
 struct FwdTask<'a> {
+    tab: &'static GroupedTable,
     g: &'a Geo,
     x: &'a [f32],
     weights: Weights<'a>,
     bias: Option<&'a [f32]>,
+    /// The epilogue; the residual (null: none) has `y`'s layout (checked length).
+    act: Activation,
+    res: *const f32,
     out: SharedOut,
     /// Output rows `r0..r0 + rows` of image `n`, groups `g0..g0 + ng`.
     t: Task,
@@ -239,23 +251,25 @@ struct FwdTask<'a> {
     buf: &'a mut [f32],
 }
 
-impl SimdKernel for FwdTask<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<S: Simd>(self, s: S) {
+impl FwdTask<'_> {
+    /// Runs the task: copies the input rows as they are needed and runs the table's
+    /// row microkernels.
+    fn run(self) {
         let FwdTask {
+            tab,
             g,
             x,
             weights,
             bias,
+            act,
+            res,
             out,
             t,
             ih_lo,
             in_rows,
             buf,
         } = self;
-        let l = S::LANES;
+        let l = tab.lanes;
         let cig = g.cig;
         let wp = g.padded_w();
         let g_stride = in_rows * wp * cig;
@@ -285,18 +299,19 @@ impl SimdKernel for FwdTask<'_> {
         let merged = g.dw == 1;
         let k_len = if merged { g.kw * cig } else { cig };
         let cvn = g.cog.div_ceil(l);
-        let blocks: Vec<(usize, usize)> = split(cvn, max_nv::<S>()).collect();
-        let mr = max_tile::<S>(blocks[0].1);
+        let blocks: Vec<(usize, usize)> = split(cvn, tab.max_nv).collect();
+        let mr = tab.max_tile[blocks[0].1 - 1];
         let n_tiles = g.ow.div_ceil(mr);
         let per_row = t.ng * blocks.len() * n_tiles;
         let src_pix = g.sw * cig;
         let mut taps = Vec::with_capacity(g.taps());
-        let sliding = |nv: usize| g.dw == 1 && slide::supported(g.kw, g.sw, cig, nv);
+        let slide_row = tab.slide.filter(|_| g.dw == 1);
+        let sliding = |nv: usize| slide::supported(g.kw, g.sw, cig, nv);
         for oh in t.r0..t.r0 + t.rows {
             let need = rows_end(oh);
             if need > copied {
                 let src = &xi[copied * row_len..need * row_len];
-                gm.copy_rows(s, src, copied - ih_lo, buf);
+                gm.copy_rows(tab.copy_rows, src, copied - ih_lo, buf);
                 copied = need;
             }
             let ahead = if oh + 1 < t.r0 + t.rows {
@@ -344,13 +359,13 @@ impl SimdKernel for FwdTask<'_> {
                             (nv - 1) * l + last,
                         )
                     };
-                    if S::LEVEL == SimdLevel::Avx512 && sliding(nv) {
-                        let cols = step * g.w / per_row..(step + n_tiles) * g.w / per_row;
-                        step += n_tiles;
-                        gm.prefetch_rows(xi, ahead.clone(), cols);
+                    let cols = step * g.w / per_row..(step + n_tiles) * g.w / per_row;
+                    step += n_tiles;
+                    gm.prefetch_rows(xi, ahead.clone(), cols);
+                    check(0, g.ow);
+                    if let (Some(slide_row), true) = (slide_row, sliding(nv)) {
                         // Without dilation the taps are one per kernel row: the
                         // tile's rows.
-                        check(0, g.ow);
                         let a = SlideRow {
                             src,
                             rows: &taps,
@@ -367,49 +382,40 @@ impl SimdKernel for FwdTask<'_> {
                             sw: g.sw,
                             pix: cig,
                             nv,
+                            act,
+                            res: offset_res(res, y_row),
                         };
-                        // SAFETY: the level is AVX-512, so the CPU has the features
-                        // (`dispatch` made the token); `sliding` checked the
-                        // configuration; reads lie in `buf` (the rows are copied and
-                        // padded to every column the row reads) and the weights, writes
-                        // in this task's part of `y` (see the tile call below);
-                        // `debug_check` verifies the bounds in debug builds.
+                        // SAFETY: the entry is in this level's table (AVX-512, which
+                        // the CPU runs); `sliding` checked the configuration; reads lie
+                        // in `buf` (the rows are copied and padded to every column the
+                        // row reads) and the weights, writes in this task's part of `y`
+                        // (see below); `debug_check` verifies the bounds in debug
+                        // builds.
                         unsafe { slide_row(&a) };
                         continue;
                     }
-                    for (ow0, m) in split(g.ow, mr) {
-                        // This tile's share of the prefetches.
-                        let cols = step * g.w / per_row..(step + 1) * g.w / per_row;
-                        step += 1;
-                        gm.prefetch_rows(xi, ahead.clone(), cols);
-                        let src_off = ow0 * src_pix;
-                        let dst_off = y_row + ow0 * g.cout;
-                        check(ow0, m);
-                        let a = ConvTile {
-                            src: src.wrapping_add(src_off),
-                            src_pix,
-                            w: weights.data.as_ptr().wrapping_add(w_off),
-                            w_k: weights.k,
-                            taps: &taps,
-                            k_len,
-                            init,
-                            dst: out.ptr.wrapping_add(dst_off),
-                            dst_pix: g.cout,
-                            last,
-                        };
-                        macro_rules! call {
-                            ($m:literal, $nv:literal, $pix:literal) => {
-                                // SAFETY: the offsets were derived from the shape so that
-                                // every read lies in `buf` (rows copied above) or the
-                                // weights, and every write in this task's rows and groups
-                                // of `y`, which no other task writes (tasks partition
-                                // images × rows × groups); `debug_check` verifies the
-                                // bounds in debug builds.
-                                unsafe { conv_tile::<S, $m, $nv, $pix>(s, &a) }
-                            };
-                        }
-                        conv_dispatch!(nv, m, src_pix, call);
-                    }
+                    let a = ConvTile {
+                        src,
+                        src_pix,
+                        w: weights.data.as_ptr().wrapping_add(w_off),
+                        w_k: weights.k,
+                        taps: &taps,
+                        k_len,
+                        init,
+                        dst: out.ptr.wrapping_add(y_row),
+                        dst_pix: g.cout,
+                        last,
+                        width: g.ow,
+                        act,
+                        res: offset_res(res, y_row),
+                    };
+                    // SAFETY: the offsets were derived from the shape so that every
+                    // read lies in `buf` (rows copied above) or the weights, and every
+                    // write in this task's rows and groups of `y`, which no other task
+                    // writes (tasks partition images × rows × groups); `debug_check`
+                    // verifies the bounds in debug builds; the entry is from this
+                    // level's table.
+                    unsafe { (tab.conv(nv, src_pix))(&a) };
                 }
             }
         }

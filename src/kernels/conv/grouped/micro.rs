@@ -1,92 +1,168 @@
-//! Register-tile microkernels shared by the three passes, and the table of tile sizes
-//! per SIMD level.
+//! The microkernels of the grouped convolutions and their per-level tables.
 //!
-//! Everything here is `#[inline(always)]` and generic over [`Simd`], so it is compiled
-//! inside the target-feature trampoline of the caller's [`crate::simd::dispatch`].
+//! Each entry is a small function compiled for its level ([`Simd::call`]): a *run* of
+//! register tiles along one row ([`ConvRun`]: `width` output pixels in near-equal tiles
+//! of at most the level's tile height; [`OuterRun`]: `k_len` input channels of a
+//! weight-gradient tile), the group-major row copy ([`CopyRows`]), and on AVX-512 the
+//! sliding-window rows of [`super::slide`]. The tile bodies are generic over [`Simd`]
+//! and `#[inline(always)]`, so they compile inside their entry. On AVX-512 and AVX2 a
+//! run picks an exact tile for every height up to the level's maximum (a remainder
+//! costs no wasted work); the scalar and portable levels hold one modest tile (4 pixels
+//! × 1 vector) that handles shorter remainders at run time by repeating its last valid
+//! pixel and storing only the valid ones.
 
-use crate::simd::{Simd, SimdLevel};
+use super::slide::{SlideRow, SlideWeight};
+use crate::kernels::activation::Activation;
+use crate::simd::{Microkernel, Simd};
 
-/// Largest tile (pixels for [`conv_tile`], input channels for [`outer_tile`]) for `nv`
-/// vectors of output channels, chosen so that `tile·nv` accumulators, `nv` operand
-/// vectors and a broadcast fit in the level's vector registers. Must stay within the
-/// arms of [`tile_dispatch!`].
-#[inline(always)]
-pub(super) fn max_tile<S: Simd>(nv: usize) -> usize {
-    let table: [usize; 4] = match S::LEVEL {
-        // 32 zmm registers.
-        SimdLevel::Avx512 => [16, 12, 8, 6],
-        // 16 ymm registers.
-        SimdLevel::Avx2 => [12, 6, 3, 2],
-        // `wide::f32x8` is two xmm registers without AVX.
-        SimdLevel::Portable => [4, 2, 1, 1],
-        SimdLevel::Scalar => [8, 4, 3, 2],
-    };
-    table[nv - 1]
+/// The microkernels of one level, and its tile parameters.
+#[derive(Debug)]
+pub(super) struct GroupedTable {
+    /// `f32` lanes per vector.
+    pub lanes: usize,
+    /// Most vectors of output channels one register tile holds.
+    pub max_nv: usize,
+    /// Largest tile (pixels for [`ConvRun`], input channels for [`OuterRun`]) for
+    /// `nv` vectors: `max_tile[nv − 1]`, so that `tile·nv` accumulators, `nv` operand
+    /// vectors and a broadcast fit in the level's vector registers.
+    pub max_tile: [usize; 4],
+    /// `conv[nv − 1][pix]`: [`ConvRun`] for `nv` vectors, `pix` the input pixel stride
+    /// class ([`pix_class`]).
+    pub conv: [[ConvFn; 4]; 4],
+    /// `outer[nv − 1]`: [`OuterRun`].
+    pub outer: [OuterFn; 4],
+    /// [`CopyRows`].
+    pub copy_rows: CopyFn,
+    /// AVX-512 sliding-window rows ([`super::slide`]), where the level has them.
+    pub slide: Option<SlideFn>,
+    /// AVX-512 sliding weight-gradient rows, where the level has them.
+    pub slide_weight: Option<SlideWeightFn>,
 }
 
-/// Most vectors of output channels one register tile holds.
-#[inline(always)]
-pub(super) fn max_nv<S: Simd>() -> usize {
-    match S::LEVEL {
-        SimdLevel::Portable => 2,
-        _ => 4,
+/// A [`ConvRun`] entry.
+pub(super) type ConvFn = unsafe fn(&ConvTile<'_>);
+/// An [`OuterRun`] entry.
+pub(super) type OuterFn = unsafe fn(&OuterTile<'_>);
+/// A [`CopyRows`] entry.
+pub(super) type CopyFn = unsafe fn(&CopyArgs<'_>);
+/// A sliding-window row entry.
+pub(super) type SlideFn = unsafe fn(&SlideRow<'_>);
+/// A sliding weight-gradient entry.
+pub(super) type SlideWeightFn = unsafe fn(&SlideWeight<'_>);
+
+/// The input pixel strides with a tile of their own (every address a base plus a
+/// constant offset): class 1, 2, 3 for 8, 16, 32 floats (one or two vectors), class 0
+/// for any other stride (read from the arguments).
+pub(super) fn pix_class(pix: usize) -> usize {
+    match pix {
+        8 => 1,
+        16 => 2,
+        32 => 3,
+        _ => 0,
     }
 }
 
-/// Calls `$call!(TILE, NV)` with the runtime `$nv` (1..=4) and `$m`
-/// (1..=`max_tile(nv)`) turned into constants.
-macro_rules! tile_dispatch {
-    ($nv:expr, $m:expr, $call:ident) => {
-        match $nv {
-            1 => tile_dispatch!(@m $m, 1, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
-            2 => tile_dispatch!(@m $m, 2, $call, [1 2 3 4 5 6 7 8 9 10 11 12]),
-            3 => tile_dispatch!(@m $m, 3, $call, [1 2 3 4 5 6 7 8]),
-            4 => tile_dispatch!(@m $m, 4, $call, [1 2 3 4 5 6]),
-            _ => unreachable!("tile with {} vectors", $nv),
-        }
-    };
-    (@m $m:expr, $nv:literal, $call:ident, [$($t:literal)*]) => {
-        match $m {
-            $($t => $call!($t, $nv),)*
-            _ => unreachable!("tile of {} with {} vectors", $m, $nv),
-        }
-    };
+impl GroupedTable {
+    /// The [`ConvRun`] for `nv` vectors and input pixel stride `pix`.
+    pub(super) fn conv(&self, nv: usize, pix: usize) -> ConvFn {
+        self.conv[nv - 1][pix_class(pix)]
+    }
 }
-pub(super) use tile_dispatch;
 
-/// Like [`tile_dispatch!`] for [`conv_tile`]: `$call!(TILE, NV, PIX)`, with the input
-/// pixel stride `$pix` a constant for the common 16 and 32 (one or two vectors) and 8
-/// (one vector; 0 means "read it from the arguments").
-macro_rules! conv_dispatch {
-    ($nv:expr, $m:expr, $pix:expr, $call:ident) => {
-        match ($nv, $pix) {
-            (1, 8) => conv_dispatch!(@m $m, 1, 8, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
-            (1, 16) => conv_dispatch!(@m $m, 1, 16, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
-            (1, 32) => conv_dispatch!(@m $m, 1, 32, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
-            (2, 16) => conv_dispatch!(@m $m, 2, 16, $call, [1 2 3 4 5 6 7 8 9 10 11 12]),
-            (2, 32) => conv_dispatch!(@m $m, 2, 32, $call, [1 2 3 4 5 6 7 8 9 10 11 12]),
-            (1, _) => conv_dispatch!(@m $m, 1, 0, $call, [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16]),
-            (2, _) => conv_dispatch!(@m $m, 2, 0, $call, [1 2 3 4 5 6 7 8 9 10 11 12]),
-            (3, _) => conv_dispatch!(@m $m, 3, 0, $call, [1 2 3 4 5 6 7 8]),
-            (4, _) => conv_dispatch!(@m $m, 4, 0, $call, [1 2 3 4 5 6]),
-            _ => unreachable!("tile with {} vectors", $nv),
-        }
-    };
-    (@m $m:expr, $nv:literal, $pix:literal, $call:ident, [$($t:literal)*]) => {
-        match $m {
-            $($t => $call!($t, $nv, $pix),)*
-            _ => unreachable!("tile of {} with {} vectors", $m, $nv),
-        }
-    };
+/// The AVX-512 table (32 zmm registers): tiles of 16, 12, 8, 6 pixels for 1–4
+/// vectors; the sliding-window rows.
+pub(super) const fn avx512_table<S: Simd>() -> GroupedTable {
+    GroupedTable {
+        lanes: S::LANES,
+        max_nv: 4,
+        max_tile: [16, 12, 8, 6],
+        conv: [
+            [
+                S::call::<ConvRun16<1, 0>>,
+                S::call::<ConvRun16<1, 8>>,
+                S::call::<ConvRun16<1, 16>>,
+                S::call::<ConvRun16<1, 32>>,
+            ],
+            [
+                S::call::<ConvRun12<2, 0>>,
+                S::call::<ConvRun12<2, 0>>,
+                S::call::<ConvRun12<2, 16>>,
+                S::call::<ConvRun12<2, 32>>,
+            ],
+            [S::call::<ConvRun8<3, 0>>; 4],
+            [S::call::<ConvRun6<4, 0>>; 4],
+        ],
+        outer: [
+            S::call::<OuterRun16<1>>,
+            S::call::<OuterRun12<2>>,
+            S::call::<OuterRun8<3>>,
+            S::call::<OuterRun6<4>>,
+        ],
+        copy_rows: S::call::<CopyRows>,
+        slide: super::slide::ROW,
+        slide_weight: super::slide::WEIGHT,
+    }
 }
-pub(super) use conv_dispatch;
 
-/// Arguments of [`conv_tile`]: `dst[p][v·L..] (=) init + Σ_taps Σ_k
-/// src[tap.0 + p·src_pix + k] · w[tap.1 + k·w_k + v·L..]` for `p < MR`, `v < NV`.
+/// The AVX2 table (16 ymm registers): tiles of 12, 6, 3, 2 pixels for 1–4 vectors.
+pub(super) const fn avx2_table<S: Simd>() -> GroupedTable {
+    GroupedTable {
+        lanes: S::LANES,
+        max_nv: 4,
+        max_tile: [12, 6, 3, 2],
+        conv: [
+            [
+                S::call::<ConvRun12<1, 0>>,
+                S::call::<ConvRun12<1, 8>>,
+                S::call::<ConvRun12<1, 16>>,
+                S::call::<ConvRun12<1, 32>>,
+            ],
+            [
+                S::call::<ConvRun6<2, 0>>,
+                S::call::<ConvRun6<2, 0>>,
+                S::call::<ConvRun6<2, 16>>,
+                S::call::<ConvRun6<2, 32>>,
+            ],
+            [S::call::<ConvRun3<3, 0>>; 4],
+            [S::call::<ConvRun2<4, 0>>; 4],
+        ],
+        outer: [
+            S::call::<OuterRun12<1>>,
+            S::call::<OuterRun6<2>>,
+            S::call::<OuterRun3<3>>,
+            S::call::<OuterRun2<4>>,
+        ],
+        copy_rows: S::call::<CopyRows>,
+        slide: None,
+        slide_weight: None,
+    }
+}
+
+/// The scalar and portable table: one tile of 4 pixels (or input channels) × 1
+/// vector, shorter remainders at run time.
+pub(super) const fn small_table<S: Simd>() -> GroupedTable {
+    let conv: ConvFn = S::call::<ConvRun<4, 1, 0>>;
+    let outer: OuterFn = S::call::<OuterRun<4, 1>>;
+    GroupedTable {
+        lanes: S::LANES,
+        max_nv: 1,
+        max_tile: [4; 4],
+        conv: [[conv; 4]; 4],
+        outer: [outer; 4],
+        copy_rows: S::call::<CopyRows>,
+        slide: None,
+        slide_weight: None,
+    }
+}
+
+/// Arguments of a [`ConvRun`]: `dst[p][v·L..] (=) init + Σ_taps Σ_k
+/// src[tap.0 + p·src_pix + k] · w[tap.1 + k·w_k + v·L..]` for output pixels
+/// `p < width` and the entry's `NV` vectors.
+#[derive(Copy, Clone)]
 pub(super) struct ConvTile<'a> {
-    /// Input base (pixel 0, `k` 0) of the tile.
+    /// Input base (pixel 0, `k` 0) of the run.
     pub src: *const f32,
-    /// Floats between consecutive tile pixels in the input.
+    /// Floats between consecutive pixels in the input.
     pub src_pix: usize,
     /// Weight base (vector 0 of the tile's output channels).
     pub w: *const f32,
@@ -100,22 +176,95 @@ pub(super) struct ConvTile<'a> {
     pub init: *const f32,
     /// Output base (pixel 0, vector 0).
     pub dst: *mut f32,
-    /// Floats between consecutive tile pixels in the output.
+    /// Floats between consecutive pixels in the output.
     pub dst_pix: usize,
     /// Lanes of the last vector to store (`1..=L`).
     pub last: usize,
+    /// Output pixels in the run.
+    pub width: usize,
+    /// The epilogue: the activation of each output vector, then the residual at `res`
+    /// (the destination's layout; null for none).
+    pub act: Activation,
+    pub res: *const f32,
 }
 
-/// A direct-convolution register tile: `MR` output pixels × `NV` vectors of output
-/// channels; one broadcast input value times one weight vector per multiply-add.
-/// `PIX` is the input pixel stride when it is a constant (then every input address is
-/// a base plus a constant offset), or 0 to read `src_pix`.
+impl ConvTile<'_> {
+    /// The same run from pixel `p0` on.
+    fn at(&self, p0: usize) -> Self {
+        ConvTile {
+            src: self.src.wrapping_add(p0 * self.src_pix),
+            dst: self.dst.wrapping_add(p0 * self.dst_pix),
+            res: offset_res(self.res, p0 * self.dst_pix),
+            ..*self
+        }
+    }
+}
+
+/// Defines run microkernels with an exact tile for every height up to their maximum:
+/// `$name<NV, PIX>` cuts the run into the fewest near-equal tiles of at most `$mr`
+/// pixels and runs each with the tile of its height.
+macro_rules! exact_conv_runs {
+    ($($name:ident $mr:literal [$($t:literal)*];)*) => {$(
+        #[doc = concat!("A run of [`ConvTile`] tiles of up to ", stringify!($mr),
+            " pixels × `NV` vectors, each of exactly its height.")]
+        pub(super) struct $name<const NV: usize, const PIX: usize>;
+
+        impl<const NV: usize, const PIX: usize> Microkernel for $name<NV, PIX> {
+            type Args<'a> = ConvTile<'a>;
+            /// # Safety
+            /// As [`conv_tile`] for every pixel of the run.
+            #[inline(always)]
+            unsafe fn run<S: Simd>(s: S, a: &ConvTile<'_>) {
+                for (p0, m) in super::split(a.width, $mr) {
+                    let t = a.at(p0);
+                    match m {
+                        // SAFETY: the tile covers pixels of the run only.
+                        $($t => unsafe { conv_tile::<S, $t, NV, PIX>(s, &t, $t) },)*
+                        _ => unreachable!("tile of {m} pixels"),
+                    }
+                }
+            }
+        }
+    )*};
+}
+
+exact_conv_runs! {
+    ConvRun16 16 [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16];
+    ConvRun12 12 [1 2 3 4 5 6 7 8 9 10 11 12];
+    ConvRun8 8 [1 2 3 4 5 6 7 8];
+    ConvRun6 6 [1 2 3 4 5 6];
+    ConvRun3 3 [1 2 3];
+    ConvRun2 2 [1 2];
+}
+
+/// A run of [`ConvTile`] tiles of `MR` pixels × `NV` vectors, one tile for every
+/// remainder (the small levels).
+pub(super) struct ConvRun<const MR: usize, const NV: usize, const PIX: usize>;
+
+impl<const MR: usize, const NV: usize, const PIX: usize> Microkernel for ConvRun<MR, NV, PIX> {
+    type Args<'a> = ConvTile<'a>;
+    /// # Safety
+    /// As [`conv_tile`] for every pixel of the run.
+    #[inline(always)]
+    unsafe fn run<S: Simd>(s: S, a: &ConvTile<'_>) {
+        for (p0, m) in super::split(a.width, MR) {
+            // SAFETY: the tile covers pixels of the run only.
+            unsafe { conv_tile::<S, MR, NV, PIX>(s, &a.at(p0), m) };
+        }
+    }
+}
+
+/// A direct-convolution register tile: `m ≤ MR` output pixels × `NV` vectors of
+/// output channels; one broadcast input value times one weight vector per
+/// multiply-add. With `m < MR` the rows past `m` repeat pixel `m − 1` and are not
+/// stored. `PIX` is the input pixel stride when it is a constant (then every input
+/// address is a base plus a constant offset), or 0 to read `src_pix`.
 ///
 /// # Safety
-/// Every address described on [`ConvTile`] must be in bounds: reads of
-/// `src[tap.0 + p·src_pix + k]`, `w[tap.1 + k·w_k + v·L .. +L]`, `init[..NV·L]`, and
-/// writes of `dst[p·dst_pix + v·L ..]` (`last` lanes for the last vector), and no other
-/// thread may access the written elements meanwhile.
+/// Every address described on [`ConvTile`] for pixels `p < m` must be in bounds: reads
+/// of `src[tap.0 + p·src_pix + k]`, `w[tap.1 + k·w_k + v·L .. +L]`, `init[..NV·L]`,
+/// and writes of `dst[p·dst_pix + v·L ..]` (`last` lanes for the last vector), and no
+/// other thread may access the written elements meanwhile.
 // Debug builds keep the tiles out of line: inlined unoptimized, their stack slots
 // add up to frames larger than a thread's stack.
 #[cfg_attr(not(debug_assertions), inline(always))]
@@ -123,10 +272,14 @@ pub(super) struct ConvTile<'a> {
 pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize, const PIX: usize>(
     s: S,
     a: &ConvTile<'_>,
+    m: usize,
 ) {
     let l = S::LANES;
     debug_assert!(PIX == 0 || PIX == a.src_pix);
+    debug_assert!((1..=MR).contains(&m));
     let pix = if PIX == 0 { a.src_pix } else { PIX };
+    // Pixel offsets, the rows past `m` on pixel `m − 1` (constants when m == MR).
+    let off: [usize; MR] = std::array::from_fn(|p| p.min(m - 1) * pix);
     // SAFETY: `init` is null or holds `NV·L` floats (caller contract).
     let mut acc = unsafe { init_tile::<S, MR, NV>(s, a.init) };
     for &(ti, tw) in a.taps {
@@ -142,7 +295,7 @@ pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize, const 
                 }
                 let xp = ip.add(k);
                 for (p, acc) in acc.iter_mut().enumerate() {
-                    let b = s.splat(*xp.add(p * pix));
+                    let b = s.splat(*xp.add(off[p]));
                     for v in 0..NV {
                         acc[v] = s.mul_add(b, wv[v], acc[v]);
                     }
@@ -151,10 +304,10 @@ pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize, const 
         }
     }
     // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
-    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last) };
+    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last, m, (a.act, a.res)) };
 }
 
-/// One row of pixels of an [`outer_tile`].
+/// One row of pixels of an [`OuterTile`].
 #[derive(Copy, Clone)]
 pub(super) struct OuterRow {
     /// Input of pixel 0 (`i` 0).
@@ -167,12 +320,14 @@ pub(super) struct OuterRow {
     pub npix: usize,
 }
 
-/// Arguments of [`outer_tile`]: `out[i·out_k + v·L..] += Σ_rows Σ_{p<npix}
-/// row.x[p·x_pix + i] · row.dy[p·dy_pix + v·L..]` for `i < MI`, `v < NV`.
+/// Arguments of an [`OuterRun`]: `out[i·out_k + v·L..] += Σ_rows Σ_{p<npix}
+/// row.x[p·x_pix + x_off + i] · row.dy[p·dy_pix + dy_off + v·L..]` for input channels
+/// `i < k_len` and the entry's `NV` vectors.
+#[derive(Copy, Clone)]
 pub(super) struct OuterTile<'a> {
     /// The rows of pixels summed over.
     pub rows: &'a [OuterRow],
-    /// Added to every row's `x` pointer (the tile's first input channel).
+    /// Added to every row's `x` pointer (the run's first input channel).
     pub x_off: usize,
     /// Added to every row's `dy` pointer (the tile's first output vector).
     pub dy_off: usize,
@@ -184,16 +339,85 @@ pub(super) struct OuterTile<'a> {
     pub out_k: usize,
     /// Lanes of the last vector to load and store (`1..=L`).
     pub last: usize,
+    /// Input channels in the run.
+    pub k_len: usize,
 }
 
-/// A weight-gradient register tile: `MI` input channels × `NV` vectors of output
+impl OuterTile<'_> {
+    /// The same run from input channel `i0` on.
+    fn at(&self, i0: usize) -> Self {
+        OuterTile {
+            x_off: self.x_off + i0,
+            out: self.out.wrapping_add(i0 * self.out_k),
+            ..*self
+        }
+    }
+}
+
+/// Defines weight-gradient run microkernels with an exact tile for every height up to
+/// their maximum (as [`exact_conv_runs!`]).
+macro_rules! exact_outer_runs {
+    ($($name:ident $mr:literal [$($t:literal)*];)*) => {$(
+        #[doc = concat!("A run of [`OuterTile`] tiles of up to ", stringify!($mr),
+            " input channels × `NV` vectors, each of exactly its height.")]
+        pub(super) struct $name<const NV: usize>;
+
+        impl<const NV: usize> Microkernel for $name<NV> {
+            type Args<'a> = OuterTile<'a>;
+            /// # Safety
+            /// As [`outer_tile`] for every input channel of the run.
+            #[inline(always)]
+            unsafe fn run<S: Simd>(s: S, a: &OuterTile<'_>) {
+                for (i0, m) in super::split(a.k_len, $mr) {
+                    let t = a.at(i0);
+                    match m {
+                        // SAFETY: the tile covers channels of the run only.
+                        $($t => unsafe { outer_tile::<S, $t, NV>(s, &t, $t) },)*
+                        _ => unreachable!("tile of {m} channels"),
+                    }
+                }
+            }
+        }
+    )*};
+}
+
+exact_outer_runs! {
+    OuterRun16 16 [1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16];
+    OuterRun12 12 [1 2 3 4 5 6 7 8 9 10 11 12];
+    OuterRun8 8 [1 2 3 4 5 6 7 8];
+    OuterRun6 6 [1 2 3 4 5 6];
+    OuterRun3 3 [1 2 3];
+    OuterRun2 2 [1 2];
+}
+
+/// A run of [`OuterTile`] tiles of `MI` input channels × `NV` vectors, one tile for
+/// every remainder (the small levels).
+pub(super) struct OuterRun<const MI: usize, const NV: usize>;
+
+impl<const MI: usize, const NV: usize> Microkernel for OuterRun<MI, NV> {
+    type Args<'a> = OuterTile<'a>;
+    /// # Safety
+    /// As [`outer_tile`] for every input channel of the run.
+    #[inline(always)]
+    unsafe fn run<S: Simd>(s: S, a: &OuterTile<'_>) {
+        for (i0, m) in super::split(a.k_len, MI) {
+            // SAFETY: the tile covers channels of the run only.
+            unsafe { outer_tile::<S, MI, NV>(s, &a.at(i0), m) };
+        }
+    }
+}
+
+/// A weight-gradient register tile: `m ≤ MI` input channels × `NV` vectors of output
 /// channels, summed over rows of pixels as outer products (one broadcast input value
-/// times one output-gradient vector per multiply-add) and added to the result.
+/// times one output-gradient vector per multiply-add) and added to the result. With
+/// `m < MI` the rows past `m` repeat channel `m − 1` and are neither loaded nor
+/// stored.
 ///
 /// # Safety
-/// Every address described on [`OuterTile`] must be in bounds (reads of `x` and `dy`
-/// for all rows and pixels, full vectors of `dy`; reads and writes of `out`, `last`
-/// lanes for the last vector) and the result elements exclusive to this call.
+/// Every address described on [`OuterTile`] for channels `i < m` must be in bounds
+/// (reads of `x` and `dy` for all rows and pixels, full vectors of `dy`; reads and
+/// writes of `out`, `last` lanes for the last vector) and the result elements exclusive
+/// to this call.
 // Debug builds keep the tiles out of line: inlined unoptimized, their stack slots
 // add up to frames larger than a thread's stack.
 #[cfg_attr(not(debug_assertions), inline(always))]
@@ -201,10 +425,13 @@ pub(super) struct OuterTile<'a> {
 pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
     s: S,
     a: &OuterTile<'_>,
+    m: usize,
 ) {
     let l = S::LANES;
+    debug_assert!((1..=MI).contains(&m));
+    let off: [usize; MI] = std::array::from_fn(|i| i.min(m - 1));
     // SAFETY: the caller guarantees the result tile is in bounds and exclusive.
-    let mut acc = unsafe { load_tile::<S, MI, NV>(s, a.out, a.out_k, a.last) };
+    let mut acc = unsafe { load_tile::<S, MI, NV>(s, a.out, a.out_k, a.last, m) };
     for r in a.rows {
         // SAFETY (whole loop): the caller guarantees every `x` and `dy` address the loop
         // forms is in bounds.
@@ -219,7 +446,7 @@ pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
                 }
                 let xq = xp.add(p * r.x_pix);
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    let b = s.splat(*xq.add(i));
+                    let b = s.splat(*xq.add(off[i]));
                     for v in 0..NV {
                         acc[v] = s.mul_add(b, dv[v], acc[v]);
                     }
@@ -228,7 +455,7 @@ pub(super) unsafe fn outer_tile<S: Simd, const MI: usize, const NV: usize>(
         }
     }
     // SAFETY: as above.
-    unsafe { store_tile(s, &acc, a.out, a.out_k, a.last) };
+    unsafe { store_tile(s, &acc, a.out, a.out_k, a.last, m, NO_POST) };
 }
 
 /// A register tile of `M` rows × `NV` vectors, every row the `NV·L` values at `init`
@@ -251,8 +478,9 @@ pub(super) unsafe fn init_tile<S: Simd, const M: usize, const NV: usize>(
     [row; M]
 }
 
-/// Loads a register tile: row `i`, vector `v` from `base + i·stride + v·L`, the last
-/// vector of a row `last` lanes (`1..=L`; the other lanes zero).
+/// Loads a register tile: row `i < rows`, vector `v` from `base + i·stride + v·L`, the
+/// last vector of a row `last` lanes (`1..=L`; the other lanes zero); rows from `rows`
+/// on are zero.
 ///
 /// # Safety
 /// Every element named must be readable.
@@ -262,10 +490,11 @@ pub(super) unsafe fn load_tile<S: Simd, const M: usize, const NV: usize>(
     base: *const f32,
     stride: usize,
     last: usize,
+    rows: usize,
 ) -> [[S::V; NV]; M] {
     let l = S::LANES;
     let mut acc = [[s.zero(); NV]; M];
-    for (i, acc) in acc.iter_mut().enumerate() {
+    for (i, acc) in acc.iter_mut().enumerate().take(rows) {
         // SAFETY: in bounds (caller contract).
         unsafe {
             let d = base.add(i * stride);
@@ -283,11 +512,21 @@ pub(super) unsafe fn load_tile<S: Simd, const M: usize, const NV: usize>(
     acc
 }
 
-/// Stores a register tile where [`load_tile`] loads it (`last` lanes of each row's
-/// last vector).
+/// `p + n` for a residual pointer, null staying null (null means "no residual").
+pub(super) fn offset_res(p: *const f32, n: usize) -> *const f32 {
+    if p.is_null() { p } else { p.wrapping_add(n) }
+}
+
+/// No epilogue for [`store_tile`].
+pub(super) const NO_POST: (Activation, *const f32) = (Activation::Identity, std::ptr::null());
+
+/// Stores rows `0..rows` of a register tile where [`load_tile`] loads them (`last`
+/// lanes of each row's last vector), through the epilogue `post`: the activation, then
+/// the residual at the same offsets from its pointer (null: none).
 ///
 /// # Safety
-/// Every element named must be writable, and no other thread may access it meanwhile.
+/// Every element named must be writable (and the residual's readable), and no other
+/// thread may access them meanwhile.
 #[inline(always)]
 pub(super) unsafe fn store_tile<S: Simd, const M: usize, const NV: usize>(
     s: S,
@@ -295,20 +534,34 @@ pub(super) unsafe fn store_tile<S: Simd, const M: usize, const NV: usize>(
     base: *mut f32,
     stride: usize,
     last: usize,
+    rows: usize,
+    (act, res): (Activation, *const f32),
 ) {
     let l = S::LANES;
-    for (i, acc) in acc.iter().enumerate() {
+    for (i, acc) in acc.iter().enumerate().take(rows) {
         // SAFETY: in bounds and exclusive (caller contract).
         unsafe {
-            let d = base.add(i * stride);
-            for (v, acc) in acc.iter().enumerate().take(NV - 1) {
-                s.store_ptr(d.add(v * l), *acc);
-            }
-            let d = d.add((NV - 1) * l);
-            if last >= l {
-                s.store_ptr(d, acc[NV - 1]);
-            } else {
-                s.store_partial_ptr(d, acc[NV - 1], last);
+            let o = i * stride;
+            for (v, &a) in acc.iter().enumerate() {
+                let n = if v == NV - 1 { last.min(l) } else { l };
+                let mut a = act.apply(s, a);
+                if !res.is_null() {
+                    let r = res.add(o + v * l);
+                    a = s.add(
+                        a,
+                        if n == l {
+                            s.load_ptr(r)
+                        } else {
+                            s.load_partial_ptr(r, n)
+                        },
+                    );
+                }
+                let d = base.add(o + v * l);
+                if n == l {
+                    s.store_ptr(d, a);
+                } else {
+                    s.store_partial_ptr(d, a, n);
+                }
             }
         }
     }
@@ -415,38 +668,74 @@ impl GroupMajor {
     }
 
     /// Copies source rows `src_rows` (each `width·src_c` floats, consecutive) into
-    /// destination rows starting at `dst_row0`, prefetching a few pixels ahead.
-    #[inline(always)]
-    pub(super) fn copy_rows<S: Simd>(
+    /// destination rows starting at `dst_row0` with the table's [`CopyRows`] entry
+    /// `copy` (the destination rows must lie inside `dst`).
+    pub(super) fn copy_rows(
         &self,
-        s: S,
+        copy: CopyFn,
         src_rows: &[f32],
         dst_row0: usize,
         dst: &mut [f32],
     ) {
+        let a = CopyArgs {
+            gm: *self,
+            src: src_rows,
+            dst_row0,
+            dst: dst.as_mut_ptr(),
+            dst_len: dst.len(),
+        };
+        // SAFETY: `dst` is exclusively borrowed for the call and its length is passed
+        // along; the entry comes from a table this CPU runs.
+        unsafe { copy(&a) };
+    }
+}
+
+/// Arguments of [`CopyRows`]: [`GroupMajor`]'s copy of `src` into the `dst_len`
+/// floats at `dst`.
+pub(super) struct CopyArgs<'a> {
+    pub gm: GroupMajor,
+    pub src: &'a [f32],
+    pub dst_row0: usize,
+    pub dst: *mut f32,
+    pub dst_len: usize,
+}
+
+/// The group-major row copy ([`GroupMajor::copy_rows`]), prefetching a few pixels
+/// ahead.
+pub(super) struct CopyRows;
+
+impl Microkernel for CopyRows {
+    type Args<'a> = CopyArgs<'a>;
+    /// # Safety
+    /// `dst` must hold `dst_len` writable floats that no one else accesses during the
+    /// call (every write is index-checked against `dst_len`).
+    #[inline(always)]
+    unsafe fn run<S: Simd>(s: S, a: &CopyArgs<'_>) {
         const AHEAD: usize = 8;
-        let row_len = self.width * self.src_c;
-        let cols = self.width.min(self.dst_w.saturating_sub(self.pad));
-        let span = self.ng * self.cg;
-        let cbase = self.g0 * self.cg;
-        for (r, src) in src_rows.chunks_exact(row_len).enumerate() {
-            if self.ng == 1 && self.cg == self.src_c && self.dst_c == self.cg {
+        // SAFETY: the caller's contract.
+        let dst = unsafe { std::slice::from_raw_parts_mut(a.dst, a.dst_len) };
+        let (gm, dst_row0) = (&a.gm, a.dst_row0);
+        let row_len = gm.width * gm.src_c;
+        let cols = gm.width.min(gm.dst_w.saturating_sub(gm.pad));
+        let span = gm.ng * gm.cg;
+        let cbase = gm.g0 * gm.cg;
+        for (r, src) in a.src.chunks_exact(row_len).enumerate() {
+            if gm.ng == 1 && gm.cg == gm.src_c && gm.dst_c == gm.cg {
                 // One dense group: the row is one contiguous run.
-                let base = ((dst_row0 + r) * self.dst_w + self.pad) * self.dst_c;
-                copy(s, &src[..cols * self.cg], &mut dst[base..]);
+                let base = ((dst_row0 + r) * gm.dst_w + gm.pad) * gm.dst_c;
+                copy(s, &src[..cols * gm.cg], &mut dst[base..]);
                 continue;
             }
             let row = src.as_ptr().wrapping_add(cbase);
-            prefetch_pixels(row, 0..AHEAD.min(cols), self.src_c, span);
+            prefetch_pixels(row, 0..AHEAD.min(cols), gm.src_c, span);
             for c in 0..cols {
                 if c + AHEAD < cols {
-                    prefetch_pixels(row, c + AHEAD..c + AHEAD + 1, self.src_c, span);
+                    prefetch_pixels(row, c + AHEAD..c + AHEAD + 1, gm.src_c, span);
                 }
-                let px = &src[c * self.src_c + cbase..][..span];
-                for (gl, from) in px.chunks_exact(self.cg).enumerate() {
-                    let at = gl * self.g_stride
-                        + ((dst_row0 + r) * self.dst_w + self.pad + c) * self.dst_c;
-                    copy(s, from, &mut dst[at..][..self.cg]);
+                let px = &src[c * gm.src_c + cbase..][..span];
+                for (gl, from) in px.chunks_exact(gm.cg).enumerate() {
+                    let at = gl * gm.g_stride + ((dst_row0 + r) * gm.dst_w + gm.pad + c) * gm.dst_c;
+                    copy(s, from, &mut dst[at..][..gm.cg]);
                 }
             }
         }

@@ -42,7 +42,8 @@
 //!
 //! # Memory
 //! Every tensor-sized buffer comes from the caller's workspace
-//! ([`workspace_len`], `*_with_workspace`; the plain passes allocate exactly that):
+//! ([`Conv2d::workspace_len`](super::Conv2d::workspace_len); the plain passes
+//! allocate exactly that):
 //! per call, the packed weights (forward when a group's output channels are not whole
 //! vectors; the transposed weight of backward-data), the packed bias and the
 //! weight-gradient chunk partials; per worker thread, a slot as large as the largest
@@ -55,218 +56,128 @@ mod forward;
 mod micro;
 mod slide;
 
-use super::{ConvPass, ConvShape, GradMode, bias_grad_in, bias_grad_scratch};
+use super::{
+    ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode, bias_grad_in, bias_grad_scratch,
+};
 use crate::error::Result;
+use crate::kernels::gemm::Post;
 use crate::kernels::scratch::{PerWorker, Workspace, WorkspaceLayout};
-use crate::simd::{self, SimdLevel};
+use crate::simd::{PerLevel, SimdLevel};
+use micro::GroupedTable;
+use std::sync::OnceLock;
 
-/// Floats of workspace `pass` needs at `level` when the call runs in a pool of
-/// `threads` threads (the padded copies are per worker; packed weights and the
-/// weight-gradient partials are per call). A function of the shape, the pass, the
-/// level and the thread count only.
-pub fn workspace_len(level: SimdLevel, shape: &ConvShape, pass: ConvPass, threads: usize) -> usize {
-    layout(level, shape, pass, threads).len()
+/// The grouped kernels planned for one shape and level: every pass's plan (task split,
+/// copy sizes, the microkernel table's entries), each made the first time the pass (or
+/// its workspace size) is asked for and kept — an inference plan never makes the
+/// backward ones.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    g: Geo,
+    shape: ConvShape,
+    level: SimdLevel,
+    forward: OnceLock<forward::Plan>,
+    backward_data: OnceLock<backward_data::Plan>,
+    backward_weight: OnceLock<backward_weight::Plan>,
 }
 
-/// The regions `pass` takes from its workspace, in order.
-fn layout(level: SimdLevel, shape: &ConvShape, pass: ConvPass, threads: usize) -> WorkspaceLayout {
-    let g = Geo::new(shape);
-    let mut l = WorkspaceLayout::new(threads);
-    match pass {
-        ConvPass::Forward => forward::Plan::new(level, &g).layout(&g, &mut l),
-        ConvPass::BackwardData => backward_data::Plan::new(level, &g).layout(&g, &mut l),
-        ConvPass::BackwardWeight => {
-            weight_regions(&backward_weight::Plan::new(level, &g), &g, shape, &mut l)
+impl Plan {
+    pub(crate) fn new(level: SimdLevel, shape: &ConvShape) -> Plan {
+        Plan {
+            g: Geo::new(shape),
+            shape: *shape,
+            level,
+            forward: OnceLock::new(),
+            backward_data: OnceLock::new(),
+            backward_weight: OnceLock::new(),
         }
     }
-    l
-}
 
-/// Runs `f` on a workspace of exactly the size `pass` needs in the current pool, kept
-/// by the calling thread between calls.
-fn allocating<R>(
-    level: SimdLevel,
-    shape: &ConvShape,
-    pass: ConvPass,
-    f: impl FnOnce(&mut [f32]) -> Result<R>,
-) -> Result<R> {
-    layout(level, shape, pass, rayon::current_num_threads()).with_reused(f)
-}
-
-/// The caller's workspace checked against the layout `regions` describes for the
-/// current pool (the pass's plan adds its regions, so it is built once per call).
-fn workspace<'a>(
-    ws: &'a mut [f32],
-    regions: impl FnOnce(&mut WorkspaceLayout),
-) -> Result<Workspace<'a>> {
-    let mut layout = WorkspaceLayout::new(rayon::current_num_threads());
-    regions(&mut layout);
-    Workspace::new(ws, &layout)
-}
-
-/// The backward-weight regions: the plan's, then the bias gradient's partial sums.
-fn weight_regions(
-    plan: &backward_weight::Plan,
-    g: &Geo,
-    shape: &ConvShape,
-    l: &mut WorkspaceLayout,
-) {
-    plan.layout(g, l);
-    l.region(bias_grad_scratch(shape));
-}
-
-/// `y = conv(x, w) (+ bias)`; `y` is overwritten.
-///
-/// `x: [N][H][W][C_in]`, `w: [kh][kw][group_size][C_out]`, `bias: [C_out]`,
-/// `y: [N][OH][OW][C_out]`. Buffer sizes are checked against `shape`. Allocates its
-/// workspace; see [`forward_with_workspace`].
-pub fn forward(
-    level: SimdLevel,
-    shape: &ConvShape,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) -> Result<()> {
-    allocating(level, shape, ConvPass::Forward, |ws| {
-        forward_with_workspace(level, shape, x, w, bias, y, ws)
-    })
-}
-
-/// [`forward`] with its scratch in `ws`: at least
-/// [`workspace_len`]`(level, shape, ConvPass::Forward, threads)` floats for the pool
-/// the call runs in, any contents (left unspecified); a shorter one is
-/// [`crate::Error::BufferSize`] naming `"workspace"`.
-pub fn forward_with_workspace(
-    level: SimdLevel,
-    shape: &ConvShape,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    ws: &mut [f32],
-) -> Result<()> {
-    shape.check_forward(x, w, bias, y)?;
-    let g = Geo::new(shape);
-    let plan = forward::Plan::new(level, &g);
-    let mut ws = workspace(ws, |l| plan.layout(&g, l))?;
-    forward::run(level, &g, &plan, x, w, bias, y, &mut ws)
-}
-
-/// Floats of the forward weights as the kernels read them at `level`
-/// ([`pack_forward_weights`]).
-pub(super) fn forward_packed_len(level: SimdLevel, shape: &ConvShape) -> usize {
-    let g = Geo::new(shape);
-    forward::Plan::new(level, &g).packed_len(&g)
-}
-
-/// Writes `w` into `out` (at least [`forward_packed_len`] floats) in the layout the
-/// forward kernels read at `level`.
-pub(super) fn pack_forward_weights(
-    level: SimdLevel,
-    shape: &ConvShape,
-    w: &[f32],
-    out: &mut [f32],
-) {
-    let g = Geo::new(shape);
-    forward::Plan::new(level, &g).pack_weights(&g, w, out);
-}
-
-/// The forward pass on weights written by [`pack_forward_weights`] at the same `level`
-/// (buffers already checked; `ws` as for [`forward_with_workspace`], its
-/// packed-weights region left unused).
-pub(super) fn forward_prepacked(
-    level: SimdLevel,
-    shape: &ConvShape,
-    x: &[f32],
-    packed: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    ws: &mut [f32],
-) -> Result<()> {
-    let g = Geo::new(shape);
-    let plan = forward::Plan::new(level, &g);
-    let mut ws = workspace(ws, |l| plan.layout(&g, l))?;
-    forward::run_prepacked(level, &g, &plan, x, packed, bias, y, &mut ws)
-}
-
-/// `dx = convᵀ(dy, w)`, the gradient with respect to the input; `dx` is overwritten.
-///
-/// `dy: [N][OH][OW][C_out]`, `w: [kh][kw][group_size][C_out]`, `dx: [N][H][W][C_in]`.
-/// Allocates its workspace; see [`backward_data_with_workspace`].
-pub fn backward_data(
-    level: SimdLevel,
-    shape: &ConvShape,
-    dy: &[f32],
-    w: &[f32],
-    dx: &mut [f32],
-) -> Result<()> {
-    allocating(level, shape, ConvPass::BackwardData, |ws| {
-        backward_data_with_workspace(level, shape, dy, w, dx, ws)
-    })
-}
-
-/// [`backward_data`] with its scratch in `ws` (at least
-/// [`workspace_len`]`(level, shape, ConvPass::BackwardData, threads)` floats; as
-/// [`forward_with_workspace`]).
-pub fn backward_data_with_workspace(
-    level: SimdLevel,
-    shape: &ConvShape,
-    dy: &[f32],
-    w: &[f32],
-    dx: &mut [f32],
-    ws: &mut [f32],
-) -> Result<()> {
-    shape.check_backward_data(dy, w, dx)?;
-    let g = Geo::new(shape);
-    let plan = backward_data::Plan::new(level, &g);
-    let mut ws = workspace(ws, |l| plan.layout(&g, l))?;
-    backward_data::run(level, &g, &plan, dy, w, dx, &mut ws)
-}
-
-/// Weight (and bias) gradient, overwritten or accumulated per `mode`; deterministic
-/// for any thread count.
-///
-/// `x: [N][H][W][C_in]`, `dy: [N][OH][OW][C_out]`, `dw: [kh][kw][group_size][C_out]`,
-/// `dbias: [C_out]`. Allocates its workspace; see [`backward_weight_with_workspace`].
-pub fn backward_weight(
-    level: SimdLevel,
-    shape: &ConvShape,
-    x: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    dbias: Option<&mut [f32]>,
-    mode: GradMode,
-) -> Result<()> {
-    allocating(level, shape, ConvPass::BackwardWeight, |ws| {
-        backward_weight_with_workspace(level, shape, x, dy, dw, dbias, mode, ws)
-    })
-}
-
-/// [`backward_weight`] with its scratch in `ws` (at least
-/// [`workspace_len`]`(level, shape, ConvPass::BackwardWeight, threads)` floats; as
-/// [`forward_with_workspace`]).
-#[allow(clippy::too_many_arguments)]
-pub fn backward_weight_with_workspace(
-    level: SimdLevel,
-    shape: &ConvShape,
-    x: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    dbias: Option<&mut [f32]>,
-    mode: GradMode,
-    ws: &mut [f32],
-) -> Result<()> {
-    shape.check_backward_weight(x, dy, dw, dbias.as_deref())?;
-    let g = Geo::new(shape);
-    let plan = backward_weight::Plan::new(level, &g);
-    let mut ws = workspace(ws, |l| weight_regions(&plan, &g, shape, l))?;
-    backward_weight::run(level, &g, &plan, x, dy, dw, mode.accumulate(), &mut ws)?;
-    let partials = ws.take(bias_grad_scratch(shape))?;
-    if let Some(db) = dbias {
-        bias_grad_in(level, shape, dy, db, mode, partials);
+    fn forward(&self) -> &forward::Plan {
+        self.forward
+            .get_or_init(|| forward::Plan::new(self.level, &self.g))
     }
-    Ok(())
+
+    fn backward_data(&self) -> &backward_data::Plan {
+        self.backward_data
+            .get_or_init(|| backward_data::Plan::new(self.level, &self.g))
+    }
+
+    fn backward_weight(&self) -> &backward_weight::Plan {
+        self.backward_weight
+            .get_or_init(|| backward_weight::Plan::new(self.level, &self.g))
+    }
+}
+
+impl FamilyPlan for Plan {
+    /// Per call, the packed weights (forward when a group's output channels are not
+    /// whole vectors; the transposed weight of backward-data), the packed bias and the
+    /// weight-gradient chunk partials (then the bias gradient's partial sums); per
+    /// worker thread, the largest task's padded copy.
+    fn layout(&self, pass: ConvPass, threads: usize) -> WorkspaceLayout {
+        let g = &self.g;
+        let mut l = WorkspaceLayout::new(threads);
+        match pass {
+            ConvPass::Forward => self.forward().layout(g, &mut l),
+            ConvPass::BackwardData => self.backward_data().layout(g, &mut l),
+            ConvPass::BackwardWeight => {
+                self.backward_weight().layout(g, &mut l);
+                l.region(bias_grad_scratch(&self.shape));
+            }
+        }
+        l
+    }
+
+    fn packed_len(&self) -> usize {
+        self.forward().packed_len(&self.g)
+    }
+
+    fn pack(&self, w: &[f32], out: &mut [f32]) {
+        self.forward().pack_weights(&self.g, w, out);
+    }
+
+    fn forward(
+        &self,
+        x: &[f32],
+        w: ForwardWeights<'_>,
+        bias: Option<&[f32]>,
+        post: Post<'_>,
+        y: &mut [f32],
+        ws: &mut Workspace<'_>,
+    ) -> Result<()> {
+        let (g, plan) = (&self.g, self.forward());
+        match w {
+            ForwardWeights::Plain(w) => forward::run(g, plan, x, w, bias, post, y, ws),
+            ForwardWeights::Packed(p) => forward::run_prepacked(g, plan, x, p, bias, post, y, ws),
+        }
+    }
+
+    fn backward_data(
+        &self,
+        dy: &[f32],
+        w: &[f32],
+        dx: &mut [f32],
+        ws: &mut Workspace<'_>,
+    ) -> Result<()> {
+        backward_data::run(&self.g, self.backward_data(), dy, w, dx, ws)
+    }
+
+    fn backward_weight(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        mode: GradMode,
+        ws: &mut Workspace<'_>,
+    ) -> Result<()> {
+        let plan = self.backward_weight();
+        backward_weight::run(&self.g, plan, x, dy, dw, mode.accumulate(), ws)?;
+        let partials = ws.take(bias_grad_scratch(&self.shape))?;
+        if let Some(db) = dbias {
+            bias_grad_in(self.level, &self.shape, dy, db, mode, partials);
+        }
+        Ok(())
+    }
 }
 
 /// The sizes of a validated shape, flattened for the kernels.
@@ -360,22 +271,15 @@ impl Geo {
     }
 }
 
-/// The vector width the kernels run with at `level` (what [`simd::dispatch`] picks).
-fn lanes(level: SimdLevel) -> usize {
-    simd::dispatch_lanes(level)
+/// The microkernel table of `level` (clamped to what the CPU runs).
+fn table(level: SimdLevel) -> &'static GroupedTable {
+    use micro::{avx2_table, avx512_table, small_table};
+    static TABLES: PerLevel<GroupedTable> =
+        crate::per_level!(small_table, avx2_table, avx512_table);
+    TABLES.get(level)
 }
 
-/// Splits `0..n` into the fewest near-equal parts of at most `max` items:
-/// `(start, len)` pairs, longer parts first.
-fn split(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
-    let parts = n.div_ceil(max.max(1));
-    let base = n.checked_div(parts).unwrap_or(0);
-    let extra = n.checked_rem(parts).unwrap_or(0);
-    (0..parts).map(move |i| {
-        let start = i * base + i.min(extra);
-        (start, base + usize::from(i < extra))
-    })
-}
+use crate::kernels::parallel::balanced_parts as split;
 
 /// One task of the forward and backward-data passes: output rows `r0..r0 + rows` of
 /// image `n`, groups `g0..g0 + ng`.
@@ -475,29 +379,4 @@ fn with_zeroed<R>(slots: &PerWorker<'_>, len: usize, f: impl FnOnce(&mut [f32]) 
         buf.fill(0.0);
         f(buf)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split;
-
-    #[test]
-    fn split_covers_the_range_in_balanced_parts() {
-        for n in 0..60 {
-            for max in 1..20 {
-                let parts: Vec<_> = split(n, max).collect();
-                let mut next = 0;
-                for &(s, l) in &parts {
-                    assert_eq!(s, next);
-                    assert!(l >= 1 && l <= max);
-                    next = s + l;
-                }
-                assert_eq!(next, n);
-                assert_eq!(parts.len(), n.div_ceil(max));
-                if let (Some(a), Some(b)) = (parts.first(), parts.last()) {
-                    assert!(a.1 - b.1 <= 1);
-                }
-            }
-        }
-    }
 }

@@ -50,7 +50,23 @@ pub(super) struct SlideRow<'a> {
     pub pix: usize,
     /// Vectors of output channels.
     pub nv: usize,
+    /// The epilogue (see [`super::micro::ConvTile`]).
+    pub act: crate::kernels::activation::Activation,
+    pub res: *const f32,
 }
+
+/// The AVX-512 table's sliding-window row entry ([`slide_row`]; none elsewhere).
+#[cfg(target_arch = "x86_64")]
+pub(super) const ROW: Option<super::micro::SlideFn> = Some(slide_row);
+/// The AVX-512 table's sliding-window row entry (none on this architecture).
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) const ROW: Option<super::micro::SlideFn> = None;
+/// The AVX-512 table's sliding weight-gradient entry ([`slide_weight`]; none elsewhere).
+#[cfg(target_arch = "x86_64")]
+pub(super) const WEIGHT: Option<super::micro::SlideWeightFn> = Some(slide_weight);
+/// The AVX-512 table's sliding weight-gradient entry (none on this architecture).
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) const WEIGHT: Option<super::micro::SlideWeightFn> = None;
 
 /// Whether [`slide_row`] has a tile for this configuration.
 pub(super) fn supported(kw: usize, sw: usize, pix: usize, nv: usize) -> bool {
@@ -78,6 +94,7 @@ pub(super) unsafe fn slide_row(a: &SlideRow<'_>) {
         let t = SlideRow {
             src: a.src.wrapping_add(ow0 * a.sw * a.pix),
             dst: a.dst.wrapping_add(ow0 * a.dst_pix),
+            res: super::micro::offset_res(a.res, ow0 * a.dst_pix),
             width: m,
             ..*a
         };
@@ -100,13 +117,6 @@ pub(super) unsafe fn slide_row(a: &SlideRow<'_>) {
         }
     }
 }
-
-/// Stand-in on other architectures (never called: [`supported`] is false).
-///
-/// # Safety
-/// None needed; it does nothing.
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn slide_row(_: &SlideRow<'_>) {}
 
 /// One sliding tile: `MR` output pixels × `NV` vectors, kernel rows of `KW` taps at
 /// stride `SW`, input pixels `PIX` floats apart.
@@ -178,7 +188,7 @@ unsafe fn tile<
         }
     }
     // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
-    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last) };
+    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last, MR, (a.act, a.res)) };
 }
 
 /// One row of pixels of a [`SlideWeight`]: input vectors `x + p·x_pix + kw·x_kw`
@@ -249,13 +259,6 @@ pub(super) unsafe fn slide_weight(a: &SlideWeight<'_>) {
     }
 }
 
-/// Stand-in on other architectures (never called: [`weight_supported`] is false).
-///
-/// # Safety
-/// None needed; it does nothing.
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn slide_weight(_: &SlideWeight<'_>) {}
-
 /// # Safety
 /// As [`slide_weight`].
 #[cfg(target_arch = "x86_64")]
@@ -273,7 +276,7 @@ unsafe fn weight_tile<S: crate::simd::Simd, const KW: usize>(s: S, a: &SlideWeig
         unsafe {
             // Row kw, vector j at `out + kw·out_kw + (co0 + j)·CI` (CI = L).
             let sums = a.out.add(co0 * CI);
-            let mut acc = load_tile::<S, KW, COT>(s, sums, a.out_kw, CI);
+            let mut acc = load_tile::<S, KW, COT>(s, sums, a.out_kw, CI, KW);
             for r in a.rows {
                 let mut xp = r.x;
                 let mut yp = r.dy.add(co0);
@@ -292,7 +295,7 @@ unsafe fn weight_tile<S: crate::simd::Simd, const KW: usize>(s: S, a: &SlideWeig
                     yp = yp.wrapping_add(a.dy_pix);
                 }
             }
-            store_tile(s, &acc, sums, a.out_kw, CI);
+            store_tile(s, &acc, sums, a.out_kw, CI, KW, super::micro::NO_POST);
         }
     }
 }

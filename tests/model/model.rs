@@ -2,9 +2,7 @@
 //! against finite differences (every norm × both spatial convs), parameter counts,
 //! train/eval semantics, batch independence under LN+PN, determinism.
 
-mod common;
-
-use common::Rng;
+use crate::common::Rng;
 use effnet::arch::ArchConfig;
 use effnet::kernels::loss::{CrossEntropy, Targets};
 use effnet::model::{Network, Pass};
@@ -261,7 +259,7 @@ fn forward_and_backward_are_deterministic_across_threads() {
     let mut rng = Rng::new(4);
     let x = rng.vec(BATCH * RES * RES * 3);
     let run = |threads: usize| {
-        common::in_pool(threads, || {
+        crate::common::in_pool(threads, || {
             let mut net = Network::new(&cfg, 1).unwrap();
             let (loss, _) = net
                 .loss_and_grad(

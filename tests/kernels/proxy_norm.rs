@@ -5,9 +5,7 @@
 //! path, all three variants); fused = composition; batch independence; determinism
 //! across thread counts; typed errors.
 
-mod common;
-
-use common::{Rng, abs_err, in_pool, levels, norm2, rel_err, to64};
+use crate::common::{Rng, abs_err, in_pool, levels, norm2, rel_err, to64};
 use effnet::Error;
 use effnet::kernels::activation::Activation;
 use effnet::kernels::conv::GradMode;
@@ -177,6 +175,7 @@ fn oracle_values_at_initialisation() {
             }
         }
         for level in levels() {
+            let pn = pn.clone().with_level(level);
             with_level(level, || {
                 let mut st = pn.new_stats();
                 pn.stats(p.f32(), &mut st).unwrap();
@@ -217,6 +216,7 @@ fn proxy_statistics_and_their_backward_match_reference() {
         let [wg, wb, wbp, wgp] =
             reference::stats_backward(&su, &params64(&p64), &want, &to64(&dmu), &to64(&ds));
         for level in levels() {
+            let pn = pn.clone().with_level(level);
             with_level(level, || {
                 let ctx = format!("{level} case {i} {act:?} K {k}");
                 let mut st = pn.new_stats();
@@ -320,6 +320,7 @@ fn check_fused(nd: &NormDesc, pd: &ProxyNormDesc, seed: u64) {
         })
         .collect();
     for level in levels() {
+        let op = op.clone().with_level(level);
         with_level(level, || {
             let ctx = format!("{level} {nd:?} {pd:?}");
             let Run { z, saved, dx, g } = forward_backward(&op, &x, &p, &dz, ds_in, 5.0);
@@ -409,6 +410,7 @@ fn standalone_activation_matches_reference() {
                 &params64(&p64),
             );
             for level in levels() {
+                let pn = pn.clone().with_level(level);
                 with_level(level, || {
                     let ctx = format!("{level} case {i} {v:?}");
                     let mut z = vec![0.0; xh.len()];
@@ -470,6 +472,9 @@ fn fused_equals_composition() {
         let ds = r.vec(c);
         let ds_in = (v == ProxyVariant::DelayedScale).then_some(&ds[..]);
         for level in levels() {
+            let fused = fused.clone().with_level(level);
+            let norm = norm.clone().with_level(level);
+            let pn = pn.clone().with_level(level);
             with_level(level, || {
                 // Composition.
                 let mut xh = vec![0.0; n];
@@ -687,6 +692,7 @@ fn results_do_not_depend_on_thread_count() {
         let ds = r.vec(c);
         let ds_in = (v == ProxyVariant::DelayedScale).then_some(&ds[..]);
         for level in levels() {
+            let op = op.clone().with_level(level);
             let run = || {
                 with_level(level, || {
                     let r = forward_backward(&op, &x, &p, &dz, ds_in, 0.0);

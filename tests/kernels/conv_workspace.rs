@@ -3,10 +3,8 @@
 //! allocating pass's bits, at every SIMD level and thread count; a short workspace is a
 //! typed error naming it; the thread count the size was queried for is honoured.
 
-mod common;
-
-use common::conv::{ConvCase, Passes, fixed_shapes, stale_workspace};
-use common::{in_pool, levels};
+use crate::common::conv::{ConvCase, Passes, fixed_shapes, stale_workspace};
+use crate::common::{in_pool, levels};
 use effnet::Error;
 use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass, GradMode};
 use effnet::simd::with_level;
@@ -32,8 +30,8 @@ fn shapes() -> Vec<ConvDesc> {
 fn workspace_passes_give_the_allocating_bits_at_every_level() {
     for (i, d) in shapes().iter().enumerate() {
         let c = ConvCase::new(d, 4000 + i as u64);
-        let conv = Conv2d::new(d).unwrap();
         for level in levels() {
+            let conv = Conv2d::with_level(d, level).unwrap();
             with_level(level, || {
                 let want = c.run(&Passes::Plan(&conv)).bits();
                 assert!(
@@ -207,9 +205,9 @@ fn the_thread_count_of_the_query_is_honoured() {
 fn packed_weights_give_the_forward_bits_at_every_level() {
     for (i, d) in shapes().iter().enumerate() {
         let c = ConvCase::new(d, 7000 + i as u64);
-        let conv = Conv2d::new(d).unwrap();
-        let s = *conv.shape();
         for level in levels() {
+            let conv = Conv2d::with_level(d, level).unwrap();
+            let s = *conv.shape();
             with_level(level, || {
                 let mut packed = vec![f32::NAN; conv.packed_weights_len() + 5];
                 conv.pack_weights(&c.w, &mut packed).unwrap();
@@ -305,16 +303,13 @@ fn packed_weights_are_checked() {
         &mut [],
     );
     assert!(matches!(e, Err(Error::InvalidArgument(_))), "{e:?}");
-    // Packed at another SIMD level.
-    let now = effnet::simd::active();
-    let other = levels()
-        .into_iter()
-        .find(|&l| with_level(l, effnet::simd::active) != now);
-    if let Some(other) = other {
-        let e = with_level(other, || {
-            let mut ws = vec![0.0; a.workspace_len(ConvPass::Forward, 0)];
-            a.forward_packed(&case.x, &packed, None, &mut y, &mut ws)
-        });
+    // Packed at another SIMD level: a plan of the same shape made at that level
+    // rejects them.
+    for other in levels().into_iter().filter(|&l| l != a.level()) {
+        let a2 = Conv2d::with_level(&a.shape().desc, other).unwrap();
+        assert_eq!(a2.level(), other);
+        let mut ws = vec![0.0; a2.workspace_len(ConvPass::Forward, 0)];
+        let e = a2.forward_packed(&case.x, &packed, None, &mut y, &mut ws);
         assert!(
             matches!(e, Err(Error::InvalidArgument(_))),
             "{other}: {e:?}"

@@ -4,9 +4,7 @@
 //! adjoint identities; bitwise determinism for 1, 2 and 8 threads; statistics of the
 //! seeded masks and mixing draws; typed errors.
 
-mod common;
-
-use common::{Rng, dot, in_pool, levels, proptest_cases, rel_err, to64};
+use crate::common::{Rng, dot, in_pool, levels, proptest_cases, rel_err, to64};
 use effnet::Error;
 use effnet::kernels::conv::GradMode;
 use effnet::kernels::fully_connected::FullyConnected;

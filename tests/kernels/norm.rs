@@ -4,9 +4,7 @@
 //! large-mean data; BatchNorm's running statistics and inference; bitwise determinism
 //! across thread counts; typed errors.
 
-mod common;
-
-use common::{Rng, abs_err, in_pool, levels, norm2, rel_err, to64};
+use crate::common::{Rng, abs_err, in_pool, levels, norm2, rel_err, to64};
 use effnet::Error;
 use effnet::kernels::activation::Activation;
 use effnet::kernels::conv::GradMode;
@@ -104,6 +102,7 @@ fn check(d: &NormDesc, seed: u64, use_g: bool, use_b: bool) {
             .collect()
     };
     for level in levels() {
+        let norm = norm.clone().with_level(level);
         with_level(level, || {
             let (y, stats, dx, dg, db) = run(&norm, &c, use_g, use_b);
             let ctx = format!("{level} {d:?} γ {use_g} β {use_b}");
@@ -215,6 +214,7 @@ fn large_mean_keeps_the_variance() {
         let want = reference::forward(&d, &to64(&x), None, None);
         let norm = Norm::new(&d).unwrap();
         for level in levels() {
+            let norm = norm.clone().with_level(level);
             with_level(level, || {
                 let mut y = vec![0.0; n];
                 let mut stats = norm.new_stats();
@@ -289,6 +289,7 @@ fn results_do_not_depend_on_thread_count() {
         let c = case(&d, 5, 0.5);
         let norm = Norm::new(&d).unwrap();
         for level in levels() {
+            let norm = norm.clone().with_level(level);
             let results: Vec<_> = [1, 2, 8]
                 .into_iter()
                 .map(|t| in_pool(t, || with_level(level, || run(&norm, &c, true, true))))
@@ -353,6 +354,7 @@ fn batch_norm_running_statistics_and_inference() {
         Some(&to64(&c.beta)),
     );
     for level in levels() {
+        let norm = norm.clone().with_level(level);
         with_level(level, || {
             let mut yi = vec![0.0; norm.x_len()];
             norm.forward_infer(&c.x, affine, Some(&running), &mut yi)

@@ -4,12 +4,16 @@
 //! grids, several weight-gradient chunks), at every SIMD level; adjoints, finite
 //! differences, thread-count determinism and typed errors.
 
-mod common;
-
-use common::{Rng, dot, in_pool, levels, rel_err};
+use crate::common::{Rng, dot, in_pool, levels, rel_err};
 use effnet::Error;
-use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, GradMode, pointwise, reference};
+use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, ConvShape, GradMode, reference};
+use effnet::simd::SimdLevel;
 use effnet::simd::with_level;
+
+/// A plan on the pointwise kernels at `level`.
+fn plan_pw(s: &ConvShape, level: SimdLevel) -> Conv2d {
+    Conv2d::with_family(&s.desc, ConvFamily::Pointwise, level).unwrap()
+}
 
 const TOL: f64 = 2e-5;
 
@@ -71,31 +75,26 @@ fn every_pass_matches_the_reference_on_every_level() {
         let (dw_ref, db_ref) = reference::backward_weight(&s, &x, &dy);
         for level in levels() {
             let mut y = vec![f32::NAN; s.y_len];
-            pointwise::forward(level, &s, &x, &w, Some(&b), &mut y).unwrap();
+            plan_pw(&s, level)
+                .forward(&x, &w, Some(&b), &mut y)
+                .unwrap();
             let e = rel_err(&y, &y_ref);
             assert!(e < TOL, "{level} forward {d:?}: {e}");
-            pointwise::forward(level, &s, &x, &w, None, &mut y).unwrap();
+            plan_pw(&s, level).forward(&x, &w, None, &mut y).unwrap();
             let e = rel_err(&y, &y0_ref);
             assert!(e < TOL, "{level} forward, no bias, {d:?}: {e}");
 
             // NaN-filled: every element, read pixel or not, must be written.
             let mut dx = vec![f32::NAN; s.x_len];
-            pointwise::backward_data(level, &s, &dy, &w, &mut dx).unwrap();
+            plan_pw(&s, level).backward_data(&dy, &w, &mut dx).unwrap();
             let e = rel_err(&dx, &dx_ref);
             assert!(e < TOL, "{level} backward_data {d:?}: {e}");
 
             let mut dw = vec![f32::NAN; s.w_len];
             let mut db = vec![f32::NAN; d.out_channels];
-            pointwise::backward_weight(
-                level,
-                &s,
-                &x,
-                &dy,
-                &mut dw,
-                Some(&mut db),
-                GradMode::Overwrite,
-            )
-            .unwrap();
+            plan_pw(&s, level)
+                .backward_weight(&x, &dy, &mut dw, Some(&mut db), GradMode::Overwrite)
+                .unwrap();
             let e = rel_err(&dw, &dw_ref);
             assert!(e < TOL, "{level} backward_weight {d:?}: {e}");
             let e = rel_err(&db, &db_ref);
@@ -104,16 +103,9 @@ fn every_pass_matches_the_reference_on_every_level() {
             // Accumulate adds to the old contents (weight and bias).
             let mut dw2 = w.clone();
             let mut db2 = b.clone();
-            pointwise::backward_weight(
-                level,
-                &s,
-                &x,
-                &dy,
-                &mut dw2,
-                Some(&mut db2),
-                GradMode::Accumulate,
-            )
-            .unwrap();
+            plan_pw(&s, level)
+                .backward_weight(&x, &dy, &mut dw2, Some(&mut db2), GradMode::Accumulate)
+                .unwrap();
             let want: Vec<f64> = dw_ref.iter().zip(&w).map(|(g, w)| g + *w as f64).collect();
             let e = rel_err(&dw2, &want);
             assert!(e < TOL, "{level} accumulate {d:?}: {e}");
@@ -133,7 +125,7 @@ fn strided_backward_data_zeroes_the_pixels_no_output_reads() {
     let w = vec![1.0f32; s.w_len];
     for level in levels() {
         let mut dx = vec![f32::NAN; s.x_len];
-        pointwise::backward_data(level, &s, &dy, &w, &mut dx).unwrap();
+        plan_pw(&s, level).backward_data(&dy, &w, &mut dx).unwrap();
         for ih in 0..7 {
             for iw in 0..6 {
                 let read = ih % 3 == 0 && iw % 2 == 0;
@@ -155,11 +147,12 @@ fn adjoint_identities_hold() {
         let (x, w, dy) = (r.vec(s.x_len), r.vec(s.w_len), r.vec(s.y_len));
         for level in levels() {
             let mut y = vec![0.0; s.y_len];
-            pointwise::forward(level, &s, &x, &w, None, &mut y).unwrap();
+            plan_pw(&s, level).forward(&x, &w, None, &mut y).unwrap();
             let mut dx = vec![0.0; s.x_len];
-            pointwise::backward_data(level, &s, &dy, &w, &mut dx).unwrap();
+            plan_pw(&s, level).backward_data(&dy, &w, &mut dx).unwrap();
             let mut dw = vec![0.0; s.w_len];
-            pointwise::backward_weight(level, &s, &x, &dy, &mut dw, None, GradMode::Overwrite)
+            plan_pw(&s, level)
+                .backward_weight(&x, &dy, &mut dw, None, GradMode::Overwrite)
                 .unwrap();
             let lhs = dot(&dy, &y);
             let scale = (dy.len() as f64).sqrt() * (d.in_channels as f64).sqrt();
@@ -248,7 +241,6 @@ fn results_do_not_depend_on_thread_count() {
     ];
     for (i, d) in shapes.iter().enumerate() {
         let s = d.validate().unwrap();
-        let conv = Conv2d::new(d).unwrap();
         let mut r = Rng::new(900 + i as u64);
         let (x, w, b, dy) = (
             r.vec(s.x_len),
@@ -257,6 +249,7 @@ fn results_do_not_depend_on_thread_count() {
             r.vec(s.y_len),
         );
         for level in levels() {
+            let conv = Conv2d::with_level(d, level).unwrap();
             let run = |threads: usize| {
                 in_pool(threads, || {
                     with_level(level, || {
@@ -295,38 +288,24 @@ fn wrong_buffer_sizes_are_typed_errors() {
             "expected a {want} size error"
         )
     };
+    is(plan_pw(&s, level).forward(&x[1..], &w, None, &mut y), "x");
     is(
-        pointwise::forward(level, &s, &x[1..], &w, None, &mut y),
-        "x",
-    );
-    is(
-        pointwise::forward(level, &s, &x, &w[1..], None, &mut y),
+        plan_pw(&s, level).forward(&x, &w[1..], None, &mut y),
         "weight",
     );
     is(
-        pointwise::forward(level, &s, &x, &w, Some(&[0.0; 11]), &mut y),
+        plan_pw(&s, level).forward(&x, &w, Some(&[0.0; 11]), &mut y),
         "bias",
     );
+    is(plan_pw(&s, level).forward(&x, &w, None, &mut y[1..]), "y");
+    is(plan_pw(&s, level).backward_data(&y[1..], &w, &mut dx), "dy");
+    is(plan_pw(&s, level).backward_data(&y, &w, &mut dx[1..]), "dx");
     is(
-        pointwise::forward(level, &s, &x, &w, None, &mut y[1..]),
-        "y",
-    );
-    is(
-        pointwise::backward_data(level, &s, &y[1..], &w, &mut dx),
-        "dy",
-    );
-    is(
-        pointwise::backward_data(level, &s, &y, &w, &mut dx[1..]),
-        "dx",
-    );
-    is(
-        pointwise::backward_weight(level, &s, &x, &y, &mut dw[1..], None, GradMode::Overwrite),
+        plan_pw(&s, level).backward_weight(&x, &y, &mut dw[1..], None, GradMode::Overwrite),
         "dweight",
     );
     is(
-        pointwise::backward_weight(
-            level,
-            &s,
+        plan_pw(&s, level).backward_weight(
             &x,
             &y,
             &mut dw,

@@ -1,15 +1,9 @@
 //! The workspace passes of the convolutions allocate nothing tensor-sized: a counting
 //! global allocator (`tests/common/alloc.rs`) records every allocation made (on any
-//! thread) while a pass runs. One test in this binary, so no other test allocates
-//! meanwhile.
+//! thread) while a pass runs.
 
-mod common;
-
-use common::alloc::{Counting, count};
+use crate::common::alloc::count;
 use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass, GradMode};
-
-#[global_allocator]
-static A: Counting = Counting;
 
 /// Runs `pass` with `ws` (`None`: the allocating pass).
 fn run(conv: &Conv2d, pass: ConvPass, ws: Option<&mut [f32]>, bufs: &mut [Vec<f32>; 5]) {
@@ -28,8 +22,7 @@ fn run(conv: &Conv2d, pass: ConvPass, ws: Option<&mut [f32]>, bufs: &mut [Vec<f3
     .unwrap();
 }
 
-#[test]
-fn workspace_passes_allocate_nothing_tensor_sized() {
+pub fn workspace_passes_allocate_nothing_tensor_sized() {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(4)
         .build()

@@ -2,10 +2,8 @@
 //! plain f64 reference on random descriptors, at every SIMD level; adjoint identities;
 //! finite differences; bitwise determinism across thread counts; typed errors.
 
-mod common;
-
-use common::conv::{ConvCase, Passes, fixed_shapes};
-use common::{dot, in_pool, levels, proptest_cases, rel_err};
+use crate::common::conv::{ConvCase, Passes, fixed_shapes};
+use crate::common::{dot, in_pool, levels, proptest_cases, rel_err};
 use effnet::Error;
 use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, GradMode, Padding};
 use effnet::simd::with_level;
@@ -100,9 +98,9 @@ fn desc(class: &'static str) -> impl Strategy<Value = ConvDesc> {
 /// Every pass at every level against the reference.
 fn check_against_reference(d: &ConvDesc, seed: u64) -> Result<(), TestCaseError> {
     let c = ConvCase::new(d, seed);
-    let conv = Conv2d::new(d).unwrap();
     let refs = c.references();
     for level in levels() {
+        let conv = Conv2d::with_level(d, level).unwrap();
         let o = with_level(level, || c.run(&Passes::Plan(&conv)));
         for (name, e) in o.errors(&refs, rel_err) {
             prop_assert!(e < TOL, "{level} {name} {d:?}: rel err {e}");
@@ -152,8 +150,9 @@ fn adjoint_identities_hold() {
     for (i, d) in fixed_shapes().iter().enumerate() {
         let c = ConvCase::new(d, 77 + i as u64);
         let s = c.shape;
-        let conv = Conv2d::new(d).unwrap();
         for level in levels() {
+            let conv = Conv2d::with_level(d, level).unwrap();
+            assert_eq!(conv.level(), level);
             with_level(level, || {
                 let mut y = vec![0.0; s.y_len];
                 conv.forward(&c.x, &c.w, None, &mut y).unwrap();

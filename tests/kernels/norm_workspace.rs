@@ -6,9 +6,7 @@
 //! the first left, and a larger, unaligned workspace; one float short is
 //! `Error::BufferSize` naming the workspace.
 
-mod common;
-
-use common::{Rng, in_pool, levels};
+use crate::common::{Rng, in_pool, levels};
 use effnet::Error;
 use effnet::kernels::activation::Activation;
 use effnet::kernels::conv::GradMode;
@@ -21,7 +19,7 @@ use effnet::kernels::pool::{self, Nhwc, PoolPass};
 use effnet::kernels::proxy_norm::{
     NormProxy, ProxyGrads, ProxyNorm, ProxyNormDesc, ProxyParams, ProxyPass, ProxyVariant, Upstream,
 };
-use effnet::simd::with_level;
+use effnet::simd::{SimdLevel, with_level};
 
 /// Every output of one call, in a fixed order.
 type Outputs = Vec<Vec<f32>>;
@@ -72,18 +70,25 @@ fn check(case: &Case, what: &str) {
     }
 }
 
-/// Runs every case at every level in pools of 1 and 8 threads.
+/// Runs every case at every level in pools of 1 and 8 threads (for the passes that
+/// read the level per call).
 fn check_all(cases: &[Case]) {
     for level in levels() {
-        for threads in [1, 8] {
-            in_pool(threads, || {
-                with_level(level, || {
-                    for c in cases {
-                        check(c, &format!("{level} {threads} threads"));
-                    }
-                })
-            });
-        }
+        check_at(level, cases);
+    }
+}
+
+/// Runs every case at `level` in pools of 1 and 8 threads (for cases whose plans were
+/// made at `level`).
+fn check_at(level: SimdLevel, cases: &[Case]) {
+    for threads in [1, 8] {
+        in_pool(threads, || {
+            with_level(level, || {
+                for c in cases {
+                    check(c, &format!("{level} {threads} threads"));
+                }
+            })
+        });
     }
 }
 
@@ -181,16 +186,19 @@ fn norm_cases<'a>(norm: &'a Norm, data: &'a [Vec<f32>; 5], affine: bool) -> Vec<
 #[test]
 fn norm_workspace_passes_give_the_allocating_bits() {
     for (i, d) in norm_descs().iter().enumerate() {
-        let norm = Norm::new(d).unwrap();
         let mut r = Rng::new(100 + i as u64);
         let c = d.channels;
+        let len = Norm::new(d).unwrap().x_len();
         // An offset mean: the shifted sums matter.
-        let x: Vec<f32> = r.vec(norm.x_len()).iter().map(|v| 3.0 + v).collect();
-        let data = [x, r.vec(norm.x_len()), r.vec(c), r.vec(c), r.vec(2 * c)];
-        for affine in [true, false] {
-            let cases = norm_cases(&norm, &data, affine);
-            assert!(cases.iter().all(|c| c.len > 0), "{d:?}");
-            check_all(&cases);
+        let x: Vec<f32> = r.vec(len).iter().map(|v| 3.0 + v).collect();
+        let data = [x, r.vec(len), r.vec(c), r.vec(c), r.vec(2 * c)];
+        for level in levels() {
+            let norm = Norm::new(d).unwrap().with_level(level);
+            for affine in [true, false] {
+                let cases = norm_cases(&norm, &data, affine);
+                assert!(cases.iter().all(|c| c.len > 0), "{d:?}");
+                check_at(level, &cases);
+            }
         }
     }
 }
@@ -240,129 +248,131 @@ fn proxy_norm_workspace_passes_give_the_allocating_bits() {
         for (j, v) in variants.iter().enumerate() {
             let c = nd.channels;
             let pd = ProxyNormDesc::new(c).with_variant(*v).with_k(37);
-            let op = NormProxy::new(nd, &pd).unwrap();
-            let pn = ProxyNorm::new(&pd).unwrap();
-            let mut r = Rng::new(300 + 10 * i as u64 + j as u64);
-            let n = op.x_len();
-            let (x, dz, p) = (r.vec(n), r.vec(n), proxy_params(&mut r, c));
-            let (g0, ds, dmu) = (r.vec(4 * c), r.vec(c), r.vec(c));
-            let ds = (*v == ProxyVariant::DelayedScale).then_some(&ds[..]);
-            let (x, dz, p, g0, dmu) = (&x, &dz, &p, &g0, &dmu);
-            let fused_fwd: Run = Box::new(|ws| {
-                let mut z = vec![0.0f32; n];
-                let mut sv = op.new_saved();
-                let params = params_of(p, c);
-                match ws {
-                    Some(ws) => op.forward_with_workspace(x, params, &mut z, &mut sv, ws),
-                    None => op.forward(x, params, &mut z, &mut sv),
-                }?;
-                let [a, b, cc] = stats_vecs(sv.norm);
-                Ok(vec![
-                    z,
-                    a,
-                    b,
-                    cc,
-                    sv.proxy.mean,
-                    sv.proxy.var,
-                    sv.proxy.scale,
-                ])
-            });
-            let fused_bwd: Run = Box::new(|ws| {
-                let params = params_of(p, c);
-                let mut sv = op.new_saved();
-                op.forward(x, params, &mut vec![0.0; n], &mut sv)?;
-                let mut dx = vec![0.0f32; n];
-                let mut g = g0.clone();
-                let up = Upstream { dz, ds };
-                with_grads(&mut g, c, |gr| match ws {
-                    Some(ws) => op.backward_with_workspace(x, up, params, &sv, &mut dx, gr, ws),
-                    None => op.backward(x, up, params, &sv, &mut dx, gr),
-                })?;
-                Ok(vec![dx, g])
-            });
-            // Standalone: x is taken as already normalized.
-            let alone_fwd: Run = Box::new(|ws| {
-                let mut z = vec![0.0f32; n];
-                let mut st = pn.new_stats();
-                let params = params_of(p, c);
-                match ws {
-                    Some(ws) => pn.forward_with_workspace(x, params, &mut z, &mut st, ws),
-                    None => pn.forward(x, params, &mut z, &mut st),
-                }?;
-                Ok(vec![z, st.mean, st.var, st.scale])
-            });
-            let alone_bwd: Run = Box::new(|ws| {
-                let params = params_of(p, c);
-                let mut st = pn.new_stats();
-                pn.forward(x, params, &mut vec![0.0; n], &mut st)?;
-                let mut dx = vec![0.0f32; n];
-                let mut g = g0.clone();
-                let up = Upstream { dz, ds };
-                with_grads(&mut g, c, |gr| match ws {
-                    Some(ws) => pn.backward_with_workspace(x, up, params, &st, &mut dx, gr, ws),
-                    None => pn.backward(x, up, params, &st, &mut dx, gr),
-                })?;
-                Ok(vec![dx, g])
-            });
-            let stats: Run = Box::new(|ws| {
-                let mut st = pn.new_stats();
-                let params = params_of(p, c);
-                match ws {
-                    Some(ws) => pn.stats_with_workspace(params, &mut st, ws),
-                    None => pn.stats(params, &mut st),
-                }?;
-                Ok(vec![st.mean, st.var, st.scale])
-            });
-            let stats_bwd: Run = Box::new(|ws| {
-                let params = params_of(p, c);
-                let mut st = pn.new_stats();
-                pn.stats(params, &mut st)?;
-                let mut g = g0.clone();
-                let dsv = &g0[..c];
-                with_grads(&mut g, c, |gr| match ws {
-                    Some(ws) => pn.stats_backward_with_workspace(params, &st, dmu, dsv, gr, ws),
-                    None => pn.stats_backward(params, &st, dmu, dsv, gr),
-                })?;
-                Ok(vec![g])
-            });
-            let name = |s: &str| format!("{:?} {v:?} {s}", nd.kind);
-            let cases = vec![
-                Case {
-                    name: name("fused forward"),
-                    len: op.workspace_len(ProxyPass::Forward),
-                    run: fused_fwd,
-                },
-                Case {
-                    name: name("fused backward"),
-                    len: op.workspace_len(ProxyPass::Backward),
-                    run: fused_bwd,
-                },
-                Case {
-                    name: name("standalone forward"),
-                    len: pn.workspace_len(ProxyPass::Forward, n),
-                    run: alone_fwd,
-                },
-                Case {
-                    name: name("standalone backward"),
-                    len: pn.workspace_len(ProxyPass::Backward, n),
-                    run: alone_bwd,
-                },
-                Case {
-                    name: name("stats"),
-                    len: pn.workspace_len(ProxyPass::Stats, 0),
-                    run: stats,
-                },
-                Case {
-                    name: name("stats backward"),
-                    len: pn.workspace_len(ProxyPass::StatsBackward, 0),
-                    run: stats_bwd,
-                },
-            ];
-            assert_eq!(
-                op.workspace_len(ProxyPass::Stats),
-                pn.workspace_len(ProxyPass::Stats, 0)
-            );
-            check_all(&cases);
+            for level in levels() {
+                let op = NormProxy::new(nd, &pd).unwrap().with_level(level);
+                let pn = ProxyNorm::new(&pd).unwrap().with_level(level);
+                let mut r = Rng::new(300 + 10 * i as u64 + j as u64);
+                let n = op.x_len();
+                let (x, dz, p) = (r.vec(n), r.vec(n), proxy_params(&mut r, c));
+                let (g0, ds, dmu) = (r.vec(4 * c), r.vec(c), r.vec(c));
+                let ds = (*v == ProxyVariant::DelayedScale).then_some(&ds[..]);
+                let (x, dz, p, g0, dmu) = (&x, &dz, &p, &g0, &dmu);
+                let fused_fwd: Run = Box::new(|ws| {
+                    let mut z = vec![0.0f32; n];
+                    let mut sv = op.new_saved();
+                    let params = params_of(p, c);
+                    match ws {
+                        Some(ws) => op.forward_with_workspace(x, params, &mut z, &mut sv, ws),
+                        None => op.forward(x, params, &mut z, &mut sv),
+                    }?;
+                    let [a, b, cc] = stats_vecs(sv.norm);
+                    Ok(vec![
+                        z,
+                        a,
+                        b,
+                        cc,
+                        sv.proxy.mean,
+                        sv.proxy.var,
+                        sv.proxy.scale,
+                    ])
+                });
+                let fused_bwd: Run = Box::new(|ws| {
+                    let params = params_of(p, c);
+                    let mut sv = op.new_saved();
+                    op.forward(x, params, &mut vec![0.0; n], &mut sv)?;
+                    let mut dx = vec![0.0f32; n];
+                    let mut g = g0.clone();
+                    let up = Upstream { dz, ds };
+                    with_grads(&mut g, c, |gr| match ws {
+                        Some(ws) => op.backward_with_workspace(x, up, params, &sv, &mut dx, gr, ws),
+                        None => op.backward(x, up, params, &sv, &mut dx, gr),
+                    })?;
+                    Ok(vec![dx, g])
+                });
+                // Standalone: x is taken as already normalized.
+                let alone_fwd: Run = Box::new(|ws| {
+                    let mut z = vec![0.0f32; n];
+                    let mut st = pn.new_stats();
+                    let params = params_of(p, c);
+                    match ws {
+                        Some(ws) => pn.forward_with_workspace(x, params, &mut z, &mut st, ws),
+                        None => pn.forward(x, params, &mut z, &mut st),
+                    }?;
+                    Ok(vec![z, st.mean, st.var, st.scale])
+                });
+                let alone_bwd: Run = Box::new(|ws| {
+                    let params = params_of(p, c);
+                    let mut st = pn.new_stats();
+                    pn.forward(x, params, &mut vec![0.0; n], &mut st)?;
+                    let mut dx = vec![0.0f32; n];
+                    let mut g = g0.clone();
+                    let up = Upstream { dz, ds };
+                    with_grads(&mut g, c, |gr| match ws {
+                        Some(ws) => pn.backward_with_workspace(x, up, params, &st, &mut dx, gr, ws),
+                        None => pn.backward(x, up, params, &st, &mut dx, gr),
+                    })?;
+                    Ok(vec![dx, g])
+                });
+                let stats: Run = Box::new(|ws| {
+                    let mut st = pn.new_stats();
+                    let params = params_of(p, c);
+                    match ws {
+                        Some(ws) => pn.stats_with_workspace(params, &mut st, ws),
+                        None => pn.stats(params, &mut st),
+                    }?;
+                    Ok(vec![st.mean, st.var, st.scale])
+                });
+                let stats_bwd: Run = Box::new(|ws| {
+                    let params = params_of(p, c);
+                    let mut st = pn.new_stats();
+                    pn.stats(params, &mut st)?;
+                    let mut g = g0.clone();
+                    let dsv = &g0[..c];
+                    with_grads(&mut g, c, |gr| match ws {
+                        Some(ws) => pn.stats_backward_with_workspace(params, &st, dmu, dsv, gr, ws),
+                        None => pn.stats_backward(params, &st, dmu, dsv, gr),
+                    })?;
+                    Ok(vec![g])
+                });
+                let name = |s: &str| format!("{:?} {v:?} {s}", nd.kind);
+                let cases = vec![
+                    Case {
+                        name: name("fused forward"),
+                        len: op.workspace_len(ProxyPass::Forward),
+                        run: fused_fwd,
+                    },
+                    Case {
+                        name: name("fused backward"),
+                        len: op.workspace_len(ProxyPass::Backward),
+                        run: fused_bwd,
+                    },
+                    Case {
+                        name: name("standalone forward"),
+                        len: pn.workspace_len(ProxyPass::Forward, n),
+                        run: alone_fwd,
+                    },
+                    Case {
+                        name: name("standalone backward"),
+                        len: pn.workspace_len(ProxyPass::Backward, n),
+                        run: alone_bwd,
+                    },
+                    Case {
+                        name: name("stats"),
+                        len: pn.workspace_len(ProxyPass::Stats, 0),
+                        run: stats,
+                    },
+                    Case {
+                        name: name("stats backward"),
+                        len: pn.workspace_len(ProxyPass::StatsBackward, 0),
+                        run: stats_bwd,
+                    },
+                ];
+                assert_eq!(
+                    op.workspace_len(ProxyPass::Stats),
+                    pn.workspace_len(ProxyPass::Stats, 0)
+                );
+                check_at(level, &cases);
+            }
         }
     }
 }

@@ -3,12 +3,10 @@
 //! path, non-square kernels, per-axis strides and dilations up to 3, wide kernels),
 //! at every SIMD level; gradient accumulation; thread-count determinism; typed errors.
 
-mod common;
-
-use common::conv::{ConvCase, Family, Passes};
-use common::{in_pool, levels, proptest_cases};
+use crate::common::conv::{ConvCase, Passes};
+use crate::common::{in_pool, levels, proptest_cases};
 use effnet::Error;
-use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, GradMode, Padding, depthwise};
+use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, GradMode, Padding};
 use effnet::simd::{SimdLevel, with_level};
 use proptest::prelude::*;
 
@@ -26,19 +24,15 @@ fn max_err(got: &[f32], want: &[f64]) -> f64 {
 
 const TOL: f64 = 1e-5;
 
-/// Every pass at every level against the reference, through the plan and directly.
+/// Every pass at every level against the reference, through the plain passes and
+/// with a caller's (stale) workspace.
 fn check(d: &ConvDesc, seed: u64) -> Result<(), TestCaseError> {
     let c = ConvCase::new(d, seed);
-    let conv = Conv2d::new(d).unwrap();
-    prop_assert_eq!(conv.family(), ConvFamily::Depthwise);
     let refs = c.references();
-    let direct = Family {
-        forward: depthwise::forward,
-        backward_data: depthwise::backward_data,
-        backward_weight: depthwise::backward_weight,
-    };
     for level in levels() {
-        for passes in [Passes::Plan(&conv), Passes::Family(&direct)] {
+        let conv = Conv2d::with_level(d, level).unwrap();
+        prop_assert_eq!(conv.family(), ConvFamily::Depthwise);
+        for passes in [Passes::Plan(&conv), Passes::Workspace(&conv)] {
             let o = with_level(level, || c.run(&passes));
             for (name, e) in o.errors(&refs, max_err) {
                 prop_assert!(e < TOL, "{level} {name} {d:?}: err {e}");
@@ -186,8 +180,8 @@ fn results_do_not_depend_on_thread_count() {
     ];
     for (i, d) in shapes.iter().enumerate() {
         let c = ConvCase::new(d, 900 + i as u64);
-        let conv = Conv2d::new(d).unwrap();
         for level in levels() {
+            let conv = Conv2d::with_level(d, level).unwrap();
             let run = |threads: usize| {
                 in_pool(threads, || {
                     with_level(level, || c.run(&Passes::Plan(&conv)).bits())
@@ -208,8 +202,8 @@ fn adjoint_identities_hold() {
     for (i, d) in fixed_shapes().iter().enumerate() {
         let c = ConvCase::new(d, 77 + i as u64);
         let s = c.shape;
-        let conv = Conv2d::new(d).unwrap();
         for level in levels() {
+            let conv = Conv2d::with_level(d, level).unwrap();
             with_level(level, || {
                 let mut y = vec![0.0; s.y_len];
                 conv.forward(&c.x, &c.w, None, &mut y).unwrap();
@@ -218,14 +212,14 @@ fn adjoint_identities_hold() {
                 let mut dw = vec![0.0; s.w_len];
                 conv.backward_weight(&c.x, &c.dy, &mut dw, None, GradMode::Overwrite)
                     .unwrap();
-                let lhs = common::dot(&c.dy, &y);
+                let lhs = crate::common::dot(&c.dy, &y);
                 let scale = c.dy.len() as f64;
                 assert!(
-                    (lhs - common::dot(&dx, &c.x)).abs() < 1e-5 * scale,
+                    (lhs - crate::common::dot(&dx, &c.x)).abs() < 1e-5 * scale,
                     "{level} {d:?} data adjoint"
                 );
                 assert!(
-                    (lhs - common::dot(&dw, &c.w)).abs() < 1e-5 * scale,
+                    (lhs - crate::common::dot(&dw, &c.w)).abs() < 1e-5 * scale,
                     "{level} {d:?} weight adjoint"
                 );
             });
@@ -236,38 +230,33 @@ fn adjoint_identities_hold() {
 #[test]
 fn wrong_buffers_are_typed_errors() {
     let d = ConvDesc::depthwise(2, (9, 9), 24, 3, 2);
-    let s = d.validate().unwrap();
+    let conv = Conv2d::with_level(&d, SimdLevel::Scalar).unwrap();
+    let s = *conv.shape();
     let x = vec![0.0; s.x_len];
     let w = vec![0.0; s.w_len];
     let mut y = vec![0.0; s.y_len];
     let mut dx = vec![0.0; s.x_len];
     let mut dw = vec![0.0; s.w_len];
-    let l = SimdLevel::Scalar;
     let bad = |r: Result<(), Error>, name: &str| {
         assert!(
             matches!(r, Err(Error::BufferSize { name: n, .. }) if n == name),
             "{name}: {r:?}"
         );
     };
-    bad(depthwise::forward(l, &s, &x[1..], &w, None, &mut y), "x");
+    bad(conv.forward(&x[1..], &w, None, &mut y), "x");
+    bad(conv.forward(&x, &w[1..], None, &mut y), "weight");
+    bad(conv.forward(&x, &w, Some(&[0.0; 23]), &mut y), "bias");
+    bad(conv.forward(&x, &w, None, &mut y[1..]), "y");
+    bad(conv.backward_data(&y[1..], &w, &mut dx), "dy");
+    bad(conv.backward_data(&y, &w, &mut dx[1..]), "dx");
+    let overwrite = GradMode::Overwrite;
     bad(
-        depthwise::forward(l, &s, &x, &w[1..], None, &mut y),
-        "weight",
-    );
-    bad(
-        depthwise::forward(l, &s, &x, &w, Some(&[0.0; 23]), &mut y),
-        "bias",
-    );
-    bad(depthwise::forward(l, &s, &x, &w, None, &mut y[1..]), "y");
-    bad(depthwise::backward_data(l, &s, &y[1..], &w, &mut dx), "dy");
-    bad(depthwise::backward_data(l, &s, &y, &w, &mut dx[1..]), "dx");
-    bad(
-        depthwise::backward_weight(l, &s, &x, &y, &mut dw[1..], None, GradMode::Overwrite),
+        conv.backward_weight(&x, &y, &mut dw[1..], None, overwrite),
         "dweight",
     );
     let mut db = vec![0.0; 25];
     bad(
-        depthwise::backward_weight(l, &s, &x, &y, &mut dw, Some(&mut db), GradMode::Overwrite),
+        conv.backward_weight(&x, &y, &mut dw, Some(&mut db), overwrite),
         "dbias",
     );
 }

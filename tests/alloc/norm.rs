@@ -3,13 +3,10 @@
 //! tensor-sized nor per-channel scratch: the shapes have 320 channels, 1280 bytes per
 //! channel vector): a counting global allocator (`tests/common/alloc.rs`) records every
 //! allocation made (on any thread) while a pass runs. The counter also sees each
-//! allocating pass's workspace, so the test can fail. One test in this binary, so no
-//! other test allocates meanwhile.
+//! allocating pass's workspace, so the test can fail.
 
-mod common;
-
-use common::Rng;
-use common::alloc::{Counting, count};
+use crate::common::Rng;
+use crate::common::alloc::count;
 use effnet::kernels::conv::GradMode;
 use effnet::kernels::gate;
 use effnet::kernels::loss::{CrossEntropy, Targets};
@@ -18,9 +15,6 @@ use effnet::kernels::pool::{self, Nhwc, PoolPass};
 use effnet::kernels::proxy_norm::{
     NormProxy, ProxyGrads, ProxyNorm, ProxyNormDesc, ProxyParams, ProxyPass, ProxyVariant, Upstream,
 };
-
-#[global_allocator]
-static A: Counting = Counting;
 
 /// A pass: its name, workspace floats, and the call (`None`: the allocating form).
 type Pass<'a> = (String, usize, Box<dyn FnMut(Option<&mut [f32]>) + 'a>);
@@ -75,8 +69,7 @@ fn grads_of(g: &mut [f32], c: usize) -> ProxyGrads<'_> {
     }
 }
 
-#[test]
-fn workspace_passes_allocate_nothing_larger_than_1_kib() {
+pub fn workspace_passes_allocate_nothing_larger_than_1_kib() {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(4)
         .build()

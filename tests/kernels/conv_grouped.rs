@@ -4,25 +4,21 @@
 //! differences, accumulate mode, and bitwise determinism for 1, 2 and 8 threads on
 //! shapes large enough to split into several chunks and group blocks.
 
-mod common;
-
-use common::conv::{ConvCase, ConvOutputs, Family, Passes};
-use common::{dot, in_pool, levels, proptest_cases, rel_err};
-use effnet::kernels::conv::{ConvDesc, GradMode, Padding, grouped};
+use crate::common::conv::{ConvCase, ConvOutputs, Passes};
+use crate::common::{dot, in_pool, levels, proptest_cases, rel_err};
+use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, GradMode, Padding};
 use effnet::simd::{self, with_level};
 use proptest::prelude::*;
 
 const TOL: f64 = 2e-5;
 
-/// The grouped module's own functions (they accept any valid descriptor).
-const GROUPED: Family = Family {
-    forward: grouped::forward,
-    backward_data: grouped::backward_data,
-    backward_weight: grouped::backward_weight,
-};
+/// A plan on the grouped kernels (they run any valid descriptor) at the active level.
+fn grouped(d: &ConvDesc) -> Conv2d {
+    Conv2d::with_family(d, ConvFamily::Grouped, simd::active()).unwrap()
+}
 
 fn run_all(c: &ConvCase) -> ConvOutputs {
-    c.run(&Passes::Family(&GROUPED))
+    c.run(&Passes::Plan(&grouped(&c.shape.desc)))
 }
 
 fn check(d: &ConvDesc, seed: u64) -> Result<(), TestCaseError> {
@@ -241,10 +237,10 @@ fn finite_differences_agree_with_backward() {
     for (i, d) in tiny.iter().enumerate() {
         let c = ConvCase::new(d, 700 + i as u64);
         let s = c.shape;
-        let level = simd::active();
+        let conv = grouped(d);
         let loss = |x: &[f32], w: &[f32], b: &[f32]| {
             let mut y = vec![0.0; s.y_len];
-            grouped::forward(level, &s, x, w, Some(b), &mut y).unwrap();
+            conv.forward(x, w, Some(b), &mut y).unwrap();
             dot(&c.dy, &y)
         };
         let o = run_all(&c);
@@ -341,35 +337,24 @@ fn g16_layers_match_reference() {
 #[test]
 fn wrong_buffer_sizes_are_typed_errors() {
     use effnet::Error;
-    let s = g(1, (8, 8), 32, 32, (3, 3), 16)
-        .with_symmetric_padding()
-        .validate()
-        .unwrap();
-    let level = simd::active();
+    let conv = grouped(&g(1, (8, 8), 32, 32, (3, 3), 16).with_symmetric_padding());
+    let s = *conv.shape();
     let x = vec![0.0; s.x_len];
     let w = vec![0.0; s.w_len];
     let mut y = vec![0.0; s.y_len];
     assert!(matches!(
-        grouped::forward(level, &s, &x[1..], &w, None, &mut y),
+        conv.forward(&x[1..], &w, None, &mut y),
         Err(Error::BufferSize { name: "x", .. })
     ));
     let mut dx = vec![0.0; s.x_len + 1];
     assert!(matches!(
-        grouped::backward_data(level, &s, &y, &w, &mut dx),
+        conv.backward_data(&y, &w, &mut dx),
         Err(Error::BufferSize { name: "dx", .. })
     ));
     let mut dw = vec![0.0; s.w_len];
     let mut db = vec![0.0; 3];
     assert!(matches!(
-        grouped::backward_weight(
-            level,
-            &s,
-            &x,
-            &y,
-            &mut dw,
-            Some(&mut db),
-            GradMode::Overwrite
-        ),
+        conv.backward_weight(&x, &y, &mut dw, Some(&mut db), GradMode::Overwrite),
         Err(Error::BufferSize { name: "dbias", .. })
     ));
 }

@@ -1,0 +1,415 @@
+//! The forward passes of [`Norm`]: training (statistics of `x`), inference (running
+//! statistics, or folded into an affine), the running-statistics update.
+
+use super::engine::{ApplyChunk, StatsChunk};
+use super::*;
+
+impl Norm {
+    /// `y = φ(γ·(x − μ)·r + β)` with the statistics of `x` (batch statistics for
+    /// BatchNorm: training mode), which are written to `stats` for the backward pass.
+    /// `y` is overwritten. Allocates its workspace; see
+    /// [`Norm::forward_with_workspace`].
+    pub fn forward(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        y: &mut [f32],
+        stats: &mut NormStats,
+    ) -> Result<()> {
+        self.allocating(NormPass::Forward, |ws| {
+            self.forward_with_workspace(x, affine, y, stats, ws)
+        })
+    }
+
+    /// [`Norm::forward`] with its scratch in `ws`: at least
+    /// [`Norm::workspace_len`]`(NormPass::Forward)` floats, any contents (left
+    /// unspecified). Errors: the buffer checks of [`Norm::forward`] first, then
+    /// [`Error::BufferSize`] naming `"workspace"` if `ws` is short.
+    pub fn forward_with_workspace(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        y: &mut [f32],
+        stats: &mut NormStats,
+        ws: &mut [f32],
+    ) -> Result<()> {
+        check_len("x", x.len(), self.x_len)?;
+        check_len("y", y.len(), self.x_len)?;
+        self.check_affine(&affine)?;
+        self.check_stats(stats)?;
+        let mut ws = Workspace::new(ws, &self.layout(NormPass::Forward))?;
+        let out = [&mut stats.mean[..], &mut stats.var, &mut stats.rstd];
+        self.forward_unchecked(x, affine, y, out, &mut ws)
+    }
+
+    /// The training forward pass after the checks: the unit vectors, then
+    /// [`Norm::forward_impl`].
+    pub(super) fn forward_unchecked(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        y: &mut [f32],
+        stats: [&mut [f32]; 3],
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let (ones, zeros) = unit(ws.take(2 * self.desc.channels)?);
+        let cw = Channelwise {
+            g: affine.gamma.unwrap_or(ones),
+            bt: affine.beta.unwrap_or(zeros),
+            post: None,
+            act: self.desc.activation,
+        };
+        self.forward_impl(self.level, x, cw, y, stats, ws)
+    }
+
+    /// Inference: BatchNorm uses the running statistics (required), folded into one
+    /// per-channel scale and shift ([`Norm::fold_inference`]); GroupNorm and LayerNorm
+    /// have no running statistics (pass `None`) and compute those of `x` as in
+    /// [`Norm::forward`]. `y` is overwritten. Allocates its workspace; see
+    /// [`Norm::forward_infer_with_workspace`].
+    pub fn forward_infer(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        running: Option<&RunningStats>,
+        y: &mut [f32],
+    ) -> Result<()> {
+        self.allocating(NormPass::ForwardInfer, |ws| {
+            self.forward_infer_with_workspace(x, affine, running, y, ws)
+        })
+    }
+
+    /// [`Norm::forward_infer`] with its scratch in `ws` (at least
+    /// [`Norm::workspace_len`]`(NormPass::ForwardInfer)` floats; errors as
+    /// [`Norm::forward_with_workspace`]).
+    pub fn forward_infer_with_workspace(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        running: Option<&RunningStats>,
+        y: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        check_len("x", x.len(), self.x_len)?;
+        check_len("y", y.len(), self.x_len)?;
+        self.check_affine(&affine)?;
+        if !self.is_batch_norm() {
+            if running.is_some() {
+                return Err(Error::InvalidArgument(
+                    "GroupNorm and LayerNorm take no running statistics".into(),
+                ));
+            }
+            let mut ws = Workspace::new(ws, &self.layout(NormPass::ForwardInfer))?;
+            let sets = self.sets();
+            let (mean, rest) = ws.take(3 * sets)?.split_at_mut(sets);
+            let (var, rstd) = rest.split_at_mut(sets);
+            return self.forward_unchecked(x, affine, y, [mean, var, rstd], &mut ws);
+        }
+        let running = running.ok_or_else(|| {
+            Error::InvalidArgument("BatchNorm inference needs the running statistics".into())
+        })?;
+        self.check_running(running)?;
+        let mut ws = Workspace::new(ws, &self.layout(NormPass::ForwardInfer))?;
+        let c = self.desc.channels;
+        let (scale, shift) = ws.take(2 * c)?.split_at_mut(c);
+        self.fold_into(running, affine, scale, shift);
+        let (ones, zeros) = unit(ws.take(2 * c)?);
+        let (scale, shift) = (&*scale, &*shift);
+        let level = self.level;
+        let g = self.geo;
+        with_act!(self.desc.activation, A => {
+            x.par_chunks(g.chunk_len()).zip(y.par_chunks_mut(g.chunk_len())).for_each(|(x, y)| {
+                dispatch(level, ApplyChunk {
+                    x, y, c: g.c, xm: zeros, xa: scale, xb: shift, g: ones, bt: zeros, post: None, act: PhantomData::<A>,
+                })
+            })
+        });
+        Ok(())
+    }
+
+    pub(super) fn check_running(&self, running: &RunningStats) -> Result<()> {
+        let c = self.desc.channels;
+        check_len("running.mean", running.mean.len(), c)?;
+        check_len("running.var", running.var.len(), c)
+    }
+
+    /// BatchNorm inference folded into `y = φ(x·scale + shift)`:
+    /// `scale = γ/√(running_var + ε)`, `shift = β − running_mean·scale`
+    /// (`[channels]` each).
+    pub fn fold_inference(
+        &self,
+        running: &RunningStats,
+        affine: Affine,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        if !self.is_batch_norm() {
+            return Err(Error::InvalidArgument(
+                "only BatchNorm folds running statistics".into(),
+            ));
+        }
+        self.check_affine(&affine)?;
+        self.check_running(running)?;
+        let c = self.desc.channels;
+        let mut scale = vec![0.0f32; c];
+        let mut shift = vec![0.0f32; c];
+        self.fold_into(running, affine, &mut scale, &mut shift);
+        Ok((scale, shift))
+    }
+
+    /// [`Norm::fold_inference`] into `scale`, `shift` (checked by the caller).
+    pub(super) fn fold_into(
+        &self,
+        running: &RunningStats,
+        affine: Affine,
+        scale: &mut [f32],
+        shift: &mut [f32],
+    ) {
+        let eps = self.desc.eps as f64;
+        for ch in 0..self.desc.channels {
+            let g = affine.gamma.map_or(1.0, |g| g[ch] as f64);
+            let b = affine.beta.map_or(0.0, |b| b[ch] as f64);
+            let sc = g / (running.var[ch] as f64 + eps).sqrt();
+            scale[ch] = sc as f32;
+            shift[ch] = (b - running.mean[ch] as f64 * sc) as f32;
+        }
+    }
+
+    /// BatchNorm's running-statistics update after a training forward pass, with
+    /// PyTorch's convention: `running = (1 − momentum)·running + momentum·batch`,
+    /// where the batch variance is the unbiased one (`·M/(M − 1)`, `M = batch·h·w`).
+    /// Needs `M ≥ 2` and `momentum ∈ [0, 1]`.
+    pub fn update_running(
+        &self,
+        stats: &NormStats,
+        running: &mut RunningStats,
+        momentum: f32,
+    ) -> Result<()> {
+        if !self.is_batch_norm() {
+            return Err(Error::InvalidArgument(
+                "only BatchNorm keeps running statistics".into(),
+            ));
+        }
+        self.check_stats(stats)?;
+        let c = self.desc.channels;
+        check_len("running.mean", running.mean.len(), c)?;
+        check_len("running.var", running.var.len(), c)?;
+        if !(0.0..=1.0).contains(&momentum) {
+            return Err(Error::InvalidArgument(format!(
+                "momentum must be in [0, 1], got {momentum}"
+            )));
+        }
+        let m = self.geo.n * self.geo.hw;
+        if m < 2 {
+            return Err(Error::InvalidArgument(
+                "the unbiased variance needs at least 2 values per channel".into(),
+            ));
+        }
+        let unbias = m as f64 / (m - 1) as f64;
+        let mo = momentum as f64;
+        for ch in 0..c {
+            let rm = &mut running.mean[ch];
+            *rm = ((1.0 - mo) * *rm as f64 + mo * stats.mean[ch] as f64) as f32;
+            let rv = &mut running.var[ch];
+            *rv = ((1.0 - mo) * *rv as f64 + mo * stats.var[ch] as f64 * unbias) as f32;
+        }
+        Ok(())
+    }
+
+    /// Group means and variances of one sample from its chunk partials
+    /// (`chunks × [Σ(x−k) | Σ(x−k)²]`) and shift row `k`; written as `f32` stats.
+    /// `scratch` holds [`Norm::finalize_len`] values (any contents).
+    pub(super) fn finalize_sample(
+        &self,
+        shift: &[f32],
+        part: &[f64],
+        out: (&mut [f32], &mut [f32], &mut [f32]),
+        scratch: &mut [f64],
+    ) {
+        let (c, gn) = (self.geo.c, self.groups);
+        let (tot, rest) = scratch.split_at_mut(2 * c);
+        let (mean_c, rest) = rest.split_at_mut(c);
+        let (m2_c, rest) = rest.split_at_mut(c);
+        let (gmean, gm2) = rest.split_at_mut(gn);
+        sum_rows(part, tot);
+        let m = self.geo.hw as f64;
+        let gs = (c / gn) as f64;
+        gmean.fill(0.0);
+        for ch in 0..c {
+            let (s1, s2) = (tot[ch], tot[c + ch]);
+            mean_c[ch] = shift[ch] as f64 + s1 / m;
+            m2_c[ch] = (s2 - s1 * s1 / m).max(0.0);
+            gmean[self.group_of[ch]] += mean_c[ch];
+        }
+        for v in gmean.iter_mut() {
+            *v /= gs;
+        }
+        gm2.fill(0.0);
+        for ch in 0..c {
+            let g = self.group_of[ch];
+            let d = mean_c[ch] - gmean[g];
+            gm2[g] += m2_c[ch] + m * d * d;
+        }
+        let eps = self.desc.eps as f64;
+        let (mean, var, rstd) = out;
+        for g in 0..gn {
+            let v = gm2[g] / (m * gs);
+            mean[g] = gmean[g] as f32;
+            var[g] = v as f32;
+            rstd[g] = (1.0 / (v + eps).sqrt()) as f32;
+        }
+    }
+
+    /// The statistic set of channel `ch` in a coefficient set.
+    pub(super) fn set_of(&self, ch: usize) -> usize {
+        if self.groups == 0 {
+            ch
+        } else {
+            self.group_of[ch]
+        }
+    }
+
+    /// Per-channel `x̂ = (x − xm)·xa + xb` coefficients `[xm | xa | xb]` (into `out`,
+    /// `3·channels`) of one sample from its saved stats (`[groups]` each), or of the
+    /// batch for BatchNorm (`[channels]`).
+    pub(super) fn xhat_coefs<'o>(
+        &self,
+        mean: &[f32],
+        rstd: &[f32],
+        out: &'o mut [f32],
+    ) -> Coefs<'o> {
+        let c = self.geo.c;
+        let (xm, rest) = out.split_at_mut(c);
+        let (xa, xb) = rest.split_at_mut(c);
+        for ch in 0..c {
+            xm[ch] = mean[self.set_of(ch)];
+            xa[ch] = rstd[self.set_of(ch)];
+        }
+        xb.fill(0.0);
+        Coefs::of(out, c)
+    }
+
+    /// Statistics pass of chunk `(n, j)` into its partial (overwritten).
+    pub(super) fn stats_chunk(
+        &self,
+        level: SimdLevel,
+        x: &[f32],
+        n: usize,
+        j: usize,
+        part: &mut [f64],
+    ) {
+        let g = self.geo;
+        let c = g.c;
+        let shift = if self.groups == 0 {
+            &x[..c]
+        } else {
+            &x[n * g.sample_len()..n * g.sample_len() + c]
+        };
+        part.fill(0.0);
+        let (s1, s2) = part.split_at_mut(c);
+        dispatch(
+            level,
+            StatsChunk {
+                x: g.chunk(x, n, j),
+                c,
+                shift,
+                s1,
+                s2,
+            },
+        );
+    }
+
+    /// The forward pass with resolved per-channel inputs (shared with Proxy Norm):
+    /// takes the regions of [`Norm::forward_regions`] from `ws` and writes the
+    /// statistics into `[mean, var, rstd]` (`sets` each).
+    pub(crate) fn forward_impl(
+        &self,
+        level: SimdLevel,
+        x: &[f32],
+        cw: Channelwise,
+        y: &mut [f32],
+        [mean, var, rstd]: [&mut [f32]; 3],
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let g = self.geo;
+        let (c, sl, cl) = (g.c, g.sample_len(), g.chunk_len());
+        let stride = 2 * c;
+        let part = take_f64(ws, g.total_chunks() * stride)?;
+        let coefs = ws.take(self.coef_sets() * 3 * c)?;
+        let fl = self.finalize_len();
+        let fin = take_f64(ws, if self.groups == 0 { 2 * c } else { g.n * fl })?;
+        let apply = |xc: &[f32], yc: &mut [f32], k: Coefs| {
+            with_act!(cw.act, A => dispatch(level, ApplyChunk {
+                x: xc, y: yc, c, xm: k.0, xa: k.1, xb: k.2, g: cw.g, bt: cw.bt, post: cw.post, act: PhantomData::<A>,
+            }))
+        };
+        if self.groups > 0 && g.per_sample() {
+            let gn = self.groups;
+            x.par_chunks(sl)
+                .zip(y.par_chunks_mut(sl))
+                .zip(part.par_chunks_mut(g.chunks * stride))
+                .zip(mean.par_chunks_mut(gn))
+                .zip(var.par_chunks_mut(gn))
+                .zip(rstd.par_chunks_mut(gn))
+                .zip(coefs.par_chunks_mut(3 * c))
+                .zip(fin.par_chunks_mut(fl))
+                .enumerate()
+                .for_each(|(n, (((((((xs, ys), ps), mean), var), rstd), kb), fs))| {
+                    for (j, pc) in ps.chunks_mut(stride).enumerate() {
+                        self.stats_chunk(level, x, n, j, pc);
+                    }
+                    self.finalize_sample(&xs[..c], ps, (mean, var, rstd), fs);
+                    let k = self.xhat_coefs(mean, rstd, kb);
+                    for (xc, yc) in xs.chunks(cl).zip(ys.chunks_mut(cl)) {
+                        apply(xc, yc, k);
+                    }
+                });
+            return Ok(());
+        }
+        part.par_chunks_mut(stride)
+            .enumerate()
+            .for_each(|(i, pc)| self.stats_chunk(level, x, i / g.chunks, i % g.chunks, pc));
+        if self.groups == 0 {
+            // BatchNorm: one set per channel over every chunk of every sample.
+            let tot = &mut fin[..stride];
+            sum_rows(part, tot);
+            let m = (g.n * g.hw) as f64;
+            let eps = self.desc.eps as f64;
+            for ch in 0..c {
+                let (s1, s2) = (tot[ch], tot[c + ch]);
+                let v = (s2 - s1 * s1 / m).max(0.0) / m;
+                mean[ch] = (x[ch] as f64 + s1 / m) as f32;
+                var[ch] = v as f32;
+                rstd[ch] = (1.0 / (v + eps).sqrt()) as f32;
+            }
+            self.xhat_coefs(mean, rstd, &mut coefs[..3 * c]);
+        } else {
+            let gn = self.groups;
+            for n in 0..g.n {
+                let ps = &part[n * g.chunks * stride..(n + 1) * g.chunks * stride];
+                let r = n * gn..(n + 1) * gn;
+                self.finalize_sample(
+                    &x[n * sl..n * sl + c],
+                    ps,
+                    (
+                        &mut mean[r.clone()],
+                        &mut var[r.clone()],
+                        &mut rstd[r.clone()],
+                    ),
+                    &mut fin[n * fl..(n + 1) * fl],
+                );
+                self.xhat_coefs(
+                    &mean[r.clone()],
+                    &rstd[r],
+                    &mut coefs[n * 3 * c..(n + 1) * 3 * c],
+                );
+            }
+        }
+        let (coefs, sets) = (&*coefs, self.coef_sets());
+        y.par_chunks_mut(sl).enumerate().for_each(|(n, ys)| {
+            let k = Coefs::of(&coefs[n.min(sets - 1) * 3 * c..], c);
+            ys.par_chunks_mut(cl)
+                .enumerate()
+                .for_each(|(j, yc)| apply(g.chunk(x, n, j), yc, k));
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! The fused LayerNorm/GroupNorm + Proxy Norm activation ([`NormProxy`]).
+
+use super::*;
+
+/// What [`NormProxy::forward`] saves for the backward pass.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NormProxySaved {
+    /// The LayerNorm/GroupNorm statistics (`[batch][groups]`).
+    pub norm: NormStats,
+    /// The proxy statistics (`[channels]`); `proxy.scale` is the `s` the
+    /// delayed-scale variant hands to the squeeze-excite gate.
+    pub proxy: ProxyStats,
+}
+
+/// The fused LayerNorm/GroupNorm (no affine) + Proxy Norm activation. See the
+/// [module docs](super).
+#[derive(Clone, Debug)]
+pub struct NormProxy {
+    norm: Norm,
+    proxy: ProxyNorm,
+}
+
+impl NormProxy {
+    /// Validates both descriptors: `norm` must be a LayerNorm or GroupNorm with no
+    /// activation of its own, over `proxy.channels` channels.
+    pub fn new(norm: &NormDesc, proxy: &ProxyNormDesc) -> Result<NormProxy> {
+        if norm.kind == NormKind::BatchNorm {
+            return Err(Error::InvalidDescriptor(
+                "Proxy Norm is fused with LayerNorm or GroupNorm, not BatchNorm".into(),
+            ));
+        }
+        if norm.activation != Activation::Identity {
+            return Err(Error::InvalidDescriptor(
+                "the normalization before Proxy Norm has no activation of its own".into(),
+            ));
+        }
+        if norm.channels != proxy.channels {
+            return Err(Error::InvalidDescriptor(format!(
+                "the normalization has {} channels, the proxy activation {}",
+                norm.channels, proxy.channels
+            )));
+        }
+        Ok(NormProxy {
+            norm: Norm::new(norm)?,
+            proxy: ProxyNorm::new(proxy)?,
+        })
+    }
+
+    /// The same plan at `level` (clamped to what the CPU supports).
+    pub fn with_level(self, level: SimdLevel) -> NormProxy {
+        NormProxy {
+            norm: self.norm.with_level(level),
+            proxy: self.proxy.with_level(level),
+        }
+    }
+
+    /// The SIMD level the passes run at.
+    pub fn level(&self) -> SimdLevel {
+        self.proxy.level
+    }
+
+    /// The normalization plan.
+    pub fn norm(&self) -> &Norm {
+        &self.norm
+    }
+
+    /// The proxy activation plan.
+    pub fn proxy(&self) -> &ProxyNorm {
+        &self.proxy
+    }
+
+    /// Elements of `x`, `z`, `dz`, `dx`.
+    pub fn x_len(&self) -> usize {
+        self.norm.x_len()
+    }
+
+    /// Zeroed saved state of the right sizes.
+    pub fn new_saved(&self) -> NormProxySaved {
+        NormProxySaved {
+            norm: self.norm.new_stats(),
+            proxy: self.proxy.new_stats(),
+        }
+    }
+
+    /// Floats (`f32` elements) of workspace `pass` needs (the statistics passes are
+    /// those of [`NormProxy::proxy`]). Depends on the descriptors and the pass only:
+    /// the same for any thread count and SIMD level.
+    pub fn workspace_len(&self, pass: ProxyPass) -> usize {
+        self.layout(pass).len()
+    }
+
+    /// The regions `pass` takes from its workspace, in order.
+    pub(super) fn layout(&self, pass: ProxyPass) -> WorkspaceLayout {
+        let mut l = WorkspaceLayout::new(1);
+        match pass {
+            ProxyPass::Forward => {
+                self.proxy.stats_regions(&mut l);
+                l.region(2 * self.proxy.desc.channels);
+                self.norm.forward_regions(&mut l);
+            }
+            ProxyPass::Backward => {
+                self.norm.backward_regions(&mut l, 4);
+                self.proxy.grad_regions(&mut l);
+            }
+            ProxyPass::Stats | ProxyPass::StatsBackward => return self.proxy.layout(pass, 0),
+        }
+        l
+    }
+
+    pub(super) fn check_saved(&self, s: &NormProxySaved) -> Result<()> {
+        let n = self.norm.sets();
+        check_len("stats.mean", s.norm.mean.len(), n)?;
+        check_len("stats.var", s.norm.var.len(), n)?;
+        check_len("stats.rstd", s.norm.rstd.len(), n)?;
+        self.proxy.check_stats(&s.proxy)
+    }
+
+    /// `z` (overwritten) from `x`: the proxy statistics, one statistics pass over `x`
+    /// and one apply pass. `saved` receives both sets of statistics. Allocates its
+    /// workspace; see [`NormProxy::forward_with_workspace`].
+    pub fn forward(
+        &self,
+        x: &[f32],
+        params: ProxyParams,
+        z: &mut [f32],
+        saved: &mut NormProxySaved,
+    ) -> Result<()> {
+        self.layout(ProxyPass::Forward)
+            .try_with_reused(|ws| self.forward_with_workspace(x, params, z, saved, ws))
+    }
+
+    /// [`NormProxy::forward`] with its scratch in `ws`: at least
+    /// [`NormProxy::workspace_len`]`(ProxyPass::Forward)` floats, any contents (left
+    /// unspecified). Errors: the buffer checks of [`NormProxy::forward`] first, then
+    /// [`Error::BufferSize`] naming `"workspace"` if `ws` is short.
+    pub fn forward_with_workspace(
+        &self,
+        x: &[f32],
+        params: ProxyParams,
+        z: &mut [f32],
+        saved: &mut NormProxySaved,
+        ws: &mut [f32],
+    ) -> Result<()> {
+        check_len("x", x.len(), self.x_len())?;
+        check_len("z", z.len(), self.x_len())?;
+        self.proxy.check_params(&params)?;
+        self.check_saved(saved)?;
+        let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Forward))?;
+        let level = self.proxy.level;
+        self.proxy
+            .stats_impl(level, &params, &mut saved.proxy, &mut ws)?;
+        let post = self
+            .proxy
+            .post(&saved.proxy, ws.take(2 * self.proxy.desc.channels)?);
+        let cw = Channelwise {
+            g: params.gamma,
+            bt: params.beta,
+            post: Some(post),
+            act: self.proxy.desc.activation,
+        };
+        let n = &mut saved.norm;
+        let stats = [&mut n.mean[..], &mut n.var, &mut n.rstd];
+        self.norm.forward_impl(level, x, cw, z, stats, &mut ws)
+    }
+
+    /// The gradients of [`NormProxy::forward`]: `dx` (overwritten) and those of γ, β,
+    /// β′, γ′ (direct and through the proxy statistics). `x` is the forward input and
+    /// `saved` what the forward pass saved. Allocates its workspace; see
+    /// [`NormProxy::backward_with_workspace`].
+    pub fn backward(
+        &self,
+        x: &[f32],
+        up: Upstream,
+        params: ProxyParams,
+        saved: &NormProxySaved,
+        dx: &mut [f32],
+        grads: ProxyGrads,
+    ) -> Result<()> {
+        self.layout(ProxyPass::Backward)
+            .try_with_reused(|ws| self.backward_with_workspace(x, up, params, saved, dx, grads, ws))
+    }
+
+    /// [`NormProxy::backward`] with its scratch in `ws` (at least
+    /// [`NormProxy::workspace_len`]`(ProxyPass::Backward)` floats; errors as
+    /// [`NormProxy::forward_with_workspace`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with_workspace(
+        &self,
+        x: &[f32],
+        up: Upstream,
+        params: ProxyParams,
+        saved: &NormProxySaved,
+        dx: &mut [f32],
+        grads: ProxyGrads,
+        ws: &mut [f32],
+    ) -> Result<()> {
+        check_len("x", x.len(), self.x_len())?;
+        self.proxy.check_upstream(&up, self.x_len())?;
+        check_len("dx", dx.len(), self.x_len())?;
+        self.proxy.check_params(&params)?;
+        self.check_saved(saved)?;
+        self.proxy.check_grads(&grads)?;
+        let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Backward))?;
+        let level = self.proxy.level;
+        let full = self.proxy.desc.variant == ProxyVariant::FullScale;
+        let cw = Channelwise {
+            g: params.gamma,
+            bt: params.beta,
+            post: None,
+            act: self.proxy.desc.activation,
+        };
+        let extra = BwdExtra {
+            scale: full.then_some(&saved.proxy.scale[..]),
+            proxy_mu: Some(&saved.proxy.mean),
+        };
+        let norm_saved = (&saved.norm.mean[..], &saved.norm.rstd[..]);
+        let tot = self
+            .norm
+            .backward_impl(level, (x, up.dz), cw, extra, norm_saved, dx, &mut ws)?;
+        self.proxy
+            .grads_tail(level, &params, &saved.proxy, tot, up.ds, grads, &mut ws)
+    }
+}

@@ -1,0 +1,317 @@
+//! A prepared inference network: every layer planned once, BatchNorm folded into the
+//! preceding convolution's weights and bias, the activation and the residual add in the
+//! convolutions' epilogues, the weights packed once, and one set of activation buffers
+//! and one workspace reused across calls.
+//!
+//! Build it with [`Network::plan_inference`](super::Network::plan_inference) for a
+//! batch size and resolution; [`InferencePlan::run`] then maps images to logits with no
+//! separate normalization, activation or residual pass over memory. The folded network
+//! rounds differently from the unfused one (the scale is applied to the weights before
+//! the sums rather than to the sums), within about 1e-5 relative on the logits.
+//!
+//! Networks whose norms have per-sample statistics (GroupNorm, LayerNorm + Proxy Norm)
+//! cannot fold them: for those the plan runs the unfused forward pass.
+
+use super::profile::{CONV_1X1_FWD, CONV_KXK_FWD, CONV_STEM, HEAD, SE_FWD, timed};
+use crate::error::{Error, Result, try_filled};
+use crate::kernels::activation::{self, Activation};
+use crate::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvWeights, PostOps};
+use crate::kernels::fully_connected::FullyConnected;
+use crate::kernels::gate;
+use crate::kernels::pool::{self, Nhwc};
+
+/// A convolution with its BatchNorm folded in: `y = φ(conv(x, w·scale) + shift) (+ r)`.
+#[derive(Debug)]
+pub(crate) struct FusedConv {
+    conv: Conv2d,
+    packed: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl FusedConv {
+    /// Plans `desc` with the weight `w` (`[kh][kw][group_size][C_out]`) scaled by
+    /// `scale` per output channel, the bias `shift`, the activation `act` and, with
+    /// `residual`, a residual add.
+    pub(crate) fn new(
+        desc: &ConvDesc,
+        w: &[f32],
+        (scale, shift): (&[f32], &[f32]),
+        act: Activation,
+        residual: bool,
+    ) -> Result<FusedConv> {
+        let conv = Conv2d::new(desc)?.with_post_ops(PostOps {
+            activation: act,
+            residual,
+        });
+        let co = desc.out_channels;
+        if scale.len() != co || shift.len() != co || w.len() != conv.shape().w_len {
+            return Err(Error::InvalidArgument(
+                "folded norm and convolution disagree on their sizes".into(),
+            ));
+        }
+        let folded: Vec<f32> = w
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * scale[i % co])
+            .collect();
+        let mut packed = try_filled("the packed weights", conv.packed_weights_len(), 0.0)?;
+        conv.pack_weights(&folded, &mut packed)?;
+        Ok(FusedConv {
+            conv,
+            packed,
+            bias: shift.to_vec(),
+        })
+    }
+
+    fn y_len(&self) -> usize {
+        self.conv.shape().y_len
+    }
+
+    fn run(
+        &self,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        y: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let w = ConvWeights::Packed(&self.packed);
+        self.conv
+            .forward_fused(x, w, Some(&self.bias), residual, y, Some(ws))
+    }
+}
+
+/// The squeeze-excite of a block: pool, reduce (bias) + swish, expand (bias) + sigmoid,
+/// gate.
+#[derive(Debug)]
+pub(crate) struct FusedSe {
+    pub(crate) shape: Nhwc,
+    pub(crate) reduce: (FullyConnected, Vec<f32>, Vec<f32>),
+    pub(crate) expand: (FullyConnected, Vec<f32>, Vec<f32>),
+}
+
+/// One MBConv block, fused.
+#[derive(Debug)]
+pub(crate) struct FusedBlock {
+    pub(crate) expand: Option<FusedConv>,
+    pub(crate) spatial: FusedConv,
+    pub(crate) se: FusedSe,
+    pub(crate) project: FusedConv,
+    pub(crate) skip: bool,
+}
+
+/// The whole fused network: stem, blocks, head and classifier.
+#[derive(Debug)]
+pub(crate) struct FusedNet {
+    pub(crate) stem: FusedConv,
+    pub(crate) blocks: Vec<FusedBlock>,
+    pub(crate) head: FusedConv,
+    pub(crate) pool: Nhwc,
+    pub(crate) fc: (FullyConnected, Vec<f32>, Vec<f32>),
+}
+
+/// A network prepared for inference at one batch size and resolution; see the
+/// [module docs](self).
+#[derive(Debug)]
+pub struct InferencePlan {
+    batch: usize,
+    res: usize,
+    kind: PlanKind,
+}
+
+#[derive(Debug)]
+enum PlanKind {
+    /// BatchNorm folded: the fused network and its buffers.
+    Fused(Box<Fused>),
+    /// Per-sample norms: the network's own forward pass.
+    Unfused(Box<super::Network>),
+}
+
+#[derive(Debug)]
+struct Fused {
+    net: FusedNet,
+    /// Block input/output (two, alternating), expanded, spatial, workspace.
+    io: [Vec<f32>; 2],
+    expanded: Vec<f32>,
+    spatial: Vec<f32>,
+    ws: Vec<f32>,
+    pooled: Vec<f32>,
+    se: [Vec<f32>; 4],
+    logits: Vec<f32>,
+}
+
+impl InferencePlan {
+    pub(crate) fn fused(batch: usize, res: usize, net: FusedNet) -> Result<InferencePlan> {
+        let threads = rayon::current_num_threads();
+        let mut io_len = net.stem.y_len();
+        let (mut e_len, mut d_len, mut ws_len, mut se_len) = (0, 0, 0, 0);
+        let mut ws_of =
+            |c: &FusedConv| ws_len = ws_len.max(c.conv.workspace_len(ConvPass::Forward, threads));
+        ws_of(&net.stem);
+        ws_of(&net.head);
+        for b in &net.blocks {
+            if let Some(e) = &b.expand {
+                e_len = e_len.max(e.y_len());
+                ws_of(e);
+            }
+            ws_of(&b.spatial);
+            ws_of(&b.project);
+            d_len = d_len.max(b.spatial.y_len());
+            io_len = io_len.max(b.project.y_len());
+            se_len = se_len.max(b.se.shape.pooled_len());
+        }
+        let head_len = net.head.y_len();
+        let classes = net.fc.0.out_features();
+        // Sizes follow from the caller's batch and resolution: allocated fallibly.
+        let buf = |what: &str, len: usize| try_filled(what, len, 0.0f32);
+        let se = [
+            buf("a gate buffer", se_len)?,
+            buf("a gate buffer", se_len)?,
+            buf("a gate buffer", se_len)?,
+            buf("a gate buffer", se_len)?,
+        ];
+        let logits_len = crate::error::checked_product("the logits", &[batch, classes])?;
+        Ok(InferencePlan {
+            batch,
+            res,
+            kind: PlanKind::Fused(Box::new(Fused {
+                io: [
+                    buf("a block buffer", io_len)?,
+                    buf("a block buffer", io_len)?,
+                ],
+                expanded: buf("the expanded buffer", e_len.max(head_len))?,
+                spatial: buf("the spatial buffer", d_len)?,
+                ws: buf("the workspace", ws_len)?,
+                pooled: buf("the pooled buffer", net.pool.pooled_len())?,
+                se,
+                logits: buf("the logits", logits_len)?,
+                net,
+            })),
+        })
+    }
+
+    pub(crate) fn unfused(batch: usize, res: usize, net: super::Network) -> InferencePlan {
+        InferencePlan {
+            batch,
+            res,
+            kind: PlanKind::Unfused(Box::new(net)),
+        }
+    }
+
+    /// The batch size and resolution the plan was made for.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.batch, self.res)
+    }
+
+    /// Whether BatchNorm was folded (the fused path) or the network runs unfused.
+    pub fn is_fused(&self) -> bool {
+        matches!(self.kind, PlanKind::Fused(_))
+    }
+
+    /// Floats of the activation buffers and workspace the plan keeps.
+    pub fn buffer_floats(&self) -> usize {
+        match &self.kind {
+            PlanKind::Fused(f) => {
+                2 * f.io[0].len()
+                    + f.expanded.len()
+                    + f.spatial.len()
+                    + f.ws.len()
+                    + f.pooled.len()
+                    + 4 * f.se[0].len()
+                    + f.logits.len()
+            }
+            PlanKind::Unfused(_) => 0,
+        }
+    }
+
+    /// The logits `[batch][classes]` of `x` (`[batch][res][res][3]`, NHWC).
+    ///
+    /// # Errors
+    /// [`Error::BufferSize`] for a wrong input length; any kernel error.
+    pub fn run(&mut self, x: &[f32]) -> Result<Vec<f32>> {
+        let (n, res) = (self.batch, self.res);
+        let want = n * res * res * 3;
+        if x.len() != want {
+            return Err(Error::BufferSize {
+                name: "images",
+                expected: want,
+                actual: x.len(),
+            });
+        }
+        match &mut self.kind {
+            PlanKind::Unfused(net) => net.predict(x, n, res),
+            PlanKind::Fused(f) => {
+                f.run(x)?;
+                Ok(f.logits.clone())
+            }
+        }
+    }
+}
+
+impl Fused {
+    fn run(&mut self, x: &[f32]) -> Result<()> {
+        let Fused {
+            net,
+            io,
+            expanded,
+            spatial,
+            ws,
+            pooled,
+            se,
+            logits,
+        } = self;
+        let [a, b] = io;
+        let stem_len = net.stem.y_len();
+        timed(CONV_STEM, || net.stem.run(x, None, &mut a[..stem_len], ws))?;
+        let (mut cur, mut next) = (a, b);
+        let mut cur_len = stem_len;
+        for blk in &net.blocks {
+            let input = &cur[..cur_len];
+            let e: &[f32] = match &blk.expand {
+                Some(ec) => {
+                    let e = &mut expanded[..ec.y_len()];
+                    timed(CONV_1X1_FWD, || ec.run(input, None, e, ws))?;
+                    e
+                }
+                None => input,
+            };
+            let d = &mut spatial[..blk.spatial.y_len()];
+            timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
+            timed(SE_FWD, || blk.se.run(d, se))?;
+            let out_len = blk.project.y_len();
+            let res = blk.skip.then_some(input);
+            timed(CONV_1X1_FWD, || {
+                blk.project.run(d, res, &mut next[..out_len], ws)
+            })?;
+            std::mem::swap(&mut cur, &mut next);
+            cur_len = out_len;
+        }
+        let h = &mut expanded[..net.head.y_len()];
+        timed(CONV_1X1_FWD, || net.head.run(&cur[..cur_len], None, h, ws))?;
+        timed(HEAD, || {
+            pool::global_avg_pool(&net.pool, h, pooled)?;
+            let (fc, w, bias) = &net.fc;
+            fc.forward(pooled, w, Some(bias), logits)
+        })
+    }
+}
+
+impl FusedSe {
+    /// Squeezes `d` and gates it in place (`bufs`: scratch of at least the pooled
+    /// length each).
+    fn run(&self, d: &mut [f32], bufs: &mut [Vec<f32>; 4]) -> Result<()> {
+        let [pooled, r, s1, g] = bufs;
+        let p = &mut pooled[..self.shape.pooled_len()];
+        pool::global_avg_pool(&self.shape, d, p)?;
+        let (red, rw, rb) = &self.reduce;
+        let r = &mut r[..red.y_len()];
+        red.forward(p, rw, Some(rb), r)?;
+        let s1 = &mut s1[..red.y_len()];
+        activation::forward(Activation::Swish, r, s1)?;
+        let (exp, ew, eb) = &self.expand;
+        let t = &mut pooled[..exp.y_len()];
+        exp.forward(s1, ew, Some(eb), t)?;
+        let g = &mut g[..exp.y_len()];
+        activation::forward(Activation::Sigmoid, t, g)?;
+        gate::forward_inplace(&self.shape, d, g)
+    }
+}

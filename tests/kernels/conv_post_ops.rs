@@ -1,0 +1,175 @@
+//! The forward epilogue (`PostOps`: activation, residual add) of every convolution
+//! family at every SIMD level: the fused pass gives the bits of the unfused sequence
+//! (forward, then the standalone activation, then the add), with plain and packed
+//! weights, with and without bias; it matches the f64 reference; misuse is a typed
+//! error.
+
+use crate::common::conv::{ConvCase, fixed_shapes};
+use crate::common::{levels, rel_err};
+use effnet::Error;
+use effnet::kernels::activation::{self, Activation};
+use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvWeights, PostOps};
+use effnet::simd::with_level;
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Shapes of every family, with rows wider than one tile and channel tails (the
+/// fixed shapes plus G16 3×3 / 5×5, which take the AVX-512 sliding rows).
+fn shapes() -> Vec<ConvDesc> {
+    let mut v = fixed_shapes();
+    v.push(
+        ConvDesc::new(2, (20, 19), 48, 48, (3, 3))
+            .with_group_size(16)
+            .with_symmetric_padding(),
+    );
+    v.push(
+        ConvDesc::new(1, (15, 15), 32, 32, (5, 5))
+            .with_group_size(16)
+            .with_stride(2)
+            .with_tf_same_padding(),
+    );
+    v.push(ConvDesc::depthwise(2, (40, 41), 24, 3, 1));
+    v.push(ConvDesc::pointwise(2, (9, 9), 40, 70));
+    v
+}
+
+#[test]
+fn fused_epilogue_gives_the_unfused_bits_at_every_level() {
+    let acts = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::Sigmoid,
+        Activation::Swish,
+    ];
+    for (i, d) in shapes().iter().enumerate() {
+        let c = ConvCase::new(d, 3100 + i as u64);
+        let s = c.shape;
+        let res: Vec<f32> = c.dy.clone();
+        for level in levels() {
+            with_level(level, || {
+                let plain = Conv2d::with_level(d, level).unwrap();
+                for act in acts {
+                    for residual in [false, true] {
+                        let post = PostOps {
+                            activation: act,
+                            residual,
+                        };
+                        let conv = Conv2d::with_level(d, level).unwrap().with_post_ops(post);
+                        let mut packed = vec![0.0; conv.packed_weights_len()];
+                        conv.pack_weights(&c.w, &mut packed).unwrap();
+                        for bias in [Some(&c.b[..]), None] {
+                            // The unfused sequence.
+                            let mut want = vec![0.0; s.y_len];
+                            plain.forward(&c.x, &c.w, bias, &mut want).unwrap();
+                            let mut a = vec![0.0; s.y_len];
+                            activation::forward(act, &want, &mut a).unwrap();
+                            if residual {
+                                for (a, r) in a.iter_mut().zip(&res) {
+                                    *a += *r;
+                                }
+                            }
+                            let r = residual.then_some(&res[..]);
+                            let what = format!(
+                                "{level} {d:?} {act:?} residual {residual} bias {}",
+                                bias.is_some()
+                            );
+                            let mut y = vec![f32::NAN; s.y_len];
+                            conv.forward_fused(
+                                &c.x,
+                                ConvWeights::Plain(&c.w),
+                                bias,
+                                r,
+                                &mut y,
+                                None,
+                            )
+                            .unwrap();
+                            assert!(bits(&y) == bits(&a), "{what}: plain weights differ");
+                            let mut ws = vec![f32::NAN; conv.workspace_len(ConvPass::Forward, 0)];
+                            let mut y = vec![f32::NAN; s.y_len];
+                            conv.forward_fused(
+                                &c.x,
+                                ConvWeights::Packed(&packed),
+                                bias,
+                                r,
+                                &mut y,
+                                Some(&mut ws),
+                            )
+                            .unwrap();
+                            assert!(bits(&y) == bits(&a), "{what}: packed weights differ");
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn fused_epilogue_matches_the_reference() {
+    for (i, d) in shapes().iter().enumerate() {
+        let c = ConvCase::new(d, 3300 + i as u64);
+        let refs = c.references();
+        let post = PostOps {
+            activation: Activation::Swish,
+            residual: true,
+        };
+        let want: Vec<f64> = refs
+            .y
+            .iter()
+            .zip(&c.dy)
+            .map(|(y, r)| Activation::Swish.value(*y) + *r as f64)
+            .collect();
+        for level in levels() {
+            let conv = Conv2d::with_level(d, level).unwrap().with_post_ops(post);
+            let mut y = vec![0.0; c.shape.y_len];
+            with_level(level, || {
+                conv.forward_fused(
+                    &c.x,
+                    ConvWeights::Plain(&c.w),
+                    Some(&c.b),
+                    Some(&c.dy),
+                    &mut y,
+                    None,
+                )
+            })
+            .unwrap();
+            let e = rel_err(&y, &want);
+            assert!(e < 2e-5, "{level} {d:?}: rel err {e}");
+        }
+    }
+}
+
+#[test]
+fn residual_misuse_is_a_typed_error() {
+    let d = ConvDesc::depthwise(1, (8, 8), 16, 3, 1);
+    let c = ConvCase::new(&d, 1);
+    let n = c.shape.y_len;
+    let with = Conv2d::new(&d).unwrap().with_post_ops(PostOps {
+        activation: Activation::Relu,
+        residual: true,
+    });
+    let without = Conv2d::new(&d).unwrap();
+    let mut y = vec![0.0; n];
+    let w = ConvWeights::Plain(&c.w);
+    assert!(matches!(
+        with.forward(&c.x, &c.w, None, &mut y),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        without.forward_fused(&c.x, w, None, Some(&c.dy), &mut y, None),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        with.forward_fused(&c.x, w, None, Some(&c.dy[1..]), &mut y, None),
+        Err(Error::BufferSize {
+            name: "residual",
+            ..
+        })
+    ));
+    assert!(
+        with.forward_fused(&c.x, w, None, Some(&c.dy), &mut y, None)
+            .is_ok()
+    );
+}

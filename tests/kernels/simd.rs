@@ -1,0 +1,106 @@
+//! Tests of `simd` (moved from the library's unit tests, so that
+//! `cargo test` does not compile the library a second time).
+
+use effnet::simd::*;
+
+struct ExpAll<'a>(&'a [f32], &'a mut [f32]);
+impl SimdKernel for ExpAll<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        for (x, y) in self.0.chunks(S::LANES).zip(self.1.chunks_mut(S::LANES)) {
+            let v = s.load_upto(x);
+            s.store_upto(y, s.exp(v));
+        }
+    }
+}
+
+struct Ops<'a>(&'a [f32], &'a [f32], &'a mut [f32]);
+impl SimdKernel for Ops<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) -> f32 {
+        let mut total = s.zero();
+        for ((a, b), o) in self
+            .0
+            .chunks(S::LANES)
+            .zip(self.1.chunks(S::LANES))
+            .zip(self.2.chunks_mut(S::LANES))
+        {
+            let (a, b) = (s.load_upto(a), s.load_upto(b));
+            // (a*b + a) / 2 - min(a,b) + max(a,b)
+            let v = s.mul_add(a, b, a);
+            let v = s.div(v, s.splat(2.0));
+            let v = s.add(s.sub(v, s.min(a, b)), s.max(a, b));
+            s.store_upto(o, v);
+            total = s.add(total, v);
+        }
+        s.reduce_sum(total)
+    }
+}
+
+#[test]
+fn every_level_agrees_with_scalar_math() {
+    let n = 67;
+    let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+    let b: Vec<f32> = (0..n)
+        .map(|i| (i as f32 * 0.11).cos() * 2.0 - 0.5)
+        .collect();
+    let want: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(&a, &b)| {
+            let (a, b) = (a as f64, b as f64);
+            (a * b + a) / 2.0 - a.min(b) + a.max(b)
+        })
+        .collect();
+    for level in SimdLevel::available() {
+        let mut out = vec![0.0; n];
+        let total = dispatch(level, Ops(&a, &b, &mut out));
+        for (o, w) in out.iter().zip(&want) {
+            assert!((*o as f64 - w).abs() < 1e-5, "{level}: {o} vs {w}");
+        }
+        let wt: f64 = want.iter().sum();
+        assert!((total as f64 - wt).abs() < 1e-3, "{level}: {total} vs {wt}");
+    }
+}
+
+#[test]
+fn exp_is_accurate_on_every_level() {
+    let xs: Vec<f32> = (0..2001).map(|i| -90.0 + i as f32 * 0.09).collect();
+    for level in SimdLevel::available() {
+        let mut ys = vec![0.0; xs.len()];
+        dispatch(level, ExpAll(&xs, &mut ys));
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let want = (x as f64).exp();
+            if x < -87.3 {
+                assert!(y.abs() < 1e-37, "{level}: exp({x}) = {y}");
+            } else if x <= 88.3 {
+                let rel = ((y as f64 - want) / want).abs();
+                assert!(
+                    rel < 4e-7,
+                    "{level}: exp({x}) = {y}, want {want}, rel {rel}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn with_level_caps_and_restores() {
+    let outer = active();
+    with_level(SimdLevel::Scalar, || {
+        assert_eq!(active(), SimdLevel::Scalar);
+        with_level(SimdLevel::Avx512, || assert!(active() <= detected()));
+        assert_eq!(active(), SimdLevel::Scalar);
+    });
+    assert_eq!(active(), outer);
+}
+
+#[test]
+fn level_names_round_trip() {
+    for l in SimdLevel::ALL {
+        assert_eq!(l.name().parse::<SimdLevel>().unwrap(), l);
+    }
+    assert!("sse9".parse::<SimdLevel>().is_err());
+}
