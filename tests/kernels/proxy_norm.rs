@@ -912,7 +912,15 @@ fn huge_sizes_are_typed_errors() {
             Err(Error::InvalidDescriptor(_))
         ));
     }
-    for c in [1usize << 62, usize::MAX, isize::MAX as usize / 32] {
+    // 0x01ff_0000_e106_0000 (found by the descriptors fuzz target): its per-channel
+    // state fits but a one-row workspace does not; it was accepted and then every
+    // workspace query failed.
+    for c in [
+        1usize << 62,
+        usize::MAX,
+        isize::MAX as usize / 32,
+        0x01ff_0000_e106_0000,
+    ] {
         assert!(
             matches!(
                 ProxyNorm::new(&ProxyNormDesc::new(c)),

@@ -265,7 +265,8 @@ impl ProxyNorm {
     /// # Errors
     /// [`Error::InvalidDescriptor`] for a rule broken; [`Error::Overflow`] when the
     /// per-channel state (parameters, statistics, gradients and their `f64` partial
-    /// sums, 16 floats per channel in all) would not fit in memory addressing.
+    /// sums, 16 floats per channel in all) or the workspace of any pass on one row
+    /// would not fit in memory addressing.
     pub fn new(desc: &ProxyNormDesc) -> Result<ProxyNorm> {
         let bad = |m: String| Err(Error::InvalidDescriptor(m));
         if desc.channels == 0 {
@@ -287,14 +288,26 @@ impl ProxyNorm {
                 desc.eps_pn
             ));
         }
-        Ok(ProxyNorm {
+        let plan = ProxyNorm {
             desc: *desc,
             q: reference::quantiles(desc.k)
                 .into_iter()
                 .map(|q| q as f32)
                 .collect(),
             level: simd::active(),
-        })
+        };
+        // Every pass on one row must have an addressable workspace (its layout
+        // saturates rather than wraps): a plan accepted here can always be run.
+        for pass in [
+            ProxyPass::Forward,
+            ProxyPass::Backward,
+            ProxyPass::Stats,
+            ProxyPass::StatsBackward,
+        ] {
+            let floats = plan.layout(pass, desc.channels).len();
+            checked_product("the Proxy Norm workspace for one row", &[floats])?;
+        }
+        Ok(plan)
     }
 
     /// The same plan at `level` (clamped to what the CPU supports).
