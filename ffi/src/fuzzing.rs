@@ -1,4 +1,4 @@
-//! The bodies of the fuzz targets (`ffi/fuzz`, run with `cargo fuzz`; see FUZZING.md)
+//! The bodies of the fuzz targets (`ffi/fuzz`, run with `cargo fuzz`; see ffi/fuzz/FUZZING.md)
 //! and, in this crate's tests, the replay of their saved corpora and crash
 //! regressions, so that `cargo test` checks every input any fuzzer run kept.
 //!
