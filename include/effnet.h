@@ -11,13 +11,25 @@
  *   plan, pointers for NULL and float alignment, and outputs for overlap with other
  *   buffers, before any memory is touched.
  * - The caller owns every buffer; effnet never keeps a pointer to one after a call
- *   returns. Handles (contexts, plans) are owned by the caller from their create call
- *   until their destroy call; destroying NULL is a no-op. Using a destroyed handle is
- *   undefined behaviour (it is reported as EFFNET_INVALID_ARGUMENT when detected).
+ *   returns. Handles (contexts, plans, models) are owned by the caller from their
+ *   create call until their destroy call; destroying NULL is a no-op. A handle is an
+ *   opaque token, never the address of anything and never reused within a process:
+ *   a destroyed handle (even after new handles were made), a handle of another type
+ *   and any value effnet did not hand out are reported as EFFNET_INVALID_ARGUMENT.
+ *   Destroying a handle while another thread uses it is undefined behaviour.
+ * - Sizes: every count and descriptor field is checked with overflow-safe arithmetic
+ *   before anything is allocated (EFFNET_INVALID_ARGUMENT when a size overflows or
+ *   breaks a documented bound such as EFFNET_PROXY_MAX_K); memory whose size comes
+ *   from the caller is allocated fallibly, so a size the system refuses is
+ *   EFFNET_OUT_OF_MEMORY with a message, never an abort of the host process.
  * - Structs with a struct_size field: set it to sizeof the struct and zero what you
  *   do not use (forward compatibility).
  * - No C++ exception or Rust panic crosses this boundary: an internal panic is
- *   returned as EFFNET_INTERNAL.
+ *   returned as EFFNET_INTERNAL, its message in effnet_last_error(); nothing is
+ *   printed to stderr (effnet installs a panic hook that is silent inside its calls
+ *   and defers to the previous hook elsewhere).
+ * - EFFNET_SIMD (avx512, avx2, portable, scalar) caps the SIMD level for the process;
+ *   any other value makes effnet_context_create fail with EFFNET_INVALID_ARGUMENT.
  * - Each call runs on the worker threads of the context it is given; results are
  *   bitwise identical for any number of threads.
  */
@@ -43,6 +55,14 @@
  * The most threads a context may have: a bound against garbage thread counts.
  */
 #define EFFNET_MAX_THREADS 1024
+
+/**
+ * The largest number of proxy quantiles `effnet_proxy_norm_desc.k` may ask for
+ * (65536; the paper uses 200). The statistics cost `O(k*channels)` per pass, and the
+ * quantiles of this many points already sample the normal distribution far below
+ * `float` rounding.
+ */
+#define EFFNET_PROXY_MAX_K 65536
 
 /**
  * The largest `struct_size` effnet accepts: a bound against garbage sizes, far above
@@ -74,7 +94,10 @@ typedef enum effnet_status {
    */
   EFFNET_UNSUPPORTED = 2,
   /**
-   * Memory or another system resource (threads) could not be obtained.
+   * Memory or another system resource (threads) could not be obtained: a size
+   * that passed every check but that the system refused to allocate (the message
+   * says what and how much). Nothing was created or changed; the library stays
+   * usable.
    */
   EFFNET_OUT_OF_MEMORY = 3,
   /**
@@ -686,18 +709,49 @@ typedef struct effnet_norm_shape {
 } effnet_norm_shape;
 
 /**
+ * The shape of an NHWC activation `[batch][height][width][channels]`, for the pooling
+ * and gate functions. Set `struct_size = sizeof(effnet_nhwc)`. Every size at least 1
+ * and the element count addressable (else `EFFNET_INVALID_ARGUMENT`).
+ */
+typedef struct effnet_nhwc {
+  /**
+   * `sizeof(effnet_nhwc)` as the caller was compiled.
+   */
+  size_t struct_size;
+  /**
+   * Images (N).
+   */
+  int64_t batch;
+  /**
+   * Height (H).
+   */
+  int64_t height;
+  /**
+   * Width (W).
+   */
+  int64_t width;
+  /**
+   * Channels (C).
+   */
+  int64_t channels;
+} effnet_nhwc;
+
+/**
  * A Proxy Norm activation (Labatie et al., 2021). Set `struct_size =
  * sizeof(effnet_proxy_norm_desc)` and zero what you do not use.
  *
  * Per channel `c`, with `xhat` the normalized input: `u = gamma*xhat + beta`,
  * `z = (act(u) - mu)*s` (full scale) or `act(u) - mu` (delayed or no scale), where
- * `mu`, `v` are the mean and variance of `act(gamma*(beta' + (1+gamma')*q_k) + beta)`
- * over the `k` normal quantiles `q_k = sqrt(2)*erfinv(2(k+0.5)/K - 1)` and
- * `s = 1/sqrt(v + eps_pn)`.
+ * `mu` and `v` are the mean and the population variance (divided by K, not K - 1) of
+ * the K proxy points `r_k = act(gamma*(beta' + (1+gamma')*q_k) + beta)`, with the
+ * fixed normal quantiles `q_k = sqrt(2)*erfinv(2(k+0.5)/K - 1)`, `k = 0..K-1`, and
+ * `s = 1/sqrt(v + eps_pn)`: `mu = sum_k r_k / K`, `v = sum_k (r_k - mu)^2 / K`.
  *
- * Rules (else `EFFNET_INVALID_ARGUMENT`): `channels` at least 1; `k` at least 0
- * (0 means the paper's 200); `eps_pn` finite and positive (0 means the paper's 0.03);
- * valid enum values; `reserved` 0.
+ * Rules (else `EFFNET_INVALID_ARGUMENT`): `channels` at least 1 and small enough that
+ * the per-channel state (16 floats per channel: parameters, statistics, gradients and
+ * their partial sums) is addressable; `k` from 0 to `EFFNET_PROXY_MAX_K` (0 means the
+ * paper's 200); `eps_pn` finite and positive (0 means the paper's 0.03); valid enum
+ * values; `reserved` 0.
  */
 typedef struct effnet_proxy_norm_desc {
   /**
@@ -709,7 +763,7 @@ typedef struct effnet_proxy_norm_desc {
    */
   int64_t channels;
   /**
-   * Number of proxy quantiles K; 0 means 200.
+   * Number of proxy quantiles K, at most `EFFNET_PROXY_MAX_K`; 0 means 200.
    */
   int64_t k;
   /**
@@ -771,41 +825,14 @@ typedef struct effnet_proxy_norm_shape {
   size_t scale_offset;
 } effnet_proxy_norm_shape;
 
-/**
- * The shape of an NHWC activation `[batch][height][width][channels]`, for the pooling
- * and gate functions. Set `struct_size = sizeof(effnet_nhwc)`. Every size at least 1
- * and the element count addressable (else `EFFNET_INVALID_ARGUMENT`).
- */
-typedef struct effnet_nhwc {
-  /**
-   * `sizeof(effnet_nhwc)` as the caller was compiled.
-   */
-  size_t struct_size;
-  /**
-   * Images (N).
-   */
-  int64_t batch;
-  /**
-   * Height (H).
-   */
-  int64_t height;
-  /**
-   * Width (W).
-   */
-  int64_t width;
-  /**
-   * Channels (C).
-   */
-  int64_t channels;
-} effnet_nhwc;
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
 
 /**
  * Returns the ABI version the library was built with (`EFFNET_ABI_VERSION` of its
- * header). Never fails; callable at any time from any thread.
+ * header). Never fails; callable at any time from any thread. Like every other
+ * function it clears the thread's last error (`effnet_last_error()` then returns "").
  */
 uint32_t effnet_abi_version(void);
 
@@ -820,8 +847,11 @@ uint32_t effnet_abi_version(void);
  * Ownership: the caller owns the new context and must release it with
  * `effnet_context_destroy`. `*out_ctx` is written only on success.
  *
- * Errors: `EFFNET_INVALID_ARGUMENT` if `out_ctx` is NULL or `threads` exceeds
- * `EFFNET_MAX_THREADS`; `EFFNET_OUT_OF_MEMORY` if the threads cannot be started.
+ * Errors: `EFFNET_INVALID_ARGUMENT` if `out_ctx` is NULL, `threads` exceeds
+ * `EFFNET_MAX_THREADS`, or the environment variable `EFFNET_SIMD` is set to something
+ * other than `avx512`, `avx2`, `portable` or `scalar` (the message names the value:
+ * effnet rejects it here, at the first call of a program, rather than ignore it);
+ * `EFFNET_OUT_OF_MEMORY` if the threads cannot be started.
  *
  * # Safety
  * `out_ctx` is NULL or points to writable storage for a pointer.
@@ -835,8 +865,7 @@ enum effnet_status effnet_context_create(uint32_t threads, struct effnet_context
  * Plans are not tied to a context: they stay valid and can be used with another one.
  *
  * Errors: `EFFNET_INVALID_ARGUMENT` if `ctx` is not a live context (already
- * destroyed, or not made by `effnet_context_create`); such misuse is reported when
- * detected, but using a destroyed handle is undefined behaviour.
+ * destroyed, or not made by `effnet_context_create`).
  *
  * # Safety
  * `ctx` is NULL or a handle from `effnet_context_create`; no call may be using it
@@ -1252,8 +1281,11 @@ enum effnet_status effnet_conv_forward_packed(const struct effnet_context *ctx,
  * success.
  *
  * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle or pointer, an unknown
- * architecture name, or a bad descriptor (`struct_size`, negative classes, unknown
- * optimizer, smoothing outside [0, 1), non-finite values).
+ * architecture name, or a bad descriptor (`struct_size`, negative classes, a class
+ * count whose classifier (`head channels * classes` weights) does not fit in memory
+ * addressing, unknown optimizer, smoothing outside [0, 1), non-finite values);
+ * `EFFNET_OUT_OF_MEMORY` when the parameters or the optimizer state cannot be
+ * allocated (e.g. `classes = 2^40`); nothing is created then.
  *
  * # Safety
  * `ctx` is NULL or a context handle; `arch` is NULL or a NUL-terminated string;
@@ -1323,7 +1355,9 @@ enum effnet_status effnet_model_load_weights(const struct effnet_model *model, c
  * must not overlap `x`.
  *
  * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, a zero or too small
- * `batch`/`res`, or a NULL, misaligned, overlapping or wrongly sized buffer.
+ * `batch`/`res`, a `batch`/`res` whose image or activation sizes overflow, or a NULL,
+ * misaligned, overlapping or wrongly sized buffer; `EFFNET_OUT_OF_MEMORY` when the
+ * activations for this batch and resolution cannot be allocated.
  *
  * # Safety
  * Each buffer points to its count of `float`s, readable (`x`) or writable (`logits`)
@@ -1623,189 +1657,6 @@ enum effnet_status effnet_norm_backward_ws(const struct effnet_context *ctx,
                                            size_t workspace_bytes);
 
 /**
- * Validates the descriptors and stores a new Proxy Norm plan in `*out_plan`.
- *
- * With `norm_desc` NULL the plan is the standalone activation on an already
- * normalized input `xhat` (`[rows][channels]`, any number of rows). Otherwise it is
- * the fused normalization + activation: `norm_desc` must be a LayerNorm or GroupNorm
- * with `channels` equal to `proxy_desc->channels`, activation identity and `affine =
- * 1` (its gamma and beta are the first two rows of the Proxy Norm `params`).
- *
- * Ownership: the caller owns the new plan (release it with
- * `effnet_proxy_norm_plan_destroy`); `*out_plan` is written only on success.
- *
- * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, pointer, `struct_size`, or
- * descriptors that break their rules or do not fit together.
- *
- * # Safety
- * `ctx` is NULL or a context handle; each descriptor pointer is NULL or points to its
- * `struct_size` readable bytes; `out_plan` is NULL or points to writable storage for a
- * pointer.
- */
-enum effnet_status effnet_proxy_norm_plan_create(const struct effnet_context *ctx,
-                                                 const struct effnet_norm_desc *norm_desc,
-                                                 const struct effnet_proxy_norm_desc *proxy_desc,
-                                                 struct effnet_proxy_norm_plan **out_plan);
-
-/**
- * Destroys a Proxy Norm plan. NULL is a no-op (returns `EFFNET_OK`).
- *
- * Errors: `EFFNET_INVALID_ARGUMENT` if `plan` is not a live Proxy Norm plan.
- *
- * # Safety
- * `plan` is NULL or a handle from `effnet_proxy_norm_plan_create`, unused by any
- * other call, and not used after this call.
- */
-enum effnet_status effnet_proxy_norm_plan_destroy(struct effnet_proxy_norm_plan *plan);
-
-/**
- * Fills `*out_shape` with the element counts of the plan's buffers and the offsets
- * into `saved`. Set `out_shape->struct_size = sizeof(effnet_proxy_norm_shape)` first.
- *
- * Errors: as `effnet_norm_plan_shape`.
- *
- * # Safety
- * As `effnet_norm_plan_shape`.
- */
-enum effnet_status effnet_proxy_norm_plan_shape(const struct effnet_proxy_norm_plan *plan,
-                                                struct effnet_proxy_norm_shape *out_shape);
-
-/**
- * Writes to `*out_bytes` the size in bytes of the workspace that pass `pass` (an
- * `effnet_proxy_norm_pass` value) of `plan` needs: pass a buffer of at least that
- * many bytes to the `_ws` form of the pass. `x_len` is the element count of `x` the
- * calls will pass: required (a positive multiple of `channels`) for a standalone
- * plan, whose backward partial sums grow with the rows; ignored for a fused plan.
- * It holds the normalization's partial sums, coefficients and totals, the proxy
- * statistics' sums and the gradient temporaries. The size does not depend on the
- * context's thread count or the SIMD level.
- *
- * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type handle, an unknown
- * `pass`, a bad `x_len` (standalone), or a NULL or misaligned `out_bytes`.
- *
- * # Safety
- * As `effnet_norm_workspace_size`.
- */
-enum effnet_status effnet_proxy_norm_workspace_size(const struct effnet_context *ctx,
-                                                    const struct effnet_proxy_norm_plan *plan,
-                                                    uint32_t pass,
-                                                    size_t x_len,
-                                                    size_t *out_bytes);
-
-/**
- * Forward pass: `z` from `x` (fused: the normalization's statistics, then the
- * activation; standalone: `x` is the normalized `xhat`), run on `ctx`'s threads. `z`
- * and `saved` are overwritten.
- *
- * Buffers (`float`, counts from `effnet_proxy_norm_plan_shape`):
- * - `x`: NHWC `[batch][h][w][channels]` (`x_len`), or standalone `[rows][channels]`
- *   (any positive multiple of `channels`)
- * - `params`: `[4][channels]`, rows gamma, beta, beta', gamma' (initially 1, 0, 0, 0)
- * - `z`: like `x`, `z_len = x_len`
- * - `saved`: `saved_len` (layout in `effnet_proxy_norm_shape`); the delayed scale `s`
- *   is at `scale_offset`
- *
- * Ownership, overlap and errors as `effnet_norm_forward`.
- *
- * # Safety
- * As `effnet_norm_forward`.
- */
-enum effnet_status effnet_proxy_norm_forward(const struct effnet_context *ctx,
-                                             const struct effnet_proxy_norm_plan *plan,
-                                             const float *x,
-                                             size_t x_len,
-                                             const float *params,
-                                             size_t params_len,
-                                             float *z,
-                                             size_t z_len,
-                                             float *saved,
-                                             size_t saved_len);
-
-/**
- * `effnet_proxy_norm_forward` with its scratch memory in the caller's `workspace`
- * (at least what `effnet_proxy_norm_workspace_size` reports for
- * `EFFNET_PROXY_NORM_PASS_FORWARD` and this `x_len`). Workspace rules and errors: as
- * `effnet_norm_forward_ws` (the wrapper copies `saved` through small vectors).
- *
- * # Safety
- * As `effnet_norm_forward_ws`.
- */
-enum effnet_status effnet_proxy_norm_forward_ws(const struct effnet_context *ctx,
-                                                const struct effnet_proxy_norm_plan *plan,
-                                                const float *x,
-                                                size_t x_len,
-                                                const float *params,
-                                                size_t params_len,
-                                                float *z,
-                                                size_t z_len,
-                                                float *saved,
-                                                size_t saved_len,
-                                                void *workspace,
-                                                size_t workspace_bytes);
-
-/**
- * Backward pass of `effnet_proxy_norm_forward`: `dx` (overwritten) and the parameter
- * gradients `dparams` `[4][channels]` (dgamma, dbeta, dbeta', dgamma', direct and
- * through the proxy statistics), overwritten (`accumulate = 0`) or added to
- * (`accumulate = 1`). `x` is the forward input, `params` what it used and `saved` what
- * it wrote. Deterministic for any thread count.
- *
- * Buffers: `x`, `dz`, `dx` like the forward's `x`; `ds`: `[channels]`, the gradient
- * of the delayed scale `s` (delayed-scale plans only; NULL and 0 mean zero, and other
- * variants require NULL); `params`, `dparams`: `params_len`; `saved`: `saved_len`.
- * Ownership, overlap and errors as `effnet_norm_backward`.
- *
- * # Safety
- * As `effnet_norm_forward`.
- */
-enum effnet_status effnet_proxy_norm_backward(const struct effnet_context *ctx,
-                                              const struct effnet_proxy_norm_plan *plan,
-                                              const float *x,
-                                              size_t x_len,
-                                              const float *dz,
-                                              size_t dz_len,
-                                              const float *ds,
-                                              size_t ds_len,
-                                              const float *params,
-                                              size_t params_len,
-                                              const float *saved,
-                                              size_t saved_len,
-                                              float *dx,
-                                              size_t dx_len,
-                                              float *dparams,
-                                              size_t dparams_len,
-                                              int32_t accumulate);
-
-/**
- * `effnet_proxy_norm_backward` with its scratch memory in the caller's `workspace`
- * (at least what `effnet_proxy_norm_workspace_size` reports for
- * `EFFNET_PROXY_NORM_PASS_BACKWARD` and this `x_len`). Workspace rules and errors: as
- * `effnet_norm_forward_ws` (the wrapper copies `saved` through small vectors).
- *
- * # Safety
- * As `effnet_norm_forward_ws`.
- */
-enum effnet_status effnet_proxy_norm_backward_ws(const struct effnet_context *ctx,
-                                                 const struct effnet_proxy_norm_plan *plan,
-                                                 const float *x,
-                                                 size_t x_len,
-                                                 const float *dz,
-                                                 size_t dz_len,
-                                                 const float *ds,
-                                                 size_t ds_len,
-                                                 const float *params,
-                                                 size_t params_len,
-                                                 const float *saved,
-                                                 size_t saved_len,
-                                                 float *dx,
-                                                 size_t dx_len,
-                                                 float *dparams,
-                                                 size_t dparams_len,
-                                                 int32_t accumulate,
-                                                 void *workspace,
-                                                 size_t workspace_bytes);
-
-/**
  * Element-wise `y = act(x)`, run on `ctx`'s threads; `y` is overwritten. `x` and `y`
  * have `len` elements each (any layout; `len` at least 1) and must not overlap.
  *
@@ -2099,6 +1950,193 @@ enum effnet_status effnet_cross_entropy_ws(const struct effnet_context *ctx,
                                            float *out_loss,
                                            void *workspace,
                                            size_t workspace_bytes);
+
+/**
+ * Validates the descriptors and stores a new Proxy Norm plan in `*out_plan`.
+ *
+ * With `norm_desc` NULL the plan is the standalone activation on an already
+ * normalized input `xhat` (`[rows][channels]`, any number of rows). Otherwise it is
+ * the fused normalization + activation: `norm_desc` must be a LayerNorm or GroupNorm
+ * with `channels` equal to `proxy_desc->channels`, activation identity and `affine =
+ * 1` (its gamma and beta are the first two rows of the Proxy Norm `params`).
+ *
+ * Ownership: the caller owns the new plan (release it with
+ * `effnet_proxy_norm_plan_destroy`); `*out_plan` is written only on success.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, pointer, `struct_size`, or
+ * descriptors that break their rules or do not fit together.
+ *
+ * # Safety
+ * `ctx` is NULL or a context handle; each descriptor pointer is NULL or points to its
+ * `struct_size` readable bytes; `out_plan` is NULL or points to writable storage for a
+ * pointer.
+ */
+enum effnet_status effnet_proxy_norm_plan_create(const struct effnet_context *ctx,
+                                                 const struct effnet_norm_desc *norm_desc,
+                                                 const struct effnet_proxy_norm_desc *proxy_desc,
+                                                 struct effnet_proxy_norm_plan **out_plan);
+
+/**
+ * Destroys a Proxy Norm plan. NULL is a no-op (returns `EFFNET_OK`).
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` if `plan` is not a live Proxy Norm plan.
+ *
+ * # Safety
+ * `plan` is NULL or a handle from `effnet_proxy_norm_plan_create`, unused by any
+ * other call, and not used after this call.
+ */
+enum effnet_status effnet_proxy_norm_plan_destroy(struct effnet_proxy_norm_plan *plan);
+
+/**
+ * Fills `*out_shape` with the element counts of the plan's buffers and the offsets
+ * into `saved`. Set `out_shape->struct_size = sizeof(effnet_proxy_norm_shape)` first.
+ *
+ * Errors: as `effnet_norm_plan_shape`.
+ *
+ * # Safety
+ * As `effnet_norm_plan_shape`.
+ */
+enum effnet_status effnet_proxy_norm_plan_shape(const struct effnet_proxy_norm_plan *plan,
+                                                struct effnet_proxy_norm_shape *out_shape);
+
+/**
+ * Writes to `*out_bytes` the size in bytes of the workspace that pass `pass` (an
+ * `effnet_proxy_norm_pass` value) of `plan` needs: pass a buffer of at least that
+ * many bytes to the `_ws` form of the pass. `x_len` is the element count of `x` the
+ * calls will pass: required (a positive multiple of `channels`) for a standalone
+ * plan, whose backward partial sums grow with the rows; ignored for a fused plan.
+ * It holds the normalization's partial sums, coefficients and totals, the proxy
+ * statistics' sums and the gradient temporaries. The size does not depend on the
+ * context's thread count or the SIMD level.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type handle, an unknown
+ * `pass`, a bad `x_len` (standalone), or a NULL or misaligned `out_bytes`.
+ *
+ * # Safety
+ * As `effnet_norm_workspace_size`.
+ */
+enum effnet_status effnet_proxy_norm_workspace_size(const struct effnet_context *ctx,
+                                                    const struct effnet_proxy_norm_plan *plan,
+                                                    uint32_t pass,
+                                                    size_t x_len,
+                                                    size_t *out_bytes);
+
+/**
+ * Forward pass: `z` from `x` (fused: the normalization's statistics, then the
+ * activation; standalone: `x` is the normalized `xhat`), run on `ctx`'s threads. `z`
+ * and `saved` are overwritten.
+ *
+ * Buffers (`float`, counts from `effnet_proxy_norm_plan_shape`):
+ * - `x`: NHWC `[batch][h][w][channels]` (`x_len`), or standalone `[rows][channels]`
+ *   (any positive multiple of `channels`)
+ * - `params`: `[4][channels]`, rows gamma, beta, beta', gamma' (initially 1, 0, 0, 0)
+ * - `z`: like `x`, `z_len = x_len`
+ * - `saved`: `saved_len` (layout in `effnet_proxy_norm_shape`); the delayed scale `s`
+ *   is at `scale_offset`
+ *
+ * Ownership, overlap and errors as `effnet_norm_forward`.
+ *
+ * # Safety
+ * As `effnet_norm_forward`.
+ */
+enum effnet_status effnet_proxy_norm_forward(const struct effnet_context *ctx,
+                                             const struct effnet_proxy_norm_plan *plan,
+                                             const float *x,
+                                             size_t x_len,
+                                             const float *params,
+                                             size_t params_len,
+                                             float *z,
+                                             size_t z_len,
+                                             float *saved,
+                                             size_t saved_len);
+
+/**
+ * `effnet_proxy_norm_forward` with its scratch memory in the caller's `workspace`
+ * (at least what `effnet_proxy_norm_workspace_size` reports for
+ * `EFFNET_PROXY_NORM_PASS_FORWARD` and this `x_len`). Workspace rules and errors: as
+ * `effnet_norm_forward_ws` (the wrapper copies `saved` through small vectors).
+ *
+ * # Safety
+ * As `effnet_norm_forward_ws`.
+ */
+enum effnet_status effnet_proxy_norm_forward_ws(const struct effnet_context *ctx,
+                                                const struct effnet_proxy_norm_plan *plan,
+                                                const float *x,
+                                                size_t x_len,
+                                                const float *params,
+                                                size_t params_len,
+                                                float *z,
+                                                size_t z_len,
+                                                float *saved,
+                                                size_t saved_len,
+                                                void *workspace,
+                                                size_t workspace_bytes);
+
+/**
+ * Backward pass of `effnet_proxy_norm_forward`: `dx` (overwritten) and the parameter
+ * gradients `dparams` `[4][channels]` (dgamma, dbeta, dbeta', dgamma', direct and
+ * through the proxy statistics), overwritten (`accumulate = 0`) or added to
+ * (`accumulate = 1`). `x` is the forward input, `params` what it used and `saved` what
+ * it wrote. Deterministic for any thread count.
+ *
+ * Buffers: `x`, `dz`, `dx` like the forward's `x`; `ds`: `[channels]`, the gradient
+ * of the delayed scale `s` (delayed-scale plans only; NULL and 0 mean zero, and other
+ * variants require NULL); `params`, `dparams`: `params_len`; `saved`: `saved_len`.
+ * Unlike `effnet_norm_backward`'s `daffine`, `dparams` is required (never NULL): the
+ * kernel computes the parameter gradients in the same reductions as `dx` and has no
+ * form that skips them; pass a scratch buffer of `params_len` floats if you do not
+ * need them. Ownership, overlap and errors as `effnet_norm_backward` (a NULL
+ * `dparams` is `EFFNET_INVALID_ARGUMENT`).
+ *
+ * # Safety
+ * As `effnet_norm_forward`.
+ */
+enum effnet_status effnet_proxy_norm_backward(const struct effnet_context *ctx,
+                                              const struct effnet_proxy_norm_plan *plan,
+                                              const float *x,
+                                              size_t x_len,
+                                              const float *dz,
+                                              size_t dz_len,
+                                              const float *ds,
+                                              size_t ds_len,
+                                              const float *params,
+                                              size_t params_len,
+                                              const float *saved,
+                                              size_t saved_len,
+                                              float *dx,
+                                              size_t dx_len,
+                                              float *dparams,
+                                              size_t dparams_len,
+                                              int32_t accumulate);
+
+/**
+ * `effnet_proxy_norm_backward` with its scratch memory in the caller's `workspace`
+ * (at least what `effnet_proxy_norm_workspace_size` reports for
+ * `EFFNET_PROXY_NORM_PASS_BACKWARD` and this `x_len`). Workspace rules and errors: as
+ * `effnet_norm_forward_ws` (the wrapper copies `saved` through small vectors).
+ *
+ * # Safety
+ * As `effnet_norm_forward_ws`.
+ */
+enum effnet_status effnet_proxy_norm_backward_ws(const struct effnet_context *ctx,
+                                                 const struct effnet_proxy_norm_plan *plan,
+                                                 const float *x,
+                                                 size_t x_len,
+                                                 const float *dz,
+                                                 size_t dz_len,
+                                                 const float *ds,
+                                                 size_t ds_len,
+                                                 const float *params,
+                                                 size_t params_len,
+                                                 const float *saved,
+                                                 size_t saved_len,
+                                                 float *dx,
+                                                 size_t dx_len,
+                                                 float *dparams,
+                                                 size_t dparams_len,
+                                                 int32_t accumulate,
+                                                 void *workspace,
+                                                 size_t workspace_bytes);
 
 /**
  * The message of the last failed effnet call on this thread, NUL-terminated UTF-8,

@@ -27,6 +27,10 @@ pub enum Error {
     InvalidArgument(String),
     /// Reading or writing a file failed.
     Io(String),
+    /// Memory for a size the caller asked for could not be obtained (the system
+    /// refused the allocation); the message says what was being allocated and how
+    /// large it was. Nothing was changed.
+    OutOfMemory(String),
     /// An IPU-model graph does not fit one tile's memory budget.
     TileMemory {
         /// The tile over budget.
@@ -56,6 +60,7 @@ impl fmt::Display for Error {
             Error::Unsupported(m) => write!(f, "unsupported: {m}"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             Error::Io(m) => write!(f, "i/o error: {m}"),
+            Error::OutOfMemory(m) => write!(f, "out of memory: {m}"),
             Error::TileMemory {
                 tile,
                 bytes,
@@ -120,4 +125,43 @@ pub fn checked_product(what: &str, dims: &[usize]) -> Result<usize> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n <= limit)
         .ok_or_else(|| Error::Overflow(format!("{what} {dims:?} has too many elements")))
+}
+
+/// A vector of `len` copies of `value`, allocated fallibly: the size of `what` (for
+/// messages) is checked to fit in memory addressing ([`Error::Overflow`]) and a refused
+/// allocation is [`Error::OutOfMemory`] instead of aborting the process. Use it for
+/// every allocation whose size comes from a caller's descriptor or argument.
+pub fn try_filled<T: Clone>(what: &str, len: usize, value: T) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(what, len)?;
+    v.resize(len, value);
+    Ok(v)
+}
+
+/// An empty vector with room for exactly `len` elements, allocated fallibly (see
+/// [`try_filled`]).
+pub fn try_with_capacity<T>(what: &str, len: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    try_reserve_for(&mut v, what, len)?;
+    Ok(v)
+}
+
+/// Makes room for `additional` more elements in `v`, fallibly (see [`try_filled`]).
+pub fn try_reserve_for<T>(v: &mut Vec<T>, what: &str, additional: usize) -> Result<()> {
+    let elem = std::mem::size_of::<T>().max(1);
+    let fits = v
+        .len()
+        .checked_add(additional)
+        .and_then(|n| n.checked_mul(elem))
+        .is_some_and(|bytes| bytes <= isize::MAX as usize);
+    if !fits {
+        return Err(Error::Overflow(format!(
+            "{what}: {additional} elements of {elem} bytes do not fit in memory addressing"
+        )));
+    }
+    v.try_reserve_exact(additional).map_err(|_| {
+        Error::OutOfMemory(format!(
+            "{what}: could not allocate {} bytes ({additional} elements)",
+            additional.saturating_mul(elem)
+        ))
+    })
 }

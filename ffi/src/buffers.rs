@@ -30,6 +30,10 @@ pub struct Buf {
     /// Bytes per element, which is also the alignment required: 4 for `float`, 8 for
     /// the `int64_t` labels of the loss.
     pub elem_bytes: usize,
+    /// For an argument the caller sizes in bytes (a workspace), the byte count as
+    /// passed: messages then speak of bytes, and NULL with any non-zero size is
+    /// rejected.
+    pub bytes: Option<usize>,
 }
 
 impl Buf {
@@ -43,6 +47,7 @@ impl Buf {
             optional: false,
             output: false,
             elem_bytes: size_of::<f32>(),
+            bytes: None,
         }
     }
     /// A required `int64_t` input (read with [`input_i64`]).
@@ -77,6 +82,12 @@ impl Buf {
 
 fn check_one(b: &Buf) -> Outcome {
     let name = b.name;
+    if let (true, Some(bytes @ 1..)) = (b.ptr.is_null(), b.bytes) {
+        return Err(Failure::invalid(format!(
+            "`{name}` is NULL but `{name}_bytes` is {bytes}; pass a buffer of that many \
+             bytes, or NULL with 0 bytes where the pass needs none"
+        )));
+    }
     if b.ptr.is_null() {
         if b.optional {
             if b.len != 0 {
@@ -91,7 +102,7 @@ fn check_one(b: &Buf) -> Outcome {
     }
     if b.len != b.expected {
         return Err(Failure::invalid(format!(
-            "`{name}` has {} elements, the plan needs {}",
+            "`{name}` has {} elements, the call needs {}",
             b.len, b.expected
         )));
     }
@@ -114,10 +125,16 @@ fn check_one(b: &Buf) -> Outcome {
         .and_then(|bytes| (b.ptr as usize).checked_add(bytes))
         .is_some();
     if !fits {
-        return Err(Failure::invalid(format!(
-            "`{name}` ({:p}, {} elements) runs past the end of the address space",
-            b.ptr, b.len
-        )));
+        return Err(Failure::invalid(match b.bytes {
+            Some(bytes) => format!(
+                "`{name}` ({:p}, {bytes} bytes) runs past the end of the address space",
+                b.ptr
+            ),
+            None => format!(
+                "`{name}` ({:p}, {} elements) runs past the end of the address space",
+                b.ptr, b.len
+            ),
+        }));
     }
     Ok(())
 }
@@ -209,13 +226,17 @@ pub const NO_WORKSPACE: Buf = Buf {
     optional: true,
     output: true,
     elem_bytes: size_of::<f32>(),
+    bytes: None,
 };
 
 /// The workspace argument of a `_ws` pass as a buffer to check with the others (NULL
 /// with 0 bytes is "none"; it is an output: it must not overlap any other buffer).
 pub fn workspace_buf(ptr: *mut c_void, bytes: usize) -> Buf {
     let floats = bytes / size_of::<f32>();
-    Buf::output("workspace", ptr.cast(), floats, floats).optional()
+    Buf {
+        bytes: Some(bytes),
+        ..Buf::output("workspace", ptr.cast(), floats, floats).optional()
+    }
 }
 
 /// The workspace arguments of a call (`None` for the allocating form), the checked
@@ -324,5 +345,13 @@ mod tests {
         assert!(msg(check(&[b])).contains("pass 0"));
         let b = Buf::input("bias", xp, 3, 8).optional();
         assert!(msg(check(&[b])).contains("3 elements"));
+        // A workspace speaks of bytes: NULL with any size is an error naming the bytes.
+        for bytes in [1, 3, 4, 4096] {
+            let m = msg(check(&[workspace_buf(std::ptr::null_mut(), bytes)]));
+            assert!(m.contains(&format!("`workspace_bytes` is {bytes}")), "{m}");
+        }
+        assert!(check(&[workspace_buf(std::ptr::null_mut(), 0)]).is_ok());
+        let m = msg(check(&[workspace_buf(high.cast_mut().cast(), 64)]));
+        assert!(m.contains("64 bytes") && m.contains("address space"), "{m}");
     }
 }

@@ -33,6 +33,12 @@ impl effnet_context {
     }
 
     fn new(threads: u32) -> Outcome<effnet_context> {
+        if let Some(e) = effnet_core::simd::env_error() {
+            return Err(Failure::invalid(format!(
+                "{e}; unset it or fix it (no context is made while it is wrong, so that \
+                 no kernel runs at a level the caller did not ask for)"
+            )));
+        }
         if threads > EFFNET_MAX_THREADS {
             return Err(Failure::invalid(format!(
                 "threads = {threads} is more than EFFNET_MAX_THREADS = {EFFNET_MAX_THREADS}"
@@ -52,7 +58,12 @@ impl effnet_context {
                 if let Some(size) = thread.stack_size() {
                     b = b.stack_size(size);
                 }
-                workers.push(b.spawn(|| thread.run())?);
+                workers.push(b.spawn(|| {
+                    // A panic in a kernel task is re-raised on the calling thread, whose
+                    // entry point reports it: print nothing here.
+                    crate::status::quiet_worker_thread();
+                    thread.run()
+                })?);
                 Ok(())
             })
             .build();
@@ -100,8 +111,11 @@ impl Drop for effnet_context {
 /// Ownership: the caller owns the new context and must release it with
 /// `effnet_context_destroy`. `*out_ctx` is written only on success.
 ///
-/// Errors: `EFFNET_INVALID_ARGUMENT` if `out_ctx` is NULL or `threads` exceeds
-/// `EFFNET_MAX_THREADS`; `EFFNET_OUT_OF_MEMORY` if the threads cannot be started.
+/// Errors: `EFFNET_INVALID_ARGUMENT` if `out_ctx` is NULL, `threads` exceeds
+/// `EFFNET_MAX_THREADS`, or the environment variable `EFFNET_SIMD` is set to something
+/// other than `avx512`, `avx2`, `portable` or `scalar` (the message names the value:
+/// effnet rejects it here, at the first call of a program, rather than ignore it);
+/// `EFFNET_OUT_OF_MEMORY` if the threads cannot be started.
 ///
 /// # Safety
 /// `out_ctx` is NULL or points to writable storage for a pointer.
@@ -114,7 +128,7 @@ pub unsafe extern "C" fn effnet_context_create(
         handle::check_out(out_ctx, "`out_ctx`")?;
         let ctx = effnet_context::new(threads)?;
         // SAFETY: checked; writable (caller's promise).
-        unsafe { handle::publish(out_ctx, ctx) };
+        unsafe { handle::publish(out_ctx, ctx) }?;
         Ok(())
     })
 }
@@ -125,8 +139,7 @@ pub unsafe extern "C" fn effnet_context_create(
 /// Plans are not tied to a context: they stay valid and can be used with another one.
 ///
 /// Errors: `EFFNET_INVALID_ARGUMENT` if `ctx` is not a live context (already
-/// destroyed, or not made by `effnet_context_create`); such misuse is reported when
-/// detected, but using a destroyed handle is undefined behaviour.
+/// destroyed, or not made by `effnet_context_create`).
 ///
 /// # Safety
 /// `ctx` is NULL or a handle from `effnet_context_create`; no call may be using it

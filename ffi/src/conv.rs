@@ -178,16 +178,6 @@ pub struct effnet_conv_plan {
 
 handle::impl_handle!(effnet_conv_plan, Kind::ConvPlan);
 
-impl effnet_conv_plan {
-    /// A plan handle's contents for `conv`.
-    pub(crate) fn new(conv: Conv2d) -> effnet_conv_plan {
-        effnet_conv_plan {
-            magic: Kind::ConvPlan.magic(),
-            conv,
-        }
-    }
-}
-
 fn field(name: &str, v: i64, min: i64) -> Outcome<usize> {
     sized::int_field("effnet_conv_desc", name, v, min)
 }
@@ -270,20 +260,34 @@ pub unsafe extern "C" fn effnet_conv_plan_create(
     out_plan: *mut *mut effnet_conv_plan,
 ) -> effnet_status {
     guard("effnet_conv_plan_create", || {
-        // SAFETY: the caller's contract; the handle is checked before use.
-        let _ctx = unsafe { handle::get(ctx, "`ctx`") }?;
-        // SAFETY: the caller's contract; pointer and size checked inside.
-        let desc = unsafe { sized::read(desc, "`desc`") }?;
-        handle::check_out(out_plan, "`out_plan`")?;
-        let conv = Conv2d::new(&to_conv_desc(&desc)?)?;
-        let plan = effnet_conv_plan {
-            magic: Kind::ConvPlan.magic(),
-            conv,
-        };
-        // SAFETY: checked; writable (caller's promise).
-        unsafe { handle::publish(out_plan, plan) };
-        Ok(())
+        // SAFETY: forwarded from this function's contract.
+        unsafe { create_plan(ctx, desc, out_plan, Ok) }
     })
+}
+
+/// The body of the plan constructors: checks `ctx`, reads and validates `*desc`,
+/// plans it, lets `finish` add to the plan (post-ops), and publishes the handle.
+///
+/// # Safety
+/// As `effnet_conv_plan_create`.
+pub(crate) unsafe fn create_plan(
+    ctx: *const effnet_context,
+    desc: *const effnet_conv_desc,
+    out_plan: *mut *mut effnet_conv_plan,
+    finish: impl FnOnce(Conv2d) -> Outcome<Conv2d>,
+) -> Outcome {
+    // SAFETY: the caller's contract; the handle is checked before use.
+    let _ctx = unsafe { handle::get(ctx, "`ctx`") }?;
+    // SAFETY: the caller's contract; pointer and size checked inside.
+    let desc = unsafe { sized::read(desc, "`desc`") }?;
+    handle::check_out(out_plan, "`out_plan`")?;
+    let conv = finish(Conv2d::new(&to_conv_desc(&desc)?)?)?;
+    let plan = effnet_conv_plan {
+        magic: Kind::ConvPlan.magic(),
+        conv,
+    };
+    // SAFETY: checked; writable (caller's promise).
+    unsafe { handle::publish(out_plan, plan) }
 }
 
 /// Destroys a plan. NULL is a no-op (returns `EFFNET_OK`).
@@ -356,9 +360,7 @@ pub(crate) unsafe fn ctx_and_plan<'a>(
     plan: *const effnet_conv_plan,
 ) -> Outcome<(&'a effnet_context, &'a Conv2d)> {
     // SAFETY: forwarded; handles are checked before use.
-    let ctx = unsafe { handle::get(ctx, "`ctx`") }?;
-    // SAFETY: as above.
-    let plan = unsafe { handle::get(plan, "`plan`") }?;
+    let (ctx, plan) = unsafe { handle::ctx_and(ctx, plan, "`plan`") }?;
     Ok((ctx, &plan.conv))
 }
 

@@ -3,11 +3,11 @@
 
 use std::ffi::c_void;
 
-use effnet_core::kernels::conv::{Conv2d, ConvPass, ConvWeights, PostOps};
+use effnet_core::kernels::conv::{ConvPass, ConvWeights, PostOps};
 
 use crate::buffers::{self, Buf};
 use crate::context::effnet_context;
-use crate::conv::{ctx_and_plan, effnet_conv_desc, effnet_conv_plan, to_conv_desc};
+use crate::conv::{create_plan, ctx_and_plan, effnet_conv_desc, effnet_conv_plan};
 use crate::conv_packed::packed_buf;
 use crate::handle;
 use crate::ops::activation_of;
@@ -54,7 +54,7 @@ fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
         }
     };
     Ok(PostOps {
-        activation: activation_of("`post_ops`", p.activation)?,
+        activation: activation_of("effnet_conv_post_ops.activation", p.activation)?,
         residual,
     })
 }
@@ -84,19 +84,11 @@ pub unsafe extern "C" fn effnet_conv_plan_create_fused(
     out_plan: *mut *mut effnet_conv_plan,
 ) -> effnet_status {
     guard("effnet_conv_plan_create_fused", || {
-        // SAFETY: the caller's contract; the handle is checked before use.
-        let _ctx = unsafe { handle::get(ctx, "`ctx`") }?;
-        // SAFETY: the caller's contract; pointers and sizes checked inside.
-        let desc = unsafe { sized::read(desc, "`desc`") }?;
-        // SAFETY: as above.
+        // SAFETY: the caller's contract; pointer and size checked inside.
         let post = unsafe { sized::read(post_ops, "`post_ops`") }?;
-        handle::check_out(out_plan, "`out_plan`")?;
         let post = to_post_ops(&post)?;
-        let conv = Conv2d::new(&to_conv_desc(&desc)?)?.with_post_ops(post);
-        let plan = effnet_conv_plan::new(conv);
-        // SAFETY: checked; writable (caller's promise).
-        unsafe { handle::publish(out_plan, plan) };
-        Ok(())
+        // SAFETY: forwarded from this function's contract.
+        unsafe { create_plan(ctx, desc, out_plan, |c| Ok(c.with_post_ops(post))) }
     })
 }
 

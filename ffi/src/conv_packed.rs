@@ -158,7 +158,7 @@ pub unsafe extern "C" fn effnet_conv_forward_packed(
         let query = "effnet_conv_workspace_size";
         buffers::run_pass(ctx, need, query, wsb, ws, |ws| match ws {
             Some(ws) => conv.forward_packed(x, packed, bias, y, ws),
-            None => effnet_core::kernels::scratch::with_reused(
+            None => effnet_core::kernels::scratch::try_with_reused(
                 conv.workspace_len(ConvPass::Forward, 0),
                 |ws| conv.forward_packed(x, packed, bias, y, ws),
             ),

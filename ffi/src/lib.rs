@@ -3,9 +3,11 @@
 //!
 //! Every exported function returns an [`effnet_status`]; on failure a thread-local
 //! message explains it ([`effnet_last_error`]). No panic crosses the boundary: each
-//! entry point runs its body under `catch_unwind` ([`status::guard`]). Handles carry a
-//! magic number and are also recorded in a registry of live handles ([`handle`]), so
-//! NULL, destroyed and wrong-type handles are reported without reading freed memory.
+//! entry point runs its body under `catch_unwind` ([`status::guard`]), and a panic
+//! hook keeps such panics off the host's stderr. Handles are tokens that are never
+//! reused, looked up in a registry of live handles ([`handle`]), so NULL, destroyed
+//! (even after their memory is reused), wrong-type and garbage handles are reported
+//! without reading freed memory.
 //! Buffers come with their element counts and are checked (NULL, count, alignment,
 //! address overflow, overlap of outputs with other buffers) before any is touched
 //! ([`buffers`]). Descriptors carry their own size ([`sized`]).
@@ -21,10 +23,13 @@ pub mod context;
 pub mod conv;
 pub mod conv_fused;
 pub mod conv_packed;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 pub mod handle;
 pub mod model;
 pub mod norm;
 pub mod ops;
+pub mod proxy_norm;
 pub mod sized;
 pub mod status;
 
@@ -52,15 +57,17 @@ pub use norm::{
     effnet_norm_backward, effnet_norm_desc, effnet_norm_forward, effnet_norm_forward_infer,
     effnet_norm_grouping, effnet_norm_kind, effnet_norm_plan, effnet_norm_plan_create,
     effnet_norm_plan_destroy, effnet_norm_plan_shape, effnet_norm_shape,
-    effnet_norm_update_running, effnet_proxy_norm_backward, effnet_proxy_norm_desc,
-    effnet_proxy_norm_forward, effnet_proxy_norm_plan, effnet_proxy_norm_plan_create,
-    effnet_proxy_norm_plan_destroy, effnet_proxy_norm_plan_shape, effnet_proxy_norm_shape,
-    effnet_proxy_variant,
+    effnet_norm_update_running,
 };
 pub use ops::{
     effnet_activation, effnet_activation_backward, effnet_activation_forward, effnet_cross_entropy,
     effnet_gate_backward, effnet_gate_forward, effnet_global_avg_pool_backward,
     effnet_global_avg_pool_forward, effnet_nhwc,
+};
+pub use proxy_norm::{
+    effnet_proxy_norm_backward, effnet_proxy_norm_desc, effnet_proxy_norm_forward,
+    effnet_proxy_norm_plan, effnet_proxy_norm_plan_create, effnet_proxy_norm_plan_destroy,
+    effnet_proxy_norm_plan_shape, effnet_proxy_norm_shape, effnet_proxy_variant,
 };
 pub use status::{effnet_last_error, effnet_status};
 
@@ -71,8 +78,10 @@ pub use status::{effnet_last_error, effnet_status};
 pub const EFFNET_ABI_VERSION: u32 = 1;
 
 /// Returns the ABI version the library was built with (`EFFNET_ABI_VERSION` of its
-/// header). Never fails; callable at any time from any thread.
+/// header). Never fails; callable at any time from any thread. Like every other
+/// function it clears the thread's last error (`effnet_last_error()` then returns "").
 #[unsafe(no_mangle)]
 pub extern "C" fn effnet_abi_version() -> u32 {
+    status::clear_last_error();
     EFFNET_ABI_VERSION
 }

@@ -13,8 +13,7 @@ use effnet_core::model::{InferencePlan, Network, Pass, Weights};
 
 use crate::buffers::{self, Buf};
 use crate::context::effnet_context;
-use crate::handle::{self, Kind};
-use crate::norm::ctx_and;
+use crate::handle::{self, Kind, ctx_and};
 use crate::ops::labels_of;
 use crate::sized::{self, SizedStruct, int_field};
 use crate::status::{Failure, Outcome, effnet_status, guard};
@@ -161,8 +160,11 @@ fn optimizer_of(d: &effnet_model_desc) -> Outcome<OptimizerKind> {
 /// success.
 ///
 /// Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle or pointer, an unknown
-/// architecture name, or a bad descriptor (`struct_size`, negative classes, unknown
-/// optimizer, smoothing outside [0, 1), non-finite values).
+/// architecture name, or a bad descriptor (`struct_size`, negative classes, a class
+/// count whose classifier (`head channels * classes` weights) does not fit in memory
+/// addressing, unknown optimizer, smoothing outside [0, 1), non-finite values);
+/// `EFFNET_OUT_OF_MEMORY` when the parameters or the optimizer state cannot be
+/// allocated (e.g. `classes = 2^40`); nothing is created then.
 ///
 /// # Safety
 /// `ctx` is NULL or a context handle; `arch` is NULL or a NUL-terminated string;
@@ -214,7 +216,7 @@ pub unsafe extern "C" fn effnet_model_create(
             cfg = cfg.with_classes(classes);
         }
         let net = ctx.install(|| Network::new(&cfg, d.seed))?;
-        let opt = Optimizer::new(kind, d.weight_decay, net.params());
+        let opt = Optimizer::try_new(kind, d.weight_decay, net.params())?;
         let model = effnet_model {
             magic: Kind::Model.magic(),
             smoothing: d.label_smoothing,
@@ -226,7 +228,7 @@ pub unsafe extern "C" fn effnet_model_create(
             }),
         };
         // SAFETY: checked; writable (caller's promise).
-        unsafe { handle::publish(out_model, model) };
+        unsafe { handle::publish(out_model, model) }?;
         Ok(())
     })
 }
@@ -334,7 +336,9 @@ fn image_len(batch: usize, res: usize) -> Outcome<usize> {
 /// must not overlap `x`.
 ///
 /// Errors: `EFFNET_INVALID_ARGUMENT` for a bad handle, a zero or too small
-/// `batch`/`res`, or a NULL, misaligned, overlapping or wrongly sized buffer.
+/// `batch`/`res`, a `batch`/`res` whose image or activation sizes overflow, or a NULL,
+/// misaligned, overlapping or wrongly sized buffer; `EFFNET_OUT_OF_MEMORY` when the
+/// activations for this batch and resolution cannot be allocated.
 ///
 /// # Safety
 /// Each buffer points to its count of `float`s, readable (`x`) or writable (`logits`)
@@ -352,7 +356,7 @@ pub unsafe extern "C" fn effnet_model_forward(
 ) -> effnet_status {
     guard("effnet_model_forward", || {
         // SAFETY: the caller's contract.
-        let (ctx, model) = unsafe { ctx_and(ctx, model) }?;
+        let (ctx, model) = unsafe { ctx_and(ctx, model, "`model`") }?;
         let mut st = model.lock();
         let classes = st.net.classes();
         let bx = Buf::input("x", x, x_len, image_len(batch, res)?);
@@ -416,7 +420,7 @@ pub unsafe extern "C" fn effnet_model_train_step(
 ) -> effnet_status {
     guard("effnet_model_train_step", || {
         // SAFETY: the caller's contract.
-        let (ctx, model) = unsafe { ctx_and(ctx, model) }?;
+        let (ctx, model) = unsafe { ctx_and(ctx, model, "`model`") }?;
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Failure::invalid(format!(
                 "lr = {lr} must be finite and >= 0"

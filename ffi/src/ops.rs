@@ -40,15 +40,18 @@ pub fn activation_value(a: Activation) -> u32 {
     }
 }
 
-/// The activation a C value names; `what` is the field or argument, for messages.
-pub fn activation_of(what: &str, v: u32) -> Outcome<Activation> {
+/// The activation a C value names; `field` names the descriptor field or argument
+/// (`"effnet_norm_desc.activation"`, `` "`activation`" ``) in messages, which list
+/// the valid values.
+pub fn activation_of(field: &str, v: u32) -> Outcome<Activation> {
     match v {
         0 => Ok(Activation::Identity),
         1 => Ok(Activation::Relu),
         2 => Ok(Activation::Sigmoid),
         3 => Ok(Activation::Swish),
         _ => Err(Failure::invalid(format!(
-            "{what}.activation = {v} is not an effnet_activation"
+            "{field} = {v} is not an effnet_activation; pass 0 (EFFNET_ACT_IDENTITY), \
+             1 (EFFNET_ACT_RELU), 2 (EFFNET_ACT_SIGMOID) or 3 (EFFNET_ACT_SWISH)"
         ))),
     }
 }
@@ -73,7 +76,7 @@ pub unsafe extern "C" fn effnet_activation_forward(
     guard("effnet_activation_forward", || {
         // SAFETY: the caller's contract; the handle is checked before use.
         let ctx = unsafe { handle::get(ctx, "`ctx`") }?;
-        let act = activation_of("argument", activation)?;
+        let act = activation_of("`activation`", activation)?;
         positive("len", len)?;
         let bx = Buf::input("x", x, len, len);
         let by = Buf::output("y", y, len, len);
@@ -104,7 +107,7 @@ pub unsafe extern "C" fn effnet_activation_backward(
     guard("effnet_activation_backward", || {
         // SAFETY: the caller's contract; the handle is checked before use.
         let ctx = unsafe { handle::get(ctx, "`ctx`") }?;
-        let act = activation_of("argument", activation)?;
+        let act = activation_of("`activation`", activation)?;
         positive("len", len)?;
         let bx = Buf::input("x", x, len, len);
         let bdy = Buf::input("dy", dy, len, len);

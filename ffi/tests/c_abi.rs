@@ -1,4 +1,5 @@
-//! The C ABI from C: compiles `ffi/tests/c/conv_test.c` against `include/effnet.h`,
+//! The C ABI from C: compiles `ffi/tests/c/conv_test.c` (and `limits_test.c`, the
+//! size limits, stale handles and environment) against `include/effnet.h`,
 //! links it with the `libeffnet.so` and `libeffnet.a` cargo built next to this test,
 //! runs both, and runs the shared build under valgrind's memcheck when `valgrind` is
 //! on PATH (no invalid access, no leak). The C program checks the convolutions, the
@@ -101,8 +102,9 @@ fn run(cmd: &mut Command, what: &str) -> Output {
     out
 }
 
-/// Compiles the C test program, linked with `lib` (a path to the `.so` or `.a`).
-fn build(lib_dir: &Path, lib: &str, exe: &Path) {
+/// Compiles the C test program `ffi/tests/c/{source}`, linked with `lib` (a path to
+/// the `.so` or `.a`).
+fn build(lib_dir: &Path, lib: &str, source: &str, exe: &Path) {
     let ffi = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new(cc());
     cmd.args([
@@ -116,7 +118,7 @@ fn build(lib_dir: &Path, lib: &str, exe: &Path) {
     ])
     .arg("-I")
     .arg(ffi.join("../include"))
-    .arg(ffi.join("tests/c/conv_test.c"))
+    .arg(ffi.join("tests/c").join(source))
     .arg("-o")
     .arg(exe)
     .arg(lib_dir.join(lib));
@@ -267,43 +269,149 @@ fn c_program_runs_against_the_shared_and_static_library() {
     write_weights(&weights);
 
     let shared = work.join("conv_test_shared");
-    build(&lib_dir, "libeffnet.so", &shared);
+    build(&lib_dir, "libeffnet.so", "conv_test.c", &shared);
     let out = run(
         Command::new(&shared).env("EFFNET_TEST_WEIGHTS", &weights),
         "the C test program (shared library)",
     );
     check_report(&out, "shared library");
+    check_quiet(&out, "shared library");
 
     let fixed = work.join("conv_test_static");
-    build(&lib_dir, "libeffnet.a", &fixed);
+    build(&lib_dir, "libeffnet.a", "conv_test.c", &fixed);
     let out = run(
         Command::new(&fixed).env("EFFNET_TEST_WEIGHTS", &weights),
         "the C test program (static library)",
     );
     check_report(&out, "static library");
+    check_quiet(&out, "static library");
 
     if !on_path("valgrind") {
         println!("note: valgrind is not on PATH; skipping the memcheck run");
         return;
     }
-    // Valgrind does not emulate AVX-512: cap the kernels at AVX2 under it.
-    let supp = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/valgrind.supp");
     let out = run(
-        Command::new("valgrind")
-            .arg(format!("--suppressions={}", supp.display()))
-            .args([
-                "--quiet",
-                "--error-exitcode=1",
-                "--leak-check=full",
-                "--errors-for-leak-kinds=definite,possible",
-                "--show-leak-kinds=definite,possible",
-            ])
-            .arg(&shared)
+        valgrind(&shared)
             .env("EFFNET_TEST_WEIGHTS", &weights)
             .env("EFFNET_SIMD", "avx2"),
         "the C test program under valgrind",
     );
     check_report(&out, "valgrind");
+}
+
+/// memcheck on `exe`: no invalid access, no leak (the crossbeam-epoch records in
+/// `valgrind.supp` aside). Valgrind does not emulate AVX-512: callers cap the kernels
+/// at AVX2 under it.
+fn valgrind(exe: &Path) -> Command {
+    let supp = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/valgrind.supp");
+    let mut cmd = Command::new("valgrind");
+    cmd.arg(format!("--suppressions={}", supp.display()))
+        .args([
+            "--quiet",
+            "--error-exitcode=1",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,possible",
+            "--show-leak-kinds=definite,possible",
+        ])
+        .arg(exe);
+    cmd
+}
+
+/// No effnet call may print: failures are reported through the status and
+/// `effnet_last_error()` only (panics included).
+fn check_quiet(out: &Output, what: &str) {
+    assert!(
+        out.stderr.is_empty(),
+        "{what}: the C program wrote to stderr:\n{}",
+        show(out)
+    );
+}
+
+/// Checks the limits program's report: its closing line, no failed check, and the
+/// cases that must be there.
+fn check_limits_report(out: &Output, what: &str, must: &[&str]) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("effnet C ABI limits test: ") && l.ends_with(" 0 failed")),
+        "{what}: no clean closing line:\n{}",
+        show(out)
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("FAIL")),
+        "{what}: a check failed:\n{}",
+        show(out)
+    );
+    for m in must {
+        assert!(
+            stdout.lines().any(|l| l == *m),
+            "{what}: missing `{m}`:\n{}",
+            show(out)
+        );
+    }
+}
+
+/// `ffi/tests/c/limits_test.c`: huge Proxy Norm `k`, channels, classes and wrapping
+/// sizes, stale handles after their memory is reused, garbage handles and a bogus
+/// `EFFNET_SIMD`: each call returns its documented status with a message, the process
+/// survives, and nothing reaches stderr; with both libraries and under valgrind.
+#[test]
+fn c_limits_program_gets_statuses_not_aborts() {
+    let lib_dir = lib_dir();
+    let work = lib_dir.join("c-abi-test");
+    std::fs::create_dir_all(&work).expect("create the C test directory");
+    let must = [
+        "ok   proxy plan: k = 2^40",
+        "ok   proxy plan: k = 2^62",
+        "ok   LayerNorm plan: channels = 2^45",
+        "ok   GroupNorm plan: channels = groups = 2^45",
+        "ok   fused Proxy Norm plan: channels = 2^45",
+        "ok   standalone proxy plan: channels = 2^62",
+        "ok   standalone proxy: exact sizes for 2^40 channels (no wrap)",
+        "ok   model create: classes = 2^40",
+        "ok   model create: classes = 2^62",
+        "ok   stale: A is reported destroyed after B reused its memory",
+        "ok   stale: 200 create/destroy rounds, no stale handle is live",
+        "ok   abi version clears the last error",
+    ];
+    let bogus = [
+        "ok   bogus EFFNET_SIMD: context create is rejected",
+        "ok   bogus EFFNET_SIMD: value named",
+    ];
+    let mut exes = Vec::new();
+    for lib in ["libeffnet.so", "libeffnet.a"] {
+        let exe = work.join(format!("limits_test_{}", &lib[10..]));
+        build(&lib_dir, lib, "limits_test.c", &exe);
+        let out = run(&mut Command::new(&exe), "the C limits program");
+        check_limits_report(&out, lib, &must);
+        check_quiet(&out, lib);
+        let out = run(
+            Command::new(&exe)
+                .arg("bogus-simd")
+                .env("EFFNET_SIMD", "bogus"),
+            "the C limits program with EFFNET_SIMD=bogus",
+        );
+        check_limits_report(&out, lib, &bogus);
+        check_quiet(&out, lib);
+        exes.push(exe);
+    }
+    if !on_path("valgrind") {
+        println!("note: valgrind is not on PATH; skipping the memcheck run");
+        return;
+    }
+    let out = run(
+        valgrind(&exes[0]).env("EFFNET_SIMD", "avx2"),
+        "the C limits program under valgrind",
+    );
+    check_limits_report(&out, "valgrind", &must);
+    let out = run(
+        valgrind(&exes[0])
+            .arg("bogus-simd")
+            .env("EFFNET_SIMD", "bogus"),
+        "the C limits program under valgrind with EFFNET_SIMD=bogus",
+    );
+    check_limits_report(&out, "valgrind", &bogus);
 }
 
 #[test]

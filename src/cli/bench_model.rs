@@ -2,6 +2,7 @@
 
 use clap::Args;
 use effnet::arch::ArchConfig;
+use effnet::error::{checked_product, try_with_capacity};
 use effnet::kernels::loss::Targets;
 use effnet::model::{Network, Pass, profile};
 use effnet::{Error, Result};
@@ -138,15 +139,16 @@ pub fn run(a: &ModelArgs) -> Result<()> {
             "--batch and --iters must be at least 1".into(),
         ));
     }
+    super::bench_args::check_batch_res(Some(a.batch), &[("--res", a.res)])?;
     let cfg = ArchConfig::from_name(&a.arch)?;
     let res = a.res.unwrap_or(cfg.native_res);
     let n = a.batch;
     super::in_pool(a.threads, || -> Result<()> {
         let mut net = Network::new(&cfg, 0)?;
         net.set_buffer_reuse(!a.no_reuse);
-        let x: Vec<f32> = (0..n * res * res * 3)
-            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-            .collect();
+        let len = checked_product("the images", &[n, res, res, 3])?;
+        let mut x = try_with_capacity("the images", len)?;
+        x.extend((0..len).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0));
         let labels: Vec<usize> = (0..n).map(|i| i % cfg.num_classes).collect();
         let plan = net.memory_plan(n, res);
         let threads = rayon::current_num_threads();

@@ -69,7 +69,8 @@ fn read_images(path: &std::path::Path) -> Result<(Vec<f32>, usize, usize)> {
         )));
     }
     let (n, h) = (shape[0], shape[2]);
-    let mut out = vec![0.0f32; data.len()];
+    super::bench_args::check_batch_res(Some(n), &[("the image height", Some(h))])?;
+    let mut out = effnet::error::try_filled("the NHWC images", data.len(), 0.0f32)?;
     for b in 0..n {
         for c in 0..3 {
             for p in 0..h * h {

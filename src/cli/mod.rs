@@ -65,6 +65,13 @@ enum BenchCommand {
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    // A misspelt EFFNET_SIMD is an error, not a silently ignored setting: the command
+    // would otherwise run (and report figures) at another level than the one asked for.
+    if let Some(e) = effnet::simd::env_error() {
+        return Err(effnet::Error::InvalidArgument(format!(
+            "{e}; unset it or fix it"
+        )));
+    }
     match cli.command {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
         Command::Bench(BenchCommand::Model(a)) => bench_model::run(&a),
@@ -95,6 +102,7 @@ fn info(a: &InfoArgs) -> Result<()> {
     println!("threads: {}", rayon::current_num_threads());
     if let Some(name) = &a.arch {
         let arch = effnet::arch::ArchConfig::from_name(name)?;
+        bench_args::check_batch_res(None, &[("--res", a.res)])?;
         let res = a.res.unwrap_or(arch.native_res);
         if res < 32 {
             return Err(effnet::Error::InvalidArgument(format!(

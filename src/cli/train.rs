@@ -126,6 +126,10 @@ impl Observer for Log {
 }
 
 fn config(a: &TrainArgs) -> Result<TrainConfig> {
+    super::bench_args::check_batch_res(
+        a.batch,
+        &[("--res", a.res), ("--finetune-res", a.finetune_res)],
+    )?;
     let mut c = TrainConfig::default();
     if let Some(v) = &a.arch {
         c.arch = v.clone();

@@ -91,21 +91,52 @@ fn collect_images(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()
     Ok(())
 }
 
+/// The largest image [`decode_image`] decodes, in pixels (2^25: 8192×4096, about
+/// 100 MB as RGB8). A few hundred bytes of PNG or JPEG header can claim a
+/// 65535×65535 image; the bound keeps such a file from making the loader allocate
+/// and convert gigabytes (found by fuzzing: a 656-byte JPEG claiming 64265×2053 took
+/// over 10 s). Photographs in image datasets are far smaller.
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 25;
+
+/// The longest side [`decode_image`] accepts, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 1 << 14;
+
 /// Decodes a PNG or JPEG file's bytes into 8-bit RGB (grey is replicated, alpha and
 /// extra precision dropped); `name` is used in the error message.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] naming `name` when the bytes are not a PNG or JPEG image
-/// or do not decode.
+/// [`Error::InvalidArgument`] naming `name` when the bytes are not a PNG or JPEG image,
+/// do not decode, or describe an image larger than [`MAX_IMAGE_SIDE`] on a side or
+/// [`MAX_IMAGE_PIXELS`] in all (checked from the header, before any pixel is decoded).
 pub fn decode_image(bytes: &[u8], name: &str) -> Result<Rgb8> {
     let bad = |m: String| Error::InvalidArgument(format!("{name}: {m}"));
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| bad(format!("cannot read the image: {e}")))?;
+    let open = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| bad(format!("cannot read the image: {e}")))
+    };
+    let reader = open()?;
     match reader.format() {
         Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
         _ => return Err(bad("not a PNG or JPEG image".into())),
     }
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| bad(format!("corrupt or unreadable image: {e}")))?;
+    if w.max(h) > MAX_IMAGE_SIDE || u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
+        return Err(bad(format!(
+            "the image is {w}x{h} pixels, more than the maximum of {MAX_IMAGE_SIDE} on a \
+             side and {MAX_IMAGE_PIXELS} in all"
+        )));
+    }
+    let mut reader = open()?;
+    // The same bounds for the decoder itself (its buffers: at most 4 bytes a pixel
+    // at 16 bits per channel, RGBA).
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(8 * MAX_IMAGE_PIXELS);
+    reader.limits(limits);
     let img = reader
         .decode()
         .map_err(|e| bad(format!("corrupt or unreadable image: {e}")))?

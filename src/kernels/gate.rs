@@ -203,7 +203,7 @@ pub fn backward(
     dgate: &mut [f32],
 ) -> Result<()> {
     backward_layout(shape)
-        .with_reused(|ws| backward_with_workspace(shape, dy, x, gate, dx, dgate, ws))
+        .try_with_reused(|ws| backward_with_workspace(shape, dy, x, gate, dx, dgate, ws))
 }
 
 /// [`backward`] with its scratch in `ws`: at least [`backward_workspace_len`]`(shape)`

@@ -128,8 +128,9 @@ impl CrossEntropy {
         targets: Targets<'_>,
         dlogits: Option<&mut [f32]>,
     ) -> Result<f32> {
-        self.layout()
-            .with_reused(|ws| self.forward_backward_with_workspace(logits, targets, dlogits, ws))
+        self.layout().try_with_reused(|ws| {
+            self.forward_backward_with_workspace(logits, targets, dlogits, ws)
+        })
     }
 
     /// [`CrossEntropy::forward_backward`] with its per-row losses in `ws` (at least

@@ -231,7 +231,7 @@ pub fn workspace_len(shape: &Nhwc, pass: PoolPass) -> usize {
 /// [`Error::BufferSize`] if a buffer has the wrong length.
 pub fn global_avg_pool(shape: &Nhwc, x: &[f32], y: &mut [f32]) -> Result<()> {
     layout(shape, PoolPass::Forward)
-        .with_reused(|ws| global_avg_pool_with_workspace(shape, x, y, ws))
+        .try_with_reused(|ws| global_avg_pool_with_workspace(shape, x, y, ws))
 }
 
 /// [`global_avg_pool`] with its scratch in `ws`: at least
@@ -272,7 +272,7 @@ pub fn global_avg_pool_backward(
     mode: GradMode,
 ) -> Result<()> {
     layout(shape, PoolPass::Backward)
-        .with_reused(|ws| global_avg_pool_backward_with_workspace(shape, dy, dx, mode, ws))
+        .try_with_reused(|ws| global_avg_pool_backward_with_workspace(shape, dy, dx, mode, ws))
 }
 
 /// [`global_avg_pool_backward`] with its scratch in `ws` (at least

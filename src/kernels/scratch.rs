@@ -47,9 +47,10 @@ pub fn release_reused() {
 /// Floats per alignment unit: regions start on 64-byte boundaries.
 pub const ALIGN_FLOATS: usize = 16;
 
-/// `floats` rounded up to whole alignment units.
+/// `floats` rounded up to whole alignment units, saturating (a saturated region size
+/// must stay saturated, not wrap to 0).
 fn round_up(floats: usize) -> usize {
-    floats.div_ceil(ALIGN_FLOATS) * ALIGN_FLOATS
+    floats.div_ceil(ALIGN_FLOATS).saturating_mul(ALIGN_FLOATS)
 }
 
 /// The regions a kernel call will take from its workspace, in order; its
@@ -116,6 +117,13 @@ impl WorkspaceLayout {
     pub fn with_reused<R>(&self, f: impl FnOnce(&mut [f32]) -> R) -> R {
         with_reused(self.len(), f)
     }
+
+    /// [`with_reused`](Self::with_reused) for a fallible `f`, with the buffer itself
+    /// allocated fallibly ([`try_with_reused`]): a size the system refuses is
+    /// [`Error::OutOfMemory`] rather than an abort.
+    pub fn try_with_reused<R>(&self, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
+        try_with_reused(self.len(), f)
+    }
 }
 
 /// Runs `f` on a workspace of exactly `len` floats (contents unspecified) borrowed
@@ -127,6 +135,30 @@ pub fn with_reused<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut buf = REUSED.with(Cell::take);
     if buf.len() < len {
         buf = vec![0.0; len];
+    }
+    let out = f(&mut buf[..len]);
+    REUSED.with(|c| {
+        let other = c.take();
+        c.set(if other.len() > buf.len() { other } else { buf });
+    });
+    out
+}
+
+/// [`with_reused`] for a fallible `f`, growing the kept buffer with a fallible
+/// allocation: when `len` floats cannot be had the result is [`Error::OutOfMemory`]
+/// (or [`Error::Overflow`] for a size beyond memory addressing) and `f` is not called.
+/// What the allocating entry points whose sizes come from a caller's descriptor use.
+pub fn try_with_reused<R>(len: usize, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
+    let mut buf = REUSED.with(Cell::take);
+    if buf.len() < len {
+        let mut bigger = Vec::new();
+        if let Err(e) = crate::error::try_reserve_for(&mut bigger, "the workspace", len) {
+            REUSED.with(|c| c.set(buf));
+            return Err(e);
+        }
+        drop(buf);
+        bigger.resize(len, 0.0);
+        buf = bigger;
     }
     let out = f(&mut buf[..len]);
     REUSED.with(|c| {

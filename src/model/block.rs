@@ -307,9 +307,9 @@ impl Block {
         // Expansion.
         let a1_own: Option<Vec<f32>> = if let Some((w, norm)) = &self.expand {
             let c = conv(&ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch))?;
-            let mut e = pool.take(c.shape().y_len);
+            let mut e = pool.take(c.shape().y_len)?;
             timed(CONV_1X1_FWD, || c.forward(x, &v[*w], None, &mut e))?;
-            let mut a = pool.take(e.len());
+            let mut a = pool.take(e.len())?;
             tape.e_saved = timed(NORM_FWD, || {
                 norm.forward(v, n, hw, &e, &mut a, ctx.batch_stats)
             })?;
@@ -323,12 +323,12 @@ impl Block {
         let dwc = self.dw_conv(ctx, hw)?;
         let ho = dwc.shape().out_h;
         tape.hw_out = ho;
-        let mut d = pool.take(dwc.shape().y_len);
+        let mut d = pool.take(dwc.shape().y_len)?;
         timed(CONV_KXK_FWD, || dwc.forward(a1, &v[self.dw], None, &mut d))?;
         if let Some(a) = a1_own {
             pool.give(a);
         }
-        let mut z = pool.take(d.len());
+        let mut z = pool.take(d.len())?;
         tape.d_saved = timed(NORM_FWD, || {
             self.dw_norm.forward(v, n, ho, &d, &mut z, ctx.batch_stats)
         })?;
@@ -341,10 +341,10 @@ impl Block {
         })?;
         // Projection.
         let pc = conv(&ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch))?;
-        let mut o = pool.take(pc.shape().y_len);
+        let mut o = pool.take(pc.shape().y_len)?;
         timed(CONV_1X1_FWD, || pc.forward(&z, &v[self.proj], None, &mut o))?;
         pool.give(z);
-        let mut y = pool.take(o.len());
+        let mut y = pool.take(o.len())?;
         tape.o_saved = timed(NORM_FWD, || {
             self.proj_norm
                 .forward(v, n, ho, &o, &mut y, ctx.batch_stats)
@@ -354,7 +354,7 @@ impl Block {
         if s.skip {
             tape.drop_p = self.drop_rate * ctx.drop_connect;
             tape.drop_seed = ctx.seed;
-            let mut out = pool.take(y.len());
+            let mut out = pool.take(y.len())?;
             timed(RESIDUAL, || {
                 drop_connect(tape.drop_p, tape.drop_seed)?.forward_residual(n, &y, x, &mut out)
             })?;
@@ -434,7 +434,7 @@ impl Block {
         let (hw, ho) = (tape.hw_in, tape.hw_out);
         // Skip: the branch gets dy·scale[n].
         let dbranch_own = if s.skip && tape.drop_p > 0.0 {
-            let mut d = pool.take(dy.len());
+            let mut d = pool.take(dy.len())?;
             timed(RESIDUAL, || {
                 drop_connect(tape.drop_p, tape.drop_seed)?.backward(n, dy, &mut d)
             })?;
@@ -444,7 +444,7 @@ impl Block {
         };
         let dbranch: &[f32] = dbranch_own.as_deref().unwrap_or(dy);
         // Projection norm.
-        let mut d_o = pool.take(tape.o.len());
+        let mut d_o = pool.take(tape.o.len())?;
         timed(NORM_BWD, || {
             self.proj_norm.backward(
                 v,
@@ -462,13 +462,13 @@ impl Block {
             pool.give(d);
         }
         // Recompute the activations of the spatial norm and the gated input.
-        let mut z = pool.take(tape.d.len());
+        let mut z = pool.take(tape.d.len())?;
         timed(NORM_RECOMPUTE, || {
             self.dw_norm
                 .recompute(v, n, ho, &tape.d, &tape.d_saved, &mut z)
         })?;
         let shape = Nhwc::new(n, ho, ho, s.mid_ch)?;
-        let mut h = pool.take(z.len());
+        let mut h = pool.take(z.len())?;
         timed(SE_BWD, || gate::forward(&shape, &z, &tape.gate, &mut h))?;
         // Projection conv.
         let pc = conv(&ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch))?;
@@ -481,14 +481,14 @@ impl Block {
         })?;
         pool.give(d_o);
         // Gate and squeeze-excite.
-        let mut dz = pool.take(z.len());
+        let mut dz = pool.take(z.len())?;
         let ds = timed(SE_BWD, || {
             self.se_backward(v, gr, ctx, &shape, tape, &dh, &z, &mut dz)
         })?;
         pool.give(dh);
         pool.give(z);
         // Spatial norm.
-        let mut dd = pool.take(tape.d.len());
+        let mut dd = pool.take(tape.d.len())?;
         timed(NORM_BWD, || {
             self.dw_norm.backward(
                 v,
@@ -506,7 +506,7 @@ impl Block {
         // Spatial conv (recomputing its input under expansion).
         let dwc = self.dw_conv(ctx, hw)?;
         let dx = if let Some((w, norm)) = &self.expand {
-            let mut a1 = pool.take(tape.e.len());
+            let mut a1 = pool.take(tape.e.len())?;
             timed(NORM_RECOMPUTE, || {
                 norm.recompute(v, n, hw, &tape.e, &tape.e_saved, &mut a1)
             })?;
@@ -518,7 +518,7 @@ impl Block {
                 dwc.backward_data(&dd, &v[self.dw], &mut da1)
             })?;
             pool.give(dd);
-            let mut de = pool.take(tape.e.len());
+            let mut de = pool.take(tape.e.len())?;
             timed(NORM_BWD, || {
                 norm.backward(v, gr, n, hw, &tape.e, &da1, None, &tape.e_saved, &mut de)
             })?;
@@ -527,7 +527,7 @@ impl Block {
             timed(CONV_1X1_BWD_W, || {
                 c.backward_weight(x, &de, &mut gr[*w], None, GradMode::Overwrite)
             })?;
-            let mut dx = pool.take(x.len());
+            let mut dx = pool.take(x.len())?;
             timed(CONV_1X1_BWD_D, || c.backward_data(&de, &v[*w], &mut dx))?;
             pool.give(de);
             dx
@@ -535,7 +535,7 @@ impl Block {
             timed(CONV_KXK_BWD_W, || {
                 dwc.backward_weight(x, &dd, &mut gr[self.dw], None, GradMode::Overwrite)
             })?;
-            let mut dx = pool.take(x.len());
+            let mut dx = pool.take(x.len())?;
             timed(CONV_KXK_BWD_D, || {
                 dwc.backward_data(&dd, &v[self.dw], &mut dx)
             })?;

@@ -14,7 +14,7 @@
 
 use super::infer_band::Banded;
 use super::profile::{CONV_1X1_FWD, CONV_KXK_FWD, CONV_STEM, HEAD, SE_FWD, timed};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, try_filled};
 use crate::kernels::activation::Activation;
 use crate::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvWeights, PostOps};
 use crate::kernels::gate;
@@ -54,7 +54,7 @@ impl FusedConv {
             .enumerate()
             .map(|(i, v)| v * scale[i % co])
             .collect();
-        let mut packed = vec![0.0; conv.packed_weights_len()];
+        let mut packed = try_filled("the packed weights", conv.packed_weights_len(), 0.0)?;
         conv.pack_weights(&folded, &mut packed)?;
         Ok(FusedConv {
             conv,
@@ -223,18 +223,30 @@ impl InferencePlan {
         }
         let head_len = net.head.y_len();
         let classes = net.fc.conv.shape().y_len / batch;
+        // Sizes follow from the caller's batch and resolution: allocated fallibly.
+        let buf = |what: &str, len: usize| try_filled(what, len, 0.0f32);
+        let se = [
+            buf("a gate buffer", se_len)?,
+            buf("a gate buffer", se_len)?,
+            buf("a gate buffer", se_len)?,
+            buf("a gate buffer", se_len)?,
+        ];
+        let logits_len = crate::error::checked_product("the logits", &[batch, classes])?;
         Ok(InferencePlan {
             batch,
             res,
             kind: PlanKind::Fused(Box::new(Fused {
-                io: [vec![0.0; io_len], vec![0.0; io_len]],
-                expanded: vec![0.0; e_len.max(head_len)],
-                spatial: vec![0.0; d_len],
-                band: vec![0.0; band_len],
-                ws: vec![0.0; ws_len.max(band_ws)],
-                pooled: vec![0.0; net.pool.pooled_len()],
-                se: std::array::from_fn(|_| vec![0.0; se_len]),
-                logits: vec![0.0; batch * classes],
+                io: [
+                    buf("a block buffer", io_len)?,
+                    buf("a block buffer", io_len)?,
+                ],
+                expanded: buf("the expanded buffer", e_len.max(head_len))?,
+                spatial: buf("the spatial buffer", d_len)?,
+                band: buf("the band buffer", band_len)?,
+                ws: buf("the workspace", ws_len.max(band_ws))?,
+                pooled: buf("the pooled buffer", net.pool.pooled_len())?,
+                se,
+                logits: buf("the logits", logits_len)?,
                 net,
             })),
         })

@@ -11,7 +11,7 @@ use super::profile::{
     CONV_1X1_BWD_D, CONV_1X1_BWD_W, CONV_1X1_FWD, CONV_STEM, HEAD, NORM_BWD, NORM_FWD, timed,
 };
 use crate::arch::ArchConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, checked_product, try_filled};
 use crate::kernels::activation::Activation;
 use crate::kernels::conv::{Conv2d, ConvDesc, GradMode};
 use crate::kernels::fully_connected::FullyConnected;
@@ -150,7 +150,10 @@ impl Network {
     /// Builds the network of `cfg` with parameters initialised from `seed`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a configuration with no classes.
+    /// [`Error::InvalidArgument`] for a configuration with no classes,
+    /// [`Error::Overflow`] or [`Error::OutOfMemory`] when the parameters (the
+    /// classifier grows with `cfg.num_classes`) do not fit in memory addressing or
+    /// cannot be allocated.
     pub fn new(cfg: &ArchConfig, seed: u64) -> Result<Network> {
         if cfg.num_classes == 0 {
             return Err(Error::InvalidArgument(
@@ -237,10 +240,7 @@ impl Network {
                 "resolution {res} is below the minimum of 8"
             )));
         }
-        res.checked_mul(res)
-            .and_then(|p| p.checked_mul(3))
-            .and_then(|p| p.checked_mul(batch))
-            .ok_or_else(|| Error::Overflow("input".into()))
+        checked_product("the images [batch, res, res, 3]", &[batch, res, res, 3])
     }
 
     fn check_input(&self, x: &[f32], batch: usize, res: usize) -> Result<()> {
@@ -293,7 +293,10 @@ impl Network {
     ///
     /// # Errors
     /// [`Error::BufferSize`] for a wrong input length, [`Error::InvalidArgument`] for a
-    /// batch of 0 or a resolution below 8, and any kernel error.
+    /// batch of 0 or a resolution below 8, [`Error::Overflow`] when a layer's tensor
+    /// for this batch and resolution does not fit in memory addressing,
+    /// [`Error::OutOfMemory`] when its activations cannot be allocated, and any kernel
+    /// error.
     pub fn forward(&self, x: &[f32], batch: usize, res: usize, pass: &Pass) -> Result<Tape> {
         self.run_forward(x, batch, res, pass, true)
     }
@@ -433,11 +436,11 @@ impl Network {
         // Stem.
         let sc = self.stem_conv(n, res)?;
         let hw = sc.shape().out_h;
-        let mut stem_pre = pool.take(sc.shape().y_len);
+        let mut stem_pre = pool.take(sc.shape().y_len)?;
         timed(CONV_STEM, || {
             sc.forward(x, &v[self.stem], None, &mut stem_pre)
         })?;
-        let mut stem_out = pool.take(stem_pre.len());
+        let mut stem_out = pool.take(stem_pre.len())?;
         let stem_saved = timed(NORM_FWD, || {
             self.stem_norm
                 .forward(v, n, hw, &stem_pre, &mut stem_out, pass.batch_stats)
@@ -478,30 +481,30 @@ impl Network {
         };
         // Head.
         let hc = self.head_conv(n, cur_hw)?;
-        let mut head_pre = pool.take(hc.shape().y_len);
+        let mut head_pre = pool.take(hc.shape().y_len)?;
         timed(CONV_1X1_FWD, || {
             hc.forward(head_in, &v[self.head], None, &mut head_pre)
         })?;
         if let Some(p) = cur {
             pool.give(p);
         }
-        let mut head_out = pool.take(head_pre.len());
+        let mut head_out = pool.take(head_pre.len())?;
         let head_saved = timed(NORM_FWD, || {
             self.head_norm
                 .forward(v, n, cur_hw, &head_pre, &mut head_out, pass.batch_stats)
         })?;
         let shape = Nhwc::new(n, cur_hw, cur_hw, self.cfg.head_channels())?;
-        let mut pooled = vec![0.0f32; shape.pooled_len()];
+        let mut pooled = try_filled("the pooled features", shape.pooled_len(), 0.0f32)?;
         let mut dropped = Vec::new();
         let mut logits = Vec::new();
         timed(HEAD, || -> Result<()> {
             pool::global_avg_pool(&shape, &head_out, &mut pooled)?;
             if let Some(d) = self.dropout(pass)? {
-                dropped = vec![0.0f32; pooled.len()];
+                dropped = try_filled("the dropout output", pooled.len(), 0.0f32)?;
                 d.forward(&pooled, &mut dropped)?;
             }
             let fc = FullyConnected::new(n, self.cfg.head_channels(), self.cfg.num_classes)?;
-            logits = vec![0.0f32; fc.y_len()];
+            logits = try_filled("the logits", fc.y_len(), 0.0f32)?;
             fc.forward(
                 if dropped.is_empty() {
                     &pooled
@@ -534,7 +537,7 @@ impl Network {
                 logits,
             });
         }
-        let mut input = pool.take(x.len());
+        let mut input = pool.take(x.len())?;
         input.copy_from_slice(x);
         Ok(Tape {
             batch,
@@ -656,11 +659,11 @@ impl Network {
         // Head.
         let hw = tape.blocks.last().map(|b| b.hw_out).unwrap_or(tape.stem_hw);
         let shape = Nhwc::new(n, hw, hw, hcn)?;
-        let mut dhead = pool.take(shape.len());
+        let mut dhead = pool.take(shape.len())?;
         timed(HEAD, || {
             pool::global_avg_pool_backward(&shape, &dpooled, &mut dhead, GradMode::Overwrite)
         })?;
-        let mut dpre = pool.take(tape.head_pre.len());
+        let mut dpre = pool.take(tape.head_pre.len())?;
         timed(NORM_BWD, || {
             self.head_norm.backward(
                 v,
@@ -694,7 +697,7 @@ impl Network {
             pool.give(dpre);
             return Ok(());
         }
-        let mut dy = pool.take(head_in.len());
+        let mut dy = pool.take(head_in.len())?;
         timed(CONV_1X1_BWD_D, || {
             hc.backward_data(&dpre, &v[self.head], &mut dy)
         })?;
@@ -717,7 +720,7 @@ impl Network {
             pool.give(std::mem::replace(&mut dy, dx));
         }
         // Stem.
-        let mut dstem = pool.take(tape.stem_pre.len());
+        let mut dstem = pool.take(tape.stem_pre.len())?;
         timed(NORM_BWD, || {
             self.stem_norm.backward(
                 v,

@@ -2,7 +2,7 @@
 //! activation buffers the network reuses from step to step.
 
 use super::profile::timed;
-use crate::error::Result;
+use crate::error::{Result, try_filled};
 use crate::kernels::regularize::DropConnect;
 use std::sync::Mutex;
 
@@ -14,7 +14,7 @@ pub(crate) fn drop_connect(p: f32, seed: u64) -> Result<DropConnect> {
 /// `a + b`, element-wise, into a buffer from `pool`: the residual kernel with drop
 /// probability 0 (`out = b + a·1`, exact). `a` goes back to the pool.
 pub(crate) fn add(pool: &Pool, a: Vec<f32>, b: &[f32]) -> Result<Vec<f32>> {
-    let mut out = pool.take(a.len());
+    let mut out = pool.take(a.len())?;
     timed(super::profile::RESIDUAL, || {
         DropConnect::new(0.0, 0)?.forward_residual(1, &a, b, &mut out)
     })?;
@@ -64,12 +64,16 @@ impl Pool {
 
     /// A buffer of `len` elements: the smallest free one that holds `len` without
     /// wasting more than half of it, else a new one.
-    pub(crate) fn take(&self, len: usize) -> Vec<f32> {
+    ///
+    /// A new buffer is allocated fallibly: a size the system refuses is
+    /// [`crate::Error::OutOfMemory`] (batch and resolution come from the caller).
+    pub(crate) fn take(&self, len: usize) -> Result<Vec<f32>> {
+        let fresh = |len| try_filled("an activation buffer", len, 0.0f32);
         if len == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         if !self.reuse {
-            return vec![0.0; len];
+            return fresh(len);
         }
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         let best = free
@@ -85,13 +89,14 @@ impl Pool {
                 if v.len() >= len {
                     v.truncate(len);
                 } else {
+                    // Within the capacity: no allocation.
                     v.resize(len, 0.0);
                 }
-                v
+                Ok(v)
             }
             None => {
                 drop(free);
-                vec![0.0; len]
+                fresh(len)
             }
         }
     }

@@ -4,7 +4,7 @@
 //! average of the weights. The updates run on [`crate::kernels::optim`].
 
 use super::params::ParamStore;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, try_filled};
 use crate::io::tensors::{NamedTensor, TensorMap};
 use crate::kernels::optim::{self as k, RmsPropTf, SgdMomentum};
 
@@ -69,10 +69,8 @@ impl Optimizer {
                     .map(|p| {
                         if !p.kind.trainable() {
                             Vec::new()
-                        } else if s == "mean_square" {
-                            vec![RmsPropTf::initial_mean_square(); p.len()]
                         } else {
-                            vec![0.0; p.len()]
+                            vec![Self::slot_init(s); p.len()]
                         }
                     })
                     .collect()
@@ -82,6 +80,45 @@ impl Optimizer {
             kind,
             weight_decay,
             slots,
+        }
+    }
+
+    /// [`Optimizer::new`] with its state allocated fallibly: [`Error::OutOfMemory`]
+    /// when the system refuses it (the state is as large as the parameters, one or two
+    /// copies), instead of aborting.
+    ///
+    /// # Errors
+    /// [`Error::OutOfMemory`] (or [`Error::Overflow`]) naming the parameter.
+    pub fn try_new(
+        kind: OptimizerKind,
+        weight_decay: f32,
+        store: &ParamStore,
+    ) -> Result<Optimizer> {
+        let mut slots = Vec::new();
+        for &s in kind.slots() {
+            let mut per = Vec::new();
+            for p in store.infos() {
+                per.push(if !p.kind.trainable() {
+                    Vec::new()
+                } else {
+                    try_filled(&format!("{s} of {}", p.name), p.len(), Self::slot_init(s))?
+                });
+            }
+            slots.push(per);
+        }
+        Ok(Optimizer {
+            kind,
+            weight_decay,
+            slots,
+        })
+    }
+
+    /// The initial value of slot `s`.
+    fn slot_init(s: &str) -> f32 {
+        if s == "mean_square" {
+            RmsPropTf::initial_mean_square()
+        } else {
+            0.0
         }
     }
 

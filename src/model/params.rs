@@ -15,7 +15,7 @@
 //! projection has `{norm}.weight` only. BatchNorm's running statistics are buffers
 //! (`{norm}.running_mean`, `{norm}.running_var`): stored and loaded, never trained.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, checked_product, try_filled};
 use crate::io::tensors::{NamedTensor, TensorMap};
 use crate::kernels::regularize::CounterRng;
 use std::collections::HashMap;
@@ -112,19 +112,25 @@ impl ParamStore {
     /// Adds a parameter (zero value and gradient) and returns its index.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a duplicate name.
+    /// [`Error::InvalidArgument`] for a duplicate name, [`Error::Overflow`] when the
+    /// shape's element count does not fit in memory addressing,
+    /// [`Error::OutOfMemory`] when its value and gradient cannot be allocated (e.g.
+    /// an absurd class count); the store is unchanged then.
     pub fn add(&mut self, name: String, shape: Vec<usize>, kind: ParamKind) -> Result<usize> {
         if self.index.contains_key(&name) {
             return Err(Error::InvalidArgument(format!(
                 "duplicate parameter {name}"
             )));
         }
+        let len = checked_product(&format!("parameter {name}"), &shape)?;
+        let what = format!("parameter {name} {shape:?}");
+        let value = try_filled(&what, len, 0.0)?;
+        let grad = try_filled(&what, len, 0.0)?;
         let i = self.infos.len();
-        let len = shape.iter().product();
         self.index.insert(name.clone(), i);
         self.infos.push(ParamInfo { name, shape, kind });
-        self.values.push(vec![0.0; len]);
-        self.grads.push(vec![0.0; len]);
+        self.values.push(value);
+        self.grads.push(grad);
         Ok(i)
     }
 

@@ -12,7 +12,7 @@ use super::optim::{Ema, Optimizer, OptimizerKind};
 use super::schedule::{Decay, Schedule};
 use crate::arch::ArchConfig;
 use crate::data::Dataset;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, checked_product, try_filled};
 use crate::io::tensors::{self, TensorMap};
 use crate::kernels::loss::Targets;
 use crate::kernels::pool::Nhwc;
@@ -113,6 +113,15 @@ impl TrainConfig {
         }
         if self.batch == 0 {
             return bad("batch must be at least 1".into());
+        }
+        // The batch of images (and the network's activations, checked per layer as
+        // they are planned) must fit in memory addressing: an absurd batch or
+        // resolution is an error here, before anything is allocated.
+        for res in [self.train_res, self.finetune_res] {
+            checked_product(
+                &format!("a batch of {} images at {res}×{res}", self.batch),
+                &[self.batch, res, res, 3],
+            )?;
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return bad(format!(
@@ -382,7 +391,7 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, classes: usize) -> Result<Trainer> {
         let arch = cfg.validate()?.with_classes(classes);
         let net = Network::new(&arch, cfg.seed)?;
-        let opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, net.params());
+        let opt = Optimizer::try_new(cfg.optimizer, cfg.weight_decay, net.params())?;
         let ema = Ema::new(net.params(), cfg.ema_decay);
         Ok(Trainer {
             cfg,
@@ -563,10 +572,14 @@ impl Trainer {
             .collect();
         let classes = self.net.classes();
         let shape = Nhwc::new(n, res, res, 3)?;
-        let mut images = vec![0.0f32; shape.len()];
-        let mut mixed = vec![0.0f32; shape.len()];
+        let mut images = try_filled("a batch of images", shape.len(), 0.0f32)?;
+        let mut mixed = try_filled("a batch of mixed images", shape.len(), 0.0f32)?;
         let mut labels = vec![0usize; n];
-        let mut soft = vec![0.0f32; n * classes];
+        let mut soft = try_filled(
+            "soft targets",
+            checked_product("soft targets", &[n, classes])?,
+            0.0f32,
+        )?;
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         let start = Instant::now();
         let mut lr = 0.0;
@@ -850,7 +863,8 @@ pub fn evaluate(net: &Network, data: &dyn Dataset, res: usize, batch: usize) -> 
     while start < total {
         let idx: Vec<usize> = (start..(start + batch).min(total)).collect();
         let b = idx.len();
-        let mut images = vec![0.0f32; b * res * res * 3];
+        let len = checked_product("a batch of images", &[b, res, res, 3])?;
+        let mut images = try_filled("a batch of images", len, 0.0f32)?;
         let mut labels = vec![0usize; b];
         data.batch(&idx, res, false, 0, &mut images, &mut labels)?;
         let logits = net.predict(&images, b, res)?;

@@ -148,20 +148,44 @@ fn detect_cpu() -> SimdLevel {
     SimdLevel::Portable
 }
 
-/// The level forced by `EFFNET_SIMD`, if set (read once). An unknown value is reported
-/// on stderr once and ignored.
-pub fn env_override() -> Option<SimdLevel> {
-    static ENV: OnceLock<Option<SimdLevel>> = OnceLock::new();
-    *ENV.get_or_init(|| {
-        let v = std::env::var("EFFNET_SIMD").ok()?;
-        match v.parse() {
-            Ok(level) => Some(level),
-            Err(e) => {
-                eprintln!("effnet: ignoring EFFNET_SIMD: {e}");
-                None
-            }
-        }
+/// `EFFNET_SIMD` as read once: unset (`Ok(None)`), a level, or what is wrong with a
+/// value that names none.
+fn env_setting() -> &'static Result<Option<SimdLevel>, String> {
+    static ENV: OnceLock<Result<Option<SimdLevel>, String>> = OnceLock::new();
+    ENV.get_or_init(|| match std::env::var("EFFNET_SIMD") {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => Err(format!(
+            "EFFNET_SIMD = {v:?} is not UTF-8 (expected avx512, avx2, portable or scalar)"
+        )),
+        Ok(v) => v.parse().map(Some).map_err(|_| {
+            format!(
+                "EFFNET_SIMD = {v:?} is not a SIMD level (expected avx512, avx2, portable \
+                 or scalar)"
+            )
+        }),
     })
+}
+
+/// What is wrong with `EFFNET_SIMD` when it is set to a value that names no level
+/// (read once), e.g. `EFFNET_SIMD = "avx3" is not a SIMD level (expected …)`. The C
+/// library refuses to make a context then and the `effnet` CLI exits with it;
+/// [`env_override`] ignores such a value (after one warning on stderr).
+pub fn env_error() -> Option<&'static str> {
+    env_setting().as_ref().err().map(String::as_str)
+}
+
+/// The level forced by `EFFNET_SIMD`, if set (read once). An unknown value is ignored,
+/// with one warning on stderr the first time a kernel asks (see [`env_error`] to
+/// reject it instead).
+pub fn env_override() -> Option<SimdLevel> {
+    match env_setting() {
+        Ok(level) => *level,
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| eprintln!("effnet: ignoring {e}"));
+            None
+        }
+    }
 }
 
 thread_local! {

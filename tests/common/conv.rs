@@ -248,7 +248,7 @@ impl ConvOutputs {
             ),
             (
                 "accumulated without bias",
-                err(&self.dw_acc_no_bias, &r.dw_acc),
+                sum_err(&self.dw_acc_no_bias, &r.dw_acc, &r.dw_acc_abs),
             ),
         ]
     }

@@ -9,7 +9,8 @@ use effnet::Error;
 use effnet::kernels::activation::Activation;
 use effnet::kernels::conv::GradMode;
 use effnet::kernels::norm::{
-    Affine, AffineGrads, Grouping, Norm, NormDesc, NormKind, NormStats, RunningStats, reference,
+    Affine, AffineGrads, Grouping, Norm, NormDesc, NormKind, NormPass, NormStats, RunningStats,
+    reference,
 };
 use effnet::simd::with_level;
 
@@ -540,5 +541,50 @@ fn forward_from_stats_recomputes_the_forward_bits() {
                 ));
             });
         }
+    }
+}
+
+/// Sizes a caller may ask for that cannot be had are typed errors, never an abort or a
+/// panic: a tensor beyond memory addressing is `Overflow`; a per-channel table the
+/// system refuses is `OutOfMemory` (2^45 channels: 256 TiB, beyond the 47-bit address
+/// space whatever the overcommit policy); workspace sizes saturate rather than wrap.
+#[test]
+fn huge_sizes_are_typed_errors() {
+    let huge = 1usize << 45;
+    for d in [
+        NormDesc::layer_norm(1, (1, 1), huge),
+        NormDesc::group_norm(1, (1, 1), huge, huge),
+        NormDesc::group_norm(1, (1, 1), huge, 1 << 20).with_grouping(Grouping::Strided),
+    ] {
+        match Norm::new(&d) {
+            Err(Error::OutOfMemory(m)) => assert!(m.contains("channel-to-group"), "{m}"),
+            other => panic!("{d:?}: {other:?}"),
+        }
+    }
+    // BatchNorm keeps no per-channel table: the plan is made, with exact sizes.
+    let bn = Norm::new(&NormDesc::batch_norm(1, (1, 1), huge)).unwrap();
+    assert_eq!((bn.x_len(), bn.sets()), (huge, huge));
+    // batch·h·w·channels beyond addressing (or wrapping usize) is Overflow.
+    for d in [
+        NormDesc::layer_norm(1 << 30, (1, 1), 1 << 40),
+        NormDesc::layer_norm(usize::MAX, (usize::MAX, 1), 3),
+        NormDesc::batch_norm(1, (1, 1), isize::MAX as usize / 2),
+    ] {
+        assert!(
+            matches!(Norm::new(&d), Err(Error::Overflow(_))),
+            "{d:?}: {:?}",
+            Norm::new(&d)
+        );
+    }
+    // The largest addressable BatchNorm: every workspace size is at least the
+    // per-channel state (no wrap to a small number), saturating where it must.
+    let c = isize::MAX as usize / 4;
+    let bn = Norm::new(&NormDesc::batch_norm(1, (1, 1), c)).unwrap();
+    for pass in [
+        NormPass::Forward,
+        NormPass::ForwardInfer,
+        NormPass::Backward,
+    ] {
+        assert!(bn.workspace_len(pass) >= 2 * c, "{pass:?}");
     }
 }

@@ -892,3 +892,66 @@ fn bad_inputs_are_typed_errors() {
         "dmu",
     );
 }
+
+/// The documented bound on K, channels whose per-channel state would not be
+/// addressable, and workspace sizes that grow with the rows or saturate (never wrap
+/// to less than a smaller problem needs): typed errors, never a panic or an abort.
+#[test]
+fn huge_sizes_are_typed_errors() {
+    use effnet::kernels::proxy_norm::{MAX_K, ProxyPass};
+    let pd = ProxyNormDesc::new(8);
+    assert!(ProxyNorm::new(&pd.with_k(MAX_K)).is_ok());
+    for k in [MAX_K + 1, 1 << 40, 1 << 62, usize::MAX] {
+        match ProxyNorm::new(&pd.with_k(k)) {
+            Err(Error::InvalidDescriptor(m)) => assert!(m.contains("maximum"), "{k}: {m}"),
+            other => panic!("k = {k}: {other:?}"),
+        }
+        let ln = NormDesc::layer_norm(1, (1, 1), 8);
+        assert!(matches!(
+            NormProxy::new(&ln, &pd.with_k(k)),
+            Err(Error::InvalidDescriptor(_))
+        ));
+    }
+    // 0x01ff_0000_e106_0000 (found by the descriptors fuzz target): its per-channel
+    // state fits but a one-row workspace does not; it was accepted and then every
+    // workspace query failed.
+    for c in [
+        1usize << 62,
+        usize::MAX,
+        isize::MAX as usize / 32,
+        0x01ff_0000_e106_0000,
+    ] {
+        assert!(
+            matches!(
+                ProxyNorm::new(&ProxyNormDesc::new(c)),
+                Err(Error::Overflow(_))
+            ),
+            "channels = {c}"
+        );
+    }
+    // 2^40 channels: a valid standalone plan (nothing is allocated per channel).
+    let c = 1usize << 40;
+    let p = ProxyNorm::new(&ProxyNormDesc::new(c)).unwrap();
+    for pass in [ProxyPass::Forward, ProxyPass::Backward] {
+        let small = p.workspace_len(pass, 3 * c);
+        let mut last = small;
+        for rows in [1usize << 10, 1 << 20, 1 << 21, 1 << 23, usize::MAX / c] {
+            let len = p.workspace_len(pass, rows * c);
+            assert!(len >= last, "{pass:?}: {rows} rows need {len} < {last}");
+            last = len;
+        }
+        assert!(small >= 7 * c, "{pass:?}: {small}");
+    }
+    assert_eq!(
+        p.workspace_len(ProxyPass::Backward, usize::MAX / c * c),
+        usize::MAX,
+        "saturates"
+    );
+    // The fused plan's per-channel table is allocated fallibly: 2^45 channels is
+    // OutOfMemory (256 TiB), not an abort.
+    let h = 1usize << 45;
+    match NormProxy::new(&NormDesc::layer_norm(1, (1, 1), h), &ProxyNormDesc::new(h)) {
+        Err(Error::OutOfMemory(_)) => {}
+        other => panic!("{other:?}"),
+    }
+}

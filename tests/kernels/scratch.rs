@@ -104,3 +104,34 @@ fn every_worker_gets_its_own_slot() {
         assert_eq!(*s, 10.0 * i as f32);
     }
 }
+
+#[test]
+fn huge_layouts_saturate_and_their_allocation_is_an_error() {
+    for floats in [usize::MAX, usize::MAX - 3] {
+        let mut l = WorkspaceLayout::new(2);
+        l.region(floats);
+        assert_eq!(l.len(), usize::MAX, "{floats}");
+    }
+    for floats in [usize::MAX, usize::MAX / 2 + 1] {
+        let mut l = WorkspaceLayout::new(3);
+        l.region(1).per_worker(floats);
+        assert_eq!(l.len(), usize::MAX, "{floats}");
+    }
+    let r = try_with_reused(usize::MAX, |_| Ok(()));
+    assert!(matches!(r, Err(Error::Overflow(_))), "{r:?}");
+    // 2^45 floats (128 TiB, the whole 47-bit address space): refused, not aborted.
+    let r = try_with_reused(1 << 45, |_| Ok(()));
+    assert!(matches!(r, Err(Error::OutOfMemory(_))), "{r:?}");
+    // The kept buffer survives a refused request.
+    try_with_reused(64, |ws| {
+        ws.fill(1.0);
+        Ok(())
+    })
+    .unwrap();
+    assert!(try_with_reused(1 << 45, |_| Ok(())).is_err());
+    try_with_reused(64, |ws| {
+        assert_eq!(ws.len(), 64);
+        Ok(())
+    })
+    .unwrap();
+}

@@ -372,3 +372,51 @@ fn dataset_trait_is_the_inherent_batch() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A JPEG whose header claims `w`×`h` pixels: an 8×8 grey JPEG with its SOF0 size
+/// patched (JPEG segments carry no checksum, so only the pixel data disagrees).
+fn jpeg_claiming(w: u16, h: u16) -> Vec<u8> {
+    let grey = image::GrayImage::from_pixel(8, 8, image::Luma([100]));
+    let mut bytes = Vec::new();
+    grey.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Jpeg,
+    )
+    .unwrap();
+    let sof = bytes
+        .windows(2)
+        .position(|m| m == [0xff, 0xc0])
+        .expect("a baseline JPEG has an SOF0 segment");
+    // FF C0, length (2), precision (1), height (2), width (2).
+    bytes[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    bytes
+}
+
+/// A small file claiming a huge image is refused from its header, quickly, with a
+/// message naming the bounds — not decoded into gigabytes (the fuzzer's image target
+/// found a 656-byte JPEG claiming 64265×2053 that took over 10 s).
+#[test]
+fn images_claiming_huge_sizes_are_refused_from_the_header() {
+    use effnet::data::folder::{MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE};
+    let fuzzed = include_bytes!("../../ffi/fuzz/regressions/image/timeout-jpeg-64265x2053");
+    let cases = [
+        ("fuzzed.jpg", fuzzed.to_vec(), "64265"),
+        ("wide.jpg", jpeg_claiming(20000, 8), "20000x8"),
+        ("square.jpg", jpeg_claiming(8000, 8000), "8000x8000"),
+    ];
+    for (name, bytes, dims) in cases {
+        let t = std::time::Instant::now();
+        let e = decode_image(&bytes, name).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains(dims), "{e}");
+        assert!(e.contains(&MAX_IMAGE_PIXELS.to_string()), "{e}");
+        assert!(e.contains(&MAX_IMAGE_SIDE.to_string()), "{e}");
+        assert!(t.elapsed().as_secs_f64() < 1.0, "{name}: {:?}", t.elapsed());
+    }
+    // Within the bounds the patched file is read as far as its (short) pixel data:
+    // an error about the data, not about the size.
+    let e = decode_image(&jpeg_claiming(64, 64), "small.jpg");
+    if let Err(e) = e {
+        assert!(!e.to_string().contains("maximum"), "{e}");
+    }
+}

@@ -427,3 +427,41 @@ fn bad_input_is_an_error() {
         .unwrap();
     assert!(net.backward(&tape, &[0.0; 3]).is_err());
 }
+
+/// Class counts, batches and resolutions that cannot be had are typed errors, never
+/// an abort or a panic: a classifier beyond memory addressing is `Overflow`, one the
+/// system refuses is `OutOfMemory`; an image batch whose size wraps is `Overflow`.
+#[test]
+fn huge_classes_batches_and_resolutions_are_typed_errors() {
+    use effnet::Error;
+    let base = ArchConfig::from_name("tiny_g16_lnpn").unwrap();
+    match Network::new(&base.clone().with_classes(1 << 40), 0) {
+        Err(Error::OutOfMemory(m)) => assert!(m.contains("classifier"), "{m}"),
+        other => panic!("2^40 classes: {:?}", other.map(|n| n.classes())),
+    }
+    for classes in [1usize << 62, usize::MAX] {
+        assert!(
+            matches!(
+                Network::new(&base.clone().with_classes(classes), 0),
+                Err(Error::Overflow(_))
+            ),
+            "{classes} classes"
+        );
+    }
+    let net = Network::new(&base.with_classes(3), 0).unwrap();
+    let x = vec![0.0f32; 12];
+    for (batch, res) in [
+        (1usize << 62, 1usize << 40),
+        (1, usize::MAX),
+        (usize::MAX, 64),
+    ] {
+        assert!(
+            matches!(net.predict(&x, batch, res), Err(Error::Overflow(_))),
+            "batch {batch}, res {res}"
+        );
+    }
+    assert!(matches!(
+        net.predict(&x, 1, 32),
+        Err(Error::BufferSize { name: "images", .. })
+    ));
+}

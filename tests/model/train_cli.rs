@@ -248,6 +248,18 @@ fn bad_input_is_one_error_line() {
     fails(&a, "at least 16", &ckpt);
     a[r + 1] = "48".into();
     fails(&a, "train_res % 32", &ckpt);
+    // Sizes too large to allocate are refused before anything is allocated.
+    a[r + 1] = "1000000".into();
+    fails(&a, "--res 1000000 is more than the maximum", &ckpt);
+    a[r + 1] = "32".into();
+    let b = a.iter().position(|s| s == "--batch").unwrap();
+    a[b + 1] = "18446744073709551615".into();
+    fails(
+        &a,
+        "--batch 18446744073709551615 is more than the maximum",
+        &ckpt,
+    );
+    a[b + 1] = "4".into();
     // train/ and val/ with different classes.
     let split = d.join("split");
     make_folder(&split.join("train"), 3, 4);
@@ -262,4 +274,40 @@ fn bad_input_is_one_error_line() {
         .unwrap();
     fails(&short(&single, &ckpt, "2"), "at least 2 per class", &ckpt);
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A misspelt `EFFNET_SIMD` is one clear error line, not a silently ignored setting;
+/// absurd `--batch` / `--res` of the other commands are refused before they allocate.
+#[test]
+fn bad_environment_and_sizes_are_one_error_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_effnet"))
+        .arg("info")
+        .env("EFFNET_SIMD", "avx3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("EFFNET_SIMD = \"avx3\" is not a SIMD level"),
+        "{err}"
+    );
+    let nowhere = Path::new("/nonexistent");
+    for (args, what) in [
+        (
+            &["info", "--arch", "efficientnet_b0", "--res", "99999999"][..],
+            "--res 99999999 is more than the maximum",
+        ),
+        (
+            &["bench", "model", "--batch", "4294967296"][..],
+            "--batch 4294967296 is more than the maximum",
+        ),
+        (
+            &["bench", "ops", "--batch", "4294967296"][..],
+            "--batch 4294967296 is more than the maximum",
+        ),
+    ] {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        fails(&args, what, nowhere);
+    }
 }

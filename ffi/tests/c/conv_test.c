@@ -680,7 +680,7 @@ static void misuse(effnet_context *ctx) {
         expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, NULL, 0),
                EFFNET_INVALID_ARGUMENT, "workspace", "forward_ws: NULL workspace, size 0");
         expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, NULL, bytes),
-               EFFNET_INVALID_ARGUMENT, "pass 0", "forward_ws: NULL workspace with a size");
+               EFFNET_INVALID_ARGUMENT, "`workspace_bytes` is", "forward_ws: NULL workspace with a size");
         expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, ws + 1, bytes),
                EFFNET_INVALID_ARGUMENT, "aligned", "forward_ws: misaligned workspace");
         expect(effnet_conv_forward_ws(ctx, plan, x, n, w, wl, b, bl, y, n, y, n * 4),

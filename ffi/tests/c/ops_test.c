@@ -462,7 +462,7 @@ static void small_ops_tests(effnet_context *ctx) {
            "relu backward");
     check(da[0] == 0 && da[2] == 0 && da[3] == 1, "relu backward: derivative 0 at 0", NULL);
     expect(effnet_activation_forward(ctx, 9, u, a, 4), EFFNET_INVALID_ARGUMENT,
-           "activation = 9", "activation: unknown");
+           "= 9 is not an effnet_activation; pass 0", "activation: unknown");
     expect(effnet_activation_forward(ctx, EFFNET_ACT_SWISH, u, a, 0), EFFNET_INVALID_ARGUMENT,
            "`len` is 0", "activation: zero length");
     expect(effnet_activation_forward(ctx, EFFNET_ACT_SWISH, u, u, 4), EFFNET_INVALID_ARGUMENT,

@@ -370,9 +370,10 @@ impl Conv2d {
     }
 
     /// Runs `f` with a workspace of exactly the length `pass` needs in the current
-    /// pool, kept by the calling thread between calls ([`scratch::with_reused`]).
+    /// pool, kept by the calling thread between calls ([`scratch::try_with_reused`]: a
+    /// size the system refuses is [`Error::OutOfMemory`], not an abort).
     fn allocating<R>(&self, pass: ConvPass, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
-        scratch::with_reused(self.workspace_len(pass, 0), f)
+        scratch::try_with_reused(self.workspace_len(pass, 0), f)
     }
 
     /// `y = conv(x, w) (+ bias)`; `y` is overwritten. Allocates its workspace; see

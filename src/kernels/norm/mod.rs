@@ -62,7 +62,7 @@ pub(crate) mod engine;
 mod forward;
 pub mod reference;
 
-use crate::error::{Error, Result, check_len, checked_product};
+use crate::error::{Error, Result, check_len, checked_product, try_reserve_for};
 use crate::kernels::activation::{Activation, with_act};
 use crate::kernels::conv::GradMode;
 use crate::kernels::reduce::sum_rows;
@@ -302,6 +302,13 @@ impl Geo {
     }
 }
 
+/// The product of `dims`, saturating at `usize::MAX`: workspace sizes of absurd
+/// descriptors saturate (like [`WorkspaceLayout`]'s sums) instead of wrapping to a small
+/// number, so a size query never under-reports and an allocation of it fails cleanly.
+pub(crate) fn sat(dims: &[usize]) -> usize {
+    dims.iter().fold(1usize, |a, &d| a.saturating_mul(d))
+}
+
 /// Adds an `f64` region of `n` elements to `l` (`2·n` floats; see [`take_f64`]).
 pub(crate) fn region_f64(l: &mut WorkspaceLayout, n: usize) -> &mut WorkspaceLayout {
     l.region(n.saturating_mul(2))
@@ -398,6 +405,12 @@ impl Norm {
     /// Validates `desc`: positive sizes, `1 ≤ groups`, `groups | channels`, finite
     /// `ε > 0`, no overflow. The passes run at the calling thread's SIMD level
     /// ([`crate::simd::active`]), read now; see [`Norm::with_level`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidDescriptor`] for a rule broken, [`Error::Overflow`] when the
+    /// tensor does not fit in memory addressing, [`Error::OutOfMemory`] when the
+    /// per-channel table (one `usize` per channel, GroupNorm and LayerNorm) cannot be
+    /// allocated.
     pub fn new(desc: &NormDesc) -> Result<Norm> {
         let bad = |m: String| Err(Error::InvalidDescriptor(m));
         for (name, v) in [
@@ -430,16 +443,16 @@ impl Norm {
             }
         };
         let x_len = checked_product("x", &[desc.batch, desc.h, desc.w, c])?;
-        let group_of = if groups == 0 {
-            Vec::new()
-        } else {
-            (0..c)
-                .map(|ch| match grouping {
-                    Grouping::Contiguous => ch / (c / groups),
-                    Grouping::Strided => ch % groups,
-                })
-                .collect()
-        };
+        // The plan's only table: one entry per channel, allocated fallibly (a huge
+        // `channels` is Error::OutOfMemory, not an abort).
+        let mut group_of = Vec::new();
+        if groups != 0 {
+            try_reserve_for(&mut group_of, "the channel-to-group table", c)?;
+            group_of.extend((0..c).map(|ch| match grouping {
+                Grouping::Contiguous => ch / (c / groups),
+                Grouping::Strided => ch % groups,
+            }));
+        }
         Ok(Norm {
             desc: *desc,
             geo: Geo::new(desc.batch, desc.h * desc.w, c),
@@ -557,7 +570,7 @@ impl Norm {
     /// Runs `f` on a workspace of exactly the size `pass` needs, kept by the calling
     /// thread between calls ([`crate::kernels::scratch::with_reused`]).
     fn allocating<R>(&self, pass: NormPass, f: impl FnOnce(&mut [f32]) -> Result<R>) -> Result<R> {
-        self.layout(pass).with_reused(f)
+        self.layout(pass).try_with_reused(f)
     }
 
     /// Statistic sets whose `x̂` coefficients differ: one per sample for
@@ -577,12 +590,12 @@ impl Norm {
     /// scratch (`f64`; per sample for GroupNorm/LayerNorm, the totals for BatchNorm).
     pub(crate) fn forward_regions(&self, l: &mut WorkspaceLayout) {
         let g = self.geo;
-        region_f64(l, g.total_chunks() * 2 * g.c);
-        l.region(self.coef_sets() * 3 * g.c);
+        region_f64(l, sat(&[g.total_chunks(), 2, g.c]));
+        l.region(sat(&[self.coef_sets(), 3, g.c]));
         let fin = if self.groups == 0 {
-            2 * g.c
+            sat(&[2, g.c])
         } else {
-            g.n * self.finalize_len()
+            sat(&[g.n, self.finalize_len()])
         };
         region_f64(l, fin);
     }
@@ -593,12 +606,12 @@ impl Norm {
     /// totals (all sums `f64`).
     pub(crate) fn backward_regions(&self, l: &mut WorkspaceLayout, nacc: usize) {
         let g = self.geo;
-        let stride = nacc * g.c;
+        let stride = sat(&[nacc, g.c]);
         let k = self.coef_sets();
-        region_f64(l, g.total_chunks() * stride);
-        l.region(k * 3 * g.c).region(k * 3 * g.c);
-        region_f64(l, k * 2 * self.sets_per_coef());
-        region_f64(l, g.n * stride);
+        region_f64(l, sat(&[g.total_chunks(), stride]));
+        l.region(sat(&[k, 3, g.c])).region(sat(&[k, 3, g.c]));
+        region_f64(l, sat(&[k, 2, self.sets_per_coef()]));
+        region_f64(l, sat(&[g.n, stride]));
         region_f64(l, stride);
     }
 

@@ -126,7 +126,7 @@ impl NormProxy {
         saved: &mut NormProxySaved,
     ) -> Result<()> {
         self.layout(ProxyPass::Forward)
-            .with_reused(|ws| self.forward_with_workspace(x, params, z, saved, ws))
+            .try_with_reused(|ws| self.forward_with_workspace(x, params, z, saved, ws))
     }
 
     /// [`NormProxy::forward`] with its scratch in `ws`: at least
@@ -177,7 +177,7 @@ impl NormProxy {
         grads: ProxyGrads,
     ) -> Result<()> {
         self.layout(ProxyPass::Backward)
-            .with_reused(|ws| self.backward_with_workspace(x, up, params, saved, dx, grads, ws))
+            .try_with_reused(|ws| self.backward_with_workspace(x, up, params, saved, dx, grads, ws))
     }
 
     /// [`NormProxy::backward`] with its scratch in `ws` (at least

@@ -65,7 +65,7 @@ mod statistics;
 
 pub use fused::{NormProxy, NormProxySaved};
 
-use crate::error::{Error, Result, check_len, check_lens};
+use crate::error::{Error, Result, check_len, check_lens, checked_product};
 use crate::kernels::activation::{Act, Activation, with_act};
 use crate::kernels::conv::GradMode;
 use crate::kernels::norm::engine::{ApplyChunk, BwdApplyChunk, BwdStatsChunk, ProxySums};
@@ -99,7 +99,7 @@ pub struct ProxyNormDesc {
     pub channels: usize,
     /// Which output.
     pub variant: ProxyVariant,
-    /// Number of normal quantiles K (≥ 1; 200 in the paper).
+    /// Number of normal quantiles K (1 ≤ K ≤ [`MAX_K`]; 200 in the paper).
     pub k: usize,
     /// ε_pn added to the proxy variance (finite, > 0; 0.03 in the paper).
     pub eps_pn: f32,
@@ -226,6 +226,12 @@ pub enum ProxyPass {
     StatsBackward,
 }
 
+/// The largest number of proxy quantiles K a [`ProxyNormDesc`] may ask for. The paper
+/// uses 200; the statistics cost `O(K·channels)` per pass and the quantile table is `K`
+/// floats, so K beyond a few thousand buys nothing (the quantiles of 65536 points
+/// already sample the normal distribution far below `f32` rounding).
+pub const MAX_K: usize = 1 << 16;
+
 /// Channels per task of the proxy-statistics kernels.
 const STAT_CHANNELS: usize = 64;
 
@@ -252,9 +258,15 @@ fn channel_block_sums(
 }
 
 impl ProxyNorm {
-    /// Validates `desc` (`channels ≥ 1`, `k ≥ 1`, finite `ε_pn > 0`) and computes the
-    /// K normal quantiles. The passes run at the calling thread's SIMD level
-    /// ([`crate::simd::active`]), read now; see [`ProxyNorm::with_level`].
+    /// Validates `desc` (`channels ≥ 1`, `1 ≤ k ≤` [`MAX_K`], finite `ε_pn > 0`) and
+    /// computes the K normal quantiles. The passes run at the calling thread's SIMD
+    /// level ([`crate::simd::active`]), read now; see [`ProxyNorm::with_level`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidDescriptor`] for a rule broken; [`Error::Overflow`] when the
+    /// per-channel state (parameters, statistics, gradients and their `f64` partial
+    /// sums, 16 floats per channel in all) or the workspace of any pass on one row
+    /// would not fit in memory addressing.
     pub fn new(desc: &ProxyNormDesc) -> Result<ProxyNorm> {
         let bad = |m: String| Err(Error::InvalidDescriptor(m));
         if desc.channels == 0 {
@@ -263,20 +275,39 @@ impl ProxyNorm {
         if desc.k == 0 {
             return bad("k (the number of proxy quantiles) must be at least 1".into());
         }
+        if desc.k > MAX_K {
+            return bad(format!(
+                "k = {} proxy quantiles is more than the maximum of {MAX_K}",
+                desc.k
+            ));
+        }
+        checked_product("the per-channel Proxy Norm state", &[desc.channels, 16])?;
         if !(desc.eps_pn.is_finite() && desc.eps_pn > 0.0) {
             return bad(format!(
                 "eps_pn must be finite and positive, got {}",
                 desc.eps_pn
             ));
         }
-        Ok(ProxyNorm {
+        let plan = ProxyNorm {
             desc: *desc,
             q: reference::quantiles(desc.k)
                 .into_iter()
                 .map(|q| q as f32)
                 .collect(),
             level: simd::active(),
-        })
+        };
+        // Every pass on one row must have an addressable workspace (its layout
+        // saturates rather than wraps): a plan accepted here can always be run.
+        for pass in [
+            ProxyPass::Forward,
+            ProxyPass::Backward,
+            ProxyPass::Stats,
+            ProxyPass::StatsBackward,
+        ] {
+            let floats = plan.layout(pass, desc.channels).len();
+            checked_product("the Proxy Norm workspace for one row", &[floats])?;
+        }
+        Ok(plan)
     }
 
     /// The same plan at `level` (clamped to what the CPU supports).
@@ -335,7 +366,11 @@ impl ProxyNorm {
             }
             ProxyPass::Backward => {
                 l.region(2 * c).region(2 * c);
-                region_f64(&mut l, x_len.div_ceil(self.chunk_len()) * 4 * c);
+                // Saturating: a size query for an absurd `x_len` must not wrap.
+                region_f64(
+                    &mut l,
+                    x_len.div_ceil(self.chunk_len()).saturating_mul(4 * c),
+                );
                 region_f64(&mut l, 4 * c);
                 self.grad_regions(&mut l);
             }
@@ -377,7 +412,7 @@ impl ProxyNorm {
         x_len: usize,
         f: impl FnOnce(&mut [f32]) -> Result<R>,
     ) -> Result<R> {
-        self.layout(pass, x_len).with_reused(f)
+        self.layout(pass, x_len).try_with_reused(f)
     }
 
     fn check_params(&self, p: &ProxyParams) -> Result<()> {
