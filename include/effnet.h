@@ -885,7 +885,9 @@ enum effnet_status effnet_context_destroy(struct effnet_context *ctx);
  * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type `ctx`, a NULL or
  * misaligned `desc` or `out_plan`, a `struct_size` that is too small (or larger with
  * non-zero extra bytes), a negative or oversized field, or a convolution that breaks
- * the rules of `effnet_conv_desc`; `EFFNET_UNSUPPORTED` for a `dtype` other than
+ * the rules of `effnet_conv_desc`; `EFFNET_OUT_OF_MEMORY` for a grouped convolution
+ * whose plan would list more than 2^22 tasks (a batch of millions of images: split
+ * it); `EFFNET_UNSUPPORTED` for a `dtype` other than
  * `EFFNET_DTYPE_F32`.
  *
  * # Safety

@@ -94,3 +94,23 @@ fn bad_descriptors_are_errors() {
     let f16 = ok.with_dtype(DType::F16);
     assert!(matches!(f16.validate(), Err(Error::Unsupported(_))));
 }
+
+/// A grouped convolution whose plan would list millions of tasks (a batch of 2^23
+/// images) is refused when the plan is made, with a typed error naming the remedy —
+/// not a task list of gigabytes (found by the descriptors fuzz target). Half that
+/// batch is planned.
+#[test]
+fn huge_grouped_batches_are_refused() {
+    let desc = |n| {
+        ConvDesc::new(n, (1, 1), 32, 32, (3, 3))
+            .with_group_size(16)
+            .with_padding(Padding::symmetric(1))
+    };
+    match Conv2d::new(&desc(1 << 23)) {
+        Err(Error::OutOfMemory(m)) => assert!(m.contains("split the batch"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let ok = Conv2d::new(&desc(1 << 20)).unwrap();
+    assert_eq!(ok.family(), ConvFamily::Grouped);
+    assert!(ok.workspace_len(ConvPass::Forward, 2) > 0);
+}

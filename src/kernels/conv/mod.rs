@@ -211,9 +211,18 @@ pub struct Conv2d {
     plan: Plan,
 }
 
+/// The most tasks a grouped convolution's pass may list (see [`Conv2d::new`]).
+pub const MAX_GROUPED_TASKS: usize = grouped::MAX_TASKS;
+
 impl Conv2d {
     /// Validates `desc`, picks the kernel family and plans every pass at the calling
     /// thread's SIMD level ([`crate::simd::active`]).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidDescriptor`] / [`crate::Error::Overflow`] for a
+    /// descriptor that breaks its rules or whose tensors exceed memory addressing;
+    /// [`crate::Error::OutOfMemory`] for a grouped convolution whose plan would list
+    /// more than [`MAX_GROUPED_TASKS`] tasks (a batch of millions of images: split it).
     pub fn new(desc: &ConvDesc) -> Result<Conv2d> {
         Conv2d::with_level(desc, simd::active())
     }
@@ -247,7 +256,7 @@ impl Conv2d {
         let level = level.min(simd::detected());
         let plan = match family {
             ConvFamily::Depthwise => Plan::Depthwise(depthwise::Plan::new(level, &shape)),
-            ConvFamily::Grouped => Plan::Grouped(Box::new(grouped::Plan::new(level, &shape))),
+            ConvFamily::Grouped => Plan::Grouped(Box::new(grouped::Plan::new(level, &shape)?)),
             ConvFamily::Pointwise => Plan::Pointwise(pointwise::Plan::new(level, &shape)),
         };
         Ok(Conv2d {

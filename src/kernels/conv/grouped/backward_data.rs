@@ -4,7 +4,7 @@
 use super::forward::debug_check;
 use super::micro::{ConvTile, GroupMajor, GroupedTable};
 use super::slide::{self, SlideRow};
-use super::{Geo, SharedOut, Task, plan_tasks, split, table, with_zeroed};
+use super::{Geo, SharedOut, Task, TaskGrid, plan_tasks, split, table, with_zeroed};
 use crate::error::Result;
 use crate::kernels::activation::Activation;
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
@@ -45,16 +45,28 @@ pub(super) struct Plan {
     buf_len: usize,
 }
 
+/// The backward-data pass's task split (a function of the shape and level).
+pub(super) fn task_grid(level: SimdLevel, g: &Geo) -> TaskGrid {
+    let l = table(level).lanes;
+    let civn = g.cig.div_ceil(l);
+    let cols = DyCols::new(g);
+    super::task_grid(
+        g.n,
+        g.h,
+        g.groups,
+        g.taps() * g.cog * civn * l,
+        cols.width * g.cog,
+        |band| band.div_ceil(g.sh) + ((g.kh - 1) * g.dh).div_ceil(g.sh) + 1,
+    )
+}
+
 impl Plan {
     pub(super) fn new(level: SimdLevel, g: &Geo) -> Plan {
         let tab = table(level);
         let l = tab.lanes;
         let civn = g.cig.div_ceil(l);
         let cols = DyCols::new(g);
-        let w_group = g.taps() * g.cog * civn * l;
-        let tasks = plan_tasks(g.n, g.h, g.groups, w_group, cols.width * g.cog, |band| {
-            band.div_ceil(g.sh) + ((g.kh - 1) * g.dh).div_ceil(g.sh) + 1
-        });
+        let tasks = plan_tasks(task_grid(level, g));
         let buf_len = tasks
             .iter()
             .map(|t| {

@@ -2,7 +2,7 @@
 
 use super::micro::{ConvTile, GroupMajor, GroupedTable, offset_res};
 use super::slide::{self, SlideRow};
-use super::{Geo, SharedOut, Task, plan_tasks, split, table, with_zeroed};
+use super::{Geo, SharedOut, Task, TaskGrid, plan_tasks, split, table, with_zeroed};
 use crate::error::Result;
 use crate::kernels::activation::Activation;
 use crate::kernels::gemm::Post;
@@ -35,20 +35,27 @@ pub(super) struct Plan {
     buf_len: usize,
 }
 
+/// The forward pass's task split (a function of the shape and level).
+pub(super) fn task_grid(level: SimdLevel, g: &Geo) -> TaskGrid {
+    let l = table(level).lanes;
+    let cvn = g.cog.div_ceil(l);
+    super::task_grid(
+        g.n,
+        g.oh,
+        g.groups,
+        g.taps() * g.cig * cvn * l,
+        g.padded_w() * g.cig,
+        |band| (band - 1) * g.sh + (g.kh - 1) * g.dh + 1,
+    )
+}
+
 impl Plan {
     pub(super) fn new(level: SimdLevel, g: &Geo) -> Plan {
         let tab = table(level);
         let l = tab.lanes;
         let cvn = g.cog.div_ceil(l);
         let wp = g.padded_w();
-        let tasks = plan_tasks(
-            g.n,
-            g.oh,
-            g.groups,
-            g.taps() * g.cig * cvn * l,
-            wp * g.cig,
-            |band| (band - 1) * g.sh + (g.kh - 1) * g.dh + 1,
-        );
+        let tasks = plan_tasks(task_grid(level, g));
         let buf_len = tasks
             .iter()
             .map(|t| t.ng * in_rows(g, t) * wp * g.cig)

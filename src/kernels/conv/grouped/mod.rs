@@ -81,15 +81,33 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn new(level: SimdLevel, shape: &ConvShape) -> Plan {
-        Plan {
-            g: Geo::new(shape),
+    /// The plan of `shape` at `level`.
+    ///
+    /// # Errors
+    /// [`crate::Error::OutOfMemory`] when a pass would need more than [`MAX_TASKS`]
+    /// tasks (a batch of millions of images: split it).
+    pub(crate) fn new(level: SimdLevel, shape: &ConvShape) -> crate::error::Result<Plan> {
+        let g = Geo::new(shape);
+        for (pass, grid) in [
+            ("forward", forward::task_grid(level, &g)),
+            ("backward-data", backward_data::task_grid(level, &g)),
+        ] {
+            if grid.count > MAX_TASKS {
+                return Err(crate::Error::OutOfMemory(format!(
+                    "the grouped convolution's {pass} pass would need {} tasks, more \
+                     than the {MAX_TASKS} one plan lists (batch {}): split the batch",
+                    grid.count, g.n
+                )));
+            }
+        }
+        Ok(Plan {
+            g,
             shape: *shape,
             level,
             forward: OnceLock::new(),
             backward_data: OnceLock::new(),
             backward_weight: OnceLock::new(),
-        }
+        })
     }
 
     fn forward(&self) -> &forward::Plan {
@@ -298,20 +316,68 @@ struct Task {
 /// keeps the padded input copy (`rows_in(band)` rows of `row_floats` per group) within
 /// a budget; both shrink until there are enough tasks for the pool. Depends on the
 /// shape only.
-fn plan_tasks(
+fn plan_tasks(grid: TaskGrid) -> Vec<Task> {
+    let TaskGrid {
+        n,
+        rows,
+        groups,
+        band,
+        gbs,
+        ..
+    } = grid;
+    let mut tasks = Vec::with_capacity(grid.count);
+    for n in 0..n {
+        for (r0, rows) in split(rows, band) {
+            for (g0, ng) in split(groups, gbs) {
+                tasks.push(Task {
+                    n,
+                    r0,
+                    rows,
+                    g0,
+                    ng,
+                });
+            }
+        }
+    }
+    tasks
+}
+
+/// The most tasks a pass's plan may list (40 bytes each: 160 MiB). A shape that would
+/// need more — a batch of millions of images — is refused when the plan is made, rather
+/// than allocating a task list of gigabytes.
+pub(crate) const MAX_TASKS: usize = 1 << 22;
+
+/// The task split of [`plan_tasks`]: images, rows and groups, rows per band, groups
+/// per block, and the number of tasks (saturating).
+#[derive(Copy, Clone, Debug)]
+struct TaskGrid {
+    n: usize,
+    rows: usize,
+    groups: usize,
+    band: usize,
+    gbs: usize,
+    count: usize,
+}
+
+/// Sizes the split of `n` images × `rows` output rows × `groups` (see [`plan_tasks`]).
+fn task_grid(
     n: usize,
     rows: usize,
     groups: usize,
     w_group: usize,
     row_floats: usize,
     rows_in: impl Fn(usize) -> usize,
-) -> Vec<Task> {
+) -> TaskGrid {
     const WEIGHT_BUDGET: usize = 32 * 1024;
     const BUDGET: usize = 128 * 1024;
     const MIN_TASKS: usize = 16;
     const MIN_BAND: usize = 4;
-    let size = |band: usize, gbs: usize| rows_in(band) * row_floats * gbs;
-    let count = |band: usize, gbs: usize| n * rows.div_ceil(band) * groups.div_ceil(gbs);
+    let size =
+        |band: usize, gbs: usize| rows_in(band).saturating_mul(row_floats).saturating_mul(gbs);
+    let count = |band: usize, gbs: usize| {
+        n.saturating_mul(rows.div_ceil(band))
+            .saturating_mul(groups.div_ceil(gbs))
+    };
     let mut gbs = (WEIGHT_BUDGET / w_group.max(1)).clamp(1, groups);
     let mut band = rows;
     while band > MIN_BAND && size(band, gbs) > BUDGET {
@@ -332,21 +398,14 @@ fn plan_tasks(
     while band > 1 && count(band, gbs) < MIN_TASKS {
         band = band.div_ceil(2);
     }
-    let mut tasks = Vec::new();
-    for n in 0..n {
-        for (r0, rows) in split(rows, band) {
-            for (g0, ng) in split(groups, gbs) {
-                tasks.push(Task {
-                    n,
-                    r0,
-                    rows,
-                    g0,
-                    ng,
-                });
-            }
-        }
+    TaskGrid {
+        n,
+        rows,
+        groups,
+        band,
+        gbs,
+        count: count(band, gbs),
     }
-    tasks
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.
