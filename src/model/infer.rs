@@ -9,6 +9,12 @@
 //! rounds differently from the unfused one (the scale is applied to the weights before
 //! the sums rather than to the sums), within about 1e-5 relative on the logits.
 //!
+//! The squeeze-excite and classifier dense layers are 1×1 convolutions on one-pixel
+//! images with their activation in the epilogue. Blocks whose expanded tensor would
+//! leave the last-level cache run their expansion and k×k convolution depth-first, band
+//! by band (see `infer_band`); [`InferencePlan::traffic_per_image`] estimates the bytes
+//! the plan moves against the unfused pass.
+//!
 //! Networks whose norms have per-sample statistics (GroupNorm, LayerNorm + Proxy Norm)
 //! cannot fold them: for those the plan runs the unfused forward pass.
 
