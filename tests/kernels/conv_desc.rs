@@ -114,3 +114,19 @@ fn huge_grouped_batches_are_refused() {
     assert_eq!(ok.family(), ConvFamily::Grouped);
     assert!(ok.workspace_len(ConvPass::Forward, 2) > 0);
 }
+
+/// A kernel side over `MAX_KERNEL` is refused at validation (its per-tap tables would be
+/// planned for every column; found by the descriptors fuzz target), the largest one is
+/// taken.
+#[test]
+fn kernels_over_the_largest_side_are_refused() {
+    let big = ConvDesc::new(1, (1, MAX_KERNEL + 1), 1, 1, (1, MAX_KERNEL + 1)).with_group_size(1);
+    match big.validate() {
+        Err(Error::InvalidDescriptor(m)) => assert!(m.contains("kernel_w"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let tall = ConvDesc::new(1, (MAX_KERNEL + 1, 1), 1, 1, (MAX_KERNEL + 1, 1));
+    assert!(matches!(tall.validate(), Err(Error::InvalidDescriptor(_))));
+    let ok = ConvDesc::new(1, (1, MAX_KERNEL), 1, 1, (1, MAX_KERNEL));
+    assert_eq!(Conv2d::new(&ok).unwrap().shape().out_w, 1);
+}

@@ -86,6 +86,10 @@ impl Padding {
     }
 }
 
+/// The largest kernel side a convolution takes (per-tap tables are planned for every
+/// kernel column; EfficientNet's kernels are 1–7).
+pub const MAX_KERNEL: usize = 1024;
+
 /// A 2-D convolution over NHWC activations, grouped in the general case.
 ///
 /// Layouts (row-major, last index fastest):
@@ -129,9 +133,9 @@ pub struct ConvDesc {
     /// depthwise, 16 for G16. Must divide `in_channels`; the number of groups
     /// `in_channels / group_size` must divide `out_channels`.
     pub group_size: usize,
-    /// Kernel height.
+    /// Kernel height (at most [`MAX_KERNEL`]).
     pub kernel_h: usize,
-    /// Kernel width.
+    /// Kernel width (at most [`MAX_KERNEL`]).
     pub kernel_w: usize,
     /// Vertical stride.
     pub stride_h: usize,
@@ -262,7 +266,8 @@ impl ConvDesc {
 
     /// Checks every rule and computes the output size and buffer lengths.
     ///
-    /// Errors: any zero size, stride or dilation; `group_size` not dividing
+    /// Errors: any zero size, stride or dilation; a kernel side over [`MAX_KERNEL`];
+    /// `group_size` not dividing
     /// `in_channels`; groups not dividing `out_channels`; a (dilated) kernel larger than
     /// the padded input; padding of a full kernel span or more on one side (every tap of
     /// an edge output would read padding); buffer sizes that overflow.
@@ -285,6 +290,13 @@ impl ConvDesc {
         ] {
             if v == 0 {
                 return bad(format!("{name} is zero"));
+            }
+        }
+        for (name, v) in [("kernel_h", d.kernel_h), ("kernel_w", d.kernel_w)] {
+            if v > MAX_KERNEL {
+                return bad(format!(
+                    "{name} = {v} is over the largest kernel, {MAX_KERNEL}"
+                ));
             }
         }
         if !d.in_channels.is_multiple_of(d.group_size) {

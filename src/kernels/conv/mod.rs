@@ -55,7 +55,7 @@ pub mod grouped;
 pub mod pointwise;
 pub mod reference;
 
-pub use desc::{ConvDesc, ConvFamily, ConvShape, DType, Padding};
+pub use desc::{ConvDesc, ConvFamily, ConvShape, DType, MAX_KERNEL, Padding};
 
 use crate::error::{Error, Result, check_len};
 use crate::kernels::activation::Activation;
