@@ -46,7 +46,7 @@ pub enum effnet_dtype {
 /// - 1) / stride_h + 1`, likewise `out_w`.
 ///
 /// Rules (else `EFFNET_INVALID_ARGUMENT`): every size, stride and dilation at least 1,
-/// kernel sides at most 1024, paddings at least 0; `group_size` divides `in_channels` and the number of groups
+/// kernel sides, strides and dilations at most 1024, paddings at least 0; `group_size` divides `in_channels` and the number of groups
 /// `in_channels / group_size` divides `out_channels`; each padding is smaller than the
 /// dilated kernel span; the dilated kernel fits in the padded input; every buffer's
 /// element count fits in memory addressing.

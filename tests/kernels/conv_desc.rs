@@ -115,7 +115,7 @@ fn huge_grouped_batches_are_refused() {
     assert!(ok.workspace_len(ConvPass::Forward, 2) > 0);
 }
 
-/// A kernel side over `MAX_KERNEL` is refused at validation (its per-tap tables would be
+/// A kernel side or stride over `MAX_KERNEL` is refused at validation (its per-tap tables would be
 /// planned for every column; found by the descriptors fuzz target), the largest one is
 /// taken.
 #[test]
@@ -127,6 +127,11 @@ fn kernels_over_the_largest_side_are_refused() {
     }
     let tall = ConvDesc::new(1, (MAX_KERNEL + 1, 1), 1, 1, (MAX_KERNEL + 1, 1));
     assert!(matches!(tall.validate(), Err(Error::InvalidDescriptor(_))));
+    let strided = ConvDesc::new(1, (1, 4 * MAX_KERNEL), 1, 1, (1, 1)).with_stride(MAX_KERNEL + 1);
+    match strided.validate() {
+        Err(Error::InvalidDescriptor(m)) => assert!(m.contains("stride"), "{m}"),
+        other => panic!("{other:?}"),
+    }
     let ok = ConvDesc::new(1, (1, MAX_KERNEL), 1, 1, (1, MAX_KERNEL));
     assert_eq!(Conv2d::new(&ok).unwrap().shape().out_w, 1);
 }

@@ -86,8 +86,9 @@ impl Padding {
     }
 }
 
-/// The largest kernel side a convolution takes (per-tap tables are planned for every
-/// kernel column; EfficientNet's kernels are 1–7).
+/// The largest kernel side, stride and dilation a convolution takes (the plans keep
+/// tables per kernel column and per stride residue class; EfficientNet's kernels are
+/// 1–7, its strides 1–2).
 pub const MAX_KERNEL: usize = 1024;
 
 /// A 2-D convolution over NHWC activations, grouped in the general case.
@@ -266,7 +267,8 @@ impl ConvDesc {
 
     /// Checks every rule and computes the output size and buffer lengths.
     ///
-    /// Errors: any zero size, stride or dilation; a kernel side over [`MAX_KERNEL`];
+    /// Errors: any zero size, stride or dilation; a kernel side, stride or dilation over
+    /// [`MAX_KERNEL`];
     /// `group_size` not dividing
     /// `in_channels`; groups not dividing `out_channels`; a (dilated) kernel larger than
     /// the padded input; padding of a full kernel span or more on one side (every tap of
@@ -292,11 +294,16 @@ impl ConvDesc {
                 return bad(format!("{name} is zero"));
             }
         }
-        for (name, v) in [("kernel_h", d.kernel_h), ("kernel_w", d.kernel_w)] {
+        for (name, v) in [
+            ("kernel_h", d.kernel_h),
+            ("kernel_w", d.kernel_w),
+            ("stride_h", d.stride_h),
+            ("stride_w", d.stride_w),
+            ("dilation_h", d.dilation_h),
+            ("dilation_w", d.dilation_w),
+        ] {
             if v > MAX_KERNEL {
-                return bad(format!(
-                    "{name} = {v} is over the largest kernel, {MAX_KERNEL}"
-                ));
+                return bad(format!("{name} = {v} is over the largest, {MAX_KERNEL}"));
             }
         }
         if !d.in_channels.is_multiple_of(d.group_size) {
