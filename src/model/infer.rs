@@ -192,7 +192,7 @@ struct Fused {
     band: Vec<f32>,
     ws: Vec<f32>,
     pooled: Vec<f32>,
-    se: [Vec<f32>; 4],
+    se: [Vec<f32>; 3],
     logits: Vec<f32>,
 }
 
@@ -232,7 +232,6 @@ impl InferencePlan {
         // Sizes follow from the caller's batch and resolution: allocated fallibly.
         let buf = |what: &str, len: usize| try_filled(what, len, 0.0f32);
         let se = [
-            buf("a gate buffer", se_len)?,
             buf("a gate buffer", se_len)?,
             buf("a gate buffer", se_len)?,
             buf("a gate buffer", se_len)?,
@@ -338,7 +337,7 @@ impl InferencePlan {
                     + f.band.len()
                     + f.ws.len()
                     + f.pooled.len()
-                    + 4 * f.se[0].len()
+                    + 3 * f.se[0].len()
                     + f.logits.len()
             }
             PlanKind::Unfused(_) => 0,
@@ -430,7 +429,7 @@ impl Fused {
 impl FusedSe {
     /// Squeezes `d` and gates it in place (`bufs`: scratch of at least the pooled
     /// length each; `ws`: the plan's workspace).
-    fn run(&self, d: &mut [f32], bufs: &mut [Vec<f32>; 4], ws: &mut [f32]) -> Result<()> {
+    fn run(&self, d: &mut [f32], bufs: &mut [Vec<f32>; 3], ws: &mut [f32]) -> Result<()> {
         let [pooled, rest @ ..] = bufs;
         let p = &mut pooled[..self.shape.pooled_len()];
         pool::global_avg_pool(&self.shape, d, p)?;
@@ -443,12 +442,9 @@ impl FusedSe {
         &self,
         d: &mut [f32],
         pooled: &[f32],
-        bufs: &mut [Vec<f32>],
+        [r, g]: &mut [Vec<f32>; 2],
         ws: &mut [f32],
     ) -> Result<()> {
-        let [r, g, ..] = bufs else {
-            unreachable!("the plan keeps four squeeze-excite buffers")
-        };
         let r = &mut r[..self.reduce.y_len()];
         self.reduce.run(pooled, None, r, ws)?;
         let g = &mut g[..self.expand.y_len()];
