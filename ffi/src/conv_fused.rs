@@ -161,64 +161,94 @@ pub unsafe extern "C" fn effnet_conv_forward_fused(
     workspace: *mut c_void,
     workspace_bytes: usize,
 ) -> effnet_status {
-    guard("effnet_conv_forward_fused", || {
-        // SAFETY: the caller's contract; handles are checked before use.
-        let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
-        let s = conv.shape();
-        let plain = !w.is_null() || w_len > 0;
-        let is_packed = !packed.is_null() || packed_bytes > 0;
-        if plain == is_packed {
-            return Err(Failure::invalid(
-                "pass exactly one of `w` (plain weights) and `packed` (packed weights); \
-                 the other NULL with length 0",
-            ));
-        }
-        let wants_residual = conv.post_ops().residual;
-        let has_residual = !residual.is_null() || residual_len > 0;
-        if wants_residual != has_residual {
-            return Err(Failure::invalid(if wants_residual {
-                "the plan's post-ops add a residual: pass `residual` (y_len floats)"
-            } else {
-                "`residual` was given but the plan's post-ops add none \
-                 (NULL with residual_len = 0)"
-            }));
-        }
-        let bx = Buf::input("x", x, x_len, s.x_len);
-        let bwt = if plain {
-            Buf::input("w", w, w_len, s.w_len)
-        } else {
-            packed_buf(conv, packed, packed_bytes)?
-        };
-        let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
-        let br = Buf::input("residual", residual, residual_len, s.y_len).optional();
-        let by = Buf::output("y", y, y_len, s.y_len);
-        // NULL with 0 bytes: the library's buffer; anything else is the caller's.
-        let ws =
-            (!workspace.is_null() || workspace_bytes > 0).then_some((workspace, workspace_bytes));
-        let bws = buffers::workspace_arg(ws);
-        buffers::check(&[bx, bwt, bb, br, by, bws])?;
-        // SAFETY: checked above; readable/writable and exclusive by the contract.
-        let (x, wt, bias, res, y, wsb) = unsafe {
-            (
-                buffers::input(&bx),
-                buffers::input(&bwt),
-                buffers::opt_input(&bb),
-                buffers::opt_input(&br),
-                buffers::output(&by),
-                buffers::opt_output(&bws),
-            )
-        };
-        let weights = if plain {
-            ConvWeights::Plain(wt)
-        } else {
-            ConvWeights::Packed(wt)
-        };
-        let floats = || ctx.install(|| conv.workspace_len(ConvPass::Forward, 0));
-        let need = || buffers::workspace_bytes(floats());
-        let query = "effnet_conv_workspace_size";
-        buffers::run_pass(ctx, need, query, wsb, ws, |ws| {
-            conv.forward_fused(x, weights, bias, res, y, ws)
-        })?;
-        Ok(())
+    // SAFETY: forwarded from this function's contract.
+    guard("effnet_conv_forward_fused", || unsafe {
+        forward_fused(
+            ctx,
+            plan,
+            (x, x_len),
+            (w, w_len),
+            (packed, packed_bytes),
+            (bias, bias_len),
+            (residual, residual_len),
+            (y, y_len),
+            (workspace, workspace_bytes),
+        )
     })
+}
+
+/// The body of `effnet_conv_forward_fused` (and of `effnet_conv_forward_packed`, which
+/// is it without plain weights or a residual): every pointer with its length.
+///
+/// # Safety
+/// As `effnet_conv_forward_fused`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn forward_fused(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    (x, x_len): (*const f32, usize),
+    (w, w_len): (*const f32, usize),
+    (packed, packed_bytes): (*const c_void, usize),
+    (bias, bias_len): (*const f32, usize),
+    (residual, residual_len): (*const f32, usize),
+    (y, y_len): (*mut f32, usize),
+    (workspace, workspace_bytes): (*mut c_void, usize),
+) -> Outcome {
+    // SAFETY: the caller's contract; handles are checked before use.
+    let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
+    let s = conv.shape();
+    let plain = !w.is_null() || w_len > 0;
+    let is_packed = !packed.is_null() || packed_bytes > 0;
+    if plain == is_packed {
+        return Err(Failure::invalid(
+            "pass exactly one of `w` (plain weights) and `packed` (packed weights); \
+             the other NULL with length 0",
+        ));
+    }
+    let wants_residual = conv.post_ops().residual;
+    let has_residual = !residual.is_null() || residual_len > 0;
+    if wants_residual != has_residual {
+        return Err(Failure::invalid(if wants_residual {
+            "the plan's post-ops add a residual: pass `residual` (y_len floats)"
+        } else {
+            "`residual` was given but the plan's post-ops add none \
+             (NULL with residual_len = 0)"
+        }));
+    }
+    let bx = Buf::input("x", x, x_len, s.x_len);
+    let bwt = if plain {
+        Buf::input("w", w, w_len, s.w_len)
+    } else {
+        packed_buf(conv, packed, packed_bytes)?
+    };
+    let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
+    let br = Buf::input("residual", residual, residual_len, s.y_len).optional();
+    let by = Buf::output("y", y, y_len, s.y_len);
+    // NULL with 0 bytes: the library's buffer; anything else is the caller's.
+    let ws = (!workspace.is_null() || workspace_bytes > 0).then_some((workspace, workspace_bytes));
+    let bws = buffers::workspace_arg(ws);
+    buffers::check(&[bx, bwt, bb, br, by, bws])?;
+    // SAFETY: checked above; readable/writable and exclusive by the contract.
+    let (x, wt, bias, res, y, wsb) = unsafe {
+        (
+            buffers::input(&bx),
+            buffers::input(&bwt),
+            buffers::opt_input(&bb),
+            buffers::opt_input(&br),
+            buffers::output(&by),
+            buffers::opt_output(&bws),
+        )
+    };
+    let weights = if plain {
+        ConvWeights::Plain(wt)
+    } else {
+        ConvWeights::Packed(wt)
+    };
+    let floats = || ctx.install(|| conv.workspace_len(ConvPass::Forward, 0));
+    let need = || buffers::workspace_bytes(floats());
+    let query = "effnet_conv_workspace_size";
+    buffers::run_pass(ctx, need, query, wsb, ws, |ws| {
+        conv.forward_fused(x, weights, bias, res, y, ws)
+    })?;
+    Ok(())
 }

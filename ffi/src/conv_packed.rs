@@ -3,11 +3,12 @@
 
 use std::ffi::c_void;
 
-use effnet_core::kernels::conv::{Conv2d, ConvPass};
+use effnet_core::kernels::conv::Conv2d;
 
 use crate::buffers::{self, Buf};
 use crate::context::effnet_context;
 use crate::conv::{ctx_and_plan, effnet_conv_plan};
+use crate::conv_fused::forward_fused;
 use crate::handle;
 use crate::status::{Failure, Outcome, effnet_status, guard};
 
@@ -130,39 +131,18 @@ pub unsafe extern "C" fn effnet_conv_forward_packed(
     workspace: *mut c_void,
     workspace_bytes: usize,
 ) -> effnet_status {
-    guard("effnet_conv_forward_packed", || {
-        // SAFETY: the caller's contract; handles are checked before use.
-        let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
-        let s = conv.shape();
-        let bx = Buf::input("x", x, x_len, s.x_len);
-        let bp = packed_buf(conv, packed, packed_bytes)?;
-        let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
-        let by = Buf::output("y", y, y_len, s.y_len);
-        // NULL with 0 bytes: the library's buffer; anything else is the caller's.
-        let ws =
-            (!workspace.is_null() || workspace_bytes > 0).then_some((workspace, workspace_bytes));
-        let bws = buffers::workspace_arg(ws);
-        buffers::check(&[bx, bp, bb, by, bws])?;
-        // SAFETY: checked above; readable/writable and exclusive by the contract.
-        let (x, packed, bias, y, wsb) = unsafe {
-            (
-                buffers::input(&bx),
-                buffers::input(&bp),
-                buffers::opt_input(&bb),
-                buffers::output(&by),
-                buffers::opt_output(&bws),
-            )
-        };
-        let floats = || ctx.install(|| conv.workspace_len(ConvPass::Forward, 0));
-        let need = || buffers::workspace_bytes(floats());
-        let query = "effnet_conv_workspace_size";
-        buffers::run_pass(ctx, need, query, wsb, ws, |ws| match ws {
-            Some(ws) => conv.forward_packed(x, packed, bias, y, ws),
-            None => effnet_core::kernels::scratch::try_with_reused(
-                conv.workspace_len(ConvPass::Forward, 0),
-                |ws| conv.forward_packed(x, packed, bias, y, ws),
-            ),
-        })?;
-        Ok(())
+    // SAFETY: forwarded from this function's contract.
+    guard("effnet_conv_forward_packed", || unsafe {
+        forward_fused(
+            ctx,
+            plan,
+            (x, x_len),
+            (std::ptr::null(), 0),
+            (packed, packed_bytes),
+            (bias, bias_len),
+            (std::ptr::null(), 0),
+            (y, y_len),
+            (workspace, workspace_bytes),
+        )
     })
 }
