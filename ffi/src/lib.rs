@@ -21,6 +21,7 @@
 pub mod buffers;
 pub mod context;
 pub mod conv;
+pub mod conv_backward;
 pub mod conv_fused;
 pub mod conv_packed;
 #[cfg(any(test, fuzzing))]
@@ -35,11 +36,13 @@ pub mod status;
 
 pub use context::{effnet_context, effnet_context_create, effnet_context_destroy};
 pub use conv::{
+    effnet_conv_desc, effnet_conv_family, effnet_conv_forward, effnet_conv_forward_ws,
+    effnet_conv_pass, effnet_conv_plan, effnet_conv_plan_create, effnet_conv_plan_destroy,
+    effnet_conv_plan_shape, effnet_conv_shape, effnet_conv_workspace_size, effnet_dtype,
+};
+pub use conv_backward::{
     effnet_conv_backward_data, effnet_conv_backward_data_ws, effnet_conv_backward_weight,
-    effnet_conv_backward_weight_ws, effnet_conv_desc, effnet_conv_family, effnet_conv_forward,
-    effnet_conv_forward_ws, effnet_conv_pass, effnet_conv_plan, effnet_conv_plan_create,
-    effnet_conv_plan_destroy, effnet_conv_plan_shape, effnet_conv_shape,
-    effnet_conv_workspace_size, effnet_dtype,
+    effnet_conv_backward_weight_ws,
 };
 pub use conv_fused::{
     effnet_conv_forward_fused, effnet_conv_plan_create_fused, effnet_conv_plan_post_ops,
