@@ -1,7 +1,9 @@
 //! Benchmark support shared by the CLI's `bench` commands and the criterion benches:
-//! the layer-suite format, timing, and the roofline of the reference machine.
+//! the layer-suite format, timing, prepared cases (one operator, or a whole network),
+//! and the roofline of the reference machine.
 
 pub mod cases;
+pub mod network;
 
 use crate::error::{Error, Result};
 use crate::kernels::conv::{ConvDesc, Padding};

@@ -2,9 +2,8 @@
 
 use clap::Args;
 use effnet::arch::ArchConfig;
-use effnet::error::{checked_product, try_with_capacity};
-use effnet::kernels::loss::Targets;
-use effnet::model::{Network, Pass, profile};
+use effnet::bench::network::{InferMode, NetworkCase};
+use effnet::model::{Network, profile};
 use effnet::{Error, Result};
 use std::time::{Duration, Instant};
 
@@ -144,56 +143,40 @@ pub fn run(a: &ModelArgs) -> Result<()> {
     let res = a.res.unwrap_or(cfg.native_res);
     let n = a.batch;
     super::in_pool(a.threads, || -> Result<()> {
-        let mut net = Network::new(&cfg, 0)?;
-        net.set_buffer_reuse(!a.no_reuse);
-        let len = checked_product("the images", &[n, res, res, 3])?;
-        let mut x = try_with_capacity("the images", len)?;
-        x.extend((0..len).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0));
-        let labels: Vec<usize> = (0..n).map(|i| i % cfg.num_classes).collect();
-        let plan = net.memory_plan(n, res);
-        let threads = rayon::current_num_threads();
         // Inference runs on the prepared network (BatchNorm folded, epilogues fused,
         // weights packed once); `--unfused` times the layer-by-layer forward pass.
-        let mut prepared = if a.modes.iter().any(|m| m == "infer") && !a.unfused {
-            Some(match a.band_kib {
-                None => net.plan_inference(n, res)?,
-                Some(0) => net.plan_inference_with(n, res, usize::MAX)?,
-                Some(kib) => net.plan_inference_with(n, res, kib << 10)?,
-            })
-        } else {
+        let infer = if !a.modes.iter().any(|m| m == "infer") {
             None
+        } else if a.unfused {
+            Some(InferMode::Unfused)
+        } else {
+            Some(match a.band_kib {
+                None => InferMode::Prepared,
+                Some(0) => InferMode::PreparedBands(usize::MAX),
+                Some(kib) => InferMode::PreparedBands(kib << 10),
+            })
         };
+        let mut case = NetworkCase::new(&cfg, n, res, infer)?;
+        case.net.set_buffer_reuse(!a.no_reuse);
+        let plan = case.net.memory_plan(n, res);
+        let threads = rayon::current_num_threads();
         for mode in ["infer", "train"] {
             if !a.modes.iter().any(|m| m == mode) {
                 continue;
             }
-            let mut step = |net: &mut Network| -> Result<()> {
+            let step = |case: &mut NetworkCase| -> Result<()> {
                 if mode == "infer" {
-                    match prepared.as_mut() {
-                        Some(p) => p.run(&x).map(|_| ()),
-                        None => net.predict(&x, n, res).map(|_| ()),
-                    }
+                    case.infer()
                 } else {
-                    net.loss_and_grad(
-                        &x,
-                        n,
-                        res,
-                        Targets::Labels(&labels),
-                        0.1,
-                        &Pass {
-                            head_only: a.head_only,
-                            ..Pass::train(&cfg, 1)
-                        },
-                    )
-                    .map(|(_, tape)| net.recycle(tape))
+                    case.train(a.head_only)
                 }
             };
-            step(&mut net)?;
+            step(&mut case)?;
             profile::enable(a.profile);
             profile::take();
             let t = Instant::now();
             for _ in 0..a.iters {
-                step(&mut net)?;
+                step(&mut case)?;
             }
             let total = t.elapsed();
             profile::enable(false);
@@ -201,7 +184,7 @@ pub fn run(a: &ModelArgs) -> Result<()> {
             if a.profile {
                 print_profile(&cfg.name, mode, total, a.iters);
                 if mode == "infer" {
-                    print_traffic(prepared.as_ref(), &net, n, res)?;
+                    print_traffic(case.prepared(), &case.net, n, res)?;
                 }
             }
             let rss = peak_rss_mb();

@@ -6,6 +6,7 @@ mod bench_norm;
 mod bench_ops;
 mod interop;
 mod ipu;
+mod study;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +61,10 @@ enum BenchCommand {
     Model(bench_model::ModelArgs),
     /// Times the normalization + activation ops (LN+Proxy Norm, GroupNorm, BatchNorm).
     Norm(bench_norm::NormArgs),
+    /// The paper's practical-efficiency study: parameters, GMACs, measured CPU and
+    /// estimated IPU throughput of B0–B2 (or any of B0–B7) in four variants at the
+    /// native and half resolutions; a table, JSON lines and a picture.
+    Study(study::StudyArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -76,6 +81,7 @@ pub fn run() -> Result<()> {
         Command::Bench(BenchCommand::Ops(a)) => bench_ops::run(&a),
         Command::Bench(BenchCommand::Model(a)) => bench_model::run(&a),
         Command::Bench(BenchCommand::Norm(a)) => bench_norm::run(&a),
+        Command::Bench(BenchCommand::Study(a)) => study::run(&a),
         Command::Info(a) => info(&a),
         Command::Train(a) => train::run(&a),
         Command::Predict(a) => interop::predict(&a),

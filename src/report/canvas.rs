@@ -240,6 +240,69 @@ impl Canvas {
         }
     }
 
+    /// The outline (thickness `t`) of a square of side `2r+1` centred on `(x, y)`,
+    /// clipped to `p`.
+    pub(crate) fn square_outline(
+        &mut self,
+        x: usize,
+        y: usize,
+        r: usize,
+        c: [u8; 3],
+        t: usize,
+        p: &Panel,
+    ) {
+        for yy in y.saturating_sub(r)..=y + r {
+            for xx in x.saturating_sub(r)..=x + r {
+                let edge = xx < x.saturating_sub(r) + t
+                    || xx + t > x + r
+                    || yy < y.saturating_sub(r) + t
+                    || yy + t > y + r;
+                if edge && p.contains(xx as f64, yy as f64) {
+                    self.set(xx, yy, c);
+                }
+            }
+        }
+    }
+
+    /// [`Canvas::polyline`] with a dashed line: dashes of `dash` pixels (thickness `t`)
+    /// and gaps as long, the pattern running on along the whole line.
+    pub(crate) fn dashed_polyline(
+        &mut self,
+        p: &Panel,
+        data: &[(f64, f64)],
+        c: [u8; 3],
+        t: usize,
+        dash: usize,
+    ) {
+        let dash = dash.max(1) as f64;
+        let mut run = 0.0f64; // length drawn along the line so far
+        let mut prev: Option<(f64, f64)> = None;
+        for &(x, y) in data {
+            if !(x.is_finite() && y.is_finite()) {
+                prev = None;
+                continue;
+            }
+            let to = (p.fx(x), p.fy(y).clamp(-1e6, 1e6));
+            let from = prev.unwrap_or(to);
+            let len = ((to.0 - from.0).powi(2) + (to.1 - from.1).powi(2)).sqrt();
+            let n = (len * 2.0).ceil().max(1.0) as usize;
+            for i in 0..=n {
+                let f = i as f64 / n as f64;
+                if ((run + f * len) / dash) as u64 % 2 == 0 {
+                    self.dot(
+                        from.0 + (to.0 - from.0) * f,
+                        from.1 + (to.1 - from.1) * f,
+                        t,
+                        c,
+                        p,
+                    );
+                }
+            }
+            run += len;
+            prev = Some(to);
+        }
+    }
+
     /// Writes `text` with its top-left corner at `(x, y)`, each font pixel `s`×`s`.
     pub(crate) fn text(&mut self, x: usize, y: usize, text: &str, s: usize, c: [u8; 3]) {
         for (k, ch) in text.chars().enumerate() {
@@ -333,7 +396,7 @@ pub(crate) fn glyph(c: char) -> [u8; 7] {
         'd' => [0x01, 0x01, 0x0D, 0x13, 0x11, 0x11, 0x0F],
         'e' => [0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E],
         'f' => [0x06, 0x09, 0x08, 0x1C, 0x08, 0x08, 0x08],
-        'g' => [0x00, 0x0F, 0x11, 0x11, 0x0F, 0x01, 0x0E],
+        'g' => [0x00, 0x00, 0x0F, 0x11, 0x0F, 0x01, 0x0E],
         'h' => [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11],
         'i' => [0x04, 0x00, 0x0C, 0x04, 0x04, 0x04, 0x0E],
         'j' => [0x02, 0x00, 0x06, 0x02, 0x02, 0x12, 0x0C],

@@ -109,6 +109,19 @@ impl Progress {
         }
     }
 
+    /// Shows `msg` beside the bar (e.g. what the next step works on).
+    pub fn set_message(&self, msg: &str) {
+        self.bar.set_message(msg.to_string());
+    }
+
+    /// Records one step that has no loss (e.g. one case of a benchmark sweep) over
+    /// `images` images.
+    pub fn advance(&mut self, images: usize) {
+        self.steps += 1;
+        self.images += images as u64;
+        self.bar.set_position(self.steps);
+    }
+
     /// Steps recorded.
     pub fn steps(&self) -> u64 {
         self.steps

@@ -145,10 +145,8 @@ fn panels(level: SimdLevel, n: usize, k: usize) -> Vec<Panel> {
 /// whole vectors): the cost of an orientation, for callers that can pick one.
 pub(crate) fn padded_cols(level: SimdLevel, n: usize) -> usize {
     let level = level.min(crate::simd::detected());
-    panels(level, n, 0)
-        .iter()
-        .map(|p| p.nv * table(level).lanes)
-        .sum()
+    let lanes = table(level).lanes;
+    n.div_ceil(lanes).saturating_mul(lanes)
 }
 
 /// `B` packed into column panels for one SIMD level: each panel is `k` rows of
@@ -191,10 +189,12 @@ impl PackedB<'static> {
 impl<'a> PackedB<'a> {
     /// Floats of packed data for a `k × n` matrix at `level`.
     pub(crate) fn packed_len(level: SimdLevel, k: usize, n: usize) -> usize {
+        // The panels hold every vector of columns once, `k` rows each: computed without
+        // listing the panels, so a size query for a huge (fuzzed) shape allocates
+        // nothing (saturating: such a size is refused by the workspace check).
         let level = level.min(crate::simd::detected());
-        panels(level, n, k)
-            .last()
-            .map_or(0, |p| p.offset + k * p.nv * table(level).lanes)
+        let lanes = table(level).lanes;
+        n.div_ceil(lanes).saturating_mul(lanes).saturating_mul(k)
     }
 
     /// [`PackedB::new`] into `buf` (at least [`PackedB::packed_len`] floats, any
