@@ -74,6 +74,10 @@ pub struct TrainArgs {
     /// Evaluation samples of the built-in dataset (ignored with --data).
     #[arg(long, default_value_t = 1024)]
     eval_size: usize,
+    /// Random square crops of the built-in dataset's training images: each covers at
+    /// least this fraction of the image (1 = no crops; ignored with --data).
+    #[arg(long, default_value_t = SyntheticSplit::TRAIN_CROP_MIN_AREA)]
+    crop_min_area: f32,
     /// Checkpoint path (written atomically after every epoch).
     #[arg(long, default_value = "effnet-train.safetensors")]
     checkpoint: PathBuf,
@@ -271,17 +275,25 @@ fn synthetic_data(a: &TrainArgs, seed: u64) -> Result<Data> {
             "--train-size and --eval-size must be at least 1".into(),
         ));
     }
+    if !(a.crop_min_area > 0.0 && a.crop_min_area <= 1.0) {
+        return Err(Error::InvalidArgument(format!(
+            "--crop-min-area {} must be in (0, 1]",
+            a.crop_min_area
+        )));
+    }
     let shapes = SyntheticShapes::new(SyntheticShapes::MAX_CLASSES, seed ^ 0x5A)?;
     Ok(Data {
         train: Box::new(SyntheticSplit {
             shapes,
             offset: 0,
             len: a.train_size,
+            crop_min_area: a.crop_min_area,
         }),
         eval: Box::new(SyntheticSplit {
             shapes,
             offset: 1 << 40,
             len: a.eval_size,
+            crop_min_area: 1.0,
         }),
         what: format!("{} synthetic shapes", a.train_size),
     })

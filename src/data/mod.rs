@@ -49,7 +49,7 @@ pub trait Dataset: Send + Sync {
 /// A contiguous range of [`SyntheticShapes`] samples: `len` samples starting at
 /// `offset` (training and evaluation sets use disjoint ranges). The procedural images
 /// need no augmentation, so `train` and `seed` are ignored.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq)]
 pub struct SyntheticSplit {
     /// The generator.
     pub shapes: SyntheticShapes,
@@ -57,6 +57,18 @@ pub struct SyntheticSplit {
     pub offset: u64,
     /// Number of samples.
     pub len: usize,
+    /// Random square crops in training batches: each training sample is drawn through
+    /// a window covering at least this fraction of the image ([`synthetic::View`]),
+    /// so that the network sees the patterns over a range of scales (1 = the whole
+    /// image, no augmentation). Evaluation batches always draw the whole image.
+    pub crop_min_area: f32,
+}
+
+impl SyntheticSplit {
+    /// The default `crop_min_area` of the training split: windows of at least a quarter
+    /// of the image (sides from 1/2 to 1), so objects appear up to 2× larger than in the
+    /// whole image (the zoom of training at half the test resolution).
+    pub const TRAIN_CROP_MIN_AREA: f32 = 0.25;
 }
 
 impl Dataset for SyntheticSplit {
@@ -72,8 +84,8 @@ impl Dataset for SyntheticSplit {
         &self,
         indices: &[usize],
         res: usize,
-        _train: bool,
-        _seed: u64,
+        train: bool,
+        seed: u64,
         images: &mut [f32],
         labels: &mut [usize],
     ) -> Result<()> {
@@ -84,7 +96,8 @@ impl Dataset for SyntheticSplit {
             )));
         }
         let idx: Vec<u64> = indices.iter().map(|&i| self.offset + i as u64).collect();
-        self.shapes.render_batch(&idx, res, images, labels)
+        let crop = (train && self.crop_min_area < 1.0).then_some((seed, self.crop_min_area));
+        self.shapes.render_batch(&idx, res, crop, images, labels)
     }
 }
 

@@ -90,8 +90,21 @@ impl SyntheticShapes {
     /// Draws sample `index` at `res`×`res` into `out` (NHWC `[res][res][3]`, roughly
     /// zero mean and unit variance per channel) and returns its label.
     pub fn render(&self, index: u64, res: usize, out: &mut [f32]) -> Result<usize> {
+        self.render_view(index, res, View::FULL, out)
+    }
+
+    /// [`SyntheticShapes::render`] of the square window `view` of the sample, scaled
+    /// to `res`×`res` (drawn in continuous coordinates: a window of half the side has
+    /// the detail of the whole image at twice the resolution).
+    pub fn render_view(&self, index: u64, res: usize, view: View, out: &mut [f32]) -> Result<usize> {
         if res == 0 {
             return Err(Error::InvalidArgument("resolution 0".into()));
+        }
+        if !(view.side > 0.0 && view.side <= 1.0 && view.left.is_finite() && view.top.is_finite())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "view {view:?}: the side must be in (0, 1]"
+            )));
         }
         check_len("image", out.len(), res * res * 3)?;
         let label = self.label(index);
@@ -104,10 +117,15 @@ impl SyntheticShapes {
         let (cx, cy) = (r.range(0.3, 0.7), r.range(0.3, 0.7));
         let size = r.range(0.15, 0.3);
         let noise_seed = mix(r.0);
-        let inv = 1.0 / res as f32;
+        let inv = view.side / res as f32;
+        // Pixels per unit of the image: the edge of a disc or square is one pixel wide.
+        let px_per_unit = res as f32 / view.side;
         for y in 0..res {
             for x in 0..res {
-                let (u, v) = ((x as f32 + 0.5) * inv, (y as f32 + 0.5) * inv);
+                let (u, v) = (
+                    view.left + (x as f32 + 0.5) * inv,
+                    view.top + (y as f32 + 0.5) * inv,
+                );
                 let wave = |t: f32| 0.5 + 0.5 * (TAU * freq * t + phase).sin();
                 let p = match label {
                     0 => wave(v),
@@ -121,11 +139,11 @@ impl SyntheticShapes {
                     5 => wave(((u - cx).powi(2) + (v - cy).powi(2)).sqrt()),
                     6 => {
                         let d = ((u - cx).powi(2) + (v - cy).powi(2)).sqrt();
-                        (((size - d) * res as f32) + 0.5).clamp(0.0, 1.0)
+                        (((size - d) * px_per_unit) + 0.5).clamp(0.0, 1.0)
                     }
                     _ => {
                         let d = (u - cx).abs().max((v - cy).abs());
-                        (((size * 0.85 - d) * res as f32) + 0.5).clamp(0.0, 1.0)
+                        (((size * 0.85 - d) * px_per_unit) + 0.5).clamp(0.0, 1.0)
                     }
                 };
                 let px = &mut out[(y * res + x) * 3..(y * res + x) * 3 + 3];
@@ -141,11 +159,13 @@ impl SyntheticShapes {
     }
 
     /// Draws the samples `indices` into `images` (NHWC `[indices.len()][res][res][3]`)
-    /// and their labels into `labels`, in parallel.
+    /// and their labels into `labels`, in parallel; with `crop = Some((seed,
+    /// min_area))`, each sample through its own random window ([`View::random`]).
     pub fn render_batch(
         &self,
         indices: &[u64],
         res: usize,
+        crop: Option<(u64, f32)>,
         images: &mut [f32],
         labels: &mut [usize],
     ) -> Result<()> {
@@ -163,8 +183,60 @@ impl SyntheticShapes {
             .zip(labels.par_iter_mut())
             .zip(indices.par_iter())
             .try_for_each(|((img, l), &i)| {
-                *l = self.render(i, res, img)?;
+                let view = match crop {
+                    Some((seed, min_area)) => View::random(mix(seed) ^ i, min_area),
+                    None => View::FULL,
+                };
+                *l = self.render_view(i, res, view, img)?;
                 Ok(())
             })
+    }
+}
+
+/// A square window of a synthetic image, in fractions of the image's side.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct View {
+    /// Left edge (0 = the image's left edge).
+    pub left: f32,
+    /// Top edge.
+    pub top: f32,
+    /// Side (1 = the whole image).
+    pub side: f32,
+}
+
+impl View {
+    /// The whole image.
+    pub const FULL: View = View {
+        left: 0.0,
+        top: 0.0,
+        side: 1.0,
+    };
+
+    /// A random square window inside the image covering a uniform fraction in
+    /// `[min_area, 1]` of its area (clamped to `[0.01, 1]`), anywhere inside it: the
+    /// random-resized-crop augmentation of ImageNet training, square so that stripe
+    /// orientations keep their angle. A pure function of `seed`.
+    ///
+    /// ```
+    /// use effnet::data::synthetic::View;
+    /// let v = View::random(7, 0.25);
+    /// assert!(v.side >= 0.5 && v.side <= 1.0);
+    /// assert!(v.left >= 0.0 && v.left + v.side <= 1.0 + 1e-6);
+    /// assert_eq!(v, View::random(7, 0.25));
+    /// ```
+    pub fn random(seed: u64, min_area: f32) -> View {
+        let min_area = if min_area.is_finite() {
+            min_area.clamp(0.01, 1.0)
+        } else {
+            1.0
+        };
+        let mut r = Stream(mix(seed ^ 0x7C15_9E37_79B9_4A7C));
+        let side = r.range(min_area, 1.0).sqrt().min(1.0);
+        let room = 1.0 - side;
+        View {
+            left: r.next() * room,
+            top: r.next() * room,
+            side,
+        }
     }
 }

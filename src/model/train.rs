@@ -585,10 +585,12 @@ impl Trainer {
         let mut lr = 0.0;
         for s in 0..steps {
             let step_seed = CounterRng::new(self.cfg.seed, STREAM_STEP).u64_at(self.step);
+            // Fine-tuning at the test resolution sees the images as the test does (the
+            // evaluation transform: no random crops), as in FixRes and the paper.
             train.batch(
                 &order[s * n..(s + 1) * n],
                 res,
-                true,
+                !finetune,
                 step_seed,
                 &mut images,
                 &mut labels,

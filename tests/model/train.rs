@@ -25,11 +25,13 @@ fn data(n: usize) -> (SyntheticSplit, SyntheticSplit) {
             shapes,
             offset: 0,
             len: n,
+            crop_min_area: 1.0,
         },
         SyntheticSplit {
             shapes,
             offset: 1 << 40,
             len: 16,
+            crop_min_area: 1.0,
         },
     )
 }

@@ -283,14 +283,14 @@ impl Norm {
             let (s1, s2) = (tot[ch], tot[c + ch]);
             mean_c[ch] = shift[ch] as f64 + s1 / m;
             m2_c[ch] = (s2 - s1 * s1 / m).max(0.0);
-            gmean[self.group_of[ch]] += mean_c[ch];
+            gmean[self.group_of(ch)] += mean_c[ch];
         }
         for v in gmean.iter_mut() {
             *v /= gs;
         }
         gm2.fill(0.0);
         for ch in 0..c {
-            let g = self.group_of[ch];
+            let g = self.group_of(ch);
             let d = mean_c[ch] - gmean[g];
             gm2[g] += m2_c[ch] + m * d * d;
         }
@@ -309,7 +309,7 @@ impl Norm {
         if self.groups == 0 {
             ch
         } else {
-            self.group_of[ch]
+            self.group_of(ch)
         }
     }
 

@@ -62,7 +62,7 @@ pub(crate) mod engine;
 mod forward;
 pub mod reference;
 
-use crate::error::{Error, Result, check_len, checked_product, try_reserve_for};
+use crate::error::{Error, Result, check_len, checked_product};
 use crate::kernels::activation::{Activation, with_act};
 use crate::kernels::conv::GradMode;
 use crate::kernels::reduce::sum_rows;
@@ -395,7 +395,8 @@ pub struct Norm {
     desc: NormDesc,
     geo: Geo,
     groups: usize,
-    group_of: Vec<usize>,
+    /// How channels map to groups (GroupNorm; contiguous for LayerNorm and BatchNorm).
+    grouping: Grouping,
     x_len: usize,
     /// The SIMD level the passes run at, read when the plan is made.
     level: SimdLevel,
@@ -408,9 +409,8 @@ impl Norm {
     ///
     /// # Errors
     /// [`Error::InvalidDescriptor`] for a rule broken, [`Error::Overflow`] when the
-    /// tensor does not fit in memory addressing, [`Error::OutOfMemory`] when the
-    /// per-channel table (one `usize` per channel, GroupNorm and LayerNorm) cannot be
-    /// allocated.
+    /// tensor does not fit in memory addressing. The plan allocates nothing (the group
+    /// of a channel is computed), so it is made at once for any addressable size.
     pub fn new(desc: &NormDesc) -> Result<Norm> {
         let bad = |m: String| Err(Error::InvalidDescriptor(m));
         for (name, v) in [
@@ -443,21 +443,11 @@ impl Norm {
             }
         };
         let x_len = checked_product("x", &[desc.batch, desc.h, desc.w, c])?;
-        // The plan's only table: one entry per channel, allocated fallibly (a huge
-        // `channels` is Error::OutOfMemory, not an abort).
-        let mut group_of = Vec::new();
-        if groups != 0 {
-            try_reserve_for(&mut group_of, "the channel-to-group table", c)?;
-            group_of.extend((0..c).map(|ch| match grouping {
-                Grouping::Contiguous => ch / (c / groups),
-                Grouping::Strided => ch % groups,
-            }));
-        }
         Ok(Norm {
             desc: *desc,
             geo: Geo::new(desc.batch, desc.h * desc.w, c),
             groups,
-            group_of,
+            grouping,
             x_len,
             level: simd::active(),
         })
@@ -494,9 +484,18 @@ impl Norm {
         }
     }
 
-    /// The group of channel `c` (GroupNorm/LayerNorm; 0 for BatchNorm).
+    /// The group of channel `c` (GroupNorm/LayerNorm; 0 for BatchNorm and for a
+    /// channel out of range). Computed, not looked up: the plan keeps no per-channel
+    /// table, so a plan for any addressable channel count allocates nothing.
     pub fn group_of(&self, c: usize) -> usize {
-        self.group_of.get(c).copied().unwrap_or(0)
+        let ch = self.desc.channels;
+        if self.groups == 0 || c >= ch {
+            return 0;
+        }
+        match self.grouping {
+            Grouping::Contiguous => c / (ch / self.groups),
+            Grouping::Strided => c % self.groups,
+        }
     }
 
     /// Zeroed statistics of the right size.
