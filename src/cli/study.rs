@@ -26,7 +26,11 @@ pub struct StudyArgs {
     /// Variants, comma-separated: g1_bn (timm's EfficientNet: depthwise, BatchNorm,
     /// expansion 6), g1_gn, g16_gn, g16_lnpn (the paper's G16 group convolutions,
     /// expansion 4, with GroupNorm or LayerNorm + Proxy Norm).
-    #[arg(long, default_value = "g1_bn,g1_gn,g16_gn,g16_lnpn", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "g1_bn,g1_gn,g16_gn,g16_lnpn",
+        value_delimiter = ','
+    )]
     variants: Vec<String>,
     /// Resolutions, comma-separated: native and/or half (the paper's reduced
     /// training resolutions, see `HALF_RES`).
@@ -170,11 +174,18 @@ fn configurations(a: &StudyArgs) -> Result<Vec<Row>> {
     super::bench_args::check_batch_res(Some(a.batch), &[])?;
     let mut rows = Vec::new();
     for &k in &scales {
-        for &(v, _) in VARIANTS.iter().filter(|v| a.variants.iter().any(|g| g == v.0)) {
+        for &(v, _) in VARIANTS
+            .iter()
+            .filter(|v| a.variants.iter().any(|g| g == v.0))
+        {
             let arch = arch_name(k, v);
             let cfg = ArchConfig::from_name(&arch)?;
             for native in [true, false] {
-                if !a.res.iter().any(|r| r == if native { "native" } else { "half" }) {
+                if !a
+                    .res
+                    .iter()
+                    .any(|r| r == if native { "native" } else { "half" })
+                {
                     continue;
                 }
                 let res = if native { cfg.native_res } else { HALF_RES[k] };
@@ -207,7 +218,10 @@ fn measure_cpu(row: &mut Row, a: &StudyArgs) -> Result<()> {
     let mut case = NetworkCase::new(&cfg, a.batch, row.res, Some(InferMode::Prepared))?;
     let best = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| o.max(new)));
     row.cpu_infer = best(row.cpu_infer, case.time_infer(a.iters)?.best_img_per_s());
-    row.cpu_train = best(row.cpu_train, case.time_train(a.iters, false)?.best_img_per_s());
+    row.cpu_train = best(
+        row.cpu_train,
+        case.time_train(a.iters, false)?.best_img_per_s(),
+    );
     Ok(())
 }
 
@@ -345,7 +359,12 @@ fn claims(rows: &[Row]) -> Vec<Claim> {
         rows.iter()
             .find(|r| r.scale == k && r.variant == v && r.native == native)
     };
-    let paper = |v: &str, res: usize| PAPER_B0.iter().find(|p| p.0 == v && p.1 == res).map(|p| p.2);
+    let paper = |v: &str, res: usize| {
+        PAPER_B0
+            .iter()
+            .find(|p| p.0 == v && p.1 == res)
+            .map(|p| p.2)
+    };
     let mut scales: Vec<usize> = rows.iter().map(|r| r.scale).collect();
     scales.dedup();
     let mut out = Vec::new();
@@ -454,7 +473,11 @@ fn charts(rows: &[Row], a: &StudyArgs, threads: usize) -> Vec<Chart> {
                         continue;
                     }
                     series.push(Series {
-                        label: if native { name.to_string() } else { String::new() },
+                        label: if native {
+                            name.to_string()
+                        } else {
+                            String::new()
+                        },
                         colour: PALETTE[i],
                         points,
                         dashed: !native,

@@ -96,12 +96,17 @@ impl SyntheticShapes {
     /// [`SyntheticShapes::render`] of the square window `view` of the sample, scaled
     /// to `res`×`res` (drawn in continuous coordinates: a window of half the side has
     /// the detail of the whole image at twice the resolution).
-    pub fn render_view(&self, index: u64, res: usize, view: View, out: &mut [f32]) -> Result<usize> {
+    pub fn render_view(
+        &self,
+        index: u64,
+        res: usize,
+        view: View,
+        out: &mut [f32],
+    ) -> Result<usize> {
         if res == 0 {
             return Err(Error::InvalidArgument("resolution 0".into()));
         }
-        if !(view.side > 0.0 && view.side <= 1.0 && view.left.is_finite() && view.top.is_finite())
-        {
+        if !(view.side > 0.0 && view.side <= 1.0 && view.left.is_finite() && view.top.is_finite()) {
             return Err(Error::InvalidArgument(format!(
                 "view {view:?}: the side must be in (0, 1]"
             )));

@@ -323,4 +323,3 @@ impl Curve {
         crate::io::write_atomic(path, &bytes)
     }
 }
-

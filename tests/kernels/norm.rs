@@ -563,11 +563,13 @@ fn huge_sizes_are_typed_errors() {
     // The computed channel-to-group map: contiguous and strided, first and last channel.
     let g = Norm::new(&NormDesc::group_norm(1, (1, 1), huge, 1 << 20)).unwrap();
     assert_eq!((g.group_of(0), g.group_of(huge - 1)), (0, (1 << 20) - 1));
-    let s = Norm::new(
-        &NormDesc::group_norm(1, (1, 1), huge, 1 << 20).with_grouping(Grouping::Strided),
-    )
-    .unwrap();
-    assert_eq!((s.group_of(1 << 20), s.group_of(huge - 1)), (0, (1 << 20) - 1));
+    let s =
+        Norm::new(&NormDesc::group_norm(1, (1, 1), huge, 1 << 20).with_grouping(Grouping::Strided))
+            .unwrap();
+    assert_eq!(
+        (s.group_of(1 << 20), s.group_of(huge - 1)),
+        (0, (1 << 20) - 1)
+    );
     let bn = Norm::new(&NormDesc::batch_norm(1, (1, 1), huge)).unwrap();
     assert_eq!((bn.x_len(), bn.sets()), (huge, huge));
     // batch·h·w·channels beyond addressing (or wrapping usize) is Overflow.

@@ -7,6 +7,7 @@ mod common;
 
 mod arch;
 mod bench;
+mod chart;
 mod curve;
 mod data_folder;
 mod fixtures_files;
@@ -19,6 +20,7 @@ mod params;
 mod progress;
 mod report;
 mod schedule;
+mod study_cli;
 mod synthetic;
 mod tensors;
 mod train;
