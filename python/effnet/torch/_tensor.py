@@ -10,6 +10,18 @@ def check_input(x, name, channels=None, dim=4):
     """``x`` as a float32 CPU tensor in channels-last memory (zero-copy when it already
     is one; otherwise converted once). Raises ``TypeError`` for a non-tensor, another
     dtype or device, ``ValueError`` for a wrong rank or channel count."""
+    check_tensor(x, name)
+    if x.dim() != dim:
+        raise ValueError(f"{name}: expected a {dim}-D tensor (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name}: expected {channels} channels (dim 1), got "
+                         f"{x.shape[1]} in shape {tuple(x.shape)}")
+    return nhwc(x)
+
+
+def check_tensor(x, name):
+    """Raises ``TypeError`` unless ``x`` is a non-empty float32 CPU tensor."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.device.type != "cpu":
@@ -17,15 +29,8 @@ def check_input(x, name, channels=None, dim=4):
                         "(move it with .cpu())")
     if x.dtype != torch.float32:
         raise TypeError(f"{name}: effnet takes torch.float32 tensors; got {x.dtype}")
-    if x.dim() != dim:
-        raise ValueError(f"{name}: expected a {dim}-D tensor (N, C, H, W), got shape "
-                         f"{tuple(x.shape)}")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name}: expected {channels} channels (dim 1), got "
-                         f"{x.shape[1]} in shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name}: empty tensor of shape {tuple(x.shape)}")
-    return nhwc(x)
 
 
 def nhwc(t):
