@@ -108,10 +108,15 @@ def test_effnet_checkpoint(tmp_path):
             t = t.permute(2, 3, 1, 0)
         elif name == "classifier.weight":
             t = t.t()
-        state[name] = t.contiguous()
+        t = t.contiguous()
+        state[name] = t
+        state["ema." + name] = 2 * t
+        state["optim." + name + ".momentum"] = torch.zeros_like(t)
     path = tmp_path / "ckpt.safetensors"
     save_file(state, str(path), metadata={"format": "effnet-checkpoint",
                                           "cfg.arch": "tiny_g16_gn"})
     loaded = et.efficientnet("tiny_g16_gn", pretrained=path)
+    ema = et.efficientnet("tiny_g16_gn", pretrained=path, ema=True)
     for name, t in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], t), name
+        assert torch.equal(ema.state_dict()[name], 2 * t), name

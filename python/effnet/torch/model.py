@@ -201,10 +201,12 @@ class EfficientNet(nn.Module):
         return self.classifier(self.dropout(self.global_pool(self.forward_features(x))))
 
 
-def load_weights(path_or_dict):
+def load_weights(path_or_dict, ema=False):
     """A state dict in timm's names and layouts from a dict, a ``.pth``/``.pt`` file,
     a timm safetensors state dict, or an effnet checkpoint (safetensors with
-    ``format = effnet-checkpoint``, whose effnet layouts are converted here)."""
+    ``format = effnet-checkpoint``, whose effnet layouts are converted here; its
+    optimizer state ``optim.*`` is dropped, and ``ema=True`` takes the EMA weights
+    ``ema.*`` instead of the trained ones)."""
     if isinstance(path_or_dict, dict):
         return path_or_dict
     path = Path(path_or_dict)
@@ -219,6 +221,9 @@ def load_weights(path_or_dict):
         return tensors
     out = {}
     for name, t in tensors.items():
+        if name.startswith("optim.") or name.startswith("ema.") != ema:
+            continue
+        name = name[4:] if ema else name
         if t.dim() == 4:  # [kh][kw][C_in/groups][C_out] -> OIHW
             t = t.permute(3, 2, 0, 1)
         elif name == "classifier.weight":  # [in][out] -> [out][in]
@@ -228,11 +233,13 @@ def load_weights(path_or_dict):
 
 
 def efficientnet(arch, pretrained=None, num_classes=None, drop_rate=None,
-                 drop_path_rate=0.0):
+                 drop_path_rate=0.0, ema=False):
     """An :class:`EfficientNet` of architecture ``arch``; ``pretrained`` (a state
     dict, a timm ``.pth``/safetensors file or an effnet checkpoint) loads its weights
-    (strictly; the class count is taken from it unless ``num_classes`` is given)."""
-    state = None if pretrained is None else load_weights(pretrained)
+    (strictly; the class count is taken from it unless ``num_classes`` is given;
+    ``ema`` as in :func:`load_weights`). ``drop_rate`` overrides the architecture's
+    dropout, ``drop_path_rate`` is timm's drop-connect rate (0 by default)."""
+    state = None if pretrained is None else load_weights(pretrained, ema)
     if num_classes is None:
         num_classes = 1000 if state is None or "classifier.bias" not in state \
             else state["classifier.bias"].numel()
