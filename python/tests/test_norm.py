@@ -178,3 +178,36 @@ def test_layernorm_proxy(variant, act, k, eps_pn, channels_last):
 def test_proxy_bad_variant():
     with pytest.raises(ValueError, match="variant"):
         et.LayerNormProxyAct2d(4, variant="half")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: et.BatchNormAct2d(6, act_layer="swish"),
+    lambda: et.GroupNormAct2d(2, 6, act_layer="swish"),
+    lambda: et.LayerNormProxyAct2d(6, variant="full"),
+], ids=["bn", "gn", "lnpn"])
+def test_directional_derivative(make):
+    """gradcheck-style: <grad, v> against a central difference of the float32 op,
+    for the input and every parameter at once."""
+    mod = make()
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(2, 6, 5, 3, requires_grad=True)
+    dy = torch.randn(2, 6, 5, 3)
+    leaves = [x] + list(mod.parameters())
+    loss = lambda: (mod(x) * dy).sum()  # noqa: E731
+    g = torch.autograd.grad(loss(), leaves)
+    vs = [torch.randn_like(t) for t in leaves]
+    h = 1e-2
+    with torch.no_grad():
+        for t, v in zip(leaves, vs):
+            t.add_(h * v)
+        up = loss().item()
+        for t, v in zip(leaves, vs):
+            t.sub_(2 * h * v)
+        down = loss().item()
+        for t, v in zip(leaves, vs):
+            t.add_(h * v)
+    fd = (up - down) / (2 * h)
+    an = sum((gi * v).sum().item() for gi, v in zip(g, vs))
+    assert abs(fd - an) <= 3e-3 * max(1.0, abs(an)), (fd, an)
