@@ -1,6 +1,8 @@
 """Checks and layout helpers shared by the modules: effnet takes float32 CPU tensors
 in NHWC memory, which PyTorch calls ``channels_last`` (logical shape NCHW)."""
 
+import threading
+
 import torch
 
 CL = torch.channels_last
@@ -75,3 +77,22 @@ def activation_name(act):
             return names[klass.__name__]
     raise ValueError(f"activation {cls.__name__} has no effnet kernel (identity, relu, "
                      "sigmoid, swish)")
+
+
+class _Scratch(threading.local):
+    buf = None
+
+
+_scratch = _Scratch()
+
+
+def scratch(nbytes):
+    """``(pointer, bytes)`` of this thread's scratch buffer, grown to at least
+    ``nbytes``: the workspace of the ``_ws`` passes, shared by every plan (the calls
+    of one thread never overlap). ``(None, 0)`` for a pass that needs none."""
+    if nbytes == 0:
+        return None, 0
+    buf = _scratch.buf
+    if buf is None or buf.numel() * 4 < nbytes:
+        buf = _scratch.buf = torch.empty((nbytes + 3) // 4, dtype=torch.float32)
+    return buf.data_ptr(), buf.numel() * 4

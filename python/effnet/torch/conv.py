@@ -9,7 +9,7 @@ from torch import nn
 from .. import _descriptors as D
 from .._lib import Handle, call, context
 from ._cache import Cache, version_key
-from ._tensor import check_input, empty_nhwc, nhwc, ptr
+from ._tensor import check_input, empty_nhwc, nhwc, ptr, scratch
 
 
 def tf_same_pads(size, kernel, stride, dilation):
@@ -35,6 +35,17 @@ class _ConvPlan:
         self.w_len, self.bias_len = shape.w_len, shape.bias_len
         self.packed = None
         self.packed_key = None
+        self.ws_sizes = {}
+
+    def workspace(self, ctx, pass_):
+        """``(pointer, bytes)`` of a workspace for pass ``pass_`` (0 forward, 1
+        backward-data, 2 backward-weight) on context ``ctx``."""
+        n = self.ws_sizes.get((ctx, pass_))
+        if n is None:
+            out = c_size_t()
+            call("effnet_conv_workspace_size", ctx, self.ptr, pass_, addressof(out))
+            n = self.ws_sizes[(ctx, pass_)] = out.value
+        return scratch(n)
 
 
 class Conv2d(nn.Conv2d):
@@ -141,9 +152,11 @@ class Conv2d(nn.Conv2d):
             plan.packed, plan.packed_bytes, plan.packed_key = buf, size.value, key
         y = empty_nhwc(x.shape[0], self.out_channels, plan.out_h, plan.out_w)
         b = self._bias()
-        call("effnet_conv_forward_packed", context(), plan.ptr, x.data_ptr(),
+        ctx = context()
+        call("effnet_conv_forward_packed", ctx, plan.ptr, x.data_ptr(),
              plan.x_len, plan.packed.data_ptr(), plan.packed_bytes, ptr(b),
-             0 if b is None else plan.bias_len, y.data_ptr(), plan.y_len, None, 0)
+             0 if b is None else plan.bias_len, y.data_ptr(), plan.y_len,
+             *plan.workspace(ctx, 0))
         return y
 
 
@@ -155,9 +168,10 @@ class _ConvFunction(torch.autograd.Function):
         w = mod.effnet_weight()
         b = mod._bias()
         y = empty_nhwc(x.shape[0], mod.out_channels, plan.out_h, plan.out_w)
-        call("effnet_conv_forward", context(), plan.ptr, x.data_ptr(), plan.x_len,
+        c = context()
+        call("effnet_conv_forward_ws", c, plan.ptr, x.data_ptr(), plan.x_len,
              w.data_ptr(), plan.w_len, ptr(b), 0 if b is None else plan.bias_len,
-             y.data_ptr(), plan.y_len)
+             y.data_ptr(), plan.y_len, *plan.workspace(c, 0))
         ctx.save_for_backward(x)
         ctx.w, ctx.plan, ctx.has_bias = w, plan, bias is not None
         return y
@@ -168,16 +182,19 @@ class _ConvFunction(torch.autograd.Function):
         plan, w = ctx.plan, ctx.w
         dy = nhwc(dy)
         dx = dweight = dbias = None
+        c = context()
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x)
-            call("effnet_conv_backward_data", context(), plan.ptr, dy.data_ptr(),
-                 plan.y_len, w.data_ptr(), plan.w_len, dx.data_ptr(), plan.x_len)
+            call("effnet_conv_backward_data_ws", c, plan.ptr, dy.data_ptr(),
+                 plan.y_len, w.data_ptr(), plan.w_len, dx.data_ptr(), plan.x_len,
+                 *plan.workspace(c, 1))
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             dw = torch.empty_like(w)
             db = torch.empty(plan.bias_len) if ctx.has_bias else None
-            call("effnet_conv_backward_weight", context(), plan.ptr, x.data_ptr(),
+            call("effnet_conv_backward_weight_ws", c, plan.ptr, x.data_ptr(),
                  plan.x_len, dy.data_ptr(), plan.y_len, dw.data_ptr(), plan.w_len,
-                 ptr(db), 0 if db is None else plan.bias_len, 0)
+                 ptr(db), 0 if db is None else plan.bias_len, 0,
+                 *plan.workspace(c, 2))
             if ctx.needs_input_grad[1]:
                 dweight = dw.permute(3, 2, 0, 1).contiguous()
             if ctx.needs_input_grad[2]:

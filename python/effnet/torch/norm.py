@@ -2,7 +2,7 @@
 ``GroupNormAct2d`` (LayerNorm is one group) and ``LayerNormProxyAct2d`` (LayerNorm +
 Proxy Norm activation)."""
 
-from ctypes import addressof
+from ctypes import addressof, c_size_t
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from torch import nn
 from .. import _descriptors as D
 from .._lib import Handle, call, context
 from ._cache import Cache
-from ._tensor import activation_name, check_input, dense, empty_nhwc, nhwc, ptr
+from ._tensor import activation_name, check_input, dense, nhwc, ptr, scratch
 
 _TORCH_ACT = {"identity": lambda t: t, "relu": F.relu, "sigmoid": torch.sigmoid,
               "swish": F.silu}
@@ -28,6 +28,17 @@ class _NormPlan:
         call("effnet_norm_plan_shape", self.ptr, addressof(shape))
         self.x_len, self.affine_len = shape.x_len, shape.affine_len
         self.saved_len, self.running_len = shape.saved_len, shape.running_len
+        self.ws_sizes = {}
+
+    def workspace(self, ctx, pass_):
+        """``(pointer, bytes)`` of a workspace for pass ``pass_`` (0 forward, 1
+        inference, 2 backward)."""
+        n = self.ws_sizes.get(pass_)
+        if n is None:
+            out = c_size_t()
+            call("effnet_norm_workspace_size", ctx, self.ptr, pass_, addressof(out))
+            n = self.ws_sizes[pass_] = out.value
+        return scratch(n)
 
 
 def _affine(weight, bias):
@@ -48,9 +59,10 @@ class _NormFunction(torch.autograd.Function):
         affine = _affine(weight, bias)
         y = torch.empty_like(x)
         saved = torch.empty(plan.saved_len)
-        call("effnet_norm_forward", context(), plan.ptr, x.data_ptr(), plan.x_len,
+        c = context()
+        call("effnet_norm_forward_ws", c, plan.ptr, x.data_ptr(), plan.x_len,
              ptr(affine), plan.affine_len, y.data_ptr(), plan.x_len, saved.data_ptr(),
-             plan.saved_len)
+             plan.saved_len, *plan.workspace(c, 0))
         if momentum is not None:
             call("effnet_norm_update_running", context(), plan.ptr, saved.data_ptr(),
                  plan.saved_len, running.data_ptr(), plan.running_len, momentum)
@@ -66,10 +78,11 @@ class _NormFunction(torch.autograd.Function):
         dy = nhwc(dy)
         dx = torch.empty_like(x)
         daffine = None if affine is None else torch.empty_like(affine)
-        call("effnet_norm_backward", context(), plan.ptr, x.data_ptr(), plan.x_len,
+        c = context()
+        call("effnet_norm_backward_ws", c, plan.ptr, x.data_ptr(), plan.x_len,
              dy.data_ptr(), plan.x_len, ptr(affine), plan.affine_len,
              ctx.saved.data_ptr(), plan.saved_len, dx.data_ptr(), plan.x_len,
-             ptr(daffine), plan.affine_len, 0)
+             ptr(daffine), plan.affine_len, 0, *plan.workspace(c, 2))
         dw = db = None
         if daffine is not None:
             dw = daffine[0] if ctx.needs_input_grad[1] else None
@@ -99,9 +112,11 @@ class _NormBase:
     def _infer(self, x, plan, weight, bias, running):
         affine = _affine(weight, bias)
         y = torch.empty_like(x)
-        call("effnet_norm_forward_infer", context(), plan.ptr, x.data_ptr(),
+        c = context()
+        call("effnet_norm_forward_infer_ws", c, plan.ptr, x.data_ptr(),
              plan.x_len, ptr(affine), plan.affine_len, ptr(running),
-             0 if running is None else plan.running_len, y.data_ptr(), plan.x_len)
+             0 if running is None else plan.running_len, y.data_ptr(), plan.x_len,
+             *plan.workspace(c, 1))
         return y
 
 
@@ -209,6 +224,18 @@ class _ProxyPlan:
         self.x_len, self.params_len = shape.x_len, shape.params_len
         self.saved_len, self.scale_offset = shape.saved_len, shape.scale_offset
         self.channels = shape.channels
+        self.ws_sizes = {}
+
+    def workspace(self, ctx, pass_):
+        """``(pointer, bytes)`` of a workspace for pass ``pass_`` (0 forward, 1
+        backward)."""
+        n = self.ws_sizes.get(pass_)
+        if n is None:
+            out = c_size_t()
+            call("effnet_proxy_norm_workspace_size", ctx, self.ptr, pass_, self.x_len,
+                 addressof(out))
+            n = self.ws_sizes[pass_] = out.value
+        return scratch(n)
 
 
 class _ProxyFunction(torch.autograd.Function):
@@ -220,9 +247,10 @@ class _ProxyFunction(torch.autograd.Function):
                               proxy_gamma.detach()])
         z = torch.empty_like(x)
         saved = torch.empty(plan.saved_len)
-        call("effnet_proxy_norm_forward", context(), plan.ptr, x.data_ptr(),
+        c = context()
+        call("effnet_proxy_norm_forward_ws", c, plan.ptr, x.data_ptr(),
              plan.x_len, params.data_ptr(), plan.params_len, z.data_ptr(), plan.x_len,
-             saved.data_ptr(), plan.saved_len)
+             saved.data_ptr(), plan.saved_len, *plan.workspace(c, 0))
         s = saved[plan.scale_offset:plan.scale_offset + plan.channels].clone()
         if not delayed:
             ctx.mark_non_differentiable(s)
@@ -238,11 +266,12 @@ class _ProxyFunction(torch.autograd.Function):
         ds = dense(ds) if ctx.delayed and ds is not None else None
         dx = torch.empty_like(x)
         dparams = torch.empty_like(params)
-        call("effnet_proxy_norm_backward", context(), plan.ptr, x.data_ptr(),
+        c = context()
+        call("effnet_proxy_norm_backward_ws", c, plan.ptr, x.data_ptr(),
              plan.x_len, dz.data_ptr(), plan.x_len, ptr(ds),
              0 if ds is None else plan.channels, params.data_ptr(), plan.params_len,
              ctx.saved.data_ptr(), plan.saved_len, dx.data_ptr(), plan.x_len,
-             dparams.data_ptr(), plan.params_len, 0)
+             dparams.data_ptr(), plan.params_len, 0, *plan.workspace(c, 1))
         return dx, dparams[0], dparams[1], dparams[2], dparams[3], None, None
 
 
