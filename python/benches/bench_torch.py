@@ -93,7 +93,11 @@ def steps(a):
                     opt.step()
                 step()  # warm-up: plans, packed layouts, allocator
                 fns[side] = step
+            if a.native:
+                fns["effnet_native"] = native_step(a, arch, res)
             best = best_of(None, fns, a.rounds)
+            if a.native:
+                best["effnet_native"] = min(native_step.last[(arch, res)])
             stock_best = min(best["pytorch_nchw"], best["pytorch_channels_last"])
             for side, sec in best.items():
                 print(json.dumps(dict(bench="train_step", arch=arch, res=res,
@@ -104,8 +108,31 @@ def steps(a):
                                   swapped_vs_best_pytorch=round(
                                       stock_best / best["effnet_swapped"], 3),
                                   model_vs_best_pytorch=round(
-                                      stock_best / best["effnet_model"], 3))),
+                                      stock_best / best["effnet_model"], 3),
+                                  native_vs_best_pytorch=round(
+                                      stock_best / best["effnet_native"], 3)
+                                  if a.native else None)),
                   flush=True)
+
+
+def native_step(a, arch, res):
+    """A round of ``effnet bench model`` (the Rust network, no Python) for the same
+    step; its own timing of one step (after its warm-up) is kept in ``last``."""
+    import subprocess
+
+    cmd = [a.native, "bench", "model", "--arch", arch, "--res", str(res), "--batch",
+           str(a.batch), "--threads", str(a.threads), "--modes", "train", "--iters",
+           "1", "--json"]
+    times = native_step.last.setdefault((arch, res), [])
+
+    def run():
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        times.append(a.batch / row["img_per_s"])
+    return run
+
+
+native_step.last = {}
 
 
 def layers(kinds):
@@ -216,6 +243,8 @@ def main():
     ap.add_argument("--res", type=int, nargs="+", default=[160, 224])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3, help="ops: calls per timing")
+    ap.add_argument("--native", help="steps: also time `effnet bench model` with this "
+                    "effnet binary (target/release/effnet)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     effnet.set_num_threads(a.threads)

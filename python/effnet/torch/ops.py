@@ -30,6 +30,8 @@ def _like(x, t):
 
 
 class _ActFunction(torch.autograd.Function):
+    """``effnet_activation_forward`` / ``_backward``."""
+
     @staticmethod
     def forward(ctx, x, act):
         y = torch.empty_like(x)
@@ -100,6 +102,8 @@ def _nhwc_desc(x):
 
 
 class _PoolFunction(torch.autograd.Function):
+    """``effnet_global_avg_pool_forward`` / ``_backward``."""
+
     @staticmethod
     def forward(ctx, x):
         desc = _nhwc_desc(x)
@@ -141,6 +145,8 @@ class GlobalAvgPool2d(nn.Module):
 
 
 class _GateFunction(torch.autograd.Function):
+    """``effnet_gate_forward`` / ``_backward``."""
+
     @staticmethod
     def forward(ctx, x, gate):
         desc = _nhwc_desc(x)

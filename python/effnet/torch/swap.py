@@ -9,8 +9,8 @@ from .norm import BatchNormAct2d, GroupNormAct2d
 
 
 def _conv(m):
-    if isinstance(m, Conv2d) or type(m) not in _CONV_TYPES and \
-            type(m).__name__ != "Conv2dSame":
+    # Exactly nn.Conv2d or timm's Conv2dSame: other subclasses compute other things.
+    if type(m) is not nn.Conv2d and type(m).__name__ != "Conv2dSame":
         return None
     if m.padding_mode != "zeros" or m.weight.device.type != "cpu":
         return None
@@ -61,9 +61,6 @@ def _group_norm(m):
     if m.affine:
         new.weight, new.bias = m.weight, m.bias
     return new
-
-
-_CONV_TYPES = (nn.Conv2d,)
 
 
 def swap_modules(model):
