@@ -142,3 +142,31 @@ def test_plans_cached_per_shape_and_deepcopy_drops_them():
     assert len(twin._plans) == 0
     x = torch.randn(1, 8, 5, 5)
     assert torch.equal(twin(x), conv(x))
+
+
+def test_zero_copy_for_channels_last_and_chains_stay_channels_last():
+    from effnet.torch._tensor import check_input
+
+    x = torch.randn(2, 8, 5, 7)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert check_input(cl, "x").data_ptr() == cl.data_ptr()  # passed as is
+    converted = check_input(x, "x")  # NCHW: converted once
+    assert converted.data_ptr() != x.data_ptr()
+    assert converted.is_contiguous(memory_format=torch.channels_last)
+    chain = torch.nn.Sequential(et.Conv2d(8, 16, 3, 2, "same", groups=8),
+                                et.BatchNormAct2d(16, act_layer="swish"),
+                                et.Conv2d(16, 8, 1))
+    y = chain(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(chain(cl), y)
+
+
+def test_pickle_round_trip():
+    import pickle
+
+    conv = et.Conv2d(8, 8, 3, 1, "same", groups=2)
+    x = torch.randn(1, 8, 6, 5)
+    y = conv(x)
+    twin = pickle.loads(pickle.dumps(conv))
+    assert len(twin._plans) == 0 and twin.padding == "same"
+    assert torch.equal(twin(x), y)
