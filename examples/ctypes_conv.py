@@ -10,6 +10,10 @@ It runs a G16 convolution (3x3, 32 -> 32 channels in 2 groups of 16) forward,
 backward-data and backward-weight, and checks each pass against a direct NumPy
 computation. Tensors are NHWC float32; the weight is [kh][kw][C_in/groups][C_out]
 (PyTorch's OIHW weight W is W.transpose(2, 3, 1, 0)).
+
+For PyTorch, the `effnet` package in python/ (`pip install ./python`) wraps the same
+calls as modules with autograd (`effnet.torch.Conv2d`, ...); this script stays as the
+minimal, NumPy-only illustration of the C ABI.
 """
 
 import ctypes as C
