@@ -64,12 +64,14 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     /// The built-in demonstration: a G16 LN+PN network at the `tiny` scale, trained at
-    /// 32×32 and fine-tuned at 64×64 on the synthetic shapes.
+    /// 48×48 and its head fine-tuned at the 80×80 test resolution on the synthetic
+    /// shapes (48 % 32 = 80 % 32; BENCHMARKS.md, issue 16, compares it with training at
+    /// 80×80).
     fn default() -> Self {
         TrainConfig {
             arch: "tiny_g16_lnpn".into(),
-            train_res: 32,
-            finetune_res: 64,
+            train_res: 48,
+            finetune_res: 80,
             batch: 32,
             epochs: 15,
             finetune_epochs: 2,
