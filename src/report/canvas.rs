@@ -288,7 +288,7 @@ impl Canvas {
             let n = (len * 2.0).ceil().max(1.0) as usize;
             for i in 0..=n {
                 let f = i as f64 / n as f64;
-                if ((run + f * len) / dash) as u64 % 2 == 0 {
+                if (((run + f * len) / dash) as u64).is_multiple_of(2) {
                     self.dot(
                         from.0 + (to.0 - from.0) * f,
                         from.1 + (to.1 - from.1) * f,
