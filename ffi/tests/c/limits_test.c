@@ -55,19 +55,6 @@ static void expect(effnet_status got, effnet_status want, const char *needle,
     }
 }
 
-/* Whether the kernel grants any allocation (vm.overcommit_memory = 1): then an
- * 8 TiB table can be "allocated" and the cases that rely on the system refusing it
- * are skipped (those beyond the address space still run). */
-static int overcommit_always(void) {
-    FILE *f = fopen("/proc/sys/vm/overcommit_memory", "r");
-    int mode = 0;
-    if (f != NULL) {
-        if (fscanf(f, "%d", &mode) != 1) mode = 0;
-        fclose(f);
-    }
-    return mode == 1;
-}
-
 static effnet_norm_desc layer_norm(int64_t channels) {
     effnet_norm_desc d;
     memset(&d, 0, sizeof d);
