@@ -215,29 +215,8 @@ impl Canvas {
     /// Joins consecutive finite points of `data` (data coordinates of `p`); a
     /// non-finite value breaks the line.
     pub(crate) fn polyline(&mut self, p: &Panel, data: &[(f64, f64)], c: [u8; 3], t: usize) {
-        let mut prev: Option<(f64, f64)> = None;
-        for &(x, y) in data {
-            if !(x.is_finite() && y.is_finite()) {
-                prev = None;
-                continue;
-            }
-            // Clamp far-away values so that the steps below stay bounded.
-            let to = (p.fx(x), p.fy(y).clamp(-1e6, 1e6));
-            let from = prev.unwrap_or(to);
-            let len = ((to.0 - from.0).powi(2) + (to.1 - from.1).powi(2)).sqrt();
-            let n = (len * 2.0).ceil().max(1.0) as usize;
-            for i in 0..=n {
-                let f = i as f64 / n as f64;
-                self.dot(
-                    from.0 + (to.0 - from.0) * f,
-                    from.1 + (to.1 - from.1) * f,
-                    t,
-                    c,
-                    p,
-                );
-            }
-            prev = Some(to);
-        }
+        // One dash longer than any line: solid.
+        self.dashed_polyline(p, data, c, t, usize::MAX);
     }
 
     /// The outline (thickness `t`) of a square of side `2r+1` centred on `(x, y)`,
@@ -274,7 +253,7 @@ impl Canvas {
         t: usize,
         dash: usize,
     ) {
-        let dash = dash.max(1) as f64;
+        let dash = dash.max(1) as f64; // usize::MAX: a solid line (see `polyline`)
         let mut run = 0.0f64; // length drawn along the line so far
         let mut prev: Option<(f64, f64)> = None;
         for &(x, y) in data {
