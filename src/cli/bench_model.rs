@@ -111,10 +111,16 @@ fn print_traffic(
             &own
         }
     };
+    if plan.lanes() > 1 {
+        eprintln!(
+            "  {} image lanes side by side: the times above are summed over the lanes",
+            plan.lanes()
+        );
+    }
     match plan.traffic_per_image() {
         Some(t) => eprintln!(
-            "  bytes per image (estimated: activations, weights shared over the batch): \
-             fused {:.1} MB, unfused {:.1} MB ({:.2}× less)",
+            "  bytes per image (estimated: activations and weights, each image's pass \
+             on its own): fused {:.1} MB, unfused {:.1} MB ({:.2}× less)",
             t.fused_bytes / 1e6,
             t.unfused_bytes / 1e6,
             t.unfused_bytes / t.fused_bytes
@@ -182,7 +188,13 @@ pub fn run(a: &ModelArgs) -> Result<()> {
             profile::enable(false);
             let ips = (a.iters * n) as f64 / total.as_secs_f64();
             if a.profile {
-                print_profile(&cfg.name, mode, total, a.iters);
+                // Image lanes run side by side: their layer times add up to the
+                // lanes' thread time, so the step is counted in the same units.
+                let lanes = match (mode, case.prepared()) {
+                    ("infer", Some(p)) => p.lanes(),
+                    _ => 1,
+                };
+                print_profile(&cfg.name, mode, total * lanes as u32, a.iters);
                 if mode == "infer" {
                     print_traffic(case.prepared(), &case.net, n, res)?;
                 }

@@ -19,6 +19,7 @@
 //! cannot fold them: for those the plan runs the unfused forward pass.
 
 use super::infer_band::Banded;
+use super::lanes::Lanes;
 use super::profile::{CONV_1X1_FWD, CONV_KXK_FWD, CONV_STEM, HEAD, SE_FWD, timed};
 use crate::error::{Error, Result, try_filled};
 use crate::kernels::activation::Activation;
@@ -166,6 +167,12 @@ pub struct Traffic {
 
 /// A network prepared for inference at one batch size and resolution; see the
 /// [module docs](self).
+///
+/// The layers are planned for one image; a batch runs as one-image jobs on
+/// [image lanes](super::lanes), one lane per thread of the pool the plan was made in
+/// (up to the batch size), each lane with its own buffers. A single image (or a pool
+/// of one thread) runs in the caller's pool with every thread inside each layer. The
+/// logits are the same bits however many lanes run.
 #[derive(Debug)]
 pub struct InferencePlan {
     batch: usize,
@@ -175,15 +182,21 @@ pub struct InferencePlan {
 
 #[derive(Debug)]
 enum PlanKind {
-    /// BatchNorm folded: the fused network and its buffers.
+    /// BatchNorm folded: the fused one-image network and each lane's buffers.
     Fused(Box<Fused>),
-    /// Per-sample norms: the network's own forward pass.
-    Unfused(Box<super::Network>),
+    /// Per-sample norms: the network's own forward pass, one image per job.
+    Unfused(Box<super::Network>, Lanes<()>),
 }
 
 #[derive(Debug)]
 struct Fused {
     net: FusedNet,
+    lanes: Lanes<Buffers>,
+}
+
+/// One lane's activation buffers and workspace for the one-image fused network.
+#[derive(Debug)]
+struct Buffers {
     /// Block input/output (two, alternating), expanded, spatial, workspace.
     io: [Vec<f32>; 2],
     expanded: Vec<f32>,
@@ -196,9 +209,54 @@ struct Fused {
     logits: Vec<f32>,
 }
 
+/// How many image lanes a batch of `batch` runs on in the current pool.
+fn lane_count(batch: usize) -> usize {
+    rayon::current_num_threads().min(batch).max(1)
+}
+
+/// How many threads the kernels of one lane see for a batch of `batch` in the current
+/// pool: one when the batch runs on several lanes, else the whole pool.
+pub(crate) fn lane_threads(batch: usize) -> usize {
+    if lane_count(batch) > 1 {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
 impl InferencePlan {
+    /// The plan for `batch` images of `net`, a fused network planned for one image
+    /// and for kernels that see [`lane_threads`]`(batch)` threads.
     pub(crate) fn fused(batch: usize, res: usize, net: FusedNet) -> Result<InferencePlan> {
-        let threads = rayon::current_num_threads();
+        let lanes = Lanes::new(lane_count(batch), |threads| Buffers::new(&net, threads))?;
+        Ok(InferencePlan {
+            batch,
+            res,
+            kind: PlanKind::Fused(Box::new(Fused { net, lanes })),
+        })
+    }
+
+    pub(crate) fn unfused(batch: usize, res: usize, net: super::Network) -> Result<InferencePlan> {
+        let lanes = Lanes::new(lane_count(batch), |_| Ok(()))?;
+        Ok(InferencePlan {
+            batch,
+            res,
+            kind: PlanKind::Unfused(Box::new(net), lanes),
+        })
+    }
+
+    /// How many image lanes run a batch at once (see the [type docs](Self)).
+    pub fn lanes(&self) -> usize {
+        match &self.kind {
+            PlanKind::Fused(f) => f.lanes.count(),
+            PlanKind::Unfused(_, l) => l.count(),
+        }
+    }
+}
+
+impl Buffers {
+    /// The buffers of `net` (one image) for kernels in a pool of `threads` threads.
+    fn new(net: &FusedNet, threads: usize) -> Result<Buffers> {
         let mut io_len = net.stem.y_len();
         let (mut e_len, mut d_len, mut ws_len, mut se_len) = (0, 0, 0, 0);
         let (mut band_len, mut band_ws) = (0, 0);
@@ -228,7 +286,6 @@ impl InferencePlan {
             se_len = se_len.max(b.se.shape.pooled_len());
         }
         let head_len = net.head.y_len();
-        let classes = net.fc.conv.shape().y_len / batch;
         // Sizes follow from the caller's batch and resolution: allocated fallibly.
         let buf = |what: &str, len: usize| try_filled(what, len, 0.0f32);
         let se = [
@@ -236,35 +293,34 @@ impl InferencePlan {
             buf("a gate buffer", se_len)?,
             buf("a gate buffer", se_len)?,
         ];
-        let logits_len = crate::error::checked_product("the logits", &[batch, classes])?;
-        Ok(InferencePlan {
-            batch,
-            res,
-            kind: PlanKind::Fused(Box::new(Fused {
-                io: [
-                    buf("a block buffer", io_len)?,
-                    buf("a block buffer", io_len)?,
-                ],
-                expanded: buf("the expanded buffer", e_len.max(head_len))?,
-                spatial: buf("the spatial buffer", d_len)?,
-                band: buf("the band buffer", band_len)?,
-                ws: buf("the workspace", ws_len.max(band_ws))?,
-                pooled: buf("the pooled buffer", net.pool.pooled_len())?,
-                se,
-                logits: buf("the logits", logits_len)?,
-                net,
-            })),
+        Ok(Buffers {
+            io: [
+                buf("a block buffer", io_len)?,
+                buf("a block buffer", io_len)?,
+            ],
+            expanded: buf("the expanded buffer", e_len.max(head_len))?,
+            spatial: buf("the spatial buffer", d_len)?,
+            band: buf("the band buffer", band_len)?,
+            ws: buf("the workspace", ws_len.max(band_ws))?,
+            pooled: buf("the pooled buffer", net.pool.pooled_len())?,
+            se,
+            logits: buf("the logits", net.fc.y_len())?,
         })
     }
 
-    pub(crate) fn unfused(batch: usize, res: usize, net: super::Network) -> InferencePlan {
-        InferencePlan {
-            batch,
-            res,
-            kind: PlanKind::Unfused(Box::new(net)),
-        }
+    fn floats(&self) -> usize {
+        2 * self.io[0].len()
+            + self.expanded.len()
+            + self.spatial.len()
+            + self.band.len()
+            + self.ws.len()
+            + self.pooled.len()
+            + 3 * self.se[0].len()
+            + self.logits.len()
     }
+}
 
+impl InferencePlan {
     /// The batch size and resolution the plan was made for.
     pub fn shape(&self) -> (usize, usize) {
         (self.batch, self.res)
@@ -276,8 +332,8 @@ impl InferencePlan {
     }
 
     /// The estimated bytes one image's inference reads and writes in main memory
-    /// (activations; weights counted once per batch and shared out), by this plan and
-    /// by the unfused layer-by-layer forward pass; `None` for an unfused plan.
+    /// (activations and the weights, read once per image), by this plan and by the
+    /// unfused layer-by-layer forward pass; `None` for an unfused plan.
     ///
     /// A plain count of every tensor each pass reads and writes, as if none stayed in
     /// cache between passes: the unfused pass adds a norm + activation pass over every
@@ -312,7 +368,8 @@ impl InferencePlan {
         let pool = net.head.y_len() + net.pool.pooled_len();
         let fc = net.fc.traffic();
         add((pool + fc.0, pool + fc.1));
-        let per = |floats: usize| (floats * size_of::<f32>()) as f64 / self.batch as f64;
+        // The network is planned for one image.
+        let per = |floats: usize| (floats * size_of::<f32>()) as f64;
         Some(Traffic {
             fused_bytes: per(fused),
             unfused_bytes: per(unfused),
@@ -323,24 +380,15 @@ impl InferencePlan {
     pub fn banded_blocks(&self) -> usize {
         match &self.kind {
             PlanKind::Fused(f) => f.net.blocks.iter().filter(|b| b.banded.is_some()).count(),
-            PlanKind::Unfused(_) => 0,
+            PlanKind::Unfused(..) => 0,
         }
     }
 
-    /// Floats of the activation buffers and workspace the plan keeps.
+    /// Floats of the activation buffers and workspace the plan keeps (all lanes').
     pub fn buffer_floats(&self) -> usize {
         match &self.kind {
-            PlanKind::Fused(f) => {
-                2 * f.io[0].len()
-                    + f.expanded.len()
-                    + f.spatial.len()
-                    + f.band.len()
-                    + f.ws.len()
-                    + f.pooled.len()
-                    + 3 * f.se[0].len()
-                    + f.logits.len()
-            }
-            PlanKind::Unfused(_) => 0,
+            PlanKind::Fused(f) => f.lanes.states().iter().map(Buffers::floats).sum(),
+            PlanKind::Unfused(..) => 0,
         }
     }
 
@@ -358,20 +406,38 @@ impl InferencePlan {
                 actual: x.len(),
             });
         }
+        let image = res * res * 3;
+        let classes = match &self.kind {
+            PlanKind::Unfused(net, _) => net.config().num_classes,
+            PlanKind::Fused(f) => f.net.fc.y_len(),
+        };
+        let mut logits = try_filled("the logits", n * classes, 0.0)?;
         match &mut self.kind {
-            PlanKind::Unfused(net) => net.predict(x, n, res),
+            PlanKind::Unfused(net, lanes) => {
+                let net = &**net;
+                lanes.run(n, &mut logits, classes, |_, i, out| {
+                    let y = net.predict(&x[i * image..(i + 1) * image], 1, res)?;
+                    out.copy_from_slice(&y);
+                    Ok(())
+                })?;
+            }
             PlanKind::Fused(f) => {
-                f.run(x)?;
-                Ok(f.logits.clone())
+                let net = &f.net;
+                f.lanes.run(n, &mut logits, classes, |bufs, i, out| {
+                    bufs.run(net, &x[i * image..(i + 1) * image])?;
+                    out.copy_from_slice(&bufs.logits);
+                    Ok(())
+                })?;
             }
         }
+        Ok(logits)
     }
 }
 
-impl Fused {
-    fn run(&mut self, x: &[f32]) -> Result<()> {
-        let Fused {
-            net,
+impl Buffers {
+    /// Runs `net` on one image `x`, leaving its logits in `self.logits`.
+    fn run(&mut self, net: &FusedNet, x: &[f32]) -> Result<()> {
+        let Buffers {
             io,
             expanded,
             spatial,

@@ -18,6 +18,7 @@
 pub mod block;
 pub mod infer;
 mod infer_band;
+mod lanes;
 pub mod network;
 pub mod norm_act;
 mod ops;

@@ -323,8 +323,7 @@ impl Network {
     /// [`Error::InvalidArgument`] for a batch of 0 or a resolution below 8; any
     /// planning error of the layers.
     pub fn plan_inference(&self, batch: usize, res: usize) -> Result<InferencePlan> {
-        let threads = rayon::current_num_threads();
-        self.plan_with_bands(batch, res, BandPolicy::for_machine(threads))
+        self.plan_with_bands(batch, res, BandPolicy::for_machine)
     }
 
     /// [`Network::plan_inference`] with the budget of the depth-first blocks' band
@@ -342,19 +341,21 @@ impl Network {
         res: usize,
         band_bytes: usize,
     ) -> Result<InferencePlan> {
-        self.plan_with_bands(batch, res, BandPolicy::bands_of(band_bytes))
+        self.plan_with_bands(batch, res, |_| BandPolicy::bands_of(band_bytes))
     }
 
+    /// The plan, with the band policy for the number of threads a lane's kernels see.
     fn plan_with_bands(
         &self,
         batch: usize,
         res: usize,
-        bands: BandPolicy,
+        bands: impl Fn(usize) -> BandPolicy,
     ) -> Result<InferencePlan> {
         Self::input_len(batch, res)?;
-        match self.fused_net(batch, res, bands)? {
+        let policy = bands(super::infer::lane_threads(batch));
+        match self.fused_net(1, res, policy)? {
             Some(net) => InferencePlan::fused(batch, res, net),
-            None => Ok(InferencePlan::unfused(batch, res, self.clone())),
+            None => InferencePlan::unfused(batch, res, self.clone()),
         }
     }
 
