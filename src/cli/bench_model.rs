@@ -117,16 +117,14 @@ fn print_traffic(
             plan.lanes()
         );
     }
-    match plan.traffic_per_image() {
-        Some(t) => eprintln!(
-            "  bytes per image (estimated: activations and weights, each image's pass \
-             on its own): fused {:.1} MB, unfused {:.1} MB ({:.2}× less)",
-            t.fused_bytes / 1e6,
-            t.unfused_bytes / 1e6,
-            t.unfused_bytes / t.fused_bytes
-        ),
-        None => eprintln!("  bytes per image: not estimated (per-sample norms run unfused)"),
-    }
+    let t = plan.traffic_per_image();
+    eprintln!(
+        "  bytes per image (estimated: activations and weights, each image's pass \
+         on its own): fused {:.1} MB, unfused {:.1} MB ({:.2}× less)",
+        t.fused_bytes / 1e6,
+        t.unfused_bytes / 1e6,
+        t.unfused_bytes / t.fused_bytes
+    );
     Ok(())
 }
 

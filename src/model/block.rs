@@ -5,7 +5,7 @@
 
 use super::infer::{FusedBlock, FusedConv, FusedSe};
 use super::infer_band::{BandPolicy, Banded};
-use super::norm_act::{NormAct, NormSaved, Place};
+use super::norm_act::{InferNorm, NormAct, NormSaved, Place};
 use super::ops::{Pool, add, drop_connect};
 use super::params::{ParamKind, ParamStore};
 use super::profile::{
@@ -218,9 +218,10 @@ impl Block {
         Ok(d.validate()?.out_h)
     }
 
-    /// The block prepared for inference at batch `n` and input size `hw` with its
-    /// BatchNorms folded (`None` if a norm does not fold); its expansion and k×k
-    /// convolution run depth-first in bands where the policy `bands` says so.
+    /// The block prepared for inference at batch `n` and input size `hw`: BatchNorms
+    /// folded into the convolutions, per-sample norms prepared to follow them; with
+    /// folded norms its expansion and k×k convolution run depth-first in bands where
+    /// the policy `bands` says so.
     pub(crate) fn fused(
         &self,
         v: &[Vec<f32>],
@@ -228,21 +229,12 @@ impl Block {
         n: usize,
         hw: usize,
         bands: BandPolicy,
-    ) -> Result<Option<FusedBlock>> {
+    ) -> Result<FusedBlock> {
         let s = &self.spec;
-        let fold = |norm: &NormAct| norm.folded(v);
+        let ed = ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch);
         let expand = match &self.expand {
-            Some((w, norm)) => {
-                let Some(folded) = fold(norm)? else {
-                    return Ok(None);
-                };
-                let d = ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch);
-                Some((d, *w, folded))
-            }
+            Some((w, norm)) => Some((*w, norm.for_inference(v, n, hw)?)),
             None => None,
-        };
-        let Some((ssc, ssh, sact)) = fold(&self.dw_norm)? else {
-            return Ok(None);
         };
         let dd = cfg.conv_desc(
             n,
@@ -252,29 +244,42 @@ impl Block {
             s.stride,
             s.group_size,
         );
-        let spatial = FusedConv::new(&dd, &v[self.dw], (&ssc, &ssh), sact, false)?;
-        let banded = match &expand {
-            Some((ed, w, (sc, sh, act))) => Banded::plan(
-                (ed, (&v[*w], (sc, sh), *act)),
-                (&dd, (&v[self.dw], (&ssc, &ssh), sact)),
-                bands,
-            )?,
-            None => None,
+        let ho = dd.validate()?.out_h;
+        let spatial_norm = self.dw_norm.for_inference(v, n, ho)?;
+        // Depth-first bands take folded norms only (a per-sample norm needs the whole
+        // image's statistics before its apply pass).
+        let banded = match (&expand, &spatial_norm) {
+            (Some((w, InferNorm::Folded((sc, sh, act)))), InferNorm::Folded((ssc, ssh, sact))) => {
+                Banded::plan(
+                    (&ed, (&v[*w], (sc, sh), *act)),
+                    (&dd, (&v[self.dw], (ssc, ssh), *sact)),
+                    bands,
+                )?
+            }
+            _ => None,
         };
         let expand = match expand {
-            Some((d, w, (sc, sh, act))) => Some(FusedConv::new(&d, &v[w], (&sc, &sh), act, false)?),
+            Some((w, step)) => Some(FusedConv::normed(&ed, &v[w], step, false)?),
             None => None,
         };
-        let ho = dd.validate()?.out_h;
-        let Some((sc, sh, act)) = fold(&self.proj_norm)? else {
-            return Ok(None);
+        let spatial = FusedConv::normed(&dd, &v[self.dw], spatial_norm, false)?;
+        // A delayed Proxy Norm scale multiplies the gated tensor per channel: the
+        // projection's input channels, folded into its weights.
+        let proj_w: std::borrow::Cow<[f32]> = match spatial.delayed_scale() {
+            Some(scale) => v[self.proj]
+                .iter()
+                .enumerate()
+                .map(|(i, w)| w * scale[i / s.out_ch])
+                .collect(),
+            None => (&v[self.proj][..]).into(),
         };
         let pd = ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch);
-        let project = FusedConv::new(&pd, &v[self.proj], (&sc, &sh), act, s.skip)?;
+        let proj_norm = self.proj_norm.for_inference(v, n, ho)?;
+        let project = FusedConv::normed(&pd, &proj_w, proj_norm, s.skip)?;
         let fc = |(w, b): (usize, usize), cin: usize, cout: usize, act| {
             FusedConv::dense(n, (cin, cout), &v[w], &v[b], act)
         };
-        Ok(Some(FusedBlock {
+        Ok(FusedBlock {
             banded,
             expand,
             spatial,
@@ -285,7 +290,7 @@ impl Block {
             },
             project,
             skip: s.skip,
-        }))
+        })
     }
 
     /// Forward from `x` (`[batch][hw][hw][in_ch]`); the tape's `out` is the block

@@ -15,11 +15,17 @@
 //! by band (see `infer_band`); [`InferencePlan::traffic_per_image`] estimates the bytes
 //! the plan moves against the unfused pass.
 //!
-//! Networks whose norms have per-sample statistics (GroupNorm, LayerNorm + Proxy Norm)
-//! cannot fold them: for those the plan runs the unfused forward pass.
+//! Norms with per-sample statistics (GroupNorm, LayerNorm + Proxy Norm) cannot fold:
+//! they run after their convolution as one statistics pass and one apply pass over
+//! the image (in cache: the layers are planned for one image), with their plans made
+//! once and Proxy Norm's correction computed once from its parameters; a delayed
+//! proxy scale is folded into the projection's weights.
+//!
+//! A batch runs image by image on image lanes (see `lanes`), one per thread.
 
 use super::infer_band::Banded;
 use super::lanes::Lanes;
+use super::norm_act::{InferNorm, SampleNorm};
 use super::profile::{CONV_1X1_FWD, CONV_KXK_FWD, CONV_STEM, HEAD, SE_FWD, timed};
 use crate::error::{Error, Result, try_filled};
 use crate::kernels::activation::Activation;
@@ -27,15 +33,67 @@ use crate::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvWeights, PostOps};
 use crate::kernels::gate;
 use crate::kernels::pool::{self, Nhwc};
 
-/// A convolution with its BatchNorm folded in: `y = φ(conv(x, w·scale) + shift) (+ r)`.
+/// A convolution with its BatchNorm folded in, `y = φ(conv(x, w·scale) + shift) (+ r)`,
+/// or followed by a per-sample norm, `y = norm(conv(x, w)) (+ r)`.
 #[derive(Debug)]
 pub(crate) struct FusedConv {
     conv: Conv2d,
     packed: Vec<f32>,
     bias: Vec<f32>,
+    /// The per-sample norm (+ activation) applied to the convolution's output, which
+    /// then waits in the first floats of the workspace; the residual is added after
+    /// it.
+    norm: Option<SampleNorm>,
+    residual_after_norm: bool,
+}
+
+/// Floats of a convolution's output kept at the front of the workspace for its
+/// per-sample norm, rounded up to a cache line.
+fn pre_len(y_len: usize) -> usize {
+    y_len.div_ceil(16) * 16
 }
 
 impl FusedConv {
+    /// Plans `desc` with the weight `w` followed by the norm of `step`: folded into
+    /// the weights, bias and epilogue, or applied after the convolution per sample;
+    /// with `residual`, a residual add after both.
+    pub(crate) fn normed(
+        desc: &ConvDesc,
+        w: &[f32],
+        step: InferNorm,
+        residual: bool,
+    ) -> Result<FusedConv> {
+        match step {
+            InferNorm::Folded((sc, sh, act)) => FusedConv::new(desc, w, (&sc, &sh), act, residual),
+            InferNorm::Sample(norm) => {
+                let co = desc.out_channels;
+                let mut c =
+                    FusedConv::new(desc, w, (&vec![1.0; co], &[]), Activation::Identity, false)?;
+                c.norm = Some(*norm);
+                c.residual_after_norm = residual;
+                Ok(c)
+            }
+        }
+    }
+
+    /// Whether a per-sample norm follows the convolution (else any norm is folded).
+    pub(super) fn has_sample_norm(&self) -> bool {
+        self.norm.is_some()
+    }
+
+    /// The delayed Proxy Norm scale of the norm after the convolution, if it has one.
+    pub(super) fn delayed_scale(&self) -> Option<&[f32]> {
+        self.norm.as_ref().and_then(SampleNorm::delayed_scale)
+    }
+
+    /// Floats of workspace [`FusedConv::run`] needs in a pool of `threads` threads.
+    pub(super) fn workspace_len(&self, threads: usize) -> usize {
+        let conv = self.conv.workspace_len(ConvPass::Forward, threads);
+        match &self.norm {
+            None => conv,
+            Some(n) => pre_len(self.y_len()) + conv.max(n.workspace_len()),
+        }
+    }
     /// Plans `desc` with the weight `w` (`[kh][kw][group_size][C_out]`) scaled by
     /// `scale` per output channel, the bias `shift`, the activation `act` and, with
     /// `residual`, a residual add.
@@ -51,7 +109,8 @@ impl FusedConv {
             residual,
         });
         let co = desc.out_channels;
-        if scale.len() != co || shift.len() != co || w.len() != conv.shape().w_len {
+        let shift_ok = shift.len() == co || shift.is_empty();
+        if scale.len() != co || !shift_ok || w.len() != conv.shape().w_len {
             return Err(Error::InvalidArgument(
                 "folded norm and convolution disagree on their sizes".into(),
             ));
@@ -67,6 +126,8 @@ impl FusedConv {
             conv,
             packed,
             bias: shift.to_vec(),
+            norm: None,
+            residual_after_norm: false,
         })
     }
 
@@ -102,9 +163,17 @@ impl FusedConv {
     /// residual it adds) and unfused (the same convolution, then a norm + activation
     /// pass reading and writing its output, then a residual add reading two tensors and
     /// writing one).
+    ///
+    /// With a per-sample norm both count the same: the norm's statistics pass reads
+    /// the output, its apply pass reads it and writes the result, and the residual
+    /// add reads two tensors and writes one.
     fn traffic(&self) -> (usize, usize) {
         let s = self.conv.shape();
         let conv = s.x_len + self.packed.len() + s.y_len;
+        if self.norm.is_some() {
+            let t = conv + 3 * s.y_len + 3 * usize::from(self.residual_after_norm) * s.y_len;
+            return (t, t);
+        }
         let res = usize::from(self.conv.post_ops().residual);
         (conv + res * s.y_len, conv + 2 * s.y_len + 3 * res * s.y_len)
     }
@@ -117,8 +186,27 @@ impl FusedConv {
         ws: &mut [f32],
     ) -> Result<()> {
         let w = ConvWeights::Packed(&self.packed);
-        self.conv
-            .forward_fused(x, w, Some(&self.bias), residual, y, Some(ws))
+        let bias = (!self.bias.is_empty()).then_some(&self.bias[..]);
+        let Some(norm) = &self.norm else {
+            return self.conv.forward_fused(x, w, bias, residual, y, Some(ws));
+        };
+        if ws.len() < pre_len(y.len()) {
+            return Err(Error::BufferSize {
+                name: "workspace",
+                expected: pre_len(y.len()),
+                actual: ws.len(),
+            });
+        }
+        let (pre, rest) = ws.split_at_mut(pre_len(y.len()));
+        let pre = &mut pre[..y.len()];
+        self.conv.forward_fused(x, w, bias, None, pre, Some(rest))?;
+        norm.run(pre, y, rest)?;
+        if let (Some(r), true) = (residual, self.residual_after_norm) {
+            for (o, &a) in y.iter_mut().zip(r) {
+                *o += a;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -177,17 +265,10 @@ pub struct Traffic {
 pub struct InferencePlan {
     batch: usize,
     res: usize,
-    kind: PlanKind,
+    fused: Box<Fused>,
 }
 
-#[derive(Debug)]
-enum PlanKind {
-    /// BatchNorm folded: the fused one-image network and each lane's buffers.
-    Fused(Box<Fused>),
-    /// Per-sample norms: the network's own forward pass, one image per job.
-    Unfused(Box<super::Network>, Lanes<()>),
-}
-
+/// The prepared one-image network and each lane's buffers.
 #[derive(Debug)]
 struct Fused {
     net: FusedNet,
@@ -227,30 +308,18 @@ pub(crate) fn lane_threads(batch: usize) -> usize {
 impl InferencePlan {
     /// The plan for `batch` images of `net`, a fused network planned for one image
     /// and for kernels that see [`lane_threads`]`(batch)` threads.
-    pub(crate) fn fused(batch: usize, res: usize, net: FusedNet) -> Result<InferencePlan> {
+    pub(crate) fn new(batch: usize, res: usize, net: FusedNet) -> Result<InferencePlan> {
         let lanes = Lanes::new(lane_count(batch), |threads| Buffers::new(&net, threads))?;
         Ok(InferencePlan {
             batch,
             res,
-            kind: PlanKind::Fused(Box::new(Fused { net, lanes })),
-        })
-    }
-
-    pub(crate) fn unfused(batch: usize, res: usize, net: super::Network) -> Result<InferencePlan> {
-        let lanes = Lanes::new(lane_count(batch), |_| Ok(()))?;
-        Ok(InferencePlan {
-            batch,
-            res,
-            kind: PlanKind::Unfused(Box::new(net), lanes),
+            fused: Box::new(Fused { net, lanes }),
         })
     }
 
     /// How many image lanes run a batch at once (see the [type docs](Self)).
     pub fn lanes(&self) -> usize {
-        match &self.kind {
-            PlanKind::Fused(f) => f.lanes.count(),
-            PlanKind::Unfused(_, l) => l.count(),
-        }
+        self.fused.lanes.count()
     }
 }
 
@@ -260,8 +329,7 @@ impl Buffers {
         let mut io_len = net.stem.y_len();
         let (mut e_len, mut d_len, mut ws_len, mut se_len) = (0, 0, 0, 0);
         let (mut band_len, mut band_ws) = (0, 0);
-        let mut ws_of =
-            |c: &FusedConv| ws_len = ws_len.max(c.conv.workspace_len(ConvPass::Forward, threads));
+        let mut ws_of = |c: &FusedConv| ws_len = ws_len.max(c.workspace_len(threads));
         ws_of(&net.stem);
         ws_of(&net.head);
         ws_of(&net.fc);
@@ -326,24 +394,32 @@ impl InferencePlan {
         (self.batch, self.res)
     }
 
-    /// Whether BatchNorm was folded (the fused path) or the network runs unfused.
-    pub fn is_fused(&self) -> bool {
-        matches!(self.kind, PlanKind::Fused(_))
+    /// Whether every norm is folded into its convolution (BatchNorm networks); else
+    /// the per-sample norms (GroupNorm, LayerNorm + Proxy Norm) run after their
+    /// convolutions, prepared once.
+    pub fn folds_every_norm(&self) -> bool {
+        let net = &self.fused.net;
+        let blocks = net
+            .blocks
+            .iter()
+            .flat_map(|b| [b.expand.as_ref(), Some(&b.spatial), Some(&b.project)]);
+        [Some(&net.stem), Some(&net.head)]
+            .into_iter()
+            .chain(blocks)
+            .flatten()
+            .all(|c| !c.has_sample_norm())
     }
 
     /// The estimated bytes one image's inference reads and writes in main memory
     /// (activations and the weights, read once per image), by this plan and by the
-    /// unfused layer-by-layer forward pass; `None` for an unfused plan.
+    /// unfused layer-by-layer forward pass.
     ///
     /// A plain count of every tensor each pass reads and writes, as if none stayed in
     /// cache between passes: the unfused pass adds a norm + activation pass over every
     /// convolution's output and a separate residual add. The squeeze-excite (pool and
     /// gate) runs the same in both.
-    pub fn traffic_per_image(&self) -> Option<Traffic> {
-        let PlanKind::Fused(f) = &self.kind else {
-            return None;
-        };
-        let net = &f.net;
+    pub fn traffic_per_image(&self) -> Traffic {
+        let net = &self.fused.net;
         let (mut fused, mut unfused) = (0usize, 0usize);
         let mut add = |(a, b): (usize, usize)| {
             fused += a;
@@ -370,26 +446,22 @@ impl InferencePlan {
         add((pool + fc.0, pool + fc.1));
         // The network is planned for one image.
         let per = |floats: usize| (floats * size_of::<f32>()) as f64;
-        Some(Traffic {
+        Traffic {
             fused_bytes: per(fused),
             unfused_bytes: per(unfused),
-        })
+        }
     }
 
     /// How many blocks run their expansion and k×k convolution depth-first, in bands.
     pub fn banded_blocks(&self) -> usize {
-        match &self.kind {
-            PlanKind::Fused(f) => f.net.blocks.iter().filter(|b| b.banded.is_some()).count(),
-            PlanKind::Unfused(..) => 0,
-        }
+        let blocks = &self.fused.net.blocks;
+        blocks.iter().filter(|b| b.banded.is_some()).count()
     }
 
     /// Floats of the activation buffers and workspace the plan keeps (all lanes').
     pub fn buffer_floats(&self) -> usize {
-        match &self.kind {
-            PlanKind::Fused(f) => f.lanes.states().iter().map(Buffers::floats).sum(),
-            PlanKind::Unfused(..) => 0,
-        }
+        let lanes = self.fused.lanes.states();
+        lanes.iter().map(Buffers::floats).sum()
     }
 
     /// The logits `[batch][classes]` of `x` (`[batch][res][res][3]`, NHWC).
@@ -407,29 +479,15 @@ impl InferencePlan {
             });
         }
         let image = res * res * 3;
-        let classes = match &self.kind {
-            PlanKind::Unfused(net, _) => net.config().num_classes,
-            PlanKind::Fused(f) => f.net.fc.y_len(),
-        };
+        let Fused { net, lanes } = &mut *self.fused;
+        let classes = net.fc.y_len();
         let mut logits = try_filled("the logits", n * classes, 0.0)?;
-        match &mut self.kind {
-            PlanKind::Unfused(net, lanes) => {
-                let net = &**net;
-                lanes.run(n, &mut logits, classes, |_, i, out| {
-                    let y = net.predict(&x[i * image..(i + 1) * image], 1, res)?;
-                    out.copy_from_slice(&y);
-                    Ok(())
-                })?;
-            }
-            PlanKind::Fused(f) => {
-                let net = &f.net;
-                f.lanes.run(n, &mut logits, classes, |bufs, i, out| {
-                    bufs.run(net, &x[i * image..(i + 1) * image])?;
-                    out.copy_from_slice(&bufs.logits);
-                    Ok(())
-                })?;
-            }
-        }
+        let net = &*net;
+        lanes.run(n, &mut logits, classes, |bufs, i, out| {
+            bufs.run(net, &x[i * image..(i + 1) * image])?;
+            out.copy_from_slice(&bufs.logits);
+            Ok(())
+        })?;
         Ok(logits)
     }
 }

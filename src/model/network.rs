@@ -353,41 +353,32 @@ impl Network {
     ) -> Result<InferencePlan> {
         Self::input_len(batch, res)?;
         let policy = bands(super::infer::lane_threads(batch));
-        match self.fused_net(1, res, policy)? {
-            Some(net) => InferencePlan::fused(batch, res, net),
-            None => InferencePlan::unfused(batch, res, self.clone()),
-        }
+        InferencePlan::new(batch, res, self.fused_net(1, res, policy)?)
     }
 
-    /// The fused layers, if every norm folds.
-    fn fused_net(&self, n: usize, res: usize, bands: BandPolicy) -> Result<Option<FusedNet>> {
+    /// The prepared layers: BatchNorms folded, per-sample norms after their
+    /// convolutions.
+    fn fused_net(&self, n: usize, res: usize, bands: BandPolicy) -> Result<FusedNet> {
         let v = &self.params.values;
         let cfg = &self.cfg;
-        let Some((sc, sh, act)) = self.stem_norm.folded(v)? else {
-            return Ok(None);
-        };
         let sd = cfg.conv_desc(n, res, (3, cfg.stem_channels()), 3, 2, 3);
-        let stem = FusedConv::new(&sd, &v[self.stem], (&sc, &sh), act, false)?;
         let mut hw = sd.validate()?.out_h;
+        let stem_norm = self.stem_norm.for_inference(v, n, hw)?;
+        let stem = FusedConv::normed(&sd, &v[self.stem], stem_norm, false)?;
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for b in &self.blocks {
-            let Some(fb) = b.fused(v, cfg, n, hw, bands)? else {
-                return Ok(None);
-            };
+            blocks.push(b.fused(v, cfg, n, hw, bands)?);
             hw = b.out_hw(cfg, hw)?;
-            blocks.push(fb);
         }
         let last = self
             .blocks
             .last()
             .map_or(cfg.stem_channels(), |b| b.spec.out_ch);
         let hc = cfg.head_channels();
-        let Some((sc, sh, act)) = self.head_norm.folded(v)? else {
-            return Ok(None);
-        };
         let hd = ConvDesc::pointwise(n, (hw, hw), last, hc);
-        let head = FusedConv::new(&hd, &v[self.head], (&sc, &sh), act, false)?;
-        Ok(Some(FusedNet {
+        let head_norm = self.head_norm.for_inference(v, n, hw)?;
+        let head = FusedConv::normed(&hd, &v[self.head], head_norm, false)?;
+        Ok(FusedNet {
             stem,
             blocks,
             head,
@@ -399,7 +390,7 @@ impl Network {
                 &v[self.fc.1],
                 Activation::Identity,
             )?,
-        }))
+        })
     }
 
     fn ctx(&self, batch: usize, pass: &Pass) -> Ctx<'_> {

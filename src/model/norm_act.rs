@@ -8,9 +8,12 @@ use crate::arch::NormKind;
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
 use crate::kernels::conv::GradMode;
-use crate::kernels::norm::{Affine, AffineGrads, Norm, NormDesc, NormStats, RunningStats};
+use crate::kernels::norm::{
+    Affine, AffineGrads, Norm, NormDesc, NormPass, NormStats, RunningStats,
+};
 use crate::kernels::proxy_norm::{
-    NormProxy, NormProxySaved, ProxyGrads, ProxyNormDesc, ProxyParams, ProxyVariant, Upstream,
+    NormProxy, NormProxySaved, PreparedProxy, ProxyGrads, ProxyNormDesc, ProxyParams, ProxyPass,
+    ProxyVariant, Upstream,
 };
 
 /// Where a norm sits in the network.
@@ -29,6 +32,76 @@ pub enum Place {
 
 /// A BatchNorm folded for inference: `(scale, shift, activation)`.
 pub(crate) type Folded = (Vec<f32>, Vec<f32>, Activation);
+
+/// A norm with per-sample statistics (GroupNorm, LayerNorm, with or without Proxy
+/// Norm) prepared for inference on one shape: its plan made once, its parameters
+/// copied and, for Proxy Norm, the proxy correction computed once. Each pass is the
+/// statistics pass over the input and the apply pass (normalize, affine, activation,
+/// proxy correction).
+#[derive(Debug)]
+pub(crate) enum SampleNorm {
+    /// GroupNorm or LayerNorm (+ activation) with its affine parameters.
+    Plain {
+        norm: Norm,
+        gamma: Vec<f32>,
+        beta: Option<Vec<f32>>,
+    },
+    /// LayerNorm/GroupNorm + Proxy Norm with the correction of its parameters.
+    Proxy {
+        op: NormProxy,
+        prepared: PreparedProxy,
+    },
+}
+
+/// A norm in a network prepared for inference.
+#[derive(Debug)]
+pub(crate) enum InferNorm {
+    /// BatchNorm folded into the preceding convolution.
+    Folded(Folded),
+    /// A per-sample norm applied after it.
+    Sample(Box<SampleNorm>),
+}
+
+impl SampleNorm {
+    /// Floats of workspace [`SampleNorm::run`] needs.
+    pub(crate) fn workspace_len(&self) -> usize {
+        match self {
+            SampleNorm::Plain { norm, .. } => norm.workspace_len(NormPass::Forward),
+            SampleNorm::Proxy { op, .. } => op.workspace_len(ProxyPass::Forward),
+        }
+    }
+
+    /// `z` (overwritten) from `x`, as [`NormAct::forward`] in inference gives it.
+    pub(crate) fn run(&self, x: &[f32], z: &mut [f32], ws: &mut [f32]) -> Result<()> {
+        match self {
+            SampleNorm::Plain { norm, gamma, beta } => {
+                let affine = Affine {
+                    gamma: Some(gamma),
+                    beta: beta.as_deref(),
+                };
+                let mut stats = norm.new_stats();
+                norm.forward_with_workspace(x, affine, z, &mut stats, ws)
+            }
+            SampleNorm::Proxy { op, prepared } => {
+                let mut stats = op.norm().new_stats();
+                op.forward_prepared_with_workspace(x, prepared, z, &mut stats, ws)
+            }
+        }
+    }
+
+    /// The delayed Proxy Norm scale `s` (`[channels]`) its consumer applies, if the
+    /// norm has one.
+    pub(crate) fn delayed_scale(&self) -> Option<&[f32]> {
+        match self {
+            SampleNorm::Proxy { op, prepared }
+                if op.proxy().desc().variant == ProxyVariant::DelayedScale =>
+            {
+                Some(&prepared.stats().scale)
+            }
+            _ => None,
+        }
+    }
+}
 
 /// What a forward pass keeps for the backward pass.
 #[derive(Clone, Debug, Default)]
@@ -253,6 +326,49 @@ impl NormAct {
         };
         let (scale, shift) = norm.fold_inference(&running, self.affine(v))?;
         Ok(Some((scale, shift, self.activation())))
+    }
+
+    /// This norm for inference on `batch` images of `hw`×`hw`: folded when it is a
+    /// BatchNorm, else prepared per sample.
+    pub(crate) fn for_inference(
+        &self,
+        v: &[Vec<f32>],
+        batch: usize,
+        hw: usize,
+    ) -> Result<InferNorm> {
+        if let Some(f) = self.folded(v)? {
+            return Ok(InferNorm::Folded(f));
+        }
+        match self.sample_norm(v, batch, hw)? {
+            Some(s) => Ok(InferNorm::Sample(Box::new(s))),
+            None => Err(Error::InvalidArgument(
+                "a BatchNorm without running statistics cannot run inference".into(),
+            )),
+        }
+    }
+
+    /// This norm prepared for inference on `batch` images of `hw`×`hw` when its
+    /// statistics are per sample; `None` for BatchNorm (which folds: see
+    /// [`NormAct::folded`]).
+    pub(crate) fn sample_norm(
+        &self,
+        v: &[Vec<f32>],
+        batch: usize,
+        hw: usize,
+    ) -> Result<Option<SampleNorm>> {
+        if self.running.is_some() {
+            return Ok(None);
+        }
+        if let Some(op) = self.norm_proxy(batch, hw)? {
+            let prepared = op.prepare(self.proxy_params(v))?;
+            return Ok(Some(SampleNorm::Proxy { op, prepared }));
+        }
+        let affine = self.affine(v);
+        Ok(Some(SampleNorm::Plain {
+            norm: self.plain(batch, hw)?,
+            gamma: affine.gamma.unwrap_or_default().to_vec(),
+            beta: affine.beta.map(<[f32]>::to_vec),
+        }))
     }
 
     /// The delayed Proxy Norm scale `s` (`[channels]`) the squeeze-excite gate folds

@@ -21,6 +21,7 @@ mod norm_workspace;
 mod optim;
 mod parallel;
 mod proxy_norm;
+mod proxy_norm_prepared;
 mod proxy_special;
 mod reduce;
 mod scratch;

@@ -3,10 +3,12 @@
 //! the unfused forward pass's within 1e-5 of their norm for BatchNorm networks (both
 //! paddings, odd resolutions, batch 1 and > 1, G1 and G16) at every SIMD level, with
 //! non-trivial norm parameters and running statistics; repeated runs give the same
-//! bits; networks with per-sample norms get an unfused plan with the forward pass's
-//! bits; bad input is an error; the traffic estimate counts what fusion removes.
+//! bits; networks with per-sample norms (GroupNorm, LayerNorm + Proxy Norm) run them
+//! prepared after their convolutions, within 1e-5 as well; image lanes give the same
+//! bits for any thread count; bad input is an error; the traffic estimate counts what
+//! fusion removes.
 
-use crate::common::{Rng, levels};
+use crate::common::{Rng, in_pool, levels};
 use effnet::arch::ArchConfig;
 use effnet::model::{Network, ParamKind};
 use effnet::simd::with_level;
@@ -57,7 +59,7 @@ fn fused_logits_match_the_unfused_forward() {
             with_level(level, || {
                 let want = net.predict(&x, batch, res).unwrap();
                 let mut plan = net.plan_inference(batch, res).unwrap();
-                assert!(plan.is_fused(), "{arch}: BatchNorm networks fold");
+                assert!(plan.folds_every_norm(), "{arch}: BatchNorm networks fold");
                 let got = plan.run(&x).unwrap();
                 let e = rel_to_norm(&got, &want);
                 assert!(
@@ -76,28 +78,45 @@ fn fused_logits_match_the_unfused_forward() {
     }
 }
 
+/// Per-sample norms (GroupNorm, LayerNorm + Proxy Norm with its full, delayed and no
+/// scale placements) run after their convolutions, prepared once (the proxy
+/// correction computed at planning, the delayed scale folded into the projection's
+/// weights): the logits equal the unfused forward's within 1e-5 of their norm, both
+/// paddings, odd sizes, batch 1 and > 1, every level.
 #[test]
-fn per_sample_norm_networks_run_unfused() {
-    let net = network("tiny_g16_lnpn", 8, 3);
-    let x = Rng::new(5).vec(2 * 32 * 32 * 3);
-    let mut plan = net.plan_inference(2, 32).unwrap();
-    assert!(!plan.is_fused());
-    let want = net.predict(&x, 2, 32).unwrap();
-    let got = plan.run(&x).unwrap();
-    assert!(
-        got.iter()
-            .zip(&want)
-            .all(|(a, b)| a.to_bits() == b.to_bits())
-    );
-}
-
-/// Runs `f` in a pool of `threads` threads.
-fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
+fn per_sample_norm_networks_match_the_unfused_forward() {
+    let cases = [
+        ("tiny_g16_lnpn", 2, 32),
+        ("tiny_g16_lnpn", 1, 37),
+        ("b0_g16_lnpn", 1, 33),
+        ("b0_g16_gn", 3, 35),
+        ("tiny_g16_gn", 2, 40),
+    ];
+    for (i, &(arch, batch, res)) in cases.iter().enumerate() {
+        let mut net = network(arch, 9, 20 + i as u64);
+        // Random proxy parameters, so the correction is not the identity.
+        let kinds: Vec<ParamKind> = net.params().infos().iter().map(|i| i.kind).collect();
+        let mut r = Rng::new(30 + i as u64);
+        for (v, kind) in net.params_mut().values.iter_mut().zip(kinds) {
+            if matches!(kind, ParamKind::ProxyBeta | ParamKind::ProxyGamma) {
+                v.iter_mut().for_each(|x| *x = 0.3 * r.uniform());
+            }
+        }
+        let x = Rng::new(40 + i as u64).vec(batch * res * res * 3);
+        for level in levels() {
+            with_level(level, || {
+                let mut plan = net.plan_inference(batch, res).unwrap();
+                assert!(!plan.folds_every_norm(), "{arch}");
+                let want = net.predict(&x, batch, res).unwrap();
+                let got = plan.run(&x).unwrap();
+                let e = rel_to_norm(&got, &want);
+                assert!(
+                    e < 1e-5,
+                    "{level} {arch} batch {batch} res {res}: rel err {e}"
+                );
+            });
+        }
+    }
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -167,16 +186,8 @@ fn bad_inference_inputs_are_errors() {
 #[test]
 fn traffic_estimate_counts_the_passes_fusion_removes() {
     let net = network("efficientnet_b0", 10, 5);
-    let one = net
-        .plan_inference(1, 64)
-        .unwrap()
-        .traffic_per_image()
-        .unwrap();
-    let two = net
-        .plan_inference(2, 64)
-        .unwrap()
-        .traffic_per_image()
-        .unwrap();
+    let one = net.plan_inference(1, 64).unwrap().traffic_per_image();
+    let two = net.plan_inference(2, 64).unwrap().traffic_per_image();
     // Fusion removes a read and a write of every convolution output at least.
     assert!(one.fused_bytes < one.unfused_bytes, "{one:?}");
     // The removed passes are activations: the same bytes per image at any batch.
@@ -188,23 +199,20 @@ fn traffic_estimate_counts_the_passes_fusion_removes() {
     // Each image runs the one-image plan on its lane: the same bytes at any batch.
     assert_eq!(one, two);
     // Twice the resolution: about four times the activations.
-    let big = net
-        .plan_inference(1, 128)
-        .unwrap()
-        .traffic_per_image()
-        .unwrap();
+    let big = net.plan_inference(1, 128).unwrap().traffic_per_image();
     let ratio = saved(big) / saved(one);
     assert!(
         (3.5..4.5).contains(&ratio),
         "saved bytes grow {ratio}× for 4× the pixels"
     );
+    // Per-sample norms pass over their tensors either way: no bytes saved there.
     let gn = effnet::model::Network::new(&ArchConfig::from_name("b0_g16_gn").unwrap(), 1).unwrap();
-    assert!(
-        gn.plan_inference(1, 64)
-            .unwrap()
-            .traffic_per_image()
-            .is_none()
+    let bn = network("b0_g16_bn", 10, 5);
+    let (g, b) = (
+        gn.plan_inference(1, 64).unwrap().traffic_per_image(),
+        bn.plan_inference(1, 64).unwrap().traffic_per_image(),
     );
+    assert!(saved(g) < saved(b), "{g:?} {b:?}");
 }
 
 /// Depth-first blocks (expansion and k×k convolution band by band, the squeeze summed

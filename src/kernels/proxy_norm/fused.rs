@@ -12,6 +12,26 @@ pub struct NormProxySaved {
     pub proxy: ProxyStats,
 }
 
+/// Proxy Norm's correction for fixed parameters ([`NormProxy::prepare`]): the proxy
+/// statistics depend on γ, β, β′, γ′ only, so inference computes them once and each
+/// forward pass is the statistics pass over `x` and the apply pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreparedProxy {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    /// The per-channel output correction `z·p + q`, `[p | q]`.
+    post: Vec<f32>,
+    stats: ProxyStats,
+}
+
+impl PreparedProxy {
+    /// The proxy statistics of the parameters; `stats().scale` is the `s` the
+    /// delayed-scale variant leaves to the consumer (the squeeze-excite gate).
+    pub fn stats(&self) -> &ProxyStats {
+        &self.stats
+    }
+}
+
 /// The fused LayerNorm/GroupNorm (no affine) + Proxy Norm activation. See the
 /// [module docs](super).
 #[derive(Clone, Debug)]
@@ -161,6 +181,73 @@ impl NormProxy {
         let n = &mut saved.norm;
         let stats = [&mut n.mean[..], &mut n.var, &mut n.rstd];
         self.norm.forward_impl(level, x, cw, z, stats, &mut ws)
+    }
+
+    /// The proxy statistics and output correction of `params`, computed once for
+    /// [`NormProxy::forward_prepared_with_workspace`] (inference, where the parameters
+    /// do not change between passes). Errors as [`NormProxy::forward`]'s parameter
+    /// checks.
+    pub fn prepare(&self, params: ProxyParams) -> Result<PreparedProxy> {
+        self.proxy.check_params(&params)?;
+        let c = self.proxy.desc.channels;
+        let mut stats = self.proxy.new_stats();
+        let layout = self.layout(ProxyPass::Forward);
+        let post = layout.try_with_reused(|ws| -> Result<Vec<f32>> {
+            let mut ws = Workspace::new(ws, &layout)?;
+            self.proxy
+                .stats_impl(self.proxy.level, &params, &mut stats, &mut ws)?;
+            let (p, q) = self.proxy.post(&stats, ws.take(2 * c)?);
+            Ok([p, q].concat())
+        })?;
+        Ok(PreparedProxy {
+            gamma: params.gamma.to_vec(),
+            beta: params.beta.to_vec(),
+            post,
+            stats,
+        })
+    }
+
+    /// [`NormProxy::forward_with_workspace`] with the proxy statistics taken from
+    /// `prepared` instead of computed: `z` (overwritten, the same bits as the forward
+    /// pass with the parameters `prepared` was made from) and the norm statistics of
+    /// `x` in `stats`. `ws`: at least [`NormProxy::workspace_len`]`(ProxyPass::Forward)`
+    /// floats, any contents. Errors: [`Error::BufferSize`] for a wrong `x`, `z`,
+    /// `stats` or short `ws`; [`Error::InvalidArgument`] for a `prepared` of another
+    /// channel count.
+    pub fn forward_prepared_with_workspace(
+        &self,
+        x: &[f32],
+        prepared: &PreparedProxy,
+        z: &mut [f32],
+        stats: &mut NormStats,
+        ws: &mut [f32],
+    ) -> Result<()> {
+        check_len("x", x.len(), self.x_len())?;
+        check_len("z", z.len(), self.x_len())?;
+        let c = self.proxy.desc.channels;
+        if prepared.gamma.len() != c || prepared.post.len() != 2 * c {
+            return Err(Error::InvalidArgument(format!(
+                "the prepared proxy correction has {} channels, the plan {c}",
+                prepared.gamma.len()
+            )));
+        }
+        let n = self.norm.sets();
+        check_len("stats.mean", stats.mean.len(), n)?;
+        check_len("stats.var", stats.var.len(), n)?;
+        check_len("stats.rstd", stats.rstd.len(), n)?;
+        // Only the norm's regions: the proxy statistics are in `prepared`.
+        let mut layout = WorkspaceLayout::new(1);
+        self.norm.forward_regions(&mut layout);
+        let mut ws = Workspace::new(ws, &layout)?;
+        let cw = Channelwise {
+            g: &prepared.gamma,
+            bt: &prepared.beta,
+            post: Some(prepared.post.split_at(c)),
+            act: self.proxy.desc.activation,
+        };
+        let st = [&mut stats.mean[..], &mut stats.var, &mut stats.rstd];
+        self.norm
+            .forward_impl(self.proxy.level, x, cw, z, st, &mut ws)
     }
 
     /// The gradients of [`NormProxy::forward`]: `dx` (overwritten) and those of γ, β,

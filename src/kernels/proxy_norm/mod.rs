@@ -63,7 +63,7 @@ pub mod special;
 mod standalone;
 mod statistics;
 
-pub use fused::{NormProxy, NormProxySaved};
+pub use fused::{NormProxy, NormProxySaved, PreparedProxy};
 
 use crate::error::{Error, Result, check_len, check_lens, checked_product};
 use crate::kernels::activation::{Act, Activation, with_act};
