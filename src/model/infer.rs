@@ -257,7 +257,7 @@ pub struct Traffic {
 /// [module docs](self).
 ///
 /// The layers are planned for one image; a batch runs as one-image jobs on
-/// [image lanes](super::lanes), one lane per thread of the pool the plan was made in
+/// image lanes, one lane per thread of the pool the plan was made in
 /// (up to the batch size), each lane with its own buffers. A single image (or a pool
 /// of one thread) runs in the caller's pool with every thread inside each layer. The
 /// logits are the same bits however many lanes run.
