@@ -278,6 +278,9 @@ fn reference_backward_matches_finite_differences() {
     }
 }
 
+/// Also covers both forward paths of the per-sample norms: one sample per thread (1
+/// and 2 threads at batch 3 and 4) and samples split over the threads (8 threads, or
+/// batch 1).
 #[test]
 fn results_do_not_depend_on_thread_count() {
     for d in [

@@ -387,7 +387,12 @@ impl Norm {
                 x: xc, y: yc, c, xm: k.0, xa: k.1, xb: k.2, g: cw.g, bt: cw.bt, post: cw.post, act: PhantomData::<A>,
             }))
         };
-        if self.groups > 0 && g.per_sample() {
+        // Per-sample norms with a sample for every thread: each sample's statistics
+        // and apply pass on one thread while it is in cache. Fewer samples than
+        // threads (one image at inference) take the chunked path below, which splits
+        // a sample over the threads; both compute every chunk, sample and
+        // coefficient the same way, so the bits do not depend on the choice.
+        if self.groups > 0 && g.per_sample() && g.n >= rayon::current_num_threads() {
             let gn = self.groups;
             x.par_chunks(sl)
                 .zip(y.par_chunks_mut(sl))

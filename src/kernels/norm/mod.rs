@@ -528,7 +528,7 @@ impl Norm {
         Ok(())
     }
 
-    fn check_stats(&self, s: &NormStats) -> Result<()> {
+    pub(crate) fn check_stats(&self, s: &NormStats) -> Result<()> {
         let n = self.sets();
         check_len("stats.mean", s.mean.len(), n)?;
         check_len("stats.var", s.var.len(), n)?;

@@ -128,10 +128,7 @@ impl NormProxy {
     }
 
     pub(super) fn check_saved(&self, s: &NormProxySaved) -> Result<()> {
-        let n = self.norm.sets();
-        check_len("stats.mean", s.norm.mean.len(), n)?;
-        check_len("stats.var", s.norm.var.len(), n)?;
-        check_len("stats.rstd", s.norm.rstd.len(), n)?;
+        self.norm.check_stats(&s.norm)?;
         self.proxy.check_stats(&s.proxy)
     }
 
@@ -231,10 +228,7 @@ impl NormProxy {
                 prepared.gamma.len()
             )));
         }
-        let n = self.norm.sets();
-        check_len("stats.mean", stats.mean.len(), n)?;
-        check_len("stats.var", stats.var.len(), n)?;
-        check_len("stats.rstd", stats.rstd.len(), n)?;
+        self.norm.check_stats(stats)?;
         // Only the norm's regions: the proxy statistics are in `prepared`.
         let mut layout = WorkspaceLayout::new(1);
         self.norm.forward_regions(&mut layout);
