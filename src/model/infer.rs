@@ -265,7 +265,7 @@ pub struct Traffic {
 pub struct InferencePlan {
     batch: usize,
     res: usize,
-    fused: Box<Fused>,
+    fused: Fused,
 }
 
 /// The prepared one-image network and each lane's buffers.
@@ -313,7 +313,7 @@ impl InferencePlan {
         Ok(InferencePlan {
             batch,
             res,
-            fused: Box::new(Fused { net, lanes }),
+            fused: Fused { net, lanes },
         })
     }
 
@@ -479,7 +479,7 @@ impl InferencePlan {
             });
         }
         let image = res * res * 3;
-        let Fused { net, lanes } = &mut *self.fused;
+        let Fused { net, lanes } = &mut self.fused;
         let classes = net.fc.y_len();
         let mut logits = try_filled("the logits", n * classes, 0.0)?;
         let net = &*net;

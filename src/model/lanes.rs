@@ -85,37 +85,55 @@ impl<T: Send> Lanes<T> {
         let level = crate::simd::active();
         let next = AtomicUsize::new(0);
         let failed = Mutex::new(None::<Error>);
-        let lane = |state: &mut T| loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                return;
-            }
-            let mut slot = slots[i].lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = job(state, i, &mut slot) {
-                // Stop every lane at its next item and keep the first error.
-                next.store(n, Ordering::Relaxed);
-                failed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
-                return;
-            }
+        let lane = |state: &mut T| {
+            with_level(level, || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    let mut slot = slots[i].lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = job(state, i, &mut slot) {
+                        // Stop every lane at its next item and keep the first error.
+                        next.store(n, Ordering::Relaxed);
+                        failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
+                }
+            })
         };
-        let (first_pool, pools) = self.pools.split_first().expect("more than one lane");
-        let (first, states) = self.states.split_first_mut().expect("more than one lane");
-        std::thread::scope(|s| {
-            for (pool, state) in pools.iter().zip(states) {
-                let lane = &lane;
-                s.spawn(move || pool.install(|| with_level(level, || lane(state))));
-            }
-            // The calling thread waits on the first lane rather than on the others.
-            first_pool.install(|| with_level(level, || lane(first)));
-        });
+        run_lanes(&self.pools, &mut self.states, &lane);
         match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
+}
+
+/// Runs `lane(state)` for every lane, each on its own pool's thread, and waits for
+/// all: each pool but the last gets its lane as a job of a scope around the rest, the
+/// last runs its lane while the calling thread waits — no thread is started per call.
+fn run_lanes<T: Send, L: Fn(&mut T) + Sync>(
+    pools: &[rayon::ThreadPool],
+    states: &mut [T],
+    lane: &L,
+) {
+    let (Some((pool, pools)), Some((state, states))) =
+        (pools.split_first(), states.split_first_mut())
+    else {
+        return;
+    };
+    if pools.is_empty() {
+        pool.install(|| lane(state));
+        return;
+    }
+    pool.in_place_scope(|s| {
+        s.spawn(|_| lane(state));
+        run_lanes(pools, states, lane);
+    });
 }
 
 #[cfg(test)]
