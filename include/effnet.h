@@ -1348,9 +1348,9 @@ enum effnet_status effnet_model_load_weights(const struct effnet_model *model, c
  * epilogues, per-sample norms prepared once, weights packed once, buffers kept) and
  * later calls of the same shape reuse it until the weights change
  * (`effnet_model_train_step`, `effnet_model_load_weights`). A batch of more than one
- * image runs image by image on one lane per context thread (each lane a thread of
- * its own that the prepared network keeps); the logits are the same bits for any
- * thread count. The folded network rounds differently from the training forward
+ * image runs in groups of up to 4 images (a divisor of the batch) on one lane per
+ * context thread (each lane a thread of its own that the prepared network keeps);
+ * the logits are the same bits for any thread count. The folded network rounds differently from the training forward
  * pass: logits agree within about 1e-5 relative.
  *
  * Buffers: `x` NHWC `[batch][res][res][3]` (normalized images, channels fastest;

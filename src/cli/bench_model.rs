@@ -113,14 +113,18 @@ fn print_traffic(
     };
     if plan.lanes() > 1 {
         eprintln!(
-            "  {} image lanes side by side: the times above are summed over the lanes",
-            plan.lanes()
+            "  {} image lanes side by side, groups of {} images (the first {} blocks \
+             image by image): the times above are summed over the lanes",
+            plan.lanes(),
+            plan.group(),
+            plan.per_image_blocks()
         );
     }
     let t = plan.traffic_per_image();
     eprintln!(
-        "  bytes per image (estimated: activations and weights, each image's pass \
-         on its own): fused {:.1} MB, unfused {:.1} MB ({:.2}× less)",
+        "  bytes per image (estimated: activations, and the weights read once per \
+         group of {}): fused {:.1} MB, unfused {:.1} MB ({:.2}× less)",
+        plan.group(),
         t.fused_bytes / 1e6,
         t.unfused_bytes / 1e6,
         t.unfused_bytes / t.fused_bytes

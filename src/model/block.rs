@@ -205,6 +205,22 @@ impl Block {
     }
 
     /// The output size of the block for an input of `hw`×`hw`.
+    /// The floats of the block's weights and of one image's activations at `hw`
+    /// (input, expanded, k×k output, output): what one image's pass through the block
+    /// reads and writes.
+    pub(crate) fn inference_floats(&self, cfg: &ArchConfig, hw: usize) -> Result<(usize, usize)> {
+        let s = &self.spec;
+        let ho = self.out_hw(cfg, hw)?;
+        let expand = usize::from(s.expand) * s.in_ch * s.mid_ch;
+        let spatial = s.kernel * s.kernel * s.group_size * s.mid_ch;
+        let se = 2 * s.mid_ch * s.se_ch;
+        let weights = expand + spatial + se + s.mid_ch * s.out_ch;
+        let (pixels, out_pixels) = (hw * hw, ho * ho);
+        let expanded = usize::from(s.expand) * pixels * s.mid_ch;
+        let acts = pixels * s.in_ch + expanded + out_pixels * (s.mid_ch + s.out_ch);
+        Ok((weights, acts))
+    }
+
     pub(crate) fn out_hw(&self, cfg: &ArchConfig, hw: usize) -> Result<usize> {
         let s = &self.spec;
         let d = cfg.conv_desc(

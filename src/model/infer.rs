@@ -17,11 +17,13 @@
 //!
 //! Norms with per-sample statistics (GroupNorm, LayerNorm + Proxy Norm) cannot fold:
 //! they run after their convolution as one statistics pass and one apply pass over
-//! the image (in cache: the layers are planned for one image), with their plans made
+//! each image (in cache: the layers are planned for a small group), with their plans made
 //! once and Proxy Norm's correction computed once from its parameters; a delayed
 //! proxy scale is folded into the projection's weights.
 //!
-//! A batch runs image by image on image lanes (see `lanes`), one per thread.
+//! A batch runs in groups of up to 4 images on image lanes (see `lanes`), one per
+//! thread: a group's activations stay in its core's caches from layer to layer, and
+//! each layer's weights are read once per group.
 
 use super::infer_band::Banded;
 use super::lanes::Lanes;
@@ -233,9 +235,13 @@ pub(crate) struct FusedBlock {
     pub(crate) skip: bool,
 }
 
-/// The whole fused network: stem, blocks, head and classifier.
+/// The whole fused network: stem, blocks, head and classifier, for a group of
+/// images. The stem and `blocks[..grouped_from]` are planned for one image and run
+/// image by image; the other blocks and the head for the whole group.
 #[derive(Debug)]
 pub(crate) struct FusedNet {
+    pub(crate) group: usize,
+    pub(crate) grouped_from: usize,
     pub(crate) stem: FusedConv,
     pub(crate) blocks: Vec<FusedBlock>,
     pub(crate) head: FusedConv,
@@ -256,30 +262,41 @@ pub struct Traffic {
 /// A network prepared for inference at one batch size and resolution; see the
 /// [module docs](self).
 ///
-/// The layers are planned for one image; a batch runs as one-image jobs on
-/// image lanes, one lane per thread of the pool the plan was made in
-/// (up to the batch size), each lane with its own buffers. A single image (or a pool
-/// of one thread) runs in the caller's pool with every thread inside each layer. The
-/// logits are the same bits however many lanes run.
+/// The layers are planned for a group of [`InferencePlan::group`] images (a divisor
+/// of the batch, at most 4, so that each layer's weights are read once for the
+/// group); a batch runs as one-group jobs on image lanes, one lane per thread of the
+/// pool the plan was made in (up to the number of groups), each lane with its own
+/// buffers. A single group (or a pool of one thread) runs in the caller's pool with
+/// every thread inside each layer. The logits are the same bits however many lanes
+/// run and however large the groups are.
 #[derive(Debug)]
 pub struct InferencePlan {
     batch: usize,
     res: usize,
+    group: usize,
     fused: Fused,
 }
 
-/// The prepared one-image network and each lane's buffers.
+/// The prepared network (for one group of images) and each lane's buffers.
 #[derive(Debug)]
 struct Fused {
     net: FusedNet,
     lanes: Lanes<Buffers>,
 }
 
-/// One lane's activation buffers and workspace for the one-image fused network.
+/// One lane's activation buffers and workspace for the fused network (one group).
 #[derive(Debug)]
 struct Buffers {
-    /// Block input/output (two, alternating), expanded, spatial, workspace.
-    io: [Vec<f32>; 2],
+    /// Block inputs and outputs: two alternating, and the group's gathered outputs of
+    /// the blocks that run image by image (the input of the grouped blocks).
+    io: [Vec<f32>; 3],
+    work: Work,
+}
+
+/// A lane's buffers inside a block and the head: expanded, spatial, a band, the
+/// workspace, the squeeze-excite's and the head's.
+#[derive(Debug)]
+struct Work {
     expanded: Vec<f32>,
     spatial: Vec<f32>,
     /// The expanded rows of one band of a depth-first block.
@@ -290,15 +307,48 @@ struct Buffers {
     logits: Vec<f32>,
 }
 
-/// How many image lanes a batch of `batch` runs on in the current pool.
-fn lane_count(batch: usize) -> usize {
-    rayon::current_num_threads().min(batch).max(1)
+/// The most images a lane runs through the network at once. A group of `m` images
+/// reads each layer's weights once for all `m` (per image: `1/m` of the weights'
+/// traffic, which dominates the late layers: B0's last stages hold 10–20× more weights
+/// than one image's activations), while `m` images' activations still stay in the
+/// caches. Measured on a 2-core Zen 5 at batch 16: 4 images per group run 14–18 %
+/// faster than 1 at 160 and 224, 8 no faster than 4 (see BENCHMARKS.md).
+const MAX_GROUP: usize = 4;
+
+/// Whether a block whose weights take `weights` floats and one image's activations
+/// `activations` runs on the whole group (from there on, so do the later blocks): when
+/// one image's pass would read more weights than activations. Earlier blocks run
+/// image by image, so that the large early activations of one image stay in cache.
+pub(crate) fn groups_block(weights: usize, activations: usize) -> bool {
+    weights >= activations
+}
+
+/// The lanes and the images per group of a batch of `batch` in the current pool: see
+/// [`layout_for`].
+pub(crate) fn layout(batch: usize) -> (usize, usize) {
+    layout_for(batch, rayon::current_num_threads())
+}
+
+/// `(lanes, group)` for a batch of `batch` on `threads` threads: the group size `m`
+/// (at most [`MAX_GROUP`]) divides the batch, so every group is planned the same, and
+/// among those sizes it gives the busiest lane the fewest images (a lane that runs
+/// one group more than the others makes the whole batch wait); ties go to the larger
+/// group. Then one lane per thread, up to one per group.
+pub(crate) fn layout_for(batch: usize, threads: usize) -> (usize, usize) {
+    let batch = batch.max(1);
+    let lanes = threads.clamp(1, batch);
+    let busiest = |m: usize| (batch / m).div_ceil(lanes) * m;
+    let group = (1..=MAX_GROUP.min(batch))
+        .filter(|&m| batch.is_multiple_of(m))
+        .min_by_key(|&m| (busiest(m), std::cmp::Reverse(m)))
+        .unwrap_or(1);
+    (lanes.min(batch / group), group)
 }
 
 /// How many threads the kernels of one lane see for a batch of `batch` in the current
 /// pool: one when the batch runs on several lanes, else the whole pool.
 pub(crate) fn lane_threads(batch: usize) -> usize {
-    if lane_count(batch) > 1 {
+    if layout(batch).0 > 1 {
         1
     } else {
         rayon::current_num_threads()
@@ -306,13 +356,22 @@ pub(crate) fn lane_threads(batch: usize) -> usize {
 }
 
 impl InferencePlan {
-    /// The plan for `batch` images of `net`, a fused network planned for one image
-    /// and for kernels that see [`lane_threads`]`(batch)` threads.
+    /// The plan for `batch` images of `net`, a fused network planned for one group of
+    /// images (the group size of [`layout`]) and for kernels that see
+    /// [`lane_threads`]`(batch)` threads.
     pub(crate) fn new(batch: usize, res: usize, net: FusedNet) -> Result<InferencePlan> {
-        let lanes = Lanes::new(lane_count(batch), |threads| Buffers::new(&net, threads))?;
+        let (lanes, group) = layout(batch);
+        if net.group != group {
+            return Err(Error::InvalidArgument(format!(
+                "an inference network planned for {} images per group, not {group}",
+                net.group
+            )));
+        }
+        let lanes = Lanes::new(lanes, |threads| Buffers::new(&net, threads))?;
         Ok(InferencePlan {
             batch,
             res,
+            group,
             fused: Fused { net, lanes },
         })
     }
@@ -321,10 +380,16 @@ impl InferencePlan {
     pub fn lanes(&self) -> usize {
         self.fused.lanes.count()
     }
+
+    /// How many images a lane runs through the network at once, layer by layer (a
+    /// divisor of the batch, at most 4; see the [type docs](Self)).
+    pub fn group(&self) -> usize {
+        self.group
+    }
 }
 
 impl Buffers {
-    /// The buffers of `net` (one image) for kernels in a pool of `threads` threads.
+    /// The buffers of `net` (one group) for kernels in a pool of `threads` threads.
     fn new(net: &FusedNet, threads: usize) -> Result<Buffers> {
         let mut io_len = net.stem.y_len();
         let (mut e_len, mut d_len, mut ws_len, mut se_len) = (0, 0, 0, 0);
@@ -354,6 +419,7 @@ impl Buffers {
             se_len = se_len.max(b.se.shape.pooled_len());
         }
         let head_len = net.head.y_len();
+        let gathered = net.group * net.per_image_len();
         // Sizes follow from the caller's batch and resolution: allocated fallibly.
         let buf = |what: &str, len: usize| try_filled(what, len, 0.0f32);
         let se = [
@@ -365,26 +431,30 @@ impl Buffers {
             io: [
                 buf("a block buffer", io_len)?,
                 buf("a block buffer", io_len)?,
+                buf("the gathered block outputs", gathered)?,
             ],
-            expanded: buf("the expanded buffer", e_len.max(head_len))?,
-            spatial: buf("the spatial buffer", d_len)?,
-            band: buf("the band buffer", band_len)?,
-            ws: buf("the workspace", ws_len.max(band_ws))?,
-            pooled: buf("the pooled buffer", net.pool.pooled_len())?,
-            se,
-            logits: buf("the logits", net.fc.y_len())?,
+            work: Work {
+                expanded: buf("the expanded buffer", e_len.max(head_len))?,
+                spatial: buf("the spatial buffer", d_len)?,
+                band: buf("the band buffer", band_len)?,
+                ws: buf("the workspace", ws_len.max(band_ws))?,
+                pooled: buf("the pooled buffer", net.pool.pooled_len())?,
+                se,
+                logits: buf("the logits", net.fc.y_len())?,
+            },
         })
     }
 
     fn floats(&self) -> usize {
-        2 * self.io[0].len()
-            + self.expanded.len()
-            + self.spatial.len()
-            + self.band.len()
-            + self.ws.len()
-            + self.pooled.len()
-            + 3 * self.se[0].len()
-            + self.logits.len()
+        let w = &self.work;
+        self.io.iter().map(Vec::len).sum::<usize>()
+            + w.expanded.len()
+            + w.spatial.len()
+            + w.band.len()
+            + w.ws.len()
+            + w.pooled.len()
+            + 3 * w.se[0].len()
+            + w.logits.len()
     }
 }
 
@@ -411,8 +481,9 @@ impl InferencePlan {
     }
 
     /// The estimated bytes one image's inference reads and writes in main memory
-    /// (activations and the weights, read once per image), by this plan and by the
-    /// unfused layer-by-layer forward pass.
+    /// (activations and the weights, read once per group of [`InferencePlan::group`]
+    /// images and counted here as their share per image), by this plan and by the
+    /// unfused layer-by-layer forward pass on the same group.
     ///
     /// A plain count of every tensor each pass reads and writes, as if none stayed in
     /// cache between passes: the unfused pass adds a norm + activation pass over every
@@ -420,13 +491,19 @@ impl InferencePlan {
     /// gate) runs the same in both.
     pub fn traffic_per_image(&self) -> Traffic {
         let net = &self.fused.net;
-        let (mut fused, mut unfused) = (0usize, 0usize);
-        let mut add = |(a, b): (usize, usize)| {
-            fused += a;
-            unfused += b;
+        // Floats per image: the parts planned for one image count whole, the grouped
+        // ones their share (`1/group`).
+        let (mut fused, mut unfused) = (0.0f64, 0.0f64);
+        let mut share = 1.0;
+        let mut add = |(a, b): (usize, usize), share: f64| {
+            fused += a as f64 * share;
+            unfused += b as f64 * share;
         };
-        add(net.stem.traffic());
-        for b in &net.blocks {
+        add(net.stem.traffic(), share);
+        for (i, b) in net.blocks.iter().enumerate() {
+            if i == net.grouped_from {
+                share = 1.0 / net.group as f64;
+            }
             let unbanded = b.expand.as_ref().map_or((0, 0), FusedConv::traffic);
             let spatial = b.spatial.traffic();
             // Pool (in cache when banded), the two dense layers (their outputs then an
@@ -435,21 +512,34 @@ impl InferencePlan {
             let (r, e) = (b.se.reduce.traffic(), b.se.expand.traffic());
             let se = (3 * d + r.0 + e.0, 3 * d + r.1 + e.1);
             match &b.banded {
-                Some(bd) => add((bd.traffic() + se.0 - d, unbanded.1 + spatial.1 + se.1)),
-                None => add((unbanded.0 + spatial.0 + se.0, unbanded.1 + spatial.1 + se.1)),
+                Some(bd) => add(
+                    (bd.traffic() + se.0 - d, unbanded.1 + spatial.1 + se.1),
+                    share,
+                ),
+                None => add(
+                    (unbanded.0 + spatial.0 + se.0, unbanded.1 + spatial.1 + se.1),
+                    share,
+                ),
             }
-            add(b.project.traffic());
+            add(b.project.traffic(), share);
         }
-        add(net.head.traffic());
+        let share = 1.0 / net.group as f64;
+        add(net.head.traffic(), share);
         let pool = net.head.y_len() + net.pool.pooled_len();
         let fc = net.fc.traffic();
-        add((pool + fc.0, pool + fc.1));
-        // The network is planned for one image.
-        let per = |floats: usize| (floats * size_of::<f32>()) as f64;
+        add((pool + fc.0, pool + fc.1), share);
+        let per = |floats: f64| floats * size_of::<f32>() as f64;
         Traffic {
             fused_bytes: per(fused),
             unfused_bytes: per(unfused),
         }
+    }
+
+    /// How many blocks, from the first, run image by image within a group (after the
+    /// stem, which always does); the rest and the head run on the whole group. All
+    /// of them for groups of one image.
+    pub fn per_image_blocks(&self) -> usize {
+        self.fused.net.grouped_from
     }
 
     /// How many blocks run their expansion and k×k convolution depth-first, in bands.
@@ -478,71 +568,129 @@ impl InferencePlan {
                 actual: x.len(),
             });
         }
-        let image = res * res * 3;
+        let m = self.group;
+        let group = m * res * res * 3;
         let Fused { net, lanes } = &mut self.fused;
         let classes = net.fc.y_len();
-        let mut logits = try_filled("the logits", n * classes, 0.0)?;
+        let mut logits = try_filled("the logits", n * classes / m, 0.0)?;
         let net = &*net;
-        lanes.run(n, &mut logits, classes, |bufs, i, out| {
-            bufs.run(net, &x[i * image..(i + 1) * image])?;
-            out.copy_from_slice(&bufs.logits);
+        lanes.run(n / m, &mut logits, classes, |bufs, i, out| {
+            bufs.run(net, &x[i * group..(i + 1) * group])?;
+            out.copy_from_slice(&bufs.work.logits);
             Ok(())
         })?;
         Ok(logits)
     }
 }
 
+impl FusedNet {
+    /// Floats of one image's output of the part that runs image by image (the stem
+    /// and `blocks[..grouped_from]`).
+    fn per_image_len(&self) -> usize {
+        let early = &self.blocks[..self.grouped_from];
+        early
+            .last()
+            .map_or(self.stem.y_len(), |b| b.project.y_len())
+    }
+}
+
 impl Buffers {
-    /// Runs `net` on one image `x`, leaving its logits in `self.logits`.
+    /// Runs `net` on one group of images `x`, leaving their logits in
+    /// `self.work.logits`: each image through the stem and the blocks planned for one
+    /// image, its output gathered into `io[2]`; then the group through the rest.
     fn run(&mut self, net: &FusedNet, x: &[f32]) -> Result<()> {
-        let Buffers {
-            io,
+        let Buffers { io, work } = self;
+        let (early, late) = net.blocks.split_at(net.grouped_from);
+        let per = net.per_image_len();
+        let stem_len = net.stem.y_len();
+        for (i, image) in x.chunks(x.len() / net.group).enumerate() {
+            let y = &mut io[0][..stem_len];
+            timed(CONV_STEM, || net.stem.run(image, None, y, &mut work.ws))?;
+            let at = work.blocks(early, io, 0, stem_len)?;
+            let (out, gathered) = two(io, at, 2);
+            gathered[i * per..(i + 1) * per].copy_from_slice(&out[..per]);
+        }
+        let len = late.last().map_or(net.group * per, |b| b.project.y_len());
+        let at = work.blocks(late, io, 2, net.group * per)?;
+        work.head(net, &io[at][..len])
+    }
+}
+
+/// `io[from]` to read and `io[to]` to write (`from != to`).
+fn two(io: &mut [Vec<f32>; 3], from: usize, to: usize) -> (&[f32], &mut [f32]) {
+    debug_assert_ne!(from, to);
+    let (lo, hi) = io.split_at_mut(from.max(to));
+    let (low, high) = (&mut lo[from.min(to)], &mut hi[0]);
+    if from < to { (low, high) } else { (high, low) }
+}
+
+impl Work {
+    /// Runs `blocks` on the first `len` floats of `io[at]`, their outputs alternating
+    /// between `io[0]` and `io[1]`; returns the index of the buffer holding the last
+    /// output (`at` when there are no blocks).
+    fn blocks(
+        &mut self,
+        blocks: &[FusedBlock],
+        io: &mut [Vec<f32>; 3],
+        mut at: usize,
+        mut len: usize,
+    ) -> Result<usize> {
+        for blk in blocks {
+            let to = usize::from(at == 0);
+            let (input, out) = two(io, at, to);
+            let out_len = blk.project.y_len();
+            self.block(blk, &input[..len], &mut out[..out_len])?;
+            (at, len) = (to, out_len);
+        }
+        Ok(at)
+    }
+
+    /// One block from `input` to `out`.
+    fn block(&mut self, blk: &FusedBlock, input: &[f32], out: &mut [f32]) -> Result<()> {
+        let Work {
             expanded,
             spatial,
             band,
             ws,
-            pooled,
             se,
-            logits,
+            ..
         } = self;
-        let [a, b] = io;
-        let stem_len = net.stem.y_len();
-        timed(CONV_STEM, || net.stem.run(x, None, &mut a[..stem_len], ws))?;
-        let (mut cur, mut next) = (a, b);
-        let mut cur_len = stem_len;
-        for blk in &net.blocks {
-            let input = &cur[..cur_len];
-            let d = &mut spatial[..blk.spatial.y_len()];
-            match &blk.banded {
-                Some(bd) => {
-                    let [p, rest @ ..] = se;
-                    let p = &mut p[..blk.se.shape.pooled_len()];
-                    bd.run(input, d, p, band, ws)?;
-                    timed(SE_FWD, || blk.se.excite(d, p, rest, ws))?;
-                }
-                None => {
-                    let e: &[f32] = match &blk.expand {
-                        Some(ec) => {
-                            let e = &mut expanded[..ec.y_len()];
-                            timed(CONV_1X1_FWD, || ec.run(input, None, e, ws))?;
-                            e
-                        }
-                        None => input,
-                    };
-                    timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
-                    timed(SE_FWD, || blk.se.run(d, se, ws))?;
-                }
+        let d = &mut spatial[..blk.spatial.y_len()];
+        match &blk.banded {
+            Some(bd) => {
+                let [p, rest @ ..] = se;
+                let p = &mut p[..blk.se.shape.pooled_len()];
+                bd.run(input, d, p, band, ws)?;
+                timed(SE_FWD, || blk.se.excite(d, p, rest, ws))?;
             }
-            let out_len = blk.project.y_len();
-            let res = blk.skip.then_some(input);
-            timed(CONV_1X1_FWD, || {
-                blk.project.run(d, res, &mut next[..out_len], ws)
-            })?;
-            std::mem::swap(&mut cur, &mut next);
-            cur_len = out_len;
+            None => {
+                let e: &[f32] = match &blk.expand {
+                    Some(ec) => {
+                        let e = &mut expanded[..ec.y_len()];
+                        timed(CONV_1X1_FWD, || ec.run(input, None, e, ws))?;
+                        e
+                    }
+                    None => input,
+                };
+                timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
+                timed(SE_FWD, || blk.se.run(d, se, ws))?;
+            }
         }
+        let res = blk.skip.then_some(input);
+        timed(CONV_1X1_FWD, || blk.project.run(d, res, out, ws))
+    }
+
+    /// The head, pool and classifier on the group's last block output `input`.
+    fn head(&mut self, net: &FusedNet, input: &[f32]) -> Result<()> {
+        let Work {
+            expanded,
+            ws,
+            pooled,
+            logits,
+            ..
+        } = self;
         let h = &mut expanded[..net.head.y_len()];
-        timed(CONV_1X1_FWD, || net.head.run(&cur[..cur_len], None, h, ws))?;
+        timed(CONV_1X1_FWD, || net.head.run(input, None, h, ws))?;
         timed(HEAD, || {
             pool::global_avg_pool(&net.pool, h, pooled)?;
             net.fc.run(pooled, None, logits, ws)

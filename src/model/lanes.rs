@@ -1,16 +1,21 @@
-//! Image lanes: a batch run as independent one-image jobs, one lane per thread.
+//! Image lanes: a batch run as independent jobs of a few images each, one lane per
+//! thread.
 //!
-//! Inference has no batch statistics, so each image can go through the whole network
-//! on one thread while the other threads take other images. Compared with running
-//! every layer on the whole batch with all threads, a lane keeps one image's
-//! activations (a few MB) in its core's caches from layer to layer instead of
+//! Inference has no batch statistics, so a small group of images can go through the
+//! whole network on one thread while the other threads take other groups. Compared
+//! with running every layer on the whole batch with all threads, a lane keeps its
+//! group's activations (a few MB) in its core's caches from layer to layer instead of
 //! streaming the batch's tensors through memory, and its threads never wait for each
 //! other between layers. Each lane owns a single-thread `rayon` pool, so the kernels a
 //! lane calls run on that thread alone, and its own state (buffers and workspace).
 //!
-//! Every image goes through the same one-image plan whichever lane takes it, and the
-//! kernels give the same bits on any pool size, so the results do not depend on the
-//! number of lanes or on which lane ran which image.
+//! Every group goes through the same plan whichever lane takes it, and the kernels
+//! give the same bits on any pool size and for each image of any batch, so the results
+//! do not depend on the number of lanes, on the group size or on which lane ran which
+//! group.
+//!
+//! Internal to the prepared inference network; public (and hidden from the docs) only
+//! so that the integration tests can drive it.
 
 use crate::error::{Error, Result};
 use crate::simd::with_level;
@@ -19,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Per-lane state `T` and the lanes' single-thread pools; see the [module docs](self).
 #[derive(Debug)]
-pub(crate) struct Lanes<T> {
+pub struct Lanes<T> {
     /// One single-thread pool per lane; empty when one lane runs in the caller's pool.
     pools: Vec<rayon::ThreadPool>,
     states: Vec<T>,
@@ -29,7 +34,7 @@ impl<T: Send> Lanes<T> {
     /// `count` lanes (at least one), each with the state `make(threads)` for the
     /// number of threads its kernels will see: one per lane, or the caller's pool
     /// size when a single lane runs in the caller's pool.
-    pub(crate) fn new(count: usize, mut make: impl FnMut(usize) -> Result<T>) -> Result<Lanes<T>> {
+    pub fn new(count: usize, mut make: impl FnMut(usize) -> Result<T>) -> Result<Lanes<T>> {
         if count <= 1 {
             return Ok(Lanes {
                 pools: Vec::new(),
@@ -51,12 +56,12 @@ impl<T: Send> Lanes<T> {
     }
 
     /// How many lanes run at once.
-    pub(crate) fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.states.len()
     }
 
     /// The lanes' states.
-    pub(crate) fn states(&self) -> &[T] {
+    pub fn states(&self) -> &[T] {
         &self.states
     }
 
@@ -64,7 +69,7 @@ impl<T: Send> Lanes<T> {
     /// `i`-th chunk of `out_len` floats of `out`; lanes take the next item as they
     /// finish one. The first error is returned (the other lanes stop after their
     /// current item).
-    pub(crate) fn run<F>(&mut self, n: usize, out: &mut [f32], out_len: usize, job: F) -> Result<()>
+    pub fn run<F>(&mut self, n: usize, out: &mut [f32], out_len: usize, job: F) -> Result<()>
     where
         F: Fn(&mut T, usize, &mut [f32]) -> Result<()> + Sync,
     {
@@ -134,58 +139,4 @@ fn run_lanes<T: Send, L: Fn(&mut T) + Sync>(
         s.spawn(|_| lane(state));
         run_lanes(pools, states, lane);
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
-        pool.expect("a test pool").install(f)
-    }
-
-    #[test]
-    fn every_item_lands_in_its_own_chunk_on_any_lane_count() {
-        for lanes in [1, 2, 3, 8] {
-            let mut l = in_pool(lanes, || Lanes::new(lanes, |t| Ok(vec![t])).unwrap());
-            assert_eq!(l.count(), lanes);
-            let threads = if lanes > 1 { 1 } else { lanes };
-            assert!(l.states().iter().all(|s| s == &[threads]));
-            let mut out = vec![0.0; 11 * 2];
-            l.run(11, &mut out, 2, |_, i, o| {
-                o.copy_from_slice(&[i as f32, rayon::current_num_threads() as f32]);
-                Ok(())
-            })
-            .unwrap();
-            // A lane's kernels see a pool of one thread; a single lane runs in the
-            // caller's pool.
-            let seen = if lanes > 1 {
-                1
-            } else {
-                rayon::current_num_threads()
-            };
-            for (i, o) in out.chunks(2).enumerate() {
-                assert_eq!(o, [i as f32, seen as f32]);
-            }
-        }
-    }
-
-    #[test]
-    fn the_first_error_stops_the_lanes() {
-        let mut l = Lanes::new(2, |_| Ok(())).unwrap();
-        let mut out = vec![0.0; 100];
-        let e = l.run(100, &mut out, 1, |_, i, o| {
-            if i == 10 {
-                return Err(Error::InvalidArgument("item 10".into()));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-            o[0] = 1.0;
-            Ok(())
-        });
-        assert!(matches!(e, Err(Error::InvalidArgument(m)) if m == "item 10"));
-        // The lanes stopped at their next item: not everything after item 10 ran.
-        // (Items take 2 ms: the other lane gets through a few at most.)
-        assert!(out.iter().filter(|&&v| v == 1.0).count() < 50);
-    }
 }

@@ -18,7 +18,8 @@
 pub mod block;
 pub mod infer;
 mod infer_band;
-mod lanes;
+#[doc(hidden)]
+pub mod lanes;
 pub mod network;
 pub mod norm_act;
 mod ops;

@@ -353,20 +353,33 @@ impl Network {
     ) -> Result<InferencePlan> {
         Self::input_len(batch, res)?;
         let policy = bands(super::infer::lane_threads(batch));
-        InferencePlan::new(batch, res, self.fused_net(1, res, policy)?)
+        let (_, group) = super::infer::layout(batch);
+        InferencePlan::new(batch, res, self.fused_net(group, res, policy)?)
     }
 
-    /// The prepared layers: BatchNorms folded, per-sample norms after their
-    /// convolutions.
-    fn fused_net(&self, n: usize, res: usize, bands: BandPolicy) -> Result<FusedNet> {
+    /// The prepared layers for groups of `group` images: BatchNorms folded,
+    /// per-sample norms after their convolutions. The stem and the blocks before the
+    /// first one whose weights outweigh one image's activations are planned for one
+    /// image (each image of a group runs them on its own, its activations staying in
+    /// cache); that block, the rest and the head for the whole group (its weights
+    /// read once for the group).
+    fn fused_net(&self, group: usize, res: usize, bands: BandPolicy) -> Result<FusedNet> {
         let v = &self.params.values;
         let cfg = &self.cfg;
-        let sd = cfg.conv_desc(n, res, (3, cfg.stem_channels()), 3, 2, 3);
+        let sd = cfg.conv_desc(1, res, (3, cfg.stem_channels()), 3, 2, 3);
         let mut hw = sd.validate()?.out_h;
-        let stem_norm = self.stem_norm.for_inference(v, n, hw)?;
+        let stem_norm = self.stem_norm.for_inference(v, 1, hw)?;
         let stem = FusedConv::normed(&sd, &v[self.stem], stem_norm, false)?;
         let mut blocks = Vec::with_capacity(self.blocks.len());
-        for b in &self.blocks {
+        let mut grouped_from = None;
+        for (i, b) in self.blocks.iter().enumerate() {
+            if grouped_from.is_none() && group > 1 {
+                let (weights, acts) = b.inference_floats(cfg, hw)?;
+                if super::infer::groups_block(weights, acts) {
+                    grouped_from = Some(i);
+                }
+            }
+            let n = if grouped_from.is_some() { group } else { 1 };
             blocks.push(b.fused(v, cfg, n, hw, bands)?);
             hw = b.out_hw(cfg, hw)?;
         }
@@ -375,10 +388,13 @@ impl Network {
             .last()
             .map_or(cfg.stem_channels(), |b| b.spec.out_ch);
         let hc = cfg.head_channels();
+        let n = group;
         let hd = ConvDesc::pointwise(n, (hw, hw), last, hc);
         let head_norm = self.head_norm.for_inference(v, n, hw)?;
         let head = FusedConv::normed(&hd, &v[self.head], head_norm, false)?;
         Ok(FusedNet {
+            group,
+            grouped_from: grouped_from.unwrap_or(self.blocks.len()),
             stem,
             blocks,
             head,

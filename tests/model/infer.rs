@@ -124,17 +124,20 @@ fn bits(v: &[f32]) -> Vec<u32> {
 }
 
 /// A batch runs on one image lane per thread (up to the batch size): the logits are
-/// the same bits for pools of 1, 2, 3 and 8 threads, equal each image's logits from a
-/// one-image plan, and stay the same over repeated runs — for a folded BatchNorm
+/// the same bits for pools of 1, 2, 3 and 8 threads (so for groups of 1 to 4 images),
+/// equal each image's logits from a one-image plan, and stay the same over repeated runs — for a folded BatchNorm
 /// network (depthwise and G16, with and without depth-first bands) and for a
 /// per-sample-norm network, at every level.
 #[test]
 fn image_lanes_give_the_same_bits_for_any_thread_count() {
     let cases = [
-        ("efficientnet_b0", 5, 37, None),
+        ("efficientnet_b0", 8, 37, None),
+        ("efficientnet_b0", 5, 33, None),
         ("b0_g16_bn", 3, 32, Some(2048)),
         ("tiny_g16_lnpn", 4, 32, None),
     ];
+    // Group sizes the cases ran with: the bits must not depend on them either.
+    let mut groups = std::collections::BTreeSet::new();
     for (i, &(arch, batch, res, band)) in cases.iter().enumerate() {
         let net = network(arch, 7, 80 + i as u64);
         let image = res * res * 3;
@@ -151,13 +154,20 @@ fn image_lanes_give_the_same_bits_for_any_thread_count() {
                     one_by_one.extend(single.run(img).unwrap());
                 }
                 for threads in [1, 2, 3, 8] {
-                    let (lanes, got, again) = in_pool(threads, || {
+                    let ((lanes, group), got, again) = in_pool(threads, || {
                         with_level(level, || {
                             let mut p = plan(batch);
-                            (p.lanes(), p.run(&x).unwrap(), p.run(&x).unwrap())
+                            (
+                                (p.lanes(), p.group()),
+                                p.run(&x).unwrap(),
+                                p.run(&x).unwrap(),
+                            )
                         })
                     });
-                    assert_eq!(lanes, threads.min(batch), "{arch} {threads} threads");
+                    let what = format!("{arch} batch {batch}, {threads} threads");
+                    assert!((1..=4).contains(&group) && batch % group == 0, "{what}");
+                    assert!(lanes <= threads && lanes * group <= batch, "{what}");
+                    groups.insert(group);
                     assert_eq!(
                         bits(&got),
                         bits(&one_by_one),
@@ -171,6 +181,44 @@ fn image_lanes_give_the_same_bits_for_any_thread_count() {
                 }
             });
         }
+    }
+    assert!(groups.len() >= 3, "the cases ran groups of {groups:?} only");
+    // Groups of 4 at 37×37 run B0's first blocks image by image and the rest grouped:
+    // the case above crossed from one part to the other.
+    let net = network("efficientnet_b0", 7, 80);
+    let split = in_pool(2, || net.plan_inference(8, 37).unwrap().per_image_blocks());
+    assert!(
+        (1..16).contains(&split),
+        "{split} of 16 blocks image by image"
+    );
+}
+
+/// The images a lane runs at once divide the batch and keep the lanes evenly loaded
+/// (the busiest lane runs the fewest images; ties go to the larger group, at most 4),
+/// with one lane per thread up to one per group.
+#[test]
+fn image_groups_divide_the_batch_and_balance_the_lanes() {
+    let net = network("tiny_g16_lnpn", 3, 2);
+    // ((batch, threads), (lanes, images per group))
+    let cases = [
+        ((16, 2), (2, 4)),
+        ((32, 2), (2, 4)),
+        ((12, 2), (2, 3)),
+        ((10, 2), (2, 1)),
+        ((7, 2), (2, 1)),
+        ((4, 2), (2, 2)),
+        ((2, 2), (2, 1)),
+        ((1, 2), (1, 1)),
+        ((16, 1), (1, 4)),
+        ((8, 3), (3, 1)),
+        ((16, 8), (8, 2)),
+    ];
+    for ((batch, threads), want) in cases {
+        let got = in_pool(threads, || {
+            let p = net.plan_inference(batch, 16).unwrap();
+            (p.lanes(), p.group())
+        });
+        assert_eq!(got, want, "batch {batch}, {threads} threads");
     }
 }
 
@@ -186,8 +234,17 @@ fn bad_inference_inputs_are_errors() {
 #[test]
 fn traffic_estimate_counts_the_passes_fusion_removes() {
     let net = network("efficientnet_b0", 10, 5);
-    let one = net.plan_inference(1, 64).unwrap().traffic_per_image();
-    let two = net.plan_inference(2, 64).unwrap().traffic_per_image();
+    let traffic = |batch: usize, threads: usize| {
+        in_pool(threads, || {
+            let p = net.plan_inference(batch, 64).unwrap();
+            (p.traffic_per_image(), p.group())
+        })
+    };
+    let (one, _) = traffic(1, 2);
+    // Batch 2 on two threads: one image per group; batch 4 on one: a group of 4.
+    let ((two, 1), (four, 4)) = (traffic(2, 2), traffic(4, 1)) else {
+        panic!("unexpected group sizes");
+    };
     // Fusion removes a read and a write of every convolution output at least.
     assert!(one.fused_bytes < one.unfused_bytes, "{one:?}");
     // The removed passes are activations: the same bytes per image at any batch.
@@ -198,6 +255,17 @@ fn traffic_estimate_counts_the_passes_fusion_removes() {
     );
     // Each image runs the one-image plan on its lane: the same bytes at any batch.
     assert_eq!(one, two);
+    // A group of 4 reads the weights once for the 4: fewer bytes per image, by
+    // three quarters of the weights (at least the 1280×10 classifier and the head).
+    assert!(
+        (saved(four) - saved(one)).abs() <= 1e-6 * saved(one),
+        "{one:?} {four:?}"
+    );
+    let weights_saved = one.fused_bytes - four.fused_bytes;
+    assert!(
+        weights_saved > 0.75 * 4.0 * (1280.0 * 10.0 + 320.0 * 1280.0),
+        "{weights_saved}"
+    );
     // Twice the resolution: about four times the activations.
     let big = net.plan_inference(1, 128).unwrap().traffic_per_image();
     let ratio = saved(big) / saved(one);

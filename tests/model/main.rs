@@ -14,6 +14,7 @@ mod fixtures_files;
 mod infer;
 mod interop;
 mod ipu_picture;
+mod lanes;
 mod model;
 mod npy;
 mod params;
