@@ -56,6 +56,7 @@ fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
     Ok(PostOps {
         activation: activation_of("effnet_conv_post_ops.activation", p.activation)?,
         residual,
+        ..PostOps::NONE
     })
 }
 

@@ -1,34 +1,63 @@
 //! Column sums of row-major matrices: bias gradients and per-channel statistics.
 
+use std::ops::Range;
+
 use super::parallel::{chunk_len, partials_len, reduce_chunks_in};
 use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
 
-/// Adds the `rows × cols` row-major matrix `m`'s rows into `acc` (`acc[c] += Σ_r m[r][c]`).
+/// Adds `rows` rows at `m` (`stride` floats apart, each read for its first `cols =
+/// sums.len()` floats) into `sums` (`sums[c] += Σ_r m[r·stride + c]`), and their
+/// squares into `squares` when given; the rows in order. Reads through the pointer
+/// only the elements it names, so other threads may write the rest meanwhile.
 struct AddRows<'a> {
-    m: &'a [f32],
-    cols: usize,
-    acc: &'a mut [f32],
+    m: *const f32,
+    rows: usize,
+    stride: usize,
+    sums: &'a mut [f32],
+    squares: Option<&'a mut [f32]>,
 }
 
 impl SimdKernel for AddRows<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let cols = self.cols;
+        let (cols, stride, l) = (self.sums.len(), self.stride, S::LANES);
+        let mut squares = self.squares;
         let mut c0 = 0;
         while c0 < cols {
-            let width = (cols - c0).min(4 * S::LANES);
+            let width = (cols - c0).min(4 * l);
+            let nv = width.div_ceil(l);
             let mut a = [s.zero(); 4];
-            for row in self.m.chunks_exact(cols) {
-                let row = &row[c0..c0 + width];
-                for (v, a) in row.chunks(S::LANES).zip(a.iter_mut()) {
-                    *a = s.add(*a, s.load_upto(v));
+            let mut q = [s.zero(); 4];
+            for r in 0..self.rows {
+                for v in 0..nv {
+                    let n = (width - v * l).min(l);
+                    // SAFETY: `r < rows` and `c0 + v·L + n ≤ cols`: an element the
+                    // caller of `add_rows_raw` vouches for.
+                    let x = unsafe {
+                        let p = self.m.add(r * stride + c0 + v * l);
+                        if n == l {
+                            s.load_ptr(p)
+                        } else {
+                            s.load_partial_ptr(p, n)
+                        }
+                    };
+                    a[v] = s.add(a[v], x);
+                    if squares.is_some() {
+                        q[v] = s.mul_add(x, x, q[v]);
+                    }
                 }
             }
-            let out = &mut self.acc[c0..c0 + width];
-            for (o, a) in out.chunks_mut(S::LANES).zip(a) {
+            let out = &mut self.sums[c0..c0 + width];
+            for (o, a) in out.chunks_mut(l).zip(a) {
                 let prev = s.load_upto(o);
                 s.store_upto(o, s.add(prev, a));
+            }
+            if let Some(sq) = squares.as_deref_mut() {
+                for (o, q) in sq[c0..c0 + width].chunks_mut(l).zip(q) {
+                    let prev = s.load_upto(o);
+                    s.store_upto(o, s.add(prev, q));
+                }
             }
             c0 += width;
         }
@@ -40,7 +69,39 @@ impl SimdKernel for AddRows<'_> {
 pub(crate) fn add_rows(level: SimdLevel, m: &[f32], acc: &mut [f32]) {
     let cols = acc.len();
     if cols > 0 {
-        dispatch(level, AddRows { m, cols, acc });
+        debug_assert!(m.len().is_multiple_of(cols));
+        // SAFETY: `m.len() / cols` whole rows of `cols` floats, all in `m`.
+        unsafe { add_rows_raw(level, m.as_ptr(), m.len() / cols, cols, acc, None) };
+    }
+}
+
+/// `sums[c] += Σ_r m[r·stride + c]` and, when given, `squares[c] += Σ_r m[r·stride +
+/// c]²`, for `c < sums.len()` and `r < rows`, in row order, on one thread.
+///
+/// # Safety
+/// Every `m + r·stride + c` for `r < rows`, `c < sums.len()` must be readable, and no
+/// other thread may write those elements meanwhile (others may write the rest).
+pub(crate) unsafe fn add_rows_raw(
+    level: SimdLevel,
+    m: *const f32,
+    rows: usize,
+    stride: usize,
+    sums: &mut [f32],
+    squares: Option<&mut [f32]>,
+) {
+    let cols = sums.len();
+    debug_assert!(stride >= cols && squares.as_ref().is_none_or(|q| q.len() == cols));
+    if cols > 0 && rows > 0 {
+        dispatch(
+            level,
+            AddRows {
+                m,
+                rows,
+                stride,
+                sums,
+                squares,
+            },
+        );
     }
 }
 
@@ -99,6 +160,119 @@ pub fn sum_rows<T: Copy + Default + std::ops::AddAssign>(rows: &[T], out: &mut [
     for row in rows.chunks_exact(out.len()) {
         for (o, v) in out.iter_mut().zip(row) {
             *o += *v;
+        }
+    }
+}
+
+/// Where the tasks of one convolution forward call leave their output rows' partial
+/// channel statistics (the post-op of `conv::ChannelStats`): `[N·OH][C]` sums, then as
+/// many sums of squares when asked, in the call's workspace. Each row's partial sums
+/// its pixels in order, whichever task wrote the row; [`RowStats::finish`] adds each
+/// image's rows in row order, so the statistics do not depend on the task split.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct RowStats {
+    part: *mut f32,
+    rows: usize,
+    ow: usize,
+    c: usize,
+    squares: bool,
+    level: SimdLevel,
+}
+
+// SAFETY: tasks write the partials of pairwise disjoint (row, channel range) pairs
+// (each caller of `record` documents its partition) and the buffer outlives the call.
+unsafe impl Send for RowStats {}
+// SAFETY: as above.
+unsafe impl Sync for RowStats {}
+
+impl RowStats {
+    /// Floats of the row partials of `stats` for `rows = N·OH` rows of `c` channels.
+    pub(crate) fn len(planes: usize, rows: usize, c: usize) -> usize {
+        planes * rows * c
+    }
+
+    /// The partials of the sums (and of the squares when `squares`) over `part` (at
+    /// least [`RowStats::len`] floats, any contents) for an output of `rows = N·OH`
+    /// rows of `ow` pixels of `c` channels.
+    pub(crate) fn new(
+        level: SimdLevel,
+        squares: bool,
+        part: &mut [f32],
+        (rows, ow, c): (usize, usize, usize),
+    ) -> RowStats {
+        assert!(part.len() >= RowStats::len(1 + usize::from(squares), rows, c));
+        RowStats {
+            part: part.as_mut_ptr(),
+            rows,
+            ow,
+            c,
+            squares,
+            level,
+        }
+    }
+
+    /// Records the partials of output rows `rows` (indices `n·OH + oh`), channels
+    /// `chans`, from `y`, which points at the first element of row `rows.start`.
+    ///
+    /// # Safety
+    /// Those rows × channels of the output must be written, readable through `y`, not
+    /// written by another thread meanwhile, and their partials recorded by no other
+    /// task of the call.
+    pub(crate) unsafe fn record(&self, y: *const f32, rows: Range<usize>, chans: Range<usize>) {
+        debug_assert!(rows.end <= self.rows && chans.end <= self.c);
+        let (c, row_len, cols) = (self.c, self.ow * self.c, chans.len());
+        for (i, r) in rows.enumerate() {
+            // SAFETY: the partials of row `r`, channels `chans`, are this task's alone
+            // (caller contract) and inside the region `new` checked.
+            let (sums, mut squares) = unsafe {
+                let s = std::slice::from_raw_parts_mut(self.part.add(r * c + chans.start), cols);
+                let q = self.squares.then(|| {
+                    let at = self.rows * c + r * c + chans.start;
+                    std::slice::from_raw_parts_mut(self.part.add(at), cols)
+                });
+                (s, q)
+            };
+            sums.fill(0.0);
+            if let Some(q) = squares.as_deref_mut() {
+                q.fill(0.0);
+            }
+            // SAFETY: row `r`'s pixels of `chans` are finished and this task's (caller
+            // contract); `y` points at row `rows.start`.
+            unsafe {
+                let p = y.add(i * row_len + chans.start);
+                add_rows_raw(self.level, p, self.ow, c, sums, squares);
+            }
+        }
+    }
+
+    /// Each image's statistics from the partials (every row recorded): `sums` and
+    /// `squares` `[N][C]` (`N = sums.len() / C`), overwritten; each image's rows
+    /// added in row order in `f64`.
+    pub(crate) fn finish(&self, sums: &mut [f64], squares: Option<&mut [f64]>) {
+        let (c, rows) = (self.c, self.rows);
+        // SAFETY: every task of the call has finished; the region holds the planes
+        // `new` checked.
+        let part = unsafe {
+            std::slice::from_raw_parts(self.part, rows * c * (1 + usize::from(self.squares)))
+        };
+        let (s_part, q_part) = part.split_at(rows * c);
+        let per_image = rows.checked_div(sums.len() / c.max(1)).unwrap_or(0);
+        let reduce = |part: &[f32], out: &mut [f64]| {
+            out.fill(0.0);
+            if c == 0 || per_image == 0 {
+                return;
+            }
+            for (o, p) in out.chunks_exact_mut(c).zip(part.chunks(per_image * c)) {
+                for row in p.chunks_exact(c) {
+                    for (o, &v) in o.iter_mut().zip(row) {
+                        *o += f64::from(v);
+                    }
+                }
+            }
+        };
+        reduce(s_part, sums);
+        if let Some(q) = squares {
+            reduce(q_part, q);
         }
     }
 }

@@ -279,6 +279,12 @@ impl Block {
             None => None,
         };
         let spatial = FusedConv::normed(&dd, &v[self.dw], spatial_norm, false)?;
+        // Unbanded, the k×k convolution gathers the squeeze of the squeeze-excite.
+        let spatial = if banded.is_none() {
+            spatial.squeezing()
+        } else {
+            spatial
+        };
         // A delayed Proxy Norm scale multiplies the gated tensor per channel: the
         // projection's input channels, folded into its weights.
         let proj_w: std::borrow::Cow<[f32]> = match spatial.delayed_scale() {

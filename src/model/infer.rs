@@ -31,7 +31,9 @@ use super::norm_act::{InferNorm, SampleNorm};
 use super::profile::{CONV_1X1_FWD, CONV_KXK_FWD, CONV_STEM, HEAD, SE_FWD, timed};
 use crate::error::{Error, Result, try_filled};
 use crate::kernels::activation::Activation;
-use crate::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvWeights, PostOps};
+use crate::kernels::conv::{
+    ChannelStats, Conv2d, ConvDesc, ConvPass, ConvWeights, PostArgs, PostOps,
+};
 use crate::kernels::gate;
 use crate::kernels::pool::{self, Nhwc};
 
@@ -109,6 +111,7 @@ impl FusedConv {
         let conv = Conv2d::new(desc)?.with_post_ops(PostOps {
             activation: act,
             residual,
+            ..PostOps::NONE
         });
         let co = desc.out_channels;
         let shift_ok = shift.len() == co || shift.is_empty();
@@ -178,6 +181,54 @@ impl FusedConv {
         }
         let res = usize::from(self.conv.post_ops().residual);
         (conv + res * s.y_len, conv + 2 * s.y_len + 3 * res * s.y_len)
+    }
+
+    /// The same convolution gathering each image's channel sums of its output in the
+    /// forward pass (the squeeze of the squeeze-excite that follows;
+    /// [`FusedConv::run_squeezed`]), when its norm is folded; unchanged when a
+    /// per-sample norm follows it (the squeeze then reads the norm's output).
+    pub(crate) fn squeezing(self) -> FusedConv {
+        if self.norm.is_some() {
+            return self;
+        }
+        let post = PostOps {
+            stats: ChannelStats::Sums,
+            ..self.conv.post_ops()
+        };
+        FusedConv {
+            conv: self.conv.with_post_ops(post),
+            ..self
+        }
+    }
+
+    /// Whether [`FusedConv::run_squeezed`] is the way to run it.
+    pub(super) fn squeezes(&self) -> bool {
+        self.conv.post_ops().stats != ChannelStats::None
+    }
+
+    /// [`FusedConv::run`] for a [`FusedConv::squeezing`] convolution: also writes each
+    /// image's channel means of `y` to `pooled` (`[N][C_out]`; `sums`: as many `f64`
+    /// of scratch).
+    pub(super) fn run_squeezed(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        (sums, pooled): (&mut [f64], &mut [f32]),
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let w = ConvWeights::Packed(&self.packed);
+        let bias = (!self.bias.is_empty()).then_some(&self.bias[..]);
+        let args = PostArgs {
+            sums: Some(&mut *sums),
+            ..PostArgs::default()
+        };
+        self.conv.forward_post(x, w, bias, args, y, Some(ws))?;
+        let s = self.conv.shape();
+        let pixels = (s.out_h * s.out_w) as f64;
+        for (p, &t) in pooled.iter_mut().zip(sums.iter()) {
+            *p = (t / pixels) as f32;
+        }
+        Ok(())
     }
 
     pub(super) fn run(
@@ -304,6 +355,8 @@ struct Work {
     ws: Vec<f32>,
     pooled: Vec<f32>,
     se: [Vec<f32>; 3],
+    /// The channel sums of a squeezing k×k convolution (`f64`, as the kernels give).
+    squeeze: Vec<f64>,
     logits: Vec<f32>,
 }
 
@@ -440,6 +493,7 @@ impl Buffers {
                 ws: buf("the workspace", ws_len.max(band_ws))?,
                 pooled: buf("the pooled buffer", net.pool.pooled_len())?,
                 se,
+                squeeze: try_filled("the squeeze buffer", se_len, 0.0f64)?,
                 logits: buf("the logits", net.fc.y_len())?,
             },
         })
@@ -454,6 +508,7 @@ impl Buffers {
             + w.ws.len()
             + w.pooled.len()
             + 3 * w.se[0].len()
+            + 2 * w.squeeze.len()
             + w.logits.len()
     }
 }
@@ -487,8 +542,9 @@ impl InferencePlan {
     ///
     /// A plain count of every tensor each pass reads and writes, as if none stayed in
     /// cache between passes: the unfused pass adds a norm + activation pass over every
-    /// convolution's output and a separate residual add. The squeeze-excite (pool and
-    /// gate) runs the same in both.
+    /// convolution's output and a separate residual add. The squeeze-excite's gate
+    /// reads and writes its tensor in both; its pool reads it unfused, and in the plan
+    /// only where no convolution gathers the squeeze (per-sample norms).
     pub fn traffic_per_image(&self) -> Traffic {
         let net = &self.fused.net;
         // Floats per image: the parts planned for one image count whole, the grouped
@@ -508,9 +564,11 @@ impl InferencePlan {
             let spatial = b.spatial.traffic();
             // Pool (in cache when banded), the two dense layers (their outputs then an
             // activation pass unfused), gate (read and write).
+            // The squeeze is gathered by a squeezing k×k convolution (no pool pass).
             let d = b.spatial.y_len();
             let (r, e) = (b.se.reduce.traffic(), b.se.expand.traffic());
-            let se = (3 * d + r.0 + e.0, 3 * d + r.1 + e.1);
+            let pool = usize::from(!b.spatial.squeezes()) * d;
+            let se = (2 * d + pool + r.0 + e.0, 3 * d + r.1 + e.1);
             match &b.banded {
                 Some(bd) => add(
                     (bd.traffic() + se.0 - d, unbanded.1 + spatial.1 + se.1),
@@ -653,6 +711,7 @@ impl Work {
             band,
             ws,
             se,
+            squeeze,
             ..
         } = self;
         let d = &mut spatial[..blk.spatial.y_len()];
@@ -672,8 +731,16 @@ impl Work {
                     }
                     None => input,
                 };
-                timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
-                timed(SE_FWD, || blk.se.run(d, se, ws))?;
+                if blk.spatial.squeezes() {
+                    let [p, rest @ ..] = se;
+                    let p = &mut p[..blk.se.shape.pooled_len()];
+                    let sq = &mut squeeze[..p.len()];
+                    timed(CONV_KXK_FWD, || blk.spatial.run_squeezed(e, d, (sq, p), ws))?;
+                    timed(SE_FWD, || blk.se.excite(d, p, rest, ws))?;
+                } else {
+                    timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
+                    timed(SE_FWD, || blk.se.run(d, se, ws))?;
+                }
             }
         }
         let res = blk.skip.then_some(input);

@@ -17,7 +17,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 /// Shapes of every family, with rows wider than one tile and channel tails (the
 /// fixed shapes plus G16 3×3 / 5×5, which take the AVX-512 sliding rows).
-fn shapes() -> Vec<ConvDesc> {
+pub(super) fn shapes() -> Vec<ConvDesc> {
     let mut v = fixed_shapes();
     v.push(
         ConvDesc::new(2, (20, 19), 48, 48, (3, 3))
@@ -55,6 +55,7 @@ fn fused_epilogue_gives_the_unfused_bits_at_every_level() {
                         let post = PostOps {
                             activation: act,
                             residual,
+                            ..PostOps::NONE
                         };
                         let conv = Conv2d::with_level(d, level).unwrap().with_post_ops(post);
                         let mut packed = vec![0.0; conv.packed_weights_len()];
@@ -114,6 +115,7 @@ fn fused_epilogue_matches_the_reference() {
         let post = PostOps {
             activation: Activation::Swish,
             residual: true,
+            ..PostOps::NONE
         };
         let want: Vec<f64> = refs
             .y
@@ -149,6 +151,7 @@ fn residual_misuse_is_a_typed_error() {
     let with = Conv2d::new(&d).unwrap().with_post_ops(PostOps {
         activation: Activation::Relu,
         residual: true,
+        ..PostOps::NONE
     });
     let without = Conv2d::new(&d).unwrap();
     let mut y = vec![0.0; n];

@@ -54,13 +54,15 @@ mod desc;
 pub mod grouped;
 pub mod pointwise;
 pub mod reference;
+mod stats;
 
 pub use desc::{ConvDesc, ConvFamily, ConvShape, DType, MAX_KERNEL, Padding};
+pub use stats::ChannelStats;
 
 use crate::error::{Error, Result, check_len};
 use crate::kernels::activation::Activation;
 use crate::kernels::gemm::Post;
-use crate::kernels::reduce::{column_sums_in, column_sums_scratch};
+use crate::kernels::reduce::{RowStats, column_sums_in, column_sums_scratch};
 use crate::kernels::scratch::{self, Workspace, WorkspaceLayout};
 use crate::simd::{self, SimdLevel};
 
@@ -110,13 +112,23 @@ pub(crate) enum ForwardWeights<'a> {
 /// The forward pass's epilogue, part of a convolution plan ([`Conv2d::with_post_ops`]):
 /// each output element is `y = φ(Σ + bias) (+ r)`, applied while the output tile is in
 /// registers — no separate pass over `y`. `r` is a residual laid out as `y`
-/// (`[N][OH][OW][C_out]`), given to [`Conv2d::forward_fused`].
+/// (`[N][OH][OW][C_out]`), given to [`Conv2d::forward_fused`] or
+/// [`Conv2d::forward_post`].
+///
+/// The pass can also gather per-image channel statistics of the finished `y`
+/// ([`ChannelStats`]: the squeeze of a squeeze-excite, a norm's sums), each task from
+/// the rows it has just written, while they are in its cache; they are returned
+/// through [`PostArgs`]. The k×k families record them task by task; the pointwise
+/// family, whose tasks are blocks of pixels rather than image rows, in a pass over `y`
+/// right after the product. The statistics are the same bits for any thread count.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PostOps {
     /// `φ`, applied after the bias ([`PostOps::NONE`]: the identity).
     pub activation: Activation,
     /// Whether a residual is added after the activation.
     pub residual: bool,
+    /// The statistics of `y` gathered per image and output channel.
+    pub stats: ChannelStats,
 }
 
 impl PostOps {
@@ -124,6 +136,7 @@ impl PostOps {
     pub const NONE: PostOps = PostOps {
         activation: Activation::Identity,
         residual: false,
+        stats: ChannelStats::None,
     };
 }
 
@@ -132,6 +145,20 @@ impl Default for PostOps {
     fn default() -> Self {
         PostOps::NONE
     }
+}
+
+/// The operands of a plan's epilogue for [`Conv2d::forward_post`]: each is `Some`
+/// exactly when the plan's [`PostOps`] ask for it.
+#[derive(Debug, Default)]
+pub struct PostArgs<'a> {
+    /// The residual added after the activation, laid out as `y`.
+    pub residual: Option<&'a [f32]>,
+    /// `[N][C_out]`, overwritten: `Σ_{oh, ow} y[n][oh][ow][c]` (when
+    /// [`PostOps::stats`] is not [`ChannelStats::None`]).
+    pub sums: Option<&'a mut [f64]>,
+    /// `[N][C_out]`, overwritten: `Σ_{oh, ow} y[n][oh][ow][c]²` (for
+    /// [`ChannelStats::SumsAndSquares`]).
+    pub squares: Option<&'a mut [f64]>,
 }
 
 /// The weight operand of [`Conv2d::forward_fused`].
@@ -296,21 +323,59 @@ impl Conv2d {
         self.post
     }
 
-    /// The forward pass with every operand: the weights plain or packed, the residual
-    /// of the plan's epilogue (`Some` exactly when [`PostOps::residual`]; laid out as
-    /// `y`), and a caller's workspace (`None`: the thread-kept one, as
-    /// [`Conv2d::forward`]). `y = φ(conv(x, w) + bias) (+ residual)`, overwritten.
+    /// The forward pass with the weights plain or packed, the residual of the plan's
+    /// epilogue (`Some` exactly when [`PostOps::residual`]; laid out as `y`), and a
+    /// caller's workspace (`None`: the thread-kept one, as [`Conv2d::forward`]).
+    /// `y = φ(conv(x, w) + bias) (+ residual)`, overwritten. For a plan that gathers
+    /// statistics use [`Conv2d::forward_post`].
     ///
-    /// Errors: the buffer checks of [`Conv2d::forward`] and [`Conv2d::forward_packed`];
-    /// [`crate::Error::InvalidArgument`] if the residual is given without the plan's
-    /// epilogue asking for one or missing when it does; [`crate::Error::BufferSize`]
-    /// naming `"residual"`; then the workspace checks.
+    /// Errors: those of [`Conv2d::forward_post`].
     pub fn forward_fused(
         &self,
         x: &[f32],
         w: ConvWeights<'_>,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
+        y: &mut [f32],
+        ws: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let args = PostArgs {
+            residual,
+            ..PostArgs::default()
+        };
+        self.forward_post(x, w, bias, args, y, ws)
+    }
+
+    /// The forward pass with every operand of the plan's epilogue ([`PostArgs`]: the
+    /// residual, the statistics' outputs), the weights plain or packed and a caller's
+    /// workspace (`None`: the thread-kept one). `y = φ(conv(x, w) + bias) (+ residual)`,
+    /// overwritten, and the statistics of `y` the plan gathers.
+    ///
+    /// ```
+    /// use effnet::kernels::conv::{ChannelStats, Conv2d, ConvDesc, ConvWeights, PostArgs, PostOps};
+    /// let d = ConvDesc::depthwise(2, (8, 8), 16, 3, 1);
+    /// let post = PostOps { stats: ChannelStats::Sums, ..PostOps::NONE };
+    /// let conv = Conv2d::new(&d).unwrap().with_post_ops(post);
+    /// let s = *conv.shape();
+    /// let (x, w) = (vec![1.0f32; s.x_len], vec![0.5f32; s.w_len]);
+    /// let (mut y, mut sums) = (vec![0.0f32; s.y_len], vec![0.0f64; 2 * 16]);
+    /// let args = PostArgs { sums: Some(&mut sums), ..PostArgs::default() };
+    /// conv.forward_post(&x, ConvWeights::Plain(&w), None, args, &mut y, None).unwrap();
+    /// let total: f64 = y[..s.y_len / 2].iter().step_by(16).map(|&v| f64::from(v)).sum();
+    /// assert!((sums[0] - total).abs() < 1e-3);
+    /// ```
+    ///
+    /// Errors: the buffer checks of [`Conv2d::forward`] and [`Conv2d::forward_packed`];
+    /// [`crate::Error::InvalidArgument`] if an operand is given that the plan's epilogue
+    /// does not use, or missing when it does; [`crate::Error::BufferSize`] naming
+    /// `"residual"` (`y`'s length), `"sums"` or `"squares"` (`N·C_out`); then the
+    /// workspace checks.
+    pub fn forward_post(
+        &self,
+        x: &[f32],
+        w: ConvWeights<'_>,
+        bias: Option<&[f32]>,
+        args: PostArgs<'_>,
         y: &mut [f32],
         ws: Option<&mut [f32]>,
     ) -> Result<()> {
@@ -322,6 +387,11 @@ impl Conv2d {
             }
             ConvWeights::Packed(p) => ForwardWeights::Packed(self.check_packed(x, p, bias, y)?),
         };
+        let PostArgs {
+            residual,
+            sums,
+            squares,
+        } = args;
         match (residual, self.post.residual) {
             (Some(r), true) => check_len("residual", r.len(), s.y_len)?,
             (None, false) => {}
@@ -332,22 +402,44 @@ impl Conv2d {
             }
             (None, true) => {
                 return Err(Error::InvalidArgument(
-                    "the plan's post-ops add a residual; pass it to forward_fused".into(),
+                    "the plan's post-ops add a residual; pass it to forward_fused or forward_post"
+                        .into(),
                 ));
             }
         }
-        let post = Post {
-            act: self.post.activation,
-            residual,
-        };
+        let stats = self.post.stats;
+        let d = &s.desc;
+        stats.check(
+            sums.as_deref(),
+            squares.as_deref(),
+            d.batch * d.out_channels,
+        )?;
+        let geo = (d.batch * s.out_h, s.out_w, d.out_channels);
         let mut run = |ws: &mut [f32]| {
             let mut ws = self.workspace(ConvPass::Forward, ws)?;
-            self.kernels().forward(x, w, bias, post, y, &mut ws)
+            let rows = match stats.planes() {
+                0 => None,
+                p => {
+                    let part = ws.take(RowStats::len(p, geo.0, geo.2))?;
+                    Some(RowStats::new(self.level, p == 2, part, geo))
+                }
+            };
+            let post = Post {
+                act: self.post.activation,
+                residual,
+                stats: rows,
+            };
+            self.kernels().forward(x, w, bias, post, y, &mut ws)?;
+            Ok(rows)
         };
-        match ws {
+        let rows = match ws {
             Some(ws) => run(ws),
             None => self.allocating(ConvPass::Forward, run),
+        }?;
+        if let (Some(rows), Some(sums)) = (rows, sums) {
+            rows.finish(sums, squares);
         }
+        Ok(())
     }
 
     fn kernels(&self) -> &dyn FamilyPlan {
@@ -369,12 +461,24 @@ impl Conv2d {
         } else {
             threads
         };
-        self.kernels().layout(pass, threads).len()
+        self.layout(pass, threads).len()
+    }
+
+    /// The regions of `pass`: the family's, and for a forward pass that gathers
+    /// statistics their row partials (taken first).
+    fn layout(&self, pass: ConvPass, threads: usize) -> WorkspaceLayout {
+        let mut layout = self.kernels().layout(pass, threads);
+        if pass == ConvPass::Forward {
+            let (s, planes) = (&self.shape, self.post.stats.planes());
+            let rows = s.desc.batch * s.out_h;
+            layout.region(RowStats::len(planes, rows, s.desc.out_channels));
+        }
+        layout
     }
 
     /// The caller's workspace checked against the layout of `pass` in the current pool.
     fn workspace<'a>(&self, pass: ConvPass, ws: &'a mut [f32]) -> Result<Workspace<'a>> {
-        let layout = self.kernels().layout(pass, rayon::current_num_threads());
+        let layout = self.layout(pass, rayon::current_num_threads());
         Workspace::new(ws, &layout)
     }
 

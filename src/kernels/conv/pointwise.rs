@@ -187,6 +187,20 @@ fn forward_with_packed(
         post,
     }
     .run(level, y);
+    if let Some(stats) = post.stats {
+        // The product's tasks are blocks of pixels, not image rows: the statistics
+        // follow it, in row blocks of about 16K floats while they are in the caches.
+        let row_len = shape.out_w * co;
+        let per_task = 16384usize.div_ceil(row_len.max(1));
+        y.par_chunks(per_task * row_len.max(1))
+            .enumerate()
+            .for_each(|(i, rows)| {
+                let r0 = i * per_task;
+                // SAFETY: whole rows of `y`, read-only here; each chunk records its
+                // own rows' partials.
+                unsafe { stats.record(rows.as_ptr(), r0..r0 + rows.len() / row_len, 0..co) };
+            });
+    }
 }
 
 /// `dx = convᵀ(dy, w)`; `dx` is overwritten (buffers and workspace checked).

@@ -23,6 +23,7 @@
 mod micro;
 
 use crate::kernels::activation::Activation;
+use crate::kernels::reduce::RowStats;
 use crate::simd::{PerLevel, SimdLevel};
 use micro::{GemmTable, PanelArgs};
 use rayon::prelude::*;
@@ -342,10 +343,13 @@ pub(crate) struct Gemm<'a> {
 /// The epilogue of a product: an activation, then a residual added (element `(i, j)`
 /// at the same offset as `C`'s, `c_rows.offset(i) + j`). [`Post::NONE`] leaves the sum
 /// as it is.
+/// `stats` is not the product's: the convolution drivers record the finished output
+/// rows' channel statistics there (the pointwise one after the product).
 #[derive(Copy, Clone, Debug, Default)]
 pub(crate) struct Post<'a> {
     pub act: Activation,
     pub residual: Option<&'a [f32]>,
+    pub stats: Option<RowStats>,
 }
 
 impl Post<'_> {
@@ -353,6 +357,7 @@ impl Post<'_> {
     pub(crate) const NONE: Post<'static> = Post {
         act: Activation::Identity,
         residual: None,
+        stats: None,
     };
 }
 

@@ -388,8 +388,14 @@ pub(super) fn run_gather(
                     row0: i * per_task,
                     mem,
                 }
-                .run()
-            })
+                .run();
+            });
+            if let (Pass::Forward, Some(stats)) = (pass, post.stats) {
+                let r0 = i * per_task;
+                // SAFETY: this task's rows (all channels), just written; no other task
+                // touches them or records their partials.
+                unsafe { stats.record(dst.as_ptr(), r0..r0 + dst.len() / row_len, 0..g.c) };
+            }
         });
     Ok(())
 }

@@ -220,7 +220,18 @@ fn run_kernels(
                 buf,
             }
             .run()
-        })
+        });
+        if let Some(stats) = post.stats {
+            let row = t.n * g.oh + t.r0;
+            // SAFETY: rows `r0..r0 + rows` of image `n`, channels of groups
+            // `g0..g0 + ng`: this task's output (the tasks partition rows × groups),
+            // just written; `y` outlives the region.
+            unsafe {
+                let at = out.ptr.add(row * g.ow * g.cout);
+                let chans = t.g0 * g.cog..(t.g0 + t.ng) * g.cog;
+                stats.record(at, row..row + t.rows, chans);
+            }
+        }
     });
     Ok(())
 }
