@@ -508,8 +508,12 @@ typedef struct effnet_conv_shape {
  *
  * `y = activation(conv(x, w) + bias) (+ residual)`
  *
+ * and, with `stats`, gathers per-image channel statistics of the finished `y` in the
+ * same pass (returned by `effnet_conv_forward_post`).
+ *
  * Set `struct_size = sizeof(effnet_conv_post_ops)` and zero what you do not use (a
- * zeroed struct is no epilogue). A BatchNorm in inference folds into the weights and
+ * zeroed struct is no epilogue). A caller built before `stats` existed (a
+ * `struct_size` of 16) still works: the field reads as 0. A BatchNorm in inference folds into the weights and
  * bias the caller passes (`w·scale`, `bias·scale + shift` per output channel), so
  * conv + BatchNorm + activation + residual add is one pass over `y`.
  */
@@ -528,7 +532,55 @@ typedef struct effnet_conv_post_ops {
    * connection of an inverted-residual block); 0: none.
    */
   uint32_t residual;
+  /**
+   * Statistics of `y` (after the activation and the residual) per image and output
+   * channel, gathered by each task from the rows it has just written: 0 none; 1
+   * the sums `Σ_{oh,ow} y[n][oh][ow][c]` (a squeeze-excite's squeeze, a norm's
+   * mean); 2 the sums and the sums of squares `Σ y²` (a norm's variance). The same
+   * bits for any thread count. Such a plan runs forward through
+   * `effnet_conv_forward_post` only.
+   */
+  uint32_t stats;
 } effnet_conv_post_ops;
+
+/**
+ * The operands of a plan's epilogue for `effnet_conv_forward_post`: each pointer NULL
+ * with length 0 unless the plan's `effnet_conv_post_ops` asks for it. Set
+ * `struct_size = sizeof(effnet_conv_post_args)` and zero what you do not use.
+ */
+typedef struct effnet_conv_post_args {
+  /**
+   * `sizeof(effnet_conv_post_args)` as the caller was compiled.
+   */
+  size_t struct_size;
+  /**
+   * The residual, `[batch][out_h][out_w][out_channels]` (`y_len` floats), when the
+   * plan adds one; it may not overlap `y`.
+   */
+  const float *residual;
+  /**
+   * Floats at `residual`.
+   */
+  size_t residual_len;
+  /**
+   * `[batch][out_channels]` doubles, overwritten with the sums, when `stats` is 1
+   * or 2.
+   */
+  double *sums;
+  /**
+   * Doubles at `sums`.
+   */
+  size_t sums_len;
+  /**
+   * `[batch][out_channels]` doubles, overwritten with the sums of squares, when
+   * `stats` is 2.
+   */
+  double *squares;
+  /**
+   * Doubles at `squares`.
+   */
+  size_t squares_len;
+} effnet_conv_post_args;
 
 /**
  * Options of `effnet_model_create`. Set `struct_size = sizeof(effnet_model_desc)` and
@@ -1132,7 +1184,8 @@ enum effnet_status effnet_conv_backward_weight_ws(const struct effnet_context *c
  *
  * Errors: those of `effnet_conv_plan_create`; `EFFNET_INVALID_ARGUMENT` also for a
  * NULL or misaligned `post_ops`, a bad `struct_size`, an activation that is not an
- * `effnet_activation`, or a `residual` other than 0 or 1.
+ * `effnet_activation`, a `residual` other than 0 or 1, or a `stats` other than 0, 1
+ * or 2.
  *
  * # Safety
  * As `effnet_conv_plan_create`; `post_ops` is NULL or points to
@@ -1197,6 +1250,44 @@ enum effnet_status effnet_conv_forward_fused(const struct effnet_context *ctx,
                                              size_t y_len,
                                              void *workspace,
                                              size_t workspace_bytes);
+
+/**
+ * The forward pass of a plan with every operand of its epilogue in `*args`
+ * (`effnet_conv_post_args`: the residual, the statistics' outputs):
+ * `y = activation(conv(x, w) + bias) (+ residual)`, `y` overwritten, and, when the
+ * plan's `effnet_conv_post_ops.stats` asks, the per-image channel sums (and sums of
+ * squares) of that `y`, `[batch][out_channels]` doubles, overwritten — gathered in
+ * the same pass, each task summing the output rows it has just written; the same
+ * bits for any thread count. Weights, `bias` and `workspace` as in
+ * `effnet_conv_forward_fused` (the workspace size of `effnet_conv_workspace_size`
+ * includes the statistics' row partials).
+ *
+ * Errors: those of `effnet_conv_forward_fused`; `EFFNET_INVALID_ARGUMENT` also for a
+ * NULL or misaligned `args` or a bad `args->struct_size`, for `sums` / `squares`
+ * given when the plan does not gather them or missing when it does, for a wrong
+ * `sums_len` / `squares_len` (`batch·out_channels`), or for outputs that overlap
+ * each other or another buffer of the call.
+ *
+ * # Safety
+ * As `effnet_conv_forward_fused`; `args` is NULL or points to `args->struct_size`
+ * readable bytes whose pointers are NULL or point to as many elements as their
+ * lengths say (`sums`, `squares` writable).
+ */
+enum effnet_status effnet_conv_forward_post(const struct effnet_context *ctx,
+                                            const struct effnet_conv_plan *plan,
+                                            const float *x,
+                                            size_t x_len,
+                                            const float *w,
+                                            size_t w_len,
+                                            const void *packed,
+                                            size_t packed_bytes,
+                                            const float *bias,
+                                            size_t bias_len,
+                                            const struct effnet_conv_post_args *args,
+                                            float *y,
+                                            size_t y_len,
+                                            void *workspace,
+                                            size_t workspace_bytes);
 
 /**
  * Writes to `*out_bytes` the size in bytes of the buffer `effnet_conv_pack_weights`

@@ -64,6 +64,14 @@ impl Buf {
             ..Buf::input(name, ptr, len, expected)
         }
     }
+    /// A required `double` output (written with [`opt_output_f64`]).
+    pub fn output_f64(name: &'static str, ptr: *mut f64, len: usize, expected: usize) -> Buf {
+        Buf {
+            output: true,
+            elem_bytes: size_of::<f64>(),
+            ..Buf::input(name, ptr.cast_const().cast(), len, expected)
+        }
+    }
     /// Marks the buffer optional (NULL with count 0 means "absent").
     pub fn optional(self) -> Buf {
         Buf {
@@ -214,6 +222,19 @@ pub unsafe fn output<'a>(b: &Buf) -> &'a mut [f32] {
 pub unsafe fn opt_output<'a>(b: &Buf) -> Option<&'a mut [f32]> {
     // SAFETY: forwarded.
     b.present().then(|| unsafe { output(b) })
+}
+
+/// The slice of a checked optional `double` output ([`Buf::output_f64`]; `None` when
+/// NULL).
+///
+/// # Safety
+/// As [`output`].
+pub unsafe fn opt_output_f64<'a>(b: &Buf) -> Option<&'a mut [f64]> {
+    debug_assert!(b.output && b.elem_bytes == size_of::<f64>());
+    // SAFETY: non-NULL, aligned to 8 bytes, in range, unaliased (checked); writable and
+    // exclusive (caller's promise).
+    b.present()
+        .then(|| unsafe { std::slice::from_raw_parts_mut(b.ptr.cast::<f64>().cast_mut(), b.len) })
 }
 
 /// Stands for "no workspace argument" in a buffer check (NULL, optional, 0 elements):

@@ -1,9 +1,10 @@
 //! Convolutions with a fused forward epilogue (post-ops): the activation and a residual
-//! add applied while each output tile is still in registers.
+//! add applied while each output tile is still in registers, and per-image channel
+//! statistics of the output gathered in the same pass.
 
 use std::ffi::c_void;
 
-use effnet_core::kernels::conv::{ConvPass, ConvWeights, PostOps};
+use effnet_core::kernels::conv::{ChannelStats, ConvPass, ConvWeights, PostArgs, PostOps};
 
 use crate::buffers::{self, Buf};
 use crate::context::effnet_context;
@@ -20,8 +21,12 @@ use crate::status::{Failure, Outcome, effnet_status, guard};
 ///
 /// `y = activation(conv(x, w) + bias) (+ residual)`
 ///
+/// and, with `stats`, gathers per-image channel statistics of the finished `y` in the
+/// same pass (returned by `effnet_conv_forward_post`).
+///
 /// Set `struct_size = sizeof(effnet_conv_post_ops)` and zero what you do not use (a
-/// zeroed struct is no epilogue). A BatchNorm in inference folds into the weights and
+/// zeroed struct is no epilogue). A caller built before `stats` existed (a
+/// `struct_size` of 16) still works: the field reads as 0. A BatchNorm in inference folds into the weights and
 /// bias the caller passes (`w·scale`, `bias·scale + shift` per output channel), so
 /// conv + BatchNorm + activation + residual add is one pass over `y`.
 #[repr(C)]
@@ -35,11 +40,50 @@ pub struct effnet_conv_post_ops {
     /// 1: add a residual tensor laid out as `y` after the activation (the skip
     /// connection of an inverted-residual block); 0: none.
     pub residual: u32,
+    /// Statistics of `y` (after the activation and the residual) per image and output
+    /// channel, gathered by each task from the rows it has just written: 0 none; 1
+    /// the sums `Σ_{oh,ow} y[n][oh][ow][c]` (a squeeze-excite's squeeze, a norm's
+    /// mean); 2 the sums and the sums of squares `Σ y²` (a norm's variance). The same
+    /// bits for any thread count. Such a plan runs forward through
+    /// `effnet_conv_forward_post` only.
+    pub stats: u32,
 }
 
 // SAFETY: repr(C), starts with `usize struct_size`, integers only.
 unsafe impl SizedStruct for effnet_conv_post_ops {
     const C_NAME: &'static str = "effnet_conv_post_ops";
+    const MIN_SIZE: usize = std::mem::offset_of!(effnet_conv_post_ops, stats);
+}
+
+/// The operands of a plan's epilogue for `effnet_conv_forward_post`: each pointer NULL
+/// with length 0 unless the plan's `effnet_conv_post_ops` asks for it. Set
+/// `struct_size = sizeof(effnet_conv_post_args)` and zero what you do not use.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct effnet_conv_post_args {
+    /// `sizeof(effnet_conv_post_args)` as the caller was compiled.
+    pub struct_size: usize,
+    /// The residual, `[batch][out_h][out_w][out_channels]` (`y_len` floats), when the
+    /// plan adds one; it may not overlap `y`.
+    pub residual: *const f32,
+    /// Floats at `residual`.
+    pub residual_len: usize,
+    /// `[batch][out_channels]` doubles, overwritten with the sums, when `stats` is 1
+    /// or 2.
+    pub sums: *mut f64,
+    /// Doubles at `sums`.
+    pub sums_len: usize,
+    /// `[batch][out_channels]` doubles, overwritten with the sums of squares, when
+    /// `stats` is 2.
+    pub squares: *mut f64,
+    /// Doubles at `squares`.
+    pub squares_len: usize,
+}
+
+// SAFETY: repr(C), starts with `usize struct_size`, integers and raw pointers only
+// (valid for any bit pattern).
+unsafe impl SizedStruct for effnet_conv_post_args {
+    const C_NAME: &'static str = "effnet_conv_post_args";
 }
 
 /// The Rust epilogue a C descriptor names.
@@ -53,10 +97,20 @@ fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
             )));
         }
     };
+    let stats = match p.stats {
+        0 => ChannelStats::None,
+        1 => ChannelStats::Sums,
+        2 => ChannelStats::SumsAndSquares,
+        v => {
+            return Err(Failure::invalid(format!(
+                "`post_ops`.stats = {v}: use 0 (none), 1 (sums) or 2 (sums and squares)"
+            )));
+        }
+    };
     Ok(PostOps {
         activation: activation_of("effnet_conv_post_ops.activation", p.activation)?,
         residual,
-        ..PostOps::NONE
+        stats,
     })
 }
 
@@ -72,7 +126,8 @@ fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
 ///
 /// Errors: those of `effnet_conv_plan_create`; `EFFNET_INVALID_ARGUMENT` also for a
 /// NULL or misaligned `post_ops`, a bad `struct_size`, an activation that is not an
-/// `effnet_activation`, or a `residual` other than 0 or 1.
+/// `effnet_activation`, a `residual` other than 0 or 1, or a `stats` other than 0, 1
+/// or 2.
 ///
 /// # Safety
 /// As `effnet_conv_plan_create`; `post_ops` is NULL or points to
@@ -116,6 +171,11 @@ pub unsafe extern "C" fn effnet_conv_plan_post_ops(
             struct_size: size_of::<effnet_conv_post_ops>(),
             activation: crate::ops::activation_value(p.activation),
             residual: u32::from(p.residual),
+            stats: match p.stats {
+                ChannelStats::None => 0,
+                ChannelStats::Sums => 1,
+                ChannelStats::SumsAndSquares => 2,
+            },
         };
         // SAFETY: the caller's contract; pointer and size checked inside.
         unsafe { sized::write(out_post_ops, "`out_post_ops`", value) }
@@ -178,6 +238,64 @@ pub unsafe extern "C" fn effnet_conv_forward_fused(
     })
 }
 
+/// The forward pass of a plan with every operand of its epilogue in `*args`
+/// (`effnet_conv_post_args`: the residual, the statistics' outputs):
+/// `y = activation(conv(x, w) + bias) (+ residual)`, `y` overwritten, and, when the
+/// plan's `effnet_conv_post_ops.stats` asks, the per-image channel sums (and sums of
+/// squares) of that `y`, `[batch][out_channels]` doubles, overwritten — gathered in
+/// the same pass, each task summing the output rows it has just written; the same
+/// bits for any thread count. Weights, `bias` and `workspace` as in
+/// `effnet_conv_forward_fused` (the workspace size of `effnet_conv_workspace_size`
+/// includes the statistics' row partials).
+///
+/// Errors: those of `effnet_conv_forward_fused`; `EFFNET_INVALID_ARGUMENT` also for a
+/// NULL or misaligned `args` or a bad `args->struct_size`, for `sums` / `squares`
+/// given when the plan does not gather them or missing when it does, for a wrong
+/// `sums_len` / `squares_len` (`batch·out_channels`), or for outputs that overlap
+/// each other or another buffer of the call.
+///
+/// # Safety
+/// As `effnet_conv_forward_fused`; `args` is NULL or points to `args->struct_size`
+/// readable bytes whose pointers are NULL or point to as many elements as their
+/// lengths say (`sums`, `squares` writable).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_forward_post(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    x: *const f32,
+    x_len: usize,
+    w: *const f32,
+    w_len: usize,
+    packed: *const c_void,
+    packed_bytes: usize,
+    bias: *const f32,
+    bias_len: usize,
+    args: *const effnet_conv_post_args,
+    y: *mut f32,
+    y_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> effnet_status {
+    guard("effnet_conv_forward_post", || {
+        // SAFETY: the caller's contract; pointer and size checked inside.
+        let args = unsafe { sized::read(args, "`args`") }?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            forward_post(
+                ctx,
+                plan,
+                (x, x_len),
+                (w, w_len),
+                (packed, packed_bytes),
+                (bias, bias_len),
+                &args,
+                (y, y_len),
+                (workspace, workspace_bytes),
+            )
+        }
+    })
+}
+
 /// The body of `effnet_conv_forward_fused` (and of `effnet_conv_forward_packed`, which
 /// is it without plain weights or a residual): every pointer with its length.
 ///
@@ -195,6 +313,48 @@ pub(crate) unsafe fn forward_fused(
     (y, y_len): (*mut f32, usize),
     (workspace, workspace_bytes): (*mut c_void, usize),
 ) -> Outcome {
+    let args = effnet_conv_post_args {
+        struct_size: size_of::<effnet_conv_post_args>(),
+        residual,
+        residual_len,
+        sums: std::ptr::null_mut(),
+        sums_len: 0,
+        squares: std::ptr::null_mut(),
+        squares_len: 0,
+    };
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        forward_post(
+            ctx,
+            plan,
+            (x, x_len),
+            (w, w_len),
+            (packed, packed_bytes),
+            (bias, bias_len),
+            &args,
+            (y, y_len),
+            (workspace, workspace_bytes),
+        )
+    }
+}
+
+/// The body of `effnet_conv_forward_post`: every pointer with its length.
+///
+/// # Safety
+/// As `effnet_conv_forward_post`, with `args` read.
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_post(
+    ctx: *const effnet_context,
+    plan: *const effnet_conv_plan,
+    (x, x_len): (*const f32, usize),
+    (w, w_len): (*const f32, usize),
+    (packed, packed_bytes): (*const c_void, usize),
+    (bias, bias_len): (*const f32, usize),
+    args: &effnet_conv_post_args,
+    (y, y_len): (*mut f32, usize),
+    (workspace, workspace_bytes): (*mut c_void, usize),
+) -> Outcome {
+    let (residual, residual_len) = (args.residual, args.residual_len);
     // SAFETY: the caller's contract; handles are checked before use.
     let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
     let s = conv.shape();
@@ -222,20 +382,52 @@ pub(crate) unsafe fn forward_fused(
     } else {
         packed_buf(conv, packed, packed_bytes)?
     };
+    let stats = conv.post_ops().stats;
+    let nc = s.desc.batch * s.desc.out_channels;
+    for (name, ptr, len, wanted) in [
+        (
+            "sums",
+            args.sums,
+            args.sums_len,
+            stats != ChannelStats::None,
+        ),
+        (
+            "squares",
+            args.squares,
+            args.squares_len,
+            stats == ChannelStats::SumsAndSquares,
+        ),
+    ] {
+        if wanted != (!ptr.is_null() || len > 0) {
+            return Err(Failure::invalid(if wanted {
+                format!(
+                    "the plan's post-ops gather statistics: pass `{name}` (batch·out_channels doubles)"
+                )
+            } else {
+                format!(
+                    "`{name}` was given but the plan's post-ops do not gather it (NULL with {name}_len = 0)"
+                )
+            }));
+        }
+    }
     let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
     let br = Buf::input("residual", residual, residual_len, s.y_len).optional();
+    let bs = Buf::output_f64("sums", args.sums, args.sums_len, nc).optional();
+    let bq = Buf::output_f64("squares", args.squares, args.squares_len, nc).optional();
     let by = Buf::output("y", y, y_len, s.y_len);
     // NULL with 0 bytes: the library's buffer; anything else is the caller's.
     let ws = (!workspace.is_null() || workspace_bytes > 0).then_some((workspace, workspace_bytes));
     let bws = buffers::workspace_arg(ws);
-    buffers::check(&[bx, bwt, bb, br, by, bws])?;
+    buffers::check(&[bx, bwt, bb, br, bs, bq, by, bws])?;
     // SAFETY: checked above; readable/writable and exclusive by the contract.
-    let (x, wt, bias, res, y, wsb) = unsafe {
+    let (x, wt, bias, res, sums, squares, y, wsb) = unsafe {
         (
             buffers::input(&bx),
             buffers::input(&bwt),
             buffers::opt_input(&bb),
             buffers::opt_input(&br),
+            buffers::opt_output_f64(&bs),
+            buffers::opt_output_f64(&bq),
             buffers::output(&by),
             buffers::opt_output(&bws),
         )
@@ -248,8 +440,13 @@ pub(crate) unsafe fn forward_fused(
     let floats = || ctx.install(|| conv.workspace_len(ConvPass::Forward, 0));
     let need = || buffers::workspace_bytes(floats());
     let query = "effnet_conv_workspace_size";
+    let post = PostArgs {
+        residual: res,
+        sums,
+        squares,
+    };
     buffers::run_pass(ctx, need, query, wsb, ws, |ws| {
-        conv.forward_fused(x, weights, bias, res, y, ws)
+        conv.forward_post(x, weights, bias, post, y, ws)
     })?;
     Ok(())
 }

@@ -2,13 +2,16 @@
 //! compatibility.
 //!
 //! Reading (a descriptor passed in): `struct_size` smaller than this version's struct
-//! is rejected; larger is accepted when every byte past this version's struct is zero
-//! (a newer header's fields left at their defaults), so programs built against a newer
-//! header run on an older library as long as they do not use the new fields.
+//! is rejected, except for a struct that grew trailing fields, down to its first
+//! version's size ([`SizedStruct::MIN_SIZE`]: programs built against the older header
+//! keep working, the new fields read as zero); larger is accepted when every byte past
+//! this version's struct is zero (a newer header's fields left at their defaults), so
+//! programs built against a newer header run on an older library as long as they do
+//! not use the new fields.
 //!
-//! Writing (a struct filled in by effnet): `struct_size` must be at least this
-//! version's size; the fields effnet knows are written and any bytes beyond them, up
-//! to `struct_size`, are zeroed.
+//! Writing (a struct filled in by effnet): `struct_size` must be at least
+//! [`SizedStruct::MIN_SIZE`]; the fields effnet knows are written as far as it reaches
+//! and any bytes beyond them, up to `struct_size`, are zeroed.
 
 use std::mem::{align_of, size_of};
 
@@ -26,6 +29,9 @@ pub const EFFNET_MAX_STRUCT_SIZE: usize = 4096;
 pub unsafe trait SizedStruct: Copy + 'static {
     /// The C type name, for messages.
     const C_NAME: &'static str;
+    /// The size of the struct's first version (this one's, unless it grew trailing
+    /// fields since): the smallest `struct_size` accepted.
+    const MIN_SIZE: usize = size_of::<Self>();
 }
 
 fn check_pointer<T: SizedStruct>(ptr: *const T, what: &str) -> Outcome {
@@ -43,7 +49,7 @@ fn check_pointer<T: SizedStruct>(ptr: *const T, what: &str) -> Outcome {
 }
 
 fn check_size<T: SizedStruct>(struct_size: usize, what: &str) -> Outcome {
-    if struct_size < size_of::<T>() {
+    if struct_size < T::MIN_SIZE {
         return Err(Failure::invalid(format!(
             "{what}->struct_size is {struct_size}, smaller than sizeof({}) = {} in this \
              library; set it to sizeof({})",
@@ -73,6 +79,20 @@ pub unsafe fn read<T: SizedStruct>(ptr: *const T, what: &str) -> Outcome<T> {
     // caller promises the struct is readable.
     let struct_size = unsafe { ptr.cast::<usize>().read() };
     check_size::<T>(struct_size, what)?;
+    if struct_size < size_of::<T>() {
+        // An older caller's struct: its fields, the newer ones zero.
+        // SAFETY: all-zero bytes are a valid `T` (plain integers); the caller promises
+        // `struct_size` readable bytes, fewer than `T` has.
+        return Ok(unsafe {
+            let mut v: T = std::mem::zeroed();
+            std::ptr::copy_nonoverlapping(
+                ptr.cast::<u8>(),
+                (&mut v as *mut T).cast::<u8>(),
+                struct_size,
+            );
+            v
+        });
+    }
     // SAFETY: the caller promises `struct_size` readable bytes, and `struct_size` is at
     // least `size_of::<T>()` (checked above) and at most EFFNET_MAX_STRUCT_SIZE.
     let tail = unsafe {
@@ -107,6 +127,20 @@ pub unsafe fn write<T: SizedStruct>(ptr: *mut T, what: &str, value: T) -> Outcom
     // SAFETY: as in `read`.
     let struct_size = unsafe { ptr.cast::<usize>().read() };
     check_size::<T>(struct_size, what)?;
+    if struct_size < size_of::<T>() {
+        // An older caller's struct: the fields it has.
+        // SAFETY: the caller promises `struct_size` writable bytes (at least
+        // `MIN_SIZE`, checked above, so `struct_size` itself is among them).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&value as *const T).cast::<u8>(),
+                ptr.cast::<u8>(),
+                struct_size,
+            );
+            ptr.cast::<usize>().write(struct_size);
+        }
+        return Ok(());
+    }
     // SAFETY: the caller promises `struct_size ≥ size_of::<T>()` writable, aligned
     // bytes (checked to be in range above).
     unsafe {

@@ -876,6 +876,154 @@ static void fused_case(const conv_case *c, effnet_context *ctx) {
     free(x); free(w); free(b); free(r); free(conv_y); free(want); free(got);
 }
 
+/* The statistics post-op: the per-image channel sums and sums of squares of the fused
+ * output, gathered in the same pass, equal the double sums of that output, are the
+ * same bits on 1 and 3 threads and leave the output's bits alone; then misuse. */
+static void one_stats_run(effnet_context *ctx, effnet_conv_plan *plan, const float *x,
+                          size_t xl, const float *w, size_t wl, const float *b, size_t bl,
+                          const float *r, size_t yl, float *y, double *sums, double *squares,
+                          size_t nc, const char *what) {
+    effnet_conv_post_args args;
+    memset(&args, 0, sizeof args);
+    args.struct_size = sizeof args;
+    args.residual = r;
+    args.residual_len = yl;
+    args.sums = sums;
+    args.sums_len = nc;
+    args.squares = squares;
+    args.squares_len = nc;
+    for (size_t i = 0; i < yl; i++) y[i] = NAN;
+    expect(effnet_conv_forward_post(ctx, plan, x, xl, w, wl, NULL, 0, b, bl, &args, y, yl,
+                                    NULL, 0),
+           EFFNET_OK, NULL, what);
+}
+
+static void stats_case(const conv_case *c, effnet_context *ctx1, effnet_context *ctx3) {
+    char what[256];
+    effnet_conv_post_ops post;
+    memset(&post, 0, sizeof post);
+    post.struct_size = sizeof post;
+    post.activation = EFFNET_ACT_SWISH;
+    post.residual = 1;
+    effnet_conv_plan *bare = NULL, *plan = NULL, *sums_only = NULL;
+    expect(effnet_conv_plan_create_fused(ctx3, &c->desc, &post, &bare), EFFNET_OK, NULL,
+           "stats: plan without statistics");
+    post.stats = 2;
+    expect(effnet_conv_plan_create_fused(ctx3, &c->desc, &post, &plan), EFFNET_OK, NULL,
+           "stats: plan with sums and squares");
+    post.stats = 1;
+    expect(effnet_conv_plan_create_fused(ctx3, &c->desc, &post, &sums_only), EFFNET_OK, NULL,
+           "stats: plan with sums");
+    if (bare == NULL || plan == NULL || sums_only == NULL) return;
+    effnet_conv_post_ops back;
+    memset(&back, 0, sizeof back);
+    back.struct_size = sizeof back;
+    expect(effnet_conv_plan_post_ops(plan, &back), EFFNET_OK, NULL, "stats: read back");
+    check(back.stats == 2, "stats: read back equal", "differ");
+    effnet_conv_shape s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    expect(effnet_conv_plan_shape(plan, &s), EFFNET_OK, NULL, "stats: shape");
+    size_t xl = s.x_len, wl = s.w_len, yl = s.y_len, bl = (size_t)c->desc.out_channels;
+    size_t n = (size_t)c->desc.batch, co = (size_t)c->desc.out_channels, nc = n * co;
+    size_t pixels = yl / nc;
+    float *x = random_floats(xl), *w = random_floats(wl), *b = random_floats(bl);
+    float *r = random_floats(yl), *want = filled(yl, NAN), *y1 = filled(yl, NAN);
+    float *y3 = filled(yl, NAN);
+    double *s1 = calloc(nc, sizeof *s1), *q1 = calloc(nc, sizeof *q1);
+    double *s3 = calloc(nc, sizeof *s3), *q3 = calloc(nc, sizeof *q3);
+    expect(effnet_conv_forward_fused(ctx3, bare, x, xl, w, wl, NULL, 0, b, bl, r, yl, want, yl,
+                                     NULL, 0),
+           EFFNET_OK, NULL, "stats: output without statistics");
+    snprintf(what, sizeof what, "%s stats: 1 thread", c->name);
+    one_stats_run(ctx1, plan, x, xl, w, wl, b, bl, r, yl, y1, s1, q1, nc, what);
+    snprintf(what, sizeof what, "%s stats: 3 threads", c->name);
+    one_stats_run(ctx3, plan, x, xl, w, wl, b, bl, r, yl, y3, s3, q3, nc, what);
+    snprintf(what, sizeof what, "%s stats: output bits unchanged", c->name);
+    check(memcmp(want, y1, yl * sizeof *y1) == 0 && memcmp(want, y3, yl * sizeof *y3) == 0,
+          what, "results differ");
+    snprintf(what, sizeof what, "%s stats: same bits on 1 and 3 threads", c->name);
+    check(memcmp(s1, s3, nc * sizeof *s1) == 0 && memcmp(q1, q3, nc * sizeof *q1) == 0, what,
+          "statistics differ");
+    double worst = 0;
+    for (size_t img = 0; img < n; img++) {
+        for (size_t ch = 0; ch < co; ch++) {
+            double sum = 0, sq = 0, abs_sum = 0;
+            for (size_t p = 0; p < pixels; p++) {
+                double v = want[(img * pixels + p) * co + ch];
+                sum += v;
+                sq += v * v;
+                abs_sum += fabs(v);
+            }
+            double e1 = fabs(s1[img * co + ch] - sum) / (abs_sum + 1e-30);
+            double e2 = fabs(q1[img * co + ch] - sq) / (sq + 1e-30);
+            if (e1 > worst) worst = e1;
+            if (e2 > worst) worst = e2;
+        }
+    }
+    snprintf(what, sizeof what, "%s stats: sums equal the double sums (rel %.2g)", c->name,
+             worst);
+    check(worst < 1e-5, what, "too far");
+    /* Misuse. */
+    effnet_conv_post_args args;
+    memset(&args, 0, sizeof args);
+    args.struct_size = sizeof args;
+    args.residual = r;
+    args.residual_len = yl;
+    args.sums = s1;
+    args.sums_len = nc;
+    expect(effnet_conv_forward_post(ctx3, plan, x, xl, w, wl, NULL, 0, b, bl, &args, y1, yl,
+                                    NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "squares", "stats: squares missing");
+    expect(effnet_conv_forward_post(ctx3, sums_only, x, xl, w, wl, NULL, 0, b, bl, &args, y1,
+                                    yl, NULL, 0),
+           EFFNET_OK, NULL, "stats: sums only");
+    args.sums_len = nc - 1;
+    expect(effnet_conv_forward_post(ctx3, sums_only, x, xl, w, wl, NULL, 0, b, bl, &args, y1,
+                                    yl, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "sums", "stats: sums one short");
+    args.sums_len = nc;
+    expect(effnet_conv_forward_post(ctx3, bare, x, xl, w, wl, NULL, 0, b, bl, &args, y1, yl,
+                                    NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "sums", "stats: sums not gathered");
+    args.sums = (double *)(void *)y1;
+    args.sums_len = nc;
+    if (nc * 2 <= yl) {
+        expect(effnet_conv_forward_post(ctx3, sums_only, x, xl, w, wl, NULL, 0, b, bl, &args,
+                                        y1, yl, NULL, 0),
+               EFFNET_INVALID_ARGUMENT, NULL, "stats: sums overlap y");
+    }
+    expect(effnet_conv_forward_fused(ctx3, sums_only, x, xl, w, wl, NULL, 0, b, bl, r, yl, y1,
+                                     yl, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "sums", "stats: the fused entry has no statistics");
+    expect(effnet_conv_forward_post(ctx3, sums_only, x, xl, w, wl, NULL, 0, b, bl, NULL, y1,
+                                    yl, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "args", "stats: NULL args");
+    post.stats = 3;
+    effnet_conv_plan *none = NULL;
+    expect(effnet_conv_plan_create_fused(ctx3, &c->desc, &post, &none),
+           EFFNET_INVALID_ARGUMENT, "stats", "stats: stats 3");
+    /* A caller built before `stats` existed: a 16-byte struct, no statistics. */
+    post.stats = 0;
+    post.struct_size = 16;
+    expect(effnet_conv_plan_create_fused(ctx3, &c->desc, &post, &none), EFFNET_OK, NULL,
+           "stats: the first version's struct_size");
+    if (none != NULL) {
+        memset(&back, 0xff, sizeof back);
+        back.struct_size = 16;
+        expect(effnet_conv_plan_post_ops(none, &back), EFFNET_OK, NULL,
+               "stats: read back into the first version's struct");
+        check(back.stats == 0xffffffffu && back.residual == 1,
+              "stats: a short struct is written as far as it reaches", "wrote past it");
+        expect(effnet_conv_plan_destroy(none), EFFNET_OK, NULL, "stats: destroy");
+    }
+    expect(effnet_conv_plan_destroy(bare), EFFNET_OK, NULL, "stats: destroy");
+    expect(effnet_conv_plan_destroy(plan), EFFNET_OK, NULL, "stats: destroy");
+    expect(effnet_conv_plan_destroy(sums_only), EFFNET_OK, NULL, "stats: destroy");
+    free(x); free(w); free(b); free(r); free(want); free(y1); free(y3);
+    free(s1); free(q1); free(s3); free(q3);
+}
+
 int main(void) {
     effnet_context *ctx1 = NULL, *ctx3 = NULL;
     printf("effnet ABI version %u\n", effnet_abi_version());
@@ -901,6 +1049,7 @@ int main(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         run_case(&cases[i], ctx1, ctx3);
         fused_case(&cases[i], ctx3);
+        stats_case(&cases[i], ctx1, ctx3);
     }
     misuse(ctx3);
     ops_tests(ctx3);
