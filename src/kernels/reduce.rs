@@ -6,15 +6,18 @@ use super::parallel::{chunk_len, partials_len, reduce_chunks_in};
 use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
 
 /// Adds `rows` rows at `m` (`stride` floats apart, each read for its first `cols =
-/// sums.len()` floats) into `sums` (`sums[c] += Σ_r m[r·stride + c]`), and their
-/// squares into `squares` when given; the rows in order. Reads through the pointer
-/// only the elements it names, so other threads may write the rest meanwhile.
+/// sums.len()` floats) into `sums` (`sums[c] += Σ_r m[r·stride + c]`), the rows in
+/// order. With `squares = Some((q, shift))`, the sums are shifted by the first row
+/// instead — `shift[c] = m[c]`, `sums[c] += Σ_r (m[r·stride + c] − shift[c])`,
+/// `q[c] += Σ_r (m[r·stride + c] − shift[c])²` — so that a variance taken from them
+/// does not cancel. Reads through the pointer only the elements it names, so other
+/// threads may write the rest meanwhile.
 struct AddRows<'a> {
     m: *const f32,
     rows: usize,
     stride: usize,
     sums: &'a mut [f32],
-    squares: Option<&'a mut [f32]>,
+    squares: Option<(&'a mut [f32], &'a mut [f32])>,
 }
 
 impl SimdKernel for AddRows<'_> {
@@ -23,40 +26,53 @@ impl SimdKernel for AddRows<'_> {
     fn run<S: Simd>(self, s: S) {
         let (cols, stride, l) = (self.sums.len(), self.stride, S::LANES);
         let mut squares = self.squares;
+        let shifted = squares.is_some();
         let mut c0 = 0;
         while c0 < cols {
             let width = (cols - c0).min(4 * l);
             let nv = width.div_ceil(l);
+            // SAFETY (both loads): `r < rows` and `c0 + v·L + n ≤ cols`: an element
+            // the caller of `add_rows_raw` vouches for.
+            let load = |r: usize, v: usize| unsafe {
+                let n = (width - v * l).min(l);
+                let p = self.m.add(r * stride + c0 + v * l);
+                if n == l {
+                    s.load_ptr(p)
+                } else {
+                    s.load_partial_ptr(p, n)
+                }
+            };
+            let mut shift = [s.zero(); 4];
+            if shifted {
+                for (v, sh) in shift.iter_mut().enumerate().take(nv) {
+                    *sh = load(0, v);
+                }
+            }
             let mut a = [s.zero(); 4];
             let mut q = [s.zero(); 4];
             for r in 0..self.rows {
                 for v in 0..nv {
-                    let n = (width - v * l).min(l);
-                    // SAFETY: `r < rows` and `c0 + v·L + n ≤ cols`: an element the
-                    // caller of `add_rows_raw` vouches for.
-                    let x = unsafe {
-                        let p = self.m.add(r * stride + c0 + v * l);
-                        if n == l {
-                            s.load_ptr(p)
-                        } else {
-                            s.load_partial_ptr(p, n)
-                        }
-                    };
-                    a[v] = s.add(a[v], x);
-                    if squares.is_some() {
-                        q[v] = s.mul_add(x, x, q[v]);
+                    let x = load(r, v);
+                    if shifted {
+                        let d = s.sub(x, shift[v]);
+                        a[v] = s.add(a[v], d);
+                        q[v] = s.mul_add(d, d, q[v]);
+                    } else {
+                        a[v] = s.add(a[v], x);
                     }
                 }
             }
-            let out = &mut self.sums[c0..c0 + width];
-            for (o, a) in out.chunks_mut(l).zip(a) {
-                let prev = s.load_upto(o);
-                s.store_upto(o, s.add(prev, a));
-            }
-            if let Some(sq) = squares.as_deref_mut() {
-                for (o, q) in sq[c0..c0 + width].chunks_mut(l).zip(q) {
+            let add_into = |out: &mut [f32], acc: [S::V; 4]| {
+                for (o, a) in out.chunks_mut(l).zip(acc) {
                     let prev = s.load_upto(o);
-                    s.store_upto(o, s.add(prev, q));
+                    s.store_upto(o, s.add(prev, a));
+                }
+            };
+            add_into(&mut self.sums[c0..c0 + width], a);
+            if let Some((sq, sh)) = squares.as_mut() {
+                add_into(&mut sq[c0..c0 + width], q);
+                for (o, v) in sh[c0..c0 + width].chunks_mut(l).zip(shift) {
+                    s.store_upto(o, v);
                 }
             }
             c0 += width;
@@ -75,8 +91,10 @@ pub(crate) fn add_rows(level: SimdLevel, m: &[f32], acc: &mut [f32]) {
     }
 }
 
-/// `sums[c] += Σ_r m[r·stride + c]` and, when given, `squares[c] += Σ_r m[r·stride +
-/// c]²`, for `c < sums.len()` and `r < rows`, in row order, on one thread.
+/// `sums[c] += Σ_r m[r·stride + c]` for `c < sums.len()` and `r < rows`, in row order,
+/// on one thread; with `squares = Some((q, shift))`, shifted by the first row:
+/// `shift[c] = m[c]` and the sums and `q` (squares) accumulate `m[r·stride + c] −
+/// shift[c]` and its square.
 ///
 /// # Safety
 /// Every `m + r·stride + c` for `r < rows`, `c < sums.len()` must be readable, and no
@@ -87,10 +105,15 @@ pub(crate) unsafe fn add_rows_raw(
     rows: usize,
     stride: usize,
     sums: &mut [f32],
-    squares: Option<&mut [f32]>,
+    squares: Option<(&mut [f32], &mut [f32])>,
 ) {
     let cols = sums.len();
-    debug_assert!(stride >= cols && squares.as_ref().is_none_or(|q| q.len() == cols));
+    debug_assert!(stride >= cols);
+    debug_assert!(
+        squares
+            .as_ref()
+            .is_none_or(|(q, sh)| q.len() == cols && sh.len() == cols)
+    );
     if cols > 0 && rows > 0 {
         dispatch(
             level,
@@ -165,10 +188,12 @@ pub fn sum_rows<T: Copy + Default + std::ops::AddAssign>(rows: &[T], out: &mut [
 }
 
 /// Where the tasks of one convolution forward call leave their output rows' partial
-/// channel statistics (the post-op of `conv::ChannelStats`): `[N·OH][C]` sums, then as
-/// many sums of squares when asked, in the call's workspace. Each row's partial sums
-/// its pixels in order, whichever task wrote the row; [`RowStats::finish`] adds each
-/// image's rows in row order, so the statistics do not depend on the task split.
+/// channel statistics (the post-op of `conv::ChannelStats`), in the call's workspace:
+/// `[N·OH][C]` sums; with squares, sums and sums of squares shifted by each row's
+/// first pixel and those shifts (three planes), so that the variance of values far
+/// from zero does not cancel. Each row's partial sums its pixels in order, whichever
+/// task wrote the row; [`RowStats::finish`] adds each image's rows in row order in
+/// `f64`, so the statistics do not depend on the task split.
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct RowStats {
     part: *mut f32,
@@ -186,9 +211,10 @@ unsafe impl Send for RowStats {}
 unsafe impl Sync for RowStats {}
 
 impl RowStats {
-    /// Floats of the row partials of `stats` for `rows = N·OH` rows of `c` channels.
-    pub(crate) fn len(planes: usize, rows: usize, c: usize) -> usize {
-        planes * rows * c
+    /// Floats of the row partials for `rows = N·OH` rows of `c` channels, with or
+    /// without the squares.
+    pub(crate) fn len(squares: bool, rows: usize, c: usize) -> usize {
+        (1 + 2 * usize::from(squares)) * rows * c
     }
 
     /// The partials of the sums (and of the squares when `squares`) over `part` (at
@@ -200,7 +226,7 @@ impl RowStats {
         part: &mut [f32],
         (rows, ow, c): (usize, usize, usize),
     ) -> RowStats {
-        assert!(part.len() >= RowStats::len(1 + usize::from(squares), rows, c));
+        assert!(part.len() >= RowStats::len(squares, rows, c));
         RowStats {
             part: part.as_mut_ptr(),
             rows,
@@ -221,21 +247,21 @@ impl RowStats {
     pub(crate) unsafe fn record(&self, y: *const f32, rows: Range<usize>, chans: Range<usize>) {
         debug_assert!(rows.end <= self.rows && chans.end <= self.c);
         let (c, row_len, cols) = (self.c, self.ow * self.c, chans.len());
+        let plane = self.rows * c;
         for (i, r) in rows.enumerate() {
-            // SAFETY: the partials of row `r`, channels `chans`, are this task's alone
-            // (caller contract) and inside the region `new` checked.
-            let (sums, mut squares) = unsafe {
-                let s = std::slice::from_raw_parts_mut(self.part.add(r * c + chans.start), cols);
-                let q = self.squares.then(|| {
-                    let at = self.rows * c + r * c + chans.start;
-                    std::slice::from_raw_parts_mut(self.part.add(at), cols)
-                });
-                (s, q)
+            let at = r * c + chans.start;
+            // SAFETY: the partials of row `r`, channels `chans`, in each plane are this
+            // task's alone (caller contract) and inside the region `new` checked.
+            let (sums, squares) = unsafe {
+                let part =
+                    |k: usize| std::slice::from_raw_parts_mut(self.part.add(k * plane + at), cols);
+                (part(0), self.squares.then(|| (part(1), part(2))))
             };
             sums.fill(0.0);
-            if let Some(q) = squares.as_deref_mut() {
+            let squares = squares.map(|(q, sh)| {
                 q.fill(0.0);
-            }
+                (q, sh)
+            });
             // SAFETY: row `r`'s pixels of `chans` are finished and this task's (caller
             // contract); `y` points at row `rows.start`.
             unsafe {
@@ -246,33 +272,58 @@ impl RowStats {
     }
 
     /// Each image's statistics from the partials (every row recorded): `sums` and
-    /// `squares` `[N][C]` (`N = sums.len() / C`), overwritten; each image's rows
-    /// added in row order in `f64`.
+    /// `squares` `[N][C]` (`N = sums.len() / C`), overwritten; each image's rows added
+    /// in row order in `f64` (unshifted: `Σy = S + p·a`, `Σy² = Q + 2a·S + p·a²` for a
+    /// row of `p` pixels with shift `a`).
     pub(crate) fn finish(&self, sums: &mut [f64], squares: Option<&mut [f64]>) {
         let (c, rows) = (self.c, self.rows);
+        let plane = rows * c;
         // SAFETY: every task of the call has finished; the region holds the planes
         // `new` checked.
-        let part = unsafe {
-            std::slice::from_raw_parts(self.part, rows * c * (1 + usize::from(self.squares)))
-        };
-        let (s_part, q_part) = part.split_at(rows * c);
-        let per_image = rows.checked_div(sums.len() / c.max(1)).unwrap_or(0);
-        let reduce = |part: &[f32], out: &mut [f64]| {
-            out.fill(0.0);
-            if c == 0 || per_image == 0 {
-                return;
+        let part =
+            unsafe { std::slice::from_raw_parts(self.part, RowStats::len(self.squares, rows, c)) };
+        sums.fill(0.0);
+        let images = sums.len() / c.max(1);
+        let per_image = rows.checked_div(images).unwrap_or(0);
+        if c == 0 || per_image == 0 {
+            if let Some(q) = squares {
+                q.fill(0.0);
             }
-            for (o, p) in out.chunks_exact_mut(c).zip(part.chunks(per_image * c)) {
-                for row in p.chunks_exact(c) {
-                    for (o, &v) in o.iter_mut().zip(row) {
-                        *o += f64::from(v);
+            return;
+        }
+        let p = self.ow as f64;
+        let s_part = &part[..plane];
+        match squares {
+            None => {
+                for (o, rows) in sums.chunks_exact_mut(c).zip(s_part.chunks(per_image * c)) {
+                    for row in rows.chunks_exact(c) {
+                        for (o, &v) in o.iter_mut().zip(row) {
+                            *o += f64::from(v);
+                        }
                     }
                 }
             }
-        };
-        reduce(s_part, sums);
-        if let Some(q) = squares {
-            reduce(q_part, q);
+            Some(q) => {
+                q.fill(0.0);
+                let (q_part, sh_part) = part[plane..].split_at(plane);
+                let per = per_image * c;
+                let images = sums.chunks_exact_mut(c).zip(q.chunks_exact_mut(c));
+                for (i, (so, qo)) in images.enumerate() {
+                    let r = i * per..(i + 1) * per;
+                    let rows = s_part[r.clone()]
+                        .chunks_exact(c)
+                        .zip(q_part[r.clone()].chunks_exact(c))
+                        .zip(sh_part[r].chunks_exact(c));
+                    for ((sr, qr), ar) in rows {
+                        for ch in 0..c {
+                            let (sv, qv, a) =
+                                (f64::from(sr[ch]), f64::from(qr[ch]), f64::from(ar[ch]));
+                            so[ch] += sv + p * a;
+                            qo[ch] += qv + 2.0 * a * sv + p * a * a;
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -119,7 +119,8 @@ fn statistics_are_the_sums_of_the_output_at_every_level() {
                             }
                         }
                     }
-                    // Sums alone are the same bits as with the squares.
+                    // Sums alone (unshifted) agree with those taken beside the squares
+                    // (shifted by each row's first pixel) to f32 rounding.
                     let alone = plan(d, level, residual, ChannelStats::Sums);
                     let nc = n * co;
                     let mut sums = vec![f64::NAN; nc];
@@ -133,7 +134,13 @@ fn statistics_are_the_sums_of_the_output_at_every_level() {
                         .forward_post(&c.x, w, Some(&c.b), args, &mut y, None)
                         .unwrap();
                     let both = run(&conv, &c, residual, false);
-                    assert!(bits(&sums) == bits(&both.sums), "{what}: sums alone differ");
+                    for (k, (a, b)) in sums.iter().zip(&both.sums).enumerate() {
+                        let scale = 1.0 + b.abs();
+                        assert!(
+                            (a - b).abs() < 1e-5 * scale,
+                            "{what}: sum {k} alone {a} vs {b}"
+                        );
+                    }
                 }
             });
         }

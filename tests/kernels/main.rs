@@ -18,6 +18,7 @@ mod conv_workspace;
 mod heads;
 mod microkernels;
 mod norm;
+mod norm_from_sums;
 mod norm_workspace;
 mod optim;
 mod parallel;

@@ -417,11 +417,12 @@ impl Conv2d {
         let geo = (d.batch * s.out_h, s.out_w, d.out_channels);
         let mut run = |ws: &mut [f32]| {
             let mut ws = self.workspace(ConvPass::Forward, ws)?;
-            let rows = match stats.planes() {
-                0 => None,
-                p => {
-                    let part = ws.take(RowStats::len(p, geo.0, geo.2))?;
-                    Some(RowStats::new(self.level, p == 2, part, geo))
+            let rows = match stats {
+                ChannelStats::None => None,
+                _ => {
+                    let squares = stats == ChannelStats::SumsAndSquares;
+                    let part = ws.take(RowStats::len(squares, geo.0, geo.2))?;
+                    Some(RowStats::new(self.level, squares, part, geo))
                 }
             };
             let post = Post {
@@ -469,9 +470,12 @@ impl Conv2d {
     fn layout(&self, pass: ConvPass, threads: usize) -> WorkspaceLayout {
         let mut layout = self.kernels().layout(pass, threads);
         if pass == ConvPass::Forward {
-            let (s, planes) = (&self.shape, self.post.stats.planes());
-            let rows = s.desc.batch * s.out_h;
-            layout.region(RowStats::len(planes, rows, s.desc.out_channels));
+            let (s, stats) = (&self.shape, self.post.stats);
+            if stats != ChannelStats::None {
+                let rows = s.desc.batch * s.out_h;
+                let squares = stats == ChannelStats::SumsAndSquares;
+                layout.region(RowStats::len(squares, rows, s.desc.out_channels));
+            }
         }
         layout
     }

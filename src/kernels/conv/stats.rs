@@ -25,15 +25,6 @@ pub enum ChannelStats {
 }
 
 impl ChannelStats {
-    /// How many `[N·OH][C_out]` planes of row partials the pass needs.
-    pub(crate) fn planes(self) -> usize {
-        match self {
-            ChannelStats::None => 0,
-            ChannelStats::Sums => 1,
-            ChannelStats::SumsAndSquares => 2,
-        }
-    }
-
     /// Checks the output buffers of a call against the statistics asked for
     /// (`len = N·C_out` each).
     pub(crate) fn check(

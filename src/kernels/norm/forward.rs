@@ -85,7 +85,7 @@ impl Norm {
         self.allocating(NormPass::Forward, |ws| {
             let mut ws = Workspace::new(ws, &self.layout(NormPass::Forward))?;
             let g = self.geo;
-            let (c, sl, cl) = (g.c, g.sample_len(), g.chunk_len());
+            let c = g.c;
             let (ones, zeros) = unit(ws.take(2 * c)?);
             let (gamma, beta) = (affine.gamma.unwrap_or(ones), affine.beta.unwrap_or(zeros));
             let sets = self.coef_sets();
@@ -95,17 +95,54 @@ impl Norm {
                 let r = n * per..(n + 1) * per;
                 self.xhat_coefs(&stats.mean[r.clone()], &stats.rstd[r], kb);
             }
-            let (coefs, level, act) = (&*coefs, self.level, self.desc.activation);
-            y.par_chunks_mut(sl).enumerate().for_each(|(n, ys)| {
-                let k = Coefs::of(&coefs[n.min(sets - 1) * 3 * c..], c);
-                ys.par_chunks_mut(cl).enumerate().for_each(|(j, yc)| {
-                    with_act!(act, A => dispatch(level, ApplyChunk {
-                        x: g.chunk(x, n, j), y: yc, c, xm: k.0, xa: k.1, xb: k.2, g: gamma, bt: beta, post: None, act: PhantomData::<A>,
-                    }))
-                });
-            });
+            let cw = Channelwise {
+                g: gamma,
+                bt: beta,
+                post: None,
+                act: self.desc.activation,
+            };
+            self.apply_all(self.level, x, cw, coefs, y);
             Ok(())
         })
+    }
+
+    /// [`Norm::forward_with_workspace`] of a per-sample norm (GroupNorm, LayerNorm) on
+    /// statistics gathered elsewhere: `sums` and `squares` are each sample's channel
+    /// sums `Σ_{h,w} x[n][h][w][c]` and sums of squares (`[N][C]`, `f64`) — what a
+    /// convolution's statistics post-op returns for its output
+    /// ([`crate::kernels::conv::ChannelStats::SumsAndSquares`]) — so the norm makes
+    /// one pass over `x` (the apply pass) instead of two. `y` is overwritten and the
+    /// statistics are written to `stats`; they agree with [`Norm::forward`]'s to
+    /// rounding (those come from shifted sums of `x` itself).
+    ///
+    /// # Errors
+    /// The buffer checks of [`Norm::forward_with_workspace`], and
+    /// [`Error::BufferSize`] naming `"sums"` / `"squares"` (`N·C`);
+    /// [`Error::InvalidArgument`] for a BatchNorm (its statistics span the batch).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_from_sums_with_workspace(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        (sums, squares): (&[f64], &[f64]),
+        y: &mut [f32],
+        stats: &mut NormStats,
+        ws: &mut [f32],
+    ) -> Result<()> {
+        check_len("x", x.len(), self.x_len)?;
+        check_len("y", y.len(), self.x_len)?;
+        self.check_affine(&affine)?;
+        self.check_stats(stats)?;
+        let mut ws = Workspace::new(ws, &self.layout(NormPass::Forward))?;
+        let (ones, zeros) = unit(ws.take(2 * self.desc.channels)?);
+        let cw = Channelwise {
+            g: affine.gamma.unwrap_or(ones),
+            bt: affine.beta.unwrap_or(zeros),
+            post: None,
+            act: self.desc.activation,
+        };
+        let out = [&mut stats.mean[..], &mut stats.var, &mut stats.rstd];
+        self.forward_from_sums_impl(self.level, x, cw, (sums, squares), y, out, &mut ws)
     }
 
     /// Inference: BatchNorm uses the running statistics (required), folded into one
@@ -265,7 +302,7 @@ impl Norm {
     /// `scratch` holds [`Norm::finalize_len`] values (any contents).
     pub(super) fn finalize_sample(
         &self,
-        shift: &[f32],
+        shift: Option<&[f32]>,
         part: &[f64],
         out: (&mut [f32], &mut [f32], &mut [f32]),
         scratch: &mut [f64],
@@ -281,7 +318,7 @@ impl Norm {
         gmean.fill(0.0);
         for ch in 0..c {
             let (s1, s2) = (tot[ch], tot[c + ch]);
-            mean_c[ch] = shift[ch] as f64 + s1 / m;
+            mean_c[ch] = shift.map_or(0.0, |s| s[ch] as f64) + s1 / m;
             m2_c[ch] = (s2 - s1 * s1 / m).max(0.0);
             gmean[self.group_of(ch)] += mean_c[ch];
         }
@@ -407,7 +444,7 @@ impl Norm {
                     for (j, pc) in ps.chunks_mut(stride).enumerate() {
                         self.stats_chunk(level, x, n, j, pc);
                     }
-                    self.finalize_sample(&xs[..c], ps, (mean, var, rstd), fs);
+                    self.finalize_sample(Some(&xs[..c]), ps, (mean, var, rstd), fs);
                     let k = self.xhat_coefs(mean, rstd, kb);
                     for (xc, yc) in xs.chunks(cl).zip(ys.chunks_mut(cl)) {
                         apply(xc, yc, k);
@@ -433,34 +470,109 @@ impl Norm {
             }
             self.xhat_coefs(mean, rstd, &mut coefs[..3 * c]);
         } else {
-            let gn = self.groups;
-            for n in 0..g.n {
-                let ps = &part[n * g.chunks * stride..(n + 1) * g.chunks * stride];
-                let r = n * gn..(n + 1) * gn;
-                self.finalize_sample(
-                    &x[n * sl..n * sl + c],
-                    ps,
-                    (
-                        &mut mean[r.clone()],
-                        &mut var[r.clone()],
-                        &mut rstd[r.clone()],
-                    ),
-                    &mut fin[n * fl..(n + 1) * fl],
-                );
-                self.xhat_coefs(
-                    &mean[r.clone()],
-                    &rstd[r],
-                    &mut coefs[n * 3 * c..(n + 1) * 3 * c],
-                );
-            }
+            let per = g.chunks * stride;
+            self.finalize_samples(Some(x), part, per, [mean, var, rstd], coefs, fin);
         }
-        let (coefs, sets) = (&*coefs, self.coef_sets());
+        self.apply_all(level, x, cw, coefs, y);
+        Ok(())
+    }
+
+    /// Each sample's statistics (`[mean, var, rstd]`, `groups` per sample) and apply
+    /// coefficients (`3·C` per sample in `coefs`) of a per-sample norm from its
+    /// partials (`per` values of `part` per sample; shifted by the sample's first
+    /// pixel of `x` when given). `fin` holds [`Norm::finalize_len`] values per sample.
+    fn finalize_samples(
+        &self,
+        x: Option<&[f32]>,
+        part: &[f64],
+        per: usize,
+        [mean, var, rstd]: [&mut [f32]; 3],
+        coefs: &mut [f32],
+        fin: &mut [f64],
+    ) {
+        let (c, sl, gn, fl) = (
+            self.geo.c,
+            self.geo.sample_len(),
+            self.groups,
+            self.finalize_len(),
+        );
+        for n in 0..self.geo.n {
+            let r = n * gn..(n + 1) * gn;
+            let out = (
+                &mut mean[r.clone()],
+                &mut var[r.clone()],
+                &mut rstd[r.clone()],
+            );
+            let shift = x.map(|x| &x[n * sl..n * sl + c]);
+            let ps = &part[n * per..(n + 1) * per];
+            self.finalize_sample(shift, ps, out, &mut fin[n * fl..(n + 1) * fl]);
+            self.xhat_coefs(
+                &mean[r.clone()],
+                &rstd[r],
+                &mut coefs[n * 3 * c..(n + 1) * 3 * c],
+            );
+        }
+    }
+
+    /// The apply pass over every chunk in parallel: `y = φ(γ·x̂ + β)` (then the
+    /// post-activation when given), sample `n` with coefficient set `min(n, sets − 1)`
+    /// of `coefs` (`3·C` per set).
+    fn apply_all(
+        &self,
+        level: SimdLevel,
+        x: &[f32],
+        cw: Channelwise,
+        coefs: &[f32],
+        y: &mut [f32],
+    ) {
+        let g = self.geo;
+        let (c, sl, cl, sets) = (g.c, g.sample_len(), g.chunk_len(), self.coef_sets());
         y.par_chunks_mut(sl).enumerate().for_each(|(n, ys)| {
             let k = Coefs::of(&coefs[n.min(sets - 1) * 3 * c..], c);
-            ys.par_chunks_mut(cl)
-                .enumerate()
-                .for_each(|(j, yc)| apply(g.chunk(x, n, j), yc, k));
+            ys.par_chunks_mut(cl).enumerate().for_each(|(j, yc)| {
+                with_act!(cw.act, A => dispatch(level, ApplyChunk {
+                    x: g.chunk(x, n, j), y: yc, c, xm: k.0, xa: k.1, xb: k.2, g: cw.g, bt: cw.bt, post: cw.post, act: PhantomData::<A>,
+                }))
+            });
         });
+    }
+
+    /// [`Norm::forward_impl`] of a per-sample norm (GroupNorm, LayerNorm) with the
+    /// statistics pass replaced by each sample's channel sums and sums of squares
+    /// `sums = (Σx, Σx²)` (`[N][C]` each, `f64`; as a convolution's statistics post-op
+    /// gathers them): the statistics follow from them as from the pass's partials,
+    /// then the apply pass runs. Takes the regions of [`Norm::forward_regions`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_from_sums_impl(
+        &self,
+        level: SimdLevel,
+        x: &[f32],
+        cw: Channelwise,
+        (s1, s2): (&[f64], &[f64]),
+        y: &mut [f32],
+        [mean, var, rstd]: [&mut [f32]; 3],
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let g = self.geo;
+        let c = g.c;
+        if self.groups == 0 {
+            return Err(Error::InvalidArgument(
+                "statistics from channel sums are for per-sample norms (GroupNorm, LayerNorm)"
+                    .into(),
+            ));
+        }
+        check_len("sums", s1.len(), g.n * c)?;
+        check_len("squares", s2.len(), g.n * c)?;
+        let part = take_f64(ws, g.total_chunks() * 2 * c)?;
+        let coefs = ws.take(self.coef_sets() * 3 * c)?;
+        let fin = take_f64(ws, g.n * self.finalize_len())?;
+        let part = &mut part[..g.n * 2 * c];
+        for (n, ps) in part.chunks_exact_mut(2 * c).enumerate() {
+            ps[..c].copy_from_slice(&s1[n * c..(n + 1) * c]);
+            ps[c..].copy_from_slice(&s2[n * c..(n + 1) * c]);
+        }
+        self.finalize_samples(None, part, 2 * c, [mean, var, rstd], coefs, fin);
+        self.apply_all(level, x, cw, coefs, y);
         Ok(())
     }
 }

@@ -219,6 +219,39 @@ impl NormProxy {
         stats: &mut NormStats,
         ws: &mut [f32],
     ) -> Result<()> {
+        self.run_prepared(x, prepared, None, z, stats, ws)
+    }
+
+    /// [`NormProxy::forward_prepared_with_workspace`] on norm statistics gathered
+    /// elsewhere: `sums` and `squares` are each sample's channel sums and sums of
+    /// squares of `x` (`[N][C]`, `f64`; what a convolution's statistics post-op
+    /// returns for its output), so the pass reads `x` once (the apply pass) instead of
+    /// twice; see [`crate::kernels::norm::Norm::forward_from_sums_with_workspace`].
+    /// `z` agrees with the prepared forward's to rounding. Errors: those of
+    /// [`NormProxy::forward_prepared_with_workspace`], [`Error::BufferSize`] naming
+    /// `"sums"` / `"squares"` (`N·C`).
+    pub fn forward_prepared_from_sums_with_workspace(
+        &self,
+        x: &[f32],
+        prepared: &PreparedProxy,
+        sums: (&[f64], &[f64]),
+        z: &mut [f32],
+        stats: &mut NormStats,
+        ws: &mut [f32],
+    ) -> Result<()> {
+        self.run_prepared(x, prepared, Some(sums), z, stats, ws)
+    }
+
+    /// The prepared forward pass, its norm statistics from `x` or from `sums`.
+    fn run_prepared(
+        &self,
+        x: &[f32],
+        prepared: &PreparedProxy,
+        sums: Option<(&[f64], &[f64])>,
+        z: &mut [f32],
+        stats: &mut NormStats,
+        ws: &mut [f32],
+    ) -> Result<()> {
         check_len("x", x.len(), self.x_len())?;
         check_len("z", z.len(), self.x_len())?;
         let c = self.proxy.desc.channels;
@@ -240,8 +273,13 @@ impl NormProxy {
             act: self.proxy.desc.activation,
         };
         let st = [&mut stats.mean[..], &mut stats.var, &mut stats.rstd];
-        self.norm
-            .forward_impl(self.proxy.level, x, cw, z, st, &mut ws)
+        let level = self.proxy.level;
+        match sums {
+            None => self.norm.forward_impl(level, x, cw, z, st, &mut ws),
+            Some(sums) => self
+                .norm
+                .forward_from_sums_impl(level, x, cw, sums, z, st, &mut ws),
+        }
     }
 
     /// The gradients of [`NormProxy::forward`]: `dx` (overwritten) and those of γ, β,
