@@ -237,7 +237,11 @@ impl Block {
     /// The block prepared for inference at batch `n` and input size `hw`: BatchNorms
     /// folded into the convolutions, per-sample norms prepared to follow them; with
     /// folded norms its expansion and k×k convolution run depth-first in bands where
-    /// the policy `bands` says so.
+    /// the policy `bands` says so. A block that runs `early` (image by image in a plan
+    /// of any group size: `n = 1`) applies its squeeze-excite gate to its projection's
+    /// weights where they are smaller than the gated tensor (see
+    /// [`FusedBlock`]); deciding by `early` rather than by `n` keeps the logits the
+    /// same bits for every group size.
     pub(crate) fn fused(
         &self,
         v: &[Vec<f32>],
@@ -245,6 +249,7 @@ impl Block {
         n: usize,
         hw: usize,
         bands: BandPolicy,
+        early: bool,
     ) -> Result<FusedBlock> {
         let s = &self.spec;
         let ed = ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch);
@@ -298,6 +303,13 @@ impl Block {
         let pd = ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch);
         let proj_norm = self.proj_norm.for_inference(v, n, ho)?;
         let project = FusedConv::normed(&pd, &proj_w, proj_norm, s.skip)?;
+        // Scaling the weights moves about 4·C_mid·C_out floats (read, write, the
+        // kernel's read of the packed copy), gating the input 2·H·W·C_mid.
+        let project = if early && n == 1 && 2 * s.out_ch < ho * ho {
+            project.gating()
+        } else {
+            project
+        };
         let fc = |(w, b): (usize, usize), cin: usize, cout: usize, act| {
             FusedConv::dense(n, (cin, cout), &v[w], &v[b], act)
         };

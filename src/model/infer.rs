@@ -49,6 +49,9 @@ pub(crate) struct FusedConv {
     /// it.
     norm: Option<SampleNorm>,
     residual_after_norm: bool,
+    /// Whether its input arrives ungated with a per-image input-channel gate that
+    /// scales the packed weights instead ([`FusedConv::run_gated`]).
+    gated: bool,
 }
 
 /// Floats of a convolution's output kept at the front of the workspace for its
@@ -90,13 +93,55 @@ impl FusedConv {
         self.norm.as_ref().and_then(SampleNorm::delayed_scale)
     }
 
-    /// Floats of workspace [`FusedConv::run`] needs in a pool of `threads` threads.
+    /// Floats of workspace [`FusedConv::run`] (or [`FusedConv::run_gated`] for a
+    /// gated one) needs in a pool of `threads` threads.
     pub(super) fn workspace_len(&self, threads: usize) -> usize {
         let conv = self.conv.workspace_len(ConvPass::Forward, threads);
-        match &self.norm {
+        let run = match &self.norm {
             None => conv,
             Some(n) => pre_len(self.y_len()) + conv.max(n.workspace_len()),
+        };
+        run + usize::from(self.gated) * pre_len(self.packed.len())
+    }
+
+    /// The same pointwise convolution of one image, its input's squeeze-excite gate
+    /// applied to its weights ([`FusedConv::run_gated`]).
+    pub(crate) fn gating(self) -> FusedConv {
+        FusedConv {
+            gated: true,
+            ..self
         }
+    }
+
+    /// Whether it is run with [`FusedConv::run_gated`].
+    pub(super) fn gated(&self) -> bool {
+        self.gated
+    }
+
+    /// [`FusedConv::run`] of `x` gated per input channel by `gate` (`[C_in]`, one
+    /// image), the gate applied to a copy of the packed weights (in the front of the
+    /// workspace) rather than to `x`: the weights are scaled, not the larger input
+    /// tensor.
+    pub(super) fn run_gated(
+        &self,
+        x: &[f32],
+        gate: &[f32],
+        residual: Option<&[f32]>,
+        y: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let front = pre_len(self.packed.len());
+        if ws.len() < front {
+            return Err(Error::BufferSize {
+                name: "workspace",
+                expected: front,
+                actual: ws.len(),
+            });
+        }
+        let (packed, rest) = ws.split_at_mut(front);
+        self.conv
+            .scale_packed_input_channels(&self.packed, gate, packed)?;
+        self.run_with(ConvWeights::Packed(packed), x, residual, y, rest)
     }
     /// Plans `desc` with the weight `w` (`[kh][kw][group_size][C_out]`) scaled by
     /// `scale` per output channel, the bias `shift`, the activation `act` and, with
@@ -133,6 +178,7 @@ impl FusedConv {
             bias: shift.to_vec(),
             norm: None,
             residual_after_norm: false,
+            gated: false,
         })
     }
 
@@ -238,7 +284,18 @@ impl FusedConv {
         y: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
-        let w = ConvWeights::Packed(&self.packed);
+        self.run_with(ConvWeights::Packed(&self.packed), x, residual, y, ws)
+    }
+
+    /// [`FusedConv::run`] with the weights `w`.
+    fn run_with(
+        &self,
+        w: ConvWeights,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        y: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
         let bias = (!self.bias.is_empty()).then_some(&self.bias[..]);
         let Some(norm) = &self.norm else {
             return self.conv.forward_fused(x, w, bias, residual, y, Some(ws));
@@ -564,11 +621,18 @@ impl InferencePlan {
             let spatial = b.spatial.traffic();
             // Pool (in cache when banded), the two dense layers (their outputs then an
             // activation pass unfused), gate (read and write).
-            // The squeeze is gathered by a squeezing k×k convolution (no pool pass).
+            // The squeeze is gathered by a squeezing k×k convolution (no pool pass);
+            // a gate applied to the projection's weights reads the packed weights and
+            // writes the gated copy instead of reading and writing `d`.
             let d = b.spatial.y_len();
             let (r, e) = (b.se.reduce.traffic(), b.se.expand.traffic());
             let pool = usize::from(!b.spatial.squeezes()) * d;
-            let se = (2 * d + pool + r.0 + e.0, 3 * d + r.1 + e.1);
+            let gate = if b.project.gated() {
+                2 * b.project.packed_len()
+            } else {
+                2 * d
+            };
+            let se = (gate + pool + r.0 + e.0, 3 * d + r.1 + e.1);
             match &b.banded {
                 Some(bd) => add(
                     (bd.traffic() + se.0 - d, unbanded.1 + spatial.1 + se.1),
@@ -598,6 +662,13 @@ impl InferencePlan {
     /// of them for groups of one image.
     pub fn per_image_blocks(&self) -> usize {
         self.fused.net.grouped_from
+    }
+
+    /// How many blocks apply their squeeze-excite gate to their projection's weights
+    /// (scaled per image) instead of to the projection's input.
+    pub fn gated_projections(&self) -> usize {
+        let blocks = &self.fused.net.blocks;
+        blocks.iter().filter(|b| b.project.gated()).count()
     }
 
     /// How many blocks run their expansion and k×k convolution depth-first, in bands.
@@ -715,13 +786,10 @@ impl Work {
             ..
         } = self;
         let d = &mut spatial[..blk.spatial.y_len()];
+        let [p, rest @ ..] = se;
+        let p = &mut p[..blk.se.shape.pooled_len()];
         match &blk.banded {
-            Some(bd) => {
-                let [p, rest @ ..] = se;
-                let p = &mut p[..blk.se.shape.pooled_len()];
-                bd.run(input, d, p, band, ws)?;
-                timed(SE_FWD, || blk.se.excite(d, p, rest, ws))?;
-            }
+            Some(bd) => bd.run(input, d, p, band, ws)?,
             None => {
                 let e: &[f32] = match &blk.expand {
                     Some(ec) => {
@@ -732,18 +800,21 @@ impl Work {
                     None => input,
                 };
                 if blk.spatial.squeezes() {
-                    let [p, rest @ ..] = se;
-                    let p = &mut p[..blk.se.shape.pooled_len()];
                     let sq = &mut squeeze[..p.len()];
                     timed(CONV_KXK_FWD, || blk.spatial.run_squeezed(e, d, (sq, p), ws))?;
-                    timed(SE_FWD, || blk.se.excite(d, p, rest, ws))?;
                 } else {
                     timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
-                    timed(SE_FWD, || blk.se.run(d, se, ws))?;
+                    timed(SE_FWD, || pool::global_avg_pool(&blk.se.shape, d, p))?;
                 }
             }
         }
         let res = blk.skip.then_some(input);
+        if blk.project.gated() {
+            // The gate scales the projection's weights, not the spatial output.
+            let g = timed(SE_FWD, || blk.se.excitation(p, rest, ws))?;
+            return timed(CONV_1X1_FWD, || blk.project.run_gated(d, g, res, out, ws));
+        }
+        timed(SE_FWD, || blk.se.excite(d, p, rest, ws))?;
         timed(CONV_1X1_FWD, || blk.project.run(d, res, out, ws))
     }
 
@@ -766,28 +837,31 @@ impl Work {
 }
 
 impl FusedSe {
-    /// Squeezes `d` and gates it in place (`bufs`: scratch of at least the pooled
-    /// length each; `ws`: the plan's workspace).
-    fn run(&self, d: &mut [f32], bufs: &mut [Vec<f32>; 3], ws: &mut [f32]) -> Result<()> {
-        let [pooled, rest @ ..] = bufs;
-        let p = &mut pooled[..self.shape.pooled_len()];
-        pool::global_avg_pool(&self.shape, d, p)?;
-        self.excite(d, p, rest, ws)
-    }
-
     /// The excitation of `d` from its squeeze `pooled` (`[N][C]`): the two dense layers
     /// and the gate, in place (`bufs`: scratch of at least the pooled length each).
     fn excite(
         &self,
         d: &mut [f32],
         pooled: &[f32],
-        [r, g]: &mut [Vec<f32>; 2],
+        bufs: &mut [Vec<f32>; 2],
         ws: &mut [f32],
     ) -> Result<()> {
+        let g = self.excitation(pooled, bufs, ws)?;
+        gate::forward_inplace(&self.shape, d, g)
+    }
+
+    /// The gate (`[N][C]`, in `bufs[1]`) from the squeeze `pooled`: the two dense
+    /// layers.
+    fn excitation<'b>(
+        &self,
+        pooled: &[f32],
+        [r, g]: &'b mut [Vec<f32>; 2],
+        ws: &mut [f32],
+    ) -> Result<&'b [f32]> {
         let r = &mut r[..self.reduce.y_len()];
         self.reduce.run(pooled, None, r, ws)?;
         let g = &mut g[..self.expand.y_len()];
         self.expand.run(r, None, g, ws)?;
-        gate::forward_inplace(&self.shape, d, g)
+        Ok(g)
     }
 }

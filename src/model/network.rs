@@ -372,15 +372,17 @@ impl Network {
         let stem = FusedConv::normed(&sd, &v[self.stem], stem_norm, false)?;
         let mut blocks = Vec::with_capacity(self.blocks.len());
         let mut grouped_from = None;
+        // Whether the block and every one before it would run image by image in a
+        // plan of any group size.
+        let mut early = true;
         for (i, b) in self.blocks.iter().enumerate() {
-            if grouped_from.is_none() && group > 1 {
-                let (weights, acts) = b.inference_floats(cfg, hw)?;
-                if super::infer::groups_block(weights, acts) {
-                    grouped_from = Some(i);
-                }
+            let (weights, acts) = b.inference_floats(cfg, hw)?;
+            early &= !super::infer::groups_block(weights, acts);
+            if grouped_from.is_none() && group > 1 && !early {
+                grouped_from = Some(i);
             }
             let n = if grouped_from.is_some() { group } else { 1 };
-            blocks.push(b.fused(v, cfg, n, hw, bands)?);
+            blocks.push(b.fused(v, cfg, n, hw, bands, early)?);
             hw = b.out_hw(cfg, hw)?;
         }
         let last = self

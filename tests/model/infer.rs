@@ -52,6 +52,7 @@ fn fused_logits_match_the_unfused_forward() {
         ("tf_efficientnet_b0", 2, 33),
         ("b0_g16_bn", 2, 40),
     ];
+    let mut gated = 0;
     for (i, &(arch, batch, res)) in cases.iter().enumerate() {
         let net = network(arch, 10, 40 + i as u64);
         let x = Rng::new(90 + i as u64).vec(batch * res * res * 3);
@@ -60,6 +61,7 @@ fn fused_logits_match_the_unfused_forward() {
                 let want = net.predict(&x, batch, res).unwrap();
                 let mut plan = net.plan_inference(batch, res).unwrap();
                 assert!(plan.folds_every_norm(), "{arch}: BatchNorm networks fold");
+                gated += plan.gated_projections();
                 let got = plan.run(&x).unwrap();
                 let e = rel_to_norm(&got, &want);
                 assert!(
@@ -76,6 +78,10 @@ fn fused_logits_match_the_unfused_forward() {
             });
         }
     }
+    assert!(
+        gated > 0,
+        "some early blocks gate their projection's weights"
+    );
 }
 
 /// Per-sample norms (GroupNorm, LayerNorm + Proxy Norm with its full, delayed and no
@@ -92,6 +98,7 @@ fn per_sample_norm_networks_match_the_unfused_forward() {
         ("b0_g16_gn", 3, 35),
         ("tiny_g16_gn", 2, 40),
     ];
+    let mut gated = 0;
     for (i, &(arch, batch, res)) in cases.iter().enumerate() {
         let mut net = network(arch, 9, 20 + i as u64);
         // Random proxy parameters, so the correction is not the identity.
@@ -107,6 +114,7 @@ fn per_sample_norm_networks_match_the_unfused_forward() {
             with_level(level, || {
                 let mut plan = net.plan_inference(batch, res).unwrap();
                 assert!(!plan.folds_every_norm(), "{arch}");
+                gated += plan.gated_projections();
                 let want = net.predict(&x, batch, res).unwrap();
                 let got = plan.run(&x).unwrap();
                 let e = rel_to_norm(&got, &want);
@@ -117,6 +125,10 @@ fn per_sample_norm_networks_match_the_unfused_forward() {
             });
         }
     }
+    assert!(
+        gated > 0,
+        "some early blocks gate their projection's weights"
+    );
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

@@ -182,6 +182,12 @@ pub(crate) trait FamilyPlan: Send + Sync + std::fmt::Debug {
     fn packed_len(&self) -> usize;
     /// Writes `w` in that layout into `out` (at least [`FamilyPlan::packed_len`]).
     fn pack(&self, w: &[f32], out: &mut [f32]);
+    /// Writes into `out` the packed weights `packed` (that layout) with every input
+    /// channel's weights scaled by `scale[ci]`, bit for bit the packing of the scaled
+    /// weights; `false` (nothing written) for a family that does not offer it.
+    fn scale_packed_inputs(&self, _packed: &[f32], _scale: &[f32], _out: &mut [f32]) -> bool {
+        false
+    }
     /// `y = φ(conv(x, w) (+ bias)) (+ residual)` with the epilogue `post` (checked).
     fn forward(
         &self,
@@ -573,6 +579,43 @@ impl Conv2d {
         self.forward_fused(x, ConvWeights::Packed(packed), bias, None, y, Some(ws))
     }
 
+    /// Writes into `out` the weights `packed` (by [`Conv2d::pack_weights`] for this
+    /// plan) with each input channel scaled: the packing of `w'[ci][co] = w[ci][co] ·
+    /// scale[ci]`, bit for bit, in one pass over the packed weights instead of a
+    /// scaling and a packing. For a per-image input-channel gate (a squeeze-excite's)
+    /// applied to a pointwise convolution's weights rather than to its input tensor:
+    /// worth it where the weights are smaller than the input. Pointwise plans (1×1,
+    /// one group) only.
+    ///
+    /// Errors: [`crate::Error::InvalidArgument`] for another family or weights not
+    /// packed for this plan; [`crate::Error::BufferSize`] naming `"packed weights"`
+    /// (`packed` or `out` short) or `"scale"` (not `C_in` values).
+    pub fn scale_packed_input_channels(
+        &self,
+        packed: &[f32],
+        scale: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let body = self.packed_body(packed)?;
+        check_len("scale", scale.len(), self.shape.desc.in_channels)?;
+        let need = self.packed_weights_len();
+        if out.len() < need {
+            return Err(Error::BufferSize {
+                name: "packed weights",
+                expected: need,
+                actual: out.len(),
+            });
+        }
+        let (head, rest) = out[..need].split_at_mut(PACK_HEADER);
+        if !self.kernels().scale_packed_inputs(body, scale, rest) {
+            return Err(Error::InvalidArgument(
+                "input-channel scaling of packed weights is for pointwise convolutions".into(),
+            ));
+        }
+        head.copy_from_slice(&packed[..PACK_HEADER]);
+        Ok(())
+    }
+
     /// Checks the operands of a forward pass on packed weights and returns the packed
     /// body (after the header).
     fn check_packed<'p>(
@@ -588,6 +631,12 @@ impl Conv2d {
             check_len("bias", b.len(), s.desc.out_channels)?;
         }
         check_len("y", y.len(), s.y_len)?;
+        self.packed_body(packed)
+    }
+
+    /// The body (after the header) of weights packed for this plan, checked: long
+    /// enough and with this plan's header.
+    fn packed_body<'p>(&self, packed: &'p [f32]) -> Result<&'p [f32]> {
         let need = self.packed_weights_len();
         if packed.len() < need {
             return Err(Error::BufferSize {

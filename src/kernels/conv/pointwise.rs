@@ -31,7 +31,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::kernels::gemm::Post;
-use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap, padded_cols};
+use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap, padded_cols, scale_packed_rows};
 use crate::kernels::parallel::{partials_len, reduce_chunks_in};
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::SimdLevel;
@@ -115,6 +115,12 @@ impl FamilyPlan for Plan {
     fn pack(&self, w: &[f32], out: &mut [f32]) {
         let (ci, co) = (self.shape.desc.in_channels, self.shape.desc.out_channels);
         PackedB::new_in(self.level, ci, co, w, co, 1, out);
+    }
+
+    fn scale_packed_inputs(&self, packed: &[f32], scale: &[f32], out: &mut [f32]) -> bool {
+        let (ci, co) = (self.shape.desc.in_channels, self.shape.desc.out_channels);
+        scale_packed_rows(self.level, (ci, co), packed, scale, out);
+        true
     }
 
     fn forward(

@@ -224,6 +224,33 @@ impl<'a> PackedB<'a> {
     }
 }
 
+/// Writes into `out` the packed `B` of `src` (a `k × n` matrix packed at `level` by
+/// [`PackedB::new_in`]; both at least [`PackedB::packed_len`] floats) with row `p`
+/// scaled by `scale[p]` (`k` values): the packing of `diag(scale)·B`, bit for bit (each
+/// element is the one product `b·scale[p]`; padding columns stay zero), in one pass.
+pub(crate) fn scale_packed_rows(
+    level: SimdLevel,
+    (k, n): (usize, usize),
+    src: &[f32],
+    scale: &[f32],
+    out: &mut [f32],
+) {
+    assert_eq!(scale.len(), k, "row scale length");
+    let level = level.min(crate::simd::detected());
+    let lanes = table(level).lanes;
+    for p in panels(level, n, k) {
+        let width = p.nv * lanes;
+        let at = p.offset..p.offset + k * width;
+        let rows = src[at.clone()].chunks_exact(width);
+        for ((sr, or), &g) in rows.zip(out[at].chunks_exact_mut(width)).zip(scale) {
+            for (o, &v) in or[..p.valid].iter_mut().zip(sr) {
+                *o = v * g;
+            }
+            or[p.valid..].fill(0.0);
+        }
+    }
+}
+
 impl<'a> PackedB<'a> {
     /// A `k × n` matrix packed earlier (by [`PackedB::new_in`] at the same `level`)
     /// in `data` (at least [`PackedB::packed_len`] floats), used as it is.
