@@ -1364,6 +1364,35 @@ enum effnet_status effnet_conv_forward_packed(const struct effnet_context *ctx,
                                               size_t workspace_bytes);
 
 /**
+ * Writes into `out` the weights `packed` (by `effnet_conv_pack_weights` for `plan`)
+ * with each input channel scaled by `scale[ci]`: bit for bit the packing of
+ * `w'[ci][co] = w[ci][co] * scale[ci]`, in one pass over the packed weights. For a
+ * per-image input-channel gate (a squeeze-excite's) applied to a pointwise
+ * convolution's weights rather than to its input tensor: pass `out` to
+ * `effnet_conv_forward_packed` for that image. Pointwise plans (1×1, one group) only.
+ *
+ * Buffers: `packed` and `out`: `packed_bytes` / `out_bytes` bytes each (at least what
+ * `effnet_conv_packed_weights_size` reports), aligned to `float`, not overlapping;
+ * `scale`: `in_channels` floats (`scale_len`).
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL/dead/wrong-type handle, a plan of
+ * another family, weights not packed for this plan at the active SIMD level, a NULL,
+ * misaligned, overlapping or short buffer, or a wrong `scale_len`.
+ *
+ * # Safety
+ * `packed` points to `packed_bytes` readable bytes, `scale` to `scale_len` readable
+ * floats and `out` to `out_bytes` writable bytes, `out` not accessed by another
+ * thread during the call.
+ */
+enum effnet_status effnet_conv_scale_packed_input_channels(const struct effnet_conv_plan *plan,
+                                                           const void *packed,
+                                                           size_t packed_bytes,
+                                                           const float *scale,
+                                                           size_t scale_len,
+                                                           void *out,
+                                                           size_t out_bytes);
+
+/**
  * Creates an EfficientNet by architecture name (e.g. `"efficientnet_b0"`,
  * `"tf_efficientnet_b0"`, `"b0_g16_lnpn"`, `"tiny_g16_lnpn"`; the names of
  * `effnet info`), with parameters initialized from `desc->seed` and a fresh optimizer,
@@ -1751,6 +1780,44 @@ enum effnet_status effnet_norm_backward_ws(const struct effnet_context *ctx,
                                            int32_t accumulate,
                                            void *workspace,
                                            size_t workspace_bytes);
+
+/**
+ * The training forward pass of a GroupNorm or LayerNorm plan (as
+ * `effnet_norm_forward_ws`) with the statistics pass replaced by each sample's
+ * per-channel sums and sums of squares of `x`: what `effnet_conv_forward_post`
+ * returns for its output with `effnet_conv_post_ops.stats = 2`. The norm then reads
+ * `x` once (its apply pass) instead of twice; `y` and `saved` agree with
+ * `effnet_norm_forward`'s to float rounding. Run on `ctx`'s threads.
+ *
+ * Buffers (counts from `effnet_norm_plan_shape`): `x`, `affine`, `y`, `saved` as in
+ * `effnet_norm_forward`; `sums`, `squares`: `double [batch][channels]` each,
+ * `sums_len = batch * channels` (aligned to `double`). `workspace`: as in
+ * `effnet_norm_forward_ws` for `EFFNET_NORM_PASS_FORWARD` (NULL and 0 to let the
+ * library allocate).
+ *
+ * Errors: as `effnet_norm_forward_ws`; `EFFNET_INVALID_ARGUMENT` also for a
+ * BatchNorm plan (its statistics span the batch) and for wrongly sized, misaligned
+ * or NULL `sums` / `squares`.
+ *
+ * # Safety
+ * As `effnet_norm_forward_ws`; `sums` and `squares` point to `sums_len` readable
+ * doubles each.
+ */
+enum effnet_status effnet_norm_forward_from_sums_ws(const struct effnet_context *ctx,
+                                                    const struct effnet_norm_plan *plan,
+                                                    const float *x,
+                                                    size_t x_len,
+                                                    const float *affine,
+                                                    size_t affine_len,
+                                                    const double *sums,
+                                                    const double *squares,
+                                                    size_t sums_len,
+                                                    float *y,
+                                                    size_t y_len,
+                                                    float *saved,
+                                                    size_t saved_len,
+                                                    void *workspace,
+                                                    size_t workspace_bytes);
 
 /**
  * Element-wise `y = act(x)`, run on `ctx`'s threads; `y` is overwritten. `x` and `y`

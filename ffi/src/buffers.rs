@@ -64,6 +64,13 @@ impl Buf {
             ..Buf::input(name, ptr, len, expected)
         }
     }
+    /// A required `double` input (read with [`input_f64`]).
+    pub fn input_f64(name: &'static str, ptr: *const f64, len: usize, expected: usize) -> Buf {
+        Buf {
+            elem_bytes: size_of::<f64>(),
+            ..Buf::input(name, ptr.cast(), len, expected)
+        }
+    }
     /// A required `double` output (written with [`opt_output_f64`]).
     pub fn output_f64(name: &'static str, ptr: *mut f64, len: usize, expected: usize) -> Buf {
         Buf {
@@ -191,6 +198,17 @@ pub unsafe fn input_i64<'a>(b: &Buf) -> &'a [i64] {
     // SAFETY: non-NULL, aligned to 8 bytes, in range (checked); readable (caller's
     // promise).
     unsafe { std::slice::from_raw_parts(b.ptr.cast::<i64>(), b.len) }
+}
+
+/// The slice of a checked `double` input ([`Buf::input_f64`]).
+///
+/// # Safety
+/// As [`input`].
+pub unsafe fn input_f64<'a>(b: &Buf) -> &'a [f64] {
+    debug_assert!(b.present() && !b.output && b.elem_bytes == size_of::<f64>());
+    // SAFETY: non-NULL, aligned to 8 bytes, in range (checked); readable (caller's
+    // promise).
+    unsafe { std::slice::from_raw_parts(b.ptr.cast::<f64>(), b.len) }
 }
 
 /// The slice of a checked optional input (`None` when NULL).

@@ -380,7 +380,7 @@ unsafe fn forward_post(
     let bwt = if plain {
         Buf::input("w", w, w_len, s.w_len)
     } else {
-        packed_buf(conv, packed, packed_bytes)?
+        packed_buf("packed", conv, packed, packed_bytes)?
     };
     let stats = conv.post_ops().stats;
     let nc = s.desc.batch * s.desc.out_channels;

@@ -48,16 +48,21 @@ fn packed_bytes(floats: usize) -> Outcome<usize> {
 }
 
 /// The `packed` argument as a buffer of whole floats (at least the plan's packed size).
-pub(crate) fn packed_buf(conv: &Conv2d, ptr: *const c_void, bytes: usize) -> Outcome<Buf> {
+pub(crate) fn packed_buf(
+    name: &'static str,
+    conv: &Conv2d,
+    ptr: *const c_void,
+    bytes: usize,
+) -> Outcome<Buf> {
     let need = packed_bytes(conv.packed_weights_len())?;
     if !ptr.is_null() && bytes < need {
         return Err(Failure::invalid(format!(
-            "`packed` has {bytes} bytes, the plan's packed weights take {need} \
+            "`{name}` has {bytes} bytes, the plan's packed weights take {need} \
              (see effnet_conv_packed_weights_size)"
         )));
     }
     let floats = bytes / size_of::<f32>();
-    Ok(Buf::input("packed", ptr.cast(), floats, floats))
+    Ok(Buf::input(name, ptr.cast(), floats, floats))
 }
 
 /// Packs the weight `w` of `plan` once, into the caller's `packed` buffer of
@@ -91,7 +96,7 @@ pub unsafe extern "C" fn effnet_conv_pack_weights(
         // SAFETY: the caller's contract; handles are checked before use.
         let (ctx, conv) = unsafe { ctx_and_plan(ctx, plan) }?;
         let bw = Buf::input("w", w, w_len, conv.shape().w_len);
-        let mut bp = packed_buf(conv, packed, packed_bytes)?;
+        let mut bp = packed_buf("packed", conv, packed, packed_bytes)?;
         bp.output = true;
         buffers::check(&[bw, bp])?;
         // SAFETY: checked above; readable/writable and exclusive by the contract.
@@ -144,5 +149,56 @@ pub unsafe extern "C" fn effnet_conv_forward_packed(
             (y, y_len),
             (workspace, workspace_bytes),
         )
+    })
+}
+
+/// Writes into `out` the weights `packed` (by `effnet_conv_pack_weights` for `plan`)
+/// with each input channel scaled by `scale[ci]`: bit for bit the packing of
+/// `w'[ci][co] = w[ci][co] * scale[ci]`, in one pass over the packed weights. For a
+/// per-image input-channel gate (a squeeze-excite's) applied to a pointwise
+/// convolution's weights rather than to its input tensor: pass `out` to
+/// `effnet_conv_forward_packed` for that image. Pointwise plans (1×1, one group) only.
+///
+/// Buffers: `packed` and `out`: `packed_bytes` / `out_bytes` bytes each (at least what
+/// `effnet_conv_packed_weights_size` reports), aligned to `float`, not overlapping;
+/// `scale`: `in_channels` floats (`scale_len`).
+///
+/// Errors: `EFFNET_INVALID_ARGUMENT` for a NULL/dead/wrong-type handle, a plan of
+/// another family, weights not packed for this plan at the active SIMD level, a NULL,
+/// misaligned, overlapping or short buffer, or a wrong `scale_len`.
+///
+/// # Safety
+/// `packed` points to `packed_bytes` readable bytes, `scale` to `scale_len` readable
+/// floats and `out` to `out_bytes` writable bytes, `out` not accessed by another
+/// thread during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn effnet_conv_scale_packed_input_channels(
+    plan: *const effnet_conv_plan,
+    packed: *const c_void,
+    packed_bytes: usize,
+    scale: *const f32,
+    scale_len: usize,
+    out: *mut c_void,
+    out_bytes: usize,
+) -> effnet_status {
+    guard("effnet_conv_scale_packed_input_channels", || {
+        // SAFETY: the caller's contract; the handle is checked before use.
+        let plan = unsafe { handle::get(plan, "`plan`") }?;
+        let conv = &plan.conv;
+        let bp = packed_buf("packed", conv, packed, packed_bytes)?;
+        let bs = Buf::input("scale", scale, scale_len, conv.shape().desc.in_channels);
+        let mut bo = packed_buf("out", conv, out.cast_const(), out_bytes)?;
+        bo.output = true;
+        buffers::check(&[bp, bs, bo])?;
+        // SAFETY: checked above; readable/writable and exclusive by the contract.
+        let (packed, scale, out) = unsafe {
+            (
+                buffers::input(&bp),
+                buffers::input(&bs),
+                buffers::output(&bo),
+            )
+        };
+        conv.scale_packed_input_channels(packed, scale, out)?;
+        Ok(())
     })
 }

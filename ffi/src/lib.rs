@@ -29,6 +29,7 @@ pub mod fuzzing;
 pub mod handle;
 pub mod model;
 pub mod norm;
+pub mod norm_from_sums;
 pub mod ops;
 pub mod proxy_norm;
 pub mod sized;

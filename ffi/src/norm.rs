@@ -116,7 +116,7 @@ unsafe impl SizedStruct for effnet_norm_shape {
 /// threads at once, but not while it is being destroyed.
 pub struct effnet_norm_plan {
     magic: u64,
-    norm: Norm,
+    pub(crate) norm: Norm,
     affine: bool,
 }
 
@@ -251,7 +251,7 @@ pub unsafe extern "C" fn effnet_norm_plan_destroy(plan: *mut effnet_norm_plan) -
 }
 
 impl effnet_norm_plan {
-    fn shape(&self) -> effnet_norm_shape {
+    pub(crate) fn shape(&self) -> effnet_norm_shape {
         let c = self.norm.desc().channels;
         let bn = self.norm.desc().kind == NormKind::BatchNorm;
         effnet_norm_shape {
@@ -265,7 +265,12 @@ impl effnet_norm_plan {
     }
 
     /// The `affine` argument: required with an affine, NULL without.
-    fn affine_buf(&self, name: &'static str, ptr: *const f32, len: usize) -> Outcome<Buf> {
+    pub(crate) fn affine_buf(
+        &self,
+        name: &'static str,
+        ptr: *const f32,
+        len: usize,
+    ) -> Outcome<Buf> {
         self.affine_like(Buf::input(name, ptr, len, 2 * self.norm.desc().channels))
     }
 
@@ -321,7 +326,7 @@ pub(crate) fn store_stats(s: &NormStats, out: &mut [f32]) {
     out[2 * n..3 * n].copy_from_slice(&s.rstd);
 }
 
-fn affine_of(a: Option<&[f32]>, c: usize) -> Affine<'_> {
+pub(crate) fn affine_of(a: Option<&[f32]>, c: usize) -> Affine<'_> {
     match a {
         Some(a) => Affine::new(&a[..c], &a[c..]),
         None => Affine::NONE,
@@ -355,7 +360,7 @@ fn norm_pass_of(v: u32) -> Outcome<NormPass> {
 impl effnet_norm_plan {
     /// Runs `pass` on `ctx`'s threads, on the caller's workspace or allocating (see
     /// `buffers::run_pass`).
-    fn run<'a, R: Send>(
+    pub(crate) fn run<'a, R: Send>(
         &self,
         ctx: &effnet_context,
         pass: NormPass,

@@ -898,6 +898,140 @@ static void one_stats_run(effnet_context *ctx, effnet_conv_plan *plan, const flo
            EFFNET_OK, NULL, what);
 }
 
+/* A LayerNorm on the statistics a convolution gathered for its output `y` (sums and
+ * squares, [n][co] doubles): effnet_norm_forward_from_sums_ws gives effnet_norm_forward's
+ * y and saved statistics within float rounding, with the library's buffer and with a
+ * workspace; a BatchNorm plan and short sums are refused. */
+static void norm_from_sums_case(effnet_context *ctx, const char *name, const float *y,
+                                const double *sums, const double *squares, size_t n,
+                                size_t pixels, size_t co) {
+    char what[256];
+    effnet_norm_desc nd;
+    memset(&nd, 0, sizeof nd);
+    nd.struct_size = sizeof nd;
+    nd.batch = (int64_t)n; nd.h = (int64_t)pixels; nd.w = 1; nd.channels = (int64_t)co;
+    nd.kind = EFFNET_NORM_LAYER; nd.affine = 1; nd.activation = EFFNET_ACT_SWISH;
+    effnet_norm_plan *ln = NULL, *bn = NULL;
+    expect(effnet_norm_plan_create(ctx, &nd, &ln), EFFNET_OK, NULL, "from sums: LN plan");
+    nd.kind = EFFNET_NORM_BATCH;
+    expect(effnet_norm_plan_create(ctx, &nd, &bn), EFFNET_OK, NULL, "from sums: BN plan");
+    if (ln == NULL || bn == NULL) return;
+    effnet_norm_shape s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    expect(effnet_norm_plan_shape(ln, &s), EFFNET_OK, NULL, "from sums: shape");
+    size_t len = s.x_len, nc = n * co, wsbytes = 0;
+    expect(effnet_norm_workspace_size(ctx, ln, EFFNET_NORM_PASS_FORWARD, &wsbytes), EFFNET_OK,
+           NULL, "from sums: workspace size");
+    float *affine = random_floats(s.affine_len);
+    float *want = filled(len, NAN), *got = filled(len, NAN), *ws = filled(wsbytes / 4 + 1, NAN);
+    float *saved_want = filled(s.saved_len, NAN), *saved = filled(s.saved_len, NAN);
+    expect(effnet_norm_forward(ctx, ln, y, len, affine, s.affine_len, want, len, saved_want,
+                               s.saved_len),
+           EFFNET_OK, NULL, "from sums: the norm's own forward");
+    double *want64 = calloc(len, sizeof *want64), *saved64 = calloc(s.saved_len, sizeof *saved64);
+    for (size_t i = 0; i < len; i++) want64[i] = want[i];
+    for (size_t i = 0; i < s.saved_len; i++) saved64[i] = saved_want[i];
+    for (int with_ws = 0; with_ws < 2; with_ws++) {
+        snprintf(what, sizeof what, "%s from sums (%s)", name,
+                 with_ws ? "caller workspace" : "library buffer");
+        expect(effnet_norm_forward_from_sums_ws(ctx, ln, y, len, affine, s.affine_len, sums,
+                                                squares, nc, got, len, saved, s.saved_len,
+                                                with_ws ? ws : NULL, with_ws ? wsbytes : 0),
+               EFFNET_OK, NULL, what);
+        snprintf(what, sizeof what, "%s from sums: y equals the norm's forward", name);
+        expect_close(got, want64, NULL, len, 1.0, what);
+        snprintf(what, sizeof what, "%s from sums: saved statistics equal", name);
+        expect_close(saved, saved64, NULL, s.saved_len, 1.0, what);
+    }
+    expect(effnet_norm_forward_from_sums_ws(ctx, ln, y, len, affine, s.affine_len, sums,
+                                            squares, nc - 1, got, len, saved, s.saved_len,
+                                            NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "sums", "from sums: short sums");
+    expect(effnet_norm_forward_from_sums_ws(ctx, ln, y, len, affine, s.affine_len, sums, NULL,
+                                            nc, got, len, saved, s.saved_len, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "squares", "from sums: NULL squares");
+    effnet_norm_shape bs;
+    memset(&bs, 0, sizeof bs);
+    bs.struct_size = sizeof bs;
+    expect(effnet_norm_plan_shape(bn, &bs), EFFNET_OK, NULL, "from sums: BN shape");
+    float *bsaved = filled(bs.saved_len, NAN);
+    expect(effnet_norm_forward_from_sums_ws(ctx, bn, y, len, affine, bs.affine_len, sums,
+                                            squares, nc, got, len, bsaved, bs.saved_len, NULL,
+                                            0),
+           EFFNET_INVALID_ARGUMENT, "per-sample", "from sums: BatchNorm refused");
+    expect(effnet_norm_plan_destroy(ln), EFFNET_OK, NULL, "from sums: destroy");
+    expect(effnet_norm_plan_destroy(bn), EFFNET_OK, NULL, "from sums: destroy");
+    free(affine); free(want); free(got); free(ws); free(saved_want); free(saved);
+    free(want64); free(saved64); free(bsaved);
+}
+
+/* Packed pointwise weights scaled per input channel (a squeeze-excite gate on the
+ * weights): the packing of the scaled weights, bit for bit, and the forward pass of
+ * the gated input within float rounding; other families, short and unpacked buffers
+ * are refused. */
+static void scaled_case(const conv_case *c, effnet_context *ctx) {
+    char what[256];
+    effnet_conv_plan *plan = NULL;
+    expect(effnet_conv_plan_create(ctx, &c->desc, &plan), EFFNET_OK, NULL, "scaled: plan");
+    if (plan == NULL) return;
+    effnet_conv_shape s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    expect(effnet_conv_plan_shape(plan, &s), EFFNET_OK, NULL, "scaled: shape");
+    size_t ci = (size_t)c->desc.in_channels, co = (size_t)c->desc.out_channels;
+    size_t pbytes = 0;
+    expect(effnet_conv_packed_weights_size(plan, &pbytes), EFFNET_OK, NULL, "scaled: size");
+    float *x = random_floats(s.x_len), *w = random_floats(s.w_len), *g = random_floats(ci);
+    for (size_t i = 0; i < ci; i++) g[i] = 0.5f + 0.45f * g[i];
+    float *packed = filled(pbytes / 4, 0), *out = filled(pbytes / 4, NAN);
+    float *want_p = filled(pbytes / 4, NAN), *gw = filled(s.w_len, 0);
+    expect(effnet_conv_pack_weights(ctx, plan, w, s.w_len, packed, pbytes), EFFNET_OK, NULL,
+           "scaled: pack");
+    effnet_status st =
+        effnet_conv_scale_packed_input_channels(plan, packed, pbytes, g, ci, out, pbytes);
+    if (c->family != EFFNET_CONV_POINTWISE) {
+        snprintf(what, sizeof what, "%s scaled: refused for this family", c->name);
+        expect(st, EFFNET_INVALID_ARGUMENT, "pointwise", what);
+    } else {
+        snprintf(what, sizeof what, "%s scaled: scale the packed weights", c->name);
+        expect(st, EFFNET_OK, NULL, what);
+        for (size_t i = 0; i < s.w_len; i++) gw[i] = w[i] * g[i / co];
+        expect(effnet_conv_pack_weights(ctx, plan, gw, s.w_len, want_p, pbytes), EFFNET_OK,
+               NULL, "scaled: pack the scaled weights");
+        snprintf(what, sizeof what, "%s scaled: the packing of the scaled weights", c->name);
+        check(memcmp(out, want_p, pbytes) == 0, what, "bits differ");
+        float *y = filled(s.y_len, NAN), *yg = filled(s.y_len, NAN), *gx = filled(s.x_len, 0);
+        for (size_t i = 0; i < s.x_len; i++) gx[i] = x[i] * g[i % ci];
+        expect(effnet_conv_forward_packed(ctx, plan, x, s.x_len, out, pbytes, NULL, 0, y,
+                                          s.y_len, NULL, 0),
+               EFFNET_OK, NULL, "scaled: forward on the scaled weights");
+        expect(effnet_conv_forward(ctx, plan, gx, s.x_len, w, s.w_len, NULL, 0, yg, s.y_len),
+               EFFNET_OK, NULL, "scaled: forward of the gated input");
+        double *yg64 = calloc(s.y_len, sizeof *yg64);
+        for (size_t i = 0; i < s.y_len; i++) yg64[i] = yg[i];
+        snprintf(what, sizeof what, "%s scaled: forward equals the gated input's", c->name);
+        expect_close(y, yg64, NULL, s.y_len, 1.0, what);
+        expect(effnet_conv_scale_packed_input_channels(plan, packed, pbytes, g, ci - 1, out,
+                                                       pbytes),
+               EFFNET_INVALID_ARGUMENT, "scale", "scaled: short scale");
+        expect(effnet_conv_scale_packed_input_channels(plan, packed, pbytes, g, ci, out,
+                                                       pbytes - 4),
+               EFFNET_INVALID_ARGUMENT, "out", "scaled: short out");
+        expect(effnet_conv_scale_packed_input_channels(plan, want_p, pbytes, g, ci, want_p,
+                                                       pbytes),
+               EFFNET_INVALID_ARGUMENT, NULL, "scaled: out overlaps packed");
+        for (size_t i = 0; i < pbytes / 4; i++) want_p[i] = 0.5f;
+        expect(effnet_conv_scale_packed_input_channels(plan, want_p, pbytes, g, ci, out,
+                                                       pbytes),
+               EFFNET_INVALID_ARGUMENT, "pack", "scaled: not packed");
+        free(y); free(yg); free(gx); free(yg64);
+    }
+    expect(effnet_conv_plan_destroy(plan), EFFNET_OK, NULL, "scaled: destroy");
+    free(x); free(w); free(g); free(packed); free(out); free(want_p); free(gw);
+}
+
+
 static void stats_case(const conv_case *c, effnet_context *ctx1, effnet_context *ctx3) {
     char what[256];
     effnet_conv_post_ops post;
@@ -964,6 +1098,7 @@ static void stats_case(const conv_case *c, effnet_context *ctx1, effnet_context 
     snprintf(what, sizeof what, "%s stats: sums equal the double sums (rel %.2g)", c->name,
              worst);
     check(worst < 1e-5, what, "too far");
+    norm_from_sums_case(ctx3, c->name, want, s1, q1, n, pixels, co);
     /* Misuse. */
     effnet_conv_post_args args;
     memset(&args, 0, sizeof args);
@@ -1050,6 +1185,7 @@ int main(void) {
         run_case(&cases[i], ctx1, ctx3);
         fused_case(&cases[i], ctx3);
         stats_case(&cases[i], ctx1, ctx3);
+        scaled_case(&cases[i], ctx3);
     }
     misuse(ctx3);
     ops_tests(ctx3);
