@@ -463,6 +463,12 @@ impl Gemm<'_> {
             }
         };
         let tab = table(level);
+        if 2 * m * n * k <= SERIAL_FLOP || rayon::current_num_threads() == 1 {
+            // Too small to pay for waking the pool (the squeeze-excite's dense
+            // layers on one image): one task, the same bits.
+            run_block(tab, self, c.as_mut_ptr(), 0..m, panels);
+            return;
+        }
         let (row_block, panel_group) = split(m, n, k, panels.len());
         // The last block takes the remainder (rather than a sliver of its own).
         let row_blocks = (m / row_block).max(1);
@@ -504,6 +510,10 @@ impl Gemm<'_> {
         run_block(table(level), self, c.as_mut_ptr(), 0..self.m, ps);
     }
 }
+
+/// Products of at most this many flops run on the calling thread: a few microseconds
+/// of work, less than handing tasks to the pool and waiting for them costs.
+const SERIAL_FLOP: usize = 1 << 18;
 
 /// Work split: rows per block (a multiple of 24, which every tile height divides) and
 /// panels per group. Blocks of at least 96 rows, so that a panel of `B` brought into
