@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use super::parallel::{chunk_len, partials_len, reduce_chunks_in};
-use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch};
+use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch, load_n};
 
 /// Adds `rows` rows at `m` (`stride` floats apart, each read for its first `cols =
 /// sums.len()` floats) into `sums` (`sums[c] += Σ_r m[r·stride + c]`), the rows in
@@ -24,6 +24,8 @@ impl SimdKernel for AddRows<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
+        // No closures here: they would not inherit the caller's target features,
+        // and their intrinsics would be calls.
         let (cols, stride, l) = (self.sums.len(), self.stride, S::LANES);
         let mut squares = self.squares;
         let shifted = squares.is_some();
@@ -31,28 +33,20 @@ impl SimdKernel for AddRows<'_> {
         while c0 < cols {
             let width = (cols - c0).min(4 * l);
             let nv = width.div_ceil(l);
-            // SAFETY (both loads): `r < rows` and `c0 + v·L + n ≤ cols`: an element
-            // the caller of `add_rows_raw` vouches for.
-            let load = |r: usize, v: usize| unsafe {
-                let n = (width - v * l).min(l);
-                let p = self.m.add(r * stride + c0 + v * l);
-                if n == l {
-                    s.load_ptr(p)
-                } else {
-                    s.load_partial_ptr(p, n)
-                }
-            };
             let mut shift = [s.zero(); 4];
-            if shifted {
-                for (v, sh) in shift.iter_mut().enumerate().take(nv) {
-                    *sh = load(0, v);
-                }
-            }
             let mut a = [s.zero(); 4];
             let mut q = [s.zero(); 4];
+            // SAFETY (every load): `r < rows` and `c0 + v·L + n ≤ cols` with `n =
+            // min(width − v·L, L)`: elements the caller of `add_rows_raw` vouches for.
+            if shifted {
+                for (v, sh) in shift.iter_mut().enumerate().take(nv) {
+                    *sh = unsafe { load_n(s, self.m.add(c0 + v * l), width - v * l) };
+                }
+            }
             for r in 0..self.rows {
+                let row = self.m.wrapping_add(r * stride + c0);
                 for v in 0..nv {
-                    let x = load(r, v);
+                    let x = unsafe { load_n(s, row.add(v * l), width - v * l) };
                     if shifted {
                         let d = s.sub(x, shift[v]);
                         a[v] = s.add(a[v], d);
@@ -62,21 +56,24 @@ impl SimdKernel for AddRows<'_> {
                     }
                 }
             }
-            let add_into = |out: &mut [f32], acc: [S::V; 4]| {
-                for (o, a) in out.chunks_mut(l).zip(acc) {
-                    let prev = s.load_upto(o);
-                    s.store_upto(o, s.add(prev, a));
-                }
-            };
-            add_into(&mut self.sums[c0..c0 + width], a);
+            add_vectors(s, &mut self.sums[c0..c0 + width], &a);
             if let Some((sq, sh)) = squares.as_mut() {
-                add_into(&mut sq[c0..c0 + width], q);
-                for (o, v) in sh[c0..c0 + width].chunks_mut(l).zip(shift) {
+                add_vectors(s, &mut sq[c0..c0 + width], &q);
+                for (o, &v) in sh[c0..c0 + width].chunks_mut(l).zip(&shift) {
                     s.store_upto(o, v);
                 }
             }
             c0 += width;
         }
+    }
+}
+
+/// `out[i] += acc[i / L][i % L]` over `out` (at most `4·L` floats).
+#[inline(always)]
+fn add_vectors<S: Simd>(s: S, out: &mut [f32], acc: &[S::V; 4]) {
+    for (o, &a) in out.chunks_mut(S::LANES).zip(acc) {
+        let prev = s.load_upto(o);
+        s.store_upto(o, s.add(prev, a));
     }
 }
 

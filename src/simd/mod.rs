@@ -373,6 +373,24 @@ pub trait SimdKernel {
     fn run<S: Simd>(self, s: S) -> Self::Output;
 }
 
+/// Loads `n` floats at `p` (all `LANES` when `n ≥ LANES`; missing lanes are zero): a
+/// free function, so that microkernels inline it under their target features where a
+/// closure would not be.
+///
+/// # Safety
+/// `min(n, LANES)` floats must be readable at `p`.
+#[inline(always)]
+pub(crate) unsafe fn load_n<S: Simd>(s: S, p: *const f32, n: usize) -> S::V {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if n >= S::LANES {
+            s.load_ptr(p)
+        } else {
+            s.load_partial_ptr(p, n)
+        }
+    }
+}
+
 /// The vector width (`f32` lanes) [`dispatch`] runs a kernel with at `level`: the
 /// level clamped to what the CPU supports (and, off x86-64, to the portable level).
 /// Kernels that size buffers outside the dispatched body use this, so the size agrees

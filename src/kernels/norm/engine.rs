@@ -19,27 +19,11 @@
 //! accuracy; the callers combine chunk partials in a fixed order.
 
 use crate::kernels::activation::Act;
-use crate::simd::{Simd, SimdKernel};
+use crate::simd::{Simd, SimdKernel, load_n as ld};
 use std::marker::PhantomData;
 
 /// Rows accumulated in `f32` registers before they are added into the `f64` partials.
 pub(crate) const FLUSH_ROWS: usize = 128;
-
-/// Loads `n` floats (all `LANES` when `n ≥ LANES`; missing lanes are zero).
-///
-/// # Safety
-/// `min(n, LANES)` floats must be readable at `p`.
-#[inline(always)]
-unsafe fn ld<S: Simd>(s: S, p: *const f32, n: usize) -> S::V {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        if n >= S::LANES {
-            s.load_ptr(p)
-        } else {
-            s.load_partial_ptr(p, n)
-        }
-    }
-}
 
 /// Stores the first `min(n, LANES)` lanes.
 ///
