@@ -7,15 +7,17 @@ use crate::simd::{Simd, SimdKernel, SimdLevel, dispatch, load_n};
 
 /// Adds `rows` rows at `m` (`stride` floats apart, each read for its first `cols =
 /// sums.len()` floats) into `sums` (`sums[c] += Σ_r m[r·stride + c]`), the rows in
-/// order. With `squares = Some((q, shift))`, the sums are shifted by the first row
-/// instead — `shift[c] = m[c]`, `sums[c] += Σ_r (m[r·stride + c] − shift[c])`,
-/// `q[c] += Σ_r (m[r·stride + c] − shift[c])²` — so that a variance taken from them
-/// does not cancel. Reads through the pointer only the elements it names, so other
-/// threads may write the rest meanwhile.
+/// order; with `overwrite`, writes the sums instead (`sums[c] = Σ_r …`). With `squares
+/// = Some((q, shift))`, the sums are shifted by the first row — `shift[c] = m[c]`,
+/// `sums[c] (+)= Σ_r (m[r·stride + c] − shift[c])`, `q[c] (+)= Σ_r (m[r·stride + c] −
+/// shift[c])²` — so that a variance taken from them does not cancel. Reads through
+/// the pointer only the elements it names, so other threads may write the rest
+/// meanwhile.
 struct AddRows<'a> {
     m: *const f32,
     rows: usize,
     stride: usize,
+    overwrite: bool,
     sums: &'a mut [f32],
     squares: Option<(&'a mut [f32], &'a mut [f32])>,
 }
@@ -28,52 +30,112 @@ impl SimdKernel for AddRows<'_> {
         // and their intrinsics would be calls.
         let (cols, stride, l) = (self.sums.len(), self.stride, S::LANES);
         let mut squares = self.squares;
-        let shifted = squares.is_some();
         let mut c0 = 0;
         while c0 < cols {
             let width = (cols - c0).min(4 * l);
-            let nv = width.div_ceil(l);
-            let mut shift = [s.zero(); 4];
-            let mut a = [s.zero(); 4];
-            let mut q = [s.zero(); 4];
-            // SAFETY (every load): `r < rows` and `c0 + v·L + n ≤ cols` with `n =
-            // min(width − v·L, L)`: elements the caller of `add_rows_raw` vouches for.
-            if shifted {
-                for (v, sh) in shift.iter_mut().enumerate().take(nv) {
-                    *sh = unsafe { load_n(s, self.m.add(c0 + v * l), width - v * l) };
+            let at = self.m.wrapping_add(c0);
+            // SAFETY: every element read is `m + r·stride + c` with `r < rows`, `c0 ≤ c
+            // < c0 + width ≤ cols`: the caller of `add_rows_raw` vouches for them.
+            let (a, q, shift) = unsafe {
+                match (width == 4 * l, squares.is_some()) {
+                    (true, false) => block::<S, true, false>(s, at, self.rows, stride, width),
+                    (true, true) => block::<S, true, true>(s, at, self.rows, stride, width),
+                    (false, false) => block::<S, false, false>(s, at, self.rows, stride, width),
+                    (false, true) => block::<S, false, true>(s, at, self.rows, stride, width),
                 }
-            }
-            for r in 0..self.rows {
-                let row = self.m.wrapping_add(r * stride + c0);
-                for v in 0..nv {
-                    let x = unsafe { load_n(s, row.add(v * l), width - v * l) };
-                    if shifted {
-                        let d = s.sub(x, shift[v]);
-                        a[v] = s.add(a[v], d);
-                        q[v] = s.mul_add(d, d, q[v]);
-                    } else {
-                        a[v] = s.add(a[v], x);
-                    }
-                }
-            }
-            add_vectors(s, &mut self.sums[c0..c0 + width], &a);
+            };
+            put_vectors(s, &mut self.sums[c0..c0 + width], &a, self.overwrite);
             if let Some((sq, sh)) = squares.as_mut() {
-                add_vectors(s, &mut sq[c0..c0 + width], &q);
-                for (o, &v) in sh[c0..c0 + width].chunks_mut(l).zip(&shift) {
-                    s.store_upto(o, v);
-                }
+                put_vectors(s, &mut sq[c0..c0 + width], &q, self.overwrite);
+                put_vectors(s, &mut sh[c0..c0 + width], &shift, true);
             }
             c0 += width;
         }
     }
 }
 
-/// `out[i] += acc[i / L][i % L]` over `out` (at most `4·L` floats).
+/// Up to four vectors of column sums, squares and shifts.
+type Block<S> = (
+    [<S as Simd>::V; 4],
+    [<S as Simd>::V; 4],
+    [<S as Simd>::V; 4],
+);
+
+/// The column sums of `width ≤ 4·L` columns at `m` over `rows` rows `stride` floats
+/// apart, in registers: the sums, and with `SHIFT` the sums and squares shifted by the
+/// first row and that row. `FULL` (`width = 4·L`): whole vectors, no tail checks.
+///
+/// # Safety
+/// Every `m + r·stride + c` for `r < rows`, `c < width` must be readable.
 #[inline(always)]
-fn add_vectors<S: Simd>(s: S, out: &mut [f32], acc: &[S::V; 4]) {
+unsafe fn block<S: Simd, const FULL: bool, const SHIFT: bool>(
+    s: S,
+    m: *const f32,
+    rows: usize,
+    stride: usize,
+    width: usize,
+) -> Block<S> {
+    let l = S::LANES;
+    let nv = if FULL { 4 } else { width.div_ceil(l) };
+    let n = |v: usize| if FULL { l } else { width - v * l };
+    let (mut a, mut q, mut shift) = ([s.zero(); 4], [s.zero(); 4], [s.zero(); 4]);
+    // SAFETY (every load): `r < rows`, `v·L + min(n(v), L) ≤ width`: elements the
+    // caller vouches for.
+    if SHIFT {
+        for (v, sh) in shift.iter_mut().enumerate().take(nv) {
+            *sh = unsafe { load_n(s, m.add(v * l), n(v)) };
+        }
+    }
+    // Even and odd rows in separate accumulators (two dependency chains per vector),
+    // added at the end: a fixed order, whoever calls.
+    let (mut a1, mut q1) = ([s.zero(); 4], [s.zero(); 4]);
+    let mut r = 0;
+    while r < rows {
+        let two = r + 1 < rows;
+        let row = m.wrapping_add(r * stride);
+        for v in 0..nv {
+            let x = unsafe { load_n(s, row.add(v * l), n(v)) };
+            if SHIFT {
+                let d = s.sub(x, shift[v]);
+                a[v] = s.add(a[v], d);
+                q[v] = s.mul_add(d, d, q[v]);
+            } else {
+                a[v] = s.add(a[v], x);
+            }
+        }
+        if two {
+            let row = row.wrapping_add(stride);
+            for v in 0..nv {
+                let x = unsafe { load_n(s, row.add(v * l), n(v)) };
+                if SHIFT {
+                    let d = s.sub(x, shift[v]);
+                    a1[v] = s.add(a1[v], d);
+                    q1[v] = s.mul_add(d, d, q1[v]);
+                } else {
+                    a1[v] = s.add(a1[v], x);
+                }
+            }
+        }
+        r += 2;
+    }
+    for v in 0..nv {
+        a[v] = s.add(a[v], a1[v]);
+        q[v] = s.add(q[v], q1[v]);
+    }
+    (a, q, shift)
+}
+
+/// `out[i] (+)= acc[i / L][i % L]` over `out` (at most `4·L` floats): added, or
+/// written with `overwrite`.
+#[inline(always)]
+fn put_vectors<S: Simd>(s: S, out: &mut [f32], acc: &[S::V; 4], overwrite: bool) {
     for (o, &a) in out.chunks_mut(S::LANES).zip(acc) {
-        let prev = s.load_upto(o);
-        s.store_upto(o, s.add(prev, a));
+        let v = if overwrite {
+            a
+        } else {
+            s.add(s.load_upto(o), a)
+        };
+        s.store_upto(o, v);
     }
 }
 
@@ -84,12 +146,13 @@ pub(crate) fn add_rows(level: SimdLevel, m: &[f32], acc: &mut [f32]) {
     if cols > 0 {
         debug_assert!(m.len().is_multiple_of(cols));
         // SAFETY: `m.len() / cols` whole rows of `cols` floats, all in `m`.
-        unsafe { add_rows_raw(level, m.as_ptr(), m.len() / cols, cols, acc, None) };
+        unsafe { add_rows_raw(level, m.as_ptr(), (m.len() / cols, cols), false, acc, None) };
     }
 }
 
-/// `sums[c] += Σ_r m[r·stride + c]` for `c < sums.len()` and `r < rows`, in row order,
-/// on one thread; with `squares = Some((q, shift))`, shifted by the first row:
+/// `sums[c] += Σ_r m[r·stride + c]` (`=` with `overwrite`) for `c < sums.len()` and `r
+/// < rows`, in row order, on one thread; with `squares = Some((q, shift))`, shifted by
+/// the first row:
 /// `shift[c] = m[c]` and the sums and `q` (squares) accumulate `m[r·stride + c] −
 /// shift[c]` and its square.
 ///
@@ -99,8 +162,8 @@ pub(crate) fn add_rows(level: SimdLevel, m: &[f32], acc: &mut [f32]) {
 pub(crate) unsafe fn add_rows_raw(
     level: SimdLevel,
     m: *const f32,
-    rows: usize,
-    stride: usize,
+    (rows, stride): (usize, usize),
+    overwrite: bool,
     sums: &mut [f32],
     squares: Option<(&mut [f32], &mut [f32])>,
 ) {
@@ -118,6 +181,7 @@ pub(crate) unsafe fn add_rows_raw(
                 m,
                 rows,
                 stride,
+                overwrite,
                 sums,
                 squares,
             },
@@ -254,16 +318,11 @@ impl RowStats {
                     |k: usize| std::slice::from_raw_parts_mut(self.part.add(k * plane + at), cols);
                 (part(0), self.squares.then(|| (part(1), part(2))))
             };
-            sums.fill(0.0);
-            let squares = squares.map(|(q, sh)| {
-                q.fill(0.0);
-                (q, sh)
-            });
             // SAFETY: row `r`'s pixels of `chans` are finished and this task's (caller
             // contract); `y` points at row `rows.start`.
             unsafe {
                 let p = y.add(i * row_len + chans.start);
-                add_rows_raw(self.level, p, self.ow, c, sums, squares);
+                add_rows_raw(self.level, p, (self.ow, c), true, sums, squares);
             }
         }
     }
@@ -312,11 +371,14 @@ impl RowStats {
                         .zip(q_part[r.clone()].chunks_exact(c))
                         .zip(sh_part[r].chunks_exact(c));
                     for ((sr, qr), ar) in rows {
-                        for ch in 0..c {
-                            let (sv, qv, a) =
-                                (f64::from(sr[ch]), f64::from(qr[ch]), f64::from(ar[ch]));
-                            so[ch] += sv + p * a;
-                            qo[ch] += qv + 2.0 * a * sv + p * a * a;
+                        let each = so
+                            .iter_mut()
+                            .zip(qo.iter_mut())
+                            .zip(sr.iter().zip(qr).zip(ar));
+                        for ((so, qo), ((&sv, &qv), &a)) in each {
+                            let (sv, qv, a) = (f64::from(sv), f64::from(qv), f64::from(a));
+                            *so += sv + p * a;
+                            *qo += qv + 2.0 * a * sv + p * a * a;
                         }
                     }
                 }

@@ -16,10 +16,10 @@
 //! the plan moves against the unfused pass.
 //!
 //! Norms with per-sample statistics (GroupNorm, LayerNorm + Proxy Norm) cannot fold:
-//! they run after their convolution as one statistics pass and one apply pass over
-//! each image (in cache: the layers are planned for a small group), with their plans made
-//! once and Proxy Norm's correction computed once from its parameters; a delayed
-//! proxy scale is folded into the projection's weights.
+//! their convolution gathers each image's channel sums and sums of squares as it
+//! writes its output (the statistics post-op), and the norm then makes one apply pass
+//! over it, with its plan made once and Proxy Norm's correction computed once from its
+//! parameters; a delayed proxy scale is folded into the projection's weights.
 //!
 //! A batch runs in groups of up to 4 images on image lanes (see `lanes`), one per
 //! thread: a group's activations stay in its core's caches from layer to layer, and
@@ -45,8 +45,8 @@ pub(crate) struct FusedConv {
     packed: Vec<f32>,
     bias: Vec<f32>,
     /// The per-sample norm (+ activation) applied to the convolution's output, which
-    /// then waits in the first floats of the workspace; the residual is added after
-    /// it.
+    /// then waits in the first floats of the workspace (the statistics the
+    /// convolution gathered for it after it); the residual is added after the norm.
     norm: Option<SampleNorm>,
     residual_after_norm: bool,
     /// Whether its input arrives ungated with a per-image input-channel gate that
@@ -58,6 +58,12 @@ pub(crate) struct FusedConv {
 /// per-sample norm, rounded up to a cache line.
 fn pre_len(y_len: usize) -> usize {
     y_len.div_ceil(16) * 16
+}
+
+/// Floats of workspace after the output that hold the norm's statistics as `f64`:
+/// sums and squares, `nc = N·C` each, plus one float to align them.
+fn stats_len(nc: usize) -> usize {
+    (4 * nc + 1).div_ceil(16) * 16
 }
 
 impl FusedConv {
@@ -74,11 +80,19 @@ impl FusedConv {
             InferNorm::Folded((sc, sh, act)) => FusedConv::new(desc, w, (&sc, &sh), act, residual),
             InferNorm::Sample(norm) => {
                 let co = desc.out_channels;
-                let mut c =
+                let c =
                     FusedConv::new(desc, w, (&vec![1.0; co], &[]), Activation::Identity, false)?;
-                c.norm = Some(*norm);
-                c.residual_after_norm = residual;
-                Ok(c)
+                // The convolution gathers the norm's statistics as it writes its output.
+                let post = PostOps {
+                    stats: ChannelStats::SumsAndSquares,
+                    ..c.conv.post_ops()
+                };
+                Ok(FusedConv {
+                    conv: c.conv.with_post_ops(post),
+                    norm: Some(*norm),
+                    residual_after_norm: residual,
+                    ..c
+                })
             }
         }
     }
@@ -99,7 +113,7 @@ impl FusedConv {
         let conv = self.conv.workspace_len(ConvPass::Forward, threads);
         let run = match &self.norm {
             None => conv,
-            Some(n) => pre_len(self.y_len()) + conv.max(n.workspace_len()),
+            Some(n) => pre_len(self.y_len()) + stats_len(self.nc()) + conv.max(n.workspace_len()),
         };
         run + usize::from(self.gated) * pre_len(self.packed.len())
     }
@@ -200,6 +214,12 @@ impl FusedConv {
         self.conv.shape().y_len
     }
 
+    /// Images × output channels: the length of each per-image channel statistic.
+    fn nc(&self) -> usize {
+        let d = &self.conv.shape().desc;
+        d.batch * d.out_channels
+    }
+
     /// The planned convolution.
     pub(super) fn conv(&self) -> &Conv2d {
         &self.conv
@@ -215,15 +235,16 @@ impl FusedConv {
     /// pass reading and writing its output, then a residual add reading two tensors and
     /// writing one).
     ///
-    /// With a per-sample norm both count the same: the norm's statistics pass reads
-    /// the output, its apply pass reads it and writes the result, and the residual
-    /// add reads two tensors and writes one.
+    /// With a per-sample norm the fused pass gathers the norm's statistics in the
+    /// convolution, so only the norm's apply pass reads the output and writes the
+    /// result; unfused, a statistics pass reads it first. The residual add reads two
+    /// tensors and writes one in both.
     fn traffic(&self) -> (usize, usize) {
         let s = self.conv.shape();
         let conv = s.x_len + self.packed.len() + s.y_len;
         if self.norm.is_some() {
-            let t = conv + 3 * s.y_len + 3 * usize::from(self.residual_after_norm) * s.y_len;
-            return (t, t);
+            let t = conv + 2 * s.y_len + 3 * usize::from(self.residual_after_norm) * s.y_len;
+            return (t, t + s.y_len);
         }
         let res = usize::from(self.conv.post_ops().residual);
         (conv + res * s.y_len, conv + 2 * s.y_len + 3 * res * s.y_len)
@@ -249,7 +270,7 @@ impl FusedConv {
 
     /// Whether [`FusedConv::run_squeezed`] is the way to run it.
     pub(super) fn squeezes(&self) -> bool {
-        self.conv.post_ops().stats != ChannelStats::None
+        self.norm.is_none() && self.conv.post_ops().stats != ChannelStats::None
     }
 
     /// [`FusedConv::run`] for a [`FusedConv::squeezing`] convolution: also writes each
@@ -300,17 +321,27 @@ impl FusedConv {
         let Some(norm) = &self.norm else {
             return self.conv.forward_fused(x, w, bias, residual, y, Some(ws));
         };
-        if ws.len() < pre_len(y.len()) {
+        let nc = self.nc();
+        let front = pre_len(y.len()) + stats_len(nc);
+        if ws.len() < front {
             return Err(Error::BufferSize {
                 name: "workspace",
-                expected: pre_len(y.len()),
+                expected: front,
                 actual: ws.len(),
             });
         }
         let (pre, rest) = ws.split_at_mut(pre_len(y.len()));
+        let (st, rest) = rest.split_at_mut(stats_len(nc));
         let pre = &mut pre[..y.len()];
-        self.conv.forward_fused(x, w, bias, None, pre, Some(rest))?;
-        norm.run(pre, y, rest)?;
+        let (_, st, _) = bytemuck::pod_align_to_mut::<f32, f64>(st);
+        let (sums, squares) = st[..2 * nc].split_at_mut(nc);
+        let args = PostArgs {
+            sums: Some(&mut *sums),
+            squares: Some(&mut *squares),
+            ..PostArgs::default()
+        };
+        self.conv.forward_post(x, w, bias, args, pre, Some(rest))?;
+        norm.run(pre, Some((sums, squares)), y, rest)?;
         if let (Some(r), true) = (residual, self.residual_after_norm) {
             for (o, &a) in y.iter_mut().zip(r) {
                 *o += a;

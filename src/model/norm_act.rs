@@ -35,9 +35,10 @@ pub(crate) type Folded = (Vec<f32>, Vec<f32>, Activation);
 
 /// A norm with per-sample statistics (GroupNorm, LayerNorm, with or without Proxy
 /// Norm) prepared for inference on one shape: its plan made once, its parameters
-/// copied and, for Proxy Norm, the proxy correction computed once. Each pass is the
-/// statistics pass over the input and the apply pass (normalize, affine, activation,
-/// proxy correction).
+/// copied and, for Proxy Norm, the proxy correction computed once. Each pass takes
+/// the statistics its producing convolution gathered (or makes a statistics pass over
+/// the input) and runs the apply pass (normalize, affine, activation, proxy
+/// correction).
 #[derive(Debug)]
 pub(crate) enum SampleNorm {
     /// GroupNorm or LayerNorm (+ activation) with its affine parameters.
@@ -71,8 +72,17 @@ impl SampleNorm {
         }
     }
 
-    /// `z` (overwritten) from `x`, as [`NormAct::forward`] in inference gives it.
-    pub(crate) fn run(&self, x: &[f32], z: &mut [f32], ws: &mut [f32]) -> Result<()> {
+    /// `z` (overwritten) from `x`, as [`NormAct::forward`] in inference gives it; its
+    /// statistics from `sums` (each sample's channel sums and sums of squares of `x`,
+    /// `[N][C]` each, as the producing convolution's statistics post-op gathers them)
+    /// when given — one pass over `x` — else from `x` itself (two passes).
+    pub(crate) fn run(
+        &self,
+        x: &[f32],
+        sums: Option<(&[f64], &[f64])>,
+        z: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
         match self {
             SampleNorm::Plain { norm, gamma, beta } => {
                 let affine = Affine {
@@ -80,11 +90,21 @@ impl SampleNorm {
                     beta: beta.as_deref(),
                 };
                 let mut stats = norm.new_stats();
-                norm.forward_with_workspace(x, affine, z, &mut stats, ws)
+                match sums {
+                    Some(s) => {
+                        norm.forward_from_sums_with_workspace(x, affine, s, z, &mut stats, ws)
+                    }
+                    None => norm.forward_with_workspace(x, affine, z, &mut stats, ws),
+                }
             }
             SampleNorm::Proxy { op, prepared } => {
                 let mut stats = op.norm().new_stats();
-                op.forward_prepared_with_workspace(x, prepared, z, &mut stats, ws)
+                match sums {
+                    Some(s) => op.forward_prepared_from_sums_with_workspace(
+                        x, prepared, s, z, &mut stats, ws,
+                    ),
+                    None => op.forward_prepared_with_workspace(x, prepared, z, &mut stats, ws),
+                }
             }
         }
     }
