@@ -544,14 +544,7 @@ impl Conv2d {
     /// Errors: [`crate::Error::BufferSize`] naming `"weight"` or `"packed weights"`.
     pub fn pack_weights(&self, w: &[f32], packed: &mut [f32]) -> Result<()> {
         check_len("weight", w.len(), self.shape.w_len)?;
-        let need = self.packed_weights_len();
-        if packed.len() < need {
-            return Err(Error::BufferSize {
-                name: "packed weights",
-                expected: need,
-                actual: packed.len(),
-            });
-        }
+        let need = self.packed_room(packed.len())?;
         let (head, body) = packed[..need].split_at_mut(PACK_HEADER);
         head.copy_from_slice(&self.pack_header());
         self.kernels().pack(w, body);
@@ -598,14 +591,7 @@ impl Conv2d {
     ) -> Result<()> {
         let body = self.packed_body(packed)?;
         check_len("scale", scale.len(), self.shape.desc.in_channels)?;
-        let need = self.packed_weights_len();
-        if out.len() < need {
-            return Err(Error::BufferSize {
-                name: "packed weights",
-                expected: need,
-                actual: out.len(),
-            });
-        }
+        let need = self.packed_room(out.len())?;
         let (head, rest) = out[..need].split_at_mut(PACK_HEADER);
         if !self.kernels().scale_packed_inputs(body, scale, rest) {
             return Err(Error::InvalidArgument(
@@ -637,14 +623,7 @@ impl Conv2d {
     /// The body (after the header) of weights packed for this plan, checked: long
     /// enough and with this plan's header.
     fn packed_body<'p>(&self, packed: &'p [f32]) -> Result<&'p [f32]> {
-        let need = self.packed_weights_len();
-        if packed.len() < need {
-            return Err(Error::BufferSize {
-                name: "packed weights",
-                expected: need,
-                actual: packed.len(),
-            });
-        }
+        let need = self.packed_room(packed.len())?;
         let (head, body) = packed[..need].split_at(PACK_HEADER);
         if head
             .iter()
@@ -658,6 +637,20 @@ impl Conv2d {
             )));
         }
         Ok(body)
+    }
+
+    /// [`Conv2d::packed_weights_len`], checked against a packed buffer of `len`
+    /// floats ([`crate::Error::BufferSize`] naming `"packed weights"` when short).
+    fn packed_room(&self, len: usize) -> Result<usize> {
+        let need = self.packed_weights_len();
+        if len < need {
+            return Err(Error::BufferSize {
+                name: "packed weights",
+                expected: need,
+                actual: len,
+            });
+        }
+        Ok(need)
     }
 
     /// The header of weights packed for this plan: a magic number, the level, the

@@ -33,13 +33,25 @@ impl Norm {
         stats: &mut NormStats,
         ws: &mut [f32],
     ) -> Result<()> {
-        check_len("x", x.len(), self.x_len)?;
-        check_len("y", y.len(), self.x_len)?;
-        self.check_affine(&affine)?;
-        self.check_stats(stats)?;
-        let mut ws = Workspace::new(ws, &self.layout(NormPass::Forward))?;
+        let mut ws = self.forward_checks((x, &*y), &affine, stats, ws)?;
         let out = [&mut stats.mean[..], &mut stats.var, &mut stats.rstd];
         self.forward_unchecked(x, affine, y, out, &mut ws)
+    }
+
+    /// The checks of a training forward pass (`x`, `y`, the affine parameters, the
+    /// statistics, in that order) and its workspace.
+    fn forward_checks<'w>(
+        &self,
+        (x, y): (&[f32], &[f32]),
+        affine: &Affine,
+        stats: &NormStats,
+        ws: &'w mut [f32],
+    ) -> Result<Workspace<'w>> {
+        check_len("x", x.len(), self.x_len)?;
+        check_len("y", y.len(), self.x_len)?;
+        self.check_affine(affine)?;
+        self.check_stats(stats)?;
+        Workspace::new(ws, &self.layout(NormPass::Forward))
     }
 
     /// The training forward pass after the checks: the unit vectors, then
@@ -129,11 +141,7 @@ impl Norm {
         stats: &mut NormStats,
         ws: &mut [f32],
     ) -> Result<()> {
-        check_len("x", x.len(), self.x_len)?;
-        check_len("y", y.len(), self.x_len)?;
-        self.check_affine(&affine)?;
-        self.check_stats(stats)?;
-        let mut ws = Workspace::new(ws, &self.layout(NormPass::Forward))?;
+        let mut ws = self.forward_checks((x, &*y), &affine, stats, ws)?;
         let (ones, zeros) = unit(ws.take(2 * self.desc.channels)?);
         let cw = Channelwise {
             g: affine.gamma.unwrap_or(ones),
