@@ -54,6 +54,22 @@ impl Norm {
         Workspace::new(ws, &self.layout(NormPass::Forward))
     }
 
+    /// The per-channel inputs of the apply pass for `affine` (a missing γ or β as
+    /// unit vectors from `ws`), no post-activation.
+    fn channelwise<'a, 'w: 'a>(
+        &self,
+        affine: Affine<'a>,
+        ws: &mut Workspace<'w>,
+    ) -> Result<Channelwise<'a>> {
+        let (ones, zeros) = unit(ws.take(2 * self.desc.channels)?);
+        Ok(Channelwise {
+            g: affine.gamma.unwrap_or(ones),
+            bt: affine.beta.unwrap_or(zeros),
+            post: None,
+            act: self.desc.activation,
+        })
+    }
+
     /// The training forward pass after the checks: the unit vectors, then
     /// [`Norm::forward_impl`].
     pub(super) fn forward_unchecked(
@@ -64,13 +80,7 @@ impl Norm {
         stats: [&mut [f32]; 3],
         ws: &mut Workspace,
     ) -> Result<()> {
-        let (ones, zeros) = unit(ws.take(2 * self.desc.channels)?);
-        let cw = Channelwise {
-            g: affine.gamma.unwrap_or(ones),
-            bt: affine.beta.unwrap_or(zeros),
-            post: None,
-            act: self.desc.activation,
-        };
+        let cw = self.channelwise(affine, ws)?;
         self.forward_impl(self.level, x, cw, y, stats, ws)
     }
 
@@ -142,13 +152,7 @@ impl Norm {
         ws: &mut [f32],
     ) -> Result<()> {
         let mut ws = self.forward_checks((x, &*y), &affine, stats, ws)?;
-        let (ones, zeros) = unit(ws.take(2 * self.desc.channels)?);
-        let cw = Channelwise {
-            g: affine.gamma.unwrap_or(ones),
-            bt: affine.beta.unwrap_or(zeros),
-            post: None,
-            act: self.desc.activation,
-        };
+        let cw = self.channelwise(affine, &mut ws)?;
         let out = [&mut stats.mean[..], &mut stats.var, &mut stats.rstd];
         self.forward_from_sums_impl(self.level, x, cw, (sums, squares), y, out, &mut ws)
     }
