@@ -84,10 +84,7 @@ pub unsafe extern "C" fn effnet_norm_forward_from_sums_ws(
         let sq = (sums, squares);
         plan.run(ctx, NormPass::Forward, (wsb, ws), |w| match w {
             Some(w) => norm.forward_from_sums_with_workspace(x, aff, sq, y, &mut stats, w),
-            None => {
-                let mut w = vec![0.0; norm.workspace_len(NormPass::Forward)];
-                norm.forward_from_sums_with_workspace(x, aff, sq, y, &mut stats, &mut w)
-            }
+            None => norm.forward_from_sums(x, aff, sq, y, &mut stats),
         })?;
         store_stats(&stats, saved);
         Ok(())

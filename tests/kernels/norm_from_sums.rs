@@ -89,6 +89,15 @@ fn norm_from_sums_matches_the_forward_pass() {
                             let what = format!("{level} {threads} threads {nd:?}");
                             close(&y, &want, 2e-6, &what);
                             close_stats(&st, &want_st, &what);
+                            // The allocating form gives the same bits.
+                            let mut ya = vec![f32::NAN; x.len()];
+                            let mut sta = op.new_stats();
+                            op.forward_from_sums(&x, affine, s, &mut ya, &mut sta)
+                                .unwrap();
+                            let bits =
+                                |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(bits(&ya), bits(&y), "{what}: allocating form");
+                            assert_eq!(sta, st, "{what}: allocating form");
                         })
                     });
                 }

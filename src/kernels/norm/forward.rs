@@ -128,6 +128,24 @@ impl Norm {
         })
     }
 
+    /// [`Norm::forward_from_sums_with_workspace`] with its workspace allocated (kept by
+    /// the calling thread between calls).
+    ///
+    /// # Errors
+    /// Those of [`Norm::forward_from_sums_with_workspace`].
+    pub fn forward_from_sums(
+        &self,
+        x: &[f32],
+        affine: Affine,
+        sums: (&[f64], &[f64]),
+        y: &mut [f32],
+        stats: &mut NormStats,
+    ) -> Result<()> {
+        self.allocating(NormPass::Forward, |ws| {
+            self.forward_from_sums_with_workspace(x, affine, sums, y, stats, ws)
+        })
+    }
+
     /// [`Norm::forward_with_workspace`] of a per-sample norm (GroupNorm, LayerNorm) on
     /// statistics gathered elsewhere: `sums` and `squares` are each sample's channel
     /// sums `Σ_{h,w} x[n][h][w][c]` and sums of squares (`[N][C]`, `f64`) — what a
