@@ -305,7 +305,8 @@ impl Block {
         let project = FusedConv::normed(&pd, &proj_w, proj_norm, s.skip)?;
         // Scaling the weights moves about 4·C_mid·C_out floats (read, write, the
         // kernel's read of the packed copy), gating the input 2·H·W·C_mid.
-        let project = if early && n == 1 && 2 * s.out_ch < ho * ho {
+        debug_assert!(!early || n == 1, "early blocks are planned for one image");
+        let project = if early && 2 * s.out_ch < ho * ho {
             project.gating()
         } else {
             project

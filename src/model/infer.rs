@@ -60,6 +60,19 @@ fn pre_len(y_len: usize) -> usize {
     y_len.div_ceil(16) * 16
 }
 
+/// The first `len` floats of the workspace `ws` and the rest; a typed error when `ws`
+/// is shorter.
+fn split_front(ws: &mut [f32], len: usize) -> Result<(&mut [f32], &mut [f32])> {
+    if ws.len() < len {
+        return Err(Error::BufferSize {
+            name: "workspace",
+            expected: len,
+            actual: ws.len(),
+        });
+    }
+    Ok(ws.split_at_mut(len))
+}
+
 /// Floats of workspace after the output that hold the norm's statistics as `f64`:
 /// sums and squares, `nc = N·C` each, plus one float to align them.
 fn stats_len(nc: usize) -> usize {
@@ -144,15 +157,7 @@ impl FusedConv {
         y: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
-        let front = pre_len(self.packed.len());
-        if ws.len() < front {
-            return Err(Error::BufferSize {
-                name: "workspace",
-                expected: front,
-                actual: ws.len(),
-            });
-        }
-        let (packed, rest) = ws.split_at_mut(front);
+        let (packed, rest) = split_front(ws, pre_len(self.packed.len()))?;
         self.conv
             .scale_packed_input_channels(&self.packed, gate, packed)?;
         self.run_with(ConvWeights::Packed(packed), x, residual, y, rest)
@@ -322,16 +327,8 @@ impl FusedConv {
             return self.conv.forward_fused(x, w, bias, residual, y, Some(ws));
         };
         let nc = self.nc();
-        let front = pre_len(y.len()) + stats_len(nc);
-        if ws.len() < front {
-            return Err(Error::BufferSize {
-                name: "workspace",
-                expected: front,
-                actual: ws.len(),
-            });
-        }
-        let (pre, rest) = ws.split_at_mut(pre_len(y.len()));
-        let (st, rest) = rest.split_at_mut(stats_len(nc));
+        let (front, rest) = split_front(ws, pre_len(y.len()) + stats_len(nc))?;
+        let (pre, st) = front.split_at_mut(pre_len(y.len()));
         let pre = &mut pre[..y.len()];
         let (_, st, _) = bytemuck::pod_align_to_mut::<f32, f64>(st);
         let (sums, squares) = st[..2 * nc].split_at_mut(nc);

@@ -118,6 +118,11 @@ fn table(level: SimdLevel) -> &'static GemmTable {
 
 /// Cuts `n` columns into panels of whole vectors (only the last one partial).
 fn panels(level: SimdLevel, n: usize, k: usize) -> Vec<Panel> {
+    panel_iter(level, n, k).collect()
+}
+
+/// [`panels`] one by one, without a vector (for passes over packed data).
+fn panel_iter(level: SimdLevel, n: usize, k: usize) -> impl Iterator<Item = Panel> {
     let t = table(level);
     let (lanes, nvmax) = (t.lanes, t.max_nv);
     // The fewest panels of at most `nvmax` vectors, the vectors spread evenly over
@@ -125,21 +130,20 @@ fn panels(level: SimdLevel, n: usize, k: usize) -> Vec<Panel> {
     // keeps too few accumulators to hide the FMA latency).
     let vectors = n.div_ceil(lanes);
     let count = vectors.div_ceil(nvmax);
-    let mut out = Vec::with_capacity(count);
     let (mut col, mut offset) = (0, 0);
-    for i in 0..count {
+    (0..count).map(move |i| {
         let nv = vectors / count + usize::from(i < vectors % count);
         let valid = (n - col).min(nv * lanes);
-        out.push(Panel {
+        let p = Panel {
             col,
             nv,
             valid,
             offset,
-        });
+        };
         col += valid;
         offset += k * nv * lanes;
-    }
-    out
+        p
+    })
 }
 
 /// Columns the kernels compute for an `n`-column product at `level` (`n` rounded up to
@@ -238,7 +242,7 @@ pub(crate) fn scale_packed_rows(
     assert_eq!(scale.len(), k, "row scale length");
     let level = level.min(crate::simd::detected());
     let lanes = table(level).lanes;
-    for p in panels(level, n, k) {
+    for p in panel_iter(level, n, k) {
         let width = p.nv * lanes;
         let at = p.offset..p.offset + k * width;
         let rows = src[at.clone()].chunks_exact(width);

@@ -108,8 +108,7 @@ impl Norm {
             let mut ws = Workspace::new(ws, &self.layout(NormPass::Forward))?;
             let g = self.geo;
             let c = g.c;
-            let (ones, zeros) = unit(ws.take(2 * c)?);
-            let (gamma, beta) = (affine.gamma.unwrap_or(ones), affine.beta.unwrap_or(zeros));
+            let cw = self.channelwise(affine, &mut ws)?;
             let sets = self.coef_sets();
             let per = stats.mean.len() / sets;
             let coefs = ws.take(sets * 3 * c)?;
@@ -117,12 +116,6 @@ impl Norm {
                 let r = n * per..(n + 1) * per;
                 self.xhat_coefs(&stats.mean[r.clone()], &stats.rstd[r], kb);
             }
-            let cw = Channelwise {
-                g: gamma,
-                bt: beta,
-                post: None,
-                act: self.desc.activation,
-            };
             self.apply_all(self.level, x, cw, coefs, y);
             Ok(())
         })
