@@ -13,6 +13,23 @@ pub fn chunk_len(n: usize, min_len: usize, max_chunks: usize) -> usize {
     n.div_ceil(max_chunks.max(1)).max(min_len).max(1)
 }
 
+/// Items per task for splitting `n` items over a pool of `threads`, for work whose
+/// result does not depend on the split: tasks of at least `min_len` items and at most
+/// four per thread, their count a multiple of `threads` where it can be (5 tasks on
+/// 2 threads leave one thread a task behind; 4 or 6 do not); when `n` holds fewer than
+/// `threads` tasks of `min_len`, one task per thread (up to one per item), shorter
+/// than `min_len`, so that no thread idles on a small problem.
+pub fn thread_task_len(n: usize, min_len: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let mut tasks = (n / min_len.max(1)).clamp(1, 4 * threads);
+    if tasks >= threads {
+        tasks -= tasks % threads;
+    } else {
+        tasks = threads.min(n);
+    }
+    n.div_ceil(tasks.max(1)).max(1)
+}
+
 /// Splits `0..n` into the fewest near-equal parts of at most `max` items (`max` 0 is
 /// taken as 1): `(start, len)` pairs, longer parts first.
 pub fn balanced_parts(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
@@ -92,4 +109,58 @@ pub fn reduce_chunks_in<F>(
             }
         }
     });
+}
+
+/// Runs `f` on the current rayon pool with every other worker of the pool kept awake
+/// until it returns: each of them runs a job that takes the pool's pending tasks as
+/// they appear and spins (without sleeping) between them.
+///
+/// A pool's idle worker spins briefly and then sleeps until new work wakes it, and on
+/// a virtual machine that wake costs tens of microseconds. A run of many short
+/// parallel steps with short serial gaps between them (one image's layers through
+/// the network) pays it at nearly every step; kept awake, the worker picks each
+/// step's tasks up at once. The cost is that the workers use their cores for the
+/// whole of `f`, serial parts included. Results do not change: which thread runs a
+/// task never changes what it computes.
+///
+/// Outside a pool, or on a pool of one thread, this is just `f()`. The other workers
+/// must be free to take the helper jobs: it waits until they have.
+pub(crate) fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let helpers = match rayon::current_thread_index() {
+        Some(_) => rayon::current_num_threads() - 1,
+        None => 0,
+    };
+    if helpers == 0 {
+        return f();
+    }
+    let (started, done) = (AtomicUsize::new(0), AtomicBool::new(false));
+    rayon::in_place_scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| {
+                started.fetch_add(1, Ordering::AcqRel);
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        // Wait, without taking any task of the pool, until the other workers hold the
+        // helper jobs: a helper run by this thread would spin on top of `f`'s frames
+        // and never return.
+        while started.load(Ordering::Acquire) < helpers {
+            std::hint::spin_loop();
+        }
+        // Released on return and on unwinding alike (a panic in `f` must not leave
+        // the helpers spinning, which would keep the scope from ever ending).
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let _release = Release(&done);
+        f()
+    })
 }

@@ -7,7 +7,7 @@ use super::micro::{DwTable, Gather, PackJob, RowArgs, RowBlock, Run, SlideRow, k
 use super::{Block, Geo, channel_blocks, gather_scratch};
 use crate::error::Result;
 use crate::kernels::gemm::Post;
-use crate::kernels::parallel::chunk_len;
+use crate::kernels::parallel::thread_task_len;
 use crate::kernels::scratch::Workspace;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -364,12 +364,13 @@ pub(super) fn run_gather(
         Pass::BackwardData => (g.n * g.h, g.w * g.c),
     };
     // Every output element is computed the same way whatever the split, so the split
-    // may follow the pool size: about 4 tasks per thread (load balance), as long as
-    // possible otherwise, since a task packs the source rows around its block again.
-    let per_task = chunk_len(
+    // may follow the pool size: up to 4 tasks per thread, as many for each thread
+    // (one image's late layers have a handful of rows), each as long as possible
+    // otherwise, since a task packs the source rows around its block again.
+    let per_task = thread_task_len(
         rows,
         16384usize.div_ceil(row_len),
-        4 * rayon::current_num_threads(),
+        rayon::current_num_threads(),
     );
     dst.par_chunks_mut(per_task * row_len)
         .enumerate()
