@@ -111,9 +111,9 @@ pub fn reduce_chunks_in<F>(
     });
 }
 
-/// Runs `f` on the current rayon pool with every other worker of the pool kept awake
-/// until it returns: each of them runs a job that takes the pool's pending tasks as
-/// they appear and spins (without sleeping) between them.
+/// Runs `f` on the current rayon pool with the pool's other workers kept awake until
+/// it returns: each of them runs a job that takes the pool's pending tasks as they
+/// appear and spins (without sleeping) between them.
 ///
 /// A pool's idle worker spins briefly and then sleeps until new work wakes it, and on
 /// a virtual machine that wake costs tens of microseconds. A run of many short
@@ -123,22 +123,44 @@ pub fn reduce_chunks_in<F>(
 /// whole of `f`, serial parts included. Results do not change: which thread runs a
 /// task never changes what it computes.
 ///
-/// Outside a pool, or on a pool of one thread, this is just `f()`. The other workers
-/// must be free to take the helper jobs: it waits until they have.
-pub(crate) fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+/// Workers that do not take their helper job within [`AWAKE_WAIT`] (busy with other
+/// work of the pool) are left as they are: the helpers only start before `f` does, so
+/// none can ever sit on top of `f`'s own tasks. Outside a pool, or on a pool of one
+/// thread, this is just `f()`.
+pub fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let helpers = match rayon::current_thread_index() {
-        Some(_) => rayon::current_num_threads() - 1,
-        None => 0,
+    let (Some(owner), threads) = (rayon::current_thread_index(), rayon::current_num_threads())
+    else {
+        return f();
     };
+    let helpers = threads - 1;
     if helpers == 0 {
         return f();
     }
+    // Helpers started, and the bit that closes the start once `f` is about to run.
+    const CLOSED: usize = 1 << (usize::BITS - 1);
     let (started, done) = (AtomicUsize::new(0), AtomicBool::new(false));
     rayon::in_place_scope(|s| {
         for _ in 0..helpers {
             s.spawn(|_| {
-                started.fetch_add(1, Ordering::AcqRel);
+                if rayon::current_thread_index() == Some(owner) {
+                    return;
+                }
+                let mut v = started.load(Ordering::Acquire);
+                loop {
+                    if v & CLOSED != 0 {
+                        return;
+                    }
+                    match started.compare_exchange_weak(
+                        v,
+                        v + 1,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break,
+                        Err(now) => v = now,
+                    }
+                }
                 while !done.load(Ordering::Acquire) {
                     if rayon::yield_now() != Some(rayon::Yield::Executed) {
                         std::hint::spin_loop();
@@ -147,11 +169,13 @@ pub(crate) fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             });
         }
         // Wait, without taking any task of the pool, until the other workers hold the
-        // helper jobs: a helper run by this thread would spin on top of `f`'s frames
-        // and never return.
-        while started.load(Ordering::Acquire) < helpers {
+        // helper jobs (or the wait runs out), then close the start: a helper taken by
+        // this thread later, inside `f`, would spin on top of `f`'s frames.
+        let t0 = std::time::Instant::now();
+        while started.load(Ordering::Acquire) < helpers && t0.elapsed() < AWAKE_WAIT {
             std::hint::spin_loop();
         }
+        started.fetch_or(CLOSED, Ordering::AcqRel);
         // Released on return and on unwinding alike (a panic in `f` must not leave
         // the helpers spinning, which would keep the scope from ever ending).
         struct Release<'a>(&'a AtomicBool);
@@ -164,3 +188,8 @@ pub(crate) fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         f()
     })
 }
+
+/// How long [`with_workers_awake`] waits for the other workers to take their helper
+/// jobs: long enough for an idle worker to wake (tens of microseconds on a virtual
+/// machine), short next to the work it is worth keeping them awake for.
+pub const AWAKE_WAIT: std::time::Duration = std::time::Duration::from_micros(500);

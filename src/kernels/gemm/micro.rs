@@ -12,6 +12,8 @@
 //! Tables: AVX-512 and AVX2 hold a tile per panel width (1–4 vectors on AVX-512, 1–2
 //! on AVX2) and `MASKED` × `STRIDED`; the scalar and portable levels hold one modest
 //! tile (4 rows × 1 vector, masked and prefetching, which is correct in every case).
+//! Every level also holds one-row tiles of each width, for the rows that fill less
+//! than half a tile.
 
 use super::Gemm;
 use crate::kernels::activation::Activation;
@@ -54,6 +56,14 @@ pub(super) struct GemmTable {
     pub max_nv: usize,
     /// `panel[nv − 1][masked][strided]`.
     pub panel: [[[PanelFn; 2]; 2]; 4],
+    /// The tile height of `panel[nv − 1]`.
+    pub mr: [usize; 4],
+    /// One-row tiles of each panel width, `single[nv − 1][masked][strided]`: the rows
+    /// of a product that fill less than half a tile (one image's dense layers, the
+    /// tail of an odd row count), where a full tile would rerun its last row in the
+    /// rest — up to `mr − 1` times the multiply-adds. A row's sum is the same chain in
+    /// either, so the choice never changes a bit.
+    pub single: [[[PanelFn; 2]; 2]; 4],
 }
 
 /// The AVX-512 table: tiles of as many rows as keep `MR·NV` accumulators, `NV`
@@ -68,6 +78,13 @@ pub(super) const fn avx512_table<S: Simd>() -> GemmTable {
             variants::<S, 8, 3>(),
             variants::<S, 6, 4>(),
         ],
+        mr: [8, 12, 8, 6],
+        single: [
+            variants::<S, 1, 1>(),
+            variants::<S, 1, 2>(),
+            variants::<S, 1, 3>(),
+            variants::<S, 1, 4>(),
+        ],
     }
 }
 
@@ -75,10 +92,13 @@ pub(super) const fn avx512_table<S: Simd>() -> GemmTable {
 /// wider entries repeat the widest tile.
 pub(super) const fn avx2_table<S: Simd>() -> GemmTable {
     let two = variants::<S, 6, 2>();
+    let single_two = variants::<S, 1, 2>();
     GemmTable {
         lanes: S::LANES,
         max_nv: 2,
         panel: [variants::<S, 6, 1>(), two, two, two],
+        mr: [6; 4],
+        single: [variants::<S, 1, 1>(), single_two, single_two, single_two],
     }
 }
 
@@ -99,10 +119,13 @@ const fn variants<S: Simd, const MR: usize, const NV: usize>() -> [[PanelFn; 2];
 /// The table of the scalar and portable levels: one tile, 4 rows × 1 vector.
 pub(super) const fn small_table<S: Simd>() -> GemmTable {
     let one: PanelFn = S::call::<PanelTiles<4, 1, true, true>>;
+    let single: PanelFn = S::call::<PanelTiles<1, 1, true, true>>;
     GemmTable {
         lanes: S::LANES,
         max_nv: 1,
         panel: [[[one; 2]; 2]; 4],
+        mr: [4; 4],
+        single: [[[single; 2]; 2]; 4],
     }
 }
 

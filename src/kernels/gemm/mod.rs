@@ -25,7 +25,7 @@ mod micro;
 use crate::kernels::activation::Activation;
 use crate::kernels::reduce::RowStats;
 use crate::simd::{PerLevel, SimdLevel};
-use micro::{GemmTable, PanelArgs};
+use micro::{GemmTable, PanelArgs, PanelFn};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -583,10 +583,18 @@ fn run_block(t: &GemmTable, g: &Gemm<'_>, c: *mut f32, rows: Range<usize>, panel
                     (data[p0 * rs + p.col..].as_ptr(), rs, p.valid < p.nv * lanes)
                 }
             };
-            let args = PanelArgs {
+            // Rows that fill less than half a tile run as one-row tiles (the same
+            // sums, fewer multiply-adds than a tile rerunning its last row).
+            let (mr, len) = (t.mr[p.nv - 1], rows.len());
+            let rem = if 2 * (len % mr) < mr { len % mr } else { 0 };
+            let split = rows.end - rem;
+            let variant = |tab: &[[[PanelFn; 2]; 2]; 4]| {
+                tab[p.nv - 1][usize::from(masked)][usize::from(g.a_cs > 1)]
+            };
+            let mut args = PanelArgs {
                 g,
                 c,
-                rows: rows.clone(),
+                rows: rows.start..split,
                 col: p.col,
                 last: p.valid - (p.nv - 1) * lanes,
                 p0,
@@ -596,11 +604,18 @@ fn run_block(t: &GemmTable, g: &Gemm<'_>, c: *mut f32, rows: Range<usize>, panel
                 first: kb == 0,
                 final_block: kb + 1 == blocks,
             };
-            let entry = t.panel[p.nv - 1][usize::from(masked)][usize::from(g.a_cs > 1)];
-            // SAFETY: `Gemm::check` proved every index of the product in range, the
-            // panel lies inside `B` (packed or in place) and `C`, the tasks write
-            // disjoint rows × panels, and the table is for a level this CPU runs.
-            unsafe { entry(&args) };
+            if split > rows.start {
+                // SAFETY: `Gemm::check` proved every index of the product in range,
+                // the panel lies inside `B` (packed or in place) and `C`, the tasks
+                // write disjoint rows × panels, and the table is for a level this CPU
+                // runs.
+                unsafe { variant(&t.panel)(&args) };
+            }
+            if rem > 0 {
+                args.rows = split..rows.end;
+                // SAFETY: as above, for the task's last rows.
+                unsafe { variant(&t.single)(&args) };
+            }
         }
     }
 }
