@@ -506,16 +506,20 @@ typedef struct effnet_conv_shape {
  * what `effnet_conv_forward_fused` (and `effnet_conv_forward*` for a plan without a
  * residual) applies to each output element after the sum and the bias, in this order:
  *
- * `y = activation(conv(x, w) + bias) (+ residual)`
+ * `y = activation(s[c] · (conv(x, w) + bias)) (+ residual)`
  *
- * and, with `stats`, gathers per-image channel statistics of the finished `y` in the
- * same pass (returned by `effnet_conv_forward_post`).
+ * (`s` a per-output-channel scale, with `scale`), and, with `stats`, gathers
+ * per-image channel statistics of the finished `y` in the same pass (returned by
+ * `effnet_conv_forward_post`).
  *
  * Set `struct_size = sizeof(effnet_conv_post_ops)` and zero what you do not use (a
  * zeroed struct is no epilogue). A caller built before `stats` existed (a
- * `struct_size` of 16) still works: the field reads as 0. A BatchNorm in inference folds into the weights and
- * bias the caller passes (`w·scale`, `bias·scale + shift` per output channel), so
- * conv + BatchNorm + activation + residual add is one pass over `y`.
+ * `struct_size` of 16) still works: the field reads as 0; one built before `scale`
+ * existed has the same `sizeof` (the field took the padding) and must have zeroed
+ * the struct, as asked. A BatchNorm in inference folds into the weights and bias the
+ * caller passes (`w·scale`, `bias·scale + shift` per output channel), or, with the
+ * weights left as they are, into `bias` (`bias + shift / scale`) and the epilogue's
+ * `scale`, so conv + BatchNorm + activation + residual add is one pass over `y`.
  */
 typedef struct effnet_conv_post_ops {
   /**
@@ -541,6 +545,13 @@ typedef struct effnet_conv_post_ops {
    * `effnet_conv_forward_post` only.
    */
   uint32_t stats;
+  /**
+   * 1: multiply each output channel `c` by `s[c]` (`effnet_conv_post_args.scale`,
+   * `out_channels` floats given with each call) after the bias and before the
+   * activation; 0: none. Such a plan runs forward through `effnet_conv_forward_post`
+   * only.
+   */
+  uint32_t scale;
 } effnet_conv_post_ops;
 
 /**
@@ -580,6 +591,16 @@ typedef struct effnet_conv_post_args {
    * Doubles at `squares`.
    */
   size_t squares_len;
+  /**
+   * `[out_channels]` floats, the per-channel scale, when the plan's post-ops have
+   * `scale` = 1 (a caller built before this field existed passes a smaller
+   * `struct_size`: it reads as NULL).
+   */
+  const float *scale;
+  /**
+   * Floats at `scale`.
+   */
+  size_t scale_len;
 } effnet_conv_post_args;
 
 /**
@@ -1184,8 +1205,8 @@ enum effnet_status effnet_conv_backward_weight_ws(const struct effnet_context *c
  *
  * Errors: those of `effnet_conv_plan_create`; `EFFNET_INVALID_ARGUMENT` also for a
  * NULL or misaligned `post_ops`, a bad `struct_size`, an activation that is not an
- * `effnet_activation`, a `residual` other than 0 or 1, or a `stats` other than 0, 1
- * or 2.
+ * `effnet_activation`, a `residual` or `scale` other than 0 or 1, or a `stats` other
+ * than 0, 1 or 2.
  *
  * # Safety
  * As `effnet_conv_plan_create`; `post_ops` is NULL or points to
@@ -1253,8 +1274,9 @@ enum effnet_status effnet_conv_forward_fused(const struct effnet_context *ctx,
 
 /**
  * The forward pass of a plan with every operand of its epilogue in `*args`
- * (`effnet_conv_post_args`: the residual, the statistics' outputs):
- * `y = activation(conv(x, w) + bias) (+ residual)`, `y` overwritten, and, when the
+ * (`effnet_conv_post_args`: the per-channel scale, the residual, the statistics'
+ * outputs): `y = activation(s ⊙ (conv(x, w) + bias)) (+ residual)` (`s` the scale,
+ * when the plan has one), `y` overwritten, and, when the
  * plan's `effnet_conv_post_ops.stats` asks, the per-image channel sums (and sums of
  * squares) of that `y`, `[batch][out_channels]` doubles, overwritten — gathered in
  * the same pass, each task summing the output rows it has just written; the same
@@ -1265,8 +1287,9 @@ enum effnet_status effnet_conv_forward_fused(const struct effnet_context *ctx,
  * Errors: those of `effnet_conv_forward_fused`; `EFFNET_INVALID_ARGUMENT` also for a
  * NULL or misaligned `args` or a bad `args->struct_size`, for `sums` / `squares`
  * given when the plan does not gather them or missing when it does, for a wrong
- * `sums_len` / `squares_len` (`batch·out_channels`), or for outputs that overlap
- * each other or another buffer of the call.
+ * `sums_len` / `squares_len` (`batch·out_channels`), for `scale` given when the plan
+ * has none or missing when it has one, for a wrong `scale_len` (`out_channels`), or
+ * for outputs that overlap each other or another buffer of the call.
  *
  * # Safety
  * As `effnet_conv_forward_fused`; `args` is NULL or points to `args->struct_size`

@@ -19,16 +19,20 @@ use crate::status::{Failure, Outcome, effnet_status, guard};
 /// what `effnet_conv_forward_fused` (and `effnet_conv_forward*` for a plan without a
 /// residual) applies to each output element after the sum and the bias, in this order:
 ///
-/// `y = activation(conv(x, w) + bias) (+ residual)`
+/// `y = activation(s[c] · (conv(x, w) + bias)) (+ residual)`
 ///
-/// and, with `stats`, gathers per-image channel statistics of the finished `y` in the
-/// same pass (returned by `effnet_conv_forward_post`).
+/// (`s` a per-output-channel scale, with `scale`), and, with `stats`, gathers
+/// per-image channel statistics of the finished `y` in the same pass (returned by
+/// `effnet_conv_forward_post`).
 ///
 /// Set `struct_size = sizeof(effnet_conv_post_ops)` and zero what you do not use (a
 /// zeroed struct is no epilogue). A caller built before `stats` existed (a
-/// `struct_size` of 16) still works: the field reads as 0. A BatchNorm in inference folds into the weights and
-/// bias the caller passes (`w·scale`, `bias·scale + shift` per output channel), so
-/// conv + BatchNorm + activation + residual add is one pass over `y`.
+/// `struct_size` of 16) still works: the field reads as 0; one built before `scale`
+/// existed has the same `sizeof` (the field took the padding) and must have zeroed
+/// the struct, as asked. A BatchNorm in inference folds into the weights and bias the
+/// caller passes (`w·scale`, `bias·scale + shift` per output channel), or, with the
+/// weights left as they are, into `bias` (`bias + shift / scale`) and the epilogue's
+/// `scale`, so conv + BatchNorm + activation + residual add is one pass over `y`.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct effnet_conv_post_ops {
@@ -47,6 +51,11 @@ pub struct effnet_conv_post_ops {
     /// bits for any thread count. Such a plan runs forward through
     /// `effnet_conv_forward_post` only.
     pub stats: u32,
+    /// 1: multiply each output channel `c` by `s[c]` (`effnet_conv_post_args.scale`,
+    /// `out_channels` floats given with each call) after the bias and before the
+    /// activation; 0: none. Such a plan runs forward through `effnet_conv_forward_post`
+    /// only.
+    pub scale: u32,
 }
 
 // SAFETY: repr(C), starts with `usize struct_size`, integers only.
@@ -78,12 +87,19 @@ pub struct effnet_conv_post_args {
     pub squares: *mut f64,
     /// Doubles at `squares`.
     pub squares_len: usize,
+    /// `[out_channels]` floats, the per-channel scale, when the plan's post-ops have
+    /// `scale` = 1 (a caller built before this field existed passes a smaller
+    /// `struct_size`: it reads as NULL).
+    pub scale: *const f32,
+    /// Floats at `scale`.
+    pub scale_len: usize,
 }
 
 // SAFETY: repr(C), starts with `usize struct_size`, integers and raw pointers only
 // (valid for any bit pattern).
 unsafe impl SizedStruct for effnet_conv_post_args {
     const C_NAME: &'static str = "effnet_conv_post_args";
+    const MIN_SIZE: usize = std::mem::offset_of!(effnet_conv_post_args, scale);
 }
 
 /// The Rust epilogue a C descriptor names.
@@ -107,7 +123,17 @@ fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
             )));
         }
     };
+    let scale = match p.scale {
+        0 => false,
+        1 => true,
+        v => {
+            return Err(Failure::invalid(format!(
+                "`post_ops`.scale = {v}: use 0 (none) or 1 (scale each output channel)"
+            )));
+        }
+    };
     Ok(PostOps {
+        scale,
         activation: activation_of("effnet_conv_post_ops.activation", p.activation)?,
         residual,
         stats,
@@ -126,8 +152,8 @@ fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
 ///
 /// Errors: those of `effnet_conv_plan_create`; `EFFNET_INVALID_ARGUMENT` also for a
 /// NULL or misaligned `post_ops`, a bad `struct_size`, an activation that is not an
-/// `effnet_activation`, a `residual` other than 0 or 1, or a `stats` other than 0, 1
-/// or 2.
+/// `effnet_activation`, a `residual` or `scale` other than 0 or 1, or a `stats` other
+/// than 0, 1 or 2.
 ///
 /// # Safety
 /// As `effnet_conv_plan_create`; `post_ops` is NULL or points to
@@ -176,6 +202,7 @@ pub unsafe extern "C" fn effnet_conv_plan_post_ops(
                 ChannelStats::Sums => 1,
                 ChannelStats::SumsAndSquares => 2,
             },
+            scale: u32::from(p.scale),
         };
         // SAFETY: the caller's contract; pointer and size checked inside.
         unsafe { sized::write(out_post_ops, "`out_post_ops`", value) }
@@ -239,8 +266,9 @@ pub unsafe extern "C" fn effnet_conv_forward_fused(
 }
 
 /// The forward pass of a plan with every operand of its epilogue in `*args`
-/// (`effnet_conv_post_args`: the residual, the statistics' outputs):
-/// `y = activation(conv(x, w) + bias) (+ residual)`, `y` overwritten, and, when the
+/// (`effnet_conv_post_args`: the per-channel scale, the residual, the statistics'
+/// outputs): `y = activation(s ⊙ (conv(x, w) + bias)) (+ residual)` (`s` the scale,
+/// when the plan has one), `y` overwritten, and, when the
 /// plan's `effnet_conv_post_ops.stats` asks, the per-image channel sums (and sums of
 /// squares) of that `y`, `[batch][out_channels]` doubles, overwritten — gathered in
 /// the same pass, each task summing the output rows it has just written; the same
@@ -251,8 +279,9 @@ pub unsafe extern "C" fn effnet_conv_forward_fused(
 /// Errors: those of `effnet_conv_forward_fused`; `EFFNET_INVALID_ARGUMENT` also for a
 /// NULL or misaligned `args` or a bad `args->struct_size`, for `sums` / `squares`
 /// given when the plan does not gather them or missing when it does, for a wrong
-/// `sums_len` / `squares_len` (`batch·out_channels`), or for outputs that overlap
-/// each other or another buffer of the call.
+/// `sums_len` / `squares_len` (`batch·out_channels`), for `scale` given when the plan
+/// has none or missing when it has one, for a wrong `scale_len` (`out_channels`), or
+/// for outputs that overlap each other or another buffer of the call.
 ///
 /// # Safety
 /// As `effnet_conv_forward_fused`; `args` is NULL or points to `args->struct_size`
@@ -321,6 +350,8 @@ pub(crate) unsafe fn forward_fused(
         sums_len: 0,
         squares: std::ptr::null_mut(),
         squares_len: 0,
+        scale: std::ptr::null(),
+        scale_len: 0,
     };
     // SAFETY: forwarded from this function's contract.
     unsafe {
@@ -382,6 +413,15 @@ unsafe fn forward_post(
     } else {
         packed_buf("packed", conv, packed, packed_bytes)?
     };
+    let wants_scale = conv.post_ops().scale;
+    if wants_scale != (!args.scale.is_null() || args.scale_len > 0) {
+        return Err(Failure::invalid(if wants_scale {
+            "the plan's post-ops scale each output channel: pass `scale` (out_channels floats) \
+             to effnet_conv_forward_post"
+        } else {
+            "`scale` was given but the plan's post-ops scale nothing (NULL with scale_len = 0)"
+        }));
+    }
     let stats = conv.post_ops().stats;
     let nc = s.desc.batch * s.desc.out_channels;
     for (name, ptr, len, wanted) in [
@@ -412,20 +452,22 @@ unsafe fn forward_post(
     }
     let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
     let br = Buf::input("residual", residual, residual_len, s.y_len).optional();
+    let bsc = Buf::input("scale", args.scale, args.scale_len, s.desc.out_channels).optional();
     let bs = Buf::output_f64("sums", args.sums, args.sums_len, nc).optional();
     let bq = Buf::output_f64("squares", args.squares, args.squares_len, nc).optional();
     let by = Buf::output("y", y, y_len, s.y_len);
     // NULL with 0 bytes: the library's buffer; anything else is the caller's.
     let ws = (!workspace.is_null() || workspace_bytes > 0).then_some((workspace, workspace_bytes));
     let bws = buffers::workspace_arg(ws);
-    buffers::check(&[bx, bwt, bb, br, bs, bq, by, bws])?;
+    buffers::check(&[bx, bwt, bb, br, bsc, bs, bq, by, bws])?;
     // SAFETY: checked above; readable/writable and exclusive by the contract.
-    let (x, wt, bias, res, sums, squares, y, wsb) = unsafe {
+    let (x, wt, bias, res, scale, sums, squares, y, wsb) = unsafe {
         (
             buffers::input(&bx),
             buffers::input(&bwt),
             buffers::opt_input(&bb),
             buffers::opt_input(&br),
+            buffers::opt_input(&bsc),
             buffers::opt_output_f64(&bs),
             buffers::opt_output_f64(&bq),
             buffers::output(&by),
@@ -441,6 +483,7 @@ unsafe fn forward_post(
     let need = || buffers::workspace_bytes(floats());
     let query = "effnet_conv_workspace_size";
     let post = PostArgs {
+        scale,
         residual: res,
         sums,
         squares,

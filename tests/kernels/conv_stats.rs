@@ -53,6 +53,7 @@ fn run(conv: &Conv2d, c: &ConvCase, residual: bool, packed: bool) -> Run {
     };
     let both = conv.post_ops().stats == ChannelStats::SumsAndSquares;
     let args = PostArgs {
+        scale: None,
         residual: residual.then_some(&c.dy[..]),
         sums: Some(&mut sums),
         squares: both.then_some(&mut squares[..]),
@@ -65,6 +66,7 @@ fn run(conv: &Conv2d, c: &ConvCase, residual: bool, packed: bool) -> Run {
 
 fn plan(d: &ConvDesc, level: SimdLevel, residual: bool, stats: ChannelStats) -> Conv2d {
     let post = PostOps {
+        scale: false,
         activation: Activation::Swish,
         residual,
         stats,
@@ -126,6 +128,7 @@ fn statistics_are_the_sums_of_the_output_at_every_level() {
                     let mut sums = vec![f64::NAN; nc];
                     let mut y = vec![0.0; s.y_len];
                     let args = PostArgs {
+                        scale: None,
                         residual: r,
                         sums: Some(&mut sums),
                         squares: None,
@@ -190,6 +193,7 @@ fn statistics_misuse_is_a_typed_error() {
     let (mut s, mut q) = (vec![0.0f64; nc], vec![0.0f64; nc]);
     let mut call = |conv: &Conv2d, sums: Option<&mut [f64]>, squares: Option<&mut [f64]>| {
         let args = PostArgs {
+            scale: None,
             residual: None,
             sums,
             squares,
@@ -223,6 +227,7 @@ fn statistics_misuse_is_a_typed_error() {
     assert!(need > none.workspace_len(ConvPass::Forward, 0));
     let mut ws = vec![0.0; need - 1];
     let args = PostArgs {
+        scale: None,
         residual: None,
         sums: Some(&mut s),
         squares: None,

@@ -185,6 +185,7 @@ fn conv_statistics_keep_the_variance_of_outputs_far_from_zero() {
     let b = vec![1000.0; 48];
     for level in levels() {
         let post = PostOps {
+            scale: false,
             activation: Activation::Identity,
             residual: false,
             stats: ChannelStats::SumsAndSquares,
@@ -199,6 +200,7 @@ fn conv_statistics_keep_the_variance_of_outputs_far_from_zero() {
         let mut y = vec![0.0; s.y_len];
         let (mut sums, mut squares) = (vec![0.0; 96], vec![0.0; 96]);
         let args = PostArgs {
+            scale: None,
             residual: None,
             sums: Some(&mut sums),
             squares: Some(&mut squares),

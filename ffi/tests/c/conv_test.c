@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 static int g_passed;
@@ -1159,6 +1160,92 @@ static void stats_case(const conv_case *c, effnet_context *ctx1, effnet_context 
     free(s1); free(q1); free(s3); free(q3);
 }
 
+/* The per-output-channel scale post-op: y = act(s[c] * (conv + bias)) + r, with the
+ * identity activation the bits of the unfused sequence (the plain forward, then the
+ * multiply and the add in C); 1 and 3 threads alike; misuse named. */
+static void scale_case(const conv_case *c, effnet_context *ctx1, effnet_context *ctx3) {
+    char what[256];
+    effnet_conv_post_ops post;
+    memset(&post, 0, sizeof post);
+    post.struct_size = sizeof post;
+    effnet_conv_plan *bare = NULL, *plan = NULL;
+    expect(effnet_conv_plan_create_fused(ctx3, &c->desc, &post, &bare), EFFNET_OK, NULL,
+           "scale: plan without post-ops");
+    post.scale = 1;
+    post.residual = 1;
+    expect(effnet_conv_plan_create_fused(ctx3, &c->desc, &post, &plan), EFFNET_OK, NULL,
+           "scale: plan with a scale and a residual");
+    if (bare == NULL || plan == NULL) return;
+    effnet_conv_post_ops back;
+    memset(&back, 0, sizeof back);
+    back.struct_size = sizeof back;
+    expect(effnet_conv_plan_post_ops(plan, &back), EFFNET_OK, NULL, "scale: read back");
+    check(back.scale == 1 && back.residual == 1, "scale: read back equal", "differ");
+    effnet_conv_shape s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    expect(effnet_conv_plan_shape(plan, &s), EFFNET_OK, NULL, "scale: shape");
+    size_t xl = s.x_len, wl = s.w_len, yl = s.y_len, co = (size_t)c->desc.out_channels;
+    float *x = random_floats(xl), *w = random_floats(wl), *b = random_floats(co);
+    float *sc = random_floats(co), *r = random_floats(yl);
+    float *want = filled(yl, NAN), *y1 = filled(yl, NAN), *y3 = filled(yl, NAN);
+    sc[0] = 0.0f;
+    expect(effnet_conv_forward(ctx3, bare, x, xl, w, wl, b, co, want, yl),
+           EFFNET_OK, NULL, "scale: the unfused forward");
+    for (size_t i = 0; i < yl; i++) {
+        float v = want[i] * sc[i % co];
+        want[i] = v + r[i];
+    }
+    effnet_conv_post_args args;
+    memset(&args, 0, sizeof args);
+    args.struct_size = sizeof args;
+    args.residual = r;
+    args.residual_len = yl;
+    args.scale = sc;
+    args.scale_len = co;
+    expect(effnet_conv_forward_post(ctx1, plan, x, xl, w, wl, NULL, 0, b, co, &args, y1, yl,
+                                    NULL, 0),
+           EFFNET_OK, NULL, "scale: 1 thread");
+    expect(effnet_conv_forward_post(ctx3, plan, x, xl, w, wl, NULL, 0, b, co, &args, y3, yl,
+                                    NULL, 0),
+           EFFNET_OK, NULL, "scale: 3 threads");
+    snprintf(what, sizeof what, "%s scale: the bits of the unfused sequence", c->name);
+    check(memcmp(want, y1, yl * sizeof *y1) == 0 && memcmp(want, y3, yl * sizeof *y3) == 0,
+          what, "results differ");
+    /* Misuse. */
+    args.scale_len = co - 1;
+    expect(effnet_conv_forward_post(ctx3, plan, x, xl, w, wl, NULL, 0, b, co, &args, y1, yl,
+                                    NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "scale", "scale: one short");
+    args.scale = NULL;
+    args.scale_len = 0;
+    expect(effnet_conv_forward_post(ctx3, plan, x, xl, w, wl, NULL, 0, b, co, &args, y1, yl,
+                                    NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "scale", "scale: missing");
+    expect(effnet_conv_forward_fused(ctx3, plan, x, xl, w, wl, NULL, 0, b, co, r, yl, y1, yl,
+                                     NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "scale", "scale: the fused entry has no scale");
+    args.scale = sc;
+    args.scale_len = co;
+    args.residual = NULL;
+    args.residual_len = 0;
+    expect(effnet_conv_forward_post(ctx3, bare, x, xl, w, wl, NULL, 0, b, co, &args, y1, yl,
+                                    NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "scale", "scale: not in the plan");
+    /* A caller built before `scale` existed passes the shorter post_args. */
+    args.struct_size = offsetof(effnet_conv_post_args, scale);
+    expect(effnet_conv_forward_post(ctx3, bare, x, xl, w, wl, NULL, 0, b, co, &args, y1, yl,
+                                    NULL, 0),
+           EFFNET_OK, NULL, "scale: the previous post_args size");
+    post.scale = 2;
+    effnet_conv_plan *none = NULL;
+    expect(effnet_conv_plan_create_fused(ctx3, &c->desc, &post, &none),
+           EFFNET_INVALID_ARGUMENT, "scale", "scale: scale 2");
+    expect(effnet_conv_plan_destroy(bare), EFFNET_OK, NULL, "scale: destroy");
+    expect(effnet_conv_plan_destroy(plan), EFFNET_OK, NULL, "scale: destroy");
+    free(x); free(w); free(b); free(sc); free(r); free(want); free(y1); free(y3);
+}
+
 int main(void) {
     effnet_context *ctx1 = NULL, *ctx3 = NULL;
     printf("effnet ABI version %u\n", effnet_abi_version());
@@ -1185,6 +1272,7 @@ int main(void) {
         run_case(&cases[i], ctx1, ctx3);
         fused_case(&cases[i], ctx3);
         stats_case(&cases[i], ctx1, ctx3);
+        scale_case(&cases[i], ctx1, ctx3);
         scaled_case(&cases[i], ctx3);
     }
     misuse(ctx3);

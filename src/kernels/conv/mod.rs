@@ -110,8 +110,11 @@ pub(crate) enum ForwardWeights<'a> {
 }
 
 /// The forward pass's epilogue, part of a convolution plan ([`Conv2d::with_post_ops`]):
-/// each output element is `y = φ(Σ + bias) (+ r)`, applied while the output tile is in
-/// registers — no separate pass over `y`. `r` is a residual laid out as `y`
+/// each output element is `y = φ(s[c] · (Σ + bias)) (+ r)`, applied while the output
+/// tile is in registers — no separate pass over `y`. `s` is an optional per-output-
+/// channel scale (`[C_out]`, given to [`Conv2d::forward_post`] with each call: a
+/// batch norm's folded scale, a dequantization scale; applied after the bias, as a
+/// per-channel multiply post-op is in oneDNN's chain), `r` a residual laid out as `y`
 /// (`[N][OH][OW][C_out]`), given to [`Conv2d::forward_fused`] or
 /// [`Conv2d::forward_post`].
 ///
@@ -123,7 +126,10 @@ pub(crate) enum ForwardWeights<'a> {
 /// right after the product. The statistics are the same bits for any thread count.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PostOps {
-    /// `φ`, applied after the bias ([`PostOps::NONE`]: the identity).
+    /// Whether each output channel `c` is multiplied by `s[c]` ([`PostArgs::scale`])
+    /// after the bias and before the activation.
+    pub scale: bool,
+    /// `φ`, applied after the bias and the scale ([`PostOps::NONE`]: the identity).
     pub activation: Activation,
     /// Whether a residual is added after the activation.
     pub residual: bool,
@@ -134,6 +140,7 @@ pub struct PostOps {
 impl PostOps {
     /// No epilogue: `y = conv(x, w) + bias`.
     pub const NONE: PostOps = PostOps {
+        scale: false,
         activation: Activation::Identity,
         residual: false,
         stats: ChannelStats::None,
@@ -151,6 +158,8 @@ impl Default for PostOps {
 /// exactly when the plan's [`PostOps`] ask for it.
 #[derive(Debug, Default)]
 pub struct PostArgs<'a> {
+    /// `[C_out]`: the per-output-channel scale (when [`PostOps::scale`]).
+    pub scale: Option<&'a [f32]>,
     /// The residual added after the activation, laid out as `y`.
     pub residual: Option<&'a [f32]>,
     /// `[N][C_out]`, overwritten: `Σ_{oh, ow} y[n][oh][ow][c]` (when
@@ -316,9 +325,11 @@ impl Conv2d {
         self.level
     }
 
-    /// The same plan with the forward epilogue `post` (activation, residual add): the
-    /// forward passes then give `φ(conv(x, w) + bias) (+ r)` in one pass over `y`.
-    /// A plan with a residual runs through [`Conv2d::forward_fused`] only.
+    /// The same plan with the forward epilogue `post` (per-channel scale, activation,
+    /// residual add, statistics): the forward passes then give `φ(s ⊙ (conv(x, w) +
+    /// bias)) (+ r)` in one pass over `y`. A plan with a residual runs through
+    /// [`Conv2d::forward_fused`] or [`Conv2d::forward_post`] only, one with a scale or
+    /// statistics through [`Conv2d::forward_post`] only.
     pub fn with_post_ops(mut self, post: PostOps) -> Conv2d {
         self.post = post;
         self
@@ -354,8 +365,9 @@ impl Conv2d {
 
     /// The forward pass with every operand of the plan's epilogue ([`PostArgs`]: the
     /// residual, the statistics' outputs), the weights plain or packed and a caller's
-    /// workspace (`None`: the thread-kept one). `y = φ(conv(x, w) + bias) (+ residual)`,
-    /// overwritten, and the statistics of `y` the plan gathers.
+    /// workspace (`None`: the thread-kept one). `y = φ(s ⊙ (conv(x, w) + bias)) (+
+    /// residual)` (`s` the plan's per-channel scale, when it has one), overwritten, and
+    /// the statistics of `y` the plan gathers.
     ///
     /// ```
     /// use effnet::kernels::conv::{ChannelStats, Conv2d, ConvDesc, ConvWeights, PostArgs, PostOps};
@@ -374,7 +386,8 @@ impl Conv2d {
     /// Errors: the buffer checks of [`Conv2d::forward`] and [`Conv2d::forward_packed`];
     /// [`crate::Error::InvalidArgument`] if an operand is given that the plan's epilogue
     /// does not use, or missing when it does; [`crate::Error::BufferSize`] naming
-    /// `"residual"` (`y`'s length), `"sums"` or `"squares"` (`N·C_out`); then the
+    /// `"scale"` (`C_out`), `"residual"` (`y`'s length), `"sums"` or `"squares"`
+    /// (`N·C_out`); then the
     /// workspace checks.
     pub fn forward_post(
         &self,
@@ -394,10 +407,26 @@ impl Conv2d {
             ConvWeights::Packed(p) => ForwardWeights::Packed(self.check_packed(x, p, bias, y)?),
         };
         let PostArgs {
+            scale,
             residual,
             sums,
             squares,
         } = args;
+        match (scale, self.post.scale) {
+            (Some(v), true) => check_len("scale", v.len(), s.desc.out_channels)?,
+            (None, false) => {}
+            (Some(_), false) => {
+                return Err(Error::InvalidArgument(
+                    "a scale was given but the plan's post-ops scale nothing".into(),
+                ));
+            }
+            (None, true) => {
+                return Err(Error::InvalidArgument(
+                    "the plan's post-ops scale each output channel; pass the scale to forward_post"
+                        .into(),
+                ));
+            }
+        }
         match (residual, self.post.residual) {
             (Some(r), true) => check_len("residual", r.len(), s.y_len)?,
             (None, false) => {}
@@ -432,6 +461,7 @@ impl Conv2d {
                 }
             };
             let post = Post {
+                scale,
                 act: self.post.activation,
                 residual,
                 stats: rows,

@@ -172,6 +172,7 @@ impl<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool> 
             let off: [usize; MR] =
                 std::array::from_fn(|i| g.c_rows.offset(r + i.min(mv - 1)) + t.col);
             let out = Out {
+                scale: post.scale.map(|sc| &sc[t.col..]),
                 c: off.map(|o| t.c.wrapping_add(o)),
                 res: off.map(|o| res.wrapping_add(o)),
                 rows: mv,
@@ -200,6 +201,8 @@ struct Out<'a, const MR: usize> {
     last: usize,
     overwrite: bool,
     bias: Option<&'a [f32]>,
+    /// The per-column scale of the panel (the last `k` block only).
+    scale: Option<&'a [f32]>,
     act: Activation,
     residual: bool,
 }
@@ -283,8 +286,9 @@ fn prefetch(p: *const f32) {
     let _ = p;
 }
 
-/// Writes row `i` of a tile: `c = φ(acc (+ bias)) (+ residual)` or `c = φ(c + acc (+
-/// bias)) (+ residual)`; the last vector holds `last` valid lanes.
+/// Writes row `i` of a tile: `c = φ(s ⊙ (acc (+ bias))) (+ residual)` or `c = φ(s ⊙ (c +
+/// acc (+ bias))) (+ residual)` (`s` the scale, when there is one); the last vector
+/// holds `last` valid lanes.
 ///
 /// # Safety
 /// Row `i` of `out` must be writable for `(NV−1)·L + last` floats (and readable unless
@@ -316,6 +320,9 @@ unsafe fn store_row<S: Simd, const NV: usize, const MR: usize>(
             }
             if !out.overwrite {
                 v = s.add(v, ld(cj));
+            }
+            if let Some(sc) = out.scale {
+                v = s.mul(v, ld(sc.as_ptr().add(j * S::LANES)));
             }
             v = out.act.apply(s, v);
             if out.residual {

@@ -371,13 +371,15 @@ pub(crate) struct Gemm<'a> {
     pub post: Post<'a>,
 }
 
-/// The epilogue of a product: an activation, then a residual added (element `(i, j)`
-/// at the same offset as `C`'s, `c_rows.offset(i) + j`). [`Post::NONE`] leaves the sum
-/// as it is.
+/// The epilogue of a product: a per-column scale, an activation, then a residual added
+/// (element `(i, j)` at the same offset as `C`'s, `c_rows.offset(i) + j`):
+/// `C = φ(s ⊙ (A·B + bias)) (+ residual)`. [`Post::NONE`] leaves the sum as it is.
 /// `stats` is not the product's: the convolution drivers record the finished output
 /// rows' channel statistics there (the pointwise one after the product).
 #[derive(Copy, Clone, Debug, Default)]
 pub(crate) struct Post<'a> {
+    /// Multiplies column `j` (after the bias, before the activation); length `n`.
+    pub scale: Option<&'a [f32]>,
     pub act: Activation,
     pub residual: Option<&'a [f32]>,
     pub stats: Option<RowStats>,
@@ -386,6 +388,7 @@ pub(crate) struct Post<'a> {
 impl Post<'_> {
     /// No epilogue.
     pub(crate) const NONE: Post<'static> = Post {
+        scale: None,
         act: Activation::Identity,
         residual: None,
         stats: None,
@@ -428,6 +431,9 @@ impl Gemm<'_> {
         }
         if let Some(b) = self.bias {
             assert_eq!(b.len(), n, "bias length");
+        }
+        if let Some(sc) = self.post.scale {
+            assert_eq!(sc.len(), n, "scale length");
         }
         match self.b {
             BOperand::Packed(p) => {

@@ -238,6 +238,10 @@ impl GatherRows<'_> {
                 src_step: cols.src_step * c,
                 dst_step: cols.dst_step * c,
                 tail,
+                scale: self
+                    .post
+                    .scale
+                    .map_or(std::ptr::null(), |sc| sc[b.c0..].as_ptr()),
                 act: self.post.act,
                 res: if res.is_null() {
                     res

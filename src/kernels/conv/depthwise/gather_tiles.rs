@@ -27,8 +27,10 @@ pub(super) struct Gather {
     pub dst_step: usize,
     /// Lanes of the partial vector (TAIL blocks only).
     pub tail: usize,
-    /// The epilogue: the activation applied to each output vector, then the residual
-    /// added (at `res` plus the destination offset; null for none).
+    /// The epilogue: each output vector multiplied by the block's channel scale (at
+    /// `scale`, the block's first channel; null for none), the activation applied,
+    /// then the residual added (at `res` plus the destination offset; null for none).
+    pub scale: *const f32,
     pub act: Activation,
     pub res: *const f32,
 }
@@ -68,7 +70,7 @@ unsafe fn gather_tile<S: Simd, const NV: usize, const P: usize, const TAIL: bool
                 }
             }
         }
-        acc_store::<S, NV, P, TAIL>(s, g, dst_off, &acc);
+        acc_store::<S, NV, P, TAIL>(s, g, dst_off, 0, &acc);
     }
 }
 
@@ -97,24 +99,35 @@ unsafe fn acc_init<S: Simd, const NV: usize, const P: usize>(
 }
 
 /// Stores `P × NV` accumulators to destination pixels `dst_off + p·dst_step` (`tail`
-/// lanes when `TAIL`).
+/// lanes when `TAIL`), vectors `v0..v0 + NV` of the block.
 ///
 /// # Safety
-/// Those vectors must be writable.
+/// Those vectors must be writable (and the scale's vectors `v0..v0 + NV` readable).
 #[inline(always)]
 unsafe fn acc_store<S: Simd, const NV: usize, const P: usize, const TAIL: bool>(
     s: S,
     g: &Gather,
     dst_off: usize,
+    v0: usize,
     acc: &[[S::V; NV]; P],
 ) {
     // SAFETY: forwarded from the caller; the residual has the destination's layout.
     unsafe {
         let dst = g.dst.add(dst_off);
+        let mut scale = [s.zero(); NV];
+        if !g.scale.is_null() {
+            for (v, sv) in scale.iter_mut().enumerate() {
+                *sv = ld::<S, TAIL>(s, g.scale.add((v0 + v) * S::LANES), g.tail);
+            }
+        }
         for (p, a) in acc.iter().enumerate() {
             let o = p * g.dst_step;
             for (v, a) in a.iter().enumerate() {
-                let mut a = g.act.apply(s, *a);
+                let mut a = *a;
+                if !g.scale.is_null() {
+                    a = s.mul(a, scale[v]);
+                }
+                let mut a = g.act.apply(s, a);
                 if !g.res.is_null() {
                     a = s.add(
                         a,
@@ -231,7 +244,7 @@ unsafe fn slide_tile<
                 }
             }
         }
-        acc_store::<S, NVT, P, TAIL>(s, g, dst_off + v0 * l, &acc);
+        acc_store::<S, NVT, P, TAIL>(s, g, dst_off + v0 * l, v0, &acc);
     }
 }
 

@@ -304,6 +304,7 @@ impl BwdDataTask<'_> {
                             sw: 1,
                             pix: cog,
                             nv,
+                            scale: std::ptr::null(),
                             act: Activation::Identity,
                             res: std::ptr::null(),
                         };
@@ -364,6 +365,7 @@ impl BwdDataTask<'_> {
                             dst_pix: g.sw * g.cin,
                             last,
                             width: n_cols,
+                            scale: std::ptr::null(),
                             act: Activation::Identity,
                             res: std::ptr::null(),
                         };

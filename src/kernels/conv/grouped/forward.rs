@@ -211,6 +211,7 @@ fn run_kernels(
                 x,
                 weights,
                 bias,
+                scale: post.scale,
                 act: post.act,
                 res: post.residual.map_or(std::ptr::null(), |r| r.as_ptr()),
                 out,
@@ -256,7 +257,9 @@ struct FwdTask<'a> {
     x: &'a [f32],
     weights: Weights<'a>,
     bias: Option<&'a [f32]>,
-    /// The epilogue; the residual (null: none) has `y`'s layout (checked length).
+    /// The epilogue; the scale has `C_out` values, the residual (null: none) `y`'s
+    /// layout (checked lengths).
+    scale: Option<&'a [f32]>,
     act: Activation,
     res: *const f32,
     out: SharedOut,
@@ -279,6 +282,7 @@ impl FwdTask<'_> {
             x,
             weights,
             bias,
+            scale,
             act,
             res,
             out,
@@ -357,6 +361,8 @@ impl FwdTask<'_> {
                     let last = (g.cog - (v0 + nv - 1) * l).min(l);
                     let w_off = gi * weights.group + v0 * l;
                     let init = bias.map_or(std::ptr::null(), |b| b[(gi * cvn + v0) * l..].as_ptr());
+                    let scale =
+                        scale.map_or(std::ptr::null(), |sc| sc[gi * g.cog + v0 * l..].as_ptr());
                     let y_row = (t.n * g.oh + oh) * g.ow * g.cout + gi * g.cog + v0 * l;
                     // Debug-build bounds of output pixels `ow0..ow0 + m`.
                     let check = |ow0: usize, m: usize| {
@@ -400,6 +406,7 @@ impl FwdTask<'_> {
                             sw: g.sw,
                             pix: cig,
                             nv,
+                            scale,
                             act,
                             res: offset_res(res, y_row),
                         };
@@ -424,6 +431,7 @@ impl FwdTask<'_> {
                         dst_pix: g.cout,
                         last,
                         width: g.ow,
+                        scale,
                         act,
                         res: offset_res(res, y_row),
                     };

@@ -182,8 +182,11 @@ pub(super) struct ConvTile<'a> {
     pub last: usize,
     /// Output pixels in the run.
     pub width: usize,
-    /// The epilogue: the activation of each output vector, then the residual at `res`
-    /// (the destination's layout; null for none).
+    /// The epilogue: each output vector multiplied by the channel scale at `scale`
+    /// (the tile's first output channel, `nv` vectors, the last `last` lanes; null for
+    /// none), the activation, then the residual at `res` (the destination's layout;
+    /// null for none).
+    pub scale: *const f32,
     pub act: Activation,
     pub res: *const f32,
 }
@@ -304,7 +307,17 @@ pub(super) unsafe fn conv_tile<S: Simd, const MR: usize, const NV: usize, const 
         }
     }
     // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
-    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last, m, (a.act, a.res)) };
+    unsafe {
+        store_tile(
+            s,
+            &acc,
+            a.dst,
+            a.dst_pix,
+            a.last,
+            m,
+            (a.act, a.res, a.scale),
+        )
+    };
 }
 
 /// One row of pixels of an [`OuterTile`].
@@ -518,11 +531,17 @@ pub(super) fn offset_res(p: *const f32, n: usize) -> *const f32 {
 }
 
 /// No epilogue for [`store_tile`].
-pub(super) const NO_POST: (Activation, *const f32) = (Activation::Identity, std::ptr::null());
+pub(super) const NO_POST: TilePost = (Activation::Identity, std::ptr::null(), std::ptr::null());
+
+/// A tile's epilogue for [`store_tile`]: the activation, the residual pointer (at the
+/// destination's offsets) and the channel scale pointer (the tile's first channel;
+/// null: none).
+pub(super) type TilePost = (Activation, *const f32, *const f32);
 
 /// Stores rows `0..rows` of a register tile where [`load_tile`] loads them (`last`
-/// lanes of each row's last vector), through the epilogue `post`: the activation, then
-/// the residual at the same offsets from its pointer (null: none).
+/// lanes of each row's last vector), through the epilogue `post`: the channel scale
+/// (null: none), the activation, then the residual at the same offsets from its
+/// pointer (null: none).
 ///
 /// # Safety
 /// Every element named must be writable (and the residual's readable), and no other
@@ -535,15 +554,31 @@ pub(super) unsafe fn store_tile<S: Simd, const M: usize, const NV: usize>(
     stride: usize,
     last: usize,
     rows: usize,
-    (act, res): (Activation, *const f32),
+    (act, res, scale): TilePost,
 ) {
     let l = S::LANES;
+    let mut sv = [s.zero(); NV];
+    if !scale.is_null() {
+        for (v, sv) in sv.iter_mut().enumerate() {
+            let n = if v == NV - 1 { last.min(l) } else { l };
+            // SAFETY: the scale's `NV` vectors (the last `last` lanes) are readable
+            // (caller contract).
+            *sv = unsafe {
+                if n == l {
+                    s.load_ptr(scale.add(v * l))
+                } else {
+                    s.load_partial_ptr(scale.add(v * l), n)
+                }
+            };
+        }
+    }
     for (i, acc) in acc.iter().enumerate().take(rows) {
         // SAFETY: in bounds and exclusive (caller contract).
         unsafe {
             let o = i * stride;
             for (v, &a) in acc.iter().enumerate() {
                 let n = if v == NV - 1 { last.min(l) } else { l };
+                let a = if scale.is_null() { a } else { s.mul(a, sv[v]) };
                 let mut a = act.apply(s, a);
                 if !res.is_null() {
                     let r = res.add(o + v * l);

@@ -51,6 +51,7 @@ pub(super) struct SlideRow<'a> {
     /// Vectors of output channels.
     pub nv: usize,
     /// The epilogue (see [`super::micro::ConvTile`]).
+    pub scale: *const f32,
     pub act: crate::kernels::activation::Activation,
     pub res: *const f32,
 }
@@ -188,7 +189,17 @@ unsafe fn tile<
         }
     }
     // SAFETY: the caller guarantees the output tile is in bounds and exclusive.
-    unsafe { store_tile(s, &acc, a.dst, a.dst_pix, a.last, MR, (a.act, a.res)) };
+    unsafe {
+        store_tile(
+            s,
+            &acc,
+            a.dst,
+            a.dst_pix,
+            a.last,
+            MR,
+            (a.act, a.res, a.scale),
+        )
+    };
 }
 
 /// One row of pixels of a [`SlideWeight`]: input vectors `x + p·x_pix + kw·x_kw`
