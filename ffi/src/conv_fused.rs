@@ -102,17 +102,20 @@ unsafe impl SizedStruct for effnet_conv_post_args {
     const MIN_SIZE: usize = std::mem::offset_of!(effnet_conv_post_args, scale);
 }
 
+/// A 0/1 field of `effnet_conv_post_ops` (`what`: what 1 asks for).
+fn flag(name: &str, v: u32, what: &str) -> Outcome<bool> {
+    match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(Failure::invalid(format!(
+            "`post_ops`.{name} = {v}: use 0 (none) or 1 ({what})"
+        ))),
+    }
+}
+
 /// The Rust epilogue a C descriptor names.
 fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
-    let residual = match p.residual {
-        0 => false,
-        1 => true,
-        v => {
-            return Err(Failure::invalid(format!(
-                "`post_ops`.residual = {v}: use 0 (none) or 1 (add a residual)"
-            )));
-        }
-    };
+    let residual = flag("residual", p.residual, "add a residual")?;
     let stats = match p.stats {
         0 => ChannelStats::None,
         1 => ChannelStats::Sums,
@@ -123,15 +126,7 @@ fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
             )));
         }
     };
-    let scale = match p.scale {
-        0 => false,
-        1 => true,
-        v => {
-            return Err(Failure::invalid(format!(
-                "`post_ops`.scale = {v}: use 0 (none) or 1 (scale each output channel)"
-            )));
-        }
-    };
+    let scale = flag("scale", p.scale, "scale each output channel")?;
     Ok(PostOps {
         scale,
         activation: activation_of("effnet_conv_post_ops.activation", p.activation)?,

@@ -147,6 +147,22 @@ impl PostOps {
     };
 }
 
+/// Checks one operand of a plan's epilogue: given (`Some((name, len, expected))`)
+/// exactly when the plan uses it (`wanted`), and then of its expected length.
+fn epilogue_operand(
+    given: Option<(&'static str, usize, usize)>,
+    wanted: bool,
+    unexpected: &str,
+    missing: &str,
+) -> Result<()> {
+    match (given, wanted) {
+        (Some((name, len, expected)), true) => check_len(name, len, expected),
+        (None, false) => Ok(()),
+        (Some(_), false) => Err(Error::InvalidArgument(unexpected.into())),
+        (None, true) => Err(Error::InvalidArgument(missing.into())),
+    }
+}
+
 impl Default for PostOps {
     /// [`PostOps::NONE`].
     fn default() -> Self {
@@ -412,36 +428,18 @@ impl Conv2d {
             sums,
             squares,
         } = args;
-        match (scale, self.post.scale) {
-            (Some(v), true) => check_len("scale", v.len(), s.desc.out_channels)?,
-            (None, false) => {}
-            (Some(_), false) => {
-                return Err(Error::InvalidArgument(
-                    "a scale was given but the plan's post-ops scale nothing".into(),
-                ));
-            }
-            (None, true) => {
-                return Err(Error::InvalidArgument(
-                    "the plan's post-ops scale each output channel; pass the scale to forward_post"
-                        .into(),
-                ));
-            }
-        }
-        match (residual, self.post.residual) {
-            (Some(r), true) => check_len("residual", r.len(), s.y_len)?,
-            (None, false) => {}
-            (Some(_), false) => {
-                return Err(Error::InvalidArgument(
-                    "a residual was given but the plan's post-ops add none".into(),
-                ));
-            }
-            (None, true) => {
-                return Err(Error::InvalidArgument(
-                    "the plan's post-ops add a residual; pass it to forward_fused or forward_post"
-                        .into(),
-                ));
-            }
-        }
+        epilogue_operand(
+            scale.map(|v| ("scale", v.len(), s.desc.out_channels)),
+            self.post.scale,
+            "a scale was given but the plan's post-ops scale nothing",
+            "the plan's post-ops scale each output channel; pass the scale to forward_post",
+        )?;
+        epilogue_operand(
+            residual.map(|r| ("residual", r.len(), s.y_len)),
+            self.post.residual,
+            "a residual was given but the plan's post-ops add none",
+            "the plan's post-ops add a residual; pass it to forward_fused or forward_post",
+        )?;
         let stats = self.post.stats;
         let d = &s.desc;
         stats.check(
