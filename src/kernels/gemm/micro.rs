@@ -59,10 +59,10 @@ pub(super) struct GemmTable {
     /// The tile height of `panel[nv − 1]`.
     pub mr: [usize; 4],
     /// One-row tiles of each panel width, `single[nv − 1][masked][strided]`: the rows
-    /// of a product that fill less than half a tile (one image's dense layers, the
-    /// tail of an odd row count), where a full tile would rerun its last row in the
-    /// rest — up to `mr − 1` times the multiply-adds. A row's sum is the same chain in
-    /// either, so the choice never changes a bit.
+    /// of a product with a row-major `A` that fill less than half a tile (one image's
+    /// dense layers, the tail of an odd row count), where a full tile would rerun its
+    /// last row in the rest — up to `mr − 1` times the multiply-adds. A row's sum is
+    /// the same chain in either, so the choice never changes a bit.
     pub single: [[[PanelFn; 2]; 2]; 4],
 }
 

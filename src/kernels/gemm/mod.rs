@@ -590,9 +590,16 @@ fn run_block(t: &GemmTable, g: &Gemm<'_>, c: *mut f32, rows: Range<usize>, panel
                 }
             };
             // Rows that fill less than half a tile run as one-row tiles (the same
-            // sums, fewer multiply-adds than a tile rerunning its last row).
+            // sums, fewer multiply-adds than a tile rerunning its last row) — unless
+            // `A` is strided (a transpose: the weight gradient's `Xᵀ`), whose rows
+            // share cache lines at each `k` step, so that one-row tiles would walk
+            // those lines once per row instead of once per tile.
             let (mr, len) = (t.mr[p.nv - 1], rows.len());
-            let rem = if 2 * (len % mr) < mr { len % mr } else { 0 };
+            let rem = if g.a_cs == 1 && 2 * (len % mr) < mr {
+                len % mr
+            } else {
+                0
+            };
             let split = rows.end - rem;
             let variant = |tab: &[[[PanelFn; 2]; 2]; 4]| {
                 tab[p.nv - 1][usize::from(masked)][usize::from(g.a_cs > 1)]
