@@ -77,7 +77,9 @@ impl<T: Send> Lanes<T> {
         debug_assert_eq!(out.len(), n * out_len);
         if self.pools.is_empty() {
             // One lane on the caller's pool: the kernels split each image across its
-            // threads, kept awake between the layers (see `run_lanes`).
+            // threads, and the other workers are kept awake between the layers (its
+            // layers are short parallel steps; a worker that slept between them would
+            // be woken at each one). The lanes' own pools have one thread each.
             let state = &mut self.states[0];
             return with_workers_awake(|| {
                 for (i, o) in out.chunks_mut(out_len.max(1)).enumerate().take(n) {
@@ -126,9 +128,6 @@ impl<T: Send> Lanes<T> {
 /// Runs `lane(state)` for every lane, each on its own pool's thread, and waits for
 /// all: each pool but the last gets its lane as a job of a scope around the rest, the
 /// last runs its lane while the calling thread waits — no thread is started per call.
-/// A lane whose pool has several threads (one image split across the cores) keeps
-/// them awake for the whole lane ([`with_workers_awake`]): its layers are short
-/// parallel steps, and a worker that slept between them would be woken at each one.
 fn run_lanes<T: Send, L: Fn(&mut T) + Sync>(
     pools: &[rayon::ThreadPool],
     states: &mut [T],
@@ -140,11 +139,11 @@ fn run_lanes<T: Send, L: Fn(&mut T) + Sync>(
         return;
     };
     if pools.is_empty() {
-        pool.install(|| with_workers_awake(|| lane(state)));
+        pool.install(|| lane(state));
         return;
     }
     pool.in_place_scope(|s| {
-        s.spawn(|_| with_workers_awake(|| lane(state)));
+        s.spawn(|_| lane(state));
         run_lanes(pools, states, lane);
     });
 }

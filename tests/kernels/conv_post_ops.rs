@@ -1,14 +1,14 @@
-//! The forward epilogue (`PostOps`: activation, residual add) of every convolution
-//! family at every SIMD level: the fused pass gives the bits of the unfused sequence
-//! (forward, then the standalone activation, then the add), with plain and packed
-//! weights, with and without bias; it matches the f64 reference; misuse is a typed
-//! error.
+//! The forward epilogue (`PostOps`: per-channel scale, activation, residual add) of
+//! every convolution family at every SIMD level: the fused pass gives the bits of the
+//! unfused sequence (forward, then the channel multiply, the standalone activation,
+//! then the add), with plain and packed weights, with and without bias; it matches the
+//! f64 reference; misuse is a typed error.
 
 use crate::common::conv::{ConvCase, fixed_shapes};
 use crate::common::{levels, rel_err};
 use effnet::Error;
 use effnet::kernels::activation::{self, Activation};
-use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvWeights, PostOps};
+use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvWeights, PostArgs, PostOps};
 use effnet::simd::with_level;
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -35,6 +35,16 @@ pub(super) fn shapes() -> Vec<ConvDesc> {
     v
 }
 
+/// A scale per output channel with both signs, a zero and magnitudes around 1.
+pub(super) fn scale_of(c_out: usize) -> Vec<f32> {
+    (0..c_out)
+        .map(|c| match c % 7 {
+            3 => 0.0,
+            k => (k as f32 - 2.5) * 0.37 + 0.05 * (c as f32).sin(),
+        })
+        .collect()
+}
+
 #[test]
 fn fused_epilogue_gives_the_unfused_bits_at_every_level() {
     let acts = [
@@ -47,12 +57,16 @@ fn fused_epilogue_gives_the_unfused_bits_at_every_level() {
         let c = ConvCase::new(d, 3100 + i as u64);
         let s = c.shape;
         let res: Vec<f32> = c.dy.clone();
+        let sc = scale_of(d.out_channels);
         for level in levels() {
             with_level(level, || {
                 let plain = Conv2d::with_level(d, level).unwrap();
                 for act in acts {
-                    for residual in [false, true] {
+                    for (residual, scale) in
+                        [(false, false), (true, false), (false, true), (true, true)]
+                    {
                         let post = PostOps {
+                            scale,
                             activation: act,
                             residual,
                             ..PostOps::NONE
@@ -64,6 +78,13 @@ fn fused_epilogue_gives_the_unfused_bits_at_every_level() {
                             // The unfused sequence.
                             let mut want = vec![0.0; s.y_len];
                             plain.forward(&c.x, &c.w, bias, &mut want).unwrap();
+                            if scale {
+                                for px in want.chunks_exact_mut(d.out_channels) {
+                                    for (v, k) in px.iter_mut().zip(&sc) {
+                                        *v *= *k;
+                                    }
+                                }
+                            }
                             let mut a = vec![0.0; s.y_len];
                             activation::forward(act, &want, &mut a).unwrap();
                             if residual {
@@ -73,31 +94,30 @@ fn fused_epilogue_gives_the_unfused_bits_at_every_level() {
                             }
                             let r = residual.then_some(&res[..]);
                             let what = format!(
-                                "{level} {d:?} {act:?} residual {residual} bias {}",
+                                "{level} {d:?} {act:?} residual {residual} scale {scale} bias {}",
                                 bias.is_some()
                             );
+                            // A plan with a scale runs through forward_post; the others
+                            // through forward_fused.
+                            let run =
+                                |w: ConvWeights<'_>, y: &mut [f32], ws: Option<&mut [f32]>| {
+                                    if scale {
+                                        let args = PostArgs {
+                                            scale: Some(&sc),
+                                            residual: r,
+                                            ..PostArgs::default()
+                                        };
+                                        conv.forward_post(&c.x, w, bias, args, y, ws)
+                                    } else {
+                                        conv.forward_fused(&c.x, w, bias, r, y, ws)
+                                    }
+                                };
                             let mut y = vec![f32::NAN; s.y_len];
-                            conv.forward_fused(
-                                &c.x,
-                                ConvWeights::Plain(&c.w),
-                                bias,
-                                r,
-                                &mut y,
-                                None,
-                            )
-                            .unwrap();
+                            run(ConvWeights::Plain(&c.w), &mut y, None).unwrap();
                             assert!(bits(&y) == bits(&a), "{what}: plain weights differ");
                             let mut ws = vec![f32::NAN; conv.workspace_len(ConvPass::Forward, 0)];
                             let mut y = vec![f32::NAN; s.y_len];
-                            conv.forward_fused(
-                                &c.x,
-                                ConvWeights::Packed(&packed),
-                                bias,
-                                r,
-                                &mut y,
-                                Some(&mut ws),
-                            )
-                            .unwrap();
+                            run(ConvWeights::Packed(&packed), &mut y, Some(&mut ws)).unwrap();
                             assert!(bits(&y) == bits(&a), "{what}: packed weights differ");
                         }
                     }

@@ -1,94 +1,16 @@
 //! The per-output-channel scale of the forward epilogue (`PostOps::scale`,
-//! `PostArgs::scale`): `y = φ(s ⊙ (conv + bias)) (+ r)` in one pass, for every family
-//! at every SIMD level, gives the bits of the unfused sequence (forward, then the
-//! channel multiply, the standalone activation and the add) with plain and packed
-//! weights; it matches the f64 reference; the statistics post-op sees the scaled
-//! output; misuse is a typed error.
+//! `PostArgs::scale`): `y = φ(s ⊙ (conv + bias)) (+ r)` matches the f64 reference for
+//! every family at every SIMD level, the statistics post-op sees the scaled output,
+//! misuse is a typed error. (Its bits against the unfused sequence are checked with
+//! the other post-ops, in `conv_post_ops`.)
 
-use super::conv_post_ops::shapes;
+use super::conv_post_ops::{scale_of, shapes};
 use crate::common::conv::ConvCase;
 use crate::common::{levels, rel_err};
 use effnet::Error;
-use effnet::kernels::activation::{self, Activation};
-use effnet::kernels::conv::{
-    ChannelStats, Conv2d, ConvDesc, ConvPass, ConvWeights, PostArgs, PostOps,
-};
+use effnet::kernels::activation::Activation;
+use effnet::kernels::conv::{ChannelStats, Conv2d, ConvDesc, ConvWeights, PostArgs, PostOps};
 use effnet::simd::with_level;
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
-/// A scale per output channel with both signs, a zero and magnitudes around 1.
-fn scale_of(c_out: usize) -> Vec<f32> {
-    (0..c_out)
-        .map(|c| match c % 7 {
-            3 => 0.0,
-            k => (k as f32 - 2.5) * 0.37 + 0.05 * (c as f32).sin(),
-        })
-        .collect()
-}
-
-#[test]
-fn scaled_epilogue_gives_the_unfused_bits_at_every_level() {
-    for (i, d) in shapes().iter().enumerate() {
-        let c = ConvCase::new(d, 5100 + i as u64);
-        let s = c.shape;
-        let sc = scale_of(d.out_channels);
-        for level in levels() {
-            with_level(level, || {
-                let plain = Conv2d::with_level(d, level).unwrap();
-                for act in [Activation::Identity, Activation::Swish] {
-                    for residual in [false, true] {
-                        let post = PostOps {
-                            scale: true,
-                            activation: act,
-                            residual,
-                            ..PostOps::NONE
-                        };
-                        let conv = Conv2d::with_level(d, level).unwrap().with_post_ops(post);
-                        let mut packed = vec![0.0; conv.packed_weights_len()];
-                        conv.pack_weights(&c.w, &mut packed).unwrap();
-                        for bias in [Some(&c.b[..]), None] {
-                            let mut want = vec![0.0; s.y_len];
-                            plain.forward(&c.x, &c.w, bias, &mut want).unwrap();
-                            for px in want.chunks_exact_mut(d.out_channels) {
-                                for (v, k) in px.iter_mut().zip(&sc) {
-                                    *v *= *k;
-                                }
-                            }
-                            let mut a = vec![0.0; s.y_len];
-                            activation::forward(act, &want, &mut a).unwrap();
-                            if residual {
-                                for (a, r) in a.iter_mut().zip(&c.dy) {
-                                    *a += *r;
-                                }
-                            }
-                            let what = format!(
-                                "{level} {d:?} {act:?} residual {residual} bias {}",
-                                bias.is_some()
-                            );
-                            for weights in [ConvWeights::Plain(&c.w), ConvWeights::Packed(&packed)]
-                            {
-                                let args = PostArgs {
-                                    scale: Some(&sc),
-                                    residual: residual.then_some(&c.dy[..]),
-                                    ..PostArgs::default()
-                                };
-                                let mut ws =
-                                    vec![f32::NAN; conv.workspace_len(ConvPass::Forward, 0)];
-                                let mut y = vec![f32::NAN; s.y_len];
-                                conv.forward_post(&c.x, weights, bias, args, &mut y, Some(&mut ws))
-                                    .unwrap();
-                                assert!(bits(&y) == bits(&a), "{what}: {weights:?} differ");
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    }
-}
 
 #[test]
 fn scaled_epilogue_matches_the_reference() {

@@ -13,7 +13,7 @@
 
 use super::slide::{SlideRow, SlideWeight};
 use crate::kernels::activation::Activation;
-use crate::simd::{Microkernel, Simd};
+use crate::simd::{Microkernel, Simd, load_n};
 
 /// The microkernels of one level, and its tile parameters.
 #[derive(Debug)]
@@ -563,13 +563,7 @@ pub(super) unsafe fn store_tile<S: Simd, const M: usize, const NV: usize>(
             let n = if v == NV - 1 { last.min(l) } else { l };
             // SAFETY: the scale's `NV` vectors (the last `last` lanes) are readable
             // (caller contract).
-            *sv = unsafe {
-                if n == l {
-                    s.load_ptr(scale.add(v * l))
-                } else {
-                    s.load_partial_ptr(scale.add(v * l), n)
-                }
-            };
+            *sv = unsafe { load_n(s, scale.add(v * l), n) };
         }
     }
     for (i, acc) in acc.iter().enumerate().take(rows) {
@@ -581,15 +575,7 @@ pub(super) unsafe fn store_tile<S: Simd, const M: usize, const NV: usize>(
                 let a = if scale.is_null() { a } else { s.mul(a, sv[v]) };
                 let mut a = act.apply(s, a);
                 if !res.is_null() {
-                    let r = res.add(o + v * l);
-                    a = s.add(
-                        a,
-                        if n == l {
-                            s.load_ptr(r)
-                        } else {
-                            s.load_partial_ptr(r, n)
-                        },
-                    );
+                    a = s.add(a, load_n(s, res.add(o + v * l), n));
                 }
                 let d = base.add(o + v * l);
                 if n == l {
