@@ -134,6 +134,12 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
+    fn mul_pow2i(self, p: __m512, n: __m512) -> __m512 {
+        // `scalef` multiplies by 2^floor(n): for integral n in range, the product
+        // with `pow2i`, rounded the same way.
+        unsafe { _mm512_scalef_ps(p, n) }
+    }
+    #[inline(always)]
     fn reduce_sum(self, a: __m512) -> f32 {
         unsafe { _mm512_reduce_add_ps(a) }
     }

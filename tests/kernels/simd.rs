@@ -15,6 +15,24 @@ impl SimdKernel for ExpAll<'_> {
     }
 }
 
+/// `(σ(x), x·2^n)` of every lane: the logistic function and `mul_pow2i`.
+struct SigmoidAll<'a>(&'a [f32], &'a mut [f32], &'a [f32], &'a mut [f32]);
+impl SimdKernel for SigmoidAll<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let chunks = self.0.chunks(S::LANES).zip(self.1.chunks_mut(S::LANES));
+        for (x, y) in chunks {
+            s.store_upto(y, s.sigmoid(s.load_upto(x)));
+        }
+        let chunks = self.2.chunks(S::LANES).zip(self.3.chunks_mut(S::LANES));
+        for (n, y) in chunks {
+            let n = s.load_upto(n);
+            s.store_upto(y, s.mul_pow2i(s.splat(1.5), n));
+        }
+    }
+}
+
 struct Ops<'a>(&'a [f32], &'a [f32], &'a mut [f32]);
 impl SimdKernel for Ops<'_> {
     type Output = f32;
@@ -82,6 +100,30 @@ fn exp_is_accurate_on_every_level() {
                     "{level}: exp({x}) = {y}, want {want}, rel {rel}"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn sigmoid_is_accurate_on_every_level() {
+    // Dense near 0 (where n = 0 and σ ≈ 1/2), then out to beyond the clamps.
+    let mut xs: Vec<f32> = (0..4001).map(|i| -2.0 + i as f32 * 0.001).collect();
+    xs.extend((0..2001).map(|i| -100.0 + i as f32 * 0.1));
+    xs.extend([-1e30, -88.5, 87.5, 1e30, f32::MIN_POSITIVE, -0.0]);
+    let ns: Vec<f32> = (-126..=126).map(|n| n as f32).collect();
+    for level in SimdLevel::available() {
+        let (mut ys, mut ps) = (vec![0.0; xs.len()], vec![0.0; ns.len()]);
+        dispatch(level, SigmoidAll(&xs, &mut ys, &ns, &mut ps));
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let want = 1.0 / (1.0 + (-(x as f64)).exp());
+            let rel = ((y as f64 - want) / want).abs();
+            // 2 ulp where σ is a normal float; below that, absolute.
+            let ok = rel < 2.4e-7 || (want < 1e-37 && y.abs() < 1e-37);
+            assert!(ok, "{level}: sigmoid({x}) = {y}, want {want}, rel {rel}");
+            assert!((0.0..=1.0).contains(&y), "{level}: sigmoid({x}) = {y}");
+        }
+        for (&n, &p) in ns.iter().zip(&ps) {
+            assert_eq!(p, 1.5 * 2f32.powi(n as i32), "{level}: 1.5·2^{n}");
         }
     }
 }
