@@ -135,6 +135,24 @@ pub fn detected() -> SimdLevel {
     *DETECTED.get_or_init(detect_cpu)
 }
 
+/// Whether this CPU's AVX-512 units run a 512-bit operation at full width (Intel's
+/// AVX-512 cores, AMD's Zen 5) rather than as two 256-bit halves (AMD's Zen 4, whose
+/// AVX-512 has AVX2's multiply-add throughput): read once from CPUID; `true` off
+/// x86-64 and on CPUs without AVX-512, where nothing asks.
+pub fn avx512_full_width() -> bool {
+    static FULL: OnceLock<bool> = OnceLock::new();
+    *FULL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::avx512_full_width()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            true
+        }
+    })
+}
+
 fn detect_cpu() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {

@@ -31,6 +31,24 @@ impl Avx2 {
     }
 }
 
+/// Whether this CPU runs a 512-bit vector operation at full width, as Intel's AVX-512
+/// cores do, rather than as two 256-bit halves, as AMD's Zen 4 (family 19h) does: read
+/// from CPUID. Kernels whose AVX-512 variant wins only at full width (the grouped
+/// sliding-window tiles) check it when they are planned.
+pub(super) fn avx512_full_width() -> bool {
+    // Leaves 0 (vendor) and 1 (family) exist on every x86-64 CPU.
+    let (vendor, version) = (__cpuid(0), __cpuid(1));
+    let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    // Family: base (bits 8–11), plus the extended family (bits 20–27) when the base is 15.
+    let base = (version.eax >> 8) & 0xf;
+    let family = if base == 0xf {
+        base + ((version.eax >> 20) & 0xff)
+    } else {
+        base
+    };
+    !(amd && family == 0x19)
+}
+
 /// Runs `k` compiled with AVX-512 enabled.
 #[inline]
 pub(super) fn run_avx512<K: SimdKernel>(s: Avx512, k: K) -> K::Output {

@@ -55,6 +55,23 @@ pub fn levels() -> Vec<SimdLevel> {
     SimdLevel::available()
 }
 
+/// Runs `f` at `level` once per grouped tile choice the level has: with and without
+/// the AVX-512 sliding-window rows at AVX-512 (whichever the CPU would pick), once
+/// elsewhere; `f` gets the choice, for its messages.
+pub fn at_level_every_tile<R>(level: SimdLevel, mut f: impl FnMut(&str) -> R) -> Vec<R> {
+    use effnet::kernels::conv::grouped::with_sliding_tiles;
+    if level == SimdLevel::Avx512 {
+        [(true, "sliding rows"), (false, "general tiles")]
+            .into_iter()
+            .map(|(on, name)| {
+                with_sliding_tiles(on, || effnet::simd::with_level(level, || f(name)))
+            })
+            .collect()
+    } else {
+        vec![effnet::simd::with_level(level, || f(""))]
+    }
+}
+
 /// Runs `f` inside a fresh rayon pool of `threads` threads.
 pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()

@@ -5,7 +5,7 @@
 //! shapes large enough to split into several chunks and group blocks.
 
 use crate::common::conv::{ConvCase, ConvOutputs, Passes};
-use crate::common::{dot, in_pool, levels, proptest_cases, rel_err};
+use crate::common::{at_level_every_tile, dot, in_pool, levels, proptest_cases, rel_err};
 use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, GradMode, Padding};
 use effnet::simd::{self, with_level};
 use proptest::prelude::*;
@@ -25,9 +25,10 @@ fn check(d: &ConvDesc, seed: u64) -> Result<(), TestCaseError> {
     let c = ConvCase::new(d, seed);
     let refs = c.references();
     for level in levels() {
-        let o = with_level(level, || run_all(&c));
-        for (name, e) in o.errors(&refs, rel_err) {
-            prop_assert!(e < TOL, "{level} {name} {d:?}: rel err {e}");
+        for (tiles, o) in at_level_every_tile(level, |t| (t.to_string(), run_all(&c))) {
+            for (name, e) in o.errors(&refs, rel_err) {
+                prop_assert!(e < TOL, "{level} {tiles} {name} {d:?}: rel err {e}");
+            }
         }
     }
     Ok(())
@@ -293,11 +294,18 @@ fn results_do_not_depend_on_thread_count() {
     for (i, d) in shapes.iter().enumerate() {
         let c = ConvCase::new(d, 900 + i as u64);
         for level in levels() {
-            let run =
-                |threads: usize| in_pool(threads, || with_level(level, || run_all(&c).bits()));
-            let one = run(1);
-            assert!(run(2) == one, "{level} {d:?}: 2 threads differ from 1");
-            assert!(run(8) == one, "{level} {d:?}: 8 threads differ from 1");
+            at_level_every_tile(level, |tiles| {
+                let run = |threads: usize| in_pool(threads, || run_all(&c).bits());
+                let one = run(1);
+                assert!(
+                    run(2) == one,
+                    "{level} {tiles} {d:?}: 2 threads differ from 1"
+                );
+                assert!(
+                    run(8) == one,
+                    "{level} {tiles} {d:?}: 8 threads differ from 1"
+                );
+            });
         }
     }
 }
@@ -357,4 +365,35 @@ fn wrong_buffer_sizes_are_typed_errors() {
         conv.backward_weight(&x, &y, &mut dw, Some(&mut db), GradMode::Overwrite),
         Err(Error::BufferSize { name: "dbias", .. })
     ));
+}
+
+/// The sliding-window switch reaches the plan: at AVX-512 a G16 5×5 layer and the stem
+/// run different tiles with it on and off (the sums round differently), and both
+/// match the reference.
+#[test]
+fn sliding_tile_switch_changes_the_tiles() {
+    use effnet::kernels::conv::grouped::with_sliding_tiles;
+    if !levels().contains(&simd::SimdLevel::Avx512) {
+        return;
+    }
+    for (i, d) in [
+        g(1, (9, 20), 32, 32, (5, 5), 16).with_symmetric_padding(),
+        g(1, (17, 30), 3, 32, (3, 3), 3)
+            .with_stride(2)
+            .with_symmetric_padding(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let c = ConvCase::new(d, 70 + i as u64);
+        let refs = c.references();
+        let [on, off] = [true, false]
+            .map(|s| with_sliding_tiles(s, || with_level(simd::SimdLevel::Avx512, || run_all(&c))));
+        for o in [&on, &off] {
+            for (name, e) in o.errors(&refs, rel_err) {
+                assert!(e < TOL, "{name} {d:?}: rel err {e}");
+            }
+        }
+        assert!(on.bits() != off.bits(), "{d:?}: the switch changed nothing");
+    }
 }

@@ -5,7 +5,7 @@
 //! f64 reference; misuse is a typed error.
 
 use crate::common::conv::{ConvCase, fixed_shapes};
-use crate::common::{levels, rel_err};
+use crate::common::{at_level_every_tile, levels, rel_err};
 use effnet::Error;
 use effnet::kernels::activation::{self, Activation};
 use effnet::kernels::conv::{Conv2d, ConvDesc, ConvPass, ConvWeights, PostArgs, PostOps};
@@ -59,7 +59,7 @@ fn fused_epilogue_gives_the_unfused_bits_at_every_level() {
         let res: Vec<f32> = c.dy.clone();
         let sc = scale_of(d.out_channels);
         for level in levels() {
-            with_level(level, || {
+            at_level_every_tile(level, |tiles| {
                 let plain = Conv2d::with_level(d, level).unwrap();
                 for act in acts {
                     for (residual, scale) in
@@ -94,7 +94,7 @@ fn fused_epilogue_gives_the_unfused_bits_at_every_level() {
                             }
                             let r = residual.then_some(&res[..]);
                             let what = format!(
-                                "{level} {d:?} {act:?} residual {residual} scale {scale} bias {}",
+                                "{level} {tiles} {d:?} {act:?} residual {residual} scale {scale} bias {}",
                                 bias.is_some()
                             );
                             // A plan with a scale runs through forward_post; the others

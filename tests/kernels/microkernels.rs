@@ -7,7 +7,7 @@
 //! against the plain f64 reference.
 
 use crate::common::conv::{ConvCase, Passes};
-use crate::common::{Rng, levels, rel_err};
+use crate::common::{Rng, at_level_every_tile, levels, rel_err};
 use effnet::kernels::conv::{Conv2d, ConvDesc, ConvFamily, GradMode};
 use effnet::kernels::fully_connected::FullyConnected;
 use effnet::simd::with_level;
@@ -96,11 +96,13 @@ fn check(d: &ConvDesc, family: ConvFamily, seed: u64) {
     let c = ConvCase::new(d, seed);
     let refs = c.references();
     for level in levels() {
-        let conv = Conv2d::with_family(d, family, level).unwrap();
-        let o = with_level(level, || c.run(&Passes::Plan(&conv)));
-        for (name, e) in o.errors(&refs, rel_err) {
-            assert!(e < TOL, "{level} {name} {d:?}: rel err {e}");
-        }
+        at_level_every_tile(level, |tiles| {
+            let conv = Conv2d::with_family(d, family, level).unwrap();
+            let o = c.run(&Passes::Plan(&conv));
+            for (name, e) in o.errors(&refs, rel_err) {
+                assert!(e < TOL, "{level} {tiles} {name} {d:?}: rel err {e}");
+            }
+        });
     }
 }
 

@@ -2,7 +2,7 @@
 //! padded, group-major copy of `dy`, one residue class of input columns at a time.
 
 use super::forward::debug_check;
-use super::micro::{ConvTile, GroupMajor, GroupedTable};
+use super::micro::{ConvTile, GroupMajor, GroupedTable, SlideFn};
 use super::slide::{self, SlideRow};
 use super::{Geo, SharedOut, Task, TaskGrid, plan_tasks, split, table, with_zeroed};
 use crate::error::Result;
@@ -37,6 +37,9 @@ impl DyCols {
 pub(super) struct Plan {
     /// The level's microkernels.
     tab: &'static GroupedTable,
+    /// The table's sliding-window rows, where [`super::sliding_tiles`] chose them
+    /// when the plan was made.
+    slide: Option<SlideFn>,
     l: usize,
     civn: usize,
     cols: DyCols,
@@ -77,6 +80,7 @@ impl Plan {
             .unwrap_or(0);
         Plan {
             tab,
+            slide: tab.slide.filter(|_| super::sliding_tiles()),
             l,
             civn,
             cols,
@@ -117,6 +121,7 @@ pub(super) fn run(
         with_zeroed(&slots, t.ng * rows * cols.width * g.cog, |buf| {
             BwdDataTask {
                 tab: plan.tab,
+                slide: plan.slide,
                 g,
                 dy,
                 wt,
@@ -165,6 +170,7 @@ fn pack_transposed(g: &Geo, w: &[f32], l: usize, civn: usize, p: &mut [f32]) {
 
 struct BwdDataTask<'a> {
     tab: &'static GroupedTable,
+    slide: Option<SlideFn>,
     g: &'a Geo,
     dy: &'a [f32],
     wt: &'a [f32],
@@ -185,6 +191,7 @@ impl BwdDataTask<'_> {
     fn run(self) {
         let BwdDataTask {
             tab,
+            slide,
             g,
             dy,
             wt,
@@ -227,7 +234,7 @@ impl BwdDataTask<'_> {
         let (sh, sw) = (g.sh as isize, g.sw as isize);
         let mut taps = Vec::with_capacity(g.taps());
         let mut slide_rows = Vec::with_capacity(g.kh);
-        let slide_row = tab.slide.filter(|_| g.sw == 1 && g.dw == 1);
+        let slide_row = slide.filter(|_| g.sw == 1 && g.dw == 1);
         let sliding = |nv: usize| slide::supported(g.kw, 1, cog, nv);
         for ih in t.r0..t.r0 + t.rows {
             let need = rows_end(ih);

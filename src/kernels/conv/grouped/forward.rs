@@ -1,6 +1,6 @@
 //! Forward pass: a direct convolution over a padded, group-major copy of the input.
 
-use super::micro::{ConvTile, GroupMajor, GroupedTable, offset_res};
+use super::micro::{ConvTile, GroupMajor, GroupedTable, SlideFn, offset_res};
 use super::slide::{self, SlideRow};
 use super::{Geo, SharedOut, Task, TaskGrid, plan_tasks, split, table, with_zeroed};
 use crate::error::Result;
@@ -25,6 +25,9 @@ struct Weights<'a> {
 pub(super) struct Plan {
     /// The level's microkernels.
     tab: &'static GroupedTable,
+    /// The table's sliding-window rows, where [`super::sliding_tiles`] chose them
+    /// when the plan was made.
+    slide: Option<SlideFn>,
     l: usize,
     cvn: usize,
     /// Whether the weights are packed (`[group][tap][ci][cvn·L]`, zero lanes); else
@@ -63,6 +66,7 @@ impl Plan {
             .unwrap_or(0);
         Plan {
             tab,
+            slide: tab.slide.filter(|_| super::sliding_tiles()),
             l,
             cvn,
             // Read the weights in place when each group's output channels are whole
@@ -207,6 +211,7 @@ fn run_kernels(
         with_zeroed(&slots, t.ng * in_rows * wp * g.cig, |buf| {
             FwdTask {
                 tab: plan.tab,
+                slide: plan.slide,
                 g,
                 x,
                 weights,
@@ -253,6 +258,7 @@ fn pack(g: &Geo, w: &[f32], l: usize, cvn: usize, p: &mut [f32]) {
 
 struct FwdTask<'a> {
     tab: &'static GroupedTable,
+    slide: Option<SlideFn>,
     g: &'a Geo,
     x: &'a [f32],
     weights: Weights<'a>,
@@ -278,6 +284,7 @@ impl FwdTask<'_> {
     fn run(self) {
         let FwdTask {
             tab,
+            slide,
             g,
             x,
             weights,
@@ -327,7 +334,7 @@ impl FwdTask<'_> {
         let per_row = t.ng * blocks.len() * n_tiles;
         let src_pix = g.sw * cig;
         let mut taps = Vec::with_capacity(g.taps());
-        let slide_row = tab.slide.filter(|_| g.dw == 1);
+        let slide_row = slide.filter(|_| g.dw == 1);
         let sliding = |nv: usize| slide::supported(g.kw, g.sw, cig, nv);
         for oh in t.r0..t.r0 + t.rows {
             let need = rows_end(oh);
