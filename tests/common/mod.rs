@@ -59,7 +59,7 @@ pub fn levels() -> Vec<SimdLevel> {
 /// the AVX-512 sliding-window rows at AVX-512 (whichever the CPU would pick), once
 /// elsewhere; `f` gets the choice, for its messages.
 pub fn at_level_every_tile<R>(level: SimdLevel, mut f: impl FnMut(&str) -> R) -> Vec<R> {
-    use effnet::kernels::conv::grouped::with_sliding_tiles;
+    use effnet::kernels::conv::with_sliding_tiles;
     if level == SimdLevel::Avx512 {
         [(true, "sliding rows"), (false, "general tiles")]
             .into_iter()

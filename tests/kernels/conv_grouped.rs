@@ -372,7 +372,7 @@ fn wrong_buffer_sizes_are_typed_errors() {
 /// match the reference.
 #[test]
 fn sliding_tile_switch_changes_the_tiles() {
-    use effnet::kernels::conv::grouped::with_sliding_tiles;
+    use effnet::kernels::conv::with_sliding_tiles;
     if !levels().contains(&simd::SimdLevel::Avx512) {
         return;
     }

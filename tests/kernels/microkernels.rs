@@ -96,13 +96,19 @@ fn check(d: &ConvDesc, family: ConvFamily, seed: u64) {
     let c = ConvCase::new(d, seed);
     let refs = c.references();
     for level in levels() {
-        at_level_every_tile(level, |tiles| {
+        let run = |tiles: &str| {
             let conv = Conv2d::with_family(d, family, level).unwrap();
             let o = c.run(&Passes::Plan(&conv));
             for (name, e) in o.errors(&refs, rel_err) {
                 assert!(e < TOL, "{level} {tiles} {name} {d:?}: rel err {e}");
             }
-        });
+        };
+        // The grouped plans have two tile choices at AVX-512; the others one.
+        if family == ConvFamily::Grouped {
+            at_level_every_tile(level, run);
+        } else {
+            with_level(level, || run(""));
+        }
     }
 }
 

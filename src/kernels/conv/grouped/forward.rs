@@ -25,7 +25,7 @@ struct Weights<'a> {
 pub(super) struct Plan {
     /// The level's microkernels.
     tab: &'static GroupedTable,
-    /// The table's sliding-window rows, where [`super::sliding_tiles`] chose them
+    /// The table's sliding-window rows, where [`crate::kernels::conv::sliding_tiles`] chose them
     /// when the plan was made.
     slide: Option<SlideFn>,
     l: usize,
@@ -66,7 +66,7 @@ impl Plan {
             .unwrap_or(0);
         Plan {
             tab,
-            slide: tab.slide.filter(|_| super::sliding_tiles()),
+            slide: tab.slide.filter(|_| crate::kernels::conv::sliding_tiles()),
             l,
             cvn,
             // Read the weights in place when each group's output channels are whole

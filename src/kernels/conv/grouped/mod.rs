@@ -64,39 +64,7 @@ use crate::kernels::gemm::Post;
 use crate::kernels::scratch::{PerWorker, Workspace, WorkspaceLayout};
 use crate::simd::{PerLevel, SimdLevel};
 use micro::GroupedTable;
-use std::cell::Cell;
 use std::sync::OnceLock;
-
-thread_local! {
-    static SLIDING: Cell<Option<bool>> = const { Cell::new(None) };
-}
-
-/// Whether grouped plans made now on this thread use the AVX-512 sliding-window rows
-/// (forward: G16 3×3 and 5×5, the 3 → 32 stem; backward-data: G16 at stride 1) where
-/// they apply, instead of the general tiles: by default where the CPU runs 512-bit
-/// operations at full width ([`avx512_full_width`](crate::simd::avx512_full_width)).
-/// On AMD Zen 4, whose AVX-512 is two 256-bit halves, the general tiles are faster
-/// (5×5 G16 forward 2.5×, the stem 2×, measured; see BENCHMARKS.md); on the Intel Xeon
-/// the sliding rows were written on, the sliding rows are. Either gives the same
-/// sums to rounding (each output's terms are added in a different order).
-pub fn sliding_tiles() -> bool {
-    SLIDING
-        .with(Cell::get)
-        .unwrap_or_else(crate::simd::avx512_full_width)
-}
-
-/// Runs `f` with [`sliding_tiles`] forced to `on` for the grouped plans made inside it
-/// on this thread (a plan keeps its choice; for tests and tuning).
-pub fn with_sliding_tiles<R>(on: bool, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<bool>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            SLIDING.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(SLIDING.with(|c| c.replace(Some(on))));
-    f()
-}
 
 /// The grouped kernels planned for one shape and level: every pass's plan (task split,
 /// copy sizes, the microkernel table's entries), each made the first time the pass (or
