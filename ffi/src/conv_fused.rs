@@ -4,7 +4,7 @@
 
 use std::ffi::c_void;
 
-use effnet_core::kernels::conv::{ChannelStats, ConvPass, ConvWeights, PostArgs, PostOps};
+use effnet_core::kernels::conv::{ChannelStats, ConvPass, ConvWeights, PostArgs, PostOps, PreArgs};
 
 use crate::buffers::{self, Buf};
 use crate::context::effnet_context;
@@ -93,6 +93,26 @@ pub struct effnet_conv_post_args {
     pub scale: *const f32,
     /// Floats at `scale`.
     pub scale_len: usize,
+    /// `[batch][in_channels]` floats, the prologue's scale `a`, when the plan has a
+    /// prologue (`effnet_conv_pre_ops.enabled` = 1; a caller built before the
+    /// prologue fields existed passes a smaller `struct_size`: they read as NULL).
+    pub pre_scale: *const f32,
+    /// Floats at `pre_scale`.
+    pub pre_scale_len: usize,
+    /// `[batch][in_channels]` floats, the prologue's shift `b`, when its `shift` = 1.
+    pub pre_shift: *const f32,
+    /// Floats at `pre_shift`.
+    pub pre_shift_len: usize,
+    /// `[batch][in_channels]` floats, the prologue's output scale `p`, when its
+    /// `out_scale` = 1.
+    pub pre_out_scale: *const f32,
+    /// Floats at `pre_out_scale`.
+    pub pre_out_scale_len: usize,
+    /// `[batch][in_channels]` floats, the prologue's output shift `q`, when its
+    /// `out_shift` = 1.
+    pub pre_out_shift: *const f32,
+    /// Floats at `pre_out_shift`.
+    pub pre_out_shift_len: usize,
 }
 
 // SAFETY: repr(C), starts with `usize struct_size`, integers and raw pointers only
@@ -114,7 +134,7 @@ fn flag(name: &str, v: u32, what: &str) -> Outcome<bool> {
 }
 
 /// The Rust epilogue a C descriptor names.
-fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
+pub(crate) fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
     let residual = flag("residual", p.residual, "add a residual")?;
     let stats = match p.stats {
         0 => ChannelStats::None,
@@ -347,6 +367,14 @@ pub(crate) unsafe fn forward_fused(
         squares_len: 0,
         scale: std::ptr::null(),
         scale_len: 0,
+        pre_scale: std::ptr::null(),
+        pre_scale_len: 0,
+        pre_shift: std::ptr::null(),
+        pre_shift_len: 0,
+        pre_out_scale: std::ptr::null(),
+        pre_out_scale_len: 0,
+        pre_out_shift: std::ptr::null(),
+        pre_out_shift_len: 0,
     };
     // SAFETY: forwarded from this function's contract.
     unsafe {
@@ -445,6 +473,62 @@ unsafe fn forward_post(
             }));
         }
     }
+    let pre_ops = conv.pre_ops();
+    let nci = s.desc.batch * s.desc.in_channels;
+    for (name, ptr, len, wanted) in [
+        (
+            "pre_scale",
+            args.pre_scale,
+            args.pre_scale_len,
+            pre_ops.is_some(),
+        ),
+        (
+            "pre_shift",
+            args.pre_shift,
+            args.pre_shift_len,
+            pre_ops.is_some_and(|p| p.shift),
+        ),
+        (
+            "pre_out_scale",
+            args.pre_out_scale,
+            args.pre_out_scale_len,
+            pre_ops.is_some_and(|p| p.out_scale),
+        ),
+        (
+            "pre_out_shift",
+            args.pre_out_shift,
+            args.pre_out_shift_len,
+            pre_ops.is_some_and(|p| p.out_shift),
+        ),
+    ] {
+        if wanted != (!ptr.is_null() || len > 0) {
+            return Err(Failure::invalid(if wanted {
+                format!("the plan's pre-ops use `{name}`: pass it (batch·in_channels floats)")
+            } else {
+                format!(
+                    "`{name}` was given but the plan's pre-ops do not use it (NULL with {name}_len = 0)"
+                )
+            }));
+        }
+    }
+    let pre_bufs = [
+        Buf::input("pre_scale", args.pre_scale, args.pre_scale_len, nci).optional(),
+        Buf::input("pre_shift", args.pre_shift, args.pre_shift_len, nci).optional(),
+        Buf::input(
+            "pre_out_scale",
+            args.pre_out_scale,
+            args.pre_out_scale_len,
+            nci,
+        )
+        .optional(),
+        Buf::input(
+            "pre_out_shift",
+            args.pre_out_shift,
+            args.pre_out_shift_len,
+            nci,
+        )
+        .optional(),
+    ];
     let bb = Buf::input("bias", bias, bias_len, s.desc.out_channels).optional();
     let br = Buf::input("residual", residual, residual_len, s.y_len).optional();
     let bsc = Buf::input("scale", args.scale, args.scale_len, s.desc.out_channels).optional();
@@ -454,7 +538,8 @@ unsafe fn forward_post(
     // NULL with 0 bytes: the library's buffer; anything else is the caller's.
     let ws = (!workspace.is_null() || workspace_bytes > 0).then_some((workspace, workspace_bytes));
     let bws = buffers::workspace_arg(ws);
-    buffers::check(&[bx, bwt, bb, br, bsc, bs, bq, by, bws])?;
+    let [bpa, bpb, bpp, bpq] = pre_bufs;
+    buffers::check(&[bx, bwt, bb, br, bsc, bs, bq, by, bws, bpa, bpb, bpp, bpq])?;
     // SAFETY: checked above; readable/writable and exclusive by the contract.
     let (x, wt, bias, res, scale, sums, squares, y, wsb) = unsafe {
         (
@@ -469,6 +554,18 @@ unsafe fn forward_post(
             buffers::opt_output(&bws),
         )
     };
+    // SAFETY: checked above; readable by the contract.
+    let pre = unsafe {
+        match buffers::opt_input(&bpa) {
+            Some(scale) => Some(PreArgs {
+                scale,
+                shift: buffers::opt_input(&bpb),
+                out_scale: buffers::opt_input(&bpp),
+                out_shift: buffers::opt_input(&bpq),
+            }),
+            None => None,
+        }
+    };
     let weights = if plain {
         ConvWeights::Plain(wt)
     } else {
@@ -482,6 +579,7 @@ unsafe fn forward_post(
         residual: res,
         sums,
         squares,
+        pre,
     };
     buffers::run_pass(ctx, need, query, wsb, ws, |ws| {
         conv.forward_post(x, weights, bias, post, y, ws)

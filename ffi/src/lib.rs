@@ -24,6 +24,7 @@ pub mod conv;
 pub mod conv_backward;
 pub mod conv_fused;
 pub mod conv_packed;
+pub mod conv_pre;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod handle;
@@ -52,6 +53,7 @@ pub use conv_fused::{
 pub use conv_packed::{
     effnet_conv_forward_packed, effnet_conv_pack_weights, effnet_conv_packed_weights_size,
 };
+pub use conv_pre::{effnet_conv_plan_create_ops, effnet_conv_plan_pre_ops, effnet_conv_pre_ops};
 pub use model::{
     effnet_model, effnet_model_create, effnet_model_desc, effnet_model_destroy,
     effnet_model_forward, effnet_model_info, effnet_model_info_t, effnet_model_load_weights,

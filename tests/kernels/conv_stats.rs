@@ -57,6 +57,7 @@ fn run(conv: &Conv2d, c: &ConvCase, residual: bool, packed: bool) -> Run {
         residual: residual.then_some(&c.dy[..]),
         sums: Some(&mut sums),
         squares: both.then_some(&mut squares[..]),
+        pre: None,
     };
     let mut ws = vec![f32::NAN; conv.workspace_len(ConvPass::Forward, 0)];
     conv.forward_post(&c.x, w, Some(&c.b), args, &mut y, Some(&mut ws))
@@ -132,6 +133,7 @@ fn statistics_are_the_sums_of_the_output_at_every_level() {
                         residual: r,
                         sums: Some(&mut sums),
                         squares: None,
+                        pre: None,
                     };
                     alone
                         .forward_post(&c.x, w, Some(&c.b), args, &mut y, None)
@@ -197,6 +199,7 @@ fn statistics_misuse_is_a_typed_error() {
             residual: None,
             sums,
             squares,
+            pre: None,
         };
         conv.forward_post(&c.x, w, None, args, &mut y, None)
     };
@@ -231,6 +234,7 @@ fn statistics_misuse_is_a_typed_error() {
         residual: None,
         sums: Some(&mut s),
         squares: None,
+        pre: None,
     };
     assert!(matches!(
         sums_only.forward_post(&c.x, w, None, args, &mut y, Some(&mut ws)),

@@ -13,6 +13,7 @@ mod conv_desc;
 mod conv_grouped;
 mod conv_pointwise;
 mod conv_post_ops;
+mod conv_pre_ops;
 mod conv_scale;
 mod conv_scaled_weights;
 mod conv_stats;

@@ -204,6 +204,7 @@ fn conv_statistics_keep_the_variance_of_outputs_far_from_zero() {
             residual: None,
             sums: Some(&mut sums),
             squares: Some(&mut squares),
+            pre: None,
         };
         conv.forward_post(&x, ConvWeights::Plain(&w), Some(&b), args, &mut y, None)
             .unwrap();

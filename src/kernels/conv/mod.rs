@@ -53,10 +53,12 @@ pub mod depthwise;
 mod desc;
 pub mod grouped;
 pub mod pointwise;
+mod pre;
 pub mod reference;
 mod stats;
 
 pub use desc::{ConvDesc, ConvFamily, ConvShape, DType, MAX_KERNEL, Padding};
+pub use pre::{PreArgs, PreOps};
 pub use stats::ChannelStats;
 use std::cell::Cell;
 
@@ -218,6 +220,9 @@ pub struct PostArgs<'a> {
     /// `[N][C_out]`, overwritten: `Σ_{oh, ow} y[n][oh][ow][c]²` (for
     /// [`ChannelStats::SumsAndSquares`]).
     pub squares: Option<&'a mut [f64]>,
+    /// The operands of the plan's prologue ([`Conv2d::with_pre_ops`]): `Some` exactly
+    /// when the plan has one.
+    pub pre: Option<PreArgs<'a>>,
 }
 
 /// The weight operand of [`Conv2d::forward_fused`].
@@ -247,10 +252,18 @@ pub(crate) trait FamilyPlan: Send + Sync + std::fmt::Debug {
     fn scale_packed_inputs(&self, _packed: &[f32], _scale: &[f32], _out: &mut [f32]) -> bool {
         false
     }
-    /// `y = φ(conv(x, w) (+ bias)) (+ residual)` with the epilogue `post` (checked).
+    /// Prepares the forward pass for a prologue ([`PreOps`]): the kernels then bring
+    /// every input element into their own buffers, where it is transformed (the
+    /// workspace layout may grow).
+    fn stage_input(&mut self);
+    /// `y = φ(conv(x', w) (+ bias)) (+ residual)` with the epilogue `post` and the
+    /// prologue `pre` giving `x'` from `x` (checked; `pre` only on a plan prepared by
+    /// [`FamilyPlan::stage_input`]).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &[f32],
+        pre: Option<pre::Pre<'_>>,
         w: ForwardWeights<'_>,
         bias: Option<&[f32]>,
         post: Post<'_>,
@@ -300,6 +313,7 @@ pub struct Conv2d {
     family: ConvFamily,
     level: SimdLevel,
     post: PostOps,
+    pre: Option<PreOps>,
     plan: Plan,
 }
 
@@ -356,6 +370,7 @@ impl Conv2d {
             family,
             level,
             post: PostOps::NONE,
+            pre: None,
             plan,
         })
     }
@@ -388,6 +403,50 @@ impl Conv2d {
     /// The forward epilogue.
     pub fn post_ops(&self) -> PostOps {
         self.post
+    }
+
+    /// The same plan with the forward prologue `pre`: the forward pass reads each
+    /// input element as `x' = p · φ(a · x + b) + q` (per image and input channel; see
+    /// [`PreOps`]), transformed as the kernels bring the input into their buffers
+    /// (the depthwise rings, the grouped padded copies, the pointwise row blocks), so
+    /// a norm's apply pass or a gate between two convolutions makes no pass of its
+    /// own over memory. The convolution's padding is padding of `x'` (zeros). Such a
+    /// plan runs forward through [`Conv2d::forward_post`] only, with the operands in
+    /// [`PostArgs::pre`]; its workspace may be larger
+    /// ([`Conv2d::workspace_len`]). The backward passes do not apply it: they take
+    /// `x'` as the input.
+    ///
+    /// ```
+    /// use effnet::kernels::conv::{Conv2d, ConvDesc, ConvWeights, PostArgs, PreArgs, PreOps};
+    /// use effnet::kernels::activation::Activation;
+    /// let d = ConvDesc::depthwise(1, (6, 6), 8, 3, 1);
+    /// let conv = Conv2d::new(&d).unwrap().with_pre_ops(PreOps::norm_act(Activation::Relu));
+    /// let s = *conv.shape();
+    /// let (x, w) = (vec![-1.0f32; s.x_len], vec![1.0f32; s.w_len]);
+    /// // x' = relu(2·x + 3) = 1 everywhere: the centre output sums 9 taps.
+    /// let (a, b) = (vec![2.0f32; 8], vec![3.0f32; 8]);
+    /// let pre = PreArgs { scale: &a, shift: Some(&b), out_scale: None, out_shift: None };
+    /// let args = PostArgs { pre: Some(pre), ..PostArgs::default() };
+    /// let mut y = vec![0.0f32; s.y_len];
+    /// conv.forward_post(&x, ConvWeights::Plain(&w), None, args, &mut y, None).unwrap();
+    /// assert_eq!(y[(2 * 6 + 2) * 8], 9.0);
+    /// assert_eq!(y[0], 4.0); // a corner: 4 real taps, the padding reads zero
+    /// ```
+    pub fn with_pre_ops(mut self, pre: PreOps) -> Conv2d {
+        if self.pre.is_none() {
+            match &mut self.plan {
+                Plan::Depthwise(p) => p.stage_input(),
+                Plan::Grouped(p) => p.stage_input(),
+                Plan::Pointwise(p) => p.stage_input(),
+            }
+        }
+        self.pre = Some(pre);
+        self
+    }
+
+    /// The forward prologue, if the plan has one.
+    pub fn pre_ops(&self) -> Option<PreOps> {
+        self.pre
     }
 
     /// The forward pass with the weights plain or packed, the residual of the plan's
@@ -461,7 +520,14 @@ impl Conv2d {
             residual,
             sums,
             squares,
+            pre,
         } = args;
+        let pre = PreArgs::check(
+            pre,
+            self.pre,
+            s.desc.in_channels,
+            s.desc.batch * s.desc.in_channels,
+        )?;
         epilogue_operand(
             scale.map(|v| ("scale", v.len(), s.desc.out_channels)),
             self.post.scale,
@@ -498,7 +564,7 @@ impl Conv2d {
                 residual,
                 stats: rows,
             };
-            self.kernels().forward(x, w, bias, post, y, &mut ws)?;
+            self.kernels().forward(x, pre, w, bias, post, y, &mut ws)?;
             Ok(rows)
         };
         let rows = match ws {

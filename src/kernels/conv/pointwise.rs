@@ -26,6 +26,7 @@
 //! that and call the workspace forms. What stays allocated inside: the list of column
 //! panels of the product (`O(C / lanes)` small descriptors).
 
+use super::pre::{self, Pre, PreRunArgs};
 use super::{
     ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode, bias_grad_in, bias_grad_scratch,
 };
@@ -33,7 +34,7 @@ use crate::error::Result;
 use crate::kernels::gemm::Post;
 use crate::kernels::gemm::{BOperand, Gemm, PackedB, RowMap, padded_cols, scale_packed_rows};
 use crate::kernels::parallel::{partials_len, reduce_chunks_in};
-use crate::kernels::scratch::{Workspace, WorkspaceLayout};
+use crate::kernels::scratch::{PerWorker, Workspace, WorkspaceLayout};
 use crate::simd::SimdLevel;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -61,12 +62,26 @@ fn strided(shape: &ConvShape) -> bool {
     shape.desc.stride_h != 1 || shape.desc.stride_w != 1
 }
 
-/// The regions a pass takes from its workspace, in order (see the module docs).
-fn layout(level: SimdLevel, shape: &ConvShape, pass: ConvPass) -> WorkspaceLayout {
+/// The regions a pass takes from its workspace, in order (see the module docs), in a
+/// pool of `threads` threads; `staged`: the forward pass stages its input rows
+/// ([`Plan::stage_input`]).
+fn layout(
+    level: SimdLevel,
+    shape: &ConvShape,
+    pass: ConvPass,
+    staged: bool,
+    threads: usize,
+) -> WorkspaceLayout {
     let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
-    let mut l = WorkspaceLayout::new(1);
+    let mut l = WorkspaceLayout::new(threads);
     match pass {
-        ConvPass::Forward => l.region(PackedB::packed_len(level, ci, co)),
+        ConvPass::Forward => {
+            l.region(PackedB::packed_len(level, ci, co));
+            if staged {
+                l.per_worker(stage_rows(ci) * ci);
+            }
+            &mut l
+        }
         ConvPass::BackwardData => l.region(PackedB::packed_len(level, co, ci)),
         ConvPass::BackwardWeight => {
             let (m, _) = input_rows(shape);
@@ -90,6 +105,8 @@ fn layout(level: SimdLevel, shape: &ConvShape, pass: ConvPass) -> WorkspaceLayou
 pub(crate) struct Plan {
     shape: ConvShape,
     level: SimdLevel,
+    /// Whether the forward pass stages its input rows through a prologue.
+    staged: bool,
 }
 
 impl Plan {
@@ -97,14 +114,26 @@ impl Plan {
         Plan {
             shape: *shape,
             level,
+            staged: false,
         }
     }
 }
 
+/// Most rows of a staged block: about 32K floats of input (128 KiB, in L2 with the
+/// weight panels it meets), at least 24 rows (every tile height divides 24).
+fn stage_rows(ci: usize) -> usize {
+    (32768 / ci.max(1)).clamp(24, 1536) / 24 * 24
+}
+
 impl FamilyPlan for Plan {
-    /// No per-worker regions: the same for any thread count (see the module docs).
-    fn layout(&self, pass: ConvPass, _threads: usize) -> WorkspaceLayout {
-        layout(self.level, &self.shape, pass)
+    /// No per-worker regions, unless the forward pass stages its input (see the
+    /// module docs).
+    fn layout(&self, pass: ConvPass, threads: usize) -> WorkspaceLayout {
+        layout(self.level, &self.shape, pass, self.staged, threads)
+    }
+
+    fn stage_input(&mut self) {
+        self.staged = true;
     }
 
     fn packed_len(&self) -> usize {
@@ -126,6 +155,7 @@ impl FamilyPlan for Plan {
     fn forward(
         &self,
         x: &[f32],
+        pre: Option<Pre<'_>>,
         w: ForwardWeights<'_>,
         bias: Option<&[f32]>,
         post: Post<'_>,
@@ -140,7 +170,14 @@ impl FamilyPlan for Plan {
             // The product reads the packed weights directly; the region goes unused.
             ForwardWeights::Packed(p) => PackedB::from_packed(level, ci, co, p),
         };
-        forward_with_packed(level, shape, x, &packed, bias, post, y);
+        match pre {
+            None => forward_with_packed(level, shape, x, &packed, bias, post, y),
+            Some(pre) => {
+                let slots = ws.per_worker(stage_rows(ci) * ci)?;
+                forward_staged(level, shape, x, pre, &packed, bias, post, y, &slots);
+            }
+        }
+        record_stats(shape, post, y);
         Ok(())
     }
 
@@ -193,6 +230,77 @@ fn forward_with_packed(
         post,
     }
     .run(level, y);
+}
+
+/// `y = x'·B (+ bias)` with `x'` the prologue's transform of `x`: tasks of row blocks,
+/// each staging its transformed input rows in its worker's slot of `slots` (L2-sized)
+/// and running the product on them on its own thread. The same bits as the product
+/// on a transformed copy of `x` (every element sums its terms in the same order).
+#[allow(clippy::too_many_arguments)]
+fn forward_staged(
+    level: SimdLevel,
+    shape: &ConvShape,
+    x: &[f32],
+    pre: Pre<'_>,
+    packed: &PackedB<'_>,
+    bias: Option<&[f32]>,
+    post: Post<'_>,
+    y: &mut [f32],
+    slots: &PerWorker<'_>,
+) {
+    let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
+    let (m, a_rows) = input_rows(shape);
+    let per_image = shape.out_h * shape.out_w;
+    // Blocks of at most `stage_rows`, and small enough for 4 tasks per thread.
+    let threads = rayon::current_num_threads();
+    let rows = stage_rows(ci)
+        .min(m.div_ceil(4 * threads).next_multiple_of(24))
+        .max(24);
+    let run = pre::table(level).run;
+    if m == 0 || co == 0 {
+        return;
+    }
+    y.par_chunks_mut(rows * co).enumerate().for_each(|(i, yc)| {
+        let (r0, nr) = (i * rows, yc.len() / co);
+        slots.with(|buf| {
+            for r in 0..nr {
+                let (row, o) = (r0 + r, a_rows.offset(r0 + r));
+                let a = PreRunArgs {
+                    pre: pre.image(row / per_image),
+                    src: x[o..o + ci].as_ptr(),
+                    dst: buf[r * ci..(r + 1) * ci].as_mut_ptr(),
+                    n: ci,
+                };
+                // SAFETY: `ci` floats at both (slices of that length), the row's
+                // image's coefficients checked (`N·C_in` each); the entry is from
+                // this level's table.
+                unsafe { run(&a) };
+            }
+            Gemm {
+                m: nr,
+                n: co,
+                k: ci,
+                a: &buf[..nr * ci],
+                a_rows: RowMap::uniform(ci),
+                a_cs: 1,
+                b: BOperand::Packed(packed),
+                c_rows: RowMap::uniform(co),
+                bias,
+                accumulate: false,
+                post: Post {
+                    residual: post.residual.map(|r| &r[r0 * co..(r0 + nr) * co]),
+                    stats: None,
+                    ..post
+                },
+            }
+            .run_serial(level, yc);
+        });
+    });
+}
+
+/// The statistics post-op over the finished `y`.
+fn record_stats(shape: &ConvShape, post: Post<'_>, y: &[f32]) {
+    let co = shape.desc.out_channels;
     if let Some(stats) = post.stats {
         // The product's tasks are blocks of pixels, not image rows: the statistics
         // follow it, in row blocks of about 16K floats while they are in the caches.

@@ -4,6 +4,7 @@
 
 use super::Geo;
 use super::micro::PackJob;
+use crate::kernels::conv::pre::PreImage;
 
 /// How a source row sits in the ring: `pl` zero pixels, the row's `src_w` pixels, zero
 /// pixels up to `pw`. Only the edge pixels `[0, el)` and `[er, src_w)` are copied (the
@@ -59,11 +60,13 @@ impl<'a> Ring<'a> {
     /// another row, the copies of the new row's edge pixels from `src` (channel `c0` of
     /// the row's first pixel, pixels `c` floats apart) are appended to `jobs` (`vb`
     /// floats per packed pixel), for a [`PackRow`](super::micro::PackRow) call to make
-    /// before the slot is read.
+    /// before the slot is read, each through the prologue `pre` (the coefficients of
+    /// the row's image from the block's first channel) when there is one.
     pub(super) fn ensure(
         &mut self,
         row: usize,
         src: *const f32,
+        pre: Option<PreImage>,
         c: usize,
         vb: usize,
         jobs: &mut Vec<PackJob>,
@@ -79,17 +82,20 @@ impl<'a> Ring<'a> {
                     src,
                     px: rp.src_w,
                     dst,
+                    pre,
                 });
             } else {
                 jobs.push(PackJob {
                     src,
                     px: rp.el,
                     dst,
+                    pre,
                 });
                 jobs.push(PackJob {
                     src: src.wrapping_add(rp.er * c),
                     px: rp.src_w - rp.er,
                     dst: dst.wrapping_add(rp.er * vb),
+                    pre,
                 });
             }
         }
@@ -134,15 +140,15 @@ pub(super) struct Columns {
 }
 
 impl Columns {
-    /// Fills in the interior of every class and the edges the border runs read.
+    /// Fills in the interior of every class and the edges the border runs read;
+    /// `packed`: whole source rows are packed (every pixel read from the ring).
     fn new(
-        g: &Geo,
         (pl, src_w, pw): (usize, usize, usize),
         mut classes: Vec<Class>,
         src_step: usize,
         dst_step: usize,
+        packed: bool,
     ) -> Columns {
-        let packed = prefer_packed(g);
         let (mut el, mut er) = (0, src_w);
         for cl in &mut classes {
             let (mut ja, mut jb) = (0, cl.count);
@@ -223,8 +229,10 @@ fn slide_taps(kws: &[(usize, usize)]) -> Option<(usize, usize, isize)> {
 }
 
 /// Forward: output column `ow` reads packed pixel `ow·sw + kw·dw` (the row starts
-/// after `left` zero pixels).
-pub(super) fn forward_columns(g: &Geo) -> Columns {
+/// after `left` zero pixels). `staged`: every source pixel passes through the ring
+/// (for a prologue that transforms the input as it is packed), whatever
+/// [`prefer_packed`] says.
+pub(super) fn forward_columns(g: &Geo, staged: bool) -> Columns {
     let pw = (g.left + g.w).max((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1);
     let class = Class {
         dst0: 0,
@@ -234,7 +242,8 @@ pub(super) fn forward_columns(g: &Geo) -> Columns {
         jb: 0,
         slide: None,
     };
-    Columns::new(g, (g.left, g.w, pw), vec![class], g.sw, 1)
+    let packed = staged || prefer_packed(g);
+    Columns::new((g.left, g.w, pw), vec![class], g.sw, 1, packed)
 }
 
 /// Backward-data: input column `iw = r + j·sw` (residue class `r`) receives, through
@@ -272,10 +281,10 @@ pub(super) fn backward_data_columns(g: &Geo) -> Columns {
         })
         .collect();
     Columns::new(
-        g,
         (pl as usize, g.ow, (pl + end) as usize),
         classes,
         1,
         g.sw,
+        prefer_packed(g),
     )
 }

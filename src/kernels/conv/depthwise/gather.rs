@@ -6,6 +6,7 @@ use super::columns::{Columns, Ring, Tap};
 use super::micro::{DwTable, Gather, PackJob, RowArgs, RowBlock, Run, SlideRow, kind};
 use super::{Block, Geo, channel_blocks, gather_scratch};
 use crate::error::Result;
+use crate::kernels::conv::pre::Pre;
 use crate::kernels::gemm::Post;
 use crate::kernels::parallel::thread_task_len;
 use crate::kernels::scratch::Workspace;
@@ -28,6 +29,9 @@ struct GatherRows<'a> {
     pass: Pass,
     cols: &'a Columns,
     src: &'a [f32],
+    /// The forward prologue, applied as source rows are packed into the rings (every
+    /// source pixel is, on a plan staged for it).
+    pre: Option<Pre<'a>>,
     w: &'a [f32],
     bias: Option<&'a [f32]>,
     dst: &'a mut [f32],
@@ -222,7 +226,8 @@ impl GatherRows<'_> {
             let j0 = jobs.len() as u32;
             if cols.has_border() {
                 for &(_, gr, _) in &plan.rows {
-                    ring.ensure(gr, src.wrapping_add(gr * src_len), c, vb, jobs);
+                    let pre = self.pre.map(|p| p.image(gr / src_rows).at(b.c0));
+                    ring.ensure(gr, src.wrapping_add(gr * src_len), pre, c, vb, jobs);
                 }
             }
             let direct = Gather {
@@ -356,6 +361,7 @@ pub(super) fn run_gather(
     cols: &Columns,
     pass: Pass,
     src: &[f32],
+    pre: Option<Pre<'_>>,
     w: &[f32],
     bias: Option<&[f32]>,
     post: Post<'_>,
@@ -386,6 +392,7 @@ pub(super) fn run_gather(
                     pass,
                     cols,
                     src,
+                    pre,
                     w,
                     bias,
                     dst,

@@ -18,6 +18,7 @@ pub(super) use super::gather_tiles::{Gather, SlideRow};
 use super::gather_tiles::{gather_run, slide_run};
 pub(super) use super::weight_tiles::WSteps;
 use super::weight_tiles::{wgrad_group, wgrad_slide};
+use crate::kernels::conv::pre::{PreImage, apply_vec};
 use crate::simd::{Microkernel, Simd};
 
 /// The block kinds a table holds entries for: 1, 2 or 4 full vectors, or one partial
@@ -228,7 +229,7 @@ impl<const NV: usize, const P: usize, const TAIL: bool, const SLIDE: bool> Micro
             // SAFETY: forwarded, block by block (copies as `pack_row`).
             unsafe {
                 for j in &a.jobs[b.jobs.0 as usize..b.jobs.1 as usize] {
-                    pack_row::<S, NV, TAIL>(s, j.src, a.c, j.px, j.dst, tail);
+                    pack_row::<S, NV, TAIL>(s, j, a.c, tail);
                 }
                 Self::block(s, &b.direct, &b.packed, a)
             };
@@ -273,6 +274,9 @@ pub(super) struct PackJob {
     pub src: *const f32,
     pub px: usize,
     pub dst: *mut f32,
+    /// The prologue's coefficients for these pixels' channels, when the forward pass
+    /// transforms its input as it packs it.
+    pub pre: Option<PreImage>,
 }
 
 /// Arguments of [`PackRow`]: copies of blocks with `c` channels per source pixel and
@@ -294,7 +298,7 @@ impl<const NV: usize, const TAIL: bool> Microkernel for PackRow<NV, TAIL> {
     unsafe fn run<S: Simd>(s: S, a: &PackArgs<'_>) {
         for j in a.jobs {
             // SAFETY: forwarded.
-            unsafe { pack_row::<S, NV, TAIL>(s, j.src, a.c, j.px, j.dst, a.tail) }
+            unsafe { pack_row::<S, NV, TAIL>(s, j, a.c, a.tail) }
         }
     }
 }
@@ -419,30 +423,37 @@ pub(super) unsafe fn st<S: Simd, const TAIL: bool>(s: S, p: *mut f32, v: S::V, n
     }
 }
 
-/// Copies `px` pixels of `NV` vectors (stride `c` floats in the source) into a packed
-/// row (stride `NV·LANES`); a `TAIL` block's missing lanes become zeros.
+/// Copies the job's `px` pixels of `NV` vectors (stride `c` floats in the source) into
+/// a packed row (stride `NV·LANES`), through the job's prologue if it has one; a
+/// `TAIL` block's missing lanes become zeros (or the prologue's value at zero, which
+/// the block's zero weight lanes cancel).
 ///
 /// # Safety
 /// The source pixels (`tail` lanes when `TAIL`) must be readable, the packed ones
-/// writable.
+/// writable, and the prologue's coefficients (`NV` vectors, `tail` lanes when `TAIL`)
+/// readable.
 #[inline(always)]
 pub(super) unsafe fn pack_row<S: Simd, const NV: usize, const TAIL: bool>(
     s: S,
-    src: *const f32,
+    j: &PackJob,
     c: usize,
-    px: usize,
-    dst: *mut f32,
     tail: usize,
 ) {
     let l = S::LANES;
     let vb = NV * l;
+    let n = if TAIL { tail } else { l };
     // SAFETY: forwarded from the caller.
     unsafe {
-        for i in 0..px {
-            let sp = src.add(i * c);
-            let dp = dst.add(i * vb);
+        for i in 0..j.px {
+            let sp = j.src.add(i * c);
+            let dp = j.dst.add(i * vb);
             for v in 0..NV {
-                s.store_ptr(dp.add(v * l), ld::<S, TAIL>(s, sp.add(v * l), tail));
+                let x = ld::<S, TAIL>(s, sp.add(v * l), tail);
+                let x = match &j.pre {
+                    Some(pre) => apply_vec(s, &pre.at(v * l), x, n),
+                    None => x,
+                };
+                s.store_ptr(dp.add(v * l), x);
             }
         }
     }

@@ -63,6 +63,7 @@ mod micro;
 mod weight_grad;
 mod weight_tiles;
 
+use super::pre::Pre;
 use super::{ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode};
 use crate::error::Result;
 use crate::kernels::gemm::Post;
@@ -217,6 +218,9 @@ pub(crate) struct Plan {
     /// The forward (and weight-gradient) gather columns and the backward-data ones.
     forward: Columns,
     backward_data: Columns,
+    /// The forward columns with every source pixel packed into the rings, for a
+    /// prologue ([`FamilyPlan::stage_input`]); the forward pass runs on them when set.
+    staged: Option<Columns>,
 }
 
 impl Plan {
@@ -224,10 +228,18 @@ impl Plan {
         let g = Geo::new(shape);
         Plan {
             tab: table(level),
-            forward: forward_columns(&g),
+            forward: forward_columns(&g, false),
+            staged: None,
             backward_data: backward_data_columns(&g),
             g,
         }
+    }
+}
+
+impl Plan {
+    /// The columns the forward pass gathers on: staged for a prologue, or not.
+    fn forward_pass_columns(&self) -> &Columns {
+        self.staged.as_ref().unwrap_or(&self.forward)
     }
 }
 
@@ -239,7 +251,9 @@ impl FamilyPlan for Plan {
         let (g, tab) = (&self.g, self.tab);
         let mut layout = WorkspaceLayout::new(threads);
         match pass {
-            ConvPass::Forward => layout.per_worker(gather_scratch(g, &self.forward, tab.lanes)),
+            ConvPass::Forward => {
+                layout.per_worker(gather_scratch(g, self.forward_pass_columns(), tab.lanes))
+            }
             ConvPass::BackwardData => {
                 layout.per_worker(gather_scratch(g, &self.backward_data, tab.lanes))
             }
@@ -263,6 +277,11 @@ impl FamilyPlan for Plan {
         self.g.kh * self.g.kw * self.g.c
     }
 
+    /// Every source row is packed whole into the rings, transformed on the way.
+    fn stage_input(&mut self) {
+        self.staged = Some(forward_columns(&self.g, true));
+    }
+
     fn pack(&self, w: &[f32], out: &mut [f32]) {
         out[..w.len()].copy_from_slice(w);
     }
@@ -270,6 +289,7 @@ impl FamilyPlan for Plan {
     fn forward(
         &self,
         x: &[f32],
+        pre: Option<Pre<'_>>,
         w: ForwardWeights<'_>,
         bias: Option<&[f32]>,
         post: Post<'_>,
@@ -280,8 +300,9 @@ impl FamilyPlan for Plan {
             ForwardWeights::Plain(w) => w,
             ForwardWeights::Packed(p) => &p[..self.packed_len()],
         };
-        let (tab, g, cols) = (self.tab, &self.g, &self.forward);
-        run_gather(tab, g, cols, Pass::Forward, x, w, bias, post, y, ws)
+        let (tab, g, cols) = (self.tab, &self.g, self.forward_pass_columns());
+        debug_assert!(pre.is_none() || self.staged.is_some());
+        run_gather(tab, g, cols, Pass::Forward, x, pre, w, bias, post, y, ws)
     }
 
     fn backward_data(
@@ -298,6 +319,7 @@ impl FamilyPlan for Plan {
             cols,
             Pass::BackwardData,
             dy,
+            None,
             w,
             None,
             Post::NONE,

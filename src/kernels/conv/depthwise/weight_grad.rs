@@ -97,6 +97,7 @@ impl WgradRows<'_> {
                         src: dy_row,
                         px: g.ow,
                         dst: dyp,
+                        pre: None,
                     };
                     (tab.pack[k_i])(&PackArgs {
                         jobs: &[job],
@@ -115,7 +116,7 @@ impl WgradRows<'_> {
                     let x_row = x.add(gr * row_len);
                     let base = if border {
                         jobs.clear();
-                        let base = sc.ring.ensure(gr, x_row, c, vb, &mut jobs);
+                        let base = sc.ring.ensure(gr, x_row, None, c, vb, &mut jobs);
                         if !jobs.is_empty() {
                             (tab.pack[k_i])(&PackArgs {
                                 jobs: &jobs,

@@ -240,7 +240,7 @@ impl BwdDataTask<'_> {
             let need = rows_end(ih);
             if need > copied {
                 let src = &dyi[copied * row_len..need * row_len];
-                gm.copy_rows(tab.copy_rows, src, copied - oh_lo, buf);
+                gm.copy_rows(tab.copy_rows, src, None, copied - oh_lo, buf);
                 copied = need;
             }
             let ahead = if ih + 1 < t.r0 + t.rows {

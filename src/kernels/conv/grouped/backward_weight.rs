@@ -403,7 +403,7 @@ impl BwdWeightTask<'_> {
                 let need = g.in_rows(oh_a, oh_b).1.max(copied);
                 if need > copied && !in_place {
                     let src = &xi[copied * row_len..need * row_len];
-                    gm.copy_rows(tab.copy_rows, src, seg.base + copied - seg.ih_lo, xb);
+                    gm.copy_rows(tab.copy_rows, src, None, seg.base + copied - seg.ih_lo, xb);
                 }
                 copied = need;
                 // Next step of this segment: its new input rows and its output
@@ -421,7 +421,7 @@ impl BwdWeightTask<'_> {
                 let (dyp, dy_len, dy_pix, dy_row, dy_group) = match db.as_deref_mut() {
                     Some(db) => {
                         let src = &dy[flat_a * dy_row_len..(flat_a + len) * dy_row_len];
-                        gd.copy_rows(tab.copy_rows, src, 0, db);
+                        gd.copy_rows(tab.copy_rows, src, None, 0, db);
                         let pix = cvn * l;
                         (db.as_ptr(), db.len(), pix, g.ow * pix, dg)
                     }

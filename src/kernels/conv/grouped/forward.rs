@@ -5,6 +5,7 @@ use super::slide::{self, SlideRow};
 use super::{Geo, SharedOut, Task, TaskGrid, plan_tasks, split, table, with_zeroed};
 use crate::error::Result;
 use crate::kernels::activation::Activation;
+use crate::kernels::conv::pre::{Pre, PreImage};
 use crate::kernels::gemm::Post;
 use crate::kernels::scratch::{Workspace, WorkspaceLayout};
 use crate::simd::SimdLevel;
@@ -133,6 +134,14 @@ impl Plan {
 }
 
 /// Input rows task `t` reads.
+/// The forward pass's input: the tensor and the prologue applied to it as its rows are
+/// copied into the tasks' padded buffers.
+#[derive(Copy, Clone)]
+pub(super) struct Input<'a> {
+    pub x: &'a [f32],
+    pub pre: Option<Pre<'a>>,
+}
+
 fn in_rows(g: &Geo, t: &Task) -> usize {
     let (lo, hi) = g.in_rows(t.r0, t.r0 + t.rows);
     hi - lo
@@ -144,7 +153,7 @@ fn in_rows(g: &Geo, t: &Task) -> usize {
 pub(super) fn run(
     g: &Geo,
     plan: &Plan,
-    x: &[f32],
+    x: Input<'_>,
     w: &[f32],
     bias: Option<&[f32]>,
     post: Post<'_>,
@@ -167,7 +176,7 @@ pub(super) fn run(
 pub(super) fn run_prepacked(
     g: &Geo,
     plan: &Plan,
-    x: &[f32],
+    x: Input<'_>,
     packed: &[f32],
     bias: Option<&[f32]>,
     post: Post<'_>,
@@ -182,7 +191,7 @@ pub(super) fn run_prepacked(
 fn run_kernels(
     g: &Geo,
     plan: &Plan,
-    x: &[f32],
+    Input { x, pre }: Input<'_>,
     weights: Weights<'_>,
     bias: Option<&[f32]>,
     post: Post<'_>,
@@ -214,6 +223,7 @@ fn run_kernels(
                 slide: plan.slide,
                 g,
                 x,
+                pre: pre.map(|p| p.image(t.n)),
                 weights,
                 bias,
                 scale: post.scale,
@@ -261,6 +271,8 @@ struct FwdTask<'a> {
     slide: Option<SlideFn>,
     g: &'a Geo,
     x: &'a [f32],
+    /// The prologue's coefficients of the task's image.
+    pre: Option<PreImage>,
     weights: Weights<'a>,
     bias: Option<&'a [f32]>,
     /// The epilogue; the scale has `C_out` values, the residual (null: none) `y`'s
@@ -287,6 +299,7 @@ impl FwdTask<'_> {
             slide,
             g,
             x,
+            pre,
             weights,
             bias,
             scale,
@@ -340,7 +353,7 @@ impl FwdTask<'_> {
             let need = rows_end(oh);
             if need > copied {
                 let src = &xi[copied * row_len..need * row_len];
-                gm.copy_rows(tab.copy_rows, src, copied - ih_lo, buf);
+                gm.copy_rows(tab.copy_rows, src, pre, copied - ih_lo, buf);
                 copied = need;
             }
             let ahead = if oh + 1 < t.r0 + t.rows {

@@ -13,6 +13,7 @@
 
 use super::slide::{SlideRow, SlideWeight};
 use crate::kernels::activation::Activation;
+use crate::kernels::conv::pre::{PreImage, apply_run};
 use crate::simd::{Microkernel, Simd, load_n};
 
 /// The microkernels of one level, and its tile parameters.
@@ -690,17 +691,20 @@ impl GroupMajor {
 
     /// Copies source rows `src_rows` (each `width·src_c` floats, consecutive) into
     /// destination rows starting at `dst_row0` with the table's [`CopyRows`] entry
-    /// `copy` (the destination rows must lie inside `dst`).
+    /// `copy` (the destination rows must lie inside `dst`), through the prologue
+    /// `pre` (the image's coefficients from channel 0, `src_c` of each) if given.
     pub(super) fn copy_rows(
         &self,
         copy: CopyFn,
         src_rows: &[f32],
+        pre: Option<PreImage>,
         dst_row0: usize,
         dst: &mut [f32],
     ) {
         let a = CopyArgs {
             gm: *self,
             src: src_rows,
+            pre,
             dst_row0,
             dst: dst.as_mut_ptr(),
             dst_len: dst.len(),
@@ -716,6 +720,9 @@ impl GroupMajor {
 pub(super) struct CopyArgs<'a> {
     pub gm: GroupMajor,
     pub src: &'a [f32],
+    /// The prologue applied to every copied element (coefficients indexed by source
+    /// channel); `None`: a plain copy.
+    pub pre: Option<PreImage>,
     pub dst_row0: usize,
     pub dst: *mut f32,
     pub dst_len: usize,
@@ -729,7 +736,8 @@ impl Microkernel for CopyRows {
     type Args<'a> = CopyArgs<'a>;
     /// # Safety
     /// `dst` must hold `dst_len` writable floats that no one else accesses during the
-    /// call (every write is index-checked against `dst_len`).
+    /// call (every write is index-checked against `dst_len`); `pre`'s coefficients
+    /// readable for every source channel.
     #[inline(always)]
     unsafe fn run<S: Simd>(s: S, a: &CopyArgs<'_>) {
         const AHEAD: usize = 8;
@@ -741,6 +749,23 @@ impl Microkernel for CopyRows {
         let span = gm.ng * gm.cg;
         let cbase = gm.g0 * gm.cg;
         for (r, src) in a.src.chunks_exact(row_len).enumerate() {
+            if let Some(pre) = &a.pre {
+                for c in 0..cols {
+                    let px = &src[c * gm.src_c + cbase..][..span];
+                    for (gl, from) in px.chunks_exact(gm.cg).enumerate() {
+                        let at =
+                            gl * gm.g_stride + ((dst_row0 + r) * gm.dst_w + gm.pad + c) * gm.dst_c;
+                        let to = &mut dst[at..][..gm.cg];
+                        // SAFETY: `cg` floats in both slices; the coefficients of
+                        // channels `cbase + gl·cg ..+cg` (the caller's contract).
+                        unsafe {
+                            let pre = pre.at(cbase + gl * gm.cg);
+                            apply_run(s, &pre, from.as_ptr(), to.as_mut_ptr(), gm.cg);
+                        }
+                    }
+                }
+                continue;
+            }
             if gm.ng == 1 && gm.cg == gm.src_c && gm.dst_c == gm.cg {
                 // One dense group: the row is one contiguous run.
                 let base = ((dst_row0 + r) * gm.dst_w + gm.pad) * gm.dst_c;

@@ -60,6 +60,7 @@ use super::{
     ConvPass, ConvShape, FamilyPlan, ForwardWeights, GradMode, bias_grad_in, bias_grad_scratch,
 };
 use crate::error::Result;
+use crate::kernels::conv::pre::Pre;
 use crate::kernels::gemm::Post;
 use crate::kernels::scratch::{PerWorker, Workspace, WorkspaceLayout};
 use crate::simd::{PerLevel, SimdLevel};
@@ -153,9 +154,14 @@ impl FamilyPlan for Plan {
         self.forward().pack_weights(&self.g, w, out);
     }
 
+    /// Nothing to prepare: the forward pass copies every input row it reads into its
+    /// padded buffer anyway, and applies the prologue there.
+    fn stage_input(&mut self) {}
+
     fn forward(
         &self,
         x: &[f32],
+        pre: Option<Pre<'_>>,
         w: ForwardWeights<'_>,
         bias: Option<&[f32]>,
         post: Post<'_>,
@@ -163,6 +169,7 @@ impl FamilyPlan for Plan {
         ws: &mut Workspace<'_>,
     ) -> Result<()> {
         let (g, plan) = (&self.g, self.forward());
+        let x = forward::Input { x, pre };
         match w {
             ForwardWeights::Plain(w) => forward::run(g, plan, x, w, bias, post, y, ws),
             ForwardWeights::Packed(p) => forward::run_prepacked(g, plan, x, p, bias, post, y, ws),
