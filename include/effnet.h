@@ -601,7 +601,96 @@ typedef struct effnet_conv_post_args {
    * Floats at `scale`.
    */
   size_t scale_len;
+  /**
+   * `[batch][in_channels]` floats, the prologue's scale `a`, when the plan has a
+   * prologue (`effnet_conv_pre_ops.enabled` = 1; a caller built before the
+   * prologue fields existed passes a smaller `struct_size`: they read as NULL).
+   */
+  const float *pre_scale;
+  /**
+   * Floats at `pre_scale`.
+   */
+  size_t pre_scale_len;
+  /**
+   * `[batch][in_channels]` floats, the prologue's shift `b`, when its `shift` = 1.
+   */
+  const float *pre_shift;
+  /**
+   * Floats at `pre_shift`.
+   */
+  size_t pre_shift_len;
+  /**
+   * `[batch][in_channels]` floats, the prologue's output scale `p`, when its
+   * `out_scale` = 1.
+   */
+  const float *pre_out_scale;
+  /**
+   * Floats at `pre_out_scale`.
+   */
+  size_t pre_out_scale_len;
+  /**
+   * `[batch][in_channels]` floats, the prologue's output shift `q`, when its
+   * `out_shift` = 1.
+   */
+  const float *pre_out_shift;
+  /**
+   * Floats at `pre_out_shift`.
+   */
+  size_t pre_out_shift_len;
 } effnet_conv_post_args;
+
+/**
+ * The forward prologue of a convolution plan (pre-ops): the forward pass reads each
+ * input element `x[n][h][w][c]` as
+ *
+ * `x' = p[n][c] · activation(a[n][c] · x + b[n][c]) + q[n][c]`
+ *
+ * transformed as the kernels copy the input into their own buffers, so that no pass
+ * over memory is spent on it. `a` (the scale) is always given; `b`, `p`, `q` when the
+ * fields below ask. The operands arrive with each call in `effnet_conv_post_args`
+ * (`pre_scale`, `pre_shift`, `pre_out_scale`, `pre_out_shift`), `[batch][in_channels]`
+ * floats each. The convolution's padding is padding of `x'`: zeros.
+ *
+ * What it expresses: a GroupNorm or LayerNorm with its affine and activation, from the
+ * statistics the producing convolution gathered (`effnet_conv_post_ops.stats = 2`):
+ * `a = γ_c·rstd_{n,g}`, `b = β_c − a·mean_{n,g}`; Proxy Norm's correction after it
+ * (`p = s_c`, `q = −s_c·μ_c`); a squeeze-excite gate (`a` the gate, identity).
+ *
+ * Set `struct_size = sizeof(effnet_conv_pre_ops)` and zero what you do not use; a
+ * zeroed struct (`enabled = 0`) is no prologue.
+ */
+typedef struct effnet_conv_pre_ops {
+  /**
+   * `sizeof(effnet_conv_pre_ops)` as the caller was compiled (a larger size is
+   * accepted if the extra bytes are zero).
+   */
+  size_t struct_size;
+  /**
+   * 1: the plan transforms its input as the other fields say; 0: no prologue (the
+   * other fields must be zero).
+   */
+  uint32_t enabled;
+  /**
+   * 1: add the shift `b` after the scale; 0: none.
+   */
+  uint32_t shift;
+  /**
+   * An `effnet_activation` value applied to `a·x (+ b)` (0: identity).
+   */
+  uint32_t activation;
+  /**
+   * 1: multiply the activation's output by `p`; 0: none.
+   */
+  uint32_t out_scale;
+  /**
+   * 1: add `q` last; 0: none.
+   */
+  uint32_t out_shift;
+  /**
+   * Reserved: zero.
+   */
+  uint32_t reserved;
+} effnet_conv_pre_ops;
 
 /**
  * Options of `effnet_model_create`. Set `struct_size = sizeof(effnet_model_desc)` and
@@ -1288,8 +1377,11 @@ enum effnet_status effnet_conv_forward_fused(const struct effnet_context *ctx,
  * NULL or misaligned `args` or a bad `args->struct_size`, for `sums` / `squares`
  * given when the plan does not gather them or missing when it does, for a wrong
  * `sums_len` / `squares_len` (`batch·out_channels`), for `scale` given when the plan
- * has none or missing when it has one, for a wrong `scale_len` (`out_channels`), or
- * for outputs that overlap each other or another buffer of the call.
+ * has none or missing when it has one, for a wrong `scale_len` (`out_channels`), for
+ * a prologue operand (`pre_scale`, `pre_shift`, `pre_out_scale`, `pre_out_shift`)
+ * given when the plan's `effnet_conv_pre_ops` do not use it or missing when they do,
+ * or of a length other than `batch·in_channels`, or for outputs that overlap each
+ * other or another buffer of the call.
  *
  * # Safety
  * As `effnet_conv_forward_fused`; `args` is NULL or points to `args->struct_size`
@@ -1414,6 +1506,48 @@ enum effnet_status effnet_conv_scale_packed_input_channels(const struct effnet_c
                                                            size_t scale_len,
                                                            void *out,
                                                            size_t out_bytes);
+
+/**
+ * `effnet_conv_plan_create` with a forward prologue and epilogue: validates `*desc`,
+ * `*pre_ops` and `*post_ops` (each NULL for none) and stores a new plan in
+ * `*out_plan`. The plan's forward pass transforms its input by the prologue
+ * (`effnet_conv_pre_ops`) and finishes each output by the epilogue
+ * (`effnet_conv_post_ops`); `effnet_conv_plan_pre_ops` and `effnet_conv_plan_post_ops`
+ * read them back. A plan with a prologue runs forward through
+ * `effnet_conv_forward_post` only, its operands in `effnet_conv_post_args`; its
+ * workspace may be larger (`effnet_conv_workspace_size`). The backward passes are
+ * those of the convolution alone, on the transformed input.
+ *
+ * Ownership: as `effnet_conv_plan_create` (release with `effnet_conv_plan_destroy`).
+ *
+ * Errors: those of `effnet_conv_plan_create_fused`; `EFFNET_INVALID_ARGUMENT` also for
+ * a misaligned `pre_ops`, a bad `struct_size`, a flag other than 0 or 1, an activation
+ * that is not an `effnet_activation`, or fields set with `enabled = 0`.
+ *
+ * # Safety
+ * As `effnet_conv_plan_create`; `pre_ops` and `post_ops` are NULL or point to their
+ * `struct_size` readable bytes.
+ */
+enum effnet_status effnet_conv_plan_create_ops(const struct effnet_context *ctx,
+                                               const struct effnet_conv_desc *desc,
+                                               const struct effnet_conv_pre_ops *pre_ops,
+                                               const struct effnet_conv_post_ops *post_ops,
+                                               struct effnet_conv_plan **out_plan);
+
+/**
+ * Writes the plan's forward prologue to `*out_pre_ops` (set
+ * `out_pre_ops->struct_size = sizeof(effnet_conv_pre_ops)` first): all zero for a
+ * plan without one.
+ *
+ * Errors: `EFFNET_INVALID_ARGUMENT` for a NULL, dead or wrong-type `plan`, or a NULL,
+ * misaligned or too small `out_pre_ops`.
+ *
+ * # Safety
+ * `plan` is NULL or a plan handle; `out_pre_ops` is NULL or points to
+ * `out_pre_ops->struct_size` writable bytes.
+ */
+enum effnet_status effnet_conv_plan_pre_ops(const struct effnet_conv_plan *plan,
+                                            struct effnet_conv_pre_ops *out_pre_ops);
 
 /**
  * Creates an EfficientNet by architecture name (e.g. `"efficientnet_b0"`,

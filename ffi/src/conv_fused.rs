@@ -295,8 +295,11 @@ pub unsafe extern "C" fn effnet_conv_forward_fused(
 /// NULL or misaligned `args` or a bad `args->struct_size`, for `sums` / `squares`
 /// given when the plan does not gather them or missing when it does, for a wrong
 /// `sums_len` / `squares_len` (`batch·out_channels`), for `scale` given when the plan
-/// has none or missing when it has one, for a wrong `scale_len` (`out_channels`), or
-/// for outputs that overlap each other or another buffer of the call.
+/// has none or missing when it has one, for a wrong `scale_len` (`out_channels`), for
+/// a prologue operand (`pre_scale`, `pre_shift`, `pre_out_scale`, `pre_out_shift`)
+/// given when the plan's `effnet_conv_pre_ops` do not use it or missing when they do,
+/// or of a length other than `batch·in_channels`, or for outputs that overlap each
+/// other or another buffer of the call.
 ///
 /// # Safety
 /// As `effnet_conv_forward_fused`; `args` is NULL or points to `args->struct_size`

@@ -1246,6 +1246,123 @@ static void scale_case(const conv_case *c, effnet_context *ctx1, effnet_context 
     free(x); free(w); free(b); free(sc); free(r); free(want); free(y1); free(y3);
 }
 
+/* The forward prologue (pre-ops): x' = p * swish(a*x + b) + q per image and input
+ * channel, with a residual epilogue, against the reference convolution of x'
+ * computed here; 1 and 3 threads give the same bits; misuse is rejected. */
+static void pre_case(const conv_case *c, effnet_context *ctx1, effnet_context *ctx3) {
+    char what[256];
+    effnet_conv_pre_ops pre;
+    memset(&pre, 0, sizeof pre);
+    pre.struct_size = sizeof pre;
+    pre.enabled = 1;
+    pre.shift = 1;
+    pre.activation = EFFNET_ACT_SWISH;
+    pre.out_scale = 1;
+    pre.out_shift = 1;
+    effnet_conv_post_ops post;
+    memset(&post, 0, sizeof post);
+    post.struct_size = sizeof post;
+    post.residual = 1;
+    effnet_conv_plan *plan = NULL;
+    snprintf(what, sizeof what, "%s pre-ops: plan", c->name);
+    expect(effnet_conv_plan_create_ops(ctx3, &c->desc, &pre, &post, &plan), EFFNET_OK, NULL,
+           what);
+    if (plan == NULL) return;
+    effnet_conv_pre_ops back;
+    memset(&back, 0, sizeof back);
+    back.struct_size = sizeof back;
+    expect(effnet_conv_plan_pre_ops(plan, &back), EFFNET_OK, NULL, "pre-ops: read back");
+    check(memcmp(&back, &pre, sizeof pre) == 0, "pre-ops: read back equal", "differ");
+    effnet_conv_shape s;
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    expect(effnet_conv_plan_shape(plan, &s), EFFNET_OK, NULL, "pre-ops: shape");
+    size_t xl = s.x_len, wl = s.w_len, yl = s.y_len, co = (size_t)c->desc.out_channels;
+    size_t ci = (size_t)c->desc.in_channels, nc = (size_t)c->desc.batch * ci;
+    float *x = random_floats(xl), *w = random_floats(wl), *bias = random_floats(co);
+    float *a = random_floats(nc), *b = random_floats(nc), *p = random_floats(nc);
+    float *q = random_floats(nc), *r = random_floats(yl), *xt = filled(xl, 0.0f);
+    float *y1 = filled(yl, NAN), *y3 = filled(yl, NAN);
+    double *want = calloc(yl, sizeof *want);
+    for (size_t i = 0; i < xl; i++) {
+        size_t k = i / (xl / (size_t)c->desc.batch) * ci + i % ci;
+        double u = (double)a[k] * x[i] + b[k];
+        xt[i] = (float)(p[k] * (u / (1.0 + exp(-u))) + q[k]);
+    }
+    dims d = dims_of(&c->desc);
+    reference(&d, FORWARD, xt, w, NULL, want);
+    for (size_t i = 0; i < yl; i++) want[i] += (double)bias[i % co] + r[i];
+    effnet_conv_post_args args;
+    memset(&args, 0, sizeof args);
+    args.struct_size = sizeof args;
+    args.residual = r;
+    args.residual_len = yl;
+    args.pre_scale = a;
+    args.pre_scale_len = nc;
+    args.pre_shift = b;
+    args.pre_shift_len = nc;
+    args.pre_out_scale = p;
+    args.pre_out_scale_len = nc;
+    args.pre_out_shift = q;
+    args.pre_out_shift_len = nc;
+    expect(effnet_conv_forward_post(ctx1, plan, x, xl, w, wl, NULL, 0, bias, co, &args, y1,
+                                    yl, NULL, 0),
+           EFFNET_OK, NULL, "pre-ops: 1 thread");
+    expect(effnet_conv_forward_post(ctx3, plan, x, xl, w, wl, NULL, 0, bias, co, &args, y3,
+                                    yl, NULL, 0),
+           EFFNET_OK, NULL, "pre-ops: 3 threads");
+    snprintf(what, sizeof what, "%s pre-ops: matches the reference of x'", c->name);
+    expect_close(y3, want, NULL, yl, 1.0, what);
+    check(memcmp(y1, y3, yl * sizeof *y1) == 0, "pre-ops: 1 and 3 threads, the same bits",
+          "results differ");
+    /* Misuse: operands missing, short or not in the plan; plain entry points. */
+    args.pre_shift_len = nc - 1;
+    expect(effnet_conv_forward_post(ctx3, plan, x, xl, w, wl, NULL, 0, bias, co, &args, y1,
+                                    yl, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "pre_shift", "pre-ops: shift one short");
+    args.pre_shift = NULL;
+    args.pre_shift_len = 0;
+    expect(effnet_conv_forward_post(ctx3, plan, x, xl, w, wl, NULL, 0, bias, co, &args, y1,
+                                    yl, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "pre_shift", "pre-ops: shift missing");
+    expect(effnet_conv_forward_fused(ctx3, plan, x, xl, w, wl, NULL, 0, bias, co, r, yl, y1,
+                                     yl, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "pre-op", "pre-ops: the fused entry has no operands");
+    effnet_conv_plan *bare = NULL;
+    expect(effnet_conv_plan_create_ops(ctx3, &c->desc, NULL, &post, &bare), EFFNET_OK, NULL,
+           "pre-ops: a plan without them");
+    args.pre_shift = b;
+    args.pre_shift_len = nc;
+    expect(effnet_conv_forward_post(ctx3, bare, x, xl, w, wl, NULL, 0, bias, co, &args, y1,
+                                    yl, NULL, 0),
+           EFFNET_INVALID_ARGUMENT, "pre_scale", "pre-ops: not in the plan");
+    /* A caller built before the prologue fields existed: they read as NULL. */
+    args.struct_size = offsetof(effnet_conv_post_args, pre_scale);
+    expect(effnet_conv_forward_post(ctx3, bare, x, xl, w, wl, NULL, 0, bias, co, &args, y1,
+                                    yl, NULL, 0),
+           EFFNET_OK, NULL, "pre-ops: the previous post_args size");
+    memset(&back, 0, sizeof back);
+    back.struct_size = sizeof back;
+    expect(effnet_conv_plan_pre_ops(bare, &back), EFFNET_OK, NULL, "pre-ops: none read back");
+    check(back.enabled == 0 && back.activation == 0, "pre-ops: none reads as zero", "not zero");
+    effnet_conv_plan *none = NULL;
+    pre.out_scale = 2;
+    expect(effnet_conv_plan_create_ops(ctx3, &c->desc, &pre, NULL, &none),
+           EFFNET_INVALID_ARGUMENT, "out_scale", "pre-ops: out_scale 2");
+    pre.out_scale = 0;
+    pre.enabled = 0;
+    expect(effnet_conv_plan_create_ops(ctx3, &c->desc, &pre, NULL, &none),
+           EFFNET_INVALID_ARGUMENT, "enabled", "pre-ops: fields set but not enabled");
+    pre.enabled = 1;
+    pre.activation = 9;
+    expect(effnet_conv_plan_create_ops(ctx3, &c->desc, &pre, NULL, &none),
+           EFFNET_INVALID_ARGUMENT, "activation", "pre-ops: a bad activation");
+    expect(effnet_conv_plan_destroy(bare), EFFNET_OK, NULL, "pre-ops: destroy");
+    expect(effnet_conv_plan_destroy(plan), EFFNET_OK, NULL, "pre-ops: destroy");
+    free(x); free(w); free(bias); free(a); free(b); free(p); free(q); free(r); free(xt);
+    free(y1); free(y3); free(want);
+}
+
 int main(void) {
     effnet_context *ctx1 = NULL, *ctx3 = NULL;
     printf("effnet ABI version %u\n", effnet_abi_version());
@@ -1274,6 +1391,7 @@ int main(void) {
         stats_case(&cases[i], ctx1, ctx3);
         scale_case(&cases[i], ctx1, ctx3);
         scaled_case(&cases[i], ctx3);
+        pre_case(&cases[i], ctx1, ctx3);
     }
     misuse(ctx3);
     ops_tests(ctx3);

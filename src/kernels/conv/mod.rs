@@ -494,10 +494,10 @@ impl Conv2d {
     ///
     /// Errors: the buffer checks of [`Conv2d::forward`] and [`Conv2d::forward_packed`];
     /// [`crate::Error::InvalidArgument`] if an operand is given that the plan's epilogue
-    /// does not use, or missing when it does; [`crate::Error::BufferSize`] naming
-    /// `"scale"` (`C_out`), `"residual"` (`y`'s length), `"sums"` or `"squares"`
-    /// (`N·C_out`); then the
-    /// workspace checks.
+    /// or prologue does not use, or missing when it does; [`crate::Error::BufferSize`]
+    /// naming `"scale"` (`C_out`), `"residual"` (`y`'s length), `"sums"` or `"squares"`
+    /// (`N·C_out`), `"pre-op scale"`, `"pre-op shift"`, `"pre-op output scale"` or
+    /// `"pre-op output shift"` (`N·C_in`); then the workspace checks.
     pub fn forward_post(
         &self,
         x: &[f32],
