@@ -284,6 +284,19 @@ impl Block {
             None => None,
         };
         let spatial = FusedConv::normed(&dd, &v[self.dw], spatial_norm, false)?;
+        // Unbanded, a per-sample norm after the expansion is applied by the k×k
+        // convolution as it reads the expanded tensor (its prologue).
+        let (expand, spatial) = match expand {
+            Some(e) if banded.is_none() && e.has_sample_norm() => {
+                let ops = e.deferred_ops();
+                let spatial = match ops {
+                    Some(ops) => spatial.with_prologue(ops),
+                    None => spatial,
+                };
+                (Some(e.deferring()), spatial)
+            }
+            e => (e, spatial),
+        };
         // Unbanded, the k×k convolution gathers the squeeze of the squeeze-excite.
         let spatial = if banded.is_none() {
             spatial.squeezing()

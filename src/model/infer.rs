@@ -25,6 +25,8 @@
 //! thread: a group's activations stay in its core's caches from layer to layer, and
 //! each layer's weights are read once per group.
 
+mod prologue;
+
 use super::infer_band::Banded;
 use super::lanes::Lanes;
 use super::norm_act::{InferNorm, SampleNorm};
@@ -32,7 +34,7 @@ use super::profile::{CONV_1X1_FWD, CONV_KXK_FWD, CONV_STEM, HEAD, SE_FWD, timed}
 use crate::error::{Error, Result, try_filled};
 use crate::kernels::activation::Activation;
 use crate::kernels::conv::{
-    ChannelStats, Conv2d, ConvDesc, ConvPass, ConvWeights, PostArgs, PostOps,
+    ChannelStats, Conv2d, ConvDesc, ConvPass, ConvWeights, PostArgs, PostOps, PreArgs,
 };
 use crate::kernels::gate;
 use crate::kernels::pool::{self, Nhwc};
@@ -52,6 +54,9 @@ pub(crate) struct FusedConv {
     /// Whether its input arrives ungated with a per-image input-channel gate that
     /// scales the packed weights instead ([`FusedConv::run_gated`]).
     gated: bool,
+    /// Whether the per-sample norm is left to the consumer's prologue
+    /// ([`FusedConv::run_deferred`]).
+    defers: bool,
 }
 
 /// Floats of a convolution's output kept at the front of the workspace for its
@@ -160,7 +165,7 @@ impl FusedConv {
         let (packed, rest) = split_front(ws, pre_len(self.packed.len()))?;
         self.conv
             .scale_packed_input_channels(&self.packed, gate, packed)?;
-        self.run_with(ConvWeights::Packed(packed), x, residual, y, rest)
+        self.run_with(ConvWeights::Packed(packed), x, None, residual, y, rest)
     }
     /// Plans `desc` with the weight `w` (`[kh][kw][group_size][C_out]`) scaled by
     /// `scale` per output channel, the bias `shift`, the activation `act` and, with
@@ -198,6 +203,7 @@ impl FusedConv {
             norm: None,
             residual_after_norm: false,
             gated: false,
+            defers: false,
         })
     }
 
@@ -247,6 +253,10 @@ impl FusedConv {
     fn traffic(&self) -> (usize, usize) {
         let s = self.conv.shape();
         let conv = s.x_len + self.packed.len() + s.y_len;
+        if self.defers {
+            // The apply pass is the consumer's prologue, on its read of `y`.
+            return (conv, conv + 3 * s.y_len);
+        }
         if self.norm.is_some() {
             let t = conv + 2 * s.y_len + 3 * usize::from(self.residual_after_norm) * s.y_len;
             return (t, t + s.y_len);
@@ -310,35 +320,43 @@ impl FusedConv {
         y: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
-        self.run_with(ConvWeights::Packed(&self.packed), x, residual, y, ws)
+        self.run_with(ConvWeights::Packed(&self.packed), x, None, residual, y, ws)
     }
 
-    /// [`FusedConv::run`] with the weights `w`.
+    /// [`FusedConv::run`] with the weights `w` and the operands of the prologue `pre`
+    /// (when the convolution has one).
     fn run_with(
         &self,
         w: ConvWeights,
         x: &[f32],
+        pre: Option<PreArgs<'_>>,
         residual: Option<&[f32]>,
         y: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
         let bias = (!self.bias.is_empty()).then_some(&self.bias[..]);
         let Some(norm) = &self.norm else {
-            return self.conv.forward_fused(x, w, bias, residual, y, Some(ws));
+            let args = PostArgs {
+                residual,
+                pre,
+                ..PostArgs::default()
+            };
+            return self.conv.forward_post(x, w, bias, args, y, Some(ws));
         };
         let nc = self.nc();
         let (front, rest) = split_front(ws, pre_len(y.len()) + stats_len(nc))?;
-        let (pre, st) = front.split_at_mut(pre_len(y.len()));
-        let pre = &mut pre[..y.len()];
+        let (front_y, st) = front.split_at_mut(pre_len(y.len()));
         let (_, st, _) = bytemuck::pod_align_to_mut::<f32, f64>(st);
         let (sums, squares) = st[..2 * nc].split_at_mut(nc);
         let args = PostArgs {
             sums: Some(&mut *sums),
             squares: Some(&mut *squares),
+            pre,
             ..PostArgs::default()
         };
-        self.conv.forward_post(x, w, bias, args, pre, Some(rest))?;
-        norm.run(pre, Some((sums, squares)), y, rest)?;
+        let raw = &mut front_y[..y.len()];
+        self.conv.forward_post(x, w, bias, args, raw, Some(rest))?;
+        norm.run(raw, Some((sums, squares)), y, rest)?;
         if let (Some(r), true) = (residual, self.residual_after_norm) {
             for (o, &a) in y.iter_mut().zip(r) {
                 *o += a;
@@ -442,6 +460,8 @@ struct Work {
     se: [Vec<f32>; 3],
     /// The channel sums of a squeezing k×k convolution (`f64`, as the kernels give).
     squeeze: Vec<f64>,
+    /// The coefficients of a deferred norm for its consumer's prologue.
+    prologue: Vec<f32>,
     logits: Vec<f32>,
 }
 
@@ -531,7 +551,7 @@ impl Buffers {
     fn new(net: &FusedNet, threads: usize) -> Result<Buffers> {
         let mut io_len = net.stem.y_len();
         let (mut e_len, mut d_len, mut ws_len, mut se_len) = (0, 0, 0, 0);
-        let (mut band_len, mut band_ws) = (0, 0);
+        let (mut band_len, mut band_ws, mut pro_len) = (0, 0, 0);
         let mut ws_of = |c: &FusedConv| ws_len = ws_len.max(c.workspace_len(threads));
         ws_of(&net.stem);
         ws_of(&net.head);
@@ -544,6 +564,7 @@ impl Buffers {
                 }
                 (None, Some(e)) => {
                     e_len = e_len.max(e.y_len());
+                    pro_len = pro_len.max(usize::from(e.defers()) * e.deferred_len());
                     ws_of(e);
                 }
                 (None, None) => {}
@@ -579,6 +600,7 @@ impl Buffers {
                 pooled: buf("the pooled buffer", net.pool.pooled_len())?,
                 se,
                 squeeze: try_filled("the squeeze buffer", se_len, 0.0f64)?,
+                prologue: buf("the prologue coefficients", pro_len)?,
                 logits: buf("the logits", net.fc.y_len())?,
             },
         })
@@ -594,6 +616,7 @@ impl Buffers {
             + w.pooled.len()
             + 3 * w.se[0].len()
             + 2 * w.squeeze.len()
+            + w.prologue.len()
             + w.logits.len()
     }
 }
@@ -697,6 +720,16 @@ impl InferencePlan {
     pub fn gated_projections(&self) -> usize {
         let blocks = &self.fused.net.blocks;
         blocks.iter().filter(|b| b.project.gated()).count()
+    }
+
+    /// How many blocks leave the per-sample norm after their expansion to the k×k
+    /// convolution's prologue (the expanded tensor written once, read once).
+    pub fn prologue_norms(&self) -> usize {
+        let blocks = &self.fused.net.blocks;
+        blocks
+            .iter()
+            .filter(|b| b.expand.as_ref().is_some_and(FusedConv::defers))
+            .count()
     }
 
     /// How many blocks run their expansion and k×k convolution depth-first, in bands.
@@ -811,6 +844,7 @@ impl Work {
             ws,
             se,
             squeeze,
+            prologue,
             ..
         } = self;
         let d = &mut spatial[..blk.spatial.y_len()];
@@ -818,23 +852,34 @@ impl Work {
         let p = &mut p[..blk.se.shape.pooled_len()];
         match &blk.banded {
             Some(bd) => bd.run(input, d, p, band, ws)?,
-            None => {
-                let e: &[f32] = match &blk.expand {
-                    Some(ec) => {
-                        let e = &mut expanded[..ec.y_len()];
-                        timed(CONV_1X1_FWD, || ec.run(input, None, e, ws))?;
-                        e
-                    }
-                    None => input,
-                };
-                if blk.spatial.squeezes() {
-                    let sq = &mut squeeze[..p.len()];
-                    timed(CONV_KXK_FWD, || blk.spatial.run_squeezed(e, d, (sq, p), ws))?;
-                } else {
-                    timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
+            None => match &blk.expand {
+                Some(ec) if ec.defers() => {
+                    // The norm's apply pass is the k×k convolution's prologue.
+                    let e = &mut expanded[..ec.y_len()];
+                    let k = &mut prologue[..ec.deferred_len()];
+                    timed(CONV_1X1_FWD, || ec.run_deferred(input, e, k, ws))?;
+                    let (e, k) = (&*e, &*k);
+                    timed(CONV_KXK_FWD, || blk.spatial.run_pre(e, k, None, d, ws))?;
                     timed(SE_FWD, || pool::global_avg_pool(&blk.se.shape, d, p))?;
                 }
-            }
+                _ => {
+                    let e: &[f32] = match &blk.expand {
+                        Some(ec) => {
+                            let e = &mut expanded[..ec.y_len()];
+                            timed(CONV_1X1_FWD, || ec.run(input, None, e, ws))?;
+                            e
+                        }
+                        None => input,
+                    };
+                    if blk.spatial.squeezes() {
+                        let sq = &mut squeeze[..p.len()];
+                        timed(CONV_KXK_FWD, || blk.spatial.run_squeezed(e, d, (sq, p), ws))?;
+                    } else {
+                        timed(CONV_KXK_FWD, || blk.spatial.run(e, None, d, ws))?;
+                        timed(SE_FWD, || pool::global_avg_pool(&blk.se.shape, d, p))?;
+                    }
+                }
+            },
         }
         let res = blk.skip.then_some(input);
         if blk.project.gated() {

@@ -7,7 +7,7 @@ use super::params::{ParamKind, ParamStore};
 use crate::arch::NormKind;
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
-use crate::kernels::conv::GradMode;
+use crate::kernels::conv::{GradMode, PreOps};
 use crate::kernels::norm::{
     Affine, AffineGrads, Norm, NormDesc, NormPass, NormStats, RunningStats,
 };
@@ -106,6 +106,53 @@ impl SampleNorm {
                     None => op.forward_prepared_with_workspace(x, prepared, z, &mut stats, ws),
                 }
             }
+        }
+    }
+
+    /// The prologue ([`PreOps`]) a consumer convolution applies to run this norm's
+    /// apply pass on its input: `φ(a·x + b)`, then Proxy Norm's correction `·p + q`.
+    pub(crate) fn prologue_ops(&self) -> PreOps {
+        match self {
+            SampleNorm::Plain { norm, .. } => PreOps::norm_act(norm.desc().activation),
+            SampleNorm::Proxy { op, .. } => PreOps {
+                out_scale: true,
+                out_shift: true,
+                ..PreOps::norm_act(op.proxy().desc().activation)
+            },
+        }
+    }
+
+    /// The coefficients `[a | b | p | q]` (`4·N·C` floats, each `[N][C]`, in `out`) of
+    /// [`SampleNorm::prologue_ops`] for the input whose per-sample channel sums and
+    /// sums of squares are `sums`: what [`SampleNorm::run`] would apply to it.
+    /// `ws`: [`SampleNorm::workspace_len`] floats.
+    pub(crate) fn prologue(
+        &self,
+        sums: (&[f64], &[f64]),
+        out: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        match self {
+            SampleNorm::Plain { norm, gamma, beta } => {
+                let c = norm.desc().channels;
+                let ones;
+                let g: &[f32] = if gamma.is_empty() {
+                    ones = vec![1.0; c];
+                    &ones
+                } else {
+                    gamma
+                };
+                let zeros;
+                let bt: &[f32] = match beta {
+                    Some(b) => b,
+                    None => {
+                        zeros = vec![0.0; c];
+                        &zeros
+                    }
+                };
+                norm.affine_prologue_from_sums((g, bt), sums, out, ws)
+            }
+            SampleNorm::Proxy { op, prepared } => op.prologue_from_sums(prepared, sums, out, ws),
         }
     }
 

@@ -62,6 +62,11 @@ fn fused_logits_match_the_unfused_forward() {
                 let mut plan = net.plan_inference(batch, res).unwrap();
                 assert!(plan.folds_every_norm(), "{arch}: BatchNorm networks fold");
                 gated += plan.gated_projections();
+                assert_eq!(
+                    plan.prologue_norms(),
+                    0,
+                    "{arch}: folded norms need no prologue"
+                );
                 let got = plan.run(&x).unwrap();
                 let e = rel_to_norm(&got, &want);
                 assert!(
@@ -115,6 +120,12 @@ fn per_sample_norm_networks_match_the_unfused_forward() {
                 let mut plan = net.plan_inference(batch, res).unwrap();
                 assert!(!plan.folds_every_norm(), "{arch}");
                 gated += plan.gated_projections();
+                let expanding = net.config().blocks().iter().filter(|b| b.expand).count();
+                assert_eq!(
+                    plan.prologue_norms(),
+                    expanding,
+                    "{arch}: every expansion's norm is the k×k convolution's prologue"
+                );
                 let want = net.predict(&x, batch, res).unwrap();
                 let got = plan.run(&x).unwrap();
                 let e = rel_to_norm(&got, &want);

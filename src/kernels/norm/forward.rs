@@ -598,4 +598,84 @@ impl Norm {
         self.apply_all(level, x, cw, coefs, y);
         Ok(())
     }
+
+    /// [`Norm::prologue_from_sums`] of the norm's own apply pass with the affine
+    /// `(γ, β)` (`[C]` each) and the norm's activation.
+    pub(crate) fn affine_prologue_from_sums(
+        &self,
+        (g, bt): (&[f32], &[f32]),
+        sums: (&[f64], &[f64]),
+        out: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        check_len("gamma", g.len(), self.geo.c)?;
+        check_len("beta", bt.len(), self.geo.c)?;
+        let cw = Channelwise {
+            g,
+            bt,
+            post: None,
+            act: self.desc.activation,
+        };
+        self.prologue_from_sums(cw, sums, out, ws)
+    }
+
+    /// The apply pass of a per-sample norm (GroupNorm, LayerNorm) with the channelwise
+    /// terms `cw`, as the coefficients of a convolution prologue
+    /// ([`PreOps`](crate::kernels::conv::PreOps)): for each image `n` and channel `c`,
+    /// `[a | b | p | q]` (`out`, `4·N·C` floats, each `[N][C]`) such that
+    /// `p·φ(a·x + b) + q` is the apply pass's output — `a = γ·rstd`, `b = β − a·mean`
+    /// (in `f64`, then rounded), `p`, `q` Proxy Norm's correction (or 1 and 0). The
+    /// statistics come from each sample's channel sums and sums of squares of `x`
+    /// (`[N][C]` each, as a convolution's statistics post-op gathers them). `ws`: the
+    /// regions of [`Norm::forward_regions`].
+    pub(crate) fn prologue_from_sums(
+        &self,
+        cw: Channelwise,
+        (s1, s2): (&[f64], &[f64]),
+        out: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let g = self.geo;
+        let c = g.c;
+        if self.groups == 0 {
+            return Err(Error::InvalidArgument(
+                "a prologue from channel sums is for per-sample norms (GroupNorm, LayerNorm)"
+                    .into(),
+            ));
+        }
+        let nc = g.n * c;
+        check_len("sums", s1.len(), nc)?;
+        check_len("squares", s2.len(), nc)?;
+        check_len("prologue coefficients", out.len(), 4 * nc)?;
+        let mut layout = WorkspaceLayout::new(1);
+        self.forward_regions(&mut layout);
+        let mut ws = Workspace::new(ws, &layout)?;
+        let part = take_f64(&mut ws, g.total_chunks() * 2 * c)?;
+        let coefs = ws.take(self.coef_sets() * 3 * c)?;
+        let fin = take_f64(&mut ws, g.n * self.finalize_len())?;
+        let part = &mut part[..g.n * 2 * c];
+        for (n, ps) in part.chunks_exact_mut(2 * c).enumerate() {
+            ps[..c].copy_from_slice(&s1[n * c..(n + 1) * c]);
+            ps[c..].copy_from_slice(&s2[n * c..(n + 1) * c]);
+        }
+        let mut st = self.new_stats();
+        let stats = [&mut st.mean[..], &mut st.var, &mut st.rstd];
+        self.finalize_samples(None, part, 2 * c, stats, coefs, fin);
+        let (a, rest) = out.split_at_mut(nc);
+        let (b, rest) = rest.split_at_mut(nc);
+        let (p, q) = rest.split_at_mut(nc);
+        for n in 0..g.n {
+            let k = Coefs::of(&coefs[n * 3 * c..], c);
+            for ch in 0..c {
+                let i = n * c + ch;
+                // x̂ = (x − xm)·xa + xb, u = γ·x̂ + β.
+                let ga = f64::from(cw.g[ch]) * f64::from(k.1[ch]);
+                let off = f64::from(k.2[ch]) - f64::from(k.0[ch]) * f64::from(k.1[ch]);
+                a[i] = ga as f32;
+                b[i] = (f64::from(cw.g[ch]) * off + f64::from(cw.bt[ch])) as f32;
+                (p[i], q[i]) = cw.post.map_or((1.0, 0.0), |(pp, qq)| (pp[ch], qq[ch]));
+            }
+        }
+        Ok(())
+    }
 }

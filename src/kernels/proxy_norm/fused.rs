@@ -242,6 +242,27 @@ impl NormProxy {
         self.run_prepared(x, prepared, Some(sums), z, stats, ws)
     }
 
+    /// The prepared forward pass as a convolution prologue's coefficients `[a | b | p
+    /// | q]` (`4·N·C` floats in `out`) from each sample's channel sums and sums of
+    /// squares of its input (see [`Norm::prologue_from_sums`]); `ws`: at least
+    /// [`NormProxy::workspace_len`]`(ProxyPass::Forward)` floats.
+    pub(crate) fn prologue_from_sums(
+        &self,
+        prepared: &PreparedProxy,
+        sums: (&[f64], &[f64]),
+        out: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let c = self.proxy.desc.channels;
+        let cw = Channelwise {
+            g: &prepared.gamma,
+            bt: &prepared.beta,
+            post: Some(prepared.post.split_at(c)),
+            act: self.proxy.desc.activation,
+        };
+        self.norm.prologue_from_sums(cw, sums, out, ws)
+    }
+
     /// The prepared forward pass, its norm statistics from `x` or from `sums`.
     fn run_prepared(
         &self,
