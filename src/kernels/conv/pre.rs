@@ -183,6 +183,56 @@ impl PreImage {
     }
 }
 
+/// One vector of channels' prologue coefficients, loaded once for many pixels.
+#[derive(Copy, Clone)]
+pub(crate) struct PreVec<S: Simd> {
+    act: Activation,
+    a: S::V,
+    b: Option<S::V>,
+    p: Option<S::V>,
+    q: Option<S::V>,
+}
+
+impl<S: Simd> PreVec<S> {
+    /// The coefficients at `pre`'s pointers: `n` lanes (`n < LANES`: the other lanes
+    /// read zero).
+    ///
+    /// # Safety
+    /// `min(n, LANES)` coefficients readable at each non-null pointer of `pre`.
+    #[inline(always)]
+    pub(crate) unsafe fn load(s: S, pre: &PreImage, n: usize) -> PreVec<S> {
+        let opt = |p: *const f32| {
+            // SAFETY: the caller's contract.
+            (!p.is_null()).then(|| unsafe { coef(s, p, n) })
+        };
+        PreVec {
+            act: pre.act,
+            // SAFETY: the caller's contract.
+            a: unsafe { coef(s, pre.a, n) },
+            b: opt(pre.b),
+            p: opt(pre.p),
+            q: opt(pre.q),
+        }
+    }
+
+    /// `p·φ(a·x + b) + q`.
+    #[inline(always)]
+    pub(crate) fn apply(&self, s: S, x: S::V) -> S::V {
+        let u = match self.b {
+            Some(b) => s.mul_add(self.a, x, b),
+            None => s.mul(self.a, x),
+        };
+        let mut v = self.act.apply(s, u);
+        if let Some(p) = self.p {
+            v = s.mul(v, p);
+        }
+        if let Some(q) = self.q {
+            v = s.add(v, q);
+        }
+        v
+    }
+}
+
 /// `p·φ(a·x + b) + q` for one vector `x` of channels whose coefficients start at
 /// `pre`'s pointers: `n` lanes (`n < LANES`: the coefficients' other lanes read zero).
 ///
@@ -190,21 +240,45 @@ impl PreImage {
 /// `n` (or `LANES`) coefficients must be readable at each non-null pointer of `pre`.
 #[inline(always)]
 pub(crate) unsafe fn apply_vec<S: Simd>(s: S, pre: &PreImage, x: S::V, n: usize) -> S::V {
-    // SAFETY: the caller's contract, for each coefficient vector.
+    // SAFETY: the caller's contract.
+    unsafe { PreVec::load(s, pre, n) }.apply(s, x)
+}
+
+/// `dst[i·dst_step + j] = p_j·φ(a_j·src[i·src_step + j] + b_j) + q_j` for `px` pixels
+/// `i` of `n` channels `j`, the coefficients of channel `j` at offset `j` of `pre`'s
+/// pointers: each vector of coefficients loaded once for all the pixels.
+///
+/// # Safety
+/// `n` floats readable at each `src` pixel and at each non-null pointer of `pre`,
+/// writable at each `dst` pixel.
+#[inline(always)]
+pub(crate) unsafe fn apply_pixels<S: Simd>(
+    s: S,
+    pre: &PreImage,
+    (src, src_step): (*const f32, usize),
+    (dst, dst_step): (*mut f32, usize),
+    px: usize,
+    n: usize,
+) {
+    let l = S::LANES;
+    let mut j = 0;
+    // SAFETY: every access is inside the caller's pixels and channels.
     unsafe {
-        let u = if pre.b.is_null() {
-            s.mul(coef(s, pre.a, n), x)
-        } else {
-            s.mul_add(coef(s, pre.a, n), x, coef(s, pre.b, n))
-        };
-        let mut v = pre.act.apply(s, u);
-        if !pre.p.is_null() {
-            v = s.mul(v, coef(s, pre.p, n));
+        while j < n {
+            let w = (n - j).min(l);
+            let k = PreVec::load(s, &pre.at(j), w);
+            for i in 0..px {
+                let sp = src.add(i * src_step + j);
+                let dp = dst.add(i * dst_step + j);
+                if w == l {
+                    s.store_ptr(dp, k.apply(s, s.load_ptr(sp)));
+                } else {
+                    let v = k.apply(s, s.load_partial_ptr(sp, w));
+                    s.store_partial_ptr(dp, v, w);
+                }
+            }
+            j += w;
         }
-        if !pre.q.is_null() {
-            v = s.add(v, coef(s, pre.q, n));
-        }
-        v
     }
 }
 

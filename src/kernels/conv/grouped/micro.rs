@@ -13,7 +13,7 @@
 
 use super::slide::{SlideRow, SlideWeight};
 use crate::kernels::activation::Activation;
-use crate::kernels::conv::pre::{PreImage, apply_run};
+use crate::kernels::conv::pre::{PreImage, apply_pixels};
 use crate::simd::{Microkernel, Simd, load_n};
 
 /// The microkernels of one level, and its tile parameters.
@@ -750,18 +750,19 @@ impl Microkernel for CopyRows {
         let cbase = gm.g0 * gm.cg;
         for (r, src) in a.src.chunks_exact(row_len).enumerate() {
             if let Some(pre) = &a.pre {
-                for c in 0..cols {
-                    let px = &src[c * gm.src_c + cbase..][..span];
-                    for (gl, from) in px.chunks_exact(gm.cg).enumerate() {
-                        let at =
-                            gl * gm.g_stride + ((dst_row0 + r) * gm.dst_w + gm.pad + c) * gm.dst_c;
-                        let to = &mut dst[at..][..gm.cg];
-                        // SAFETY: `cg` floats in both slices; the coefficients of
-                        // channels `cbase + gl·cg ..+cg` (the caller's contract).
-                        unsafe {
-                            let pre = pre.at(cbase + gl * gm.cg);
-                            apply_run(s, &pre, from.as_ptr(), to.as_mut_ptr(), gm.cg);
-                        }
+                for gl in 0..gm.ng {
+                    let c0 = cbase + gl * gm.cg;
+                    let at = gl * gm.g_stride + ((dst_row0 + r) * gm.dst_w + gm.pad) * gm.dst_c;
+                    let need = (cols.max(1) - 1) * gm.dst_c + gm.cg;
+                    let to = &mut dst[at..][..need];
+                    assert!(cols == 0 || (cols - 1) * gm.src_c + c0 + gm.cg <= src.len());
+                    // SAFETY: `cols` pixels of `cg` channels from `c0` in the source row
+                    // and in `to` (both checked just above); the coefficients of
+                    // channels `c0 ..+cg` (the caller's contract).
+                    unsafe {
+                        let src = (src[c0..].as_ptr(), gm.src_c);
+                        let dst = (to.as_mut_ptr(), gm.dst_c);
+                        apply_pixels(s, &pre.at(c0), src, dst, cols, gm.cg);
                     }
                 }
                 continue;
