@@ -559,15 +559,12 @@ unsafe fn forward_post(
     };
     // SAFETY: checked above; readable by the contract.
     let pre = unsafe {
-        match buffers::opt_input(&bpa) {
-            Some(scale) => Some(PreArgs {
-                scale,
-                shift: buffers::opt_input(&bpb),
-                out_scale: buffers::opt_input(&bpp),
-                out_shift: buffers::opt_input(&bpq),
-            }),
-            None => None,
-        }
+        buffers::opt_input(&bpa).map(|scale| PreArgs {
+            scale,
+            shift: buffers::opt_input(&bpb),
+            out_scale: buffers::opt_input(&bpp),
+            out_shift: buffers::opt_input(&bpq),
+        })
     };
     let weights = if plain {
         ConvWeights::Plain(wt)

@@ -19,7 +19,9 @@
 //! their convolution gathers each image's channel sums and sums of squares as it
 //! writes its output (the statistics post-op), and the norm then makes one apply pass
 //! over it, with its plan made once and Proxy Norm's correction computed once from its
-//! parameters; a delayed proxy scale is folded into the projection's weights.
+//! parameters; a delayed proxy scale is folded into the projection's weights. After an
+//! expansion, the apply pass is the k×k convolution's prologue instead (see
+//! `prologue`): the expanded tensor is written raw and transformed as it is read.
 //!
 //! A batch runs in groups of up to 4 images on image lanes (see `lanes`), one per
 //! thread: a group's activations stay in its core's caches from layer to layer, and

@@ -472,11 +472,12 @@ impl Conv2d {
         self.forward_post(x, w, bias, args, y, ws)
     }
 
-    /// The forward pass with every operand of the plan's epilogue ([`PostArgs`]: the
-    /// residual, the statistics' outputs), the weights plain or packed and a caller's
-    /// workspace (`None`: the thread-kept one). `y = φ(s ⊙ (conv(x, w) + bias)) (+
-    /// residual)` (`s` the plan's per-channel scale, when it has one), overwritten, and
-    /// the statistics of `y` the plan gathers.
+    /// The forward pass with every operand of the plan's epilogue and prologue
+    /// ([`PostArgs`]: the scale, the residual, the statistics' outputs, the prologue's
+    /// coefficients), the weights plain or packed and a caller's workspace (`None`:
+    /// the thread-kept one). `y = φ(s ⊙ (conv(x', w) + bias)) (+ residual)` (`s` the
+    /// plan's per-channel scale, when it has one; `x'` the prologue's transform of
+    /// `x`, or `x`), overwritten, and the statistics of `y` the plan gathers.
     ///
     /// ```
     /// use effnet::kernels::conv::{ChannelStats, Conv2d, ConvDesc, ConvWeights, PostArgs, PostOps};
