@@ -18,7 +18,7 @@ pub(super) use super::gather_tiles::{Gather, SlideRow};
 use super::gather_tiles::{gather_run, slide_run};
 pub(super) use super::weight_tiles::WSteps;
 use super::weight_tiles::{wgrad_group, wgrad_slide};
-use crate::kernels::conv::pre::{PreImage, apply_vec};
+use crate::kernels::conv::pre::{PreImage, PreVec};
 use crate::simd::{Microkernel, Simd};
 
 /// The block kinds a table holds entries for: 1, 2 or 4 full vectors, or one partial
@@ -444,16 +444,28 @@ pub(super) unsafe fn pack_row<S: Simd, const NV: usize, const TAIL: bool>(
     let n = if TAIL { tail } else { l };
     // SAFETY: forwarded from the caller.
     unsafe {
-        for i in 0..j.px {
-            let sp = j.src.add(i * c);
-            let dp = j.dst.add(i * vb);
-            for v in 0..NV {
-                let x = ld::<S, TAIL>(s, sp.add(v * l), tail);
-                let x = match &j.pre {
-                    Some(pre) => apply_vec(s, &pre.at(v * l), x, n),
-                    None => x,
-                };
-                s.store_ptr(dp.add(v * l), x);
+        match &j.pre {
+            None => {
+                for i in 0..j.px {
+                    let sp = j.src.add(i * c);
+                    let dp = j.dst.add(i * vb);
+                    for v in 0..NV {
+                        s.store_ptr(dp.add(v * l), ld::<S, TAIL>(s, sp.add(v * l), tail));
+                    }
+                }
+            }
+            Some(pre) => {
+                // The block's coefficient vectors, loaded once for the whole run.
+                let k: [PreVec<S>; NV] =
+                    std::array::from_fn(|v| PreVec::load(s, &pre.at(v * l), n));
+                for i in 0..j.px {
+                    let sp = j.src.add(i * c);
+                    let dp = j.dst.add(i * vb);
+                    for (v, k) in k.iter().enumerate() {
+                        let x = ld::<S, TAIL>(s, sp.add(v * l), tail);
+                        s.store_ptr(dp.add(v * l), k.apply(s, x));
+                    }
+                }
             }
         }
     }
