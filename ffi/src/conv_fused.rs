@@ -122,20 +122,21 @@ unsafe impl SizedStruct for effnet_conv_post_args {
     const MIN_SIZE: usize = std::mem::offset_of!(effnet_conv_post_args, scale);
 }
 
-/// A 0/1 field of `effnet_conv_post_ops` (`what`: what 1 asks for).
-fn flag(name: &str, v: u32, what: &str) -> Outcome<bool> {
+/// A 0/1 field `name` of the argument `arg` (`"post_ops"`, `"pre_ops"`; `what`: what
+/// 1 asks for).
+pub(crate) fn flag(arg: &str, name: &str, v: u32, what: &str) -> Outcome<bool> {
     match v {
         0 => Ok(false),
         1 => Ok(true),
         v => Err(Failure::invalid(format!(
-            "`post_ops`.{name} = {v}: use 0 (none) or 1 ({what})"
+            "`{arg}`.{name} = {v}: use 0 (none) or 1 ({what})"
         ))),
     }
 }
 
 /// The Rust epilogue a C descriptor names.
 pub(crate) fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
-    let residual = flag("residual", p.residual, "add a residual")?;
+    let residual = flag("post_ops", "residual", p.residual, "add a residual")?;
     let stats = match p.stats {
         0 => ChannelStats::None,
         1 => ChannelStats::Sums,
@@ -146,7 +147,7 @@ pub(crate) fn to_post_ops(p: &effnet_conv_post_ops) -> Outcome<PostOps> {
             )));
         }
     };
-    let scale = flag("scale", p.scale, "scale each output channel")?;
+    let scale = flag("post_ops", "scale", p.scale, "scale each output channel")?;
     Ok(PostOps {
         scale,
         activation: activation_of("effnet_conv_post_ops.activation", p.activation)?,

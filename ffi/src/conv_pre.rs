@@ -60,13 +60,7 @@ unsafe impl SizedStruct for effnet_conv_pre_ops {
 
 /// A 0/1 field of `effnet_conv_pre_ops`.
 fn flag(name: &str, v: u32, what: &str) -> Outcome<bool> {
-    match v {
-        0 => Ok(false),
-        1 => Ok(true),
-        v => Err(Failure::invalid(format!(
-            "`pre_ops`.{name} = {v}: use 0 (none) or 1 ({what})"
-        ))),
-    }
+    crate::conv_fused::flag("pre_ops", name, v, what)
 }
 
 /// The Rust prologue a C descriptor names (`None`: disabled).

@@ -144,17 +144,14 @@ impl Pre<'_> {
     /// The coefficients of image `n`, from channel 0 (`n` below the batch checked
     /// against the operands' lengths).
     pub(crate) fn image(&self, n: usize) -> PreImage {
-        let off = n * self.channels;
-        let at = |p: *const f32| {
-            if p.is_null() { p } else { p.wrapping_add(off) }
-        };
-        PreImage {
+        let base = PreImage {
             act: self.act,
-            a: at(self.a),
-            b: at(self.b),
-            p: at(self.p),
-            q: at(self.q),
-        }
+            a: self.a,
+            b: self.b,
+            p: self.p,
+            q: self.q,
+        };
+        base.at(n * self.channels)
     }
 }
 
@@ -170,7 +167,8 @@ pub(crate) struct PreImage {
 }
 
 impl PreImage {
-    /// The coefficients from channel `c` on.
+    /// The coefficients `c` floats on (channel `c` of the same image; from image `n`'s
+    /// channel 0 at `n·C` of the whole operands).
     pub(crate) fn at(self, c: usize) -> PreImage {
         let at = |p: *const f32| if p.is_null() { p } else { p.wrapping_add(c) };
         PreImage {

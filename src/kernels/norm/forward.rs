@@ -576,6 +576,22 @@ impl Norm {
         [mean, var, rstd]: [&mut [f32]; 3],
         ws: &mut Workspace,
     ) -> Result<()> {
+        let coefs = self.finalize_from_sums((s1, s2), [mean, var, rstd], ws)?;
+        self.apply_all(level, x, cw, coefs, y);
+        Ok(())
+    }
+
+    /// The statistics of a per-sample norm (GroupNorm, LayerNorm) from each sample's
+    /// channel sums and sums of squares (`[N][C]` each) into `[mean, var, rstd]`, and
+    /// the `x̂` coefficients of every sample (returned, `3·C` per sample, in `ws`),
+    /// as the statistics pass's partials give them. Takes the regions of
+    /// [`Norm::forward_regions`].
+    fn finalize_from_sums<'w>(
+        &self,
+        (s1, s2): (&[f64], &[f64]),
+        stats: [&mut [f32]; 3],
+        ws: &mut Workspace<'w>,
+    ) -> Result<&'w mut [f32]> {
         let g = self.geo;
         let c = g.c;
         if self.groups == 0 {
@@ -594,9 +610,8 @@ impl Norm {
             ps[..c].copy_from_slice(&s1[n * c..(n + 1) * c]);
             ps[c..].copy_from_slice(&s2[n * c..(n + 1) * c]);
         }
-        self.finalize_samples(None, part, 2 * c, [mean, var, rstd], coefs, fin);
-        self.apply_all(level, x, cw, coefs, y);
-        Ok(())
+        self.finalize_samples(None, part, 2 * c, stats, coefs, fin);
+        Ok(coefs)
     }
 
     /// [`Norm::prologue_from_sums`] of the norm's own apply pass with the affine
@@ -631,40 +646,23 @@ impl Norm {
     pub(crate) fn prologue_from_sums(
         &self,
         cw: Channelwise,
-        (s1, s2): (&[f64], &[f64]),
+        sums: (&[f64], &[f64]),
         out: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
-        let g = self.geo;
-        let c = g.c;
-        if self.groups == 0 {
-            return Err(Error::InvalidArgument(
-                "a prologue from channel sums is for per-sample norms (GroupNorm, LayerNorm)"
-                    .into(),
-            ));
-        }
-        let nc = g.n * c;
-        check_len("sums", s1.len(), nc)?;
-        check_len("squares", s2.len(), nc)?;
+        let (c, n_img) = (self.geo.c, self.geo.n);
+        let nc = n_img * c;
         check_len("prologue coefficients", out.len(), 4 * nc)?;
         let mut layout = WorkspaceLayout::new(1);
         self.forward_regions(&mut layout);
         let mut ws = Workspace::new(ws, &layout)?;
-        let part = take_f64(&mut ws, g.total_chunks() * 2 * c)?;
-        let coefs = ws.take(self.coef_sets() * 3 * c)?;
-        let fin = take_f64(&mut ws, g.n * self.finalize_len())?;
-        let part = &mut part[..g.n * 2 * c];
-        for (n, ps) in part.chunks_exact_mut(2 * c).enumerate() {
-            ps[..c].copy_from_slice(&s1[n * c..(n + 1) * c]);
-            ps[c..].copy_from_slice(&s2[n * c..(n + 1) * c]);
-        }
         let mut st = self.new_stats();
         let stats = [&mut st.mean[..], &mut st.var, &mut st.rstd];
-        self.finalize_samples(None, part, 2 * c, stats, coefs, fin);
+        let coefs = self.finalize_from_sums(sums, stats, &mut ws)?;
         let (a, rest) = out.split_at_mut(nc);
         let (b, rest) = rest.split_at_mut(nc);
         let (p, q) = rest.split_at_mut(nc);
-        for n in 0..g.n {
+        for n in 0..n_img {
             let k = Coefs::of(&coefs[n * 3 * c..], c);
             for ch in 0..c {
                 let i = n * c + ch;
