@@ -263,18 +263,32 @@ fn forward_staged(
     y.par_chunks_mut(rows * co).enumerate().for_each(|(i, yc)| {
         let (r0, nr) = (i * rows, yc.len() / co);
         slots.with(|buf| {
-            for r in 0..nr {
-                let (row, o) = (r0 + r, a_rows.offset(r0 + r));
+            // Runs of rows of one image: consecutive in `x` at stride 1 (one call
+            // each), one row at a time when strided.
+            let mut r = 0;
+            while r < nr {
+                let row = r0 + r;
+                let px = if strided(shape) {
+                    1
+                } else {
+                    (per_image - row % per_image).min(nr - r)
+                };
+                let o = a_rows.offset(row);
                 let a = PreRunArgs {
                     pre: pre.image(row / per_image),
-                    src: x[o..o + ci].as_ptr(),
-                    dst: buf[r * ci..(r + 1) * ci].as_mut_ptr(),
+                    src: x[o..o + px * ci].as_ptr(),
+                    src_step: ci,
+                    dst: buf[r * ci..(r + px) * ci].as_mut_ptr(),
+                    dst_step: ci,
+                    px,
                     n: ci,
                 };
-                // SAFETY: `ci` floats at both (slices of that length), the row's
-                // image's coefficients checked (`N·C_in` each); the entry is from
-                // this level's table.
+                // SAFETY: `px` rows of `ci` floats at both (slices of that length: at
+                // stride 1 the rows are consecutive in `x`), the rows' image's
+                // coefficients checked (`N·C_in` each); the entry is from this
+                // level's table.
                 unsafe { run(&a) };
+                r += px;
             }
             Gemm {
                 m: nr,

@@ -231,17 +231,6 @@ impl<S: Simd> PreVec<S> {
     }
 }
 
-/// `p·φ(a·x + b) + q` for one vector `x` of channels whose coefficients start at
-/// `pre`'s pointers: `n` lanes (`n < LANES`: the coefficients' other lanes read zero).
-///
-/// # Safety
-/// `n` (or `LANES`) coefficients must be readable at each non-null pointer of `pre`.
-#[inline(always)]
-pub(crate) unsafe fn apply_vec<S: Simd>(s: S, pre: &PreImage, x: S::V, n: usize) -> S::V {
-    // SAFETY: the caller's contract.
-    unsafe { PreVec::load(s, pre, n) }.apply(s, x)
-}
-
 /// `dst[i·dst_step + j] = p_j·φ(a_j·src[i·src_step + j] + b_j) + q_j` for `px` pixels
 /// `i` of `n` channels `j`, the coefficients of channel `j` at offset `j` of `pre`'s
 /// pointers: each vector of coefficients loaded once for all the pixels.
@@ -296,56 +285,32 @@ unsafe fn coef<S: Simd>(s: S, p: *const f32, n: usize) -> S::V {
     }
 }
 
-/// `dst[i] = p·φ(a·src[i] + b) + q` for `i < n`, the coefficients of element `i` at
-/// offset `i` of `pre`'s pointers.
-///
-/// # Safety
-/// `n` floats readable at `src` and at each non-null pointer of `pre`, `n` writable at
-/// `dst`.
-#[inline(always)]
-pub(crate) unsafe fn apply_run<S: Simd>(
-    s: S,
-    pre: &PreImage,
-    src: *const f32,
-    dst: *mut f32,
-    n: usize,
-) {
-    let l = S::LANES;
-    let mut i = 0;
-    // SAFETY: every access is below `n` (the caller's contract).
-    unsafe {
-        while i + l <= n {
-            let v = apply_vec(s, &pre.at(i), s.load_ptr(src.add(i)), l);
-            s.store_ptr(dst.add(i), v);
-            i += l;
-        }
-        if i < n {
-            let r = n - i;
-            let v = apply_vec(s, &pre.at(i), s.load_partial_ptr(src.add(i), r), r);
-            s.store_partial_ptr(dst.add(i), v, r);
-        }
-    }
-}
-
-/// Arguments of [`PreRun`]: `n` floats from `src` to `dst` through `pre`.
+/// Arguments of [`PreRun`]: `px` pixels of `n` channels from `src` to `dst` (pixels
+/// `src_step` and `dst_step` floats apart) through `pre`.
 pub(crate) struct PreRunArgs {
     pub pre: PreImage,
     pub src: *const f32,
+    pub src_step: usize,
     pub dst: *mut f32,
+    pub dst_step: usize,
+    pub px: usize,
     pub n: usize,
 }
 
-/// [`apply_run`] as a table entry (the pointwise row blocks' staging).
+/// [`apply_pixels`] as a table entry (the pointwise row blocks' staging).
 pub(crate) struct PreRun;
 
 impl Microkernel for PreRun {
     type Args<'a> = PreRunArgs;
     /// # Safety
-    /// As [`apply_run`].
+    /// As [`apply_pixels`].
     #[inline(always)]
     unsafe fn run<S: Simd>(s: S, a: &PreRunArgs) {
         // SAFETY: forwarded.
-        unsafe { apply_run(s, &a.pre, a.src, a.dst, a.n) }
+        unsafe {
+            let (src, dst) = ((a.src, a.src_step), (a.dst, a.dst_step));
+            apply_pixels(s, &a.pre, src, dst, a.px, a.n)
+        }
     }
 }
 
