@@ -60,7 +60,6 @@ pub(super) fn task_grid(level: SimdLevel, g: &Geo) -> TaskGrid {
         g.taps() * g.cog * civn * l,
         cols.width * g.cog,
         |band| band.div_ceil(g.sh) + ((g.kh - 1) * g.dh).div_ceil(g.sh) + 1,
-        false,
     )
 }
 

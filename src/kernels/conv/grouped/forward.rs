@@ -40,7 +40,7 @@ pub(super) struct Plan {
 }
 
 /// The forward pass's task split (a function of the shape and level).
-pub(super) fn task_grid(level: SimdLevel, g: &Geo, tall: bool) -> TaskGrid {
+pub(super) fn task_grid(level: SimdLevel, g: &Geo) -> TaskGrid {
     let l = table(level).lanes;
     let cvn = g.cog.div_ceil(l);
     super::task_grid(
@@ -50,18 +50,16 @@ pub(super) fn task_grid(level: SimdLevel, g: &Geo, tall: bool) -> TaskGrid {
         g.taps() * g.cig * cvn * l,
         g.padded_w() * g.cig,
         |band| (band - 1) * g.sh + (g.kh - 1) * g.dh + 1,
-        tall,
     )
 }
 
 impl Plan {
-    /// `staged`: the pass applies a prologue (tall bands, see `task_grid`).
-    pub(super) fn new(level: SimdLevel, g: &Geo, staged: bool) -> Plan {
+    pub(super) fn new(level: SimdLevel, g: &Geo) -> Plan {
         let tab = table(level);
         let l = tab.lanes;
         let cvn = g.cog.div_ceil(l);
         let wp = g.padded_w();
-        let tasks = plan_tasks(task_grid(level, g, staged));
+        let tasks = plan_tasks(task_grid(level, g));
         let buf_len = tasks
             .iter()
             .map(|t| t.ng * in_rows(g, t) * wp * g.cig)

@@ -79,9 +79,6 @@ pub(crate) struct Plan {
     forward: OnceLock<forward::Plan>,
     backward_data: OnceLock<backward_data::Plan>,
     backward_weight: OnceLock<backward_weight::Plan>,
-    /// Whether the forward pass applies a prologue to the rows it copies (its tasks
-    /// then take tall bands: see [`task_grid`]).
-    staged: bool,
 }
 
 impl Plan {
@@ -93,7 +90,7 @@ impl Plan {
     pub(crate) fn new(level: SimdLevel, shape: &ConvShape) -> crate::error::Result<Plan> {
         let g = Geo::new(shape);
         for (pass, grid) in [
-            ("forward", forward::task_grid(level, &g, false)),
+            ("forward", forward::task_grid(level, &g)),
             ("backward-data", backward_data::task_grid(level, &g)),
         ] {
             if grid.count > MAX_TASKS {
@@ -111,13 +108,12 @@ impl Plan {
             forward: OnceLock::new(),
             backward_data: OnceLock::new(),
             backward_weight: OnceLock::new(),
-            staged: false,
         })
     }
 
     fn forward(&self) -> &forward::Plan {
         self.forward
-            .get_or_init(|| forward::Plan::new(self.level, &self.g, self.staged))
+            .get_or_init(|| forward::Plan::new(self.level, &self.g))
     }
 
     fn backward_data(&self) -> &backward_data::Plan {
@@ -158,13 +154,10 @@ impl FamilyPlan for Plan {
         self.forward().pack_weights(&self.g, w, out);
     }
 
-    /// The forward pass copies every input row it reads into its padded buffer anyway,
-    /// and applies the prologue there; its tasks take tall bands of few groups, so that
-    /// fewer rows are copied (and transformed) twice as halos.
-    fn stage_input(&mut self) {
-        self.staged = true;
-        self.forward = OnceLock::new();
-    }
+    /// Nothing to prepare: the forward pass copies every input row it reads into its
+    /// padded buffer anyway, and applies the prologue there (tasks of taller bands,
+    /// fewer halo rows transformed twice, measured no faster: see BENCHMARKS.md).
+    fn stage_input(&mut self) {}
 
     fn forward(
         &self,
@@ -382,7 +375,6 @@ fn task_grid(
     w_group: usize,
     row_floats: usize,
     rows_in: impl Fn(usize) -> usize,
-    tall: bool,
 ) -> TaskGrid {
     const WEIGHT_BUDGET: usize = 32 * 1024;
     const BUDGET: usize = 128 * 1024;
@@ -396,13 +388,6 @@ fn task_grid(
     };
     let mut gbs = (WEIGHT_BUDGET / w_group.max(1)).clamp(1, groups);
     let mut band = rows;
-    if tall {
-        // Fewer groups per task before shorter bands: a prologue transforms each
-        // copied row, the halo rows once per band.
-        while gbs > 1 && size(band, gbs) > BUDGET {
-            gbs = gbs.div_ceil(2);
-        }
-    }
     while band > MIN_BAND && size(band, gbs) > BUDGET {
         band = band.div_ceil(2);
     }
