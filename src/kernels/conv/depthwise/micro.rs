@@ -455,9 +455,13 @@ pub(super) unsafe fn pack_row<S: Simd, const NV: usize, const TAIL: bool>(
                 }
             }
             Some(pre) => {
-                // The block's coefficient vectors, loaded once for the whole run.
-                let k: [PreVec<S>; NV] =
-                    std::array::from_fn(|v| PreVec::load(s, &pre.at(v * l), n));
+                // The block's coefficient vectors, loaded once for the whole run (a
+                // plain loop: `array::from_fn`'s closure is not inlined into this
+                // target-feature context, which would leave the loads out of line).
+                let mut k = [PreVec::load(s, &pre.at(0), n); NV];
+                for (v, k) in k.iter_mut().enumerate().skip(1) {
+                    *k = PreVec::load(s, &pre.at(v * l), n);
+                }
                 for i in 0..j.px {
                     let sp = j.src.add(i * c);
                     let dp = j.dst.add(i * vb);
