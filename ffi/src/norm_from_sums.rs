@@ -1,4 +1,4 @@
-//! A GroupNorm/LayerNorm forward pass on statistics a convolution gathered
+//! A norm's training forward pass on statistics a convolution gathered
 //! (`effnet_norm_forward_from_sums_ws`): the norm half of a convolution with the
 //! statistics post-op, one pass over the convolution's output instead of two.
 
@@ -11,12 +11,14 @@ use crate::norm::{affine_of, effnet_norm_plan, store_stats};
 use crate::status::{effnet_status, guard};
 use effnet_core::kernels::norm::NormPass;
 
-/// The training forward pass of a GroupNorm or LayerNorm plan (as
-/// `effnet_norm_forward_ws`) with the statistics pass replaced by each sample's
-/// per-channel sums and sums of squares of `x`: what `effnet_conv_forward_post`
-/// returns for its output with `effnet_conv_post_ops.stats = 2`. The norm then reads
-/// `x` once (its apply pass) instead of twice; `y` and `saved` agree with
-/// `effnet_norm_forward`'s to float rounding. Run on `ctx`'s threads.
+/// The training forward pass of a norm plan (as `effnet_norm_forward_ws`) with the
+/// statistics pass replaced by each sample's per-channel sums and sums of squares of
+/// `x`: what `effnet_conv_forward_post` returns for its output with
+/// `effnet_conv_post_ops.stats = 2`. GroupNorm and LayerNorm take each sample's
+/// statistics from its own sums; BatchNorm adds the samples' sums in order (batch
+/// statistics). The norm then reads `x` once (its apply pass) instead of twice; `y`
+/// and `saved` agree with `effnet_norm_forward`'s to float rounding. Run on `ctx`'s
+/// threads.
 ///
 /// Buffers (counts from `effnet_norm_plan_shape`): `x`, `affine`, `y`, `saved` as in
 /// `effnet_norm_forward`; `sums`, `squares`: `double [batch][channels]` each,
@@ -24,9 +26,8 @@ use effnet_core::kernels::norm::NormPass;
 /// `effnet_norm_forward_ws` for `EFFNET_NORM_PASS_FORWARD` (NULL and 0 to let the
 /// library allocate).
 ///
-/// Errors: as `effnet_norm_forward_ws`; `EFFNET_INVALID_ARGUMENT` also for a
-/// BatchNorm plan (its statistics span the batch) and for wrongly sized, misaligned
-/// or NULL `sums` / `squares`.
+/// Errors: as `effnet_norm_forward_ws`; `EFFNET_INVALID_ARGUMENT` also for wrongly
+/// sized, misaligned or NULL `sums` / `squares`.
 ///
 /// # Safety
 /// As `effnet_norm_forward_ws`; `sums` and `squares` point to `sums_len` readable

@@ -15,7 +15,9 @@ use super::profile::{
 use crate::arch::{ArchConfig, BlockSpec};
 use crate::error::Result;
 use crate::kernels::activation::{self, Activation};
-use crate::kernels::conv::{Conv2d, ConvDesc, GradMode};
+use crate::kernels::conv::{
+    ChannelStats, Conv2d, ConvDesc, ConvWeights, GradMode, PostArgs, PostOps,
+};
 use crate::kernels::fully_connected::FullyConnected;
 use crate::kernels::gate;
 use crate::kernels::pool::{self, Nhwc};
@@ -102,10 +104,72 @@ pub(crate) struct Ctx<'a> {
     /// Multiplier of each block's drop-connect rate (0 = off).
     pub drop_connect: f32,
     pub seed: u64,
+    /// The norms' input statistics gathered by the producing convolutions'
+    /// statistics post-op ([`Network::set_conv_statistics`](super::Network::set_conv_statistics)).
+    pub conv_stats: bool,
 }
 
 fn conv(desc: &ConvDesc) -> Result<Conv2d> {
     Conv2d::new(desc)
+}
+
+/// Each image's channel sums and sums of squares of a convolution's output
+/// (`[N][C_out]` each), gathered by its statistics post-op for the norm after it.
+pub(crate) type ConvSums = (Vec<f64>, Vec<f64>);
+
+/// A convolution of a forward pass into a buffer from `pool`, timed under `kind`;
+/// with `ctx.conv_stats` and a `norm` after it that takes statistics of its input,
+/// its statistics post-op also gathers that norm's sums while the output is in
+/// cache ([`norm_forward`] then makes one pass over the output instead of two).
+pub(crate) fn conv_forward(
+    ctx: &Ctx,
+    conv: Conv2d,
+    kind: &'static str,
+    (x, w): (&[f32], &[f32]),
+    norm: &NormAct,
+    pool: &Pool,
+) -> Result<(Vec<f32>, Option<ConvSums>)> {
+    let s = *conv.shape();
+    let mut out = pool.take(s.y_len)?;
+    if !(ctx.conv_stats && norm.takes_sums(ctx.batch_stats)) {
+        timed(kind, || conv.forward(x, w, None, &mut out))?;
+        return Ok((out, None));
+    }
+    let len = s.desc.batch * s.desc.out_channels;
+    let (mut sums, mut squares) = (vec![0.0f64; len], vec![0.0f64; len]);
+    let conv = conv.with_post_ops(PostOps {
+        stats: ChannelStats::SumsAndSquares,
+        ..PostOps::NONE
+    });
+    let args = PostArgs {
+        sums: Some(&mut sums),
+        squares: Some(&mut squares),
+        ..PostArgs::default()
+    };
+    timed(kind, || {
+        conv.forward_post(x, ConvWeights::Plain(w), None, args, &mut out, None)
+    })?;
+    Ok((out, Some((sums, squares))))
+}
+
+/// The norm after [`conv_forward`] on its output `x` (`[batch][hw][hw][C]`), into a
+/// buffer from `pool`, timed under [`NORM_FWD`]: `(output, what the norm saved)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn norm_forward(
+    ctx: &Ctx,
+    norm: &NormAct,
+    v: &[Vec<f32>],
+    hw: usize,
+    x: &[f32],
+    sums: Option<ConvSums>,
+    pool: &Pool,
+) -> Result<(Vec<f32>, NormSaved)> {
+    let mut y = pool.take(x.len())?;
+    let sums = sums.as_ref().map(|(s, q)| (&s[..], &q[..]));
+    let saved = timed(NORM_FWD, || {
+        norm.forward_from_sums(v, ctx.batch, hw, x, sums, &mut y, ctx.batch_stats)
+    })?;
+    Ok((y, saved))
 }
 
 impl Block {
@@ -360,12 +424,9 @@ impl Block {
         // Expansion.
         let a1_own: Option<Vec<f32>> = if let Some((w, norm)) = &self.expand {
             let c = conv(&ConvDesc::pointwise(n, (hw, hw), s.in_ch, s.mid_ch))?;
-            let mut e = pool.take(c.shape().y_len)?;
-            timed(CONV_1X1_FWD, || c.forward(x, &v[*w], None, &mut e))?;
-            let mut a = pool.take(e.len())?;
-            tape.e_saved = timed(NORM_FWD, || {
-                norm.forward(v, n, hw, &e, &mut a, ctx.batch_stats)
-            })?;
+            let (e, sums) = conv_forward(ctx, c, CONV_1X1_FWD, (x, &v[*w]), norm, pool)?;
+            let (a, saved) = norm_forward(ctx, norm, v, hw, &e, sums, pool)?;
+            tape.e_saved = saved;
             tape.e = e;
             Some(a)
         } else {
@@ -376,15 +437,19 @@ impl Block {
         let dwc = self.dw_conv(ctx, hw)?;
         let ho = dwc.shape().out_h;
         tape.hw_out = ho;
-        let mut d = pool.take(dwc.shape().y_len)?;
-        timed(CONV_KXK_FWD, || dwc.forward(a1, &v[self.dw], None, &mut d))?;
+        let (d, sums) = conv_forward(
+            ctx,
+            dwc,
+            CONV_KXK_FWD,
+            (a1, &v[self.dw]),
+            &self.dw_norm,
+            pool,
+        )?;
         if let Some(a) = a1_own {
             pool.give(a);
         }
-        let mut z = pool.take(d.len())?;
-        tape.d_saved = timed(NORM_FWD, || {
-            self.dw_norm.forward(v, n, ho, &d, &mut z, ctx.batch_stats)
-        })?;
+        let (mut z, saved) = norm_forward(ctx, &self.dw_norm, v, ho, &d, sums, pool)?;
+        tape.d_saved = saved;
         tape.d = d;
         // Squeeze-excite.
         let shape = Nhwc::new(n, ho, ho, s.mid_ch)?;
@@ -394,14 +459,17 @@ impl Block {
         })?;
         // Projection.
         let pc = conv(&ConvDesc::pointwise(n, (ho, ho), s.mid_ch, s.out_ch))?;
-        let mut o = pool.take(pc.shape().y_len)?;
-        timed(CONV_1X1_FWD, || pc.forward(&z, &v[self.proj], None, &mut o))?;
+        let (o, sums) = conv_forward(
+            ctx,
+            pc,
+            CONV_1X1_FWD,
+            (&z, &v[self.proj]),
+            &self.proj_norm,
+            pool,
+        )?;
         pool.give(z);
-        let mut y = pool.take(o.len())?;
-        tape.o_saved = timed(NORM_FWD, || {
-            self.proj_norm
-                .forward(v, n, ho, &o, &mut y, ctx.batch_stats)
-        })?;
+        let (y, saved) = norm_forward(ctx, &self.proj_norm, v, ho, &o, sums, pool)?;
+        tape.o_saved = saved;
         tape.o = o;
         // Skip.
         if s.skip {

@@ -1,14 +1,14 @@
 //! The whole network: stem → MBConv blocks → head → pooling → dropout → classifier,
 //! forward (training and inference) and backward, at any resolution and batch size.
 
-use super::block::{Block, BlockTape, Ctx};
+use super::block::{Block, BlockTape, Ctx, conv_forward, norm_forward};
 use super::infer::{FusedConv, FusedNet, InferencePlan};
 use super::infer_band::BandPolicy;
 use super::norm_act::{NormAct, NormSaved, Place};
 use super::ops::Pool;
 use super::params::{ParamKind, ParamStore};
 use super::profile::{
-    CONV_1X1_BWD_D, CONV_1X1_BWD_W, CONV_1X1_FWD, CONV_STEM, HEAD, NORM_BWD, NORM_FWD, timed,
+    CONV_1X1_BWD_D, CONV_1X1_BWD_W, CONV_1X1_FWD, CONV_STEM, HEAD, NORM_BWD, timed,
 };
 use crate::arch::ArchConfig;
 use crate::error::{Error, Result, checked_product, try_filled};
@@ -141,6 +141,9 @@ pub struct Network {
     fc: (usize, usize),
     /// Activation buffers reused from step to step (a clone starts empty).
     pool: Pool,
+    /// The norms' statistics gathered by the convolutions before them
+    /// ([`Network::set_conv_statistics`]).
+    conv_stats: bool,
 }
 
 /// BatchNorm running-statistics momentum (PyTorch's default).
@@ -207,6 +210,7 @@ impl Network {
             head_norm,
             fc,
             pool: Pool::default(),
+            conv_stats: true,
         })
     }
 
@@ -418,6 +422,7 @@ impl Network {
             batch_stats: pass.batch_stats,
             drop_connect: pass.drop_connect,
             seed: pass.seed,
+            conv_stats: self.conv_stats,
         }
     }
 
@@ -444,17 +449,14 @@ impl Network {
         let n = batch;
         let pool = &self.pool;
         // Stem.
+        let ctx = self.ctx(n, pass);
         let sc = self.stem_conv(n, res)?;
         let hw = sc.shape().out_h;
-        let mut stem_pre = pool.take(sc.shape().y_len)?;
-        timed(CONV_STEM, || {
-            sc.forward(x, &v[self.stem], None, &mut stem_pre)
-        })?;
-        let mut stem_out = pool.take(stem_pre.len())?;
-        let stem_saved = timed(NORM_FWD, || {
-            self.stem_norm
-                .forward(v, n, hw, &stem_pre, &mut stem_out, pass.batch_stats)
-        })?;
+        let stem_in = (x, &v[self.stem][..]);
+        let (mut stem_pre, sums) =
+            conv_forward(&ctx, sc, CONV_STEM, stem_in, &self.stem_norm, pool)?;
+        let (stem_out, stem_saved) =
+            norm_forward(&ctx, &self.stem_norm, v, hw, &stem_pre, sums, pool)?;
         if !keep {
             pool.give(std::mem::take(&mut stem_pre));
         }
@@ -491,18 +493,13 @@ impl Network {
         };
         // Head.
         let hc = self.head_conv(n, cur_hw)?;
-        let mut head_pre = pool.take(hc.shape().y_len)?;
-        timed(CONV_1X1_FWD, || {
-            hc.forward(head_in, &v[self.head], None, &mut head_pre)
-        })?;
+        let head_w = (head_in, &v[self.head][..]);
+        let (head_pre, sums) = conv_forward(&ctx, hc, CONV_1X1_FWD, head_w, &self.head_norm, pool)?;
         if let Some(p) = cur {
             pool.give(p);
         }
-        let mut head_out = pool.take(head_pre.len())?;
-        let head_saved = timed(NORM_FWD, || {
-            self.head_norm
-                .forward(v, n, cur_hw, &head_pre, &mut head_out, pass.batch_stats)
-        })?;
+        let (head_out, head_saved) =
+            norm_forward(&ctx, &self.head_norm, v, cur_hw, &head_pre, sums, pool)?;
         let shape = Nhwc::new(n, cur_hw, cur_hw, self.cfg.head_channels())?;
         let mut pooled = try_filled("the pooled features", shape.pooled_len(), 0.0f32)?;
         let mut dropped = Vec::new();
@@ -597,6 +594,17 @@ impl Network {
     /// makes every buffer a fresh allocation, as a baseline for measurements).
     pub fn set_buffer_reuse(&mut self, on: bool) {
         self.pool.set_reuse(on);
+    }
+
+    /// Whether a forward pass's norms take their input statistics from the
+    /// convolution before them (on by default): its statistics post-op sums each
+    /// image's channels, and their squares, while the output is in cache, and the
+    /// norm then reads that output once (the apply pass) instead of twice. Off, each
+    /// norm computes its statistics in a pass of its own — the unfused baseline, for
+    /// tests and measurements. The two agree to rounding (the statistics come from
+    /// differently ordered sums); each is the same bits for any thread count.
+    pub fn set_conv_statistics(&mut self, on: bool) {
+        self.conv_stats = on;
     }
 
     /// Frees the activation buffers held for reuse.
@@ -718,8 +726,8 @@ impl Network {
                 cfg: &self.cfg,
                 batch: n,
                 batch_stats: pass.batch_stats,
-                drop_connect: pass.drop_connect,
                 seed: Self::block_seed(&pass, i),
+                ..self.ctx(n, &pass)
             };
             let x = if i == 0 {
                 &tape.stem_out[..]

@@ -336,9 +336,39 @@ impl NormAct {
         y: &mut [f32],
         batch_stats: bool,
     ) -> Result<NormSaved> {
+        self.forward_from_sums(v, batch, hw, x, None, y, batch_stats)
+    }
+
+    /// Whether [`NormAct::forward`] computes statistics of its input with these
+    /// `batch_stats` (every norm but BatchNorm on its running statistics): then the
+    /// producing convolution can gather them instead
+    /// ([`NormAct::forward_from_sums`]).
+    pub fn takes_sums(&self, batch_stats: bool) -> bool {
+        self.running.is_none() || batch_stats
+    }
+
+    /// [`NormAct::forward`] with the statistics of `x` taken from `sums` when given:
+    /// each image's channel sums and sums of squares of `x` (`[batch][channels]`
+    /// each, `f64`), as the producing convolution's statistics post-op gathers them —
+    /// one pass over `x` instead of two. Ignored where the norm takes no statistics
+    /// ([`NormAct::takes_sums`] false).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_from_sums(
+        &self,
+        v: &[Vec<f32>],
+        batch: usize,
+        hw: usize,
+        x: &[f32],
+        sums: Option<(&[f64], &[f64])>,
+        y: &mut [f32],
+        batch_stats: bool,
+    ) -> Result<NormSaved> {
         if let Some(np) = self.norm_proxy(batch, hw)? {
             let mut saved = np.new_saved();
-            np.forward(x, self.proxy_params(v), y, &mut saved)?;
+            match sums {
+                None => np.forward(x, self.proxy_params(v), y, &mut saved)?,
+                Some(s) => np.forward_from_sums(x, self.proxy_params(v), s, y, &mut saved)?,
+            }
             return Ok(NormSaved::Proxy(saved));
         }
         let norm = self.plain(batch, hw)?;
@@ -351,7 +381,10 @@ impl NormAct {
             return Ok(NormSaved::None);
         }
         let mut stats = norm.new_stats();
-        norm.forward(x, self.affine(v), y, &mut stats)?;
+        match sums {
+            None => norm.forward(x, self.affine(v), y, &mut stats)?,
+            Some(s) => norm.forward_from_sums(x, self.affine(v), s, y, &mut stats)?,
+        }
         Ok(NormSaved::Stats(stats))
     }
 

@@ -52,9 +52,18 @@ fn close_stats(got: &NormStats, want: &NormStats, what: &str) {
     close(&got.rstd, &want.rstd, 1e-5, &format!("{what} rstd"));
 }
 
+/// BatchNorm (training mode: statistics over the batch), down to one pixel per image.
+fn batch_norms() -> Vec<NormDesc> {
+    vec![
+        NormDesc::batch_norm(3, (4, 4), 17),
+        NormDesc::batch_norm(2, (1, 1), 24),
+        NormDesc::batch_norm(5, (3, 5), 16),
+    ]
+}
+
 #[test]
 fn norm_from_sums_matches_the_forward_pass() {
-    for (i, nd) in norms().iter().enumerate() {
+    for (i, nd) in norms().iter().chain(&batch_norms()).enumerate() {
         let mut r = Rng::new(7100 + i as u64);
         let c = nd.channels;
         // An offset so that the mean matters.
@@ -165,6 +174,24 @@ fn prepared_proxy_from_sums_matches_the_prepared_forward() {
                         let what = format!("{level} {variant:?} {nd:?}");
                         close(&z, &want, 2e-6, &what);
                         close_stats(&st, &want_st, &what);
+                        // The training forward pass (proxy statistics computed) on
+                        // the same sums.
+                        let mut want_saved = op.new_saved();
+                        op.forward_with_workspace(&x, params, &mut want, &mut want_saved, &mut ws)
+                            .unwrap();
+                        let mut saved = op.new_saved();
+                        op.forward_from_sums_with_workspace(
+                            &x, params, s, &mut z, &mut saved, &mut ws,
+                        )
+                        .unwrap();
+                        close(&z, &want, 2e-6, &format!("{what} training"));
+                        close_stats(&saved.norm, &want_saved.norm, &format!("{what} training"));
+                        assert_eq!(saved.proxy, want_saved.proxy, "{what}: proxy statistics");
+                        let mut za = vec![f32::NAN; x.len()];
+                        let mut sa = op.new_saved();
+                        op.forward_from_sums(&x, params, s, &mut za, &mut sa)
+                            .unwrap();
+                        assert!(za == z && sa == saved, "{what}: allocating form");
                     })
                 });
             }
@@ -267,10 +294,42 @@ fn norm_from_sums_checks_its_inputs() {
             ..
         })
     ));
+    // BatchNorm takes the same `[N][C]` sums (added over the batch).
     let bn = Norm::new(&NormDesc::batch_norm(2, (2, 2), 8)).unwrap();
     let mut bst = bn.new_stats();
     let mut bws = vec![0.0; bn.workspace_len(NormPass::Forward)];
-    let r =
-        bn.forward_from_sums_with_workspace(&x, Affine::NONE, (&s, &q), &mut y, &mut bst, &mut bws);
-    assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    let mut run_bn = |s: &[f64], q: &[f64]| {
+        bn.forward_from_sums_with_workspace(&x, Affine::NONE, (s, q), &mut y, &mut bst, &mut bws)
+    };
+    assert!(run_bn(&s, &q).is_ok());
+    let r = run_bn(&s[..8], &q);
+    assert!(
+        matches!(r, Err(Error::BufferSize { name: "sums", .. })),
+        "{r:?}"
+    );
+    // Proxy Norm's training pass checks the sums before it writes anything.
+    let pn = NormProxy::new(&nd, &ProxyNormDesc::new(8)).unwrap();
+    let ones = vec![1.0; 8];
+    let zeros = vec![0.0; 8];
+    let params = ProxyParams {
+        gamma: &ones,
+        beta: &zeros,
+        beta_prime: &zeros,
+        gamma_prime: &zeros,
+    };
+    let mut saved = pn.new_saved();
+    let before = saved.clone();
+    let mut z = vec![0.0; pn.x_len()];
+    let r = pn.forward_from_sums(&x, params, (&s, &q[..15]), &mut z, &mut saved);
+    assert!(
+        matches!(
+            r,
+            Err(Error::BufferSize {
+                name: "squares",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(saved == before, "nothing written on an error");
 }

@@ -72,6 +72,18 @@ fn check(dir: &str, arch: &str) {
     );
     let want_g = tensors::load(&d.join("grads.safetensors")).unwrap();
     let got_g = net.params().to_timm(true);
+    // A gradient that vanishes but for rounding (a norm's shift feeding only a linear
+    // map into a BatchNorm) is compared against the scale of the largest one.
+    let largest = want_g
+        .values()
+        .map(|e| {
+            e.data
+                .iter()
+                .map(|&b| f64::from(b).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .fold(0.0, f64::max);
     for (name, e) in &want_g {
         let g = got_g
             .get(name)
@@ -86,7 +98,7 @@ fn check(dir: &str, arch: &str) {
         let den: f64 = e.data.iter().map(|b| (*b as f64).powi(2)).sum();
         let rel = (num / den.max(1e-30)).sqrt();
         assert!(
-            rel < 1e-3 || num.sqrt() < 1e-6,
+            rel < 1e-3 || num.sqrt() < 1e-7 * largest,
             "{dir} gradient {name}: relative error {rel:e}"
         );
     }

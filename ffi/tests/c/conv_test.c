@@ -956,11 +956,22 @@ static void norm_from_sums_case(effnet_context *ctx, const char *name, const flo
     memset(&bs, 0, sizeof bs);
     bs.struct_size = sizeof bs;
     expect(effnet_norm_plan_shape(bn, &bs), EFFNET_OK, NULL, "from sums: BN shape");
-    float *bsaved = filled(bs.saved_len, NAN);
+    /* BatchNorm in training mode adds the samples' sums over the batch. */
+    float *bsaved = filled(bs.saved_len, NAN), *bsaved_want = filled(bs.saved_len, NAN);
+    expect(effnet_norm_forward(ctx, bn, y, len, affine, bs.affine_len, want, len, bsaved_want,
+                               bs.saved_len),
+           EFFNET_OK, NULL, "from sums: BatchNorm's own forward");
     expect(effnet_norm_forward_from_sums_ws(ctx, bn, y, len, affine, bs.affine_len, sums,
                                             squares, nc, got, len, bsaved, bs.saved_len, NULL,
                                             0),
-           EFFNET_INVALID_ARGUMENT, "per-sample", "from sums: BatchNorm refused");
+           EFFNET_OK, NULL, "from sums: BatchNorm");
+    for (size_t i = 0; i < len; i++) want64[i] = want[i];
+    expect_close(got, want64, NULL, len, 1.0, "from sums: BatchNorm y equals its forward");
+    double *bsaved64 = calloc(bs.saved_len, sizeof *bsaved64);
+    for (size_t i = 0; i < bs.saved_len; i++) bsaved64[i] = bsaved_want[i];
+    expect_close(bsaved, bsaved64, NULL, bs.saved_len, 1.0,
+                 "from sums: BatchNorm saved statistics equal");
+    free(bsaved_want); free(bsaved64);
     expect(effnet_norm_plan_destroy(ln), EFFNET_OK, NULL, "from sums: destroy");
     expect(effnet_norm_plan_destroy(bn), EFFNET_OK, NULL, "from sums: destroy");
     free(affine); free(want); free(got); free(ws); free(saved_want); free(saved);

@@ -139,19 +139,19 @@ impl Norm {
         })
     }
 
-    /// [`Norm::forward_with_workspace`] of a per-sample norm (GroupNorm, LayerNorm) on
-    /// statistics gathered elsewhere: `sums` and `squares` are each sample's channel
-    /// sums `Σ_{h,w} x[n][h][w][c]` and sums of squares (`[N][C]`, `f64`) — what a
-    /// convolution's statistics post-op returns for its output
-    /// ([`crate::kernels::conv::ChannelStats::SumsAndSquares`]) — so the norm makes
-    /// one pass over `x` (the apply pass) instead of two. `y` is overwritten and the
-    /// statistics are written to `stats`; they agree with [`Norm::forward`]'s to
-    /// rounding (those come from shifted sums of `x` itself).
+    /// [`Norm::forward_with_workspace`] on statistics gathered elsewhere: `sums` and
+    /// `squares` are each sample's channel sums `Σ_{h,w} x[n][h][w][c]` and sums of
+    /// squares (`[N][C]`, `f64`) — what a convolution's statistics post-op returns for
+    /// its output ([`crate::kernels::conv::ChannelStats::SumsAndSquares`]) — so the
+    /// norm makes one pass over `x` (the apply pass) instead of two. GroupNorm and
+    /// LayerNorm take each sample's statistics from its own sums; BatchNorm (training
+    /// mode: batch statistics) adds the samples' sums in order, `n = 0, 1, …`. `y` is
+    /// overwritten and the statistics are written to `stats`; they agree with
+    /// [`Norm::forward`]'s to rounding (those come from shifted sums of `x` itself).
     ///
     /// # Errors
     /// The buffer checks of [`Norm::forward_with_workspace`], and
-    /// [`Error::BufferSize`] naming `"sums"` / `"squares"` (`N·C`);
-    /// [`Error::InvalidArgument`] for a BatchNorm (its statistics span the batch).
+    /// [`Error::BufferSize`] naming `"sums"` / `"squares"` (`N·C`).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_from_sums_with_workspace(
         &self,
@@ -482,22 +482,38 @@ impl Norm {
             // BatchNorm: one set per channel over every chunk of every sample.
             let tot = &mut fin[..stride];
             sum_rows(part, tot);
-            let m = (g.n * g.hw) as f64;
-            let eps = self.desc.eps as f64;
-            for ch in 0..c {
-                let (s1, s2) = (tot[ch], tot[c + ch]);
-                let v = (s2 - s1 * s1 / m).max(0.0) / m;
-                mean[ch] = (x[ch] as f64 + s1 / m) as f32;
-                var[ch] = v as f32;
-                rstd[ch] = (1.0 / (v + eps).sqrt()) as f32;
-            }
-            self.xhat_coefs(mean, rstd, &mut coefs[..3 * c]);
+            self.finalize_batch(Some(&x[..c]), tot, [mean, var, rstd], coefs);
         } else {
             let per = g.chunks * stride;
             self.finalize_samples(Some(x), part, per, [mean, var, rstd], coefs, fin);
         }
         self.apply_all(level, x, cw, coefs, y);
         Ok(())
+    }
+
+    /// BatchNorm's statistics (`[mean, var, rstd]`, one per channel) and apply
+    /// coefficients (the first `3·C` of `coefs`) from the batch totals `tot = [Σx |
+    /// Σx²]` (`2·C`, `f64`) of every pixel of every sample, shifted by `shift` (the
+    /// first pixel of `x`) when given.
+    fn finalize_batch(
+        &self,
+        shift: Option<&[f32]>,
+        tot: &[f64],
+        [mean, var, rstd]: [&mut [f32]; 3],
+        coefs: &mut [f32],
+    ) {
+        let c = self.geo.c;
+        let m = (self.geo.n * self.geo.hw) as f64;
+        let eps = self.desc.eps as f64;
+        for ch in 0..c {
+            let (s1, s2) = (tot[ch], tot[c + ch]);
+            let v = (s2 - s1 * s1 / m).max(0.0) / m;
+            let origin = shift.map_or(0.0, |x| f64::from(x[ch]));
+            mean[ch] = (origin + s1 / m) as f32;
+            var[ch] = v as f32;
+            rstd[ch] = (1.0 / (v + eps).sqrt()) as f32;
+        }
+        self.xhat_coefs(mean, rstd, &mut coefs[..3 * c]);
     }
 
     /// Each sample's statistics (`[mean, var, rstd]`, `groups` per sample) and apply
@@ -560,7 +576,7 @@ impl Norm {
         });
     }
 
-    /// [`Norm::forward_impl`] of a per-sample norm (GroupNorm, LayerNorm) with the
+    /// [`Norm::forward_impl`] with the
     /// statistics pass replaced by each sample's channel sums and sums of squares
     /// `sums = (Σx, Σx²)` (`[N][C]` each, `f64`; as a convolution's statistics post-op
     /// gathers them): the statistics follow from them as from the pass's partials,
@@ -581,9 +597,9 @@ impl Norm {
         Ok(())
     }
 
-    /// The statistics of a per-sample norm (GroupNorm, LayerNorm) from each sample's
-    /// channel sums and sums of squares (`[N][C]` each) into `[mean, var, rstd]`, and
-    /// the `x̂` coefficients of every sample (returned, `3·C` per sample, in `ws`),
+    /// The norm's statistics from each sample's channel sums and sums of squares
+    /// (`[N][C]` each; BatchNorm adds the samples in order) into `[mean, var, rstd]`,
+    /// and the `x̂` coefficients of every set (returned, `3·C` per set, in `ws`),
     /// as the statistics pass's partials give them. Takes the regions of
     /// [`Norm::forward_regions`].
     fn finalize_from_sums<'w>(
@@ -594,16 +610,23 @@ impl Norm {
     ) -> Result<&'w mut [f32]> {
         let g = self.geo;
         let c = g.c;
-        if self.groups == 0 {
-            return Err(Error::InvalidArgument(
-                "statistics from channel sums are for per-sample norms (GroupNorm, LayerNorm)"
-                    .into(),
-            ));
-        }
         check_len("sums", s1.len(), g.n * c)?;
         check_len("squares", s2.len(), g.n * c)?;
         let part = take_f64(ws, g.total_chunks() * 2 * c)?;
         let coefs = ws.take(self.coef_sets() * 3 * c)?;
+        if self.groups == 0 {
+            // BatchNorm: the batch totals, the samples added in order.
+            let tot = take_f64(ws, 2 * c)?;
+            tot.fill(0.0);
+            for (a, b) in s1.chunks_exact(c).zip(s2.chunks_exact(c)) {
+                for ch in 0..c {
+                    tot[ch] += a[ch];
+                    tot[c + ch] += b[ch];
+                }
+            }
+            self.finalize_batch(None, tot, stats, coefs);
+            return Ok(coefs);
+        }
         let fin = take_f64(ws, g.n * self.finalize_len())?;
         let part = &mut part[..g.n * 2 * c];
         for (n, ps) in part.chunks_exact_mut(2 * c).enumerate() {
@@ -663,7 +686,7 @@ impl Norm {
         let (b, rest) = rest.split_at_mut(nc);
         let (p, q) = rest.split_at_mut(nc);
         for n in 0..n_img {
-            let k = Coefs::of(&coefs[n * 3 * c..], c);
+            let k = Coefs::of(&coefs[n.min(self.coef_sets() - 1) * 3 * c..], c);
             for ch in 0..c {
                 let i = n * c + ch;
                 // x̂ = (x − xm)·xa + xb, u = γ·x̂ + β.

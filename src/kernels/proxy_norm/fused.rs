@@ -158,10 +158,66 @@ impl NormProxy {
         saved: &mut NormProxySaved,
         ws: &mut [f32],
     ) -> Result<()> {
+        self.run_forward(x, params, None, z, saved, ws)
+    }
+
+    /// [`NormProxy::forward_from_sums_with_workspace`] with its workspace allocated
+    /// (kept by the calling thread between calls).
+    ///
+    /// # Errors
+    /// Those of [`NormProxy::forward_from_sums_with_workspace`].
+    pub fn forward_from_sums(
+        &self,
+        x: &[f32],
+        params: ProxyParams,
+        sums: (&[f64], &[f64]),
+        z: &mut [f32],
+        saved: &mut NormProxySaved,
+    ) -> Result<()> {
+        self.layout(ProxyPass::Forward).try_with_reused(|ws| {
+            self.forward_from_sums_with_workspace(x, params, sums, z, saved, ws)
+        })
+    }
+
+    /// [`NormProxy::forward_with_workspace`] on norm statistics gathered elsewhere:
+    /// `sums` and `squares` are each sample's channel sums and sums of squares of `x`
+    /// (`[N][C]`, `f64`; what a convolution's statistics post-op returns for its
+    /// output), so the pass reads `x` once (the apply pass) instead of twice; see
+    /// [`crate::kernels::norm::Norm::forward_from_sums_with_workspace`]. `z` and the
+    /// saved statistics agree with the forward pass's to rounding. Errors: those of
+    /// [`NormProxy::forward_with_workspace`], [`Error::BufferSize`] naming `"sums"` /
+    /// `"squares"` (`N·C`).
+    pub fn forward_from_sums_with_workspace(
+        &self,
+        x: &[f32],
+        params: ProxyParams,
+        sums: (&[f64], &[f64]),
+        z: &mut [f32],
+        saved: &mut NormProxySaved,
+        ws: &mut [f32],
+    ) -> Result<()> {
+        self.run_forward(x, params, Some(sums), z, saved, ws)
+    }
+
+    /// The training forward pass, its norm statistics from `x` or from `sums`.
+    fn run_forward(
+        &self,
+        x: &[f32],
+        params: ProxyParams,
+        sums: Option<(&[f64], &[f64])>,
+        z: &mut [f32],
+        saved: &mut NormProxySaved,
+        ws: &mut [f32],
+    ) -> Result<()> {
         check_len("x", x.len(), self.x_len())?;
         check_len("z", z.len(), self.x_len())?;
         self.proxy.check_params(&params)?;
         self.check_saved(saved)?;
+        if let Some((s1, s2)) = sums {
+            let nc = self.norm.desc().batch * self.norm.desc().channels;
+            check_len("sums", s1.len(), nc)?;
+            check_len("squares", s2.len(), nc)?;
+        }
         let mut ws = Workspace::new(ws, &self.layout(ProxyPass::Forward))?;
         let level = self.proxy.level;
         self.proxy
@@ -177,7 +233,12 @@ impl NormProxy {
         };
         let n = &mut saved.norm;
         let stats = [&mut n.mean[..], &mut n.var, &mut n.rstd];
-        self.norm.forward_impl(level, x, cw, z, stats, &mut ws)
+        match sums {
+            None => self.norm.forward_impl(level, x, cw, z, stats, &mut ws),
+            Some(sums) => self
+                .norm
+                .forward_from_sums_impl(level, x, cw, sums, z, stats, &mut ws),
+        }
     }
 
     /// The proxy statistics and output correction of `params`, computed once for
