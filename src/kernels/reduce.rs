@@ -298,6 +298,11 @@ impl RowStats {
         }
     }
 
+    /// Pixels per output row.
+    pub(crate) fn row_pixels(&self) -> usize {
+        self.ow
+    }
+
     /// Records the partials of output rows `rows` (indices `n·OH + oh`), channels
     /// `chans`, from `y`, which points at the first element of row `rows.start`.
     ///

@@ -20,7 +20,8 @@ fn bits<T: Copy + Into<f64>>(v: &[T]) -> Vec<u64> {
 }
 
 /// The shapes of the post-op tests, plus a G16 layer wide in channels at batch 1 (its
-/// tasks split the groups when the pool is large) and a batch of odd images.
+/// tasks split the groups when the pool is large), a batch of odd images and two
+/// pointwise products of many tasks.
 fn stat_shapes() -> Vec<ConvDesc> {
     let mut v = shapes();
     v.push(
@@ -29,6 +30,10 @@ fn stat_shapes() -> Vec<ConvDesc> {
             .with_symmetric_padding(),
     );
     v.push(ConvDesc::depthwise(3, (13, 11), 40, 5, 2));
+    // Pointwise products of many tasks (row blocks of whole image rows × panel
+    // groups; odd widths), one of them strided.
+    v.push(ConvDesc::pointwise(2, (31, 29), 48, 136));
+    v.push(ConvDesc::pointwise(3, (23, 17), 24, 100).with_stride(2));
     v
 }
 

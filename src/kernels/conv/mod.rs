@@ -157,9 +157,9 @@ pub(crate) enum ForwardWeights<'a> {
 /// The pass can also gather per-image channel statistics of the finished `y`
 /// ([`ChannelStats`]: the squeeze of a squeeze-excite, a norm's sums), each task from
 /// the rows it has just written, while they are in its cache; they are returned
-/// through [`PostArgs`]. The k×k families record them task by task; the pointwise
-/// family, whose tasks are blocks of pixels rather than image rows, in a pass over `y`
-/// right after the product. The statistics are the same bits for any thread count.
+/// through [`PostArgs`]. Every family records them task by task (the pointwise
+/// family's product tasks then cover whole image rows). The statistics are the same
+/// bits for any thread count.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PostOps {
     /// Whether each output channel `c` is multiplied by `s[c]` ([`PostArgs::scale`])

@@ -78,7 +78,7 @@ fn layout(
         ConvPass::Forward => {
             l.region(PackedB::packed_len(level, ci, co));
             if staged {
-                l.per_worker(stage_rows(ci) * ci);
+                l.per_worker(stage_rows(shape) * ci);
             }
             &mut l
         }
@@ -119,10 +119,12 @@ impl Plan {
     }
 }
 
-/// Most rows of a staged block: about 32K floats of input (128 KiB, in L2 with the
-/// weight panels it meets), at least 24 rows (every tile height divides 24).
-fn stage_rows(ci: usize) -> usize {
-    (32768 / ci.max(1)).clamp(24, 1536) / 24 * 24
+/// Most rows (pixels) of a staged block: about 32K floats of input (128 KiB, in L2
+/// with the weight panels it meets), at least 24 rows (every tile height divides 24)
+/// and one image row (a block gathering statistics covers whole image rows).
+fn stage_rows(shape: &ConvShape) -> usize {
+    let ci = shape.desc.in_channels.max(1);
+    ((32768 / ci).clamp(24, 1536) / 24 * 24).max(shape.out_w)
 }
 
 impl FamilyPlan for Plan {
@@ -173,11 +175,10 @@ impl FamilyPlan for Plan {
         match pre {
             None => forward_with_packed(level, shape, x, &packed, bias, post, y),
             Some(pre) => {
-                let slots = ws.per_worker(stage_rows(ci) * ci)?;
+                let slots = ws.per_worker(stage_rows(shape) * ci)?;
                 forward_staged(level, shape, x, pre, &packed, bias, post, y, &slots);
             }
         }
-        record_stats(shape, post, y);
         Ok(())
     }
 
@@ -251,11 +252,16 @@ fn forward_staged(
     let (ci, co) = (shape.desc.in_channels, shape.desc.out_channels);
     let (m, a_rows) = input_rows(shape);
     let per_image = shape.out_h * shape.out_w;
-    // Blocks of at most `stage_rows`, and small enough for 4 tasks per thread.
+    // Blocks of at most `stage_rows`, and small enough for 4 tasks per thread; whole
+    // image rows when the block records statistics.
     let threads = rayon::current_num_threads();
-    let rows = stage_rows(ci)
+    let mut rows = stage_rows(shape)
         .min(m.div_ceil(4 * threads).next_multiple_of(24))
         .max(24);
+    if post.stats.is_some() {
+        let ow = shape.out_w.max(1);
+        rows = (rows / ow).max(1) * ow;
+    }
     let run = pre::table(level).run;
     if m == 0 || co == 0 {
         return;
@@ -308,27 +314,14 @@ fn forward_staged(
                 },
             }
             .run_serial(level, yc);
+            if let Some(st) = post.stats {
+                let ow = shape.out_w;
+                // SAFETY: this task just finished the block's rows (whole image rows,
+                // `r0` and `nr` multiples of `ow`), which no other task records.
+                unsafe { st.record(yc.as_ptr(), r0 / ow..(r0 + nr) / ow, 0..co) };
+            }
         });
     });
-}
-
-/// The statistics post-op over the finished `y`.
-fn record_stats(shape: &ConvShape, post: Post<'_>, y: &[f32]) {
-    let co = shape.desc.out_channels;
-    if let Some(stats) = post.stats {
-        // The product's tasks are blocks of pixels, not image rows: the statistics
-        // follow it, in row blocks of about 16K floats while they are in the caches.
-        let row_len = shape.out_w * co;
-        let per_task = 16384usize.div_ceil(row_len.max(1));
-        y.par_chunks(per_task * row_len.max(1))
-            .enumerate()
-            .for_each(|(i, rows)| {
-                let r0 = i * per_task;
-                // SAFETY: whole rows of `y`, read-only here; each chunk records its
-                // own rows' partials.
-                unsafe { stats.record(rows.as_ptr(), r0..r0 + rows.len() / row_len, 0..co) };
-            });
-    }
 }
 
 /// `dx = convᵀ(dy, w)`; `dx` is overwritten (buffers and workspace checked).

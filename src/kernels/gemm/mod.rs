@@ -374,8 +374,11 @@ pub(crate) struct Gemm<'a> {
 /// The epilogue of a product: a per-column scale, an activation, then a residual added
 /// (element `(i, j)` at the same offset as `C`'s, `c_rows.offset(i) + j`):
 /// `C = φ(s ⊙ (A·B + bias)) (+ residual)`. [`Post::NONE`] leaves the sum as it is.
-/// `stats` is not the product's: the convolution drivers record the finished output
-/// rows' channel statistics there (the pointwise one after the product).
+/// `stats`: each task records the channel statistics of the rows of `C` it finished
+/// while they are in its cache ([`RowStats`]; `C`'s rows are then pixels, `c_rows`
+/// uniform, and every task's row block covers whole image rows of
+/// [`RowStats::row_pixels`] pixels, so a row's partial is the same bits whichever
+/// task computes it).
 #[derive(Copy, Clone, Debug, Default)]
 pub(crate) struct Post<'a> {
     /// Multiplies column `j` (after the bias, before the activation); length `n`.
@@ -477,9 +480,15 @@ impl Gemm<'_> {
             // Too small to pay for waking the pool (the squeeze-excite's dense
             // layers on one image): one task, the same bits.
             run_block(tab, self, c.as_mut_ptr(), 0..m, panels);
+            // SAFETY: the whole product is finished and this call's alone.
+            unsafe { self.record_stats(c.as_ptr(), 0..m, panels) };
             return;
         }
-        let (row_block, panel_group) = split(m, n, k, panels.len());
+        let (mut row_block, panel_group) = split(m, n, k, panels.len());
+        if let Some(st) = self.post.stats {
+            // Whole image rows per task (any block height gives the same sums).
+            row_block = row_block.next_multiple_of(st.row_pixels().max(1));
+        }
         // The last block takes the remainder (rather than a sliver of its own).
         let row_blocks = (m / row_block).max(1);
         let groups = panels.len().div_ceil(panel_group);
@@ -493,8 +502,33 @@ impl Gemm<'_> {
             };
             let rows = rb * row_block..end;
             let ps = &panels[g * panel_group..((g + 1) * panel_group).min(panels.len())];
-            run_block(tab, self, cp.get(), rows, ps);
+            run_block(tab, self, cp.get(), rows.clone(), ps);
+            // SAFETY: this task just finished these rows × panels, which no other
+            // task writes or records.
+            unsafe { self.record_stats(cp.get(), rows, ps) };
         });
+    }
+
+    /// Records the statistics of rows `rows` × the columns of `panels` of `C` (at
+    /// `c`) into `post.stats`, if the product gathers them.
+    ///
+    /// # Safety
+    /// Those elements of `C` must be finished, not written meanwhile, and recorded by
+    /// no other task; `rows` must be whole image rows.
+    unsafe fn record_stats(&self, c: *const f32, rows: Range<usize>, panels: &[Panel]) {
+        let (Some(st), Some(first), Some(last)) = (self.post.stats, panels.first(), panels.last())
+        else {
+            return;
+        };
+        let ow = st.row_pixels();
+        debug_assert!(rows.start.is_multiple_of(ow) && rows.end.is_multiple_of(ow));
+        let cols = first.col..last.col + last.valid;
+        // SAFETY: `C`'s rows are uniform (the caller's contract of `stats`), so row
+        // `rows.start` starts at `c_rows.offset(rows.start)`; the rest is the caller's.
+        unsafe {
+            let y = c.add(self.c_rows.offset(rows.start));
+            st.record(y, rows.start / ow..rows.end / ow, cols);
+        }
     }
 
     /// Runs the whole product on the calling thread (for callers that parallelize
