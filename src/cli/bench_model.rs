@@ -43,9 +43,10 @@ pub struct ModelArgs {
     /// Training step of head fine-tuning: backward through the head only.
     #[arg(long)]
     head_only: bool,
-    /// Inference through the layer-by-layer forward pass instead of the prepared
-    /// network (separate norm, activation and residual passes; the baseline of the
-    /// fusion)
+    /// The baseline of the fusion: inference through the layer-by-layer forward pass
+    /// instead of the prepared network (separate norm, activation and residual
+    /// passes), and a training step whose norms gather their own statistics instead
+    /// of taking them from the convolution before them
     #[arg(long)]
     unfused: bool,
     /// Run every block whose expanded image is larger than this many KiB depth-first,
@@ -166,6 +167,7 @@ pub fn run(a: &ModelArgs) -> Result<()> {
         };
         let mut case = NetworkCase::new(&cfg, n, res, infer)?;
         case.net.set_buffer_reuse(!a.no_reuse);
+        case.net.set_conv_statistics(!a.unfused);
         let plan = case.net.memory_plan(n, res);
         let threads = rayon::current_num_threads();
         for mode in ["infer", "train"] {
