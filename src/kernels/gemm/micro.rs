@@ -16,7 +16,7 @@
 //! than half a tile.
 
 use super::Gemm;
-use crate::kernels::activation::Activation;
+use crate::kernels::activation::{Act, with_act};
 use crate::simd::{Microkernel, Simd};
 use std::ops::Range;
 
@@ -149,7 +149,6 @@ impl<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool> 
     #[inline(always)]
     unsafe fn run<S: Simd>(s: S, t: &PanelArgs<'_>) {
         let g = t.g;
-        let a = g.a.as_ptr();
         let overwrite = t.first && !g.accumulate;
         let bias = if t.first {
             g.bias.map(|b| &b[t.col..])
@@ -162,6 +161,38 @@ impl<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool> 
             super::Post::NONE
         };
         let res = post.residual.map_or(std::ptr::null(), |r| r.as_ptr());
+        // The activation chosen once per call: each variant's epilogue is straight
+        // code that keeps the tile in registers (no dispatch per vector).
+        with_act!(post.act, A => {
+            // SAFETY: the caller's contract.
+            unsafe { row_tiles::<S, MR, NV, MASKED, STRIDED, A>(s, t, overwrite, bias, post, res) }
+        })
+    }
+}
+
+/// The row tiles of [`PanelTiles::run`] with the activation `A`.
+///
+/// # Safety
+/// As [`PanelTiles::run`].
+#[inline(always)]
+unsafe fn row_tiles<
+    S: Simd,
+    const MR: usize,
+    const NV: usize,
+    const MASKED: bool,
+    const STRIDED: bool,
+    A: Act,
+>(
+    s: S,
+    t: &PanelArgs<'_>,
+    overwrite: bool,
+    bias: Option<&[f32]>,
+    post: super::Post<'_>,
+    res: *const f32,
+) {
+    {
+        let g = t.g;
+        let a = g.a.as_ptr();
         let mut r = t.rows.start;
         while r < t.rows.end {
             let mv = MR.min(t.rows.end - r);
@@ -179,13 +210,14 @@ impl<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool> 
                 last: t.last,
                 overwrite,
                 bias,
-                act: post.act,
                 residual: !res.is_null(),
             };
             // SAFETY: rows and columns in range (the caller's contract). Each
             // variant keeps its accumulators in registers from the first step to the
             // store.
-            unsafe { tile::<S, MR, NV, MASKED, STRIDED>(s, t.kl, &ap, g.a_cs, t.b, t.b_rs, &out) };
+            unsafe {
+                tile::<S, MR, NV, MASKED, STRIDED, A>(s, t.kl, &ap, g.a_cs, t.b, t.b_rs, &out)
+            };
             r += MR;
         }
     }
@@ -203,7 +235,6 @@ struct Out<'a, const MR: usize> {
     bias: Option<&'a [f32]>,
     /// The per-column scale of the panel (the last `k` block only).
     scale: Option<&'a [f32]>,
-    act: Activation,
     residual: bool,
 }
 
@@ -221,6 +252,7 @@ unsafe fn tile<
     const NV: usize,
     const MASKED: bool,
     const STRIDED_A: bool,
+    A: Act,
 >(
     s: S,
     kl: usize,
@@ -265,7 +297,7 @@ unsafe fn tile<
     for i in 0..MR {
         if i < out.rows {
             // SAFETY: valid rows of `out`, by the function's contract.
-            unsafe { store_row::<S, NV, MR>(s, out, i, &acc[i], last) };
+            unsafe { store_row::<S, NV, MR, A>(s, out, i, &acc[i], last) };
         }
     }
 }
@@ -294,7 +326,7 @@ fn prefetch(p: *const f32) {
 /// Row `i` of `out` must be writable for `(NV−1)·L + last` floats (and readable unless
 /// `overwrite`), and its residual row readable when there is one.
 #[inline(always)]
-unsafe fn store_row<S: Simd, const NV: usize, const MR: usize>(
+unsafe fn store_row<S: Simd, const NV: usize, const MR: usize, A: Act>(
     s: S,
     out: &Out<MR>,
     i: usize,
@@ -324,7 +356,7 @@ unsafe fn store_row<S: Simd, const NV: usize, const MR: usize>(
             if let Some(sc) = out.scale {
                 v = s.mul(v, ld(sc.as_ptr().add(j * S::LANES)));
             }
-            v = out.act.apply(s, v);
+            v = A::f(s, v);
             if out.residual {
                 v = s.add(v, ld(r.add(j * S::LANES)));
             }
