@@ -154,7 +154,6 @@ pub(crate) fn conv_forward(
 
 /// The norm after [`conv_forward`] on its output `x` (`[batch][hw][hw][C]`), into a
 /// buffer from `pool`, timed under [`NORM_FWD`]: `(output, what the norm saved)`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn norm_forward(
     ctx: &Ctx,
     norm: &NormAct,

@@ -16,7 +16,7 @@
 //! than half a tile.
 
 use super::Gemm;
-use crate::kernels::activation::{Act, with_act};
+use crate::kernels::activation::{Act, Activation, with_act};
 use crate::simd::{Microkernel, Simd};
 use std::ops::Range;
 
@@ -148,24 +148,17 @@ impl<const MR: usize, const NV: usize, const MASKED: bool, const STRIDED: bool> 
     /// when `MASKED`), and the rows × panel of `C` are exclusive to the call.
     #[inline(always)]
     unsafe fn run<S: Simd>(s: S, t: &PanelArgs<'_>) {
-        let g = t.g;
-        let overwrite = t.first && !g.accumulate;
-        let bias = if t.first {
-            g.bias.map(|b| &b[t.col..])
+        // The activation chosen once per call (the epilogue's, on the last `k`
+        // block): each variant's epilogue is straight code that keeps the tile in
+        // registers (no dispatch per vector).
+        let act = if t.final_block {
+            t.g.post.act
         } else {
-            None
+            Activation::Identity
         };
-        let post = if t.final_block {
-            g.post
-        } else {
-            super::Post::NONE
-        };
-        let res = post.residual.map_or(std::ptr::null(), |r| r.as_ptr());
-        // The activation chosen once per call: each variant's epilogue is straight
-        // code that keeps the tile in registers (no dispatch per vector).
-        with_act!(post.act, A => {
+        with_act!(act, A => {
             // SAFETY: the caller's contract.
-            unsafe { row_tiles::<S, MR, NV, MASKED, STRIDED, A>(s, t, overwrite, bias, post, res) }
+            unsafe { row_tiles::<S, MR, NV, MASKED, STRIDED, A>(s, t) }
         })
     }
 }
@@ -185,41 +178,44 @@ unsafe fn row_tiles<
 >(
     s: S,
     t: &PanelArgs<'_>,
-    overwrite: bool,
-    bias: Option<&[f32]>,
-    post: super::Post<'_>,
-    res: *const f32,
 ) {
-    {
-        let g = t.g;
-        let a = g.a.as_ptr();
-        let mut r = t.rows.start;
-        while r < t.rows.end {
-            let mv = MR.min(t.rows.end - r);
-            // Rows past the end rerun the last valid row (and are not stored).
-            let ap: [*const f32; MR] = std::array::from_fn(|i| {
-                a.wrapping_add(g.a_rows.offset(r + i.min(mv - 1)) + t.p0 * g.a_cs)
-            });
-            let off: [usize; MR] =
-                std::array::from_fn(|i| g.c_rows.offset(r + i.min(mv - 1)) + t.col);
-            let out = Out {
-                scale: post.scale.map(|sc| &sc[t.col..]),
-                c: off.map(|o| t.c.wrapping_add(o)),
-                res: off.map(|o| res.wrapping_add(o)),
-                rows: mv,
-                last: t.last,
-                overwrite,
-                bias,
-                residual: !res.is_null(),
-            };
-            // SAFETY: rows and columns in range (the caller's contract). Each
-            // variant keeps its accumulators in registers from the first step to the
-            // store.
-            unsafe {
-                tile::<S, MR, NV, MASKED, STRIDED, A>(s, t.kl, &ap, g.a_cs, t.b, t.b_rs, &out)
-            };
-            r += MR;
-        }
+    let g = t.g;
+    let a = g.a.as_ptr();
+    let overwrite = t.first && !g.accumulate;
+    let bias = if t.first {
+        g.bias.map(|b| &b[t.col..])
+    } else {
+        None
+    };
+    let post = if t.final_block {
+        g.post
+    } else {
+        super::Post::NONE
+    };
+    let res = post.residual.map_or(std::ptr::null(), |r| r.as_ptr());
+    let mut r = t.rows.start;
+    while r < t.rows.end {
+        let mv = MR.min(t.rows.end - r);
+        // Rows past the end rerun the last valid row (and are not stored).
+        let ap: [*const f32; MR] = std::array::from_fn(|i| {
+            a.wrapping_add(g.a_rows.offset(r + i.min(mv - 1)) + t.p0 * g.a_cs)
+        });
+        let off: [usize; MR] = std::array::from_fn(|i| g.c_rows.offset(r + i.min(mv - 1)) + t.col);
+        let out = Out {
+            scale: post.scale.map(|sc| &sc[t.col..]),
+            c: off.map(|o| t.c.wrapping_add(o)),
+            res: off.map(|o| res.wrapping_add(o)),
+            rows: mv,
+            last: t.last,
+            overwrite,
+            bias,
+            residual: !res.is_null(),
+        };
+        // SAFETY: rows and columns in range (the caller's contract). Each
+        // variant keeps its accumulators in registers from the first step to the
+        // store.
+        unsafe { tile::<S, MR, NV, MASKED, STRIDED, A>(s, t.kl, &ap, g.a_cs, t.b, t.b_rs, &out) };
+        r += MR;
     }
 }
 

@@ -426,6 +426,10 @@ impl Gemm<'_> {
             assert!(last < self.a.len(), "A is too short");
         }
         assert!(self.c_rows.last(m).unwrap() + n <= c_len, "C is too short");
+        assert!(
+            self.post.stats.is_none() || self.c_rows.uniform,
+            "statistics need uniform rows of C"
+        );
         if let Some(r) = self.post.residual {
             assert!(
                 self.c_rows.last(m).unwrap() + n <= r.len(),

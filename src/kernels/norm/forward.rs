@@ -617,13 +617,9 @@ impl Norm {
         if self.groups == 0 {
             // BatchNorm: the batch totals, the samples added in order.
             let tot = take_f64(ws, 2 * c)?;
-            tot.fill(0.0);
-            for (a, b) in s1.chunks_exact(c).zip(s2.chunks_exact(c)) {
-                for ch in 0..c {
-                    tot[ch] += a[ch];
-                    tot[c + ch] += b[ch];
-                }
-            }
+            let (t1, t2) = tot.split_at_mut(c);
+            sum_rows(s1, t1);
+            sum_rows(s2, t2);
             self.finalize_batch(None, tot, stats, coefs);
             return Ok(coefs);
         }
