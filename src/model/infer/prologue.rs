@@ -5,7 +5,7 @@
 //! expanded tensor of an MBConv block is written once and read once, with no norm pass
 //! over it in between.
 
-use super::{FusedConv, split_front, stats_len};
+use super::fused_conv::{FusedConv, split_front, stats_len};
 use crate::error::{Error, Result};
 use crate::kernels::conv::{ChannelStats, ConvWeights, PostArgs, PostOps, PreArgs, PreOps};
 
